@@ -1,0 +1,607 @@
+//! Event envelope decoding and validation (PROTOCOL.md §1, §3, §4).
+//!
+//! [`decode_envelope`] turns one JSON text into a typed [`Envelope`] or a typed
+//! [`ProtocolError`]. It never panics, whatever the input.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::state::{RunStatus, WireState, WorkerStatus};
+
+/// Largest valid `event_id` (2^53 − 1, the largest integer a JS number holds exactly).
+pub const MAX_EVENT_ID: u64 = (1 << 53) - 1;
+/// Longest valid `run_id`, in characters.
+pub const MAX_RUN_ID_CHARS: usize = 128;
+
+/// Why an event was not applied. Every variant is counted and reported; none closes the stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The frame is not valid JSON.
+    #[error("frame is not valid JSON: {0}")]
+    NotJson(String),
+    /// The frame is JSON but not an object.
+    #[error("frame is not a JSON object")]
+    NotObject,
+    /// A required envelope field is absent.
+    #[error("envelope field `{0}` is missing")]
+    MissingField(&'static str),
+    /// An envelope field has the wrong JSON type.
+    #[error("envelope field `{0}` has the wrong type")]
+    WrongType(&'static str),
+    /// `event_id` is not in 1..=2^53−1.
+    #[error("event_id is out of range")]
+    IdOutOfRange,
+    /// `run_id` is empty or longer than 128 characters.
+    #[error("run_id must be 1 to 128 characters")]
+    BadRunId,
+    /// `timestamp` is not an RFC 3339 date-time.
+    #[error("timestamp is not RFC 3339")]
+    BadTimestamp,
+    /// The event belongs to another run than the one this stream follows.
+    #[error("event of another run")]
+    ForeignRun,
+    /// The envelope is valid but its payload does not match its type's schema.
+    /// The id is consumed (the log moves on) but the event has no effect.
+    #[error("event {event_id} ({event_type}): invalid payload: {reason}")]
+    InvalidPayload {
+        /// The id of the rejected event.
+        event_id: u64,
+        /// Its type.
+        event_type: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// An SSE event or WS frame exceeded the size bound and was discarded.
+    #[error("frame of {0} bytes exceeds the size bound")]
+    TooLarge(usize),
+    /// A binary WebSocket frame (the protocol is text-only).
+    #[error("binary WebSocket frame")]
+    BinaryFrame,
+    /// A WebSocket frame whose `op` is missing or unknown.
+    #[error("unknown WebSocket op")]
+    UnknownOp,
+    /// A `snapshot` body (event or endpoint) that does not have the §6 shape.
+    #[error("invalid snapshot: {0}")]
+    BadSnapshot(String),
+    /// More job-only events were parked than the bound allows; the oldest was dropped.
+    #[error("parked job-only event dropped: the parking bound was reached")]
+    ParkOverflow,
+}
+
+impl ProtocolError {
+    /// A stable, short name for counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotJson(_) => "not_json",
+            Self::NotObject => "not_object",
+            Self::MissingField(_) => "missing_field",
+            Self::WrongType(_) => "wrong_type",
+            Self::IdOutOfRange => "id_out_of_range",
+            Self::BadRunId => "bad_run_id",
+            Self::BadTimestamp => "bad_timestamp",
+            Self::ForeignRun => "foreign_run",
+            Self::InvalidPayload { .. } => "invalid_payload",
+            Self::TooLarge(_) => "too_large",
+            Self::BinaryFrame => "binary_frame",
+            Self::UnknownOp => "unknown_op",
+            Self::BadSnapshot(_) => "bad_snapshot",
+            Self::ParkOverflow => "park_overflow",
+        }
+    }
+}
+
+/// A validated event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Dense per-run id (1-based).
+    pub event_id: u64,
+    /// The `type` string as sent.
+    pub event_type: String,
+    /// The typed payload.
+    pub kind: EventKind,
+}
+
+/// Outcome of a terminal worker / run.
+pub type Outcome = WorkerStatus;
+
+/// Typed payloads of PROTOCOL.md §4.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)]
+pub enum EventKind {
+    RunStarted {
+        title: Option<String>,
+    },
+    RunCompleted {
+        status: RunStatus,
+        error: Option<String>,
+    },
+    SupervisorCompleted {
+        summary: Option<String>,
+    },
+    WorkerStarted {
+        worker_id: String,
+        job_id: Option<String>,
+        name: Option<String>,
+    },
+    WorkerJobAssigned {
+        worker_id: String,
+        job_id: String,
+    },
+    WorkerCompleted {
+        worker_id: Option<String>,
+        job_id: Option<String>,
+        status: Outcome,
+        error: Option<String>,
+    },
+    ToolStarted {
+        worker_id: Option<String>,
+        job_id: Option<String>,
+        tool_call_id: String,
+        name: String,
+    },
+    ToolCompleted {
+        worker_id: Option<String>,
+        job_id: Option<String>,
+        tool_call_id: String,
+        ok: bool,
+        error: Option<String>,
+        duration_ms: Option<f64>,
+    },
+    MessageCreated {
+        message_id: String,
+        role: String,
+        client_request_id: Option<String>,
+        reply_to: Option<String>,
+        content: Option<String>,
+    },
+    MessageDelta {
+        message_id: String,
+        delta: String,
+    },
+    MessageCompleted {
+        message_id: String,
+        finish_reason: String,
+        usage: Option<Usage>,
+        fallback: Option<String>,
+    },
+    MessageFailed {
+        message_id: String,
+        error: String,
+    },
+    /// §3: not a log entry; replaces the state up to and including `event_id`.
+    Snapshot(Box<WireState>),
+    /// A type this client does not know: consumes its id, no effect.
+    Unknown,
+}
+
+/// Token usage of a completed message.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[allow(missing_docs)]
+pub struct Usage {
+    pub prompt_tokens: f64,
+    pub completion_tokens: f64,
+}
+
+impl EventKind {
+    /// The `job_id` an event needs mapped before it can apply, if it carries only a job id.
+    pub fn job_only(&self) -> Option<&str> {
+        match self {
+            Self::WorkerCompleted {
+                worker_id: None,
+                job_id: Some(j),
+                ..
+            }
+            | Self::ToolStarted {
+                worker_id: None,
+                job_id: Some(j),
+                ..
+            }
+            | Self::ToolCompleted {
+                worker_id: None,
+                job_id: Some(j),
+                ..
+            } => Some(j),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes and validates one envelope for the run `expected_run`.
+pub fn decode_envelope(text: &str, expected_run: &str) -> Result<Envelope, ProtocolError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
+    decode_envelope_value(value, expected_run)
+}
+
+/// [`decode_envelope`] for an already parsed JSON value (WebSocket frames).
+pub fn decode_envelope_value(value: Value, expected_run: &str) -> Result<Envelope, ProtocolError> {
+    let Value::Object(mut obj) = value else {
+        return Err(ProtocolError::NotObject);
+    };
+    let event_id = match obj.get("event_id") {
+        None | Some(Value::Null) => return Err(ProtocolError::MissingField("event_id")),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(id) if (1..=MAX_EVENT_ID).contains(&id) => id,
+            Some(_) => return Err(ProtocolError::IdOutOfRange),
+            None if n.as_i64().is_some() => return Err(ProtocolError::IdOutOfRange),
+            None => {
+                // A float: integral values beyond u64 are out of range, others are not integers.
+                return Err(match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 => ProtocolError::IdOutOfRange,
+                    _ => ProtocolError::WrongType("event_id"),
+                });
+            }
+        },
+        Some(_) => return Err(ProtocolError::WrongType("event_id")),
+    };
+    let run_id = take_str(&mut obj, "run_id")?;
+    let chars = run_id.chars().count();
+    if chars == 0 || chars > MAX_RUN_ID_CHARS {
+        return Err(ProtocolError::BadRunId);
+    }
+    if run_id != expected_run {
+        return Err(ProtocolError::ForeignRun);
+    }
+    let event_type = take_str(&mut obj, "type")?;
+    let timestamp = take_str(&mut obj, "timestamp")?;
+    if !is_rfc3339(&timestamp) {
+        return Err(ProtocolError::BadTimestamp);
+    }
+    let payload = match obj.remove("payload") {
+        None | Some(Value::Null) => return Err(ProtocolError::MissingField("payload")),
+        Some(Value::Object(p)) => p,
+        Some(_) => return Err(ProtocolError::WrongType("payload")),
+    };
+    let kind = decode_payload(&event_type, payload).map_err(|reason| {
+        ProtocolError::InvalidPayload {
+            event_id,
+            event_type: event_type.clone(),
+            reason,
+        }
+    })?;
+    Ok(Envelope {
+        event_id,
+        event_type,
+        kind,
+    })
+}
+
+fn take_str(obj: &mut Map<String, Value>, field: &'static str) -> Result<String, ProtocolError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Err(ProtocolError::MissingField(field)),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(ProtocolError::WrongType(field)),
+    }
+}
+
+/// Reads typed payload fields with precise error messages.
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    fn opt_str(&mut self, k: &str) -> Result<Option<String>, String> {
+        match self.0.remove(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(format!("`{k}` must be a string")),
+        }
+    }
+    fn str(&mut self, k: &str) -> Result<String, String> {
+        self.opt_str(k)?.ok_or_else(|| format!("`{k}` is required"))
+    }
+    fn id(&mut self, k: &str) -> Result<String, String> {
+        let s = self.str(k)?;
+        if s.is_empty() {
+            return Err(format!("`{k}` must not be empty"));
+        }
+        Ok(s)
+    }
+    fn opt_id(&mut self, k: &str) -> Result<Option<String>, String> {
+        match self.opt_str(k)? {
+            Some(s) if s.is_empty() => Err(format!("`{k}` must not be empty")),
+            other => Ok(other),
+        }
+    }
+    fn opt_num(&mut self, k: &str) -> Result<Option<f64>, String> {
+        match self.0.remove(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(_) => Err(format!("`{k}` must be a number")),
+        }
+    }
+}
+
+fn decode_payload(event_type: &str, payload: Map<String, Value>) -> Result<EventKind, String> {
+    let mut f = Fields(payload);
+    let kind = match event_type {
+        "run.started" => EventKind::RunStarted {
+            title: f.opt_str("title")?,
+        },
+        "run.completed" => {
+            let status = match f.str("status")?.as_str() {
+                "succeeded" => RunStatus::Succeeded,
+                "failed" => RunStatus::Failed,
+                "cancelled" => RunStatus::Cancelled,
+                other => return Err(format!("unknown run status `{other}`")),
+            };
+            EventKind::RunCompleted {
+                status,
+                error: f.opt_str("error")?,
+            }
+        }
+        "supervisor.completed" => EventKind::SupervisorCompleted {
+            summary: f.opt_str("summary")?,
+        },
+        "worker.started" => EventKind::WorkerStarted {
+            worker_id: f.id("worker_id")?,
+            job_id: f.opt_id("job_id")?,
+            name: f.opt_str("name")?,
+        },
+        "worker.job_assigned" => EventKind::WorkerJobAssigned {
+            worker_id: f.id("worker_id")?,
+            job_id: f.id("job_id")?,
+        },
+        "worker.completed" => {
+            let worker_id = f.opt_id("worker_id")?;
+            let job_id = f.opt_id("job_id")?;
+            if worker_id.is_none() && job_id.is_none() {
+                return Err("needs `worker_id` or `job_id`".into());
+            }
+            let status = match f.str("status")?.as_str() {
+                "succeeded" => WorkerStatus::Succeeded,
+                "failed" => WorkerStatus::Failed,
+                "cancelled" => WorkerStatus::Cancelled,
+                other => return Err(format!("unknown worker status `{other}`")),
+            };
+            EventKind::WorkerCompleted {
+                worker_id,
+                job_id,
+                status,
+                error: f.opt_str("error")?,
+            }
+        }
+        "tool.started" | "tool.completed" => {
+            let worker_id = f.opt_id("worker_id")?;
+            let job_id = f.opt_id("job_id")?;
+            if worker_id.is_none() && job_id.is_none() {
+                return Err("needs `worker_id` or `job_id`".into());
+            }
+            let tool_call_id = f.id("tool_call_id")?;
+            if event_type == "tool.started" {
+                EventKind::ToolStarted {
+                    worker_id,
+                    job_id,
+                    tool_call_id,
+                    name: f.str("name")?,
+                }
+            } else {
+                let ok = match f.str("status")?.as_str() {
+                    "ok" => true,
+                    "error" => false,
+                    other => return Err(format!("unknown tool status `{other}`")),
+                };
+                EventKind::ToolCompleted {
+                    worker_id,
+                    job_id,
+                    tool_call_id,
+                    ok,
+                    error: f.opt_str("error")?,
+                    duration_ms: f.opt_num("duration_ms")?,
+                }
+            }
+        }
+        "message.created" => {
+            let message_id = f.id("message_id")?;
+            let role = f.str("role")?;
+            if !matches!(role.as_str(), "user" | "assistant" | "system" | "tool") {
+                return Err(format!("unknown role `{role}`"));
+            }
+            EventKind::MessageCreated {
+                message_id,
+                role,
+                client_request_id: f.opt_id("client_request_id")?,
+                reply_to: f.opt_id("reply_to")?,
+                content: f.opt_str("content")?,
+            }
+        }
+        "message.delta" => EventKind::MessageDelta {
+            message_id: f.id("message_id")?,
+            delta: f.str("delta")?,
+        },
+        "message.completed" => {
+            let usage = match f.0.remove("usage") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    serde_json::from_value::<Usage>(v)
+                        .map_err(|e| format!("`usage`: {e}"))?,
+                ),
+            };
+            EventKind::MessageCompleted {
+                message_id: f.id("message_id")?,
+                finish_reason: f.str("finish_reason")?,
+                usage,
+                fallback: f.opt_str("fallback")?,
+            }
+        }
+        "message.failed" => EventKind::MessageFailed {
+            message_id: f.id("message_id")?,
+            error: f.str("error")?,
+        },
+        "snapshot" => {
+            let state = f.0.remove("state").ok_or("`state` is required")?;
+            let state: WireState =
+                serde_json::from_value(state).map_err(|e| format!("`state`: {e}"))?;
+            EventKind::Snapshot(Box::new(state))
+        }
+        _ => EventKind::Unknown,
+    };
+    Ok(kind)
+}
+
+/// True when `s` is an RFC 3339 date-time (`2026-11-22T12:00:00.123Z`, `…+01:00`).
+pub fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| {
+        b.get(r)
+            .is_some_and(|x| !x.is_empty() && x.iter().all(u8::is_ascii_digit))
+    };
+    let num = |r: std::ops::Range<usize>| -> u32 {
+        b.get(r)
+            .map(|x| x.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0')))
+            .unwrap_or(0)
+    };
+    if b.len() < 20
+        || !digits(0..4)
+        || b.get(4) != Some(&b'-')
+        || !digits(5..7)
+        || b.get(7) != Some(&b'-')
+        || !digits(8..10)
+        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
+        || !digits(11..13)
+        || b.get(13) != Some(&b':')
+        || !digits(14..16)
+        || b.get(16) != Some(&b':')
+        || !digits(17..19)
+    {
+        return false;
+    }
+    let (month, day, hour, min, sec) = (num(5..7), num(8..10), num(11..13), num(14..16), num(17..19));
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        return false;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    match b.get(i..) {
+        Some([b'Z' | b'z']) => true,
+        Some([b'+' | b'-', h1, h2, b':', m1, m2]) => {
+            [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit())
+                && num(i + 1..i + 3) <= 23
+                && num(i + 4..i + 6) <= 59
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUN: &str = "run_1";
+
+    fn env(id: &str, ty: &str, payload: &str) -> String {
+        format!(
+            r#"{{"event_id":{id},"run_id":"run_1","type":"{ty}","timestamp":"2026-11-22T12:00:00.123Z","payload":{payload}}}"#
+        )
+    }
+
+    #[test]
+    fn decodes_every_type() {
+        let cases = [
+            ("run.started", r#"{"title":"t"}"#),
+            ("run.completed", r#"{"status":"succeeded"}"#),
+            ("supervisor.completed", r#"{}"#),
+            ("worker.started", r#"{"worker_id":"w1","job_id":"j1","name":"n"}"#),
+            ("worker.job_assigned", r#"{"worker_id":"w1","job_id":"j1"}"#),
+            ("worker.completed", r#"{"job_id":"j1","status":"failed","error":"x"}"#),
+            ("tool.started", r#"{"worker_id":"w1","tool_call_id":"t1","name":"fetch"}"#),
+            ("tool.completed", r#"{"job_id":"j1","tool_call_id":"t1","status":"error","duration_ms":12.5}"#),
+            ("message.created", r#"{"message_id":"m1","role":"assistant","reply_to":"c1"}"#),
+            ("message.delta", r#"{"message_id":"m1","delta":"Hel"}"#),
+            ("message.completed", r#"{"message_id":"m1","finish_reason":"stop","usage":{"prompt_tokens":3,"completion_tokens":4},"fallback":"m2"}"#),
+            ("message.failed", r#"{"message_id":"m1","error":"boom"}"#),
+            ("snapshot", r#"{"state":{"run_id":"run_1","cursor":3,"status":"running","workers":[],"messages":[],"supervisor":{"completed":false,"summary":null}}}"#),
+            ("future.thing", r#"{"x":1}"#),
+        ];
+        for (ty, p) in cases {
+            let e = decode_envelope(&env("5", ty, p), RUN);
+            assert!(e.is_ok(), "{ty}: {e:?}");
+        }
+        let e = decode_envelope(&env("5", "future.thing", "{}"), RUN).unwrap();
+        assert_eq!(e.kind, EventKind::Unknown);
+    }
+
+    #[test]
+    fn envelope_failures_are_typed() {
+        use ProtocolError::*;
+        let ts = "2026-11-22T12:00:00Z";
+        let cases: Vec<(String, ProtocolError)> = vec![
+            ("not json".into(), NotJson(String::new())),
+            ("[1,2]".into(), NotObject),
+            (format!(r#"{{"run_id":"run_1","type":"x","timestamp":"{ts}","payload":{{}}}}"#), MissingField("event_id")),
+            (env("\"5\"", "x", "{}"), WrongType("event_id")),
+            (env("1.5", "x", "{}"), WrongType("event_id")),
+            (env("0", "x", "{}"), IdOutOfRange),
+            (env("-3", "x", "{}"), IdOutOfRange),
+            (env("9007199254740992", "x", "{}"), IdOutOfRange),
+            (env("1e300", "x", "{}"), IdOutOfRange),
+            (format!(r#"{{"event_id":1,"run_id":"other","type":"x","timestamp":"{ts}","payload":{{}}}}"#), ForeignRun),
+            (format!(r#"{{"event_id":1,"run_id":"","type":"x","timestamp":"{ts}","payload":{{}}}}"#), BadRunId),
+            (format!(r#"{{"event_id":1,"run_id":"{}","type":"x","timestamp":"{ts}","payload":{{}}}}"#, "r".repeat(129)), BadRunId),
+            (format!(r#"{{"event_id":1,"run_id":"run_1","timestamp":"{ts}","payload":{{}}}}"#), MissingField("type")),
+            (format!(r#"{{"event_id":1,"run_id":"run_1","type":7,"timestamp":"{ts}","payload":{{}}}}"#), WrongType("type")),
+            (r#"{"event_id":1,"run_id":"run_1","type":"x","timestamp":"yesterday","payload":{}}"#.to_string(), BadTimestamp),
+            (r#"{"event_id":1,"run_id":"run_1","type":"x","timestamp":{"$date":1},"payload":{}}"#.to_string(), WrongType("timestamp")),
+            (format!(r#"{{"event_id":1,"run_id":"run_1","type":"x","timestamp":"{ts}"}}"#), MissingField("payload")),
+            (format!(r#"{{"event_id":1,"run_id":"run_1","type":"x","timestamp":"{ts}","payload":[1]}}"#), WrongType("payload")),
+            (r#"{"event_id":1,"payload":NaN}"#.into(), NotJson(String::new())),
+        ];
+        for (text, want) in cases {
+            let got = decode_envelope(&text, RUN).unwrap_err();
+            assert_eq!(got.kind(), want.kind(), "{text}: {got:?}");
+            if let MissingField(_) | WrongType(_) = want {
+                assert_eq!(got, want, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn payload_failures_keep_the_id() {
+        let cases = [
+            ("tool.started", r#"{"tool_call_id":"t","name":"n"}"#),
+            ("tool.completed", r#"{"worker_id":"w","tool_call_id":"t","status":"maybe"}"#),
+            ("worker.completed", r#"{"worker_id":"w"}"#),
+            ("worker.started", r#"{"worker_id":""}"#),
+            ("message.delta", r#"{"message_id":"m","delta":5}"#),
+            ("message.created", r#"{"message_id":"m","role":"robot"}"#),
+            ("run.completed", r#"{"status":"done"}"#),
+            ("snapshot", r#"{"state":{"cursor":"x"}}"#),
+        ];
+        for (ty, p) in cases {
+            match decode_envelope(&env("9", ty, p), RUN) {
+                Err(ProtocolError::InvalidPayload { event_id: 9, .. }) => {}
+                other => panic!("{ty}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rfc3339() {
+        for ok in [
+            "2026-11-22T12:00:00Z",
+            "2026-11-22T12:00:00.123456Z",
+            "2026-11-22t12:00:00+05:30",
+            "2026-11-22T23:59:60-00:00",
+        ] {
+            assert!(is_rfc3339(ok), "{ok}");
+        }
+        for bad in [
+            "2026-11-22",
+            "2026-13-22T12:00:00Z",
+            "2026-11-22T12:00:00",
+            "2026-11-22T12:00:00.Z",
+            "2026-11-22T12:00:00+0530",
+            "2026-11-22T25:00:00Z",
+            "２０２６-11-22T12:00:00Z",
+        ] {
+            assert!(!is_rfc3339(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Metrics (API.md `RunMetrics`) and the raw telemetry event queue.
+//!
+//! Figures, never percentiles: consumers aggregate. Every map and queue here is
+//! bounded and says what happens at the bound.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+
+/// Per-send figures, keyed by `client_request_id`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageMetrics {
+    /// send → server accepted the send (POST 202 / WS ack).
+    pub ttfb_ms: Option<f64>,
+    /// send → first token of the reply that answers this send.
+    pub ttft_ms: Option<f64>,
+    /// send → reply completed or failed.
+    pub duration_ms: Option<f64>,
+    /// Tokens (deltas) received for the reply.
+    pub tokens: u64,
+    /// `fallback` reported by `message.completed`.
+    pub fallback: Option<String>,
+}
+
+/// Most recent sends whose figures are kept; older ones are dropped first.
+pub const MAX_MESSAGE_METRICS: usize = 256;
+
+/// Per-run figures (API.md `RunMetrics`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunMetrics {
+    /// Connection attempts after the first.
+    pub reconnects: u64,
+    /// Log events applied to the state (including unknown types, which apply as no-ops).
+    pub events_applied: u64,
+    /// Events applied during the replay phase of a resumed connection.
+    pub events_replayed: u64,
+    /// Events dropped as duplicates (id ≤ cursor, already buffered, or stale snapshots).
+    pub duplicates_dropped: u64,
+    /// Events that arrived ahead of a gap and waited in the reorder buffer.
+    pub out_of_order: u64,
+    /// Frames and events rejected by validation (see `ProtocolError`).
+    pub protocol_errors: u64,
+    /// (Re)subscribe → first event, for the most recent connection that received one.
+    pub time_to_first_event_ms: Option<f64>,
+    /// Distinct tool calls seen.
+    pub tool_calls: u64,
+    /// Tool calls that completed with `status: "error"`.
+    pub tool_errors: u64,
+    /// Connection terminations by reason (see `Termination`).
+    pub terminations: BTreeMap<String, u64>,
+    /// Per-send figures, by `client_request_id` (at most [`MAX_MESSAGE_METRICS`]).
+    pub messages: BTreeMap<String, MessageMetrics>,
+    /// Protocol errors by kind (`ProtocolError::kind`).
+    pub protocol_errors_by_kind: BTreeMap<String, u64>,
+}
+
+/// Why a connection ended: one taxonomy for metrics, spans and `lastError`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    /// The server ended the response / closed the socket before the run completed.
+    ServerClosed,
+    /// The network failed (fetch rejected, socket error, EventSource error).
+    NetworkError,
+    /// No response or first byte within `connectTimeoutMs`.
+    ConnectTimeout,
+    /// No byte within `heartbeatTimeoutMs`.
+    HeartbeatTimeout,
+    /// An HTTP 4xx status.
+    Http4xx,
+    /// An HTTP 5xx status.
+    Http5xx,
+    /// The response was not an event stream, or the server said so over WebSocket.
+    ProtocolError,
+    /// A gap did not fill in time, or the reorder buffer filled: resume from the cursor.
+    Resync,
+    /// `close()` was called.
+    ClientClosed,
+    /// The browser went offline.
+    Offline,
+    /// `run.completed` was applied.
+    RunCompleted,
+    /// HTTP 204: the run is finished and there is nothing to replay.
+    NoContent,
+    /// `retryNow()` replaced a connection attempt.
+    RetryNow,
+    /// Too many failures in a short window; stopped until `retryNow()`.
+    ErrorLoop,
+}
+
+impl Termination {
+    /// The stable name used as a metric attribute and in `terminations`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServerClosed => "server_closed",
+            Self::NetworkError => "network_error",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::Http4xx => "http_4xx",
+            Self::Http5xx => "http_5xx",
+            Self::ProtocolError => "protocol_error",
+            Self::Resync => "resync",
+            Self::ClientClosed => "client_closed",
+            Self::Offline => "offline",
+            Self::RunCompleted => "run_completed",
+            Self::NoContent => "no_content",
+            Self::RetryNow => "retry_now",
+            Self::ErrorLoop => "error_loop",
+        }
+    }
+}
+
+/// What kind of raw telemetry event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum EventClass {
+    Counter,
+    Gauge,
+    Histogram,
+    Span,
+}
+
+/// Status of a finished span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum SpanStatus {
+    Ok,
+    Error,
+    Canceled,
+}
+
+/// One raw telemetry event (API.md `RuntimeEvent`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeEvent {
+    /// Counter, gauge, histogram or span.
+    pub kind: EventClass,
+    /// Metric name (see the metric table in `docs/TELEMETRY.md`), `runstream:span` for spans.
+    pub name: &'static str,
+    /// Counter increment, gauge value, histogram sample, or span duration.
+    pub value: f64,
+    /// Time of the event (the core's clock: `performance.now()` in the browser).
+    pub ts: f64,
+    /// Attributes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attrs: BTreeMap<&'static str, String>,
+    /// Span fields, for `kind: "span"` only.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub span: Option<SpanFields>,
+}
+
+/// The fields of a span event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpanFields {
+    /// Unique per span.
+    pub span_id: String,
+    /// The trace (one per run, one per send).
+    pub trace_id: String,
+    /// `connect`, `replay` or `message`.
+    pub op: &'static str,
+    /// Start time.
+    pub start: f64,
+    /// Duration.
+    pub duration_ms: f64,
+    /// Outcome.
+    pub status: SpanStatus,
+    /// Termination reason or error class, when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<&'static str>,
+    /// Human-readable error, when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Bounded queue of raw telemetry events, built only while someone listens.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    /// Build events at all (false = no listener: no event objects are made).
+    pub enabled: bool,
+    queue: VecDeque<RuntimeEvent>,
+    cap: usize,
+    /// Events dropped because the queue was full (oldest first).
+    pub dropped: u64,
+}
+
+impl Telemetry {
+    /// A queue holding at most `cap` undrained events (drop-oldest beyond).
+    pub fn new(cap: usize) -> Self {
+        Self {
+            enabled: false,
+            queue: VecDeque::new(),
+            cap: cap.max(1),
+            dropped: 0,
+        }
+    }
+
+    /// Queues `ev` if enabled, dropping the oldest when full.
+    pub fn push(&mut self, ev: RuntimeEvent) {
+        if !self.enabled {
+            return;
+        }
+        if self.queue.len() >= self.cap {
+            self.queue.pop_front();
+            self.dropped += 1;
+        }
+        self.queue.push_back(ev);
+    }
+
+    /// A metric event of `kind` (no-op unless enabled).
+    pub fn metric(
+        &mut self,
+        kind: EventClass,
+        name: &'static str,
+        value: f64,
+        ts: f64,
+        attrs: &[(&'static str, &str)],
+    ) {
+        if !self.enabled {
+            return;
+        }
+        self.push(RuntimeEvent {
+            kind,
+            name,
+            value,
+            ts,
+            attrs: attrs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+            span: None,
+        });
+    }
+
+    /// Takes the next queued event; call until `None` after every input.
+    pub fn pop(&mut self) -> Option<RuntimeEvent> {
+        self.queue.pop_front()
+    }
+
+    /// Queued events.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_is_bounded_drop_oldest_and_off_by_default() {
+        let mut t = Telemetry::new(2);
+        t.metric(EventClass::Counter, "a", 1.0, 0.0, &[]);
+        assert!(t.is_empty());
+        t.enabled = true;
+        for i in 0..5 {
+            t.metric(EventClass::Counter, "a", f64::from(i), 0.0, &[]);
+        }
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.dropped, 3);
+        assert_eq!(t.pop().map(|e| e.value), Some(3.0));
+    }
+}

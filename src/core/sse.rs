@@ -1,0 +1,455 @@
+//! Incremental `text/event-stream` parser (WHATWG HTML, "interpreting an event stream").
+//!
+//! Fed arbitrary byte chunks: a chunk may end in the middle of a line, between
+//! the CR and LF of a CRLF pair, or inside a multi-byte UTF-8 character. The
+//! parser produces the same events a browser's native `EventSource` would
+//! dispatch for the same bytes:
+//!
+//! - a leading UTF-8 BOM is stripped once, at the very start of the stream;
+//! - lines end with CRLF, LF or CR;
+//! - lines starting with `:` are comments (reported as [`SseItem::Comment`], for liveness);
+//! - `event`, `data` (joined with LF), `id` (ignored if it contains NUL, persists
+//!   across events, empty resets) and `retry` (ASCII digits only) are honoured;
+//!   every other field is ignored;
+//! - an event is dispatched on a blank line, never at end of stream.
+//!
+//! Bytes are decoded as UTF-8 with U+FFFD for invalid sequences, line by line
+//! (CR and LF can never be part of a multi-byte sequence, so per-line decoding
+//! equals whole-stream decoding).
+//!
+//! Buffers are bounded by `max_event_bytes`: a line or an event that grows past
+//! it is discarded up to the end of that event and reported once as
+//! [`SseItem::TooLarge`]; the parser stays usable and memory stays bounded.
+
+/// One event dispatched by the parser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The event type (`event:` field), `"message"` when none was given.
+    pub event_type: String,
+    /// The data buffer, lines joined with LF, final LF removed.
+    pub data: String,
+    /// The last event ID string in force when this event was dispatched.
+    pub last_event_id: String,
+}
+
+/// What the parser reports while consuming bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SseItem {
+    /// A complete event.
+    Event(SseEvent),
+    /// A valid `retry:` field: the server's reconnection time in ms (saturating).
+    Retry(u64),
+    /// A comment line (`: hb` heartbeats); carries no data.
+    Comment,
+    /// An event was discarded because it exceeded `max_event_bytes` (bytes seen so far).
+    TooLarge(usize),
+}
+
+/// Incremental SSE parser. See the module docs for the exact rules.
+#[derive(Debug)]
+pub struct SseParser {
+    /// Bytes of the current, unterminated line (bounded by `max_event_bytes`).
+    line: Vec<u8>,
+    /// Data buffer of the current event.
+    data: String,
+    /// Event type buffer of the current event.
+    event_type: String,
+    /// Last event ID buffer (persists across events).
+    last_event_id: String,
+    /// True when the previous chunk ended with CR: a leading LF in the next chunk belongs to it.
+    pending_cr: bool,
+    /// Number of BOM bytes matched so far at stream start; `None` once past the start.
+    bom: Option<usize>,
+    /// Discarding the current event because it grew too large (bytes discarded so far).
+    discarding: Option<usize>,
+    /// While discarding: the current line already had bytes (so its end is not a blank line).
+    discard_partial: bool,
+    max_event_bytes: usize,
+}
+
+const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+
+impl SseParser {
+    /// A parser whose single event (and single line) may hold at most `max_event_bytes`.
+    pub fn new(max_event_bytes: usize) -> Self {
+        Self {
+            line: Vec::new(),
+            data: String::new(),
+            event_type: String::new(),
+            last_event_id: String::new(),
+            pending_cr: false,
+            bom: Some(0),
+            discarding: None,
+            discard_partial: false,
+            max_event_bytes: max_event_bytes.max(16),
+        }
+    }
+
+    /// Starts a new stream (a new connection): clears partial input but keeps
+    /// the last event ID, exactly as `EventSource` does across reconnects.
+    pub fn reset_stream(&mut self) {
+        self.line.clear();
+        self.data.clear();
+        self.event_type.clear();
+        self.pending_cr = false;
+        self.bom = Some(0);
+        self.discarding = None;
+        self.discard_partial = false;
+    }
+
+    /// The last event ID string (as a browser would send in `Last-Event-ID`).
+    pub fn last_event_id(&self) -> &str {
+        &self.last_event_id
+    }
+
+    /// Bytes currently held in the parser's buffers.
+    pub fn buffered_bytes(&self) -> usize {
+        self.line.len() + self.data.len() + self.event_type.len()
+    }
+
+    /// Consumes one chunk, calling `out` for every item it completes.
+    pub fn feed(&mut self, mut chunk: &[u8], out: &mut dyn FnMut(SseItem)) {
+        // Strip a BOM at stream start, even if it is split across chunks.
+        while let Some(matched) = self.bom {
+            let Some((&b, rest)) = chunk.split_first() else {
+                return;
+            };
+            if BOM.get(matched) == Some(&b) {
+                chunk = rest;
+                self.bom = if matched + 1 == BOM.len() {
+                    None
+                } else {
+                    Some(matched + 1)
+                };
+            } else {
+                // Not a BOM: replay the bytes that looked like one, then go on.
+                self.bom = None;
+                let prefix = BOM.get(..matched).unwrap_or(&[]);
+                if !prefix.is_empty() {
+                    self.feed_lines(prefix, out);
+                }
+            }
+        }
+        self.feed_lines(chunk, out);
+    }
+
+    fn feed_lines(&mut self, mut chunk: &[u8], out: &mut dyn FnMut(SseItem)) {
+        if self.pending_cr {
+            self.pending_cr = false;
+            if let Some((&b'\n', rest)) = chunk.split_first() {
+                chunk = rest;
+            }
+        }
+        while !chunk.is_empty() {
+            match chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
+                None => {
+                    self.push_partial(chunk, out);
+                    return;
+                }
+                Some(pos) => {
+                    let (head, tail) = chunk.split_at(pos);
+                    let (&eol, mut rest) = match tail.split_first() {
+                        Some(x) => x,
+                        None => return,
+                    };
+                    if eol == b'\r' {
+                        match rest.split_first() {
+                            Some((&b'\n', r)) => rest = r,
+                            Some(_) => {}
+                            None => self.pending_cr = true,
+                        }
+                    }
+                    if self.line.is_empty() {
+                        self.line_complete(head, out);
+                    } else {
+                        self.push_partial(head, out);
+                        let line = std::mem::take(&mut self.line);
+                        self.line_complete(&line, out);
+                        self.line = line;
+                        self.line.clear();
+                    }
+                    chunk = rest;
+                }
+            }
+        }
+    }
+
+    fn push_partial(&mut self, bytes: &[u8], out: &mut dyn FnMut(SseItem)) {
+        if let Some(n) = self.discarding.as_mut() {
+            *n += bytes.len();
+            self.discard_partial |= !bytes.is_empty();
+            return;
+        }
+        if self.line.len() + bytes.len() + self.data.len() > self.max_event_bytes {
+            self.start_discarding(self.line.len() + bytes.len(), out);
+            return;
+        }
+        self.line.extend_from_slice(bytes);
+    }
+
+    fn start_discarding(&mut self, extra: usize, out: &mut dyn FnMut(SseItem)) {
+        let seen = self.data.len() + extra;
+        self.line.clear();
+        self.line.shrink_to(4096);
+        self.data.clear();
+        self.data.shrink_to(4096);
+        self.event_type.clear();
+        self.discarding = Some(seen);
+        self.discard_partial = true;
+        out(SseItem::TooLarge(seen));
+    }
+
+    fn line_complete(&mut self, line: &[u8], out: &mut dyn FnMut(SseItem)) {
+        if let Some(n) = self.discarding.as_mut() {
+            if line.is_empty() && !self.discard_partial {
+                self.discarding = None;
+            } else {
+                *n += line.len();
+            }
+            self.discard_partial = false;
+            return;
+        }
+        if line.is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        if line.first() == Some(&b':') {
+            out(SseItem::Comment);
+            return;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let (f, v) = line.split_at(i);
+                let v = v.get(1..).unwrap_or(&[]);
+                let v = v.strip_prefix(b" ").unwrap_or(v);
+                (f, v)
+            }
+            None => (line, &[][..]),
+        };
+        match field {
+            b"event" => self.event_type = String::from_utf8_lossy(value).into_owned(),
+            b"data" => {
+                if self.data.len() + value.len() + 1 > self.max_event_bytes {
+                    self.start_discarding(value.len(), out);
+                    return;
+                }
+                self.data.push_str(&String::from_utf8_lossy(value));
+                self.data.push('\n');
+            }
+            b"id" if !value.contains(&0) => {
+                self.last_event_id = String::from_utf8_lossy(value).into_owned();
+            }
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                let ms = value.iter().fold(0u64, |acc, d| {
+                    acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+                });
+                out(SseItem::Retry(ms));
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, out: &mut dyn FnMut(SseItem)) {
+        if self.data.is_empty() {
+            self.event_type.clear();
+            return;
+        }
+        if self.data.ends_with('\n') {
+            self.data.pop();
+        }
+        let event_type = if self.event_type.is_empty() {
+            "message".to_owned()
+        } else {
+            std::mem::take(&mut self.event_type)
+        };
+        let data = std::mem::take(&mut self.data);
+        out(SseItem::Event(SseEvent {
+            event_type,
+            data,
+            last_event_id: self.last_event_id.clone(),
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_chunks(chunks: &[&[u8]]) -> Vec<SseItem> {
+        let mut p = SseParser::new(1 << 20);
+        let mut items = Vec::new();
+        for c in chunks {
+            p.feed(c, &mut |i| items.push(i));
+        }
+        items
+    }
+
+    fn events(items: &[SseItem]) -> Vec<(String, String, String)> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                SseItem::Event(e) => Some((
+                    e.event_type.clone(),
+                    e.data.clone(),
+                    e.last_event_id.clone(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ev(t: &str, d: &str, id: &str) -> (String, String, String) {
+        (t.into(), d.into(), id.into())
+    }
+
+    #[test]
+    fn basic_event_with_id_and_type() {
+        let items = parse_chunks(&[b"id: 1\nevent: tool.started\ndata: {\"a\":1}\n\n"]);
+        assert_eq!(events(&items), vec![ev("tool.started", "{\"a\":1}", "1")]);
+    }
+
+    #[test]
+    fn multi_line_data_joined_with_lf_and_trailing_lf_removed() {
+        let items = parse_chunks(&[b"data: a\ndata:b\ndata\n\n"]);
+        assert_eq!(events(&items), vec![ev("message", "a\nb\n", "")]);
+    }
+
+    #[test]
+    fn cr_crlf_lf_all_end_lines_even_split_across_chunks() {
+        let items = parse_chunks(&[b"data: x\r", b"\ndata: y\r", b"\r", b"data: z\n\n"]);
+        assert_eq!(
+            events(&items),
+            vec![ev("message", "x\ny", ""), ev("message", "z", "")]
+        );
+    }
+
+    #[test]
+    fn bom_stripped_once_even_when_split() {
+        let items = parse_chunks(&[&[0xEF], &[0xBB, 0xBF], b"data: a\n\n\xEF\xBB\xBFdata: b\n\n"]);
+        // The second BOM is not at stream start: it becomes part of a field name, which is ignored.
+        assert_eq!(events(&items), vec![ev("message", "a", "")]);
+    }
+
+    #[test]
+    fn partial_bom_prefix_is_replayed_as_data() {
+        let items = parse_chunks(&[&[0xEF, 0xBB], b"x\n\ndata: ok\n\n"]);
+        assert_eq!(events(&items), vec![ev("message", "ok", "")]);
+    }
+
+    #[test]
+    fn id_persists_and_empty_id_resets_and_nul_is_ignored() {
+        let items = parse_chunks(&[
+            b"id: 7\ndata: a\n\ndata: b\n\nid\ndata: c\n\nid: 9\0x\ndata: d\n\n",
+        ]);
+        assert_eq!(
+            events(&items),
+            vec![
+                ev("message", "a", "7"),
+                ev("message", "b", "7"),
+                ev("message", "c", ""),
+                ev("message", "d", ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn id_without_data_updates_last_event_id_without_dispatch() {
+        let mut p = SseParser::new(1024);
+        let mut items = Vec::new();
+        p.feed(b"id: 5\n\n", &mut |i| items.push(i));
+        assert!(events(&items).is_empty());
+        assert_eq!(p.last_event_id(), "5");
+    }
+
+    #[test]
+    fn retry_digits_only() {
+        let items = parse_chunks(&[b"retry: 1500\nretry: 1.5\nretry: -1\nretry:\nretry: 99999999999999999999999\n"]);
+        let retries: Vec<_> = items
+            .iter()
+            .filter_map(|i| match i {
+                SseItem::Retry(v) => Some(*v),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(retries, vec![1500, u64::MAX]);
+    }
+
+    #[test]
+    fn comments_and_unknown_fields() {
+        let items = parse_chunks(&[b": hb\nfoo: bar\ndata: x\n\n"]);
+        assert_eq!(items.first(), Some(&SseItem::Comment));
+        assert_eq!(events(&items), vec![ev("message", "x", "")]);
+    }
+
+    #[test]
+    fn only_one_leading_space_stripped() {
+        let items = parse_chunks(&[b"data:  two\n\n"]);
+        assert_eq!(events(&items), vec![ev("message", " two", "")]);
+    }
+
+    #[test]
+    fn unterminated_final_event_not_dispatched() {
+        let items = parse_chunks(&[b"data: a\n\ndata: b\n"]);
+        assert_eq!(events(&items), vec![ev("message", "a", "")]);
+    }
+
+    #[test]
+    fn event_type_reset_after_dispatch_and_after_empty_data() {
+        let items = parse_chunks(&[b"event: x\n\ndata: a\n\n"]);
+        assert_eq!(events(&items), vec![ev("message", "a", "")]);
+    }
+
+    #[test]
+    fn utf8_split_across_chunks_and_invalid_bytes_replaced() {
+        let s = "data: h\u{e9}llo \u{1F600}\n\n".as_bytes();
+        let mut chunks: Vec<&[u8]> = Vec::new();
+        for i in 0..s.len() {
+            chunks.push(&s[i..i + 1]);
+        }
+        let items = parse_chunks(&chunks);
+        assert_eq!(events(&items), vec![ev("message", "h\u{e9}llo \u{1F600}", "")]);
+        let items = parse_chunks(&[b"data: a\xFFb\xE2\x82\n\n"]);
+        assert_eq!(events(&items), vec![ev("message", "a\u{FFFD}b\u{FFFD}", "")]);
+    }
+
+    #[test]
+    fn oversized_event_is_discarded_reported_once_and_parser_recovers() {
+        let mut p = SseParser::new(64);
+        let mut items = Vec::new();
+        let big = vec![b'x'; 1000];
+        p.feed(b"data: ", &mut |i| items.push(i));
+        for _ in 0..100 {
+            p.feed(&big, &mut |i| items.push(i));
+        }
+        assert!(p.buffered_bytes() <= 64);
+        p.feed(b"\ndata: more\n\ndata: ok\n\n", &mut |i| items.push(i));
+        let too_large = items
+            .iter()
+            .filter(|i| matches!(i, SseItem::TooLarge(_)))
+            .count();
+        assert_eq!(too_large, 1);
+        assert_eq!(events(&items), vec![ev("message", "ok", "")]);
+    }
+
+    #[test]
+    fn many_data_lines_exceeding_bound_are_discarded() {
+        let mut p = SseParser::new(64);
+        let mut items = Vec::new();
+        for _ in 0..100 {
+            p.feed(b"data: 0123456789\n", &mut |i| items.push(i));
+        }
+        p.feed(b"\ndata: ok\n\n", &mut |i| items.push(i));
+        assert!(items.iter().any(|i| matches!(i, SseItem::TooLarge(_))));
+        assert_eq!(events(&items), vec![ev("message", "ok", "")]);
+    }
+
+    #[test]
+    fn reset_stream_keeps_last_event_id() {
+        let mut p = SseParser::new(1024);
+        let mut items = Vec::new();
+        p.feed(b"id: 3\ndata: a\n\ndata: partial", &mut |i| items.push(i));
+        p.reset_stream();
+        p.feed(b"data: b\n\n", &mut |i| items.push(i));
+        assert_eq!(events(&items), vec![ev("message", "a", "3"), ev("message", "b", "3")]);
+    }
+}
