@@ -377,6 +377,9 @@ pub struct Engine {
     tick_at: Option<Ms>,
     stall_notified: bool,
     next_persist_at: Ms,
+    /// A `snapshot` event replaced the state: job-only events the server had
+    /// parked before it are invisible here, so reconcile once the run ends.
+    snapshot_replaced: bool,
 }
 
 impl Engine {
@@ -435,6 +438,7 @@ impl Engine {
             tick_at: None,
             stall_notified: false,
             next_persist_at: 0.0,
+            snapshot_replaced: false,
         }
     }
 
@@ -675,7 +679,12 @@ impl Engine {
             Conn::Open { .. } => {
                 if let Some(b) = self.link.last_byte_at {
                     if now - b >= self.cfg.heartbeat_timeout_ms {
-                        self.fail(now, Termination::HeartbeatTimeout, None, "no data from the server".into());
+                        self.fail(
+                            now,
+                            Termination::HeartbeatTimeout,
+                            None,
+                            "no data from the server".into(),
+                        );
                     }
                 }
             }
@@ -719,14 +728,25 @@ impl Engine {
                 self.end_link(now, Termination::Http4xx, Some("HTTP 401".into()));
                 self.connect(now);
             }
-            408 | 425 | 429 => {
-                self.fail(now, Termination::Http4xx, retry_after_ms, format!("HTTP {status}"))
-            }
-            500..=599 => {
-                self.fail(now, Termination::Http5xx, retry_after_ms, format!("HTTP {status}"))
-            }
+            408 | 425 | 429 => self.fail(
+                now,
+                Termination::Http4xx,
+                retry_after_ms,
+                format!("HTTP {status}"),
+            ),
+            500..=599 => self.fail(
+                now,
+                Termination::Http5xx,
+                retry_after_ms,
+                format!("HTTP {status}"),
+            ),
             400..=499 => self.fail_final(now, Termination::Http4xx, final_reason(status)),
-            _ => self.fail(now, Termination::ProtocolError, retry_after_ms, format!("HTTP {status}")),
+            _ => self.fail(
+                now,
+                Termination::ProtocolError,
+                retry_after_ms,
+                format!("HTTP {status}"),
+            ),
         }
     }
 
@@ -845,13 +865,21 @@ impl Engine {
                     .chars()
                     .take(200)
                     .collect::<String>();
-                let crid = v.get("client_request_id").and_then(Value::as_str).map(str::to_owned);
+                let crid = v
+                    .get("client_request_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
                 if let Some(crid) = crid {
                     self.send_failed_final(now, &crid, format!("{code}: {msg}"));
                 } else if code == "not_found" {
                     self.fail_final(now, Termination::Http4xx, "run not found".into());
                 } else {
-                    self.fail(now, Termination::ProtocolError, None, format!("server error {code}: {msg}"));
+                    self.fail(
+                        now,
+                        Termination::ProtocolError,
+                        None,
+                        format!("server error {code}: {msg}"),
+                    );
                 }
             }
             _ => self.protocol_error(now, ProtocolError::UnknownOp),
@@ -887,6 +915,14 @@ impl Engine {
                 .and_then(|v| parse_snapshot_body(v, &self.cfg.run_id).map_err(|e| e.to_string()))
         });
         match parsed {
+            Ok((id, st)) if self.reconcile == Reconcile::Fetching && id >= self.state.cursor => {
+                // Final reconciliation: the endpoint's state is authoritative.
+                let mut st = st;
+                st.cursor = id;
+                st.run_id = self.cfg.run_id.clone();
+                self.state.replace_with(st);
+                self.parked.clear();
+            }
             Ok((id, st)) => self.apply_snapshot(now, id, st),
             Err(e) => {
                 self.last_error = Some(format!("snapshot unavailable: {e}"));
@@ -894,7 +930,9 @@ impl Engine {
         }
         if self.reconcile == Reconcile::Fetching {
             self.reconcile = Reconcile::None;
-            if self.state.is_finished() && (self.state.non_terminal() > 0 || !self.parked.is_empty()) {
+            if self.state.is_finished()
+                && (self.state.non_terminal() > 0 || !self.parked.is_empty())
+            {
                 self.state.mark_unknown();
                 self.parked.clear();
             }
@@ -929,7 +967,13 @@ impl Engine {
             Spans::Sampled(rate) if self.rng.next_f64() < rate => Some(hex_id(&mut self.rng)),
             _ => None,
         };
-        self.sends.insert(crid.clone(), SendTiming { sent_at: now, trace });
+        self.sends.insert(
+            crid.clone(),
+            SendTiming {
+                sent_at: now,
+                trace,
+            },
+        );
         self.metric_entry(&crid);
         self.outbox.push_back(PendingSend {
             client_request_id: crid.clone(),
@@ -960,7 +1004,8 @@ impl Engine {
         };
         match r.status {
             Some(200..=299) => {
-                let body: Option<Value> = r.body.as_deref().and_then(|b| serde_json::from_str(b).ok());
+                let body: Option<Value> =
+                    r.body.as_deref().and_then(|b| serde_json::from_str(b).ok());
                 let mid = body
                     .as_ref()
                     .and_then(|b| b.get("message_id"))
@@ -982,7 +1027,9 @@ impl Engine {
                 let max_attempts = self.cfg.send_max_attempts;
                 let b = self.cfg.backoff;
                 let jitter = self.rng.next_f64();
-                let Some(s) = self.outbox.get_mut(pos) else { return };
+                let Some(s) = self.outbox.get_mut(pos) else {
+                    return;
+                };
                 if s.attempts >= max_attempts {
                     let why = match r.status {
                         Some(c) => format!("HTTP {c} after {max_attempts} attempts"),
@@ -1011,7 +1058,12 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Ms) {
         match self.conn {
             Conn::Connecting { since } if now >= since + self.cfg.connect_timeout_ms => {
-                self.fail(now, Termination::ConnectTimeout, None, "connection timed out".into());
+                self.fail(
+                    now,
+                    Termination::ConnectTimeout,
+                    None,
+                    "connection timed out".into(),
+                );
             }
             Conn::Open { opened_at } => {
                 if !self.link.healthy && now >= opened_at + self.cfg.healthy_after_ms {
@@ -1022,10 +1074,20 @@ impl Engine {
                 }
                 match self.link.last_byte_at {
                     None if now >= opened_at + self.cfg.connect_timeout_ms => {
-                        self.fail(now, Termination::ConnectTimeout, None, "no data from the server".into());
+                        self.fail(
+                            now,
+                            Termination::ConnectTimeout,
+                            None,
+                            "no data from the server".into(),
+                        );
                     }
                     Some(b) if self.visible && now >= b + self.cfg.heartbeat_timeout_ms => {
-                        self.fail(now, Termination::HeartbeatTimeout, None, "no heartbeat from the server".into());
+                        self.fail(
+                            now,
+                            Termination::HeartbeatTimeout,
+                            None,
+                            "no heartbeat from the server".into(),
+                        );
                     }
                     _ => {}
                 }
@@ -1149,7 +1211,8 @@ impl Engine {
         if !matches!(self.conn, Conn::Connecting { .. } | Conn::Open { .. }) {
             return;
         }
-        self.actions.push_back(Action::Disconnect { conn: self.conn_id });
+        self.actions
+            .push_back(Action::Disconnect { conn: self.conn_id });
         *self
             .metrics
             .terminations
@@ -1164,13 +1227,20 @@ impl Engine {
         );
         self.end_replay(now);
         if self.link.first_event_at.is_none() {
-            let ok = matches!(reason, Termination::RunCompleted | Termination::ClientClosed | Termination::NoContent);
+            let ok = matches!(
+                reason,
+                Termination::RunCompleted | Termination::ClientClosed | Termination::NoContent
+            );
             self.span(
                 "connect",
                 self.run_trace.clone(),
                 self.link.started_at,
                 now,
-                if ok { SpanStatus::Canceled } else { SpanStatus::Error },
+                if ok {
+                    SpanStatus::Canceled
+                } else {
+                    SpanStatus::Error
+                },
                 Some(reason.as_str()),
                 error,
             );
@@ -1294,7 +1364,15 @@ impl Engine {
                 now,
                 &[],
             );
-            self.span("connect", self.run_trace.clone(), self.link.started_at, now, SpanStatus::Ok, None, None);
+            self.span(
+                "connect",
+                self.run_trace.clone(),
+                self.link.started_at,
+                now,
+                SpanStatus::Ok,
+                None,
+                None,
+            );
             self.link.replaying = self.link.resumed;
         } else if self.link.replaying && now - self.link.last_event_at >= self.cfg.replay_quiet_ms {
             self.end_replay(now);
@@ -1309,10 +1387,23 @@ impl Engine {
         self.link.replaying = false;
         let end = self.link.last_event_at;
         let n = self.link.replayed;
-        self.telemetry
-            .metric(EventClass::Histogram, "stream.replay.events", n as f64, end, &[]);
+        self.telemetry.metric(
+            EventClass::Histogram,
+            "stream.replay.events",
+            n as f64,
+            end,
+            &[],
+        );
         if let Some(start) = self.link.first_event_at {
-            self.span("replay", self.run_trace.clone(), self.link.started_at, end.max(start), SpanStatus::Ok, None, None);
+            self.span(
+                "replay",
+                self.run_trace.clone(),
+                self.link.started_at,
+                end.max(start),
+                SpanStatus::Ok,
+                None,
+                None,
+            );
         }
     }
 
@@ -1344,8 +1435,13 @@ impl Engine {
         let cursor = self.state.cursor;
         if id <= cursor || self.buffer.contains_key(&id) {
             self.metrics.duplicates_dropped += 1;
-            self.telemetry
-                .metric(EventClass::Counter, "stream.event.duplicate.total", 1.0, now, &[]);
+            self.telemetry.metric(
+                EventClass::Counter,
+                "stream.event.duplicate.total",
+                1.0,
+                now,
+                &[],
+            );
             self.mark_dirty();
             return;
         }
@@ -1359,8 +1455,13 @@ impl Engine {
             return;
         }
         self.metrics.out_of_order += 1;
-        self.telemetry
-            .metric(EventClass::Counter, "stream.event.out_of_order.total", 1.0, now, &[]);
+        self.telemetry.metric(
+            EventClass::Counter,
+            "stream.event.out_of_order.total",
+            1.0,
+            now,
+            &[],
+        );
         self.buffer.insert(id, (event_type, kind));
         if self.gap_deadline.is_none() {
             self.gap_deadline = Some(now + self.cfg.gap_timeout_ms);
@@ -1429,8 +1530,13 @@ impl Engine {
                         if m.ttft_ms.is_none() {
                             let ttft = now - sent;
                             m.ttft_ms = Some(ttft);
-                            self.telemetry
-                                .metric(EventClass::Histogram, "message.ttft_ms", ttft, now, &[]);
+                            self.telemetry.metric(
+                                EventClass::Histogram,
+                                "message.ttft_ms",
+                                ttft,
+                                now,
+                                &[],
+                            );
                         }
                     }
                 }
@@ -1444,14 +1550,27 @@ impl Engine {
                     m.duration_ms = Some(d);
                     m.fallback = fallback;
                     let (ttfb, ttft) = (m.ttfb_ms, m.ttft_ms);
-                    self.telemetry
-                        .metric(EventClass::Histogram, "message.duration_ms", d, now, &[]);
+                    self.telemetry.metric(
+                        EventClass::Histogram,
+                        "message.duration_ms",
+                        d,
+                        now,
+                        &[],
+                    );
                     let detail = format!(
                         "ttfbMs={} ttftMs={}",
                         ttfb.map_or("null".into(), |v| format!("{v:.1}")),
                         ttft.map_or("null".into(), |v| format!("{v:.1}"))
                     );
-                    self.span("message", t.trace, t.sent_at, now, SpanStatus::Ok, None, Some(detail).filter(|_| false));
+                    self.span(
+                        "message",
+                        t.trace,
+                        t.sent_at,
+                        now,
+                        SpanStatus::Ok,
+                        None,
+                        Some(detail).filter(|_| false),
+                    );
                 }
             }
             Applied::Echo { client_request_id } => {
@@ -1479,7 +1598,7 @@ impl Engine {
     /// After the run finished: every worker and tool must reach a terminal status.
     fn after_finish(&mut self, now: Ms) {
         self.request_persist(now, true);
-        if self.state.non_terminal() == 0 && self.parked.is_empty() {
+        if self.state.non_terminal() == 0 && self.parked.is_empty() && !self.snapshot_replaced {
             return;
         }
         if self.cfg.has_snapshot_url {
@@ -1502,6 +1621,7 @@ impl Engine {
         st.run_id = self.cfg.run_id.clone();
         self.state.replace_with(st);
         self.parked.clear();
+        self.snapshot_replaced = true;
         self.buffer = self.buffer.split_off(&(id + 1));
         self.link.progressed = true;
         self.drain(now);
@@ -1576,7 +1696,9 @@ impl Engine {
         let conn = self.conn_id;
         let mut changed = Vec::new();
         for s in &mut self.outbox {
-            let SendState::Queued { due } = s.state else { continue };
+            let SendState::Queued { due } = s.state else {
+                continue;
+            };
             if due > now {
                 continue;
             }
@@ -1647,7 +1769,15 @@ impl Engine {
             }
         }
         if let Some(t) = self.sends.remove(crid) {
-            self.span("message", t.trace, t.sent_at, now, SpanStatus::Error, Some("send_failed"), Some(why.clone()));
+            self.span(
+                "message",
+                t.trace,
+                t.sent_at,
+                now,
+                SpanStatus::Error,
+                Some("send_failed"),
+                Some(why.clone()),
+            );
         }
         self.last_error = Some(format!("message not sent: {why}"));
         self.mark_dirty();

@@ -252,13 +252,12 @@ pub fn decode_envelope_value(value: Value, expected_run: &str) -> Result<Envelop
         Some(Value::Object(p)) => p,
         Some(_) => return Err(ProtocolError::WrongType("payload")),
     };
-    let kind = decode_payload(&event_type, payload).map_err(|reason| {
-        ProtocolError::InvalidPayload {
+    let kind =
+        decode_payload(&event_type, payload).map_err(|reason| ProtocolError::InvalidPayload {
             event_id,
             event_type: event_type.clone(),
             reason,
-        }
-    })?;
+        })?;
     Ok(Envelope {
         event_id,
         event_type,
@@ -410,10 +409,9 @@ fn decode_payload(event_type: &str, payload: Map<String, Value>) -> Result<Event
         "message.completed" => {
             let usage = match f.0.remove("usage") {
                 None | Some(Value::Null) => None,
-                Some(v) => Some(
-                    serde_json::from_value::<Usage>(v)
-                        .map_err(|e| format!("`usage`: {e}"))?,
-                ),
+                Some(v) => {
+                    Some(serde_json::from_value::<Usage>(v).map_err(|e| format!("`usage`: {e}"))?)
+                }
             };
             EventKind::MessageCompleted {
                 message_id: f.id("message_id")?,
@@ -464,7 +462,8 @@ pub fn is_rfc3339(s: &str) -> bool {
     {
         return false;
     }
-    let (month, day, hour, min, sec) = (num(5..7), num(8..10), num(11..13), num(14..16), num(17..19));
+    let (month, day, hour, min, sec) =
+        (num(5..7), num(8..10), num(11..13), num(14..16), num(17..19));
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
         return false;
     }
@@ -508,16 +507,37 @@ mod tests {
             ("run.started", r#"{"title":"t"}"#),
             ("run.completed", r#"{"status":"succeeded"}"#),
             ("supervisor.completed", r#"{}"#),
-            ("worker.started", r#"{"worker_id":"w1","job_id":"j1","name":"n"}"#),
+            (
+                "worker.started",
+                r#"{"worker_id":"w1","job_id":"j1","name":"n"}"#,
+            ),
             ("worker.job_assigned", r#"{"worker_id":"w1","job_id":"j1"}"#),
-            ("worker.completed", r#"{"job_id":"j1","status":"failed","error":"x"}"#),
-            ("tool.started", r#"{"worker_id":"w1","tool_call_id":"t1","name":"fetch"}"#),
-            ("tool.completed", r#"{"job_id":"j1","tool_call_id":"t1","status":"error","duration_ms":12.5}"#),
-            ("message.created", r#"{"message_id":"m1","role":"assistant","reply_to":"c1"}"#),
+            (
+                "worker.completed",
+                r#"{"job_id":"j1","status":"failed","error":"x"}"#,
+            ),
+            (
+                "tool.started",
+                r#"{"worker_id":"w1","tool_call_id":"t1","name":"fetch"}"#,
+            ),
+            (
+                "tool.completed",
+                r#"{"job_id":"j1","tool_call_id":"t1","status":"error","duration_ms":12.5}"#,
+            ),
+            (
+                "message.created",
+                r#"{"message_id":"m1","role":"assistant","reply_to":"c1"}"#,
+            ),
             ("message.delta", r#"{"message_id":"m1","delta":"Hel"}"#),
-            ("message.completed", r#"{"message_id":"m1","finish_reason":"stop","usage":{"prompt_tokens":3,"completion_tokens":4},"fallback":"m2"}"#),
+            (
+                "message.completed",
+                r#"{"message_id":"m1","finish_reason":"stop","usage":{"prompt_tokens":3,"completion_tokens":4},"fallback":"m2"}"#,
+            ),
             ("message.failed", r#"{"message_id":"m1","error":"boom"}"#),
-            ("snapshot", r#"{"state":{"run_id":"run_1","cursor":3,"status":"running","workers":[],"messages":[],"supervisor":{"completed":false,"summary":null}}}"#),
+            (
+                "snapshot",
+                r#"{"state":{"run_id":"run_1","cursor":3,"status":"running","workers":[],"messages":[],"supervisor":{"completed":false,"summary":null}}}"#,
+            ),
             ("future.thing", r#"{"x":1}"#),
         ];
         for (ty, p) in cases {
@@ -566,7 +586,10 @@ mod tests {
     fn payload_failures_keep_the_id() {
         let cases = [
             ("tool.started", r#"{"tool_call_id":"t","name":"n"}"#),
-            ("tool.completed", r#"{"worker_id":"w","tool_call_id":"t","status":"maybe"}"#),
+            (
+                "tool.completed",
+                r#"{"worker_id":"w","tool_call_id":"t","status":"maybe"}"#,
+            ),
             ("worker.completed", r#"{"worker_id":"w"}"#),
             ("worker.started", r#"{"worker_id":""}"#),
             ("message.delta", r#"{"message_id":"m","delta":5}"#),

@@ -23,9 +23,7 @@ impl Rng {
         };
         let a = next() ^ seed[1];
         let b = next();
-        Self {
-            s: [a | 1, b],
-        }
+        Self { s: [a | 1, b] }
     }
 
     /// The next 64 random bits (xorshift128+).

@@ -325,7 +325,11 @@ mod tests {
 
     #[test]
     fn bom_stripped_once_even_when_split() {
-        let items = parse_chunks(&[&[0xEF], &[0xBB, 0xBF], b"data: a\n\n\xEF\xBB\xBFdata: b\n\n"]);
+        let items = parse_chunks(&[
+            &[0xEF],
+            &[0xBB, 0xBF],
+            b"data: a\n\n\xEF\xBB\xBFdata: b\n\n",
+        ]);
         // The second BOM is not at stream start: it becomes part of a field name, which is ignored.
         assert_eq!(events(&items), vec![ev("message", "a", "")]);
     }
@@ -338,9 +342,8 @@ mod tests {
 
     #[test]
     fn id_persists_and_empty_id_resets_and_nul_is_ignored() {
-        let items = parse_chunks(&[
-            b"id: 7\ndata: a\n\ndata: b\n\nid\ndata: c\n\nid: 9\0x\ndata: d\n\n",
-        ]);
+        let items =
+            parse_chunks(&[b"id: 7\ndata: a\n\ndata: b\n\nid\ndata: c\n\nid: 9\0x\ndata: d\n\n"]);
         assert_eq!(
             events(&items),
             vec![
@@ -363,7 +366,9 @@ mod tests {
 
     #[test]
     fn retry_digits_only() {
-        let items = parse_chunks(&[b"retry: 1500\nretry: 1.5\nretry: -1\nretry:\nretry: 99999999999999999999999\n"]);
+        let items = parse_chunks(&[
+            b"retry: 1500\nretry: 1.5\nretry: -1\nretry:\nretry: 99999999999999999999999\n",
+        ]);
         let retries: Vec<_> = items
             .iter()
             .filter_map(|i| match i {
@@ -407,9 +412,15 @@ mod tests {
             chunks.push(&s[i..i + 1]);
         }
         let items = parse_chunks(&chunks);
-        assert_eq!(events(&items), vec![ev("message", "h\u{e9}llo \u{1F600}", "")]);
+        assert_eq!(
+            events(&items),
+            vec![ev("message", "h\u{e9}llo \u{1F600}", "")]
+        );
         let items = parse_chunks(&[b"data: a\xFFb\xE2\x82\n\n"]);
-        assert_eq!(events(&items), vec![ev("message", "a\u{FFFD}b\u{FFFD}", "")]);
+        assert_eq!(
+            events(&items),
+            vec![ev("message", "a\u{FFFD}b\u{FFFD}", "")]
+        );
     }
 
     #[test]
@@ -450,6 +461,9 @@ mod tests {
         p.feed(b"id: 3\ndata: a\n\ndata: partial", &mut |i| items.push(i));
         p.reset_stream();
         p.feed(b"data: b\n\n", &mut |i| items.push(i));
-        assert_eq!(events(&items), vec![ev("message", "a", "3"), ev("message", "b", "3")]);
+        assert_eq!(
+            events(&items),
+            vec![ev("message", "a", "3"), ev("message", "b", "3")]
+        );
     }
 }

@@ -274,7 +274,9 @@ impl RunState {
         for (i, w) in self.workers.iter().enumerate() {
             ix.workers.insert(w.worker_id.clone(), i);
             if let Some(j) = &w.job_id {
-                ix.jobs.entry(j.clone()).or_insert_with(|| w.worker_id.clone());
+                ix.jobs
+                    .entry(j.clone())
+                    .or_insert_with(|| w.worker_id.clone());
             }
         }
         for (i, m) in self.messages.iter().enumerate() {
@@ -460,7 +462,11 @@ impl RunState {
                         w.status = WorkerStatus::Running;
                     }
                     if let Some((t, first_seen)) = tool_mut(w, &tool_call_id) {
-                        t.status = if ok { ToolStatus::Ok } else { ToolStatus::Error };
+                        t.status = if ok {
+                            ToolStatus::Ok
+                        } else {
+                            ToolStatus::Error
+                        };
                         out.push(Applied::ToolCompleted { ok, first_seen });
                     }
                 }
@@ -892,8 +898,14 @@ mod tests {
         let mut parked = Parked::default();
         let mut out = Vec::new();
         for i in 0..3 {
-            s.apply(i + 1, worker_done(None, Some(&format!("j{i}"))), &mut parked, 2, &mut out)
-                .ok();
+            s.apply(
+                i + 1,
+                worker_done(None, Some(&format!("j{i}"))),
+                &mut parked,
+                2,
+                &mut out,
+            )
+            .ok();
         }
         assert_eq!(parked.len(), 2);
         let err = s.apply(4, worker_done(None, Some("j9")), &mut parked, 2, &mut out);
@@ -924,7 +936,11 @@ mod tests {
             role: role.into(),
             client_request_id: crid.map(Into::into),
             reply_to: reply_to.map(Into::into),
-            content: if role == "user" { Some(format!("q-{id}")) } else { None },
+            content: if role == "user" {
+                Some(format!("q-{id}"))
+            } else {
+                None
+            },
         }
     }
 
@@ -972,7 +988,10 @@ mod tests {
 
     #[test]
     fn wire_round_trip_is_snake_case() {
-        let (s, _) = apply_all(vec![ws("w1", Some("j1")), created("m1", "assistant", None, None)]);
+        let (s, _) = apply_all(vec![
+            ws("w1", Some("j1")),
+            created("m1", "assistant", None, None),
+        ]);
         let wire = s.to_wire();
         let text = wire.to_string();
         assert!(text.contains("\"worker_id\":\"w1\""), "{text}");

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need, idempotently: each tool is
+# checked first and only installed when missing (a second run rebuilds nothing).
+# Verified facts behind each step: ../shared/TOOLCHAIN.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+log() { printf '[setup] %s\n' "$*"; }
+
+need_browsers=${NEED_BROWSERS:-1}
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  log "rustup target add wasm32-unknown-unknown"
+  rustup target add wasm32-unknown-unknown
+fi
+
+# wasm-bindgen-cli must match the wasm-bindgen version in Cargo.lock exactly.
+if [ ! -f Cargo.lock ]; then cargo generate-lockfile; fi
+wbg=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/,""); print; exit}' Cargo.lock)
+if ! command -v wasm-pack >/dev/null || ! wasm-pack --version | grep -q '0.15'; then
+  log "cargo install wasm-pack (~4 min)"
+  cargo install wasm-pack --locked --version 0.15.1
+fi
+if ! command -v wasm-bindgen >/dev/null || ! wasm-bindgen --version | grep -q " $wbg\$"; then
+  log "cargo install wasm-bindgen-cli $wbg (~4 min; without --locked, see TOOLCHAIN.md)"
+  cargo install wasm-bindgen-cli --version "$wbg" --force
+fi
+
+apt_pkgs=()
+command -v wasm-opt >/dev/null || apt_pkgs+=(binaryen)
+if [ "$need_browsers" = 1 ]; then
+  command -v chromium >/dev/null || apt_pkgs+=(chromium)
+  command -v chromedriver >/dev/null || apt_pkgs+=(chromium-driver)
+  command -v firefox-esr >/dev/null || apt_pkgs+=(firefox-esr)
+fi
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  log "apt-get install ${apt_pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+fi
+if [ "$need_browsers" = 1 ] && ! command -v geckodriver >/dev/null; then
+  log "cargo install geckodriver"
+  cargo install geckodriver --locked || cargo install geckodriver
+fi
+
+# npm packages the end-to-end tests and benchmarks use (Playwright drives Debian's Chromium).
+if [ -f tests/e2e/package.json ] && [ ! -d tests/e2e/node_modules/playwright-core ]; then
+  log "npm install (tests/e2e)"
+  (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error)
+fi
+log "tools ready"
