@@ -919,3 +919,22 @@ proptest! {
         prop_assert_eq!(e.cursor(), 0);
     }
 }
+
+#[test]
+fn undelivered_optimistic_messages_are_resent_after_a_refresh() {
+    let mut e = Engine::new(cfg(), [1, 1], None);
+    e.handle_online(0.0, false);
+    let crid = e.send(0.0, "persist me").unwrap();
+    let saved = runstream::core::state::RunState::from_wire(e.state().to_wire()).unwrap();
+    let mut e2 = Engine::new(cfg(), [2, 2], Some(saved));
+    e2.start(10.0);
+    let posts: Vec<_> = drain(&mut e2)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Post { client_request_id, .. } => Some(client_request_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(posts, vec![crid]);
+    assert_eq!(e2.state().messages.len(), 1);
+}

@@ -72,6 +72,8 @@ pub enum Spans {
 pub struct Config {
     /// The run this stream follows.
     pub run_id: String,
+    /// Chat session of WebSocket sends (`{"op":"send","session_id":…}`).
+    pub session_id: String,
     /// Which transport the shell uses.
     pub transport: Transport,
     /// A snapshot endpoint is configured.
@@ -123,6 +125,7 @@ impl Config {
     pub fn new(run_id: &str) -> Self {
         Self {
             run_id: run_id.to_owned(),
+            session_id: run_id.to_owned(),
             transport: Transport::Fetch,
             has_snapshot_url: false,
             can_send: false,
@@ -397,6 +400,28 @@ impl Engine {
             _ => None,
         };
         let persisted_cursor = state.cursor;
+        // Optimistic messages a previous page had not delivered are sent again
+        // (same client_request_id, so the server treats it as the same send).
+        let outbox: VecDeque<PendingSend> = state
+            .messages
+            .iter_mut()
+            .filter(|m| {
+                m.message_id.is_none()
+                    && matches!(m.status, MessageStatus::Queued | MessageStatus::Sending)
+            })
+            .filter_map(|m| {
+                m.status = MessageStatus::Queued;
+                Some(PendingSend {
+                    client_request_id: m.client_request_id.clone()?,
+                    content: m.content.clone(),
+                    state: SendState::Queued { due: 0.0 },
+                    attempts: 0,
+                    unauthorized_retried: false,
+                })
+            })
+            .take(cfg.outbox_capacity)
+            .collect();
+        let awaiting = outbox.iter().map(|s| s.client_request_id.clone()).collect();
         Self {
             parser: SseParser::new(cfg.max_event_bytes),
             telemetry: Telemetry::new(cfg.telemetry_capacity),
@@ -421,9 +446,9 @@ impl Engine {
             online: true,
             visible: true,
             last_error: None,
-            outbox: VecDeque::new(),
+            outbox,
             sends: HashMap::new(),
-            awaiting: VecDeque::new(),
+            awaiting,
             last_token_at: 0.0,
             dirty: true,
             frame_requested: false,
@@ -606,6 +631,7 @@ impl Engine {
                 self.mark_dirty();
             }
         }
+        self.pump_sends(now);
     }
 
     /// Stops everything: the transport is dropped and nothing is retried.
@@ -1708,7 +1734,7 @@ impl Engine {
             if ws {
                 let text = serde_json::json!({
                     "op": "send",
-                    "session_id": self.cfg.run_id,
+                    "session_id": self.cfg.session_id,
                     "client_request_id": s.client_request_id,
                     "content": s.content,
                 })

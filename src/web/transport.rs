@@ -1,0 +1,330 @@
+//! The three transports, as thin as possible: each browser callback becomes
+//! one engine input, tagged with its connection number, then `drive()` runs.
+//! Every handle closes its connection and removes its callbacks on drop.
+
+use js_sys::{Reflect, Uint8Array};
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::{spawn_local, JsFuture};
+use web_sys::{
+    AbortController, CloseEvent, EventSource, EventSourceInit, Headers, MessageEvent,
+    ReadableStreamDefaultReader, RequestCredentials, RequestInit, Response, WebSocket,
+};
+
+use super::env::{self, Listener};
+use super::options::resolve_headers;
+use super::{with_engine, Weak};
+use crate::core::engine::{CloseCause, SendResult};
+
+/// Event names a native `EventSource` must listen to (PROTOCOL §4, §3, plus the default).
+const SSE_TYPES: [&str; 15] = [
+    "message", "snapshot", "run.started", "run.completed", "supervisor.completed",
+    "worker.started", "worker.job_assigned", "worker.completed", "tool.started",
+    "tool.completed", "message.created", "message.delta", "message.completed",
+    "message.failed", "heartbeat",
+];
+
+/// A live transport connection; dropping it closes the connection.
+pub enum Handle {
+    /// fetch + ReadableStream.
+    Fetch(AbortController),
+    /// Native EventSource.
+    Sse(EventSource, Vec<Listener>, Option<AbortController>),
+    /// WebSocket.
+    Ws(WebSocket, Vec<Closure<dyn FnMut(JsValue)>>),
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        match self {
+            Handle::Fetch(a) => a.abort(),
+            Handle::Sse(es, listeners, probe) => {
+                listeners.clear();
+                es.close();
+                if let Some(p) = probe {
+                    p.abort();
+                }
+            }
+            Handle::Ws(ws, callbacks) => {
+                ws.set_onopen(None);
+                ws.set_onmessage(None);
+                ws.set_onclose(None);
+                ws.set_onerror(None);
+                let _ = ws.close();
+                callbacks.clear();
+            }
+        }
+    }
+}
+
+impl Handle {
+    /// Sends a text frame (WebSocket only).
+    pub fn ws_send(&self, text: &str) {
+        if let Handle::Ws(ws, _) = self {
+            let _ = ws.send_with_str(text);
+        }
+    }
+}
+
+fn with_query(url: &str, resume_from: u64) -> String {
+    if resume_from == 0 {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}last_event_id={resume_from}")
+}
+
+/// `Retry-After` as milliseconds (delta-seconds or an HTTP date).
+fn retry_after(resp: &Response) -> Option<f64> {
+    let v = resp.headers().get("retry-after").ok().flatten()?;
+    let v = v.trim();
+    if let Ok(s) = v.parse::<f64>() {
+        return (s.is_finite() && s >= 0.0).then_some(s * 1000.0);
+    }
+    let t = js_sys::Date::parse(v);
+    (!t.is_nan()).then(|| (t - js_sys::Date::now()).max(0.0))
+}
+
+fn is_event_stream(resp: &Response) -> bool {
+    resp.headers()
+        .get("content-type")
+        .ok()
+        .flatten()
+        .is_some_and(|c| c.to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+fn request_init(method: &str, headers: &[(String, String)], credentials: bool) -> RequestInit {
+    let init = RequestInit::new();
+    init.set_method(method);
+    if let Ok(h) = Headers::new() {
+        for (k, v) in headers {
+            let _ = h.set(k, v);
+        }
+        init.set_headers(&h);
+    }
+    init.set_credentials(if credentials {
+        RequestCredentials::Include
+    } else {
+        RequestCredentials::SameOrigin
+    });
+    init
+}
+
+async fn fetch(url: &str, init: &RequestInit) -> Result<Response, JsValue> {
+    let w = web_sys::window().ok_or(JsValue::NULL)?;
+    let r = JsFuture::from(w.fetch_with_str_and_init(url, init)).await?;
+    r.dyn_into::<Response>()
+}
+
+/// Opens a fetch-streamed SSE connection.
+pub fn open_fetch(weak: Weak, conn: u64, url: String, resume_from: u64, headers: JsValue, credentials: bool) -> Option<Handle> {
+    let abort = AbortController::new().ok()?;
+    let signal = abort.signal();
+    spawn_local(async move {
+        let mut hs = match resolve_headers(&headers).await {
+            Ok(h) => h,
+            Err(_) => {
+                with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Network));
+                return;
+            }
+        };
+        hs.push(("Accept".into(), "text/event-stream".into()));
+        if resume_from > 0 {
+            hs.push(("Last-Event-ID".into(), resume_from.to_string()));
+        }
+        let init = request_init("GET", &hs, credentials);
+        init.set_signal(Some(&signal));
+        init.set_cache(web_sys::RequestCache::NoStore);
+        let resp = match fetch(&url, &init).await {
+            Ok(r) => r,
+            Err(_) => {
+                with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Network));
+                return;
+            }
+        };
+        let status = resp.status();
+        let ra = retry_after(&resp);
+        let es = is_event_stream(&resp);
+        with_engine(&weak, |e| e.handle_response(env::now(), conn, status, ra, es));
+        if !(200..300).contains(&status) || status == 204 || !es {
+            return;
+        }
+        let Some(body) = resp.body() else {
+            with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Eof));
+            return;
+        };
+        let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+        loop {
+            let chunk = match JsFuture::from(reader.read()).await {
+                Ok(c) => c,
+                Err(_) => {
+                    with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Network));
+                    return;
+                }
+            };
+            let done = Reflect::get(&chunk, &"done".into()).ok().and_then(|d| d.as_bool()).unwrap_or(true);
+            if done {
+                with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Eof));
+                return;
+            }
+            let Ok(value) = Reflect::get(&chunk, &"value".into()) else { continue };
+            let Ok(bytes) = value.dyn_into::<Uint8Array>() else { continue };
+            let bytes = bytes.to_vec();
+            let alive = with_engine(&weak, |e| e.handle_bytes(env::now(), conn, &bytes));
+            if alive.is_none() {
+                let _ = reader.cancel();
+                return;
+            }
+        }
+    });
+    Some(Handle::Fetch(abort))
+}
+
+/// Opens a native `EventSource` connection (`?last_event_id=` on resume).
+pub fn open_sse(weak: Weak, conn: u64, url: String, resume_from: u64, credentials: bool) -> Option<Handle> {
+    let init = EventSourceInit::new();
+    init.set_with_credentials(credentials);
+    let full = with_query(&url, resume_from);
+    let es = EventSource::new_with_event_source_init_dict(&full, &init).ok()?;
+    let target: &web_sys::EventTarget = es.as_ref();
+    let mut listeners = Vec::new();
+    {
+        let weak = weak.clone();
+        listeners.extend(Listener::new(target, "open", move |_| {
+            with_engine(&weak, |e| e.handle_response(env::now(), conn, 200, None, true));
+        }));
+    }
+    for ty in SSE_TYPES {
+        let weak = weak.clone();
+        listeners.extend(Listener::new(target, ty, move |ev| {
+            if let Some(data) = ev.dyn_ref::<MessageEvent>().and_then(|m| m.data().as_string()) {
+                with_engine(&weak, |e| e.handle_sse_event(env::now(), conn, &data));
+            }
+        }));
+    }
+    {
+        let weak = weak.clone();
+        let es2 = es.clone();
+        listeners.extend(Listener::new(target, "error", move |_| {
+            // Never let EventSource reconnect on its own: ours is under the engine's backoff.
+            let fatal = es2.ready_state() == EventSource::CLOSED;
+            es2.close();
+            if fatal {
+                // EventSource hides the status: probe once so 404/401/… are final, 5xx backs off.
+                let weak = weak.clone();
+                let url = full_probe(&es2);
+                spawn_local(async move {
+                    let init = request_init("GET", &[], credentials);
+                    let ctl = AbortController::new().ok();
+                    if let Some(c) = &ctl {
+                        init.set_signal(Some(&c.signal()));
+                    }
+                    match fetch(&url, &init).await {
+                        Ok(r) if r.status() != 200 || !is_event_stream(&r) => {
+                            let (s, ra, es) = (r.status(), retry_after(&r), is_event_stream(&r));
+                            with_engine(&weak, |e| e.handle_response(env::now(), conn, s, ra, es));
+                        }
+                        _ => {
+                            with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Network));
+                        }
+                    }
+                    if let Some(c) = ctl {
+                        c.abort();
+                    }
+                });
+            } else {
+                with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Network));
+            }
+        }));
+    }
+    Some(Handle::Sse(es, listeners, None))
+}
+
+fn full_probe(es: &EventSource) -> String {
+    es.url()
+}
+
+/// Opens a WebSocket; the engine subscribes once it is open.
+pub fn open_ws(weak: Weak, conn: u64, url: String) -> Option<Handle> {
+    let ws = WebSocket::new(&env::resolve(&url, true)).ok()?;
+    ws.set_binary_type(web_sys::BinaryType::Arraybuffer);
+    let mut cbs: Vec<Closure<dyn FnMut(JsValue)>> = Vec::new();
+    {
+        let weak = weak.clone();
+        let cb = Closure::<dyn FnMut(JsValue)>::new(move |_| {
+            with_engine(&weak, |e| e.handle_ws_open(env::now(), conn));
+        });
+        ws.set_onopen(Some(cb.as_ref().unchecked_ref()));
+        cbs.push(cb);
+    }
+    {
+        let weak = weak.clone();
+        let cb = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
+            let data = ev.dyn_ref::<MessageEvent>().map(|m| m.data());
+            match data.as_ref().and_then(|d| d.as_string()) {
+                Some(text) => with_engine(&weak, |e| e.handle_ws_text(env::now(), conn, &text)),
+                None => with_engine(&weak, |e| e.handle_ws_binary(env::now(), conn)),
+            };
+        });
+        ws.set_onmessage(Some(cb.as_ref().unchecked_ref()));
+        cbs.push(cb);
+    }
+    {
+        let weak = weak.clone();
+        let cb = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
+            let clean = ev.dyn_ref::<CloseEvent>().is_some_and(|c| c.was_clean());
+            let cause = if clean { CloseCause::Eof } else { CloseCause::Network };
+            with_engine(&weak, |e| e.handle_closed(env::now(), conn, cause));
+        });
+        ws.set_onclose(Some(cb.as_ref().unchecked_ref()));
+        cbs.push(cb);
+    }
+    Some(Handle::Ws(ws, cbs))
+}
+
+/// POSTs a chat send; reports to the engine.
+pub fn post(weak: Weak, url: String, headers: JsValue, credentials: bool, crid: String, content: String) {
+    spawn_local(async move {
+        let result = async {
+            let mut hs = resolve_headers(&headers).await.map_err(|_| ())?;
+            hs.push(("Content-Type".into(), "application/json".into()));
+            let init = request_init("POST", &hs, credentials);
+            let body = serde_json::json!({"client_request_id": crid, "content": content}).to_string();
+            init.set_body(&JsValue::from_str(&body));
+            let r = fetch(&url, &init).await.map_err(|_| ())?;
+            let status = r.status();
+            let ra = retry_after(&r);
+            let text = match r.text() {
+                Ok(p) => JsFuture::from(p).await.ok().and_then(|t| t.as_string()),
+                Err(_) => None,
+            };
+            Ok::<_, ()>(SendResult { status: Some(status), retry_after_ms: ra, body: text })
+        }
+        .await
+        .unwrap_or_default();
+        with_engine(&weak, |e| e.handle_send_result(env::now(), &crid, result));
+    });
+}
+
+/// GETs the snapshot endpoint; reports to the engine.
+pub fn fetch_snapshot(weak: Weak, url: String, headers: JsValue, credentials: bool) {
+    spawn_local(async move {
+        let result = async {
+            let hs = resolve_headers(&headers).await.map_err(|e| e.to_string())?;
+            let init = request_init("GET", &hs, credentials);
+            init.set_cache(web_sys::RequestCache::NoStore);
+            let r = fetch(&url, &init).await.map_err(|_| "network error".to_owned())?;
+            if r.status() != 200 {
+                return Err(format!("HTTP {}", r.status()));
+            }
+            let p = r.text().map_err(|_| "unreadable body".to_owned())?;
+            JsFuture::from(p)
+                .await
+                .ok()
+                .and_then(|t| t.as_string())
+                .ok_or_else(|| "unreadable body".to_owned())
+        }
+        .await;
+        with_engine(&weak, |e| e.handle_snapshot(env::now(), result.as_deref().map_err(Clone::clone)));
+    });
+}
