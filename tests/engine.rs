@@ -931,7 +931,9 @@ fn undelivered_optimistic_messages_are_resent_after_a_refresh() {
     let posts: Vec<_> = drain(&mut e2)
         .into_iter()
         .filter_map(|a| match a {
-            Action::Post { client_request_id, .. } => Some(client_request_id),
+            Action::Post {
+                client_request_id, ..
+            } => Some(client_request_id),
             _ => None,
         })
         .collect();

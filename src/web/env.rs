@@ -44,7 +44,11 @@ pub struct Listener {
 
 impl Listener {
     /// Adds `f` as a `kind` listener on `target`.
-    pub fn new(target: &EventTarget, kind: &'static str, f: impl FnMut(Event) + 'static) -> Option<Self> {
+    pub fn new(
+        target: &EventTarget,
+        kind: &'static str,
+        f: impl FnMut(Event) + 'static,
+    ) -> Option<Self> {
         let cb = Closure::<dyn FnMut(Event)>::new(f);
         target
             .add_event_listener_with_callback(kind, cb.as_ref().unchecked_ref())

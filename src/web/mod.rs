@@ -64,7 +64,9 @@ fn drive(rc: &Shared) {
     // Bounded: each round only executes what the previous round produced.
     for _ in 0..64 {
         let (actions, events, listeners) = {
-            let Ok(mut inner) = rc.try_borrow_mut() else { return };
+            let Ok(mut inner) = rc.try_borrow_mut() else {
+                return;
+            };
             let actions: Vec<Action> = std::iter::from_fn(|| inner.engine.poll_action()).collect();
             let mut events = Vec::new();
             if !inner.event_listeners.is_empty() {
@@ -78,7 +80,11 @@ fn drive(rc: &Shared) {
             let listeners: Vec<Function> = if events.is_empty() {
                 Vec::new()
             } else {
-                inner.event_listeners.iter().map(|(_, f)| f.clone()).collect()
+                inner
+                    .event_listeners
+                    .iter()
+                    .map(|(_, f)| f.clone())
+                    .collect()
             };
             (actions, events, listeners)
         };
@@ -101,7 +107,9 @@ fn drive(rc: &Shared) {
 }
 
 fn rearm(rc: &Shared) {
-    let Ok(mut inner) = rc.try_borrow_mut() else { return };
+    let Ok(mut inner) = rc.try_borrow_mut() else {
+        return;
+    };
     if inner.closed {
         inner.timer = None;
         return;
@@ -128,7 +136,9 @@ fn rearm(rc: &Shared) {
 }
 
 fn execute(rc: &Shared, action: Action) {
-    let Ok(mut inner) = rc.try_borrow_mut() else { return };
+    let Ok(mut inner) = rc.try_borrow_mut() else {
+        return;
+    };
     let weak = inner.weak.clone();
     match action {
         Action::Connect { conn, resume_from } => {
@@ -143,18 +153,24 @@ fn execute(rc: &Shared, action: Action) {
                     o.headers.clone(),
                     o.with_credentials,
                 ),
-                Transport::Sse => {
-                    transport::open_sse(weak, conn, env::resolve(&o.url, false), resume_from, o.with_credentials)
-                }
+                Transport::Sse => transport::open_sse(
+                    weak,
+                    conn,
+                    env::resolve(&o.url, false),
+                    resume_from,
+                    o.with_credentials,
+                ),
                 Transport::WebSocket => transport::open_ws(weak, conn, o.ws_url.clone()),
             };
             match handle {
                 Some(h) => inner.transport = Some((conn, h)),
                 None => {
                     // The browser refused to even create the connection (bad URL, CSP).
-                    inner
-                        .engine
-                        .handle_closed(env::now(), conn, crate::core::engine::CloseCause::Network);
+                    inner.engine.handle_closed(
+                        env::now(),
+                        conn,
+                        crate::core::engine::CloseCause::Network,
+                    );
                 }
             }
         }
@@ -173,7 +189,12 @@ fn execute(rc: &Shared, action: Action) {
         Action::FetchSnapshot => match inner.opts.snapshot_url.clone() {
             Some(url) => {
                 let o = &inner.opts;
-                transport::fetch_snapshot(weak, env::resolve(&url, false), o.headers.clone(), o.with_credentials);
+                transport::fetch_snapshot(
+                    weak,
+                    env::resolve(&url, false),
+                    o.headers.clone(),
+                    o.with_credentials,
+                );
             }
             None => inner
                 .engine
@@ -206,14 +227,22 @@ fn execute(rc: &Shared, action: Action) {
                 } else {
                     env::Frame::new(move || on_frame(&w1))
                 };
-                let fallback = env::Timeout::new(if raf.is_some() { 100.0 } else { 50.0 }, move || on_frame(&w2));
+                let fallback =
+                    env::Timeout::new(if raf.is_some() { 100.0 } else { 50.0 }, move || {
+                        on_frame(&w2)
+                    });
                 inner.frame = Some((raf, fallback));
             }
         }
         Action::Measure(span) => {
             let ser = serde_wasm_bindgen::Serializer::json_compatible();
             let detail = span.serialize(&ser).unwrap_or(JsValue::NULL);
-            env::measure("runstream:span", span.start, span.start + span.duration_ms, &detail);
+            env::measure(
+                "runstream:span",
+                span.start,
+                span.start + span.duration_ms,
+                &detail,
+            );
         }
     }
 }
@@ -228,7 +257,9 @@ fn persist(inner: &Inner, cursor: u64) {
         Resume::Local => true,
         Resume::Session => false,
     };
-    let Some(storage) = env::storage(local) else { return };
+    let Some(storage) = env::storage(local) else {
+        return;
+    };
     let record = serde_json::json!({
         "v": STORAGE_VERSION,
         "cursor": cursor,
@@ -249,7 +280,9 @@ fn restore(opts: &Options) -> Option<RunState> {
         Resume::Local => true,
         Resume::Session => false,
     };
-    let text = env::storage(local)?.get_item(&storage_key(&opts.run_id)).ok()??;
+    let text = env::storage(local)?
+        .get_item(&storage_key(&opts.run_id))
+        .ok()??;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     if v.get("v").and_then(serde_json::Value::as_u64) != Some(u64::from(STORAGE_VERSION)) {
         return None;
@@ -263,7 +296,9 @@ fn restore(opts: &Options) -> Option<RunState> {
 fn on_frame(weak: &Weak) {
     let Some(rc) = weak.upgrade() else { return };
     let subs: Vec<Function> = {
-        let Ok(mut inner) = rc.try_borrow_mut() else { return };
+        let Ok(mut inner) = rc.try_borrow_mut() else {
+            return;
+        };
         inner.frame = None;
         if inner.closed {
             return;
@@ -448,7 +483,9 @@ impl RunStream {
     /// Connects (resuming from the stored cursor) and starts listening to online/visibility.
     pub fn start(&self) {
         {
-            let Ok(mut inner) = self.inner.try_borrow_mut() else { return };
+            let Ok(mut inner) = self.inner.try_borrow_mut() else {
+                return;
+            };
             if inner.started || inner.closed {
                 return;
             }
@@ -532,7 +569,10 @@ impl RunStream {
     pub fn send(&self, content: &str) -> Result<String, JsValue> {
         let r = {
             let mut inner = self.inner.try_borrow_mut().map_err(|_| WebError::Busy)?;
-            inner.engine.send(env::now(), content).map_err(WebError::from)?
+            inner
+                .engine
+                .send(env::now(), content)
+                .map_err(WebError::from)?
         };
         drive(&self.inner);
         Ok(r)
@@ -547,7 +587,9 @@ impl RunStream {
 
     /// Stops everything: aborts the connection, removes every listener, clears every timer.
     pub fn close(&self) {
-        let Ok(mut inner) = self.inner.try_borrow_mut() else { return };
+        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+            return;
+        };
         if inner.closed {
             return;
         }

@@ -4,8 +4,8 @@ use js_sys::{Function, Object, Promise, Reflect};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
-use crate::core::engine::{Backoff, Config, Spans, Transport};
 use super::error::WebError;
+use crate::core::engine::{Backoff, Config, Spans, Transport};
 
 /// Where the cursor survives a refresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,8 @@ impl Options {
         if !opts.is_object() {
             return Err(WebError::InvalidOption("options", "an object"));
         }
-        let run_id = opt_string(opts, "runId")?.ok_or(WebError::InvalidOption("runId", "a non-empty string"))?;
+        let run_id = opt_string(opts, "runId")?
+            .ok_or(WebError::InvalidOption("runId", "a non-empty string"))?;
         if run_id.is_empty() || run_id.chars().count() > 128 {
             return Err(WebError::InvalidOption("runId", "1 to 128 characters"));
         }
@@ -72,14 +73,22 @@ impl Options {
             None | Some("fetch") => Transport::Fetch,
             Some("sse") => Transport::Sse,
             Some("websocket") => Transport::WebSocket,
-            Some(_) => return Err(WebError::InvalidOption("transport", "\"fetch\", \"sse\" or \"websocket\"")),
+            Some(_) => {
+                return Err(WebError::InvalidOption(
+                    "transport",
+                    "\"fetch\", \"sse\" or \"websocket\"",
+                ))
+            }
         };
         let url = opt_string(opts, "url")?.unwrap_or_else(|| format!("/api/stream/runs/{enc}"));
         let ws_url = opt_string(opts, "wsUrl")?.unwrap_or_else(|| "/api/ws".to_owned());
         let snapshot_url = match get(opts, "snapshotUrl") {
             v if v.is_null() => None,
             v if v.is_undefined() => Some(format!("/api/runs/{enc}/snapshot")),
-            v => Some(v.as_string().ok_or(WebError::InvalidOption("snapshotUrl", "a string or null"))?),
+            v => Some(
+                v.as_string()
+                    .ok_or(WebError::InvalidOption("snapshotUrl", "a string or null"))?,
+            ),
         };
         let send_url = opt_string(opts, "sendUrl")?;
         let session_id = send_url
@@ -87,15 +96,27 @@ impl Options {
             .and_then(session_from_send_url)
             .unwrap_or_else(|| run_id.clone());
         let headers = get(opts, "headers");
-        if !(headers.is_undefined() || headers.is_null() || headers.is_object() || headers.is_function()) {
-            return Err(WebError::InvalidOption("headers", "an object or a function"));
+        if !(headers.is_undefined()
+            || headers.is_null()
+            || headers.is_object()
+            || headers.is_function())
+        {
+            return Err(WebError::InvalidOption(
+                "headers",
+                "an object or a function",
+            ));
         }
         let with_credentials = get(opts, "withCredentials").as_bool().unwrap_or(false);
         let resume = match opt_string(opts, "resume")?.as_deref() {
             None | Some("session") => Resume::Session,
             Some("local") => Resume::Local,
             Some("none") => Resume::None,
-            Some(_) => return Err(WebError::InvalidOption("resume", "\"session\", \"local\" or \"none\"")),
+            Some(_) => {
+                return Err(WebError::InvalidOption(
+                    "resume",
+                    "\"session\", \"local\" or \"none\"",
+                ))
+            }
         };
         let mut c = Config::new(&run_id);
         c.session_id = session_id.clone();
@@ -164,7 +185,9 @@ fn session_from_send_url(url: &str) -> Option<String> {
 pub async fn resolve_headers(h: &JsValue) -> Result<Vec<(String, String)>, WebError> {
     let mut v = h.clone();
     if let Some(f) = h.dyn_ref::<Function>() {
-        v = f.call0(&JsValue::UNDEFINED).map_err(|_| WebError::HeadersFailed)?;
+        v = f
+            .call0(&JsValue::UNDEFINED)
+            .map_err(|_| WebError::HeadersFailed)?;
     }
     if v.has_type::<Promise>() {
         v = JsFuture::from(Promise::from(v))

@@ -18,10 +18,21 @@ use crate::core::engine::{CloseCause, SendResult};
 
 /// Event names a native `EventSource` must listen to (PROTOCOL §4, §3, plus the default).
 const SSE_TYPES: [&str; 15] = [
-    "message", "snapshot", "run.started", "run.completed", "supervisor.completed",
-    "worker.started", "worker.job_assigned", "worker.completed", "tool.started",
-    "tool.completed", "message.created", "message.delta", "message.completed",
-    "message.failed", "heartbeat",
+    "message",
+    "snapshot",
+    "run.started",
+    "run.completed",
+    "supervisor.completed",
+    "worker.started",
+    "worker.job_assigned",
+    "worker.completed",
+    "tool.started",
+    "tool.completed",
+    "message.created",
+    "message.delta",
+    "message.completed",
+    "message.failed",
+    "heartbeat",
 ];
 
 /// A live transport connection; dropping it closes the connection.
@@ -117,14 +128,23 @@ async fn fetch(url: &str, init: &RequestInit) -> Result<Response, JsValue> {
 }
 
 /// Opens a fetch-streamed SSE connection.
-pub fn open_fetch(weak: Weak, conn: u64, url: String, resume_from: u64, headers: JsValue, credentials: bool) -> Option<Handle> {
+pub fn open_fetch(
+    weak: Weak,
+    conn: u64,
+    url: String,
+    resume_from: u64,
+    headers: JsValue,
+    credentials: bool,
+) -> Option<Handle> {
     let abort = AbortController::new().ok()?;
     let signal = abort.signal();
     spawn_local(async move {
         let mut hs = match resolve_headers(&headers).await {
             Ok(h) => h,
             Err(_) => {
-                with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Network));
+                with_engine(&weak, |e| {
+                    e.handle_closed(env::now(), conn, CloseCause::Network)
+                });
                 return;
             }
         };
@@ -138,19 +158,25 @@ pub fn open_fetch(weak: Weak, conn: u64, url: String, resume_from: u64, headers:
         let resp = match fetch(&url, &init).await {
             Ok(r) => r,
             Err(_) => {
-                with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Network));
+                with_engine(&weak, |e| {
+                    e.handle_closed(env::now(), conn, CloseCause::Network)
+                });
                 return;
             }
         };
         let status = resp.status();
         let ra = retry_after(&resp);
         let es = is_event_stream(&resp);
-        with_engine(&weak, |e| e.handle_response(env::now(), conn, status, ra, es));
+        with_engine(&weak, |e| {
+            e.handle_response(env::now(), conn, status, ra, es)
+        });
         if !(200..300).contains(&status) || status == 204 || !es {
             return;
         }
         let Some(body) = resp.body() else {
-            with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Eof));
+            with_engine(&weak, |e| {
+                e.handle_closed(env::now(), conn, CloseCause::Eof)
+            });
             return;
         };
         let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
@@ -158,17 +184,28 @@ pub fn open_fetch(weak: Weak, conn: u64, url: String, resume_from: u64, headers:
             let chunk = match JsFuture::from(reader.read()).await {
                 Ok(c) => c,
                 Err(_) => {
-                    with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Network));
+                    with_engine(&weak, |e| {
+                        e.handle_closed(env::now(), conn, CloseCause::Network)
+                    });
                     return;
                 }
             };
-            let done = Reflect::get(&chunk, &"done".into()).ok().and_then(|d| d.as_bool()).unwrap_or(true);
+            let done = Reflect::get(&chunk, &"done".into())
+                .ok()
+                .and_then(|d| d.as_bool())
+                .unwrap_or(true);
             if done {
-                with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Eof));
+                with_engine(&weak, |e| {
+                    e.handle_closed(env::now(), conn, CloseCause::Eof)
+                });
                 return;
             }
-            let Ok(value) = Reflect::get(&chunk, &"value".into()) else { continue };
-            let Ok(bytes) = value.dyn_into::<Uint8Array>() else { continue };
+            let Ok(value) = Reflect::get(&chunk, &"value".into()) else {
+                continue;
+            };
+            let Ok(bytes) = value.dyn_into::<Uint8Array>() else {
+                continue;
+            };
             let bytes = bytes.to_vec();
             let alive = with_engine(&weak, |e| e.handle_bytes(env::now(), conn, &bytes));
             if alive.is_none() {
@@ -181,7 +218,13 @@ pub fn open_fetch(weak: Weak, conn: u64, url: String, resume_from: u64, headers:
 }
 
 /// Opens a native `EventSource` connection (`?last_event_id=` on resume).
-pub fn open_sse(weak: Weak, conn: u64, url: String, resume_from: u64, credentials: bool) -> Option<Handle> {
+pub fn open_sse(
+    weak: Weak,
+    conn: u64,
+    url: String,
+    resume_from: u64,
+    credentials: bool,
+) -> Option<Handle> {
     let init = EventSourceInit::new();
     init.set_with_credentials(credentials);
     let full = with_query(&url, resume_from);
@@ -191,13 +234,18 @@ pub fn open_sse(weak: Weak, conn: u64, url: String, resume_from: u64, credential
     {
         let weak = weak.clone();
         listeners.extend(Listener::new(target, "open", move |_| {
-            with_engine(&weak, |e| e.handle_response(env::now(), conn, 200, None, true));
+            with_engine(&weak, |e| {
+                e.handle_response(env::now(), conn, 200, None, true)
+            });
         }));
     }
     for ty in SSE_TYPES {
         let weak = weak.clone();
         listeners.extend(Listener::new(target, ty, move |ev| {
-            if let Some(data) = ev.dyn_ref::<MessageEvent>().and_then(|m| m.data().as_string()) {
+            if let Some(data) = ev
+                .dyn_ref::<MessageEvent>()
+                .and_then(|m| m.data().as_string())
+            {
                 with_engine(&weak, |e| e.handle_sse_event(env::now(), conn, &data));
             }
         }));
@@ -225,7 +273,9 @@ pub fn open_sse(weak: Weak, conn: u64, url: String, resume_from: u64, credential
                             with_engine(&weak, |e| e.handle_response(env::now(), conn, s, ra, es));
                         }
                         _ => {
-                            with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Network));
+                            with_engine(&weak, |e| {
+                                e.handle_closed(env::now(), conn, CloseCause::Network)
+                            });
                         }
                     }
                     if let Some(c) = ctl {
@@ -233,7 +283,9 @@ pub fn open_sse(weak: Weak, conn: u64, url: String, resume_from: u64, credential
                     }
                 });
             } else {
-                with_engine(&weak, |e| e.handle_closed(env::now(), conn, CloseCause::Network));
+                with_engine(&weak, |e| {
+                    e.handle_closed(env::now(), conn, CloseCause::Network)
+                });
             }
         }));
     }
@@ -273,7 +325,11 @@ pub fn open_ws(weak: Weak, conn: u64, url: String) -> Option<Handle> {
         let weak = weak.clone();
         let cb = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
             let clean = ev.dyn_ref::<CloseEvent>().is_some_and(|c| c.was_clean());
-            let cause = if clean { CloseCause::Eof } else { CloseCause::Network };
+            let cause = if clean {
+                CloseCause::Eof
+            } else {
+                CloseCause::Network
+            };
             with_engine(&weak, |e| e.handle_closed(env::now(), conn, cause));
         });
         ws.set_onclose(Some(cb.as_ref().unchecked_ref()));
@@ -283,13 +339,21 @@ pub fn open_ws(weak: Weak, conn: u64, url: String) -> Option<Handle> {
 }
 
 /// POSTs a chat send; reports to the engine.
-pub fn post(weak: Weak, url: String, headers: JsValue, credentials: bool, crid: String, content: String) {
+pub fn post(
+    weak: Weak,
+    url: String,
+    headers: JsValue,
+    credentials: bool,
+    crid: String,
+    content: String,
+) {
     spawn_local(async move {
         let result = async {
             let mut hs = resolve_headers(&headers).await.map_err(|_| ())?;
             hs.push(("Content-Type".into(), "application/json".into()));
             let init = request_init("POST", &hs, credentials);
-            let body = serde_json::json!({"client_request_id": crid, "content": content}).to_string();
+            let body =
+                serde_json::json!({"client_request_id": crid, "content": content}).to_string();
             init.set_body(&JsValue::from_str(&body));
             let r = fetch(&url, &init).await.map_err(|_| ())?;
             let status = r.status();
@@ -298,7 +362,11 @@ pub fn post(weak: Weak, url: String, headers: JsValue, credentials: bool, crid: 
                 Ok(p) => JsFuture::from(p).await.ok().and_then(|t| t.as_string()),
                 Err(_) => None,
             };
-            Ok::<_, ()>(SendResult { status: Some(status), retry_after_ms: ra, body: text })
+            Ok::<_, ()>(SendResult {
+                status: Some(status),
+                retry_after_ms: ra,
+                body: text,
+            })
         }
         .await
         .unwrap_or_default();
@@ -313,7 +381,9 @@ pub fn fetch_snapshot(weak: Weak, url: String, headers: JsValue, credentials: bo
             let hs = resolve_headers(&headers).await.map_err(|e| e.to_string())?;
             let init = request_init("GET", &hs, credentials);
             init.set_cache(web_sys::RequestCache::NoStore);
-            let r = fetch(&url, &init).await.map_err(|_| "network error".to_owned())?;
+            let r = fetch(&url, &init)
+                .await
+                .map_err(|_| "network error".to_owned())?;
             if r.status() != 200 {
                 return Err(format!("HTTP {}", r.status()));
             }
@@ -325,6 +395,8 @@ pub fn fetch_snapshot(weak: Weak, url: String, headers: JsValue, credentials: bo
                 .ok_or_else(|| "unreadable body".to_owned())
         }
         .await;
-        with_engine(&weak, |e| e.handle_snapshot(env::now(), result.as_deref().map_err(Clone::clone)));
+        with_engine(&weak, |e| {
+            e.handle_snapshot(env::now(), result.as_deref().map_err(Clone::clone))
+        });
     });
 }

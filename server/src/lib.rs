@@ -1,0 +1,678 @@
+//! The reference server of runstream's wire contract (`../shared/spec/PROTOCOL.md`):
+//! SSE with `Last-Event-ID` replay, WebSocket subscribe/resume, snapshots,
+//! idempotent chat sends, and chaos knobs for the demo and the tests.
+
+pub mod hub;
+pub mod scenario;
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use runstream::core::rng::Rng;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tower_http::cors::CorsLayer;
+use tower_http::services::ServeDir;
+
+use hub::{lock, Chaos, Hub, Run, RunKind};
+
+/// Server settings.
+#[derive(Clone)]
+pub struct Settings {
+    /// Static demo page directory.
+    pub www: PathBuf,
+    /// wasm-pack output directory, served under `/pkg`.
+    pub pkg: PathBuf,
+    /// SSE heartbeat interval.
+    pub heartbeat_ms: u64,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct App {
+    pub hub: Arc<Hub>,
+}
+
+/// The whole HTTP surface.
+pub fn router(settings: Settings) -> (Router, App) {
+    let app = App {
+        hub: Hub::new(settings.heartbeat_ms),
+    };
+    let r = Router::new()
+        .route("/api/stream/runs/{run_id}", get(sse))
+        .route("/api/ws", get(ws))
+        .route("/api/runs/{run_id}/snapshot", get(snapshot))
+        .route("/api/chat/{session_id}/messages", post(chat_send))
+        .route("/api/admin/runs", post(create_run))
+        .route("/api/admin/runs/{run_id}/chaos", post(set_chaos))
+        .route("/api/admin/runs/{run_id}/prune", post(prune))
+        .route("/api/admin/runs/{run_id}/append", post(append_raw))
+        .route("/api/admin/runs/{run_id}/stats", get(stats))
+        .route("/api/admin/restart", post(restart))
+        .route("/api/admin/frames", get(frames))
+        .nest_service("/pkg", ServeDir::new(&settings.pkg))
+        .fallback_service(ServeDir::new(&settings.www))
+        .layer(CorsLayer::very_permissive())
+        .with_state(app.clone());
+    (r, app)
+}
+
+fn log(event: &str, fields: Value) {
+    let mut v = json!({"ts": hub::rfc3339_now(), "event": event});
+    if let (Some(o), Value::Object(f)) = (v.as_object_mut(), fields) {
+        o.extend(f);
+    }
+    println!("{v}");
+}
+
+// ---- streaming -------------------------------------------------------------
+
+/// What a producer emits; SSE and WebSocket format it differently.
+enum Frame {
+    Retry(u64),
+    Event(Arc<str>),
+    Snapshot(u64, Value),
+    Heartbeat,
+    Malformed(Vec<u8>),
+}
+
+fn malformed(rng: &mut Rng, run_id: &str, next_id: u64) -> Vec<u8> {
+    match rng.next_u64() % 5 {
+        0 => b"{not json".to_vec(),
+        1 => json!({"event_id": next_id, "run_id": format!("{run_id}_other"), "type": "tool.started",
+            "timestamp": hub::rfc3339_now(), "payload": {"worker_id": "intruder", "tool_call_id": "x", "name": "x"}})
+        .to_string()
+        .into_bytes(),
+        2 => json!({"event_id": "seven", "run_id": run_id, "type": "x", "timestamp": "now", "payload": {}})
+            .to_string()
+            .into_bytes(),
+        3 => json!({"event_id": next_id.saturating_sub(3).max(1), "run_id": run_id, "type": "tool.started",
+            "timestamp": hub::rfc3339_now(), "payload": {"worker_id": "backwards"}})
+        .to_string()
+        .into_bytes(),
+        _ => vec![0xff, 0xfe, b'{', 0xc3, 0x28, b'}'],
+    }
+}
+
+/// Streams run `run` to `out` from after `last`: (snapshot,) replay, then live,
+/// applying the run's chaos. Returns the termination reason.
+async fn produce(
+    hub: Arc<Hub>,
+    run: Arc<std::sync::Mutex<Run>>,
+    mut notify: watch::Receiver<u64>,
+    last: u64,
+    out: mpsc::Sender<Frame>,
+    conn_index: u64,
+) -> &'static str {
+    let (chaos, run_id) = {
+        let r = lock(&run);
+        (r.chaos.clone(), r.id.clone())
+    };
+    let mut rng = Rng::new([chaos.seed, conn_index]);
+    let mut epoch = hub.epoch.subscribe();
+    epoch.borrow_and_update();
+    macro_rules! emit {
+        ($f:expr) => {
+            if out.send($f).await.is_err() {
+                return "client_gone";
+            }
+        };
+    }
+    if chaos.hold_first_ms > 0 {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(chaos.hold_first_ms)) => {}
+            _ = epoch.changed() => return "restart",
+        }
+    }
+    if let Some(ms) = chaos.retry_ms {
+        emit!(Frame::Retry(ms));
+    }
+    if chaos.oversize_bytes > 0 {
+        let mut big = br#"{"event_id":1,"run_id":"x","payload":""#.to_vec();
+        big.resize(chaos.oversize_bytes, b'x');
+        big.extend_from_slice(b"\"}");
+        emit!(Frame::Malformed(big));
+    }
+    let mut cursor = last;
+    let mut sent: u64 = 0;
+    let mut held: Option<Arc<str>> = None;
+    loop {
+        notify.borrow_and_update();
+        let rep = lock(&run).replay(cursor);
+        if let Some((id, st)) = rep.snapshot {
+            emit!(Frame::Snapshot(id, st));
+        }
+        for ev in rep.events {
+            if chaos.latency_ms > 0 || chaos.jitter_ms > 0 {
+                let j = if chaos.jitter_ms > 0 {
+                    rng.next_u64() % chaos.jitter_ms
+                } else {
+                    0
+                };
+                tokio::time::sleep(Duration::from_millis(chaos.latency_ms + j)).await;
+            }
+            if rng.next_f64() < chaos.malformed_rate {
+                emit!(Frame::Malformed(malformed(&mut rng, &run_id, cursor + 1)));
+            }
+            cursor += 1;
+            if held.is_none() && rng.next_f64() < chaos.reorder_rate {
+                held = Some(ev);
+                continue;
+            }
+            emit!(Frame::Event(ev.clone()));
+            if rng.next_f64() < chaos.dup_rate {
+                emit!(Frame::Event(ev));
+            }
+            if let Some(h) = held.take() {
+                emit!(Frame::Event(h));
+            }
+            sent += 1;
+            let drop_now = (chaos.drop_every > 0 && sent % chaos.drop_every == 0)
+                || rng.next_f64() < chaos.drop_rate;
+            if drop_now {
+                return "chaos_drop";
+            }
+        }
+        cursor = cursor.max(rep.next - 1);
+        if let Some(h) = held.take() {
+            emit!(Frame::Event(h));
+        }
+        if rep.done && cursor >= lock(&run).last_id() {
+            return "completed";
+        }
+        tokio::select! {
+            r = notify.changed() => if r.is_err() { return "run_gone" },
+            _ = tokio::time::sleep(Duration::from_millis(hub.heartbeat_ms)) => emit!(Frame::Heartbeat),
+            _ = epoch.changed() => return "restart",
+            _ = out.closed() => return "client_gone",
+        }
+    }
+}
+
+fn sse_bytes(hub: &Hub, run_id: &str, f: Frame) -> bytes::Bytes {
+    let text = match f {
+        Frame::Retry(ms) => format!("retry: {ms}\n\n").into_bytes(),
+        Frame::Heartbeat => b": hb\n\n".to_vec(),
+        Frame::Event(ev) => {
+            hub.record(run_id, "sse", &ev);
+            let (id, ty) = id_and_type(&ev);
+            format!("id: {id}\nevent: {ty}\ndata: {ev}\n\n").into_bytes()
+        }
+        Frame::Snapshot(id, st) => {
+            let ev = json!({"event_id": id, "run_id": run_id, "type": "snapshot",
+                "timestamp": hub::rfc3339_now(), "payload": {"state": st}})
+            .to_string();
+            hub.record(run_id, "sse", &ev);
+            format!("id: {id}\nevent: snapshot\ndata: {ev}\n\n").into_bytes()
+        }
+        Frame::Malformed(mut b) => {
+            let mut out = b"event: message\ndata: ".to_vec();
+            b.retain(|c| *c != b'\n' && *c != b'\r');
+            out.extend_from_slice(&b);
+            out.extend_from_slice(b"\n\n");
+            out
+        }
+    };
+    bytes::Bytes::from(text)
+}
+
+fn id_and_type(ev: &str) -> (u64, String) {
+    let v: Value = serde_json::from_str(ev).unwrap_or(Value::Null);
+    (
+        v.get("event_id").and_then(Value::as_u64).unwrap_or(0),
+        v.get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message")
+            .to_owned(),
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct StreamQuery {
+    last_event_id: Option<String>,
+}
+
+fn parse_last(headers: &HeaderMap, q: &StreamQuery) -> Result<u64, ()> {
+    let raw = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| q.last_event_id.clone());
+    match raw.as_deref().map(str::trim) {
+        None | Some("") => Ok(0),
+        Some(s) => s.parse::<u64>().map_err(|_| ()),
+    }
+}
+
+async fn sse(
+    State(app): State<App>,
+    Path(run_id): Path<String>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(last) = parse_last(&headers, &q) else {
+        return (StatusCode::BAD_REQUEST, "Last-Event-ID must be an integer").into_response();
+    };
+    let Some((run, notify)) = app.hub.get(&run_id) else {
+        log("stream.rejected", json!({"run_id": run_id, "status": 404}));
+        return (StatusCode::NOT_FOUND, "unknown run").into_response();
+    };
+    let conn_index = {
+        let mut r = lock(&run);
+        if r.finished && last >= r.last_id() {
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        r.connections_total += 1;
+        r.connections_open += 1;
+        r.connections_total
+    };
+    let (tx, rx) = mpsc::channel::<Frame>(256);
+    let hub = app.hub.clone();
+    let conn = hub.conn_id();
+    log(
+        "stream.open",
+        json!({"conn": conn, "run_id": run_id, "transport": "sse", "last_event_id": last}),
+    );
+    {
+        let run = run.clone();
+        let hub = hub.clone();
+        let run_id = run_id.clone();
+        tokio::spawn(async move {
+            let reason = produce(hub, run.clone(), notify, last, tx, conn_index).await;
+            lock(&run).connections_open -= 1;
+            log(
+                "stream.close",
+                json!({"conn": conn, "run_id": run_id, "transport": "sse", "reason": reason}),
+            );
+        });
+    }
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+        let hub = hub.clone();
+        let run_id = run_id.clone();
+        async move {
+            let f = rx.recv().await?;
+            Some((Ok::<_, Infallible>(sse_bytes(&hub, &run_id, f)), rx))
+        }
+    });
+    let mut resp = Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+async fn ws(State(app): State<App>, up: WebSocketUpgrade) -> Response {
+    up.max_message_size(1 << 20)
+        .on_upgrade(move |socket| ws_session(app, socket))
+}
+
+fn ws_text(v: Value) -> Message {
+    Message::Text(v.to_string().into())
+}
+
+async fn ws_session(app: App, socket: WebSocket) {
+    let hub = app.hub.clone();
+    let conn = hub.conn_id();
+    log("ws.open", json!({"conn": conn}));
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(1024);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut subs: std::collections::HashMap<String, tokio::task::JoinHandle<()>> =
+        Default::default();
+    let mut epoch = hub.epoch.subscribe();
+    epoch.borrow_and_update();
+    let reason = loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            _ = epoch.changed() => break "restart",
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+            Some(Ok(Message::Binary(_))) => {
+                let _ = tx.send(ws_text(json!({"op": "error", "code": "bad_request", "message": "binary frames are not part of the protocol"}))).await;
+                continue;
+            }
+            Some(Ok(Message::Close(_))) | None => break "client_closed",
+            Some(Err(_)) => break "network_error",
+            Some(Ok(_)) => continue,
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            let _ = tx
+                .send(ws_text(
+                    json!({"op": "error", "code": "bad_request", "message": "not JSON"}),
+                ))
+                .await;
+            continue;
+        };
+        let run_id = v
+            .get("run_id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        match v.get("op").and_then(Value::as_str).unwrap_or("") {
+            "ping" => {
+                let _ = tx
+                    .send(ws_text(
+                        json!({"op": "pong", "t": v.get("t").cloned().unwrap_or(Value::Null)}),
+                    ))
+                    .await;
+            }
+            "subscribe" => {
+                let last = v.get("last_event_id").and_then(Value::as_u64).unwrap_or(0);
+                let Some((run, notify)) = hub.get(&run_id) else {
+                    let _ = tx.send(ws_text(json!({"op": "error", "run_id": run_id, "code": "not_found", "message": "unknown run"}))).await;
+                    continue;
+                };
+                if let Some(h) = subs.remove(&run_id) {
+                    h.abort();
+                }
+                let (conn_index, binary) = {
+                    let mut r = lock(&run);
+                    r.connections_total += 1;
+                    r.connections_open += 1;
+                    (r.connections_total, r.chaos.binary_frame)
+                };
+                let _ = tx
+                    .send(ws_text(
+                        json!({"op": "subscribed", "run_id": run_id, "replay_from": last + 1}),
+                    ))
+                    .await;
+                if binary {
+                    let _ = tx.send(Message::Binary(vec![0u8, 1, 2, 3].into())).await;
+                }
+                log(
+                    "stream.open",
+                    json!({"conn": conn, "run_id": run_id, "transport": "websocket", "last_event_id": last}),
+                );
+                let tx2 = tx.clone();
+                let hub2 = hub.clone();
+                let rid = run_id.clone();
+                subs.insert(run_id.clone(), tokio::spawn(async move {
+                    let (ftx, mut frx) = mpsc::channel::<Frame>(256);
+                    let producer = tokio::spawn(produce(hub2.clone(), run.clone(), notify, last, ftx, conn_index));
+                    while let Some(f) = frx.recv().await {
+                        let m = match f {
+                            Frame::Event(ev) => {
+                                hub2.record(&rid, "websocket", &ev);
+                                Message::Text(format!(r#"{{"op":"event","event":{ev}}}"#).into())
+                            }
+                            Frame::Snapshot(id, st) => ws_text(json!({"op": "snapshot", "run_id": rid, "event_id": id, "state": st})),
+                            Frame::Malformed(b) => match String::from_utf8(b) {
+                                Ok(s) => Message::Text(s.into()),
+                                Err(e) => Message::Binary(e.into_bytes().into()),
+                            },
+                            Frame::Retry(_) | Frame::Heartbeat => continue,
+                        };
+                        if tx2.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                    let reason = producer.await.unwrap_or("aborted");
+                    lock(&run).connections_open -= 1;
+                    log("stream.close", json!({"conn": conn, "run_id": rid, "transport": "websocket", "reason": reason}));
+                }));
+            }
+            "unsubscribe" => {
+                if let Some(h) = subs.remove(&run_id) {
+                    h.abort();
+                }
+            }
+            "send" => {
+                let session = v
+                    .get("session_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let crid = v
+                    .get("client_request_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let content = v
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let reply = match accept_send(&hub, &session, &crid, &content) {
+                    Ok((mid, rid)) => {
+                        json!({"op": "ack", "client_request_id": crid, "message_id": mid, "run_id": rid})
+                    }
+                    Err(e) => {
+                        json!({"op": "error", "client_request_id": crid, "code": "bad_request", "message": e})
+                    }
+                };
+                let _ = tx.send(ws_text(reply)).await;
+            }
+            _ => {
+                let _ = tx
+                    .send(ws_text(
+                        json!({"op": "error", "code": "bad_request", "message": "unknown op"}),
+                    ))
+                    .await;
+            }
+        }
+    };
+    for (_, h) in subs {
+        h.abort();
+    }
+    // An aborted forwarder never decrements: account for it here.
+    drop(tx);
+    let _ = writer.await;
+    log("ws.close", json!({"conn": conn, "reason": reason}));
+}
+
+// ---- plain endpoints -----------------------------------------------------------
+
+async fn snapshot(State(app): State<App>, Path(run_id): Path<String>) -> Response {
+    match app.hub.get(&run_id) {
+        Some((run, _)) => {
+            let mut resp = Json(lock(&run).snapshot()).into_response();
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        None => (StatusCode::NOT_FOUND, "unknown run").into_response(),
+    }
+}
+
+/// Validates and records a send (idempotent); starts the reply for a new one.
+fn accept_send(
+    hub: &Arc<Hub>,
+    session: &str,
+    crid: &str,
+    content: &str,
+) -> Result<(String, String), String> {
+    if session.is_empty() || session.len() > 128 {
+        return Err("session_id must be 1 to 128 characters".into());
+    }
+    if crid.is_empty() || crid.len() > 128 {
+        return Err("client_request_id must be 1 to 128 characters".into());
+    }
+    if content.is_empty() || content.len() > 100_000 {
+        return Err("content must be 1 to 100000 bytes".into());
+    }
+    let (id, run, _) = hub.create(
+        Some(session.to_owned()),
+        RunKind::Chat,
+        Chaos::default(),
+        1.0,
+    );
+    let (mid, rid, fresh) = lock(&run).send(crid, content);
+    hub.notify(&id);
+    if fresh {
+        scenario::reply(hub.clone(), id, crid.to_owned(), content.to_owned());
+    }
+    Ok((mid, rid))
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    client_request_id: String,
+    content: String,
+}
+
+async fn chat_send(
+    State(app): State<App>,
+    Path(session): Path<String>,
+    body: Option<Json<SendBody>>,
+) -> Response {
+    let Some(Json(b)) = body else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected {client_request_id, content}",
+        )
+            .into_response();
+    };
+    match accept_send(&app.hub, &session, &b.client_request_id, &b.content) {
+        Ok((mid, rid)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"message_id": mid, "run_id": rid})),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CreateRun {
+    run_id: Option<String>,
+    kind: Option<RunKind>,
+    seed: u64,
+    workers: Option<usize>,
+    speed: Option<f64>,
+    chaos: Chaos,
+    /// Append the whole script at once (a finished run) instead of playing it in time.
+    instant: bool,
+}
+
+async fn create_run(State(app): State<App>, body: Option<Json<CreateRun>>) -> Response {
+    let c = body.map(|Json(b)| b).unwrap_or_default();
+    let kind = c.kind.unwrap_or(RunKind::Task);
+    let speed = c.speed.unwrap_or(1.0).clamp(0.01, 1000.0);
+    let mut chaos = c.chaos;
+    if chaos.seed == 0 {
+        chaos.seed = c.seed;
+    }
+    let (id, _, fresh) = app.hub.create(c.run_id, kind, chaos, speed);
+    if fresh && kind == RunKind::Task {
+        let script = scenario::task_script(c.seed, c.workers.unwrap_or(4).clamp(1, 64));
+        if c.instant {
+            for (_, ty, p) in script {
+                app.hub.append(&id, ty, p);
+            }
+        } else {
+            scenario::play(app.hub.clone(), id.clone(), script, speed);
+        }
+    }
+    log(
+        "run.created",
+        json!({"run_id": id, "kind": kind, "seed": c.seed}),
+    );
+    (StatusCode::CREATED, Json(json!({"run_id": id}))).into_response()
+}
+
+async fn set_chaos(
+    State(app): State<App>,
+    Path(run_id): Path<String>,
+    Json(chaos): Json<Chaos>,
+) -> Response {
+    match app.hub.get(&run_id) {
+        Some((run, _)) => {
+            lock(&run).chaos = chaos;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct PruneBody {
+    keep_from: u64,
+}
+
+async fn prune(
+    State(app): State<App>,
+    Path(run_id): Path<String>,
+    Json(b): Json<PruneBody>,
+) -> Response {
+    match app.hub.get(&run_id) {
+        Some((run, _)) => {
+            lock(&run).prune_to(b.keep_from);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct AppendBody {
+    #[serde(rename = "type")]
+    ty: String,
+    payload: Value,
+}
+
+async fn append_raw(
+    State(app): State<App>,
+    Path(run_id): Path<String>,
+    Json(b): Json<AppendBody>,
+) -> Response {
+    if !b.payload.is_object() {
+        return (StatusCode::BAD_REQUEST, "payload must be an object").into_response();
+    }
+    match app.hub.append(&run_id, &b.ty, b.payload) {
+        Some(id) => Json(json!({"event_id": id})).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn stats(State(app): State<App>, Path(run_id): Path<String>) -> Response {
+    match app.hub.get(&run_id) {
+        Some((run, _)) => {
+            let r = lock(&run);
+            Json(json!({
+                "run_id": r.id, "last_event_id": r.last_id(), "finished": r.finished,
+                "connections_total": r.connections_total, "connections_open": r.connections_open,
+            }))
+            .into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn restart(State(app): State<App>) -> StatusCode {
+    app.hub.restart();
+    log("server.restart", json!({}));
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct FramesQuery {
+    run_id: Option<String>,
+}
+
+async fn frames(State(app): State<App>, Query(q): Query<FramesQuery>) -> Response {
+    Json(app.hub.recorded(q.run_id.as_deref())).into_response()
+}

@@ -1,0 +1,160 @@
+//! Simulated work that looks like the seeds: a supervisor run with workers
+//! whose job ids come late, tools that sometimes fail, completions that carry
+//! only `job_id`, tool events before `worker.started`; chat replies streamed
+//! token by token with realistic pauses (some over 2 s), occasional fallback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runstream::core::rng::Rng;
+use serde_json::{json, Value};
+
+use crate::hub::{lock, Hub};
+
+/// A timed script of events.
+pub type Script = Vec<(u64, &'static str, Value)>;
+
+/// The events of a task run with `workers` workers, each with its delay in ms (before speed-up).
+pub fn task_script(seed: u64, workers: usize) -> Script {
+    let mut r = Rng::new([seed, 7]);
+    let mut lanes: Vec<Vec<(&'static str, Value)>> = Vec::new();
+    let names = ["search", "fetch", "summarize", "code", "browse", "plan"];
+    for w in 0..workers {
+        let wid = format!("w{}", w + 1);
+        let jid = format!("job_{:04x}", r.next_u64() & 0xffff);
+        let name = names.get(w % names.len()).copied().unwrap_or("work");
+        let style = r.next_u64() % 4;
+        let mut lane: Vec<(&'static str, Value)> = Vec::new();
+        let tools = 1 + (r.next_u64() % 3) as usize;
+        if style == 0 {
+            // A tool event before the worker started: a placeholder that fills in.
+            lane.push((
+                "tool.started",
+                json!({"worker_id": wid, "tool_call_id": format!("{wid}_t0"), "name": "warmup"}),
+            ));
+            lane.push(("tool.completed", json!({"worker_id": wid, "tool_call_id": format!("{wid}_t0"), "status": "ok", "duration_ms": 40})));
+        }
+        if style == 1 {
+            lane.push((
+                "worker.started",
+                json!({"worker_id": wid, "job_id": jid, "name": name}),
+            ));
+        } else {
+            lane.push(("worker.started", json!({"worker_id": wid, "name": name})));
+        }
+        for t in 1..=tools {
+            let tc = format!("{wid}_t{t}");
+            let fails = r.next_u64() % 5 == 0;
+            lane.push(("tool.started", json!({"worker_id": wid, "tool_call_id": tc, "name": names.get((w + t) % names.len()).copied().unwrap_or("tool")})));
+            if t == 1 && style != 1 {
+                // The job id is assigned late.
+                lane.push((
+                    "worker.job_assigned",
+                    json!({"worker_id": wid, "job_id": jid}),
+                ));
+            }
+            let done = if fails {
+                json!({"job_id": jid, "tool_call_id": tc, "status": "error", "error": "upstream timeout", "duration_ms": 900})
+            } else {
+                json!({"worker_id": wid, "tool_call_id": tc, "status": "ok", "duration_ms": 120 + r.next_u64() % 400})
+            };
+            lane.push(("tool.completed", done));
+        }
+        let done = if r.next_u64() % 2 == 0 {
+            json!({"job_id": jid, "status": "succeeded"})
+        } else {
+            json!({"worker_id": wid, "job_id": jid, "status": if r.next_u64() % 4 == 0 { "failed" } else { "succeeded" }})
+        };
+        lane.push(("worker.completed", done));
+        lanes.push(lane);
+    }
+    let mut script: Script = vec![(
+        50,
+        "run.started",
+        json!({"title": format!("Research task ({workers} workers)")}),
+    )];
+    loop {
+        let live: Vec<usize> = (0..lanes.len())
+            .filter(|&i| lanes.get(i).is_some_and(|l| !l.is_empty()))
+            .collect();
+        if live.is_empty() {
+            break;
+        }
+        let pick = live
+            .get((r.next_u64() as usize) % live.len())
+            .copied()
+            .unwrap_or(0);
+        if let Some(lane) = lanes.get_mut(pick) {
+            let (ty, p) = lane.remove(0);
+            script.push((80 + r.next_u64() % 300, ty, p));
+        }
+    }
+    script.push((
+        200,
+        "supervisor.completed",
+        json!({"summary": format!("{workers} workers finished; findings merged.")}),
+    ));
+    script.push((50, "run.completed", json!({"status": "succeeded"})));
+    script
+}
+
+fn scaled(ms: u64, speed: f64) -> Duration {
+    Duration::from_secs_f64(ms as f64 / 1000.0 / speed.max(0.01))
+}
+
+/// Plays a script into run `id`.
+pub fn play(hub: Arc<Hub>, id: String, script: Script, speed: f64) {
+    tokio::spawn(async move {
+        for (delay, ty, payload) in script {
+            tokio::time::sleep(scaled(delay, speed)).await;
+            if hub.append(&id, ty, payload).is_none() {
+                return;
+            }
+        }
+    });
+}
+
+const REPLY: &str = "Here is what I found. The stream resumed from its cursor, so nothing was lost and nothing was shown twice. Every worker reported a final status, and the supervisor merged the results into one summary.";
+
+/// Streams an assistant reply to the send `crid` in run `id`.
+pub fn reply(hub: Arc<Hub>, id: String, crid: String, content: String) {
+    tokio::spawn(async move {
+        let Some((run, _)) = hub.get(&id) else { return };
+        let (mid, speed, seed) = {
+            let mut r = lock(&run);
+            (r.next_message_id(), r.speed, r.chaos.seed)
+        };
+        let mut rng = Rng::new([seed ^ crid.len() as u64, content.len() as u64]);
+        tokio::time::sleep(scaled(150, speed)).await;
+        hub.append(
+            &id,
+            "message.created",
+            json!({"message_id": mid, "role": "assistant", "reply_to": crid}),
+        );
+        // "slow" in the question, or 1 in 4 replies: a pause over 2 s before the first token.
+        if content.contains("slow") || rng.next_u64() % 4 == 0 {
+            tokio::time::sleep(scaled(2600, speed)).await;
+        }
+        let mut tokens = 0u64;
+        for (i, word) in REPLY.split_inclusive(' ').enumerate() {
+            let pause = if i == 12 && content.contains("stall") {
+                2500
+            } else {
+                30 + rng.next_u64() % 60
+            };
+            tokio::time::sleep(scaled(pause, speed)).await;
+            hub.append(
+                &id,
+                "message.delta",
+                json!({"message_id": mid, "delta": word}),
+            );
+            tokens += 1;
+        }
+        let mut done = json!({"message_id": mid, "finish_reason": "stop",
+            "usage": {"prompt_tokens": content.split_whitespace().count(), "completion_tokens": tokens}});
+        if rng.next_u64() % 5 == 0 {
+            done["fallback"] = Value::from("small-model");
+        }
+        hub.append(&id, "message.completed", done);
+    });
+}
