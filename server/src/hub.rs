@@ -223,9 +223,12 @@ pub struct Recorded {
     pub frame: String,
 }
 
+/// A run and the notifier its streams wait on.
+type RunEntry = (Arc<Mutex<Run>>, watch::Sender<u64>);
+
 /// All runs, plus restart and recording.
 pub struct Hub {
-    runs: Mutex<HashMap<String, (Arc<Mutex<Run>>, watch::Sender<u64>)>>,
+    runs: Mutex<HashMap<String, RunEntry>>,
     /// Bumped by a restart: every connection ends.
     pub epoch: watch::Sender<u64>,
     /// Heartbeat comment interval.

@@ -178,7 +178,7 @@ async fn produce(
                 emit!(Frame::Event(h));
             }
             sent += 1;
-            let drop_now = (chaos.drop_every > 0 && sent % chaos.drop_every == 0)
+            let drop_now = (chaos.drop_every > 0 && sent.is_multiple_of(chaos.drop_every))
                 || rng.next_f64() < chaos.drop_rate;
             if drop_now {
                 return "chaos_drop";

@@ -44,7 +44,7 @@ pub fn task_script(seed: u64, workers: usize) -> Script {
         }
         for t in 1..=tools {
             let tc = format!("{wid}_t{t}");
-            let fails = r.next_u64() % 5 == 0;
+            let fails = r.next_u64().is_multiple_of(5);
             lane.push(("tool.started", json!({"worker_id": wid, "tool_call_id": tc, "name": names.get((w + t) % names.len()).copied().unwrap_or("tool")})));
             if t == 1 && style != 1 {
                 // The job id is assigned late.
@@ -60,10 +60,10 @@ pub fn task_script(seed: u64, workers: usize) -> Script {
             };
             lane.push(("tool.completed", done));
         }
-        let done = if r.next_u64() % 2 == 0 {
+        let done = if r.next_u64().is_multiple_of(2) {
             json!({"job_id": jid, "status": "succeeded"})
         } else {
-            json!({"worker_id": wid, "job_id": jid, "status": if r.next_u64() % 4 == 0 { "failed" } else { "succeeded" }})
+            json!({"worker_id": wid, "job_id": jid, "status": if r.next_u64().is_multiple_of(4) { "failed" } else { "succeeded" }})
         };
         lane.push(("worker.completed", done));
         lanes.push(lane);
@@ -132,7 +132,7 @@ pub fn reply(hub: Arc<Hub>, id: String, crid: String, content: String) {
             json!({"message_id": mid, "role": "assistant", "reply_to": crid}),
         );
         // "slow" in the question, or 1 in 4 replies: a pause over 2 s before the first token.
-        if content.contains("slow") || rng.next_u64() % 4 == 0 {
+        if content.contains("slow") || rng.next_u64().is_multiple_of(4) {
             tokio::time::sleep(scaled(2600, speed)).await;
         }
         let mut tokens = 0u64;
@@ -152,7 +152,7 @@ pub fn reply(hub: Arc<Hub>, id: String, crid: String, content: String) {
         }
         let mut done = json!({"message_id": mid, "finish_reason": "stop",
             "usage": {"prompt_tokens": content.split_whitespace().count(), "completion_tokens": tokens}});
-        if rng.next_u64() % 5 == 0 {
+        if rng.next_u64().is_multiple_of(5) {
             done["fallback"] = Value::from("small-model");
         }
         hub.append(&id, "message.completed", done);
