@@ -1,4 +1,5 @@
 //! Native tests of the sans-IO engine on a virtual clock.
+#![cfg(not(target_arch = "wasm32"))]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -78,6 +78,25 @@ fn log(event: &str, fields: Value) {
 
 // ---- streaming -------------------------------------------------------------
 
+/// Counts an open stream of a run for as long as it lives (also when its task is aborted).
+struct OpenGuard(Arc<std::sync::Mutex<Run>>);
+
+impl OpenGuard {
+    fn new(run: &Arc<std::sync::Mutex<Run>>) -> (Self, u64) {
+        let mut r = lock(run);
+        r.connections_total += 1;
+        r.connections_open += 1;
+        (Self(run.clone()), r.connections_total)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let mut r = lock(&self.0);
+        r.connections_open = r.connections_open.saturating_sub(1);
+    }
+}
+
 /// What a producer emits; SSE and WebSocket format it differently.
 enum Frame {
     Retry(u64),
@@ -268,15 +287,13 @@ async fn sse(
         log("stream.rejected", json!({"run_id": run_id, "status": 404}));
         return (StatusCode::NOT_FOUND, "unknown run").into_response();
     };
-    let conn_index = {
-        let mut r = lock(&run);
+    {
+        let r = lock(&run);
         if r.finished && last >= r.last_id() {
             return StatusCode::NO_CONTENT.into_response();
         }
-        r.connections_total += 1;
-        r.connections_open += 1;
-        r.connections_total
-    };
+    }
+    let (guard, conn_index) = OpenGuard::new(&run);
     let (tx, rx) = mpsc::channel::<Frame>(256);
     let hub = app.hub.clone();
     let conn = hub.conn_id();
@@ -290,7 +307,7 @@ async fn sse(
         let run_id = run_id.clone();
         tokio::spawn(async move {
             let reason = produce(hub, run.clone(), notify, last, tx, conn_index).await;
-            lock(&run).connections_open -= 1;
+            drop(guard);
             log(
                 "stream.close",
                 json!({"conn": conn, "run_id": run_id, "transport": "sse", "reason": reason}),
@@ -343,10 +360,13 @@ async fn ws_session(app: App, socket: WebSocket) {
         Default::default();
     let mut epoch = hub.epoch.subscribe();
     epoch.borrow_and_update();
+    // A subscription that chaos drops takes the whole socket down, like a network drop.
+    let kill = Arc::new(tokio::sync::Notify::new());
     let reason = loop {
         let msg = tokio::select! {
             m = stream.next() => m,
             _ = epoch.changed() => break "restart",
+            _ = kill.notified() => break "chaos_drop",
         };
         let text = match msg {
             Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
@@ -388,12 +408,8 @@ async fn ws_session(app: App, socket: WebSocket) {
                 if let Some(h) = subs.remove(&run_id) {
                     h.abort();
                 }
-                let (conn_index, binary) = {
-                    let mut r = lock(&run);
-                    r.connections_total += 1;
-                    r.connections_open += 1;
-                    (r.connections_total, r.chaos.binary_frame)
-                };
+                let binary = lock(&run).chaos.binary_frame;
+                let (guard, conn_index) = OpenGuard::new(&run);
                 let _ = tx
                     .send(ws_text(
                         json!({"op": "subscribed", "run_id": run_id, "replay_from": last + 1}),
@@ -407,9 +423,11 @@ async fn ws_session(app: App, socket: WebSocket) {
                     json!({"conn": conn, "run_id": run_id, "transport": "websocket", "last_event_id": last}),
                 );
                 let tx2 = tx.clone();
+                let kill2 = kill.clone();
                 let hub2 = hub.clone();
                 let rid = run_id.clone();
                 subs.insert(run_id.clone(), tokio::spawn(async move {
+                    let _guard = guard;
                     let (ftx, mut frx) = mpsc::channel::<Frame>(256);
                     let producer = tokio::spawn(produce(hub2.clone(), run.clone(), notify, last, ftx, conn_index));
                     while let Some(f) = frx.recv().await {
@@ -430,7 +448,9 @@ async fn ws_session(app: App, socket: WebSocket) {
                         }
                     }
                     let reason = producer.await.unwrap_or("aborted");
-                    lock(&run).connections_open -= 1;
+                    if reason == "chaos_drop" {
+                        kill2.notify_one();
+                    }
                     log("stream.close", json!({"conn": conn, "run_id": rid, "transport": "websocket", "reason": reason}));
                 }));
             }
@@ -477,7 +497,6 @@ async fn ws_session(app: App, socket: WebSocket) {
     for (_, h) in subs {
         h.abort();
     }
-    // An aborted forwarder never decrements: account for it here.
     drop(tx);
     let _ = writer.await;
     log("ws.close", json!({"conn": conn, "reason": reason}));

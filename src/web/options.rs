@@ -25,7 +25,6 @@ pub struct Options {
     pub ws_url: String,
     pub snapshot_url: Option<String>,
     pub send_url: Option<String>,
-    pub session_id: String,
     pub headers: JsValue,
     pub with_credentials: bool,
     pub resume: Resume,
@@ -119,7 +118,7 @@ impl Options {
             }
         };
         let mut c = Config::new(&run_id);
-        c.session_id = session_id.clone();
+        c.session_id = session_id;
         c.transport = transport;
         c.has_snapshot_url = snapshot_url.is_some();
         c.can_send = send_url.is_some() || transport == Transport::WebSocket;
@@ -164,7 +163,6 @@ impl Options {
             ws_url,
             snapshot_url,
             send_url,
-            session_id,
             headers,
             with_credentials,
             resume,
