@@ -1,7 +1,12 @@
 //! Browser tests (headless Chromium and Firefox via `wasm-pack test`) of the
 //! JS API against the reference server on loopback (`RUNSTREAM_SERVER`).
 #![cfg(target_arch = "wasm32")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use gloo_timers::future::TimeoutFuture;
 use js_sys::{Function, Reflect};
@@ -16,12 +21,16 @@ use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
+/// A self-re-arming requestAnimationFrame callback (counts frames).
+type FrameLoop = Rc<RefCell<Option<Closure<dyn FnMut()>>>>;
+
 fn server() -> &'static str {
     option_env!("RUNSTREAM_SERVER").unwrap_or("http://127.0.0.1:8787")
 }
 
 fn js(v: &Value) -> JsValue {
-    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).unwrap()
+    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .unwrap()
 }
 
 async fn request(method: &str, path: &str, body: Option<Value>) -> Value {
@@ -34,17 +43,25 @@ async fn request(method: &str, path: &str, body: Option<Value>) -> Value {
         init.set_headers(&h);
     }
     let w = web_sys::window().unwrap();
-    let resp: web_sys::Response = JsFuture::from(w.fetch_with_str_and_init(&format!("{}{path}", server()), &init))
+    let resp: web_sys::Response =
+        JsFuture::from(w.fetch_with_str_and_init(&format!("{}{path}", server()), &init))
+            .await
+            .unwrap()
+            .dyn_into()
+            .unwrap();
+    let text = JsFuture::from(resp.text().unwrap())
         .await
         .unwrap()
-        .dyn_into()
-        .unwrap();
-    let text = JsFuture::from(resp.text().unwrap()).await.unwrap().as_string().unwrap_or_default();
+        .as_string()
+        .unwrap_or_default();
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
 async fn create_run(body: Value) -> String {
-    request("POST", "/api/admin/runs", Some(body)).await["run_id"].as_str().unwrap().to_owned()
+    request("POST", "/api/admin/runs", Some(body)).await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn snapshot(s: &RunStream) -> Value {
@@ -93,12 +110,23 @@ async fn assert_matches_server(run: &str, v: &Value) {
     for (a, b) in ws.iter().zip(sw) {
         assert_eq!(a["workerId"], b["worker_id"]);
         assert_eq!(a["status"], b["status"]);
-        assert_eq!(a["tools"].as_array().unwrap().len(), b["tools"].as_array().unwrap().len());
-        for (ta, tb) in a["tools"].as_array().unwrap().iter().zip(b["tools"].as_array().unwrap()) {
+        assert_eq!(
+            a["tools"].as_array().unwrap().len(),
+            b["tools"].as_array().unwrap().len()
+        );
+        for (ta, tb) in a["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(b["tools"].as_array().unwrap())
+        {
             assert_eq!(ta["status"], tb["status"]);
         }
     }
-    assert_eq!(v["state"]["supervisor"]["completed"], snap["state"]["supervisor"]["completed"]);
+    assert_eq!(
+        v["state"]["supervisor"]["completed"],
+        snap["state"]["supervisor"]["completed"]
+    );
 }
 
 async fn streams_to_completion(transport: &str) {
@@ -139,7 +167,8 @@ async fn resumes_after_drops(transport: &str) {
     let m = &v["metrics"];
     assert!(m["reconnects"].as_u64().unwrap() >= 2, "{m}");
     // Native EventSource reports a server close as an error event: it cannot tell the two apart.
-    let ended = m["terminations"]["server_closed"].as_u64().unwrap_or(0) + m["terminations"]["network_error"].as_u64().unwrap_or(0);
+    let ended = m["terminations"]["server_closed"].as_u64().unwrap_or(0)
+        + m["terminations"]["network_error"].as_u64().unwrap_or(0);
     assert_eq!(Some(ended), m["reconnects"].as_u64(), "{m}");
     assert!(m["duplicatesDropped"].as_u64().unwrap() > 0, "{m}");
     assert_eq!(m["eventsApplied"], v["state"]["cursor"]);
@@ -166,7 +195,10 @@ async fn refresh_resumes_from_the_stored_cursor() {
     let run = create_run(json!({"seed": 8, "workers": 6, "speed": 8})).await;
     let s = stream(&run, "fetch", json!({"resume": "session"}));
     s.start();
-    let v = until(&s, 10_000, |v| v["state"]["cursor"].as_u64().unwrap_or(0) >= 12).await;
+    let v = until(&s, 10_000, |v| {
+        v["state"]["cursor"].as_u64().unwrap_or(0) >= 12
+    })
+    .await;
     let seen = v["state"]["cursor"].as_u64().unwrap();
     assert!(seen >= 12);
     // The page goes away (close persists), a new page starts a stream for the same run.
@@ -174,15 +206,27 @@ async fn refresh_resumes_from_the_stored_cursor() {
     drop(s);
     let s2 = stream(&run, "fetch", json!({"resume": "session"}));
     let restored = snapshot(&s2);
-    assert!(restored["state"]["cursor"].as_u64().unwrap() >= seen, "{restored}");
+    assert!(
+        restored["state"]["cursor"].as_u64().unwrap() >= seen,
+        "{restored}"
+    );
     s2.start();
     let v2 = until(&s2, 15_000, closed).await;
     assert_matches_server(&run, &v2).await;
     let applied = v2["metrics"]["eventsApplied"].as_u64().unwrap();
     let total = v2["state"]["cursor"].as_u64().unwrap();
-    assert!(applied < total, "replayed only the tail: {applied} < {total}");
+    assert!(
+        applied < total,
+        "replayed only the tail: {applied} < {total}"
+    );
     s2.close();
-    web_sys::window().unwrap().session_storage().unwrap().unwrap().clear().unwrap();
+    web_sys::window()
+        .unwrap()
+        .session_storage()
+        .unwrap()
+        .unwrap()
+        .clear()
+        .unwrap();
 }
 
 #[wasm_bindgen_test]
@@ -196,21 +240,35 @@ async fn subscribers_fire_at_most_once_per_frame_and_stop_after_close() {
     let _unsub = s.subscribe(f);
     // Count animation frames over the same period.
     let frames = Rc::new(Cell::new(0u32));
-    let tick: Rc<RefCell<Option<Closure<dyn FnMut()>>>> = Rc::new(RefCell::new(None));
+    let tick: FrameLoop = Rc::new(RefCell::new(None));
     let (fr, t2) = (frames.clone(), tick.clone());
     *tick.borrow_mut() = Some(Closure::new(move || {
         fr.set(fr.get() + 1);
         if let Some(c) = t2.borrow().as_ref() {
-            let _ = web_sys::window().unwrap().request_animation_frame(c.as_ref().unchecked_ref());
+            let _ = web_sys::window()
+                .unwrap()
+                .request_animation_frame(c.as_ref().unchecked_ref());
         }
     }));
-    web_sys::window().unwrap().request_animation_frame(tick.borrow().as_ref().unwrap().as_ref().unchecked_ref()).unwrap();
+    web_sys::window()
+        .unwrap()
+        .request_animation_frame(tick.borrow().as_ref().unwrap().as_ref().unchecked_ref())
+        .unwrap();
     s.start();
     let v = until(&s, 10_000, closed).await;
     let applied = v["metrics"]["eventsApplied"].as_u64().unwrap() as u32;
     assert!(applied > 50);
-    assert!(calls.get() <= frames.get() + 1, "{} calls for {} frames", calls.get(), frames.get());
-    assert!(calls.get() < applied, "batched: {} calls for {applied} events", calls.get());
+    assert!(
+        calls.get() <= frames.get() + 1,
+        "{} calls for {} frames",
+        calls.get(),
+        frames.get()
+    );
+    assert!(
+        calls.get() < applied,
+        "batched: {} calls for {applied} events",
+        calls.get()
+    );
     // Same object until the next visible change.
     let a = s.get_snapshot();
     let b = s.get_snapshot();
@@ -225,10 +283,14 @@ async fn subscribers_fire_at_most_once_per_frame_and_stop_after_close() {
 #[wasm_bindgen_test]
 async fn working_shows_after_two_seconds_without_tokens() {
     let session = format!("chat_{}", js_sys::Math::random().to_bits());
-    let s = stream(&session, "fetch", json!({
-        "sendUrl": format!("{}/api/chat/{session}/messages", server()),
-        "url": format!("{}/api/stream/runs/{session}", server()),
-    }));
+    let s = stream(
+        &session,
+        "fetch",
+        json!({
+            "sendUrl": format!("{}/api/chat/{session}/messages", server()),
+            "url": format!("{}/api/stream/runs/{session}", server()),
+        }),
+    );
     // The chat run exists once the first message is sent; start streaming after that.
     let crid = s.send("please be slow").unwrap();
     let v = snapshot(&s);
@@ -238,15 +300,25 @@ async fn working_shows_after_two_seconds_without_tokens() {
     let w = until(&s, 6000, |v| v["status"]["activity"] == "working").await;
     assert_eq!(w["status"]["activity"], "working", "{w}");
     let done = until(&s, 15_000, |v| {
-        v["state"]["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "assistant" && m["status"] == "completed"))
+        v["state"]["messages"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["role"] == "assistant" && m["status"] == "completed")
+        })
     })
     .await;
     let msgs = done["state"]["messages"].as_array().unwrap();
-    assert_eq!(msgs.iter().filter(|m| m["role"] == "user").count(), 1, "no duplicate user message");
+    assert_eq!(
+        msgs.iter().filter(|m| m["role"] == "user").count(),
+        1,
+        "no duplicate user message"
+    );
     assert_eq!(msgs[1]["replyTo"], crid.as_str());
     assert_eq!(done["status"]["activity"], "idle");
     let m = &done["metrics"]["messages"][crid.as_str()];
-    assert!(m["ttfbMs"].as_f64().is_some() && m["ttftMs"].as_f64().unwrap() >= 2000.0, "{m}");
+    assert!(
+        m["ttfbMs"].as_f64().is_some() && m["ttftMs"].as_f64().unwrap() >= 2000.0,
+        "{m}"
+    );
     s.close();
 }
 
@@ -259,14 +331,22 @@ async fn unknown_run_fails_without_retry_and_bad_options_throw_typed_errors() {
     assert!(v["status"]["lastError"].as_str().unwrap().contains("404"));
     s.close();
     let err = RunStream::new(js(&json!({"runId": ""}))).err().unwrap();
-    assert_eq!(Reflect::get(&err, &"name".into()).unwrap(), "RunStreamOptionError");
-    let err = RunStream::new(js(&json!({"runId": "r", "transport": "carrier-pigeon"}))).err().unwrap();
+    assert_eq!(
+        Reflect::get(&err, &"name".into()).unwrap(),
+        "RunStreamOptionError"
+    );
+    let err = RunStream::new(js(&json!({"runId": "r", "transport": "carrier-pigeon"})))
+        .err()
+        .unwrap();
     assert!(err.dyn_ref::<js_sys::Error>().is_some());
 }
 
 #[wasm_bindgen_test]
 async fn close_drops_the_server_connection() {
-    let run = create_run(json!({"kind": "chat", "run_id": format!("idle_{}", js_sys::Math::random().to_bits())})).await;
+    let run = create_run(
+        json!({"kind": "chat", "run_id": format!("idle_{}", js_sys::Math::random().to_bits())}),
+    )
+    .await;
     let s = stream(&run, "fetch", json!({}));
     s.start();
     until(&s, 5000, |v| v["status"]["connection"] == "open").await;
@@ -277,7 +357,10 @@ async fn close_drops_the_server_connection() {
     let mut open = 1;
     for _ in 0..40 {
         TimeoutFuture::new(100).await;
-        open = request("GET", &format!("/api/admin/runs/{run}/stats"), None).await["connections_open"].as_u64().unwrap();
+        open = request("GET", &format!("/api/admin/runs/{run}/stats"), None).await
+            ["connections_open"]
+            .as_u64()
+            .unwrap();
         if open == 0 {
             break;
         }

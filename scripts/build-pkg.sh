@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds the npm package into pkg/ (wasm-pack, --target web, release: opt-level z,
+# LTO, wasm-opt -Oz) and prints the wasm size raw and gzipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+target=${1:-web}
+out=pkg
+[ "$target" = web ] || out="pkg-$target"
+wasm-pack build --quiet --target "$target" --release --out-dir "$out" 2>&1 | grep -vE '^\[INFO\]|no README|LICENSE|wasm-pack version' || true
+# The raw ABI declarations wasm-bindgen writes for externref use `any`; they are
+# internal (InitOutput / *_bg.wasm.d.ts), so type them `unknown` and keep the
+# published declarations free of `any`.
+sed -i -E '/^ *readonly [A-Za-z0-9_]+: /s/\bany\b/unknown/g' "$out"/runstream.d.ts
+[ -f "$out"/runstream_bg.wasm.d.ts ] && sed -i -E 's/\bany\b/unknown/g' "$out"/runstream_bg.wasm.d.ts
+if grep -nwE 'any' "$out"/*.d.ts; then
+  echo "error: 'any' in $out/*.d.ts" >&2
+  exit 1
+fi
+raw=$(wc -c < "$out"/runstream_bg.wasm)
+gz=$(gzip -9 -c "$out"/runstream_bg.wasm | wc -c)
+js=$(gzip -9 -c "$out"/runstream.js | wc -c)
+echo "[pkg] $out/runstream_bg.wasm: ${raw} B raw, ${gz} B gzipped; JS glue ${js} B gzipped"

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, clippy (no-panic lints on library code), native
+# tests (core + reference server), the npm package build, browser tests in
+# headless Chromium and Firefox against the reference server, and the
+# TypeScript check of the public API. Installs what is missing first.
+# Ends with one line "N passed, N failed"; exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export PATH="$HOME/.cargo/bin:$PATH"
+export CARGO_TERM_COLOR=never
+logs="$root/target/test-logs"
+mkdir -p "$logs"
+
+start_all=$(date +%s)
+./scripts/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+
+passed=0
+failed=0
+failures=()
+
+# step NAME CMD...: runs CMD, counts the tests it reports ("test result:" lines of
+# cargo / wasm-bindgen-test, "# pass/# fail" of node:test), or 1 check if it reports none.
+step() {
+  local name=$1; shift
+  local log="$logs/$name.log"
+  local t0=$(date +%s)
+  printf '==> %s\n' "$name"
+  "$@" >"$log" 2>&1
+  local rc=$?
+  local p f
+  p=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {if (NR) print s}')
+  f=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\2/' | awk '{s+=$1} END {if (NR) print s}')
+  if [ -z "$p" ]; then
+    p=$(grep -E '^# pass [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
+    f=$(grep -E '^# fail [0-9]+' "$log" | awk '{s+=$3} END {print s+0}')
+    if [ "${p:-0}" = 0 ] && [ "${f:-0}" = 0 ]; then
+      if [ $rc -eq 0 ]; then p=1; f=0; else p=0; f=1; fi
+    fi
+  fi
+  [ $rc -ne 0 ] && [ "${f:-0}" = 0 ] && f=1
+  passed=$((passed + ${p:-0}))
+  failed=$((failed + ${f:-0}))
+  local dt=$(( $(date +%s) - t0 ))
+  if [ $rc -eq 0 ]; then
+    printf '    ok: %s passed (%ss)\n' "${p:-0}" "$dt"
+  else
+    failures+=("$name")
+    printf '    FAILED (%ss): last lines of %s\n' "$dt" "$log"
+    grep -vE '^\s+[0-9]+: |^\s+at ' "$log" | tail -n 40 | sed 's/^/    | /'
+  fi
+  grep -E '^\[pkg\]' "$log" | sed 's/^/    /'
+}
+
+step fmt cargo fmt --all --check
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+step clippy-wasm cargo clippy --target wasm32-unknown-unknown --lib --tests -- -D warnings
+step native-tests cargo test --workspace
+step pkg ./scripts/build-pkg.sh web
+
+# The reference server on a free loopback port, for the browser tests.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cargo build -q -p runstream-server >"$logs/server-build.log" 2>&1
+"$root/target/debug/runstream-server" --addr "127.0.0.1:$port" --www www --pkg pkg >"$logs/server.log" 2>&1 &
+server_pid=$!
+trap 'kill $server_pid 2>/dev/null' EXIT
+for _ in $(seq 50); do
+  curl -fs -o /dev/null "http://127.0.0.1:$port/api/runs/none/snapshot" 2>/dev/null; [ $? -eq 22 ] && break
+  sleep 0.2
+done
+export RUNSTREAM_SERVER="http://127.0.0.1:$port"
+export WASM_BINDGEN_TEST_TIMEOUT=300
+export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
+export GECKODRIVER=${GECKODRIVER:-$HOME/.cargo/bin/geckodriver}
+
+step browser-chromium wasm-pack test --headless --chrome
+step browser-firefox wasm-pack test --headless --firefox
+if [ -f tests/e2e/package.json ]; then
+  step typescript bash -c 'cd tests/e2e && npx tsc -p tsconfig.json'
+  for suite in tests/e2e/*.test.mjs; do
+    [ -e "$suite" ] || continue
+    step "e2e-$(basename "$suite" .test.mjs)" node --test --test-concurrency=1 "$suite"
+  done
+fi
+
+echo
+echo "total time: $(( $(date +%s) - start_all ))s; logs in target/test-logs/"
+[ ${#failures[@]} -gt 0 ] && echo "failed steps: ${failures[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
