@@ -7,7 +7,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 target=${1:-web}
 out=pkg
 [ "$target" = web ] || out="pkg-$target"
-wasm-pack build --quiet --target "$target" --release --out-dir "$out" 2>&1 | grep -vE '^\[INFO\]|no README|LICENSE|wasm-pack version' || true
+log=$(mktemp)
+if ! wasm-pack build --target "$target" --release --out-dir "$out" >"$log" 2>&1; then
+  cat "$log" >&2
+  exit 1
+fi
+rm -f "$log"
 # The raw ABI declarations wasm-bindgen writes for externref use `any`; they are
 # internal (InitOutput / *_bg.wasm.d.ts), so type them `unknown` and keep the
 # published declarations free of `any`.

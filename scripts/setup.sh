@@ -26,8 +26,14 @@ if ! command -v wasm-bindgen >/dev/null || ! wasm-bindgen --version | grep -q " 
   cargo install wasm-bindgen-cli --version "$wbg" --force
 fi
 
+# wasm-opt from binaryen >= 116 (the wasm-opt crate): Debian's binaryen 108
+# breaks wasm-bindgen's externref table (reference types are on by default).
+if ! wasm-opt --version 2>/dev/null | grep -qE 'version (11[6-9]|1[2-9][0-9])'; then
+  log "cargo install wasm-opt (binaryen from source, several minutes)"
+  cargo install wasm-opt --locked
+fi
+
 apt_pkgs=()
-command -v wasm-opt >/dev/null || apt_pkgs+=(binaryen)
 if [ "$need_browsers" = 1 ]; then
   command -v chromium >/dev/null || apt_pkgs+=(chromium)
   command -v chromedriver >/dev/null || apt_pkgs+=(chromium-driver)

@@ -1,0 +1,72 @@
+// Uses every name of API.md with exact types; `tsc --strict --noEmit` must pass.
+import init, {
+  RunStream,
+  type RunSnapshot,
+  type RunStreamOptions,
+  type RuntimeEvent,
+  type StreamStatus,
+  type RunState,
+  type RunMetrics,
+  type Worker,
+  type Message,
+} from "runstream";
+
+async function getToken(): Promise<string> {
+  return "t";
+}
+
+export async function main(): Promise<void> {
+  await init();
+  const options: RunStreamOptions = {
+    runId: "run_01JD3Q8Z8M4V6W",
+    url: "/api/stream/runs/run_01JD3Q8Z8M4V6W",
+    transport: "fetch",
+    wsUrl: "/api/ws",
+    snapshotUrl: "/api/runs/run_01JD3Q8Z8M4V6W/snapshot",
+    sendUrl: "/api/chat/s1/messages",
+    headers: async () => ({ Authorization: `Bearer ${await getToken()}` }),
+    withCredentials: false,
+    stallAfterMs: 2000,
+    connectTimeoutMs: 10000,
+    heartbeatTimeoutMs: 25000,
+    backoff: { initialMs: 500, maxMs: 20000, multiplier: 2 },
+    resume: "session",
+    spans: { sampleRate: 0.1 },
+  };
+  const stream = new RunStream(options);
+  stream.start();
+  const off: () => void = stream.subscribe(() => render(stream.getSnapshot()));
+  const snap: RunSnapshot = stream.getSnapshot();
+  const offEvents: () => void = stream.subscribeEvents((e: RuntimeEvent) => {
+    if (e.kind === "span") {
+      const d: number = e.durationMs;
+      const s: "ok" | "error" | "canceled" = e.status;
+      void d;
+      void s;
+    } else {
+      const v: number = e.value;
+      void v;
+    }
+  });
+  const id: string = stream.send("hello");
+  stream.retryNow();
+  stream.close();
+  off();
+  offEvents();
+  void snap;
+  void id;
+}
+
+function render(s: RunSnapshot): void {
+  const status: StreamStatus = s.status;
+  const state: RunState = s.state;
+  const metrics: RunMetrics = s.metrics;
+  const retry: number | null = status.retryInMs;
+  const workers: Worker[] = state.workers;
+  const messages: Message[] = state.messages;
+  const ttft: number | null | undefined = metrics.messages["x"]?.ttftMs;
+  const completed: number | undefined = metrics.terminations.run_completed;
+  // @ts-expect-error: connection states are a closed union
+  const bad: StreamStatus["connection"] = "sleeping";
+  void [retry, workers, messages, ttft, completed, bad];
+}

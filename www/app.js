@@ -1,0 +1,226 @@
+// The demo page: the first user of runstream's public JS API. Untrusted text
+// is rendered with textContent only.
+import init, { RunStream } from "/pkg/runstream.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const transport = params.get("transport") || "fetch";
+$("transport").value = transport;
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+
+async function api(method, path, body) {
+  const r = await fetch(path, {
+    method,
+    headers: body ? { "Content-Type": "application/json" } : undefined,
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const t = await r.text();
+  return t ? JSON.parse(t) : null;
+}
+
+async function newRun() {
+  const seed = Math.floor(Math.random() * 1e9);
+  const { run_id } = await api("POST", "/api/admin/runs", { seed, workers: 5, speed: 0.6 });
+  return run_id;
+}
+
+function go(run, t) {
+  const q = new URLSearchParams({ run, transport: t });
+  location.search = q.toString();
+}
+
+await init();
+$("wasm-status").textContent = "wasm loaded";
+$("wasm-status").dataset.state = "open";
+
+let runId = params.get("run");
+if (!runId) {
+  runId = await newRun();
+  history.replaceState(null, "", `?run=${encodeURIComponent(runId)}&transport=${transport}`);
+}
+const session = `chat_${runId}`;
+$("run-id").textContent = runId;
+
+const common = { transport, resume: "session", spans: "auto" };
+const task = new RunStream({
+  ...common,
+  runId,
+  url: `/api/stream/runs/${encodeURIComponent(runId)}`,
+  snapshotUrl: `/api/runs/${encodeURIComponent(runId)}/snapshot`,
+});
+const chat = new RunStream({
+  ...common,
+  runId: session,
+  url: `/api/stream/runs/${encodeURIComponent(session)}`,
+  snapshotUrl: `/api/runs/${encodeURIComponent(session)}/snapshot`,
+  sendUrl: `/api/chat/${encodeURIComponent(session)}/messages`,
+});
+window.runstreamDemo = { task, chat, runId, session };
+
+// ---- chat ----------------------------------------------------------------------
+// The chat session is a run of its own on the server (created idempotently).
+await api("POST", "/api/admin/runs", { kind: "chat", run_id: session });
+chat.start();
+
+$("send-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = $("send-input").value.trim();
+  if (!text) return;
+  try {
+    chat.send(text);
+    $("send-input").value = "";
+  } catch (err) {
+    $("chat-conn").textContent = `${err.name}: ${err.message}`;
+  }
+});
+
+function renderChat() {
+  const s = chat.getSnapshot();
+  const ol = $("messages");
+  ol.replaceChildren(
+    ...s.state.messages.map((m) => {
+      const li = el("li", `msg ${m.role}`);
+      li.append(el("span", "role", m.role), el("span", "content", m.content || "…"), el("span", "mstatus", m.status));
+      return li;
+    }),
+  );
+  ol.scrollTop = ol.scrollHeight;
+  $("working").hidden = s.status.activity !== "working";
+  $("chat-conn").textContent = s.status.connection;
+  renderMessageMetrics(s.metrics.messages, s.state.messages);
+}
+chat.subscribe(renderChat);
+
+function renderMessageMetrics(byId, messages) {
+  const fmt = (v) => (v === null || v === undefined ? "—" : `${Math.round(v)} ms`);
+  const rows = Object.entries(byId).map(([crid, m]) => {
+    const msg = messages.find((x) => x.clientRequestId === crid);
+    const tr = el("tr");
+    tr.append(
+      el("td", "", msg ? msg.content.slice(0, 24) : crid.slice(0, 8)),
+      el("td", "", fmt(m.ttfbMs)),
+      el("td", "", fmt(m.ttftMs)),
+      el("td", "", fmt(m.durationMs)),
+      el("td", "", m.tokens),
+      el("td", "", m.fallback ?? "—"),
+    );
+    return tr;
+  });
+  $("msg-metrics").tBodies[0].replaceChildren(...rows);
+}
+
+// ---- task ----------------------------------------------------------------------
+function renderTask() {
+  const s = task.getSnapshot();
+  const st = s.state;
+  $("run-status").textContent = `run ${st.status} · cursor ${st.cursor}`;
+  $("run-status").dataset.state = st.status;
+  $("workers").replaceChildren(
+    ...st.workers.map((w) => {
+      const li = el("li", `worker ${w.status}`);
+      li.append(el("span", "wname", w.name || w.workerId), el("span", "wstatus", w.status));
+      if (w.jobId) li.append(el("span", "job", w.jobId));
+      const tools = el("ul", "tools");
+      tools.append(...w.tools.map((t) => el("li", `tool ${t.status}`, `${t.name || t.toolCallId}: ${t.status}`)));
+      li.append(tools);
+      return li;
+    }),
+  );
+  $("supervisor").textContent = st.supervisor.completed ? `Supervisor: ${st.supervisor.summary ?? "done"}` : "Supervisor: working…";
+  renderConnection(s.status);
+  renderMetrics(s.metrics);
+}
+task.subscribe(renderTask);
+
+function renderConnection(status) {
+  const c = $("conn");
+  c.dataset.state = status.connection;
+  let text = status.connection === "open" ? "live" : status.connection;
+  if (status.connection === "reconnecting" && status.retryInMs !== null) {
+    text = `reconnecting in ${Math.ceil(status.retryInMs / 1000)} s (attempt ${status.attempt})`;
+  }
+  if (status.connection === "failed" && status.lastError) text = `failed: ${status.lastError}`;
+  c.textContent = text;
+  $("retry").hidden = !(status.connection === "reconnecting" || status.connection === "failed" || status.connection === "offline");
+}
+
+function renderMetrics(m) {
+  const rate = m.toolCalls ? `${((100 * m.toolErrors) / m.toolCalls).toFixed(0)}% (${m.toolErrors}/${m.toolCalls})` : "—";
+  const rows = [
+    ["events applied", m.eventsApplied],
+    ["events replayed", m.eventsReplayed],
+    ["duplicates dropped", m.duplicatesDropped],
+    ["out of order", m.outOfOrder],
+    ["protocol errors", m.protocolErrors],
+    ["reconnects", m.reconnects],
+    ["time to first event", m.timeToFirstEventMs === null ? "—" : `${Math.round(m.timeToFirstEventMs)} ms`],
+    ["tool error rate", rate],
+    ["terminations", Object.entries(m.terminations).map(([k, v]) => `${k}×${v}`).join(", ") || "—"],
+  ];
+  $("metrics").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", "", k), el("dd", "", v)]));
+}
+
+// ---- chart: events per second and connection state, last 60 s ----------------
+const samples = [];
+let lastApplied = 0;
+const stateColor = { open: "#2a9d58", connecting: "#d4a017", reconnecting: "#e07b24", offline: "#888", failed: "#c0392b", closed: "#5470c6", idle: "#bbb" };
+setInterval(() => {
+  const s = task.getSnapshot();
+  const applied = s.metrics.eventsApplied + chat.getSnapshot().metrics.eventsApplied;
+  samples.push({ rate: applied - lastApplied, state: s.status.connection });
+  lastApplied = applied;
+  if (samples.length > 60) samples.shift();
+  drawChart();
+}, 1000);
+
+function drawChart() {
+  const cv = $("chart");
+  const g = cv.getContext("2d");
+  g.clearRect(0, 0, cv.width, cv.height);
+  const max = Math.max(5, ...samples.map((x) => x.rate));
+  const w = cv.width / 60;
+  samples.forEach((x, i) => {
+    const h = ((cv.height - 16) * x.rate) / max;
+    g.fillStyle = "#4a6fa5";
+    g.fillRect(i * w, cv.height - 12 - h, w - 1, h);
+    g.fillStyle = stateColor[x.state] || "#bbb";
+    g.fillRect(i * w, cv.height - 8, w, 8);
+  });
+  g.fillStyle = "#333";
+  g.font = "10px sans-serif";
+  g.fillText(`events/s (max ${max})`, 4, 10);
+}
+
+// ---- controls -------------------------------------------------------------------
+$("retry").addEventListener("click", () => {
+  task.retryNow();
+  chat.retryNow();
+});
+$("refresh").addEventListener("click", () => location.reload());
+$("new-run").addEventListener("click", async () => go(await newRun(), $("transport").value));
+$("transport").addEventListener("change", () => go(runId, $("transport").value));
+$("apply-chaos").addEventListener("click", async () => {
+  const chaos = { seed: Math.floor(Math.random() * 1e6) };
+  if ($("c-dup").checked) chaos.dup_rate = 0.2;
+  if ($("c-reorder").checked) chaos.reorder_rate = 0.2;
+  if ($("c-drop").checked) chaos.drop_every = 8;
+  if ($("c-latency").checked) Object.assign(chaos, { latency_ms: 50, jitter_ms: 200 });
+  if ($("c-hold").checked) chaos.hold_first_ms = 1500;
+  if ($("c-malformed").checked) chaos.malformed_rate = 0.1;
+  await api("POST", `/api/admin/runs/${encodeURIComponent(runId)}/chaos`, chaos);
+});
+$("restart").addEventListener("click", () => api("POST", "/api/admin/restart"));
+$("prune").addEventListener("click", async () => {
+  const snap = await api("GET", `/api/runs/${encodeURIComponent(runId)}/snapshot`);
+  await api("POST", `/api/admin/runs/${encodeURIComponent(runId)}/prune`, { keep_from: Math.max(1, snap.event_id - 3) });
+});
+
+task.start();
+renderTask();
+renderChat();
