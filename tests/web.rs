@@ -370,3 +370,149 @@ async fn close_drops_the_server_connection() {
     assert_eq!(v["status"]["connection"], "closed");
     assert_eq!(v["metrics"]["terminations"]["client_closed"], 1);
 }
+
+#[wasm_bindgen_test]
+async fn honours_retry_after_and_the_servers_retry_field() {
+    // 503 with Retry-After: 2 → the next attempt waits at least 2 s.
+    let run = create_run(json!({"seed": 6, "workers": 2, "instant": true, "chaos": {"fail_first": 1, "fail_status": 503, "retry_after_s": 2}})).await;
+    let s = stream(&run, "fetch", json!({}));
+    let t0 = js_sys::Date::now();
+    s.start();
+    let waiting = until(&s, 3000, |v| {
+        v["status"]["connection"] == "reconnecting" && v["status"]["retryInMs"].as_f64().is_some()
+    })
+    .await;
+    assert!(
+        waiting["status"]["retryInMs"].as_f64().unwrap() > 1500.0,
+        "{waiting}"
+    );
+    assert!(waiting["status"]["lastError"]
+        .as_str()
+        .unwrap()
+        .contains("503"));
+    let v = until(&s, 8000, closed).await;
+    assert_eq!(v["status"]["connection"], "closed");
+    assert!(js_sys::Date::now() - t0 >= 2000.0);
+    assert_eq!(v["metrics"]["terminations"]["http_5xx"], 1);
+    s.close();
+    // retry: 1200 → after a healthy connection drops, the reconnect waits the server's retry.
+    let run = create_run(json!({"seed": 6, "workers": 3, "instant": true, "chaos": {"retry_ms": 1200, "drop_every": 6}})).await;
+    let s = stream(&run, "fetch", json!({}));
+    s.start();
+    let waiting = until(&s, 3000, |v| v["status"]["retryInMs"].as_f64().is_some()).await;
+    let wait = waiting["status"]["retryInMs"].as_f64().unwrap();
+    assert!(wait > 1000.0 && wait <= 1200.0, "{waiting}");
+    s.close();
+}
+
+#[wasm_bindgen_test]
+async fn goes_offline_and_back() {
+    let run = create_run(json!({"seed": 12, "workers": 3, "speed": 4})).await;
+    let s = stream(&run, "fetch", json!({}));
+    s.start();
+    until(&s, 5000, |v| {
+        v["state"]["cursor"].as_u64().unwrap_or(0) >= 3
+    })
+    .await;
+    let w = web_sys::window().unwrap();
+    w.dispatch_event(&web_sys::Event::new("offline").unwrap())
+        .unwrap();
+    let off = until(&s, 2000, |v| v["status"]["connection"] == "offline").await;
+    assert_eq!(off["status"]["connection"], "offline");
+    let cursor = off["state"]["cursor"].as_u64().unwrap();
+    TimeoutFuture::new(1500).await;
+    // Offline: no reconnect attempts, nothing applied.
+    let still = snapshot(&s);
+    assert_eq!(still["status"]["connection"], "offline");
+    assert_eq!(still["state"]["cursor"].as_u64().unwrap(), cursor);
+    w.dispatch_event(&web_sys::Event::new("online").unwrap())
+        .unwrap();
+    let v = until(&s, 15_000, closed).await;
+    assert_eq!(v["status"]["connection"], "closed");
+    assert_matches_server(&run, &v).await;
+    assert_eq!(v["metrics"]["terminations"]["offline"], 1);
+    s.close();
+}
+
+fn perf_spans() -> Vec<Value> {
+    let perf = Reflect::get(&web_sys::window().unwrap(), &"performance".into()).unwrap();
+    let f: Function = Reflect::get(&perf, &"getEntriesByName".into())
+        .unwrap()
+        .dyn_into()
+        .unwrap();
+    let arr: js_sys::Array = f
+        .call1(&perf, &"runstream:span".into())
+        .unwrap()
+        .dyn_into()
+        .unwrap();
+    arr.iter()
+        .map(|e| {
+            let detail = Reflect::get(&e, &"detail".into()).unwrap();
+            serde_wasm_bindgen::from_value(detail).unwrap_or(Value::Null)
+        })
+        .collect()
+}
+
+fn clear_spans() {
+    let perf = Reflect::get(&web_sys::window().unwrap(), &"performance".into()).unwrap();
+    let f: Function = Reflect::get(&perf, &"clearMeasures".into())
+        .unwrap()
+        .dyn_into()
+        .unwrap();
+    f.call1(&perf, &"runstream:span".into()).unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn spans_reach_the_performance_timeline_only_when_sampled_and_listeners_are_isolated() {
+    for (spans, expect) in [
+        (json!(true), true),
+        (json!(false), false),
+        (json!({"sampleRate": 0}), false),
+        (json!({"sampleRate": 1}), true),
+    ] {
+        clear_spans();
+        let run = create_run(
+            json!({"seed": 2, "workers": 2, "instant": true, "chaos": {"drop_every": 7}}),
+        )
+        .await;
+        let s = stream(&run, "fetch", json!({"spans": spans}));
+        let thrower = Function::new_no_args("throw new Error('listener boom')");
+        let _off1 = s.subscribe_events(thrower);
+        let seen = Rc::new(RefCell::new(Vec::<Value>::new()));
+        let seen2 = seen.clone();
+        let cb = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+            seen2
+                .borrow_mut()
+                .push(serde_wasm_bindgen::from_value(e).unwrap());
+        });
+        let _off2 = s.subscribe_events(cb.as_ref().unchecked_ref::<Function>().clone());
+        s.start();
+        let v = until(&s, 10_000, closed).await;
+        assert_eq!(v["status"]["connection"], "closed");
+        let events = seen.borrow().clone();
+        let names: Vec<&str> = events.iter().filter_map(|e| e["name"].as_str()).collect();
+        // A throwing listener does not stop delivery to the next one, and metrics are complete regardless of sampling.
+        assert!(names.contains(&"stream.connect.total"), "{names:?}");
+        let reconnects = names
+            .iter()
+            .filter(|n| **n == "stream.reconnect.total")
+            .count() as u64;
+        assert_eq!(Some(reconnects), v["metrics"]["reconnects"].as_u64());
+        let span_events = events.iter().filter(|e| e["kind"] == "span").count();
+        let measures = perf_spans();
+        if expect {
+            assert!(span_events > 0, "{spans}");
+            assert!(!measures.is_empty(), "{spans}");
+            assert!(
+                measures
+                    .iter()
+                    .any(|d| d["op"] == "connect" && d["status"] == "ok"),
+                "{measures:?}"
+            );
+        } else {
+            assert_eq!(span_events, 0, "{spans}");
+            assert!(measures.is_empty(), "{spans}: {measures:?}");
+        }
+        s.close();
+    }
+}

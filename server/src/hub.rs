@@ -39,6 +39,12 @@ pub struct Chaos {
     pub retry_ms: Option<u64>,
     /// Send a binary frame once per WebSocket subscription.
     pub binary_frame: bool,
+    /// Answer the first N stream requests with `fail_status` (SSE only).
+    pub fail_first: u64,
+    /// Status of those failed requests (default 503).
+    pub fail_status: Option<u16>,
+    /// `Retry-After` seconds sent with them.
+    pub retry_after_s: Option<u64>,
 }
 
 /// Most events a run keeps for replay; older ones are pruned (resumes get a snapshot).
@@ -64,6 +70,8 @@ pub struct Run {
     next_message: u64,
     pub connections_total: u64,
     pub connections_open: u64,
+    /// Stream requests received (including ones chaos failed).
+    pub attempts: u64,
     pub kind: RunKind,
     pub speed: f64,
 }
@@ -102,6 +110,7 @@ impl Run {
             next_message: 1,
             connections_total: 0,
             connections_open: 0,
+            attempts: 0,
             kind,
             speed,
         }

@@ -288,7 +288,22 @@ async fn sse(
         return (StatusCode::NOT_FOUND, "unknown run").into_response();
     };
     {
-        let r = lock(&run);
+        let mut r = lock(&run);
+        r.attempts += 1;
+        if r.attempts <= r.chaos.fail_first {
+            let status = StatusCode::from_u16(r.chaos.fail_status.unwrap_or(503))
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut resp = (status, "chaos: failing this attempt").into_response();
+            if let Some(s) = r.chaos.retry_after_s {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(s));
+            }
+            log(
+                "stream.rejected",
+                json!({"run_id": run_id, "status": status.as_u16(), "reason": "chaos"}),
+            );
+            return resp;
+        }
         if r.finished && last >= r.last_id() {
             return StatusCode::NO_CONTENT.into_response();
         }
@@ -674,6 +689,7 @@ async fn stats(State(app): State<App>, Path(run_id): Path<String>) -> Response {
             Json(json!({
                 "run_id": r.id, "last_event_id": r.last_id(), "finished": r.finished,
                 "connections_total": r.connections_total, "connections_open": r.connections_open,
+                "attempts": r.attempts,
             }))
             .into_response()
         }

@@ -1257,19 +1257,18 @@ impl Engine {
                 reason,
                 Termination::RunCompleted | Termination::ClientClosed | Termination::NoContent
             );
-            self.span(
-                "connect",
-                self.run_trace.clone(),
-                self.link.started_at,
-                now,
-                if ok {
-                    SpanStatus::Canceled
-                } else {
-                    SpanStatus::Error
-                },
-                Some(reason.as_str()),
+            let status = if ok {
+                SpanStatus::Canceled
+            } else {
+                SpanStatus::Error
+            };
+            let f = SpanFields {
+                error_kind: Some(reason.as_str()),
                 error,
-            );
+                attempt: Some(self.connects),
+                ..SpanFields::new("connect", self.link.started_at, now, status)
+            };
+            self.span(self.run_trace.clone(), f);
         }
         self.buffer.clear();
         self.gap_deadline = None;
@@ -1390,15 +1389,11 @@ impl Engine {
                 now,
                 &[],
             );
-            self.span(
-                "connect",
-                self.run_trace.clone(),
-                self.link.started_at,
-                now,
-                SpanStatus::Ok,
-                None,
-                None,
-            );
+            let f = SpanFields {
+                attempt: Some(self.connects),
+                ..SpanFields::new("connect", self.link.started_at, now, SpanStatus::Ok)
+            };
+            self.span(self.run_trace.clone(), f);
             self.link.replaying = self.link.resumed;
         } else if self.link.replaying && now - self.link.last_event_at >= self.cfg.replay_quiet_ms {
             self.end_replay(now);
@@ -1421,15 +1416,16 @@ impl Engine {
             &[],
         );
         if let Some(start) = self.link.first_event_at {
-            self.span(
-                "replay",
-                self.run_trace.clone(),
-                self.link.started_at,
-                end.max(start),
-                SpanStatus::Ok,
-                None,
-                None,
-            );
+            let f = SpanFields {
+                events: Some(n),
+                ..SpanFields::new(
+                    "replay",
+                    self.link.started_at,
+                    end.max(start),
+                    SpanStatus::Ok,
+                )
+            };
+            self.span(self.run_trace.clone(), f);
         }
     }
 
@@ -1583,20 +1579,13 @@ impl Engine {
                         now,
                         &[],
                     );
-                    let detail = format!(
-                        "ttfbMs={} ttftMs={}",
-                        ttfb.map_or("null".into(), |v| format!("{v:.1}")),
-                        ttft.map_or("null".into(), |v| format!("{v:.1}"))
-                    );
-                    self.span(
-                        "message",
-                        t.trace,
-                        t.sent_at,
-                        now,
-                        SpanStatus::Ok,
-                        None,
-                        Some(detail).filter(|_| false),
-                    );
+                    let f = SpanFields {
+                        ttfb_ms: ttfb,
+                        ttft_ms: ttft,
+                        client_request_id: Some(crid),
+                        ..SpanFields::new("message", t.sent_at, now, SpanStatus::Ok)
+                    };
+                    self.span(t.trace, f);
                 }
             }
             Applied::Echo { client_request_id } => {
@@ -1606,10 +1595,7 @@ impl Engine {
                     .position(|s| s.client_request_id == client_request_id)
                 {
                     // The echo proves the server has it: no further attempts needed.
-                    let acked_before = false;
-                    if !acked_before {
-                        self.record_ttfb(now, &client_request_id);
-                    }
+                    self.record_ttfb(now, &client_request_id);
                     self.outbox.remove(pos);
                 }
             }
@@ -1795,15 +1781,13 @@ impl Engine {
             }
         }
         if let Some(t) = self.sends.remove(crid) {
-            self.span(
-                "message",
-                t.trace,
-                t.sent_at,
-                now,
-                SpanStatus::Error,
-                Some("send_failed"),
-                Some(why.clone()),
-            );
+            let f = SpanFields {
+                error_kind: Some("send_failed"),
+                error: Some(why.clone()),
+                client_request_id: Some(crid.to_owned()),
+                ..SpanFields::new("message", t.sent_at, now, SpanStatus::Error)
+            };
+            self.span(t.trace, f);
         }
         self.last_error = Some(format!("message not sent: {why}"));
         self.mark_dirty();
@@ -1835,37 +1819,19 @@ impl Engine {
             .insert(crid.to_owned(), MessageMetrics::default());
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn span(
-        &mut self,
-        op: &'static str,
-        trace: Option<String>,
-        start: Ms,
-        end: Ms,
-        status: SpanStatus,
-        error_kind: Option<&'static str>,
-        error: Option<String>,
-    ) {
+    /// Records a finished span if its trace is sampled: a Performance measure and a span event.
+    fn span(&mut self, trace: Option<String>, mut f: SpanFields) {
         let Some(trace_id) = trace else { return };
-        let span_id = hex_id(&mut self.rng);
-        let fields = SpanFields {
-            span_id,
-            trace_id,
-            op,
-            start,
-            duration_ms: (end - start).max(0.0),
-            status,
-            error_kind,
-            error,
-        };
-        self.actions.push_back(Action::Measure(fields.clone()));
+        f.span_id = hex_id(&mut self.rng);
+        f.trace_id = trace_id;
+        self.actions.push_back(Action::Measure(f.clone()));
         self.telemetry.push(RuntimeEvent {
             kind: EventClass::Span,
             name: "runstream:span",
-            value: fields.duration_ms,
-            ts: end,
+            value: f.duration_ms,
+            ts: f.start + f.duration_ms,
             attrs: BTreeMap::new(),
-            span: Some(fields),
+            span: Some(f),
         });
     }
 }

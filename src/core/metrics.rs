@@ -174,6 +174,42 @@ pub struct SpanFields {
     /// Human-readable error, when not ok.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Connection attempt number (`connect`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u64>,
+    /// Events replayed (`replay`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+    /// send → accepted (`message`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<f64>,
+    /// send → first token (`message`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    /// The send's `client_request_id` (`message`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
+}
+
+impl SpanFields {
+    /// A span of `op` from `start` to `end`; ids are filled in when it is recorded.
+    pub fn new(op: &'static str, start: f64, end: f64, status: SpanStatus) -> Self {
+        Self {
+            span_id: String::new(),
+            trace_id: String::new(),
+            op,
+            start,
+            duration_ms: (end - start).max(0.0),
+            status,
+            error_kind: None,
+            error: None,
+            attempt: None,
+            events: None,
+            ttfb_ms: None,
+            ttft_ms: None,
+            client_request_id: None,
+        }
+    }
 }
 
 /// Bounded queue of raw telemetry events, built only while someone listens.
