@@ -49,6 +49,12 @@ if [ "$need_browsers" = 1 ] && ! command -v geckodriver >/dev/null; then
   cargo install geckodriver --locked || cargo install geckodriver
 fi
 
+# cargo-fuzz for the bounded fuzzing step (nightly is on the machine).
+if [ "$need_browsers" = 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then
+  log "cargo install cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+
 # npm packages the end-to-end tests and benchmarks use (Playwright drives Debian's Chromium).
 if [ -f tests/e2e/package.json ] && [ ! -d tests/e2e/node_modules/playwright-core ]; then
   log "npm install (tests/e2e)"

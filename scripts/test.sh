@@ -57,6 +57,10 @@ step clippy cargo clippy --workspace --all-targets -- -D warnings
 step clippy-wasm cargo clippy --target wasm32-unknown-unknown --lib --tests -- -D warnings
 step native-tests cargo test --workspace
 step pkg ./scripts/build-pkg.sh web
+# Bounded fuzzing (seconds); `FUZZ_SECONDS=600 ./scripts/test.sh` or `cargo +nightly fuzz run <target>` for longer.
+for target in sse_parser envelope; do
+  step "fuzz-$target" cargo +nightly fuzz run "$target" -- -max_total_time="${FUZZ_SECONDS:-15}" -rss_limit_mb=2048
+done
 
 # The reference server on a free loopback port, for the browser tests.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

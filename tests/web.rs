@@ -516,3 +516,31 @@ async fn spans_reach_the_performance_timeline_only_when_sampled_and_listeners_ar
         s.close();
     }
 }
+
+#[wasm_bindgen_test]
+async fn metrics_match_what_the_servers_chaos_did() {
+    for transport in ["fetch", "sse", "websocket"] {
+        let run = create_run(json!({"seed": 31, "workers": 5, "instant": true, "chaos": {"seed": 31, "dup_rate": 0.3, "malformed_rate": 0.15}})).await;
+        let s = stream(&run, transport, json!({}));
+        s.start();
+        let v = until(&s, 10_000, closed).await;
+        assert_eq!(v["status"]["connection"], "closed", "{transport}");
+        let st = request("GET", &format!("/api/admin/runs/{run}/stats"), None).await;
+        let m = &v["metrics"];
+        assert!(st["dups_sent"].as_u64().unwrap() > 0);
+        assert_eq!(
+            m["duplicatesDropped"], st["dups_sent"],
+            "{transport}: {m} vs {st}"
+        );
+        // Every injected malformed frame is counted, and nothing already applied was lost.
+        let injected = st["malformed_sent"].as_u64().unwrap();
+        assert!(injected > 0);
+        assert_eq!(
+            m["protocolErrors"].as_u64(),
+            Some(injected),
+            "{transport}: {m}"
+        );
+        assert_matches_server(&run, &v).await;
+        s.close();
+    }
+}

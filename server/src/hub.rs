@@ -72,6 +72,9 @@ pub struct Run {
     pub connections_open: u64,
     /// Stream requests received (including ones chaos failed).
     pub attempts: u64,
+    /// Duplicate event frames chaos injected, and malformed frames it injected.
+    pub dups_sent: u64,
+    pub malformed_sent: u64,
     pub kind: RunKind,
     pub speed: f64,
 }
@@ -111,9 +114,16 @@ impl Run {
             connections_total: 0,
             connections_open: 0,
             attempts: 0,
+            dups_sent: 0,
+            malformed_sent: 0,
             kind,
             speed,
         }
+    }
+
+    /// Lowest id still in the replay window.
+    pub fn first_id(&self) -> u64 {
+        self.first_id
     }
 
     /// Highest logged id.

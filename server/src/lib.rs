@@ -183,6 +183,7 @@ async fn produce(
             }
             if rng.next_f64() < chaos.malformed_rate {
                 emit!(Frame::Malformed(malformed(&mut rng, &run_id, cursor + 1)));
+                lock(&run).malformed_sent += 1;
             }
             cursor += 1;
             if held.is_none() && rng.next_f64() < chaos.reorder_rate {
@@ -192,6 +193,7 @@ async fn produce(
             emit!(Frame::Event(ev.clone()));
             if rng.next_f64() < chaos.dup_rate {
                 emit!(Frame::Event(ev));
+                lock(&run).dups_sent += 1;
             }
             if let Some(h) = held.take() {
                 emit!(Frame::Event(h));
@@ -687,9 +689,9 @@ async fn stats(State(app): State<App>, Path(run_id): Path<String>) -> Response {
         Some((run, _)) => {
             let r = lock(&run);
             Json(json!({
-                "run_id": r.id, "last_event_id": r.last_id(), "finished": r.finished,
+                "run_id": r.id, "first_event_id": r.first_id(), "last_event_id": r.last_id(), "finished": r.finished,
                 "connections_total": r.connections_total, "connections_open": r.connections_open,
-                "attempts": r.attempts,
+                "attempts": r.attempts, "dups_sent": r.dups_sent, "malformed_sent": r.malformed_sent,
             }))
             .into_response()
         }

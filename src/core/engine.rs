@@ -1441,10 +1441,13 @@ impl Engine {
             Err(e) => {
                 if let ProtocolError::InvalidPayload { event_id, .. } = &e {
                     // The id is consumed so the log can move on; the event has no effect.
+                    // (An invalid event with an id already applied consumes nothing.)
                     let id = *event_id;
                     self.note_event_arrival(now);
                     self.protocol_error(now, e);
-                    self.offer(now, id, String::new(), EventKind::Unknown);
+                    if id > self.state.cursor && !self.buffer.contains_key(&id) {
+                        self.offer(now, id, String::new(), EventKind::Unknown);
+                    }
                 } else {
                     self.protocol_error(now, e);
                 }
