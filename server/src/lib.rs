@@ -63,7 +63,8 @@ pub fn router(settings: Settings) -> (Router, App) {
         .route("/api/admin/frames", get(frames))
         .nest_service("/pkg", ServeDir::new(&settings.pkg))
         .fallback_service(ServeDir::new(&settings.www))
-        .layer(CorsLayer::very_permissive())
+        // Cross-origin clients can read Retry-After only if it is exposed.
+        .layer(CorsLayer::very_permissive().expose_headers([header::RETRY_AFTER]))
         .with_state(app.clone());
     (r, app)
 }

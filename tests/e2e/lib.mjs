@@ -2,8 +2,7 @@
 // playwright-core (Playwright cannot download browsers here), and the
 // reference server the test command started (RUNSTREAM_SERVER).
 import { chromium } from "playwright-core";
-import { mkdtempSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -17,7 +16,7 @@ export async function launch() {
     args: [
       "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--no-first-run", "--disable-quic", `--user-data-dir=${mkdtempSync(join(tmpdir(), "rs-chromium-"))}`,
+      "--no-first-run", "--disable-quic",
     ],
   });
 }

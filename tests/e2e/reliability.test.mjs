@@ -155,6 +155,17 @@ for (const transport of TRANSPORTS) {
   });
 }
 
+test("hostile: a 50 MB frame over fetch is counted, the stream stays up, wasm memory stays bounded", async () => {
+  const before = await page.evaluate(() => window.wasmMemory());
+  const { run_id } = await api("POST", "/api/admin/runs", { seed: 13, workers: 3, instant: true, chaos: { seed: 13, oversize_bytes: 50_000_000 } });
+  const snap = await page.evaluate(([o]) => window.streamToEnd(o, 60000), [opts(run_id, "fetch")]);
+  const after = await page.evaluate(() => window.wasmMemory());
+  await assertConverged(run_id, snap, "50MB/fetch");
+  assert.equal(snap.metrics.protocolErrorsByKind.too_large, 1);
+  assert.ok(after - before < 8 * 1024 * 1024, `wasm memory grew ${before} → ${after}`);
+  table.push({ scenario: "50MB-frame", transport: "fetch", ok: true, dup: 0, rec: snap.metrics.reconnects, perr: snap.metrics.protocolErrors });
+});
+
 test(`refresh mid-run resumes from the stored cursor (fetch, sse, websocket)`, async () => {
   for (const transport of TRANSPORTS) {
     const { run_id } = await api("POST", "/api/admin/runs", { seed: 10, workers: 6, speed: 3 });
