@@ -22,6 +22,10 @@ if grep -nwE 'any' "$out"/*.d.ts; then
   echo "error: 'any' in $out/*.d.ts" >&2
   exit 1
 fi
+# Framework bindings (plain JS + .d.ts, no framework in the wasm build) and package metadata.
+cp js/react.js js/react.d.ts js/vue.js js/vue.d.ts "$out"/
+cp README.md "$out"/README.md
+node scripts/package-json.mjs "$out" "$target"
 raw=$(wc -c < "$out"/runstream_bg.wasm)
 gz=$(gzip -9 -c "$out"/runstream_bg.wasm | wc -c)
 js=$(gzip -9 -c "$out"/runstream.js | wc -c)

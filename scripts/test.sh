@@ -81,6 +81,7 @@ step browser-chromium wasm-pack test --headless --chrome
 step browser-firefox wasm-pack test --headless --firefox
 if [ -f tests/e2e/package.json ]; then
   step typescript bash -c 'cd tests/e2e && npx tsc -p tsconfig.json'
+  step examples ./scripts/examples.sh
   for suite in tests/e2e/*.test.mjs; do
     [ -e "$suite" ] || continue
     step "e2e-$(basename "$suite" .test.mjs)" node --test --test-concurrency=1 "$suite"

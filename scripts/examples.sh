@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Packs pkg/ as the npm tarball a user would install, installs it into the
+# React and Vue examples (file: dependency on the tarball: a copy, as from the
+# registry), type-checks them with tsc --strict and builds them with Vite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p target/npm
+rm -f target/npm/runstream-*.tgz
+(cd pkg && npm pack --silent --pack-destination ../target/npm >/dev/null)
+mv target/npm/runstream-*.tgz target/npm/runstream.tgz
+# The --target bundler build, packed the same way.
+./scripts/build-pkg.sh bundler
+(cd pkg-bundler && npm pack --silent --pack-destination ../target/npm >/dev/null)
+mv target/npm/runstream-*.tgz target/npm/runstream-bundler.tgz
+(
+  cd www/examples/bundler
+  rm -rf node_modules/runstream package-lock.json
+  npm install --no-audit --no-fund --loglevel=error
+  npx vite build --logLevel warn
+  echo "[examples] bundler: built www/examples/bundler/dist"
+)
+for ex in react vue; do
+  (
+    cd "www/examples/$ex"
+    rm -rf node_modules/runstream package-lock.json
+    npm install --no-audit --no-fund --loglevel=error
+    npx tsc --noEmit
+    npx vite build --logLevel warn
+    echo "[examples] $ex: built www/examples/$ex/dist"
+  )
+done

@@ -1,0 +1,75 @@
+import { useState, type FormEvent } from "react";
+import { useRunStream } from "runstream/react";
+import type { Message, Worker } from "runstream";
+
+const params = new URLSearchParams(location.search);
+const runId = params.get("run") ?? "demo";
+const session = params.get("session") ?? `chat_${runId}`;
+
+function Chat() {
+  const { snapshot, send } = useRunStream({
+    runId: session,
+    url: `/api/stream/runs/${session}`,
+    sendUrl: `/api/chat/${session}/messages`,
+    snapshotUrl: `/api/runs/${session}/snapshot`,
+  });
+  const [text, setText] = useState("");
+  const submit = (e: FormEvent) => {
+    e.preventDefault();
+    if (text.trim()) send(text.trim());
+    setText("");
+  };
+  const messages: Message[] = snapshot?.state.messages ?? [];
+  return (
+    <section>
+      <h2>Chat <small data-testid="chat-conn">{snapshot?.status.connection ?? "mounting"}</small></h2>
+      <ol data-testid="messages">
+        {messages.map((m) => (
+          <li key={m.clientRequestId ?? m.messageId ?? ""} className={m.role}>
+            <b>{m.role}</b> {m.content}
+          </li>
+        ))}
+      </ol>
+      {snapshot?.status.activity === "working" && <p data-testid="working">Working…</p>}
+      <form onSubmit={submit}>
+        <input data-testid="input" value={text} onChange={(e) => setText(e.target.value)} />
+        <button>Send</button>
+      </form>
+    </section>
+  );
+}
+
+function Tasks() {
+  const { snapshot } = useRunStream({ runId, url: `/api/stream/runs/${runId}`, snapshotUrl: `/api/runs/${runId}/snapshot` });
+  const workers: Worker[] = snapshot?.state.workers ?? [];
+  return (
+    <section>
+      <h2>Task <small data-testid="task-status">{snapshot?.state.status ?? "mounting"}</small></h2>
+      <ul data-testid="workers">
+        {workers.map((w) => (
+          <li key={w.workerId} data-status={w.status}>
+            {w.name ?? w.workerId}: {w.status} ({w.tools.map((t) => `${t.name ?? t.toolCallId} ${t.status}`).join(", ")})
+          </li>
+        ))}
+      </ul>
+      <p data-testid="supervisor">{snapshot?.state.supervisor.completed ? snapshot.state.supervisor.summary : "working…"}</p>
+      <p data-testid="cursor">{snapshot?.state.cursor ?? 0}</p>
+    </section>
+  );
+}
+
+export function App() {
+  const [shown, setShown] = useState(true);
+  return (
+    <main>
+      <h1>runstream × React</h1>
+      <button data-testid="toggle" onClick={() => setShown((s) => !s)}>{shown ? "Unmount" : "Mount"}</button>
+      {shown && (
+        <>
+          <Tasks />
+          <Chat />
+        </>
+      )}
+    </main>
+  );
+}

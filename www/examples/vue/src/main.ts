@@ -1,0 +1,71 @@
+import { createApp, defineComponent, h, ref } from "vue";
+import init, { type Message, type Worker } from "runstream";
+import { useRunStream } from "runstream/vue";
+
+await init();
+
+const params = new URLSearchParams(location.search);
+const runId = params.get("run") ?? "demo";
+const session = params.get("session") ?? `chat_${runId}`;
+
+const Tasks = defineComponent({
+  setup() {
+    const { snapshot } = useRunStream({ runId, url: `/api/stream/runs/${runId}`, snapshotUrl: `/api/runs/${runId}/snapshot` });
+    return () => {
+      const s = snapshot.value;
+      const workers: Worker[] = s.state.workers;
+      return h("section", [
+        h("h2", ["Task ", h("small", { "data-testid": "task-status" }, s.state.status)]),
+        h("ul", { "data-testid": "workers" }, workers.map((w) =>
+          h("li", { key: w.workerId, "data-status": w.status }, `${w.name ?? w.workerId}: ${w.status} (${w.tools.map((t) => `${t.name ?? t.toolCallId} ${t.status}`).join(", ")})`))),
+        h("p", { "data-testid": "supervisor" }, s.state.supervisor.completed ? s.state.supervisor.summary ?? "done" : "working…"),
+        h("p", { "data-testid": "cursor" }, String(s.state.cursor)),
+      ]);
+    };
+  },
+});
+
+const Chat = defineComponent({
+  setup() {
+    const { snapshot, send } = useRunStream({
+      runId: session,
+      url: `/api/stream/runs/${session}`,
+      sendUrl: `/api/chat/${session}/messages`,
+      snapshotUrl: `/api/runs/${session}/snapshot`,
+    });
+    const text = ref("");
+    const submit = (e: Event) => {
+      e.preventDefault();
+      if (text.value.trim()) send(text.value.trim());
+      text.value = "";
+    };
+    return () => {
+      const s = snapshot.value;
+      const messages: Message[] = s.state.messages;
+      return h("section", [
+        h("h2", ["Chat ", h("small", { "data-testid": "chat-conn" }, s.status.connection)]),
+        h("ol", { "data-testid": "messages" }, messages.map((m) =>
+          h("li", { key: m.clientRequestId ?? m.messageId ?? "", class: m.role }, [h("b", m.role), " ", m.content]))),
+        s.status.activity === "working" ? h("p", { "data-testid": "working" }, "Working…") : null,
+        h("form", { onSubmit: submit }, [
+          h("input", { "data-testid": "input", value: text.value, onInput: (e: Event) => (text.value = (e.target as HTMLInputElement).value) }),
+          h("button", "Send"),
+        ]),
+      ]);
+    };
+  },
+});
+
+const App = defineComponent({
+  setup() {
+    const shown = ref(true);
+    return () =>
+      h("main", [
+        h("h1", "runstream × Vue"),
+        h("button", { "data-testid": "toggle", onClick: () => (shown.value = !shown.value) }, shown.value ? "Unmount" : "Mount"),
+        shown.value ? [h(Tasks), h(Chat)] : null,
+      ]);
+  },
+});
+
+createApp(App).mount("#app");
