@@ -48,7 +48,7 @@ pub struct Chaos {
 }
 
 /// Most events a run keeps for replay; older ones are pruned (resumes get a snapshot).
-pub const MAX_WINDOW: usize = 50_000;
+pub const MAX_WINDOW: usize = 200_000;
 /// Most frames recorded for contract tests (drop-oldest).
 pub const MAX_RECORDED: usize = 200_000;
 
@@ -63,7 +63,7 @@ pub struct Run {
     state: RunState,
     parked: Parked,
     /// State as of `first_id - 1`, for resumes older than the window.
-    pruned: Option<(u64, Value)>,
+    pruned: Option<(u64, RunState, Parked)>,
     pub finished: bool,
     pub chaos: Chaos,
     sends: HashMap<String, (String, String)>,
@@ -155,7 +155,8 @@ impl Run {
         if ty == "run.completed" {
             self.finished = true;
         }
-        if self.log.len() > MAX_WINDOW {
+        // Pruned in batches (10 % over the window), so a long run costs O(1) per event.
+        if self.log.len() > MAX_WINDOW + MAX_WINDOW / 10 {
             self.prune_to(self.first_id + (self.log.len() - MAX_WINDOW) as u64);
         }
         id
@@ -167,15 +168,11 @@ impl Run {
         if keep_from <= self.first_id {
             return;
         }
-        // The state as of keep_from - 1, by replaying the retained prefix onto the previous snapshot.
-        let (mut state, _) = match &self.pruned {
-            Some((id, v)) => (
-                RunState::from_wire(v.clone()).unwrap_or_else(|_| RunState::new(&self.id)),
-                *id,
-            ),
-            None => (RunState::new(&self.id), 0),
+        // The state as of keep_from - 1: the previous pruned state plus the dropped events.
+        let (mut state, mut parked) = match self.pruned.take() {
+            Some((_, st, p)) => (st, p),
+            None => (RunState::new(&self.id), Parked::default()),
         };
-        let mut parked = Parked::default();
         let mut out = Vec::new();
         while self.first_id < keep_from {
             if let Some(text) = self.log.pop_front() {
@@ -186,7 +183,7 @@ impl Run {
             self.first_id += 1;
         }
         state.cursor = keep_from - 1;
-        self.pruned = Some((keep_from - 1, state.to_wire()));
+        self.pruned = Some((keep_from - 1, state, parked));
     }
 
     /// What a client resuming after `last` must get now.
@@ -194,8 +191,8 @@ impl Run {
         let mut next = last + 1;
         let mut snapshot = None;
         if next < self.first_id {
-            if let Some((id, st)) = &self.pruned {
-                snapshot = Some((*id, st.clone()));
+            if let Some((id, st, _)) = &self.pruned {
+                snapshot = Some((*id, st.to_wire()));
                 next = id + 1;
             }
         }

@@ -603,6 +603,12 @@ struct CreateRun {
     chaos: Chaos,
     /// Append the whole script at once (a finished run) instead of playing it in time.
     instant: bool,
+    /// A token-stream run (benchmarks): one assistant message with this many deltas.
+    tokens: Option<u64>,
+    /// Deltas per second for a token run (0 = as fast as possible, live).
+    rate: Option<f64>,
+    /// Token run of `progress.tick` events (an unknown type: no state growth) instead of deltas.
+    ticks: bool,
 }
 
 async fn create_run(State(app): State<App>, body: Option<Json<CreateRun>>) -> Response {
@@ -614,7 +620,16 @@ async fn create_run(State(app): State<App>, body: Option<Json<CreateRun>>) -> Re
         chaos.seed = c.seed;
     }
     let (id, _, fresh) = app.hub.create(c.run_id, kind, chaos, speed);
-    if fresh && kind == RunKind::Task {
+    if let (true, Some(n)) = (fresh, c.tokens) {
+        scenario::tokens(
+            app.hub.clone(),
+            id.clone(),
+            n,
+            c.rate.unwrap_or(0.0),
+            c.instant,
+            c.ticks,
+        );
+    } else if fresh && kind == RunKind::Task {
         let script = scenario::task_script(c.seed, c.workers.unwrap_or(4).clamp(1, 64));
         if c.instant {
             for (_, ty, p) in script {

@@ -158,3 +158,58 @@ pub fn reply(hub: Arc<Hub>, id: String, crid: String, content: String) {
         hub.append(&id, "message.completed", done);
     });
 }
+
+/// A benchmark run: one assistant message streamed as `n` deltas (or `n` unknown-type
+/// `progress.tick` events), then `run.completed`.
+/// `rate` deltas/s (0 = as fast as possible); `instant` appends everything before returning.
+pub fn tokens(hub: Arc<Hub>, id: String, n: u64, rate: f64, instant: bool, ticks: bool) {
+    let one = move |hub: &Hub, id: &str, i: u64| {
+        if ticks {
+            hub.append(id, "progress.tick", json!({"n": i}));
+        } else {
+            hub.append(
+                id,
+                "message.delta",
+                json!({"message_id": "m1", "delta": format!("t{} ", i % 1000)}),
+            );
+        }
+    };
+    fn head(hub: &Hub, id: &str) {
+        hub.append(id, "run.started", json!({"title": "token stream"}));
+        hub.append(
+            id,
+            "message.created",
+            json!({"message_id": "m1", "role": "assistant"}),
+        );
+    }
+    fn tail(hub: &Hub, id: &str) {
+        hub.append(
+            id,
+            "message.completed",
+            json!({"message_id": "m1", "finish_reason": "stop"}),
+        );
+        hub.append(id, "run.completed", json!({"status": "succeeded"}));
+    }
+    if instant {
+        head(&hub, &id);
+        for i in 0..n {
+            one(&hub, &id, i);
+        }
+        tail(&hub, &id);
+        return;
+    }
+    tokio::spawn(async move {
+        head(&hub, &id);
+        let start = tokio::time::Instant::now();
+        for i in 0..n {
+            if rate > 0.0 {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due).await;
+            } else if i % 500 == 0 {
+                tokio::task::yield_now().await;
+            }
+            one(&hub, &id, i);
+        }
+        tail(&hub, &id);
+    });
+}

@@ -1,0 +1,272 @@
+// Benchmarks that run inside the page: runstream (wasm) next to a JavaScript
+// pipeline built from the peers, on the same bytes from the same server.
+import init, { RunStream } from "/pkg/runstream.js";
+import { createParser } from "eventsource-parser";
+import { fetchEventSource } from "@microsoft/fetch-event-source";
+
+let wasm;
+const ready = init().then((w) => (wasm = w));
+
+async function api(method, path, body) {
+  const r = await fetch(path, { method, headers: body ? { "Content-Type": "application/json" } : undefined, body: body ? JSON.stringify(body) : undefined });
+  const t = await r.text();
+  return t ? JSON.parse(t) : null;
+}
+
+const createRun = (body) => api("POST", "/api/admin/runs", body).then((r) => r.run_id);
+
+function runstreamUntilClosed(opts, onSubscribe) {
+  return new Promise((resolve) => {
+    const s = new RunStream({ resume: "none", spans: false, ...opts });
+    const off = s.subscribe(() => {
+      const snap = s.getSnapshot();
+      if (onSubscribe) onSubscribe(snap);
+      if (snap.status.connection === "closed" || snap.status.connection === "failed") {
+        off();
+        s.close();
+        resolve(snap);
+      }
+    });
+    s.start();
+  });
+}
+
+/** The JS pipeline: fetch + eventsource-parser + JSON.parse + Map dedupe + immutable update per event. */
+async function jsPipeline(url, onEvent) {
+  const seen = new Map();
+  let state = { cursor: 0, status: "pending", messages: {} };
+  const resp = await fetch(url, { headers: { Accept: "text/event-stream" } });
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let done = false;
+  const parser = createParser({
+    onEvent(ev) {
+      const e = JSON.parse(ev.data);
+      const key = `${e.run_id}\u0000${e.event_id}`;
+      if (seen.has(key)) return;
+      seen.set(key, true);
+      const p = e.payload;
+      if (e.type === "message.created") {
+        state = { ...state, cursor: e.event_id, messages: { ...state.messages, [p.message_id]: { role: p.role, content: "" } } };
+      } else if (e.type === "message.delta") {
+        const m = state.messages[p.message_id];
+        state = { ...state, cursor: e.event_id, messages: { ...state.messages, [p.message_id]: { ...m, content: m.content + p.delta } } };
+      } else if (e.type === "run.completed") {
+        state = { ...state, cursor: e.event_id, status: p.status };
+        done = true;
+      } else {
+        state = { ...state, cursor: e.event_id };
+      }
+      if (onEvent) onEvent(state);
+    },
+  });
+  while (!done) {
+    const { value, done: end } = await reader.read();
+    if (end) break;
+    parser.feed(value);
+  }
+  reader.cancel().catch(() => {});
+  return state;
+}
+
+export async function throughput(n) {
+  await ready;
+  const run = await createRun({ tokens: n, instant: true });
+  const url = `/api/stream/runs/${run}`;
+  const out = {};
+  for (const round of [0, 1, 2]) {
+    let t0 = performance.now();
+    const js = await jsPipeline(url);
+    const jsMs = performance.now() - t0;
+    t0 = performance.now();
+    const rs = await runstreamUntilClosed({ runId: run, url });
+    const rsMs = performance.now() - t0;
+    if (js.cursor !== rs.state.cursor) throw new Error(`mismatch ${js.cursor} vs ${rs.state.cursor}`);
+    (out.js ||= []).push(js.cursor / (jsMs / 1000));
+    (out.rs ||= []).push(rs.metrics.eventsApplied / (rsMs / 1000));
+    void round;
+  }
+  const med = (a) => a.slice().sort((x, y) => x - y)[Math.floor(a.length / 2)];
+  return { events: n + 4, runstreamEventsPerSec: med(out.rs), jsPipelineEventsPerSec: med(out.js), ratio: med(out.rs) / med(out.js) };
+}
+
+function frameWatch() {
+  let longTasks = 0;
+  let maxGap = 0;
+  let frames = 0;
+  let last = performance.now();
+  let on = true;
+  const obs = new PerformanceObserver((list) => (longTasks += list.getEntries().length));
+  try {
+    obs.observe({ type: "longtask", buffered: false });
+  } catch {}
+  const tick = () => {
+    const now = performance.now();
+    maxGap = Math.max(maxGap, now - last);
+    last = now;
+    frames++;
+    if (on) requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+  return () => {
+    on = false;
+    obs.disconnect();
+    return { longTasks, worstFrameMs: maxGap, frames };
+  };
+}
+
+export async function frameBudget(rate, seconds) {
+  await ready;
+  const el = document.getElementById("out");
+  const n = rate * seconds;
+  const res = {};
+  {
+    const run = await createRun({ tokens: n, rate });
+    let calls = 0;
+    const stop = frameWatch();
+    const t0 = performance.now();
+    await runstreamUntilClosed({ runId: run }, (snap) => {
+      calls++;
+      const m = snap.state.messages[0];
+      el.textContent = m ? m.content.slice(-200) : "";
+    });
+    const secs = (performance.now() - t0) / 1000;
+    res.runstream = { callsPerSec: calls / secs, ...stop() };
+    res.runstream.callsPerFrame = calls / Math.max(1, res.runstream.frames);
+  }
+  {
+    const run = await createRun({ tokens: n, rate });
+    let calls = 0;
+    const stop = frameWatch();
+    const t0 = performance.now();
+    await jsPipeline(`/api/stream/runs/${run}`, (state) => {
+      calls++;
+      el.textContent = (state.messages.m1?.content || "").slice(-200);
+    });
+    const secs = (performance.now() - t0) / 1000;
+    res.perEvent = { callsPerSec: calls / secs, ...stop() };
+    res.perEvent.callsPerFrame = calls / Math.max(1, res.perEvent.frames);
+  }
+  return res;
+}
+
+const pct = (a, p) => {
+  const s = a.slice().sort((x, y) => x - y);
+  return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : null;
+};
+
+export async function reconnect(drops) {
+  await ready;
+  const every = 20;
+  const body = () => ({ tokens: drops * every + every, rate: 400, chaos: { drop_every: every } });
+  const out = {};
+  for (const transport of ["fetch", "sse", "websocket"]) {
+    const run = await createRun(body());
+    const lat = [];
+    let endedAt = null;
+    await new Promise((resolve) => {
+      const s = new RunStream({ runId: run, transport, resume: "none", spans: false });
+      s.subscribeEvents((e) => {
+        if (e.name === "stream.termination.total" && e.attrs?.reason !== "run_completed") endedAt = e.ts;
+        if (e.name === "stream.time_to_first_event_ms" && endedAt !== null) {
+          lat.push(e.ts - endedAt);
+          endedAt = null;
+        }
+      });
+      const off = s.subscribe(() => {
+        if (s.getSnapshot().status.connection === "closed") {
+          off();
+          s.close();
+          resolve();
+        }
+      });
+      s.start();
+    });
+    out[`runstream (${transport})`] = { p50: pct(lat, 0.5), p95: pct(lat, 0.95), n: lat.length };
+  }
+  {
+    const run = await createRun(body());
+    const lat = [];
+    await new Promise((resolve) => {
+      const es = new EventSource(`/api/stream/runs/${run}`);
+      let endedAt = null;
+      const onEvent = (ev) => {
+        if (endedAt !== null) {
+          lat.push(performance.now() - endedAt);
+          endedAt = null;
+        }
+        if (JSON.parse(ev.data).type === "run.completed") {
+          es.close();
+          resolve();
+        }
+      };
+      for (const t of ["message.delta", "message.created", "message.completed", "run.started", "run.completed"]) es.addEventListener(t, onEvent);
+      es.onerror = () => {
+        if (endedAt === null) endedAt = performance.now();
+      };
+    });
+    out["native EventSource"] = { p50: pct(lat, 0.5), p95: pct(lat, 0.95), n: lat.length };
+  }
+  {
+    const run = await createRun(body());
+    const lat = [];
+    const ctl = new AbortController();
+    let endedAt = null;
+    let last = "";
+    await new Promise((resolve) => {
+      fetchEventSource(`/api/stream/runs/${run}`, {
+        signal: ctl.signal,
+        openWhenHidden: true,
+        onmessage(ev) {
+          if (endedAt !== null) {
+            lat.push(performance.now() - endedAt);
+            endedAt = null;
+          }
+          last = ev.id;
+          if (JSON.parse(ev.data).type === "run.completed") {
+            ctl.abort();
+            resolve();
+          }
+        },
+        onclose() {
+          endedAt = performance.now();
+          throw new Error("closed: retry");
+        },
+        onerror() {
+          if (endedAt === null) endedAt = performance.now();
+          // undefined = the library's default retry interval
+        },
+      }).catch(() => resolve());
+      void last;
+    });
+    out["@microsoft/fetch-event-source"] = { p50: pct(lat, 0.5), p95: pct(lat, 0.95), n: lat.length };
+  }
+  return out;
+}
+
+export async function memory(n) {
+  await ready;
+  const heap = () => (performance.memory ? performance.memory.usedJSHeapSize : null);
+  const run = await createRun({ tokens: n, rate: 0, ticks: true });
+  const samples = [];
+  const s = new RunStream({ runId: run, resume: "none", spans: false });
+  let next = n / 10;
+  await new Promise((resolve) => {
+    const off = s.subscribe(() => {
+      const snap = s.getSnapshot();
+      if (snap.state.cursor >= next) {
+        samples.push({ events: snap.state.cursor, wasmBytes: wasm.memory.buffer.byteLength, jsHeapBytes: heap() });
+        next += n / 10;
+      }
+      if (snap.status.connection === "closed") {
+        off();
+        resolve();
+      }
+    });
+    s.start();
+  });
+  const snap = s.getSnapshot();
+  s.close();
+  return { events: snap.metrics.eventsApplied, samples };
+}
+
+window.bench = { throughput, frameBudget, reconnect, memory, ready };

@@ -1,0 +1,161 @@
+// runstream benchmarks, side by side with peers, in headless Chromium against
+// the reference server on loopback. Prints a table and writes JSON.
+//   node benches/run.mjs            full run (several minutes)
+//   node benches/run.mjs --smoke    short version (the test command runs it)
+import { build } from "esbuild";
+import { chromium } from "playwright-core";
+import { spawn } from "node:child_process";
+import { gzipSync } from "node:zlib";
+import { readFileSync, writeFileSync, mkdirSync, existsSync } from "node:fs";
+import { createServer } from "node:net";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const smoke = process.argv.includes("--smoke");
+const P = smoke
+  ? { tokens: 20_000, rate: 5000, seconds: 2, drops: 8, refreshes: 3, memory: 100_000 }
+  : { tokens: 100_000, rate: 5000, seconds: 10, drops: 50, refreshes: 7, memory: 1_000_000 };
+
+const freePort = () => new Promise((res) => {
+  const s = createServer();
+  s.listen(0, "127.0.0.1", () => {
+    const { port } = s.address();
+    s.close(() => res(port));
+  });
+});
+
+async function startServer() {
+  if (process.env.RUNSTREAM_SERVER) return { url: process.env.RUNSTREAM_SERVER, stop() {} };
+  const bin = join(root, "target/release/runstream-server");
+  if (!existsSync(bin)) throw new Error("build the server first: cargo build --release -p runstream-server");
+  const port = await freePort();
+  const child = spawn(bin, ["--addr", `127.0.0.1:${port}`, "--www", join(root, "www"), "--pkg", join(root, "pkg")], { stdio: "ignore" });
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 100; i++) {
+    try {
+      await fetch(url + "/api/runs/x/snapshot");
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  return { url, stop: () => child.kill() };
+}
+
+const gz = (buf) => gzipSync(buf, { level: 9 }).length;
+async function bundleSize(entryCode) {
+  const r = await build({ stdin: { contents: entryCode, resolveDir: join(root, "benches"), loader: "js" }, bundle: true, minify: true, format: "esm", write: false, logLevel: "silent" });
+  const code = Buffer.from(r.outputFiles[0].contents);
+  return { min: code.length, gz: gz(code) };
+}
+
+async function sizes() {
+  const glue = await build({ entryPoints: [join(root, "pkg/runstream.js")], bundle: true, minify: true, format: "esm", write: false, logLevel: "silent" });
+  const glueBuf = Buffer.from(glue.outputFiles[0].contents);
+  const wasmBuf = readFileSync(join(root, "pkg/runstream_bg.wasm"));
+  const rows = { runstream: { min: glueBuf.length + wasmBuf.length, gz: gz(glueBuf) + gz(wasmBuf), detail: `wasm ${gz(wasmBuf)} B gz + JS ${gz(glueBuf)} B gz` } };
+  const peers = {
+    "@microsoft/fetch-event-source": `export * from "@microsoft/fetch-event-source";`,
+    "eventsource-parser": `export * from "eventsource-parser";`,
+    "reconnecting-websocket": `export { default } from "reconnecting-websocket";`,
+    partysocket: `export * from "partysocket";`,
+    centrifuge: `export * from "centrifuge";`,
+    "@durable-streams/client": `export * from "@durable-streams/client";`,
+  };
+  for (const [name, code] of Object.entries(peers)) {
+    try {
+      rows[name] = await bundleSize(code);
+    } catch (e) {
+      rows[name] = { error: String(e.message || e).split("\n")[0] };
+    }
+  }
+  return rows;
+}
+
+const fmt = (x, d = 0) => (x === null || x === undefined || Number.isNaN(x) ? "—" : Number(x).toLocaleString("en-US", { maximumFractionDigits: d }));
+
+async function main() {
+  mkdirSync(join(root, "www/bench"), { recursive: true });
+  await build({ entryPoints: [join(root, "benches/page/bench.js")], bundle: true, format: "esm", outfile: join(root, "www/bench/bench.bundle.js"), external: ["/pkg/*"], logLevel: "silent" });
+  const server = await startServer();
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--enable-precise-memory-info"],
+  });
+  const results = { smoke, params: P, date: new Date().toISOString() };
+  try {
+    const page = await browser.newPage();
+    page.on("pageerror", (e) => console.error("pageerror:", e.message));
+    await page.goto(`${server.url}/bench/index.html`);
+    await page.evaluate(() => window.bench.ready);
+
+    console.log("\n1. Pipeline throughput (SSE bytes → applied, deduplicated state; median of 3)");
+    const t = (results.throughput = await page.evaluate((n) => window.bench.throughput(n), P.tokens));
+    console.log(`   events                 ${fmt(t.events)}`);
+    console.log(`   runstream (wasm)       ${fmt(t.runstreamEventsPerSec)} events/s`);
+    console.log(`   JS pipeline            ${fmt(t.jsPipelineEventsPerSec)} events/s   (eventsource-parser + JSON.parse + Map + immutable update)`);
+    console.log(`   ratio                  ${fmt(t.ratio, 2)}×   goal ≥ 1.5× → ${t.ratio >= 1.5 ? "met" : "MISSED"}`);
+
+    console.log(`\n2. Frame budget (${P.rate} events/s for ${P.seconds} s)`);
+    const f = (results.frameBudget = await page.evaluate(([r, s]) => window.bench.frameBudget(r, s), [P.rate, P.seconds]));
+    console.log("   renderer            calls/s   calls/frame   long tasks   worst frame");
+    for (const [k, v] of Object.entries({ "runstream subscribe": f.runstream, "render per event": f.perEvent })) {
+      console.log(`   ${k.padEnd(18)}  ${fmt(v.callsPerSec).padStart(7)}   ${fmt(v.callsPerFrame, 2).padStart(11)}   ${fmt(v.longTasks).padStart(10)}   ${fmt(v.worstFrameMs, 1).padStart(8)} ms`);
+    }
+    console.log(`   goal ≤ 1 call/frame and 0 long tasks → ${f.runstream.callsPerFrame <= 1.05 && f.runstream.longTasks === 0 ? "met" : "MISSED"}`);
+
+    console.log(`\n3. Reconnect latency (${P.drops} server drops; drop → first resumed event)`);
+    const rc = (results.reconnect = await page.evaluate((d) => window.bench.reconnect(d), P.drops));
+    console.log("   client                          p50 ms    p95 ms   drops seen");
+    for (const [k, v] of Object.entries(rc)) console.log(`   ${k.padEnd(30)}  ${fmt(v.p50, 1).padStart(7)}  ${fmt(v.p95, 1).padStart(8)}   ${v.n}`);
+    const worstP95 = Math.max(...Object.entries(rc).filter(([k]) => k.startsWith("runstream")).map(([, v]) => v.p95 ?? Infinity));
+    console.log(`   goal runstream p95 ≤ 150 ms → ${worstP95 <= 150 ? "met" : "MISSED"} (worst transport ${fmt(worstP95, 1)} ms)`);
+
+    console.log(`\n4. Refresh → first resumed event rendered (${P.refreshes} reloads, ms since navigation start)`);
+    const times = [];
+    for (let i = 0; i < P.refreshes; i++) {
+      const run = (await (await fetch(`${server.url}/api/admin/runs`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ tokens: 4000, rate: 300 }) })).json()).run_id;
+      const p2 = await browser.newPage();
+      await p2.goto(`${server.url}/bench/refresh.html?run=${run}`);
+      await p2.waitForFunction(() => Number(document.body.dataset.cursor || 0) >= 50);
+      await p2.reload();
+      await p2.waitForFunction(() => document.body.dataset.resumedMs, null, { timeout: 10000 });
+      times.push(Number(await p2.evaluate(() => document.body.dataset.resumedMs)));
+      await p2.close();
+    }
+    times.sort((a, b) => a - b);
+    results.refresh = { samples: times, median: times[Math.floor(times.length / 2)] };
+    console.log(`   runstream median ${fmt(results.refresh.median, 1)} ms (samples ${times.map((x) => x.toFixed(0)).join(", ")}); goal ≤ 300 ms → ${results.refresh.median <= 300 ? "met" : "MISSED"}`);
+    console.log("   (peers have no cursor persistence across a reload: they restart the stream from the beginning)");
+
+    console.log("\n5. Size (minified, gzip -9)");
+    const sz = (results.size = await sizes());
+    for (const [k, v] of Object.entries(sz)) console.log(`   ${k.padEnd(32)} ${v.error ? v.error : `${fmt(v.gz).padStart(8)} B gz   ${fmt(v.min).padStart(9)} B min${v.detail ? "   " + v.detail : ""}`}`);
+    console.log(`   goal runstream ≤ 40 KB gz → ${sz.runstream.gz <= 40 * 1024 ? "met" : "MISSED"}`);
+
+    console.log(`\n6. Memory (${fmt(P.memory)} events through one run; unknown-type events, so the state itself does not grow)`);
+    const m = (results.memory = await page.evaluate((n) => window.bench.memory(n), P.memory));
+    console.log("   events applied    wasm memory     JS heap");
+    for (const s of m.samples) console.log(`   ${fmt(s.events).padStart(14)}   ${fmt(s.wasmBytes).padStart(12)}   ${fmt(s.jsHeapBytes).padStart(10)}`);
+    const first = m.samples[0];
+    const last = m.samples[m.samples.length - 1];
+    const flat = first && last && last.wasmBytes === first.wasmBytes;
+    console.log(`   goal flat → ${flat ? "met (wasm memory unchanged from the first to the last sample)" : "MISSED"}`);
+  } finally {
+    await browser.close();
+    server.stop();
+  }
+  const out = join(root, "target/bench");
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, smoke ? "smoke.json" : "results.json"), JSON.stringify(results, null, 2));
+  console.log(`\nJSON: target/bench/${smoke ? "smoke" : "results"}.json`);
+
+}
+
+main().catch((e) => {
+  console.error(e);
+
+  process.exit(1);
+});
