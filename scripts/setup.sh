@@ -60,4 +60,8 @@ if [ -f tests/e2e/package.json ] && [ ! -d tests/e2e/node_modules/playwright-cor
   log "npm install (tests/e2e)"
   (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error)
 fi
+if [ -f benches/package.json ] && [ ! -d benches/node_modules/esbuild ]; then
+  log "npm install (benches)"
+  (cd benches && npm install --no-audit --no-fund --loglevel=error)
+fi
 log "tools ready"

@@ -87,6 +87,8 @@ if [ -f tests/e2e/package.json ]; then
     step "e2e-$(basename "$suite" .test.mjs)" node --test --test-concurrency=1 "$suite"
   done
 fi
+# The benchmark suite's short version (figures printed in its log; the full run: node benches/run.mjs).
+step bench-smoke node benches/run.mjs --smoke
 
 echo
 echo "total time: $(( $(date +%s) - start_all ))s; logs in target/test-logs/"

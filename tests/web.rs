@@ -471,6 +471,26 @@ async fn spans_reach_the_performance_timeline_only_when_sampled_and_listeners_ar
         (json!({"sampleRate": 1}), true),
     ] {
         clear_spans();
+        // A PerformanceObserver, as a consumer would use one.
+        let observed = Rc::new(RefCell::new(Vec::<Value>::new()));
+        let obs2 = observed.clone();
+        let obs_cb = Closure::<dyn FnMut(JsValue)>::new(move |list: JsValue| {
+            let f: Function = Reflect::get(&list, &"getEntries".into())
+                .unwrap()
+                .dyn_into()
+                .unwrap();
+            let entries: js_sys::Array = f.call0(&list).unwrap().dyn_into().unwrap();
+            for e in entries.iter() {
+                if Reflect::get(&e, &"name".into()).unwrap() == "runstream:span" {
+                    let detail = Reflect::get(&e, &"detail".into()).unwrap();
+                    obs2.borrow_mut()
+                        .push(serde_wasm_bindgen::from_value(detail).unwrap_or(Value::Null));
+                }
+            }
+        });
+        let observer = web_sys::PerformanceObserver::new(obs_cb.as_ref().unchecked_ref()).unwrap();
+        let init = web_sys::PerformanceObserverInit::new(&js_sys::Array::of1(&"measure".into()));
+        observer.observe(&init);
         let run = create_run(
             json!({"seed": 2, "workers": 2, "instant": true, "chaos": {"drop_every": 7}}),
         )
@@ -500,6 +520,23 @@ async fn spans_reach_the_performance_timeline_only_when_sampled_and_listeners_ar
         assert_eq!(Some(reconnects), v["metrics"]["reconnects"].as_u64());
         let span_events = events.iter().filter(|e| e["kind"] == "span").count();
         let measures = perf_spans();
+        TimeoutFuture::new(50).await;
+        observer.disconnect();
+        let seen_by_observer = observed.borrow().clone();
+        if expect {
+            assert!(
+                !seen_by_observer.is_empty(),
+                "PerformanceObserver saw no span: {spans}"
+            );
+            assert!(
+                seen_by_observer
+                    .iter()
+                    .all(|d| d["spanId"].is_string() && d["op"].is_string()),
+                "{seen_by_observer:?}"
+            );
+        } else {
+            assert!(seen_by_observer.is_empty(), "{spans}: {seen_by_observer:?}");
+        }
         if expect {
             assert!(span_events > 0, "{spans}");
             assert!(!measures.is_empty(), "{spans}");

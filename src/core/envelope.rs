@@ -3,7 +3,10 @@
 //! [`decode_envelope`] turns one JSON text into a typed [`Envelope`] or a typed
 //! [`ProtocolError`]. It never panics, whatever the input.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::state::{RunStatus, WireState, WorkerStatus};
@@ -208,10 +211,89 @@ impl EventKind {
 
 /// Decodes and validates one envelope for the run `expected_run`.
 pub fn decode_envelope(text: &str, expected_run: &str) -> Result<Envelope, ProtocolError> {
+    if let Some(env) = decode_fast(text, expected_run) {
+        return Ok(env);
+    }
     let value: Value =
         serde_json::from_str(text).map_err(|e| ProtocolError::NotJson(e.to_string()))?;
     decode_envelope_value(value, expected_run)
 }
+
+/// The envelope with borrowed strings and the payload left unparsed.
+#[derive(Deserialize)]
+struct FastEnvelope<'a> {
+    event_id: u64,
+    #[serde(borrow)]
+    run_id: Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    event_type: Cow<'a, str>,
+    #[serde(borrow)]
+    timestamp: Cow<'a, str>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct FastDelta<'a> {
+    #[serde(borrow)]
+    message_id: Cow<'a, str>,
+    #[serde(borrow)]
+    delta: Cow<'a, str>,
+}
+
+/// The hot path: valid envelopes of the high-frequency types (`message.delta`,
+/// unknown types) decoded without building a JSON tree. `None` sends the
+/// frame down the full path, which also produces the precise error.
+fn decode_fast(text: &str, expected_run: &str) -> Option<Envelope> {
+    let f: FastEnvelope<'_> = serde_json::from_str(text).ok()?;
+    let run_ok = f.run_id == expected_run
+        && !f.run_id.is_empty()
+        && f.run_id.chars().count() <= MAX_RUN_ID_CHARS;
+    if !(1..=MAX_EVENT_ID).contains(&f.event_id) || !run_ok || !is_rfc3339(&f.timestamp) {
+        return None;
+    }
+    let raw = f.payload.get();
+    if !raw.starts_with('{') {
+        return None;
+    }
+    let kind = match &*f.event_type {
+        "message.delta" => {
+            let d: FastDelta<'_> = serde_json::from_str(raw).ok()?;
+            if d.message_id.is_empty() {
+                return None;
+            }
+            EventKind::MessageDelta {
+                message_id: d.message_id.into_owned(),
+                delta: d.delta.into_owned(),
+            }
+        }
+        t if !KNOWN_TYPES.contains(&t) => EventKind::Unknown,
+        _ => return None,
+    };
+    Some(Envelope {
+        event_id: f.event_id,
+        event_type: f.event_type.into_owned(),
+        kind,
+    })
+}
+
+/// The event types of PROTOCOL §3–§4.
+pub const KNOWN_TYPES: [&str; 14] = [
+    "run.started",
+    "run.completed",
+    "supervisor.completed",
+    "worker.started",
+    "worker.job_assigned",
+    "worker.completed",
+    "tool.started",
+    "tool.completed",
+    "message.created",
+    "message.delta",
+    "message.completed",
+    "message.failed",
+    "snapshot",
+    "",
+];
 
 /// [`decode_envelope`] for an already parsed JSON value (WebSocket frames).
 pub fn decode_envelope_value(value: Value, expected_run: &str) -> Result<Envelope, ProtocolError> {

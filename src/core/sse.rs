@@ -260,9 +260,12 @@ impl SseParser {
         let event_type = if self.event_type.is_empty() {
             "message".to_owned()
         } else {
-            std::mem::take(&mut self.event_type)
+            self.event_type.clone()
         };
-        let data = std::mem::take(&mut self.data);
+        // Cloned (one exact-size allocation) so the buffers keep their capacity.
+        let data = self.data.clone();
+        self.data.clear();
+        self.event_type.clear();
         out(SseItem::Event(SseEvent {
             event_type,
             data,
