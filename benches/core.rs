@@ -1,3 +1,4 @@
+#![allow(clippy::indexing_slicing, clippy::unwrap_used)]
 //! The core's per-event cost, natively: SSE bytes of a 100k-event chat run →
 //! applied, deduplicated state. `cargo bench --bench core`.
 use std::time::Instant;

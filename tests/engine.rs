@@ -28,6 +28,15 @@ fn drain(e: &mut Engine) -> Vec<Action> {
     std::iter::from_fn(|| e.poll_action()).collect()
 }
 
+/// An engine whose first connection is open (response 200 at t = 1 ms).
+fn open(c: Config, seed: [u64; 2]) -> (Engine, u64) {
+    let mut e = Engine::new(c, seed, None);
+    e.start(0.0);
+    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    e.handle_response(1.0, conn, 200, None, true);
+    (e, conn)
+}
+
 fn connect_of(actions: &[Action]) -> Option<(u64, u64)> {
     actions.iter().find_map(|a| match a {
         Action::Connect { conn, resume_from } => Some((*conn, *resume_from)),
@@ -118,10 +127,7 @@ fn full_reorder_buffer_resyncs_and_memory_stays_bounded() {
     let mut c = cfg();
     c.reorder_capacity = 8;
     let log = gen_log(9, 8);
-    let mut e = Engine::new(c, [1, 1], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
-    e.handle_response(1.0, conn, 200, None, true);
+    let (mut e, conn) = open(c, [1, 1]);
     for text in &log[1..20] {
         e.handle_bytes(2.0, conn, &sse_frame(text));
     }
@@ -133,10 +139,7 @@ fn full_reorder_buffer_resyncs_and_memory_stays_bounded() {
 #[test]
 fn protocol_errors_are_counted_and_nothing_applied_is_lost() {
     let log = gen_log(2, 2);
-    let mut e = Engine::new(cfg(), [1, 1], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
-    e.handle_response(1.0, conn, 200, None, true);
+    let (mut e, conn) = open(cfg(), [1, 1]);
     for t in &log[..3] {
         e.handle_bytes(2.0, conn, &sse_frame(t));
     }
@@ -180,10 +183,7 @@ fn protocol_errors_are_counted_and_nothing_applied_is_lost() {
 
 #[test]
 fn invalid_payload_consumes_its_id_without_effect() {
-    let mut e = Engine::new(cfg(), [1, 1], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
-    e.handle_response(1.0, conn, 200, None, true);
+    let (mut e, conn) = open(cfg(), [1, 1]);
     e.handle_bytes(
         2.0,
         conn,
@@ -256,10 +256,7 @@ fn backoff_grows_with_full_jitter_and_caps() {
 #[test]
 fn first_reconnect_after_a_healthy_connection_is_immediate_and_retry_is_a_floor() {
     let log = gen_log(1, 3);
-    let mut e = Engine::new(cfg(), [5, 5], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
-    e.handle_response(1.0, conn, 200, None, true);
+    let (mut e, conn) = open(cfg(), [5, 5]);
     e.handle_bytes(2.0, conn, &sse_frame(&log[0]));
     e.handle_closed(3.0, conn, CloseCause::Eof);
     let wait = e.status(3.0).retry_in_ms.unwrap();
@@ -394,10 +391,7 @@ fn connect_and_heartbeat_timeouts_reconnect_and_hidden_tab_suspends_watchdog() {
 
 #[test]
 fn offline_stops_retries_and_online_reconnects_at_once() {
-    let mut e = Engine::new(cfg(), [1, 1], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
-    e.handle_response(1.0, conn, 200, None, true);
+    let (mut e, conn) = open(cfg(), [1, 1]);
     e.handle_online(2.0, false);
     let acts = drain(&mut e);
     assert!(acts.contains(&Action::Disconnect { conn }));
@@ -411,10 +405,7 @@ fn offline_stops_retries_and_online_reconnects_at_once() {
 
 #[test]
 fn working_shows_exactly_at_the_stall_threshold() {
-    let mut e = Engine::new(cfg(), [1, 1], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
-    e.handle_response(1.0, conn, 200, None, true);
+    let (mut e, conn) = open(cfg(), [1, 1]);
     assert_eq!(e.activity(5.0), Activity::Idle);
     let crid = e.send(10.0, "hello").unwrap();
     assert_eq!(e.activity(10.0), Activity::Streaming);
@@ -491,10 +482,7 @@ fn frame_batcher_gives_one_visible_change_per_frame() {
 
 #[test]
 fn outbox_optimistic_message_retries_and_merges_with_echo_in_place() {
-    let mut e = Engine::new(cfg(), [9, 9], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
-    e.handle_response(1.0, conn, 200, None, true);
+    let (mut e, conn) = open(cfg(), [9, 9]);
     let crid = e.send(5.0, "hello").unwrap();
     assert_eq!(e.state().messages.len(), 1);
     assert_eq!(e.state().messages[0].status, MessageStatus::Sending);
@@ -795,10 +783,7 @@ fn telemetry_events_only_when_enabled_and_spans_when_sampled() {
 
 #[test]
 fn long_run_uses_bounded_memory() {
-    let mut e = Engine::new(cfg(), [1, 1], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
-    e.handle_response(1.0, conn, 200, None, true);
+    let (mut e, conn) = open(cfg(), [1, 1]);
     e.handle_bytes(
         1.0,
         conn,

@@ -278,7 +278,7 @@ fn decode_fast(text: &str, expected_run: &str) -> Option<Envelope> {
 }
 
 /// The event types of PROTOCOL §3–§4.
-pub const KNOWN_TYPES: [&str; 14] = [
+pub const KNOWN_TYPES: [&str; 13] = [
     "run.started",
     "run.completed",
     "supervisor.completed",
@@ -292,7 +292,6 @@ pub const KNOWN_TYPES: [&str; 14] = [
     "message.completed",
     "message.failed",
     "snapshot",
-    "",
 ];
 
 /// [`decode_envelope`] for an already parsed JSON value (WebSocket frames).

@@ -15,25 +15,7 @@ use super::env::{self, Listener};
 use super::options::resolve_headers;
 use super::{with_engine, Weak};
 use crate::core::engine::{CloseCause, SendResult};
-
-/// Event names a native `EventSource` must listen to (PROTOCOL §4, §3, plus the default).
-const SSE_TYPES: [&str; 15] = [
-    "message",
-    "snapshot",
-    "run.started",
-    "run.completed",
-    "supervisor.completed",
-    "worker.started",
-    "worker.job_assigned",
-    "worker.completed",
-    "tool.started",
-    "tool.completed",
-    "message.created",
-    "message.delta",
-    "message.completed",
-    "message.failed",
-    "heartbeat",
-];
+use crate::core::envelope::KNOWN_TYPES;
 
 /// A live transport connection; dropping it closes the connection.
 pub enum Handle {
@@ -239,7 +221,9 @@ pub fn open_sse(
             });
         }));
     }
-    for ty in SSE_TYPES {
+    // Native EventSource delivers named events only to listeners of that name:
+    // every type of PROTOCOL §3–§4, plus the default "message".
+    for ty in KNOWN_TYPES.iter().copied().chain(["message"]) {
         let weak = weak.clone();
         listeners.extend(Listener::new(target, ty, move |ev| {
             if let Some(data) = ev
