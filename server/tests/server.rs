@@ -377,3 +377,55 @@ async fn websocket_subscribe_resume_ping_send_and_errors() {
     assert_eq!(event_ids[0], 5);
     assert!(event_ids.windows(2).all(|w| w[1] == w[0] + 1));
 }
+
+#[tokio::test]
+async fn latency_drop_rate_oversize_and_fail_first_knobs() {
+    let addr = start().await;
+    // Latency: every event waits latency_ms.
+    let t0 = std::time::Instant::now();
+    let lat = chaos_tokens(&addr, json!({"latency_ms": 20, "drop_every": 5})).await;
+    assert_eq!(lat.len(), 5);
+    assert!(t0.elapsed() >= Duration::from_millis(100));
+    // drop_rate 1.0: the connection ends after the first event.
+    assert_eq!(
+        chaos_tokens(&addr, json!({"drop_rate": 1.0})).await,
+        vec!["1"]
+    );
+    // Oversized frame first, then the events.
+    let big = chaos_tokens(&addr, json!({"oversize_bytes": 200_000, "drop_every": 2})).await;
+    // (The filler frame is valid JSON of another run; its point is its size.)
+    assert_eq!(big, vec!["foreign", "1", "2"]);
+    // fail_first: the first attempt gets the status and Retry-After, the next one streams.
+    let run = create(&addr, json!({"seed": 1, "workers": 1, "instant": true, "chaos": {"fail_first": 1, "fail_status": 429, "retry_after_s": 3}})).await;
+    let (st, head, _) = http(&addr, "GET", &format!("/api/stream/runs/{run}"), &[], None).await;
+    assert_eq!(st, 429);
+    assert!(head.to_ascii_lowercase().contains("retry-after: 3"));
+    let (st, _, body) = http(&addr, "GET", &format!("/api/stream/runs/{run}"), &[], None).await;
+    assert_eq!(st, 200);
+    assert!(!sse_frames(&body).is_empty());
+}
+
+#[tokio::test]
+async fn websocket_binary_frame_knob_sends_one_binary_frame() {
+    let addr = start().await;
+    let run = create(
+        &addr,
+        json!({"seed": 2, "workers": 1, "instant": true, "chaos": {"binary_frame": true}}),
+    )
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        json!({"op": "subscribe", "run_id": run}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let mut binary = 0;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+        if m.is_binary() {
+            binary += 1;
+        }
+    }
+    assert_eq!(binary, 1);
+}

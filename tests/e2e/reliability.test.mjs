@@ -69,7 +69,7 @@ async function runScenario(name, transport, createBody, during, check) {
   const row = { scenario: name, transport, ok: false, dup: snap.metrics.duplicatesDropped, rec: snap.metrics.reconnects, perr: snap.metrics.protocolErrors };
   table.push(row);
   await assertConverged(run_id, snap, `${name}/${transport}`);
-  if (check) await check(snap, run_id);
+  if (check) await check(snap, run_id, transport);
   row.ok = true;
 }
 
@@ -97,8 +97,11 @@ const scenarios = [
     }],
   ["buffering-proxy", { seed: 6, workers: 3, instant: true, chaos: { seed: 6, hold_first_ms: 1500 } }, null,
     (s) => assert.ok(s.metrics.timeToFirstEventMs >= 1400, `${s.metrics.timeToFirstEventMs}`)],
-  ["hostile-retry-0-and-foreign-ids", { seed: 7, workers: 4, instant: true, chaos: { seed: 7, retry_ms: 0, drop_every: 4, malformed_rate: 0.3 } }, null,
-    (s) => assert.ok(s.metrics.protocolErrors > 0 && s.metrics.reconnects > 0)],
+  ["hostile-retry-0-and-foreign-ids", { seed: 7, workers: 4, instant: true, chaos: { seed: 7, retry_ms: 0, drop_every: 4, malformed_rate: 0.3, binary_frame: true } }, null,
+    (s, run, transport) => {
+      assert.ok(s.metrics.protocolErrors > 0 && s.metrics.reconnects > 0);
+      if (transport === "websocket") assert.ok(s.metrics.protocolErrorsByKind.binary_frame >= 1, JSON.stringify(s.metrics.protocolErrorsByKind));
+    }],
 ];
 
 for (const transport of TRANSPORTS) {
