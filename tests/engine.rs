@@ -622,7 +622,7 @@ fn websocket_subscribe_resume_and_sends_queue_until_open() {
     let acts = drain(&mut e);
     assert!(!acts.iter().any(|a| matches!(a, Action::WsSend { .. })));
     let (conn, _) = connect_of(&acts).unwrap();
-    e.handle_ws_open(1.0, conn);
+    e.handle_ws_open(1.0, conn, Vec::new());
     let sub = drain(&mut e);
     assert!(
         matches!(&sub[0], Action::WsSend { text, .. } if text == r#"{"op":"subscribe","run_id":"run_T"}"#)
@@ -660,9 +660,17 @@ fn websocket_subscribe_resume_and_sends_queue_until_open() {
     let t = e.poll_timeout().unwrap();
     e.handle_timeout(t);
     let (conn2, _) = connect_of(&drain(&mut e)).unwrap();
-    e.handle_ws_open(t + 1.0, conn2);
+    e.handle_ws_open(
+        t + 1.0,
+        conn2,
+        vec![("Authorization".into(), "Bearer t2".into())],
+    );
     let sub = drain(&mut e);
-    assert!(matches!(&sub[0], Action::WsSend { text, .. } if text.contains("\"last_event_id\":4")));
+    assert!(
+        matches!(&sub[0], Action::WsSend { text, .. }
+            if text.contains("\"last_event_id\":4") && text.contains(r#""headers":{"Authorization":"Bearer t2"}"#)),
+        "{sub:?}"
+    );
     e.handle_ws_text(
         t + 2.0,
         conn2,

@@ -383,6 +383,8 @@ pub struct Engine {
     /// A `snapshot` event replaced the state: job-only events the server had
     /// parked before it are invisible here, so reconcile once the run ends.
     snapshot_replaced: bool,
+    /// Headers resolved for the current WebSocket (sent in subscribe and send frames).
+    ws_headers: Option<serde_json::Map<String, Value>>,
 }
 
 impl Engine {
@@ -464,6 +466,7 @@ impl Engine {
             stall_notified: false,
             next_persist_at: 0.0,
             snapshot_replaced: false,
+            ws_headers: None,
         }
     }
 
@@ -815,19 +818,36 @@ impl Engine {
     }
 
     /// WebSocket connection `conn` is open: subscribe (resuming from the cursor).
-    pub fn handle_ws_open(&mut self, now: Ms, conn: u64) {
+    /// `headers` (the `headers` option, resolved for this connection) travel in
+    /// the subscribe frame and in every send on this socket, since a browser
+    /// WebSocket cannot set request headers; empty = none.
+    pub fn handle_ws_open(&mut self, now: Ms, conn: u64, headers: Vec<(String, String)>) {
         if conn != self.conn_id || !matches!(self.conn, Conn::Connecting { .. }) {
             return;
         }
         self.link.last_byte_at = Some(now);
-        let sub = if self.state.cursor > 0 {
-            serde_json::json!({"op": "subscribe", "run_id": self.cfg.run_id, "last_event_id": self.state.cursor})
+        self.ws_headers = if headers.is_empty() {
+            None
         } else {
-            serde_json::json!({"op": "subscribe", "run_id": self.cfg.run_id})
+            Some(
+                headers
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            )
         };
+        let mut sub = serde_json::Map::new();
+        sub.insert("op".into(), "subscribe".into());
+        sub.insert("run_id".into(), self.cfg.run_id.clone().into());
+        if self.state.cursor > 0 {
+            sub.insert("last_event_id".into(), self.state.cursor.into());
+        }
+        if let Some(h) = &self.ws_headers {
+            sub.insert("headers".into(), Value::Object(h.clone()));
+        }
         self.actions.push_back(Action::WsSend {
             conn,
-            text: sub.to_string(),
+            text: Value::Object(sub).to_string(),
         });
     }
 
@@ -1721,13 +1741,16 @@ impl Engine {
             s.attempts += 1;
             changed.push(s.client_request_id.clone());
             if ws {
-                let text = serde_json::json!({
+                let mut frame = serde_json::json!({
                     "op": "send",
                     "session_id": self.cfg.session_id,
                     "client_request_id": s.client_request_id,
                     "content": s.content,
-                })
-                .to_string();
+                });
+                if let (Some(h), Some(o)) = (&self.ws_headers, frame.as_object_mut()) {
+                    o.insert("headers".into(), Value::Object(h.clone()));
+                }
+                let text = frame.to_string();
                 self.actions.push_back(Action::WsSend { conn, text });
             } else {
                 self.actions.push_back(Action::Post {

@@ -160,7 +160,9 @@ fn execute(rc: &Shared, action: Action) {
                     resume_from,
                     o.with_credentials,
                 ),
-                Transport::WebSocket => transport::open_ws(weak, conn, o.ws_url.clone()),
+                Transport::WebSocket => {
+                    transport::open_ws(weak, conn, o.ws_url.clone(), o.headers.clone())
+                }
             };
             match handle {
                 Some(h) => inner.transport = Some((conn, h)),

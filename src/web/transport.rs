@@ -280,15 +280,24 @@ fn full_probe(es: &EventSource) -> String {
     es.url()
 }
 
-/// Opens a WebSocket; the engine subscribes once it is open.
-pub fn open_ws(weak: Weak, conn: u64, url: String) -> Option<Handle> {
+/// Opens a WebSocket; once it is open the `headers` option is resolved and the engine subscribes.
+pub fn open_ws(weak: Weak, conn: u64, url: String, headers: JsValue) -> Option<Handle> {
     let ws = WebSocket::new(&env::resolve(&url, true)).ok()?;
     ws.set_binary_type(web_sys::BinaryType::Arraybuffer);
     let mut cbs: Vec<Closure<dyn FnMut(JsValue)>> = Vec::new();
     {
         let weak = weak.clone();
         let cb = Closure::<dyn FnMut(JsValue)>::new(move |_| {
-            with_engine(&weak, |e| e.handle_ws_open(env::now(), conn));
+            let weak = weak.clone();
+            let headers = headers.clone();
+            spawn_local(async move {
+                match resolve_headers(&headers).await {
+                    Ok(h) => with_engine(&weak, |e| e.handle_ws_open(env::now(), conn, h)),
+                    Err(_) => with_engine(&weak, |e| {
+                        e.handle_closed(env::now(), conn, CloseCause::Network)
+                    }),
+                };
+            });
         });
         ws.set_onopen(Some(cb.as_ref().unchecked_ref()));
         cbs.push(cb);
