@@ -344,11 +344,10 @@ pub struct Engine {
     rng: Rng,
     state: RunState,
     parked: Parked,
-    buffer: BTreeMap<u64, (String, EventKind)>,
+    buffer: BTreeMap<u64, EventKind>,
     gap_deadline: Option<Ms>,
     gap_resyncs: (u64, u32),
     parser: SseParser,
-    scratch: Vec<SseItem>,
     applied_scratch: Vec<Applied>,
     conn: Conn,
     conn_id: u64,
@@ -434,7 +433,6 @@ impl Engine {
             buffer: BTreeMap::new(),
             gap_deadline: None,
             gap_resyncs: (0, 0),
-            scratch: Vec::new(),
             applied_scratch: Vec::new(),
             conn: Conn::Idle,
             conn_id: 0,
@@ -785,11 +783,12 @@ impl Engine {
             return;
         }
         self.link.last_byte_at = Some(now);
-        let mut items = std::mem::take(&mut self.scratch);
-        self.parser.feed(bytes, &mut |i| items.push(i));
-        for item in items.drain(..) {
+        // Events are handled as the parser completes them (no per-chunk list).
+        // The parser is moved out for the duration so the callback can use `self`.
+        let mut parser = std::mem::replace(&mut self.parser, SseParser::new(0));
+        parser.feed(bytes, &mut |item| {
             if !self.accepts(conn) {
-                break;
+                return;
             }
             match item {
                 SseItem::Event(ev) => self.handle_frame(now, &ev.data),
@@ -797,8 +796,12 @@ impl Engine {
                 SseItem::Comment => {}
                 SseItem::TooLarge(n) => self.protocol_error(now, ProtocolError::TooLarge(n)),
             }
+        });
+        if self.conn_id != conn {
+            // A resync started a new connection mid-chunk: it starts a fresh stream.
+            parser.reset_stream();
         }
-        self.scratch = items;
+        self.parser = parser;
     }
 
     /// An event dispatched by native `EventSource` connection `conn` (its `data`).
@@ -1455,7 +1458,7 @@ impl Engine {
                 self.note_event_arrival(now);
                 match env.kind {
                     EventKind::Snapshot(st) => self.apply_snapshot(now, env.event_id, *st),
-                    kind => self.offer(now, env.event_id, env.event_type, kind),
+                    kind => self.offer(now, env.event_id, kind),
                 }
             }
             Err(e) => {
@@ -1466,7 +1469,7 @@ impl Engine {
                     self.note_event_arrival(now);
                     self.protocol_error(now, e);
                     if id > self.state.cursor && !self.buffer.contains_key(&id) {
-                        self.offer(now, id, String::new(), EventKind::Unknown);
+                        self.offer(now, id, EventKind::Unknown);
                     }
                 } else {
                     self.protocol_error(now, e);
@@ -1476,7 +1479,7 @@ impl Engine {
     }
 
     /// Exactly-once, in-order: duplicate, apply (+ drain), or hold beyond a gap.
-    fn offer(&mut self, now: Ms, id: u64, event_type: String, kind: EventKind) {
+    fn offer(&mut self, now: Ms, id: u64, kind: EventKind) {
         let cursor = self.state.cursor;
         if id <= cursor || self.buffer.contains_key(&id) {
             self.metrics.duplicates_dropped += 1;
@@ -1507,7 +1510,7 @@ impl Engine {
             now,
             &[],
         );
-        self.buffer.insert(id, (event_type, kind));
+        self.buffer.insert(id, kind);
         if self.gap_deadline.is_none() {
             self.gap_deadline = Some(now + self.cfg.gap_timeout_ms);
         }
@@ -1519,7 +1522,7 @@ impl Engine {
             if *entry.key() != self.state.cursor + 1 {
                 break;
             }
-            let (id, (_, kind)) = entry.remove_entry();
+            let (id, kind) = entry.remove_entry();
             self.apply(now, id, kind);
         }
         self.gap_deadline = if self.buffer.is_empty() {

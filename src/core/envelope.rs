@@ -98,8 +98,8 @@ impl ProtocolError {
 pub struct Envelope {
     /// Dense per-run id (1-based).
     pub event_id: u64,
-    /// The `type` string as sent.
-    pub event_type: String,
+    /// The `type` string as sent (borrowed from the known types when it is one).
+    pub event_type: Cow<'static, str>,
     /// The typed payload.
     pub kind: EventKind,
 }
@@ -272,9 +272,17 @@ fn decode_fast(text: &str, expected_run: &str) -> Option<Envelope> {
     };
     Some(Envelope {
         event_id: f.event_id,
-        event_type: f.event_type.into_owned(),
+        event_type: static_type(f.event_type),
         kind,
     })
+}
+
+/// A known type as a `'static` string (no allocation), any other as owned.
+fn static_type(t: Cow<'_, str>) -> Cow<'static, str> {
+    match KNOWN_TYPES.iter().find(|k| **k == t) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(t.into_owned()),
+    }
 }
 
 /// The event types of PROTOCOL §3–§4.
@@ -341,7 +349,7 @@ pub fn decode_envelope_value(value: Value, expected_run: &str) -> Result<Envelop
         })?;
     Ok(Envelope {
         event_id,
-        event_type,
+        event_type: static_type(Cow::Owned(event_type)),
         kind,
     })
 }
