@@ -262,6 +262,7 @@ export async function memory(n) {
     const off = s.subscribe(() => {
       const snap = s.getSnapshot();
       if (snap.state.cursor >= next) {
+        if (window.gc) window.gc();
         samples.push({ events: snap.state.cursor, wasmBytes: wasm.memory.buffer.byteLength, jsHeapBytes: heap() });
         next += n / 10;
       }

@@ -25,8 +25,8 @@ before(async () => {
 after(async () => {
   await browser?.close();
   if (table.length) {
-    console.log("\nscenario | transport | result | duplicates dropped | reconnects | protocol errors");
-    for (const r of table) console.log(`${r.scenario} | ${r.transport} | ${r.ok ? "pass" : "FAIL"} | ${r.dup} | ${r.rec} | ${r.perr}`);
+    console.log("\nscenario | transport | result | duplicates dropped | out of order | reconnects | protocol errors");
+    for (const r of table) console.log(`${r.scenario} | ${r.transport} | ${r.ok ? "pass" : "FAIL"} | ${r.dup} | ${r.ooo ?? "—"} | ${r.rec} | ${r.perr}`);
   }
 });
 
@@ -66,7 +66,7 @@ async function runScenario(name, transport, createBody, during, check) {
   const p = page.evaluate(([o]) => window.streamToEnd(o, 30000), [opts(run_id, transport)]);
   if (during) await during(run_id);
   const snap = await p;
-  const row = { scenario: name, transport, ok: false, dup: snap.metrics.duplicatesDropped, rec: snap.metrics.reconnects, perr: snap.metrics.protocolErrors };
+  const row = { scenario: name, transport, ok: false, dup: snap.metrics.duplicatesDropped, ooo: snap.metrics.outOfOrder, rec: snap.metrics.reconnects, perr: snap.metrics.protocolErrors };
   table.push(row);
   await assertConverged(run_id, snap, `${name}/${transport}`);
   if (check) await check(snap, run_id, transport);
