@@ -31,7 +31,10 @@ fn log(n: u64) -> Vec<u8> {
 }
 
 fn main() {
-    let n: u64 = std::env::var("RUNSTREAM_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: u64 = std::env::var("RUNSTREAM_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let bytes = log(n);
     let mut rates = Vec::new();
     for _ in 0..7 {
