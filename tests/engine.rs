@@ -28,11 +28,17 @@ fn drain(e: &mut Engine) -> Vec<Action> {
     std::iter::from_fn(|| e.poll_action()).collect()
 }
 
-/// An engine whose first connection is open (response 200 at t = 1 ms).
-fn open(c: Config, seed: [u64; 2]) -> (Engine, u64) {
+/// A started engine and its first connection (no response yet).
+fn connecting(c: Config, seed: [u64; 2]) -> (Engine, u64) {
     let mut e = Engine::new(c, seed, None);
     e.start(0.0);
     let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    (e, conn)
+}
+
+/// An engine whose first connection is open (response 200 at t = 1 ms).
+fn open(c: Config, seed: [u64; 2]) -> (Engine, u64) {
+    let (mut e, conn) = connecting(c, seed);
     e.handle_response(1.0, conn, 200, None, true);
     (e, conn)
 }
@@ -303,9 +309,7 @@ fn final_statuses_are_not_retried_and_401_refreshes_once() {
             );
         }
     }
-    let mut e = Engine::new(cfg(), [1, 1], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
     e.handle_response(1.0, conn, 401, None, false);
     let (conn2, _) = connect_of(&drain(&mut e)).expect("401 retried once at once");
     e.handle_response(2.0, conn2, 401, None, false);
@@ -318,9 +322,7 @@ fn final_statuses_are_not_retried_and_401_refreshes_once() {
 
 #[test]
 fn no_content_204_stops_without_retry() {
-    let mut e = Engine::new(cfg(), [1, 1], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
     e.handle_response(1.0, conn, 204, None, false);
     assert_eq!(e.status(1.0).connection, Connection::Closed);
     assert!(connect_of(&drain(&mut e)).is_none());
@@ -328,9 +330,7 @@ fn no_content_204_stops_without_retry() {
 
 #[test]
 fn not_an_event_stream_is_a_protocol_failure_with_backoff() {
-    let mut e = Engine::new(cfg(), [1, 1], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
     e.handle_response(1.0, conn, 200, None, false);
     assert_eq!(e.status(1.0).connection, Connection::Reconnecting);
     assert_eq!(e.metrics().terminations.get("protocol_error"), Some(&1));
@@ -366,9 +366,7 @@ fn error_loop_guard_stops_until_retry_now() {
 
 #[test]
 fn connect_and_heartbeat_timeouts_reconnect_and_hidden_tab_suspends_watchdog() {
-    let mut e = Engine::new(cfg(), [1, 1], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
     assert_eq!(e.poll_timeout(), Some(10_000.0));
     e.handle_timeout(10_000.0);
     assert_eq!(e.metrics().terminations.get("connect_timeout"), Some(&1));
@@ -460,9 +458,7 @@ fn working_shows_exactly_at_the_stall_threshold() {
 #[test]
 fn frame_batcher_gives_one_visible_change_per_frame() {
     let log = gen_log(4, 5);
-    let mut e = Engine::new(cfg(), [1, 1], None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
     assert!(e.flush(0.5));
     let v0 = e.version();
     e.handle_response(1.0, conn, 200, None, true);
