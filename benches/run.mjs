@@ -145,6 +145,8 @@ async function main() {
     // the first large chunks arrive is allocator capacity, not history).
     const mid = m.samples[Math.floor(m.samples.length / 2)];
     const flat = mid && last && last.wasmBytes === mid.wasmBytes;
+    console.log("   JS pipeline (peer): events applied → JS heap");
+    console.log("   " + m.jsPipeline.map((x) => `${fmt(x.events)} → ${fmt(x.jsHeapBytes)}`).join("; "));
     console.log(`   goal flat → ${flat ? "met" : "MISSED"}: wasm memory ${fmt(first?.wasmBytes)} B at ${fmt(first?.events)} events, ${fmt(mid?.wasmBytes)} B at ${fmt(mid?.events)}, ${fmt(last?.wasmBytes)} B at ${fmt(last?.events)}`);
   } finally {
     await browser.close();

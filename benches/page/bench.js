@@ -275,7 +275,18 @@ export async function memory(n) {
   });
   const snap = s.getSnapshot();
   s.close();
-  return { events: snap.metrics.eventsApplied, samples };
+  // The peer: the JS pipeline over the same kind of run (its dedupe Map grows with history).
+  const run2 = await createRun({ tokens: n, rate: 0, ticks: true });
+  const jsSamples = [];
+  let jsNext = n / 10;
+  await jsPipeline(`/api/stream/runs/${run2}`, (state) => {
+    if (state.cursor >= jsNext) {
+      if (window.gc) window.gc();
+      jsSamples.push({ events: state.cursor, jsHeapBytes: heap() });
+      jsNext += n / 10;
+    }
+  });
+  return { events: snap.metrics.eventsApplied, samples, jsPipeline: jsSamples };
 }
 
 window.bench = { throughput, frameBudget, reconnect, memory, ready };
