@@ -664,7 +664,7 @@ impl Engine {
                 *due = now;
             }
         }
-        self.flush_ws_sends(now);
+        self.pump_sends(now);
     }
 
     /// The browser went online (`true`) or offline (`false`).
@@ -677,19 +677,14 @@ impl Engine {
             if matches!(self.conn, Conn::Offline) {
                 self.connect(now);
             }
-            self.flush_ws_sends(now);
+            self.pump_sends(now);
         } else if matches!(
             self.conn,
-            Conn::Connecting { .. } | Conn::Open { .. } | Conn::Waiting { .. } | Conn::Idle
+            Conn::Connecting { .. } | Conn::Open { .. } | Conn::Waiting { .. }
         ) {
-            let was_idle = matches!(self.conn, Conn::Idle);
-            if !was_idle {
-                self.end_link(now, Termination::Offline, Some("offline".into()));
-            }
-            self.conn = if was_idle { Conn::Idle } else { Conn::Offline };
-            if was_idle {
-                self.online = false;
-            }
+            // (Not started yet: `start()` sees `online == false` and goes offline itself.)
+            self.end_link(now, Termination::Offline, Some("offline".into()));
+            self.conn = Conn::Offline;
         }
         self.mark_dirty();
     }
@@ -1250,7 +1245,7 @@ impl Engine {
         self.last_error = None;
         if self.cfg.transport == Transport::WebSocket {
             self.link.next_ping = Some(now + self.cfg.ws_ping_interval_ms);
-            self.flush_ws_sends(now);
+            self.pump_sends(now);
         }
         self.mark_dirty();
     }
@@ -1556,7 +1551,6 @@ impl Engine {
 
     fn on_applied(&mut self, now: Ms, a: Applied) {
         match a {
-            Applied::Nothing => {}
             Applied::ToolSeen => self.metrics.tool_calls += 1,
             Applied::ToolCompleted { ok, first_seen } => {
                 if first_seen {
@@ -1719,10 +1713,6 @@ impl Engine {
             Transport::WebSocket => matches!(self.conn, Conn::Open { .. }),
             _ => true,
         }
-    }
-
-    fn flush_ws_sends(&mut self, now: Ms) {
-        self.pump_sends(now);
     }
 
     /// Starts every queued send that is due (oldest first).

@@ -190,8 +190,6 @@ struct Index {
 /// Something the reducer did that metrics care about.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
-    /// Nothing notable.
-    Nothing,
     /// A tool call id seen for the first time.
     ToolSeen,
     /// A tool call completed.
