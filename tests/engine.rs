@@ -43,6 +43,19 @@ fn open(c: Config, seed: [u64; 2]) -> (Engine, u64) {
     (e, conn)
 }
 
+/// The `client_request_id`s of the sends the engine asked to POST.
+fn posted_ids(e: &mut Engine) -> Vec<String> {
+    drain(e)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Post {
+                client_request_id, ..
+            } => Some(client_request_id),
+            _ => None,
+        })
+        .collect()
+}
+
 fn connect_of(actions: &[Action]) -> Option<(u64, u64)> {
     actions.iter().find_map(|a| match a {
         Action::Connect { conn, resume_from } => Some((*conn, *resume_from)),
@@ -502,15 +515,7 @@ fn outbox_optimistic_message_retries_and_merges_with_echo_in_place() {
     let again: Vec<_> = loop {
         t = e.poll_timeout().unwrap();
         e.handle_timeout(t);
-        let posts: Vec<_> = drain(&mut e)
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Post {
-                    client_request_id, ..
-                } => Some(client_request_id),
-                _ => None,
-            })
-            .collect();
+        let posts: Vec<_> = posted_ids(&mut e);
         if !posts.is_empty() {
             break posts;
         }
@@ -918,15 +923,7 @@ fn undelivered_optimistic_messages_are_resent_after_a_refresh() {
     let saved = runstream::core::state::RunState::from_wire(e.state().to_wire()).unwrap();
     let mut e2 = Engine::new(cfg(), [2, 2], Some(saved));
     e2.start(10.0);
-    let posts: Vec<_> = drain(&mut e2)
-        .into_iter()
-        .filter_map(|a| match a {
-            Action::Post {
-                client_request_id, ..
-            } => Some(client_request_id),
-            _ => None,
-        })
-        .collect();
+    let posts: Vec<_> = posted_ids(&mut e2);
     assert_eq!(posts, vec![crid]);
     assert_eq!(e2.state().messages.len(), 1);
 }

@@ -1,5 +1,5 @@
 //! Browser plumbing with RAII ownership: every listener, timer and animation
-//! frame is owned by a value whose `Drop` removes it. Nothing is `forget()`-ed.
+//! frame is owned by a value whose `Drop` removes it; no closure is leaked.
 
 use js_sys::{Function, Reflect};
 use wasm_bindgen::closure::Closure;
