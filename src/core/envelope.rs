@@ -672,6 +672,42 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_agrees_with_the_full_path() {
+        let cases = [
+            env(
+                "7",
+                "message.delta",
+                r#"{"message_id":"m1","delta":"Hi \"there\" \u00e9"}"#,
+            ),
+            env("8", "future.thing", r#"{"x":[1,{"y":null}]}"#),
+            env(
+                "9",
+                "message.delta",
+                r#"{"delta":"x","message_id":"m2","extra":true}"#,
+            ),
+        ];
+        for text in &cases {
+            let fast = decode_fast(text, RUN).expect("fast path taken");
+            let full = decode_envelope_value(serde_json::from_str(text).unwrap(), RUN).unwrap();
+            assert_eq!(fast, full, "{text}");
+        }
+        // Anything the fast path cannot vouch for goes down the full path.
+        for text in [
+            env("1", "message.delta", r#"{"message_id":"","delta":"x"}"#),
+            env("1", "message.delta", r#"{"message_id":"m"}"#),
+            env(
+                "1",
+                "tool.started",
+                r#"{"worker_id":"w","tool_call_id":"t","name":"n"}"#,
+            ),
+            env("0", "message.delta", r#"{"message_id":"m","delta":"x"}"#),
+            env("1", "future.thing", "[1]"),
+        ] {
+            assert!(decode_fast(&text, RUN).is_none(), "{text}");
+        }
+    }
+
+    #[test]
     fn payload_failures_keep_the_id() {
         let cases = [
             ("tool.started", r#"{"tool_call_id":"t","name":"n"}"#),
