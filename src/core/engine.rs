@@ -961,11 +961,7 @@ impl Engine {
         match parsed {
             Ok((id, st)) if self.reconcile == Reconcile::Fetching && id >= self.state.cursor => {
                 // Final reconciliation: the endpoint's state is authoritative.
-                let mut st = st;
-                st.cursor = id;
-                st.run_id = self.cfg.run_id.clone();
-                self.state.replace_with(st);
-                self.parked.clear();
+                self.install_snapshot(id, st);
             }
             Ok((id, st)) => self.apply_snapshot(now, id, st),
             Err(e) => {
@@ -1644,15 +1640,20 @@ impl Engine {
         }
     }
 
-    fn apply_snapshot(&mut self, now: Ms, id: u64, mut st: RunState) {
-        if id <= self.state.cursor {
-            self.metrics.duplicates_dropped += 1;
-            return;
-        }
+    /// Replaces the state with snapshot `st` as of `id` (parked events are covered by it).
+    fn install_snapshot(&mut self, id: u64, mut st: RunState) {
         st.cursor = id;
         st.run_id = self.cfg.run_id.clone();
         self.state.replace_with(st);
         self.parked.clear();
+    }
+
+    fn apply_snapshot(&mut self, now: Ms, id: u64, st: RunState) {
+        if id <= self.state.cursor {
+            self.metrics.duplicates_dropped += 1;
+            return;
+        }
+        self.install_snapshot(id, st);
         self.snapshot_replaced = true;
         self.buffer = self.buffer.split_off(&(id + 1));
         self.link.progressed = true;

@@ -22,7 +22,7 @@ pub enum Handle {
     /// fetch + ReadableStream.
     Fetch(AbortController),
     /// Native EventSource.
-    Sse(EventSource, Vec<Listener>, Option<AbortController>),
+    Sse(EventSource, Vec<Listener>),
     /// WebSocket.
     Ws(WebSocket, Vec<Closure<dyn FnMut(JsValue)>>),
 }
@@ -31,12 +31,9 @@ impl Drop for Handle {
     fn drop(&mut self) {
         match self {
             Handle::Fetch(a) => a.abort(),
-            Handle::Sse(es, listeners, probe) => {
+            Handle::Sse(es, listeners) => {
                 listeners.clear();
                 es.close();
-                if let Some(p) = probe {
-                    p.abort();
-                }
             }
             Handle::Ws(ws, callbacks) => {
                 ws.set_onopen(None);
@@ -244,7 +241,7 @@ pub fn open_sse(
             if fatal {
                 // EventSource hides the status: probe once so 404/401/… are final, 5xx backs off.
                 let weak = weak.clone();
-                let url = full_probe(&es2);
+                let url = es2.url();
                 spawn_local(async move {
                     let init = request_init("GET", &[], credentials);
                     let ctl = AbortController::new().ok();
@@ -273,11 +270,7 @@ pub fn open_sse(
             }
         }));
     }
-    Some(Handle::Sse(es, listeners, None))
-}
-
-fn full_probe(es: &EventSource) -> String {
-    es.url()
+    Some(Handle::Sse(es, listeners))
 }
 
 /// Opens a WebSocket; once it is open the `headers` option is resolved and the engine subscribes.
