@@ -3,7 +3,7 @@
 # LTO, wasm-opt -Oz) and prints the wasm size raw and gzipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="$(pwd)/target/tools/node_modules/.bin:$HOME/.cargo/bin:$PATH"
 target=${1:-web}
 out=pkg
 [ "$target" = web ] || out="pkg-$target"

@@ -3,7 +3,7 @@
 # the reference server on 127.0.0.1 (PORT, default 8787) and prints the URL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="$(pwd)/target/tools/node_modules/.bin:$HOME/.cargo/bin:$PATH"
 NEED_BROWSERS=0 ./scripts/setup.sh
 ./scripts/build-pkg.sh web
 cargo build --release -q -p runstream-server

@@ -4,7 +4,7 @@
 # Verified facts behind each step: ../shared/TOOLCHAIN.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="$(pwd)/target/tools/node_modules/.bin:$HOME/.cargo/bin:$PATH"
 log() { printf '[setup] %s\n' "$*"; }
 
 need_browsers=${NEED_BROWSERS:-1}
@@ -26,11 +26,15 @@ if ! command -v wasm-bindgen >/dev/null || ! wasm-bindgen --version | grep -q " 
   cargo install wasm-bindgen-cli --version "$wbg" --force
 fi
 
-# wasm-opt from binaryen >= 116 (the wasm-opt crate): Debian's binaryen 108
-# breaks wasm-bindgen's externref table (reference types are on by default).
+# wasm-opt from binaryen >= 116: Debian's binaryen 108 breaks wasm-bindgen's
+# externref table (reference types are on by default). The npm package
+# binaryen@132 ships wasm-opt 132 and installs in seconds (compiling it with
+# `cargo install wasm-opt` takes ~9 min); wasm-pack finds it on PATH.
+tools="$(pwd)/target/tools"
 if ! wasm-opt --version 2>/dev/null | grep -qE 'version (11[6-9]|1[2-9][0-9])'; then
-  log "cargo install wasm-opt (binaryen from source, several minutes)"
-  cargo install wasm-opt --locked
+  log "npm install binaryen@132 (wasm-opt) into target/tools"
+  mkdir -p "$tools"
+  (cd "$tools" && npm install --no-audit --no-fund --loglevel=error --no-save binaryen@132)
 fi
 
 apt_pkgs=()

@@ -7,7 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="$(pwd)/target/tools/node_modules/.bin:$HOME/.cargo/bin:$PATH"
 export CARGO_TERM_COLOR=never
 logs="$root/target/test-logs"
 mkdir -p "$logs"
