@@ -507,7 +507,7 @@ fn outbox_optimistic_message_retries_and_merges_with_echo_in_place() {
         SendResult {
             status: Some(503),
             retry_after_ms: Some(3000.0),
-            body: None,
+            ..SendResult::default()
         },
     );
     assert_eq!(e.state().messages[0].status, MessageStatus::Queued);
@@ -529,6 +529,7 @@ fn outbox_optimistic_message_retries_and_merges_with_echo_in_place() {
             status: Some(202),
             retry_after_ms: None,
             body: Some(r#"{"message_id":"u1","run_id":"run_T"}"#.into()),
+            ..SendResult::default()
         },
     );
     assert_eq!(e.state().messages[0].status, MessageStatus::Sent);
@@ -724,7 +725,8 @@ fn restored_state_resumes_from_its_cursor() {
     let log = gen_log(6, 3);
     let half = log.len() / 2;
     let restored = reference(&log, half);
-    let mut e = Engine::new(cfg(), [1, 1], Some(restored));
+    let record = json!({"v": 1, "cursor": half, "state": restored.to_wire()}).to_string();
+    let mut e = Engine::new(cfg(), [1, 1], Some(&record));
     e.start(0.0);
     let (_, from) = connect_of(&drain(&mut e)).unwrap();
     assert_eq!(from, half as u64);
@@ -920,8 +922,8 @@ fn undelivered_optimistic_messages_are_resent_after_a_refresh() {
     let mut e = Engine::new(cfg(), [1, 1], None);
     e.handle_online(0.0, false);
     let crid = e.send(0.0, "persist me").unwrap();
-    let saved = runstream::core::state::RunState::from_wire(e.state().to_wire()).unwrap();
-    let mut e2 = Engine::new(cfg(), [2, 2], Some(saved));
+    let saved = e.storage_record();
+    let mut e2 = Engine::new(cfg(), [2, 2], Some(&saved));
     e2.start(10.0);
     let posts: Vec<_> = posted_ids(&mut e2);
     assert_eq!(posts, vec![crid]);

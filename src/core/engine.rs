@@ -205,6 +205,16 @@ pub enum CloseCause {
     Eof,
     /// A network error.
     Network,
+    /// The WebSocket closed with this close code (1000–4999). Codes 4400–4599
+    /// are read as the HTTP status they embed (4401 = 401, 4404 = 404, …);
+    /// 1008 (policy violation) as 403; the rest as a server close.
+    WsClose {
+        /// The close code of the `close` event.
+        code: u16,
+    },
+    /// The `headers` option (a function) threw or returned something that is
+    /// not an object of strings: a configuration/auth problem, not the network.
+    HeadersFailed(String),
 }
 
 /// Outcome of a chat send request.
@@ -216,6 +226,8 @@ pub struct SendResult {
     pub retry_after_ms: Option<Ms>,
     /// Response body (JSON `{message_id, run_id}` on 202).
     pub body: Option<String>,
+    /// The `headers` option threw before the request was made (final for this send).
+    pub headers_error: Option<String>,
 }
 
 /// Errors of the engine's own API calls.
@@ -387,9 +399,11 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// A new engine. `seed` seeds jitter, sampling and request ids. `restored`
-    /// is the state persisted by an earlier page (its cursor is where to resume).
-    pub fn new(cfg: Config, seed: [u64; 2], restored: Option<RunState>) -> Self {
+    /// A new engine. `seed` seeds jitter, sampling and request ids. `stored`
+    /// is the record an earlier page stored ([`Engine::storage_record`]); an
+    /// unreadable or foreign record is ignored (the run starts from the beginning).
+    pub fn new(cfg: Config, seed: [u64; 2], stored: Option<&str>) -> Self {
+        let restored = stored.and_then(decode_record);
         let mut rng = Rng::new(seed);
         let mut state = match restored {
             Some(s) if s.run_id == cfg.run_id => s,
@@ -488,6 +502,22 @@ impl Engine {
     /// The cursor (highest contiguously applied event id).
     pub fn cursor(&self) -> u64 {
         self.state.cursor
+    }
+
+    /// The record to store under the run's storage key after [`Action::Persist`]
+    /// (and at page hide): JSON text that [`Engine::new`] reads back.
+    pub fn storage_record(&self) -> String {
+        serde_json::json!({
+            "v": STORAGE_VERSION,
+            "cursor": self.state.cursor,
+            "state": self.state.to_wire(),
+        })
+        .to_string()
+    }
+
+    /// The run has finished (its stored record may be removed after a grace period).
+    pub fn finished(&self) -> bool {
+        self.state.is_finished()
     }
 
     /// Events held in the reorder buffer.
@@ -727,6 +757,11 @@ impl Engine {
         if conn != self.conn_id || !matches!(self.conn, Conn::Connecting { .. }) {
             return;
         }
+        self.on_status(now, status, retry_after_ms, event_stream);
+    }
+
+    /// What an HTTP status (or a WebSocket close code mapped to one) means for the stream.
+    fn on_status(&mut self, now: Ms, status: u16, retry_after_ms: Option<Ms>, event_stream: bool) {
         match status {
             204 => {
                 self.end_link(now, Termination::NoContent, None);
@@ -944,11 +979,34 @@ impl Engine {
         if !self.accepts(conn) {
             return;
         }
-        let (t, msg) = match cause {
-            CloseCause::Eof => (Termination::ServerClosed, "the server closed the stream"),
-            CloseCause::Network => (Termination::NetworkError, "network error"),
-        };
-        self.fail(now, t, None, msg.into());
+        match cause {
+            CloseCause::Eof => self.fail(
+                now,
+                Termination::ServerClosed,
+                None,
+                "the server closed the stream".into(),
+            ),
+            CloseCause::Network => {
+                self.fail(now, Termination::NetworkError, None, "network error".into())
+            }
+            CloseCause::WsClose { code } => match ws_close_status(code) {
+                Some(status) => self.on_status(now, status, None, false),
+                None if code == 1006 => {
+                    self.fail(now, Termination::NetworkError, None, "network error".into())
+                }
+                None => self.fail(
+                    now,
+                    Termination::ServerClosed,
+                    None,
+                    format!("the server closed the socket ({code})"),
+                ),
+            },
+            CloseCause::HeadersFailed(msg) => self.fail_final(
+                now,
+                Termination::HeadersError,
+                format!("the headers option failed: {msg}"),
+            ),
+        }
     }
 
     /// Snapshot endpoint answered: `Ok(body)` for a 200, `Err(reason)` otherwise.
@@ -1042,6 +1100,14 @@ impl Engine {
         else {
             return;
         };
+        if let Some(why) = r.headers_error {
+            self.send_failed_final(
+                now,
+                client_request_id,
+                format!("the headers option failed: {why}"),
+            );
+            return;
+        }
         match r.status {
             Some(200..=299) => {
                 let body: Option<Value> =
@@ -1863,6 +1929,31 @@ fn final_reason(status: u16) -> String {
         404 => "HTTP 404: run not found".into(),
         410 => "HTTP 410: run gone".into(),
         s => format!("HTTP {s}"),
+    }
+}
+
+/// Version of the stored record format ([`Engine::storage_record`]).
+pub const STORAGE_VERSION: u64 = 1;
+
+fn decode_record(text: &str) -> Option<RunState> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    if v.get("v").and_then(Value::as_u64) != Some(STORAGE_VERSION) {
+        return None;
+    }
+    let cursor = v.get("cursor")?.as_u64()?;
+    let mut state = RunState::from_wire(v.get("state")?.clone()).ok()?;
+    state.cursor = cursor;
+    Some(state)
+}
+
+/// The HTTP status a WebSocket close code stands for, if any: 4400–4599 embed
+/// one (4401 → 401, 4404 → 404, 4503 → 503); 1008 (policy violation) is how
+/// many servers refuse a socket's credentials, read as 403.
+fn ws_close_status(code: u16) -> Option<u16> {
+    match code {
+        1008 => Some(403),
+        4400..=4599 => Some(code - 4000),
+        _ => None,
     }
 }
 

@@ -87,6 +87,8 @@ pub enum Termination {
     RetryNow,
     /// Too many failures in a short window; stopped until `retryNow()`.
     ErrorLoop,
+    /// The `headers` option threw (or returned no object of strings); stopped until `retryNow()`.
+    HeadersError,
 }
 
 impl Termination {
@@ -107,6 +109,7 @@ impl Termination {
             Self::NoContent => "no_content",
             Self::RetryNow => "retry_now",
             Self::ErrorLoop => "error_loop",
+            Self::HeadersError => "headers_error",
         }
     }
 }

@@ -25,9 +25,6 @@ use options::{Options, Resume};
 type Shared = Rc<RefCell<Inner>>;
 type Weak = RcWeak<RefCell<Inner>>;
 
-/// Storage format version of the persisted `{cursor, state}` record.
-const STORAGE_VERSION: u32 = 1;
-
 struct Inner {
     engine: Engine,
     opts: Options,
@@ -215,7 +212,7 @@ fn execute(rc: &Shared, action: Action) {
                 );
             }
         }
-        Action::Persist { cursor } => persist(&inner, cursor),
+        Action::Persist { .. } => persist(&inner),
         Action::RequestFrame => {
             if inner.frame.is_none() {
                 let w1 = weak.clone();
@@ -259,46 +256,32 @@ fn storage_key(run_id: &str) -> String {
     format!("runstream:{run_id}")
 }
 
-fn persist(inner: &Inner, cursor: u64) {
-    let local = match inner.opts.resume {
-        Resume::None => return,
-        Resume::Local => true,
-        Resume::Session => false,
-    };
-    let Some(storage) = env::storage(local) else {
-        return;
-    };
-    let record = serde_json::json!({
-        "v": STORAGE_VERSION,
-        "cursor": cursor,
-        "state": inner.engine.state().to_wire(),
-    });
-    if storage
-        .set_item(&storage_key(&inner.opts.run_id), &record.to_string())
-        .is_err()
-    {
-        // Quota exceeded: drop the stale record rather than resume from a wrong place.
-        let _ = storage.remove_item(&storage_key(&inner.opts.run_id));
+fn storage_of(resume: Resume) -> Option<web_sys::Storage> {
+    match resume {
+        Resume::None => None,
+        Resume::Local => env::storage(true),
+        Resume::Session => env::storage(false),
     }
 }
 
-fn restore(opts: &Options) -> Option<RunState> {
-    let local = match opts.resume {
-        Resume::None => return None,
-        Resume::Local => true,
-        Resume::Session => false,
+fn persist(inner: &Inner) {
+    let Some(storage) = storage_of(inner.opts.resume) else {
+        return;
     };
-    let text = env::storage(local)?
-        .get_item(&storage_key(&opts.run_id))
-        .ok()??;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    if v.get("v").and_then(serde_json::Value::as_u64) != Some(u64::from(STORAGE_VERSION)) {
-        return None;
+    let key = storage_key(&inner.opts.run_id);
+    if storage
+        .set_item(&key, &inner.engine.storage_record())
+        .is_err()
+    {
+        // Quota exceeded: drop the stale record rather than resume from a wrong place.
+        let _ = storage.remove_item(&key);
     }
-    let cursor = v.get("cursor")?.as_u64()?;
-    let mut state = RunState::from_wire(v.get("state")?.clone()).ok()?;
-    state.cursor = cursor;
-    Some(state)
+}
+
+fn restore(opts: &Options) -> Option<String> {
+    storage_of(opts.resume)?
+        .get_item(&storage_key(&opts.run_id))
+        .ok()?
 }
 
 fn on_frame(weak: &Weak) {
@@ -467,7 +450,7 @@ impl RunStream {
     ) -> Result<RunStream, JsValue> {
         let opts = Options::parse(&options)?;
         let restored = restore(&opts);
-        let engine = Engine::new(opts.config.clone(), env::seed(), restored);
+        let engine = Engine::new(opts.config.clone(), env::seed(), restored.as_deref());
         let inner = Rc::new_cyclic(|weak| {
             RefCell::new(Inner {
                 engine,
@@ -603,8 +586,8 @@ impl RunStream {
         inner.engine.close(env::now());
         // Persist (the only action that still matters), then drop everything.
         while let Some(a) = inner.engine.poll_action() {
-            if let Action::Persist { cursor } = a {
-                persist(&inner, cursor);
+            if let Action::Persist { .. } = a {
+                persist(&inner);
             }
         }
         inner.closed = true;

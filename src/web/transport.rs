@@ -120,10 +120,9 @@ pub fn open_fetch(
     spawn_local(async move {
         let mut hs = match resolve_headers(&headers).await {
             Ok(h) => h,
-            Err(_) => {
-                with_engine(&weak, |e| {
-                    e.handle_closed(env::now(), conn, CloseCause::Network)
-                });
+            Err(err) => {
+                let cause = CloseCause::HeadersFailed(err.to_string());
+                with_engine(&weak, |e| e.handle_closed(env::now(), conn, cause));
                 return;
             }
         };
@@ -286,9 +285,10 @@ pub fn open_ws(weak: Weak, conn: u64, url: String, headers: JsValue) -> Option<H
             spawn_local(async move {
                 match resolve_headers(&headers).await {
                     Ok(h) => with_engine(&weak, |e| e.handle_ws_open(env::now(), conn, h)),
-                    Err(_) => with_engine(&weak, |e| {
-                        e.handle_closed(env::now(), conn, CloseCause::Network)
-                    }),
+                    Err(err) => {
+                        let cause = CloseCause::HeadersFailed(err.to_string());
+                        with_engine(&weak, |e| e.handle_closed(env::now(), conn, cause))
+                    }
                 };
             });
         });
@@ -310,11 +310,11 @@ pub fn open_ws(weak: Weak, conn: u64, url: String, headers: JsValue) -> Option<H
     {
         let weak = weak.clone();
         let cb = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
-            let clean = ev.dyn_ref::<CloseEvent>().is_some_and(|c| c.was_clean());
-            let cause = if clean {
-                CloseCause::Eof
-            } else {
-                CloseCause::Network
+            // The close code tells an auth refusal (1008, 4401, 4403) or a
+            // missing run (4404) from an ordinary drop (1000, 1001, 1006, 1011).
+            let cause = match ev.dyn_ref::<CloseEvent>() {
+                Some(c) => CloseCause::WsClose { code: c.code() },
+                None => CloseCause::Network,
             };
             with_engine(&weak, |e| e.handle_closed(env::now(), conn, cause));
         });
@@ -334,8 +334,19 @@ pub fn post(
     content: String,
 ) {
     spawn_local(async move {
+        let hs = match resolve_headers(&headers).await {
+            Ok(hs) => hs,
+            Err(err) => {
+                let result = SendResult {
+                    headers_error: Some(err.to_string()),
+                    ..SendResult::default()
+                };
+                with_engine(&weak, |e| e.handle_send_result(env::now(), &crid, result));
+                return;
+            }
+        };
         let result = async {
-            let mut hs = resolve_headers(&headers).await.map_err(|_| ())?;
+            let mut hs = hs;
             hs.push(("Content-Type".into(), "application/json".into()));
             let init = request_init("POST", &hs, credentials);
             let body =
@@ -352,6 +363,7 @@ pub fn post(
                 status: Some(status),
                 retry_after_ms: ra,
                 body: text,
+                headers_error: None,
             })
         }
         .await
