@@ -11,57 +11,13 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
+#[allow(unused_imports)]
+use runstream::core::engine::Ms;
 use runstream::core::engine::{
-    Action, Activity, CloseCause, Config, Connection, Engine, EngineError, SendResult, Transport,
+    Action, Activity, CloseCause, Connection, Engine, EngineError, SendResult, Transport,
 };
 use runstream::core::state::{MessageStatus, WorkerStatus};
 use serde_json::json;
-
-fn cfg() -> Config {
-    let mut c = Config::new(RUN);
-    c.has_snapshot_url = true;
-    c.can_send = true;
-    c
-}
-
-fn drain(e: &mut Engine) -> Vec<Action> {
-    std::iter::from_fn(|| e.poll_action()).collect()
-}
-
-/// A started engine and its first connection (no response yet).
-fn connecting(c: Config, seed: [u64; 2]) -> (Engine, u64) {
-    let mut e = Engine::new(c, seed, None);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
-    (e, conn)
-}
-
-/// An engine whose first connection is open (response 200 at t = 1 ms).
-fn open(c: Config, seed: [u64; 2]) -> (Engine, u64) {
-    let (mut e, conn) = connecting(c, seed);
-    e.handle_response(1.0, conn, 200, None, true);
-    (e, conn)
-}
-
-/// The `client_request_id`s of the sends the engine asked to POST.
-fn posted_ids(e: &mut Engine) -> Vec<String> {
-    drain(e)
-        .into_iter()
-        .filter_map(|a| match a {
-            Action::Post {
-                client_request_id, ..
-            } => Some(client_request_id),
-            _ => None,
-        })
-        .collect()
-}
-
-fn connect_of(actions: &[Action]) -> Option<(u64, u64)> {
-    actions.iter().find_map(|a| match a {
-        Action::Connect { conn, resume_from } => Some((*conn, *resume_from)),
-        _ => None,
-    })
-}
 
 #[test]
 fn clean_run_converges_to_the_reference() {
@@ -132,8 +88,10 @@ fn gap_that_never_fills_resyncs_from_the_cursor() {
     e.handle_timeout(deadline);
     let acts = drain(&mut e);
     assert!(acts.contains(&Action::Disconnect { conn }));
-    let (conn2, from2) = connect_of(&acts).unwrap();
+    // The resume goes through the backoff: the link made progress, so at once (≤ 100 ms).
+    let (conn2, from2, at) = next_connect(&mut e, deadline, 100.0).unwrap();
     assert_eq!((conn2, from2), (conn + 1, 1));
+    assert!(at - deadline <= 100.0);
     assert_eq!(e.buffered(), 0);
     // Inputs of the old connection are ignored from now on.
     e.handle_bytes(deadline + 1.0, conn, &sse_frame(&log[1]));
@@ -151,8 +109,7 @@ fn full_reorder_buffer_resyncs_and_memory_stays_bounded() {
         e.handle_bytes(2.0, conn, &sse_frame(text));
     }
     assert!(e.buffered() <= 8);
-    let acts = drain(&mut e);
-    assert_eq!(connect_of(&acts).map(|c| c.1), Some(0));
+    assert_eq!(next_connect(&mut e, 2.0, 20_000.0).map(|c| c.1), Some(0));
 }
 
 #[test]
@@ -349,31 +306,48 @@ fn not_an_event_stream_is_a_protocol_failure_with_backoff() {
     assert_eq!(e.metrics().terminations.get("protocol_error"), Some(&1));
 }
 
+/// Defect 5: the error-loop guard ended clients in `failed` during an
+/// ordinary outage although every wait followed the backoff.
 #[test]
-fn error_loop_guard_stops_until_retry_now() {
+fn ordinary_outage_of_three_minutes_keeps_retrying_with_backoff() {
     let mut c = cfg();
-    c.backoff.initial_ms = 1.0;
-    c.backoff.max_ms = 2.0;
+    c.backoff.initial_ms = 100.0;
+    c.backoff.max_ms = 2000.0;
     let mut e = Engine::new(c, [1, 1], None);
     e.start(0.0);
     let mut now = 0.0;
-    for _ in 0..50 {
-        if let Some((conn, _)) = connect_of(&drain(&mut e)) {
+    let mut attempts = 0;
+    while now < 180_000.0 {
+        let (conn, _, t) = next_connect(&mut e, now, 10_000.0).expect("keeps retrying");
+        now = t + 5.0;
+        attempts += 1;
+        if attempts % 2 == 0 {
+            e.handle_response(now, conn, 503, None, true);
+        } else {
             e.handle_closed(now, conn, CloseCause::Network);
         }
-        match e.poll_timeout() {
-            Some(t) => {
-                now = t;
-                e.handle_timeout(now);
-            }
-            None => break,
-        }
+        assert_ne!(
+            e.status(now).connection,
+            Connection::Failed,
+            "after {attempts} attempts"
+        );
     }
-    let st = e.status(now);
-    assert_eq!(st.connection, Connection::Failed);
-    assert!(st.last_error.unwrap().contains("retry"));
-    assert_eq!(e.metrics().terminations.get("error_loop"), Some(&1));
-    e.retry_now(now);
+    assert!(attempts > 60, "{attempts}");
+    assert_eq!(e.metrics().terminations.get("error_loop"), None);
+    // The network is back: the next attempt opens and streams.
+    let (conn, _, t) = next_connect(&mut e, now, 10_000.0).unwrap();
+    e.handle_response(t + 1.0, conn, 200, None, true);
+    assert_eq!(e.status(t + 1.0).connection, Connection::Open);
+    assert_eq!(e.status(t + 1.0).attempt, 0);
+}
+
+#[test]
+fn retry_now_leaves_failed() {
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
+    e.handle_response(1.0, conn, 404, None, true);
+    assert_eq!(e.status(1.0).connection, Connection::Failed);
+    assert!(next_connect(&mut e, 1.0, 600_000.0).is_none());
+    e.retry_now(2.0);
     assert!(connect_of(&drain(&mut e)).is_some());
 }
 

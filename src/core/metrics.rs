@@ -54,6 +54,10 @@ pub struct RunMetrics {
     pub messages: BTreeMap<String, MessageMetrics>,
     /// Protocol errors by kind (`ProtocolError::kind`).
     pub protocol_errors_by_kind: BTreeMap<String, u64>,
+    /// Event ids given up on: a gap neither replay nor the snapshot endpoint could fill (PROTOCOL §1).
+    pub gaps_skipped: u64,
+    /// Events of a type this client does not know (applied as no-ops, PROTOCOL §1).
+    pub unknown_events: u64,
 }
 
 /// Why a connection ended: one taxonomy for metrics, spans and `lastError`.

@@ -82,6 +82,16 @@ pub enum MessageStatus {
     Failed,
 }
 
+/// PROTOCOL §6: a missing optional field and one that is `null` are the same
+/// (treated as absent), so other servers' `null`s never reject a snapshot.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// A tool call of a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
@@ -90,7 +100,7 @@ pub struct Tool {
     pub tool_call_id: String,
     #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub status: ToolStatus,
 }
 
@@ -104,9 +114,9 @@ pub struct Worker {
     pub job_id: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub status: WorkerStatus,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub tools: Vec<Tool>,
 }
 
@@ -123,9 +133,9 @@ pub struct Message {
     #[serde(default)]
     pub reply_to: Option<String>,
     pub role: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub content: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub status: MessageStatus,
 }
 
@@ -133,7 +143,7 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[allow(missing_docs)]
 pub struct Supervisor {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub completed: bool,
     #[serde(default)]
     pub summary: Option<String>,
@@ -146,19 +156,19 @@ pub struct RunState {
     /// The run's public id.
     pub run_id: String,
     /// Highest event id applied contiguously (0 = none).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub cursor: u64,
     /// Run status.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub status: RunStatus,
     /// Workers, in the order first seen.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub workers: Vec<Worker>,
     /// Messages, each in the position it had when first shown.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub messages: Vec<Message>,
     /// Supervisor result.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub supervisor: Supervisor,
     #[serde(skip)]
     index: Index,
@@ -238,6 +248,16 @@ impl Parked {
     /// Forgets every parked event (a snapshot covered them).
     pub fn clear(&mut self) {
         self.events.clear();
+    }
+    /// The parked events, oldest first (they are stored with the cursor).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &EventKind)> {
+        self.events.iter().map(|(id, k)| (*id, k))
+    }
+    /// Parks a stored event again (restore), up to `cap`.
+    pub fn restore(&mut self, event_id: u64, kind: EventKind, cap: usize) {
+        if kind.job_only().is_some() && self.events.len() < cap.max(1) {
+            self.events.push_back((event_id, kind));
+        }
     }
 }
 
@@ -734,7 +754,17 @@ impl RunState {
                         }
                     }
                 }
-                None if m.message_id.is_none() => merged.push(m),
+                // A send the snapshot does not know yet (queued, sending, or
+                // accepted but not echoed before the snapshot was taken) keeps
+                // its place: it must not vanish and come back.
+                None if m.message_id.is_none()
+                    || matches!(
+                        m.status,
+                        MessageStatus::Queued | MessageStatus::Sending | MessageStatus::Sent
+                    ) =>
+                {
+                    merged.push(m)
+                }
                 None => {}
             }
         }

@@ -15,6 +15,81 @@ use serde_json::{json, Value};
 
 pub const RUN: &str = "run_T";
 
+pub fn cfg() -> Config {
+    let mut c = Config::new(RUN);
+    c.has_snapshot_url = true;
+    c.can_send = true;
+    c
+}
+
+pub fn drain(e: &mut Engine) -> Vec<Action> {
+    std::iter::from_fn(|| e.poll_action()).collect()
+}
+
+/// A started engine and its first connection (no response yet).
+pub fn connecting(c: Config, seed: [u64; 2]) -> (Engine, u64) {
+    let mut e = Engine::new(c, seed, None);
+    e.start(0.0);
+    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    (e, conn)
+}
+
+/// An engine whose first connection is open (response 200 at t = 1 ms).
+pub fn open(c: Config, seed: [u64; 2]) -> (Engine, u64) {
+    let (mut e, conn) = connecting(c, seed);
+    e.handle_response(1.0, conn, 200, None, true);
+    (e, conn)
+}
+
+/// The `client_request_id`s of the sends the engine asked to POST.
+pub fn posted_ids(e: &mut Engine) -> Vec<String> {
+    drain(e)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Post {
+                client_request_id, ..
+            } => Some(client_request_id),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn connect_of(actions: &[Action]) -> Option<(u64, u64)> {
+    actions.iter().find_map(|a| match a {
+        Action::Connect { conn, resume_from } => Some((*conn, *resume_from)),
+        _ => None,
+    })
+}
+
+/// Runs timers until the engine asks for a connection (at most `limit` ms
+/// ahead); returns `(conn, resume_from, time)`.
+pub fn next_connect(e: &mut Engine, mut now: Ms, limit: Ms) -> Option<(u64, u64, Ms)> {
+    let end = now + limit;
+    loop {
+        if let Some((c, f)) = connect_of(&drain(e)) {
+            return Some((c, f, now));
+        }
+        now = e.poll_timeout()?;
+        if now > end {
+            return None;
+        }
+        e.handle_timeout(now);
+    }
+}
+
+/// Runs every timer up to `until` (the engine's own deadlines only); returns the actions.
+pub fn run_until(e: &mut Engine, until: Ms) -> Vec<Action> {
+    let mut acts = drain(e);
+    while let Some(t) = e.poll_timeout() {
+        if t > until {
+            break;
+        }
+        e.handle_timeout(t);
+        acts.extend(drain(e));
+    }
+    acts
+}
+
 /// Envelope JSON for event `id`.
 pub fn envelope(id: u64, ty: &str, payload: Value) -> String {
     json!({

@@ -1,0 +1,527 @@
+//! The event path of the coordinator: frames → envelopes → ordering → reducer,
+//! snapshots, gap repair, and what an applied event means for the other
+//! sub-machines (activity, outbox, link, metrics).
+
+use serde_json::Value;
+
+use super::link::Conn;
+use super::ordering::{GapRepair, Offer};
+use super::timers::Timer;
+use super::{Action, Engine, Ms, Transport};
+use crate::core::envelope::{
+    decode_envelope, decode_envelope_value, Envelope, EventKind, ProtocolError, MAX_EVENT_ID,
+};
+use crate::core::metrics::{EventClass, SpanFields, SpanStatus, Termination};
+use crate::core::state::{Applied, RunState};
+
+impl Engine {
+    /// WebSocket connection `conn` is open: subscribe (resuming from the cursor).
+    /// `headers` (the `headers` option, resolved for this connection) travel in
+    /// the subscribe frame and in every send on this socket, since a browser
+    /// WebSocket cannot set request headers; empty = none.
+    pub fn handle_ws_open(&mut self, now: Ms, conn: u64, headers: Vec<(String, String)>) {
+        if conn != self.link.id || self.link.conn != Conn::Connecting {
+            return;
+        }
+        self.link.saw_byte(now, &self.cfg, &mut self.timers);
+        self.ws_headers = if headers.is_empty() {
+            None
+        } else {
+            Some(
+                headers
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            )
+        };
+        if self.state.is_finished() {
+            // A socket opened only to deliver sends after the run finished: no subscribe.
+            self.opened(now);
+            return;
+        }
+        let text = self.subscribe_frame();
+        self.actions.push_back(Action::WsSend { conn, text });
+    }
+
+    /// A text frame on WebSocket connection `conn`.
+    pub fn handle_ws_text(&mut self, now: Ms, conn: u64, text: &str) {
+        if !self.link.accepts(conn) {
+            return;
+        }
+        self.link.saw_byte(now, &self.cfg, &mut self.timers);
+        if text.len() > self.cfg.max_event_bytes {
+            self.protocol_error(now, ProtocolError::TooLarge(text.len()));
+            return;
+        }
+        let v: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return self.protocol_error(now, ProtocolError::NotJson(e.to_string())),
+        };
+        let op = v.get("op").and_then(Value::as_str).unwrap_or("").to_owned();
+        match op.as_str() {
+            "event" => {
+                if self.link.conn == Conn::Connecting {
+                    self.opened(now);
+                }
+                let Some(ev) = v.get("event").cloned() else {
+                    return self.protocol_error(now, ProtocolError::MissingField("event"));
+                };
+                let r = decode_envelope_value(ev, &self.cfg.run_id);
+                self.handle_decoded(now, r);
+            }
+            "snapshot" => {
+                if self.link.conn == Conn::Connecting {
+                    self.opened(now);
+                }
+                match parse_snapshot_body(v, &self.cfg.run_id) {
+                    Ok((id, st)) => {
+                        self.note_event_arrival(now);
+                        self.apply_snapshot(now, id, st)
+                    }
+                    Err(e) => self.protocol_error(now, e),
+                }
+            }
+            "subscribed" => {
+                if self.link.conn == Conn::Connecting {
+                    self.opened(now);
+                }
+            }
+            "pong" => {}
+            "ack" => {
+                if let Some(crid) = v.get("client_request_id").and_then(Value::as_str) {
+                    let crid = crid.to_owned();
+                    self.send_accepted(now, &crid, v.get("message_id").and_then(Value::as_str));
+                }
+            }
+            "error" => {
+                let code = v.get("code").and_then(Value::as_str).unwrap_or("");
+                let msg: String = v
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .chars()
+                    .take(200)
+                    .collect();
+                match v.get("client_request_id").and_then(Value::as_str) {
+                    Some(crid) => {
+                        let crid = crid.to_owned();
+                        self.send_failed_final(now, &crid, format!("{code}: {msg}"));
+                    }
+                    None if code == "not_found" => {
+                        self.fail_final(now, Termination::Http4xx, "run not found".into())
+                    }
+                    None => self.fail(
+                        now,
+                        Termination::ProtocolError,
+                        None,
+                        format!("server error {code}: {msg}"),
+                    ),
+                }
+            }
+            _ => self.protocol_error(now, ProtocolError::UnknownOp),
+        }
+    }
+
+    /// A binary frame on WebSocket connection `conn` (a protocol error).
+    pub fn handle_ws_binary(&mut self, now: Ms, conn: u64) {
+        if !self.link.accepts(conn) {
+            return;
+        }
+        self.link.saw_byte(now, &self.cfg, &mut self.timers);
+        self.protocol_error(now, ProtocolError::BinaryFrame);
+    }
+
+    /// Snapshot endpoint answered: `Ok(body)` for a 200, `Err(reason)` otherwise.
+    pub fn handle_snapshot(&mut self, now: Ms, result: Result<&str, String>) {
+        let parsed = result.and_then(|body| {
+            serde_json::from_str::<Value>(body)
+                .map_err(|e| e.to_string())
+                .and_then(|v| parse_snapshot_body(v, &self.cfg.run_id).map_err(|e| e.to_string()))
+        });
+        match parsed {
+            Ok((id, st)) if self.reconciling && id >= self.state.cursor => {
+                // Final reconciliation: the endpoint's state is authoritative.
+                self.install_snapshot(id, st);
+            }
+            Ok((id, st)) => self.apply_snapshot(now, id, st),
+            Err(e) => {
+                self.link.last_error = Some(format!("snapshot unavailable: {e}"));
+            }
+        }
+        // A gap the snapshot did not repair is skipped (PROTOCOL §1).
+        if let GapRepair::Skip { from, to } = self.ordering.snapshot_failed(self.state.cursor) {
+            self.skip_gap(now, from, to);
+        }
+        if self.reconciling {
+            self.reconciling = false;
+            if self.state.is_finished()
+                && (self.state.non_terminal() > 0 || !self.parked.is_empty())
+            {
+                self.state.mark_unknown();
+                self.parked.clear();
+            }
+        }
+        self.mark_dirty();
+    }
+
+    pub(super) fn handle_frame(&mut self, now: Ms, text: &str) {
+        let r = decode_envelope(text, &self.cfg.run_id);
+        self.handle_decoded(now, r);
+    }
+
+    fn note_event_arrival(&mut self, now: Ms) {
+        let a = &mut self.link.attempt;
+        if a.first_event_at.is_none() {
+            a.first_event_at = Some(now);
+            a.replaying = a.resumed;
+            let ttfe = now - a.started_at;
+            let started = a.started_at;
+            self.metrics.time_to_first_event_ms = Some(ttfe);
+            self.telemetry.metric(
+                EventClass::Histogram,
+                "stream.time_to_first_event_ms",
+                ttfe,
+                now,
+                &[],
+            );
+            let f = SpanFields {
+                attempt: Some(self.link.connects),
+                ..SpanFields::new("connect", started, now, SpanStatus::Ok)
+            };
+            self.span(self.run_trace.clone(), f);
+        } else if a.replaying && now - a.last_event_at >= self.cfg.replay_quiet_ms {
+            self.end_replay();
+        }
+        self.link.attempt.last_event_at = now;
+    }
+
+    pub(super) fn end_replay(&mut self) {
+        let a = &mut self.link.attempt;
+        if !a.replaying {
+            return;
+        }
+        a.replaying = false;
+        let (end, n, started, first) =
+            (a.last_event_at, a.replayed, a.started_at, a.first_event_at);
+        self.telemetry.metric(
+            EventClass::Histogram,
+            "stream.replay.events",
+            n as f64,
+            end,
+            &[],
+        );
+        if let Some(start) = first {
+            let f = SpanFields {
+                events: Some(n),
+                ..SpanFields::new("replay", started, end.max(start), SpanStatus::Ok)
+            };
+            self.span(self.run_trace.clone(), f);
+        }
+    }
+
+    fn handle_decoded(&mut self, now: Ms, r: Result<Envelope, ProtocolError>) {
+        match r {
+            Ok(env) => {
+                self.note_event_arrival(now);
+                match env.kind {
+                    EventKind::Snapshot(st) => self.apply_snapshot(now, env.event_id, *st),
+                    EventKind::Unknown => {
+                        let fresh =
+                            env.event_id > self.state.cursor && !self.ordering.holds(env.event_id);
+                        if fresh {
+                            // Forward compatibility (PROTOCOL §1): counted, reported, a no-op.
+                            self.metrics.unknown_events += 1;
+                            self.telemetry.metric(
+                                EventClass::Counter,
+                                "stream.event.unknown.total",
+                                1.0,
+                                now,
+                                &[],
+                            );
+                        }
+                        self.offer(now, env.event_id, EventKind::Unknown);
+                    }
+                    kind => self.offer(now, env.event_id, kind),
+                }
+            }
+            Err(ProtocolError::InvalidPayload {
+                event_id,
+                event_type,
+                reason,
+            }) => {
+                self.note_event_arrival(now);
+                // A log event's id is consumed so the log can move on (it has no
+                // effect). A snapshot is not a log entry (§3): it consumes nothing.
+                let consume = event_type != "snapshot"
+                    && event_id > self.state.cursor
+                    && !self.ordering.holds(event_id);
+                self.protocol_error(
+                    now,
+                    ProtocolError::InvalidPayload {
+                        event_id,
+                        event_type,
+                        reason,
+                    },
+                );
+                if consume {
+                    self.offer(now, event_id, EventKind::Unknown);
+                }
+            }
+            Err(e) => self.protocol_error(now, e),
+        }
+    }
+
+    /// Exactly-once, in-order: duplicate, apply (+ drain), or hold beyond a gap.
+    fn offer(&mut self, now: Ms, id: u64, kind: EventKind) {
+        match self
+            .ordering
+            .offer(self.state.cursor, id, kind, self.cfg.reorder_capacity)
+        {
+            Offer::Duplicate => {
+                self.metrics.duplicates_dropped += 1;
+                self.telemetry.metric(
+                    EventClass::Counter,
+                    "stream.event.duplicate.total",
+                    1.0,
+                    now,
+                    &[],
+                );
+                self.mark_dirty();
+            }
+            Offer::Apply(kind) => {
+                self.apply(now, id, kind);
+                self.drain(now);
+            }
+            Offer::Held => {
+                self.metrics.out_of_order += 1;
+                self.telemetry.metric(
+                    EventClass::Counter,
+                    "stream.event.out_of_order.total",
+                    1.0,
+                    now,
+                    &[],
+                );
+                if !self.timers.is_armed(Timer::Gap) {
+                    self.timers.set(Timer::Gap, now + self.cfg.gap_timeout_ms);
+                }
+                self.mark_dirty();
+            }
+            Offer::Full => self.on_gap_timeout(now),
+        }
+    }
+
+    /// Applies every held event that follows the cursor; re-arms the gap deadline.
+    fn drain(&mut self, now: Ms) {
+        while let Some((id, kind)) = self.ordering.pop_ready(self.state.cursor) {
+            self.apply(now, id, kind);
+        }
+        let gap = self
+            .ordering
+            .has_gap()
+            .then_some(now + self.cfg.gap_timeout_ms);
+        self.timers.set_opt(Timer::Gap, gap);
+    }
+
+    fn apply(&mut self, now: Ms, id: u64, kind: EventKind) {
+        let mut out = std::mem::take(&mut self.applied_scratch);
+        let parked_before = self.parked.len();
+        let r = self
+            .state
+            .apply(id, kind, &mut self.parked, self.cfg.park_capacity, &mut out);
+        if self.parked.len() != parked_before {
+            // Parked events are stored with the cursor that is past them.
+            self.persist.touch();
+        }
+        self.metrics.events_applied += 1;
+        self.frame_events += 1;
+        self.link.attempt.progressed = true;
+        if self.link.attempt.replaying {
+            self.link.attempt.replayed += 1;
+            self.metrics.events_replayed += 1;
+        }
+        if let Err(e) = r {
+            self.protocol_error(now, e);
+        }
+        for a in out.drain(..) {
+            self.on_applied(now, a);
+        }
+        self.applied_scratch = out;
+        self.mark_dirty();
+    }
+
+    fn on_applied(&mut self, now: Ms, a: Applied) {
+        match a {
+            Applied::ToolSeen => self.metrics.tool_calls += 1,
+            Applied::ToolCompleted { ok, first_seen } => {
+                if first_seen {
+                    self.metrics.tool_calls += 1;
+                }
+                if !ok {
+                    self.metrics.tool_errors += 1;
+                    self.telemetry
+                        .metric(EventClass::Counter, "tool.error.total", 1.0, now, &[]);
+                }
+            }
+            Applied::Token { reply_to } => {
+                self.activity.token(now);
+                if let Some(crid) = reply_to {
+                    self.note_token(now, &crid);
+                }
+            }
+            Applied::MessageDone { reply_to, fallback } => {
+                self.activity.reply_done(reply_to.as_deref());
+                if let Some(crid) = reply_to {
+                    self.note_reply_done(now, crid, fallback);
+                }
+            }
+            Applied::Echo { client_request_id } => {
+                // The echo proves the server has it: no further attempts needed.
+                if self.outbox.remove(&client_request_id) {
+                    self.record_ttfb(now, &client_request_id);
+                    self.persist.touch();
+                    self.timers.set_opt(Timer::Send, self.outbox.next_due());
+                }
+            }
+            Applied::RunCompleted => {
+                self.end_link(now, Termination::RunCompleted, None);
+                self.finish(now);
+            }
+        }
+    }
+
+    /// After the run finished: every worker and tool must reach a terminal status.
+    pub(super) fn after_finish(&mut self, now: Ms) {
+        self.request_persist(now, true);
+        if self.state.non_terminal() == 0 && self.parked.is_empty() && !self.snapshot_replaced {
+            return;
+        }
+        if self.cfg.has_snapshot_url {
+            if !self.reconciling {
+                self.reconciling = true;
+                self.actions.push_back(Action::FetchSnapshot);
+            }
+        } else if self.state.is_finished() {
+            self.state.mark_unknown();
+            self.parked.clear();
+        }
+    }
+
+    /// Replaces the state with snapshot `st` as of `id` (parked events are covered by it).
+    fn install_snapshot(&mut self, id: u64, mut st: RunState) {
+        st.cursor = id;
+        st.run_id = self.cfg.run_id.clone();
+        self.state.replace_with(st);
+        self.parked.clear();
+        self.persist.touch();
+    }
+
+    fn apply_snapshot(&mut self, now: Ms, id: u64, st: RunState) {
+        if id <= self.state.cursor {
+            self.metrics.duplicates_dropped += 1;
+            return;
+        }
+        self.install_snapshot(id, st);
+        self.snapshot_replaced = true;
+        self.ordering.covered_up_to(id);
+        self.link.attempt.progressed = true;
+        self.drain(now);
+        if self.state.is_finished() && !matches!(self.link.conn, Conn::Finished | Conn::Closed) {
+            self.end_link(now, Termination::RunCompleted, None);
+            self.finish(now);
+        }
+        self.mark_dirty();
+    }
+
+    /// The gap deadline passed (or the reorder buffer filled): the next rung
+    /// of the repair ladder (replay, replay, snapshot, skip).
+    pub(super) fn on_gap_timeout(&mut self, now: Ms) {
+        if !self.ordering.has_gap() {
+            return;
+        }
+        match self
+            .ordering
+            .on_gap_timeout(self.state.cursor, self.cfg.has_snapshot_url)
+        {
+            GapRepair::Replay => {
+                // Through the backoff like any other reconnect (counted, paced).
+                self.fail(
+                    now,
+                    Termination::Resync,
+                    None,
+                    "a gap in event ids did not fill in time".into(),
+                );
+            }
+            GapRepair::Snapshot => {
+                self.actions.push_back(Action::FetchSnapshot);
+                // If the endpoint never answers, the next expiry skips the gap.
+                self.timers
+                    .set(Timer::Gap, now + self.cfg.connect_timeout_ms);
+            }
+            GapRepair::Skip { from, to } => self.skip_gap(now, from, to),
+            GapRepair::Nothing => {}
+        }
+    }
+
+    /// Gives up on ids `from..=to` (PROTOCOL §1): counted, reported, and the
+    /// events held beyond them are applied.
+    fn skip_gap(&mut self, now: Ms, from: u64, to: u64) {
+        let n = to.saturating_sub(from) + 1;
+        self.metrics.gaps_skipped += n;
+        self.telemetry.metric(
+            EventClass::Counter,
+            "stream.gap.skipped.total",
+            n as f64,
+            now,
+            &[],
+        );
+        self.link.last_error = Some(if from == to {
+            format!("event {from} could not be recovered and was skipped")
+        } else {
+            format!("events {from}–{to} could not be recovered and were skipped")
+        });
+        self.state.cursor = self.state.cursor.max(to);
+        self.drain(now);
+        self.mark_dirty();
+    }
+
+    /// The subscribe frame of this run on the current socket.
+    fn subscribe_frame(&self) -> String {
+        let mut sub = serde_json::Map::new();
+        sub.insert("op".into(), "subscribe".into());
+        sub.insert("run_id".into(), self.cfg.run_id.clone().into());
+        if self.state.cursor > 0 {
+            sub.insert("last_event_id".into(), self.state.cursor.into());
+        }
+        if let Some(h) = &self.ws_headers {
+            sub.insert("headers".into(), Value::Object(h.clone()));
+        }
+        Value::Object(sub).to_string()
+    }
+
+    /// Whether sends can be written now: always over HTTP, only on an open socket over WebSocket.
+    pub(super) fn socket_transport(&self) -> bool {
+        self.cfg.transport == Transport::WebSocket
+    }
+}
+
+/// Parses `{"run_id","event_id","state"}` (endpoint body or WS `snapshot` op).
+fn parse_snapshot_body(v: Value, run_id: &str) -> Result<(u64, RunState), ProtocolError> {
+    let Value::Object(mut o) = v else {
+        return Err(ProtocolError::BadSnapshot("not an object".into()));
+    };
+    match o.get("run_id") {
+        Some(Value::String(r)) if r == run_id => {}
+        Some(Value::String(_)) => return Err(ProtocolError::ForeignRun),
+        _ => return Err(ProtocolError::BadSnapshot("`run_id` missing".into())),
+    }
+    let id = o
+        .get("event_id")
+        .and_then(Value::as_u64)
+        .filter(|&i| i <= MAX_EVENT_ID)
+        .ok_or_else(|| ProtocolError::BadSnapshot("`event_id` missing or invalid".into()))?;
+    let state = o
+        .remove("state")
+        .ok_or_else(|| ProtocolError::BadSnapshot("`state` missing".into()))?;
+    let st = RunState::from_wire(state)?;
+    Ok((id, st))
+}

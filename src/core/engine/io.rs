@@ -1,0 +1,142 @@
+//! The engine's inputs and outputs that are not configuration: the actions the
+//! shell executes, how a connection ended, a send's outcome, API errors and
+//! the status the UI shows.
+
+use serde::Serialize;
+
+use super::config::Ms;
+use crate::core::metrics::SpanFields;
+
+/// What the shell must do. Drain with [`Engine::poll_action`] after every input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Open transport connection `conn`, resuming after `resume_from` (0 = from the start).
+    /// Inputs about this connection carry `conn`; inputs of older connections are ignored.
+    Connect {
+        /// Connection number.
+        conn: u64,
+        /// The cursor: send as `Last-Event-ID` / `?last_event_id=` / `last_event_id` (0 = omit).
+        resume_from: u64,
+    },
+    /// Abort connection `conn` and drop every later input from it.
+    Disconnect {
+        /// Connection number.
+        conn: u64,
+    },
+    /// Send this text frame on WebSocket connection `conn`.
+    WsSend {
+        /// Connection number.
+        conn: u64,
+        /// The frame.
+        text: String,
+    },
+    /// GET the snapshot endpoint and report with [`Engine::handle_snapshot`].
+    FetchSnapshot,
+    /// POST a chat send; report with [`Engine::handle_send_result`].
+    Post {
+        /// Idempotency key.
+        client_request_id: String,
+        /// Message text.
+        content: String,
+    },
+    /// Store the state and this cursor together (they are consistent right now).
+    Persist {
+        /// The cursor to store.
+        cursor: u64,
+    },
+    /// Call [`Engine::flush`] at the next animation frame.
+    RequestFrame,
+    /// Write this finished span to the Performance timeline (spans are on and sampled).
+    Measure(SpanFields),
+}
+
+/// How a transport connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The response body ended / the server closed the socket cleanly.
+    Eof,
+    /// A network error.
+    Network,
+    /// The WebSocket closed with this close code (1000–4999). Codes 4400–4599
+    /// are read as the HTTP status they embed (4401 = 401, 4404 = 404, …);
+    /// 1008 (policy violation) as 403; the rest as a server close.
+    WsClose {
+        /// The close code of the `close` event.
+        code: u16,
+    },
+    /// The `headers` option (a function) threw or returned something that is
+    /// not an object of strings: a configuration/auth problem, not the network.
+    HeadersFailed(String),
+}
+
+/// Outcome of a chat send request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SendResult {
+    /// HTTP status (`None` = network error).
+    pub status: Option<u16>,
+    /// `Retry-After` in ms, if the response had one.
+    pub retry_after_ms: Option<Ms>,
+    /// Response body (JSON `{message_id, run_id}` on 202).
+    pub body: Option<String>,
+    /// The `headers` option threw before the request was made (final for this send).
+    pub headers_error: Option<String>,
+}
+
+/// Errors of the engine's own API calls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// `send()` without a send URL or WebSocket transport.
+    #[error("sending needs `sendUrl` or the websocket transport")]
+    NoSendTarget,
+    /// The outbox bound was reached.
+    #[error("too many unsent messages ({0}); wait for some to be accepted")]
+    OutboxFull(usize),
+    /// The stream was closed with `close()`.
+    #[error("the stream is closed")]
+    Closed,
+    /// Empty message.
+    #[error("message content is empty")]
+    EmptyMessage,
+}
+
+/// Connection status (API.md `StreamStatus.connection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum Connection {
+    Idle,
+    Connecting,
+    Open,
+    Reconnecting,
+    Offline,
+    Closed,
+    Failed,
+}
+
+/// Activity (API.md `StreamStatus.activity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activity {
+    /// No reply pending.
+    Idle,
+    /// A reply is pending and tokens are flowing.
+    Streaming,
+    /// A reply is pending and no token arrived for `stall_after_ms`.
+    Working,
+}
+
+/// What the UI shows about the connection (API.md `StreamStatus`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamStatus {
+    /// Connection state.
+    pub connection: Connection,
+    /// Activity state.
+    pub activity: Activity,
+    /// Reconnect attempt, 0 when open.
+    pub attempt: u32,
+    /// Time until the next attempt, while waiting to reconnect.
+    pub retry_in_ms: Option<f64>,
+    /// Human-readable, never a token or header value.
+    pub last_error: Option<String>,
+}

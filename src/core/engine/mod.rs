@@ -1,0 +1,772 @@
+//! The sans-IO engine: one run's stream, state, outbox and status.
+//!
+//! Shaped like quinn-proto's `Connection`: [`Engine`] is a coordinator that
+//! delegates each concern to one sub-machine and owns the side effects
+//! (actions, metrics, telemetry):
+//! - [`link`]: connection state, failures, backoff, online/visible, `retry:`;
+//! - [`ordering`]: cursor discipline, reorder buffer, gap repair (replay → snapshot → skip);
+//! - [`outbox`]: pending chat sends, retries, restore;
+//! - [`activity`]: awaiting replies, last token, "working…";
+//! - [`persist`]: the stored record and when it is written;
+//! - [`timers`]: every deadline in one table.
+//!
+//! The shell feeds inputs (`handle_*`) with the current time, then drains
+//! outputs with [`Engine::poll_action`] and [`Engine::poll_telemetry`], and
+//! re-arms a single timer at [`Engine::poll_timeout`], calling
+//! [`Engine::handle_timeout`] when it fires. The engine never reads a clock and
+//! never draws randomness of its own (its [`Rng`] is seeded by the shell).
+
+pub mod activity;
+pub mod backoff;
+mod config;
+mod events;
+mod io;
+pub mod link;
+pub mod ordering;
+pub mod outbox;
+pub mod persist;
+mod sends;
+pub mod timers;
+
+use std::collections::VecDeque;
+
+use serde_json::{Map, Value};
+
+pub use config::{Backoff, Config, Ms, Spans, Transport, MAX_RETRY_AFTER_MS};
+pub use io::{Action, Activity, CloseCause, Connection, EngineError, SendResult, StreamStatus};
+pub use persist::STORAGE_VERSION;
+
+use super::envelope::ProtocolError;
+use super::metrics::{
+    EventClass, RunMetrics, RuntimeEvent, SpanFields, SpanStatus, Telemetry, Termination,
+};
+use super::rng::Rng;
+use super::sse::{SseItem, SseParser};
+use super::state::{Applied, MessageStatus, Parked, RunState};
+use link::{Conn, Failure, Link};
+use ordering::Ordering;
+use outbox::Outbox;
+use persist::Persist;
+use timers::{Timer, TimerTable};
+
+/// One run's stream, state, outbox and status. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: Config,
+    rng: Rng,
+    state: RunState,
+    parked: Parked,
+    parser: SseParser,
+    applied_scratch: Vec<Applied>,
+    link: Link,
+    ordering: Ordering,
+    outbox: Outbox,
+    activity: activity::Tracker,
+    persist: Persist,
+    timers: TimerTable,
+    metrics: RunMetrics,
+    telemetry: Telemetry,
+    actions: VecDeque<Action>,
+    dirty: bool,
+    frame_requested: bool,
+    frame_events: u64,
+    version: u64,
+    /// The final reconcile (after `run.completed`) is fetching the snapshot endpoint.
+    reconciling: bool,
+    run_trace: Option<String>,
+    /// A `snapshot` event replaced the state: job-only events the server had
+    /// parked before it are invisible here, so reconcile once the run ends.
+    snapshot_replaced: bool,
+    /// Headers resolved for the current WebSocket (sent in subscribe and send frames).
+    ws_headers: Option<Map<String, Value>>,
+}
+
+impl Engine {
+    /// A new engine. `seed` seeds jitter, sampling and request ids. `stored`
+    /// is the record an earlier page stored ([`Engine::storage_record`]); an
+    /// unreadable or foreign record is ignored (the run starts from the beginning).
+    pub fn new(cfg: Config, seed: [u64; 2], stored: Option<&str>) -> Self {
+        let mut rng = Rng::new(seed);
+        let restored = stored.and_then(|text| persist::decode(text, &cfg.run_id));
+        let mut parked = Parked::default();
+        let mut state = match restored {
+            Some(r) => {
+                for (id, kind) in r.parked {
+                    parked.restore(id, kind, cfg.park_capacity);
+                }
+                r.state
+            }
+            None => RunState::new(&cfg.run_id),
+        };
+        state.reindex();
+        let run_trace = match cfg.spans {
+            Spans::Sampled(rate) if rng.next_f64() < rate => Some(hex_id(&mut rng)),
+            _ => None,
+        };
+        // Sends a previous page had not delivered go again (same client_request_id).
+        let mut outbox = Outbox::default();
+        let failed = outbox.restore(&mut state.messages, cfg.outbox_capacity);
+        let mut activity = activity::Tracker::default();
+        activity.restore(
+            state
+                .messages
+                .iter()
+                .filter(|m| m.message_id.is_none() && m.status == MessageStatus::Queued)
+                .filter_map(|m| m.client_request_id.clone()),
+            0.0,
+        );
+        let mut link = Link::default();
+        if failed > 0 {
+            link.last_error = Some(format!(
+                "{failed} stored messages were not sent again: the outbox is full"
+            ));
+        }
+        Self {
+            parser: SseParser::new(cfg.max_event_bytes),
+            telemetry: Telemetry::new(cfg.telemetry_capacity),
+            persist: Persist::new(cfg.persist, cfg.persist_interval_ms, state.cursor),
+            cfg,
+            rng,
+            state,
+            parked,
+            applied_scratch: Vec::new(),
+            link,
+            ordering: Ordering::default(),
+            outbox,
+            activity,
+            timers: TimerTable::default(),
+            metrics: RunMetrics::default(),
+            actions: VecDeque::new(),
+            dirty: true,
+            frame_requested: false,
+            frame_events: 0,
+            version: 0,
+            reconciling: false,
+            run_trace,
+            snapshot_replaced: false,
+            ws_headers: None,
+        }
+    }
+
+    // ----- read side -------------------------------------------------------
+
+    /// The reduced state.
+    pub fn state(&self) -> &RunState {
+        &self.state
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &RunMetrics {
+        &self.metrics
+    }
+
+    /// The visible-change counter (increases at each [`Engine::flush`] that had changes).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The cursor (highest contiguously applied event id).
+    pub fn cursor(&self) -> u64 {
+        self.state.cursor
+    }
+
+    /// The record to store under the run's storage key after [`Action::Persist`]
+    /// (and at page hide): JSON text that [`Engine::new`] reads back.
+    pub fn storage_record(&self) -> String {
+        persist::encode(&self.state, &self.parked)
+    }
+
+    /// The run has finished (its stored record may be removed after a grace period).
+    pub fn finished(&self) -> bool {
+        self.state.is_finished()
+    }
+
+    /// Events held in the reorder buffer.
+    pub fn buffered(&self) -> usize {
+        self.ordering.len()
+    }
+
+    /// Job-only events parked.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Telemetry events dropped because nobody drained them in time.
+    pub fn telemetry_dropped(&self) -> u64 {
+        self.telemetry.dropped
+    }
+
+    /// Turns raw telemetry on (a listener exists) or off (no event objects are built).
+    pub fn set_telemetry(&mut self, on: bool) {
+        self.telemetry.enabled = on;
+    }
+
+    /// The status as of `now`.
+    pub fn status(&self, now: Ms) -> StreamStatus {
+        let (connection, attempt, retry_in_ms) = self.link.status(now);
+        StreamStatus {
+            connection,
+            activity: self.activity(now),
+            attempt,
+            retry_in_ms,
+            last_error: self.link.last_error.clone(),
+        }
+    }
+
+    /// Activity as of `now`: `working` exactly when `now - last token ≥ stall_after_ms`.
+    pub fn activity(&self, now: Ms) -> Activity {
+        self.activity
+            .state(now, self.streaming(), self.cfg.stall_after_ms)
+    }
+
+    fn streaming(&self) -> bool {
+        self.state
+            .messages
+            .iter()
+            .any(|m| m.status == MessageStatus::Streaming)
+    }
+
+    // ----- outputs ---------------------------------------------------------
+
+    /// The next action for the shell; call until `None` after every input.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next raw telemetry event; call until `None` after every input.
+    pub fn poll_telemetry(&mut self) -> Option<RuntimeEvent> {
+        self.telemetry.pop()
+    }
+
+    /// The earliest time [`Engine::handle_timeout`] must be called, if any.
+    pub fn poll_timeout(&self) -> Option<Ms> {
+        self.timers.next()
+    }
+
+    // ----- inputs ----------------------------------------------------------
+
+    /// Starts streaming (from the restored cursor, if any).
+    pub fn start(&mut self, now: Ms) {
+        if self.link.conn == Conn::Idle {
+            if self.link.online {
+                self.connect(now);
+            } else {
+                self.link.go_offline(&mut self.timers);
+                self.mark_dirty();
+            }
+        }
+        self.pump_sends(now);
+    }
+
+    /// Stops everything: the transport is dropped and nothing is retried.
+    pub fn close(&mut self, now: Ms) {
+        if self.link.conn == Conn::Closed {
+            return;
+        }
+        self.end_link(now, Termination::ClientClosed, None);
+        self.link.conn = Conn::Closed;
+        self.outbox.clear();
+        self.activity.end(&mut self.timers);
+        self.timers = TimerTable::default();
+        self.request_persist(now, true);
+        self.mark_dirty();
+    }
+
+    /// Skips the backoff wait (a "retry" button); also leaves `failed` and `offline`.
+    pub fn retry_now(&mut self, now: Ms) {
+        match self.link.conn {
+            Conn::Idle | Conn::Waiting { .. } | Conn::Failed | Conn::Offline { .. } => {
+                self.link.reset_for_retry();
+                self.connect(now);
+            }
+            Conn::Closed | Conn::Finished | Conn::Connecting | Conn::Open { .. } => {}
+        }
+        self.outbox.all_due_now(now);
+        self.pump_sends(now);
+    }
+
+    /// The browser went online (`true`) or offline (`false`).
+    pub fn handle_online(&mut self, now: Ms, online: bool) {
+        if self.link.online == online {
+            return;
+        }
+        self.link.online = online;
+        if online {
+            if let Conn::Offline { resume_at } = self.link.conn {
+                // The backoff and a pending Retry-After still hold (API.md).
+                match resume_at {
+                    Some(at) if at > now => self.link.wait_until(now, at, &mut self.timers),
+                    _ => self.connect(now),
+                }
+            }
+            self.pump_sends(now);
+        } else {
+            match self.link.conn {
+                Conn::Connecting | Conn::Open { .. } => {
+                    self.end_link(now, Termination::Offline, Some("offline".into()));
+                    self.link.go_offline(&mut self.timers);
+                }
+                Conn::Waiting { .. } => self.link.go_offline(&mut self.timers),
+                _ => {}
+            }
+        }
+        self.mark_dirty();
+    }
+
+    /// The page became visible (`true`) or hidden (`false`). A backoff wait is
+    /// never cut short by becoming visible.
+    pub fn handle_visibility(&mut self, now: Ms, visible: bool) {
+        if !visible {
+            self.request_persist(now, true);
+        }
+        let stale = self
+            .link
+            .set_visible(now, visible, &self.cfg, &mut self.timers);
+        if stale {
+            self.fail(
+                now,
+                Termination::HeartbeatTimeout,
+                None,
+                "no data from the server".into(),
+            );
+        }
+    }
+
+    /// Response headers of connection `conn` (fetch), or its `open` event (EventSource: 200).
+    /// `event_stream`: the content type is `text/event-stream`.
+    pub fn handle_response(
+        &mut self,
+        now: Ms,
+        conn: u64,
+        status: u16,
+        retry_after_ms: Option<Ms>,
+        event_stream: bool,
+    ) {
+        if conn != self.link.id || self.link.conn != Conn::Connecting {
+            return;
+        }
+        self.on_status(now, status, retry_after_ms, event_stream);
+    }
+
+    /// What an HTTP status (or a WebSocket close code mapped to one) means for the stream.
+    fn on_status(&mut self, now: Ms, status: u16, retry_after_ms: Option<Ms>, event_stream: bool) {
+        match status {
+            204 => {
+                self.end_link(now, Termination::NoContent, None);
+                self.finish(now);
+            }
+            200..=299 if event_stream => {
+                self.link.unauthorized_retried = false;
+                self.opened(now);
+            }
+            200..=299 => self.fail(
+                now,
+                Termination::ProtocolError,
+                None,
+                format!("HTTP {status} is not an event stream"),
+            ),
+            401 if !self.link.unauthorized_retried => {
+                // The headers function is called once more (a refreshed token) before giving up.
+                self.link.unauthorized_retried = true;
+                self.end_link(now, Termination::Http4xx, Some("HTTP 401".into()));
+                self.connect(now);
+            }
+            408 | 425 | 429 => self.fail(
+                now,
+                Termination::Http4xx,
+                retry_after_ms,
+                format!("HTTP {status}"),
+            ),
+            500..=599 => self.fail(
+                now,
+                Termination::Http5xx,
+                retry_after_ms,
+                format!("HTTP {status}"),
+            ),
+            400..=499 => self.fail_final(now, Termination::Http4xx, final_reason(status)),
+            _ => self.fail(
+                now,
+                Termination::ProtocolError,
+                retry_after_ms,
+                format!("HTTP {status}"),
+            ),
+        }
+    }
+
+    /// Body bytes of fetch connection `conn`.
+    pub fn handle_bytes(&mut self, now: Ms, conn: u64, bytes: &[u8]) {
+        if !self.link.accepts(conn) {
+            return;
+        }
+        self.link.saw_byte(now, &self.cfg, &mut self.timers);
+        // Events are handled as the parser completes them (no per-chunk list).
+        // The parser is moved out for the duration so the callback can use `self`.
+        let mut parser = std::mem::replace(&mut self.parser, SseParser::new(0));
+        parser.feed(bytes, &mut |item| {
+            if !self.link.accepts(conn) {
+                return;
+            }
+            match item {
+                SseItem::Event(ev) => self.handle_frame(now, &ev.data),
+                SseItem::Retry(ms) => self.link.server_retry = Some(ms as f64),
+                SseItem::Comment => {}
+                SseItem::TooLarge(n) => self.protocol_error(now, ProtocolError::TooLarge(n)),
+            }
+        });
+        if self.link.id != conn {
+            // A resync started a new connection mid-chunk: it starts a fresh stream.
+            parser.reset_stream();
+        }
+        self.parser = parser;
+    }
+
+    /// An event dispatched by native `EventSource` connection `conn` (its `data`).
+    pub fn handle_sse_event(&mut self, now: Ms, conn: u64, data: &str) {
+        if !self.link.accepts(conn) {
+            return;
+        }
+        if self.link.conn == Conn::Connecting {
+            self.opened(now);
+        }
+        self.link.saw_byte(now, &self.cfg, &mut self.timers);
+        if data.len() > self.cfg.max_event_bytes {
+            self.protocol_error(now, ProtocolError::TooLarge(data.len()));
+            return;
+        }
+        self.handle_frame(now, data);
+    }
+
+    /// Connection `conn` ended.
+    pub fn handle_closed(&mut self, now: Ms, conn: u64, cause: CloseCause) {
+        if !self.link.accepts(conn) {
+            return;
+        }
+        match cause {
+            CloseCause::Eof => self.fail(
+                now,
+                Termination::ServerClosed,
+                None,
+                "the server closed the stream".into(),
+            ),
+            CloseCause::Network => {
+                self.fail(now, Termination::NetworkError, None, "network error".into())
+            }
+            CloseCause::WsClose { code } => match ws_close_status(code) {
+                Some(status) => self.on_status(now, status, None, false),
+                None if code == 1006 => {
+                    self.fail(now, Termination::NetworkError, None, "network error".into())
+                }
+                None => self.fail(
+                    now,
+                    Termination::ServerClosed,
+                    None,
+                    format!("the server closed the socket ({code})"),
+                ),
+            },
+            CloseCause::HeadersFailed(msg) => self.fail_final(
+                now,
+                Termination::HeadersError,
+                format!("the headers option failed: {msg}"),
+            ),
+        }
+    }
+
+    /// Advances timers; call at (or after) [`Engine::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Ms) {
+        let due: Vec<Timer> = self.timers.expired(now).collect();
+        for t in due {
+            self.on_timer(t, now);
+        }
+    }
+
+    /// The one place each expiry is dispatched.
+    fn on_timer(&mut self, t: Timer, now: Ms) {
+        match t {
+            Timer::Connect => {
+                if self.link.conn == Conn::Connecting {
+                    self.fail(
+                        now,
+                        Termination::ConnectTimeout,
+                        None,
+                        "connection timed out".into(),
+                    );
+                }
+            }
+            Timer::Heartbeat => {
+                if matches!(self.link.conn, Conn::Open { .. }) {
+                    self.fail(
+                        now,
+                        Termination::HeartbeatTimeout,
+                        None,
+                        "no heartbeat from the server".into(),
+                    );
+                }
+            }
+            Timer::Healthy => {
+                self.link.became_healthy();
+                self.mark_dirty();
+            }
+            Timer::Ping => {
+                if matches!(self.link.conn, Conn::Open { .. }) {
+                    self.timers
+                        .set(Timer::Ping, now + self.cfg.ws_ping_interval_ms);
+                    let text = Self::ping_frame(now);
+                    self.actions.push_back(Action::WsSend {
+                        conn: self.link.id,
+                        text,
+                    });
+                }
+            }
+            Timer::Reconnect => {
+                if matches!(self.link.conn, Conn::Waiting { .. }) {
+                    self.connect(now);
+                }
+            }
+            Timer::Countdown => {
+                if let Conn::Waiting { at } = self.link.conn {
+                    self.timers.set(Timer::Countdown, (now + 1000.0).min(at));
+                    self.mark_dirty();
+                }
+            }
+            Timer::Gap => self.on_gap_timeout(now),
+            Timer::Persist => self.request_persist(now, true),
+            Timer::Stall => {
+                if self
+                    .activity
+                    .on_stall(now, self.cfg.stall_after_ms, &mut self.timers)
+                {
+                    self.mark_dirty();
+                }
+            }
+            Timer::Send => self.pump_sends(now),
+        }
+    }
+
+    /// Called at an animation frame after [`Action::RequestFrame`]: returns
+    /// `true` (and bumps `version`) when there is a visible change to render.
+    pub fn flush(&mut self, now: Ms) -> bool {
+        self.frame_requested = false;
+        self.request_persist(now, false);
+        self.activity
+            .sync_timer(self.streaming(), self.cfg.stall_after_ms, &mut self.timers);
+        if !self.dirty {
+            return false;
+        }
+        self.dirty = false;
+        self.version += 1;
+        if self.frame_events > 0 {
+            let n = self.frame_events as f64;
+            self.telemetry
+                .metric(EventClass::Histogram, "ui.flush.events", n, now, &[]);
+            self.frame_events = 0;
+        }
+        true
+    }
+
+    /// Asks for a [`Action::Persist`] now if anything stored changed (page hide / unload).
+    pub fn persist_now(&mut self, now: Ms) {
+        self.request_persist(now, true);
+    }
+}
+
+// ----- link side effects -------------------------------------------------------
+impl Engine {
+    fn mark_dirty(&mut self) {
+        self.dirty = true;
+        if !self.frame_requested {
+            self.frame_requested = true;
+            self.actions.push_back(Action::RequestFrame);
+        }
+    }
+
+    fn connect(&mut self, now: Ms) {
+        if self.link.live() {
+            self.end_link(now, Termination::RetryNow, None);
+        }
+        let conn = self
+            .link
+            .begin(now, self.state.cursor > 0, &self.cfg, &mut self.timers);
+        if self.link.connects > 1 {
+            self.metrics.reconnects += 1;
+            self.telemetry
+                .metric(EventClass::Counter, "stream.reconnect.total", 1.0, now, &[]);
+        }
+        self.telemetry
+            .metric(EventClass::Counter, "stream.connect.total", 1.0, now, &[]);
+        self.parser.reset_stream();
+        self.actions.push_back(Action::Connect {
+            conn,
+            resume_from: self.state.cursor,
+        });
+        self.mark_dirty();
+    }
+
+    fn opened(&mut self, now: Ms) {
+        self.link.opened(now, &self.cfg, &mut self.timers);
+        if self.cfg.transport == Transport::WebSocket {
+            self.pump_sends(now);
+        }
+        self.mark_dirty();
+    }
+
+    /// Ends the current link (if any) with `reason`: disconnect, count, span.
+    fn end_link(&mut self, now: Ms, reason: Termination, error: Option<String>) {
+        if !self.link.live() {
+            return;
+        }
+        self.actions
+            .push_back(Action::Disconnect { conn: self.link.id });
+        *self
+            .metrics
+            .terminations
+            .entry(reason.as_str().to_owned())
+            .or_insert(0) += 1;
+        self.telemetry.metric(
+            EventClass::Counter,
+            "stream.termination.total",
+            1.0,
+            now,
+            &[("reason", reason.as_str())],
+        );
+        self.end_replay();
+        if self.link.attempt.first_event_at.is_none() {
+            let ok = matches!(
+                reason,
+                Termination::RunCompleted | Termination::ClientClosed | Termination::NoContent
+            );
+            let status = if ok {
+                SpanStatus::Canceled
+            } else {
+                SpanStatus::Error
+            };
+            let f = SpanFields {
+                error_kind: Some(reason.as_str()),
+                error,
+                attempt: Some(self.link.connects),
+                ..SpanFields::new("connect", self.link.attempt.started_at, now, status)
+            };
+            self.span(self.run_trace.clone(), f);
+        }
+        self.link.ended(&mut self.timers);
+        // Held events come back with the resume's replay.
+        self.ordering.clear();
+        self.timers.clear(Timer::Gap);
+        // Only an `ack` proves a WebSocket send was delivered: the rest go again.
+        if !self.outbox.requeue_socket_sends(now).is_empty() {
+            self.timers.set_opt(Timer::Send, self.outbox.next_due());
+            self.mark_dirty();
+        }
+    }
+
+    /// A transient failure: back off and reconnect (or stop if looping / offline).
+    fn fail(&mut self, now: Ms, reason: Termination, retry_after: Option<Ms>, msg: String) {
+        self.end_link(now, reason, Some(msg.clone()));
+        self.link.last_error = Some(msg);
+        let jitter = self.rng.next_f64();
+        match self
+            .link
+            .fail(now, retry_after, jitter, &self.cfg, &mut self.timers)
+        {
+            Failure::Wait(_) | Failure::Offline => {}
+            Failure::Loop(n) => {
+                *self
+                    .metrics
+                    .terminations
+                    .entry(Termination::ErrorLoop.as_str().to_owned())
+                    .or_insert(0) += 1;
+                self.link.last_error = Some(format!(
+                    "stopped after {n} failed attempts in {} s ({}); retry to continue",
+                    (self.cfg.loop_guard_window_ms / 1000.0).round(),
+                    reason.as_str()
+                ));
+            }
+        }
+        self.mark_dirty();
+    }
+
+    fn fail_final(&mut self, now: Ms, reason: Termination, msg: String) {
+        self.end_link(now, reason, Some(msg.clone()));
+        self.link.last_error = Some(msg);
+        self.link.conn = Conn::Failed;
+        self.mark_dirty();
+    }
+
+    /// The run is finished: the stream ends for good (sends still work).
+    fn finish(&mut self, now: Ms) {
+        self.link.conn = Conn::Finished;
+        self.ordering.clear();
+        self.timers.clear(Timer::Gap);
+        self.activity.end(&mut self.timers);
+        self.after_finish(now);
+        self.mark_dirty();
+    }
+
+    fn protocol_error(&mut self, now: Ms, e: ProtocolError) {
+        self.metrics.protocol_errors += 1;
+        *self
+            .metrics
+            .protocol_errors_by_kind
+            .entry(e.kind().to_owned())
+            .or_insert(0) += 1;
+        self.telemetry.metric(
+            EventClass::Counter,
+            "stream.protocol_error.total",
+            1.0,
+            now,
+            &[("kind", e.kind())],
+        );
+        self.mark_dirty();
+    }
+
+    fn request_persist(&mut self, now: Ms, force: bool) {
+        if self
+            .persist
+            .due(now, self.state.cursor, force, &mut self.timers)
+        {
+            self.actions.push_back(Action::Persist {
+                cursor: self.state.cursor,
+            });
+        }
+    }
+
+    /// Records a finished span if its trace is sampled: a Performance measure and a span event.
+    fn span(&mut self, trace: Option<String>, mut f: SpanFields) {
+        let Some(trace_id) = trace else { return };
+        f.span_id = hex_id(&mut self.rng);
+        f.trace_id = trace_id;
+        self.actions.push_back(Action::Measure(f.clone()));
+        self.telemetry.push(RuntimeEvent {
+            kind: EventClass::Span,
+            name: "runstream:span",
+            value: f.duration_ms,
+            ts: f.start + f.duration_ms,
+            attrs: std::collections::BTreeMap::new(),
+            span: Some(f),
+        });
+    }
+}
+
+fn hex_id(rng: &mut Rng) -> String {
+    format!("{:016x}", rng.next_u64())
+}
+
+fn final_reason(status: u16) -> String {
+    match status {
+        401 => "HTTP 401: not authorized".into(),
+        403 => "HTTP 403: forbidden".into(),
+        404 => "HTTP 404: run not found".into(),
+        410 => "HTTP 410: run gone".into(),
+        s => format!("HTTP {s}"),
+    }
+}
+
+/// The HTTP status a WebSocket close code stands for, if any: 4400–4599 embed
+/// one (4401 → 401, 4404 → 404, 4503 → 503); 1008 (policy violation) is how
+/// many servers refuse a socket's credentials, read as 403.
+fn ws_close_status(code: u16) -> Option<u16> {
+    match code {
+        1008 => Some(403),
+        4400..=4599 => Some(code - 4000),
+        _ => None,
+    }
+}

@@ -1,0 +1,303 @@
+//! The chat side of the coordinator: `send()`, the outcome of each attempt,
+//! writing due sends on the current channel, and per-send metrics.
+
+use serde_json::Value;
+
+use super::link::Conn;
+use super::outbox::{Retry, SendTiming};
+use super::timers::Timer;
+use super::{hex_id, Action, Engine, EngineError, Ms, SendResult, Spans};
+use crate::core::metrics::{
+    EventClass, MessageMetrics, SpanFields, SpanStatus, MAX_MESSAGE_METRICS,
+};
+use crate::core::state::{Message, MessageStatus};
+
+impl Engine {
+    /// Sends a chat message: the optimistic message shows at once; returns its `client_request_id`.
+    /// Works until `close()` (also after the run completed).
+    pub fn send(&mut self, now: Ms, content: &str) -> Result<String, EngineError> {
+        if !self.cfg.can_send {
+            return Err(EngineError::NoSendTarget);
+        }
+        if self.link.conn == Conn::Closed {
+            return Err(EngineError::Closed);
+        }
+        if content.is_empty() {
+            return Err(EngineError::EmptyMessage);
+        }
+        if self.outbox.len() >= self.cfg.outbox_capacity {
+            return Err(EngineError::OutboxFull(self.outbox.len()));
+        }
+        let crid = self.rng.uuid_v4();
+        self.state.insert_message(Message {
+            message_id: None,
+            client_request_id: Some(crid.clone()),
+            reply_to: None,
+            role: "user".into(),
+            content: content.to_owned(),
+            status: MessageStatus::Queued,
+        });
+        let trace = match self.cfg.spans {
+            Spans::Sampled(rate) if self.rng.next_f64() < rate => Some(hex_id(&mut self.rng)),
+            _ => None,
+        };
+        self.outbox.timings.insert(
+            crid.clone(),
+            SendTiming {
+                sent_at: now,
+                trace,
+            },
+        );
+        self.metric_entry(&crid);
+        self.outbox.push(&crid, content, now);
+        self.activity.expect_reply(&crid, now);
+        self.activity
+            .sync_timer(true, self.cfg.stall_after_ms, &mut self.timers);
+        self.pump_sends(now);
+        // Stored at once: a reload right after send() must send it again.
+        self.persist.touch();
+        self.request_persist(now, true);
+        self.mark_dirty();
+        Ok(crid)
+    }
+
+    /// Result of the POST for `client_request_id`.
+    pub fn handle_send_result(&mut self, now: Ms, client_request_id: &str, r: SendResult) {
+        if !self.outbox.contains(client_request_id) {
+            return;
+        }
+        if let Some(why) = r.headers_error {
+            let why = format!("the headers option failed: {why}");
+            self.send_failed_final(now, client_request_id, why);
+            return;
+        }
+        match r.status {
+            Some(200..=299) => {
+                let body: Option<Value> =
+                    r.body.as_deref().and_then(|b| serde_json::from_str(b).ok());
+                let mid = body
+                    .as_ref()
+                    .and_then(|b| b.get("message_id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                self.send_accepted(now, client_request_id, mid.as_deref());
+            }
+            Some(401) => {
+                if self.outbox.unauthorized(client_request_id, now) {
+                    self.pump_sends(now);
+                } else {
+                    self.send_failed_final(now, client_request_id, "HTTP 401".into());
+                }
+            }
+            None | Some(408 | 425 | 429 | 500..=599) => {
+                let jitter = self.rng.next_f64();
+                match self.outbox.retry(
+                    client_request_id,
+                    now,
+                    r.status,
+                    r.retry_after_ms,
+                    &self.cfg,
+                    jitter,
+                ) {
+                    Retry::At(_) => {
+                        if let Some(m) = self.state.message_by_request(client_request_id) {
+                            m.status = MessageStatus::Queued;
+                        }
+                        self.timers.set_opt(Timer::Send, self.outbox.next_due());
+                        self.mark_dirty();
+                    }
+                    Retry::GiveUp(why) => self.send_failed_final(now, client_request_id, why),
+                    Retry::Unknown => {}
+                }
+            }
+            Some(code) => self.send_failed_final(now, client_request_id, format!("HTTP {code}")),
+        }
+    }
+
+    /// Writes every due send on the current channel (oldest first) and arms
+    /// the timer of the next one. Over WebSocket sends wait for an open socket;
+    /// after the run finished, a socket is opened just for them.
+    pub(super) fn pump_sends(&mut self, now: Ms) {
+        let ws = self.socket_transport();
+        let ready = match self.link.conn {
+            Conn::Closed => false,
+            _ if !self.link.online => false,
+            _ if !ws => true,
+            Conn::Open { .. } => true,
+            Conn::Finished if self.outbox.has_queued() => {
+                self.connect(now);
+                false
+            }
+            _ => false,
+        };
+        if !ready {
+            // `online`, `open` and retryNow() pump again.
+            self.timers.clear(Timer::Send);
+            return;
+        }
+        let conn = self.link.id;
+        for d in self.outbox.take_due(now, ws) {
+            if ws {
+                let text = self.send_frame(&d.client_request_id, &d.content);
+                self.actions.push_back(Action::WsSend { conn, text });
+            } else {
+                self.actions.push_back(Action::Post {
+                    client_request_id: d.client_request_id.clone(),
+                    content: d.content,
+                });
+            }
+            if let Some(m) = self.state.message_by_request(&d.client_request_id) {
+                if m.status == MessageStatus::Queued {
+                    m.status = MessageStatus::Sending;
+                }
+            }
+            self.mark_dirty();
+        }
+        self.timers.set_opt(Timer::Send, self.outbox.next_due());
+    }
+
+    fn send_frame(&self, crid: &str, content: &str) -> String {
+        let mut frame = serde_json::json!({
+            "op": "send",
+            "session_id": self.cfg.session_id,
+            "client_request_id": crid,
+            "content": content,
+        });
+        if let (Some(h), Some(o)) = (&self.ws_headers, frame.as_object_mut()) {
+            o.insert("headers".into(), Value::Object(h.clone()));
+        }
+        frame.to_string()
+    }
+
+    pub(super) fn record_ttfb(&mut self, now: Ms, crid: &str) {
+        let sent = self.outbox.timings.get(crid).map(|s| s.sent_at);
+        if let (Some(sent), Some(m)) = (sent, self.metrics.messages.get_mut(crid)) {
+            if m.ttfb_ms.is_none() {
+                let v = now - sent;
+                m.ttfb_ms = Some(v);
+                self.telemetry
+                    .metric(EventClass::Histogram, "message.ttfb_ms", v, now, &[]);
+            }
+        }
+    }
+
+    pub(super) fn note_token(&mut self, now: Ms, crid: &str) {
+        let sent = self.outbox.timings.get(crid).map(|s| s.sent_at);
+        if let (Some(sent), Some(m)) = (sent, self.metrics.messages.get_mut(crid)) {
+            m.tokens += 1;
+            if m.ttft_ms.is_none() {
+                let ttft = now - sent;
+                m.ttft_ms = Some(ttft);
+                self.telemetry
+                    .metric(EventClass::Histogram, "message.ttft_ms", ttft, now, &[]);
+            }
+        }
+    }
+
+    pub(super) fn note_reply_done(&mut self, now: Ms, crid: String, fallback: Option<String>) {
+        let timing = self.outbox.timings.remove(&crid);
+        if let (Some(t), Some(m)) = (timing, self.metrics.messages.get_mut(&crid)) {
+            let d = now - t.sent_at;
+            m.duration_ms = Some(d);
+            m.fallback = fallback;
+            let (ttfb, ttft) = (m.ttfb_ms, m.ttft_ms);
+            self.telemetry
+                .metric(EventClass::Histogram, "message.duration_ms", d, now, &[]);
+            let f = SpanFields {
+                ttfb_ms: ttfb,
+                ttft_ms: ttft,
+                client_request_id: Some(crid),
+                ..SpanFields::new("message", t.sent_at, now, SpanStatus::Ok)
+            };
+            self.span(t.trace, f);
+        }
+    }
+
+    pub(super) fn send_accepted(&mut self, now: Ms, crid: &str, message_id: Option<&str>) {
+        self.record_ttfb(now, crid);
+        self.outbox.remove(crid);
+        self.persist.touch();
+        if let Some(m) = self.state.message_by_request(crid) {
+            if matches!(m.status, MessageStatus::Queued | MessageStatus::Sending) {
+                m.status = MessageStatus::Sent;
+            }
+            if m.message_id.is_none() {
+                if let Some(id) = message_id {
+                    m.message_id = Some(id.to_owned());
+                }
+            }
+        }
+        self.state.reindex();
+        self.timers.set_opt(Timer::Send, self.outbox.next_due());
+        self.close_send_only_socket(now);
+        self.mark_dirty();
+    }
+
+    pub(super) fn send_failed_final(&mut self, now: Ms, crid: &str, why: String) {
+        self.outbox.remove(crid);
+        self.persist.touch();
+        self.activity.forget(crid);
+        if let Some(m) = self.state.message_by_request(crid) {
+            if m.message_id.is_none() {
+                m.status = MessageStatus::Failed;
+            }
+        }
+        if let Some(t) = self.outbox.timings.remove(crid) {
+            let f = SpanFields {
+                error_kind: Some("send_failed"),
+                error: Some(why.clone()),
+                client_request_id: Some(crid.to_owned()),
+                ..SpanFields::new("message", t.sent_at, now, SpanStatus::Error)
+            };
+            self.span(t.trace, f);
+        }
+        self.link.last_error = Some(format!("message not sent: {why}"));
+        self.timers.set_opt(Timer::Send, self.outbox.next_due());
+        self.close_send_only_socket(now);
+        self.mark_dirty();
+    }
+
+    /// A socket opened after the run finished only for sends closes once they are delivered.
+    fn close_send_only_socket(&mut self, now: Ms) {
+        if self.state.is_finished()
+            && self.socket_transport()
+            && self.outbox.is_empty()
+            && self.link.live()
+        {
+            self.end_link(now, crate::core::metrics::Termination::RunCompleted, None);
+            self.link.conn = Conn::Finished;
+        }
+    }
+
+    fn metric_entry(&mut self, crid: &str) {
+        while self.metrics.messages.len() >= MAX_MESSAGE_METRICS {
+            // Drop the oldest send's figures (the one sent first).
+            let timings = &self.outbox.timings;
+            let oldest = self
+                .metrics
+                .messages
+                .keys()
+                .min_by(|a, b| {
+                    let ta = timings.get(*a).map_or(f64::MIN, |s| s.sent_at);
+                    let tb = timings.get(*b).map_or(f64::MIN, |s| s.sent_at);
+                    ta.total_cmp(&tb)
+                })
+                .cloned();
+            match oldest {
+                Some(k) => {
+                    self.metrics.messages.remove(&k);
+                    self.outbox.timings.remove(&k);
+                }
+                None => break,
+            }
+        }
+        self.metrics
+            .messages
+            .insert(crid.to_owned(), MessageMetrics::default());
+    }
+
+    /// The WebSocket `ping` frame (PROTOCOL §2b).
+    pub(super) fn ping_frame(now: Ms) -> String {
+        serde_json::json!({"op": "ping", "t": now.round()}).to_string()
+    }
+}
