@@ -26,6 +26,7 @@ pub mod ordering;
 pub mod outbox;
 pub mod persist;
 mod sends;
+mod stream;
 pub mod timers;
 
 use std::collections::VecDeque;
@@ -37,13 +38,11 @@ pub use io::{Action, Activity, CloseCause, Connection, EngineError, SendResult, 
 pub use persist::STORAGE_VERSION;
 
 use super::envelope::ProtocolError;
-use super::metrics::{
-    EventClass, RunMetrics, RuntimeEvent, SpanFields, SpanStatus, Telemetry, Termination,
-};
+use super::metrics::{EventClass, RunMetrics, RuntimeEvent, SpanFields, Telemetry, Termination};
 use super::rng::Rng;
 use super::sse::{SseItem, SseParser};
 use super::state::{Applied, MessageStatus, Parked, RunState};
-use link::{Conn, Failure, Link};
+use link::{Conn, Link};
 use ordering::Ordering;
 use outbox::Outbox;
 use persist::Persist;
@@ -348,51 +347,6 @@ impl Engine {
         self.on_status(now, status, retry_after_ms, event_stream);
     }
 
-    /// What an HTTP status (or a WebSocket close code mapped to one) means for the stream.
-    fn on_status(&mut self, now: Ms, status: u16, retry_after_ms: Option<Ms>, event_stream: bool) {
-        match status {
-            204 => {
-                self.end_link(now, Termination::NoContent, None);
-                self.finish(now);
-            }
-            200..=299 if event_stream => {
-                self.link.unauthorized_retried = false;
-                self.opened(now);
-            }
-            200..=299 => self.fail(
-                now,
-                Termination::ProtocolError,
-                None,
-                format!("HTTP {status} is not an event stream"),
-            ),
-            401 if !self.link.unauthorized_retried => {
-                // The headers function is called once more (a refreshed token) before giving up.
-                self.link.unauthorized_retried = true;
-                self.end_link(now, Termination::Http4xx, Some("HTTP 401".into()));
-                self.connect(now);
-            }
-            408 | 425 | 429 => self.fail(
-                now,
-                Termination::Http4xx,
-                retry_after_ms,
-                format!("HTTP {status}"),
-            ),
-            500..=599 => self.fail(
-                now,
-                Termination::Http5xx,
-                retry_after_ms,
-                format!("HTTP {status}"),
-            ),
-            400..=499 => self.fail_final(now, Termination::Http4xx, final_reason(status)),
-            _ => self.fail(
-                now,
-                Termination::ProtocolError,
-                retry_after_ms,
-                format!("HTTP {status}"),
-            ),
-        }
-    }
-
     /// Body bytes of fetch connection `conn`.
     pub fn handle_bytes(&mut self, now: Ms, conn: u64, bytes: &[u8]) {
         if !self.link.accepts(conn) {
@@ -434,41 +388,6 @@ impl Engine {
             return;
         }
         self.handle_frame(now, data);
-    }
-
-    /// Connection `conn` ended.
-    pub fn handle_closed(&mut self, now: Ms, conn: u64, cause: CloseCause) {
-        if !self.link.accepts(conn) {
-            return;
-        }
-        match cause {
-            CloseCause::Eof => self.fail(
-                now,
-                Termination::ServerClosed,
-                None,
-                "the server closed the stream".into(),
-            ),
-            CloseCause::Network => {
-                self.fail(now, Termination::NetworkError, None, "network error".into())
-            }
-            CloseCause::WsClose { code } => match ws_close_status(code) {
-                Some(status) => self.on_status(now, status, None, false),
-                None if code == 1006 => {
-                    self.fail(now, Termination::NetworkError, None, "network error".into())
-                }
-                None => self.fail(
-                    now,
-                    Termination::ServerClosed,
-                    None,
-                    format!("the server closed the socket ({code})"),
-                ),
-            },
-            CloseCause::HeadersFailed(msg) => self.fail_final(
-                now,
-                Termination::HeadersError,
-                format!("the headers option failed: {msg}"),
-            ),
-        }
     }
 
     /// Advances timers; call at (or after) [`Engine::poll_timeout`].
@@ -569,9 +488,13 @@ impl Engine {
     }
 }
 
-// ----- link side effects -------------------------------------------------------
+pub(super) fn hex_id(rng: &mut Rng) -> String {
+    format!("{:016x}", rng.next_u64())
+}
+
+// ----- side effects shared by the sub-machines --------------------------------
 impl Engine {
-    fn mark_dirty(&mut self) {
+    pub(super) fn mark_dirty(&mut self) {
         self.dirty = true;
         if !self.frame_requested {
             self.frame_requested = true;
@@ -579,129 +502,7 @@ impl Engine {
         }
     }
 
-    fn connect(&mut self, now: Ms) {
-        if self.link.live() {
-            self.end_link(now, Termination::RetryNow, None);
-        }
-        let conn = self
-            .link
-            .begin(now, self.state.cursor > 0, &self.cfg, &mut self.timers);
-        if self.link.connects > 1 {
-            self.metrics.reconnects += 1;
-            self.telemetry
-                .metric(EventClass::Counter, "stream.reconnect.total", 1.0, now, &[]);
-        }
-        self.telemetry
-            .metric(EventClass::Counter, "stream.connect.total", 1.0, now, &[]);
-        self.parser.reset_stream();
-        self.actions.push_back(Action::Connect {
-            conn,
-            resume_from: self.state.cursor,
-        });
-        self.mark_dirty();
-    }
-
-    fn opened(&mut self, now: Ms) {
-        self.link.opened(now, &self.cfg, &mut self.timers);
-        if self.cfg.transport == Transport::WebSocket {
-            self.pump_sends(now);
-        }
-        self.mark_dirty();
-    }
-
-    /// Ends the current link (if any) with `reason`: disconnect, count, span.
-    fn end_link(&mut self, now: Ms, reason: Termination, error: Option<String>) {
-        if !self.link.live() {
-            return;
-        }
-        self.actions
-            .push_back(Action::Disconnect { conn: self.link.id });
-        *self
-            .metrics
-            .terminations
-            .entry(reason.as_str().to_owned())
-            .or_insert(0) += 1;
-        self.telemetry.metric(
-            EventClass::Counter,
-            "stream.termination.total",
-            1.0,
-            now,
-            &[("reason", reason.as_str())],
-        );
-        self.end_replay();
-        if self.link.attempt.first_event_at.is_none() {
-            let ok = matches!(
-                reason,
-                Termination::RunCompleted | Termination::ClientClosed | Termination::NoContent
-            );
-            let status = if ok {
-                SpanStatus::Canceled
-            } else {
-                SpanStatus::Error
-            };
-            let f = SpanFields {
-                error_kind: Some(reason.as_str()),
-                error,
-                attempt: Some(self.link.connects),
-                ..SpanFields::new("connect", self.link.attempt.started_at, now, status)
-            };
-            self.span(self.run_trace.clone(), f);
-        }
-        self.link.ended(&mut self.timers);
-        // Held events come back with the resume's replay.
-        self.ordering.clear();
-        self.timers.clear(Timer::Gap);
-        // Only an `ack` proves a WebSocket send was delivered: the rest go again.
-        if !self.outbox.requeue_socket_sends(now).is_empty() {
-            self.timers.set_opt(Timer::Send, self.outbox.next_due());
-            self.mark_dirty();
-        }
-    }
-
-    /// A transient failure: back off and reconnect (or stop if looping / offline).
-    fn fail(&mut self, now: Ms, reason: Termination, retry_after: Option<Ms>, msg: String) {
-        self.end_link(now, reason, Some(msg.clone()));
-        self.link.last_error = Some(msg);
-        let jitter = self.rng.next_f64();
-        match self
-            .link
-            .fail(now, retry_after, jitter, &self.cfg, &mut self.timers)
-        {
-            Failure::Wait(_) | Failure::Offline => {}
-            Failure::Loop(n) => {
-                *self
-                    .metrics
-                    .terminations
-                    .entry(Termination::ErrorLoop.as_str().to_owned())
-                    .or_insert(0) += 1;
-                self.link.last_error = Some(format!(
-                    "stopped after {n} failed attempts in {} s ({}); retry to continue",
-                    (self.cfg.loop_guard_window_ms / 1000.0).round(),
-                    reason.as_str()
-                ));
-            }
-        }
-        self.mark_dirty();
-    }
-
-    fn fail_final(&mut self, now: Ms, reason: Termination, msg: String) {
-        self.end_link(now, reason, Some(msg.clone()));
-        self.link.last_error = Some(msg);
-        self.link.conn = Conn::Failed;
-        self.mark_dirty();
-    }
-
-    /// The run is finished: the stream ends for good (sends still work).
-    fn finish(&mut self, now: Ms) {
-        self.link.conn = Conn::Finished;
-        self.ordering.clear();
-        self.timers.clear(Timer::Gap);
-        self.activity.end(&mut self.timers);
-        self.after_finish(now);
-        self.mark_dirty();
-    }
-
-    fn protocol_error(&mut self, now: Ms, e: ProtocolError) {
+    pub(super) fn protocol_error(&mut self, now: Ms, e: ProtocolError) {
         self.metrics.protocol_errors += 1;
         *self
             .metrics
@@ -718,7 +519,7 @@ impl Engine {
         self.mark_dirty();
     }
 
-    fn request_persist(&mut self, now: Ms, force: bool) {
+    pub(super) fn request_persist(&mut self, now: Ms, force: bool) {
         if self
             .persist
             .due(now, self.state.cursor, force, &mut self.timers)
@@ -730,7 +531,7 @@ impl Engine {
     }
 
     /// Records a finished span if its trace is sampled: a Performance measure and a span event.
-    fn span(&mut self, trace: Option<String>, mut f: SpanFields) {
+    pub(super) fn span(&mut self, trace: Option<String>, mut f: SpanFields) {
         let Some(trace_id) = trace else { return };
         f.span_id = hex_id(&mut self.rng);
         f.trace_id = trace_id;
@@ -743,30 +544,5 @@ impl Engine {
             attrs: std::collections::BTreeMap::new(),
             span: Some(f),
         });
-    }
-}
-
-fn hex_id(rng: &mut Rng) -> String {
-    format!("{:016x}", rng.next_u64())
-}
-
-fn final_reason(status: u16) -> String {
-    match status {
-        401 => "HTTP 401: not authorized".into(),
-        403 => "HTTP 403: forbidden".into(),
-        404 => "HTTP 404: run not found".into(),
-        410 => "HTTP 410: run gone".into(),
-        s => format!("HTTP {s}"),
-    }
-}
-
-/// The HTTP status a WebSocket close code stands for, if any: 4400–4599 embed
-/// one (4401 → 401, 4404 → 404, 4503 → 503); 1008 (policy violation) is how
-/// many servers refuse a socket's credentials, read as 403.
-fn ws_close_status(code: u16) -> Option<u16> {
-    match code {
-        1008 => Some(403),
-        4400..=4599 => Some(code - 4000),
-        _ => None,
     }
 }

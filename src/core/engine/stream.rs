@@ -1,0 +1,245 @@
+//! The connection side of the coordinator: opening and ending links, what a
+//! status, a close or a failure means, and the run's end. The decisions are
+//! [`Link`](super::link::Link)'s; this file turns them into actions, metrics and spans.
+
+use super::link::{Conn, Failure};
+use super::timers::Timer;
+use super::{Action, CloseCause, Engine, Ms, Transport};
+use crate::core::metrics::{EventClass, SpanFields, SpanStatus, Termination};
+
+impl Engine {
+    /// What an HTTP status (or a WebSocket close code mapped to one) means for the stream.
+    pub(super) fn on_status(
+        &mut self,
+        now: Ms,
+        status: u16,
+        retry_after_ms: Option<Ms>,
+        event_stream: bool,
+    ) {
+        match status {
+            204 => {
+                self.end_link(now, Termination::NoContent, None);
+                self.finish(now);
+            }
+            200..=299 if event_stream => {
+                self.link.unauthorized_retried = false;
+                self.opened(now);
+            }
+            200..=299 => self.fail(
+                now,
+                Termination::ProtocolError,
+                None,
+                format!("HTTP {status} is not an event stream"),
+            ),
+            401 if !self.link.unauthorized_retried => {
+                // The headers function is called once more (a refreshed token) before giving up.
+                self.link.unauthorized_retried = true;
+                self.end_link(now, Termination::Http4xx, Some("HTTP 401".into()));
+                self.connect(now);
+            }
+            408 | 425 | 429 => self.fail(
+                now,
+                Termination::Http4xx,
+                retry_after_ms,
+                format!("HTTP {status}"),
+            ),
+            500..=599 => self.fail(
+                now,
+                Termination::Http5xx,
+                retry_after_ms,
+                format!("HTTP {status}"),
+            ),
+            400..=499 => self.fail_final(now, Termination::Http4xx, final_reason(status)),
+            _ => self.fail(
+                now,
+                Termination::ProtocolError,
+                retry_after_ms,
+                format!("HTTP {status}"),
+            ),
+        }
+    }
+
+    /// Connection `conn` ended.
+    pub fn handle_closed(&mut self, now: Ms, conn: u64, cause: CloseCause) {
+        if !self.link.accepts(conn) {
+            return;
+        }
+        match cause {
+            CloseCause::Eof => self.fail(
+                now,
+                Termination::ServerClosed,
+                None,
+                "the server closed the stream".into(),
+            ),
+            CloseCause::Network => {
+                self.fail(now, Termination::NetworkError, None, "network error".into())
+            }
+            CloseCause::WsClose { code } => match ws_close_status(code) {
+                Some(status) => self.on_status(now, status, None, false),
+                None if code == 1006 => {
+                    self.fail(now, Termination::NetworkError, None, "network error".into())
+                }
+                None => self.fail(
+                    now,
+                    Termination::ServerClosed,
+                    None,
+                    format!("the server closed the socket ({code})"),
+                ),
+            },
+            CloseCause::HeadersFailed(msg) => self.fail_final(
+                now,
+                Termination::HeadersError,
+                format!("the headers option failed: {msg}"),
+            ),
+        }
+    }
+
+    pub(super) fn connect(&mut self, now: Ms) {
+        if self.link.live() {
+            self.end_link(now, Termination::RetryNow, None);
+        }
+        let conn = self
+            .link
+            .begin(now, self.state.cursor > 0, &self.cfg, &mut self.timers);
+        if self.link.connects > 1 {
+            self.metrics.reconnects += 1;
+            self.telemetry
+                .metric(EventClass::Counter, "stream.reconnect.total", 1.0, now, &[]);
+        }
+        self.telemetry
+            .metric(EventClass::Counter, "stream.connect.total", 1.0, now, &[]);
+        self.parser.reset_stream();
+        self.actions.push_back(Action::Connect {
+            conn,
+            resume_from: self.state.cursor,
+        });
+        self.mark_dirty();
+    }
+
+    pub(super) fn opened(&mut self, now: Ms) {
+        self.link.opened(now, &self.cfg, &mut self.timers);
+        if self.cfg.transport == Transport::WebSocket {
+            self.pump_sends(now);
+        }
+        self.mark_dirty();
+    }
+
+    /// Ends the current link (if any) with `reason`: disconnect, count, span.
+    pub(super) fn end_link(&mut self, now: Ms, reason: Termination, error: Option<String>) {
+        if !self.link.live() {
+            return;
+        }
+        self.actions
+            .push_back(Action::Disconnect { conn: self.link.id });
+        *self
+            .metrics
+            .terminations
+            .entry(reason.as_str().to_owned())
+            .or_insert(0) += 1;
+        self.telemetry.metric(
+            EventClass::Counter,
+            "stream.termination.total",
+            1.0,
+            now,
+            &[("reason", reason.as_str())],
+        );
+        self.end_replay();
+        if self.link.attempt.first_event_at.is_none() {
+            let ok = matches!(
+                reason,
+                Termination::RunCompleted | Termination::ClientClosed | Termination::NoContent
+            );
+            let status = if ok {
+                SpanStatus::Canceled
+            } else {
+                SpanStatus::Error
+            };
+            let f = SpanFields {
+                error_kind: Some(reason.as_str()),
+                error,
+                attempt: Some(self.link.connects),
+                ..SpanFields::new("connect", self.link.attempt.started_at, now, status)
+            };
+            self.span(self.run_trace.clone(), f);
+        }
+        self.link.ended(&mut self.timers);
+        // Held events come back with the resume's replay.
+        self.ordering.clear();
+        self.timers.clear(Timer::Gap);
+        // Only an `ack` proves a WebSocket send was delivered: the rest go again.
+        if !self.outbox.requeue_socket_sends(now).is_empty() {
+            self.timers.set_opt(Timer::Send, self.outbox.next_due());
+            self.mark_dirty();
+        }
+    }
+
+    /// A transient failure: back off and reconnect (or stop if looping / offline).
+    pub(super) fn fail(
+        &mut self,
+        now: Ms,
+        reason: Termination,
+        retry_after: Option<Ms>,
+        msg: String,
+    ) {
+        self.end_link(now, reason, Some(msg.clone()));
+        self.link.last_error = Some(msg);
+        let jitter = self.rng.next_f64();
+        match self
+            .link
+            .fail(now, retry_after, jitter, &self.cfg, &mut self.timers)
+        {
+            Failure::Wait(_) | Failure::Offline => {}
+            Failure::Loop(n) => {
+                *self
+                    .metrics
+                    .terminations
+                    .entry(Termination::ErrorLoop.as_str().to_owned())
+                    .or_insert(0) += 1;
+                self.link.last_error = Some(format!(
+                    "stopped after {n} failed attempts in {} s ({}); retry to continue",
+                    (self.cfg.loop_guard_window_ms / 1000.0).round(),
+                    reason.as_str()
+                ));
+            }
+        }
+        self.mark_dirty();
+    }
+
+    pub(super) fn fail_final(&mut self, now: Ms, reason: Termination, msg: String) {
+        self.end_link(now, reason, Some(msg.clone()));
+        self.link.last_error = Some(msg);
+        self.link.conn = Conn::Failed;
+        self.mark_dirty();
+    }
+
+    /// The run is finished: the stream ends for good (sends still work).
+    pub(super) fn finish(&mut self, now: Ms) {
+        self.link.conn = Conn::Finished;
+        self.ordering.clear();
+        self.timers.clear(Timer::Gap);
+        self.activity.end(&mut self.timers);
+        self.after_finish(now);
+        self.mark_dirty();
+    }
+}
+
+fn final_reason(status: u16) -> String {
+    match status {
+        401 => "HTTP 401: not authorized".into(),
+        403 => "HTTP 403: forbidden".into(),
+        404 => "HTTP 404: run not found".into(),
+        410 => "HTTP 410: run gone".into(),
+        s => format!("HTTP {s}"),
+    }
+}
+
+/// The HTTP status a WebSocket close code stands for, if any: 4400–4599 embed
+/// one (4401 → 401, 4404 → 404, 4503 → 503); 1008 (policy violation) is how
+/// many servers refuse a socket's credentials, read as 403.
+fn ws_close_status(code: u16) -> Option<u16> {
+    match code {
+        1008 => Some(403),
+        4400..=4599 => Some(code - 4000),
+        _ => None,
+    }
+}
