@@ -6,7 +6,9 @@
 //! dispatch for the same bytes:
 //!
 //! - a leading UTF-8 BOM is stripped once, at the very start of the stream;
-//! - lines end with CRLF, LF or CR;
+//! - lines end with CRLF, LF or CR; a CR that ends one chunk and an LF that
+//!   starts the next non-empty chunk are one line end (CRLF), so LF CR or CR CR
+//!   are two line ends (a blank line);
 //! - lines starting with `:` are comments (reported as [`SseItem::Comment`], for liveness);
 //! - `event`, `data` (joined with LF), `id` (ignored if it contains NUL, persists
 //!   across events, empty resets) and `retry` (ASCII digits only) are honoured;
@@ -17,9 +19,15 @@
 //! (CR and LF can never be part of a multi-byte sequence, so per-line decoding
 //! equals whole-stream decoding).
 //!
-//! Buffers are bounded by `max_event_bytes`: a line or an event that grows past
-//! it is discarded up to the end of that event and reported once as
-//! [`SseItem::TooLarge`]; the parser stays usable and memory stays bounded.
+//! Buffers are bounded by `max_event_bytes` (at least 16): the bytes of the
+//! current line (any line, comments included) plus the event's decoded data and
+//! type never exceed it. An event that would grow past it is reported once as
+//! [`SseItem::TooLarge`], as soon as the bound is crossed (even mid-line), and
+//! discarded: its buffers are cleared and every line up to and including the
+//! blank line that ends it is ignored (`id` and `retry` too; lines before the
+//! crossing have already taken effect). The next event is parsed normally.
+//! Which events are discarded does not depend on how the bytes are chunked;
+//! only the count carried by `TooLarge` does.
 
 /// One event dispatched by the parser.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +49,8 @@ pub enum SseItem {
     Retry(u64),
     /// A comment line (`: hb` heartbeats); carries no data.
     Comment,
-    /// An event was discarded because it exceeded `max_event_bytes` (bytes seen so far).
+    /// An event was discarded because it exceeded `max_event_bytes` (bytes seen
+    /// when the bound was crossed, so it depends on where chunks ended).
     TooLarge(usize),
 }
 
@@ -56,7 +65,7 @@ pub struct SseParser {
     event_type: String,
     /// Last event ID buffer (persists across events).
     last_event_id: String,
-    /// True when the previous chunk ended with CR: a leading LF in the next chunk belongs to it.
+    /// True when the last non-empty chunk ended with CR: a leading LF in the next one belongs to it.
     pending_cr: bool,
     /// Number of BOM bytes matched so far at stream start; `None` once past the start.
     bom: Option<usize>,
@@ -134,7 +143,9 @@ impl SseParser {
     }
 
     fn feed_lines(&mut self, mut chunk: &[u8], out: &mut dyn FnMut(SseItem)) {
-        if self.pending_cr {
+        // A CR that ended the previous chunk pairs with an LF at the start of the
+        // next non-empty one: an empty chunk must leave it pending.
+        if self.pending_cr && !chunk.is_empty() {
             self.pending_cr = false;
             if let Some((&b'\n', rest)) = chunk.split_first() {
                 chunk = rest;
@@ -159,58 +170,78 @@ impl SseParser {
                             None => self.pending_cr = true,
                         }
                     }
-                    if self.line.is_empty() {
-                        self.line_complete(head, out);
-                    } else {
-                        self.push_partial(head, out);
-                        let line = std::mem::take(&mut self.line);
-                        self.line_complete(&line, out);
-                        self.line = line;
-                        self.line.clear();
-                    }
+                    self.end_line(head, out);
                     chunk = rest;
                 }
             }
         }
     }
 
+    /// Ends the current line, whose last bytes are `head` (earlier ones are in `self.line`).
+    fn end_line(&mut self, head: &[u8], out: &mut dyn FnMut(SseItem)) {
+        if self.line.is_empty() {
+            self.line_complete(head, out);
+        } else {
+            // Bounds-checked like any partial line (it may start discarding and clear `line`).
+            self.push_partial(head, out);
+            let line = std::mem::take(&mut self.line);
+            self.line_complete(&line, out);
+            self.line = line;
+            self.line.clear();
+        }
+    }
+
+    /// Buffers bytes of a line that has not ended yet.
     fn push_partial(&mut self, bytes: &[u8], out: &mut dyn FnMut(SseItem)) {
         if let Some(n) = self.discarding.as_mut() {
-            *n += bytes.len();
+            *n = n.saturating_add(bytes.len());
             self.discard_partial |= !bytes.is_empty();
             return;
         }
-        if self.line.len() + bytes.len() + self.data.len() > self.max_event_bytes {
-            self.start_discarding(self.line.len() + bytes.len(), out);
+        let seen = self.buffered_bytes() + bytes.len();
+        if seen > self.max_event_bytes {
+            // The line goes on: its end is not the blank line that ends the event.
+            self.start_discarding(seen, true, out);
             return;
         }
         self.line.extend_from_slice(bytes);
     }
 
-    fn start_discarding(&mut self, extra: usize, out: &mut dyn FnMut(SseItem)) {
-        let seen = self.data.len() + extra;
+    /// Drops the current event, reports it once, and skips input up to its blank line.
+    ///
+    /// `mid_line`: the bound was crossed before the current line ended (so that
+    /// line's end is not a blank line); false when crossed by a complete line.
+    fn start_discarding(&mut self, seen: usize, mid_line: bool, out: &mut dyn FnMut(SseItem)) {
         self.line.clear();
         self.line.shrink_to(4096);
         self.data.clear();
         self.data.shrink_to(4096);
         self.event_type.clear();
         self.discarding = Some(seen);
-        self.discard_partial = true;
+        self.discard_partial = mid_line;
         out(SseItem::TooLarge(seen));
     }
 
+    /// Interprets one complete line (its bytes are not in `self.line`).
     fn line_complete(&mut self, line: &[u8], out: &mut dyn FnMut(SseItem)) {
         if let Some(n) = self.discarding.as_mut() {
             if line.is_empty() && !self.discard_partial {
                 self.discarding = None;
             } else {
-                *n += line.len();
+                *n = n.saturating_add(line.len());
             }
             self.discard_partial = false;
             return;
         }
         if line.is_empty() {
             self.dispatch(out);
+            return;
+        }
+        // The same test `push_partial` applies byte by byte, so whether a line
+        // crosses the bound does not depend on how it was chunked.
+        let seen = self.buffered_bytes() + line.len();
+        if seen > self.max_event_bytes {
+            self.start_discarding(seen, false, out);
             return;
         }
         if line.first() == Some(&b':') {
@@ -226,14 +257,25 @@ impl SseParser {
             }
             None => (line, &[][..]),
         };
+        // Decoded text can outgrow its bytes (U+FFFD is 3 bytes), hence the checks below.
         match field {
-            b"event" => self.event_type = String::from_utf8_lossy(value).into_owned(),
-            b"data" => {
-                if self.data.len() + value.len() + 1 > self.max_event_bytes {
-                    self.start_discarding(value.len(), out);
+            b"event" => {
+                let value = String::from_utf8_lossy(value);
+                let seen = self.data.len() + value.len();
+                if seen > self.max_event_bytes {
+                    self.start_discarding(seen, false, out);
                     return;
                 }
-                self.data.push_str(&String::from_utf8_lossy(value));
+                self.event_type = value.into_owned();
+            }
+            b"data" => {
+                let value = String::from_utf8_lossy(value);
+                let seen = self.data.len() + self.event_type.len() + value.len() + 1;
+                if seen > self.max_event_bytes {
+                    self.start_discarding(seen, false, out);
+                    return;
+                }
+                self.data.push_str(&value);
                 self.data.push('\n');
             }
             b"id" if !value.contains(&0) => {
@@ -455,6 +497,99 @@ mod tests {
         p.feed(b"\ndata: ok\n\n", &mut |i| items.push(i));
         assert!(items.iter().any(|i| matches!(i, SseItem::TooLarge(_))));
         assert_eq!(events(&items), vec![ev("message", "ok", "")]);
+    }
+
+    /// Feeds `bytes` in pieces of `step` bytes to a parser bounded at `max`.
+    fn parse_in_steps(max: usize, bytes: &[u8], step: usize) -> Vec<SseItem> {
+        let mut p = SseParser::new(max);
+        let mut items = Vec::new();
+        for c in bytes.chunks(step) {
+            p.feed(c, &mut |i| items.push(i));
+            assert!(p.buffered_bytes() <= max);
+        }
+        items
+    }
+
+    /// Exactly one `TooLarge` (reporting more than `max` bytes) followed by one event "ok".
+    fn assert_too_large_then_ok(items: &[SseItem], max: usize) {
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert!(
+            matches!(items[0], SseItem::TooLarge(n) if n > max),
+            "{items:?}"
+        );
+        assert_eq!(events(items), vec![ev("message", "ok", "")]);
+    }
+
+    #[test]
+    fn oversized_complete_line_does_not_swallow_next_event() {
+        let mut input = b"data: ".to_vec();
+        input.extend_from_slice(&[b'x'; 100]);
+        input.extend_from_slice(b"\n\ndata: ok\n\n");
+        assert_too_large_then_ok(&parse_in_steps(64, &input, input.len()), 64);
+    }
+
+    #[test]
+    fn bound_hit_mid_line_split_across_many_chunks() {
+        let mut input = b"data: ".to_vec();
+        input.extend_from_slice(&[b'x'; 100]);
+        input.extend_from_slice(b"\r\n\r\ndata: ok\r\n\r\n");
+        for step in 1..=input.len() {
+            assert_too_large_then_ok(&parse_in_steps(64, &input, step), 64);
+        }
+    }
+
+    #[test]
+    fn bound_hit_by_many_short_data_lines_discards_up_to_blank_line() {
+        // Five lines fit in 64 bytes; the sixth (the event's last) crosses the bound.
+        let mut input = b"data: 0123456789\n".repeat(6);
+        input.extend_from_slice(b"\ndata: ok\n\n");
+        for step in 1..=input.len() {
+            assert_too_large_then_ok(&parse_in_steps(64, &input, step), 64);
+        }
+        // Lines after the one that crossed the bound are discarded too, `id` included.
+        let mut input = b"data: 0123456789\n".repeat(6);
+        input.extend_from_slice(b"id: 9\ndata: more\n: c\n\ndata: ok\n\n");
+        for step in 1..=input.len() {
+            assert_too_large_then_ok(&parse_in_steps(64, &input, step), 64);
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_expanding_past_the_bound_is_discarded() {
+        // 46 bytes on the wire, but 40 x U+FFFD is 120 bytes of data.
+        let mut input = b"data: ".to_vec();
+        input.extend_from_slice(&[0xFF; 40]);
+        input.extend_from_slice(b"\n\ndata: ok\n\n");
+        for step in 1..=input.len() {
+            assert_too_large_then_ok(&parse_in_steps(64, &input, step), 64);
+        }
+    }
+
+    #[test]
+    fn empty_chunk_keeps_pending_cr() {
+        let items = parse_chunks(&[b"data: a\r", b"", b"\ndata: b\n\n"]);
+        assert_eq!(events(&items), vec![ev("message", "a\nb", "")]);
+    }
+
+    #[test]
+    fn line_ends_cr_lf_crlf_and_split_crlf_at_every_cut() {
+        // LF CR is two line ends (a blank line); CR CR too; CRLF is one.
+        let input = b"data: a\n\rdata: b\r\rdata: c\r\ndata: d\r\n\r\n";
+        let want = vec![
+            ev("message", "a", ""),
+            ev("message", "b", ""),
+            ev("message", "c\nd", ""),
+        ];
+        assert_eq!(events(&parse_chunks(&[input])), want);
+        for i in 0..=input.len() {
+            for j in i..=input.len() {
+                let (a, rest) = input.split_at(i);
+                let (b, c) = rest.split_at(j - i);
+                // Empty pieces included, on purpose.
+                let items = parse_chunks(&[a, b"", b, b"", c]);
+                assert_eq!(events(&items), want, "cuts at {i} and {j}");
+            }
+        }
     }
 
     #[test]
