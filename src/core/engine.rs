@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use super::envelope::{decode_envelope, decode_envelope_value, Envelope, EventKind, ProtocolError};
 use super::metrics::{
-    EventClass, MessageMetrics, RunMetrics, RuntimeEvent, SpanFields, SpanStatus, Telemetry,
-    Termination, MAX_MESSAGE_METRICS,
+    EventClass, MessageMetrics, Metric, RunMetrics, RuntimeEvent, SpanFields, SpanStatus,
+    Telemetry, Termination, MAX_MESSAGE_METRICS,
 };
 use super::rng::Rng;
 use super::sse::{SseItem, SseParser};
@@ -1182,7 +1182,7 @@ impl Engine {
         if self.frame_events > 0 {
             let n = self.frame_events as f64;
             self.telemetry
-                .metric(EventClass::Histogram, "ui.flush.events", n, now, &[]);
+                .metric(EventClass::Histogram, Metric::UiFlushEvents, n, now, &[]);
             self.frame_events = 0;
         }
         true
@@ -1217,10 +1217,10 @@ impl Engine {
         if self.connects > 1 {
             self.metrics.reconnects += 1;
             self.telemetry
-                .metric(EventClass::Counter, "stream.reconnect.total", 1.0, now, &[]);
+                .metric(EventClass::Counter, Metric::Reconnect, 1.0, now, &[]);
         }
         self.telemetry
-            .metric(EventClass::Counter, "stream.connect.total", 1.0, now, &[]);
+            .metric(EventClass::Counter, Metric::Connect, 1.0, now, &[]);
         self.conn = Conn::Connecting { since: now };
         self.tick_at = None;
         self.parser.reset_stream();
@@ -1260,7 +1260,7 @@ impl Engine {
             .or_insert(0) += 1;
         self.telemetry.metric(
             EventClass::Counter,
-            "stream.termination.total",
+            Metric::Termination,
             1.0,
             now,
             &[("reason", reason.as_str())],
@@ -1378,7 +1378,7 @@ impl Engine {
             .or_insert(0) += 1;
         self.telemetry.metric(
             EventClass::Counter,
-            "stream.protocol_error.total",
+            Metric::ProtocolError,
             1.0,
             now,
             &[("kind", e.kind())],
@@ -1398,7 +1398,7 @@ impl Engine {
             self.metrics.time_to_first_event_ms = Some(ttfe);
             self.telemetry.metric(
                 EventClass::Histogram,
-                "stream.time_to_first_event_ms",
+                Metric::TimeToFirstEvent,
                 ttfe,
                 now,
                 &[],
@@ -1424,7 +1424,7 @@ impl Engine {
         let n = self.link.replayed;
         self.telemetry.metric(
             EventClass::Histogram,
-            "stream.replay.events",
+            Metric::ReplayEvents,
             n as f64,
             end,
             &[],
@@ -1474,13 +1474,8 @@ impl Engine {
         let cursor = self.state.cursor;
         if id <= cursor || self.buffer.contains_key(&id) {
             self.metrics.duplicates_dropped += 1;
-            self.telemetry.metric(
-                EventClass::Counter,
-                "stream.event.duplicate.total",
-                1.0,
-                now,
-                &[],
-            );
+            self.telemetry
+                .metric(EventClass::Counter, Metric::Duplicate, 1.0, now, &[]);
             self.mark_dirty();
             return;
         }
@@ -1494,13 +1489,8 @@ impl Engine {
             return;
         }
         self.metrics.out_of_order += 1;
-        self.telemetry.metric(
-            EventClass::Counter,
-            "stream.event.out_of_order.total",
-            1.0,
-            now,
-            &[],
-        );
+        self.telemetry
+            .metric(EventClass::Counter, Metric::OutOfOrder, 1.0, now, &[]);
         self.buffer.insert(id, kind);
         if self.gap_deadline.is_none() {
             self.gap_deadline = Some(now + self.cfg.gap_timeout_ms);
@@ -1555,7 +1545,7 @@ impl Engine {
                 if !ok {
                     self.metrics.tool_errors += 1;
                     self.telemetry
-                        .metric(EventClass::Counter, "tool.error.total", 1.0, now, &[]);
+                        .metric(EventClass::Counter, Metric::ToolError, 1.0, now, &[]);
                 }
             }
             Applied::Token { reply_to } => {
@@ -1570,7 +1560,7 @@ impl Engine {
                             m.ttft_ms = Some(ttft);
                             self.telemetry.metric(
                                 EventClass::Histogram,
-                                "message.ttft_ms",
+                                Metric::MessageTtft,
                                 ttft,
                                 now,
                                 &[],
@@ -1590,7 +1580,7 @@ impl Engine {
                     let (ttfb, ttft) = (m.ttfb_ms, m.ttft_ms);
                     self.telemetry.metric(
                         EventClass::Histogram,
-                        "message.duration_ms",
+                        Metric::MessageDuration,
                         d,
                         now,
                         &[],
@@ -1770,7 +1760,7 @@ impl Engine {
                 let v = now - sent;
                 m.ttfb_ms = Some(v);
                 self.telemetry
-                    .metric(EventClass::Histogram, "message.ttfb_ms", v, now, &[]);
+                    .metric(EventClass::Histogram, Metric::MessageTtfb, v, now, &[]);
             }
         }
     }
