@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use runstream::core::envelope::decode_envelope;
 use runstream::core::state::{Parked, RunState};
+use runstream::core::wire::{SnapshotBody, WireEnvelope};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -55,8 +57,8 @@ pub const MAX_RECORDED: usize = 200_000;
 /// One run.
 pub struct Run {
     pub id: String,
-    /// Retained envelopes; `log[0]` has id `first_id`.
-    log: VecDeque<Arc<str>>,
+    /// Retained envelopes (JSON text); `log[0]` has id `first_id`.
+    log: VecDeque<Arc<RawValue>>,
     first_id: u64,
     last_id: u64,
     /// State after all events (what the snapshot endpoint returns).
@@ -92,7 +94,7 @@ pub enum RunKind {
 /// What a resume gets: an optional snapshot, then events from the window.
 pub struct Replay {
     pub snapshot: Option<(u64, Value)>,
-    pub events: Vec<Arc<str>>,
+    pub events: Vec<Arc<RawValue>>,
     pub next: u64,
     pub done: bool,
 }
@@ -132,19 +134,22 @@ impl Run {
     }
 
     /// The snapshot endpoint body.
-    pub fn snapshot(&self) -> Value {
-        json!({"run_id": self.id, "event_id": self.last_id, "state": self.state.to_wire()})
+    pub fn snapshot(&self) -> SnapshotBody {
+        SnapshotBody::new(&self.id, self.last_id, &self.state)
     }
 
     /// Appends one event (dense id), updates the reduced state; returns the id.
     pub fn append(&mut self, ty: &str, payload: Value) -> u64 {
         let id = self.last_id + 1;
-        let text = json!({
-            "event_id": id, "run_id": self.id, "type": ty,
-            "timestamp": rfc3339_now(), "payload": payload,
-        })
-        .to_string();
-        if let Ok(env) = decode_envelope(&text, &self.id) {
+        let text = WireEnvelope {
+            event_id: id,
+            run_id: self.id.clone(),
+            event_type: ty.to_owned(),
+            timestamp: rfc3339_now(),
+            payload,
+        }
+        .to_raw();
+        if let Ok(env) = decode_envelope(text.get(), &self.id) {
             let mut out = Vec::new();
             let _ = self
                 .state
@@ -176,7 +181,7 @@ impl Run {
         let mut out = Vec::new();
         while self.first_id < keep_from {
             if let Some(text) = self.log.pop_front() {
-                if let Ok(env) = decode_envelope(&text, &self.id) {
+                if let Ok(env) = decode_envelope(text.get(), &self.id) {
                     let _ = state.apply(env.event_id, env.kind, &mut parked, 4096, &mut out);
                 }
             }
@@ -198,7 +203,7 @@ impl Run {
         }
         let start = next.max(self.first_id);
         let skip = (start - self.first_id) as usize;
-        let events: Vec<Arc<str>> = self.log.iter().skip(skip).cloned().collect();
+        let events: Vec<Arc<RawValue>> = self.log.iter().skip(skip).cloned().collect();
         Replay {
             snapshot,
             events,

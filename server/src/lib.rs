@@ -19,7 +19,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use runstream::core::rng::Rng;
+use runstream::core::wire::{
+    Accepted, ClientOp, ErrorCode, SendBody, ServerOp, WireEnvelope, WireError,
+};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tower_http::cors::CorsLayer;
@@ -101,7 +105,7 @@ impl Drop for OpenGuard {
 /// What a producer emits; SSE and WebSocket format it differently.
 enum Frame {
     Retry(u64),
-    Event(Arc<str>),
+    Event(Arc<RawValue>),
     Snapshot(u64, Value),
     Heartbeat,
     Malformed(Vec<u8>),
@@ -166,7 +170,7 @@ async fn produce(
     }
     let mut cursor = last;
     let mut sent: u64 = 0;
-    let mut held: Option<Arc<str>> = None;
+    let mut held: Option<Arc<RawValue>> = None;
     loop {
         notify.borrow_and_update();
         let rep = lock(&run).replay(cursor);
@@ -227,14 +231,13 @@ fn sse_bytes(hub: &Hub, run_id: &str, f: Frame) -> bytes::Bytes {
         Frame::Retry(ms) => format!("retry: {ms}\n\n").into_bytes(),
         Frame::Heartbeat => b": hb\n\n".to_vec(),
         Frame::Event(ev) => {
-            hub.record(run_id, "sse", &ev);
-            let (id, ty) = id_and_type(&ev);
+            let ev = ev.get();
+            hub.record(run_id, "sse", ev);
+            let (id, ty) = id_and_type(ev);
             format!("id: {id}\nevent: {ty}\ndata: {ev}\n\n").into_bytes()
         }
         Frame::Snapshot(id, st) => {
-            let ev = json!({"event_id": id, "run_id": run_id, "type": "snapshot",
-                "timestamp": hub::rfc3339_now(), "payload": {"state": st}})
-            .to_string();
+            let ev = WireEnvelope::snapshot(run_id, id, hub::rfc3339_now(), st).encode();
             hub.record(run_id, "sse", &ev);
             format!("id: {id}\nevent: snapshot\ndata: {ev}\n\n").into_bytes()
         }
@@ -356,8 +359,18 @@ async fn ws(State(app): State<App>, up: WebSocketUpgrade) -> Response {
         .on_upgrade(move |socket| ws_session(app, socket))
 }
 
-fn ws_text(v: Value) -> Message {
-    Message::Text(v.to_string().into())
+fn ws_text(op: &ServerOp) -> Message {
+    Message::Text(op.encode().into())
+}
+
+/// A `bad_request` error frame (not about a run or a send).
+fn bad_request(message: String) -> Message {
+    ws_text(&ServerOp::Error {
+        run_id: None,
+        code: ErrorCode::BadRequest,
+        message,
+        client_request_id: None,
+    })
 }
 
 async fn ws_session(app: App, socket: WebSocket) {
@@ -387,40 +400,52 @@ async fn ws_session(app: App, socket: WebSocket) {
             _ = kill.notified() => break "chaos_drop",
         };
         let text = match msg {
-            Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+            Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Binary(_))) => {
-                let _ = tx.send(ws_text(json!({"op": "error", "code": "bad_request", "message": "binary frames are not part of the protocol"}))).await;
+                let _ = tx
+                    .send(bad_request(
+                        "binary frames are not part of the protocol".into(),
+                    ))
+                    .await;
                 continue;
             }
             Some(Ok(Message::Close(_))) | None => break "client_closed",
             Some(Err(_)) => break "network_error",
             Some(Ok(_)) => continue,
         };
-        let Ok(v) = serde_json::from_str::<Value>(&text) else {
-            let _ = tx
-                .send(ws_text(
-                    json!({"op": "error", "code": "bad_request", "message": "not JSON"}),
-                ))
-                .await;
-            continue;
-        };
-        let run_id = v
-            .get("run_id")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        match v.get("op").and_then(Value::as_str).unwrap_or("") {
-            "ping" => {
-                let _ = tx
-                    .send(ws_text(
-                        json!({"op": "pong", "t": v.get("t").cloned().unwrap_or(Value::Null)}),
-                    ))
-                    .await;
+        let op = match ClientOp::decode(text.as_str()) {
+            Ok(op) => op,
+            Err(e) => {
+                let message = match e {
+                    WireError::NotJson(_) => "not JSON".to_owned(),
+                    WireError::NotObject | WireError::MissingOp | WireError::UnknownOp(_) => {
+                        "unknown op".to_owned()
+                    }
+                    WireError::Invalid(_) => e.to_string(),
+                };
+                let _ = tx.send(bad_request(message)).await;
+                continue;
             }
-            "subscribe" => {
-                let last = v.get("last_event_id").and_then(Value::as_u64).unwrap_or(0);
+        };
+        match op {
+            ClientOp::Ping { t } => {
+                let _ = tx.send(ws_text(&ServerOp::Pong { t })).await;
+            }
+            ClientOp::Subscribe {
+                run_id,
+                last_event_id,
+                headers: _,
+            } => {
+                let last = last_event_id.unwrap_or(0);
                 let Some((run, notify)) = hub.get(&run_id) else {
-                    let _ = tx.send(ws_text(json!({"op": "error", "run_id": run_id, "code": "not_found", "message": "unknown run"}))).await;
+                    let _ = tx
+                        .send(ws_text(&ServerOp::Error {
+                            run_id: Some(run_id),
+                            code: ErrorCode::NotFound,
+                            message: "unknown run".into(),
+                            client_request_id: None,
+                        }))
+                        .await;
                     continue;
                 };
                 if let Some(h) = subs.remove(&run_id) {
@@ -429,9 +454,10 @@ async fn ws_session(app: App, socket: WebSocket) {
                 let binary = lock(&run).chaos.binary_frame;
                 let (guard, conn_index) = OpenGuard::new(&run);
                 let _ = tx
-                    .send(ws_text(
-                        json!({"op": "subscribed", "run_id": run_id, "replay_from": last + 1}),
-                    ))
+                    .send(ws_text(&ServerOp::Subscribed {
+                        run_id: run_id.clone(),
+                        replay_from: last + 1,
+                    }))
                     .await;
                 if binary {
                     let _ = tx.send(Message::Binary(vec![0u8, 1, 2, 3].into())).await;
@@ -444,17 +470,17 @@ async fn ws_session(app: App, socket: WebSocket) {
                 let kill2 = kill.clone();
                 let hub2 = hub.clone();
                 let rid = run_id.clone();
-                subs.insert(run_id.clone(), tokio::spawn(async move {
+                subs.insert(run_id, tokio::spawn(async move {
                     let _guard = guard;
                     let (ftx, mut frx) = mpsc::channel::<Frame>(256);
                     let producer = tokio::spawn(produce(hub2.clone(), run.clone(), notify, last, ftx, conn_index));
                     while let Some(f) = frx.recv().await {
                         let m = match f {
                             Frame::Event(ev) => {
-                                hub2.record(&rid, "websocket", &ev);
-                                Message::Text(format!(r#"{{"op":"event","event":{ev}}}"#).into())
+                                hub2.record(&rid, "websocket", ev.get());
+                                ws_text(&ServerOp::Event { event: (*ev).to_owned() })
                             }
-                            Frame::Snapshot(id, st) => ws_text(json!({"op": "snapshot", "run_id": rid, "event_id": id, "state": st})),
+                            Frame::Snapshot(id, st) => ws_text(&ServerOp::Snapshot { run_id: rid.clone(), event_id: id, state: st }),
                             Frame::Malformed(b) => match String::from_utf8(b) {
                                 Ok(s) => Message::Text(s.into()),
                                 Err(e) => Message::Binary(e.into_bytes().into()),
@@ -472,43 +498,31 @@ async fn ws_session(app: App, socket: WebSocket) {
                     log("stream.close", json!({"conn": conn, "run_id": rid, "transport": "websocket", "reason": reason}));
                 }));
             }
-            "unsubscribe" => {
+            ClientOp::Unsubscribe { run_id } => {
                 if let Some(h) = subs.remove(&run_id) {
                     h.abort();
                 }
             }
-            "send" => {
-                let session = v
-                    .get("session_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned();
-                let crid = v
-                    .get("client_request_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned();
-                let content = v
-                    .get("content")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned();
-                let reply = match accept_send(&hub, &session, &crid, &content) {
-                    Ok((mid, rid)) => {
-                        json!({"op": "ack", "client_request_id": crid, "message_id": mid, "run_id": rid})
-                    }
-                    Err(e) => {
-                        json!({"op": "error", "client_request_id": crid, "code": "bad_request", "message": e})
-                    }
+            ClientOp::Send {
+                session_id,
+                client_request_id,
+                content,
+                headers: _,
+            } => {
+                let reply = match accept_send(&hub, &session_id, &client_request_id, &content) {
+                    Ok(Accepted { message_id, run_id }) => ServerOp::Ack {
+                        client_request_id,
+                        message_id,
+                        run_id,
+                    },
+                    Err(message) => ServerOp::Error {
+                        run_id: None,
+                        code: ErrorCode::BadRequest,
+                        message,
+                        client_request_id: Some(client_request_id),
+                    },
                 };
-                let _ = tx.send(ws_text(reply)).await;
-            }
-            _ => {
-                let _ = tx
-                    .send(ws_text(
-                        json!({"op": "error", "code": "bad_request", "message": "unknown op"}),
-                    ))
-                    .await;
+                let _ = tx.send(ws_text(&reply)).await;
             }
         }
     };
@@ -525,7 +539,8 @@ async fn ws_session(app: App, socket: WebSocket) {
 async fn snapshot(State(app): State<App>, Path(run_id): Path<String>) -> Response {
     match app.hub.get(&run_id) {
         Some((run, _)) => {
-            let mut resp = Json(lock(&run).snapshot()).into_response();
+            let body = lock(&run).snapshot();
+            let mut resp = Json(body).into_response();
             resp.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
@@ -540,7 +555,7 @@ fn accept_send(
     session: &str,
     crid: &str,
     content: &str,
-) -> Result<(String, String), String> {
+) -> Result<Accepted, String> {
     if session.is_empty() || session.len() > 128 {
         return Err("session_id must be 1 to 128 characters".into());
     }
@@ -556,18 +571,12 @@ fn accept_send(
         Chaos::default(),
         1.0,
     );
-    let (mid, rid, fresh) = lock(&run).send(crid, content);
+    let (message_id, run_id, fresh) = lock(&run).send(crid, content);
     hub.notify(&id);
     if fresh {
         scenario::reply(hub.clone(), id, crid.to_owned(), content.to_owned());
     }
-    Ok((mid, rid))
-}
-
-#[derive(Deserialize)]
-struct SendBody {
-    client_request_id: String,
-    content: String,
+    Ok(Accepted { message_id, run_id })
 }
 
 async fn chat_send(
@@ -583,11 +592,7 @@ async fn chat_send(
             .into_response();
     };
     match accept_send(&app.hub, &session, &b.client_request_id, &b.content) {
-        Ok((mid, rid)) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"message_id": mid, "run_id": rid})),
-        )
-            .into_response(),
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
     }
 }

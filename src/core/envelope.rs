@@ -66,6 +66,9 @@ pub enum ProtocolError {
     /// A `snapshot` body (event or endpoint) that does not have the §6 shape.
     #[error("invalid snapshot: {0}")]
     BadSnapshot(String),
+    /// A WebSocket frame of a known op with a missing or mistyped field.
+    #[error("invalid WebSocket frame: {0}")]
+    InvalidFrame(String),
     /// More job-only events were parked than the bound allows; the oldest was dropped.
     #[error("parked job-only event dropped: the parking bound was reached")]
     ParkOverflow,
@@ -87,6 +90,7 @@ impl ProtocolError {
             Self::TooLarge(_) => "too_large",
             Self::BinaryFrame => "binary_frame",
             Self::UnknownOp => "unknown_op",
+            Self::InvalidFrame(_) => "invalid_frame",
             Self::BadSnapshot(_) => "bad_snapshot",
             Self::ParkOverflow => "park_overflow",
         }
@@ -575,6 +579,18 @@ pub fn is_rfc3339(s: &str) -> bool {
                 && num(i + 4..i + 6) <= 59
         }
         _ => false,
+    }
+}
+
+impl From<crate::core::wire::WireError> for ProtocolError {
+    fn from(e: crate::core::wire::WireError) -> Self {
+        use crate::core::wire::WireError;
+        match e {
+            WireError::NotJson(m) => Self::NotJson(m),
+            WireError::NotObject => Self::NotObject,
+            WireError::MissingOp | WireError::UnknownOp(_) => Self::UnknownOp,
+            WireError::Invalid(m) => Self::InvalidFrame(m),
+        }
     }
 }
 

@@ -118,6 +118,83 @@ impl Termination {
     }
 }
 
+/// A metric name (the metric table of `docs/TELEMETRY.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// `stream.connect.total` (counter): a connection attempt starts.
+    Connect,
+    /// `stream.reconnect.total` (counter): an attempt after the first starts.
+    Reconnect,
+    /// `stream.termination.total` (counter, attr `reason`): a connection ends.
+    Termination,
+    /// `stream.time_to_first_event_ms` (histogram): the first valid event of a (re)subscribe.
+    TimeToFirstEvent,
+    /// `stream.replay.events` (histogram): events of a finished replay phase.
+    ReplayEvents,
+    /// `stream.event.duplicate.total` (counter): an event dropped as a duplicate.
+    Duplicate,
+    /// `stream.event.out_of_order.total` (counter): an event waits beyond a gap.
+    OutOfOrder,
+    /// `stream.protocol_error.total` (counter, attr `kind`): a frame/event fails validation.
+    ProtocolError,
+    /// `tool.error.total` (counter): a tool call completed with an error.
+    ToolError,
+    /// `message.ttfb_ms` (histogram): send → accepted.
+    MessageTtfb,
+    /// `message.ttft_ms` (histogram): send → first token of the reply.
+    MessageTtft,
+    /// `message.duration_ms` (histogram): send → reply completed or failed.
+    MessageDuration,
+    /// `ui.flush.events` (histogram): events applied since the previous frame.
+    UiFlushEvents,
+    /// `stream.event.unknown.total` (counter): an event of a type this client does not know.
+    UnknownEvent,
+    /// `stream.gap.skipped.total` (counter, value = ids skipped): a gap nothing could fill.
+    GapSkipped,
+}
+
+impl Metric {
+    /// Every metric, in the order of the table.
+    pub const ALL: [Metric; 15] = [
+        Self::Connect,
+        Self::Reconnect,
+        Self::Termination,
+        Self::TimeToFirstEvent,
+        Self::ReplayEvents,
+        Self::Duplicate,
+        Self::OutOfOrder,
+        Self::ProtocolError,
+        Self::ToolError,
+        Self::MessageTtfb,
+        Self::MessageTtft,
+        Self::MessageDuration,
+        Self::UiFlushEvents,
+        Self::UnknownEvent,
+        Self::GapSkipped,
+    ];
+
+    /// The stable name, as in `RuntimeEvent::name`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "stream.connect.total",
+            Self::Reconnect => "stream.reconnect.total",
+            Self::Termination => "stream.termination.total",
+            Self::TimeToFirstEvent => "stream.time_to_first_event_ms",
+            Self::ReplayEvents => "stream.replay.events",
+            Self::Duplicate => "stream.event.duplicate.total",
+            Self::OutOfOrder => "stream.event.out_of_order.total",
+            Self::ProtocolError => "stream.protocol_error.total",
+            Self::ToolError => "tool.error.total",
+            Self::MessageTtfb => "message.ttfb_ms",
+            Self::MessageTtft => "message.ttft_ms",
+            Self::MessageDuration => "message.duration_ms",
+            Self::UiFlushEvents => "ui.flush.events",
+            Self::UnknownEvent => "stream.event.unknown.total",
+            Self::GapSkipped => "stream.gap.skipped.total",
+        }
+    }
+}
+
 /// What kind of raw telemetry event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -257,7 +334,7 @@ impl Telemetry {
     pub fn metric(
         &mut self,
         kind: EventClass,
-        name: &'static str,
+        name: Metric,
         value: f64,
         ts: f64,
         attrs: &[(&'static str, &str)],
@@ -267,7 +344,7 @@ impl Telemetry {
         }
         self.push(RuntimeEvent {
             kind,
-            name,
+            name: name.name(),
             value,
             ts,
             attrs: attrs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
@@ -298,14 +375,29 @@ mod tests {
     #[test]
     fn telemetry_is_bounded_drop_oldest_and_off_by_default() {
         let mut t = Telemetry::new(2);
-        t.metric(EventClass::Counter, "a", 1.0, 0.0, &[]);
+        t.metric(EventClass::Counter, Metric::Connect, 1.0, 0.0, &[]);
         assert!(t.is_empty());
         t.enabled = true;
         for i in 0..5 {
-            t.metric(EventClass::Counter, "a", f64::from(i), 0.0, &[]);
+            t.metric(EventClass::Counter, Metric::Connect, f64::from(i), 0.0, &[]);
         }
         assert_eq!(t.len(), 2);
         assert_eq!(t.dropped, 3);
         assert_eq!(t.pop().map(|e| e.value), Some(3.0));
+    }
+
+    #[test]
+    fn metric_names_are_distinct_and_documented() {
+        let doc = include_str!("../../docs/TELEMETRY.md");
+        let mut names: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+        for n in &names {
+            assert!(
+                doc.contains(&format!("| `{n}` |")),
+                "{n} missing from TELEMETRY.md"
+            );
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Metric::ALL.len());
     }
 }

@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod rng;
 pub mod sse;
 pub mod state;
+pub mod wire;

@@ -2,17 +2,14 @@
 //! snapshots, gap repair, and what an applied event means for the other
 //! sub-machines (activity, outbox, link, metrics).
 
-use serde_json::Value;
-
 use super::link::Conn;
 use super::ordering::{GapRepair, Offer};
 use super::timers::Timer;
 use super::{Action, Engine, Ms, Transport};
-use crate::core::envelope::{
-    decode_envelope, decode_envelope_value, Envelope, EventKind, ProtocolError, MAX_EVENT_ID,
-};
-use crate::core::metrics::{EventClass, SpanFields, SpanStatus, Termination};
+use crate::core::envelope::{decode_envelope, Envelope, EventKind, ProtocolError, MAX_EVENT_ID};
+use crate::core::metrics::{EventClass, Metric, SpanFields, SpanStatus, Termination};
 use crate::core::state::{Applied, RunState};
+use crate::core::wire::{ClientOp, ErrorCode, ServerOp, SnapshotBody};
 
 impl Engine {
     /// WebSocket connection `conn` is open: subscribe (resuming from the cursor).
@@ -24,16 +21,7 @@ impl Engine {
             return;
         }
         self.link.saw_byte(now, &self.cfg, &mut self.timers);
-        self.ws_headers = if headers.is_empty() {
-            None
-        } else {
-            Some(
-                headers
-                    .into_iter()
-                    .map(|(k, v)| (k, Value::String(v)))
-                    .collect(),
-            )
-        };
+        self.ws_headers = (!headers.is_empty()).then(|| headers.into_iter().collect());
         if self.state.is_finished() {
             // A socket opened only to deliver sends after the run finished: no subscribe.
             self.opened(now);
@@ -53,27 +41,32 @@ impl Engine {
             self.protocol_error(now, ProtocolError::TooLarge(text.len()));
             return;
         }
-        let v: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => return self.protocol_error(now, ProtocolError::NotJson(e.to_string())),
+        let op = match ServerOp::decode(text) {
+            Ok(op) => op,
+            Err(e) => return self.protocol_error(now, ProtocolError::from(e)),
         };
-        let op = v.get("op").and_then(Value::as_str).unwrap_or("").to_owned();
-        match op.as_str() {
-            "event" => {
+        match op {
+            ServerOp::Event { event } => {
                 if self.link.conn == Conn::Connecting {
                     self.opened(now);
                 }
-                let Some(ev) = v.get("event").cloned() else {
-                    return self.protocol_error(now, ProtocolError::MissingField("event"));
-                };
-                let r = decode_envelope_value(ev, &self.cfg.run_id);
+                let r = decode_envelope(event.get(), &self.cfg.run_id);
                 self.handle_decoded(now, r);
             }
-            "snapshot" => {
+            ServerOp::Snapshot {
+                run_id,
+                event_id,
+                state,
+            } => {
                 if self.link.conn == Conn::Connecting {
                     self.opened(now);
                 }
-                match parse_snapshot_body(v, &self.cfg.run_id) {
+                let body = SnapshotBody {
+                    run_id,
+                    event_id,
+                    state,
+                };
+                match snapshot_of(body, &self.cfg.run_id) {
                     Ok((id, st)) => {
                         self.note_event_arrival(now);
                         self.apply_snapshot(now, id, st)
@@ -81,33 +74,27 @@ impl Engine {
                     Err(e) => self.protocol_error(now, e),
                 }
             }
-            "subscribed" => {
+            ServerOp::Subscribed { .. } => {
                 if self.link.conn == Conn::Connecting {
                     self.opened(now);
                 }
             }
-            "pong" => {}
-            "ack" => {
-                if let Some(crid) = v.get("client_request_id").and_then(Value::as_str) {
-                    let crid = crid.to_owned();
-                    self.send_accepted(now, &crid, v.get("message_id").and_then(Value::as_str));
-                }
-            }
-            "error" => {
-                let code = v.get("code").and_then(Value::as_str).unwrap_or("");
-                let msg: String = v
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .chars()
-                    .take(200)
-                    .collect();
-                match v.get("client_request_id").and_then(Value::as_str) {
-                    Some(crid) => {
-                        let crid = crid.to_owned();
-                        self.send_failed_final(now, &crid, format!("{code}: {msg}"));
-                    }
-                    None if code == "not_found" => {
+            ServerOp::Pong { .. } => {}
+            ServerOp::Ack {
+                client_request_id,
+                message_id,
+                ..
+            } => self.send_accepted(now, &client_request_id, Some(&message_id)),
+            ServerOp::Error {
+                code,
+                message,
+                client_request_id,
+                ..
+            } => {
+                let msg: String = message.chars().take(200).collect();
+                match client_request_id {
+                    Some(crid) => self.send_failed_final(now, &crid, format!("{code}: {msg}")),
+                    None if code == ErrorCode::NotFound => {
                         self.fail_final(now, Termination::Http4xx, "run not found".into())
                     }
                     None => self.fail(
@@ -118,7 +105,6 @@ impl Engine {
                     ),
                 }
             }
-            _ => self.protocol_error(now, ProtocolError::UnknownOp),
         }
     }
 
@@ -134,9 +120,9 @@ impl Engine {
     /// Snapshot endpoint answered: `Ok(body)` for a 200, `Err(reason)` otherwise.
     pub fn handle_snapshot(&mut self, now: Ms, result: Result<&str, String>) {
         let parsed = result.and_then(|body| {
-            serde_json::from_str::<Value>(body)
+            SnapshotBody::decode(body)
                 .map_err(|e| e.to_string())
-                .and_then(|v| parse_snapshot_body(v, &self.cfg.run_id).map_err(|e| e.to_string()))
+                .and_then(|b| snapshot_of(b, &self.cfg.run_id).map_err(|e| e.to_string()))
         });
         match parsed {
             Ok((id, st)) if self.reconciling && id >= self.state.cursor => {
@@ -179,7 +165,7 @@ impl Engine {
             self.metrics.time_to_first_event_ms = Some(ttfe);
             self.telemetry.metric(
                 EventClass::Histogram,
-                "stream.time_to_first_event_ms",
+                Metric::TimeToFirstEvent,
                 ttfe,
                 now,
                 &[],
@@ -205,7 +191,7 @@ impl Engine {
             (a.last_event_at, a.replayed, a.started_at, a.first_event_at);
         self.telemetry.metric(
             EventClass::Histogram,
-            "stream.replay.events",
+            Metric::ReplayEvents,
             n as f64,
             end,
             &[],
@@ -233,7 +219,7 @@ impl Engine {
                             self.metrics.unknown_events += 1;
                             self.telemetry.metric(
                                 EventClass::Counter,
-                                "stream.event.unknown.total",
+                                Metric::UnknownEvent,
                                 1.0,
                                 now,
                                 &[],
@@ -279,13 +265,8 @@ impl Engine {
         {
             Offer::Duplicate => {
                 self.metrics.duplicates_dropped += 1;
-                self.telemetry.metric(
-                    EventClass::Counter,
-                    "stream.event.duplicate.total",
-                    1.0,
-                    now,
-                    &[],
-                );
+                self.telemetry
+                    .metric(EventClass::Counter, Metric::Duplicate, 1.0, now, &[]);
                 self.mark_dirty();
             }
             Offer::Apply(kind) => {
@@ -294,13 +275,8 @@ impl Engine {
             }
             Offer::Held => {
                 self.metrics.out_of_order += 1;
-                self.telemetry.metric(
-                    EventClass::Counter,
-                    "stream.event.out_of_order.total",
-                    1.0,
-                    now,
-                    &[],
-                );
+                self.telemetry
+                    .metric(EventClass::Counter, Metric::OutOfOrder, 1.0, now, &[]);
                 if !self.timers.is_armed(Timer::Gap) {
                     self.timers.set(Timer::Gap, now + self.cfg.gap_timeout_ms);
                 }
@@ -359,7 +335,7 @@ impl Engine {
                 if !ok {
                     self.metrics.tool_errors += 1;
                     self.telemetry
-                        .metric(EventClass::Counter, "tool.error.total", 1.0, now, &[]);
+                        .metric(EventClass::Counter, Metric::ToolError, 1.0, now, &[]);
                 }
             }
             Applied::Token { reply_to } => {
@@ -467,13 +443,8 @@ impl Engine {
     fn skip_gap(&mut self, now: Ms, from: u64, to: u64) {
         let n = to.saturating_sub(from) + 1;
         self.metrics.gaps_skipped += n;
-        self.telemetry.metric(
-            EventClass::Counter,
-            "stream.gap.skipped.total",
-            n as f64,
-            now,
-            &[],
-        );
+        self.telemetry
+            .metric(EventClass::Counter, Metric::GapSkipped, n as f64, now, &[]);
         self.link.last_error = Some(if from == to {
             format!("event {from} could not be recovered and was skipped")
         } else {
@@ -486,16 +457,12 @@ impl Engine {
 
     /// The subscribe frame of this run on the current socket.
     fn subscribe_frame(&self) -> String {
-        let mut sub = serde_json::Map::new();
-        sub.insert("op".into(), "subscribe".into());
-        sub.insert("run_id".into(), self.cfg.run_id.clone().into());
-        if self.state.cursor > 0 {
-            sub.insert("last_event_id".into(), self.state.cursor.into());
+        ClientOp::Subscribe {
+            run_id: self.cfg.run_id.clone(),
+            last_event_id: (self.state.cursor > 0).then_some(self.state.cursor),
+            headers: self.ws_headers.clone(),
         }
-        if let Some(h) = &self.ws_headers {
-            sub.insert("headers".into(), Value::Object(h.clone()));
-        }
-        Value::Object(sub).to_string()
+        .encode()
     }
 
     /// Whether sends can be written now: always over HTTP, only on an open socket over WebSocket.
@@ -504,24 +471,14 @@ impl Engine {
     }
 }
 
-/// Parses `{"run_id","event_id","state"}` (endpoint body or WS `snapshot` op).
-fn parse_snapshot_body(v: Value, run_id: &str) -> Result<(u64, RunState), ProtocolError> {
-    let Value::Object(mut o) = v else {
-        return Err(ProtocolError::BadSnapshot("not an object".into()));
-    };
-    match o.get("run_id") {
-        Some(Value::String(r)) if r == run_id => {}
-        Some(Value::String(_)) => return Err(ProtocolError::ForeignRun),
-        _ => return Err(ProtocolError::BadSnapshot("`run_id` missing".into())),
+/// Validates a snapshot body (endpoint body or WS `snapshot` op) of `run_id`.
+fn snapshot_of(b: SnapshotBody, run_id: &str) -> Result<(u64, RunState), ProtocolError> {
+    if b.run_id != run_id {
+        return Err(ProtocolError::ForeignRun);
     }
-    let id = o
-        .get("event_id")
-        .and_then(Value::as_u64)
-        .filter(|&i| i <= MAX_EVENT_ID)
-        .ok_or_else(|| ProtocolError::BadSnapshot("`event_id` missing or invalid".into()))?;
-    let state = o
-        .remove("state")
-        .ok_or_else(|| ProtocolError::BadSnapshot("`state` missing".into()))?;
-    let st = RunState::from_wire(state)?;
-    Ok((id, st))
+    if b.event_id > MAX_EVENT_ID {
+        return Err(ProtocolError::BadSnapshot("`event_id` out of range".into()));
+    }
+    let id = b.event_id;
+    Ok((id, b.into_state()?))
 }

@@ -31,14 +31,16 @@ pub mod timers;
 
 use std::collections::VecDeque;
 
-use serde_json::{Map, Value};
+use super::wire::Headers;
 
 pub use config::{Backoff, Config, Ms, Spans, Transport, MAX_RETRY_AFTER_MS};
 pub use io::{Action, Activity, CloseCause, Connection, EngineError, SendResult, StreamStatus};
 pub use persist::STORAGE_VERSION;
 
 use super::envelope::ProtocolError;
-use super::metrics::{EventClass, RunMetrics, RuntimeEvent, SpanFields, Telemetry, Termination};
+use super::metrics::{
+    EventClass, Metric, RunMetrics, RuntimeEvent, SpanFields, Telemetry, Termination,
+};
 use super::rng::Rng;
 use super::sse::{SseItem, SseParser};
 use super::state::{Applied, MessageStatus, Parked, RunState};
@@ -77,7 +79,7 @@ pub struct Engine {
     /// parked before it are invisible here, so reconcile once the run ends.
     snapshot_replaced: bool,
     /// Headers resolved for the current WebSocket (sent in subscribe and send frames).
-    ws_headers: Option<Map<String, Value>>,
+    ws_headers: Option<Headers>,
 }
 
 impl Engine {
@@ -476,7 +478,7 @@ impl Engine {
         if self.frame_events > 0 {
             let n = self.frame_events as f64;
             self.telemetry
-                .metric(EventClass::Histogram, "ui.flush.events", n, now, &[]);
+                .metric(EventClass::Histogram, Metric::UiFlushEvents, n, now, &[]);
             self.frame_events = 0;
         }
         true
@@ -511,7 +513,7 @@ impl Engine {
             .or_insert(0) += 1;
         self.telemetry.metric(
             EventClass::Counter,
-            "stream.protocol_error.total",
+            Metric::ProtocolError,
             1.0,
             now,
             &[("kind", e.kind())],

@@ -12,12 +12,14 @@
 //! per `persist_interval_ms`, and at once on `send()`, page hide, `close()`
 //! and run completion.
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::config::Ms;
 use super::timers::{Timer, TimerTable};
 use crate::core::envelope::{decode_envelope, EventKind};
-use crate::core::state::{Parked, RunState};
+use crate::core::state::{Parked, RunState, WorkerStatus};
+use crate::core::wire::{StoredRecord, WireEnvelope};
 
 /// Version of the stored record format.
 pub const STORAGE_VERSION: u64 = 2;
@@ -33,45 +35,67 @@ pub struct Stored {
 
 /// The stored record of `state` and `parked`.
 pub fn encode(state: &RunState, parked: &Parked) -> String {
-    let parked: Vec<Value> = parked
-        .iter()
-        .filter_map(|(id, kind)| parked_envelope(&state.run_id, id, kind))
-        .collect();
-    json!({
-        "v": STORAGE_VERSION,
-        "cursor": state.cursor,
-        "state": state.to_wire(),
-        "parked": parked,
-    })
-    .to_string()
+    StoredRecord {
+        v: STORAGE_VERSION,
+        cursor: state.cursor,
+        state: state.to_wire(),
+        parked: parked
+            .iter()
+            .filter_map(|(id, kind)| parked_envelope(&state.run_id, id, kind))
+            .collect(),
+    }
+    .encode()
 }
 
 /// Reads a record of `run_id` back; `None` for anything unreadable, foreign or
 /// of another version (the run then starts from the beginning).
 pub fn decode(text: &str, run_id: &str) -> Option<Stored> {
-    let v: Value = serde_json::from_str(text).ok()?;
-    let version = v.get("v").and_then(Value::as_u64)?;
-    if version != 1 && version != STORAGE_VERSION {
+    let r = StoredRecord::decode(text).ok()?;
+    if r.v != 1 && r.v != STORAGE_VERSION {
         return None;
     }
-    let cursor = v.get("cursor")?.as_u64()?;
-    let mut state = RunState::from_wire(v.get("state")?.clone()).ok()?;
+    let mut state = RunState::from_wire(r.state).ok()?;
     if state.run_id != run_id {
         return None;
     }
-    state.cursor = cursor;
-    let parked = v
-        .get("parked")
-        .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .filter_map(|e| decode_envelope(&e.to_string(), run_id).ok())
-                .filter(|e| e.event_id <= cursor)
-                .map(|e| (e.event_id, e.kind))
-                .collect()
-        })
-        .unwrap_or_default();
+    state.cursor = r.cursor;
+    let parked = r
+        .parked
+        .iter()
+        .filter_map(|e| decode_envelope(&e.to_string(), run_id).ok())
+        .filter(|e| e.event_id <= r.cursor)
+        .map(|e| (e.event_id, e.kind))
+        .collect();
     Some(Stored { state, parked })
+}
+
+/// Payload of a parked `worker.completed` (§4).
+#[derive(Serialize)]
+struct WorkerCompletedPayload<'a> {
+    job_id: &'a Option<String>,
+    status: WorkerStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: &'a Option<String>,
+}
+
+/// Payload of a parked `tool.started` (§4).
+#[derive(Serialize)]
+struct ToolStartedPayload<'a> {
+    job_id: &'a Option<String>,
+    tool_call_id: &'a str,
+    name: &'a str,
+}
+
+/// Payload of a parked `tool.completed` (§4).
+#[derive(Serialize)]
+struct ToolCompletedPayload<'a> {
+    job_id: &'a Option<String>,
+    tool_call_id: &'a str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<f64>,
 }
 
 /// A parked job-only event as the envelope it came in (PROTOCOL §1, §4).
@@ -84,7 +108,11 @@ fn parked_envelope(run_id: &str, id: u64, kind: &EventKind) -> Option<Value> {
             ..
         } => (
             "worker.completed",
-            json!({"job_id": job_id, "status": status, "error": error}),
+            serde_json::to_value(WorkerCompletedPayload {
+                job_id,
+                status: *status,
+                error,
+            }),
         ),
         EventKind::ToolStarted {
             job_id,
@@ -93,7 +121,11 @@ fn parked_envelope(run_id: &str, id: u64, kind: &EventKind) -> Option<Value> {
             ..
         } => (
             "tool.started",
-            json!({"job_id": job_id, "tool_call_id": tool_call_id, "name": name}),
+            serde_json::to_value(ToolStartedPayload {
+                job_id,
+                tool_call_id,
+                name,
+            }),
         ),
         EventKind::ToolCompleted {
             job_id,
@@ -104,24 +136,24 @@ fn parked_envelope(run_id: &str, id: u64, kind: &EventKind) -> Option<Value> {
             ..
         } => (
             "tool.completed",
-            json!({"job_id": job_id, "tool_call_id": tool_call_id,
-                   "status": if *ok { "ok" } else { "error" }, "error": error,
-                   "duration_ms": duration_ms}),
+            serde_json::to_value(ToolCompletedPayload {
+                job_id,
+                tool_call_id,
+                status: if *ok { "ok" } else { "error" },
+                error,
+                duration_ms: *duration_ms,
+            }),
         ),
         _ => return None,
     };
-    let payload = strip_nulls(payload);
-    Some(json!({
-        "event_id": id, "run_id": run_id, "type": ty,
-        "timestamp": "1970-01-01T00:00:00Z", "payload": payload,
-    }))
-}
-
-fn strip_nulls(v: Value) -> Value {
-    match v {
-        Value::Object(o) => Value::Object(o.into_iter().filter(|(_, v)| !v.is_null()).collect()),
-        v => v,
-    }
+    let envelope = WireEnvelope {
+        event_id: id,
+        run_id: run_id.to_owned(),
+        event_type: ty.to_owned(),
+        timestamp: "1970-01-01T00:00:00Z".to_owned(),
+        payload: payload.ok()?,
+    };
+    serde_json::to_value(envelope).ok()
 }
 
 /// When the stored record is written.

@@ -1,16 +1,15 @@
 //! The chat side of the coordinator: `send()`, the outcome of each attempt,
 //! writing due sends on the current channel, and per-send metrics.
 
-use serde_json::Value;
-
 use super::link::Conn;
 use super::outbox::{Retry, SendTiming};
 use super::timers::Timer;
 use super::{hex_id, Action, Engine, EngineError, Ms, SendResult, Spans};
 use crate::core::metrics::{
-    EventClass, MessageMetrics, SpanFields, SpanStatus, MAX_MESSAGE_METRICS,
+    EventClass, MessageMetrics, Metric, SpanFields, SpanStatus, MAX_MESSAGE_METRICS,
 };
 use crate::core::state::{Message, MessageStatus};
+use crate::core::wire::{Accepted, ClientOp};
 
 impl Engine {
     /// Sends a chat message: the optimistic message shows at once; returns its `client_request_id`.
@@ -73,13 +72,9 @@ impl Engine {
         }
         match r.status {
             Some(200..=299) => {
-                let body: Option<Value> =
-                    r.body.as_deref().and_then(|b| serde_json::from_str(b).ok());
-                let mid = body
-                    .as_ref()
-                    .and_then(|b| b.get("message_id"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
+                // A 2xx is acceptance even if the body is not the §5 shape.
+                let accepted = r.body.as_deref().and_then(|b| Accepted::decode(b).ok());
+                let mid = accepted.map(|a| a.message_id);
                 self.send_accepted(now, client_request_id, mid.as_deref());
             }
             Some(401) => {
@@ -157,16 +152,13 @@ impl Engine {
     }
 
     fn send_frame(&self, crid: &str, content: &str) -> String {
-        let mut frame = serde_json::json!({
-            "op": "send",
-            "session_id": self.cfg.session_id,
-            "client_request_id": crid,
-            "content": content,
-        });
-        if let (Some(h), Some(o)) = (&self.ws_headers, frame.as_object_mut()) {
-            o.insert("headers".into(), Value::Object(h.clone()));
+        ClientOp::Send {
+            session_id: self.cfg.session_id.clone(),
+            client_request_id: crid.to_owned(),
+            content: content.to_owned(),
+            headers: self.ws_headers.clone(),
         }
-        frame.to_string()
+        .encode()
     }
 
     pub(super) fn record_ttfb(&mut self, now: Ms, crid: &str) {
@@ -176,7 +168,7 @@ impl Engine {
                 let v = now - sent;
                 m.ttfb_ms = Some(v);
                 self.telemetry
-                    .metric(EventClass::Histogram, "message.ttfb_ms", v, now, &[]);
+                    .metric(EventClass::Histogram, Metric::MessageTtfb, v, now, &[]);
             }
         }
     }
@@ -189,7 +181,7 @@ impl Engine {
                 let ttft = now - sent;
                 m.ttft_ms = Some(ttft);
                 self.telemetry
-                    .metric(EventClass::Histogram, "message.ttft_ms", ttft, now, &[]);
+                    .metric(EventClass::Histogram, Metric::MessageTtft, ttft, now, &[]);
             }
         }
     }
@@ -202,7 +194,7 @@ impl Engine {
             m.fallback = fallback;
             let (ttfb, ttft) = (m.ttfb_ms, m.ttft_ms);
             self.telemetry
-                .metric(EventClass::Histogram, "message.duration_ms", d, now, &[]);
+                .metric(EventClass::Histogram, Metric::MessageDuration, d, now, &[]);
             let f = SpanFields {
                 ttfb_ms: ttfb,
                 ttft_ms: ttft,
@@ -298,6 +290,6 @@ impl Engine {
 
     /// The WebSocket `ping` frame (PROTOCOL §2b).
     pub(super) fn ping_frame(now: Ms) -> String {
-        serde_json::json!({"op": "ping", "t": now.round()}).to_string()
+        ClientOp::ping(now.round()).encode()
     }
 }

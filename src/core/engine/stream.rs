@@ -5,7 +5,7 @@
 use super::link::{Conn, Failure};
 use super::timers::Timer;
 use super::{Action, CloseCause, Engine, Ms, Transport};
-use crate::core::metrics::{EventClass, SpanFields, SpanStatus, Termination};
+use crate::core::metrics::{EventClass, Metric, SpanFields, SpanStatus, Termination};
 
 impl Engine {
     /// What an HTTP status (or a WebSocket close code mapped to one) means for the stream.
@@ -104,10 +104,10 @@ impl Engine {
         if self.link.connects > 1 {
             self.metrics.reconnects += 1;
             self.telemetry
-                .metric(EventClass::Counter, "stream.reconnect.total", 1.0, now, &[]);
+                .metric(EventClass::Counter, Metric::Reconnect, 1.0, now, &[]);
         }
         self.telemetry
-            .metric(EventClass::Counter, "stream.connect.total", 1.0, now, &[]);
+            .metric(EventClass::Counter, Metric::Connect, 1.0, now, &[]);
         self.parser.reset_stream();
         self.actions.push_back(Action::Connect {
             conn,
@@ -138,7 +138,7 @@ impl Engine {
             .or_insert(0) += 1;
         self.telemetry.metric(
             EventClass::Counter,
-            "stream.termination.total",
+            Metric::Termination,
             1.0,
             now,
             &[("reason", reason.as_str())],
