@@ -1,0 +1,528 @@
+//! One black-box regression test per defect of issue 12 whose cause is in the
+//! core, each written from the sentence of PROTOCOL.md / API.md it breaks.
+//! They drive the engine only through its public inputs and outputs.
+#![cfg(not(target_arch = "wasm32"))]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::*;
+use runstream::core::engine::{
+    Action, Activity, CloseCause, Config, Connection, Engine, SendResult, Transport,
+};
+use runstream::core::state::{MessageStatus, WorkerStatus};
+use serde_json::json;
+
+fn ws_cfg() -> Config {
+    let mut c = cfg();
+    c.transport = Transport::WebSocket;
+    c
+}
+
+fn ws_sends(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::WsSend { text, .. } if text.contains("\"op\":\"send\"") => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn persisted(actions: &[Action]) -> bool {
+    actions.iter().any(|a| matches!(a, Action::Persist { .. }))
+}
+
+/// Opens a WebSocket link: open + `subscribed`; returns the connection.
+fn ws_open(e: &mut Engine, now: f64) -> u64 {
+    let (conn, _, _) = next_connect(e, now, 60_000.0).unwrap();
+    e.handle_ws_open(now, conn, Vec::new());
+    e.handle_ws_text(
+        now,
+        conn,
+        r#"{"op":"subscribed","run_id":"run_T","replay_from":1}"#,
+    );
+    conn
+}
+
+// ---- 1. idle churn ---------------------------------------------------------------
+
+/// API.md `connectTimeoutMs`: "A server may stay silent after its headers: a
+/// resume with nothing to replay sends no byte until its first heartbeat".
+#[test]
+fn d01_fetch_idle_after_headers_holds_one_connection_for_40_s() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    // First heartbeat at 15 s, then every 15 s.
+    let mut acts = run_until(&mut e, 15_001.0);
+    e.handle_bytes(15_001.0, conn, b": hb\n\n");
+    acts.extend(run_until(&mut e, 30_001.0));
+    e.handle_bytes(30_001.0, conn, b": hb\n\n");
+    acts.extend(run_until(&mut e, 41_000.0));
+    assert!(connect_of(&acts).is_none(), "reconnected: {acts:?}");
+    assert_eq!(e.status(41_000.0).connection, Connection::Open);
+    assert!(e.metrics().terminations.is_empty());
+    assert_eq!(e.metrics().reconnects, 0);
+}
+
+/// API.md `heartbeatTimeoutMs`: "Not enforced on native EventSource, which hides comment lines".
+#[test]
+fn d01_native_eventsource_idle_for_ten_minutes_never_reconnects() {
+    let mut c = cfg();
+    c.transport = Transport::Sse;
+    let (mut e, conn) = connecting(c, [1, 1]);
+    e.handle_response(1.0, conn, 200, None, true);
+    let acts = run_until(&mut e, 600_000.0);
+    assert!(connect_of(&acts).is_none());
+    assert_eq!(e.status(600_000.0).connection, Connection::Open);
+}
+
+/// A silent server with no heartbeat at all is still detected on fetch.
+#[test]
+fn d01_fetch_heartbeat_watchdog_still_fires_after_open() {
+    let (mut e, _) = open(cfg(), [1, 1]);
+    let acts = run_until(&mut e, 25_002.0);
+    assert!(acts.iter().any(|a| matches!(a, Action::Disconnect { .. })));
+    assert_eq!(e.metrics().terminations.get("heartbeat_timeout"), Some(&1));
+    assert_eq!(e.metrics().terminations.get("connect_timeout"), None);
+}
+
+/// WebSocket: pings every 10 s, the pongs keep an idle run open.
+#[test]
+fn d01_websocket_idle_with_pongs_holds() {
+    let mut e = Engine::new(ws_cfg(), [1, 1], None);
+    e.start(0.0);
+    let conn = ws_open(&mut e, 1.0);
+    let mut now = 1.0;
+    while now < 40_000.0 {
+        let t = e.poll_timeout().unwrap();
+        now = t;
+        e.handle_timeout(t);
+        let acts = drain(&mut e);
+        assert!(connect_of(&acts).is_none());
+        if acts
+            .iter()
+            .any(|a| matches!(a, Action::WsSend { text, .. } if text.contains("ping")))
+        {
+            e.handle_ws_text(now + 5.0, conn, r#"{"op":"pong","t":1}"#);
+        }
+    }
+    assert_eq!(e.status(now).connection, Connection::Open);
+    assert!(e.metrics().terminations.is_empty());
+}
+
+// ---- 2. sends lost on refresh ------------------------------------------------------
+
+/// API.md: "a send that has not been accepted … is persisted with the cursor,
+/// so a refresh re-sends it with the same client_request_id".
+#[test]
+fn d02_send_during_503_is_stored_and_resent_by_the_next_page() {
+    let (mut e, _) = open(cfg(), [1, 1]);
+    drain(&mut e);
+    let crid = e.send(10.0, "survive me").unwrap();
+    let acts = drain(&mut e);
+    // The shell writes storage only on Action::Persist: the send must cause one
+    // although the cursor has not moved.
+    assert!(persisted(&acts), "no Persist after send: {acts:?}");
+    e.handle_send_result(
+        20.0,
+        &crid,
+        SendResult {
+            status: Some(503),
+            ..SendResult::default()
+        },
+    );
+    let record = e.storage_record();
+    // Reload.
+    let mut e2 = Engine::new(cfg(), [2, 2], Some(&record));
+    e2.start(0.0);
+    assert_eq!(posted_ids(&mut e2), vec![crid.clone()]);
+    let mine: Vec<_> = e2
+        .state()
+        .messages
+        .iter()
+        .filter(|m| m.client_request_id.as_deref() == Some(&crid))
+        .collect();
+    assert_eq!(mine.len(), 1);
+}
+
+// ---- 3. WebSocket sends on a socket that drops ------------------------------------
+
+#[test]
+fn d03_websocket_send_on_a_dropped_socket_is_sent_again_on_the_next() {
+    let mut e = Engine::new(ws_cfg(), [1, 1], None);
+    e.start(0.0);
+    let conn = ws_open(&mut e, 1.0);
+    drain(&mut e);
+    let crid = e.send(2.0, "hello").unwrap();
+    assert_eq!(ws_sends(&drain(&mut e)).len(), 1);
+    e.handle_closed(3.0, conn, CloseCause::Network);
+    let conn2 = ws_open(&mut e, 3.0);
+    assert!(conn2 > conn);
+    let again = ws_sends(&drain(&mut e));
+    assert_eq!(again.len(), 1, "not re-sent");
+    assert!(again[0].contains(&crid));
+    e.handle_ws_text(
+        5.0,
+        conn2,
+        &format!(r#"{{"op":"ack","client_request_id":"{crid}","message_id":"u1","run_id":"run_T"}}"#),
+    );
+    assert_eq!(e.state().messages[0].status, MessageStatus::Sent);
+}
+
+// ---- 4. "working…" that never ends ------------------------------------------------
+
+#[test]
+fn d04_reply_without_reply_to_ends_working() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    e.send(2.0, "q").unwrap();
+    let evs = [
+        envelope(1, "message.created", json!({"message_id": "a", "role": "assistant"})),
+        envelope(2, "message.delta", json!({"message_id": "a", "delta": "x"})),
+        envelope(3, "message.completed", json!({"message_id": "a", "finish_reason": "stop"})),
+    ];
+    for ev in &evs {
+        e.handle_bytes(3.0, conn, &sse_frame(ev));
+    }
+    assert_eq!(e.activity(60_000.0), Activity::Idle);
+}
+
+#[test]
+fn d04_run_completed_with_a_message_still_streaming_ends_working() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    e.send(2.0, "q").unwrap();
+    let evs = [
+        envelope(1, "message.created", json!({"message_id": "a", "role": "assistant", "reply_to": "nope"})),
+        envelope(2, "run.completed", json!({"status": "succeeded"})),
+    ];
+    for ev in &evs {
+        e.handle_bytes(3.0, conn, &sse_frame(ev));
+    }
+    assert_eq!(e.status(60_000.0).connection, Connection::Closed);
+    assert_eq!(e.activity(60_000.0), Activity::Idle);
+}
+
+#[test]
+fn d04_close_ends_working() {
+    let (mut e, _) = open(cfg(), [1, 1]);
+    e.send(2.0, "q").unwrap();
+    assert_eq!(e.activity(5000.0), Activity::Working);
+    e.close(5000.0);
+    assert_eq!(e.activity(10_000.0), Activity::Idle);
+    assert_eq!(e.poll_timeout(), None, "timers left after close");
+}
+
+// ---- 5. the loop guard during an ordinary outage: tests/engine.rs
+//         `ordinary_outage_of_three_minutes_keeps_retrying_with_backoff`.
+
+// ---- 6. visibility during a backoff wait ---------------------------------------
+
+/// API.md: "Retries always honour Retry-After and the backoff, whatever wakes
+/// the client (visibility, online, a gap); only retryNow() skips them."
+#[test]
+fn d06_becoming_visible_or_online_never_cuts_a_retry_after_short() {
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
+    e.handle_response(1.0, conn, 503, Some(120_000.0), true);
+    drain(&mut e);
+    e.handle_visibility(10.0, false);
+    e.handle_visibility(5000.0, true);
+    assert!(connect_of(&drain(&mut e)).is_none(), "visible reconnected at once");
+    e.handle_online(6000.0, false);
+    e.handle_online(7000.0, true);
+    assert!(connect_of(&drain(&mut e)).is_none(), "online reconnected at once");
+    let (_, _, at) = next_connect(&mut e, 7000.0, 200_000.0).unwrap();
+    assert!(at >= 120_001.0, "{at}");
+}
+
+// ---- 7/8. a gap that cannot fill -------------------------------------------------
+
+/// PROTOCOL §1: "Where no snapshot can be had either, the client never freezes
+/// and never resumes in a loop: it skips the missing ids, counts them
+/// (gapsSkipped), and reports them". Also the native-EventSource case (defect
+/// 8): an event whose type it cannot listen to leaves exactly this gap.
+fn unfillable_gap(transport: Transport, snapshot_url: bool) {
+    let mut c = cfg();
+    c.transport = transport;
+    c.has_snapshot_url = snapshot_url;
+    let mut e = Engine::new(c, [1, 1], None);
+    e.start(0.0);
+    let mut now = 0.0;
+    let mut connects = 0;
+    // Every connection: the server replays 1, 3, 4 (2 never arrives) and stays open.
+    while connects < 10 {
+        let Some((conn, from, t)) = next_connect(&mut e, now, 60_000.0) else {
+            break;
+        };
+        connects += 1;
+        now = t + 1.0;
+        e.handle_response(now, conn, 200, None, true);
+        for id in [1u64, 3, 4] {
+            if id > from {
+                let ev = envelope(id, "run.started", json!({}));
+                match transport {
+                    Transport::Sse => e.handle_sse_event(now, conn, &ev),
+                    _ => e.handle_bytes(now, conn, &sse_frame(&ev)),
+                }
+            }
+        }
+        // Answer snapshot requests with a failure.
+        for a in drain(&mut e) {
+            if a == Action::FetchSnapshot {
+                e.handle_snapshot(now, Err("HTTP 503".into()));
+            }
+        }
+        if e.cursor() >= 4 {
+            break;
+        }
+        let acts = run_until(&mut e, now + 3000.0);
+        for a in &acts {
+            if *a == Action::FetchSnapshot {
+                e.handle_snapshot(now, Err("HTTP 503".into()));
+            }
+        }
+        if let Some((c2, f2)) = connect_of(&acts) {
+            // Re-queue for the loop.
+            let _ = (c2, f2);
+            e.retry_now(now);
+        }
+        now += 3000.0;
+        if e.cursor() >= 4 {
+            break;
+        }
+    }
+    assert_eq!(e.cursor(), 4, "gap never skipped after {connects} connections");
+    assert!(connects <= 3, "{connects} connections: resumed in a loop");
+    assert_eq!(e.metrics().gaps_skipped, 1);
+    assert!(e.status(now).last_error.unwrap_or_default().contains("skipped"));
+    // Nothing more happens: no further resume.
+    let acts = run_until(&mut e, now + 20_000.0);
+    assert!(connect_of(&acts).is_none());
+}
+
+#[test]
+fn d07_unfillable_gap_without_snapshot_url_is_skipped_not_looped() {
+    unfillable_gap(Transport::Fetch, false);
+}
+
+#[test]
+fn d07_unfillable_gap_whose_snapshot_fails_is_skipped() {
+    unfillable_gap(Transport::Fetch, true);
+}
+
+#[test]
+fn d08_native_eventsource_gap_from_an_unknown_event_name_is_skipped() {
+    unfillable_gap(Transport::Sse, false);
+}
+
+// ---- 9. a "sent" message and an older snapshot ----------------------------------
+
+#[test]
+fn d09_sent_message_survives_a_snapshot_that_predates_its_echo() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let crid = e.send(2.0, "mine").unwrap();
+    drain(&mut e);
+    e.handle_send_result(
+        3.0,
+        &crid,
+        SendResult {
+            status: Some(202),
+            body: Some(r#"{"message_id":"u9","run_id":"run_T"}"#.into()),
+            ..SendResult::default()
+        },
+    );
+    let snap = json!({"event_id": 5, "run_id": RUN, "type": "snapshot",
+        "timestamp": "2026-11-22T12:00:00Z",
+        "payload": {"state": {"run_id": RUN, "cursor": 5, "status": "running",
+            "workers": [], "messages": [], "supervisor": {"completed": false}}}});
+    e.handle_bytes(4.0, conn, &sse_frame(&snap.to_string()));
+    assert_eq!(e.cursor(), 5);
+    let ids: Vec<_> = e
+        .state()
+        .messages
+        .iter()
+        .filter_map(|m| m.client_request_id.clone())
+        .collect();
+    assert_eq!(ids, vec![crid]);
+}
+
+// ---- 12. snapshot events: invalid payloads and nulls ------------------------------
+
+#[test]
+fn d12_invalid_snapshot_event_consumes_no_id() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let bad = json!({"event_id": 1, "run_id": RUN, "type": "snapshot",
+        "timestamp": "2026-11-22T12:00:00Z", "payload": {"state": 7}});
+    e.handle_bytes(2.0, conn, &sse_frame(&bad.to_string()));
+    assert_eq!(e.cursor(), 0, "the invalid snapshot consumed id 1");
+    assert_eq!(e.metrics().protocol_errors, 1);
+    e.handle_bytes(3.0, conn, &sse_frame(&envelope(1, "run.started", json!({"title": "t"}))));
+    assert_eq!(e.cursor(), 1);
+    assert_eq!(e.state().status, runstream::core::state::RunStatus::Running);
+}
+
+#[test]
+fn d12_null_optional_snapshot_fields_are_absent() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let snap = json!({"event_id": 3, "run_id": RUN, "type": "snapshot",
+        "timestamp": "2026-11-22T12:00:00Z",
+        "payload": {"state": {"run_id": RUN, "cursor": null, "status": "running",
+            "workers": [{"worker_id": "w1", "job_id": null, "name": null, "status": null, "tools": null}],
+            "messages": [{"message_id": "m1", "client_request_id": null, "reply_to": null,
+                          "role": "assistant", "content": null, "status": "completed"}],
+            "supervisor": {"completed": null, "summary": null}}}});
+    e.handle_bytes(2.0, conn, &sse_frame(&snap.to_string()));
+    assert_eq!(e.metrics().protocol_errors, 0);
+    assert_eq!(e.cursor(), 3);
+    assert_eq!(e.state().workers[0].status, WorkerStatus::Pending);
+    assert_eq!(e.state().messages[0].content, "");
+}
+
+// ---- 13. parked events across a refresh --------------------------------------------
+
+#[test]
+fn d13_parked_job_only_events_survive_a_refresh() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let evs = [
+        envelope(1, "run.started", json!({})),
+        envelope(2, "tool.completed", json!({"job_id": "j1", "tool_call_id": "t1", "status": "error"})),
+    ];
+    for ev in &evs {
+        e.handle_bytes(2.0, conn, &sse_frame(ev));
+    }
+    assert_eq!(e.parked(), 1);
+    e.persist_now(3.0);
+    assert!(persisted(&drain(&mut e)));
+    let record = e.storage_record();
+    let mut e2 = Engine::new(cfg(), [2, 2], Some(&record));
+    assert_eq!(e2.cursor(), 2);
+    assert_eq!(e2.parked(), 1);
+    e2.start(0.0);
+    let (conn2, from) = connect_of(&drain(&mut e2)).unwrap();
+    assert_eq!(from, 2);
+    e2.handle_response(1.0, conn2, 200, None, true);
+    e2.handle_bytes(
+        2.0,
+        conn2,
+        &sse_frame(&envelope(3, "worker.started", json!({"worker_id": "w1", "job_id": "j1"}))),
+    );
+    let w = &e2.state().workers[0];
+    assert_eq!(w.tools.len(), 1, "the parked tool event was lost: {w:?}");
+    assert_eq!(e2.metrics().tool_errors, 1);
+}
+
+// ---- 14. unknown types -----------------------------------------------------------------
+
+#[test]
+fn d14_unknown_event_types_are_counted_and_reported() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    e.set_telemetry(true);
+    e.handle_bytes(2.0, conn, &sse_frame(&envelope(1, "future.thing", json!({"x": 1}))));
+    e.handle_bytes(2.0, conn, &sse_frame(&envelope(1, "future.thing", json!({"x": 1}))));
+    assert_eq!(e.cursor(), 1);
+    assert_eq!(e.metrics().unknown_events, 1);
+    let names: Vec<_> = std::iter::from_fn(|| e.poll_telemetry())
+        .map(|ev| ev.name)
+        .collect();
+    assert!(names.contains(&"stream.event.unknown.total"), "{names:?}");
+}
+
+// ---- 17. send after the run completed ---------------------------------------------
+
+#[test]
+fn d17_send_after_run_completed_still_works() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    e.handle_bytes(
+        2.0,
+        conn,
+        &sse_frame(&envelope(1, "run.completed", json!({"status": "succeeded"}))),
+    );
+    assert_eq!(e.status(3.0).connection, Connection::Closed);
+    drain(&mut e);
+    let crid = e.send(4.0, "one more").expect("send after completion");
+    assert_eq!(posted_ids(&mut e), vec![crid]);
+    e.close(5.0);
+    assert!(e.send(6.0, "x").is_err());
+}
+
+#[test]
+fn d17_websocket_send_after_run_completed_opens_a_socket_for_it() {
+    let mut e = Engine::new(ws_cfg(), [1, 1], None);
+    e.start(0.0);
+    let conn = ws_open(&mut e, 1.0);
+    let done = envelope(1, "run.completed", json!({"status": "succeeded"}));
+    e.handle_ws_text(2.0, conn, &format!(r#"{{"op":"event","event":{done}}}"#));
+    drain(&mut e);
+    let crid = e.send(3.0, "late").unwrap();
+    let (conn2, _) = connect_of(&drain(&mut e)).expect("a socket for the send");
+    e.handle_ws_open(4.0, conn2, Vec::new());
+    let acts = drain(&mut e);
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::WsSend { text, .. } if text.contains("subscribe"))),
+        "a finished run is never subscribed again"
+    );
+    assert_eq!(ws_sends(&acts).len(), 1);
+    e.handle_ws_text(
+        5.0,
+        conn2,
+        &format!(r#"{{"op":"ack","client_request_id":"{crid}","message_id":"u1","run_id":"run_T"}}"#),
+    );
+    assert!(drain(&mut e).contains(&Action::Disconnect { conn: conn2 }));
+    assert_eq!(e.status(6.0).connection, Connection::Closed);
+}
+
+// ---- 18. restore beyond the outbox bound ---------------------------------------------
+
+#[test]
+fn d18_restore_beyond_the_outbox_bound_fails_the_excess_visibly() {
+    let mut c = cfg();
+    c.outbox_capacity = 3;
+    let mut e = Engine::new(c.clone(), [1, 1], None);
+    e.handle_online(0.0, false);
+    for i in 0..3 {
+        e.send(1.0, &format!("m{i}")).unwrap();
+    }
+    let record = e.storage_record();
+    // A second page queued three more before the first one's were delivered.
+    let mut e2 = Engine::new(c.clone(), [2, 2], Some(&record));
+    e2.handle_online(0.0, false);
+    let mut big = e2.storage_record();
+    for i in 3..6 {
+        let mut e3 = Engine::new(c.clone(), [9, i], Some(&big));
+        e3.handle_online(0.0, false);
+        // Free a slot by failing one visible send, so the record grows past the bound.
+        let first = e3
+            .state()
+            .messages
+            .iter()
+            .find(|m| m.status == MessageStatus::Queued)
+            .and_then(|m| m.client_request_id.clone())
+            .unwrap();
+        e3.handle_send_result(0.0, &first, SendResult { status: Some(400), ..SendResult::default() });
+        e3.send(1.0, &format!("m{i}")).unwrap();
+        big = e3.storage_record();
+    }
+    // Hand-edit the stored statuses back to queued: more undelivered sends than the bound.
+    let big = big.replace("\"failed\"", "\"queued\"");
+    let mut e4 = Engine::new(c, [4, 4], Some(&big));
+    let queued = e4
+        .state()
+        .messages
+        .iter()
+        .filter(|m| matches!(m.status, MessageStatus::Queued | MessageStatus::Sending))
+        .count();
+    let failed = e4
+        .state()
+        .messages
+        .iter()
+        .filter(|m| m.status == MessageStatus::Failed)
+        .count();
+    assert_eq!(queued, 3);
+    assert_eq!(failed, 3);
+    e4.start(0.0);
+    assert_eq!(posted_ids(&mut e4).len(), 3);
+    assert!(e4.status(0.0).last_error.unwrap_or_default().contains("not sent"));
+}
