@@ -60,7 +60,12 @@ if [ "$need_browsers" = 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 # npm packages the end-to-end tests and benchmarks use (Playwright drives Debian's Chromium).
-if [ -f tests/e2e/package.json ] && [ ! -d tests/e2e/node_modules/playwright-core ]; then
+# tests/e2e: installs when any devDependency is missing, so a newly added one (ws) arrives too.
+e2e_deps_missing() {
+  node -e 'const fs = require("fs"); const d = Object.keys(require("./tests/e2e/package.json").devDependencies || {});
+    process.exit(d.every((n) => fs.existsSync("tests/e2e/node_modules/" + n + "/package.json")) ? 1 : 0)'
+}
+if [ -f tests/e2e/package.json ] && e2e_deps_missing; then
   log "npm install (tests/e2e)"
   (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error)
 fi

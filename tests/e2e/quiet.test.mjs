@@ -1,0 +1,284 @@
+// "Quiet is healthy" and "Sends survive everything" (../../shared/spec/API.md),
+// checked from outside against spec-server.mjs: an independent server that
+// does what PROTOCOL.md says and nothing friendlier (no first byte after its
+// SSE headers until the first heartbeat, 15 s apart; no WebSocket frame
+// unasked). Each case is one spec sentence; run with --test-concurrency=1.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { launch, until, watchErrors } from "./lib.mjs";
+import { startSpecServer } from "./spec-server.mjs";
+
+const TRANSPORTS = ["fetch", "sse", "websocket"];
+const STALL_AFTER_MS = 2000; // API.md default
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+let srv;
+let browser;
+
+before(async () => {
+  srv = await startSpecServer({ heartbeatMs: 15000 });
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+  await srv?.close();
+});
+
+async function ctl(method, path, body) {
+  const r = await fetch(`${srv.url}/_ctl${path}`, { method, body: body ? JSON.stringify(body) : undefined });
+  if (!r.ok) throw new Error(`${method} /_ctl${path}: HTTP ${r.status}`);
+  return r.json();
+}
+const ev = (type, payload) => ({ type, payload });
+const append = (run, events) => ctl("POST", `/runs/${run}/events`, { events });
+const stats = (run) => ctl("GET", `/runs/${run}`);
+const sendsOf = async (crid) => (await ctl("GET", "/sends")).filter((s) => s.client_request_id === crid);
+let nextRun = 0;
+async function newRun(events = [], session) {
+  const { run_id } = await ctl("POST", "/runs", { run_id: `run_q${++nextRun}_${Date.now().toString(36)}`, session });
+  if (events.length) await append(run_id, events);
+  return run_id;
+}
+/** An assistant reply: created (no reply_to), one delta per token, completed. */
+const reply = (id, tokens) => [
+  ev("message.created", { message_id: id, role: "assistant", content: "" }),
+  ...tokens.map((delta) => ev("message.delta", { message_id: id, delta })),
+  ev("message.completed", { message_id: id, finish_reason: "stop" }),
+];
+
+const opts = (run, transport, extra = {}) => ({
+  runId: run,
+  transport,
+  url: `/api/stream/runs/${run}`,
+  wsUrl: "/api/ws",
+  snapshotUrl: `/api/runs/${run}/snapshot`,
+  ...extra,
+});
+const serverKind = (transport) => (transport === "websocket" ? "websocket" : "sse");
+
+async function openPage(path = "/harness.html") {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const errors = watchErrors(page);
+  await page.goto(srv.url + path);
+  if (path.startsWith("/harness")) await page.evaluate(() => window.ready);
+  return { context, page, errors };
+}
+const follow = (page, key, o) => page.evaluate(([k, o]) => window.follow(k, o), [key, o]);
+const peek = (page, key) => page.evaluate((k) => window.peek(k), key);
+
+/** Connection values in order, consecutive repeats merged. */
+const connections = (samples) => samples.map((s) => s.c).filter((c, i, a) => i === 0 || c !== a[i - 1]);
+const timeline = (samples) => {
+  const t0 = samples[0]?.t ?? 0;
+  return samples.map((s) => `${s.c}/${s.a}@${((s.t - t0) / 1000).toFixed(1)}s`).join(" → ");
+};
+/** One line of what was observed, for the log and for assertion messages. */
+function observed(label, st, view, kind) {
+  const m = view.snap.metrics;
+  return `${label}: ${st.connections[kind]} connection(s) (last_event_id ${st.conns.map((c) => c.last_event_id).join(",")}), ` +
+    `reconnects ${m.reconnects}, terminations ${JSON.stringify(m.terminations)}, lastError ${JSON.stringify(view.snap.status.lastError)}; ` +
+    `status ${timeline(view.samples)}`;
+}
+
+/**
+ * What API.md's "Quiet is healthy" asks of a stream that became open `opens`
+ * times: the server counted `conns` connections, the client reconnected
+ * `opens - 1` times (one termination per reconnect) and is open now.
+ */
+function quietProblems(st, view, kind, { conns, opens }) {
+  const p = [];
+  const m = view.snap.metrics;
+  const seq = connections(view.samples);
+  const terminations = Object.values(m.terminations).reduce((a, b) => a + b, 0);
+  if (st.connections[kind] !== conns) p.push(`server counted ${st.connections[kind]} connections, expected ${conns}`);
+  if (m.reconnects !== opens - 1) p.push(`metrics.reconnects ${m.reconnects}, expected ${opens - 1}`);
+  if (terminations !== opens - 1) p.push(`terminations ${JSON.stringify(m.terminations)}, expected ${opens - 1} in all`);
+  const openRuns = seq.filter((c) => c === "open").length;
+  if (openRuns !== opens) p.push(`status.connection became "open" ${openRuns} times, expected ${opens} (${seq.join(" → ")})`);
+  if (view.snap.status.connection !== "open") p.push(`status.connection is "${view.snap.status.connection}" at the end`);
+  return p;
+}
+/** Runs `check` per transport, logs each observed line, and fails once with every problem. */
+async function perTransport(check) {
+  const results = await Promise.all(TRANSPORTS.map(async (t) => ({ t, ...(await check(t)) })));
+  for (const r of results) console.log(r.line);
+  const bad = results.filter((r) => r.problems.length);
+  assert.deepEqual(bad.map((r) => `${r.t}: ${r.problems.join("; ")}`), [], bad.map((r) => r.line).join("\n"));
+}
+
+test("a. an idle run keeps one connection for 40 s on fetch, sse and websocket (heartbeats every 15 s, silent after headers)", { timeout: 90000 }, async () => {
+  const { context, page, errors } = await openPage();
+  try {
+    await perTransport(async (t) => {
+      const run = await newRun();
+      await follow(page, t, opts(run, t, { resume: "none" }));
+      await sleep(40000);
+      const [st, view] = [await stats(run), await peek(page, t)];
+      return { line: observed(`idle 40 s / ${t}`, st, view, serverKind(t)), problems: quietProblems(st, view, serverKind(t), { conns: 1, opens: 1 }) };
+    });
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+  }
+});
+
+test("b. a server-ended connection on an idle run is resumed exactly once, then holds", { timeout: 90000 }, async () => {
+  const { context, page, errors } = await openPage();
+  try {
+    await perTransport(async (t) => {
+      const run = await newRun([ev("run.started", {})]);
+      await follow(page, t, opts(run, t, { resume: "none" }));
+      await until(async () => (await peek(page, t)).snap.state.cursor === 1 && (await stats(run)).open === 1, 5000);
+      await sleep(1000);
+      const { ended } = await ctl("POST", `/runs/${run}/end`);
+      await until(async () => (await stats(run)).connections[serverKind(t)] >= 2, 8000);
+      await sleep(20000);
+      const [st, view] = [await stats(run), await peek(page, t)];
+      const problems = quietProblems(st, view, serverKind(t), { conns: 2, opens: 2 });
+      if (ended !== 1) problems.unshift(`the server ended ${ended} streams, expected 1`);
+      if (st.conns[1] && st.conns[1].last_event_id !== 1) problems.push(`resumed with last_event_id ${st.conns[1].last_event_id}, expected 1`);
+      return { line: observed(`server-ended once / ${t}`, st, view, serverKind(t)), problems };
+    });
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+  }
+});
+
+test("c. a send refused with 503 survives a reload: re-sent with the same client_request_id, accepted once, shown once", { timeout: 60000 }, async () => {
+  const session = `sess_c_${Date.now().toString(36)}`;
+  const run = await newRun([ev("run.started", {})], session);
+  const o = opts(run, "fetch", { sendUrl: `/api/chat/${session}/messages`, backoff: { initialMs: 200, maxMs: 1000, multiplier: 2 } });
+  const { context, page, errors } = await openPage();
+  try {
+    await ctl("POST", "/sends", { on: true });
+    await follow(page, "c", o);
+    await until(async () => (await peek(page, "c")).snap.state.cursor === 1, 5000);
+    const crid = await page.evaluate(() => window.sendOn("c", "hello from c"));
+    assert.ok(await until(async () => (await sendsOf(crid)).some((s) => s.status === 503), 5000), "the first page tried the send (and got 503)");
+    await sleep(300);
+    const reloadedAt = Date.now();
+    await page.reload();
+    await page.evaluate(() => window.ready);
+    const restored = await follow(page, "c", o);
+    console.log(`after the reload, before start: ${JSON.stringify(restored.state.messages)}`);
+    await sleep(800);
+    await ctl("POST", "/sends", { on: false });
+    const accepted = await until(async () => (await sendsOf(crid)).some((s) => s.status === 202), 10000);
+    const echo = (await stats(run)).log.find((e) => e.type === "message.created" && e.payload.client_request_id === crid);
+    if (echo) await until(async () => (await peek(page, "c")).snap.state.cursor >= echo.event_id, 5000);
+    await sleep(1000); // room for a late duplicate to show
+    const view = await peek(page, "c");
+    const all = (await ctl("GET", "/sends")).filter((s) => s.session === session);
+    const mine = view.snap.state.messages.filter((m) => m.role === "user");
+    console.log(`sends received: ${all.map((s) => `${s.client_request_id.slice(0, 8)}…→${s.status}${s.at > reloadedAt ? " (after reload)" : ""}`).join(", ")}`);
+    console.log(`user messages shown: ${JSON.stringify(mine)}; status ${timeline(view.samples)}`);
+    assert.deepEqual([...new Set(all.map((s) => s.client_request_id))], [crid], "every send carried the one client_request_id");
+    assert.ok(accepted && all.some((s) => s.at > reloadedAt && s.status === 202), `the reloaded page re-sent it and it was accepted: ${JSON.stringify(all)}`);
+    assert.equal(all.filter((s) => s.first).length, 1, "accepted once");
+    assert.equal((await stats(run)).log.filter((e) => e.payload.client_request_id === crid).length, 1, "echoed once");
+    assert.equal(mine.length, 1, `shown exactly once: ${JSON.stringify(mine)}`);
+    assert.equal(mine[0].clientRequestId, crid);
+    assert.equal(mine[0].content, "hello from c");
+    assert.deepEqual(errors, []);
+  } finally {
+    await ctl("POST", "/sends", { on: false });
+    await context.close();
+  }
+});
+
+test("d. a reply without reply_to ends \"working\": activity is idle within stallAfterMs + 1 s of its completion", { timeout: 30000 }, async () => {
+  const session = `sess_d_${Date.now().toString(36)}`;
+  const run = await newRun([ev("run.started", {})], session);
+  const { context, page, errors } = await openPage();
+  try {
+    await follow(page, "d", opts(run, "fetch", { resume: "none", sendUrl: `/api/chat/${session}/messages`, stallAfterMs: STALL_AFTER_MS }));
+    await until(async () => (await peek(page, "d")).snap.state.cursor === 1, 5000);
+    const crid = await page.evaluate(() => window.sendOn("d", "question d"));
+    assert.ok(await until(async () => (await sendsOf(crid)).some((s) => s.status === 202), 5000), "the send was accepted");
+    await sleep(300);
+    for (const e of reply("m_asst_d", ["Hel", "lo ", "there"])) {
+      await append(run, [e]);
+      await sleep(100);
+    }
+    const last = (await stats(run)).log.length;
+    await until(async () => (await peek(page, "d")).snap.state.cursor === last, 5000);
+    await sleep(STALL_AFTER_MS + 1000);
+    const a1 = (await peek(page, "d")).snap.status.activity;
+    await sleep(1500);
+    const view = await peek(page, "d");
+    console.log(`activity after the reply: ${a1}, then ${view.snap.status.activity}; status ${timeline(view.samples)}`);
+    const asst = view.snap.state.messages.find((m) => m.role === "assistant");
+    assert.equal(asst?.content, "Hello there");
+    assert.equal(asst?.status, "completed");
+    assert.equal(a1, "idle", `activity ${STALL_AFTER_MS + 1000} ms after the reply completed: ${timeline(view.samples)}`);
+    assert.equal(view.snap.status.activity, "idle", `activity later: ${timeline(view.samples)}`);
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+  }
+});
+
+test("e. under Content-Security-Policy script-src 'self' 'wasm-unsafe-eval' a run streams to completion on every transport", { timeout: 60000 }, async () => {
+  const results = await Promise.all(TRANSPORTS.map(async (t) => {
+    const run = await newRun([ev("run.started", {}), ...reply("m_csp", ["strict ", "CSP "]).slice(0, 3)]);
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const errors = watchErrors(page);
+    try {
+      await page.goto(`${srv.url}/csp.html?run=${run}&transport=${t}`);
+      await until(async () => (await stats(run)).open === 1, 10000);
+      await append(run, [ev("message.delta", { message_id: "m_csp", delta: "holds" }), ev("message.completed", { message_id: "m_csp", finish_reason: "stop" }), ev("run.completed", { status: "succeeded" })]);
+      const r = await page.evaluate(() => window.cspResult);
+      return { t, r, errors };
+    } finally {
+      await context.close();
+    }
+  }));
+  const problems = [];
+  for (const { t, r, errors } of results) {
+    const s = r.snap;
+    const m = s?.state.messages.find((x) => x.messageId === "m_csp");
+    console.log(`csp / ${t}: connection ${s?.status.connection}, run ${s?.state.status}, message ${JSON.stringify(m?.content)}, violations ${JSON.stringify(r.violations)}, page errors ${JSON.stringify([...r.errors, ...errors])}`);
+    if (s?.status.connection !== "closed") problems.push(`${t}: connection ${s?.status.connection} (${s?.status.lastError})`);
+    if (s?.state.status !== "succeeded") problems.push(`${t}: run status ${s?.state.status}`);
+    if (m?.content !== "strict CSP holds" || m?.status !== "completed") problems.push(`${t}: message ${JSON.stringify(m)}`);
+    if (r.violations.length) problems.push(`${t}: CSP violations ${JSON.stringify(r.violations)}`);
+    if (r.errors.length || errors.length) problems.push(`${t}: errors ${JSON.stringify([...r.errors, ...errors])}`);
+  }
+  assert.deepEqual(problems, []);
+});
+
+test("f. a resume with nothing to replay stays open for 30 s without reconnecting (server silent after headers)", { timeout: 90000 }, async () => {
+  const { context, page, errors } = await openPage();
+  try {
+    const runs = {};
+    for (const t of TRANSPORTS) {
+      runs[t] = await newRun(reply(`m_f_${t}`, ["three events"])); // created, delta, completed
+      await follow(page, t, opts(runs[t], t));
+    }
+    for (const t of TRANSPORTS) assert.ok(await until(async () => (await peek(page, t)).snap.state.cursor === 3, 8000), `${t}: applied the 3 events`);
+    await sleep(500);
+    await page.reload();
+    await page.evaluate(() => window.ready);
+    // Only the new page's connections count (the old page's end as it unloads).
+    const reloadedAt = Date.now();
+    const restored = {};
+    for (const t of TRANSPORTS) restored[t] = await follow(page, t, opts(runs[t], t));
+    await sleep(30000);
+    await perTransport(async (t) => {
+      const [st, view] = [await stats(runs[t]), await peek(page, t)];
+      const conns = st.conns.filter((c) => c.opened >= reloadedAt);
+      const after = { ...st, connections: { [serverKind(t)]: conns.length }, conns };
+      const problems = quietProblems(after, view, serverKind(t), { conns: 1, opens: 1 });
+      if (restored[t].state.cursor !== 3) problems.unshift(`the reload restored cursor ${restored[t].state.cursor}, expected 3`);
+      if (after.conns[0] && after.conns[0].last_event_id !== 3) problems.push(`resumed with last_event_id ${after.conns[0].last_event_id}, expected 3`);
+      const m = view.snap.state.messages.find((x) => x.messageId === `m_f_${t}`);
+      if (m?.content !== "three events") problems.push(`message after the reload: ${JSON.stringify(m)}`);
+      return { line: observed(`resume, nothing to replay, 30 s / ${t}`, after, view, serverKind(t)), problems };
+    });
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+  }
+});
