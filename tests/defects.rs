@@ -169,7 +169,9 @@ fn d03_websocket_send_on_a_dropped_socket_is_sent_again_on_the_next() {
     e.handle_ws_text(
         5.0,
         conn2,
-        &format!(r#"{{"op":"ack","client_request_id":"{crid}","message_id":"u1","run_id":"run_T"}}"#),
+        &format!(
+            r#"{{"op":"ack","client_request_id":"{crid}","message_id":"u1","run_id":"run_T"}}"#
+        ),
     );
     assert_eq!(e.state().messages[0].status, MessageStatus::Sent);
 }
@@ -181,9 +183,17 @@ fn d04_reply_without_reply_to_ends_working() {
     let (mut e, conn) = open(cfg(), [1, 1]);
     e.send(2.0, "q").unwrap();
     let evs = [
-        envelope(1, "message.created", json!({"message_id": "a", "role": "assistant"})),
+        envelope(
+            1,
+            "message.created",
+            json!({"message_id": "a", "role": "assistant"}),
+        ),
         envelope(2, "message.delta", json!({"message_id": "a", "delta": "x"})),
-        envelope(3, "message.completed", json!({"message_id": "a", "finish_reason": "stop"})),
+        envelope(
+            3,
+            "message.completed",
+            json!({"message_id": "a", "finish_reason": "stop"}),
+        ),
     ];
     for ev in &evs {
         e.handle_bytes(3.0, conn, &sse_frame(ev));
@@ -196,7 +206,11 @@ fn d04_run_completed_with_a_message_still_streaming_ends_working() {
     let (mut e, conn) = open(cfg(), [1, 1]);
     e.send(2.0, "q").unwrap();
     let evs = [
-        envelope(1, "message.created", json!({"message_id": "a", "role": "assistant", "reply_to": "nope"})),
+        envelope(
+            1,
+            "message.created",
+            json!({"message_id": "a", "role": "assistant", "reply_to": "nope"}),
+        ),
         envelope(2, "run.completed", json!({"status": "succeeded"})),
     ];
     for ev in &evs {
@@ -230,10 +244,16 @@ fn d06_becoming_visible_or_online_never_cuts_a_retry_after_short() {
     drain(&mut e);
     e.handle_visibility(10.0, false);
     e.handle_visibility(5000.0, true);
-    assert!(connect_of(&drain(&mut e)).is_none(), "visible reconnected at once");
+    assert!(
+        connect_of(&drain(&mut e)).is_none(),
+        "visible reconnected at once"
+    );
     e.handle_online(6000.0, false);
     e.handle_online(7000.0, true);
-    assert!(connect_of(&drain(&mut e)).is_none(), "online reconnected at once");
+    assert!(
+        connect_of(&drain(&mut e)).is_none(),
+        "online reconnected at once"
+    );
     let (_, _, at) = next_connect(&mut e, 7000.0, 200_000.0).unwrap();
     assert!(at >= 120_001.0, "{at}");
 }
@@ -294,10 +314,18 @@ fn unfillable_gap(transport: Transport, snapshot_url: bool) {
             break;
         }
     }
-    assert_eq!(e.cursor(), 4, "gap never skipped after {connects} connections");
+    assert_eq!(
+        e.cursor(),
+        4,
+        "gap never skipped after {connects} connections"
+    );
     assert!(connects <= 3, "{connects} connections: resumed in a loop");
     assert_eq!(e.metrics().gaps_skipped, 1);
-    assert!(e.status(now).last_error.unwrap_or_default().contains("skipped"));
+    assert!(e
+        .status(now)
+        .last_error
+        .unwrap_or_default()
+        .contains("skipped"));
     // Nothing more happens: no further resume.
     let acts = run_until(&mut e, now + 20_000.0);
     assert!(connect_of(&acts).is_none());
@@ -359,7 +387,11 @@ fn d12_invalid_snapshot_event_consumes_no_id() {
     e.handle_bytes(2.0, conn, &sse_frame(&bad.to_string()));
     assert_eq!(e.cursor(), 0, "the invalid snapshot consumed id 1");
     assert_eq!(e.metrics().protocol_errors, 1);
-    e.handle_bytes(3.0, conn, &sse_frame(&envelope(1, "run.started", json!({"title": "t"}))));
+    e.handle_bytes(
+        3.0,
+        conn,
+        &sse_frame(&envelope(1, "run.started", json!({"title": "t"}))),
+    );
     assert_eq!(e.cursor(), 1);
     assert_eq!(e.state().status, runstream::core::state::RunStatus::Running);
 }
@@ -388,7 +420,11 @@ fn d13_parked_job_only_events_survive_a_refresh() {
     let (mut e, conn) = open(cfg(), [1, 1]);
     let evs = [
         envelope(1, "run.started", json!({})),
-        envelope(2, "tool.completed", json!({"job_id": "j1", "tool_call_id": "t1", "status": "error"})),
+        envelope(
+            2,
+            "tool.completed",
+            json!({"job_id": "j1", "tool_call_id": "t1", "status": "error"}),
+        ),
     ];
     for ev in &evs {
         e.handle_bytes(2.0, conn, &sse_frame(ev));
@@ -407,7 +443,11 @@ fn d13_parked_job_only_events_survive_a_refresh() {
     e2.handle_bytes(
         2.0,
         conn2,
-        &sse_frame(&envelope(3, "worker.started", json!({"worker_id": "w1", "job_id": "j1"}))),
+        &sse_frame(&envelope(
+            3,
+            "worker.started",
+            json!({"worker_id": "w1", "job_id": "j1"}),
+        )),
     );
     let w = &e2.state().workers[0];
     assert_eq!(w.tools.len(), 1, "the parked tool event was lost: {w:?}");
@@ -420,8 +460,16 @@ fn d13_parked_job_only_events_survive_a_refresh() {
 fn d14_unknown_event_types_are_counted_and_reported() {
     let (mut e, conn) = open(cfg(), [1, 1]);
     e.set_telemetry(true);
-    e.handle_bytes(2.0, conn, &sse_frame(&envelope(1, "future.thing", json!({"x": 1}))));
-    e.handle_bytes(2.0, conn, &sse_frame(&envelope(1, "future.thing", json!({"x": 1}))));
+    e.handle_bytes(
+        2.0,
+        conn,
+        &sse_frame(&envelope(1, "future.thing", json!({"x": 1}))),
+    );
+    e.handle_bytes(
+        2.0,
+        conn,
+        &sse_frame(&envelope(1, "future.thing", json!({"x": 1}))),
+    );
     assert_eq!(e.cursor(), 1);
     assert_eq!(e.metrics().unknown_events, 1);
     let names: Vec<_> = std::iter::from_fn(|| e.poll_telemetry())
@@ -438,7 +486,11 @@ fn d17_send_after_run_completed_still_works() {
     e.handle_bytes(
         2.0,
         conn,
-        &sse_frame(&envelope(1, "run.completed", json!({"status": "succeeded"}))),
+        &sse_frame(&envelope(
+            1,
+            "run.completed",
+            json!({"status": "succeeded"}),
+        )),
     );
     assert_eq!(e.status(3.0).connection, Connection::Closed);
     drain(&mut e);
@@ -461,14 +513,18 @@ fn d17_websocket_send_after_run_completed_opens_a_socket_for_it() {
     e.handle_ws_open(4.0, conn2, Vec::new());
     let acts = drain(&mut e);
     assert!(
-        !acts.iter().any(|a| matches!(a, Action::WsSend { text, .. } if text.contains("subscribe"))),
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::WsSend { text, .. } if text.contains("subscribe"))),
         "a finished run is never subscribed again"
     );
     assert_eq!(ws_sends(&acts).len(), 1);
     e.handle_ws_text(
         5.0,
         conn2,
-        &format!(r#"{{"op":"ack","client_request_id":"{crid}","message_id":"u1","run_id":"run_T"}}"#),
+        &format!(
+            r#"{{"op":"ack","client_request_id":"{crid}","message_id":"u1","run_id":"run_T"}}"#
+        ),
     );
     assert!(drain(&mut e).contains(&Action::Disconnect { conn: conn2 }));
     assert_eq!(e.status(6.0).connection, Connection::Closed);
@@ -501,7 +557,14 @@ fn d18_restore_beyond_the_outbox_bound_fails_the_excess_visibly() {
             .find(|m| m.status == MessageStatus::Queued)
             .and_then(|m| m.client_request_id.clone())
             .unwrap();
-        e3.handle_send_result(0.0, &first, SendResult { status: Some(400), ..SendResult::default() });
+        e3.handle_send_result(
+            0.0,
+            &first,
+            SendResult {
+                status: Some(400),
+                ..SendResult::default()
+            },
+        );
         e3.send(1.0, &format!("m{i}")).unwrap();
         big = e3.storage_record();
     }
@@ -524,5 +587,9 @@ fn d18_restore_beyond_the_outbox_bound_fails_the_excess_visibly() {
     assert_eq!(failed, 3);
     e4.start(0.0);
     assert_eq!(posted_ids(&mut e4).len(), 3);
-    assert!(e4.status(0.0).last_error.unwrap_or_default().contains("not sent"));
+    assert!(e4
+        .status(0.0)
+        .last_error
+        .unwrap_or_default()
+        .contains("not sent"));
 }
