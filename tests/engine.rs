@@ -176,6 +176,34 @@ fn invalid_payload_consumes_its_id_without_effect() {
 }
 
 #[test]
+fn snapshot_event_not_in_the_state_shape_is_an_invalid_payload_and_consumes_no_id() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    for payload in [
+        json!({}),
+        json!({"state": null}),
+        json!({"state": {"run_id": RUN, "cursor": "x"}}),
+        json!({"state": {"run_id": RUN, "workers": [{"name": "no id"}]}}),
+    ] {
+        e.handle_bytes(2.0, conn, &sse_frame(&envelope(3, "snapshot", payload)));
+    }
+    assert_eq!(e.cursor(), 0);
+    let m = e.metrics();
+    assert_eq!(m.protocol_errors, 4);
+    assert_eq!(
+        m.protocol_errors_by_kind.get("invalid_payload"),
+        Some(&4),
+        "{:?}",
+        m.protocol_errors_by_kind
+    );
+    e.handle_bytes(
+        3.0,
+        conn,
+        &sse_frame(&envelope(1, "run.started", json!({}))),
+    );
+    assert_eq!(e.cursor(), 1);
+}
+
+#[test]
 fn hostile_retry_zero_cannot_make_the_client_hammer() {
     let mut e = Engine::new(cfg(), [3, 3], None);
     e.start(0.0);

@@ -40,7 +40,7 @@ pub struct RunMetrics {
     pub duplicates_dropped: u64,
     /// Events that arrived ahead of a gap and waited in the reorder buffer.
     pub out_of_order: u64,
-    /// Frames and events rejected by validation (see `ProtocolError`).
+    /// Frames and events rejected by validation (see [`ProtocolError`](crate::core::error::ProtocolError)).
     pub protocol_errors: u64,
     /// (Re)subscribe → first event, for the most recent connection that received one.
     pub time_to_first_event_ms: Option<f64>,
@@ -52,7 +52,7 @@ pub struct RunMetrics {
     pub terminations: BTreeMap<String, u64>,
     /// Per-send figures, by `client_request_id` (at most [`MAX_MESSAGE_METRICS`]).
     pub messages: BTreeMap<String, MessageMetrics>,
-    /// Protocol errors by kind (`ProtocolError::kind`).
+    /// Protocol errors by kind ([`ProtocolError::kind`](crate::core::error::ProtocolError::kind)).
     pub protocol_errors_by_kind: BTreeMap<String, u64>,
     /// Event ids given up on: a gap neither replay nor the snapshot endpoint could fill (PROTOCOL §1).
     pub gaps_skipped: u64,

@@ -4,11 +4,19 @@
 //! Nothing here names a browser API, reads a clock or draws randomness of its
 //! own: time and a seed are parameters, so all of it is tested natively with a
 //! virtual clock.
+//!
+//! Modules depend on each other in one direction: [`vocab`] (status enums) and
+//! [`error`] (one error type per layer) import nothing from the crate;
+//! [`envelope`] decodes events with them; [`state`] reduces events into a run
+//! state; [`wire`] types the frames and bodies around both; [`engine`]
+//! coordinates everything.
 
 pub mod engine;
 pub mod envelope;
+pub mod error;
 pub mod metrics;
 pub mod rng;
 pub mod sse;
 pub mod state;
+pub mod vocab;
 pub mod wire;

@@ -4,6 +4,9 @@
 //! (to answer the snapshot endpoint), so "the client converged" can be checked
 //! by comparing the two states.
 //!
+//! The status enums live in [`super::vocab`] (shared with the envelope
+//! decoder) and are re-exported here.
+//!
 //! Serialization: the JS API sees camelCase ([`serde::Serialize`]); the wire
 //! (snapshots, PROTOCOL §6) is snake_case ([`serde::Deserialize`] and
 //! [`RunState::to_wire`]).
@@ -13,74 +16,9 @@ use std::collections::{HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::envelope::{EventKind, ProtocolError};
-
-/// Run lifecycle status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-#[allow(missing_docs)]
-pub enum RunStatus {
-    #[default]
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-/// Worker status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-#[allow(missing_docs)]
-pub enum WorkerStatus {
-    #[default]
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// Never reported a final status, and reconciliation could not tell.
-    Unknown,
-}
-
-impl WorkerStatus {
-    /// True for statuses a worker never leaves.
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, Self::Pending | Self::Running)
-    }
-}
-
-/// Tool call status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-#[allow(missing_docs)]
-pub enum ToolStatus {
-    #[default]
-    Running,
-    Ok,
-    Error,
-    /// Never reported completion, and reconciliation could not tell.
-    Unknown,
-}
-
-/// Message status: the wire's three, plus the outbox states of an optimistic user message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum MessageStatus {
-    /// Optimistic, waiting to be sent (offline, or backing off before a retry).
-    Queued,
-    /// Optimistic, a send request is in flight.
-    Sending,
-    /// Accepted by the server, echo not yet seen.
-    Sent,
-    /// Assistant message receiving tokens.
-    #[default]
-    Streaming,
-    /// Final.
-    Completed,
-    /// Final, failed (a send that could not be delivered, or `message.failed`).
-    Failed,
-}
+use super::envelope::EventKind;
+use super::error::{ReducerError, SnapshotError};
+pub use super::vocab::{MessageStatus, RunStatus, ToolStatus, WorkerStatus};
 
 /// PROTOCOL §6: a missing optional field and one that is `null` are the same
 /// (treated as absent), so other servers' `null`s never reject a snapshot.
@@ -271,9 +209,9 @@ impl RunState {
     }
 
     /// Parses a §6 wire state (snake_case), validating its shape.
-    pub fn from_wire(value: Value) -> Result<Self, ProtocolError> {
+    pub fn from_wire(value: Value) -> Result<Self, SnapshotError> {
         let mut s: RunState =
-            serde_json::from_value(value).map_err(|e| ProtocolError::BadSnapshot(e.to_string()))?;
+            serde_json::from_value(value).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
         s.reindex();
         Ok(s)
     }
@@ -354,7 +292,7 @@ impl RunState {
         parked: &mut Parked,
         park_cap: usize,
         out: &mut Vec<Applied>,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<(), ReducerError> {
         self.cursor = self.cursor.max(event_id);
         if let Some(job) = kind.job_only() {
             if !self.index.jobs.contains_key(job) {
@@ -364,7 +302,7 @@ impl RunState {
                 }
                 parked.events.push_back((event_id, kind));
                 return if overflow {
-                    Err(ProtocolError::ParkOverflow)
+                    Err(ReducerError::ParkOverflow)
                 } else {
                     Ok(())
                 };
@@ -937,7 +875,7 @@ mod tests {
         }
         assert_eq!(parked.len(), 2);
         let err = s.apply(4, worker_done(None, Some("j9")), &mut parked, 2, &mut out);
-        assert_eq!(err, Err(ProtocolError::ParkOverflow));
+        assert_eq!(err, Err(ReducerError::ParkOverflow));
     }
 
     #[test]

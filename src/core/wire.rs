@@ -12,9 +12,10 @@
 //!   never through this type.
 //!
 //! Decoding ignores unknown fields (forward compatibility), never panics, and
-//! reports what was wrong as a [`WireError`]. The envelope inside an `event`
-//! frame stays raw JSON ([`RawValue`]), so the client validates it once, on its
-//! own fast path, and a server forwards its log entries without re-parsing them.
+//! reports what was wrong as a [`WireError`] (a [`FrameError`] to the engine).
+//! The envelope inside an `event` frame stays raw JSON ([`RawValue`]), so the
+//! client validates it once, on its own fast path, and a server forwards its
+//! log entries without re-parsing them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,7 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
-use super::envelope::ProtocolError;
+use super::error::{FrameError, SnapshotError};
 use super::state::RunState;
 
 /// Request headers carried inside WebSocket frames (a browser WebSocket cannot set headers).
@@ -48,6 +49,18 @@ pub enum WireError {
     /// A known frame or a body with a missing or mistyped field.
     #[error("invalid frame: {0}")]
     Invalid(String),
+}
+
+/// A WebSocket frame the client could not decode is a framing error (§2b).
+impl From<WireError> for FrameError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::NotJson(m) => Self::NotJson(m),
+            WireError::NotObject => Self::NotObject,
+            WireError::MissingOp | WireError::UnknownOp(_) => Self::UnknownOp,
+            WireError::Invalid(m) => Self::Invalid(m),
+        }
+    }
 }
 
 /// A frame the client sends over WebSocket (PROTOCOL §2b, §5).
@@ -343,7 +356,7 @@ impl SnapshotBody {
     }
 
     /// The state, validated ([`RunState::from_wire`]).
-    pub fn into_state(self) -> Result<RunState, ProtocolError> {
+    pub fn into_state(self) -> Result<RunState, SnapshotError> {
         RunState::from_wire(self.state)
     }
 
@@ -515,7 +528,7 @@ fn classify<K: DeserializeOwned>(text: &str, e: &serde_json::Error) -> WireError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::envelope::decode_envelope;
+    use crate::core::envelope::{decode_envelope, EventKind};
 
     const ENVELOPE: &str = r#"{
   "event_id": 42,
@@ -838,7 +851,7 @@ mod tests {
         let snap = WireEnvelope::snapshot("…", 42, "2026-11-22T12:00:00.123Z".into(), st.to_wire());
         let d = decode_envelope(&snap.encode(), "…").unwrap();
         assert_eq!(d.event_id, 42);
-        assert_eq!(d.event_type, "snapshot");
+        assert!(matches!(d.kind, EventKind::Snapshot(_)));
     }
 
     #[test]
@@ -964,10 +977,7 @@ mod tests {
         ));
         // A body that parses but whose state is not the §6 shape fails on use.
         let bad = SnapshotBody::decode(r#"{"run_id":"r","event_id":1,"state":[]}"#).unwrap();
-        assert!(matches!(
-            bad.into_state(),
-            Err(ProtocolError::BadSnapshot(_))
-        ));
+        assert!(matches!(bad.into_state(), Err(SnapshotError::Invalid(_))));
     }
 
     #[test]

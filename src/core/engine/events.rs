@@ -6,7 +6,8 @@ use super::link::Conn;
 use super::ordering::{GapRepair, Offer};
 use super::timers::Timer;
 use super::{Action, Engine, Ms, Transport};
-use crate::core::envelope::{decode_envelope, Envelope, EventKind, ProtocolError, MAX_EVENT_ID};
+use crate::core::envelope::{decode_envelope, Envelope, EventKind, MAX_EVENT_ID};
+use crate::core::error::{DecodeError, FrameError, SnapshotError};
 use crate::core::metrics::{EventClass, Metric, SpanFields, SpanStatus, Termination};
 use crate::core::state::{Applied, RunState};
 use crate::core::wire::{ClientOp, ErrorCode, ServerOp, SnapshotBody};
@@ -38,12 +39,12 @@ impl Engine {
         }
         self.link.saw_byte(now, &self.cfg, &mut self.timers);
         if text.len() > self.cfg.max_event_bytes {
-            self.protocol_error(now, ProtocolError::TooLarge(text.len()));
+            self.protocol_error(now, FrameError::TooLarge(text.len()).into());
             return;
         }
         let op = match ServerOp::decode(text) {
             Ok(op) => op,
-            Err(e) => return self.protocol_error(now, ProtocolError::from(e)),
+            Err(e) => return self.protocol_error(now, FrameError::from(e).into()),
         };
         match op {
             ServerOp::Event { event } => {
@@ -71,7 +72,7 @@ impl Engine {
                         self.note_event_arrival(now);
                         self.apply_snapshot(now, id, st)
                     }
-                    Err(e) => self.protocol_error(now, e),
+                    Err(e) => self.protocol_error(now, e.into()),
                 }
             }
             ServerOp::Subscribed { .. } => {
@@ -114,7 +115,7 @@ impl Engine {
             return;
         }
         self.link.saw_byte(now, &self.cfg, &mut self.timers);
-        self.protocol_error(now, ProtocolError::BinaryFrame);
+        self.protocol_error(now, FrameError::Binary.into());
     }
 
     /// Snapshot endpoint answered: `Ok(body)` for a 200, `Err(reason)` otherwise.
@@ -205,12 +206,25 @@ impl Engine {
         }
     }
 
-    fn handle_decoded(&mut self, now: Ms, r: Result<Envelope, ProtocolError>) {
+    fn handle_decoded(&mut self, now: Ms, r: Result<Envelope, DecodeError>) {
         match r {
             Ok(env) => {
                 self.note_event_arrival(now);
                 match env.kind {
-                    EventKind::Snapshot(st) => self.apply_snapshot(now, env.event_id, *st),
+                    EventKind::Snapshot(state) => match RunState::from_wire(*state) {
+                        Ok(st) => self.apply_snapshot(now, env.event_id, st),
+                        // Not the §6 shape: an invalid payload of a `snapshot`
+                        // event, which is not a log entry (§3) and consumes no id.
+                        Err(e) => self.protocol_error(
+                            now,
+                            DecodeError::InvalidPayload {
+                                event_id: env.event_id,
+                                event_type: "snapshot".to_owned(),
+                                reason: format!("`state`: {}", snapshot_reason(e)),
+                            }
+                            .into(),
+                        ),
+                    },
                     EventKind::Unknown => {
                         let fresh =
                             env.event_id > self.state.cursor && !self.ordering.holds(env.event_id);
@@ -230,7 +244,7 @@ impl Engine {
                     kind => self.offer(now, env.event_id, kind),
                 }
             }
-            Err(ProtocolError::InvalidPayload {
+            Err(DecodeError::InvalidPayload {
                 event_id,
                 event_type,
                 reason,
@@ -243,17 +257,18 @@ impl Engine {
                     && !self.ordering.holds(event_id);
                 self.protocol_error(
                     now,
-                    ProtocolError::InvalidPayload {
+                    DecodeError::InvalidPayload {
                         event_id,
                         event_type,
                         reason,
-                    },
+                    }
+                    .into(),
                 );
                 if consume {
                     self.offer(now, event_id, EventKind::Unknown);
                 }
             }
-            Err(e) => self.protocol_error(now, e),
+            Err(e) => self.protocol_error(now, e.into()),
         }
     }
 
@@ -316,7 +331,7 @@ impl Engine {
             self.metrics.events_replayed += 1;
         }
         if let Err(e) = r {
-            self.protocol_error(now, e);
+            self.protocol_error(now, e.into());
         }
         for a in out.drain(..) {
             self.on_applied(now, a);
@@ -472,13 +487,21 @@ impl Engine {
 }
 
 /// Validates a snapshot body (endpoint body or WS `snapshot` op) of `run_id`.
-fn snapshot_of(b: SnapshotBody, run_id: &str) -> Result<(u64, RunState), ProtocolError> {
+fn snapshot_of(b: SnapshotBody, run_id: &str) -> Result<(u64, RunState), SnapshotError> {
     if b.run_id != run_id {
-        return Err(ProtocolError::ForeignRun);
+        return Err(SnapshotError::ForeignRun);
     }
     if b.event_id > MAX_EVENT_ID {
-        return Err(ProtocolError::BadSnapshot("`event_id` out of range".into()));
+        return Err(SnapshotError::Invalid("`event_id` out of range".into()));
     }
     let id = b.event_id;
     Ok((id, b.into_state()?))
+}
+
+/// What was wrong with a snapshot state, without the "invalid snapshot" prefix.
+fn snapshot_reason(e: SnapshotError) -> String {
+    match e {
+        SnapshotError::Invalid(reason) => reason,
+        other => other.to_string(),
+    }
 }

@@ -37,7 +37,7 @@ pub use config::{Backoff, Config, Ms, Spans, Transport, MAX_RETRY_AFTER_MS};
 pub use io::{Action, Activity, CloseCause, Connection, EngineError, SendResult, StreamStatus};
 pub use persist::STORAGE_VERSION;
 
-use super::envelope::ProtocolError;
+use super::error::{FrameError, ProtocolError};
 use super::metrics::{
     EventClass, Metric, RunMetrics, RuntimeEvent, SpanFields, Telemetry, Termination,
 };
@@ -366,7 +366,7 @@ impl Engine {
                 SseItem::Event(ev) => self.handle_frame(now, &ev.data),
                 SseItem::Retry(ms) => self.link.server_retry = Some(ms as f64),
                 SseItem::Comment => {}
-                SseItem::TooLarge(n) => self.protocol_error(now, ProtocolError::TooLarge(n)),
+                SseItem::TooLarge(n) => self.protocol_error(now, FrameError::TooLarge(n).into()),
             }
         });
         if self.link.id != conn {
@@ -386,7 +386,7 @@ impl Engine {
         }
         self.link.saw_byte(now, &self.cfg, &mut self.timers);
         if data.len() > self.cfg.max_event_bytes {
-            self.protocol_error(now, ProtocolError::TooLarge(data.len()));
+            self.protocol_error(now, FrameError::TooLarge(data.len()).into());
             return;
         }
         self.handle_frame(now, data);

@@ -1,0 +1,78 @@
+//! The status vocabulary of PROTOCOL.md §4 and §6, shared by the envelope
+//! decoder (`envelope.rs`) and the run state (`state.rs`, which re-exports it).
+//!
+//! It depends on nothing else in the crate, so both sides can use it without
+//! importing each other. Wire names are snake_case; the JS API uses the same
+//! strings.
+
+use serde::{Deserialize, Serialize};
+
+/// Run lifecycle status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum RunStatus {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// Worker status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum WorkerStatus {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Never reported a final status, and reconciliation could not tell.
+    Unknown,
+}
+
+impl WorkerStatus {
+    /// True for statuses a worker never leaves.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Pending | Self::Running)
+    }
+}
+
+/// Outcome of a terminal worker / run.
+pub type Outcome = WorkerStatus;
+
+/// Tool call status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum ToolStatus {
+    #[default]
+    Running,
+    Ok,
+    Error,
+    /// Never reported completion, and reconciliation could not tell.
+    Unknown,
+}
+
+/// Message status: the wire's three, plus the outbox states of an optimistic user message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// Optimistic, waiting to be sent (offline, or backing off before a retry).
+    Queued,
+    /// Optimistic, a send request is in flight.
+    Sending,
+    /// Accepted by the server, echo not yet seen.
+    Sent,
+    /// Assistant message receiving tokens.
+    #[default]
+    Streaming,
+    /// Final.
+    Completed,
+    /// Final, failed (a send that could not be delivered, or `message.failed`).
+    Failed,
+}
