@@ -131,18 +131,7 @@ impl Engine {
         }
         self.actions
             .push_back(Action::Disconnect { conn: self.link.id });
-        *self
-            .metrics
-            .terminations
-            .entry(reason.as_str().to_owned())
-            .or_insert(0) += 1;
-        self.telemetry.metric(
-            EventClass::Counter,
-            Metric::Termination,
-            1.0,
-            now,
-            &[("reason", reason.as_str())],
-        );
+        self.count_termination(now, reason);
         self.end_replay();
         if self.link.attempt.first_event_at.is_none() {
             let ok = matches!(
@@ -190,11 +179,7 @@ impl Engine {
         {
             Failure::Wait(_) | Failure::Offline => {}
             Failure::Loop(n) => {
-                *self
-                    .metrics
-                    .terminations
-                    .entry(Termination::ErrorLoop.as_str().to_owned())
-                    .or_insert(0) += 1;
+                self.count_termination(now, Termination::ErrorLoop);
                 self.link.last_error = Some(format!(
                     "stopped after {n} failed attempts in {} s ({}); retry to continue",
                     (self.cfg.loop_guard_window_ms / 1000.0).round(),
@@ -203,6 +188,22 @@ impl Engine {
             }
         }
         self.mark_dirty();
+    }
+
+    /// One termination, in `metrics.terminations` and on the raw event stream.
+    fn count_termination(&mut self, now: Ms, reason: Termination) {
+        *self
+            .metrics
+            .terminations
+            .entry(reason.as_str().to_owned())
+            .or_insert(0) += 1;
+        self.telemetry.metric(
+            EventClass::Counter,
+            Metric::Termination,
+            1.0,
+            now,
+            &[("reason", reason.as_str())],
+        );
     }
 
     pub(super) fn fail_final(&mut self, now: Ms, reason: Termination, msg: String) {
