@@ -593,3 +593,178 @@ fn d18_restore_beyond_the_outbox_bound_fails_the_excess_visibly() {
         .unwrap_or_default()
         .contains("not sent"));
 }
+
+// ---- found by a review of the new engine against the spec ----------------------
+
+/// PROTOCOL §2a: once `run.completed` is applied the client "never reconnects",
+/// also when the finished state comes back from storage.
+#[test]
+fn r01_a_stored_finished_run_never_reconnects() {
+    for c in [cfg(), ws_cfg()] {
+        let (mut e, conn) = open(c.clone(), [1, 1]);
+        e.handle_bytes(
+            2.0,
+            conn,
+            &sse_frame(&envelope(
+                1,
+                "run.completed",
+                json!({"status": "succeeded"}),
+            )),
+        );
+        let record = e.storage_record();
+        let mut e2 = Engine::new(c, [2, 2], Some(&record));
+        e2.start(0.0);
+        let acts = run_until(&mut e2, 120_000.0);
+        assert!(connect_of(&acts).is_none(), "{acts:?}");
+        assert_eq!(e2.status(0.0).connection, Connection::Closed);
+    }
+}
+
+/// A `snapshot` that already holds a pending send's echo and its finished
+/// reply settles both: no re-send, no "working…".
+#[test]
+fn r03_snapshot_with_the_echo_and_the_reply_settles_the_send() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let crid = e.send(2.0, "q").unwrap();
+    drain(&mut e);
+    let snap = json!({"event_id": 9, "run_id": RUN, "type": "snapshot",
+        "timestamp": "2026-11-22T12:00:00Z",
+        "payload": {"state": {"run_id": RUN, "cursor": 9, "status": "running", "workers": [],
+            "messages": [
+                {"message_id": "u1", "client_request_id": crid, "role": "user", "content": "q", "status": "completed"},
+                {"message_id": "a1", "reply_to": crid, "role": "assistant", "content": "hi", "status": "completed"}],
+            "supervisor": {"completed": false}}}});
+    e.handle_bytes(3.0, conn, &sse_frame(&snap.to_string()));
+    assert_eq!(e.activity(60_000.0), Activity::Idle);
+    e.handle_send_result(4.0, &crid, SendResult::default());
+    let acts = run_until(&mut e, 60_000.0);
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::Post { .. })),
+        "re-sent"
+    );
+    assert_eq!(e.state().messages.len(), 2);
+}
+
+/// PROTOCOL §4: if the reconcile "fails, what is left is marked unknown (never
+/// left running)" — a snapshot endpoint that never answers fails too.
+#[test]
+fn r04_a_reconcile_that_never_answers_marks_leftovers_unknown() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    for ev in [
+        envelope(1, "worker.started", json!({"worker_id": "w1"})),
+        envelope(2, "run.completed", json!({"status": "succeeded"})),
+    ] {
+        e.handle_bytes(2.0, conn, &sse_frame(&ev));
+    }
+    let acts = drain(&mut e);
+    assert!(acts.contains(&Action::FetchSnapshot));
+    let acts = run_until(&mut e, 60_000.0);
+    assert!(persisted(&acts));
+    assert_eq!(e.state().workers[0].status, WorkerStatus::Unknown);
+    assert!(e.storage_record().contains("unknown"));
+}
+
+#[test]
+fn r06_a_send_after_completion_shows_no_working() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    e.handle_bytes(
+        2.0,
+        conn,
+        &sse_frame(&envelope(
+            1,
+            "run.completed",
+            json!({"status": "succeeded"}),
+        )),
+    );
+    e.send(3.0, "late").unwrap();
+    assert_eq!(e.activity(60_000.0), Activity::Idle);
+}
+
+/// API.md `connectTimeoutMs`: "no `open` (EventSource, WebSocket)"; a server
+/// that has nothing to replay may send nothing after it, not even `subscribed`.
+#[test]
+fn r07_websocket_silent_after_open_is_not_a_connect_timeout() {
+    let mut e = Engine::new(ws_cfg(), [1, 1], None);
+    e.start(0.0);
+    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    e.handle_ws_open(5.0, conn, Vec::new());
+    let mut now = 5.0;
+    while now < 40_000.0 {
+        now = e.poll_timeout().unwrap();
+        e.handle_timeout(now);
+        let acts = drain(&mut e);
+        assert!(connect_of(&acts).is_none(), "reconnected at {now}");
+        if acts
+            .iter()
+            .any(|a| matches!(a, Action::WsSend { text, .. } if text.contains("ping")))
+        {
+            e.handle_ws_text(now + 3.0, conn, r#"{"op":"pong","t":1}"#);
+        }
+    }
+    assert_eq!(e.metrics().terminations.get("connect_timeout"), None);
+}
+
+/// API.md: a send that has not been accepted is retried; a WebSocket `error`
+/// that is not a refusal (e.g. `unavailable`) is not a final answer.
+#[test]
+fn r09_websocket_send_error_unavailable_is_retried() {
+    let mut e = Engine::new(ws_cfg(), [1, 1], None);
+    e.start(0.0);
+    let conn = ws_open(&mut e, 1.0);
+    drain(&mut e);
+    let crid = e.send(2.0, "x").unwrap();
+    assert_eq!(ws_sends(&drain(&mut e)).len(), 1);
+    e.handle_ws_text(
+        3.0,
+        conn,
+        &format!(
+            r#"{{"op":"error","code":"unavailable","message":"busy","client_request_id":"{crid}"}}"#
+        ),
+    );
+    assert_ne!(e.state().messages[0].status, MessageStatus::Failed);
+    let acts = run_until(&mut e, 5_000.0);
+    assert_eq!(ws_sends(&acts).len(), 1);
+    e.handle_ws_text(
+        4.0,
+        conn,
+        &format!(
+            r#"{{"op":"error","code":"bad_request","message":"no","client_request_id":"{crid}"}}"#
+        ),
+    );
+    assert_eq!(e.state().messages[0].status, MessageStatus::Failed);
+}
+
+/// PROTOCOL §2a: 204 = "run finished and nothing to replay"; a client whose
+/// state is not finished asks the snapshot endpoint for the final state.
+#[test]
+fn r12_no_content_on_an_unfinished_state_fetches_the_snapshot() {
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
+    e.handle_response(1.0, conn, 204, None, true);
+    assert!(drain(&mut e).contains(&Action::FetchSnapshot));
+    let body = json!({"run_id": RUN, "event_id": 4, "state": {"run_id": RUN, "cursor": 4,
+        "status": "succeeded", "workers": [], "messages": [], "supervisor": {"completed": true}}});
+    e.handle_snapshot(2.0, Ok(&body.to_string()));
+    assert!(e.finished());
+    assert_eq!(e.cursor(), 4);
+}
+
+/// After a refresh, a send that was accepted but not answered yet still shows
+/// "working…" once its reply is late.
+#[test]
+fn r16_refresh_keeps_waiting_for_an_accepted_send() {
+    let (mut e, _) = open(cfg(), [1, 1]);
+    let crid = e.send(2.0, "q").unwrap();
+    e.handle_send_result(
+        3.0,
+        &crid,
+        SendResult {
+            status: Some(202),
+            body: Some(r#"{"message_id":"u1","run_id":"run_T"}"#.into()),
+            ..SendResult::default()
+        },
+    );
+    let record = e.storage_record();
+    let mut e2 = Engine::new(cfg(), [2, 2], Some(&record));
+    e2.start(0.0);
+    assert_eq!(e2.activity(5000.0), Activity::Working);
+}

@@ -3,7 +3,7 @@
 //!
 //! Rules: a reply is pending from `send()` until a reply that names it
 //! (`reply_to`) completes or fails, or until an assistant message without
-//! `reply_to` completes (it answers the oldest pending send); a message that
+//! `reply_to` completes (it ends every wait); a message that
 //! is streaming is pending too. A run that completes, a send that fails, and
 //! `close()` end it: "working…" never outlives its cause.
 
@@ -49,15 +49,18 @@ impl Tracker {
         self.stalled = false;
     }
 
-    /// A reply finished (completed or failed): `reply_to` names its send; an
-    /// assistant reply without one answers the oldest pending send.
+    /// A reply finished (completed or failed): `reply_to` names its send; a
+    /// reply without one ends every wait (API.md: it "ends working").
     pub fn reply_done(&mut self, reply_to: Option<&str>) {
         match reply_to {
             Some(crid) => self.awaiting.retain(|c| c != crid),
-            None => {
-                self.awaiting.pop_front();
-            }
+            None => self.awaiting.clear(),
         }
+    }
+
+    /// Whether a reply to `crid` is awaited.
+    pub fn awaits(&self, crid: &str) -> bool {
+        self.awaiting.iter().any(|c| c == crid)
     }
 
     /// The send `crid` failed for good: no reply will come.
@@ -129,9 +132,10 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_without_reply_to_ends_the_oldest_wait() {
+    fn a_reply_without_reply_to_ends_every_wait() {
         let mut a = Tracker::default();
         a.expect_reply("c1", 0.0);
+        a.expect_reply("c2", 0.0);
         a.reply_done(None);
         assert_eq!(a.state(10_000.0, false, 2000.0), Activity::Idle);
     }

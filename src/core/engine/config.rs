@@ -79,8 +79,6 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// Sends not yet accepted by the server; beyond it `send()` fails with `OutboxFull`.
     pub outbox_capacity: usize,
-    /// Attempts per send before it is marked failed.
-    pub send_max_attempts: u32,
     /// Failures without progress within `loop_guard_window_ms` that stop retrying.
     pub loop_guard_failures: usize,
     /// The window of the error-loop guard.
@@ -118,7 +116,6 @@ impl Config {
             park_capacity: 256,
             max_event_bytes: 1 << 20,
             outbox_capacity: 64,
-            send_max_attempts: 6,
             loop_guard_failures: 10,
             loop_guard_window_ms: 60_000.0,
             persist_interval_ms: 1000.0,

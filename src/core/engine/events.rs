@@ -9,7 +9,7 @@ use super::{Action, Engine, Ms, Transport};
 use crate::core::envelope::{decode_envelope, Envelope, EventKind, MAX_EVENT_ID};
 use crate::core::error::{DecodeError, FrameError, SnapshotError};
 use crate::core::metrics::{EventClass, Metric, SpanFields, SpanStatus, Termination};
-use crate::core::state::{Applied, RunState};
+use crate::core::state::{Applied, MessageStatus, RunState};
 use crate::core::wire::{ClientOp, ErrorCode, ServerOp, SnapshotBody};
 
 impl Engine {
@@ -30,6 +30,10 @@ impl Engine {
         }
         let text = self.subscribe_frame();
         self.actions.push_back(Action::WsSend { conn, text });
+        // `connectTimeoutMs` covers only until `open` (API.md): a server may
+        // stay silent after it, with nothing to replay; the heartbeat watch
+        // (pings every 10 s, answered by pongs) takes over.
+        self.opened(now);
     }
 
     /// A text frame on WebSocket connection `conn`.
@@ -94,7 +98,12 @@ impl Engine {
             } => {
                 let msg: String = message.chars().take(200).collect();
                 match client_request_id {
-                    Some(crid) => self.send_failed_final(now, &crid, format!("{code}: {msg}")),
+                    // The server refused the send itself: final. Anything else
+                    // (overloaded, unavailable, …) is retried like an HTTP 503.
+                    Some(crid) if matches!(code, ErrorCode::BadRequest | ErrorCode::NotFound) => {
+                        self.send_failed_final(now, &crid, format!("{code}: {msg}"))
+                    }
+                    Some(crid) => self.retry_send(now, &crid, None),
                     None if code == ErrorCode::NotFound => {
                         self.fail_final(now, Termination::Http4xx, "run not found".into())
                     }
@@ -120,6 +129,7 @@ impl Engine {
 
     /// Snapshot endpoint answered: `Ok(body)` for a 200, `Err(reason)` otherwise.
     pub fn handle_snapshot(&mut self, now: Ms, result: Result<&str, String>) {
+        self.timers.clear(Timer::Snapshot);
         let parsed = result.and_then(|body| {
             SnapshotBody::decode(body)
                 .map_err(|e| e.to_string())
@@ -128,7 +138,7 @@ impl Engine {
         match parsed {
             Ok((id, st)) if self.reconciling && id >= self.state.cursor => {
                 // Final reconciliation: the endpoint's state is authoritative.
-                self.install_snapshot(id, st);
+                self.install_snapshot(now, id, st);
             }
             Ok((id, st)) => self.apply_snapshot(now, id, st),
             Err(e) => {
@@ -144,8 +154,7 @@ impl Engine {
             if self.state.is_finished()
                 && (self.state.non_terminal() > 0 || !self.parked.is_empty())
             {
-                self.state.mark_unknown();
-                self.parked.clear();
+                self.mark_leftovers_unknown(now);
             }
         }
         self.mark_dirty();
@@ -383,27 +392,78 @@ impl Engine {
     /// After the run finished: every worker and tool must reach a terminal status.
     pub(super) fn after_finish(&mut self, now: Ms) {
         self.request_persist(now, true);
-        if self.state.non_terminal() == 0 && self.parked.is_empty() && !self.snapshot_replaced {
+        if self.state.is_finished()
+            && self.state.non_terminal() == 0
+            && self.parked.is_empty()
+            && !self.snapshot_replaced
+        {
             return;
         }
         if self.cfg.has_snapshot_url {
             if !self.reconciling {
                 self.reconciling = true;
-                self.actions.push_back(Action::FetchSnapshot);
+                self.fetch_snapshot(now);
             }
         } else if self.state.is_finished() {
-            self.state.mark_unknown();
-            self.parked.clear();
+            self.mark_leftovers_unknown(now);
         }
     }
 
+    /// Asks the snapshot endpoint; an answer that does not come within
+    /// `connect_timeout_ms` counts as a failure (the caller's fallback runs).
+    fn fetch_snapshot(&mut self, now: Ms) {
+        self.actions.push_back(Action::FetchSnapshot);
+        self.timers
+            .set(Timer::Snapshot, now + self.cfg.connect_timeout_ms);
+    }
+
+    /// PROTOCOL §4: after `run.completed` nothing is left "running".
+    fn mark_leftovers_unknown(&mut self, now: Ms) {
+        self.state.mark_unknown();
+        self.parked.clear();
+        self.persist.touch();
+        self.request_persist(now, true);
+    }
+
     /// Replaces the state with snapshot `st` as of `id` (parked events are covered by it).
-    fn install_snapshot(&mut self, id: u64, mut st: RunState) {
+    fn install_snapshot(&mut self, now: Ms, id: u64, mut st: RunState) {
         st.cursor = id;
         st.run_id = self.cfg.run_id.clone();
         self.state.replace_with(st);
         self.parked.clear();
         self.persist.touch();
+        self.settle_sends_from_state(now);
+    }
+
+    /// A snapshot applies no events, so nothing reports the echoes and
+    /// replies it already holds: a pending send whose echo is in it is
+    /// accepted, and a wait whose reply finished in it ends.
+    fn settle_sends_from_state(&mut self, now: Ms) {
+        let mut echoed = Vec::new();
+        let mut answered = Vec::new();
+        for m in &self.state.messages {
+            if let (Some(crid), Some(_)) = (&m.client_request_id, &m.message_id) {
+                if self.outbox.contains(crid) {
+                    echoed.push(crid.clone());
+                }
+            }
+            if let (Some(r), MessageStatus::Completed | MessageStatus::Failed) =
+                (&m.reply_to, m.status)
+            {
+                if self.activity.awaits(r) {
+                    answered.push(r.clone());
+                }
+            }
+        }
+        for crid in echoed {
+            self.outbox.remove(&crid);
+            self.record_ttfb(now, &crid);
+        }
+        for crid in answered {
+            self.activity.reply_done(Some(&crid));
+            self.note_reply_done(now, crid, None);
+        }
+        self.timers.set_opt(Timer::Send, self.outbox.next_due());
     }
 
     fn apply_snapshot(&mut self, now: Ms, id: u64, st: RunState) {
@@ -411,7 +471,7 @@ impl Engine {
             self.metrics.duplicates_dropped += 1;
             return;
         }
-        self.install_snapshot(id, st);
+        self.install_snapshot(now, id, st);
         self.snapshot_replaced = true;
         self.ordering.covered_up_to(id);
         self.link.attempt.progressed = true;
@@ -442,12 +502,7 @@ impl Engine {
                     "a gap in event ids did not fill in time".into(),
                 );
             }
-            GapRepair::Snapshot => {
-                self.actions.push_back(Action::FetchSnapshot);
-                // If the endpoint never answers, the next expiry skips the gap.
-                self.timers
-                    .set(Timer::Gap, now + self.cfg.connect_timeout_ms);
-            }
+            GapRepair::Snapshot => self.fetch_snapshot(now),
             GapRepair::Skip { from, to } => self.skip_gap(now, from, to),
             GapRepair::Nothing => {}
         }

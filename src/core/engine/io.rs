@@ -139,4 +139,19 @@ pub struct StreamStatus {
     pub retry_in_ms: Option<f64>,
     /// Human-readable, never a token or header value.
     pub last_error: Option<String>,
+    /// Connection sharing between tabs (API.md): this build connects each
+    /// stream on its own, so always `solo`.
+    pub sharing: Sharing,
+}
+
+/// API.md `StreamStatus.sharing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharing {
+    /// This tab holds its own connection.
+    Solo,
+    /// This tab holds the connection and relays it to others.
+    Leader,
+    /// Another tab holds the connection.
+    Follower,
 }

@@ -34,7 +34,9 @@ use std::collections::VecDeque;
 use super::wire::Headers;
 
 pub use config::{Backoff, Config, Ms, Spans, Transport, MAX_RETRY_AFTER_MS};
-pub use io::{Action, Activity, CloseCause, Connection, EngineError, SendResult, StreamStatus};
+pub use io::{
+    Action, Activity, CloseCause, Connection, EngineError, SendResult, Sharing, StreamStatus,
+};
 pub use persist::STORAGE_VERSION;
 
 use super::error::{FrameError, ProtocolError};
@@ -107,15 +109,30 @@ impl Engine {
         // Sends a previous page had not delivered go again (same client_request_id).
         let mut outbox = Outbox::default();
         let failed = outbox.restore(&mut state.messages, cfg.outbox_capacity);
+        // Sends not answered yet (undelivered, or accepted but without a
+        // finished reply) are still awaited after a refresh.
         let mut activity = activity::Tracker::default();
-        activity.restore(
-            state
+        if !state.is_finished() {
+            let answered: std::collections::HashSet<&str> = state
                 .messages
                 .iter()
-                .filter(|m| m.message_id.is_none() && m.status == MessageStatus::Queued)
-                .filter_map(|m| m.client_request_id.clone()),
-            0.0,
-        );
+                .filter(|m| matches!(m.status, MessageStatus::Completed | MessageStatus::Failed))
+                .filter_map(|m| m.reply_to.as_deref())
+                .collect();
+            let waiting: Vec<String> = state
+                .messages
+                .iter()
+                .filter(|m| {
+                    matches!(
+                        m.status,
+                        MessageStatus::Queued | MessageStatus::Sending | MessageStatus::Sent
+                    )
+                })
+                .filter_map(|m| m.client_request_id.clone())
+                .filter(|c| !answered.contains(c.as_str()))
+                .collect();
+            activity.restore(waiting, 0.0);
+        }
         let mut link = Link::default();
         if failed > 0 {
             link.last_error = Some(format!(
@@ -211,6 +228,7 @@ impl Engine {
             attempt,
             retry_in_ms,
             last_error: self.link.last_error.clone(),
+            sharing: Sharing::Solo,
         }
     }
 
@@ -248,7 +266,11 @@ impl Engine {
 
     /// Starts streaming (from the restored cursor, if any).
     pub fn start(&mut self, now: Ms) {
-        if self.link.conn == Conn::Idle {
+        if self.link.conn == Conn::Idle && self.state.is_finished() {
+            // A stored finished run: it never reconnects (PROTOCOL §2a); the
+            // reconcile still runs if something was left non-terminal.
+            self.finish(now);
+        } else if self.link.conn == Conn::Idle {
             if self.link.online {
                 self.connect(now);
             } else {
@@ -450,6 +472,10 @@ impl Engine {
                 }
             }
             Timer::Gap => self.on_gap_timeout(now),
+            Timer::Snapshot => self.handle_snapshot(
+                now,
+                Err("the snapshot endpoint did not answer in time".into()),
+            ),
             Timer::Persist => self.request_persist(now, true),
             Timer::Stall => {
                 if self

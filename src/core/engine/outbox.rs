@@ -4,8 +4,10 @@
 //! - A send is pending from `send()` until the server accepts it (202, WebSocket
 //!   `ack`, or its echo in the log). Pending sends are at most `outbox_capacity`;
 //!   `send()` beyond it fails with `OutboxFull`.
-//! - A retryable failure (network, 408/425/429/5xx) waits [`backoff::delay`] for
-//!   its attempt, honouring `Retry-After`; after `send_max_attempts` the send fails.
+//! - A retryable failure (network, 408/425/429/5xx, a timeout) waits
+//!   [`backoff::delay`] for its attempt, honouring `Retry-After`, for as long as
+//!   it takes: sends survive everything the stream survives. Only a final
+//!   answer (another 4xx, a second 401, a refused WebSocket send) fails a send.
 //! - A send written to a WebSocket that then drops goes back to the queue: only
 //!   an `ack` proves delivery (the same `client_request_id` makes a repeat safe).
 //! - Sends are persisted with the cursor (as optimistic messages of the state);
@@ -14,7 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::backoff;
-use super::config::{Config, Ms};
+use super::config::{Backoff, Ms};
 use crate::core::state::{Message, MessageStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,17 +55,6 @@ pub struct Due {
     pub client_request_id: String,
     /// Text.
     pub content: String,
-}
-
-/// What a failed attempt leads to.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Retry {
-    /// Queued again until `at`.
-    At(Ms),
-    /// No attempts left: the send failed (the reason).
-    GiveUp(String),
-    /// Not pending (already accepted or failed).
-    Unknown,
 }
 
 /// Pending sends and the timings of recent sends.
@@ -203,33 +194,24 @@ impl Outbox {
         }
     }
 
-    /// A retryable failure of `crid`'s attempt (`status` None = network error).
+    /// A retryable failure of `crid`'s attempt: queued again after the backoff
+    /// of its attempt (honouring `Retry-After`). Returns when, or `None` if it
+    /// is not pending.
     pub fn retry(
         &mut self,
         crid: &str,
         now: Ms,
-        status: Option<u16>,
         retry_after: Option<Ms>,
-        cfg: &Config,
+        policy: &Backoff,
         jitter: f64,
-    ) -> Retry {
-        let (policy, max_attempts) = (&cfg.backoff, cfg.send_max_attempts);
-        let Some(s) = self
+    ) -> Option<Ms> {
+        let s = self
             .pending
             .iter_mut()
-            .find(|s| s.client_request_id == crid)
-        else {
-            return Retry::Unknown;
-        };
-        if s.attempts >= max_attempts {
-            return Retry::GiveUp(match status {
-                Some(c) => format!("HTTP {c} after {max_attempts} attempts"),
-                None => format!("network error after {max_attempts} attempts"),
-            });
-        }
+            .find(|s| s.client_request_id == crid)?;
         let at = now + backoff::delay(policy, s.attempts.max(1), jitter, None, retry_after);
         s.state = SendState::Queued { due: at };
-        Retry::At(at)
+        Some(at)
     }
 
     /// Drops every pending send (`close()`).
@@ -268,25 +250,22 @@ mod tests {
     }
 
     #[test]
-    fn retries_back_off_honour_retry_after_then_give_up() {
+    fn retries_back_off_honour_retry_after_and_never_give_up() {
         let mut o = Outbox::default();
-        let p = Config {
-            send_max_attempts: 2,
-            ..Config::new("r")
-        };
+        let p = Backoff::default();
         o.push("a", "x", 0.0);
         let _ = o.take_due(0.0, false);
-        assert_eq!(
-            o.retry("a", 10.0, Some(503), Some(3000.0), &p, 0.0),
-            Retry::At(3010.0)
-        );
+        assert_eq!(o.retry("a", 10.0, Some(3000.0), &p, 0.0), Some(3010.0));
         assert!(o.take_due(3009.0, false).is_empty());
         assert_eq!(o.take_due(3010.0, false).len(), 1);
-        assert!(matches!(
-            o.retry("a", 4000.0, None, None, &p, 0.0),
-            Retry::GiveUp(_)
-        ));
-        assert_eq!(o.retry("zz", 0.0, None, None, &p, 0.0), Retry::Unknown);
+        let mut now = 3010.0;
+        for _ in 0..100 {
+            let at = o.retry("a", now, None, &p, 0.99).unwrap();
+            assert!(at - now <= p.max_ms);
+            now = at;
+            assert_eq!(o.take_due(now, false).len(), 1);
+        }
+        assert_eq!(o.retry("zz", 0.0, None, &p, 0.0), None);
     }
 
     #[test]

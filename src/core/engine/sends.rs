@@ -2,7 +2,7 @@
 //! writing due sends on the current channel, and per-send metrics.
 
 use super::link::Conn;
-use super::outbox::{Retry, SendTiming};
+use super::outbox::SendTiming;
 use super::timers::Timer;
 use super::{hex_id, Action, Engine, EngineError, Ms, SendResult, Spans};
 use crate::core::metrics::{
@@ -49,9 +49,12 @@ impl Engine {
         );
         self.metric_entry(&crid);
         self.outbox.push(&crid, content, now);
-        self.activity.expect_reply(&crid, now);
-        self.activity
-            .sync_timer(true, self.cfg.stall_after_ms, &mut self.timers);
+        if !self.state.is_finished() {
+            // A finished run's stream is over: no reply can arrive on it.
+            self.activity.expect_reply(&crid, now);
+            self.activity
+                .sync_timer(true, self.cfg.stall_after_ms, &mut self.timers);
+        }
         self.pump_sends(now);
         // Stored at once: a reload right after send() must send it again.
         self.persist.touch();
@@ -85,27 +88,25 @@ impl Engine {
                 }
             }
             None | Some(408 | 425 | 429 | 500..=599) => {
-                let jitter = self.rng.next_f64();
-                match self.outbox.retry(
-                    client_request_id,
-                    now,
-                    r.status,
-                    r.retry_after_ms,
-                    &self.cfg,
-                    jitter,
-                ) {
-                    Retry::At(_) => {
-                        if let Some(m) = self.state.message_by_request(client_request_id) {
-                            m.status = MessageStatus::Queued;
-                        }
-                        self.timers.set_opt(Timer::Send, self.outbox.next_due());
-                        self.mark_dirty();
-                    }
-                    Retry::GiveUp(why) => self.send_failed_final(now, client_request_id, why),
-                    Retry::Unknown => {}
-                }
+                self.retry_send(now, client_request_id, r.retry_after_ms)
             }
             Some(code) => self.send_failed_final(now, client_request_id, format!("HTTP {code}")),
+        }
+    }
+
+    /// A retryable failure of a send's attempt: queued again after its backoff.
+    pub(super) fn retry_send(&mut self, now: Ms, crid: &str, retry_after: Option<Ms>) {
+        let jitter = self.rng.next_f64();
+        if self
+            .outbox
+            .retry(crid, now, retry_after, &self.cfg.backoff, jitter)
+            .is_some()
+        {
+            if let Some(m) = self.state.message_by_request(crid) {
+                m.status = MessageStatus::Queued;
+            }
+            self.timers.set_opt(Timer::Send, self.outbox.next_due());
+            self.mark_dirty();
         }
     }
 

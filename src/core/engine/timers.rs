@@ -24,6 +24,8 @@ pub enum Timer {
     Countdown,
     /// A gap in event ids did not fill in time.
     Gap,
+    /// The snapshot endpoint did not answer in time (gap repair, final reconcile).
+    Snapshot,
     /// The throttled write of the stored record is due.
     Persist,
     /// A reply is pending and no token came for `stall_after_ms`: show "working…".
@@ -34,7 +36,7 @@ pub enum Timer {
 
 impl Timer {
     /// Every timer, in the order expiries are handled at one instant.
-    pub const ALL: [Timer; 10] = [
+    pub const ALL: [Timer; 11] = [
         Timer::Connect,
         Timer::Heartbeat,
         Timer::Healthy,
@@ -42,6 +44,7 @@ impl Timer {
         Timer::Reconnect,
         Timer::Countdown,
         Timer::Gap,
+        Timer::Snapshot,
         Timer::Persist,
         Timer::Stall,
         Timer::Send,
