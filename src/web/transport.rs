@@ -11,9 +11,9 @@ use web_sys::{
     ReadableStreamDefaultReader, RequestCredentials, RequestInit, Response, WebSocket,
 };
 
+use super::driver::{with_engine, Weak};
 use super::env::{self, Listener};
 use super::options::resolve_headers;
-use super::{with_engine, Weak};
 use crate::core::engine::{CloseCause, SendResult};
 use crate::core::envelope::KNOWN_TYPES;
 
