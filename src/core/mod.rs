@@ -8,6 +8,7 @@
 pub mod engine;
 pub mod envelope;
 pub mod metrics;
+pub mod retention;
 pub mod rng;
 pub mod sse;
 pub mod state;
