@@ -4,11 +4,14 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use js_sys::Function;
+use js_sys::{Function, Reflect};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
+use web_sys::AbortController;
 
-use super::driver::{drive, to_js, with_engine, Inner, Shared};
+use super::driver::{
+    drive, prune_subscriptions, to_js, with_engine, Inner, Shared, Subscription, Weak,
+};
 use super::env;
 use super::error::WebError;
 use super::options::Options;
@@ -26,6 +29,16 @@ struct View<'a> {
     metrics: &'a RunMetrics,
 }
 
+/// A new snapshot object of the stream's current state, status and metrics.
+fn view(inner: &Inner) -> JsValue {
+    to_js(&View {
+        version: inner.engine.version(),
+        state: inner.engine.state(),
+        status: inner.engine.status(env::now()),
+        metrics: inner.engine.metrics(),
+    })
+}
+
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
 /** Options of `new RunStream(options)` (API.md). */
@@ -39,9 +52,12 @@ export interface RunStreamOptions {
   headers?: Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>);
   withCredentials?: boolean;
   stallAfterMs?: number;
+  /** No response headers (fetch, sends, snapshot) / no `open` (EventSource, WebSocket) within this → retry. */
   connectTimeoutMs?: number;
   heartbeatTimeoutMs?: number;
   backoff?: { initialMs?: number; maxMs?: number; multiplier?: number };
+  /** Where the cursor survives a refresh. Records of finished runs are removed 10 min after their last
+   *  write; runstream's records stay under 2 MiB per storage area (oldest evicted first). */
   resume?: "session" | "local" | "none";
   spans?: boolean | "auto" | { sampleRate: number };
 }
@@ -93,7 +109,7 @@ export interface MessageMetrics {
 export type TerminationReason =
   | "server_closed" | "network_error" | "connect_timeout" | "heartbeat_timeout" | "http_4xx" | "http_5xx"
   | "protocol_error" | "resync" | "client_closed" | "offline" | "run_completed" | "no_content"
-  | "retry_now" | "error_loop";
+  | "retry_now" | "error_loop" | "headers_error";
 
 export interface RunMetrics {
   reconnects: number;
@@ -102,6 +118,7 @@ export interface RunMetrics {
   duplicatesDropped: number;
   outOfOrder: number;
   protocolErrors: number;
+  gapsSkipped: number;
   timeToFirstEventMs: number | null;
   toolCalls: number;
   toolErrors: number;
@@ -125,19 +142,37 @@ export interface MetricEvent {
   attrs?: Record<string, string>;
 }
 
-export interface SpanEvent {
-  kind: "span";
-  name: "runstream:span";
-  value: number;
-  ts: number;
+/** Why a span ended in error: a termination reason, or `"send_failed"` for a `message` span. */
+export type SpanErrorKind = TerminationReason | "send_failed";
+
+/** A finished span: the `detail` of `performance.measure("runstream:span", …)`. */
+export interface SpanDetail {
   spanId: string;
-  traceId?: string;
+  traceId: string;
   op: "connect" | "replay" | "message";
   start: number;
   durationMs: number;
   status: "ok" | "error" | "canceled";
-  errorKind?: string;
+  errorKind?: SpanErrorKind;
   error?: string;
+  /** Connection attempt number (`connect`). */
+  attempt?: number;
+  /** Events replayed (`replay`). */
+  events?: number;
+  /** send → accepted (`message`). */
+  ttfbMs?: number;
+  /** send → first token (`message`). */
+  ttftMs?: number;
+  /** The send's client_request_id (`message`). */
+  clientRequestId?: string;
+}
+
+/** A span as a RuntimeEvent: `value` is its duration, `ts` its end. */
+export interface SpanEvent extends SpanDetail {
+  kind: "span";
+  name: "runstream:span";
+  value: number;
+  ts: number;
 }
 
 export type RuntimeEvent = MetricEvent | SpanEvent;
@@ -147,6 +182,9 @@ export type RuntimeEvent = MetricEvent | SpanEvent;
 #[wasm_bindgen]
 pub struct RunStream {
     inner: Shared,
+    /// The last snapshot built: what `getSnapshot()` returns when the stream is
+    /// busy (called re-entrantly from inside one of its own calls), never `null`.
+    last: RefCell<JsValue>,
 }
 
 #[wasm_bindgen]
@@ -170,13 +208,23 @@ impl RunStream {
                 listeners: Vec::new(),
                 subscribers: Vec::new(),
                 event_listeners: Vec::new(),
-                next_id: 1,
+                requests: Default::default(),
+                next_request: 1,
                 snapshot: None,
                 started: false,
                 closed: false,
             })
         });
-        Ok(RunStream { inner })
+        // Built now, so there is always a last snapshot to return; not cached,
+        // so the first getSnapshot() still reflects calls made before it (send()).
+        let first = inner
+            .try_borrow()
+            .map(|i| view(&i))
+            .unwrap_or(JsValue::NULL);
+        Ok(RunStream {
+            inner,
+            last: RefCell::new(first),
+        })
     }
 
     /// Connects (resuming from the stored cursor) and starts listening to online/visibility.
@@ -224,7 +272,8 @@ impl RunStream {
         drive(&self.inner);
     }
 
-    /// Calls `listener` after visible changes, at most once per animation frame. Returns an unsubscribe function.
+    /// Calls `listener` after visible changes, at most once per animation frame. Returns an
+    /// unsubscribe function (idempotent; a no-op after `close()`).
     #[wasm_bindgen(unchecked_return_type = "() => void")]
     pub fn subscribe(
         &self,
@@ -233,28 +282,28 @@ impl RunStream {
         self.add_listener(listener, false)
     }
 
-    /// The current snapshot; the same object until the next visible change.
+    /// The current snapshot; the same object until the next visible change. Never `null`.
     #[wasm_bindgen(js_name = getSnapshot, unchecked_return_type = "RunSnapshot")]
     pub fn get_snapshot(&self) -> JsValue {
         let Ok(mut inner) = self.inner.try_borrow_mut() else {
-            return JsValue::NULL;
+            // Called from inside one of the stream's own calls: the last snapshot is still current.
+            return self.last.borrow().clone();
         };
         if let Some(s) = &inner.snapshot {
             return s.clone();
         }
-        let now = env::now();
-        let view = View {
-            version: inner.engine.version(),
-            state: inner.engine.state(),
-            status: inner.engine.status(now),
-            metrics: inner.engine.metrics(),
-        };
-        let v = to_js(&view);
+        let v = view(&inner);
+        if v.is_null() {
+            // Unreachable in practice (serializing plain data); keep the last one.
+            return self.last.borrow().clone();
+        }
         inner.snapshot = Some(v.clone());
+        *self.last.borrow_mut() = v.clone();
         v
     }
 
-    /// Raw telemetry: `listener` gets every counter, histogram and span synchronously. Returns an unsubscribe function.
+    /// Raw telemetry: `listener` gets every counter, histogram and span synchronously. Returns
+    /// an unsubscribe function (idempotent; a no-op after `close()`).
     #[wasm_bindgen(js_name = subscribeEvents, unchecked_return_type = "() => void")]
     pub fn subscribe_events(
         &self,
@@ -283,7 +332,8 @@ impl RunStream {
         with_engine(&weak, |e| e.retry_now(env::now()));
     }
 
-    /// Stops everything: aborts the connection, removes every listener, clears every timer.
+    /// Stops everything: aborts the connection and every send or snapshot request in flight,
+    /// removes every listener, clears every timer.
     pub fn close(&self) {
         let Ok(mut inner) = self.inner.try_borrow_mut() else {
             return;
@@ -305,42 +355,40 @@ impl RunStream {
         inner.listeners.clear();
         inner.subscribers.clear();
         inner.event_listeners.clear();
+        // Aborts every send and snapshot request in flight.
+        inner.requests.clear();
         inner.snapshot = None;
     }
 
     fn add_listener(&self, listener: Function, events: bool) -> JsValue {
-        let id = {
-            let Ok(mut inner) = self.inner.try_borrow_mut() else {
-                return noop();
-            };
-            if inner.closed {
-                return noop();
-            }
-            let id = inner.next_id;
-            inner.next_id = inner.next_id.wrapping_add(1);
-            if events {
-                inner.event_listeners.push((id, listener));
-                inner.engine.set_telemetry(true);
-            } else {
-                inner.subscribers.push((id, listener));
-            }
-            id
+        let Ok(ctl) = AbortController::new() else {
+            return noop();
         };
-        let weak = Rc::downgrade(&self.inner);
-        // Holds only a weak reference: an unsubscribe function never keeps a stream alive.
-        Closure::once_into_js(move || {
-            if let Some(rc) = weak.upgrade() {
-                if let Ok(mut inner) = rc.try_borrow_mut() {
-                    if events {
-                        inner.event_listeners.retain(|(i, _)| *i != id);
-                        let on = !inner.event_listeners.is_empty();
-                        inner.engine.set_telemetry(on);
-                    } else {
-                        inner.subscribers.retain(|(i, _)| *i != id);
-                    }
-                }
-            }
-        })
+        let off = unsubscribe_fn(&ctl);
+        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+            return off;
+        };
+        if inner.closed {
+            return off;
+        }
+        drop(prune_subscriptions(&mut inner));
+        let signal = ctl.signal();
+        let weak = inner.weak.clone();
+        let on_abort = env::Listener::new(signal.as_ref(), "abort", move |_| {
+            unsubscribe(&weak);
+        });
+        let sub = Subscription {
+            listener,
+            signal,
+            _on_abort: on_abort,
+        };
+        if events {
+            inner.event_listeners.push(sub);
+            inner.engine.set_telemetry(true);
+        } else {
+            inner.subscribers.push(sub);
+        }
+        off
     }
 }
 
@@ -350,6 +398,35 @@ impl Drop for RunStream {
     }
 }
 
+/// An unsubscribe function was called: drop the subscriptions whose signal
+/// aborted. (If the stream is busy right now, they are skipped at delivery and
+/// dropped at the next unsubscribe, subscribe or `close()`.)
+fn unsubscribe(weak: &Weak) {
+    let Some(rc) = weak.upgrade() else { return };
+    let removed = match rc.try_borrow_mut() {
+        Ok(mut inner) => prune_subscriptions(&mut inner),
+        Err(_) => Vec::new(),
+    };
+    // Dropped after the borrow ends (one of them owns the listener running now).
+    drop(removed);
+}
+
+/// `controller.abort` as a plain function: the unsubscribe function handed to
+/// JS. Idempotent (aborting twice is a no-op) and made without `new Function`.
+fn unsubscribe_fn(ctl: &AbortController) -> JsValue {
+    Reflect::get(ctl, &"abort".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<Function>().ok())
+        .map_or_else(noop, |f| f.bind0(ctl).into())
+}
+
+/// A function that does nothing observable (`Object.prototype.valueOf` bound to
+/// a fresh object), for when no AbortController can be made. Made without
+/// `new Function`, which pages with a strict CSP forbid.
 fn noop() -> JsValue {
-    Function::new_no_args("").into()
+    let o = js_sys::Object::new();
+    Reflect::get(&o, &"valueOf".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<Function>().ok())
+        .map_or(JsValue::UNDEFINED, |f| f.bind0(&o).into())
 }

@@ -3,17 +3,19 @@
 //! engine's actions, delivers telemetry and re-arms the single timer.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::{Rc, Weak as RcWeak};
 
 use js_sys::Function;
 use serde::Serialize;
 use wasm_bindgen::JsValue;
+use web_sys::AbortSignal;
 
 use super::env;
 use super::options::Options;
 use super::storage;
 use super::transport;
-use crate::core::engine::{Action, Engine, Transport};
+use crate::core::engine::{Action, CloseCause, Engine, SendResult, Transport};
 
 pub(super) type Shared = Rc<RefCell<Inner>>;
 pub(super) type Weak = RcWeak<RefCell<Inner>>;
@@ -28,13 +30,60 @@ pub(super) struct Inner {
     pub timer: Option<(f64, env::Timeout)>,
     pub frame: Option<(Option<env::Frame>, Option<env::Timeout>)>,
     pub listeners: Vec<env::Listener>,
-    pub subscribers: Vec<(u32, Function)>,
-    pub event_listeners: Vec<(u32, Function)>,
-    pub next_id: u32,
+    pub subscribers: Vec<Subscription>,
+    pub event_listeners: Vec<Subscription>,
+    /// Send POSTs and snapshot GETs in flight, by request number.
+    pub requests: BTreeMap<u64, transport::Request>,
+    pub next_request: u64,
     pub snapshot: Option<JsValue>,
     pub started: bool,
     pub closed: bool,
 }
+
+/// A `subscribe` / `subscribeEvents` listener. Its unsubscribe function is
+/// `AbortController.prototype.abort` bound to the controller of `signal`, so
+/// it is idempotent, still callable after `close()`, built without
+/// `new Function`, and holds no reference to the stream. The stream drops the
+/// subscription (and this listener) when the signal aborts, or on `close()`.
+pub(super) struct Subscription {
+    pub listener: Function,
+    pub signal: AbortSignal,
+    /// Removes the subscription when the signal aborts; held for its `Drop`.
+    pub _on_abort: Option<env::Listener>,
+}
+
+impl Subscription {
+    /// False once its unsubscribe function was called.
+    pub fn active(&self) -> bool {
+        !self.signal.aborted()
+    }
+}
+
+/// The listeners to call now, each with the signal to re-check right before
+/// the call (an earlier listener may unsubscribe a later one).
+fn callable(subs: &[Subscription]) -> Vec<(Function, AbortSignal)> {
+    subs.iter()
+        .filter(|s| s.active())
+        .map(|s| (s.listener.clone(), s.signal.clone()))
+        .collect()
+}
+
+/// Takes out unsubscribed listeners (for the caller to drop); telemetry is
+/// built only while someone listens.
+pub(super) fn prune_subscriptions(inner: &mut Inner) -> Vec<Subscription> {
+    let mut gone = Vec::new();
+    for list in [&mut inner.subscribers, &mut inner.event_listeners] {
+        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(list)
+            .into_iter()
+            .partition(Subscription::active);
+        *list = keep;
+        gone.extend(drop);
+    }
+    let on = !inner.event_listeners.is_empty();
+    inner.engine.set_telemetry(on);
+    gone
+}
+
 /// Runs `f` on the engine of a live stream, then [`drive`]s it. `None` when the
 /// stream is gone or closed (late callbacks of a closed stream do nothing).
 pub(super) fn with_engine<R>(weak: &Weak, f: impl FnOnce(&mut Engine) -> R) -> Option<R> {
@@ -60,19 +109,15 @@ pub(super) fn drive(rc: &Shared) {
             };
             let actions: Vec<Action> = std::iter::from_fn(|| inner.engine.poll_action()).collect();
             let mut events = Vec::new();
-            if !inner.event_listeners.is_empty() {
+            if inner.event_listeners.iter().any(Subscription::active) {
                 while let Some(ev) = inner.engine.poll_telemetry() {
                     events.push(to_js(&ev));
                 }
             }
-            let listeners: Vec<Function> = if events.is_empty() {
+            let listeners = if events.is_empty() {
                 Vec::new()
             } else {
-                inner
-                    .event_listeners
-                    .iter()
-                    .map(|(_, f)| f.clone())
-                    .collect()
+                callable(&inner.event_listeners)
             };
             (actions, events, listeners)
         };
@@ -83,7 +128,10 @@ pub(super) fn drive(rc: &Shared) {
             execute(rc, a);
         }
         for ev in &events {
-            for f in &listeners {
+            for (f, signal) in &listeners {
+                if signal.aborted() {
+                    continue;
+                }
                 // A throwing listener is isolated: the others still get the event.
                 if let Err(e) = f.call1(&JsValue::UNDEFINED, ev) {
                     env::report_listener_error(&e);
@@ -156,11 +204,9 @@ fn execute(rc: &Shared, action: Action) {
                 Some(h) => inner.transport = Some((conn, h)),
                 None => {
                     // The browser refused to even create the connection (bad URL, CSP).
-                    inner.engine.handle_closed(
-                        env::now(),
-                        conn,
-                        crate::core::engine::CloseCause::Network,
-                    );
+                    inner
+                        .engine
+                        .handle_closed(env::now(), conn, CloseCause::Network);
                 }
             }
         }
@@ -177,15 +223,22 @@ fn execute(rc: &Shared, action: Action) {
             }
         }
         Action::FetchSnapshot => match inner.opts.snapshot_url.clone() {
-            Some(url) => {
-                let o = &inner.opts;
-                transport::fetch_snapshot(
-                    weak,
-                    env::resolve(&url, false),
-                    o.headers.clone(),
-                    o.with_credentials,
-                );
-            }
+            Some(url) => match start_request(&mut inner, Pending::Snapshot) {
+                Some((id, signal)) => {
+                    let o = &inner.opts;
+                    transport::fetch_snapshot(
+                        weak,
+                        id,
+                        signal,
+                        env::resolve(&url, false),
+                        o.headers.clone(),
+                        o.with_credentials,
+                    );
+                }
+                None => inner
+                    .engine
+                    .handle_snapshot(env::now(), Err("the request could not be made".into())),
+            },
             None => inner
                 .engine
                 .handle_snapshot(env::now(), Err("no snapshotUrl configured".into())),
@@ -195,15 +248,28 @@ fn execute(rc: &Shared, action: Action) {
             content,
         } => {
             if let Some(url) = inner.opts.send_url.clone() {
-                let o = &inner.opts;
-                transport::post(
-                    weak,
-                    env::resolve(&url, false),
-                    o.headers.clone(),
-                    o.with_credentials,
-                    client_request_id,
-                    content,
-                );
+                let pending = Pending::Send(client_request_id.clone());
+                match start_request(&mut inner, pending) {
+                    Some((id, signal)) => {
+                        let o = &inner.opts;
+                        transport::post(
+                            weak,
+                            id,
+                            signal,
+                            env::resolve(&url, false),
+                            o.headers.clone(),
+                            o.with_credentials,
+                            client_request_id,
+                            content,
+                        );
+                    }
+                    // No AbortController: reported as a network error (retried with backoff).
+                    None => inner.engine.handle_send_result(
+                        env::now(),
+                        &client_request_id,
+                        SendResult::default(),
+                    ),
+                }
             }
         }
         Action::Persist { .. } => storage::persist(&inner),
@@ -236,6 +302,70 @@ fn execute(rc: &Shared, action: Action) {
     }
 }
 
+/// What a request in flight reports if its deadline passes.
+enum Pending {
+    /// The POST of this send (`client_request_id`).
+    Send(String),
+    /// The snapshot GET.
+    Snapshot,
+}
+
+/// Registers a new request (aborted on `close()`, timed out after
+/// `connectTimeoutMs` without response headers); its number and fetch signal.
+fn start_request(inner: &mut Inner, pending: Pending) -> Option<(u64, AbortSignal)> {
+    let id = inner.next_request;
+    inner.next_request = inner.next_request.wrapping_add(1);
+    let weak = inner.weak.clone();
+    let (request, signal) =
+        transport::Request::new(inner.opts.config.connect_timeout_ms, move || {
+            request_timed_out(&weak, id, &pending);
+        })?;
+    inner.requests.insert(id, request);
+    Some((id, signal))
+}
+
+/// Request `id` got no response headers in time: abort it and report it as a
+/// network error, so the engine's retry and backoff apply.
+fn request_timed_out(weak: &Weak, id: u64, pending: &Pending) {
+    if !take_request(weak, id) {
+        return;
+    }
+    with_engine(weak, |e| {
+        let now = env::now();
+        match pending {
+            Pending::Send(crid) => e.handle_send_result(now, crid, SendResult::default()),
+            Pending::Snapshot => {
+                e.handle_snapshot(now, Err("the snapshot request timed out".into()))
+            }
+        }
+    });
+}
+
+/// Ends request `id`: true when it was still pending, i.e. when the caller
+/// must report its outcome (false once it timed out or the stream closed).
+pub(super) fn take_request(weak: &Weak, id: u64) -> bool {
+    let Some(rc) = weak.upgrade() else {
+        return false;
+    };
+    let request = match rc.try_borrow_mut() {
+        Ok(mut inner) => inner.requests.remove(&id),
+        Err(_) => None,
+    };
+    // Dropped (and aborted, a no-op once answered) outside the borrow.
+    request.is_some()
+}
+
+/// Request `id` has its response headers: its deadline no longer applies.
+pub(super) fn headers_arrived(weak: &Weak, id: u64) {
+    if let Some(rc) = weak.upgrade() {
+        if let Ok(mut inner) = rc.try_borrow_mut() {
+            if let Some(r) = inner.requests.get_mut(&id) {
+                r.headers_arrived();
+            }
+        }
+    }
+}
+
 /// A Rust value as a plain JS object: serialized to JSON here, parsed by the
 /// engine's native `JSON.parse` (fewer boundary crossings than building the
 /// object field by field, and no second serializer in the wasm).
@@ -247,7 +377,7 @@ pub(super) fn to_js<T: Serialize>(v: &T) -> JsValue {
 }
 fn on_frame(weak: &Weak) {
     let Some(rc) = weak.upgrade() else { return };
-    let subs: Vec<Function> = {
+    let subs = {
         let Ok(mut inner) = rc.try_borrow_mut() else {
             return;
         };
@@ -257,12 +387,15 @@ fn on_frame(weak: &Weak) {
         }
         if inner.engine.flush(env::now()) {
             inner.snapshot = None;
-            inner.subscribers.iter().map(|(_, f)| f.clone()).collect()
+            callable(&inner.subscribers)
         } else {
             Vec::new()
         }
     };
-    for f in subs {
+    for (f, signal) in subs {
+        if signal.aborted() {
+            continue;
+        }
         if let Err(e) = f.call0(&JsValue::UNDEFINED) {
             env::report_listener_error(&e);
         }
