@@ -20,9 +20,7 @@
 //! wins, so an entry can go missing or be stale. [`Index::reconcile`] repairs
 //! that from the keys actually present (done at page load and on a quota error).
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// Prefix of every stored record's key: `runstream:{runId}`.
 pub const RECORD_PREFIX: &str = "runstream:";
@@ -53,30 +51,40 @@ pub fn item_bytes(key: &str, value: &str) -> u64 {
     2 * units as u64
 }
 
-/// One record in the index.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// One record in the index (stored as `{"b": bytes, "t": written_at, "f": finished}`).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Entry {
     /// Size of the record ([`item_bytes`]).
-    #[serde(rename = "b")]
     pub bytes: u64,
     /// Wall-clock time of the last write (ms since the epoch); 0 = unknown (oldest).
-    #[serde(rename = "t")]
     pub written_at: f64,
     /// The run had finished when the record was written.
-    #[serde(rename = "f", default)]
     pub finished: bool,
 }
 
-/// The index of one storage area's records.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Index {
-    runs: BTreeMap<String, Entry>,
+impl Entry {
+    fn from_json(v: &Value) -> Option<Self> {
+        Some(Self {
+            bytes: v.get("b")?.as_u64()?,
+            written_at: v.get("t")?.as_f64()?,
+            finished: v.get("f").and_then(Value::as_bool).unwrap_or(false),
+        })
+    }
+
+    fn to_json(self) -> Value {
+        let mut o = Map::new();
+        o.insert("b".into(), self.bytes.into());
+        o.insert("t".into(), self.written_at.into());
+        o.insert("f".into(), self.finished.into());
+        Value::Object(o)
+    }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Wire {
-    v: u64,
-    runs: BTreeMap<String, Entry>,
+/// The index of one storage area's records (at most a few hundred: a Vec,
+/// which costs far less wasm than a map).
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    runs: Vec<(String, Entry)>,
 }
 
 /// The limits the policy applies (the constants above, smaller in tests).
@@ -101,43 +109,68 @@ impl Default for Policy {
 }
 
 impl Index {
-    /// Reads the stored index; a missing, unreadable or other-version index is empty.
+    /// Reads the stored index (`{"v": 1, "runs": {runId: entry}}`); a missing,
+    /// unreadable or other-version index is empty, an unreadable entry is skipped.
     pub fn parse(text: Option<&str>) -> Self {
-        let runs = text
-            .and_then(|t| serde_json::from_str::<Wire>(t).ok())
-            .filter(|w| w.v == INDEX_VERSION)
-            .map(|w| w.runs)
+        let v: Value = text
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or(Value::Null);
+        if v.get("v").and_then(Value::as_u64) != Some(INDEX_VERSION) {
+            return Self::default();
+        }
+        let runs = v
+            .get("runs")
+            .and_then(Value::as_object)
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(id, e)| Some((id.clone(), Entry::from_json(e)?)))
+                    .collect()
+            })
             .unwrap_or_default();
         Self { runs }
     }
 
     /// The JSON text to store under [`INDEX_KEY`].
     pub fn to_json(&self) -> String {
-        #[derive(Serialize)]
-        struct WireRef<'a> {
-            v: u64,
-            runs: &'a BTreeMap<String, Entry>,
-        }
-        serde_json::to_string(&WireRef {
-            v: INDEX_VERSION,
-            runs: &self.runs,
-        })
-        .unwrap_or_default()
+        let runs: Map<String, Value> = self
+            .runs
+            .iter()
+            .map(|(id, e)| (id.clone(), e.to_json()))
+            .collect();
+        let mut o = Map::new();
+        o.insert("v".into(), INDEX_VERSION.into());
+        o.insert("runs".into(), Value::Object(runs));
+        Value::Object(o).to_string()
+    }
+
+    fn position(&self, run_id: &str) -> Option<usize> {
+        self.runs.iter().position(|(id, _)| id == run_id)
     }
 
     /// The entry of `run_id`.
     pub fn get(&self, run_id: &str) -> Option<&Entry> {
-        self.runs.get(run_id)
+        self.runs
+            .iter()
+            .find(|(id, _)| id == run_id)
+            .map(|(_, e)| e)
     }
 
     /// Records that `run_id`'s record was (re)written.
     pub fn upsert(&mut self, run_id: &str, entry: Entry) {
-        self.runs.insert(run_id.to_owned(), entry);
+        match self.position(run_id) {
+            Some(at) => {
+                if let Some(slot) = self.runs.get_mut(at) {
+                    slot.1 = entry;
+                }
+            }
+            None => self.runs.push((run_id.to_owned(), entry)),
+        }
     }
 
     /// Forgets `run_id` (its record was removed).
     pub fn remove(&mut self, run_id: &str) -> Option<Entry> {
-        self.runs.remove(run_id)
+        let at = self.position(run_id)?;
+        Some(self.runs.swap_remove(at).1)
     }
 
     /// Number of records indexed.
@@ -155,16 +188,15 @@ impl Index {
     /// without an entry (written by an older version, or by a tab whose index
     /// write was lost) are added as unfinished and oldest, sized by `size_of`.
     pub fn reconcile(&mut self, present: &[String], mut size_of: impl FnMut(&str) -> u64) {
-        self.runs
-            .retain(|id, _| present.iter().any(|p| p.as_str() == id));
+        self.runs.retain(|(id, _)| present.contains(id));
         for id in present {
-            if !self.runs.contains_key(id) {
+            if self.position(id).is_none() {
                 let entry = Entry {
                     bytes: size_of(id),
                     written_at: 0.0,
                     finished: false,
                 };
-                self.runs.insert(id.clone(), entry);
+                self.runs.push((id.clone(), entry));
             }
         }
     }
@@ -174,10 +206,24 @@ impl Index {
         let mut v: Vec<(&str, &Entry)> = self
             .runs
             .iter()
-            .filter(|(id, _)| id.as_str() != current)
+            .filter(|(id, _)| id != current)
             .map(|(id, e)| (id.as_str(), e))
             .collect();
-        v.sort_by(|a, b| a.1.written_at.total_cmp(&b.1.written_at).then(a.0.cmp(b.0)));
+        // Insertion sort: at most MAX_RUNS entries, and far less code in the wasm than `sort_by`.
+        for i in 1..v.len() {
+            let mut j = i;
+            while j > 0 {
+                let (Some(a), Some(b)) = (v.get(j - 1), v.get(j)) else {
+                    break;
+                };
+                let later = a.1.written_at.total_cmp(&b.1.written_at).then(a.0.cmp(b.0));
+                if later != std::cmp::Ordering::Greater {
+                    break;
+                }
+                v.swap(j - 1, j);
+                j -= 1;
+            }
+        }
         v
     }
 }
@@ -351,17 +397,21 @@ mod tests {
     fn the_index_round_trips_and_ignores_garbage() {
         let i = index(&[("r1", entry(12, 3.5, true)), ("r:2", entry(0, 0.0, false))]);
         let text = i.to_json();
-        assert_eq!(Index::parse(Some(&text)), i);
+        let back = Index::parse(Some(&text));
+        assert_eq!(back.get("r1"), Some(&entry(12, 3.5, true)));
+        assert_eq!(back.get("r:2"), Some(&entry(0, 0.0, false)));
+        assert_eq!(back.to_json(), text);
         assert_eq!(
             text,
-            r#"{"v":1,"runs":{"r1":{"b":12,"t":3.5,"f":true},"r:2":{"b":0,"t":0.0,"f":false}}}"#
+            r#"{"runs":{"r1":{"b":12,"f":true,"t":3.5},"r:2":{"b":0,"f":false,"t":0.0}},"v":1}"#
         );
         assert!(Index::parse(None).is_empty());
         assert!(Index::parse(Some("{not json")).is_empty());
         assert!(Index::parse(Some(r#"{"v":2,"runs":{"a":{"b":1,"t":1}}}"#)).is_empty());
-        // A missing finished flag reads as unfinished.
-        let i = Index::parse(Some(r#"{"v":1,"runs":{"a":{"b":1,"t":1}}}"#));
+        // A missing finished flag reads as unfinished; an unreadable entry is skipped.
+        let i = Index::parse(Some(r#"{"v":1,"runs":{"a":{"b":1,"t":1},"x":{"b":"?"}}}"#));
         assert_eq!(i.get("a"), Some(&entry(1, 1.0, false)));
+        assert_eq!(i.len(), 1);
     }
 
     #[test]
@@ -377,6 +427,51 @@ mod tests {
         assert_eq!(i.get("kept"), Some(&entry(10, 5.0, true)));
         assert_eq!(i.get("gone"), None);
         assert_eq!(i.get("legacy"), Some(&entry(42, 0.0, false)));
+    }
+
+    // proptest is a native-only dev-dependency.
+    #[cfg(not(target_arch = "wasm32"))]
+    proptest::proptest! {
+        /// Whatever the index: the current run is never evicted; what stays fits
+        /// the caps (unless only the current run is left); no finished run past
+        /// its grace period stays; and every record evicted for room is older
+        /// than every other one kept.
+        #[test]
+        fn plan_invariants(
+            entries in proptest::collection::vec((0u64..400, 0u32..100, proptest::bool::ANY), 0..40),
+            bytes in 0u64..400,
+            cap in 0u64..4000,
+            max_runs in 1usize..20,
+        ) {
+            let now = 100.0 * MIN;
+            let p = Policy { grace_ms: 10.0 * MIN, max_total_bytes: cap, max_runs };
+            let mut i = Index::default();
+            for (n, (b, age, f)) in entries.iter().enumerate() {
+                i.upsert(&format!("r{n}"), entry(*b, now - f64::from(*age) * MIN / 4.0, *f));
+            }
+            let current = "r0";
+            let evicted = plan(&i, &p, current, bytes, now);
+            proptest::prop_assert!(!evicted.iter().any(|id| id == current));
+            let kept: Vec<(&str, &Entry)> = i
+                .others_oldest_first(current)
+                .into_iter()
+                .filter(|(id, _)| !evicted.iter().any(|e| e == id))
+                .collect();
+            let total = kept.iter().map(|(_, e)| e.bytes).sum::<u64>() + bytes;
+            if !kept.is_empty() {
+                proptest::prop_assert!(total <= cap && kept.len() < max_runs);
+            }
+            for (_, e) in &kept {
+                proptest::prop_assert!(!(e.finished && now - e.written_at >= p.grace_ms));
+            }
+            for id in &evicted {
+                let Some(e) = i.get(id) else { continue };
+                let stale = e.finished && now - e.written_at >= p.grace_ms;
+                if !stale {
+                    proptest::prop_assert!(kept.iter().all(|(_, k)| k.written_at >= e.written_at));
+                }
+            }
+        }
     }
 
     #[test]

@@ -208,7 +208,7 @@ impl RunStream {
                 listeners: Vec::new(),
                 subscribers: Vec::new(),
                 event_listeners: Vec::new(),
-                requests: Default::default(),
+                requests: Vec::new(),
                 next_request: 1,
                 snapshot: None,
                 started: false,

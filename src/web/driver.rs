@@ -3,7 +3,6 @@
 //! engine's actions, delivers telemetry and re-arms the single timer.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::{Rc, Weak as RcWeak};
 
 use js_sys::Function;
@@ -32,8 +31,9 @@ pub(super) struct Inner {
     pub listeners: Vec<env::Listener>,
     pub subscribers: Vec<Subscription>,
     pub event_listeners: Vec<Subscription>,
-    /// Send POSTs and snapshot GETs in flight, by request number.
-    pub requests: BTreeMap<u64, transport::Request>,
+    /// Send POSTs and snapshot GETs in flight, with their request numbers
+    /// (at most the outbox bound plus one snapshot: a Vec is enough).
+    pub requests: Vec<(u64, transport::Request)>,
     pub next_request: u64,
     pub snapshot: Option<JsValue>,
     pub started: bool,
@@ -320,7 +320,7 @@ fn start_request(inner: &mut Inner, pending: Pending) -> Option<(u64, AbortSigna
         transport::Request::new(inner.opts.config.connect_timeout_ms, move || {
             request_timed_out(&weak, id, &pending);
         })?;
-    inner.requests.insert(id, request);
+    inner.requests.push((id, request));
     Some((id, signal))
 }
 
@@ -348,7 +348,10 @@ pub(super) fn take_request(weak: &Weak, id: u64) -> bool {
         return false;
     };
     let request = match rc.try_borrow_mut() {
-        Ok(mut inner) => inner.requests.remove(&id),
+        Ok(mut inner) => {
+            let at = inner.requests.iter().position(|(i, _)| *i == id);
+            at.map(|at| inner.requests.swap_remove(at))
+        }
         Err(_) => None,
     };
     // Dropped (and aborted, a no-op once answered) outside the borrow.
@@ -359,7 +362,7 @@ pub(super) fn take_request(weak: &Weak, id: u64) -> bool {
 pub(super) fn headers_arrived(weak: &Weak, id: u64) {
     if let Some(rc) = weak.upgrade() {
         if let Ok(mut inner) = rc.try_borrow_mut() {
-            if let Some(r) = inner.requests.get_mut(&id) {
+            if let Some((_, r)) = inner.requests.iter_mut().find(|(i, _)| *i == id) {
                 r.headers_arrived();
             }
         }
