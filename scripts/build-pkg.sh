@@ -22,6 +22,12 @@ if grep -nwE 'any' "$out"/*.d.ts; then
   echo "error: 'any' in $out/*.d.ts" >&2
   exit 1
 fi
+# Pages with a strict CSP (`script-src 'self' 'wasm-unsafe-eval'`) forbid building
+# functions from strings: the glue and the bindings must not need it.
+if grep -nE 'new Function|\beval\(' "$out"/runstream.js js/*.js; then
+  echo "error: eval-like code in $out/runstream.js or js/ (breaks strict-CSP pages)" >&2
+  exit 1
+fi
 # Framework bindings (plain JS + .d.ts, no framework in the wasm build) and package metadata.
 cp js/react.js js/react.d.ts js/vue.js js/vue.d.ts "$out"/
 cp README.md "$out"/README.md

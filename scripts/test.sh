@@ -77,8 +77,10 @@ export WASM_BINDGEN_TEST_TIMEOUT=300
 export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
 export GECKODRIVER=${GECKODRIVER:-$HOME/.cargo/bin/geckodriver}
 
-step browser-chromium wasm-pack test --headless --chrome
-step browser-firefox wasm-pack test --headless --firefox
+# wasm-bindgen-test-runner picks GECKODRIVER over CHROMEDRIVER whenever both are
+# set, whatever --chrome says: give each step only its own driver.
+step browser-chromium env -u GECKODRIVER wasm-pack test --headless --chrome
+step browser-firefox env -u CHROMEDRIVER wasm-pack test --headless --firefox
 if [ -f tests/e2e/package.json ]; then
   step typescript bash -c 'cd tests/e2e && npx tsc -p tsconfig.json'
   step examples ./scripts/examples.sh

@@ -496,8 +496,11 @@ async fn spans_reach_the_performance_timeline_only_when_sampled_and_listeners_ar
         )
         .await;
         let s = stream(&run, "fetch", json!({"spans": spans}));
-        let thrower = Function::new_no_args("throw new Error('listener boom')");
-        let _off1 = s.subscribe_events(thrower);
+        // Built without `new Function` (the suite checks that nothing imports it).
+        let thrower = Closure::<dyn FnMut(JsValue)>::new(|_: JsValue| {
+            wasm_bindgen::throw_str("listener boom");
+        });
+        let _off1 = s.subscribe_events(thrower.as_ref().unchecked_ref::<Function>().clone());
         let seen = Rc::new(RefCell::new(Vec::<Value>::new()));
         let seen2 = seen.clone();
         let cb = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
@@ -580,4 +583,628 @@ async fn metrics_match_what_the_servers_chaos_did() {
         assert_matches_server(&run, &v).await;
         s.close();
     }
+}
+
+// ---- shell defects: CSP, unsubscribe, request timeouts, storage, snapshots, auth ----
+
+/// A fresh random suffix for run ids and knob keys.
+fn fresh(prefix: &str) -> String {
+    format!("{prefix}_{}", (js_sys::Math::random() * 1e15) as u64)
+}
+
+/// Calls a JS function value (an unsubscribe function) and reports whether it threw.
+fn call_ok(f: &JsValue) -> bool {
+    f.dyn_ref::<Function>()
+        .is_some_and(|f| f.call0(&JsValue::UNDEFINED).is_ok())
+}
+
+async fn knob_stats(key: &str) -> (u64, u64) {
+    let v = request("GET", &format!("/api/chaos/stats/{key}"), None).await;
+    (v["hits"].as_u64().unwrap(), v["open"].as_u64().unwrap())
+}
+
+/// Waits until `pred(hits, open)` of knob `key`, or `ms` pass; returns the last figures.
+async fn until_knob(key: &str, ms: u32, pred: impl Fn(u64, u64) -> bool) -> (u64, u64) {
+    let mut waited = 0;
+    loop {
+        let (h, o) = knob_stats(key).await;
+        if pred(h, o) || waited >= ms {
+            return (h, o);
+        }
+        TimeoutFuture::new(50).await;
+        waited += 50;
+    }
+}
+
+/// `globalThis.Function` replaced by a proxy that refuses to build functions from
+/// strings, as a page with CSP `script-src 'self' 'wasm-unsafe-eval'` does; restored on drop.
+struct NoEval {
+    global: js_sys::Object,
+    original: JsValue,
+    hits: Rc<Cell<u32>>,
+    _trap: Closure<dyn FnMut(JsValue, JsValue) -> Result<JsValue, JsValue>>,
+}
+
+impl NoEval {
+    fn install() -> Self {
+        let global = js_sys::global();
+        let original = Reflect::get(&global, &"Function".into()).unwrap();
+        let hits = Rc::new(Cell::new(0));
+        let h2 = hits.clone();
+        let trap = Closure::<dyn FnMut(JsValue, JsValue) -> Result<JsValue, JsValue>>::new(
+            move |_target: JsValue, _args: JsValue| {
+                h2.set(h2.get() + 1);
+                Err(js_sys::EvalError::new("CSP: unsafe-eval is not allowed").into())
+            },
+        );
+        let handler = js_sys::Object::new();
+        Reflect::set(&handler, &"construct".into(), trap.as_ref()).unwrap();
+        Reflect::set(&handler, &"apply".into(), trap.as_ref()).unwrap();
+        let proxy = js_sys::Proxy::new(&original, &handler);
+        Reflect::set(&global, &"Function".into(), &proxy).unwrap();
+        Self {
+            global,
+            original,
+            hits,
+            _trap: trap,
+        }
+    }
+}
+
+impl Drop for NoEval {
+    fn drop(&mut self) {
+        let _ = Reflect::set(&self.global, &"Function".into(), &self.original);
+    }
+}
+
+/// Calls method `name` of the JS object of a stream, catching what it throws.
+fn call_method(obj: &JsValue, name: &str, args: &[JsValue]) -> Result<JsValue, JsValue> {
+    let f: Function = Reflect::get(obj, &name.into())?.dyn_into()?;
+    Reflect::apply(&f, obj, &args.iter().collect::<js_sys::Array>())
+}
+
+#[wasm_bindgen_test]
+async fn strict_csp_pages_work_no_function_is_built_from_a_string() {
+    // Statically: nothing in this wasm (library and tests) imports the Function constructor.
+    let imports = js_sys::WebAssembly::Module::imports(wasm_bindgen::module().unchecked_ref());
+    let evals: Vec<String> = imports
+        .iter()
+        .filter_map(|i| Reflect::get(&i, &"name".into()).ok()?.as_string())
+        .filter(|n| n.contains("new_no_args") || n.contains("new_with_args") || n.contains("eval"))
+        .collect();
+    assert!(evals.is_empty(), "eval-like imports: {evals:?}");
+    // Dynamically, as a page with CSP `script-src 'self' 'wasm-unsafe-eval'` behaves. The
+    // WebDriver harness itself needs `Function`, so the guard is only up while no await runs.
+    let run = create_run(json!({"seed": 5, "workers": 2, "instant": true})).await;
+    let cb = Closure::<dyn FnMut()>::new(|| {});
+    let guard = NoEval::install();
+    let obj: JsValue = stream(
+        &run,
+        "fetch",
+        json!({"sendUrl": format!("{}/api/chat/{run}/messages", server())}),
+    )
+    .into();
+    let off = call_method(&obj, "subscribe", &[cb.as_ref().clone()]);
+    let off_events = call_method(&obj, "subscribeEvents", &[cb.as_ref().clone()]);
+    let started = call_method(&obj, "start", &[]);
+    let snap = call_method(&obj, "getSnapshot", &[]);
+    let closed = call_method(&obj, "close", &[]);
+    // A closed stream still hands out a callable unsubscribe function.
+    let late = call_method(&obj, "subscribe", &[cb.as_ref().clone()]);
+    let late_events = call_method(&obj, "subscribeEvents", &[cb.as_ref().clone()]);
+    let offs_ok = [&off, &off_events, &late, &late_events]
+        .iter()
+        .all(|f| f.as_ref().is_ok_and(call_ok));
+    let hits = guard.hits.get();
+    drop(guard);
+    assert!(started.is_ok() && snap.is_ok() && closed.is_ok());
+    assert!(off.is_ok() && off_events.is_ok(), "subscribe threw");
+    assert!(
+        late.is_ok() && late_events.is_ok(),
+        "subscribe on a closed stream threw"
+    );
+    assert!(offs_ok, "an unsubscribe function threw");
+    assert_eq!(hits, 0, "the Function constructor was called {hits} times");
+    call_method(&obj, "free", &[]).unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn unsubscribe_functions_are_idempotent_and_stop_calls() {
+    let run = create_run(json!({"seed": 9, "workers": 3, "instant": true})).await;
+    let s = stream(&run, "fetch", json!({}));
+    let (calls, events) = (Rc::new(Cell::new(0u32)), Rc::new(Cell::new(0u32)));
+    let (c2, e2) = (calls.clone(), events.clone());
+    let cb = Closure::<dyn FnMut()>::new(move || c2.set(c2.get() + 1));
+    let ecb = Closure::<dyn FnMut(JsValue)>::new(move |_| e2.set(e2.get() + 1));
+    let off = s.subscribe(cb.as_ref().unchecked_ref::<Function>().clone());
+    let off_events = s.subscribe_events(ecb.as_ref().unchecked_ref::<Function>().clone());
+    assert!(call_ok(&off), "first unsubscribe");
+    assert!(call_ok(&off), "second unsubscribe threw");
+    assert!(call_ok(&off_events), "first unsubscribeEvents");
+    assert!(call_ok(&off_events), "second unsubscribeEvents threw");
+    // A subscription that is still active when the stream closes: its unsubscribe is a no-op afterwards.
+    let kept = Rc::new(Cell::new(0u32));
+    let k2 = kept.clone();
+    let kcb = Closure::<dyn FnMut()>::new(move || k2.set(k2.get() + 1));
+    let off_kept = s.subscribe(kcb.as_ref().unchecked_ref::<Function>().clone());
+    s.start();
+    let v = until(&s, 10_000, closed).await;
+    assert_eq!(v["status"]["connection"], "closed");
+    TimeoutFuture::new(200).await;
+    assert_eq!(calls.get(), 0, "an unsubscribed listener was called");
+    assert_eq!(events.get(), 0, "an unsubscribed event listener was called");
+    assert!(kept.get() > 0);
+    s.close();
+    assert!(call_ok(&off_kept), "unsubscribe after close threw");
+    assert!(call_ok(&off_kept), "second unsubscribe after close threw");
+    drop(s);
+    assert!(
+        call_ok(&off_kept),
+        "unsubscribe after the stream was dropped threw"
+    );
+}
+
+#[wasm_bindgen_test]
+async fn a_send_to_a_server_that_never_answers_times_out_is_retried_and_close_aborts_it() {
+    let key = fresh("hang_send");
+    let s = stream(
+        &fresh("chat"),
+        "fetch",
+        json!({
+            "sendUrl": format!("{}/api/chaos/hang/{key}", server()),
+            "connectTimeoutMs": 400,
+            "backoff": {"initialMs": 50, "maxMs": 100},
+        }),
+    );
+    s.send("hello?").unwrap();
+    // Each attempt is aborted after connectTimeoutMs and retried with backoff.
+    let (hits, open) = until_knob(&key, 5000, |h, _| h >= 3).await;
+    assert!(hits >= 3, "the hung send was not retried: {hits} requests");
+    assert!(open <= 1, "{open} requests open at once");
+    let v = snapshot(&s);
+    assert_ne!(v["state"]["messages"][0]["status"], "failed", "{v}");
+    // close() aborts the request in flight.
+    s.close();
+    let (_, open) = until_knob(&key, 3000, |_, o| o == 0).await;
+    assert_eq!(open, 0, "a closed stream still has a send in flight");
+    let (h1, _) = knob_stats(&key).await;
+    TimeoutFuture::new(600).await;
+    assert_eq!(
+        knob_stats(&key).await.0,
+        h1,
+        "a closed stream retried its send"
+    );
+}
+
+#[wasm_bindgen_test]
+async fn a_snapshot_request_that_never_answers_times_out_and_close_aborts_it() {
+    // A finished run with a worker left running: the engine asks for the snapshot.
+    let run = create_run(json!({"kind": "chat", "run_id": fresh("snap")})).await;
+    for (ty, p) in [
+        ("run.started", json!({"title": "t"})),
+        ("worker.started", json!({"worker_id": "w1", "name": "n"})),
+        ("run.completed", json!({"status": "succeeded"})),
+    ] {
+        request(
+            "POST",
+            &format!("/api/admin/runs/{run}/append"),
+            Some(json!({"type": ty, "payload": p})),
+        )
+        .await;
+    }
+    let key = fresh("hang_snap");
+    let s = stream(
+        &run,
+        "fetch",
+        json!({"snapshotUrl": format!("{}/api/chaos/hang/{key}", server()), "connectTimeoutMs": 700}),
+    );
+    s.start();
+    let (hits, _) = until_knob(&key, 5000, |h, _| h >= 1).await;
+    assert_eq!(hits, 1, "no snapshot request");
+    // Timed out: the reconciliation ends (the worker's fate is unknown) and the request is aborted.
+    let v = until(&s, 3000, |v| {
+        v["state"]["workers"][0]["status"] == "unknown"
+    })
+    .await;
+    assert_eq!(v["state"]["workers"][0]["status"], "unknown", "{v}");
+    let (_, open) = until_knob(&key, 2000, |_, o| o == 0).await;
+    assert_eq!(open, 0, "the timed-out snapshot request is still open");
+    s.close();
+    // close() aborts a snapshot request in flight.
+    let key = fresh("hang_snap");
+    let s = stream(
+        &run,
+        "fetch",
+        json!({"snapshotUrl": format!("{}/api/chaos/hang/{key}", server())}),
+    );
+    s.start();
+    let (hits, open) = until_knob(&key, 5000, |h, _| h >= 1).await;
+    assert_eq!((hits, open), (1, 1));
+    s.close();
+    let (_, open) = until_knob(&key, 3000, |_, o| o == 0).await;
+    assert_eq!(
+        open, 0,
+        "a closed stream still has a snapshot request in flight"
+    );
+}
+
+/// A `headers` option (a function) that counts its calls and always throws.
+fn throwing_headers(calls: Rc<Cell<u32>>) -> Closure<dyn FnMut() -> JsValue> {
+    Closure::new(move || -> JsValue {
+        calls.set(calls.get() + 1);
+        wasm_bindgen::throw_str("token service down")
+    })
+}
+
+/// A `headers` option that counts its calls and returns a rejected promise.
+fn rejecting_headers(calls: Rc<Cell<u32>>) -> Closure<dyn FnMut() -> JsValue> {
+    Closure::new(move || -> JsValue {
+        calls.set(calls.get() + 1);
+        js_sys::Promise::reject(&js_sys::Error::new("no token").into()).into()
+    })
+}
+
+fn with_headers(
+    s_opts: Value,
+    headers: &Closure<dyn FnMut() -> JsValue>,
+    run: &str,
+    transport: &str,
+) -> RunStream {
+    let mut o = json!({
+        "runId": run,
+        "transport": transport,
+        "url": format!("{}/api/stream/runs/{run}", server()),
+        "wsUrl": format!("{}/api/ws", server()),
+        "snapshotUrl": format!("{}/api/runs/{run}/snapshot", server()),
+        "resume": "none",
+    });
+    if let (Some(o), Value::Object(e)) = (o.as_object_mut(), s_opts) {
+        o.extend(e);
+    }
+    let o = js(&o);
+    Reflect::set(&o, &"headers".into(), headers.as_ref()).unwrap();
+    RunStream::new(o).unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn a_headers_function_that_throws_fails_the_stream_and_the_send_without_retry() {
+    for (transport, rejecting) in [("fetch", false), ("websocket", true), ("sse", false)] {
+        let run = create_run(json!({"seed": 3, "workers": 2, "speed": 5})).await;
+        let calls = Rc::new(Cell::new(0u32));
+        let h = if rejecting {
+            rejecting_headers(calls.clone())
+        } else {
+            throwing_headers(calls.clone())
+        };
+        let s = with_headers(json!({}), &h, &run, transport);
+        s.start();
+        if transport == "sse" {
+            // Native EventSource takes no headers: the option is not called for the stream.
+            let v = until(&s, 3000, |v| v["status"]["connection"] == "open").await;
+            assert_eq!(v["status"]["connection"], "open", "{v}");
+            assert_eq!(calls.get(), 0);
+            s.close();
+            continue;
+        }
+        let v = until(&s, 3000, |v| v["status"]["connection"] == "failed").await;
+        assert_eq!(v["status"]["connection"], "failed", "{transport}: {v}");
+        let err = v["status"]["lastError"].as_str().unwrap_or("");
+        assert!(err.contains("headers"), "{transport}: {err}");
+        assert_eq!(
+            v["metrics"]["terminations"]["headers_error"], 1,
+            "{transport}: {v}"
+        );
+        TimeoutFuture::new(3000).await;
+        let v = snapshot(&s);
+        assert_eq!(v["status"]["connection"], "failed", "{transport}: {v}");
+        assert_eq!(v["metrics"]["reconnects"], 0, "{transport}: retried: {v}");
+        assert_eq!(calls.get(), 1, "{transport}: headers called again");
+        s.close();
+    }
+    // A send whose headers function throws is marked failed, not retried.
+    let session = fresh("chat_headers");
+    let calls = Rc::new(Cell::new(0u32));
+    let h = throwing_headers(calls.clone());
+    let s = with_headers(
+        json!({"sendUrl": format!("{}/api/chat/{session}/messages", server())}),
+        &h,
+        &session,
+        "fetch",
+    );
+    let crid = s.send("hi").unwrap();
+    let v = until(&s, 3000, |v| {
+        v["state"]["messages"][0]["status"] == "failed"
+    })
+    .await;
+    assert_eq!(v["state"]["messages"][0]["status"], "failed", "{v}");
+    assert_eq!(v["state"]["messages"][0]["clientRequestId"], crid.as_str());
+    TimeoutFuture::new(1500).await;
+    assert_eq!(calls.get(), 1, "the send was retried");
+    // The server never saw it.
+    let st = request("GET", &format!("/api/admin/runs/{session}/stats"), None).await;
+    assert!(st.is_null(), "{st}");
+    s.close();
+}
+
+#[wasm_bindgen_test]
+async fn websocket_auth_close_codes_stop_the_stream_without_a_retry_loop() {
+    for (code, sockets, calls_expected) in [(4401u16, 2u64, 2u32), (4403, 1, 1), (1008, 1, 1)] {
+        let key = fresh("ws_close");
+        let run = create_run(json!({"seed": 3, "workers": 2, "speed": 5})).await;
+        let calls = Rc::new(Cell::new(0u32));
+        let c2 = calls.clone();
+        let h = Closure::<dyn FnMut() -> JsValue>::new(move || -> JsValue {
+            c2.set(c2.get() + 1);
+            js(&json!({"Authorization": format!("Bearer t{}", c2.get())}))
+        });
+        let s = with_headers(
+            json!({"wsUrl": format!("{}/api/chaos/ws/{key}/{code}", server())}),
+            &h,
+            &run,
+            "websocket",
+        );
+        s.start();
+        let v = until(&s, 5000, |v| v["status"]["connection"] == "failed").await;
+        assert_eq!(v["status"]["connection"], "failed", "{code}: {v}");
+        let err = v["status"]["lastError"].as_str().unwrap_or("");
+        assert!(
+            err.contains(if code == 4401 { "401" } else { "403" }),
+            "{code}: {err}"
+        );
+        TimeoutFuture::new(3000).await;
+        let v = snapshot(&s);
+        assert_eq!(v["status"]["connection"], "failed", "{code}: {v}");
+        let (hits, open) = knob_stats(&key).await;
+        assert_eq!(hits, sockets, "{code}: sockets opened");
+        assert_eq!(open, 0);
+        assert_eq!(calls.get(), calls_expected, "{code}: headers calls");
+        assert_eq!(
+            v["metrics"]["reconnects"].as_u64(),
+            Some(sockets - 1),
+            "{code}: {v}"
+        );
+        s.close();
+    }
+}
+
+#[wasm_bindgen_test]
+async fn get_snapshot_never_returns_null_even_from_inside_the_streams_own_calls() {
+    // A monitoring library wrapping performance.measure calls back into the stream.
+    let run =
+        create_run(json!({"seed": 4, "workers": 2, "instant": true, "chaos": {"drop_every": 5}}))
+            .await;
+    let s = Rc::new(stream(&run, "fetch", json!({"spans": true})));
+    let perf = Reflect::get(&web_sys::window().unwrap(), &"performance".into()).unwrap();
+    let seen = Rc::new(RefCell::new(Vec::<bool>::new()));
+    let (s2, seen2) = (Rc::downgrade(&s), seen.clone());
+    let wrapper = Closure::<dyn FnMut()>::new(move || {
+        if let Some(s) = s2.upgrade() {
+            let v = s.get_snapshot();
+            seen2.borrow_mut().push(v.is_object());
+        }
+    });
+    Reflect::set(&perf, &"measure".into(), wrapper.as_ref()).unwrap();
+    s.start();
+    let v = until(&s, 10_000, closed).await;
+    Reflect::delete_property(perf.unchecked_ref::<js_sys::Object>(), &"measure".into()).unwrap();
+    assert_eq!(v["status"]["connection"], "closed");
+    let seen = seen.borrow().clone();
+    assert!(!seen.is_empty(), "performance.measure was not called");
+    assert!(
+        seen.iter().all(|ok| *ok),
+        "getSnapshot returned null: {seen:?}"
+    );
+    s.close();
+}
+
+// ---- stored records: retention, size cap, quota ----
+
+/// The index record of runstream's stored records (see `src/core/retention.rs`).
+const INDEX_KEY: &str = "runstream-index";
+
+fn local() -> web_sys::Storage {
+    web_sys::window().unwrap().local_storage().unwrap().unwrap()
+}
+
+/// Removes runstream's records, the index and the test's filler from localStorage.
+fn clear_local() {
+    let st = local();
+    let keys: Vec<String> = (0..st.length().unwrap())
+        .filter_map(|i| st.key(i).ok().flatten())
+        .filter(|k| k.starts_with("runstream") || k.starts_with("filler_"))
+        .collect();
+    for k in keys {
+        st.remove_item(&k).unwrap();
+    }
+}
+
+/// Clears localStorage of the test's keys when dropped (also when the test fails).
+struct LocalCleanup;
+
+impl Drop for LocalCleanup {
+    fn drop(&mut self) {
+        clear_local();
+    }
+}
+
+/// Fills localStorage until not even a few characters fit; returns the filler keys.
+fn fill_to_quota(st: &web_sys::Storage) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut chunk = 1usize << 20;
+    while chunk >= 8 {
+        let key = format!("filler_{}", keys.len());
+        if st.set_item(&key, &"f".repeat(chunk)).is_ok() {
+            keys.push(key);
+        } else {
+            chunk /= 2;
+        }
+    }
+    keys
+}
+
+fn stored_cursor(run: &str) -> Option<u64> {
+    let text = local().get_item(&format!("runstream:{run}")).unwrap()?;
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["cursor"].as_u64()
+}
+
+fn index() -> Value {
+    local()
+        .get_item(INDEX_KEY)
+        .unwrap()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null)
+}
+
+#[wasm_bindgen_test]
+async fn stale_finished_records_are_evicted_and_the_new_record_is_written() {
+    clear_local();
+    let _cleanup = LocalCleanup;
+    let st = local();
+    let now = js_sys::Date::now();
+    let big = "x".repeat(100_000);
+    let mut runs = serde_json::Map::new();
+    for i in 0..12 {
+        st.set_item(&format!("runstream:stale_{i}"), &big).unwrap();
+        runs.insert(
+            format!("stale_{i}"),
+            json!({"b": 200_030, "t": now - 3_600_000.0 - f64::from(i), "f": true}),
+        );
+    }
+    // Finished a moment ago: within the grace period, a refresh still shows it without a replay.
+    st.set_item("runstream:recent_done", "{}").unwrap();
+    runs.insert(
+        "recent_done".into(),
+        json!({"b": 50, "t": now - 1000.0, "f": true}),
+    );
+    st.set_item(INDEX_KEY, &json!({"v": 1, "runs": runs}).to_string())
+        .unwrap();
+    let run = create_run(json!({"seed": 14, "workers": 3, "instant": true})).await;
+    let s = stream(&run, "fetch", json!({"resume": "local"}));
+    s.start();
+    let v = until(&s, 10_000, closed).await;
+    assert_eq!(v["status"]["connection"], "closed");
+    s.close();
+    for i in 0..12 {
+        assert!(
+            st.get_item(&format!("runstream:stale_{i}"))
+                .unwrap()
+                .is_none(),
+            "stale_{i} was not evicted"
+        );
+    }
+    assert!(st.get_item("runstream:recent_done").unwrap().is_some());
+    assert_eq!(stored_cursor(&run), v["state"]["cursor"].as_u64());
+    let idx = index();
+    assert_eq!(idx["runs"][run.as_str()]["f"], true, "{idx}");
+    assert!(idx["runs"]["stale_0"].is_null(), "{idx}");
+    // A refresh right after completion restores the finished run from storage.
+    let s2 = stream(&run, "fetch", json!({"resume": "local"}));
+    let restored = snapshot(&s2);
+    assert_eq!(restored["state"]["status"], "succeeded", "{restored}");
+    s2.close();
+}
+
+#[wasm_bindgen_test]
+async fn records_beyond_the_size_cap_are_evicted_oldest_first() {
+    clear_local();
+    let _cleanup = LocalCleanup;
+    let st = local();
+    let now = js_sys::Date::now();
+    let big = "x".repeat(100_000);
+    let mut runs = serde_json::Map::new();
+    for i in 0..12 {
+        let key = format!("runstream:live_{i:02}");
+        st.set_item(&key, &big).unwrap();
+        runs.insert(
+            format!("live_{i:02}"),
+            json!({"b": 2 * (key.len() + big.len()), "t": now - 60_000.0 + f64::from(i), "f": false}),
+        );
+    }
+    st.set_item(INDEX_KEY, &json!({"v": 1, "runs": runs}).to_string())
+        .unwrap();
+    let run = create_run(json!({"seed": 15, "workers": 2, "instant": true})).await;
+    let s = stream(&run, "fetch", json!({"resume": "local"}));
+    s.start();
+    let v = until(&s, 10_000, closed).await;
+    s.close();
+    assert_eq!(stored_cursor(&run), v["state"]["cursor"].as_u64());
+    // 12 × ~200 KB + the new record is over 2 MiB: the two oldest go, the rest stay.
+    for i in 0..12 {
+        let present = st
+            .get_item(&format!("runstream:live_{i:02}"))
+            .unwrap()
+            .is_some();
+        assert_eq!(present, i >= 2, "live_{i:02}");
+    }
+}
+
+#[wasm_bindgen_test]
+async fn a_quota_error_evicts_other_records_and_never_loses_the_cursor() {
+    clear_local();
+    let _cleanup = LocalCleanup;
+    let st = local();
+    let run = create_run(json!({"seed": 16, "workers": 8, "speed": 1})).await;
+    // A page stores its cursor, then goes away.
+    let s = stream(&run, "fetch", json!({"resume": "local"}));
+    s.start();
+    until(&s, 10_000, |v| {
+        v["state"]["cursor"].as_u64().unwrap_or(0) >= 4
+    })
+    .await;
+    s.close();
+    drop(s);
+    let first = stored_cursor(&run).expect("no record stored");
+    // Other runs' records, then the storage area is full.
+    let now = js_sys::Date::now();
+    let mut runs: serde_json::Map<String, Value> =
+        serde_json::from_value(index()["runs"].clone()).unwrap_or_default();
+    let other = "o".repeat(100_000);
+    for i in 0..3 {
+        let key = format!("runstream:other_{i}");
+        st.set_item(&key, &other).unwrap();
+        runs.insert(
+            format!("other_{i}"),
+            json!({"b": 2 * (key.len() + other.len()), "t": now - 10_000.0 + f64::from(i), "f": false}),
+        );
+    }
+    st.set_item(INDEX_KEY, &json!({"v": 1, "runs": runs}).to_string())
+        .unwrap();
+    fill_to_quota(&st);
+    // The next page's writes hit the quota: the oldest other record is evicted and the write retried.
+    let s = stream(&run, "fetch", json!({"resume": "local"}));
+    s.start();
+    until(&s, 15_000, |v| {
+        v["state"]["cursor"].as_u64().unwrap_or(0) >= first + 4
+    })
+    .await;
+    TimeoutFuture::new(1200).await;
+    s.close();
+    drop(s);
+    let second = stored_cursor(&run).expect("a quota error lost the cursor");
+    assert!(
+        second > first,
+        "the record was not updated: {second} <= {first}"
+    );
+    assert!(
+        st.get_item("runstream:other_0").unwrap().is_none(),
+        "no other record was evicted"
+    );
+    // Full again, and nothing of runstream's left to evict: the old record stays.
+    for i in 0..3 {
+        st.remove_item(&format!("runstream:other_{i}")).unwrap();
+    }
+    fill_to_quota(&st);
+    let s = stream(&run, "fetch", json!({"resume": "local"}));
+    s.start();
+    let v = until(&s, 20_000, closed).await;
+    assert!(v["state"]["cursor"].as_u64().unwrap() > second, "{v}");
+    s.close();
+    let kept = stored_cursor(&run).expect("a quota error deleted the stored record");
+    assert!(kept >= second, "{kept} < {second}");
+    let last = v["state"]["cursor"].as_u64().unwrap();
+    assert!(
+        kept < last,
+        "the quota never refused a write: {kept} == {last}"
+    );
 }

@@ -65,6 +65,7 @@ pub fn router(settings: Settings) -> (Router, App) {
         .route("/api/admin/runs/{run_id}/stats", get(stats))
         .route("/api/admin/restart", post(restart))
         .route("/api/admin/frames", get(frames))
+        .merge(scenario::knob_routes())
         .nest_service("/pkg", ServeDir::new(&settings.pkg))
         .fallback_service(ServeDir::new(&settings.www))
         // Cross-origin clients can read Retry-After only if it is exposed.

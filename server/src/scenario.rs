@@ -213,3 +213,92 @@ pub fn tokens(hub: Arc<Hub>, id: String, n: u64, rate: f64, instant: bool, ticks
         tail(&hub, &id);
     });
 }
+
+// ---- test knobs: requests that never answer, sockets closed with a code --------
+
+/// What a test knob key has seen: requests (or sockets) received, and how many
+/// of them are still open (a client that aborts or closes brings this down).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KnobStats {
+    /// Requests (or WebSocket upgrades) received.
+    pub hits: u64,
+    /// Of those, still open.
+    pub open: u64,
+}
+
+/// Most knob keys remembered; beyond it the table starts over (tests use fresh keys).
+const MAX_KNOB_KEYS: usize = 4096;
+
+fn knobs() -> &'static std::sync::Mutex<std::collections::HashMap<String, KnobStats>> {
+    static KNOBS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, KnobStats>>,
+    > = std::sync::OnceLock::new();
+    KNOBS.get_or_init(Default::default)
+}
+
+/// Counts one open request of `key` for as long as it lives (also when the
+/// client goes away and the server drops the handler).
+struct KnobGuard(String);
+
+impl KnobGuard {
+    fn new(key: String) -> Self {
+        let mut m = lock(knobs());
+        if m.len() >= MAX_KNOB_KEYS && !m.contains_key(&key) {
+            m.clear();
+        }
+        let s = m.entry(key.clone()).or_default();
+        s.hits += 1;
+        s.open += 1;
+        Self(key)
+    }
+}
+
+impl Drop for KnobGuard {
+    fn drop(&mut self) {
+        if let Some(s) = lock(knobs()).get_mut(&self.0) {
+            s.open = s.open.saturating_sub(1);
+        }
+    }
+}
+
+/// Routes of the test knobs, merged into the main router:
+/// - `ANY /api/chaos/hang/{key}`: counts the request and never answers (a send
+///   or snapshot request to a server that hangs); the client must time out or abort.
+/// - `GET /api/chaos/stats/{key}`: `{hits, open}` of that key.
+/// - `GET /api/chaos/ws/{key}/{code}` (WebSocket): reads the first frame (the
+///   subscribe), then closes the socket with close code `code` (e.g. 4401, 4403).
+pub fn knob_routes<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
+    use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+    use axum::extract::Path;
+    use axum::routing::{any, get};
+    use futures_util::StreamExt;
+
+    async fn hang(Path(key): Path<String>) -> axum::response::Response {
+        let _open = KnobGuard::new(key);
+        std::future::pending().await
+    }
+    async fn stats(Path(key): Path<String>) -> axum::Json<KnobStats> {
+        axum::Json(lock(knobs()).get(&key).copied().unwrap_or_default())
+    }
+    async fn close_with(mut socket: WebSocket, code: u16, key: String) {
+        let _open = KnobGuard::new(key);
+        let _ = socket.next().await;
+        let frame = CloseFrame {
+            code,
+            reason: "chaos: closing with a code".into(),
+        };
+        let _ = socket.send(Message::Close(Some(frame))).await;
+        // Wait for the client's close reply (or its going away).
+        while let Some(Ok(_)) = socket.next().await {}
+    }
+    async fn ws(
+        Path((key, code)): Path<(String, u16)>,
+        up: WebSocketUpgrade,
+    ) -> axum::response::Response {
+        up.on_upgrade(move |s| close_with(s, code, key))
+    }
+    axum::Router::new()
+        .route("/api/chaos/hang/{key}", any(hang))
+        .route("/api/chaos/stats/{key}", get(stats))
+        .route("/api/chaos/ws/{key}/{code}", get(ws))
+}

@@ -7,13 +7,13 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{
-    AbortController, CloseEvent, EventSource, EventSourceInit, Headers, MessageEvent,
+    AbortController, AbortSignal, CloseEvent, EventSource, EventSourceInit, Headers, MessageEvent,
     ReadableStreamDefaultReader, RequestCredentials, RequestInit, Response, WebSocket,
 };
 
+use super::driver::{headers_arrived, take_request, with_engine, Weak};
 use super::env::{self, Listener};
 use super::options::resolve_headers;
-use super::{with_engine, Weak};
 use crate::core::engine::{CloseCause, SendResult};
 use crate::core::envelope::KNOWN_TYPES;
 
@@ -324,9 +324,48 @@ pub fn open_ws(weak: Weak, conn: u64, url: String, headers: JsValue) -> Option<H
     Some(Handle::Ws(ws, cbs))
 }
 
-/// POSTs a chat send; reports to the engine.
+/// A send POST or snapshot GET the stream is waiting on. Aborted when
+/// dropped: on `close()`, and when its deadline passes (no response headers
+/// within `connectTimeoutMs`), so a closed stream has no request in flight.
+#[must_use = "the request is aborted when this is dropped"]
+pub struct Request {
+    abort: AbortController,
+    deadline: Option<env::Timeout>,
+}
+
+impl Request {
+    /// A new request whose `signal` goes to `fetch`; `on_deadline` runs if no
+    /// response headers arrived within `deadline_ms`.
+    pub fn new(
+        deadline_ms: f64,
+        on_deadline: impl FnMut() + 'static,
+    ) -> Option<(Self, AbortSignal)> {
+        let abort = AbortController::new().ok()?;
+        let signal = abort.signal();
+        let deadline = env::Timeout::new(deadline_ms, on_deadline);
+        Some((Self { abort, deadline }, signal))
+    }
+
+    /// The response headers arrived: the deadline no longer applies.
+    pub fn headers_arrived(&mut self) {
+        self.deadline = None;
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        // Harmless once the response is read; cancels it otherwise.
+        self.abort.abort();
+    }
+}
+
+/// POSTs a chat send as request `id`; reports the outcome to the engine unless
+/// the request was ended first (timed out, which reports itself, or `close()`).
+#[allow(clippy::too_many_arguments)]
 pub fn post(
     weak: Weak,
+    id: u64,
+    signal: AbortSignal,
     url: String,
     headers: JsValue,
     credentials: bool,
@@ -337,11 +376,13 @@ pub fn post(
         let hs = match resolve_headers(&headers).await {
             Ok(hs) => hs,
             Err(err) => {
-                let result = SendResult {
-                    headers_error: Some(err.to_string()),
-                    ..SendResult::default()
-                };
-                with_engine(&weak, |e| e.handle_send_result(env::now(), &crid, result));
+                if take_request(&weak, id) {
+                    let result = SendResult {
+                        headers_error: Some(err.to_string()),
+                        ..SendResult::default()
+                    };
+                    with_engine(&weak, |e| e.handle_send_result(env::now(), &crid, result));
+                }
                 return;
             }
         };
@@ -349,10 +390,12 @@ pub fn post(
             let mut hs = hs;
             hs.push(("Content-Type".into(), "application/json".into()));
             let init = request_init("POST", &hs, credentials);
+            init.set_signal(Some(&signal));
             let body =
                 serde_json::json!({"client_request_id": crid, "content": content}).to_string();
             init.set_body(&JsValue::from_str(&body));
             let r = fetch(&url, &init).await.map_err(|_| ())?;
+            headers_arrived(&weak, id);
             let status = r.status();
             let ra = retry_after(&r);
             let text = match r.text() {
@@ -367,21 +410,34 @@ pub fn post(
             })
         }
         .await
+        // A network error (status None): the engine's retry and backoff apply.
         .unwrap_or_default();
-        with_engine(&weak, |e| e.handle_send_result(env::now(), &crid, result));
+        if take_request(&weak, id) {
+            with_engine(&weak, |e| e.handle_send_result(env::now(), &crid, result));
+        }
     });
 }
 
-/// GETs the snapshot endpoint; reports to the engine.
-pub fn fetch_snapshot(weak: Weak, url: String, headers: JsValue, credentials: bool) {
+/// GETs the snapshot endpoint as request `id`; reports to the engine unless
+/// the request was ended first (timed out, which reports itself, or `close()`).
+pub fn fetch_snapshot(
+    weak: Weak,
+    id: u64,
+    signal: AbortSignal,
+    url: String,
+    headers: JsValue,
+    credentials: bool,
+) {
     spawn_local(async move {
         let result = async {
             let hs = resolve_headers(&headers).await.map_err(|e| e.to_string())?;
             let init = request_init("GET", &hs, credentials);
+            init.set_signal(Some(&signal));
             init.set_cache(web_sys::RequestCache::NoStore);
             let r = fetch(&url, &init)
                 .await
                 .map_err(|_| "network error".to_owned())?;
+            headers_arrived(&weak, id);
             if r.status() != 200 {
                 return Err(format!("HTTP {}", r.status()));
             }
@@ -393,8 +449,10 @@ pub fn fetch_snapshot(weak: Weak, url: String, headers: JsValue, credentials: bo
                 .ok_or_else(|| "unreadable body".to_owned())
         }
         .await;
-        with_engine(&weak, |e| {
-            e.handle_snapshot(env::now(), result.as_deref().map_err(Clone::clone))
-        });
+        if take_request(&weak, id) {
+            with_engine(&weak, |e| {
+                e.handle_snapshot(env::now(), result.as_deref().map_err(Clone::clone))
+            });
+        }
     });
 }

@@ -9,6 +9,9 @@ import init, {
   type RunMetrics,
   type Worker,
   type Message,
+  type SpanDetail,
+  type SpanErrorKind,
+  type TerminationReason,
 } from "runstream";
 
 async function getToken(): Promise<string> {
@@ -36,13 +39,22 @@ export async function main(): Promise<void> {
   const stream = new RunStream(options);
   stream.start();
   const off: () => void = stream.subscribe(() => render(stream.getSnapshot()));
+  // Unsubscribe functions are idempotent.
+  off();
   const snap: RunSnapshot = stream.getSnapshot();
   const offEvents: () => void = stream.subscribeEvents((e: RuntimeEvent) => {
     if (e.kind === "span") {
       const d: number = e.durationMs;
       const s: "ok" | "error" | "canceled" = e.status;
-      void d;
-      void s;
+      const trace: string = e.traceId;
+      const attempt: number | undefined = e.attempt;
+      const replayed: number | undefined = e.events;
+      const ttfb: number | undefined = e.ttfbMs;
+      const ttft: number | undefined = e.ttftMs;
+      const crid: string | undefined = e.clientRequestId;
+      const why: SpanErrorKind | undefined = e.errorKind;
+      const detail: SpanDetail = e;
+      void [d, s, trace, attempt, replayed, ttfb, ttft, crid, why, detail];
     } else {
       const v: number = e.value;
       void v;
@@ -66,7 +78,14 @@ function render(s: RunSnapshot): void {
   const messages: Message[] = state.messages;
   const ttft: number | null | undefined = metrics.messages["x"]?.ttftMs;
   const completed: number | undefined = metrics.terminations.run_completed;
+  const headersFailed: number | undefined = metrics.terminations.headers_error;
+  const gaps: number = metrics.gapsSkipped;
+  const reason: TerminationReason = "headers_error";
+  // @ts-expect-error: termination reasons are a closed union
+  const badReason: TerminationReason = "gremlins";
+  // getSnapshot() is never null
+  const version: number = s.version;
   // @ts-expect-error: connection states are a closed union
   const bad: StreamStatus["connection"] = "sleeping";
-  void [retry, workers, messages, ttft, completed, bad];
+  void [retry, workers, messages, ttft, completed, headersFailed, gaps, reason, badReason, version, bad];
 }
