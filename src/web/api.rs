@@ -71,6 +71,8 @@ export interface StreamStatus {
   attempt: number;
   retryInMs: number | null;
   lastError: string | null;
+  /** API.md "Sharing connections": this build connects each stream on its own ("solo"). */
+  sharing: "solo" | "leader" | "follower";
 }
 
 export type RunStatus = "pending" | "running" | "succeeded" | "failed" | "cancelled";
@@ -119,6 +121,8 @@ export interface RunMetrics {
   outOfOrder: number;
   protocolErrors: number;
   gapsSkipped: number;
+  /** Events of a type this client does not know (applied as no-ops, PROTOCOL §1). */
+  unknownEvents: number;
   timeToFirstEventMs: number | null;
   toolCalls: number;
   toolErrors: number;

@@ -80,6 +80,8 @@ function render(s: RunSnapshot): void {
   const completed: number | undefined = metrics.terminations.run_completed;
   const headersFailed: number | undefined = metrics.terminations.headers_error;
   const gaps: number = metrics.gapsSkipped;
+  const unknown: number = metrics.unknownEvents;
+  const sharing: "solo" | "leader" | "follower" = status.sharing;
   const reason: TerminationReason = "headers_error";
   // @ts-expect-error: termination reasons are a closed union
   const badReason: TerminationReason = "gremlins";
@@ -87,5 +89,5 @@ function render(s: RunSnapshot): void {
   const version: number = s.version;
   // @ts-expect-error: connection states are a closed union
   const bad: StreamStatus["connection"] = "sleeping";
-  void [retry, workers, messages, ttft, completed, headersFailed, gaps, reason, badReason, version, bad];
+  void [retry, workers, messages, ttft, completed, headersFailed, gaps, unknown, sharing, reason, badReason, version, bad];
 }
