@@ -349,7 +349,7 @@ impl RunStream {
         // Persist (the only action that still matters), then drop everything.
         while let Some(a) = inner.engine.poll_action() {
             if let Action::Persist { .. } = a {
-                storage::persist(&inner);
+                let _ = storage::persist(&inner);
             }
         }
         inner.closed = true;

@@ -272,7 +272,11 @@ fn execute(rc: &Shared, action: Action) {
                 }
             }
         }
-        Action::Persist { .. } => storage::persist(&inner),
+        Action::Persist { .. } => {
+            if !storage::persist(&inner) {
+                inner.engine.persist_refused();
+            }
+        }
         Action::RequestFrame => {
             if inner.frame.is_none() {
                 let w1 = weak.clone();

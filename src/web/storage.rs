@@ -64,10 +64,11 @@ fn reconcile(storage: &Storage, index: &mut Index) {
 }
 
 /// Stores the engine's record (after [`crate::core::engine::Action::Persist`],
-/// and on `close()`), evicting other runs' records as the retention policy says.
-pub(super) fn persist(inner: &Inner) {
+/// and on `close()`), evicting other runs' records as the retention policy
+/// says. Returns `false` when the storage refused it (the engine tries again).
+pub(super) fn persist(inner: &Inner) -> bool {
     let Some(storage) = storage_of(inner.opts.resume) else {
-        return;
+        return true;
     };
     let run_id = inner.opts.run_id.as_str();
     let key = record_key(run_id);
@@ -82,6 +83,7 @@ pub(super) fn persist(inner: &Inner) {
     let mut index = read_index(&storage);
     let stale = plan(&index, &Policy::default(), run_id, bytes, now);
     evict(&storage, &mut index, &stale);
+    let mut written = true;
     if storage.set_item(&key, &record).is_ok() {
         index.upsert(run_id, entry);
     } else {
@@ -91,11 +93,14 @@ pub(super) fn persist(inner: &Inner) {
         evict(&storage, &mut index, &room);
         if storage.set_item(&key, &record).is_ok() {
             index.upsert(run_id, entry);
+        } else {
+            // Still refused: the previous record stays. Its cursor and state
+            // were stored together, so it is still a valid (older) resume point.
+            written = false;
         }
-        // Still refused: the previous record stays. Its cursor and state were
-        // stored together, so it is still a valid (older) resume point.
     }
     write_index(&storage, &index);
+    written
 }
 
 /// Reads the record an earlier page stored for this run, then tidies the

@@ -510,6 +510,12 @@ impl Engine {
         true
     }
 
+    /// The shell could not store the record of the last [`Action::Persist`]
+    /// (quota): it is asked for again after `persist_interval_ms`.
+    pub fn persist_refused(&mut self) {
+        self.persist.refused(&mut self.timers);
+    }
+
     /// Asks for a [`Action::Persist`] now if anything stored changed (page hide / unload).
     pub fn persist_now(&mut self, now: Ms) {
         self.request_persist(now, true);

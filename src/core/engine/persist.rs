@@ -184,6 +184,13 @@ impl Persist {
         self.dirty = true;
     }
 
+    /// The storage refused the last write (quota): it is due again at the next
+    /// interval, even if nothing else changes.
+    pub fn refused(&mut self, timers: &mut TimerTable) {
+        self.dirty = true;
+        timers.set(Timer::Persist, self.next_at);
+    }
+
     /// Whether to write now. `force` skips the throttle (send, page hide,
     /// close, completion); otherwise a due write is timed by [`Timer::Persist`].
     pub fn due(&mut self, now: Ms, cursor: u64, force: bool, timers: &mut TimerTable) -> bool {
@@ -217,6 +224,16 @@ mod tests {
         p.touch();
         assert!(p.due(0.0, 7, true, &mut t));
         assert!(!p.due(1.0, 7, true, &mut t));
+    }
+
+    #[test]
+    fn a_refused_write_is_due_again_at_the_next_interval() {
+        let mut t = TimerTable::default();
+        let mut p = Persist::new(true, 1000.0, 0);
+        assert!(p.due(0.0, 1, true, &mut t));
+        p.refused(&mut t);
+        assert_eq!(t.get(Timer::Persist), Some(1000.0));
+        assert!(p.due(1000.0, 1, false, &mut t));
     }
 
     #[test]
