@@ -1208,3 +1208,92 @@ async fn a_quota_error_evicts_other_records_and_never_loses_the_cursor() {
         "the quota never refused a write: {kept} == {last}"
     );
 }
+
+/// `get(obj, "a.b.0.c")`: a property path on a JS value (numbers index arrays).
+fn get(v: &JsValue, path: &str) -> JsValue {
+    path.split('.')
+        .fold(v.clone(), |o, k| match k.parse::<u32>() {
+            Ok(i) => Reflect::get_u32(&o, i).unwrap_or(JsValue::UNDEFINED),
+            Err(_) => Reflect::get(&o, &k.into()).unwrap_or(JsValue::UNDEFINED),
+        })
+}
+
+fn frozen(v: &JsValue) -> bool {
+    js_sys::Object::is_frozen(&js_sys::Object::from(v.clone()))
+}
+
+/// API.md RunSnapshot: "between two snapshots every message, worker, tool and
+/// array that did not change is the same object (===) … Snapshot objects are frozen."
+#[wasm_bindgen_test]
+async fn snapshots_share_unchanged_messages_and_are_frozen() {
+    let session = format!("share_{}", js_sys::Math::random().to_bits());
+    let s = stream(
+        &session,
+        "fetch",
+        json!({"sendUrl": format!("{}/api/chat/{session}/messages", server())}),
+    );
+    s.send("first question").unwrap();
+    TimeoutFuture::new(300).await;
+    s.start();
+    until(&s, 15_000, |v| {
+        v["state"]["messages"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2 && m[1]["status"] == "completed")
+    })
+    .await;
+    s.send("second question").unwrap();
+    until(&s, 15_000, |v| {
+        v["state"]["messages"]
+            .as_array()
+            .is_some_and(|m| m.len() == 4 && m[3]["status"] == "streaming" && m[3]["content"] != "")
+    })
+    .await;
+    let a = s.get_snapshot();
+    // Wait for more tokens of the second reply.
+    let b = {
+        let mut b = s.get_snapshot();
+        for _ in 0..200 {
+            TimeoutFuture::new(25).await;
+            b = s.get_snapshot();
+            if get(&b, "state.messages.3.content") != get(&a, "state.messages.3.content") {
+                break;
+            }
+        }
+        b
+    };
+    assert!(!js_sys::Object::is(&a, &b), "a new snapshot after a change");
+    for i in ["0", "1", "2"] {
+        let p = format!("state.messages.{i}");
+        assert!(
+            js_sys::Object::is(&get(&a, &p), &get(&b, &p)),
+            "message {i} lost its identity"
+        );
+    }
+    assert!(!js_sys::Object::is(
+        &get(&a, "state.messages.3"),
+        &get(&b, "state.messages.3")
+    ));
+    assert!(!js_sys::Object::is(
+        &get(&a, "state.messages"),
+        &get(&b, "state.messages")
+    ));
+    assert!(js_sys::Object::is(
+        &get(&a, "state.workers"),
+        &get(&b, "state.workers")
+    ));
+    for p in [
+        "",
+        "state",
+        "state.messages",
+        "state.messages.0",
+        "status",
+        "metrics",
+        "metrics.terminations",
+    ] {
+        let v = if p.is_empty() { b.clone() } else { get(&b, p) };
+        assert!(frozen(&v), "{p} is not frozen");
+    }
+    // Same object until the next visible change.
+    assert!(js_sys::Object::is(&s.get_snapshot(), &s.get_snapshot()));
+    s.close();
+}

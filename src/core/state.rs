@@ -110,6 +110,67 @@ pub struct RunState {
     pub supervisor: Supervisor,
     #[serde(skip)]
     index: Index,
+    #[serde(skip)]
+    changes: Changes,
+}
+
+/// Which entries of a list changed since the last [`RunState::take_changes`].
+///
+/// Bounded: beyond [`Dirty::MAX_TRACKED`] distinct entries it degrades to
+/// "all", which is what a shell must assume anyway.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Every entry may have changed (and the list may be reordered).
+    pub all: bool,
+    /// Positions of changed entries (may repeat), valid for the current list.
+    pub positions: Vec<usize>,
+}
+
+impl Dirty {
+    /// Tracked positions before the set degrades to `all`.
+    pub const MAX_TRACKED: usize = 4096;
+
+    fn mark(&mut self, i: usize) {
+        if self.all {
+            return;
+        }
+        if self.positions.last() != Some(&i) {
+            self.positions.push(i);
+        }
+        if self.positions.len() > Self::MAX_TRACKED {
+            self.mark_all();
+        }
+    }
+
+    fn mark_all(&mut self) {
+        self.all = true;
+        self.positions = Vec::new();
+    }
+
+    /// An entry was inserted at `pos`: later positions move one up.
+    fn inserted(&mut self, pos: usize) {
+        for p in &mut self.positions {
+            if *p >= pos {
+                *p += 1;
+            }
+        }
+        self.mark(pos);
+    }
+
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.positions.is_empty()
+    }
+}
+
+/// What changed in the state since the shell last built its snapshot: the
+/// shell rebuilds only these entries (structural sharing, API.md RunSnapshot).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Workers (a worker's tools count as the worker).
+    pub workers: Dirty,
+    /// Messages.
+    pub messages: Dirty,
 }
 
 /// The state as it travels in snapshots.
@@ -268,8 +329,20 @@ impl RunState {
             .sum()
     }
 
+    /// What changed since the last call (then nothing is marked).
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Message `i` for writing: marked changed.
+    fn message_mut(&mut self, i: usize) -> Option<&mut Message> {
+        self.changes.messages.mark(i);
+        self.messages.get_mut(i)
+    }
+
     /// Marks every non-terminal worker and tool `unknown` (never left "running").
     pub fn mark_unknown(&mut self) {
+        self.changes.workers.mark_all();
         for w in &mut self.workers {
             if !w.status.is_terminal() {
                 w.status = WorkerStatus::Unknown;
@@ -440,7 +513,7 @@ impl RunState {
             }
             EventKind::MessageDelta { message_id, delta } => {
                 let i = self.message_index(&message_id);
-                if let Some(m) = self.messages.get_mut(i) {
+                if let Some(m) = self.message_mut(i) {
                     if m.status == MessageStatus::Streaming {
                         m.content.push_str(&delta);
                         out.push(Applied::Token {
@@ -474,7 +547,7 @@ impl RunState {
         out: &mut Vec<Applied>,
     ) {
         let i = self.message_index(message_id);
-        if let Some(m) = self.messages.get_mut(i) {
+        if let Some(m) = self.message_mut(i) {
             let was_final = matches!(m.status, MessageStatus::Completed | MessageStatus::Failed);
             m.status = status;
             if !was_final {
@@ -536,6 +609,7 @@ impl RunState {
                 i
             }
         };
+        self.changes.workers.mark(i);
         self.workers.get_mut(i)
     }
 
@@ -554,6 +628,7 @@ impl RunState {
         });
         let i = self.messages.len() - 1;
         self.index.messages.insert(message_id.to_owned(), i);
+        self.changes.messages.mark(i);
         i
     }
 
@@ -572,7 +647,7 @@ impl RunState {
                 .and_then(|c| self.index.requests.get(c).copied())
         });
         if let Some(i) = existing {
-            if let Some(m) = self.messages.get_mut(i) {
+            if let Some(m) = self.message_mut(i) {
                 let was_optimistic = m.message_id.is_none()
                     || matches!(
                         m.status,
@@ -651,8 +726,10 @@ impl RunState {
                 self.index.requests.entry(c.clone()).or_insert(i);
             }
             self.messages.push(msg);
+            self.changes.messages.mark(i);
         } else {
             self.messages.insert(pos, msg);
+            self.changes.messages.inserted(pos);
             self.reindex();
         }
     }
@@ -660,7 +737,7 @@ impl RunState {
     /// The message carrying `client_request_id`, if shown.
     pub fn message_by_request(&mut self, client_request_id: &str) -> Option<&mut Message> {
         let i = *self.index.requests.get(client_request_id)?;
-        self.messages.get_mut(i)
+        self.message_mut(i)
     }
 
     /// Replaces this state with `snap` (a §3 snapshot), keeping every message's
@@ -708,6 +785,8 @@ impl RunState {
         }
         let snap_messages = std::mem::take(&mut snap.messages);
         *self = snap;
+        self.changes.messages.mark_all();
+        self.changes.workers.mark_all();
         self.messages = merged;
         self.reindex();
         for (m, p) in snap_messages.into_iter().zip(placed) {
@@ -950,6 +1029,72 @@ mod tests {
         assert!(out.contains(&Applied::Echo {
             client_request_id: "c1".into()
         }));
+    }
+
+    #[test]
+    fn changes_name_exactly_the_touched_entries_and_follow_insertions() {
+        let (mut s, _) = apply_all(vec![
+            created("u1", "user", Some("c1"), None),
+            created("a1", "assistant", None, Some("c1")),
+            ws("w1", None),
+        ]);
+        let _ = s.take_changes();
+        let mut parked = Parked::default();
+        let mut out = Vec::new();
+        let delta = EventKind::MessageDelta {
+            message_id: "a1".into(),
+            delta: "x".into(),
+        };
+        s.apply(4, delta.clone(), &mut parked, 8, &mut out).unwrap();
+        s.apply(5, delta, &mut parked, 8, &mut out).unwrap();
+        let ch = s.take_changes();
+        assert_eq!(ch.messages.positions, vec![1]);
+        assert!(ch.workers.is_empty());
+        assert!(s.take_changes().messages.is_empty());
+        // A reply inserted under u1 moves a1 down: a1's pending mark follows it.
+        s.apply(
+            6,
+            created("u2", "user", Some("c2"), None),
+            &mut parked,
+            8,
+            &mut out,
+        )
+        .unwrap();
+        let _ = s.take_changes();
+        s.apply(
+            7,
+            EventKind::MessageDelta {
+                message_id: "a1".into(),
+                delta: "y".into(),
+            },
+            &mut parked,
+            8,
+            &mut out,
+        )
+        .unwrap();
+        s.apply(
+            8,
+            created("a0", "assistant", None, Some("c1")),
+            &mut parked,
+            8,
+            &mut out,
+        )
+        .unwrap();
+        let ch = s.take_changes();
+        let a1 = s
+            .messages
+            .iter()
+            .position(|m| m.message_id.as_deref() == Some("a1"))
+            .unwrap();
+        let a0 = s
+            .messages
+            .iter()
+            .position(|m| m.message_id.as_deref() == Some("a0"))
+            .unwrap();
+        assert!(ch.messages.positions.contains(&a1) && ch.messages.positions.contains(&a0));
+        assert!(!ch.messages.positions.contains(&0));
+        s.mark_unknown();
+        assert!(s.take_changes().workers.all);
     }
 
     #[test]

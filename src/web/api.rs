@@ -5,38 +5,22 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use js_sys::{Function, Reflect};
-use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use web_sys::AbortController;
 
-use super::driver::{
-    drive, prune_subscriptions, to_js, with_engine, Inner, Shared, Subscription, Weak,
-};
+use super::driver::{drive, prune_subscriptions, with_engine, Inner, Shared, Subscription, Weak};
 use super::env;
 use super::error::WebError;
 use super::options::Options;
 use super::storage;
-use crate::core::engine::{Action, Engine, StreamStatus};
-use crate::core::metrics::RunMetrics;
-use crate::core::state::RunState;
+use crate::core::engine::{Action, Engine};
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct View<'a> {
-    version: u64,
-    state: &'a RunState,
-    status: StreamStatus,
-    metrics: &'a RunMetrics,
-}
-
-/// A new snapshot object of the stream's current state, status and metrics.
-fn view(inner: &Inner) -> JsValue {
-    to_js(&View {
-        version: inner.engine.version(),
-        state: inner.engine.state(),
-        status: inner.engine.status(env::now()),
-        metrics: inner.engine.metrics(),
-    })
+/// A new frozen snapshot of the stream, sharing every unchanged part with the last one.
+fn view(inner: &mut Inner) -> JsValue {
+    let Inner {
+        engine, snapshots, ..
+    } = inner;
+    snapshots.build(engine, env::now())
 }
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -215,6 +199,7 @@ impl RunStream {
                 requests: Vec::new(),
                 next_request: 1,
                 snapshot: None,
+                snapshots: Default::default(),
                 started: false,
                 closed: false,
             })
@@ -222,8 +207,8 @@ impl RunStream {
         // Built now, so there is always a last snapshot to return; not cached,
         // so the first getSnapshot() still reflects calls made before it (send()).
         let first = inner
-            .try_borrow()
-            .map(|i| view(&i))
+            .try_borrow_mut()
+            .map(|mut i| view(&mut i))
             .unwrap_or(JsValue::NULL);
         Ok(RunStream {
             inner,
@@ -296,7 +281,7 @@ impl RunStream {
         if let Some(s) = &inner.snapshot {
             return s.clone();
         }
-        let v = view(&inner);
+        let v = view(&mut inner);
         if v.is_null() {
             // Unreachable in practice (serializing plain data); keep the last one.
             return self.last.borrow().clone();

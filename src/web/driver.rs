@@ -36,6 +36,8 @@ pub(super) struct Inner {
     pub requests: Vec<(u64, transport::Request)>,
     pub next_request: u64,
     pub snapshot: Option<JsValue>,
+    /// The parts of the last snapshot, reused for what did not change.
+    pub snapshots: super::snapshot::SnapshotCache,
     pub started: bool,
     pub closed: bool,
 }

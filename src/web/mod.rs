@@ -14,6 +14,7 @@ mod driver;
 mod env;
 mod error;
 mod options;
+mod snapshot;
 mod storage;
 mod transport;
 

@@ -173,6 +173,12 @@ impl Engine {
         &self.state
     }
 
+    /// What changed in the state since the last call: the shell rebuilds only
+    /// those entries of its snapshot (structural sharing).
+    pub fn take_state_changes(&mut self) -> super::state::Changes {
+        self.state.take_changes()
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &RunMetrics {
         &self.metrics

@@ -1,0 +1,273 @@
+//! Snapshots that share structure (API.md RunSnapshot): between two snapshots
+//! every message, worker, tool and array that did not change is the same JS
+//! object, and every object is frozen.
+//!
+//! The engine reports which messages and workers changed since the last build
+//! ([`crate::core::state::Changes`]); only those are serialized and parsed
+//! again, so a delta on one message of a long conversation costs that message
+//! plus one new `messages` array of references, not the whole history. A
+//! rebuilt entry whose JSON is unchanged (e.g. after a snapshot replaced the
+//! state) keeps its old object. Objects are cached by key (`message_id`, else
+//! `client_request_id`; `worker_id`; `worker_id` + `tool_call_id`), so an
+//! insertion in the middle of the list moves references, not contents.
+//!
+//! Bounded: the caches hold exactly one entry per message, worker and tool of
+//! the current state (entries of removed or re-keyed ones are dropped at the
+//! next build of their list).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use js_sys::{Array, Object, Reflect};
+use serde::Serialize;
+use wasm_bindgen::{JsCast, JsValue};
+
+use crate::core::engine::Engine;
+use crate::core::state::{Dirty, Message, RunStatus, Tool, Worker};
+
+/// A built object and the hash of the JSON it was built from.
+#[derive(Clone)]
+struct Built {
+    hash: u64,
+    obj: JsValue,
+}
+
+/// The scalar part of `RunState`; the `state` object is rebuilt when it changes.
+#[derive(Serialize, PartialEq, Clone)]
+#[serde(rename_all = "camelCase")]
+struct Head<'a> {
+    run_id: &'a str,
+    cursor: u64,
+    status: RunStatus,
+}
+
+/// The JS objects of the last snapshot, reused for what did not change.
+#[derive(Default)]
+pub(super) struct SnapshotCache {
+    messages: HashMap<String, Built>,
+    message_list: Option<JsValue>,
+    workers: HashMap<String, Built>,
+    tools: HashMap<String, Built>,
+    worker_list: Option<JsValue>,
+    supervisor: Option<Built>,
+    /// Hash of the last head, and the `state` object built with it.
+    state: Option<(u64, JsValue)>,
+}
+
+impl SnapshotCache {
+    /// A new frozen `RunSnapshot` of `engine` as of `now`, sharing every
+    /// unchanged part with the previous one.
+    pub(super) fn build(&mut self, engine: &mut Engine, now: f64) -> JsValue {
+        let changes = engine.take_state_changes();
+        let st = engine.state();
+        let messages_changed = self.build_messages(&st.messages, &changes.messages);
+        let workers_changed = self.build_workers(&st.workers, &changes.workers);
+        let supervisor_changed = match built(&st.supervisor) {
+            Some(b) if self.supervisor.as_ref().is_some_and(|o| o.hash == b.hash) => false,
+            Some(b) => {
+                self.supervisor = Some(b);
+                true
+            }
+            None => false,
+        };
+        let head = Head {
+            run_id: &st.run_id,
+            cursor: st.cursor,
+            status: st.status,
+        };
+        let head_hash = serde_json::to_string(&head).map(|s| hash(&s)).unwrap_or(0);
+        let state_same = self.state.as_ref().is_some_and(|(h, _)| *h == head_hash);
+        if !state_same || messages_changed || workers_changed || supervisor_changed {
+            let obj = super::driver::to_js(&head);
+            set(&obj, "workers", self.worker_list.as_ref());
+            set(&obj, "messages", self.message_list.as_ref());
+            set(&obj, "supervisor", self.supervisor.as_ref().map(|b| &b.obj));
+            freeze(&obj);
+            self.state = Some((head_hash, obj));
+        }
+        let snapshot = Object::new();
+        let snapshot: &JsValue = snapshot.as_ref();
+        let _ = Reflect::set(
+            snapshot,
+            &"version".into(),
+            &JsValue::from_f64(engine.version() as f64),
+        );
+        set(snapshot, "state", self.state.as_ref().map(|(_, o)| o));
+        let status = super::driver::to_js(&engine.status(now));
+        freeze(&status);
+        set(snapshot, "status", Some(&status));
+        let metrics = super::driver::to_js(engine.metrics());
+        deep_freeze(&metrics, 3);
+        set(snapshot, "metrics", Some(&metrics));
+        freeze(snapshot);
+        snapshot.clone()
+    }
+
+    /// Rebuilds the dirty messages and the list; returns whether the list changed.
+    fn build_messages(&mut self, messages: &[Message], dirty: &Dirty) -> bool {
+        let all = dirty.all || self.message_list.is_none();
+        if !all && dirty.is_empty() {
+            return false;
+        }
+        let positions = sorted(&dirty.positions);
+        let mut next = HashMap::with_capacity(messages.len());
+        let list = Array::new_with_length(u32::try_from(messages.len()).unwrap_or(u32::MAX));
+        for (i, m) in messages.iter().enumerate() {
+            let key = message_key(m, i);
+            let changed = all || positions.binary_search(&i).is_ok();
+            let b = reuse_or_build(&mut self.messages, &key, changed, m);
+            list.set(i as u32, b.obj.clone());
+            next.insert(key, b);
+        }
+        freeze(&list);
+        self.messages = next;
+        self.message_list = Some(list.into());
+        true
+    }
+
+    /// Rebuilds the dirty workers (and their changed tools) and the list.
+    fn build_workers(&mut self, workers: &[Worker], dirty: &Dirty) -> bool {
+        let all = dirty.all || self.worker_list.is_none();
+        if !all && dirty.is_empty() {
+            return false;
+        }
+        let positions = sorted(&dirty.positions);
+        let mut next = HashMap::with_capacity(workers.len());
+        let mut next_tools = HashMap::new();
+        let list = Array::new_with_length(u32::try_from(workers.len()).unwrap_or(u32::MAX));
+        for (i, w) in workers.iter().enumerate() {
+            let changed = all || positions.binary_search(&i).is_ok();
+            let old = self.workers.remove(&w.worker_id);
+            let b = match old {
+                Some(b) if !changed => {
+                    for t in &w.tools {
+                        let k = tool_key(w, t);
+                        if let Some(tb) = self.tools.remove(&k) {
+                            next_tools.insert(k, tb);
+                        }
+                    }
+                    b
+                }
+                old => {
+                    let tools = Array::new();
+                    for t in &w.tools {
+                        let k = tool_key(w, t);
+                        let tb = reuse_or_build(&mut self.tools, &k, true, t);
+                        tools.push(&tb.obj);
+                        next_tools.insert(k, tb);
+                    }
+                    freeze(&tools);
+                    match built(w) {
+                        Some(b) if old.as_ref().is_some_and(|o| o.hash == b.hash) => {
+                            old.unwrap_or(b)
+                        }
+                        Some(b) => {
+                            let _ = Reflect::set(&b.obj, &"tools".into(), &tools);
+                            freeze(&b.obj);
+                            b
+                        }
+                        None => old.unwrap_or(Built {
+                            hash: 0,
+                            obj: JsValue::NULL,
+                        }),
+                    }
+                }
+            };
+            list.set(i as u32, b.obj.clone());
+            next.insert(w.worker_id.clone(), b);
+        }
+        freeze(&list);
+        self.workers = next;
+        self.tools = next_tools;
+        self.worker_list = Some(list.into());
+        true
+    }
+}
+
+/// The cached object under `key` if `changed` is false (or if rebuilding it
+/// gives the same JSON); otherwise a new frozen one.
+fn reuse_or_build<T: Serialize>(
+    cache: &mut HashMap<String, Built>,
+    key: &str,
+    changed: bool,
+    value: &T,
+) -> Built {
+    let old = cache.remove(key);
+    if let (false, Some(b)) = (changed, &old) {
+        return b.clone();
+    }
+    match built(value) {
+        Some(b) if old.as_ref().is_some_and(|o| o.hash == b.hash) => old.unwrap_or(b),
+        Some(b) => {
+            freeze(&b.obj);
+            b
+        }
+        None => old.unwrap_or(Built {
+            hash: 0,
+            obj: JsValue::NULL,
+        }),
+    }
+}
+
+/// A JS object of `value` (not frozen yet) and the hash of its JSON.
+fn built<T: Serialize>(value: &T) -> Option<Built> {
+    let json = serde_json::to_string(value).ok()?;
+    let obj = js_sys::JSON::parse(&json).ok()?;
+    Some(Built {
+        hash: hash(&json),
+        obj,
+    })
+}
+
+fn hash(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+fn message_key(m: &Message, i: usize) -> String {
+    match (&m.message_id, &m.client_request_id) {
+        (Some(id), _) => format!("m:{id}"),
+        (None, Some(c)) => format!("c:{c}"),
+        (None, None) => format!("p:{i}"),
+    }
+}
+
+fn tool_key(w: &Worker, t: &Tool) -> String {
+    format!("{}\u{0}{}", w.worker_id, t.tool_call_id)
+}
+
+fn sorted(positions: &[usize]) -> Vec<usize> {
+    let mut p = positions.to_vec();
+    p.sort_unstable();
+    p.dedup();
+    p
+}
+
+fn set(obj: &JsValue, key: &str, value: Option<&JsValue>) {
+    if let Some(v) = value {
+        let _ = Reflect::set(obj, &key.into(), v);
+    }
+}
+
+fn freeze(v: &JsValue) {
+    if let Some(o) = v.dyn_ref::<Object>() {
+        Object::freeze(o);
+    }
+}
+
+/// Freezes `v` and the objects inside it, `depth` levels down.
+fn deep_freeze(v: &JsValue, depth: u32) {
+    let Some(o) = v.dyn_ref::<Object>() else {
+        return;
+    };
+    if depth > 0 {
+        for child in Object::values(o).iter() {
+            if child.is_object() {
+                deep_freeze(&child, depth - 1);
+            }
+        }
+    }
+    Object::freeze(o);
+}
