@@ -14,8 +14,8 @@ import { fileURLToPath } from "node:url";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const smoke = process.argv.includes("--smoke");
 const P = smoke
-  ? { tokens: 20_000, rate: 5000, seconds: 2, drops: 8, refreshes: 3, memory: 100_000 }
-  : { tokens: 100_000, rate: 5000, seconds: 10, drops: 50, refreshes: 7, memory: 1_000_000 };
+  ? { tokens: 20_000, rate: 5000, seconds: 2, drops: 8, refreshes: 3, memory: 100_000, history: 1500, historySeconds: 3 }
+  : { tokens: 100_000, rate: 5000, seconds: 10, drops: 50, refreshes: 7, memory: 1_000_000, history: 1500, historySeconds: 10 };
 
 const freePort = () => new Promise((res) => {
   const s = createServer();
@@ -148,6 +148,15 @@ async function main() {
     console.log("   JS pipeline (peer): events applied → JS heap");
     console.log("   " + m.jsPipeline.map((x) => `${fmt(x.events)} → ${fmt(x.jsHeapBytes)}`).join("; "));
     console.log(`   goal flat → ${flat ? "met" : "MISSED"}: wasm memory ${fmt(first?.wasmBytes)} B at ${fmt(first?.events)} events, ${fmt(mid?.wasmBytes)} B at ${fmt(mid?.events)}, ${fmt(last?.wasmBytes)} B at ${fmt(last?.events)}`);
+
+    console.log(`\n7. Long history (${fmt(P.history)} completed messages of 3 KB, one streaming at 100 tokens/s for ${P.historySeconds} s)`);
+    const lh = (results.longHistory = await page.evaluate(([h, s]) => window.bench.longHistory(h, 3000, 100, s), [P.history, P.historySeconds]));
+    console.log("   pipeline                      notifications   p95 ms   worst ms   long tasks   unchanged rows kept identity");
+    for (const [k, v] of Object.entries({ "runstream getSnapshot()": lh.runstream, "JS immutable update": lh.jsPipeline })) {
+      console.log(`   ${k.padEnd(28)}  ${fmt(v.notifications).padStart(13)}   ${fmt(v.p95Ms, 2).padStart(6)}   ${fmt(v.worstMs, 2).padStart(8)}   ${fmt(v.longTasks).padStart(10)}   ${v.keptIdentity === null ? "—" : (100 * v.keptIdentity).toFixed(1) + " %"}`);
+    }
+    const lhMet = (lh.runstream.p95Ms <= Math.max(2, 2 * lh.jsPipeline.p95Ms)) && lh.runstream.longTasks === 0 && lh.runstream.keptIdentity >= 0.99;
+    console.log(`   goal p95 ≤ 2× JS (or ≤ 2 ms), 0 long tasks, ≥ 99 % identity → ${lhMet ? "met" : "MISSED"}`);
   } finally {
     await browser.close();
     server.stop();

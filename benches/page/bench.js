@@ -289,4 +289,123 @@ export async function memory(n) {
   return { events: snap.metrics.eventsApplied, samples, jsPipeline: jsSamples };
 }
 
-window.bench = { throughput, frameBudget, reconnect, memory, ready };
+/**
+ * A long conversation: `history` completed messages of `bytes` characters,
+ * then one message streaming at `rate` tokens/s for `seconds`. runstream: a
+ * subscriber calls getSnapshot() on each notification (what React does);
+ * measured is that call, and how many unchanged rows kept their identity.
+ * The peer: the JS pipeline with an immutable update of a messages array per
+ * event (what a hand-written React store does), measured per event.
+ */
+export async function longHistory(history, bytes, rate, seconds) {
+  await ready;
+  const n = Math.max(1, Math.round(rate * seconds));
+  const body = { tokens: n, rate, history, history_bytes: bytes };
+  const out = {};
+  {
+    const run = await createRun(body);
+    const costs = [];
+    let kept = 0;
+    let rows = 0;
+    let prev = null;
+    let stop = null;
+    const s = new RunStream({ runId: run, url: `/api/stream/runs/${run}`, resume: "none", spans: false });
+    await new Promise((resolve) => {
+      const off = s.subscribe(() => {
+        const t0 = performance.now();
+        const snap = s.getSnapshot();
+        const dt = performance.now() - t0;
+        const msgs = snap.state.messages;
+        // Measured once the history has been replayed and the tail streams (the
+        // first build of the whole history is the replay's cost, not a frame's).
+        if (msgs.length > history && msgs[history].content.length > 0) {
+          if (!stop) {
+            stop = frameWatch();
+            prev = msgs;
+            return;
+          }
+          costs.push(dt);
+          if (prev) {
+            for (let i = 0; i < history; i++) {
+              rows++;
+              if (prev[i] === msgs[i]) kept++;
+            }
+          }
+          prev = msgs;
+        }
+        if (snap.status.connection === "closed" || snap.status.connection === "failed") {
+          off();
+          resolve();
+        }
+      });
+      s.start();
+    });
+    s.close();
+    const w = stop ? stop() : { longTasks: null, worstFrameMs: null };
+    out.runstream = { notifications: costs.length, p95Ms: pct(costs, 0.95), worstMs: Math.max(...costs), longTasks: w.longTasks, keptIdentity: rows ? kept / rows : null };
+  }
+  {
+    const run = await createRun(body);
+    const costs = [];
+    let kept = 0;
+    let rows = 0;
+    let stop = null;
+    let messages = [];
+    const index = new Map();
+    let state = { cursor: 0, status: "running", messages };
+    const seen = new Set();
+    const resp = await fetch(`/api/stream/runs/${run}`, { headers: { Accept: "text/event-stream" } });
+    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+    let done = false;
+    const parser = createParser({
+      onEvent(ev) {
+        const t0 = performance.now();
+        const e = JSON.parse(ev.data);
+        const key = `${e.run_id}\u0000${e.event_id}`;
+        if (seen.has(key)) return;
+        seen.add(key);
+        const p = e.payload;
+        const prev = state.messages;
+        if (e.type === "message.created") {
+          index.set(p.message_id, prev.length);
+          state = { ...state, cursor: e.event_id, messages: [...prev, Object.freeze({ id: p.message_id, role: p.role, content: p.content || "", status: "streaming" })] };
+        } else if (e.type === "message.delta" || e.type === "message.completed") {
+          const i = index.get(p.message_id);
+          const m = prev[i];
+          const next = e.type === "message.delta" ? { ...m, content: m.content + p.delta } : { ...m, status: "completed" };
+          const arr = prev.slice();
+          arr[i] = Object.freeze(next);
+          state = { ...state, cursor: e.event_id, messages: arr };
+        } else if (e.type === "run.completed") {
+          state = { ...state, cursor: e.event_id, status: p.status };
+          done = true;
+        } else {
+          state = { ...state, cursor: e.event_id };
+        }
+        const dt = performance.now() - t0;
+        if (state.messages.length > history && state.messages[history].content.length > 0) {
+          if (!stop) {
+            stop = frameWatch();
+            return;
+          }
+          costs.push(dt);
+          for (let i = 0; i < history; i++) {
+            rows++;
+            if (prev[i] === state.messages[i]) kept++;
+          }
+        }
+      },
+    });
+    while (!done) {
+      const { value, done: end } = await reader.read();
+      if (end) break;
+      parser.feed(value);
+    }
+    reader.cancel().catch(() => {});
+    const w = stop ? stop() : { longTasks: null };
+    out.jsPipeline = { notifications: costs.length, p95Ms: pct(costs, 0.95), worstMs: Math.max(...costs), longTasks: w.longTasks, keptIdentity: rows ? kept / rows : null };
+  }
+  return out;
+}
+
+window.bench = { throughput, frameBudget, reconnect, memory, longHistory, ready };

@@ -615,6 +615,10 @@ struct CreateRun {
     rate: Option<f64>,
     /// Token run of `progress.tick` events (an unknown type: no state growth) instead of deltas.
     ticks: bool,
+    /// Token run after a chat history of this many completed messages (benchmarks).
+    history: u64,
+    /// Characters per history message (default 3,000).
+    history_bytes: Option<usize>,
 }
 
 async fn create_run(State(app): State<App>, body: Option<Json<CreateRun>>) -> Response {
@@ -627,6 +631,26 @@ async fn create_run(State(app): State<App>, body: Option<Json<CreateRun>>) -> Re
     }
     let (id, _, fresh) = app.hub.create(c.run_id, kind, chaos, speed);
     if let (true, Some(n)) = (fresh, c.tokens) {
+        // A long conversation before the streamed message (the long-history benchmark).
+        let text = "x".repeat(c.history_bytes.unwrap_or(3000).min(1 << 20));
+        for i in 0..c.history.min(100_000) {
+            let (mid, role) = (
+                format!("h{i}"),
+                if i % 2 == 0 { "user" } else { "assistant" },
+            );
+            app.hub.append(
+                &id,
+                "message.created",
+                json!({"message_id": mid, "role": role, "content": text}),
+            );
+            if role == "assistant" {
+                app.hub.append(
+                    &id,
+                    "message.completed",
+                    json!({"message_id": mid, "finish_reason": "stop"}),
+                );
+            }
+        }
         scenario::tokens(
             app.hub.clone(),
             id.clone(),

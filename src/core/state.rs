@@ -124,6 +124,8 @@ pub struct Dirty {
     pub all: bool,
     /// Positions of changed entries (may repeat), valid for the current list.
     pub positions: Vec<usize>,
+    /// An entry was inserted before the end: earlier positions moved.
+    pub reordered: bool,
 }
 
 impl Dirty {
@@ -144,11 +146,13 @@ impl Dirty {
 
     fn mark_all(&mut self) {
         self.all = true;
+        self.reordered = true;
         self.positions = Vec::new();
     }
 
     /// An entry was inserted at `pos`: later positions move one up.
     fn inserted(&mut self, pos: usize) {
+        self.reordered = true;
         for p in &mut self.positions {
             if *p >= pos {
                 *p += 1;

@@ -45,7 +45,8 @@ struct Head<'a> {
 /// The JS objects of the last snapshot, reused for what did not change.
 #[derive(Default)]
 pub(super) struct SnapshotCache {
-    messages: HashMap<String, Built>,
+    /// One entry per message, aligned with the state's list: its key and object.
+    messages: Vec<(String, Built)>,
     message_list: Option<JsValue>,
     workers: HashMap<String, Built>,
     tools: HashMap<String, Built>,
@@ -105,23 +106,59 @@ impl SnapshotCache {
     }
 
     /// Rebuilds the dirty messages and the list; returns whether the list changed.
+    ///
+    /// Fast path (the common case: deltas on a streaming message, messages
+    /// appended): the previous array is copied natively and only the changed
+    /// positions are rebuilt. After a reorder (a reply inserted under its
+    /// question) or a replaced state, objects are matched by key.
     fn build_messages(&mut self, messages: &[Message], dirty: &Dirty) -> bool {
-        let all = dirty.all || self.message_list.is_none();
-        if !all && dirty.is_empty() {
+        let prev = match &self.message_list {
+            Some(l) if !dirty.all && !dirty.reordered && messages.len() >= self.messages.len() => {
+                l.clone()
+            }
+            _ => return self.build_messages_keyed(messages),
+        };
+        if dirty.is_empty() && messages.len() == self.messages.len() {
             return false;
         }
-        let positions = sorted(&dirty.positions);
-        let mut next = HashMap::with_capacity(messages.len());
+        let list =
+            Array::from(&prev).slice(0, u32::try_from(self.messages.len()).unwrap_or(u32::MAX));
+        let old_len = self.messages.len();
+        let mut todo = sorted(&dirty.positions);
+        todo.extend(old_len..messages.len());
+        todo.dedup();
+        for i in todo {
+            let Some(m) = messages.get(i) else { continue };
+            let key = message_key(m, i);
+            let old = self
+                .messages
+                .get(i)
+                .filter(|(k, _)| *k == key)
+                .map(|(_, b)| b.clone());
+            let b = rebuild(old, m);
+            list.set(i as u32, b.obj.clone());
+            if let Some(slot) = self.messages.get_mut(i) {
+                *slot = (key, b);
+            } else {
+                self.messages.push((key, b));
+            }
+        }
+        freeze(&list);
+        self.message_list = Some(list.into());
+        true
+    }
+
+    /// Rebuilds the message list matching cached objects by key.
+    fn build_messages_keyed(&mut self, messages: &[Message]) -> bool {
+        let mut old: HashMap<String, Built> = self.messages.drain(..).collect();
         let list = Array::new_with_length(u32::try_from(messages.len()).unwrap_or(u32::MAX));
         for (i, m) in messages.iter().enumerate() {
             let key = message_key(m, i);
-            let changed = all || positions.binary_search(&i).is_ok();
-            let b = reuse_or_build(&mut self.messages, &key, changed, m);
+            let b = rebuild(old.remove(&key), m);
             list.set(i as u32, b.obj.clone());
-            next.insert(key, b);
+            self.messages.push((key, b));
         }
         freeze(&list);
-        self.messages = next;
         self.message_list = Some(list.into());
         true
     }
@@ -185,6 +222,21 @@ impl SnapshotCache {
     }
 }
 
+/// A new frozen object of `value`, or `old` if its JSON is unchanged.
+fn rebuild<T: Serialize>(old: Option<Built>, value: &T) -> Built {
+    match built(value) {
+        Some(b) if old.as_ref().is_some_and(|o| o.hash == b.hash) => old.unwrap_or(b),
+        Some(b) => {
+            freeze(&b.obj);
+            b
+        }
+        None => old.unwrap_or(Built {
+            hash: 0,
+            obj: JsValue::NULL,
+        }),
+    }
+}
+
 /// The cached object under `key` if `changed` is false (or if rebuilding it
 /// gives the same JSON); otherwise a new frozen one.
 fn reuse_or_build<T: Serialize>(
@@ -197,17 +249,7 @@ fn reuse_or_build<T: Serialize>(
     if let (false, Some(b)) = (changed, &old) {
         return b.clone();
     }
-    match built(value) {
-        Some(b) if old.as_ref().is_some_and(|o| o.hash == b.hash) => old.unwrap_or(b),
-        Some(b) => {
-            freeze(&b.obj);
-            b
-        }
-        None => old.unwrap_or(Built {
-            hash: 0,
-            obj: JsValue::NULL,
-        }),
-    }
+    rebuild(old, value)
 }
 
 /// A JS object of `value` (not frozen yet) and the hash of its JSON.
