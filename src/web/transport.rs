@@ -391,8 +391,11 @@ pub fn post(
             hs.push(("Content-Type".into(), "application/json".into()));
             let init = request_init("POST", &hs, credentials);
             init.set_signal(Some(&signal));
-            let body =
-                serde_json::json!({"client_request_id": crid, "content": content}).to_string();
+            let body = crate::core::wire::SendBody {
+                client_request_id: crid.clone(),
+                content: content.clone(),
+            }
+            .encode();
             init.set_body(&JsValue::from_str(&body));
             let r = fetch(&url, &init).await.map_err(|_| ())?;
             headers_arrived(&weak, id);
