@@ -1,15 +1,35 @@
 import type { RunSnapshot, RunStream, RunStreamOptions } from "./runstream.js";
 
-export interface UseRunStream {
-  /** `null` until the stream is created after mount. */
-  snapshot: RunSnapshot | null;
-  /** Sends a chat message; returns its client_request_id. Throws before mount. */
+export { initRunStream } from "./lazy.js";
+
+export interface UseRunStream<T = RunSnapshot> {
+  /**
+   * The snapshot, or the slice `select` picked from it. `null` during server
+   * rendering, hydration, and until the wasm is loaded and the stream created
+   * after mount (then `stream` is non-null).
+   */
+  snapshot: T | null;
+  /** Sends a chat message; returns its client_request_id. Throws while `stream` is null. */
   send: (content: string) => string;
-  /** Skips the backoff wait. */
+  /** Skips the backoff wait (no-op while `stream` is null). */
   retryNow: () => void;
-  /** The underlying stream (`null` before mount). */
+  /** The underlying stream: `null` on the server and until ready. */
   stream: RunStream | null;
 }
 
-/** React hook: `useSyncExternalStore(stream.subscribe, stream.getSnapshot)` with lifecycle handled. */
-export declare function useRunStream(options: RunStreamOptions): UseRunStream;
+/**
+ * React hook over `useSyncExternalStore` (server snapshot `null`): loads the wasm
+ * once per page, creates and starts a RunStream after mount, closes it on unmount.
+ */
+export declare function useRunStream(options: RunStreamOptions): UseRunStream<RunSnapshot>;
+/**
+ * With a selector: the component re-renders only when `select(snapshot)` changes
+ * by `isEqual` (default `Object.is`). A snapshot is a new object after every change
+ * (today every object and array in it is new after each change), so select primitives (`s => s.status.connection`) or pass an `isEqual` that
+ * compares by value when the slice is an object or array.
+ */
+export declare function useRunStream<T>(
+  options: RunStreamOptions,
+  select: (snapshot: RunSnapshot) => T,
+  isEqual?: (a: T, b: T) => boolean,
+): UseRunStream<T>;

@@ -1,12 +1,34 @@
 import type { ShallowRef } from "vue";
 import type { RunSnapshot, RunStream, RunStreamOptions } from "./runstream.js";
 
-export interface UseRunStream {
-  snapshot: ShallowRef<RunSnapshot>;
+export { initRunStream } from "./lazy.js";
+
+export interface UseRunStream<T = RunSnapshot> {
+  /**
+   * The snapshot, or the slice `select` picked from it: `null` during server
+   * rendering and until the wasm is loaded and the stream created after mount.
+   */
+  snapshot: ShallowRef<T | null>;
+  /** Sends a chat message; returns its client_request_id. Throws while `stream` is null. */
   send: (content: string) => string;
+  /** Skips the backoff wait (no-op while `stream` is null). */
   retryNow: () => void;
-  stream: RunStream;
+  /** The underlying stream: `null` on the server and until ready. */
+  stream: ShallowRef<RunStream | null>;
 }
 
-/** Vue composable: `shallowRef` snapshot, stream closed on `onScopeDispose`. */
-export declare function useRunStream(options: RunStreamOptions): UseRunStream;
+/**
+ * Vue composable: loads the wasm once per page, creates the stream in
+ * `onMounted` (at once outside a component), closes it on `onScopeDispose`.
+ */
+export declare function useRunStream(options: RunStreamOptions): UseRunStream<RunSnapshot>;
+/**
+ * With a selector: `snapshot` holds `select(snapshot)` and is replaced (triggering
+ * watchers and renders) only when it changes by `isEqual` (default `Object.is`).
+ * Select primitives, or pass an `isEqual` that compares object slices by value.
+ */
+export declare function useRunStream<T>(
+  options: RunStreamOptions,
+  select: (snapshot: RunSnapshot) => T,
+  isEqual?: (a: T, b: T) => boolean,
+): UseRunStream<T>;

@@ -29,7 +29,9 @@ if grep -nE 'new Function|\beval\(' "$out"/runstream.js js/*.js; then
   exit 1
 fi
 # Framework bindings (plain JS + .d.ts, no framework in the wasm build) and package metadata.
-cp js/react.js js/react.d.ts js/vue.js js/vue.d.ts "$out"/
+cp js/lazy.js js/lazy.d.ts js/react.js js/react.d.ts js/vue.js js/vue.d.ts "$out"/
+# --target bundler instantiates the wasm on import: its initRunStream has nothing to load.
+if [ "$target" = bundler ]; then cp js/lazy.bundler.js "$out"/lazy.js; fi
 cp README.md "$out"/README.md
 node scripts/package-json.mjs "$out" "$target"
 raw=$(wc -c < "$out"/runstream_bg.wasm)

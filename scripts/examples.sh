@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Packs pkg/ as the npm tarball a user would install, installs it into the
 # React and Vue examples (file: dependency on the tarball: a copy, as from the
-# registry), type-checks them with tsc --strict and builds them with Vite.
+# registry), type-checks them with tsc --strict and builds them with Vite; the
+# Next.js example the same way, built with `next build` (`next start` serves it;
+# it reads the runstream server's URL from $RUNSTREAM_SERVER at run time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p target/npm
@@ -29,3 +31,13 @@ for ex in react vue; do
     echo "[examples] $ex: built www/examples/$ex/dist"
   )
 done
+(
+  cd www/examples/next
+  rm -rf node_modules/runstream package-lock.json .next
+  npm install --no-audit --no-fund --loglevel=error
+  export NEXT_TELEMETRY_DISABLED=1
+  # next build type-checks too, and writes next-env.d.ts + .next/types (typed routes) that tsc then covers.
+  npx next build
+  npx tsc --noEmit
+  echo "[examples] next: built www/examples/next/.next"
+)

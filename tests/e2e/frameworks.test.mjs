@@ -80,3 +80,49 @@ test("--target bundler build works through a bundler (Vite + vite-plugin-wasm)",
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("vue composable: nothing before mount; a selector replaces the ref only when its slice changes", async () => {
+  const run = `vue_select_${Date.now()}`;
+  await api("POST", "/api/admin/runs", { kind: "chat", run_id: run }); // empty: the test appends its events
+  const page = await browser.newPage();
+  const errors = watchErrors(page);
+  // A page of the server's origin that maps `vue` to the Vue example's browser build and imports /pkg/vue.js.
+  await page.route(`${server}/vue-select.html`, (route) => route.fulfill({
+    contentType: "text/html",
+    body: '<!doctype html><link rel="icon" href="data:,"><script type="importmap">{"imports":{"vue":"/examples/vue/node_modules/vue/dist/vue.esm-browser.prod.js"}}</script><div id="app"></div>',
+  }));
+  await page.goto(`${server}/vue-select.html`);
+  const beforeMount = await page.evaluate(async (run) => {
+    const { createApp, h, watch } = await import("vue");
+    const { useRunStream } = await import("/pkg/vue.js");
+    const seen = (window.seen = []);
+    let beforeMount;
+    createApp({
+      setup() {
+        const { snapshot, stream } = useRunStream(
+          { runId: run, url: `/api/stream/runs/${run}`, resume: "none" },
+          (s) => ({ connection: s.status.connection, workers: s.state.workers.length }),
+          (a, b) => a.connection === b.connection && a.workers === b.workers,
+        );
+        beforeMount = [snapshot.value, stream.value];
+        watch(snapshot, (v) => seen.push(v));
+        return () => h("p", JSON.stringify(snapshot.value));
+      },
+    }).mount("#app");
+    return beforeMount;
+  }, run);
+  assert.deepEqual(beforeMount, [null, null], "no stream and no snapshot before onMounted");
+  await page.waitForFunction(() => window.seen.at(-1)?.connection === "open", null, { timeout: 5000 });
+  await page.waitForTimeout(300);
+  const n = await page.evaluate(() => window.seen.length);
+  for (let i = 0; i < 30; i++) await api("POST", `/api/admin/runs/${run}/append`, { type: "progress.tick", payload: { n: i } });
+  await page.waitForTimeout(800);
+  assert.equal(await page.evaluate(() => window.seen.length), n, "snapshots with an equal slice do not replace the ref");
+  await api("POST", `/api/admin/runs/${run}/append`, { type: "worker.started", payload: { worker_id: "w1", name: "probe" } });
+  await page.waitForFunction(() => window.seen.at(-1)?.workers === 1, null, { timeout: 5000 });
+  await page.waitForTimeout(300);
+  assert.equal(await page.evaluate(() => window.seen.length), n + 1, "a changed slice replaces the ref once");
+  assert.equal((await stats(run)).connections_total, 1);
+  assert.deepEqual(errors, []);
+  await page.close();
+});

@@ -1,10 +1,8 @@
 import { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
-import init from "runstream";
 import { App } from "./App";
 
-// --target web: instantiate the wasm once, before the first stream.
-await init();
+// No `await init()`: useRunStream loads the wasm itself after mount, once per page.
 const root = document.getElementById("root");
 if (root) {
   createRoot(root).render(

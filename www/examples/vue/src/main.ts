@@ -1,8 +1,8 @@
 import { createApp, defineComponent, h, ref } from "vue";
-import init, { type Message, type Worker } from "runstream";
+import type { Message, Worker } from "runstream";
 import { useRunStream } from "runstream/vue";
 
-await init();
+// No `await init()`: useRunStream loads the wasm itself in onMounted, once per page.
 
 const params = new URLSearchParams(location.search);
 const runId = params.get("run") ?? "demo";
@@ -12,14 +12,14 @@ const Tasks = defineComponent({
   setup() {
     const { snapshot } = useRunStream({ runId, url: `/api/stream/runs/${runId}`, snapshotUrl: `/api/runs/${runId}/snapshot` });
     return () => {
-      const s = snapshot.value;
-      const workers: Worker[] = s.state.workers;
+      const s = snapshot.value; // null until the wasm is loaded and the stream created
+      const workers: Worker[] = s?.state.workers ?? [];
       return h("section", [
-        h("h2", ["Task ", h("small", { "data-testid": "task-status" }, s.state.status)]),
+        h("h2", ["Task ", h("small", { "data-testid": "task-status" }, s?.state.status ?? "mounting")]),
         h("ul", { "data-testid": "workers" }, workers.map((w) =>
           h("li", { key: w.workerId, "data-status": w.status }, `${w.name ?? w.workerId}: ${w.status} (${w.tools.map((t) => `${t.name ?? t.toolCallId} ${t.status}`).join(", ")})`))),
-        h("p", { "data-testid": "supervisor" }, s.state.supervisor.completed ? s.state.supervisor.summary ?? "done" : "working…"),
-        h("p", { "data-testid": "cursor" }, String(s.state.cursor)),
+        h("p", { "data-testid": "supervisor" }, s?.state.supervisor.completed ? s.state.supervisor.summary ?? "done" : "working…"),
+        h("p", { "data-testid": "cursor" }, String(s?.state.cursor ?? 0)),
       ]);
     };
   },
@@ -41,12 +41,12 @@ const Chat = defineComponent({
     };
     return () => {
       const s = snapshot.value;
-      const messages: Message[] = s.state.messages;
+      const messages: Message[] = s?.state.messages ?? [];
       return h("section", [
-        h("h2", ["Chat ", h("small", { "data-testid": "chat-conn" }, s.status.connection)]),
+        h("h2", ["Chat ", h("small", { "data-testid": "chat-conn" }, s?.status.connection ?? "mounting")]),
         h("ol", { "data-testid": "messages" }, messages.map((m) =>
           h("li", { key: m.clientRequestId ?? m.messageId ?? "", class: m.role }, [h("b", m.role), " ", m.content]))),
-        s.status.activity === "working" ? h("p", { "data-testid": "working" }, "Working…") : null,
+        s?.status.activity === "working" ? h("p", { "data-testid": "working" }, "Working…") : null,
         h("form", { onSubmit: submit }, [
           h("input", { "data-testid": "input", value: text.value, onInput: (e: Event) => (text.value = (e.target as HTMLInputElement).value) }),
           h("button", "Send"),
