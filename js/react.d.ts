@@ -24,9 +24,11 @@ export interface UseRunStream<T = RunSnapshot> {
 export declare function useRunStream(options: RunStreamOptions): UseRunStream<RunSnapshot>;
 /**
  * With a selector: the component re-renders only when `select(snapshot)` changes
- * by `isEqual` (default `Object.is`). A snapshot is a new object after every change
- * (today every object and array in it is new after each change), so select primitives (`s => s.status.connection`) or pass an `isEqual` that
- * compares by value when the slice is an object or array.
+ * by `isEqual` (default `Object.is`). Snapshots share structure: an unchanged
+ * message, worker, tool or array is the same object in the next snapshot, so a
+ * selected entity or array (`s => s.state.workers`) or a primitive
+ * (`s => s.status.connection`) works with `Object.is`; a slice the selector
+ * builds anew needs an `isEqual` that compares by value.
  */
 export declare function useRunStream<T>(
   options: RunStreamOptions,
