@@ -1297,3 +1297,72 @@ async fn snapshots_share_unchanged_messages_and_are_frozen() {
     assert!(js_sys::Object::is(&s.get_snapshot(), &s.get_snapshot()));
     s.close();
 }
+
+/// Counts the page's `new WebSocket(…)` calls (a Proxy on the constructor)
+/// until dropped, when the constructor is put back.
+struct SocketCount {
+    orig: JsValue,
+    count: Rc<Cell<u32>>,
+    _trap: Closure<dyn FnMut(JsValue, js_sys::Array) -> JsValue>,
+}
+
+impl SocketCount {
+    fn install() -> Self {
+        let w = web_sys::window().unwrap();
+        let orig = Reflect::get(&w, &"WebSocket".into()).unwrap();
+        let count = Rc::new(Cell::new(0));
+        let c = count.clone();
+        let trap = Closure::<dyn FnMut(JsValue, js_sys::Array) -> JsValue>::new(
+            move |target: JsValue, args: js_sys::Array| {
+                c.set(c.get() + 1);
+                Reflect::construct(target.unchecked_ref::<Function>(), &args).unwrap()
+            },
+        );
+        let handler = js_sys::Object::new();
+        Reflect::set(&handler, &"construct".into(), trap.as_ref()).unwrap();
+        let proxy = js_sys::Proxy::new(&orig, &handler);
+        Reflect::set(&w, &"WebSocket".into(), &proxy).unwrap();
+        Self {
+            orig,
+            count,
+            _trap: trap,
+        }
+    }
+}
+
+impl Drop for SocketCount {
+    fn drop(&mut self) {
+        let w = web_sys::window().unwrap();
+        Reflect::set(&w, &"WebSocket".into(), &self.orig).unwrap();
+    }
+}
+
+#[wasm_bindgen_test]
+async fn twelve_websocket_runs_share_one_socket_and_each_converges() {
+    let sockets = SocketCount::install();
+    let mut runs = Vec::new();
+    for i in 0..12 {
+        runs.push(create_run(json!({"seed": 100 + i, "workers": 2, "speed": 20})).await);
+    }
+    let streams: Vec<RunStream> = runs
+        .iter()
+        .map(|r| stream(r, "websocket", json!({})))
+        .collect();
+    for s in &streams {
+        s.start();
+    }
+    for (run, s) in runs.iter().zip(&streams) {
+        let v = until(s, 20_000, closed).await;
+        assert_eq!(v["status"]["connection"], "closed", "{run}: {v}");
+        assert_eq!(v["status"]["sharing"], "solo");
+        assert_matches_server(run, &v).await;
+        assert_eq!(v["metrics"]["duplicatesDropped"], 0);
+        // The server saw this run subscribe once, on the shared socket.
+        let st = request("GET", &format!("/api/admin/runs/{run}/stats"), None).await;
+        assert_eq!(st["connections_total"], 1, "{run}: {st}");
+    }
+    assert_eq!(sockets.count.get(), 1, "twelve runs, one socket");
+    for s in &streams {
+        s.close();
+    }
+}

@@ -9,7 +9,7 @@
 //! [`error`] (one error type per layer) import nothing from the crate;
 //! [`envelope`] decodes events with them; [`state`] reduces events into a run
 //! state; [`wire`] types the frames and bodies around both; [`engine`]
-//! coordinates everything.
+//! coordinates everything; [`socket`] shares one WebSocket between engines.
 
 pub mod engine;
 pub mod envelope;
@@ -17,6 +17,7 @@ pub mod error;
 pub mod metrics;
 pub mod retention;
 pub mod rng;
+pub mod socket;
 pub mod sse;
 pub mod state;
 pub mod vocab;

@@ -191,6 +191,7 @@ impl RunStream {
                 opts,
                 weak: weak.clone(),
                 transport: None,
+                share: None,
                 timer: None,
                 frame: None,
                 listeners: Vec::new(),
@@ -245,6 +246,7 @@ impl RunStream {
                     let v = weak.clone();
                     ls.extend(env::Listener::new(t, "visibilitychange", move |_| {
                         with_engine(&v, |e| e.handle_visibility(env::now(), !env::hidden()));
+                        super::driver::share_visibility(&v, !env::hidden());
                     }));
                 }
             }
@@ -339,6 +341,8 @@ impl RunStream {
         }
         inner.closed = true;
         inner.transport = None;
+        // The last member's going drops the page's socket for this wsUrl.
+        inner.share = None;
         inner.timer = None;
         inner.frame = None;
         inner.listeners.clear();

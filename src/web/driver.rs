@@ -26,6 +26,9 @@ pub(super) struct Inner {
     pub opts: Options,
     pub weak: Weak,
     pub transport: Option<(u64, transport::Handle)>,
+    /// Membership of the page's shared WebSocket (websocket transport), held
+    /// until `close()`: its machine, and its backoff, outlive any one connection.
+    pub share: Option<super::socket::Member>,
     pub timer: Option<(f64, env::Timeout)>,
     pub frame: Option<(Option<env::Frame>, Option<env::Timeout>)>,
     pub listeners: Vec<env::Listener>,
@@ -99,6 +102,18 @@ pub(super) fn with_engine<R>(weak: &Weak, f: impl FnOnce(&mut Engine) -> R) -> O
     };
     drive(&rc);
     Some(r)
+}
+
+/// Tells the stream's shared socket (if any) that the page became visible or hidden.
+pub(super) fn share_visibility(weak: &Weak, visible: bool) {
+    let Some(rc) = weak.upgrade() else { return };
+    let share = match rc.try_borrow() {
+        Ok(inner) => inner.share.as_ref().map(super::socket::Member::handle),
+        Err(_) => None,
+    };
+    if let Some(share) = share {
+        share.set_visible(visible);
+    }
 }
 
 /// Executes the engine's actions, delivers telemetry, re-arms the single timer.
@@ -181,6 +196,8 @@ fn execute(rc: &Shared, action: Action) {
     match action {
         Action::Connect { conn, resume_from } => {
             inner.transport = None;
+            // Disjoint borrows of the fields (`share` is filled while `opts` is read).
+            let inner = &mut *inner;
             let o = &inner.opts;
             let handle = match o.config.transport {
                 Transport::Fetch => transport::open_fetch(
@@ -198,6 +215,13 @@ fn execute(rc: &Shared, action: Action) {
                     resume_from,
                     o.with_credentials,
                 ),
+                Transport::WebSocket if o.config.shared_socket => {
+                    let share = inner.share.get_or_insert_with(|| {
+                        let url = env::resolve(&o.ws_url, true);
+                        super::socket::Member::join(&url, o.with_credentials, &o.config)
+                    });
+                    Some(share.attach(weak, conn, &o.config.run_id, o.headers.clone()))
+                }
                 Transport::WebSocket => {
                     transport::open_ws(weak, conn, o.ws_url.clone(), o.headers.clone())
                 }

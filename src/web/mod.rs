@@ -7,6 +7,7 @@
 //! - [`api`]: the `RunStream` class and the TypeScript declarations.
 //! - [`driver`]: the stream's shared state, `drive()`, the timer, the frame loop.
 //! - [`storage`]: the stored record (cursor + state) in session/local storage.
+//! - `socket`: the page's WebSocket shared by every stream on one `wsUrl`.
 //! - `transport`, `env`, `options`, `error`: transports, browser plumbing, options, errors.
 
 mod api;
@@ -15,6 +16,7 @@ mod env;
 mod error;
 mod options;
 mod snapshot;
+mod socket;
 mod storage;
 mod transport;
 

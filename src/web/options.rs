@@ -123,6 +123,8 @@ impl Options {
         c.has_snapshot_url = snapshot_url.is_some();
         c.can_send = send_url.is_some() || transport == Transport::WebSocket;
         c.persist = resume != Resume::None;
+        // Every websocket stream of the page shares its wsUrl's socket.
+        c.shared_socket = transport == Transport::WebSocket;
         if let Some(v) = opt_ms(opts, "stallAfterMs")? {
             c.stall_after_ms = v;
         }

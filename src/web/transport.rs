@@ -25,6 +25,8 @@ pub enum Handle {
     Sse(EventSource, Vec<Listener>),
     /// WebSocket.
     Ws(WebSocket, Vec<Closure<dyn FnMut(JsValue)>>),
+    /// This run's share of the page's WebSocket for its `wsUrl` (detached on drop).
+    Shared(super::socket::Attachment),
 }
 
 impl Drop for Handle {
@@ -43,6 +45,8 @@ impl Drop for Handle {
                 let _ = ws.close();
                 callbacks.clear();
             }
+            // The attachment's own `Drop` detaches the run.
+            Handle::Shared(_) => {}
         }
     }
 }
@@ -50,8 +54,12 @@ impl Drop for Handle {
 impl Handle {
     /// Sends a text frame (WebSocket only).
     pub fn ws_send(&self, text: &str) {
-        if let Handle::Ws(ws, _) = self {
-            let _ = ws.send_with_str(text);
+        match self {
+            Handle::Ws(ws, _) => {
+                let _ = ws.send_with_str(text);
+            }
+            Handle::Shared(a) => a.send(text),
+            Handle::Fetch(_) | Handle::Sse(..) => {}
         }
     }
 }

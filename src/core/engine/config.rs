@@ -95,6 +95,10 @@ pub struct Config {
     pub ws_ping_interval_ms: Ms,
     /// Inter-arrival gap that ends the replay phase of a resumed connection.
     pub replay_quiet_ms: Ms,
+    /// The WebSocket is shared with other runs ([`crate::core::socket`]): the
+    /// socket's machine owns the connect timeout, pings and the heartbeat
+    /// watch, so this engine arms none of them.
+    pub shared_socket: bool,
 }
 
 impl Config {
@@ -124,6 +128,7 @@ impl Config {
             spans: Spans::Off,
             ws_ping_interval_ms: 10_000.0,
             replay_quiet_ms: 30.0,
+            shared_socket: false,
         }
     }
 }

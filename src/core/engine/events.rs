@@ -46,10 +46,19 @@ impl Engine {
             self.protocol_error(now, FrameError::TooLarge(text.len()).into());
             return;
         }
-        let op = match ServerOp::decode(text) {
-            Ok(op) => op,
-            Err(e) => return self.protocol_error(now, FrameError::from(e).into()),
-        };
+        match ServerOp::decode(text) {
+            Ok(op) => self.handle_ws_op(now, conn, op),
+            Err(e) => self.protocol_error(now, FrameError::from(e).into()),
+        }
+    }
+
+    /// A frame of WebSocket connection `conn` already decoded (by a shared
+    /// socket's machine, which routes each frame to its run: decoded once).
+    pub fn handle_ws_op(&mut self, now: Ms, conn: u64, op: ServerOp) {
+        if !self.link.accepts(conn) {
+            return;
+        }
+        self.link.saw_byte(now, &self.cfg, &mut self.timers);
         match op {
             ServerOp::Event { event } => {
                 if self.link.conn == Conn::Connecting {
@@ -120,11 +129,17 @@ impl Engine {
 
     /// A binary frame on WebSocket connection `conn` (a protocol error).
     pub fn handle_ws_binary(&mut self, now: Ms, conn: u64) {
+        self.handle_ws_frame_error(now, conn, FrameError::Binary);
+    }
+
+    /// A frame of WebSocket connection `conn` that could not be used (binary,
+    /// not JSON, too large): a protocol error, counted.
+    pub fn handle_ws_frame_error(&mut self, now: Ms, conn: u64, e: FrameError) {
         if !self.link.accepts(conn) {
             return;
         }
         self.link.saw_byte(now, &self.cfg, &mut self.timers);
-        self.protocol_error(now, FrameError::Binary.into());
+        self.protocol_error(now, e.into());
     }
 
     /// Snapshot endpoint answered: `Ok(body)` for a 200, `Err(reason)` otherwise.

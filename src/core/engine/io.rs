@@ -64,6 +64,10 @@ pub enum CloseCause {
         /// The close code of the `close` event.
         code: u16,
     },
+    /// No `open` within `connect_timeout_ms` (a shared socket's machine decided).
+    ConnectTimeout,
+    /// Nothing from the server for `heartbeat_timeout_ms` (a shared socket's machine decided).
+    HeartbeatTimeout,
     /// The `headers` option (a function) threw or returned something that is
     /// not an object of strings: a configuration/auth problem, not the network.
     HeadersFailed(String),

@@ -169,7 +169,9 @@ impl Link {
         timers.clear(Timer::Heartbeat);
         timers.clear(Timer::Healthy);
         timers.clear(Timer::Ping);
-        timers.set(Timer::Connect, now + cfg.connect_timeout_ms);
+        if !Self::socket_shared(cfg) {
+            timers.set(Timer::Connect, now + cfg.connect_timeout_ms);
+        }
         self.id
     }
 
@@ -181,7 +183,7 @@ impl Link {
         timers.clear(Timer::Connect);
         timers.set(Timer::Healthy, now + cfg.healthy_after_ms);
         self.watch_heartbeat(now, cfg, timers);
-        if cfg.transport == Transport::WebSocket {
+        if cfg.transport == Transport::WebSocket && !Self::socket_shared(cfg) {
             timers.set(Timer::Ping, now + cfg.ws_ping_interval_ms);
         }
     }
@@ -196,8 +198,14 @@ impl Link {
 
     /// Whether the heartbeat watchdog applies to this transport at all.
     fn heartbeat_enforced(cfg: &Config) -> bool {
-        // Native EventSource hides comment lines (heartbeats) from script.
-        cfg.transport != Transport::Sse
+        // Native EventSource hides comment lines (heartbeats) from script; a
+        // shared socket is watched by its own machine.
+        cfg.transport != Transport::Sse && !Self::socket_shared(cfg)
+    }
+
+    /// The link is one run on a shared WebSocket (its machine owns the timers).
+    fn socket_shared(cfg: &Config) -> bool {
+        cfg.transport == Transport::WebSocket && cfg.shared_socket
     }
 
     fn watch_heartbeat(&mut self, now: Ms, cfg: &Config, timers: &mut TimerTable) {

@@ -86,6 +86,18 @@ impl Engine {
                     format!("the server closed the socket ({code})"),
                 ),
             },
+            CloseCause::ConnectTimeout => self.fail(
+                now,
+                Termination::ConnectTimeout,
+                None,
+                "connection timed out".into(),
+            ),
+            CloseCause::HeartbeatTimeout => self.fail(
+                now,
+                Termination::HeartbeatTimeout,
+                None,
+                "no heartbeat from the server".into(),
+            ),
             CloseCause::HeadersFailed(msg) => self.fail_final(
                 now,
                 Termination::HeadersError,

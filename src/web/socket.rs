@@ -1,0 +1,350 @@
+//! One WebSocket per page, `wsUrl` and credentials mode, shared by every
+//! `RunStream` on it (API.md "Sharing connections"). The decisions are
+//! [`Socket`]'s; this file opens and closes the browser socket, feeds its
+//! events to the machine, and hands each run's share to its engine.
+//!
+//! Ownership is RAII: a stream holds a [`Member`] for its lifetime (it keeps
+//! the socket's machine, and so its backoff, alive across drops), and its
+//! current connection is an [`Attachment`] whose `Drop` detaches the run
+//! (`unsubscribe`; the socket closes with the last run). When the last member
+//! goes, the machine, the socket and its timer are dropped with it. The page's
+//! registry holds only weak references.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::{Rc, Weak as RcWeak};
+
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::spawn_local;
+use web_sys::{CloseEvent, MessageEvent, WebSocket};
+
+use super::driver::{with_engine, Weak};
+use super::env;
+use super::options::resolve_headers;
+use super::transport::Handle;
+use crate::core::engine::{CloseCause, Config};
+use crate::core::socket::{RunKey, Socket, SocketAction, SocketConfig};
+
+type SocketRc = Rc<RefCell<Shared>>;
+type SocketWeak = RcWeak<RefCell<Shared>>;
+
+/// The run behind a [`RunKey`]: its stream, its engine's connection number,
+/// and its `headers` option (resolved at each open, sent in its subscribe).
+struct RunRef {
+    stream: Weak,
+    conn: u64,
+    headers: JsValue,
+}
+
+/// One shared socket: the machine, the browser socket, the timer, the runs.
+struct Shared {
+    machine: Socket,
+    url: String,
+    ws: Option<(u64, Handle)>,
+    timer: Option<(f64, env::Timeout)>,
+    runs: BTreeMap<RunKey, RunRef>,
+    weak: SocketWeak,
+}
+
+thread_local! {
+    /// The page's sockets by key (resolved wsUrl + credentials mode); weak,
+    /// so a socket lives exactly as long as its members.
+    static REGISTRY: RefCell<Vec<(String, SocketWeak)>> = const { RefCell::new(Vec::new()) };
+    static NEXT_RUN: Cell<RunKey> = const { Cell::new(1) };
+}
+
+/// A stream's membership of the shared socket for `url`; held for the stream's lifetime.
+#[must_use = "the socket's machine lives only as long as its members"]
+pub(super) struct Member {
+    rc: SocketRc,
+    run: RunKey,
+}
+
+/// A run attached to the socket (the engine's current connection). Dropping
+/// it detaches the run: `unsubscribe`, and the socket closes with the last run.
+#[must_use = "the run is detached when this is dropped"]
+pub struct Attachment {
+    rc: SocketRc,
+    run: RunKey,
+}
+
+impl Member {
+    /// Joins the page's socket for `url` (resolved) and `credentials`, created
+    /// on first use with the timing of `cfg`.
+    pub fn join(url: &str, credentials: bool, cfg: &Config) -> Self {
+        let key = format!("{credentials}|{url}");
+        let run = NEXT_RUN.with(|n| {
+            let r = n.get();
+            n.set(r.wrapping_add(1));
+            r
+        });
+        let rc = REGISTRY.with(|reg| {
+            let mut reg = reg.borrow_mut();
+            reg.retain(|(_, w)| w.strong_count() > 0);
+            if let Some(rc) = reg
+                .iter()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, w)| w.upgrade())
+            {
+                return rc;
+            }
+            let rc = Rc::new_cyclic(|weak| {
+                RefCell::new(Shared {
+                    machine: Socket::new(SocketConfig::from(cfg)),
+                    url: url.to_owned(),
+                    ws: None,
+                    timer: None,
+                    runs: BTreeMap::new(),
+                    weak: weak.clone(),
+                })
+            });
+            reg.push((key, Rc::downgrade(&rc)));
+            rc
+        });
+        Self { rc, run }
+    }
+
+    /// Attaches the run (engine connection `conn`, following `run_id`): the
+    /// engine hears `open` once the socket is open.
+    pub fn attach(&self, stream: Weak, conn: u64, run_id: &str, headers: JsValue) -> Handle {
+        if let Ok(mut s) = self.rc.try_borrow_mut() {
+            s.runs.insert(
+                self.run,
+                RunRef {
+                    stream,
+                    conn,
+                    headers,
+                },
+            );
+            s.machine.attach(env::now(), self.run, run_id);
+        }
+        pump(&self.rc);
+        Handle::Shared(Attachment {
+            rc: self.rc.clone(),
+            run: self.run,
+        })
+    }
+
+    /// A weak handle on the socket, to use once the stream's borrow is released.
+    pub fn handle(&self) -> ShareRef {
+        ShareRef(Rc::downgrade(&self.rc))
+    }
+}
+
+/// A weak handle on a shared socket.
+pub(super) struct ShareRef(SocketWeak);
+
+impl ShareRef {
+    /// The page became visible or hidden (the heartbeat watch follows it).
+    pub fn set_visible(&self, visible: bool) {
+        on_socket(&self.0, |m| m.set_visible(env::now(), visible));
+    }
+}
+
+impl Attachment {
+    /// Writes a frame of this run (subscribe, send) on the open socket.
+    pub fn send(&self, text: &str) {
+        if let Ok(s) = self.rc.try_borrow() {
+            if let Some((_, ws)) = &s.ws {
+                ws.ws_send(text);
+            }
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let gone = match self.rc.try_borrow_mut() {
+            Ok(mut s) => {
+                s.machine.detach(self.run);
+                s.runs.remove(&self.run)
+            }
+            Err(_) => None,
+        };
+        drop(gone);
+        pump(&self.rc);
+    }
+}
+
+/// Runs `f` on the machine of a live socket, then executes what it decided.
+fn on_socket(weak: &SocketWeak, f: impl FnOnce(&mut Socket)) {
+    let Some(rc) = weak.upgrade() else { return };
+    {
+        let Ok(mut s) = rc.try_borrow_mut() else {
+            return;
+        };
+        f(&mut s.machine);
+    }
+    pump(&rc);
+}
+
+/// Executes the machine's actions (no borrow is held while an engine runs),
+/// then re-arms the socket's one timer.
+fn pump(rc: &SocketRc) {
+    // Bounded: each round only executes what the previous round produced.
+    for _ in 0..64 {
+        let actions: Vec<SocketAction> = match rc.try_borrow_mut() {
+            Ok(mut s) => std::iter::from_fn(|| s.machine.poll_action()).collect(),
+            Err(_) => return,
+        };
+        if actions.is_empty() {
+            break;
+        }
+        for a in actions {
+            execute(rc, a);
+        }
+    }
+    rearm(rc);
+}
+
+fn rearm(rc: &SocketRc) {
+    let Ok(mut s) = rc.try_borrow_mut() else {
+        return;
+    };
+    match s.machine.poll_timeout() {
+        None => s.timer = None,
+        Some(at) => {
+            if s.timer.as_ref().is_some_and(|(t, _)| *t == at) {
+                return;
+            }
+            let weak = s.weak.clone();
+            let delay = (at - env::now()).max(0.0).ceil();
+            let t = env::Timeout::new(delay, move || {
+                if let Some(rc) = weak.upgrade() {
+                    if let Ok(mut s) = rc.try_borrow_mut() {
+                        s.timer = None;
+                    }
+                }
+                on_socket(&weak, |m| {
+                    m.handle_timeout(env::now(), js_sys::Math::random())
+                });
+            });
+            s.timer = t.map(|t| (at, t));
+        }
+    }
+}
+
+/// The stream and engine connection of run `run`, if still attached.
+fn run_ref(rc: &SocketRc, run: RunKey) -> Option<(Weak, u64, JsValue)> {
+    let s = rc.try_borrow().ok()?;
+    let r = s.runs.get(&run)?;
+    Some((r.stream.clone(), r.conn, r.headers.clone()))
+}
+
+fn execute(rc: &SocketRc, action: SocketAction) {
+    match action {
+        SocketAction::Open { conn } => {
+            let Ok(mut s) = rc.try_borrow_mut() else {
+                return;
+            };
+            let old = s.ws.take();
+            let handle = open(s.weak.clone(), conn, &s.url);
+            let refused = handle.is_none();
+            s.ws = handle.map(|h| (conn, h));
+            let weak = s.weak.clone();
+            drop(s);
+            drop(old);
+            if refused {
+                // The browser refused to create it (bad URL, CSP): a drop,
+                // reported after the engine that attached is done.
+                spawn_local(async move {
+                    on_socket(&weak, |m| {
+                        m.handle_closed(env::now(), conn, CloseCause::Network, 0.5)
+                    });
+                });
+            }
+        }
+        SocketAction::Close { conn } => {
+            let old = match rc.try_borrow_mut() {
+                Ok(mut s) if s.ws.as_ref().is_some_and(|(c, _)| *c == conn) => s.ws.take(),
+                _ => None,
+            };
+            drop(old);
+        }
+        SocketAction::Send { conn, text } => {
+            if let Ok(s) = rc.try_borrow() {
+                if let Some((c, ws)) = &s.ws {
+                    if *c == conn {
+                        ws.ws_send(&text);
+                    }
+                }
+            }
+        }
+        SocketAction::RunOpen { run } => {
+            let Some((stream, conn, headers)) = run_ref(rc, run) else {
+                return;
+            };
+            // Headers go in the run's subscribe frame: resolved per run, per open.
+            spawn_local(async move {
+                match resolve_headers(&headers).await {
+                    Ok(h) => with_engine(&stream, |e| e.handle_ws_open(env::now(), conn, h)),
+                    Err(err) => {
+                        let cause = CloseCause::HeadersFailed(err.to_string());
+                        with_engine(&stream, |e| e.handle_closed(env::now(), conn, cause))
+                    }
+                };
+            });
+        }
+        SocketAction::Deliver { run, op } => {
+            if let Some((stream, conn, _)) = run_ref(rc, run) {
+                with_engine(&stream, |e| e.handle_ws_op(env::now(), conn, op));
+            }
+        }
+        SocketAction::Unreadable { run, error } => {
+            if let Some((stream, conn, _)) = run_ref(rc, run) {
+                with_engine(&stream, |e| {
+                    e.handle_ws_frame_error(env::now(), conn, error)
+                });
+            }
+        }
+        SocketAction::RunDropped { run, cause } => {
+            if let Some((stream, conn, _)) = run_ref(rc, run) {
+                with_engine(&stream, |e| e.handle_closed(env::now(), conn, cause));
+            }
+        }
+    }
+}
+
+/// Opens browser socket `conn`; each of its events becomes one machine input.
+fn open(weak: SocketWeak, conn: u64, url: &str) -> Option<Handle> {
+    let ws = WebSocket::new(url).ok()?;
+    ws.set_binary_type(web_sys::BinaryType::Arraybuffer);
+    let mut cbs: Vec<Closure<dyn FnMut(JsValue)>> = Vec::new();
+    {
+        let weak = weak.clone();
+        let cb = Closure::<dyn FnMut(JsValue)>::new(move |_| {
+            on_socket(&weak, |m| m.handle_open(env::now(), conn));
+        });
+        ws.set_onopen(Some(cb.as_ref().unchecked_ref()));
+        cbs.push(cb);
+    }
+    {
+        let weak = weak.clone();
+        let cb = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
+            let data = ev.dyn_ref::<MessageEvent>().map(|m| m.data());
+            match data.as_ref().and_then(|d| d.as_string()) {
+                Some(text) => on_socket(&weak, |m| m.handle_text(env::now(), conn, &text)),
+                None => on_socket(&weak, |m| m.handle_binary(env::now(), conn)),
+            }
+        });
+        ws.set_onmessage(Some(cb.as_ref().unchecked_ref()));
+        cbs.push(cb);
+    }
+    {
+        let cb = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
+            // The close code tells an auth refusal (1008, 4401, 4403) or a
+            // missing run (4404) from an ordinary drop (1000, 1001, 1006, 1011).
+            let cause = match ev.dyn_ref::<CloseEvent>() {
+                Some(c) => CloseCause::WsClose { code: c.code() },
+                None => CloseCause::Network,
+            };
+            on_socket(&weak, |m| {
+                m.handle_closed(env::now(), conn, cause, js_sys::Math::random())
+            });
+        });
+        ws.set_onclose(Some(cb.as_ref().unchecked_ref()));
+        cbs.push(cb);
+    }
+    Some(Handle::Ws(ws, cbs))
+}
