@@ -86,6 +86,8 @@ pub struct Hub {
     pub epoch: watch::Sender<u64>,
     /// Heartbeat comment interval.
     pub heartbeat_ms: u64,
+    /// Who answers chat sends.
+    pub replies: crate::Replies,
     recorded: Mutex<VecDeque<Recorded>>,
     conn_ids: AtomicU64,
     stats: Mutex<HashMap<String, LocalStats>>,
@@ -98,11 +100,12 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Hub {
     /// A hub over `store` whose SSE heartbeats go every `heartbeat_ms`.
-    pub fn new(store: Arc<dyn Store>, heartbeat_ms: u64) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, heartbeat_ms: u64, replies: crate::Replies) -> Arc<Self> {
         Arc::new(Self {
             store,
             epoch: watch::channel(0).0,
             heartbeat_ms,
+            replies,
             recorded: Mutex::new(VecDeque::new()),
             conn_ids: AtomicU64::new(1),
             stats: Mutex::new(HashMap::new()),

@@ -46,6 +46,19 @@ pub struct Settings {
     pub pkg: PathBuf,
     /// SSE heartbeat interval.
     pub heartbeat_ms: u64,
+    /// Who answers chat sends.
+    pub replies: Replies,
+}
+
+/// Who streams the assistant's reply to a chat send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replies {
+    /// The process that accepted the send (`--replies local`, the default).
+    #[default]
+    Local,
+    /// A chat worker (`runstream-server produce --chat-worker`) on the shared
+    /// store; the replica only logs the send (`--replies worker`).
+    Worker,
 }
 
 /// Shared state of the handlers.
@@ -57,7 +70,11 @@ pub struct App {
 /// The whole HTTP surface.
 pub fn router(settings: Settings) -> (Router, App) {
     let app = App {
-        hub: Hub::new(settings.store.clone(), settings.heartbeat_ms),
+        hub: Hub::new(
+            settings.store.clone(),
+            settings.heartbeat_ms,
+            settings.replies,
+        ),
     };
     let r = Router::new()
         .route("/api/stream/runs/{run_id}", get(sse))
@@ -671,7 +688,7 @@ async fn accept_send(
         .send(session, crid, content)
         .await
         .map_err(SendError::Store)?;
-    if out.fresh {
+    if out.fresh && hub.replies == Replies::Local {
         scenario::spawn(
             "reply",
             out.run_id.clone(),

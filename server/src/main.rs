@@ -4,7 +4,12 @@
 //! runstream-server produce --store redis://HOST:PORT [--run-id ID] [--seed N] [--workers N]
 //!                  [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant]
 //!                  [--chaos JSON] [--window N]
+//! runstream-server produce --store redis://HOST:PORT --chat-worker [--consumer NAME]
 //! ```
+//!
+//! `--replies worker` makes a replica only log chat sends; a chat worker
+//! (`produce --chat-worker`, any number of them) answers each send once, so a
+//! reply does not die with the replica that accepted its send.
 //!
 //! `produce` is the producer role (an agent worker): it creates one run in the
 //! shared store, prints `{"event":"produce.created","run_id":…}`, appends the
@@ -14,12 +19,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use runstream_server::hub::Chaos;
-use runstream_server::store::{self, DEFAULT_WINDOW};
-use runstream_server::{create_and_produce, router, CreateRun, Settings};
+use runstream_server::store::{self, Store, DEFAULT_WINDOW};
+use runstream_server::{create_and_produce, router, scenario, CreateRun, Replies, Settings};
 
-const USAGE: &str = "usage: runstream-server [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT] [--window N]\n       runstream-server produce --store redis://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON]";
+const USAGE: &str = "usage: runstream-server [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT] [--window N] [--replies local|worker]\n       runstream-server produce --store redis://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON]\n       runstream-server produce --store redis://HOST:PORT --chat-worker [--consumer NAME]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -38,6 +44,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
     let mut heartbeat_ms = 15_000;
     let mut store_spec = "memory".to_owned();
     let mut window = DEFAULT_WINDOW;
+    let mut replies = Replies::Local;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let v = it.next().unwrap_or_default();
@@ -51,6 +58,11 @@ async fn serve(args: Vec<String>) -> ExitCode {
             "--heartbeat-ms" => heartbeat_ms = v.parse().unwrap_or(15_000),
             "--store" => store_spec = v,
             "--window" => window = v.parse().unwrap_or(DEFAULT_WINDOW),
+            "--replies" => match v.as_str() {
+                "local" => replies = Replies::Local,
+                "worker" => replies = Replies::Worker,
+                _ => return fail("--replies: local or worker"),
+            },
             _ => return fail(USAGE),
         }
     }
@@ -63,6 +75,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
         www,
         pkg,
         heartbeat_ms,
+        replies,
     });
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -108,8 +121,14 @@ async fn produce(args: Vec<String>) -> ExitCode {
     let mut store_spec = None;
     let mut window = DEFAULT_WINDOW;
     let mut c = CreateRun::default();
+    let mut chat_worker = false;
+    let mut consumer = format!("worker-{}", std::process::id());
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
+        if a == "--chat-worker" {
+            chat_worker = true;
+            continue;
+        }
         if a == "--ticks" {
             c.ticks = true;
             continue;
@@ -124,6 +143,7 @@ async fn produce(args: Vec<String>) -> ExitCode {
             "--store" => store_spec = Some(v),
             "--window" => window = v.parse().unwrap_or(DEFAULT_WINDOW),
             "--run-id" => c.run_id = Some(v),
+            "--consumer" => consumer = v,
             "--seed" => match v.parse() {
                 Ok(x) => c.seed = x,
                 Err(_) => return bad(),
@@ -162,6 +182,9 @@ async fn produce(args: Vec<String>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&format!("--store {spec}: {e}")),
     };
+    if chat_worker {
+        return chat_worker_loop(store, &consumer).await;
+    }
     let (id, work) = match create_and_produce(&store, c).await {
         Ok(x) => x,
         Err(e) => return fail(&format!("produce: {e}")),
@@ -187,6 +210,53 @@ async fn produce(args: Vec<String>) -> ExitCode {
         serde_json::Value::from(id)
     );
     ExitCode::SUCCESS
+}
+
+/// The chat worker: answers every send accepted by any replica (`--replies
+/// worker`), one reply per send, until SIGTERM.
+async fn chat_worker_loop(store: Arc<dyn Store>, consumer: &str) -> ExitCode {
+    println!(
+        "{{\"event\":\"chat_worker.ready\",\"consumer\":{},\"pid\":{}}}",
+        serde_json::Value::from(consumer),
+        std::process::id()
+    );
+    let mut stop = std::pin::pin!(wait_for_signal());
+    loop {
+        let claimed = tokio::select! {
+            r = store.claim_sends(consumer, 1000) => r,
+            _ = &mut stop => return ExitCode::SUCCESS,
+        };
+        let sends = match claimed {
+            Ok(s) => s,
+            Err(e @ store::StoreError::Unsupported(_)) => {
+                return fail(&format!("--chat-worker: {e}"))
+            }
+            Err(e) => {
+                eprintln!("chat worker: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for s in sends {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let r =
+                    scenario::reply(store.clone(), s.session.clone(), s.crid.clone(), s.content)
+                        .await;
+                match r {
+                    Ok(()) => {
+                        let _ = store.ack_send(&s.queue_id).await;
+                        println!(
+                            "{{\"event\":\"chat_worker.replied\",\"run_id\":{},\"client_request_id\":{}}}",
+                            serde_json::Value::from(s.session),
+                            serde_json::Value::from(s.crid)
+                        );
+                    }
+                    Err(e) => eprintln!("chat worker: reply to {}: {e}", s.crid),
+                }
+            });
+        }
+    }
 }
 
 fn fail(msg: &str) -> ExitCode {

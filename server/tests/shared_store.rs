@@ -353,3 +353,57 @@ async fn live_tails_end_with_their_clients() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(info(addr).await["tails"], 0);
 }
+
+#[tokio::test]
+async fn a_chat_worker_answers_each_send_once_whichever_replica_took_it() {
+    let Some(b) = redis().await else { return };
+    let url = b.redis.as_ref().unwrap().url.clone();
+    let a = support::start_with(b.store().await, runstream_server::Replies::Worker).await;
+    let other = support::start_with(b.store().await, runstream_server::Replies::Worker).await;
+    // A send accepted before any worker runs is queued, not lost.
+    let body = r#"{"client_request_id":"w-1","content":"hi"}"#;
+    let (s1, _, b1) = http(&a, "POST", "/api/chat/sw/messages", &[], Some(body)).await;
+    let (s2, _, b2) = http(&other, "POST", "/api/chat/sw/messages", &[], Some(body)).await;
+    assert_eq!((s1, s2, b1.clone()), (202, 202, b2));
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_runstream-server"))
+        .args(["produce", "--store", &url, "--chat-worker"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
+    let ready = lines.next_line().await.unwrap().unwrap();
+    assert!(ready.contains("chat_worker.ready"), "{ready}");
+    let replied = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(replied.contains("\"w-1\""), "{replied}");
+    let (_, _, snap) = http(&other, "GET", "/api/runs/sw/snapshot", &[], None).await;
+    let snap: Value = serde_json::from_slice(&snap).unwrap();
+    let msgs = snap["state"]["messages"].as_array().unwrap();
+    let roles: Vec<(&str, &str)> = msgs
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![("user", "completed"), ("assistant", "completed")],
+        "{snap}"
+    );
+    assert_eq!(msgs[1]["reply_to"], "w-1");
+    // Nothing more to answer.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), lines.next_line())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn the_memory_store_has_no_send_queue() {
+    let b = Backend::new(Kind::Memory).await.unwrap();
+    let s = b.store().await;
+    assert!(s.claim_sends("x", 10).await.is_err());
+}

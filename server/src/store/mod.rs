@@ -17,7 +17,7 @@ pub mod redis;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 use runstream::core::envelope::decode_envelope;
 use runstream::core::state::{Parked, RunState};
 use runstream::core::wire::SnapshotBody;
@@ -198,6 +198,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Backend figures for diagnostics (Redis: `used_memory`, clients).
     fn info(&self) -> BoxFuture<'_, StoreResult<Value>>;
+
+    /// Sends accepted in any process and not yet answered, for a chat worker
+    /// (`produce --chat-worker`); waits up to `block_ms` for one. Only a shared
+    /// store has a queue: the memory store answers [`StoreError::Unsupported`].
+    fn claim_sends<'a>(
+        &'a self,
+        consumer: &'a str,
+        block_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<Vec<QueuedSend>>> {
+        let _ = (consumer, block_ms);
+        let name = self.name();
+        async move { Err(StoreError::Unsupported(format!("{name}: no send queue"))) }.boxed()
+    }
+
+    /// Marks a claimed send as answered.
+    fn ack_send<'a>(&'a self, queue_id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        let _ = queue_id;
+        async move { Ok(()) }.boxed()
+    }
+}
+
+/// A chat send waiting for its reply (the shared store's send queue).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedSend {
+    /// The queue entry, for [`Store::ack_send`].
+    pub queue_id: String,
+    /// The chat session (run).
+    pub session: String,
+    /// The send's `client_request_id`.
+    pub crid: String,
+    /// What the user wrote.
+    pub content: String,
 }
 
 /// Opens the store named by `--store`: `memory` or `redis://host:port[/db]`.

@@ -38,7 +38,8 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::{
-    Reduced, Replay, RunKind, RunMeta, RunSpec, SendOutcome, Store, StoreError, StoreResult, Tail,
+    QueuedSend, Reduced, Replay, RunKind, RunMeta, RunSpec, SendOutcome, Store, StoreError,
+    StoreResult, Tail,
 };
 use crate::hub::{lock, rfc3339_now, Chaos};
 
@@ -72,8 +73,9 @@ local n = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 return {n, tonumber(redis.call('HGET', KEYS[1], 'first_id'))}
 "#;
 
-/// KEYS: meta, log, send key. ARGV: body head (up to the message id), body tail, TTL s.
-/// Returns {fresh, message_id, id, first_id}.
+/// KEYS: meta, log, send key, send queue. ARGV: body head (up to the message id), body tail,
+/// TTL s, session, client_request_id, content. Returns {fresh, message_id, id, first_id}.
+/// A fresh send is also queued for chat workers (`produce --chat-worker`).
 const LUA_SEND_MAIN: &str = r#"
 local prev = redis.call('GET', KEYS[3])
 if prev then return {0, prev, 0, 0} end
@@ -83,6 +85,7 @@ end
 local mid = 'msg_' .. string.format('%d', redis.call('HINCRBY', KEYS[1], 'next_message', 1))
 redis.call('SET', KEYS[3], mid, 'NX', 'EX', ARGV[3])
 local n = append(KEYS[1], KEYS[2], ARGV[1] .. mid .. ARGV[2], 'message.created')
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', '100000', '*', 's', ARGV[4], 'c', ARGV[5], 'x', ARGV[6])
 return {1, mid, n, tonumber(redis.call('HGET', KEYS[1], 'first_id'))}
 "#;
 
@@ -109,6 +112,11 @@ if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'chaos', ARGV[1])
 return 1
 "#;
+
+/// The stream of accepted sends that chat workers consume (consumer group [`SEND_GROUP`]).
+const SEND_QUEUE: &str = "runstream:sends";
+/// The consumer group of chat workers.
+const SEND_GROUP: &str = "replies";
 
 fn meta_key(id: &str) -> String {
     format!("runstream:{{{id}}}:meta")
@@ -234,6 +242,8 @@ pub struct RedisStore {
     send_ttl_s: u64,
     tails: Tails,
     snapshots: Mutex<HashMap<String, Reduced>>,
+    /// The blocking connection of a chat worker's `XREADGROUP`.
+    worker_conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     append_script: Script,
     send_script: Script,
     create_script: Script,
@@ -259,6 +269,7 @@ impl RedisStore {
             send_ttl_s: DEFAULT_SEND_TTL_S,
             tails: Arc::default(),
             snapshots: Mutex::default(),
+            worker_conn: tokio::sync::Mutex::new(None),
             append_script: Script::new(&format!("{LUA_APPEND}{LUA_APPEND_MAIN}")),
             send_script: Script::new(&format!("{LUA_APPEND}{LUA_SEND_MAIN}")),
             create_script: Script::new(LUA_CREATE),
@@ -552,9 +563,13 @@ impl RedisStore {
             .key(meta_key(session))
             .key(log_key(session))
             .key(send_key(session, crid))
+            .key(SEND_QUEUE)
             .arg(head)
             .arg(format!("\",{rest}}}"))
             .arg(self.send_ttl_s)
+            .arg(session)
+            .arg(crid)
+            .arg(content)
             .invoke_async(&mut self.conn())
             .await?;
         if fresh == 1 {
@@ -789,5 +804,91 @@ impl Store for RedisStore {
 
     fn info(&self) -> BoxFuture<'_, StoreResult<Value>> {
         self.info_now().boxed()
+    }
+
+    fn claim_sends<'a>(
+        &'a self,
+        consumer: &'a str,
+        block_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<Vec<QueuedSend>>> {
+        async move {
+            // The group starts at 0: sends accepted before any worker ran are answered too.
+            let created: redis::RedisResult<String> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(SEND_QUEUE)
+                .arg(SEND_GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut self.conn())
+                .await;
+            if let Err(e) = created {
+                if e.code() != Some("BUSYGROUP") {
+                    return Err(e.into());
+                }
+            }
+            // A blocking read: on a connection of its own, not the shared multiplexed one.
+            let cfg = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_millis(block_ms + 5000)));
+            let mut slot = self.worker_conn.lock().await;
+            let c = match slot.as_mut() {
+                Some(c) => c,
+                None => slot.insert(
+                    self.client
+                        .get_multiplexed_async_connection_with_config(&cfg)
+                        .await?,
+                ),
+            };
+            let reply: redis::RedisResult<XreadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(SEND_GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(16)
+                .arg("BLOCK")
+                .arg(block_ms)
+                .arg("STREAMS")
+                .arg(SEND_QUEUE)
+                .arg(">")
+                .query_async(c)
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    *slot = None;
+                    return Err(e.into());
+                }
+            };
+            let mut out = Vec::new();
+            for (_, entries) in reply.unwrap_or_default() {
+                for (queue_id, f) in entries {
+                    if let (Some(s), Some(c), Some(x)) =
+                        (field(&f, "s"), field(&f, "c"), field(&f, "x"))
+                    {
+                        out.push(QueuedSend {
+                            queue_id,
+                            session: s.to_owned(),
+                            crid: c.to_owned(),
+                            content: x.to_owned(),
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn ack_send<'a>(&'a self, queue_id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let _: i64 = redis::cmd("XACK")
+                .arg(SEND_QUEUE)
+                .arg(SEND_GROUP)
+                .arg(queue_id)
+                .query_async(&mut self.conn())
+                .await?;
+            Ok(())
+        }
+        .boxed()
     }
 }

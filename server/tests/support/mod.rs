@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runstream_server::store::{self, Store, DEFAULT_WINDOW};
-use runstream_server::{router, Settings};
+use runstream_server::{router, Replies, Settings};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -149,11 +149,17 @@ impl Backend {
 
 /// Serves the router over `store` on a free loopback port.
 pub async fn start(store: Arc<dyn Store>) -> String {
+    start_with(store, Replies::Local).await
+}
+
+/// [`start`] with a choice of who answers chat sends.
+pub async fn start_with(store: Arc<dyn Store>, replies: Replies) -> String {
     let (app, _) = router(Settings {
         store,
         www: "www".into(),
         pkg: "pkg".into(),
         heartbeat_ms: 200,
+        replies,
     });
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
