@@ -48,7 +48,7 @@ pub struct Chaos {
     pub retry_after_s: Option<u64>,
 }
 
-/// Most frames recorded for contract tests (drop-oldest).
+/// Most frames recorded for contract tests by default (drop-oldest; `--record-frames N`).
 pub const MAX_RECORDED: usize = 200_000;
 /// Most runs with per-replica counters (beyond it the table starts over).
 const MAX_STATS: usize = 100_000;
@@ -89,6 +89,8 @@ pub struct Hub {
     /// Who answers chat sends.
     pub replies: crate::Replies,
     recorded: Mutex<VecDeque<Recorded>>,
+    /// Most frames recorded (0 = recording off).
+    record_cap: usize,
     conn_ids: AtomicU64,
     stats: Mutex<HashMap<String, LocalStats>>,
 }
@@ -100,13 +102,19 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Hub {
     /// A hub over `store` whose SSE heartbeats go every `heartbeat_ms`.
-    pub fn new(store: Arc<dyn Store>, heartbeat_ms: u64, replies: crate::Replies) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        heartbeat_ms: u64,
+        replies: crate::Replies,
+        record_cap: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             epoch: watch::channel(0).0,
             heartbeat_ms,
             replies,
             recorded: Mutex::new(VecDeque::new()),
+            record_cap,
             conn_ids: AtomicU64::new(1),
             stats: Mutex::new(HashMap::new()),
         })
@@ -143,8 +151,11 @@ impl Hub {
 
     /// Records an emitted frame (bounded, drop-oldest).
     pub fn record(&self, run_id: &str, transport: &'static str, frame: &str) {
+        if self.record_cap == 0 {
+            return;
+        }
         let mut r = lock(&self.recorded);
-        if r.len() >= MAX_RECORDED {
+        if r.len() >= self.record_cap {
             r.pop_front();
         }
         r.push_back(Recorded {

@@ -48,6 +48,8 @@ pub struct Settings {
     pub heartbeat_ms: u64,
     /// Who answers chat sends.
     pub replies: Replies,
+    /// Most emitted frames kept for `GET /api/admin/frames` (0 = off; they cost memory).
+    pub record_frames: usize,
 }
 
 /// Who streams the assistant's reply to a chat send.
@@ -74,6 +76,7 @@ pub fn router(settings: Settings) -> (Router, App) {
             settings.store.clone(),
             settings.heartbeat_ms,
             settings.replies,
+            settings.record_frames,
         ),
     };
     let r = Router::new()

@@ -1,9 +1,10 @@
 //! ```text
 //! runstream-server [--addr 127.0.0.1:8787] [--www www] [--pkg pkg] [--heartbeat-ms 15000]
-//!                  [--store memory|redis://HOST:PORT] [--window N]
+//!                  [--store memory|redis://HOST:PORT] [--window N] [--replies local|worker]
+//!                  [--record-frames N (default 200000, 0 = off)]
 //! runstream-server produce --store redis://HOST:PORT [--run-id ID] [--seed N] [--workers N]
 //!                  [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant]
-//!                  [--chaos JSON] [--window N]
+//!                  [--chaos JSON] [--window N] [--runs N] [--start-at-ms UNIX_MS]
 //! runstream-server produce --store redis://HOST:PORT --chat-worker [--consumer NAME]
 //! ```
 //!
@@ -12,8 +13,9 @@
 //! reply does not die with the replica that accepted its send.
 //!
 //! `produce` is the producer role (an agent worker): it creates one run in the
-//! shared store, prints `{"event":"produce.created","run_id":…}`, appends the
-//! run's events in time and exits when the run is complete. API replicas on
+//! shared store (or `--runs N`), prints `{"event":"produce.created","run_id":…}`
+//! per run, appends the runs' events in time (from `--start-at-ms` if given)
+//! and exits when they are complete. API replicas on
 //! the same store serve its streams.
 
 use std::net::SocketAddr;
@@ -25,7 +27,7 @@ use runstream_server::hub::Chaos;
 use runstream_server::store::{self, Store, DEFAULT_WINDOW};
 use runstream_server::{create_and_produce, router, scenario, CreateRun, Replies, Settings};
 
-const USAGE: &str = "usage: runstream-server [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT] [--window N] [--replies local|worker]\n       runstream-server produce --store redis://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON]\n       runstream-server produce --store redis://HOST:PORT --chat-worker [--consumer NAME]";
+const USAGE: &str = "usage: runstream-server [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT] [--window N] [--replies local|worker] [--record-frames N]\n       runstream-server produce --store redis://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis://HOST:PORT --chat-worker [--consumer NAME]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -45,6 +47,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
     let mut store_spec = "memory".to_owned();
     let mut window = DEFAULT_WINDOW;
     let mut replies = Replies::Local;
+    let mut record_frames = runstream_server::hub::MAX_RECORDED;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let v = it.next().unwrap_or_default();
@@ -58,6 +61,10 @@ async fn serve(args: Vec<String>) -> ExitCode {
             "--heartbeat-ms" => heartbeat_ms = v.parse().unwrap_or(15_000),
             "--store" => store_spec = v,
             "--window" => window = v.parse().unwrap_or(DEFAULT_WINDOW),
+            "--record-frames" => match v.parse() {
+                Ok(n) => record_frames = n,
+                Err(_) => return fail("--record-frames: a number (0 = off)"),
+            },
             "--replies" => match v.as_str() {
                 "local" => replies = Replies::Local,
                 "worker" => replies = Replies::Worker,
@@ -76,6 +83,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
         pkg,
         heartbeat_ms,
         replies,
+        record_frames,
     });
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -122,6 +130,8 @@ async fn produce(args: Vec<String>) -> ExitCode {
     let mut window = DEFAULT_WINDOW;
     let mut c = CreateRun::default();
     let mut chat_worker = false;
+    let mut runs: u64 = 1;
+    let mut start_at_ms: Option<u64> = None;
     let mut consumer = format!("worker-{}", std::process::id());
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -144,6 +154,14 @@ async fn produce(args: Vec<String>) -> ExitCode {
             "--window" => window = v.parse().unwrap_or(DEFAULT_WINDOW),
             "--run-id" => c.run_id = Some(v),
             "--consumer" => consumer = v,
+            "--runs" => match v.parse() {
+                Ok(x) => runs = x,
+                Err(_) => return bad(),
+            },
+            "--start-at-ms" => match v.parse() {
+                Ok(x) => start_at_ms = Some(x),
+                Err(_) => return bad(),
+            },
             "--seed" => match v.parse() {
                 Ok(x) => c.seed = x,
                 Err(_) => return bad(),
@@ -185,29 +203,52 @@ async fn produce(args: Vec<String>) -> ExitCode {
     if chat_worker {
         return chat_worker_loop(store, &consumer).await;
     }
-    let (id, work) = match create_and_produce(&store, c).await {
-        Ok(x) => x,
-        Err(e) => return fail(&format!("produce: {e}")),
-    };
-    println!(
-        "{{\"event\":\"produce.created\",\"run_id\":{},\"pid\":{}}}",
-        serde_json::Value::from(id.clone()),
-        std::process::id()
-    );
-    if let Some(work) = work {
-        tokio::select! {
-            r = work => if let Err(e) = r {
-                return fail(&format!("produce {id}: {e}"));
-            },
-            _ = wait_for_signal() => {
-                println!("{{\"event\":\"produce.interrupted\"}}");
-                return ExitCode::from(130);
+    // Several runs at once (`--runs N`, the load benchmark): ids from the store unless one is given.
+    let mut ids = Vec::new();
+    let mut works = Vec::new();
+    for i in 0..runs.max(1) {
+        let mut ci = c.clone();
+        if runs > 1 {
+            ci.run_id = c.run_id.as_ref().map(|p| format!("{p}{i}"));
+            ci.seed = c.seed.wrapping_add(i);
+        }
+        let (id, work) = match create_and_produce(&store, ci).await {
+            Ok(x) => x,
+            Err(e) => return fail(&format!("produce: {e}")),
+        };
+        println!(
+            "{{\"event\":\"produce.created\",\"run_id\":{},\"pid\":{}}}",
+            serde_json::Value::from(id.clone()),
+            std::process::id()
+        );
+        ids.push(id);
+        works.extend(work);
+    }
+    if let Some(at) = start_at_ms {
+        // Start appending at a wall-clock time (clients connect meanwhile).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        tokio::time::sleep(std::time::Duration::from_millis(at.saturating_sub(now))).await;
+    }
+    let all = futures_util::future::join_all(works);
+    tokio::select! {
+        results = all => {
+            for r in results {
+                if let Err(e) = r {
+                    return fail(&format!("produce: {e}"));
+                }
             }
+        },
+        _ = wait_for_signal() => {
+            println!("{{\"event\":\"produce.interrupted\"}}");
+            return ExitCode::from(130);
         }
     }
     println!(
-        "{{\"event\":\"produce.done\",\"run_id\":{}}}",
-        serde_json::Value::from(id)
+        "{{\"event\":\"produce.done\",\"runs\":{}}}",
+        serde_json::Value::from(ids)
     );
     ExitCode::SUCCESS
 }

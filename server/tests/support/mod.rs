@@ -160,6 +160,7 @@ pub async fn start_with(store: Arc<dyn Store>, replies: Replies) -> String {
         pkg: "pkg".into(),
         heartbeat_ms: 200,
         replies,
+        record_frames: runstream_server::hub::MAX_RECORDED,
     });
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
