@@ -5,7 +5,7 @@
 // `stop()` ends every process and removes the directory (nginx's pid file lives
 // there, given with -g, so nothing is left under /run).
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, chmodSync, readFileSync, writeFileSync, rmSync, createWriteStream, existsSync } from "node:fs";
+import { mkdtempSync, chmodSync, readFileSync, writeFileSync, rmSync, createWriteStream, existsSync, mkdirSync, readdirSync, copyFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -213,15 +213,20 @@ export class Infra {
     return r.body;
   }
 
-  /** Ends every process (TERM, then KILL after 3 s) and removes the directory. */
-  async stop({ keepLogs = false } = {}) {
+  /** Ends every process (TERM, then KILL after 3 s), copies the logs to `logsTo`, removes the directory. */
+  async stop({ logsTo } = {}) {
     const all = [...this.procs];
     for (const p of all) try { p.kill("SIGTERM"); } catch {}
     await Promise.race([Promise.all(all.map((p) => p.exited)), sleep(3000)]);
     for (const p of this.procs) try { p.kill("SIGKILL"); } catch {}
     await Promise.race([Promise.all(all.map((p) => p.exited)), sleep(2000)]);
     process.off("exit", this.onExit);
-    if (!keepLogs) rmSync(this.dir, { recursive: true, force: true });
-    return this.dir;
+    if (logsTo) {
+      mkdirSync(logsTo, { recursive: true });
+      for (const f of readdirSync(this.dir)) {
+        if (f.endsWith(".log") || f === "nginx.conf") copyFileSync(join(this.dir, f), join(logsTo, f));
+      }
+    }
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }

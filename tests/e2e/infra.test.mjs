@@ -7,7 +7,8 @@
 // and stopped in `after` (also when a test fails).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { launch, until, watchErrors } from "./lib.mjs";
+import { join } from "node:path";
+import { launch, until, watchErrors, artifacts } from "./lib.mjs";
 import { Infra, have } from "./infra.mjs";
 
 const TRANSPORTS = ["fetch", "sse", "websocket"];
@@ -36,9 +37,9 @@ before(async () => {
 after(async () => {
   await browser?.close();
   if (infra) {
-    const failed = process.exitCode && process.exitCode !== 0;
-    const dir = await infra.stop({ keepLogs: !!failed });
-    if (failed) console.log(`# infra logs kept in ${dir}`);
+    const logsTo = join(artifacts, "infra");
+    await infra.stop({ logsTo });
+    console.log(`# logs of redis, the replicas, producers, the chat worker and nginx: ${logsTo}`);
   }
   if (table.length) {
     console.log("\nscenario | transport | served by → resumed on | reconnects | duplicates dropped | events applied / cursor | ttfe ms");
