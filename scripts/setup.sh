@@ -43,6 +43,11 @@ if [ "$need_browsers" = 1 ]; then
   command -v chromedriver >/dev/null || apt_pkgs+=(chromium-driver)
   command -v firefox-esr >/dev/null || apt_pkgs+=(firefox-esr)
 fi
+# redis-server and nginx for the infrastructure tests (tests/e2e/infra.test.mjs, the
+# server's Redis tests) and `./scripts/demo.sh --redis`; started on loopback ports
+# with temporary directories by whoever needs them, never as system services.
+command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_pkgs+=(nginx)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   log "apt-get install ${apt_pkgs[*]}"
   apt-get update -qq

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, clippy (no-panic lints on library code), native
-# tests (core + reference server), the npm package build, browser tests in
-# headless Chromium and Firefox against the reference server, and the
-# TypeScript check of the public API. Installs what is missing first.
+# tests (core + reference server, the server's on both stores: memory and a
+# real redis-server each test starts), the npm package build, browser tests in
+# headless Chromium and Firefox against the reference server, the TypeScript
+# check of the public API, and the end-to-end suites (infra.test.mjs starts its
+# own redis-server, replicas and nginx). Installs what is missing first.
 # Ends with one line "N passed, N failed"; exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -138,7 +138,10 @@ function renderTask() {
 }
 task.subscribe(renderTask);
 
+let openSince = null;
 function renderConnection(status) {
+  if (status.connection !== "open") openSince = null;
+  else if (openSince === null) openSince = performance.now();
   const c = $("conn");
   c.dataset.state = status.connection;
   let text = status.connection === "open" ? "live" : status.connection;
@@ -162,8 +165,27 @@ function renderMetrics(m) {
     ["time to first event", m.timeToFirstEventMs === null ? "—" : `${Math.round(m.timeToFirstEventMs)} ms`],
     ["tool error rate", rate],
     ["terminations", Object.entries(m.terminations).map(([k, v]) => `${k}×${v}`).join(", ") || "—"],
+    ["likely cause", likelyCause(m, task.getSnapshot().status) ?? "—"],
   ];
   $("metrics").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", "", k), el("dd", "", v)]));
+}
+
+/** Names the likely cause of what the metrics show (docs/DEPLOY.md), or null. */
+function likelyCause(m, status) {
+  const t = m.terminations;
+  const proxy = "a proxy buffering /api/stream/ — give it its own location with proxy_buffering off (docs/DEPLOY.md)";
+  const openMs = openSince === null ? 0 : performance.now() - openSince;
+  if ((t.heartbeat_timeout ?? 0) > 0 && m.eventsApplied === 0) return `connected, but not a byte before the heartbeat timeout: ${proxy}`;
+  if (m.timeToFirstEventMs !== null && m.timeToFirstEventMs > 1500) {
+    return `first event after ${(m.timeToFirstEventMs / 1000).toFixed(1)} s: ${proxy}`;
+  }
+  if (status.connection === "open" && m.eventsApplied === 0 && openMs > 2500) {
+    return `connected ${Math.round(openMs / 1000)} s, no event yet: ${proxy}, or the run has not started`;
+  }
+  if ((t.http_5xx ?? 0) > 0) return "5xx answers: the server failed, or the proxy has no live replica (502); the client retries";
+  if ((t.connect_timeout ?? 0) > 0) return "no response within connectTimeoutMs: the server is unreachable or overloaded";
+  if ((t.heartbeat_timeout ?? 0) > 0) return "streams went silent past heartbeatTimeoutMs: a proxy idle timeout, or buffering";
+  return null;
 }
 
 // ---- chart: events per second and connection state, last 60 s ----------------
@@ -177,6 +199,7 @@ setInterval(() => {
   lastApplied = applied;
   if (samples.length > 60) samples.shift();
   drawChart();
+  renderMetrics(s.metrics); // time-based diagnostics ("no event yet") move without events
 }, 1000);
 
 function drawChart() {

@@ -1,17 +1,16 @@
-//! Run logs: append-only, dense ids, a bounded replay window, the reduced state
-//! for snapshots, idempotent chat sends, and connection accounting.
+//! What one server process holds besides the log (which lives in a
+//! [`Store`]): chaos knobs, the restart epoch, recorded frames and per-run
+//! connection accounting.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use runstream::core::envelope::decode_envelope;
-use runstream::core::state::{Parked, RunState};
-use runstream::core::wire::{SnapshotBody, WireEnvelope};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::watch;
+
+use crate::store::{Store, StoreResult};
 
 /// Chaos knobs, settable per run. A fixed `seed` makes every schedule reproducible.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -49,191 +48,25 @@ pub struct Chaos {
     pub retry_after_s: Option<u64>,
 }
 
-/// Most events a run keeps for replay; older ones are pruned (resumes get a snapshot).
-pub const MAX_WINDOW: usize = 200_000;
-/// Most frames recorded for contract tests (drop-oldest).
+/// Most frames recorded for contract tests by default (drop-oldest; `--record-frames N`).
 pub const MAX_RECORDED: usize = 200_000;
+/// Most runs with per-replica counters (beyond it the table starts over).
+const MAX_STATS: usize = 100_000;
 
-/// One run.
-pub struct Run {
-    pub id: String,
-    /// Retained envelopes (JSON text); `log[0]` has id `first_id`.
-    log: VecDeque<Arc<RawValue>>,
-    first_id: u64,
-    last_id: u64,
-    /// State after all events (what the snapshot endpoint returns).
-    state: RunState,
-    parked: Parked,
-    /// State as of `first_id - 1`, for resumes older than the window.
-    pruned: Option<(u64, RunState, Parked)>,
-    pub finished: bool,
-    pub chaos: Chaos,
-    sends: HashMap<String, (String, String)>,
-    next_message: u64,
+/// What this process saw of a run's connections (per replica: with a shared
+/// store every replica counts its own).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LocalStats {
+    /// Streams opened (SSE responses and WebSocket subscriptions).
     pub connections_total: u64,
+    /// Of those, still open.
     pub connections_open: u64,
     /// Stream requests received (including ones chaos failed).
     pub attempts: u64,
-    /// Duplicate event frames chaos injected, and malformed frames it injected.
+    /// Duplicate event frames chaos injected.
     pub dups_sent: u64,
+    /// Malformed frames chaos injected.
     pub malformed_sent: u64,
-    pub kind: RunKind,
-    pub speed: f64,
-}
-
-/// What produces a run's events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunKind {
-    /// A supervisor run with workers and tools, then `run.completed`.
-    Task,
-    /// A chat session: events come from sends; it never completes by itself.
-    Chat,
-}
-
-/// What a resume gets: an optional snapshot, then events from the window.
-pub struct Replay {
-    pub snapshot: Option<(u64, Value)>,
-    pub events: Vec<Arc<RawValue>>,
-    pub next: u64,
-    pub done: bool,
-}
-
-impl Run {
-    fn new(id: &str, kind: RunKind, chaos: Chaos, speed: f64) -> Self {
-        Self {
-            id: id.to_owned(),
-            log: VecDeque::new(),
-            first_id: 1,
-            last_id: 0,
-            state: RunState::new(id),
-            parked: Parked::default(),
-            pruned: None,
-            finished: false,
-            chaos,
-            sends: HashMap::new(),
-            next_message: 1,
-            connections_total: 0,
-            connections_open: 0,
-            attempts: 0,
-            dups_sent: 0,
-            malformed_sent: 0,
-            kind,
-            speed,
-        }
-    }
-
-    /// Lowest id still in the replay window.
-    pub fn first_id(&self) -> u64 {
-        self.first_id
-    }
-
-    /// Highest logged id.
-    pub fn last_id(&self) -> u64 {
-        self.last_id
-    }
-
-    /// The snapshot endpoint body.
-    pub fn snapshot(&self) -> SnapshotBody {
-        SnapshotBody::new(&self.id, self.last_id, &self.state)
-    }
-
-    /// Appends one event (dense id), updates the reduced state; returns the id.
-    pub fn append(&mut self, ty: &str, payload: Value) -> u64 {
-        let id = self.last_id + 1;
-        let text = WireEnvelope {
-            event_id: id,
-            run_id: self.id.clone(),
-            event_type: ty.to_owned(),
-            timestamp: rfc3339_now(),
-            payload,
-        }
-        .to_raw();
-        if let Ok(env) = decode_envelope(text.get(), &self.id) {
-            let mut out = Vec::new();
-            let _ = self
-                .state
-                .apply(id, env.kind, &mut self.parked, 4096, &mut out);
-        }
-        self.log.push_back(text.into());
-        self.last_id = id;
-        if ty == "run.completed" {
-            self.finished = true;
-        }
-        // Pruned in batches (10 % over the window), so a long run costs O(1) per event.
-        if self.log.len() > MAX_WINDOW + MAX_WINDOW / 10 {
-            self.prune_to(self.first_id + (self.log.len() - MAX_WINDOW) as u64);
-        }
-        id
-    }
-
-    /// Forgets every event with id < `keep_from`; later resumes from before it get a snapshot.
-    pub fn prune_to(&mut self, keep_from: u64) {
-        let keep_from = keep_from.min(self.last_id + 1);
-        if keep_from <= self.first_id {
-            return;
-        }
-        // The state as of keep_from - 1: the previous pruned state plus the dropped events.
-        let (mut state, mut parked) = match self.pruned.take() {
-            Some((_, st, p)) => (st, p),
-            None => (RunState::new(&self.id), Parked::default()),
-        };
-        let mut out = Vec::new();
-        while self.first_id < keep_from {
-            if let Some(text) = self.log.pop_front() {
-                if let Ok(env) = decode_envelope(text.get(), &self.id) {
-                    let _ = state.apply(env.event_id, env.kind, &mut parked, 4096, &mut out);
-                }
-            }
-            self.first_id += 1;
-        }
-        state.cursor = keep_from - 1;
-        self.pruned = Some((keep_from - 1, state, parked));
-    }
-
-    /// What a client resuming after `last` must get now.
-    pub fn replay(&self, last: u64) -> Replay {
-        let mut next = last + 1;
-        let mut snapshot = None;
-        if next < self.first_id {
-            if let Some((id, st, _)) = &self.pruned {
-                snapshot = Some((*id, st.to_wire()));
-                next = id + 1;
-            }
-        }
-        let start = next.max(self.first_id);
-        let skip = (start - self.first_id) as usize;
-        let events: Vec<Arc<RawValue>> = self.log.iter().skip(skip).cloned().collect();
-        Replay {
-            snapshot,
-            events,
-            next: (self.last_id + 1).max(last + 1),
-            done: self.finished,
-        }
-    }
-
-    /// An idempotent chat send: the same `client_request_id` gets the same answer.
-    pub fn send(&mut self, crid: &str, content: &str) -> (String, String, bool) {
-        if let Some((m, r)) = self.sends.get(crid) {
-            return (m.clone(), r.clone(), false);
-        }
-        let mid = format!("msg_{}", self.next_message);
-        self.next_message += 1;
-        self.sends
-            .insert(crid.to_owned(), (mid.clone(), self.id.clone()));
-        self.append(
-            "message.created",
-            json!({"message_id": mid, "role": "user", "client_request_id": crid, "content": content}),
-        );
-        (mid, self.id.clone(), true)
-    }
-
-    /// A fresh assistant message id.
-    pub fn next_message_id(&mut self) -> String {
-        let mid = format!("msg_{}", self.next_message);
-        self.next_message += 1;
-        mid
-    }
 }
 
 /// A recorded frame (contract tests).
@@ -244,19 +77,22 @@ pub struct Recorded {
     pub frame: String,
 }
 
-/// A run and the notifier its streams wait on.
-type RunEntry = (Arc<Mutex<Run>>, watch::Sender<u64>);
-
-/// All runs, plus restart and recording.
+/// The store plus what belongs to this process: restart epoch, heartbeat,
+/// recorded frames, connection ids and per-run connection counters.
 pub struct Hub {
-    runs: Mutex<HashMap<String, RunEntry>>,
+    /// Where run logs live.
+    pub store: Arc<dyn Store>,
     /// Bumped by a restart: every connection ends.
     pub epoch: watch::Sender<u64>,
     /// Heartbeat comment interval.
     pub heartbeat_ms: u64,
+    /// Who answers chat sends.
+    pub replies: crate::Replies,
     recorded: Mutex<VecDeque<Recorded>>,
+    /// Most frames recorded (0 = recording off).
+    record_cap: usize,
     conn_ids: AtomicU64,
-    run_ids: AtomicU64,
+    stats: Mutex<HashMap<String, LocalStats>>,
 }
 
 /// Locks, recovering from a poisoned mutex (a panicked request must not take the server down).
@@ -265,68 +101,45 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// A hub whose SSE heartbeats go every `heartbeat_ms`.
-    pub fn new(heartbeat_ms: u64) -> Arc<Self> {
+    /// A hub over `store` whose SSE heartbeats go every `heartbeat_ms`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        heartbeat_ms: u64,
+        replies: crate::Replies,
+        record_cap: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            runs: Mutex::new(HashMap::new()),
+            store,
             epoch: watch::channel(0).0,
             heartbeat_ms,
+            replies,
             recorded: Mutex::new(VecDeque::new()),
+            record_cap,
             conn_ids: AtomicU64::new(1),
-            run_ids: AtomicU64::new(1),
+            stats: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Creates (or returns) a run.
-    pub fn create(
-        &self,
-        id: Option<String>,
-        kind: RunKind,
-        chaos: Chaos,
-        speed: f64,
-    ) -> (String, Arc<Mutex<Run>>, bool) {
-        let id = id.unwrap_or_else(|| {
-            let n = self.run_ids.fetch_add(1, Ordering::Relaxed);
-            format!(
-                "run_{:06}_{:08x}",
-                n,
-                (chaos.seed.wrapping_mul(0x9E37_79B9)) as u32
-            )
-        });
-        let mut runs = lock(&self.runs);
-        if let Some((r, _)) = runs.get(&id) {
-            return (id, r.clone(), false);
+    /// Appends to run `id` (the store wakes its streams, in every process).
+    pub async fn append(&self, id: &str, ty: &str, payload: Value) -> StoreResult<Option<u64>> {
+        self.store.append(id, ty, payload).await
+    }
+
+    /// Updates this process's counters of run `id`.
+    pub fn count<T>(&self, id: &str, f: impl FnOnce(&mut LocalStats) -> T) -> T {
+        let mut m = lock(&self.stats);
+        if m.len() >= MAX_STATS && !m.contains_key(id) {
+            m.clear();
         }
-        let run = Arc::new(Mutex::new(Run::new(&id, kind, chaos, speed)));
-        runs.insert(id.clone(), (run.clone(), watch::channel(0).0));
-        (id, run, true)
+        f(m.entry(id.to_owned()).or_default())
     }
 
-    /// The run `id` and its change notifier.
-    pub fn get(&self, id: &str) -> Option<(Arc<Mutex<Run>>, watch::Receiver<u64>)> {
-        lock(&self.runs)
-            .get(id)
-            .map(|(r, w)| (r.clone(), w.subscribe()))
+    /// This process's counters of run `id`.
+    pub fn stats(&self, id: &str) -> LocalStats {
+        lock(&self.stats).get(id).cloned().unwrap_or_default()
     }
 
-    /// Appends to run `id` and wakes its streams.
-    pub fn append(&self, id: &str, ty: &str, payload: Value) -> Option<u64> {
-        let runs = lock(&self.runs);
-        let (run, tx) = runs.get(id)?;
-        let n = lock(run).append(ty, payload);
-        tx.send_replace(n);
-        Some(n)
-    }
-
-    /// Wakes the streams of run `id` (after a change made under its lock).
-    pub fn notify(&self, id: &str) {
-        if let Some((run, tx)) = lock(&self.runs).get(id) {
-            let n = lock(run).last_id();
-            tx.send_replace(n);
-        }
-    }
-
-    /// Drops every connection (the log is kept).
+    /// Drops every connection of this process (the log is kept).
     pub fn restart(&self) {
         self.epoch.send_modify(|e| *e += 1);
     }
@@ -338,8 +151,11 @@ impl Hub {
 
     /// Records an emitted frame (bounded, drop-oldest).
     pub fn record(&self, run_id: &str, transport: &'static str, frame: &str) {
+        if self.record_cap == 0 {
+            return;
+        }
         let mut r = lock(&self.recorded);
-        if r.len() >= MAX_RECORDED {
+        if r.len() >= self.record_cap {
             r.pop_front();
         }
         r.push_back(Recorded {

@@ -1,9 +1,12 @@
 //! The reference server of runstream's wire contract (`../shared/spec/PROTOCOL.md`):
 //! SSE with `Last-Event-ID` replay, WebSocket subscribe/resume, snapshots,
-//! idempotent chat sends, and chaos knobs for the demo and the tests.
+//! idempotent chat sends, and chaos knobs for the demo and the tests. The run
+//! logs live in a [`store::Store`]: this process's memory (default) or Redis
+//! Streams shared by several replicas and producer processes.
 
 pub mod hub;
 pub mod scenario;
+pub mod store;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -29,17 +32,35 @@ use tokio::sync::{mpsc, watch};
 use tower_http::cors::CorsLayer;
 use tower_http::services::ServeDir;
 
-use hub::{lock, Chaos, Hub, Run, RunKind};
+use hub::{Chaos, Hub};
+use store::{RunKind, RunSpec, Store, StoreError, Tail};
 
 /// Server settings.
 #[derive(Clone)]
 pub struct Settings {
+    /// Where run logs live (`store::open`).
+    pub store: Arc<dyn Store>,
     /// Static demo page directory.
     pub www: PathBuf,
     /// wasm-pack output directory, served under `/pkg`.
     pub pkg: PathBuf,
     /// SSE heartbeat interval.
     pub heartbeat_ms: u64,
+    /// Who answers chat sends.
+    pub replies: Replies,
+    /// Most emitted frames kept for `GET /api/admin/frames` (0 = off; they cost memory).
+    pub record_frames: usize,
+}
+
+/// Who streams the assistant's reply to a chat send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replies {
+    /// The process that accepted the send (`--replies local`, the default).
+    #[default]
+    Local,
+    /// A chat worker (`runstream-server produce --chat-worker`) on the shared
+    /// store; the replica only logs the send (`--replies worker`).
+    Worker,
 }
 
 /// Shared state of the handlers.
@@ -51,7 +72,12 @@ pub struct App {
 /// The whole HTTP surface.
 pub fn router(settings: Settings) -> (Router, App) {
     let app = App {
-        hub: Hub::new(settings.heartbeat_ms),
+        hub: Hub::new(
+            settings.store.clone(),
+            settings.heartbeat_ms,
+            settings.replies,
+            settings.record_frames,
+        ),
     };
     let r = Router::new()
         .route("/api/stream/runs/{run_id}", get(sse))
@@ -64,6 +90,7 @@ pub fn router(settings: Settings) -> (Router, App) {
         .route("/api/admin/runs/{run_id}/append", post(append_raw))
         .route("/api/admin/runs/{run_id}/stats", get(stats))
         .route("/api/admin/restart", post(restart))
+        .route("/api/admin/store", get(store_info))
         .route("/api/admin/frames", get(frames))
         .merge(scenario::knob_routes())
         .nest_service("/pkg", ServeDir::new(&settings.pkg))
@@ -74,7 +101,8 @@ pub fn router(settings: Settings) -> (Router, App) {
     (r, app)
 }
 
-fn log(event: &str, fields: Value) {
+/// Prints one JSON log line.
+pub(crate) fn log(event: &str, fields: Value) {
     let mut v = json!({"ts": hub::rfc3339_now(), "event": event});
     if let (Some(o), Value::Object(f)) = (v.as_object_mut(), fields) {
         o.extend(f);
@@ -85,22 +113,37 @@ fn log(event: &str, fields: Value) {
 // ---- streaming -------------------------------------------------------------
 
 /// Counts an open stream of a run for as long as it lives (also when its task is aborted).
-struct OpenGuard(Arc<std::sync::Mutex<Run>>);
+struct OpenGuard(Arc<Hub>, String);
 
 impl OpenGuard {
-    fn new(run: &Arc<std::sync::Mutex<Run>>) -> (Self, u64) {
-        let mut r = lock(run);
-        r.connections_total += 1;
-        r.connections_open += 1;
-        (Self(run.clone()), r.connections_total)
+    fn new(hub: &Arc<Hub>, run_id: &str) -> (Self, u64) {
+        let n = hub.count(run_id, |s| {
+            s.connections_total += 1;
+            s.connections_open += 1;
+            s.connections_total
+        });
+        (Self(hub.clone(), run_id.to_owned()), n)
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        let mut r = lock(&self.0);
-        r.connections_open = r.connections_open.saturating_sub(1);
+        self.0.count(&self.1, |s| {
+            s.connections_open = s.connections_open.saturating_sub(1)
+        });
     }
+}
+
+/// `503` + `Retry-After: 1` for a store failure: the client retries with backoff.
+fn unavailable(run_id: &str, e: &StoreError) -> Response {
+    log(
+        "store.error",
+        json!({"run_id": run_id, "error": e.to_string()}),
+    );
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 /// What a producer emits; SSE and WebSocket format it differently.
@@ -130,20 +173,17 @@ fn malformed(rng: &mut Rng, run_id: &str, next_id: u64) -> Vec<u8> {
     }
 }
 
-/// Streams run `run` to `out` from after `last`: (snapshot,) replay, then live,
-/// applying the run's chaos. Returns the termination reason.
+/// Streams run `run_id` to `out` from after `last`: (snapshot,) replay, then
+/// live, applying the run's chaos. Returns the termination reason.
 async fn produce(
     hub: Arc<Hub>,
-    run: Arc<std::sync::Mutex<Run>>,
-    mut notify: watch::Receiver<u64>,
+    run_id: String,
+    chaos: Chaos,
+    mut tail: Tail,
     last: u64,
     out: mpsc::Sender<Frame>,
     conn_index: u64,
 ) -> &'static str {
-    let (chaos, run_id) = {
-        let r = lock(&run);
-        (r.chaos.clone(), r.id.clone())
-    };
     let mut rng = Rng::new([chaos.seed, conn_index]);
     let mut epoch = hub.epoch.subscribe();
     epoch.borrow_and_update();
@@ -173,9 +213,21 @@ async fn produce(
     let mut sent: u64 = 0;
     let mut held: Option<Arc<RawValue>> = None;
     loop {
-        notify.borrow_and_update();
-        let rep = lock(&run).replay(cursor);
+        tail.rx.borrow_and_update();
+        let rep = match hub.store.read(&run_id, cursor).await {
+            Ok(Some(rep)) => rep,
+            Ok(None) => return "run_gone",
+            Err(e) => {
+                log(
+                    "store.error",
+                    json!({"run_id": run_id, "error": e.to_string()}),
+                );
+                return "store_error";
+            }
+        };
+        let progressed = rep.snapshot.is_some() || !rep.events.is_empty();
         if let Some((id, st)) = rep.snapshot {
+            cursor = id;
             emit!(Frame::Snapshot(id, st));
         }
         for ev in rep.events {
@@ -189,7 +241,7 @@ async fn produce(
             }
             if rng.next_f64() < chaos.malformed_rate {
                 emit!(Frame::Malformed(malformed(&mut rng, &run_id, cursor + 1)));
-                lock(&run).malformed_sent += 1;
+                hub.count(&run_id, |s| s.malformed_sent += 1);
             }
             cursor += 1;
             if held.is_none() && rng.next_f64() < chaos.reorder_rate {
@@ -199,7 +251,7 @@ async fn produce(
             emit!(Frame::Event(ev.clone()));
             if rng.next_f64() < chaos.dup_rate {
                 emit!(Frame::Event(ev));
-                lock(&run).dups_sent += 1;
+                hub.count(&run_id, |s| s.dups_sent += 1);
             }
             if let Some(h) = held.take() {
                 emit!(Frame::Event(h));
@@ -211,15 +263,18 @@ async fn produce(
                 return "chaos_drop";
             }
         }
-        cursor = cursor.max(rep.next - 1);
         if let Some(h) = held.take() {
             emit!(Frame::Event(h));
         }
-        if rep.done && cursor >= lock(&run).last_id() {
+        if cursor < rep.last_id && progressed {
+            // A bounded batch: read on before waiting.
+            continue;
+        }
+        if rep.done && cursor >= rep.last_id {
             return "completed";
         }
         tokio::select! {
-            r = notify.changed() => if r.is_err() { return "run_gone" },
+            r = tail.rx.changed() => if r.is_err() { return "run_gone" },
             _ = tokio::time::sleep(Duration::from_millis(hub.heartbeat_ms)) => emit!(Frame::Heartbeat),
             _ = epoch.changed() => return "restart",
             _ = out.closed() => return "client_gone",
@@ -290,45 +345,53 @@ async fn sse(
     let Ok(last) = parse_last(&headers, &q) else {
         return (StatusCode::BAD_REQUEST, "Last-Event-ID must be an integer").into_response();
     };
-    let Some((run, notify)) = app.hub.get(&run_id) else {
-        log("stream.rejected", json!({"run_id": run_id, "status": 404}));
-        return (StatusCode::NOT_FOUND, "unknown run").into_response();
+    let meta = match app.hub.store.meta(&run_id).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            log("stream.rejected", json!({"run_id": run_id, "status": 404}));
+            return (StatusCode::NOT_FOUND, "unknown run").into_response();
+        }
+        Err(e) => return unavailable(&run_id, &e),
     };
-    {
-        let mut r = lock(&run);
-        r.attempts += 1;
-        if r.attempts <= r.chaos.fail_first {
-            let status = StatusCode::from_u16(r.chaos.fail_status.unwrap_or(503))
-                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let mut resp = (status, "chaos: failing this attempt").into_response();
-            if let Some(s) = r.chaos.retry_after_s {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(s));
-            }
-            log(
-                "stream.rejected",
-                json!({"run_id": run_id, "status": status.as_u16(), "reason": "chaos"}),
-            );
-            return resp;
+    let attempts = app.hub.count(&run_id, |s| {
+        s.attempts += 1;
+        s.attempts
+    });
+    if attempts <= meta.chaos.fail_first {
+        let status = StatusCode::from_u16(meta.chaos.fail_status.unwrap_or(503))
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let mut resp = (status, "chaos: failing this attempt").into_response();
+        if let Some(s) = meta.chaos.retry_after_s {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
-        if r.finished && last >= r.last_id() {
-            return StatusCode::NO_CONTENT.into_response();
-        }
+        log(
+            "stream.rejected",
+            json!({"run_id": run_id, "status": status.as_u16(), "reason": "chaos"}),
+        );
+        return resp;
     }
-    let (guard, conn_index) = OpenGuard::new(&run);
-    let (tx, rx) = mpsc::channel::<Frame>(256);
+    if meta.finished && last >= meta.last_id {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let tail = match app.hub.store.tail(&run_id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return (StatusCode::NOT_FOUND, "unknown run").into_response(),
+        Err(e) => return unavailable(&run_id, &e),
+    };
     let hub = app.hub.clone();
+    let (guard, conn_index) = OpenGuard::new(&hub, &run_id);
+    let (tx, rx) = mpsc::channel::<Frame>(256);
     let conn = hub.conn_id();
     log(
         "stream.open",
         json!({"conn": conn, "run_id": run_id, "transport": "sse", "last_event_id": last}),
     );
     {
-        let run = run.clone();
         let hub = hub.clone();
         let run_id = run_id.clone();
         tokio::spawn(async move {
-            let reason = produce(hub, run.clone(), notify, last, tx, conn_index).await;
+            let reason = produce(hub, run_id.clone(), meta.chaos, tail, last, tx, conn_index).await;
             drop(guard);
             log(
                 "stream.close",
@@ -438,22 +501,42 @@ async fn ws_session(app: App, socket: WebSocket) {
                 headers: _,
             } => {
                 let last = last_event_id.unwrap_or(0);
-                let Some((run, notify)) = hub.get(&run_id) else {
-                    let _ = tx
-                        .send(ws_text(&ServerOp::Error {
-                            run_id: Some(run_id),
-                            code: ErrorCode::NotFound,
-                            message: "unknown run".into(),
-                            client_request_id: None,
-                        }))
-                        .await;
-                    continue;
+                let (meta, tail) = match hub.store.meta(&run_id).await {
+                    Ok(Some(meta)) => match hub.store.tail(&run_id).await {
+                        Ok(Some(tail)) => (meta, tail),
+                        Ok(None) => (
+                            meta,
+                            Tail {
+                                rx: watch::channel(0).1,
+                                _keep: None,
+                            },
+                        ),
+                        Err(e) => {
+                            let _ = tx.send(store_error_frame(&run_id, &e)).await;
+                            continue;
+                        }
+                    },
+                    Ok(None) => {
+                        let _ = tx
+                            .send(ws_text(&ServerOp::Error {
+                                run_id: Some(run_id),
+                                code: ErrorCode::NotFound,
+                                message: "unknown run".into(),
+                                client_request_id: None,
+                            }))
+                            .await;
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(store_error_frame(&run_id, &e)).await;
+                        continue;
+                    }
                 };
                 if let Some(h) = subs.remove(&run_id) {
                     h.abort();
                 }
-                let binary = lock(&run).chaos.binary_frame;
-                let (guard, conn_index) = OpenGuard::new(&run);
+                let binary = meta.chaos.binary_frame;
+                let (guard, conn_index) = OpenGuard::new(&hub, &run_id);
                 let _ = tx
                     .send(ws_text(&ServerOp::Subscribed {
                         run_id: run_id.clone(),
@@ -474,7 +557,7 @@ async fn ws_session(app: App, socket: WebSocket) {
                 subs.insert(run_id, tokio::spawn(async move {
                     let _guard = guard;
                     let (ftx, mut frx) = mpsc::channel::<Frame>(256);
-                    let producer = tokio::spawn(produce(hub2.clone(), run.clone(), notify, last, ftx, conn_index));
+                    let producer = tokio::spawn(produce(hub2.clone(), rid.clone(), meta.chaos, tail, last, ftx, conn_index));
                     while let Some(f) = frx.recv().await {
                         let m = match f {
                             Frame::Event(ev) => {
@@ -493,7 +576,8 @@ async fn ws_session(app: App, socket: WebSocket) {
                         }
                     }
                     let reason = producer.await.unwrap_or("aborted");
-                    if reason == "chaos_drop" {
+                    if reason == "chaos_drop" || reason == "store_error" {
+                        // The client resumes on a fresh socket (a store error: maybe on another replica).
                         kill2.notify_one();
                     }
                     log("stream.close", json!({"conn": conn, "run_id": rid, "transport": "websocket", "reason": reason}));
@@ -510,16 +594,24 @@ async fn ws_session(app: App, socket: WebSocket) {
                 content,
                 headers: _,
             } => {
-                let reply = match accept_send(&hub, &session_id, &client_request_id, &content) {
+                let reply = match accept_send(&hub, &session_id, &client_request_id, &content).await
+                {
                     Ok(Accepted { message_id, run_id }) => ServerOp::Ack {
                         client_request_id,
                         message_id,
                         run_id,
                     },
-                    Err(message) => ServerOp::Error {
+                    Err(SendError::Invalid(message)) => ServerOp::Error {
                         run_id: None,
                         code: ErrorCode::BadRequest,
                         message,
+                        client_request_id: Some(client_request_id),
+                    },
+                    // Not final: the client retries the send (same client_request_id).
+                    Err(SendError::Store(e)) => ServerOp::Error {
+                        run_id: None,
+                        code: ErrorCode::Other("unavailable".into()),
+                        message: e.to_string(),
                         client_request_id: Some(client_request_id),
                     },
                 };
@@ -537,47 +629,88 @@ async fn ws_session(app: App, socket: WebSocket) {
 
 // ---- plain endpoints -----------------------------------------------------------
 
+/// A WebSocket `error` frame for a store failure (not final: the client resumes).
+fn store_error_frame(run_id: &str, e: &StoreError) -> Message {
+    log(
+        "store.error",
+        json!({"run_id": run_id, "error": e.to_string()}),
+    );
+    ws_text(&ServerOp::Error {
+        run_id: Some(run_id.to_owned()),
+        code: ErrorCode::Other("unavailable".into()),
+        message: "store unavailable".into(),
+        client_request_id: None,
+    })
+}
+
 async fn snapshot(State(app): State<App>, Path(run_id): Path<String>) -> Response {
-    match app.hub.get(&run_id) {
-        Some((run, _)) => {
-            let body = lock(&run).snapshot();
+    match app.hub.store.snapshot(&run_id).await {
+        Ok(Some(body)) => {
             let mut resp = Json(body).into_response();
             resp.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
         }
-        None => (StatusCode::NOT_FOUND, "unknown run").into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "unknown run").into_response(),
+        Err(e) => unavailable(&run_id, &e),
     }
 }
 
+/// Why a send was not accepted.
+enum SendError {
+    /// The request itself is unacceptable (final).
+    Invalid(String),
+    /// The store failed (retry).
+    Store(StoreError),
+}
+
 /// Validates and records a send (idempotent); starts the reply for a new one.
-fn accept_send(
+async fn accept_send(
     hub: &Arc<Hub>,
     session: &str,
     crid: &str,
     content: &str,
-) -> Result<Accepted, String> {
+) -> Result<Accepted, SendError> {
     if session.is_empty() || session.len() > 128 {
-        return Err("session_id must be 1 to 128 characters".into());
+        return Err(SendError::Invalid(
+            "session_id must be 1 to 128 characters".into(),
+        ));
     }
     if crid.is_empty() || crid.len() > 128 {
-        return Err("client_request_id must be 1 to 128 characters".into());
+        return Err(SendError::Invalid(
+            "client_request_id must be 1 to 128 characters".into(),
+        ));
     }
     if content.is_empty() || content.len() > 100_000 {
-        return Err("content must be 1 to 100000 bytes".into());
+        return Err(SendError::Invalid(
+            "content must be 1 to 100000 bytes".into(),
+        ));
     }
-    let (id, run, _) = hub.create(
-        Some(session.to_owned()),
-        RunKind::Chat,
-        Chaos::default(),
-        1.0,
+    let out = hub
+        .store
+        .send(session, crid, content)
+        .await
+        .map_err(SendError::Store)?;
+    if out.fresh && hub.replies == Replies::Local {
+        scenario::spawn(
+            "reply",
+            out.run_id.clone(),
+            scenario::reply(
+                hub.store.clone(),
+                out.run_id.clone(),
+                crid.to_owned(),
+                content.to_owned(),
+            ),
+        );
+    }
+    log(
+        "send.accepted",
+        json!({"run_id": out.run_id, "client_request_id": crid, "message_id": out.message_id, "fresh": out.fresh}),
     );
-    let (message_id, run_id, fresh) = lock(&run).send(crid, content);
-    hub.notify(&id);
-    if fresh {
-        scenario::reply(hub.clone(), id, crid.to_owned(), content.to_owned());
-    }
-    Ok(Accepted { message_id, run_id })
+    Ok(Accepted {
+        message_id: out.message_id,
+        run_id: out.run_id,
+    })
 }
 
 async fn chat_send(
@@ -592,88 +725,124 @@ async fn chat_send(
         )
             .into_response();
     };
-    match accept_send(&app.hub, &session, &b.client_request_id, &b.content) {
+    match accept_send(&app.hub, &session, &b.client_request_id, &b.content).await {
         Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(SendError::Invalid(e)) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(SendError::Store(e)) => unavailable(&session, &e),
     }
 }
 
-#[derive(Deserialize, Default)]
+/// The body of `POST /api/admin/runs` (and the producer's options).
+#[derive(Deserialize, Default, Clone)]
 #[serde(default)]
-struct CreateRun {
-    run_id: Option<String>,
-    kind: Option<RunKind>,
-    seed: u64,
-    workers: Option<usize>,
-    speed: Option<f64>,
-    chaos: Chaos,
+pub struct CreateRun {
+    /// The run id (default: a fresh one from the store).
+    pub run_id: Option<String>,
+    /// Task (default) or chat.
+    pub kind: Option<RunKind>,
+    /// Seed of the script and of the chaos schedule.
+    pub seed: u64,
+    /// Workers of a task run (1..=64, default 4).
+    pub workers: Option<usize>,
+    /// Playback speed (default 1).
+    pub speed: Option<f64>,
+    /// Chaos knobs.
+    pub chaos: Chaos,
     /// Append the whole script at once (a finished run) instead of playing it in time.
-    instant: bool,
+    pub instant: bool,
     /// A token-stream run (benchmarks): one assistant message with this many deltas.
-    tokens: Option<u64>,
+    pub tokens: Option<u64>,
     /// Deltas per second for a token run (0 = as fast as possible, live).
-    rate: Option<f64>,
+    pub rate: Option<f64>,
     /// Token run of `progress.tick` events (an unknown type: no state growth) instead of deltas.
-    ticks: bool,
+    pub ticks: bool,
     /// Token run after a chat history of this many completed messages (benchmarks).
-    history: u64,
+    pub history: u64,
     /// Characters per history message (default 3,000).
-    history_bytes: Option<usize>,
+    pub history_bytes: Option<usize>,
 }
 
-async fn create_run(State(app): State<App>, body: Option<Json<CreateRun>>) -> Response {
-    let c = body.map(|Json(b)| b).unwrap_or_default();
+/// Creates a run in the store; returns its id and a future that produces its
+/// events (already done for an `instant` run; `None` when the run existed).
+pub async fn create_and_produce(
+    store: &Arc<dyn Store>,
+    c: CreateRun,
+) -> Result<
+    (
+        String,
+        Option<futures_util::future::BoxFuture<'static, store::StoreResult<()>>>,
+    ),
+    StoreError,
+> {
+    use futures_util::FutureExt;
     let kind = c.kind.unwrap_or(RunKind::Task);
     let speed = c.speed.unwrap_or(1.0).clamp(0.01, 1000.0);
     let mut chaos = c.chaos;
     if chaos.seed == 0 {
         chaos.seed = c.seed;
     }
-    let (id, _, fresh) = app.hub.create(c.run_id, kind, chaos, speed);
-    if let (true, Some(n)) = (fresh, c.tokens) {
-        // A long conversation before the streamed message (the long-history benchmark).
-        let text = "x".repeat(c.history_bytes.unwrap_or(3000).min(1 << 20));
-        for i in 0..c.history.min(100_000) {
-            let (mid, role) = (
-                format!("h{i}"),
-                if i % 2 == 0 { "user" } else { "assistant" },
-            );
-            app.hub.append(
-                &id,
-                "message.created",
-                json!({"message_id": mid, "role": role, "content": text}),
-            );
-            if role == "assistant" {
-                app.hub.append(
-                    &id,
-                    "message.completed",
-                    json!({"message_id": mid, "finish_reason": "stop"}),
-                );
-            }
-        }
-        scenario::tokens(
-            app.hub.clone(),
-            id.clone(),
+    let id = match c.run_id {
+        Some(id) => id,
+        None => store.new_run_id(c.seed).await?,
+    };
+    let fresh = store.create(&id, RunSpec { kind, chaos, speed }).await?;
+    if !fresh {
+        return Ok((id, None));
+    }
+    let store = store.clone();
+    let work = if let Some(n) = c.tokens {
+        let t = scenario::TokenRun {
             n,
-            c.rate.unwrap_or(0.0),
-            c.instant,
-            c.ticks,
-        );
-    } else if fresh && kind == RunKind::Task {
+            rate: c.rate.unwrap_or(0.0),
+            instant: c.instant,
+            ticks: c.ticks,
+            history: c.history.min(100_000),
+            history_bytes: c.history_bytes.unwrap_or(3000).min(1 << 20),
+        };
+        let f = scenario::tokens(store, id.clone(), t);
+        if c.instant {
+            f.await?;
+            None
+        } else {
+            Some(f.boxed())
+        }
+    } else if kind == RunKind::Task {
         let script = scenario::task_script(c.seed, c.workers.unwrap_or(4).clamp(1, 64));
         if c.instant {
-            for (_, ty, p) in script {
-                app.hub.append(&id, ty, p);
-            }
+            scenario::play_instant(&*store, &id, script).await?;
+            None
         } else {
-            scenario::play(app.hub.clone(), id.clone(), script, speed);
+            Some(scenario::play(store, id.clone(), script, speed).boxed())
         }
+    } else {
+        None
+    };
+    Ok((id, work))
+}
+
+async fn create_run(State(app): State<App>, body: Option<Json<CreateRun>>) -> Response {
+    let c = body.map(|Json(b)| b).unwrap_or_default();
+    let (seed, kind) = (c.seed, c.kind.unwrap_or(RunKind::Task));
+    let (id, work) = match create_and_produce(&app.hub.store, c).await {
+        Ok(x) => x,
+        Err(e) => return unavailable("", &e),
+    };
+    if let Some(work) = work {
+        scenario::spawn("play", id.clone(), work);
     }
     log(
         "run.created",
-        json!({"run_id": id, "kind": kind, "seed": c.seed}),
+        json!({"run_id": id, "kind": kind, "seed": seed}),
     );
     (StatusCode::CREATED, Json(json!({"run_id": id}))).into_response()
+}
+
+fn found(run_id: &str, r: Result<bool, StoreError>) -> Response {
+    match r {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => unavailable(run_id, &e),
+    }
 }
 
 async fn set_chaos(
@@ -681,13 +850,7 @@ async fn set_chaos(
     Path(run_id): Path<String>,
     Json(chaos): Json<Chaos>,
 ) -> Response {
-    match app.hub.get(&run_id) {
-        Some((run, _)) => {
-            lock(&run).chaos = chaos;
-            StatusCode::NO_CONTENT.into_response()
-        }
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
+    found(&run_id, app.hub.store.set_chaos(&run_id, chaos).await)
 }
 
 #[derive(Deserialize)]
@@ -700,13 +863,7 @@ async fn prune(
     Path(run_id): Path<String>,
     Json(b): Json<PruneBody>,
 ) -> Response {
-    match app.hub.get(&run_id) {
-        Some((run, _)) => {
-            lock(&run).prune_to(b.keep_from);
-            StatusCode::NO_CONTENT.into_response()
-        }
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
+    found(&run_id, app.hub.store.prune(&run_id, b.keep_from).await)
 }
 
 #[derive(Deserialize)]
@@ -724,24 +881,28 @@ async fn append_raw(
     if !b.payload.is_object() {
         return (StatusCode::BAD_REQUEST, "payload must be an object").into_response();
     }
-    match app.hub.append(&run_id, &b.ty, b.payload) {
-        Some(id) => Json(json!({"event_id": id})).into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
+    match app.hub.store.append(&run_id, &b.ty, b.payload).await {
+        Ok(Some(id)) => Json(json!({"event_id": id})).into_response(),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => unavailable(&run_id, &e),
     }
 }
 
+/// The run's log bounds (from the store) and this process's connection counters.
 async fn stats(State(app): State<App>, Path(run_id): Path<String>) -> Response {
-    match app.hub.get(&run_id) {
-        Some((run, _)) => {
-            let r = lock(&run);
+    match app.hub.store.meta(&run_id).await {
+        Ok(Some(m)) => {
+            let l = app.hub.stats(&run_id);
             Json(json!({
-                "run_id": r.id, "first_event_id": r.first_id(), "last_event_id": r.last_id(), "finished": r.finished,
-                "connections_total": r.connections_total, "connections_open": r.connections_open,
-                "attempts": r.attempts, "dups_sent": r.dups_sent, "malformed_sent": r.malformed_sent,
+                "run_id": run_id, "first_event_id": m.first_id, "last_event_id": m.last_id, "finished": m.finished,
+                "connections_total": l.connections_total, "connections_open": l.connections_open,
+                "attempts": l.attempts, "dups_sent": l.dups_sent, "malformed_sent": l.malformed_sent,
+                "store": app.hub.store.name(),
             }))
             .into_response()
         }
-        None => StatusCode::NOT_FOUND.into_response(),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => unavailable(&run_id, &e),
     }
 }
 
@@ -749,6 +910,26 @@ async fn restart(State(app): State<App>) -> StatusCode {
     app.hub.restart();
     log("server.restart", json!({}));
     StatusCode::NO_CONTENT
+}
+
+/// The store's own figures (Redis: `used_memory`, keys) and this process's RSS.
+async fn store_info(State(app): State<App>) -> Response {
+    match app.hub.store.info().await {
+        Ok(mut v) => {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("server_rss_bytes".into(), json!(rss_bytes()));
+            }
+            Json(v).into_response()
+        }
+        Err(e) => unavailable("", &e),
+    }
+}
+
+/// This process's resident set size (Linux `/proc/self/statm`), if known.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 #[derive(Deserialize)]

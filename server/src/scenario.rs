@@ -3,13 +3,15 @@
 //! only `job_id`, tool events before `worker.started`; chat replies streamed
 //! token by token with realistic pauses (some over 2 s), occasional fallback.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use runstream::core::rng::Rng;
 use serde_json::{json, Value};
 
-use crate::hub::{lock, Hub};
+use crate::hub::lock;
+use crate::store::{Store, StoreResult};
 
 /// A timed script of events.
 pub type Script = Vec<(u64, &'static str, Value)>;
@@ -102,116 +104,187 @@ fn scaled(ms: u64, speed: f64) -> Duration {
     Duration::from_secs_f64(ms as f64 / 1000.0 / speed.max(0.01))
 }
 
-/// Plays a script into run `id`.
-pub fn play(hub: Arc<Hub>, id: String, script: Script, speed: f64) {
+/// Runs a producer task in the background; a store failure ends it and is logged.
+pub fn spawn(
+    what: &'static str,
+    id: String,
+    task: impl Future<Output = StoreResult<()>> + Send + 'static,
+) {
     tokio::spawn(async move {
-        for (delay, ty, payload) in script {
-            tokio::time::sleep(scaled(delay, speed)).await;
-            if hub.append(&id, ty, payload).is_none() {
-                return;
-            }
+        if let Err(e) = task.await {
+            crate::log(
+                "produce.failed",
+                json!({"run_id": id, "what": what, "error": e.to_string()}),
+            );
         }
     });
+}
+
+/// Plays a script into run `id`, in time; returns when it is done (or the run is gone).
+pub async fn play(
+    store: Arc<dyn Store>,
+    id: String,
+    script: Script,
+    speed: f64,
+) -> StoreResult<()> {
+    for (delay, ty, payload) in script {
+        tokio::time::sleep(scaled(delay, speed)).await;
+        if store.append(&id, ty, payload).await?.is_none() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Appends a whole script at once (a finished run).
+pub async fn play_instant(store: &dyn Store, id: &str, script: Script) -> StoreResult<()> {
+    for (_, ty, payload) in script {
+        store.append(id, ty, payload).await?;
+    }
+    Ok(())
 }
 
 const REPLY: &str = "Here is what I found. The stream resumed from its cursor, so nothing was lost and nothing was shown twice. Every worker reported a final status, and the supervisor merged the results into one summary.";
 
 /// Streams an assistant reply to the send `crid` in run `id`.
-pub fn reply(hub: Arc<Hub>, id: String, crid: String, content: String) {
-    tokio::spawn(async move {
-        let Some((run, _)) = hub.get(&id) else { return };
-        let (mid, speed, seed) = {
-            let mut r = lock(&run);
-            (r.next_message_id(), r.speed, r.chaos.seed)
-        };
-        let mut rng = Rng::new([seed ^ crid.len() as u64, content.len() as u64]);
-        tokio::time::sleep(scaled(150, speed)).await;
-        hub.append(
+pub async fn reply(
+    store: Arc<dyn Store>,
+    id: String,
+    crid: String,
+    content: String,
+) -> StoreResult<()> {
+    let Some(meta) = store.meta(&id).await? else {
+        return Ok(());
+    };
+    let mid = store.next_message_id(&id).await?;
+    let (speed, seed) = (meta.speed, meta.chaos.seed);
+    let mut rng = Rng::new([seed ^ crid.len() as u64, content.len() as u64]);
+    tokio::time::sleep(scaled(150, speed)).await;
+    store
+        .append(
             &id,
             "message.created",
             json!({"message_id": mid, "role": "assistant", "reply_to": crid}),
-        );
-        // "slow" in the question, or 1 in 4 replies: a pause over 2 s before the first token.
-        if content.contains("slow") || rng.next_u64().is_multiple_of(4) {
-            tokio::time::sleep(scaled(2600, speed)).await;
-        }
-        let mut tokens = 0u64;
-        for (i, word) in REPLY.split_inclusive(' ').enumerate() {
-            let pause = if i == 12 && content.contains("stall") {
-                2500
-            } else {
-                30 + rng.next_u64() % 60
-            };
-            tokio::time::sleep(scaled(pause, speed)).await;
-            hub.append(
+        )
+        .await?;
+    // "slow" in the question, or 1 in 4 replies: a pause over 2 s before the first token.
+    if content.contains("slow") || rng.next_u64().is_multiple_of(4) {
+        tokio::time::sleep(scaled(2600, speed)).await;
+    }
+    let mut tokens = 0u64;
+    for (i, word) in REPLY.split_inclusive(' ').enumerate() {
+        let pause = if i == 12 && content.contains("stall") {
+            2500
+        } else {
+            30 + rng.next_u64() % 60
+        };
+        tokio::time::sleep(scaled(pause, speed)).await;
+        store
+            .append(
                 &id,
                 "message.delta",
                 json!({"message_id": mid, "delta": word}),
-            );
-            tokens += 1;
-        }
-        let mut done = json!({"message_id": mid, "finish_reason": "stop",
-            "usage": {"prompt_tokens": content.split_whitespace().count(), "completion_tokens": tokens}});
-        if rng.next_u64().is_multiple_of(5) {
-            done["fallback"] = Value::from("small-model");
-        }
-        hub.append(&id, "message.completed", done);
-    });
+            )
+            .await?;
+        tokens += 1;
+    }
+    let mut done = json!({"message_id": mid, "finish_reason": "stop",
+        "usage": {"prompt_tokens": content.split_whitespace().count(), "completion_tokens": tokens}});
+    if let (true, Some(o)) = (rng.next_u64().is_multiple_of(5), done.as_object_mut()) {
+        o.insert("fallback".into(), Value::from("small-model"));
+    }
+    store.append(&id, "message.completed", done).await?;
+    Ok(())
+}
+
+/// How a benchmark token run is produced.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRun {
+    /// Deltas (or ticks) to stream.
+    pub n: u64,
+    /// Deltas per second (0 = as fast as possible, live).
+    pub rate: f64,
+    /// Append everything before returning.
+    pub instant: bool,
+    /// `progress.tick` events (an unknown type: no state growth) instead of deltas.
+    pub ticks: bool,
+    /// Completed chat messages logged before the stream (the long-history benchmark).
+    pub history: u64,
+    /// Characters per history message.
+    pub history_bytes: usize,
 }
 
 /// A benchmark run: one assistant message streamed as `n` deltas (or `n` unknown-type
 /// `progress.tick` events), then `run.completed`.
-/// `rate` deltas/s (0 = as fast as possible); `instant` appends everything before returning.
-pub fn tokens(hub: Arc<Hub>, id: String, n: u64, rate: f64, instant: bool, ticks: bool) {
-    let one = move |hub: &Hub, id: &str, i: u64| {
-        if ticks {
-            hub.append(id, "progress.tick", json!({"n": i}));
+pub async fn tokens(store: Arc<dyn Store>, id: String, t: TokenRun) -> StoreResult<()> {
+    let one = |i: u64| {
+        if t.ticks {
+            ("progress.tick", json!({"n": i}))
         } else {
-            hub.append(
-                id,
+            (
                 "message.delta",
                 json!({"message_id": "m1", "delta": format!("t{} ", i % 1000)}),
-            );
+            )
         }
     };
-    fn head(hub: &Hub, id: &str) {
-        hub.append(id, "run.started", json!({"title": "token stream"}));
-        hub.append(
-            id,
+    // A long conversation before the streamed message (the long-history benchmark).
+    let text = "x".repeat(t.history_bytes);
+    for i in 0..t.history {
+        let (mid, role) = (
+            format!("h{i}"),
+            if i % 2 == 0 { "user" } else { "assistant" },
+        );
+        store
+            .append(
+                &id,
+                "message.created",
+                json!({"message_id": mid, "role": role, "content": text}),
+            )
+            .await?;
+        if role == "assistant" {
+            store
+                .append(
+                    &id,
+                    "message.completed",
+                    json!({"message_id": mid, "finish_reason": "stop"}),
+                )
+                .await?;
+        }
+    }
+    store
+        .append(&id, "run.started", json!({"title": "token stream"}))
+        .await?;
+    store
+        .append(
+            &id,
             "message.created",
             json!({"message_id": "m1", "role": "assistant"}),
-        );
-    }
-    fn tail(hub: &Hub, id: &str) {
-        hub.append(
-            id,
-            "message.completed",
-            json!({"message_id": "m1", "finish_reason": "stop"}),
-        );
-        hub.append(id, "run.completed", json!({"status": "succeeded"}));
-    }
-    if instant {
-        head(&hub, &id);
-        for i in 0..n {
-            one(&hub, &id, i);
-        }
-        tail(&hub, &id);
-        return;
-    }
-    tokio::spawn(async move {
-        head(&hub, &id);
-        let start = tokio::time::Instant::now();
-        for i in 0..n {
-            if rate > 0.0 {
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
+        )
+        .await?;
+    let start = tokio::time::Instant::now();
+    for i in 0..t.n {
+        if !t.instant {
+            if t.rate > 0.0 {
+                let due = start + Duration::from_secs_f64(i as f64 / t.rate);
                 tokio::time::sleep_until(due).await;
             } else if i % 500 == 0 {
                 tokio::task::yield_now().await;
             }
-            one(&hub, &id, i);
         }
-        tail(&hub, &id);
-    });
+        let (ty, p) = one(i);
+        store.append(&id, ty, p).await?;
+    }
+    store
+        .append(
+            &id,
+            "message.completed",
+            json!({"message_id": "m1", "finish_reason": "stop"}),
+        )
+        .await?;
+    store
+        .append(&id, "run.completed", json!({"status": "succeeded"}))
+        .await?;
+    Ok(())
 }
 
 // ---- test knobs: requests that never answer, sockets closed with a code --------

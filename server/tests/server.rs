@@ -1,117 +1,20 @@
-//! The reference server's own tests over real loopback HTTP and WebSocket.
+//! The reference server's own tests over real loopback HTTP and WebSocket,
+//! each run on both stores: memory and a real `redis-server` (skipped, with a
+//! message, only where redis-server is not installed).
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use runstream::core::envelope::decode_envelope;
 use runstream::core::state::{Parked, RunState};
-use runstream_server::{router, Settings};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-async fn start() -> String {
-    let (app, _) = router(Settings {
-        www: "www".into(),
-        pkg: "pkg".into(),
-        heartbeat_ms: 200,
-    });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    addr
-}
+mod support;
+use support::{create, http, ids, sse_frames, Backend};
 
-/// A minimal HTTP/1.1 client: status, headers, de-chunked body (until EOF or timeout).
-async fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    req.push_str("\r\n");
-    if let Some(b) = body {
-        req.push_str(b);
-    }
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut body = raw[split + 4..].to_vec();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-            let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
-                .unwrap_or(0);
-            if n == 0 || rest.len() < eol + 2 + n {
-                break;
-            }
-            out.extend_from_slice(&rest[eol + 2..eol + 2 + n]);
-            rest = &rest[eol + 2 + n + 2..];
-        }
-        body = out;
-    }
-    (status, head, body)
-}
-
-async fn create(addr: &str, body: Value) -> String {
-    let (st, _, b) = http(
-        addr,
-        "POST",
-        "/api/admin/runs",
-        &[],
-        Some(&body.to_string()),
-    )
-    .await;
-    assert_eq!(st, 201);
-    serde_json::from_slice::<Value>(&b).unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// `data:` payloads and comments of an SSE body, in order.
-fn sse_frames(body: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(body);
-    text.split("\n\n")
-        .filter_map(|f| {
-            f.lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .map(str::to_owned)
-        })
-        .collect()
-}
-
-fn ids(frames: &[String]) -> Vec<u64> {
-    frames
-        .iter()
-        .filter_map(|f| serde_json::from_str::<Value>(f).ok())
-        .filter_map(|v| v["event_id"].as_u64())
-        .collect()
-}
-
-#[tokio::test]
-async fn replay_semantics_headers_query_and_statuses() {
-    let addr = start().await;
+async fn replay_semantics_headers_query_and_statuses(b: Backend) {
+    let addr = b.server().await;
     let run = create(&addr, json!({"seed": 5, "workers": 3, "instant": true})).await;
     let path = format!("/api/stream/runs/{run}");
     let (st, head, body) = http(&addr, "GET", &path, &[], None).await;
@@ -143,10 +46,10 @@ async fn replay_semantics_headers_query_and_statuses() {
     assert_eq!(st, 400);
 }
 
-#[tokio::test]
-async fn pruned_log_resume_gets_a_snapshot_then_the_window_and_snapshot_endpoint_is_authoritative()
-{
-    let addr = start().await;
+async fn pruned_log_resume_gets_a_snapshot_then_the_window_and_snapshot_endpoint_is_authoritative(
+    b: Backend,
+) {
+    let addr = b.server().await;
     let run = create(&addr, json!({"seed": 9, "workers": 4, "instant": true})).await;
     let (st, _, _) = http(
         &addr,
@@ -206,9 +109,8 @@ async fn pruned_log_resume_gets_a_snapshot_then_the_window_and_snapshot_endpoint
         .all(|w| w["status"] != "running"));
 }
 
-#[tokio::test]
-async fn sends_are_idempotent_on_client_request_id() {
-    let addr = start().await;
+async fn sends_are_idempotent_on_client_request_id(b: Backend) {
+    let addr = b.server().await;
     let body = r#"{"client_request_id":"c-1","content":"hello"}"#;
     let (st1, _, b1) = http(&addr, "POST", "/api/chat/s1/messages", &[], Some(body)).await;
     let (st2, _, b2) = http(&addr, "POST", "/api/chat/s1/messages", &[], Some(body)).await;
@@ -259,9 +161,8 @@ async fn chaos_tokens(addr: &str, chaos: Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn every_chaos_knob_does_what_it_says_reproducibly() {
-    let addr = start().await;
+async fn every_chaos_knob_does_what_it_says_reproducibly(b: Backend) {
+    let addr = b.server().await;
     let dup = chaos_tokens(&addr, json!({"dup_rate": 1.0})).await;
     assert!(
         dup.chunks(2).all(|p| p.len() == 2 && p[0] == p[1]),
@@ -292,9 +193,8 @@ async fn every_chaos_knob_does_what_it_says_reproducibly() {
     assert!(t0.elapsed() >= Duration::from_millis(300));
 }
 
-#[tokio::test]
-async fn live_stream_heartbeats_and_restart_drops_connections() {
-    let addr = start().await;
+async fn live_stream_heartbeats_and_restart_drops_connections(b: Backend) {
+    let addr = b.server().await;
     let run = create(&addr, json!({"kind": "chat", "run_id": "live1"})).await;
     let a2 = addr.clone();
     let reader =
@@ -320,9 +220,8 @@ async fn live_stream_heartbeats_and_restart_drops_connections() {
     assert_eq!(v["connections_open"], 0);
 }
 
-#[tokio::test]
-async fn websocket_subscribe_resume_ping_send_and_errors() {
-    let addr = start().await;
+async fn websocket_subscribe_resume_ping_send_and_errors(b: Backend) {
+    let addr = b.server().await;
     let run = create(&addr, json!({"seed": 2, "workers": 2, "instant": true})).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
         .await
@@ -378,9 +277,8 @@ async fn websocket_subscribe_resume_ping_send_and_errors() {
     assert!(event_ids.windows(2).all(|w| w[1] == w[0] + 1));
 }
 
-#[tokio::test]
-async fn latency_drop_rate_oversize_and_fail_first_knobs() {
-    let addr = start().await;
+async fn latency_drop_rate_oversize_and_fail_first_knobs(b: Backend) {
+    let addr = b.server().await;
     // Latency: every event waits latency_ms.
     let t0 = std::time::Instant::now();
     let lat = chaos_tokens(&addr, json!({"latency_ms": 20, "drop_every": 5})).await;
@@ -405,9 +303,8 @@ async fn latency_drop_rate_oversize_and_fail_first_knobs() {
     assert!(!sse_frames(&body).is_empty());
 }
 
-#[tokio::test]
-async fn websocket_binary_frame_knob_sends_one_binary_frame() {
-    let addr = start().await;
+async fn websocket_binary_frame_knob_sends_one_binary_frame(b: Backend) {
+    let addr = b.server().await;
     let run = create(
         &addr,
         json!({"seed": 2, "workers": 1, "instant": true, "chaos": {"binary_frame": true}}),
@@ -429,3 +326,14 @@ async fn websocket_binary_frame_knob_sends_one_binary_frame() {
     }
     assert_eq!(binary, 1);
 }
+
+both_stores!(
+    replay_semantics_headers_query_and_statuses,
+    pruned_log_resume_gets_a_snapshot_then_the_window_and_snapshot_endpoint_is_authoritative,
+    sends_are_idempotent_on_client_request_id,
+    every_chaos_knob_does_what_it_says_reproducibly,
+    live_stream_heartbeats_and_restart_drops_connections,
+    websocket_subscribe_resume_ping_send_and_errors,
+    latency_drop_rate_oversize_and_fail_first_knobs,
+    websocket_binary_frame_knob_sends_one_binary_frame,
+);

@@ -1,0 +1,187 @@
+// Load: 1,000 concurrent SSE clients over 50 runs on ONE API replica with
+// Redis (`--store redis`), runs produced by a separate producer process, all on
+// loopback. Counts and duration are fixed; the figures are events/s delivered
+// to clients, append→delivery latency (p50/p99/max, from each envelope's
+// `timestamp`, set by the producer just before its XADD, to the moment the
+// client parsed the frame), lost/duplicated events, server RSS (peak and
+// after) and Redis `used_memory` after.
+//
+//   node benches/load.mjs            (after `cargo build --release -p runstream-server`)
+//   CLIENTS=200 RUNS=10 SECONDS=10 node benches/load.mjs   (smaller)
+//
+// Not part of the test command: ~40 s, and its figures only mean something on
+// an otherwise idle machine. Writes target/bench/load.json.
+import { spawn } from "node:child_process";
+import { request } from "node:http";
+import { mkdtempSync, rmSync, readFileSync, existsSync, mkdirSync, writeFileSync, createWriteStream } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { freePort } from "../tests/e2e/infra.mjs";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const CLIENTS = Number(process.env.CLIENTS || 1000);
+const RUNS = Number(process.env.RUNS || 50);
+const SECONDS = Number(process.env.SECONDS || 20);
+const RATE = Number(process.env.RATE || 20); // token events per second per run
+const TOKENS = SECONDS * RATE;
+const EVENTS_PER_RUN = TOKENS + 4; // run.started, message.created, deltas, message.completed, run.completed
+const bin = process.env.RUNSTREAM_SERVER_BIN
+  || [join(root, "target/release/runstream-server"), join(root, "target/debug/runstream-server")].find(existsSync);
+if (!bin) throw new Error("build the server first: cargo build --release -p runstream-server");
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const dir = mkdtempSync(join(tmpdir(), "runstream-load-"));
+const procs = [];
+const killAll = () => { for (const p of procs) try { p.kill("SIGKILL"); } catch {} };
+process.on("exit", killAll);
+
+function start(name, cmd, args) {
+  const p = spawn(cmd, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+  const log = createWriteStream(join(dir, `${name}.log`));
+  p.stdout.on("data", (d) => log.write(d));
+  p.stderr.on("data", (d) => log.write(d));
+  p.exited = new Promise((r) => p.on("exit", r));
+  procs.push(p);
+  return p;
+}
+
+function lines(p, re, n, ms) {
+  return new Promise((resolve, reject) => {
+    const out = [];
+    let buf = "";
+    const t = setTimeout(() => reject(new Error(`only ${out.length}/${n} lines ${re} in ${ms} ms`)), ms);
+    p.stdout.on("data", (d) => {
+      buf += d;
+      let i;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        const l = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        if (re.test(l)) out.push(l);
+        if (out.length === n) { clearTimeout(t); resolve(out); }
+      }
+    });
+  });
+}
+
+async function waitHttp(url, ms = 10000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    try { await fetch(url, { signal: AbortSignal.timeout(500) }); return; } catch { await sleep(50); }
+  }
+  throw new Error(`${url} did not answer`);
+}
+
+function rssOf(pid) {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m ? Number(m[1]) * 1024 : null;
+  } catch { return null; }
+}
+
+/** One SSE client: counts events, checks density, records latencies. */
+function client(port, run, stats) {
+  return new Promise((resolve) => {
+    let buf = "";
+    let last = 0;
+    const req = request({ host: "127.0.0.1", port, path: `/api/stream/runs/${run}`, agent: false }, (res) => {
+      if (res.statusCode !== 200) { stats.errors++; res.resume(); resolve(); return; }
+      stats.connected++;
+      res.setEncoding("utf8");
+      res.on("data", (chunk) => {
+        const now = Date.now();
+        buf += chunk;
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const frame = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const d = frame.indexOf("data: ");
+          if (d < 0) continue; // heartbeat
+          const id = Number(/"event_id":(\d+)/.exec(frame)?.[1]);
+          const ts = /"timestamp":"([^"]+)"/.exec(frame)?.[1];
+          if (id <= last) { stats.dups++; continue; }
+          if (id !== last + 1) stats.lost += id - last - 1;
+          last = id;
+          stats.events++;
+          if (stats.first === null) stats.first = now;
+          stats.lastAt = now;
+          if (ts) stats.lat.push(now - Date.parse(ts));
+        }
+      });
+      res.on("end", () => { stats.lost += Math.max(0, EVENTS_PER_RUN - last); resolve(); });
+      res.on("error", () => { stats.errors++; resolve(); });
+    });
+    req.on("error", () => { stats.errors++; resolve(); });
+    req.setTimeout((SECONDS + 60) * 1000, () => req.destroy());
+    req.end();
+  });
+}
+
+function pct(sorted, p) {
+  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] : null;
+}
+
+let exitCode = 0;
+try {
+  const redisPort = await freePort();
+  const apiPort = await freePort();
+  const store = `redis://127.0.0.1:${redisPort}`;
+  start("redis", "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no"]);
+  await sleep(300);
+  // Frame recording (for the contract tests' GET /api/admin/frames) off, as in a deployment.
+  const api = start("replica", bin, ["--addr", `127.0.0.1:${apiPort}`, "--store", store, "--www", "www", "--pkg", "pkg",
+    "--record-frames", process.env.RECORD_FRAMES || "0"]);
+  await waitHttp(`http://127.0.0.1:${apiPort}/api/admin/store`);
+  const rssIdle = rssOf(api.pid);
+  // The producer creates the runs now and starts appending 3 s + 1 ms per client later.
+  const startAt = Date.now() + 3000 + CLIENTS;
+  const producer = start("producer", bin, ["produce", "--store", store, "--runs", String(RUNS), "--tokens", String(TOKENS),
+    "--rate", String(RATE), "--start-at-ms", String(startAt)]);
+  const created = await lines(producer, /produce\.created/, RUNS, 15000);
+  const runs = created.map((l) => JSON.parse(l).run_id);
+  const stats = { connected: 0, events: 0, dups: 0, lost: 0, errors: 0, first: null, lastAt: null, lat: [] };
+  const clients = [];
+  for (let i = 0; i < CLIENTS; i++) {
+    clients.push(client(apiPort, runs[i % RUNS], stats));
+    if (i % 50 === 49) await sleep(5);
+  }
+  let rssPeak = 0;
+  const sampler = setInterval(() => { rssPeak = Math.max(rssPeak, rssOf(api.pid) ?? 0); }, 500);
+  const connectedBeforeStart = await (async () => { while (Date.now() < startAt && stats.connected < CLIENTS) await sleep(20); return stats.connected; })();
+  const deadline = sleep((SECONDS + 60) * 1000).then(() => "timeout");
+  const outcome = await Promise.race([Promise.all(clients).then(() => "done"), deadline]);
+  clearInterval(sampler);
+  await producer.exited;
+  const storeInfo = await (await fetch(`http://127.0.0.1:${apiPort}/api/admin/store`)).json();
+  const rssAfter = rssOf(api.pid);
+  const lat = stats.lat.sort((a, b) => a - b);
+  const spanS = (stats.lastAt - stats.first) / 1000;
+  const mb = (b) => (b === null ? "—" : `${(b / 1048576).toFixed(1)} MiB`);
+  const result = {
+    clients: CLIENTS, runs: RUNS, seconds: SECONDS, rate_per_run: RATE, events_per_run: EVENTS_PER_RUN,
+    outcome, connected_before_start: connectedBeforeStart, connect_errors: stats.errors,
+    events_delivered: stats.events, expected: CLIENTS * EVENTS_PER_RUN, lost: stats.lost, duplicates: stats.dups,
+    events_per_s_delivered: Math.round(stats.events / spanS), appends_per_s: Math.round((RUNS * EVENTS_PER_RUN) / spanS),
+    latency_ms: { p50: pct(lat, 50), p90: pct(lat, 90), p99: pct(lat, 99), max: lat[lat.length - 1] ?? null },
+    server_rss: { idle: rssIdle, peak: rssPeak, after: rssAfter },
+    redis_used_memory: storeInfo.used_memory, redis_keys: storeInfo.keys, live_tails_after: storeInfo.tails,
+    server_bin: bin.replace(root + "/", ""),
+  };
+  console.log(`load: ${CLIENTS} SSE clients over ${RUNS} runs, one replica, --store redis, ${SECONDS} s at ${RATE} events/s per run (${bin.includes("release") ? "release" : "debug"} build)`);
+  console.log(`  connected before the first append: ${connectedBeforeStart}/${CLIENTS}, errors ${stats.errors}, outcome ${outcome}`);
+  console.log(`  delivered ${stats.events} / ${CLIENTS * EVENTS_PER_RUN} events in ${spanS.toFixed(1)} s: ${result.events_per_s_delivered} events/s (appends ${result.appends_per_s}/s); lost ${stats.lost}, duplicates ${stats.dups}`);
+  console.log(`  append→delivery latency: p50 ${result.latency_ms.p50} ms, p90 ${result.latency_ms.p90} ms, p99 ${result.latency_ms.p99} ms, max ${result.latency_ms.max} ms`);
+  console.log(`  server RSS: idle ${mb(rssIdle)}, peak ${mb(rssPeak)}, after ${mb(rssAfter)}; Redis used_memory after: ${mb(storeInfo.used_memory)} (${storeInfo.keys} keys)`);
+  mkdirSync(join(root, "target/bench"), { recursive: true });
+  writeFileSync(join(root, "target/bench/load.json"), JSON.stringify(result, null, 2));
+  if (outcome !== "done" || stats.lost || stats.dups || stats.errors) exitCode = 1;
+} catch (e) {
+  console.error(e);
+  exitCode = 1;
+} finally {
+  for (const p of procs) try { p.kill("SIGTERM"); } catch {}
+  await Promise.race([Promise.all(procs.map((p) => p.exited)), sleep(3000)]);
+  killAll();
+  rmSync(dir, { recursive: true, force: true });
+}
+process.exit(exitCode);

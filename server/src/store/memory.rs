@@ -1,0 +1,299 @@
+//! The in-process store (`--store memory`, the default): every run's log,
+//! reduced state and sends in this process's memory, as the reference server
+//! always kept them. Nothing survives a restart of the process; nothing is
+//! shared with another process.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::{BoxFuture, FutureExt};
+use runstream::core::wire::{SnapshotBody, WireEnvelope};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::{Reduced, Replay, RunKind, RunMeta, RunSpec, SendOutcome, Store, StoreResult, Tail};
+use crate::hub::{lock, rfc3339_now, Chaos};
+
+/// One run's log.
+struct Run {
+    id: String,
+    /// Retained envelopes (JSON text); `log[0]` has id `first_id`.
+    log: VecDeque<Arc<RawValue>>,
+    first_id: u64,
+    last_id: u64,
+    /// State after all events (what the snapshot endpoint returns).
+    state: Reduced,
+    /// State as of `first_id - 1`, for resumes older than the window.
+    pruned: Option<Reduced>,
+    finished: bool,
+    spec: RunSpec,
+    /// client_request_id → message id.
+    sends: HashMap<String, String>,
+    next_message: u64,
+    window: u64,
+}
+
+impl Run {
+    fn new(id: &str, spec: RunSpec, window: u64) -> Self {
+        Self {
+            id: id.to_owned(),
+            log: VecDeque::new(),
+            first_id: 1,
+            last_id: 0,
+            state: Reduced::new(id),
+            pruned: None,
+            finished: false,
+            spec,
+            sends: HashMap::new(),
+            next_message: 1,
+            window: window.max(1),
+        }
+    }
+
+    fn meta(&self) -> RunMeta {
+        RunMeta {
+            kind: self.spec.kind,
+            chaos: self.spec.chaos.clone(),
+            speed: self.spec.speed,
+            first_id: self.first_id,
+            last_id: self.last_id,
+            finished: self.finished,
+        }
+    }
+
+    /// Appends one event (dense id), updates the reduced state; returns the id.
+    fn append(&mut self, ty: &str, payload: Value) -> u64 {
+        let id = self.last_id + 1;
+        let text: Arc<RawValue> = WireEnvelope {
+            event_id: id,
+            run_id: self.id.clone(),
+            event_type: ty.to_owned(),
+            timestamp: rfc3339_now(),
+            payload,
+        }
+        .to_raw()
+        .into();
+        self.state.apply(id, &text);
+        self.log.push_back(text);
+        self.last_id = id;
+        if ty == "run.completed" {
+            self.finished = true;
+        }
+        // Pruned in batches (10 % over the window), so a long run costs O(1) per event.
+        let len = self.log.len() as u64;
+        if len > self.window + self.window / 10 {
+            self.prune_to(self.first_id + (len - self.window));
+        }
+        id
+    }
+
+    /// Forgets every event with id < `keep_from`; later resumes from before it get a snapshot.
+    fn prune_to(&mut self, keep_from: u64) {
+        let keep_from = keep_from.min(self.last_id + 1);
+        if keep_from <= self.first_id {
+            return;
+        }
+        // The state as of keep_from - 1: the previous pruned state plus the dropped events.
+        let mut base = self.pruned.take().unwrap_or_else(|| Reduced::new(&self.id));
+        while self.first_id < keep_from {
+            if let Some(text) = self.log.pop_front() {
+                base.apply(self.first_id, &text);
+            }
+            self.first_id += 1;
+        }
+        base.set_cursor(keep_from - 1);
+        self.pruned = Some(base);
+    }
+
+    /// What a client resuming after `last` must get now.
+    fn replay(&self, last: u64) -> Replay {
+        let mut next = last + 1;
+        let mut snapshot = None;
+        if next < self.first_id {
+            if let Some(base) = &self.pruned {
+                snapshot = Some((base.cursor(), base.state.to_wire()));
+                next = base.cursor() + 1;
+            }
+        }
+        let start = next.max(self.first_id);
+        let skip = (start - self.first_id) as usize;
+        Replay {
+            snapshot,
+            events: self.log.iter().skip(skip).cloned().collect(),
+            last_id: self.last_id,
+            done: self.finished,
+        }
+    }
+
+    /// An idempotent chat send: the same `client_request_id` gets the same answer.
+    fn send(&mut self, crid: &str, content: &str) -> (String, bool) {
+        if let Some(m) = self.sends.get(crid) {
+            return (m.clone(), false);
+        }
+        let mid = self.next_message_id();
+        self.sends.insert(crid.to_owned(), mid.clone());
+        self.append(
+            "message.created",
+            json!({"message_id": mid, "role": "user", "client_request_id": crid, "content": content}),
+        );
+        (mid, true)
+    }
+
+    fn next_message_id(&mut self) -> String {
+        let mid = format!("msg_{}", self.next_message);
+        self.next_message += 1;
+        mid
+    }
+}
+
+/// A run and the notifier its streams wait on.
+type RunEntry = (Arc<Mutex<Run>>, watch::Sender<u64>);
+
+/// Every run in this process.
+pub struct MemoryStore {
+    runs: Mutex<HashMap<String, RunEntry>>,
+    run_ids: AtomicU64,
+    window: u64,
+}
+
+impl MemoryStore {
+    /// An empty store keeping `window` events per run for replay.
+    pub fn new(window: u64) -> Self {
+        Self {
+            runs: Mutex::new(HashMap::new()),
+            run_ids: AtomicU64::new(1),
+            window,
+        }
+    }
+
+    fn run(&self, id: &str) -> Option<Arc<Mutex<Run>>> {
+        lock(&self.runs).get(id).map(|(r, _)| r.clone())
+    }
+
+    fn create_now(&self, id: &str, spec: RunSpec) -> bool {
+        let mut runs = lock(&self.runs);
+        if runs.contains_key(id) {
+            return false;
+        }
+        let run = Arc::new(Mutex::new(Run::new(id, spec, self.window)));
+        runs.insert(id.to_owned(), (run, watch::channel(0).0));
+        true
+    }
+
+    /// Runs `f` on run `id` under its lock, then wakes its streams.
+    fn change<T>(&self, id: &str, f: impl FnOnce(&mut Run) -> T) -> Option<T> {
+        let runs = lock(&self.runs);
+        let (run, tx) = runs.get(id)?;
+        let mut r = lock(run);
+        let out = f(&mut r);
+        tx.send_replace(r.last_id);
+        Some(out)
+    }
+}
+
+impl Store for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn new_run_id(&self, seed: u64) -> BoxFuture<'_, StoreResult<String>> {
+        let n = self.run_ids.fetch_add(1, Ordering::Relaxed);
+        let id = format!(
+            "run_{:06}_{:08x}",
+            n,
+            (seed.wrapping_mul(0x9E37_79B9)) as u32
+        );
+        async move { Ok(id) }.boxed()
+    }
+
+    fn create<'a>(&'a self, id: &'a str, spec: RunSpec) -> BoxFuture<'a, StoreResult<bool>> {
+        let fresh = self.create_now(id, spec);
+        async move { Ok(fresh) }.boxed()
+    }
+
+    fn meta<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<RunMeta>>> {
+        let m = self.run(id).map(|r| lock(&r).meta());
+        async move { Ok(m) }.boxed()
+    }
+
+    fn append<'a>(
+        &'a self,
+        id: &'a str,
+        ty: &'a str,
+        payload: Value,
+    ) -> BoxFuture<'a, StoreResult<Option<u64>>> {
+        let n = self.change(id, |r| r.append(ty, payload));
+        async move { Ok(n) }.boxed()
+    }
+
+    fn read<'a>(&'a self, id: &'a str, after: u64) -> BoxFuture<'a, StoreResult<Option<Replay>>> {
+        let rep = self.run(id).map(|r| lock(&r).replay(after));
+        async move { Ok(rep) }.boxed()
+    }
+
+    fn tail<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Tail>>> {
+        let t = lock(&self.runs).get(id).map(|(_, tx)| Tail {
+            rx: tx.subscribe(),
+            _keep: None,
+        });
+        async move { Ok(t) }.boxed()
+    }
+
+    fn snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<SnapshotBody>>> {
+        let s = self.run(id).map(|r| {
+            let r = lock(&r);
+            SnapshotBody::new(&r.id, r.last_id, &r.state.state)
+        });
+        async move { Ok(s) }.boxed()
+    }
+
+    fn send<'a>(
+        &'a self,
+        session: &'a str,
+        crid: &'a str,
+        content: &'a str,
+    ) -> BoxFuture<'a, StoreResult<SendOutcome>> {
+        self.create_now(
+            session,
+            RunSpec {
+                kind: RunKind::Chat,
+                chaos: Chaos::default(),
+                speed: 1.0,
+            },
+        );
+        let out = self
+            .change(session, |r| r.send(crid, content))
+            .map(|(message_id, fresh)| SendOutcome {
+                message_id,
+                run_id: session.to_owned(),
+                fresh,
+            });
+        async move { out.ok_or_else(|| super::StoreError::Corrupt("session vanished".into())) }
+            .boxed()
+    }
+
+    fn next_message_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<String>> {
+        let m = self
+            .run(id)
+            .map(|r| lock(&r).next_message_id())
+            .unwrap_or_else(|| "msg_0".into());
+        async move { Ok(m) }.boxed()
+    }
+
+    fn prune<'a>(&'a self, id: &'a str, keep_from: u64) -> BoxFuture<'a, StoreResult<bool>> {
+        let ok = self.change(id, |r| r.prune_to(keep_from)).is_some();
+        async move { Ok(ok) }.boxed()
+    }
+
+    fn set_chaos<'a>(&'a self, id: &'a str, chaos: Chaos) -> BoxFuture<'a, StoreResult<bool>> {
+        let ok = self.run(id).map(|r| lock(&r).spec.chaos = chaos).is_some();
+        async move { Ok(ok) }.boxed()
+    }
+
+    fn info(&self) -> BoxFuture<'_, StoreResult<Value>> {
+        let n = lock(&self.runs).len();
+        async move { Ok(json!({"store": "memory", "runs": n})) }.boxed()
+    }
+}

@@ -1,0 +1,345 @@
+//! Where run logs live: one [`Store`] trait, two backends.
+//!
+//! - [`memory::MemoryStore`] (`--store memory`, the default): the log in this
+//!   process, as the reference server always kept it. A restart loses it.
+//! - [`redis::RedisStore`] (`--store redis://host:port`): one Redis Stream per
+//!   run with the event id as the entry id (`0-<event_id>`), so density and
+//!   order are the store's own; any number of replicas and producer processes
+//!   share it, and an event appended by one reaches the clients of every other.
+//!
+//! Everything a connection does (chaos, heartbeats, accounting) stays in
+//! `lib.rs`/`hub.rs`; a store only logs, replays, tails, reduces and
+//! deduplicates sends.
+
+pub mod memory;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use runstream::core::envelope::decode_envelope;
+use runstream::core::state::{Parked, RunState};
+use runstream::core::wire::SnapshotBody;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::hub::Chaos;
+
+/// Events a run keeps for replay by default; older ones are pruned (resumes get a snapshot).
+pub const DEFAULT_WINDOW: u64 = 200_000;
+/// Most job-only events parked while reducing a run's state (server side).
+pub const PARK_CAP: usize = 4096;
+
+/// A store failure (the backend is unreachable or answered something unexpected).
+/// Handlers answer it with `503` + `Retry-After`, which the client retries.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The Redis command failed (connection lost, timeout, script error).
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// The store holds something this server cannot read.
+    #[error("corrupt store data: {0}")]
+    Corrupt(String),
+    /// A store URL this server does not know.
+    #[error("unsupported store {0:?} (expected `memory` or `redis://host:port`)")]
+    Unsupported(String),
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What produces a run's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    /// A supervisor run with workers and tools, then `run.completed`.
+    Task,
+    /// A chat session: events come from sends; it never completes by itself.
+    Chat,
+}
+
+impl RunKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Task => "task",
+            Self::Chat => "chat",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        if s == "chat" {
+            Self::Chat
+        } else {
+            Self::Task
+        }
+    }
+}
+
+/// How a run is created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    /// What produces its events.
+    pub kind: RunKind,
+    /// Chaos applied to its connections (read at each stream's start).
+    pub chaos: Chaos,
+    /// Playback speed of its script (chat replies use it too).
+    pub speed: f64,
+}
+
+/// A run's settings and log bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunMeta {
+    /// What produces its events.
+    pub kind: RunKind,
+    /// Chaos applied to its connections.
+    pub chaos: Chaos,
+    /// Playback speed.
+    pub speed: f64,
+    /// Lowest id still in the replay window.
+    pub first_id: u64,
+    /// Highest logged id (0 = empty).
+    pub last_id: u64,
+    /// `run.completed` is logged.
+    pub finished: bool,
+}
+
+/// What a resume gets now: an optional snapshot, then contiguous events.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// `(event_id, state)` when the resume point is older than the window.
+    pub snapshot: Option<(u64, Value)>,
+    /// Events after the resume point (or after the snapshot), in order, dense.
+    /// A backend may return a bounded batch: read again from the new cursor.
+    pub events: Vec<Arc<RawValue>>,
+    /// The run's highest id known when this was read.
+    pub last_id: u64,
+    /// `run.completed` is logged.
+    pub done: bool,
+}
+
+/// The answer to a chat send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendOutcome {
+    /// The user message's id.
+    pub message_id: String,
+    /// The run (chat session) it was logged in.
+    pub run_id: String,
+    /// First time this `client_request_id` was seen (a reply should start).
+    pub fresh: bool,
+}
+
+/// A live-tail subscription: `rx` changes whenever the run's log grows
+/// (its value is the highest id seen). Dropping it unsubscribes.
+pub struct Tail {
+    /// Wakes on every append.
+    pub rx: watch::Receiver<u64>,
+    /// Keeps a backend's shared tail alive while this subscription lives.
+    pub _keep: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+/// A run log backend. Every method is async and cancel-safe to drop.
+///
+/// Contract (what the server tests check for each backend):
+/// - ids are dense per run: the n-th append gets id n;
+/// - `read(after)` returns the events with id > `after` in order, preceded by
+///   a snapshot when `after + 1` is older than the window;
+/// - a [`Tail`] taken before a `read` wakes for every later append, whichever
+///   process appended;
+/// - `send` is idempotent on `(session, client_request_id)`.
+pub trait Store: Send + Sync + 'static {
+    /// `"memory"` or `"redis"`.
+    fn name(&self) -> &'static str;
+
+    /// A fresh run id, unique across every process sharing the store.
+    fn new_run_id(&self, seed: u64) -> BoxFuture<'_, StoreResult<String>>;
+
+    /// Creates run `id` unless it exists; true when it was created.
+    fn create<'a>(&'a self, id: &'a str, spec: RunSpec) -> BoxFuture<'a, StoreResult<bool>>;
+
+    /// The run's settings and bounds, `None` if unknown.
+    fn meta<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<RunMeta>>>;
+
+    /// Appends one event with the next dense id; `None` if the run is unknown.
+    fn append<'a>(
+        &'a self,
+        id: &'a str,
+        ty: &'a str,
+        payload: Value,
+    ) -> BoxFuture<'a, StoreResult<Option<u64>>>;
+
+    /// What a client resuming after `after` gets now; `None` if the run is unknown.
+    fn read<'a>(&'a self, id: &'a str, after: u64) -> BoxFuture<'a, StoreResult<Option<Replay>>>;
+
+    /// Subscribes to the run's appends; `None` if the run is unknown.
+    fn tail<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Tail>>>;
+
+    /// The state after every logged event (PROTOCOL §2c), reduced from the log.
+    fn snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<SnapshotBody>>>;
+
+    /// An idempotent chat send into session `session` (created as a chat run if new).
+    fn send<'a>(
+        &'a self,
+        session: &'a str,
+        crid: &'a str,
+        content: &'a str,
+    ) -> BoxFuture<'a, StoreResult<SendOutcome>>;
+
+    /// A fresh message id in run `id`.
+    fn next_message_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<String>>;
+
+    /// Forgets events with id < `keep_from` (they become a snapshot); false if unknown.
+    fn prune<'a>(&'a self, id: &'a str, keep_from: u64) -> BoxFuture<'a, StoreResult<bool>>;
+
+    /// Replaces the run's chaos knobs; false if unknown.
+    fn set_chaos<'a>(&'a self, id: &'a str, chaos: Chaos) -> BoxFuture<'a, StoreResult<bool>>;
+
+    /// Backend figures for diagnostics (Redis: `used_memory`, clients).
+    fn info(&self) -> BoxFuture<'_, StoreResult<Value>>;
+
+    /// Sends accepted in any process and not yet answered, for a chat worker
+    /// (`produce --chat-worker`); waits up to `block_ms` for one. Only a shared
+    /// store has a queue: the memory store answers [`StoreError::Unsupported`].
+    fn claim_sends<'a>(
+        &'a self,
+        consumer: &'a str,
+        block_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<Vec<QueuedSend>>> {
+        let _ = (consumer, block_ms);
+        let name = self.name();
+        async move { Err(StoreError::Unsupported(format!("{name}: no send queue"))) }.boxed()
+    }
+
+    /// Marks a claimed send as answered.
+    fn ack_send<'a>(&'a self, queue_id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
+        let _ = queue_id;
+        async move { Ok(()) }.boxed()
+    }
+}
+
+/// A chat send waiting for its reply (the shared store's send queue).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedSend {
+    /// The queue entry, for [`Store::ack_send`].
+    pub queue_id: String,
+    /// The chat session (run).
+    pub session: String,
+    /// The send's `client_request_id`.
+    pub crid: String,
+    /// What the user wrote.
+    pub content: String,
+}
+
+/// Opens the store named by `--store`: `memory` or `redis://host:port[/db]`.
+pub async fn open(spec: &str, window: u64) -> StoreResult<Arc<dyn Store>> {
+    if spec == "memory" {
+        return Ok(Arc::new(memory::MemoryStore::new(window)));
+    }
+    if spec.starts_with("redis://") || spec.starts_with("redis+unix://") {
+        return Ok(Arc::new(redis::RedisStore::connect(spec, window).await?));
+    }
+    Err(StoreError::Unsupported(spec.to_owned()))
+}
+
+/// A run's state reduced from its log, with the raw job-only events still
+/// parked (so a pruned base can be stored and restored without losing them).
+#[derive(Debug, Clone)]
+pub struct Reduced {
+    /// The state (its `cursor` is the last applied id).
+    pub state: RunState,
+    parked: Parked,
+    /// Raw texts of job-only events, by id, while they may still be parked.
+    parked_raw: HashMap<u64, Arc<RawValue>>,
+    run_id: String,
+}
+
+impl Reduced {
+    /// The empty state of run `run_id`.
+    pub fn new(run_id: &str) -> Self {
+        Self {
+            state: RunState::new(run_id),
+            parked: Parked::default(),
+            parked_raw: HashMap::new(),
+            run_id: run_id.to_owned(),
+        }
+    }
+
+    /// The last applied id.
+    pub fn cursor(&self) -> u64 {
+        self.state.cursor
+    }
+
+    /// Applies one logged envelope (invalid ones are skipped: the log was written by us).
+    pub fn apply(&mut self, id: u64, text: &Arc<RawValue>) {
+        if let Ok(env) = decode_envelope(text.get(), &self.run_id) {
+            if env.kind.job_only().is_some() {
+                self.parked_raw.insert(id, text.clone());
+            }
+            let mut out = Vec::new();
+            let _ = self
+                .state
+                .apply(id, env.kind, &mut self.parked, PARK_CAP, &mut out);
+        }
+        self.state.cursor = self.state.cursor.max(id);
+        // Forget raw texts of events that are no longer parked (bounded by PARK_CAP).
+        if self.parked_raw.len() > PARK_CAP {
+            self.compact();
+        }
+    }
+
+    /// Marks everything before `id + 1` as covered (a pruned base).
+    pub fn set_cursor(&mut self, id: u64) {
+        self.state.cursor = id;
+    }
+
+    fn compact(&mut self) {
+        let live: std::collections::HashSet<u64> = self.parked.iter().map(|(i, _)| i).collect();
+        self.parked_raw.retain(|i, _| live.contains(i));
+    }
+
+    /// The stored form of this state: `{event_id, state, parked: [raw events]}`.
+    pub fn to_stored(&mut self) -> String {
+        self.compact();
+        let mut parked: Vec<(&u64, &Arc<RawValue>)> = self.parked_raw.iter().collect();
+        parked.sort_by_key(|(i, _)| **i);
+        let parked: Vec<&RawValue> = parked.into_iter().map(|(_, r)| &**r).collect();
+        serde_json::json!({
+            "event_id": self.state.cursor,
+            "state": self.state.to_wire(),
+            "parked": parked,
+        })
+        .to_string()
+    }
+
+    /// Reads [`Reduced::to_stored`] back.
+    pub fn from_stored(run_id: &str, text: &str) -> StoreResult<Self> {
+        #[derive(Deserialize)]
+        struct Stored {
+            event_id: u64,
+            state: Value,
+            #[serde(default)]
+            parked: Vec<Box<RawValue>>,
+        }
+        let s: Stored =
+            serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("base: {e}")))?;
+        let mut state =
+            RunState::from_wire(s.state).map_err(|e| StoreError::Corrupt(format!("base: {e}")))?;
+        state.cursor = s.event_id;
+        let mut me = Self {
+            state,
+            parked: Parked::default(),
+            parked_raw: HashMap::new(),
+            run_id: run_id.to_owned(),
+        };
+        for raw in s.parked {
+            let raw: Arc<RawValue> = raw.into();
+            if let Ok(env) = decode_envelope(raw.get(), run_id) {
+                me.parked_raw.insert(env.event_id, raw.clone());
+                me.parked.restore(env.event_id, env.kind, PARK_CAP);
+            }
+        }
+        Ok(me)
+    }
+}

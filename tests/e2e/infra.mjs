@@ -1,0 +1,232 @@
+// The infrastructure of tests/e2e/infra.test.mjs, started for real on loopback
+// ports in one temporary directory: redis-server, API replicas of the reference
+// server on `--store redis`, producer processes (the same binary's producer
+// role), a chat worker, and Debian's nginx configured from deploy/nginx.conf.
+// `stop()` ends every process and removes the directory (nginx's pid file lives
+// there, given with -g, so nothing is left under /run).
+import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, chmodSync, readFileSync, writeFileSync, rmSync, createWriteStream, existsSync, mkdirSync, readdirSync, copyFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createServer, connect } from "node:net";
+
+export const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const bin = process.env.RUNSTREAM_SERVER_BIN || join(root, "target/debug/runstream-server");
+
+/** Whether a command exists (the suite is skipped, with a message, without redis-server or nginx). */
+export function have(cmd) {
+  return spawnSync("sh", ["-c", `command -v ${cmd} || test -x /usr/sbin/${cmd}`], { stdio: "ignore" }).status === 0;
+}
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.unref();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Resolves when something accepts TCP connections on `port` (bounded). */
+async function waitForPort(port, ms = 10000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const ok = await new Promise((resolve) => {
+      const c = connect(port, "127.0.0.1");
+      c.on("connect", () => { c.destroy(); resolve(true); });
+      c.on("error", () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`nothing listening on 127.0.0.1:${port} after ${ms} ms`);
+}
+
+/** Resolves with the first stdout line of `proc` matching `re` (bounded). */
+function waitForLine(proc, re, ms = 10000) {
+  return new Promise((resolve, reject) => {
+    let buf = "";
+    const t = setTimeout(() => { cleanup(); reject(new Error(`no line ${re} within ${ms} ms`)); }, ms);
+    const onData = (d) => {
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        if (re.test(line)) { cleanup(); resolve(line); return; }
+      }
+    };
+    const onExit = (code) => { cleanup(); reject(new Error(`exited (${code}) before ${re}`)); };
+    const cleanup = () => { clearTimeout(t); proc.stdout.off("data", onData); proc.off("exit", onExit); };
+    proc.stdout.on("data", onData);
+    proc.on("exit", onExit);
+  });
+}
+
+/** The nginx config of deploy/nginx.conf with this run's ports (and, if asked, a misconfigured front). */
+export function nginxConfig({ front, replicas, misconfigured }) {
+  let conf = readFileSync(join(root, "deploy/nginx.conf"), "utf8");
+  conf = conf.replace("listen 127.0.0.1:8080;", `listen 127.0.0.1:${front};`);
+  conf = conf.replace("server 127.0.0.1:8801 ", `server 127.0.0.1:${replicas[0]} `);
+  conf = conf.replace("server 127.0.0.1:8802 ", `server 127.0.0.1:${replicas[1]} `);
+  if (!conf.includes(`127.0.0.1:${replicas[1]}`)) throw new Error("deploy/nginx.conf: upstream lines not found");
+  if (misconfigured) {
+    // The same upstreams behind a front with no streaming location: nginx's
+    // defaults (HTTP/1.0 to the upstream, proxy_buffering on) and, as many
+    // shared configs do, the upstream's X-Accel-* headers ignored — so the
+    // server's `X-Accel-Buffering: no` cannot switch buffering off.
+    const server = `
+    server {
+        listen 127.0.0.1:${misconfigured};
+        location / {
+            proxy_pass http://runstream_api;
+            proxy_ignore_headers X-Accel-Buffering;
+        }
+    }
+`;
+    conf = conf.replace(/}\s*$/, `${server}}\n`);
+  }
+  return conf;
+}
+
+export class Infra {
+  constructor() {
+    this.dir = mkdtempSync(join(tmpdir(), "runstream-infra-"));
+    // nginx workers run as `nobody` when the master is root: they must reach their temp dirs.
+    chmodSync(this.dir, 0o755);
+    this.procs = new Set();
+    this.replicas = [];
+    this.onExit = () => { for (const p of this.procs) try { p.kill("SIGKILL"); } catch {} };
+    process.on("exit", this.onExit);
+  }
+
+  log(name) {
+    return createWriteStream(join(this.dir, `${name}.log`), { flags: "a" });
+  }
+
+  track(proc, name) {
+    this.procs.add(proc);
+    const out = this.log(name);
+    proc.stdout?.on("data", (d) => out.write(d));
+    proc.stderr?.on("data", (d) => out.write(d));
+    proc.exited = new Promise((r) => proc.on("exit", (code, signal) => { this.procs.delete(proc); r({ code, signal }); }));
+    return proc;
+  }
+
+  async start({ replicaArgs = [] } = {}) {
+    if (!existsSync(bin)) throw new Error(`build the server first: cargo build -p runstream-server (${bin})`);
+    this.replicaArgs = replicaArgs;
+    const redisPort = await freePort();
+    this.redisUrl = `redis://127.0.0.1:${redisPort}`;
+    this.redis = this.track(
+      spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", this.dir,
+        "--save", "", "--appendonly", "no"], { stdio: ["ignore", "pipe", "pipe"] }),
+      "redis",
+    );
+    await waitForPort(redisPort);
+    this.replicaPorts = [await freePort(), await freePort()];
+    await Promise.all([0, 1].map((i) => this.startReplica(i)));
+    this.worker = this.track(
+      spawn(bin, ["produce", "--store", this.redisUrl, "--chat-worker"], { cwd: root, stdio: ["ignore", "pipe", "pipe"] }),
+      "chat-worker",
+    );
+    await waitForLine(this.worker, /chat_worker\.ready/);
+    this.frontPort = await freePort();
+    this.misconfiguredPort = await freePort();
+    const conf = nginxConfig({ front: this.frontPort, replicas: this.replicaPorts, misconfigured: this.misconfiguredPort });
+    writeFileSync(join(this.dir, "nginx.conf"), conf);
+    this.nginx = this.track(
+      spawn("nginx", ["-p", this.dir, "-c", join(this.dir, "nginx.conf"), "-e", join(this.dir, "nginx-error.log"),
+        "-g", `daemon off; pid ${join(this.dir, "nginx.pid")};`], { stdio: ["ignore", "pipe", "pipe"] }),
+      "nginx",
+    );
+    await waitForPort(this.frontPort);
+    await waitForPort(this.misconfiguredPort);
+    this.front = `http://127.0.0.1:${this.frontPort}`;
+    this.misconfigured = `http://127.0.0.1:${this.misconfiguredPort}`;
+    return this;
+  }
+
+  replicaUrl(i) {
+    return `http://127.0.0.1:${this.replicaPorts[i]}`;
+  }
+
+  async startReplica(i) {
+    const p = this.track(
+      spawn(bin, ["--addr", `127.0.0.1:${this.replicaPorts[i]}`, "--store", this.redisUrl, "--www", "www", "--pkg", "pkg",
+        "--heartbeat-ms", "2000", "--replies", "worker", ...this.replicaArgs], { cwd: root, stdio: ["ignore", "pipe", "pipe"] }),
+      `replica-${i}`,
+    );
+    this.replicas[i] = p;
+    await waitForLine(p, /server\.listening/);
+    return p;
+  }
+
+  /** SIGKILL (a crash: no graceful end of its streams). */
+  async killReplica(i) {
+    const p = this.replicas[i];
+    p.kill("SIGKILL");
+    await p.exited;
+  }
+
+  /** Starts a producer process for one run; resolves with its run id once created. */
+  async produce(args) {
+    const p = this.track(spawn(bin, ["produce", "--store", this.redisUrl, ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] }), "producer");
+    const line = await waitForLine(p, /produce\.created/);
+    return { runId: JSON.parse(line).run_id, proc: p };
+  }
+
+  /** Admin/API call straight to replica `i` (bypassing nginx). */
+  async replicaApi(i, method, path, body) {
+    const r = await fetch(this.replicaUrl(i) + path, {
+      method,
+      headers: body ? { "Content-Type": "application/json" } : undefined,
+      body: body ? JSON.stringify(body) : undefined,
+      signal: AbortSignal.timeout(5000),
+    });
+    const t = await r.text();
+    return { status: r.status, body: t ? JSON.parse(t) : null };
+  }
+
+  /** Which replica has an open stream of `runId` (polled; null if none within `ms`). */
+  async servingReplica(runId, ms = 5000) {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      for (const i of [0, 1]) {
+        if (!this.replicas[i] || this.replicas[i].exitCode !== null || this.replicas[i].signalCode) continue;
+        const s = await this.replicaApi(i, "GET", `/api/admin/runs/${runId}/stats`).catch(() => null);
+        if (s?.body?.connections_open > 0) return i;
+      }
+      await sleep(50);
+    }
+    return null;
+  }
+
+  async redisUsedMemory() {
+    const r = await this.replicaApi(0, "GET", "/api/admin/store");
+    return r.body;
+  }
+
+  /** Ends every process (TERM, then KILL after 3 s), copies the logs to `logsTo`, removes the directory. */
+  async stop({ logsTo } = {}) {
+    const all = [...this.procs];
+    for (const p of all) try { p.kill("SIGTERM"); } catch {}
+    await Promise.race([Promise.all(all.map((p) => p.exited)), sleep(3000)]);
+    for (const p of this.procs) try { p.kill("SIGKILL"); } catch {}
+    await Promise.race([Promise.all(all.map((p) => p.exited)), sleep(2000)]);
+    process.off("exit", this.onExit);
+    if (logsTo) {
+      mkdirSync(logsTo, { recursive: true });
+      for (const f of readdirSync(this.dir)) {
+        if (f.endsWith(".log") || f === "nginx.conf") copyFileSync(join(this.dir, f), join(logsTo, f));
+      }
+    }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
