@@ -215,15 +215,15 @@ fn execute(rc: &Shared, action: Action) {
                     resume_from,
                     o.with_credentials,
                 ),
-                Transport::WebSocket if o.config.shared_socket => {
+                // Every WebSocket stream rides the page's socket for its wsUrl
+                // (options set `shared_socket`); the engine's own-socket mode is
+                // for other shells and the native tests.
+                Transport::WebSocket => {
                     let share = inner.share.get_or_insert_with(|| {
                         let url = env::resolve(&o.ws_url, true);
                         super::socket::Member::join(&url, o.with_credentials, &o.config)
                     });
                     Some(share.attach(weak, conn, &o.config.run_id, o.headers.clone()))
-                }
-                Transport::WebSocket => {
-                    transport::open_ws(weak, conn, o.ws_url.clone(), o.headers.clone())
                 }
             };
             match handle {

@@ -7,7 +7,7 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{
-    AbortController, AbortSignal, CloseEvent, EventSource, EventSourceInit, Headers, MessageEvent,
+    AbortController, AbortSignal, EventSource, EventSourceInit, Headers, MessageEvent,
     ReadableStreamDefaultReader, RequestCredentials, RequestInit, Response, WebSocket,
 };
 
@@ -23,7 +23,7 @@ pub enum Handle {
     Fetch(AbortController),
     /// Native EventSource.
     Sse(EventSource, Vec<Listener>),
-    /// WebSocket.
+    /// A WebSocket (the page's socket for one `wsUrl`, owned by `socket.rs`).
     Ws(WebSocket, Vec<Closure<dyn FnMut(JsValue)>>),
     /// This run's share of the page's WebSocket for its `wsUrl` (detached on drop).
     Shared(super::socket::Attachment),
@@ -278,58 +278,6 @@ pub fn open_sse(
         }));
     }
     Some(Handle::Sse(es, listeners))
-}
-
-/// Opens a WebSocket; once it is open the `headers` option is resolved and the engine subscribes.
-pub fn open_ws(weak: Weak, conn: u64, url: String, headers: JsValue) -> Option<Handle> {
-    let ws = WebSocket::new(&env::resolve(&url, true)).ok()?;
-    ws.set_binary_type(web_sys::BinaryType::Arraybuffer);
-    let mut cbs: Vec<Closure<dyn FnMut(JsValue)>> = Vec::new();
-    {
-        let weak = weak.clone();
-        let cb = Closure::<dyn FnMut(JsValue)>::new(move |_| {
-            let weak = weak.clone();
-            let headers = headers.clone();
-            spawn_local(async move {
-                match resolve_headers(&headers).await {
-                    Ok(h) => with_engine(&weak, |e| e.handle_ws_open(env::now(), conn, h)),
-                    Err(err) => {
-                        let cause = CloseCause::HeadersFailed(err.to_string());
-                        with_engine(&weak, |e| e.handle_closed(env::now(), conn, cause))
-                    }
-                };
-            });
-        });
-        ws.set_onopen(Some(cb.as_ref().unchecked_ref()));
-        cbs.push(cb);
-    }
-    {
-        let weak = weak.clone();
-        let cb = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
-            let data = ev.dyn_ref::<MessageEvent>().map(|m| m.data());
-            match data.as_ref().and_then(|d| d.as_string()) {
-                Some(text) => with_engine(&weak, |e| e.handle_ws_text(env::now(), conn, &text)),
-                None => with_engine(&weak, |e| e.handle_ws_binary(env::now(), conn)),
-            };
-        });
-        ws.set_onmessage(Some(cb.as_ref().unchecked_ref()));
-        cbs.push(cb);
-    }
-    {
-        let weak = weak.clone();
-        let cb = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
-            // The close code tells an auth refusal (1008, 4401, 4403) or a
-            // missing run (4404) from an ordinary drop (1000, 1001, 1006, 1011).
-            let cause = match ev.dyn_ref::<CloseEvent>() {
-                Some(c) => CloseCause::WsClose { code: c.code() },
-                None => CloseCause::Network,
-            };
-            with_engine(&weak, |e| e.handle_closed(env::now(), conn, cause));
-        });
-        ws.set_onclose(Some(cb.as_ref().unchecked_ref()));
-        cbs.push(cb);
-    }
-    Some(Handle::Ws(ws, cbs))
 }
 
 /// A send POST or snapshot GET the stream is waiting on. Aborted when
