@@ -550,7 +550,7 @@ impl Engine {
         .encode()
     }
 
-    /// Whether sends can be written now: always over HTTP, only on an open socket over WebSocket.
+    /// Sends ride the WebSocket (they wait for an open socket) rather than HTTP POSTs.
     pub(super) fn socket_transport(&self) -> bool {
         self.cfg.transport == Transport::WebSocket
     }

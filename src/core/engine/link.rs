@@ -317,6 +317,18 @@ impl Link {
         timers.set(Timer::Countdown, (now + COUNTDOWN_MS).min(at));
     }
 
+    /// The countdown timer fired: re-armed while waiting; `true` if the
+    /// on-screen `retryInMs` changed.
+    pub fn countdown(&mut self, now: Ms, timers: &mut TimerTable) -> bool {
+        match self.conn {
+            Conn::Waiting { at } => {
+                timers.set(Timer::Countdown, (now + COUNTDOWN_MS).min(at));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The browser went offline: pending waits are remembered, timers stop.
     pub fn go_offline(&mut self, timers: &mut TimerTable) {
         let resume_at = match self.conn {

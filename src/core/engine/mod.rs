@@ -472,8 +472,7 @@ impl Engine {
                 }
             }
             Timer::Countdown => {
-                if let Conn::Waiting { at } = self.link.conn {
-                    self.timers.set(Timer::Countdown, (now + 1000.0).min(at));
+                if self.link.countdown(now, &mut self.timers) {
                     self.mark_dirty();
                 }
             }

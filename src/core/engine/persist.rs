@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::config::Ms;
 use super::timers::{Timer, TimerTable};
-use crate::core::envelope::{decode_envelope, EventKind};
+use crate::core::envelope::{decode_envelope_value, EventKind};
 use crate::core::state::{Parked, RunState, WorkerStatus};
 use crate::core::wire::{StoredRecord, WireEnvelope};
 
@@ -61,8 +61,8 @@ pub fn decode(text: &str, run_id: &str) -> Option<Stored> {
     state.cursor = r.cursor;
     let parked = r
         .parked
-        .iter()
-        .filter_map(|e| decode_envelope(&e.to_string(), run_id).ok())
+        .into_iter()
+        .filter_map(|e| decode_envelope_value(e, run_id).ok())
         .filter(|e| e.event_id <= r.cursor)
         .map(|e| (e.event_id, e.kind))
         .collect();
