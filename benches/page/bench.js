@@ -69,32 +69,51 @@ async function jsPipeline(url, onEvent) {
   return state;
 }
 
-export async function throughput(n) {
+export async function throughput(n, rounds = 7) {
   await ready;
   const run = await createRun({ tokens: n, instant: true });
   // The same SSE bytes for both, served from memory (a blob: URL that fetch reads),
   // so the figure is the pipeline's cost, not the server's or the network's.
   const bytes = await (await fetch(`/api/stream/runs/${run}`)).arrayBuffer();
   const url = URL.createObjectURL(new Blob([bytes], { type: "text/event-stream" }));
-  const out = { js: [], rs: [] };
-  for (let round = 0; round < 5; round++) {
-    let t0 = performance.now();
+  const out = { js: [], rs: [], ratio: [] };
+  const jsRound = async () => {
+    const t0 = performance.now();
     const js = await jsPipeline(url);
-    const jsMs = performance.now() - t0;
-    t0 = performance.now();
+    return { cursor: js.cursor, perSec: js.cursor / ((performance.now() - t0) / 1000) };
+  };
+  const rsRound = async () => {
+    const t0 = performance.now();
     // Timed to the moment run.completed is applied (not to the next animation frame).
     let appliedAt = null;
     const rs = await runstreamUntilClosed({ runId: run, url, snapshotUrl: null }, null, (e) => {
       if (e.name === "stream.termination.total" && e.attrs?.reason === "run_completed") appliedAt = e.ts;
     });
-    const rsMs = (appliedAt ?? performance.now()) - t0;
-    if (js.cursor !== rs.state.cursor) throw new Error(`mismatch ${js.cursor} vs ${rs.state.cursor}`);
-    out.js.push(js.cursor / (jsMs / 1000));
-    out.rs.push(rs.metrics.eventsApplied / (rsMs / 1000));
+    const ms = (appliedAt ?? performance.now()) - t0;
+    return { cursor: rs.state.cursor, perSec: rs.metrics.eventsApplied / (ms / 1000) };
+  };
+  // Rounds alternate which pipeline goes first, so neither always runs on a
+  // warmer (or more fragmented) heap; the ratio is taken per round.
+  for (let round = 0; round < rounds; round++) {
+    let js, rs;
+    if (round % 2 === 0) {
+      js = await jsRound();
+      rs = await rsRound();
+    } else {
+      rs = await rsRound();
+      js = await jsRound();
+    }
+    if (js.cursor !== rs.cursor) throw new Error(`mismatch ${js.cursor} vs ${rs.cursor}`);
+    out.js.push(js.perSec);
+    out.rs.push(rs.perSec);
+    out.ratio.push(rs.perSec / js.perSec);
   }
   URL.revokeObjectURL(url);
-  const med = (a) => a.slice().sort((x, y) => x - y)[Math.floor(a.length / 2)];
-  return { events: n + 4, bytes: bytes.byteLength, runstreamEventsPerSec: med(out.rs), jsPipelineEventsPerSec: med(out.js), ratio: med(out.rs) / med(out.js) };
+  const stats = (a) => {
+    const s = a.slice().sort((x, y) => x - y);
+    return { median: s[Math.floor(s.length / 2)], min: s[0], max: s[s.length - 1] };
+  };
+  return { events: n + 4, bytes: bytes.byteLength, rounds, runstream: stats(out.rs), jsPipeline: stats(out.js), ratio: stats(out.ratio) };
 }
 
 function frameWatch() {
