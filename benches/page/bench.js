@@ -445,7 +445,7 @@ function nativeEventSources(runs, timeoutMs) {
  * together must hold their connections until the slowest one is in). `first` is
  * when the engine applied the stream's first valid event (the
  * `stream.time_to_first_event_ms` event's `ts`; else the first notification
- * showing an applied event). `sharing`: every `status.sharing` seen.
+ * or 50 ms poll showing an applied event or a cursor). `sharing`: every `status.sharing` seen.
  */
 let held = [];
 
@@ -469,16 +469,21 @@ export function follow(optsList, timeoutMs, keep = false) {
           check();
         }
       });
-      offs.push(s.subscribe(() => {
-        const snap = s.getSnapshot();
-        sharing.add(snap.status.sharing);
-        if (first[i] === null && snap.metrics.eventsApplied > 0) {
-          first[i] = epoch();
-          check();
-        }
-      }));
+      offs.push(s.subscribe(() => seen(i, s)));
       return s;
     });
+    // A tab caught up from a snapshot has a cursor without an applied event.
+    function seen(i, s) {
+      const snap = s.getSnapshot();
+      sharing.add(snap.status.sharing);
+      if (first[i] === null && (snap.metrics.eventsApplied > 0 || snap.state.cursor > 0)) {
+        first[i] = epoch();
+        check();
+      }
+    }
+    // Notifications come at most once per animation frame: a background tab
+    // may get few, so the snapshot is also read every 50 ms.
+    const poll = setInterval(() => streams.forEach((s, i) => seen(i, s)), 50);
     const timer = setTimeout(() => done(), timeoutMs);
     let finished = false;
     function check() {
@@ -488,6 +493,7 @@ export function follow(optsList, timeoutMs, keep = false) {
       if (finished) return;
       finished = true;
       clearTimeout(timer);
+      clearInterval(poll);
       for (const s of streams) sharing.add(s.getSnapshot().status.sharing);
       offs.forEach((off) => off());
       if (keep) held.push(...streams);
