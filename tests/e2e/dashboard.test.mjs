@@ -26,7 +26,7 @@ test("dashboard: 12 runs over one WebSocket, progressing to completion, connecti
     await page.goto(`${server}/?transport=fetch`);
     const href = await page.getAttribute("#dashboard-link", "href");
     assert.equal(href, "dashboard.html");
-    await page.goto(`${server}/${href}?n=${N}&speed=0.8&workers=3`);
+    await page.goto(`${server}/${href}?n=${N}&speed=0.5&workers=3`);
     await page.waitForFunction(() => document.getElementById("wasm-status").textContent === "wasm loaded");
     await page.waitForFunction((n) => document.querySelectorAll("#runs tbody tr").length === n, N, { timeout: 10000 });
     const runs = await page.$$eval("#runs tbody tr", (trs) => trs.map((tr) => tr.dataset.runId));
@@ -37,6 +37,14 @@ test("dashboard: 12 runs over one WebSocket, progressing to completion, connecti
     const pill = await page.textContent("#sockets");
     assert.equal(pill, `1 WebSocket for ${N} runs`);
     assert.equal(seen.opened, 1, "one socket for every run");
+    // The server agrees: one streaming connection (the suites run one at a
+    // time, so this page is its only client), carrying every run.
+    const held = await until(async () => {
+      const c = await api("GET", "/api/admin/connections");
+      return c.open === 1 && c.ws_sockets.open === 1 ? c : null;
+    }, 5000);
+    assert.ok(held, "the server holds one connection for the page");
+    assert.ok(held.ws_subscriptions.open >= 6, `runs subscribed on it: ${JSON.stringify(held)}`);
     assert.match(await page.textContent("#aggregate"), new RegExp(`runs${N}`));
     // Progress moves: some worker finishes while runs are still going.
     await page.waitForFunction(() => [...document.querySelectorAll("#runs .bar > div")].some((d) => parseInt(d.style.width, 10) > 0), null, { timeout: 15000 });
