@@ -1,7 +1,8 @@
 // The dashboard view: many task runs, one RunStream each with transport
 // "websocket", and all of them on one WebSocket (API.md "Sharing
-// connections"). Uses only the public API; untrusted text is rendered with
-// textContent only.
+// connections"). `?transport=fetch` follows the same runs with one HTTP
+// connection each instead, to show the browser's six-per-origin limit. Uses
+// only the public API; untrusted text is rendered with textContent only.
 //
 // The socket count is counted in the page, not taken on trust: every
 // WebSocket this page constructs goes through a counting subclass, installed
@@ -38,7 +39,12 @@ const clamp = (v, lo, hi, dflt) => {
 const count = Math.round(clamp(params.get("n") ?? 24, 1, MAX_RUNS, 24));
 const speed = clamp(params.get("speed") ?? 0.5, 0.05, 20, 0.5);
 const workers = Math.round(clamp(params.get("workers") ?? 4, 1, 8, 4));
+const transport = params.get("transport") === "fetch" ? "fetch" : "websocket";
 $("count").value = String(count);
+$("transport").value = transport;
+$("how").textContent = transport === "websocket"
+  ? 'every run a RunStream with transport: "websocket": one socket between them'
+  : 'every run a RunStream with transport: "fetch": one HTTP connection each, six at most per origin';
 
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -69,7 +75,7 @@ if (runIds.length === 0) {
     Array.from({ length: count }, () => api("POST", "/api/admin/runs", { seed: Math.floor(Math.random() * 1e9), workers, speed })),
   );
   runIds = created.map((r) => r.run_id);
-  const q = new URLSearchParams({ n: String(count), speed: String(speed), workers: String(workers), runs: runIds.join(",") });
+  const q = new URLSearchParams({ n: String(count), speed: String(speed), workers: String(workers), transport, runs: runIds.join(",") });
   history.replaceState(null, "", `?${q}`);
 }
 
@@ -79,7 +85,8 @@ const WORKER_DONE = new Set(["succeeded", "failed", "cancelled", "unknown"]);
 rows = runIds.map((runId) => {
   const stream = new RunStream({
     runId,
-    transport: "websocket",
+    transport,
+    url: `/api/stream/runs/${encodeURIComponent(runId)}`,
     wsUrl: "/api/ws",
     snapshotUrl: `/api/runs/${encodeURIComponent(runId)}/snapshot`,
     resume: "session",
@@ -168,10 +175,24 @@ function renderAggregate() {
   document.body.dataset.runs = String(snaps.length);
 }
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
 function renderSockets() {
   const pill = $("sockets");
-  pill.textContent = `${sockets.open} WebSocket${sockets.open === 1 ? "" : "s"} for ${rows.length} runs`;
-  pill.dataset.state = sockets.open === 1 ? "open" : sockets.open === 0 ? "closed" : "failed";
+  if (transport === "websocket") {
+    pill.textContent = `${plural(sockets.open, "WebSocket")} for ${rows.length} runs`;
+    pill.dataset.state = sockets.open === 1 ? "open" : sockets.open === 0 ? "closed" : "failed";
+  } else {
+    // A fetch stream holds one HTTP connection from its request to its end:
+    // the open ones hold one each, the connecting ones wait for one.
+    const conn = rows.map((r) => r.stream.getSnapshot().status.connection);
+    const open = conn.filter((c) => c === "open").length;
+    const waiting = conn.filter((c) => c === "connecting").length;
+    pill.textContent = `${plural(open, "HTTP connection")} streaming, ${waiting} waiting`;
+    pill.dataset.state = waiting > 0 ? "reconnecting" : open > 0 ? "open" : "closed";
+    document.body.dataset.httpOpen = String(open);
+    document.body.dataset.httpWaiting = String(waiting);
+  }
   document.body.dataset.socketsOpen = String(sockets.open);
   document.body.dataset.socketsOpened = String(sockets.opened);
   document.body.dataset.socketsMaxOpen = String(sockets.maxOpen);
@@ -202,7 +223,12 @@ setInterval(pollServer, 1000);
 void pollServer();
 
 $("new-runs").addEventListener("click", () => {
-  const q = new URLSearchParams({ n: $("count").value, speed: String(speed), workers: String(workers) });
+  const q = new URLSearchParams({ n: $("count").value, speed: String(speed), workers: String(workers), transport: $("transport").value });
+  location.search = q.toString();
+});
+// The same runs over the other transport.
+$("transport").addEventListener("change", () => {
+  const q = new URLSearchParams({ n: String(count), speed: String(speed), workers: String(workers), transport: $("transport").value, runs: runIds.join(",") });
   location.search = q.toString();
 });
 // Ends every connection on the server: the runs come back over one new socket,

@@ -85,3 +85,26 @@ test("dashboard: 12 runs over one WebSocket, progressing to completion, connecti
     await browser.close();
   }
 });
+
+test("dashboard with transport=fetch: one HTTP connection per run, six at most, the rest shown waiting", async () => {
+  const browser = await launch();
+  try {
+    const page = await browser.newPage({ viewport: { width: 1300, height: 900 } });
+    const errors = watchErrors(page);
+    let sockets = 0;
+    page.on("websocket", () => { sockets += 1; });
+    await page.goto(`${server}/dashboard.html?n=9&speed=0.5&workers=3&transport=fetch`);
+    await page.waitForFunction(() => document.querySelectorAll("#runs tbody tr").length === 9, null, { timeout: 10000 });
+    // Chromium's six connections per origin: six stream, three wait, as the page shows.
+    await page.waitForFunction(() => document.body.dataset.httpOpen === "6" && document.body.dataset.httpWaiting === "3", null, { timeout: 15000 });
+    assert.equal(await page.textContent("#sockets"), "6 HTTP connections streaming, 3 waiting");
+    const c = await api("GET", "/api/admin/connections");
+    assert.equal(c.sse_streams.open, 6, `the server holds six streams: ${JSON.stringify(c)}`);
+    // The waiting ones get a connection as others end, and every run completes.
+    await page.waitForFunction(() => document.body.dataset.finished === "9", null, { timeout: 60000 });
+    assert.equal(sockets, 0, "no WebSocket on the fetch transport");
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+  }
+});
