@@ -210,13 +210,24 @@ function schedule() {
   });
 }
 
-// The server's own count (every client of it, not only this page).
+// The server's own count (every client of it, not only this page). One
+// request at a time: on fetch with six streams open, the request itself waits
+// for a free connection, and the pill says so.
+let pollSince = null;
 async function pollServer() {
+  if (pollSince !== null) {
+    const s = Math.floor((performance.now() - pollSince) / 1000);
+    if (s >= 1) $("server-conns").textContent = `server: request waiting ${s} s for a free connection`;
+    return;
+  }
+  pollSince = performance.now();
   try {
     const c = await api("GET", "/api/admin/connections");
-    $("server-conns").textContent = `server: ${c.open} streaming connection${c.open === 1 ? "" : "s"}, ${c.ws_subscriptions.open} subscriptions`;
+    $("server-conns").textContent = `server: ${plural(c.open, "streaming connection")}, ${plural(c.ws_subscriptions.open, "subscription")}`;
   } catch {
     $("server-conns").textContent = "server: –";
+  } finally {
+    pollSince = null;
   }
 }
 setInterval(pollServer, 1000);
