@@ -2,7 +2,7 @@
 // the reference server on loopback. Prints a table and writes JSON.
 //   node benches/run.mjs            full run (several minutes)
 //   node benches/run.mjs --smoke    short version (the test command runs it)
-//   node benches/run.mjs --only 8   only the listed sections (comma-separated)
+//   node benches/run.mjs --only 8   only section 8 (the sections that are functions of their own)
 import { build } from "esbuild";
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
@@ -14,13 +14,9 @@ import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const smoke = process.argv.includes("--smoke");
-// --only 3,8: run only these sections.
-const onlyArg = process.argv.indexOf("--only");
-const only = onlyArg > 0 ? new Set(String(process.argv[onlyArg + 1] || "").split(",").map(Number)) : null;
-const want = (n) => !only || only.has(n);
 const P = smoke
-  ? { tokens: 20_000, rate: 5000, seconds: 2, drops: 8, refreshes: 3, memory: 100_000, history: 1500, historySeconds: 3, streams: 12, streamSeconds: 2 }
-  : { tokens: 100_000, rate: 5000, seconds: 10, drops: 50, refreshes: 7, memory: 1_000_000, history: 1500, historySeconds: 10, streams: 12, streamSeconds: 6 };
+  ? { tokens: 20_000, rate: 5000, seconds: 2, drops: 8, refreshes: 3, memory: 100_000, history: 1500, historySeconds: 3 }
+  : { tokens: 100_000, rate: 5000, seconds: 10, drops: 50, refreshes: 7, memory: 1_000_000, history: 1500, historySeconds: 10 };
 
 const freePort = () => new Promise((res) => {
   const s = createServer();
@@ -29,6 +25,12 @@ const freePort = () => new Promise((res) => {
     s.close(() => res(port));
   });
 });
+
+// Section 8: concurrent streams, and the length of each run they follow (s).
+const S = smoke ? { streams: 12, streamSeconds: 2 } : { streams: 12, streamSeconds: 6 };
+// --only 8: run only these sections (comma-separated; see `sections`).
+const onlyArg = process.argv.indexOf("--only");
+const only = onlyArg > 0 ? String(process.argv[onlyArg + 1] || "").split(",").map(Number) : null;
 
 async function startServer() {
   if (process.env.RUNSTREAM_SERVER) return { url: process.env.RUNSTREAM_SERVER, stop() {} };
@@ -140,6 +142,95 @@ function streamRow(results, timeoutMs, conns) {
   };
 }
 
+/** Section 8: many concurrent streams over plain HTTP/1.1, side by side. */
+async function concurrentStreams(browser, server, results) {
+  console.log(`\n8. ${S.streams} concurrent streams over plain HTTP/1.1 (loopback server; runs of ${S.streamSeconds} s at 20 events/s)`);
+  console.log("   time until the slowest stream delivers its first event; server connections counted by the server (GET /api/admin/connections)");
+  const cs = (results.concurrentStreams = {});
+  const timeoutMs = 3 * S.streamSeconds * 1000 + 3000;
+  const newRuns = async (n) => {
+    const runs = [];
+    for (let i = 0; i < n; i++) {
+      const r = await fetch(`${server.url}/api/admin/runs`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ tokens: 20 * S.streamSeconds, rate: 20 }) });
+      runs.push((await r.json()).run_id);
+    }
+    return runs;
+  };
+  // One tab, one stream per run.
+  const inTab = async (kind) => {
+    const p = await browser.newPage();
+    try {
+      await p.goto(`${server.url}/bench/index.html`);
+      await p.evaluate(() => window.bench.ready);
+      const sampler = await connectionSampler(server.url);
+      // Runs start when created: create them once the page is ready.
+      const runs = await newRuns(S.streams);
+      const r = await p.evaluate(([k, runs, t]) => window.bench.concurrent(k, runs, t), [kind, runs, timeoutMs]);
+      return streamRow([r], timeoutMs, await sampler.stop());
+    } finally {
+      await p.close();
+    }
+  };
+  // Tabs (pages of one browser context, which share its connection pool) following one run.
+  const inTabs = async (share) => {
+    const ctx = await browser.newContext();
+    try {
+      const pages = [];
+      for (let i = 0; i < S.streams; i++) {
+        const p = await ctx.newPage();
+        p.on("pageerror", (e) => console.error("pageerror:", e.message));
+        await p.goto(`${server.url}/bench/index.html`);
+        await p.evaluate(() => window.bench.ready);
+        pages.push(p);
+      }
+      const sampler = await connectionSampler(server.url);
+      const [run] = await newRuns(1);
+      const opts = { runId: run, transport: "fetch", url: `/api/stream/runs/${run}`, share };
+      // keep: every tab holds its stream until the slowest one has its first event.
+      const rs = await Promise.all(pages.map((p) => p.evaluate(([o, t]) => window.bench.follow([o], t, true), [opts, timeoutMs])));
+      const conns = await sampler.stop();
+      await Promise.all(pages.map((p) => p.evaluate(() => window.bench.release())));
+      return streamRow(rs, timeoutMs, conns);
+    } finally {
+      await ctx.close();
+    }
+  };
+  cs.nativeEventSource = await inTab("eventsource");
+  cs.websocket = await inTab("websocket");
+  cs.tabsShared = await inTabs("tabs");
+  // share: "tabs" is detected, not assumed: a build without it reports "solo" in every tab.
+  cs.tabsShared.supported = cs.tabsShared.sharing.some((x) => x === "leader" || x === "follower");
+  cs.fetchOneTab = await inTab("fetch");
+  cs.tabsUnshared = await inTabs("none");
+  console.log("   client                                                 slowest first event   first event ≤ 1 s   server connections: peak open / opened");
+  const rows = [
+    [`(a) ${S.streams} native EventSources, one tab`, cs.nativeEventSource],
+    [`(b) runstream websocket, ${S.streams} runs, one tab`, cs.websocket],
+    [`(c) runstream fetch, share: "tabs", ${S.streams} tabs, one run`, cs.tabsShared],
+    [`    control: runstream fetch, ${S.streams} runs, one tab`, cs.fetchOneTab],
+    [`    control: runstream fetch, share: "none", ${S.streams} tabs`, cs.tabsUnshared],
+  ];
+  for (const [name, v] of rows) {
+    if (v === cs.tabsShared && !v.supported) {
+      console.log(`   ${name.padEnd(54)} n/a (share: tabs not in this build)`);
+      continue;
+    }
+    const slowest = v.slowestMs === null ? `never (${v.delivered}/${v.streams} in ${fmt(v.timeoutMs / 1000)} s)` : `${fmt(v.slowestMs)} ms`;
+    const c = v.connections ? `${v.connections.peak} / ${v.connections.opened}${v.connections.subscriptions ? ` (${v.connections.subscriptions} subscriptions)` : ""}` : "—";
+    console.log(`   ${name.padEnd(54)} ${slowest.padStart(19)}   ${`${v.withinOneSecond}/${v.streams}`.padStart(17)}   ${c}`);
+  }
+  const limitShows = cs.nativeEventSource.withinOneSecond < S.streams;
+  const wsMet = cs.websocket.slowestMs !== null && cs.websocket.slowestMs <= 1000 && cs.websocket.connections?.peak === 1;
+  console.log(`   the browser's per-origin limit shows on native EventSource → ${limitShows ? "yes" : "no"}; runstream websocket all in ≤ 1 s on one connection → ${wsMet ? "met" : "MISSED"}`);
+  if (cs.tabsShared.supported) {
+    const tabsMet = cs.tabsShared.slowestMs !== null && cs.tabsShared.slowestMs <= 1000 && cs.tabsShared.connections?.peak === 1;
+    console.log(`   share: "tabs" all in ≤ 1 s on one connection → ${tabsMet ? "met" : "MISSED"}`);
+  }
+}
+
+/** Sections that can run alone (`--only`). */
+const sections = { 8: concurrentStreams };
+
 const fmt = (x, d = 0) => (x === null || x === undefined || Number.isNaN(x) ? "—" : Number(x).toLocaleString("en-US", { maximumFractionDigits: d }));
 
 async function main() {
@@ -151,187 +242,105 @@ async function main() {
     args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
       "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--enable-precise-memory-info", "--js-flags=--expose-gc"],
   });
-  const results = { smoke, params: P, date: new Date().toISOString() };
+  const results = { smoke, params: { ...P, ...S }, date: new Date().toISOString() };
+  if (only) {
+    try {
+      for (const n of only) {
+        if (!sections[n]) throw new Error(`--only: section ${n} cannot run alone (${Object.keys(sections).join(", ")} can)`);
+        await sections[n](browser, server, results);
+      }
+    } finally {
+      await browser.close();
+      server.stop();
+    }
+    const name = `only-${only.join("-")}${smoke ? "-smoke" : ""}`;
+    mkdirSync(join(root, "target/bench"), { recursive: true });
+    writeFileSync(join(root, "target/bench", `${name}.json`), JSON.stringify(results, null, 2));
+    console.log(`\nJSON: target/bench/${name}.json`);
+    return;
+  }
   try {
     const page = await browser.newPage();
     page.on("pageerror", (e) => console.error("pageerror:", e.message));
     await page.goto(`${server.url}/bench/index.html`);
     await page.evaluate(() => window.bench.ready);
 
-    if (want(1)) {
-      console.log("\n1. Pipeline throughput (SSE bytes from memory → applied, deduplicated state; median of 5)");
-      const t = (results.throughput = await page.evaluate((n) => window.bench.throughput(n), P.tokens));
-      console.log(`   events                 ${fmt(t.events)}`);
-      console.log(`   runstream (wasm)       ${fmt(t.runstreamEventsPerSec)} events/s`);
-      console.log(`   JS pipeline            ${fmt(t.jsPipelineEventsPerSec)} events/s   (eventsource-parser + JSON.parse + Map + immutable update)`);
-      console.log(`   ratio                  ${fmt(t.ratio, 2)}×   goal ≥ 1.5× → ${t.ratio >= 1.5 ? "met" : "MISSED"}`);
-    }
+    console.log("\n1. Pipeline throughput (SSE bytes from memory → applied, deduplicated state; median of 5)");
+    const t = (results.throughput = await page.evaluate((n) => window.bench.throughput(n), P.tokens));
+    console.log(`   events                 ${fmt(t.events)}`);
+    console.log(`   runstream (wasm)       ${fmt(t.runstreamEventsPerSec)} events/s`);
+    console.log(`   JS pipeline            ${fmt(t.jsPipelineEventsPerSec)} events/s   (eventsource-parser + JSON.parse + Map + immutable update)`);
+    console.log(`   ratio                  ${fmt(t.ratio, 2)}×   goal ≥ 1.5× → ${t.ratio >= 1.5 ? "met" : "MISSED"}`);
 
-    if (want(2)) {
-      console.log(`\n2. Frame budget (${P.rate} events/s for ${P.seconds} s)`);
-      const f = (results.frameBudget = await page.evaluate(([r, s]) => window.bench.frameBudget(r, s), [P.rate, P.seconds]));
-      console.log("   renderer            calls/s   calls/frame   long tasks   worst frame");
-      for (const [k, v] of Object.entries({ "runstream subscribe": f.runstream, "render per event": f.perEvent })) {
-        console.log(`   ${k.padEnd(18)}  ${fmt(v.callsPerSec).padStart(7)}   ${fmt(v.callsPerFrame, 2).padStart(11)}   ${fmt(v.longTasks).padStart(10)}   ${fmt(v.worstFrameMs, 1).padStart(8)} ms`);
-      }
-      console.log(`   goal ≤ 1 call/frame and 0 long tasks → ${f.runstream.callsPerFrame <= 1.05 && f.runstream.longTasks === 0 ? "met" : "MISSED"}`);
+    console.log(`\n2. Frame budget (${P.rate} events/s for ${P.seconds} s)`);
+    const f = (results.frameBudget = await page.evaluate(([r, s]) => window.bench.frameBudget(r, s), [P.rate, P.seconds]));
+    console.log("   renderer            calls/s   calls/frame   long tasks   worst frame");
+    for (const [k, v] of Object.entries({ "runstream subscribe": f.runstream, "render per event": f.perEvent })) {
+      console.log(`   ${k.padEnd(18)}  ${fmt(v.callsPerSec).padStart(7)}   ${fmt(v.callsPerFrame, 2).padStart(11)}   ${fmt(v.longTasks).padStart(10)}   ${fmt(v.worstFrameMs, 1).padStart(8)} ms`);
     }
+    console.log(`   goal ≤ 1 call/frame and 0 long tasks → ${f.runstream.callsPerFrame <= 1.05 && f.runstream.longTasks === 0 ? "met" : "MISSED"}`);
 
-    if (want(3)) {
-      console.log(`\n3. Reconnect latency (${P.drops} server drops; drop → first resumed event)`);
-      const rc = (results.reconnect = await page.evaluate((d) => window.bench.reconnect(d), P.drops));
-      console.log("   client                          p50 ms    p95 ms   drops seen");
-      for (const [k, v] of Object.entries(rc)) console.log(`   ${k.padEnd(30)}  ${fmt(v.p50, 1).padStart(7)}  ${fmt(v.p95, 1).padStart(8)}   ${v.n}`);
-      const worstP95 = Math.max(...Object.entries(rc).filter(([k]) => k.startsWith("runstream")).map(([, v]) => v.p95 ?? Infinity));
-      console.log(`   goal runstream p95 ≤ 150 ms → ${worstP95 <= 150 ? "met" : "MISSED"} (worst transport ${fmt(worstP95, 1)} ms)`);
-    }
+    console.log(`\n3. Reconnect latency (${P.drops} server drops; drop → first resumed event)`);
+    const rc = (results.reconnect = await page.evaluate((d) => window.bench.reconnect(d), P.drops));
+    console.log("   client                          p50 ms    p95 ms   drops seen");
+    for (const [k, v] of Object.entries(rc)) console.log(`   ${k.padEnd(30)}  ${fmt(v.p50, 1).padStart(7)}  ${fmt(v.p95, 1).padStart(8)}   ${v.n}`);
+    const worstP95 = Math.max(...Object.entries(rc).filter(([k]) => k.startsWith("runstream")).map(([, v]) => v.p95 ?? Infinity));
+    console.log(`   goal runstream p95 ≤ 150 ms → ${worstP95 <= 150 ? "met" : "MISSED"} (worst transport ${fmt(worstP95, 1)} ms)`);
 
-    if (want(4)) {
-      console.log(`\n4. Refresh → first resumed event rendered (${P.refreshes} reloads, ms since navigation start)`);
-      const times = [];
-      for (let i = 0; i < P.refreshes; i++) {
-        const run = (await (await fetch(`${server.url}/api/admin/runs`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ tokens: 4000, rate: 300 }) })).json()).run_id;
-        const p2 = await browser.newPage();
-        await p2.goto(`${server.url}/bench/refresh.html?run=${run}`);
-        await p2.waitForFunction(() => Number(document.body.dataset.cursor || 0) >= 50);
-        await p2.reload();
-        await p2.waitForFunction(() => document.body.dataset.resumedMs, null, { timeout: 10000 });
-        times.push(Number(await p2.evaluate(() => document.body.dataset.resumedMs)));
-        await p2.close();
-      }
-      times.sort((a, b) => a - b);
-      results.refresh = { samples: times, median: times[Math.floor(times.length / 2)] };
-      console.log(`   runstream median ${fmt(results.refresh.median, 1)} ms (samples ${times.map((x) => x.toFixed(0)).join(", ")}); goal ≤ 300 ms → ${results.refresh.median <= 300 ? "met" : "MISSED"}`);
-      console.log("   (peers have no cursor persistence across a reload: they restart the stream from the beginning)");
+    console.log(`\n4. Refresh → first resumed event rendered (${P.refreshes} reloads, ms since navigation start)`);
+    const times = [];
+    for (let i = 0; i < P.refreshes; i++) {
+      const run = (await (await fetch(`${server.url}/api/admin/runs`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ tokens: 4000, rate: 300 }) })).json()).run_id;
+      const p2 = await browser.newPage();
+      await p2.goto(`${server.url}/bench/refresh.html?run=${run}`);
+      await p2.waitForFunction(() => Number(document.body.dataset.cursor || 0) >= 50);
+      await p2.reload();
+      await p2.waitForFunction(() => document.body.dataset.resumedMs, null, { timeout: 10000 });
+      times.push(Number(await p2.evaluate(() => document.body.dataset.resumedMs)));
+      await p2.close();
     }
+    times.sort((a, b) => a - b);
+    results.refresh = { samples: times, median: times[Math.floor(times.length / 2)] };
+    console.log(`   runstream median ${fmt(results.refresh.median, 1)} ms (samples ${times.map((x) => x.toFixed(0)).join(", ")}); goal ≤ 300 ms → ${results.refresh.median <= 300 ? "met" : "MISSED"}`);
+    console.log("   (peers have no cursor persistence across a reload: they restart the stream from the beginning)");
 
-    if (want(5)) {
-      console.log("\n5. Size (minified, gzip -9)");
-      const sz = (results.size = await sizes());
-      for (const [k, v] of Object.entries(sz)) console.log(`   ${k.padEnd(32)} ${v.error ? v.error : `${fmt(v.gz).padStart(8)} B gz   ${fmt(v.min).padStart(9)} B min${v.detail ? "   " + v.detail : ""}`}`);
-      console.log(`   goal runstream ≤ 40 KB gz → ${sz.runstream.gz <= 40 * 1024 ? "met" : "MISSED"}`);
-    }
+    console.log("\n5. Size (minified, gzip -9)");
+    const sz = (results.size = await sizes());
+    for (const [k, v] of Object.entries(sz)) console.log(`   ${k.padEnd(32)} ${v.error ? v.error : `${fmt(v.gz).padStart(8)} B gz   ${fmt(v.min).padStart(9)} B min${v.detail ? "   " + v.detail : ""}`}`);
+    console.log(`   goal runstream ≤ 40 KB gz → ${sz.runstream.gz <= 40 * 1024 ? "met" : "MISSED"}`);
 
-    if (want(6)) {
-      console.log(`\n6. Memory (${fmt(P.memory)} events through one run; unknown-type events, so the state itself does not grow; JS heap after a forced GC)`);
-      const m = (results.memory = await page.evaluate((n) => window.bench.memory(n), P.memory));
-      console.log("   events applied    wasm memory     JS heap");
-      for (const s of m.samples) console.log(`   ${fmt(s.events).padStart(14)}   ${fmt(s.wasmBytes).padStart(12)}   ${fmt(s.jsHeapBytes).padStart(10)}`);
-      const first = m.samples[0];
-      const last = m.samples[m.samples.length - 1];
-      // Flat = no growth over the second half of the run (a one-time high-water mark while
-      // the first large chunks arrive is allocator capacity, not history).
-      const mid = m.samples[Math.floor(m.samples.length / 2)];
-      const flat = mid && last && last.wasmBytes === mid.wasmBytes;
-      console.log("   JS pipeline (peer): events applied → JS heap");
-      console.log("   " + m.jsPipeline.map((x) => `${fmt(x.events)} → ${fmt(x.jsHeapBytes)}`).join("; "));
-      console.log(`   goal flat → ${flat ? "met" : "MISSED"}: wasm memory ${fmt(first?.wasmBytes)} B at ${fmt(first?.events)} events, ${fmt(mid?.wasmBytes)} B at ${fmt(mid?.events)}, ${fmt(last?.wasmBytes)} B at ${fmt(last?.events)}`);
-    }
+    console.log(`\n6. Memory (${fmt(P.memory)} events through one run; unknown-type events, so the state itself does not grow; JS heap after a forced GC)`);
+    const m = (results.memory = await page.evaluate((n) => window.bench.memory(n), P.memory));
+    console.log("   events applied    wasm memory     JS heap");
+    for (const s of m.samples) console.log(`   ${fmt(s.events).padStart(14)}   ${fmt(s.wasmBytes).padStart(12)}   ${fmt(s.jsHeapBytes).padStart(10)}`);
+    const first = m.samples[0];
+    const last = m.samples[m.samples.length - 1];
+    // Flat = no growth over the second half of the run (a one-time high-water mark while
+    // the first large chunks arrive is allocator capacity, not history).
+    const mid = m.samples[Math.floor(m.samples.length / 2)];
+    const flat = mid && last && last.wasmBytes === mid.wasmBytes;
+    console.log("   JS pipeline (peer): events applied → JS heap");
+    console.log("   " + m.jsPipeline.map((x) => `${fmt(x.events)} → ${fmt(x.jsHeapBytes)}`).join("; "));
+    console.log(`   goal flat → ${flat ? "met" : "MISSED"}: wasm memory ${fmt(first?.wasmBytes)} B at ${fmt(first?.events)} events, ${fmt(mid?.wasmBytes)} B at ${fmt(mid?.events)}, ${fmt(last?.wasmBytes)} B at ${fmt(last?.events)}`);
 
-    if (want(7)) {
-      console.log(`\n7. Long history (${fmt(P.history)} completed messages of 3 KB, one streaming at 100 tokens/s for ${P.historySeconds} s)`);
-      const lh = (results.longHistory = await page.evaluate(([h, s]) => window.bench.longHistory(h, 3000, 100, s), [P.history, P.historySeconds]));
-      console.log("   pipeline                      notifications   p95 ms   worst ms   long tasks   unchanged rows kept identity");
-      for (const [k, v] of Object.entries({ "runstream getSnapshot()": lh.runstream, "JS immutable update": lh.jsPipeline })) {
-        console.log(`   ${k.padEnd(28)}  ${fmt(v.notifications).padStart(13)}   ${fmt(v.p95Ms, 2).padStart(6)}   ${fmt(v.worstMs, 2).padStart(8)}   ${fmt(v.longTasks).padStart(10)}   ${v.keptIdentity === null ? "—" : (100 * v.keptIdentity).toFixed(1) + " %"}`);
-      }
-      const lhMet = (lh.runstream.p95Ms <= Math.max(2, 2 * lh.jsPipeline.p95Ms)) && lh.runstream.longTasks === 0 && lh.runstream.keptIdentity >= 0.99;
-      console.log(`   goal p95 ≤ 2× JS (or ≤ 2 ms), 0 long tasks, ≥ 99 % identity → ${lhMet ? "met" : "MISSED"}`);
+    console.log(`\n7. Long history (${fmt(P.history)} completed messages of 3 KB, one streaming at 100 tokens/s for ${P.historySeconds} s)`);
+    const lh = (results.longHistory = await page.evaluate(([h, s]) => window.bench.longHistory(h, 3000, 100, s), [P.history, P.historySeconds]));
+    console.log("   pipeline                      notifications   p95 ms   worst ms   long tasks   unchanged rows kept identity");
+    for (const [k, v] of Object.entries({ "runstream getSnapshot()": lh.runstream, "JS immutable update": lh.jsPipeline })) {
+      console.log(`   ${k.padEnd(28)}  ${fmt(v.notifications).padStart(13)}   ${fmt(v.p95Ms, 2).padStart(6)}   ${fmt(v.worstMs, 2).padStart(8)}   ${fmt(v.longTasks).padStart(10)}   ${v.keptIdentity === null ? "—" : (100 * v.keptIdentity).toFixed(1) + " %"}`);
     }
+    const lhMet = (lh.runstream.p95Ms <= Math.max(2, 2 * lh.jsPipeline.p95Ms)) && lh.runstream.longTasks === 0 && lh.runstream.keptIdentity >= 0.99;
+    console.log(`   goal p95 ≤ 2× JS (or ≤ 2 ms), 0 long tasks, ≥ 99 % identity → ${lhMet ? "met" : "MISSED"}`);
 
-    if (want(8)) {
-      console.log(`\n8. ${P.streams} concurrent streams over plain HTTP/1.1 (loopback server; runs of ${P.streamSeconds} s at 20 events/s)`);
-      console.log("   time until the slowest stream delivers its first event; server connections counted by the server (GET /api/admin/connections)");
-      const cs = (results.concurrentStreams = {});
-      const timeoutMs = 3 * P.streamSeconds * 1000 + 3000;
-      const newRuns = async (n) => {
-        const runs = [];
-        for (let i = 0; i < n; i++) {
-          const r = await fetch(`${server.url}/api/admin/runs`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ tokens: 20 * P.streamSeconds, rate: 20 }) });
-          runs.push((await r.json()).run_id);
-        }
-        return runs;
-      };
-      // One tab, one stream per run.
-      const inTab = async (kind) => {
-        const p = await browser.newPage();
-        try {
-          await p.goto(`${server.url}/bench/index.html`);
-          await p.evaluate(() => window.bench.ready);
-          const sampler = await connectionSampler(server.url);
-          // Runs start when created: create them once the page is ready.
-          const runs = await newRuns(P.streams);
-          const r = await p.evaluate(([k, runs, t]) => window.bench.concurrent(k, runs, t), [kind, runs, timeoutMs]);
-          return streamRow([r], timeoutMs, await sampler.stop());
-        } finally {
-          await p.close();
-        }
-      };
-      // Tabs (pages of one browser context, which share its connection pool) following one run.
-      const inTabs = async (share) => {
-        const ctx = await browser.newContext();
-        try {
-          const pages = [];
-          for (let i = 0; i < P.streams; i++) {
-            const p = await ctx.newPage();
-            p.on("pageerror", (e) => console.error("pageerror:", e.message));
-            await p.goto(`${server.url}/bench/index.html`);
-            await p.evaluate(() => window.bench.ready);
-            pages.push(p);
-          }
-          const sampler = await connectionSampler(server.url);
-          const [run] = await newRuns(1);
-          const opts = { runId: run, transport: "fetch", url: `/api/stream/runs/${run}`, share };
-          // keep: every tab holds its stream until the slowest one has its first event.
-          const rs = await Promise.all(pages.map((p) => p.evaluate(([o, t]) => window.bench.follow([o], t, true), [opts, timeoutMs])));
-          const conns = await sampler.stop();
-          await Promise.all(pages.map((p) => p.evaluate(() => window.bench.release())));
-          return streamRow(rs, timeoutMs, conns);
-        } finally {
-          await ctx.close();
-        }
-      };
-      cs.nativeEventSource = await inTab("eventsource");
-      cs.websocket = await inTab("websocket");
-      cs.tabsShared = await inTabs("tabs");
-      // share: "tabs" is detected, not assumed: a build without it reports "solo" in every tab.
-      cs.tabsShared.supported = cs.tabsShared.sharing.some((x) => x === "leader" || x === "follower");
-      cs.fetchOneTab = await inTab("fetch");
-      cs.tabsUnshared = await inTabs("none");
-      console.log("   client                                                 slowest first event   first event ≤ 1 s   server connections: peak open / opened");
-      const rows = [
-        [`(a) ${P.streams} native EventSources, one tab`, cs.nativeEventSource],
-        [`(b) runstream websocket, ${P.streams} runs, one tab`, cs.websocket],
-        [`(c) runstream fetch, share: "tabs", ${P.streams} tabs, one run`, cs.tabsShared],
-        [`    control: runstream fetch, ${P.streams} runs, one tab`, cs.fetchOneTab],
-        [`    control: runstream fetch, share: "none", ${P.streams} tabs`, cs.tabsUnshared],
-      ];
-      for (const [name, v] of rows) {
-        if (v === cs.tabsShared && !v.supported) {
-          console.log(`   ${name.padEnd(54)} n/a (share: tabs not in this build)`);
-          continue;
-        }
-        const slowest = v.slowestMs === null ? `never (${v.delivered}/${v.streams} in ${fmt(v.timeoutMs / 1000)} s)` : `${fmt(v.slowestMs)} ms`;
-        const c = v.connections ? `${v.connections.peak} / ${v.connections.opened}${v.connections.subscriptions ? ` (${v.connections.subscriptions} subscriptions)` : ""}` : "—";
-        console.log(`   ${name.padEnd(54)} ${slowest.padStart(19)}   ${`${v.withinOneSecond}/${v.streams}`.padStart(17)}   ${c}`);
-      }
-      const limitShows = cs.nativeEventSource.withinOneSecond < P.streams;
-      const wsMet = cs.websocket.slowestMs !== null && cs.websocket.slowestMs <= 1000 && cs.websocket.connections?.peak === 1;
-      console.log(`   the browser's per-origin limit shows on native EventSource → ${limitShows ? "yes" : "no"}; runstream websocket all in ≤ 1 s on one connection → ${wsMet ? "met" : "MISSED"}`);
-      if (cs.tabsShared.supported) {
-        const tabsMet = cs.tabsShared.slowestMs !== null && cs.tabsShared.slowestMs <= 1000 && cs.tabsShared.connections?.peak === 1;
-        console.log(`   share: "tabs" all in ≤ 1 s on one connection → ${tabsMet ? "met" : "MISSED"}`);
-      }
-    }
+    await concurrentStreams(browser, server, results);
   } finally {
     await browser.close();
     server.stop();
   }
   const out = join(root, "target/bench");
   mkdirSync(out, { recursive: true });
-  const name = only ? `only-${[...only].join("-")}${smoke ? "-smoke" : ""}` : smoke ? "smoke" : "results";
-  writeFileSync(join(out, `${name}.json`), JSON.stringify(results, null, 2));
-  console.log(`\nJSON: target/bench/${name}.json`);
+  writeFileSync(join(out, smoke ? "smoke.json" : "results.json"), JSON.stringify(results, null, 2));
+  console.log(`\nJSON: target/bench/${smoke ? "smoke" : "results"}.json`);
 
 }
 
