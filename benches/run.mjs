@@ -2,6 +2,7 @@
 // the reference server on loopback. Prints a table and writes JSON.
 //   node benches/run.mjs            full run (several minutes)
 //   node benches/run.mjs --smoke    short version (the test command runs it)
+//   node benches/run.mjs --only 8   only section 8 (the sections that are functions of their own)
 import { build } from "esbuild";
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
@@ -24,6 +25,12 @@ const freePort = () => new Promise((res) => {
     s.close(() => res(port));
   });
 });
+
+// Section 8: concurrent streams, and the length of each run they follow (s).
+const S = smoke ? { streams: 12, streamSeconds: 2 } : { streams: 12, streamSeconds: 6 };
+// --only 8: run only these sections (comma-separated; see `sections`).
+const onlyArg = process.argv.indexOf("--only");
+const only = onlyArg > 0 ? String(process.argv[onlyArg + 1] || "").split(",").map(Number) : null;
 
 async function startServer() {
   if (process.env.RUNSTREAM_SERVER) return { url: process.env.RUNSTREAM_SERVER, stop() {} };
@@ -73,6 +80,157 @@ async function sizes() {
   return rows;
 }
 
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Samples the server's `GET /api/admin/connections` every 20 ms while a case
+ * runs: `peak` = most streaming HTTP connections (SSE streams + WebSockets)
+ * open at once above what was open before, `opened` = how many were opened,
+ * `subscriptions` = runs subscribed on WebSockets. null where the server has
+ * no such endpoint.
+ */
+async function connectionSampler(url) {
+  const get = async () => {
+    try {
+      const r = await fetch(url + "/api/admin/connections");
+      return r.ok ? await r.json() : null;
+    } catch {
+      return null;
+    }
+  };
+  // Let streams of an earlier case close first (the server sees a client go at once).
+  let base = await get();
+  for (let i = 0; i < 50 && base && base.open > 0; i++) {
+    await sleep(100);
+    base = await get();
+  }
+  if (!base) return { stop: async () => null };
+  let peak = 0;
+  let stopped = false;
+  const loop = (async () => {
+    while (!stopped) {
+      const v = await get();
+      if (v) peak = Math.max(peak, v.open - base.open);
+      await sleep(20);
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await loop;
+      const end = await get();
+      if (!end) return null;
+      const d = (k) => end[k].total - base[k].total;
+      return { peak, opened: d("sse_streams") + d("ws_sockets"), subscriptions: d("ws_subscriptions") };
+    },
+  };
+}
+
+/** Per-stream first-event times (epoch ms) of one case → its row. */
+function streamRow(results, timeoutMs, conns) {
+  const t0 = Math.min(...results.map((r) => r.t0));
+  const first = results.flatMap((r) => r.first);
+  const got = first.filter((x) => x !== null).map((x) => x - t0);
+  return {
+    streams: first.length,
+    delivered: got.length,
+    slowestMs: got.length === first.length ? Math.max(...got) : null,
+    withinOneSecond: got.filter((x) => x <= 1000).length,
+    timeoutMs,
+    sharing: [...new Set(results.flatMap((r) => r.sharing))],
+    connections: conns,
+  };
+}
+
+/** Section 8: many concurrent streams over plain HTTP/1.1, side by side. */
+async function concurrentStreams(browser, server, results) {
+  console.log(`\n8. ${S.streams} concurrent streams over plain HTTP/1.1 (loopback server; runs of ${S.streamSeconds} s at 20 events/s)`);
+  console.log("   time until the slowest stream delivers its first event; server connections counted by the server (GET /api/admin/connections)");
+  const cs = (results.concurrentStreams = {});
+  const timeoutMs = 3 * S.streamSeconds * 1000 + 3000;
+  const newRuns = async (n) => {
+    const runs = [];
+    for (let i = 0; i < n; i++) {
+      const r = await fetch(`${server.url}/api/admin/runs`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ tokens: 20 * S.streamSeconds, rate: 20 }) });
+      runs.push((await r.json()).run_id);
+    }
+    return runs;
+  };
+  // One tab, one stream per run.
+  const inTab = async (kind) => {
+    const p = await browser.newPage();
+    try {
+      await p.goto(`${server.url}/bench/index.html`);
+      await p.evaluate(() => window.bench.ready);
+      const sampler = await connectionSampler(server.url);
+      // Runs start when created: create them once the page is ready.
+      const runs = await newRuns(S.streams);
+      const r = await p.evaluate(([k, runs, t]) => window.bench.concurrent(k, runs, t), [kind, runs, timeoutMs]);
+      return streamRow([r], timeoutMs, await sampler.stop());
+    } finally {
+      await p.close();
+    }
+  };
+  // Tabs (pages of one browser context, which share its connection pool) following one run.
+  const inTabs = async (share) => {
+    const ctx = await browser.newContext();
+    try {
+      const pages = [];
+      for (let i = 0; i < S.streams; i++) {
+        const p = await ctx.newPage();
+        p.on("pageerror", (e) => console.error("pageerror:", e.message));
+        await p.goto(`${server.url}/bench/index.html`);
+        await p.evaluate(() => window.bench.ready);
+        pages.push(p);
+      }
+      const sampler = await connectionSampler(server.url);
+      const [run] = await newRuns(1);
+      const opts = { runId: run, transport: "fetch", url: `/api/stream/runs/${run}`, share };
+      // keep: every tab holds its stream until the slowest one has its first event.
+      const rs = await Promise.all(pages.map((p) => p.evaluate(([o, t]) => window.bench.follow([o], t, true), [opts, timeoutMs])));
+      const conns = await sampler.stop();
+      await Promise.all(pages.map((p) => p.evaluate(() => window.bench.release())));
+      return streamRow(rs, timeoutMs, conns);
+    } finally {
+      await ctx.close();
+    }
+  };
+  cs.nativeEventSource = await inTab("eventsource");
+  cs.websocket = await inTab("websocket");
+  cs.tabsShared = await inTabs("tabs");
+  // share: "tabs" is detected, not assumed: a build without it reports "solo" in every tab.
+  cs.tabsShared.supported = cs.tabsShared.sharing.some((x) => x === "leader" || x === "follower");
+  cs.fetchOneTab = await inTab("fetch");
+  cs.tabsUnshared = await inTabs("none");
+  console.log("   client                                                 slowest first event   first event ≤ 1 s   server connections: peak open / opened");
+  const rows = [
+    [`(a) ${S.streams} native EventSources, one tab`, cs.nativeEventSource],
+    [`(b) runstream websocket, ${S.streams} runs, one tab`, cs.websocket],
+    [`(c) runstream fetch, share: "tabs", ${S.streams} tabs, one run`, cs.tabsShared],
+    [`    control: runstream fetch, ${S.streams} runs, one tab`, cs.fetchOneTab],
+    [`    control: runstream fetch, share: "none", ${S.streams} tabs`, cs.tabsUnshared],
+  ];
+  for (const [name, v] of rows) {
+    if (v === cs.tabsShared && !v.supported) {
+      console.log(`   ${name.padEnd(54)} n/a (share: tabs not in this build)`);
+      continue;
+    }
+    const slowest = v.slowestMs === null ? `never (${v.delivered}/${v.streams} in ${fmt(v.timeoutMs / 1000)} s)` : `${fmt(v.slowestMs)} ms`;
+    const c = v.connections ? `${v.connections.peak} / ${v.connections.opened}${v.connections.subscriptions ? ` (${v.connections.subscriptions} subscriptions)` : ""}` : "—";
+    console.log(`   ${name.padEnd(54)} ${slowest.padStart(19)}   ${`${v.withinOneSecond}/${v.streams}`.padStart(17)}   ${c}`);
+  }
+  const limitShows = cs.nativeEventSource.withinOneSecond < S.streams;
+  const wsMet = cs.websocket.slowestMs !== null && cs.websocket.slowestMs <= 1000 && cs.websocket.connections?.peak === 1;
+  console.log(`   the browser's per-origin limit shows on native EventSource → ${limitShows ? "yes" : "no"}; runstream websocket all in ≤ 1 s on one connection → ${wsMet ? "met" : "MISSED"}`);
+  if (cs.tabsShared.supported) {
+    const tabsMet = cs.tabsShared.slowestMs !== null && cs.tabsShared.slowestMs <= 1000 && cs.tabsShared.connections?.peak === 1;
+    console.log(`   share: "tabs" all in ≤ 1 s on one connection → ${tabsMet ? "met" : "MISSED"}`);
+  }
+}
+
+/** Sections that can run alone (`--only`). */
+const sections = { 8: concurrentStreams };
+
 const fmt = (x, d = 0) => (x === null || x === undefined || Number.isNaN(x) ? "—" : Number(x).toLocaleString("en-US", { maximumFractionDigits: d }));
 
 async function main() {
@@ -84,7 +242,23 @@ async function main() {
     args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
       "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--enable-precise-memory-info", "--js-flags=--expose-gc"],
   });
-  const results = { smoke, params: P, date: new Date().toISOString() };
+  const results = { smoke, params: { ...P, ...S }, date: new Date().toISOString() };
+  if (only) {
+    try {
+      for (const n of only) {
+        if (!sections[n]) throw new Error(`--only: section ${n} cannot run alone (${Object.keys(sections).join(", ")} can)`);
+        await sections[n](browser, server, results);
+      }
+    } finally {
+      await browser.close();
+      server.stop();
+    }
+    const name = `only-${only.join("-")}${smoke ? "-smoke" : ""}`;
+    mkdirSync(join(root, "target/bench"), { recursive: true });
+    writeFileSync(join(root, "target/bench", `${name}.json`), JSON.stringify(results, null, 2));
+    console.log(`\nJSON: target/bench/${name}.json`);
+    return;
+  }
   try {
     const page = await browser.newPage();
     page.on("pageerror", (e) => console.error("pageerror:", e.message));
@@ -158,6 +332,8 @@ async function main() {
     }
     const lhMet = (lh.runstream.p95Ms <= Math.max(2, 2 * lh.jsPipeline.p95Ms)) && lh.runstream.longTasks === 0 && lh.runstream.keptIdentity >= 0.99;
     console.log(`   goal p95 ≤ 2× JS (or ≤ 2 ms), 0 long tasks, ≥ 99 % identity → ${lhMet ? "met" : "MISSED"}`);
+
+    await concurrentStreams(browser, server, results);
   } finally {
     await browser.close();
     server.stop();

@@ -427,4 +427,106 @@ export async function longHistory(history, bytes, rate, seconds) {
   return out;
 }
 
-window.bench = { throughput, frameBudget, reconnect, memory, longHistory, ready };
+// ---- section 8: many concurrent streams over HTTP/1.1 ----------------------------
+// Times are epoch milliseconds (performance.timeOrigin + performance.now()), so
+// that several tabs (each with its own time origin) share one clock with Node.
+const epoch = (t = performance.now()) => performance.timeOrigin + t;
+const SSE_TYPES = ["message", "run.started", "run.completed", "message.created", "message.delta", "message.completed"];
+
+/** Twelve (or `runs.length`) native EventSources, one per run, in this tab. */
+function nativeEventSources(runs, timeoutMs) {
+  return new Promise((resolve) => {
+    const t0 = epoch();
+    const first = runs.map(() => null);
+    const sources = runs.map((run, i) => {
+      const es = new EventSource(`/api/stream/runs/${run}`);
+      const onEvent = (ev) => {
+        if (first[i] === null) first[i] = epoch();
+        if (JSON.parse(ev.data).type === "run.completed") es.close();
+        if (first.every((x) => x !== null)) done();
+      };
+      for (const t of SSE_TYPES) es.addEventListener(t, onEvent);
+      return es;
+    });
+    const timer = setTimeout(() => done(), timeoutMs);
+    function done() {
+      clearTimeout(timer);
+      sources.forEach((es) => es.close());
+      resolve({ t0, first, sharing: ["n/a"] });
+    }
+  });
+}
+
+/**
+ * One RunStream per options object in this tab; resolves when each has
+ * applied its first event (or at `timeoutMs`), then closes them, unless
+ * `keep`: then they stay open until `release()` (several tabs measured
+ * together must hold their connections until the slowest one is in). `first` is
+ * when the engine applied the stream's first valid event (the
+ * `stream.time_to_first_event_ms` event's `ts`; else the first notification
+ * or 50 ms poll showing an applied event or a cursor). `sharing`: every `status.sharing` seen.
+ */
+let held = [];
+
+/** Closes the streams `follow(…, keep)` left open. */
+export function release() {
+  held.forEach((s) => s.close());
+  held = [];
+}
+
+export function follow(optsList, timeoutMs, keep = false) {
+  return ready.then(() => new Promise((resolve) => {
+    const t0 = epoch();
+    const first = optsList.map(() => null);
+    const sharing = new Set();
+    const offs = [];
+    const streams = optsList.map((opts, i) => {
+      const s = new RunStream({ resume: "none", spans: false, ...opts });
+      s.subscribeEvents((e) => {
+        if (first[i] === null && e.name === "stream.time_to_first_event_ms") {
+          first[i] = epoch(e.ts);
+          check();
+        }
+      });
+      offs.push(s.subscribe(() => seen(i, s)));
+      return s;
+    });
+    // A tab caught up from a snapshot has a cursor without an applied event.
+    function seen(i, s) {
+      const snap = s.getSnapshot();
+      sharing.add(snap.status.sharing);
+      if (first[i] === null && (snap.metrics.eventsApplied > 0 || snap.state.cursor > 0)) {
+        first[i] = epoch();
+        check();
+      }
+    }
+    // Notifications come at most once per animation frame: a background tab
+    // may get few, so the snapshot is also read every 50 ms.
+    const poll = setInterval(() => streams.forEach((s, i) => seen(i, s)), 50);
+    const timer = setTimeout(() => done(), timeoutMs);
+    let finished = false;
+    function check() {
+      if (first.every((x) => x !== null)) done();
+    }
+    function done() {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      clearInterval(poll);
+      for (const s of streams) sharing.add(s.getSnapshot().status.sharing);
+      offs.forEach((off) => off());
+      if (keep) held.push(...streams);
+      else streams.forEach((s) => s.close());
+      resolve({ t0, first, sharing: [...sharing] });
+    }
+    streams.forEach((s) => s.start());
+  }));
+}
+
+/** Section 8 in one tab: `kind` is "eventsource", "websocket" or "fetch". */
+export function concurrent(kind, runs, timeoutMs) {
+  if (kind === "eventsource") return nativeEventSources(runs, timeoutMs);
+  return follow(runs.map((run) => ({ runId: run, transport: kind, url: `/api/stream/runs/${run}`, wsUrl: "/api/ws" })), timeoutMs);
+}
+
+window.bench = { throughput, frameBudget, reconnect, memory, longHistory, concurrent, follow, release, ready };

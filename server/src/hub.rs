@@ -69,6 +69,63 @@ pub struct LocalStats {
     pub malformed_sent: u64,
 }
 
+/// What a connection counter counts (`GET /api/admin/connections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    /// An SSE response streaming a run (one HTTP connection each).
+    SseStream,
+    /// A WebSocket (one HTTP connection, upgraded), whatever it carries.
+    WsSocket,
+    /// A run subscribed on a WebSocket (no connection of its own).
+    WsSubscription,
+}
+
+impl ConnKind {
+    const ALL: [ConnKind; 3] = [Self::SseStream, Self::WsSocket, Self::WsSubscription];
+
+    fn index(self) -> usize {
+        match self {
+            Self::SseStream => 0,
+            Self::WsSocket => 1,
+            Self::WsSubscription => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::SseStream => "sse_streams",
+            Self::WsSocket => "ws_sockets",
+            Self::WsSubscription => "ws_subscriptions",
+        }
+    }
+}
+
+/// Open and ever-opened counts of one [`ConnKind`] in this process.
+#[derive(Default)]
+struct ConnCounter {
+    open: AtomicU64,
+    total: AtomicU64,
+}
+
+/// Holds one open [`ConnKind`] for as long as it lives (also when its task is aborted).
+pub struct ConnGuard {
+    hub: Arc<Hub>,
+    kind: ConnKind,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.hub.conns.get(self.kind.index()) {
+            // Never below zero: fetch_update with saturating_sub.
+            let _ = c
+                .open
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
+        }
+    }
+}
+
 /// A recorded frame (contract tests).
 #[derive(Debug, Clone, Serialize)]
 pub struct Recorded {
@@ -93,6 +150,8 @@ pub struct Hub {
     record_cap: usize,
     conn_ids: AtomicU64,
     stats: Mutex<HashMap<String, LocalStats>>,
+    /// Process-wide connection counters, indexed by [`ConnKind::index`].
+    conns: [ConnCounter; 3],
 }
 
 /// Locks, recovering from a poisoned mutex (a panicked request must not take the server down).
@@ -117,6 +176,7 @@ impl Hub {
             record_cap,
             conn_ids: AtomicU64::new(1),
             stats: Mutex::new(HashMap::new()),
+            conns: Default::default(),
         })
     }
 
@@ -137,6 +197,43 @@ impl Hub {
     /// This process's counters of run `id`.
     pub fn stats(&self, id: &str) -> LocalStats {
         lock(&self.stats).get(id).cloned().unwrap_or_default()
+    }
+
+    /// Counts one open connection of `kind` until the guard drops.
+    pub fn open_conn(self: &Arc<Self>, kind: ConnKind) -> ConnGuard {
+        if let Some(c) = self.conns.get(kind.index()) {
+            c.open.fetch_add(1, Ordering::Relaxed);
+            c.total.fetch_add(1, Ordering::Relaxed);
+        }
+        ConnGuard {
+            hub: self.clone(),
+            kind,
+        }
+    }
+
+    /// This process's connections by kind, `{kind: {open, total}}`, plus
+    /// `open`: the HTTP connections it holds for streaming (SSE streams +
+    /// WebSockets; subscriptions ride their socket).
+    pub fn connections(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        let mut held = 0;
+        for kind in ConnKind::ALL {
+            let (open, total) = self.conns.get(kind.index()).map_or((0, 0), |c| {
+                (
+                    c.open.load(Ordering::Relaxed),
+                    c.total.load(Ordering::Relaxed),
+                )
+            });
+            if kind != ConnKind::WsSubscription {
+                held += open;
+            }
+            out.insert(
+                kind.name().into(),
+                serde_json::json!({"open": open, "total": total}),
+            );
+        }
+        out.insert("open".into(), held.into());
+        Value::Object(out)
     }
 
     /// Drops every connection of this process (the log is kept).

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tower_http::cors::CorsLayer;
 use tower_http::services::ServeDir;
 
-use hub::{Chaos, Hub};
+use hub::{Chaos, ConnKind, Hub};
 use store::{RunKind, RunSpec, Store, StoreError, Tail};
 
 /// Server settings.
@@ -92,6 +92,7 @@ pub fn router(settings: Settings) -> (Router, App) {
         .route("/api/admin/restart", post(restart))
         .route("/api/admin/store", get(store_info))
         .route("/api/admin/frames", get(frames))
+        .route("/api/admin/connections", get(connections))
         .merge(scenario::knob_routes())
         .nest_service("/pkg", ServeDir::new(&settings.pkg))
         .fallback_service(ServeDir::new(&settings.www))
@@ -381,6 +382,7 @@ async fn sse(
     };
     let hub = app.hub.clone();
     let (guard, conn_index) = OpenGuard::new(&hub, &run_id);
+    let open = hub.open_conn(ConnKind::SseStream);
     let (tx, rx) = mpsc::channel::<Frame>(256);
     let conn = hub.conn_id();
     log(
@@ -393,6 +395,7 @@ async fn sse(
         tokio::spawn(async move {
             let reason = produce(hub, run_id.clone(), meta.chaos, tail, last, tx, conn_index).await;
             drop(guard);
+            drop(open);
             log(
                 "stream.close",
                 json!({"conn": conn, "run_id": run_id, "transport": "sse", "reason": reason}),
@@ -440,6 +443,7 @@ fn bad_request(message: String) -> Message {
 async fn ws_session(app: App, socket: WebSocket) {
     let hub = app.hub.clone();
     let conn = hub.conn_id();
+    let _open = hub.open_conn(ConnKind::WsSocket);
     log("ws.open", json!({"conn": conn}));
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(1024);
@@ -537,6 +541,7 @@ async fn ws_session(app: App, socket: WebSocket) {
                 }
                 let binary = meta.chaos.binary_frame;
                 let (guard, conn_index) = OpenGuard::new(&hub, &run_id);
+                let sub_open = hub.open_conn(ConnKind::WsSubscription);
                 let _ = tx
                     .send(ws_text(&ServerOp::Subscribed {
                         run_id: run_id.clone(),
@@ -555,7 +560,7 @@ async fn ws_session(app: App, socket: WebSocket) {
                 let hub2 = hub.clone();
                 let rid = run_id.clone();
                 subs.insert(run_id, tokio::spawn(async move {
-                    let _guard = guard;
+                    let _guard = (guard, sub_open);
                     let (ftx, mut frx) = mpsc::channel::<Frame>(256);
                     let producer = tokio::spawn(produce(hub2.clone(), rid.clone(), meta.chaos, tail, last, ftx, conn_index));
                     while let Some(f) = frx.recv().await {
@@ -935,6 +940,12 @@ pub fn rss_bytes() -> Option<u64> {
 #[derive(Deserialize)]
 struct FramesQuery {
     run_id: Option<String>,
+}
+
+/// Open and total streaming connections of this process by kind (the benchmark
+/// and the sharing tests count what a page holds with it).
+async fn connections(State(app): State<App>) -> Response {
+    Json(app.hub.connections()).into_response()
 }
 
 async fn frames(State(app): State<App>, Query(q): Query<FramesQuery>) -> Response {

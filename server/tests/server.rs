@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 mod support;
-use support::{create, http, ids, sse_frames, Backend};
+use support::{create, http, http_for, ids, sse_frames, Backend};
 
 async fn replay_semantics_headers_query_and_statuses(b: Backend) {
     let addr = b.server().await;
@@ -327,7 +327,90 @@ async fn websocket_binary_frame_knob_sends_one_binary_frame(b: Backend) {
     assert_eq!(binary, 1);
 }
 
+/// `GET /api/admin/connections`.
+async fn connections(addr: &str) -> Value {
+    let (st, _, b) = http(addr, "GET", "/api/admin/connections", &[], None).await;
+    assert_eq!(st, 200);
+    serde_json::from_slice(&b).unwrap()
+}
+
+/// Polls `/api/admin/connections` until `ok` holds (5 s), returning the last answer.
+async fn connections_until(addr: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = connections(addr).await;
+        if ok(&v) || tokio::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn admin_connections_counts_open_streams_and_sockets_by_kind(b: Backend) {
+    let addr = b.server().await;
+    let zero = json!({"open": 0, "total": 0});
+    let v = connections(&addr).await;
+    assert_eq!(v["sse_streams"], zero);
+    assert_eq!(v["ws_sockets"], zero);
+    assert_eq!(v["ws_subscriptions"], zero);
+    assert_eq!(v["open"], 0);
+    for id in ["conn1", "conn2"] {
+        create(&addr, json!({"kind": "chat", "run_id": id})).await;
+    }
+    // Two live SSE streams (chat runs never finish) ...
+    let readers: Vec<_> = ["conn1", "conn2"]
+        .into_iter()
+        .map(|id| {
+            let a = addr.clone();
+            tokio::spawn(async move {
+                let path = format!("/api/stream/runs/{id}");
+                http_for(&a, "GET", &path, &[], None, Duration::from_secs(30)).await
+            })
+        })
+        .collect();
+    // ... and one WebSocket with two runs (a repeated subscribe replaces the first).
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
+        .await
+        .unwrap();
+    for id in ["conn1", "conn2", "conn1"] {
+        ws.send(Message::text(
+            json!({"op": "subscribe", "run_id": id}).to_string(),
+        ))
+        .await
+        .unwrap();
+    }
+    let v = connections_until(&addr, |v| {
+        v["sse_streams"]["open"] == 2 && v["ws_subscriptions"]["total"] == 3
+    })
+    .await;
+    assert_eq!(v["sse_streams"], json!({"open": 2, "total": 2}), "{v}");
+    assert_eq!(v["ws_sockets"], json!({"open": 1, "total": 1}), "{v}");
+    assert_eq!(v["ws_subscriptions"], json!({"open": 2, "total": 3}), "{v}");
+    assert_eq!(v["open"], 3, "connections the server holds: {v}");
+    ws.send(Message::text(
+        json!({"op": "unsubscribe", "run_id": "conn2"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let v = connections_until(&addr, |v| v["ws_subscriptions"]["open"] == 1).await;
+    assert_eq!(v["ws_subscriptions"], json!({"open": 1, "total": 3}), "{v}");
+    // Every client goes: the counts fall to zero, the totals stay.
+    ws.close(None).await.unwrap();
+    for r in readers {
+        r.abort();
+    }
+    let v = connections_until(&addr, |v| {
+        v["open"] == 0 && v["ws_subscriptions"]["open"] == 0
+    })
+    .await;
+    assert_eq!(v["sse_streams"], json!({"open": 0, "total": 2}), "{v}");
+    assert_eq!(v["ws_sockets"], json!({"open": 0, "total": 1}), "{v}");
+    assert_eq!(v["ws_subscriptions"], json!({"open": 0, "total": 3}), "{v}");
+    assert_eq!(v["open"], 0);
+}
+
 both_stores!(
+    admin_connections_counts_open_streams_and_sockets_by_kind,
     replay_semantics_headers_query_and_statuses,
     pruned_log_resume_gets_a_snapshot_then_the_window_and_snapshot_endpoint_is_authoritative,
     sends_are_idempotent_on_client_request_id,
