@@ -20,5 +20,6 @@ pub mod rng;
 pub mod socket;
 pub mod sse;
 pub mod state;
+pub mod tabs;
 pub mod vocab;
 pub mod wire;
