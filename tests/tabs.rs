@@ -151,7 +151,11 @@ impl Tabs {
     /// Runs every tab's timers up to `until`, pumping the channel.
     fn run_until(&mut self, until: Ms) {
         loop {
-            let next = self.tabs.iter().filter_map(Engine::poll_timeout).reduce(Ms::min);
+            let next = self
+                .tabs
+                .iter()
+                .filter_map(Engine::poll_timeout)
+                .reduce(Ms::min);
             match next {
                 Some(t) if t <= until => {
                     self.now = self.now.max(t);
@@ -231,7 +235,10 @@ fn a_relayed_envelope_of_another_run_is_rejected_and_counted() {
     assert_eq!(e.cursor(), 1);
     assert!(e.state().workers.iter().all(|w| w.worker_id != "intruder"));
     assert_eq!(e.metrics().protocol_errors, 1);
-    assert_eq!(e.metrics().protocol_errors_by_kind.get("foreign_run"), Some(&1));
+    assert_eq!(
+        e.metrics().protocol_errors_by_kind.get("foreign_run"),
+        Some(&1)
+    );
     // Garbage in an event body is a protocol error like on the network.
     e.handle_tab_text(3.0, &relayed("{not json"));
     assert_eq!(e.metrics().protocol_errors, 2);
@@ -268,7 +275,10 @@ fn bad_channel_messages_are_ignored_and_counted() {
         .unwrap()
         .contains("ignored a message from another tab"));
     // A message for another tab is not ours: ignored, not an error.
-    e.handle_tab_text(12.0, &msg("leader1", Some("zz9"), Body::Event(log[1].clone())));
+    e.handle_tab_text(
+        12.0,
+        &msg("leader1", Some("zz9"), Body::Event(log[1].clone())),
+    );
     assert_eq!(e.cursor(), 1);
     assert_eq!(e.metrics().channel_errors, bad.len() as u64 + 1);
     // Still following fine.
@@ -298,7 +308,9 @@ fn promotion_connects_from_the_followers_own_cursor() {
     e.handle_bytes(4.0, conn, &sse_frame(&log[6]));
     let out = decoded(&drain(&mut e));
     assert!(out.iter().any(|m| m.body == Body::Event(log[6].clone())));
-    assert!(out.iter().any(|m| matches!(&m.body, Body::Status(s) if s.connection == Connection::Open)));
+    assert!(out
+        .iter()
+        .any(|m| matches!(&m.body, Body::Status(s) if s.connection == Connection::Open)));
     e.handle_tab_text(5.0, &relayed(&log[7]));
     assert_eq!(e.cursor(), 7);
 }
@@ -319,7 +331,14 @@ fn a_gap_while_following_asks_the_leader_instead_of_reconnecting() {
     assert_eq!(e.metrics().reconnects, 0);
     // The leader's answer fills the gap.
     for text in &log[1..3] {
-        e.handle_tab_text(1600.0, &msg("leader1", Some(e.tab_id()).as_deref(), Body::Event(text.clone())));
+        e.handle_tab_text(
+            1600.0,
+            &msg(
+                "leader1",
+                Some(e.tab_id()).as_deref(),
+                Body::Event(text.clone()),
+            ),
+        );
     }
     assert_eq!(e.cursor(), 4);
     assert_eq!(e.buffered(), 0);

@@ -365,7 +365,10 @@ mod tests {
     fn bad_input_is_typed() {
         let ok = msg(Body::Ask(3)).encode(KEY);
         let cases: Vec<(String, &str)> = vec![
-            (ok.replace("runstream-tabs/1", "runstream-tabs/2"), "version"),
+            (
+                ok.replace("runstream-tabs/1", "runstream-tabs/2"),
+                "version",
+            ),
             ("hello".into(), "shape"),
             (String::new(), "shape"),
             (ok.replace(KEY, "other"), "foreign_key"),
@@ -375,10 +378,7 @@ mod tests {
             (ok.replace("\n3", "\n-3"), "shape"),
             (ok.replace("\n3", "\n9007199254740992"), "shape"),
             (format!("{MAGIC}\n{KEY}\na1"), "shape"),
-            (
-                msg(Body::Event("x".repeat(5000))).encode(KEY),
-                "too_large",
-            ),
+            (msg(Body::Event("x".repeat(5000))).encode(KEY), "too_large"),
             (
                 format!("{MAGIC}\n{KEY}\na1\n*\nstatus\nopen\nx\n-\n"),
                 "shape",
