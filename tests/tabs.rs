@@ -333,11 +333,7 @@ fn a_gap_while_following_asks_the_leader_instead_of_reconnecting() {
     for text in &log[1..3] {
         e.handle_tab_text(
             1600.0,
-            &msg(
-                "leader1",
-                Some(e.tab_id()).as_deref(),
-                Body::Event(text.clone()),
-            ),
+            &msg("leader1", Some(e.tab_id()), Body::Event(text.clone())),
         );
     }
     assert_eq!(e.cursor(), 4);
