@@ -547,3 +547,24 @@ fn stepping_down_ends_the_connection_and_follows() {
     e.handle_lead(100_001.0);
     assert!(connect_of(&drain(&mut e)).is_some());
 }
+
+#[test]
+fn a_follower_back_from_the_page_cache_asks_for_what_it_missed() {
+    let log = gen_log(5, 2);
+    let mut e = follower(share_cfg(), 1);
+    drain(&mut e);
+    e.handle_tab_text(1.0, &relayed(&log[0]));
+    drain(&mut e);
+    e.handle_page_resumed(2.0);
+    let asks: Vec<_> = decoded(&drain(&mut e))
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(asks, vec![Body::Ask(1)]);
+    // A solo stream has nobody to ask.
+    let mut solo = Engine::new(cfg(), [1, 1], None);
+    solo.start(0.0);
+    drain(&mut solo);
+    solo.handle_page_resumed(1.0);
+    assert!(broadcasts(&drain(&mut solo)).is_empty());
+}

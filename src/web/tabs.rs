@@ -14,7 +14,8 @@
 //!   called; a request aborted before it was granted never calls it, and that
 //!   one small closure is not reclaimed (once per such `close()`).
 //! - Channel messages go to the engine as they come: strings to
-//!   `handle_tab_text`, anything else to `handle_tab_unreadable`.
+//!   `handle_tab_text`, anything else to `handle_tab_unreadable`; `pageshow`
+//!   and `resume` (the page comes back) to `handle_page_resumed`.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -146,7 +147,15 @@ impl Member {
                 let target: &web_sys::EventTarget = doc.as_ref();
                 let w = weak.clone();
                 listeners.extend(env::Listener::new(target, "freeze", move |_| step_down(&w)));
+                let w = weak.clone();
+                listeners.extend(env::Listener::new(target, "resume", move |_| {
+                    with_engine(&w, |e| e.handle_page_resumed(env::now()));
+                }));
             }
+            let w = weak.clone();
+            listeners.extend(env::Listener::new(target, "pageshow", move |_| {
+                with_engine(&w, |e| e.handle_page_resumed(env::now()));
+            }));
         }
         let lock = Lock::request(weak.clone(), key);
         Some(Self {

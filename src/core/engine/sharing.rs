@@ -6,7 +6,7 @@
 use super::follow::{Reported, Role};
 use super::link::Conn;
 use super::timers::Timer;
-use super::{Action, Engine, Ms};
+use super::{Action, Connection, Engine, Ms};
 use crate::core::metrics::{EventClass, Metric, Termination};
 use crate::core::tabs::{max_message_bytes, Body, ChannelError, LeaderStatus, Message};
 
@@ -46,6 +46,15 @@ impl Engine {
         self.mark_dirty();
     }
 
+    /// The page came back (`pageshow` from the back/forward cache, `resume`
+    /// after `freeze`): a follower heard nothing meanwhile, so it asks the
+    /// leader for every event after its cursor.
+    pub fn handle_page_resumed(&mut self, now: Ms) {
+        if self.follow.following() && self.link.conn == Conn::Following {
+            self.ask(now);
+        }
+    }
+
     /// A string message from the tabs' channel.
     pub fn handle_tab_text(&mut self, now: Ms, text: &str) {
         if self.follow.role == Role::Solo || self.link.conn == Conn::Closed {
@@ -70,7 +79,8 @@ impl Engine {
             }
             (Role::Follower, Body::Status(s)) => {
                 self.follow.on_status(now, &s, &mut self.timers);
-                if s.last_error.is_some() {
+                if s.last_error.is_some() || s.connection == Connection::Open {
+                    // As a connection of its own would: an error shows, an open link clears it.
                     self.link.last_error = s.last_error;
                 }
                 self.mark_dirty();
