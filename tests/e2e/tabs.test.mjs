@@ -176,3 +176,53 @@ async function oneTransport(transport) {
   await context.close();
   assert.deepEqual(errors.flat(), []);
 }
+
+test("share: \"tabs\" — send() works in every tab (fetch, websocket)", async (t) => {
+  for (const transport of ["fetch", "websocket"]) {
+    await t.test(transport, async () => {
+      const context = await browser.newContext();
+      const session = `tabs_chat_${transport}_${Date.now().toString(36)}`;
+      await api("POST", "/api/admin/runs", { run_id: session, kind: "chat" });
+      const errors = [];
+      const pages = [];
+      for (let i = 0; i < 3; i++) {
+        const page = await context.newPage();
+        errors.push(watchErrors(page));
+        await page.goto(`${server}/harness.html`);
+        await page.evaluate(() => window.ready);
+        await page.evaluate(([run, transport]) => {
+          window.s = new window.RunStream({
+            runId: run, transport, share: "tabs", url: `/api/stream/runs/${run}`, wsUrl: "/api/ws",
+            snapshotUrl: `/api/runs/${run}/snapshot`, sendUrl: `/api/chat/${run}/messages`,
+          });
+          window.s.start();
+        }, [session, transport]);
+        pages.push(page);
+      }
+      const all = () => Promise.all(pages.map((p) => p.evaluate(() => window.s.getSnapshot())));
+      assert.ok(await until(async () => (await all()).every((s) => s.status.connection === "open"), 10000), "open");
+      const crids = [];
+      for (const [i, p] of pages.entries()) {
+        crids.push(await p.evaluate((i) => window.s.send(`hello from tab ${i}`), i));
+        await sleep(300);
+      }
+      const answered = (s) => crids.every((c) => s.state.messages.some((m) => m.replyTo === c && m.status === "completed"));
+      assert.ok(await until(async () => (await all()).every(answered), 30000),
+        `every send answered in every tab: ${JSON.stringify((await all()).map((s) => s.state.messages.map((m) => [m.role, m.status])))}`);
+      const srv = await api("GET", `/api/runs/${session}/snapshot`);
+      for (const [i, s] of (await all()).entries()) {
+        for (const c of crids) {
+          assert.equal(s.state.messages.filter((m) => m.clientRequestId === c).length, 1, `tab ${i}: one message for ${c}`);
+        }
+        const ids = s.state.messages.map((m) => m.messageId);
+        assert.equal(new Set(ids).size, ids.length, `tab ${i}: duplicate ids`);
+        assert.deepEqual(s.state.messages.map((m) => m.content), srv.state.messages.map((m) => m.content), `tab ${i}: messages`);
+      }
+      assert.equal(srv.state.messages.filter((m) => m.role === "user").length, 3, "each send accepted once");
+      const st = await stats(session);
+      assert.equal(st.connections_total, 1, `one stream connection: ${JSON.stringify(st)}`);
+      await context.close();
+      assert.deepEqual(errors.flat(), []);
+    });
+  }
+});
