@@ -568,3 +568,32 @@ fn a_follower_back_from_the_page_cache_asks_for_what_it_missed() {
     solo.handle_page_resumed(1.0);
     assert!(broadcasts(&drain(&mut solo)).is_empty());
 }
+
+proptest::proptest! {
+    /// Whatever another script posts on the channel, a follower never panics,
+    /// and what is not a valid message changes nothing but the error count.
+    #[test]
+    fn arbitrary_channel_text_is_counted_or_valid(
+        cut in 0usize..200,
+        noise in "[ -~\n]{0,64}",
+        raw in "\\PC{0,200}",
+    ) {
+        let log = gen_log(5, 2);
+        let mut e = follower(share_cfg(), 1);
+        drain(&mut e);
+        e.handle_tab_text(1.0, &relayed(&log[0]));
+        let before = e.state().clone();
+        let valid = relayed(&log[1]);
+        let mut mangled: String = valid.chars().take(cut).collect();
+        mangled.push_str(&noise);
+        for text in [mangled, raw] {
+            let errors = e.metrics().channel_errors;
+            let ok = Message::decode(&text, KEY, 1 << 21).is_ok();
+            e.handle_tab_text(2.0, &text);
+            if !ok {
+                proptest::prop_assert_eq!(e.metrics().channel_errors, errors + 1);
+                proptest::prop_assert_eq!(e.state(), &before);
+            }
+        }
+    }
+}
