@@ -1366,3 +1366,49 @@ async fn twelve_websocket_runs_share_one_socket_and_each_converges() {
         s.close();
     }
 }
+
+/// `share: "tabs"` in one page: two streams of one run elect one leader over
+/// Web Locks and share its connection over a BroadcastChannel; closing the
+/// leader hands over; a bad `share` value throws.
+#[wasm_bindgen_test]
+async fn two_streams_sharing_tabs_hold_one_connection_and_hand_over_on_close() {
+    let err = RunStream::new(js(&json!({"runId": "r", "share": "windows"})))
+        .err()
+        .unwrap();
+    assert_eq!(
+        Reflect::get(&err, &"name".into()).unwrap(),
+        "RunStreamOptionError"
+    );
+    let run = create_run(json!({"tokens": 120, "rate": 30})).await;
+    let a = stream(&run, "fetch", json!({"share": "tabs"}));
+    a.start();
+    let va = until(&a, 5000, |v| v["status"]["sharing"] == "leader").await;
+    assert_eq!(va["status"]["sharing"], "leader", "{va}");
+    let b = stream(&run, "fetch", json!({"share": "tabs"}));
+    b.start();
+    let vb = until(&b, 5000, |v| {
+        v["status"]["connection"] == "open" && v["state"]["cursor"].as_u64() > Some(5)
+    })
+    .await;
+    assert_eq!(vb["status"]["sharing"], "follower", "{vb}");
+    assert_eq!(vb["status"]["connection"], "open", "{vb}");
+    let stats = request("GET", &format!("/api/admin/runs/{run}/stats"), None).await;
+    assert_eq!(stats["connections_total"], 1, "{stats}");
+    a.close();
+    let vb = until(&b, 1000, |v| v["status"]["sharing"] == "leader").await;
+    assert_eq!(
+        vb["status"]["sharing"], "leader",
+        "takeover within 1 s: {vb}"
+    );
+    let vb = until(&b, 15_000, closed).await;
+    assert_eq!(vb["status"]["connection"], "closed", "{vb}");
+    let snap = request("GET", &format!("/api/runs/{run}/snapshot"), None).await;
+    assert_eq!(vb["state"]["cursor"], snap["event_id"]);
+    assert_eq!(
+        vb["state"]["messages"][0]["content"],
+        snap["state"]["messages"][0]["content"]
+    );
+    let stats = request("GET", &format!("/api/admin/runs/{run}/stats"), None).await;
+    assert_eq!(stats["connections_total"], 2, "{stats}");
+    b.close();
+}

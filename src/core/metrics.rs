@@ -58,6 +58,9 @@ pub struct RunMetrics {
     pub gaps_skipped: u64,
     /// Events of a type this client does not know (applied as no-ops, PROTOCOL §1).
     pub unknown_events: u64,
+    /// Messages on the tabs' channel that were ignored (`share: "tabs"`): not
+    /// a string, too large, another version, malformed, or another stream's.
+    pub channel_errors: u64,
 }
 
 /// Why a connection ended: one taxonomy for metrics, spans and `lastError`.
@@ -93,6 +96,9 @@ pub enum Termination {
     ErrorLoop,
     /// The `headers` option threw (or returned no object of strings); stopped until `retryNow()`.
     HeadersError,
+    /// Another tab's connection serves this stream (`share: "tabs"`): this
+    /// tab stepped down, or its own catch-up / send connection was done.
+    Shared,
 }
 
 impl Termination {
@@ -114,6 +120,7 @@ impl Termination {
             Self::RetryNow => "retry_now",
             Self::ErrorLoop => "error_loop",
             Self::HeadersError => "headers_error",
+            Self::Shared => "shared",
         }
     }
 }
@@ -151,11 +158,13 @@ pub enum Metric {
     UnknownEvent,
     /// `stream.gap.skipped.total` (counter, value = ids skipped): a gap nothing could fill.
     GapSkipped,
+    /// `tabs.channel.error.total` (counter, attr `kind`): a tabs' channel message was ignored.
+    ChannelError,
 }
 
 impl Metric {
     /// Every metric, in the order of the table.
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 16] = [
         Self::Connect,
         Self::Reconnect,
         Self::Termination,
@@ -171,6 +180,7 @@ impl Metric {
         Self::UiFlushEvents,
         Self::UnknownEvent,
         Self::GapSkipped,
+        Self::ChannelError,
     ];
 
     /// The stable name, as in `RuntimeEvent::name`.
@@ -191,6 +201,7 @@ impl Metric {
             Self::UiFlushEvents => "ui.flush.events",
             Self::UnknownEvent => "stream.event.unknown.total",
             Self::GapSkipped => "stream.gap.skipped.total",
+            Self::ChannelError => "tabs.channel.error.total",
         }
     }
 }

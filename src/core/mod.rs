@@ -9,7 +9,8 @@
 //! [`error`] (one error type per layer) import nothing from the crate;
 //! [`envelope`] decodes events with them; [`state`] reduces events into a run
 //! state; [`wire`] types the frames and bodies around both; [`engine`]
-//! coordinates everything; [`socket`] shares one WebSocket between engines.
+//! coordinates everything; [`socket`] shares one WebSocket between engines;
+//! [`tabs`] is the message format tabs share one connection over (`share: "tabs"`).
 
 pub mod engine;
 pub mod envelope;
@@ -20,5 +21,6 @@ pub mod rng;
 pub mod socket;
 pub mod sse;
 pub mod state;
+pub mod tabs;
 pub mod vocab;
 pub mod wire;

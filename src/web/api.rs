@@ -40,6 +40,8 @@ export interface RunStreamOptions {
   connectTimeoutMs?: number;
   heartbeatTimeoutMs?: number;
   backoff?: { initialMs?: number; maxMs?: number; multiplier?: number };
+  /** "tabs": tabs of one origin following the same stream share one connection (README "Sharing connections"). */
+  share?: "none" | "tabs";
   /** Where the cursor survives a refresh. Records of finished runs are removed 10 min after their last
    *  write; runstream's records stay under 2 MiB per storage area (oldest evicted first). */
   resume?: "session" | "local" | "none";
@@ -55,7 +57,7 @@ export interface StreamStatus {
   attempt: number;
   retryInMs: number | null;
   lastError: string | null;
-  /** API.md "Sharing connections": this build connects each stream on its own ("solo"). */
+  /** API.md "Sharing connections": "solo" without `share: "tabs"` (or without Web Locks / BroadcastChannel). */
   sharing: "solo" | "leader" | "follower";
 }
 
@@ -95,7 +97,7 @@ export interface MessageMetrics {
 export type TerminationReason =
   | "server_closed" | "network_error" | "connect_timeout" | "heartbeat_timeout" | "http_4xx" | "http_5xx"
   | "protocol_error" | "resync" | "client_closed" | "offline" | "run_completed" | "no_content"
-  | "retry_now" | "error_loop" | "headers_error";
+  | "retry_now" | "error_loop" | "headers_error" | "shared";
 
 export interface RunMetrics {
   reconnects: number;
@@ -107,6 +109,8 @@ export interface RunMetrics {
   gapsSkipped: number;
   /** Events of a type this client does not know (applied as no-ops, PROTOCOL §1). */
   unknownEvents: number;
+  /** Messages on the tabs' channel that were ignored (`share: "tabs"`): another version, malformed, too large. */
+  channelErrors: number;
   timeToFirstEventMs: number | null;
   toolCalls: number;
   toolErrors: number;
@@ -192,6 +196,7 @@ impl RunStream {
                 weak: weak.clone(),
                 transport: None,
                 share: None,
+                tabs: None,
                 timer: None,
                 frame: None,
                 listeners: Vec::new(),
@@ -251,6 +256,10 @@ impl RunStream {
                 }
             }
             inner.listeners = ls;
+            if let Some(key) = inner.opts.config.share_key.clone() {
+                // The channel exists before the engine's first message (its ask).
+                inner.tabs = super::tabs::Member::join(weak.clone(), &key);
+            }
             let now = env::now();
             if !env::online() {
                 inner.engine.handle_online(now, false);
@@ -343,6 +352,8 @@ impl RunStream {
         inner.transport = None;
         // The last member's going drops the page's socket for this wsUrl.
         inner.share = None;
+        // Releases the lock (the next tab leads) or withdraws the request; closes the channel.
+        inner.tabs = None;
         inner.timer = None;
         inner.frame = None;
         inner.listeners.clear();

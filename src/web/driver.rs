@@ -29,6 +29,8 @@ pub(super) struct Inner {
     /// Membership of the page's shared WebSocket (websocket transport), held
     /// until `close()`: its machine, and its backoff, outlive any one connection.
     pub share: Option<super::socket::Member>,
+    /// `share: "tabs"`: the channel and the lock of the stream key, from `start()` to `close()`.
+    pub tabs: Option<super::tabs::Member>,
     pub timer: Option<(f64, env::Timeout)>,
     pub frame: Option<(Option<env::Frame>, Option<env::Timeout>)>,
     pub listeners: Vec<env::Listener>,
@@ -124,6 +126,7 @@ pub(super) fn drive(rc: &Shared) {
             let Ok(mut inner) = rc.try_borrow_mut() else {
                 return;
             };
+            inner.engine.relay_status(env::now());
             let actions: Vec<Action> = std::iter::from_fn(|| inner.engine.poll_action()).collect();
             let mut events = Vec::new();
             if inner.event_listeners.iter().any(Subscription::active) {
@@ -318,6 +321,11 @@ fn execute(rc: &Shared, action: Action) {
                         on_frame(&w2)
                     });
                 inner.frame = Some((raf, fallback));
+            }
+        }
+        Action::Broadcast { text } => {
+            if let Some(t) = &inner.tabs {
+                t.post(&text);
             }
         }
         Action::Measure(span) => {

@@ -122,6 +122,19 @@ impl Drop for Frame {
     }
 }
 
+/// Resolves after `ms` milliseconds (a `setTimeout` whose callback is the
+/// promise's own `resolve`: no Rust closure to own). Never resolves where
+/// there is no window.
+pub async fn sleep(ms: f64) {
+    let p = js_sys::Promise::new(&mut |resolve, _| {
+        if let Some(w) = web_sys::window() {
+            let ms = ms.clamp(0.0, 2_147_483_647.0) as i32;
+            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(p).await;
+}
+
 /// True when the document is hidden (rAF does not run then).
 pub fn hidden() -> bool {
     web_sys::window()

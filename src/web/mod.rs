@@ -8,6 +8,7 @@
 //! - [`driver`]: the stream's shared state, `drive()`, the timer, the frame loop.
 //! - [`storage`]: the stored record (cursor + state) in session/local storage.
 //! - `socket`: the page's WebSocket shared by every stream on one `wsUrl`.
+//! - `tabs`: `share: "tabs"`: the Web Locks election and the BroadcastChannel.
 //! - `transport`, `env`, `options`, `error`: transports, browser plumbing, options, errors.
 
 mod api;
@@ -18,6 +19,7 @@ mod options;
 mod snapshot;
 mod socket;
 mod storage;
+mod tabs;
 mod transport;
 
 pub use api::RunStream;

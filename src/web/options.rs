@@ -117,7 +117,22 @@ impl Options {
                 ))
             }
         };
+        let share_tabs = match opt_string(opts, "share")?.as_deref() {
+            None | Some("none") => false,
+            Some("tabs") => true,
+            Some(_) => return Err(WebError::InvalidOption("share", "\"none\" or \"tabs\"")),
+        };
         let mut c = Config::new(&run_id);
+        // Where Web Locks or BroadcastChannel are missing, each tab connects on its own.
+        if share_tabs && super::tabs::supported() {
+            c.share_key = Some(share_key(
+                transport,
+                with_credentials,
+                &url,
+                &ws_url,
+                &run_id,
+            ));
+        }
         c.session_id = session_id;
         c.transport = transport;
         c.has_snapshot_url = snapshot_url.is_some();
@@ -170,6 +185,27 @@ impl Options {
             resume,
             config: c,
         })
+    }
+}
+
+/// The stream key tabs share one connection under (also the lock's and the
+/// channel's name): `runstream-tabs|{transport}|{withCredentials}|{resolved
+/// url}`, and for WebSocket `runstream-tabs|websocket|{withCredentials}|{resolved
+/// wsUrl}|{runId}` (one socket carries many runs, each by its own subscribe).
+fn share_key(t: Transport, credentials: bool, url: &str, ws_url: &str, run_id: &str) -> String {
+    match t {
+        Transport::Fetch => format!(
+            "runstream-tabs|fetch|{credentials}|{}",
+            super::env::resolve(url, false)
+        ),
+        Transport::Sse => format!(
+            "runstream-tabs|sse|{credentials}|{}",
+            super::env::resolve(url, false)
+        ),
+        Transport::WebSocket => format!(
+            "runstream-tabs|websocket|{credentials}|{}|{run_id}",
+            super::env::resolve(ws_url, true)
+        ),
     }
 }
 

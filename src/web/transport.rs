@@ -114,6 +114,9 @@ async fn fetch(url: &str, init: &RequestInit) -> Result<Response, JsValue> {
     r.dyn_into::<Response>()
 }
 
+/// How long a failed EventSource waits before its status probe (see `open_sse`).
+const PROBE_DELAY_MS: f64 = 150.0;
+
 /// Opens a fetch-streamed SSE connection.
 pub fn open_fetch(
     weak: Weak,
@@ -250,6 +253,13 @@ pub fn open_sse(
                 let weak = weak.clone();
                 let url = es2.url();
                 spawn_local(async move {
+                    // A page being navigated away aborts its EventSource first
+                    // (HTML "abort a document"): the pause lets it go before
+                    // the probe opens a stream connection of a dying page.
+                    env::sleep(PROBE_DELAY_MS).await;
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
                     let init = request_init("GET", &[], credentials);
                     let ctl = AbortController::new().ok();
                     if let Some(c) = &ctl {

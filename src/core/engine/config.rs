@@ -99,6 +99,10 @@ pub struct Config {
     /// socket's machine owns the connect timeout, pings and the heartbeat
     /// watch, so this engine arms none of them.
     pub shared_socket: bool,
+    /// `share: "tabs"`: the stream key tabs share one connection under
+    /// (transport, credentials mode, resolved URL, and the run id for
+    /// WebSocket). `None`: this tab connects on its own.
+    pub share_key: Option<String>,
 }
 
 impl Config {
@@ -129,6 +133,7 @@ impl Config {
             ws_ping_interval_ms: 10_000.0,
             replay_quiet_ms: 30.0,
             shared_socket: false,
+            share_key: None,
         }
     }
 }

@@ -23,8 +23,9 @@ impl Engine {
         }
         self.link.saw_byte(now, &self.cfg, &mut self.timers);
         self.ws_headers = (!headers.is_empty()).then(|| headers.into_iter().collect());
-        if self.state.is_finished() {
-            // A socket opened only to deliver sends after the run finished: no subscribe.
+        if self.state.is_finished() || (self.follow.following() && !self.follow.catching_up) {
+            // A socket opened only to deliver sends (after the run finished,
+            // or of a tab that follows another's connection): no subscribe.
             self.opened(now);
             return;
         }
@@ -64,8 +65,7 @@ impl Engine {
                 if self.link.conn == Conn::Connecting {
                     self.opened(now);
                 }
-                let r = decode_envelope(event.get(), &self.cfg.run_id);
-                self.handle_decoded(now, r);
+                self.handle_frame(now, event.get());
             }
             ServerOp::Snapshot {
                 run_id,
@@ -82,6 +82,8 @@ impl Engine {
                 };
                 match snapshot_of(body, &self.cfg.run_id) {
                     Ok((id, st)) => {
+                        // Not relayed: followers from before it miss and repair it themselves.
+                        self.relay_gap(id);
                         self.note_event_arrival(now);
                         self.apply_snapshot(now, id, st)
                     }
@@ -175,12 +177,32 @@ impl Engine {
         self.mark_dirty();
     }
 
+    /// An envelope's text, from the network or relayed by the leading tab
+    /// (one path: a relayed envelope is validated like any other). A leader
+    /// relays what it received from the network, on arrival, before applying it.
     pub(super) fn handle_frame(&mut self, now: Ms, text: &str) {
         let r = decode_envelope(text, &self.cfg.run_id);
+        let id = match &r {
+            Ok(env) => Some(env.event_id),
+            Err(DecodeError::InvalidPayload { event_id, .. }) => Some(*event_id),
+            Err(_) => None,
+        };
+        if let Some(id) = id {
+            if self.link.live() {
+                self.relay(id, text);
+            }
+        }
         self.handle_decoded(now, r);
+        if self.follow.catching_up {
+            self.settle_side_link(now);
+        }
     }
 
     fn note_event_arrival(&mut self, now: Ms) {
+        if !self.link.live() {
+            // A relayed envelope of a tab with no connection of its own: no attempt to time.
+            return;
+        }
         let a = &mut self.link.attempt;
         if a.first_event_at.is_none() {
             a.first_event_at = Some(now);
@@ -426,7 +448,7 @@ impl Engine {
 
     /// Asks the snapshot endpoint; an answer that does not come within
     /// `connect_timeout_ms` counts as a failure (the caller's fallback runs).
-    fn fetch_snapshot(&mut self, now: Ms) {
+    pub(super) fn fetch_snapshot(&mut self, now: Ms) {
         self.actions.push_back(Action::FetchSnapshot);
         self.timers
             .set(Timer::Snapshot, now + self.cfg.connect_timeout_ms);
@@ -508,6 +530,17 @@ impl Engine {
             .ordering
             .on_gap_timeout(self.state.cursor, self.cfg.has_snapshot_url)
         {
+            GapRepair::Replay if self.follow.following() => {
+                // The leader replays from its ring (or answers with a miss);
+                // the next rung comes after another gap timeout.
+                self.ask(now);
+                self.timers.set(Timer::Gap, now + self.cfg.gap_timeout_ms);
+            }
+            GapRepair::Skip { .. } if self.follow.following() && !self.cfg.has_snapshot_url => {
+                // Nothing lost for want of a leader's answer: catch up on our own.
+                self.catch_up(now);
+                self.timers.set(Timer::Gap, now + self.cfg.gap_timeout_ms);
+            }
             GapRepair::Replay => {
                 // Through the backoff like any other reconnect (counted, paced).
                 self.fail(

@@ -48,6 +48,11 @@ pub enum Action {
     RequestFrame,
     /// Write this finished span to the Performance timeline (spans are on and sampled).
     Measure(SpanFields),
+    /// Post this message on the tabs' channel (`share: "tabs"`).
+    Broadcast {
+        /// The message ([`crate::core::tabs`]).
+        text: String,
+    },
 }
 
 /// How a transport connection ended.
@@ -143,8 +148,8 @@ pub struct StreamStatus {
     pub retry_in_ms: Option<f64>,
     /// Human-readable, never a token or header value.
     pub last_error: Option<String>,
-    /// Connection sharing between tabs (API.md): this build connects each
-    /// stream on its own, so always `solo`.
+    /// Connection sharing between tabs (API.md): `solo` without `share:
+    /// "tabs"` (or where Web Locks / BroadcastChannel are missing).
     pub sharing: Sharing,
 }
 

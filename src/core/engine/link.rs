@@ -56,6 +56,8 @@ pub enum Conn {
     Closed,
     /// A final error, or the error-loop guard: waits for `retryNow()`.
     Failed,
+    /// Another tab holds the connection (`share: "tabs"`): none of this tab's own.
+    Following,
 }
 
 /// Bookkeeping of the current attempt.
@@ -357,13 +359,15 @@ impl Link {
             Conn::Offline { .. } => Connection::Offline,
             Conn::Finished | Conn::Closed => Connection::Closed,
             Conn::Failed => Connection::Failed,
+            // Shown as the leader reports it (the engine's status mirrors it).
+            Conn::Following => Connection::Connecting,
         };
         let retry_in = match self.conn {
             Conn::Waiting { at } => Some((at - now).max(0.0).ceil()),
             _ => None,
         };
         let attempt = match self.conn {
-            Conn::Open { .. } | Conn::Idle | Conn::Closed | Conn::Finished => 0,
+            Conn::Open { .. } | Conn::Idle | Conn::Closed | Conn::Finished | Conn::Following => 0,
             _ => self.failures.max(1),
         };
         (connection, attempt, retry_in)

@@ -8,6 +8,7 @@
 //! - [`outbox`]: pending chat sends, retries, restore;
 //! - [`activity`]: awaiting replies, last token, "working…";
 //! - [`persist`]: the stored record and when it is written;
+//! - [`follow`]: sharing one connection between tabs (role, leader's status, ring);
 //! - [`timers`]: every deadline in one table.
 //!
 //! The shell feeds inputs (`handle_*`) with the current time, then drains
@@ -20,12 +21,14 @@ pub mod activity;
 pub mod backoff;
 mod config;
 mod events;
+pub mod follow;
 mod io;
 pub mod link;
 pub mod ordering;
 pub mod outbox;
 pub mod persist;
 mod sends;
+mod sharing;
 mod stream;
 pub mod timers;
 
@@ -46,6 +49,7 @@ use super::metrics::{
 use super::rng::Rng;
 use super::sse::{SseItem, SseParser};
 use super::state::{Applied, MessageStatus, Parked, RunState};
+use follow::{Follow, Role};
 use link::{Conn, Link};
 use ordering::Ordering;
 use outbox::Outbox;
@@ -82,6 +86,8 @@ pub struct Engine {
     snapshot_replaced: bool,
     /// Headers resolved for the current WebSocket (sent in subscribe and send frames).
     ws_headers: Option<Headers>,
+    /// Sharing the connection with other tabs (`share: "tabs"`).
+    follow: Follow,
 }
 
 impl Engine {
@@ -139,7 +145,14 @@ impl Engine {
                 "{failed} stored messages were not sent again: the outbox is full"
             ));
         }
+        // Drawn only when sharing, so a solo engine's random sequence is unchanged.
+        let tab = match cfg.share_key {
+            Some(_) => hex_id(&mut rng),
+            None => String::new(),
+        };
+        let follow = Follow::new(cfg.share_key.clone(), tab);
         Self {
+            follow,
             parser: SseParser::new(cfg.max_event_bytes),
             telemetry: Telemetry::new(cfg.telemetry_capacity),
             persist: Persist::new(cfg.persist, cfg.persist_interval_ms, state.cursor),
@@ -227,15 +240,32 @@ impl Engine {
 
     /// The status as of `now`.
     pub fn status(&self, now: Ms) -> StreamStatus {
-        let (connection, attempt, retry_in_ms) = self.link.status(now);
+        // A follower shows the leader's connection, whatever link of its own
+        // it may hold (a catch-up, or a socket for its sends).
+        let mirrored = self.follow.following()
+            && !matches!(self.link.conn, Conn::Idle | Conn::Closed | Conn::Finished);
+        let (connection, attempt, retry_in_ms) = if mirrored {
+            self.follow.status(now)
+        } else {
+            self.link.status(now)
+        };
         StreamStatus {
             connection,
             activity: self.activity(now),
             attempt,
             retry_in_ms,
             last_error: self.link.last_error.clone(),
-            sharing: Sharing::Solo,
+            sharing: match self.follow.role {
+                Role::Solo => Sharing::Solo,
+                Role::Leader => Sharing::Leader,
+                Role::Follower => Sharing::Follower,
+            },
         }
+    }
+
+    /// This tab's id in the tabs' channel messages (`share: "tabs"`).
+    pub fn tab_id(&self) -> &str {
+        &self.follow.tab
     }
 
     /// Activity as of `now`: `working` exactly when `now - last token ≥ stall_after_ms`.
@@ -276,6 +306,8 @@ impl Engine {
             // A stored finished run: it never reconnects (PROTOCOL §2a); the
             // reconcile still runs if something was left non-terminal.
             self.finish(now);
+        } else if self.link.conn == Conn::Idle && self.follow.following() {
+            self.start_following(now);
         } else if self.link.conn == Conn::Idle {
             if self.link.online {
                 self.connect(now);
@@ -308,7 +340,11 @@ impl Engine {
                 self.link.reset_for_retry();
                 self.connect(now);
             }
-            Conn::Closed | Conn::Finished | Conn::Connecting | Conn::Open { .. } => {}
+            Conn::Closed
+            | Conn::Finished
+            | Conn::Connecting
+            | Conn::Open { .. }
+            | Conn::Following => {}
         }
         self.outbox.all_due_now(now);
         self.pump_sends(now);
@@ -472,7 +508,9 @@ impl Engine {
                 }
             }
             Timer::Countdown => {
-                if self.link.countdown(now, &mut self.timers) {
+                if self.link.countdown(now, &mut self.timers)
+                    || self.follow.countdown(now, &mut self.timers)
+                {
                     self.mark_dirty();
                 }
             }

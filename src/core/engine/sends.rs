@@ -120,7 +120,8 @@ impl Engine {
             _ if !self.link.online => false,
             _ if !ws => true,
             Conn::Open { .. } => true,
-            Conn::Finished if self.outbox.has_queued() => {
+            Conn::Finished | Conn::Following if self.outbox.has_queued() => {
+                // A socket just for the sends (no subscribe), closed once they are acknowledged.
                 self.connect(now);
                 false
             }
@@ -252,6 +253,7 @@ impl Engine {
 
     /// A socket opened after the run finished only for sends closes once they are delivered.
     fn close_send_only_socket(&mut self, now: Ms) {
+        self.settle_side_link(now);
         if self.state.is_finished()
             && self.socket_transport()
             && self.outbox.is_empty()

@@ -107,6 +107,17 @@ impl Engine {
     }
 
     pub(super) fn connect(&mut self, now: Ms) {
+        if self.follow.following() && !self.side_link_needed() {
+            // Another tab holds the connection: whatever asked (a backoff
+            // timer, `online`, a 401 retry) rests in following instead.
+            if self.link.live() {
+                self.end_link(now, Termination::Shared, None);
+            }
+            self.timers.clear(Timer::Reconnect);
+            self.timers.clear(Timer::Countdown);
+            self.link.conn = Conn::Following;
+            return;
+        }
         if self.link.live() {
             self.end_link(now, Termination::RetryNow, None);
         }

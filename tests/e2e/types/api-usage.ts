@@ -33,9 +33,13 @@ export async function main(): Promise<void> {
     connectTimeoutMs: 10000,
     heartbeatTimeoutMs: 25000,
     backoff: { initialMs: 500, maxMs: 20000, multiplier: 2 },
+    share: "tabs",
     resume: "session",
     spans: { sampleRate: 0.1 },
   };
+  // @ts-expect-error: share is "none" | "tabs"
+  const badShare: RunStreamOptions = { runId: "r", share: "windows" };
+  void badShare;
   const stream = new RunStream(options);
   stream.start();
   const off: () => void = stream.subscribe(() => render(stream.getSnapshot()));
@@ -81,6 +85,8 @@ function render(s: RunSnapshot): void {
   const headersFailed: number | undefined = metrics.terminations.headers_error;
   const gaps: number = metrics.gapsSkipped;
   const unknown: number = metrics.unknownEvents;
+  const channelErrors: number = metrics.channelErrors;
+  const shared: number | undefined = metrics.terminations.shared;
   const sharing: "solo" | "leader" | "follower" = status.sharing;
   const reason: TerminationReason = "headers_error";
   // @ts-expect-error: termination reasons are a closed union
@@ -89,5 +95,5 @@ function render(s: RunSnapshot): void {
   const version: number = s.version;
   // @ts-expect-error: connection states are a closed union
   const bad: StreamStatus["connection"] = "sleeping";
-  void [retry, workers, messages, ttft, completed, headersFailed, gaps, unknown, sharing, reason, badReason, version, bad];
+  void [retry, workers, messages, ttft, completed, headersFailed, gaps, unknown, channelErrors, shared, sharing, reason, badReason, version, bad];
 }
