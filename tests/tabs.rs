@@ -439,6 +439,41 @@ fn followers_show_the_leaders_connection_and_count_its_wait_down() {
 }
 
 #[test]
+fn a_followers_retry_now_skips_the_leaders_wait() {
+    // API.md `retryNow()`: "skip the backoff wait". A follower has no
+    // connection of its own, so the leader's wait is the one to skip.
+    let mut leader = follower(share_cfg(), 1);
+    drain(&mut leader);
+    leader.handle_lead(1.0);
+    let (conn, _) = connect_of(&drain(&mut leader)).unwrap();
+    leader.handle_response(2.0, conn, 503, Some(20_000.0), false);
+    drain(&mut leader);
+
+    let mut f = follower(share_cfg(), 2);
+    drain(&mut f);
+    f.retry_now(3.0);
+    let out = drain(&mut f);
+    assert!(
+        connect_of(&out).is_none(),
+        "a follower never connects: {out:?}"
+    );
+    let asks: Vec<_> = broadcasts(&out)
+        .into_iter()
+        .filter(|t| Message::decode(t, KEY, 1 << 22).unwrap().body == Body::Retry)
+        .collect();
+    assert_eq!(asks.len(), 1, "{out:?}");
+
+    leader.handle_tab_text(3.0, &asks[0]);
+    assert!(
+        connect_of(&drain(&mut leader)).is_some(),
+        "the leader reconnects at once instead of waiting 20 s"
+    );
+    // A retry is for the leader: a follower ignores another follower's.
+    f.handle_tab_text(3.0, &asks[0]);
+    assert!(connect_of(&drain(&mut f)).is_none());
+}
+
+#[test]
 fn a_leader_reports_its_status_when_it_changes() {
     let mut e = follower(share_cfg(), 1);
     drain(&mut e);

@@ -107,6 +107,8 @@ pub enum Body {
     End(u64),
     /// The leader cannot answer an ask from its ring; its cursor.
     Miss(u64),
+    /// A follower's `retryNow()`: the leader skips its backoff wait.
+    Retry,
 }
 
 /// A decoded channel message.
@@ -140,6 +142,7 @@ impl Message {
             Body::Ask(c) => ("ask", c.to_string()),
             Body::End(c) => ("end", c.to_string()),
             Body::Miss(c) => ("miss", c.to_string()),
+            Body::Retry => ("retry", String::new()),
         };
         format!("{MAGIC}\n{key}\n{}\n{to}\n{kind}\n{body}", self.from)
     }
@@ -178,6 +181,7 @@ impl Message {
             "ask" => Body::Ask(cursor(body)?),
             "end" => Body::End(cursor(body)?),
             "miss" => Body::Miss(cursor(body)?),
+            "retry" if body.is_empty() => Body::Retry,
             _ => return Err(ChannelError::Shape("unknown kind")),
         };
         Ok(Self {

@@ -334,17 +334,15 @@ impl Engine {
     }
 
     /// Skips the backoff wait (a "retry" button); also leaves `failed` and `offline`.
+    /// A follower asks the leader to do it (the connection is the leader's).
     pub fn retry_now(&mut self, now: Ms) {
         match self.link.conn {
+            Conn::Following => self.broadcast(None, crate::core::tabs::Body::Retry),
             Conn::Idle | Conn::Waiting { .. } | Conn::Failed | Conn::Offline { .. } => {
                 self.link.reset_for_retry();
                 self.connect(now);
             }
-            Conn::Closed
-            | Conn::Finished
-            | Conn::Connecting
-            | Conn::Open { .. }
-            | Conn::Following => {}
+            Conn::Closed | Conn::Finished | Conn::Connecting | Conn::Open { .. } => {}
         }
         self.outbox.all_due_now(now);
         self.pump_sends(now);

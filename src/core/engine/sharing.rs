@@ -93,6 +93,7 @@ impl Engine {
                 self.replay_missed(now);
             }
             (Role::Leader, Body::Ask(cursor)) => self.answer(msg.from, cursor),
+            (Role::Leader, Body::Retry) => self.retry_now(now),
             // Asks are for the leader, answers for followers.
             _ => {}
         }
@@ -252,7 +253,7 @@ impl Engine {
         }
     }
 
-    fn broadcast(&mut self, to: Option<String>, body: Body) {
+    pub(super) fn broadcast(&mut self, to: Option<String>, body: Body) {
         let text = Message {
             from: self.follow.tab.clone(),
             to,
