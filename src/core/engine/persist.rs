@@ -1,6 +1,34 @@
 //! What is stored for a refresh, and when (API.md `resume`, "Sends survive everything").
 //!
-//! The record is `{"v":2,"cursor":N,"state":{…§6…},"parked":[envelope…]}`:
+//! A run's record is split in two so that a write never serializes the whole
+//! history (issue 13, item 3):
+//! - the **head** (small, written synchronously to session/localStorage):
+//!   `{"v":3,"cursor":N,"state":{…§6…},"parked":[envelope…]}` where
+//!   `state.messages` holds, in order, every message that is not a completed
+//!   (or failed) message with a `message_id` inline, and for each such
+//!   completed message whose body is in the body store only its reference
+//!   `[message_id, hash]`;
+//! - the **bodies** (the shell keeps them in IndexedDB): one immutable entry
+//!   per completed message, keyed by `[area, run_id, message_id, hash]`, where
+//!   `hash` ([`body_hash`]) covers every field of the message, so a key never
+//!   names two different bodies and two tabs can never corrupt each other.
+//!
+//! The invariant that keeps the head consistent without waiting on anything:
+//! **a head references only bodies whose write has been reported committed**
+//! ([`Persist::bodies_stored`]); every other message is inline. A persist tick
+//! hands the shell the bodies not written yet (each body once) and a head;
+//! when the completed messages not yet committed are too large to inline
+//! ([`INLINE_BODIES_MAX`]), the head is deferred until their batch commits and
+//! the previous head (an older but consistent resume point) stays.
+//!
+//! Runs whose completed messages total at most [`INLINE_BODIES_MAX`] bytes
+//! (and shells without a body store) keep everything inline: their head is
+//! restored synchronously, as version 2 records were (still readable).
+//!
+//! Per tick the engine hashes only the completed messages that changed since
+//! the previous tick (the state's change marks, [`Persist::note_changes`]);
+//! the head costs a few dozen bytes per completed message (its reference).
+//!
 //! - `state` holds the optimistic messages of sends not yet accepted, so a new
 //!   page sends them again with the same `client_request_id`;
 //! - `parked` holds the job-only events that are applied but waiting for their
@@ -8,21 +36,95 @@
 //!   lose them for good.
 //!
 //! When: a write is due whenever the cursor moved or anything else stored
-//! changed (a send queued, accepted or failed; an event parked), at most once
-//! per `persist_interval_ms`, and at once on `send()`, page hide, `close()`
-//! and run completion.
+//! changed (a send queued, accepted or failed; an event parked; bodies
+//! committed), at most once per `persist_interval_ms`, and at once on
+//! `send()`, page hide, `close()` and run completion.
+
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::config::Ms;
+use super::link::Conn;
 use super::timers::{Timer, TimerTable};
+use super::{unanswered, Engine};
 use crate::core::envelope::{decode_envelope_value, EventKind};
-use crate::core::state::{Parked, RunState, WorkerStatus};
+use crate::core::state::{
+    snake_keys, Changes, Message, MessageStatus, Parked, RunState, WorkerStatus,
+};
 use crate::core::wire::{StoredRecord, WireEnvelope};
 
-/// Version of the stored record format.
-pub const STORAGE_VERSION: u64 = 2;
+/// Version of the stored head format (2 and 1 are still read).
+pub const STORAGE_VERSION: u64 = 3;
+
+/// Completed messages stay inline while they total at most this many bytes
+/// of content (32 KiB); beyond, their bodies go to the body store. Also the
+/// most a head inlines of completed messages whose bodies are still being
+/// written: above it the head waits for their commit.
+pub const INLINE_BODIES_MAX: usize = 32 * 1024;
+
+/// Body batches written but not yet reported (bounded: a shell whose store
+/// never answers makes no new batch beyond this; the messages stay inline).
+pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
+/// Consecutive failed body batches after which the body store is not used
+/// again by this engine (everything inline, as without a store).
+pub const MAX_BODY_FAILURES: u32 = 3;
+
+/// Hashes are cut to 53 bits: exact as a JS number and as an IndexedDB key.
+const HASH_MASK: u64 = (1 << 53) - 1;
+
+/// One completed message's body for the body store; immutable under
+/// `[message_id, hash]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body {
+    /// The message's id.
+    pub message_id: String,
+    /// [`body_hash`] of the message (53 bits).
+    pub hash: u64,
+    /// [`encode_body`] of the message.
+    pub text: String,
+}
+
+/// Bodies to write in one transaction; report with [`crate::core::engine::Engine::bodies_stored`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyBatch {
+    /// Batch number (per engine).
+    pub id: u64,
+    /// The bodies not written before.
+    pub bodies: Vec<Body>,
+}
+
+/// What to store at a persist tick.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Write {
+    /// The head to store now (replacing the previous one), or `None`: keep the
+    /// previous head (the completed messages it would inline are still being written).
+    pub head: Option<String>,
+    /// Bodies to write to the body store, if any are new.
+    pub batch: Option<BodyBatch>,
+}
+
+/// Counters of what the stored record cost (for tests, benches and the lead's numbers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Heads handed out.
+    pub heads: u64,
+    /// Bytes (UTF-8) of the last head handed out.
+    pub last_head_bytes: u64,
+    /// Ticks whose head was deferred until a body batch commits.
+    pub heads_deferred: u64,
+    /// Bodies handed out to write.
+    pub bodies: u64,
+    /// Bytes of those bodies.
+    pub body_bytes: u64,
+    /// Body batches reported failed.
+    pub batches_failed: u64,
+    /// Restores that could not be completed (body store missing, failed, or a
+    /// referenced body absent or altered): the run started from the beginning.
+    pub restore_failures: u64,
+}
 
 /// A record read back.
 #[derive(Debug)]
@@ -31,14 +133,142 @@ pub struct Stored {
     pub state: RunState,
     /// Parked job-only events (id, event).
     pub parked: Vec<(u64, EventKind)>,
+    /// Bodies the head referenced (all present and intact): already stored.
+    pub refs: Vec<(String, u64)>,
 }
 
-/// The stored record of `state` and `parked`.
-pub fn encode(state: &RunState, parked: &Parked) -> String {
+/// One message slot of a head read back.
+#[derive(Debug)]
+enum Slot {
+    Inline(Message),
+    Ref(String, u64),
+}
+
+/// A head read back whose completed messages are in the body store.
+#[derive(Debug)]
+pub struct Pending {
+    run_id: String,
+    cursor: u64,
+    /// The §6 state without its messages.
+    state: Value,
+    slots: Vec<Slot>,
+    parked: Vec<(u64, EventKind)>,
+}
+
+impl Pending {
+    /// Number of bodies the head references.
+    pub fn refs(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Ref(..)))
+            .count()
+    }
+}
+
+/// A head read back: complete, or waiting for its bodies.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Everything was inline.
+    Ready(Stored),
+    /// Completed messages are in the body store: read them, then [`finish`].
+    Pending(Pending),
+}
+
+/// A message whose body goes to the body store once committed: completed or
+/// failed, and known to the server (`message_id`).
+fn external(m: &Message) -> bool {
+    m.message_id.is_some() && matches!(m.status, MessageStatus::Completed | MessageStatus::Failed)
+}
+
+/// FNV-1a (64-bit) over every field of `m`, each length-prefixed, cut to 53
+/// bits. Two messages with the same `message_id` and hash are the same body.
+pub fn body_hash(m: &Message) -> u64 {
+    fn field(h: &mut u64, b: Option<&[u8]>) {
+        let (tag, bytes): (u8, &[u8]) = match b {
+            Some(b) => (1, b),
+            None => (0, &[]),
+        };
+        for x in [tag]
+            .iter()
+            .chain((bytes.len() as u64).to_le_bytes().iter())
+            .chain(bytes.iter())
+        {
+            *h ^= u64::from(*x);
+            *h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    field(&mut h, m.message_id.as_deref().map(str::as_bytes));
+    field(&mut h, m.client_request_id.as_deref().map(str::as_bytes));
+    field(&mut h, m.reply_to.as_deref().map(str::as_bytes));
+    field(&mut h, Some(m.role.as_bytes()));
+    field(&mut h, Some(m.content.as_bytes()));
+    let status: u8 = match m.status {
+        MessageStatus::Queued => 0,
+        MessageStatus::Sending => 1,
+        MessageStatus::Sent => 2,
+        MessageStatus::Streaming => 3,
+        MessageStatus::Completed => 4,
+        MessageStatus::Failed => 5,
+    };
+    field(&mut h, Some(&[status]));
+    h & HASH_MASK
+}
+
+/// A message in the §6 wire shape (snake_case keys).
+fn message_wire(m: &Message) -> Value {
+    serde_json::to_value(m).map(snake_keys).unwrap_or(Value::Null)
+}
+
+/// The stored text of one body (a §6 message). The one place bodies are encoded.
+pub fn encode_body(m: &Message) -> String {
+    message_wire(m).to_string()
+}
+
+/// A body read back. The one place bodies are decoded.
+pub fn decode_body(text: &str) -> Option<Message> {
+    serde_json::from_str(text).ok()
+}
+
+/// One message of a head to write: inline, or a reference to a committed body.
+#[derive(Debug, Clone, Copy)]
+enum Entry<'a> {
+    Inline(&'a Message),
+    Ref(&'a str, u64),
+}
+
+/// The head text: cursor, state (messages inline or as references, in
+/// order), parked events. The one place heads are encoded.
+fn encode_head(state: &RunState, entries: &[Entry<'_>], parked: &Parked) -> String {
+    let messages = entries
+        .iter()
+        .map(|e| match e {
+            Entry::Inline(m) => message_wire(m),
+            Entry::Ref(id, hash) => Value::Array(vec![(*id).into(), (*hash).into()]),
+        })
+        .collect();
+    let mut st = Map::new();
+    st.insert("run_id".into(), state.run_id.clone().into());
+    st.insert("cursor".into(), state.cursor.into());
+    st.insert(
+        "status".into(),
+        serde_json::to_value(state.status).unwrap_or(Value::Null),
+    );
+    st.insert(
+        "workers".into(),
+        serde_json::to_value(&state.workers)
+            .map(snake_keys)
+            .unwrap_or(Value::Null),
+    );
+    st.insert("messages".into(), Value::Array(messages));
+    st.insert(
+        "supervisor".into(),
+        serde_json::to_value(&state.supervisor).unwrap_or(Value::Null),
+    );
     StoredRecord {
         v: STORAGE_VERSION,
         cursor: state.cursor,
-        state: state.to_wire(),
+        state: Value::Object(st),
         parked: parked
             .iter()
             .filter_map(|(id, kind)| parked_envelope(&state.run_id, id, kind))
@@ -47,18 +277,43 @@ pub fn encode(state: &RunState, parked: &Parked) -> String {
     .encode()
 }
 
-/// Reads a record of `run_id` back; `None` for anything unreadable, foreign or
-/// of another version (the run then starts from the beginning).
-pub fn decode(text: &str, run_id: &str) -> Option<Stored> {
+/// The whole record with every message inline (no body store).
+pub fn encode(state: &RunState, parked: &Parked) -> String {
+    let entries: Vec<Entry<'_>> = state.messages.iter().map(Entry::Inline).collect();
+    encode_head(state, &entries, parked)
+}
+
+/// Reads a head of `run_id` back (versions 1–3); `None` for anything
+/// unreadable, foreign or of another version (the run then starts from the
+/// beginning). The one place heads are decoded.
+pub fn decode_head(text: &str, run_id: &str) -> Option<Decoded> {
     let r = StoredRecord::decode(text).ok()?;
-    if r.v != 1 && r.v != STORAGE_VERSION {
+    if !(1..=STORAGE_VERSION).contains(&r.v) {
         return None;
     }
-    let mut state = RunState::from_wire(r.state).ok()?;
-    if state.run_id != run_id {
+    let mut state = r.state;
+    let entries = match state.get_mut("messages").map(Value::take) {
+        Some(Value::Array(a)) => a,
+        Some(Value::Null) | None => Vec::new(),
+        Some(_) => return None,
+    };
+    let mut slots = Vec::with_capacity(entries.len());
+    for e in entries {
+        let slot = match e {
+            Value::Array(a) if r.v >= 3 => match a.as_slice() {
+                [Value::String(id), h] => Slot::Ref(id.clone(), h.as_u64()?),
+                _ => return None,
+            },
+            v => Slot::Inline(serde_json::from_value(v).ok()?),
+        };
+        slots.push(slot);
+    }
+    if let Some(o) = state.as_object_mut() {
+        o.insert("messages".into(), Value::Array(Vec::new()));
+    }
+    if state.get("run_id").and_then(Value::as_str) != Some(run_id) {
         return None;
     }
-    state.cursor = r.cursor;
     let parked = r
         .parked
         .into_iter()
@@ -66,7 +321,64 @@ pub fn decode(text: &str, run_id: &str) -> Option<Stored> {
         .filter(|e| e.event_id <= r.cursor)
         .map(|e| (e.event_id, e.kind))
         .collect();
-    Some(Stored { state, parked })
+    let pending = Pending {
+        run_id: run_id.to_owned(),
+        cursor: r.cursor,
+        state,
+        slots,
+        parked,
+    };
+    if pending.refs() == 0 {
+        finish(pending, &[]).map(Decoded::Ready)
+    } else {
+        Some(Decoded::Pending(pending))
+    }
+}
+
+/// Completes a head with the bodies read from the body store (any order,
+/// extra ones ignored). `None` when a referenced body is missing, unreadable
+/// or not the one referenced (its hash differs): the head cannot be used.
+pub fn finish(p: Pending, bodies: &[Body]) -> Option<Stored> {
+    let by_key: HashMap<(&str, u64), &str> = bodies
+        .iter()
+        .map(|b| ((b.message_id.as_str(), b.hash), b.text.as_str()))
+        .collect();
+    let mut state = RunState::from_wire(p.state).ok()?;
+    if state.run_id != p.run_id {
+        return None;
+    }
+    let mut messages = Vec::with_capacity(p.slots.len());
+    let mut refs = Vec::new();
+    for slot in p.slots {
+        match slot {
+            Slot::Inline(m) => messages.push(m),
+            Slot::Ref(id, hash) => {
+                let m = decode_body(by_key.get(&(id.as_str(), hash))?)?;
+                if m.message_id.as_deref() != Some(id.as_str()) || body_hash(&m) != hash {
+                    return None;
+                }
+                messages.push(m);
+                refs.push((id, hash));
+            }
+        }
+    }
+    state.messages = messages;
+    state.cursor = p.cursor;
+    state.reindex();
+    Some(Stored {
+        state,
+        parked: p.parked,
+        refs,
+    })
+}
+
+/// Reads a record of `run_id` whose messages are all inline (tests, and
+/// records of shells without a body store).
+pub fn decode(text: &str, run_id: &str) -> Option<Stored> {
+    match decode_head(text, run_id)? {
+        Decoded::Ready(s) => Some(s),
+        Decoded::Pending(_) => None,
+    }
 }
 
 /// Payload of a parked `worker.completed` (§4).
@@ -156,7 +468,7 @@ fn parked_envelope(run_id: &str, id: u64, kind: &EventKind) -> Option<Value> {
     serde_json::to_value(envelope).ok()
 }
 
-/// When the stored record is written.
+/// When the stored record is written, and which bodies are already stored.
 #[derive(Debug)]
 pub struct Persist {
     enabled: bool,
@@ -165,6 +477,28 @@ pub struct Persist {
     dirty: bool,
     written_cursor: u64,
     next_at: Ms,
+    /// The shell has a body store (IndexedDB) that has not failed too often.
+    body_store: bool,
+    /// Committed bodies: message id → hash of its stored body.
+    committed: HashMap<String, u64>,
+    /// Bodies handed out and not yet reported, by batch.
+    in_flight: Vec<(u64, Vec<(String, u64)>)>,
+    /// The same, by message id (for the per-message lookup).
+    pending: HashMap<String, u64>,
+    /// Hash cache of completed messages, valid unless the id is in `changed`.
+    known: HashMap<String, u64>,
+    /// Messages changed since their hash was cached (from the state's change marks).
+    changed: HashSet<String>,
+    /// Every cached hash is suspect (the state was replaced or reordered wholesale).
+    rescan: bool,
+    next_batch: u64,
+    failures: u32,
+    /// The head waits for its bodies' commit: the record loaded at page load
+    /// is not complete yet, and nothing may overwrite it.
+    awaiting: Option<Pending>,
+    /// A connection was asked for while `awaiting`: made once the state is rebuilt.
+    connect_deferred: bool,
+    stats: Stats,
 }
 
 impl Persist {
@@ -176,6 +510,18 @@ impl Persist {
             dirty: false,
             written_cursor: cursor,
             next_at: 0.0,
+            body_store: false,
+            committed: HashMap::new(),
+            in_flight: Vec::new(),
+            pending: HashMap::new(),
+            known: HashMap::new(),
+            changed: HashSet::new(),
+            rescan: false,
+            next_batch: 1,
+            failures: 0,
+            awaiting: None,
+            connect_deferred: false,
+            stats: Stats::default(),
         }
     }
 
@@ -193,8 +539,12 @@ impl Persist {
 
     /// Whether to write now. `force` skips the throttle (send, page hide,
     /// close, completion); otherwise a due write is timed by [`Timer::Persist`].
+    /// Never while a restored head waits for its bodies (it would overwrite it).
     pub fn due(&mut self, now: Ms, cursor: u64, force: bool, timers: &mut TimerTable) -> bool {
-        if !self.enabled || (!self.dirty && cursor == self.written_cursor) {
+        if !self.enabled
+            || self.awaiting.is_some()
+            || (!self.dirty && cursor == self.written_cursor)
+        {
             return false;
         }
         if force || now >= self.next_at {
@@ -208,6 +558,303 @@ impl Persist {
             timers.set(Timer::Persist, self.next_at);
         }
         false
+    }
+
+    /// The shell has (`true`) or lacks a body store.
+    pub fn set_body_store(&mut self, on: bool) {
+        self.body_store = on && self.failures < MAX_BODY_FAILURES;
+    }
+
+    /// Records which messages the state marked changed (positions valid for
+    /// `state` now): their cached hashes are recomputed at the next tick.
+    pub fn note_changes(&mut self, changes: &Changes, state: &RunState) {
+        if changes.messages.all {
+            self.rescan = true;
+            return;
+        }
+        for &p in &changes.messages.positions {
+            if let Some(id) = state.messages.get(p).and_then(|m| m.message_id.as_ref()) {
+                if self.known.contains_key(id) {
+                    self.changed.insert(id.clone());
+                }
+            }
+        }
+    }
+
+    /// What to store now (after [`Persist::due`] said so): the head and the
+    /// bodies not written yet. `changes`: the state's change marks not taken yet.
+    pub fn write(&mut self, state: &RunState, parked: &Parked, changes: &Changes) -> Write {
+        self.note_changes(changes, state);
+        let externalize = self.body_store
+            && (!self.committed.is_empty()
+                || !self.in_flight.is_empty()
+                || state
+                    .messages
+                    .iter()
+                    .filter(|m| external(m))
+                    .map(|m| m.content.len())
+                    .sum::<usize>()
+                    > INLINE_BODIES_MAX);
+        if !externalize {
+            let head = encode(state, parked);
+            self.count_head(&head);
+            return Write {
+                head: Some(head),
+                batch: None,
+            };
+        }
+        if std::mem::take(&mut self.rescan) {
+            self.known.clear();
+        }
+        let changed = std::mem::take(&mut self.changed);
+        let room = self.in_flight.len() < MAX_BATCHES_IN_FLIGHT;
+        let mut entries = Vec::with_capacity(state.messages.len());
+        let mut bodies = Vec::new();
+        let mut inline_done = 0usize;
+        for m in &state.messages {
+            let Some(id) = m.message_id.as_deref().filter(|_| external(m)) else {
+                entries.push(Entry::Inline(m));
+                continue;
+            };
+            let hash = match self.known.get(id) {
+                Some(&h) if !changed.contains(id) => h,
+                _ => {
+                    let h = body_hash(m);
+                    self.known.insert(id.to_owned(), h);
+                    h
+                }
+            };
+            if self.committed.get(id) == Some(&hash) {
+                entries.push(Entry::Ref(id, hash));
+                continue;
+            }
+            entries.push(Entry::Inline(m));
+            inline_done += m.content.len();
+            if room && self.pending.get(id) != Some(&hash) {
+                bodies.push(Body {
+                    message_id: id.to_owned(),
+                    hash,
+                    text: encode_body(m),
+                });
+            }
+        }
+        let batch = (!bodies.is_empty()).then(|| {
+            let id = self.next_batch;
+            self.next_batch += 1;
+            let keys: Vec<(String, u64)> = bodies
+                .iter()
+                .map(|b| (b.message_id.clone(), b.hash))
+                .collect();
+            for (k, h) in &keys {
+                self.pending.insert(k.clone(), *h);
+            }
+            self.in_flight.push((id, keys));
+            self.stats.bodies += bodies.len() as u64;
+            self.stats.body_bytes += bodies.iter().map(|b| b.text.len() as u64).sum::<u64>();
+            BodyBatch { id, bodies }
+        });
+        let head = if inline_done > INLINE_BODIES_MAX && !self.in_flight.is_empty() {
+            // Too large to inline, and its bodies are on their way: the
+            // previous head stays until they commit ([`Persist::bodies_stored`]).
+            self.stats.heads_deferred += 1;
+            self.dirty = true;
+            None
+        } else {
+            let head = encode_head(state, &entries, parked);
+            self.count_head(&head);
+            Some(head)
+        };
+        Write { head, batch }
+    }
+
+    fn count_head(&mut self, head: &str) {
+        self.stats.heads += 1;
+        self.stats.last_head_bytes = head.len() as u64;
+    }
+
+    /// The shell reports batch `id`: committed (`ok`) or failed. Returns true
+    /// when a new head is worth writing (its bodies can now be referenced).
+    pub fn bodies_stored(&mut self, id: u64, ok: bool) -> bool {
+        let Some(at) = self.in_flight.iter().position(|(b, _)| *b == id) else {
+            return false;
+        };
+        let (_, keys) = self.in_flight.remove(at);
+        for (k, h) in keys {
+            if self.pending.get(&k) == Some(&h) {
+                self.pending.remove(&k);
+            }
+            if ok {
+                self.committed.insert(k, h);
+            }
+        }
+        if ok {
+            self.failures = 0;
+        } else {
+            self.failures += 1;
+            self.stats.batches_failed += 1;
+            if self.failures >= MAX_BODY_FAILURES {
+                self.body_store = false;
+            }
+        }
+        self.dirty = true;
+        true
+    }
+
+    /// A restored head waits for its bodies: nothing is written meanwhile.
+    pub fn await_bodies(&mut self, p: Pending) {
+        self.awaiting = Some(p);
+    }
+
+    /// The restored head waiting for its bodies, if any.
+    pub fn awaiting(&self) -> Option<&Pending> {
+        self.awaiting.as_ref()
+    }
+
+    /// Completes the awaited head with `bodies` (`None`: the store failed).
+    /// `Err` (counted) when it cannot be completed, with the head's sends not
+    /// delivered yet (they are not lost with it); `None` when nothing was awaited.
+    pub fn take_awaited(
+        &mut self,
+        bodies: Option<&[Body]>,
+    ) -> Option<Result<Stored, Vec<Message>>> {
+        let p = self.awaiting.take()?;
+        let sends: Vec<Message> = p
+            .slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Inline(m) if m.message_id.is_none() => Some(m.clone()),
+                _ => None,
+            })
+            .collect();
+        match bodies.and_then(|b| finish(p, b)) {
+            Some(s) => {
+                self.adopt(&s);
+                Some(Ok(s))
+            }
+            None => {
+                self.stats.restore_failures += 1;
+                Some(Err(sends))
+            }
+        }
+    }
+
+    /// A connection was wanted while the head awaited its bodies.
+    pub fn defer_connect(&mut self) {
+        self.connect_deferred = true;
+    }
+
+    /// A restored record's bodies are already stored; its cursor was written.
+    pub fn adopt(&mut self, s: &Stored) {
+        for (k, h) in &s.refs {
+            self.committed.insert(k.clone(), *h);
+            self.known.insert(k.clone(), *h);
+        }
+        self.written_cursor = s.state.cursor;
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+}
+
+
+// ----- the engine's side of the stored record ---------------------------------
+impl Engine {
+    /// The shell has a body store (IndexedDB) for completed messages
+    /// (`false`: every message stays in the head, as a version 2 record).
+    pub fn set_body_store(&mut self, on: bool) {
+        self.persist.set_body_store(on);
+    }
+
+    /// What to store after [`Action::Persist`](super::Action::Persist) (and at
+    /// page hide): write the batch's bodies (if any) to the body store and
+    /// report with [`Engine::bodies_stored`]; store the head (if any) now, in
+    /// place of the previous one. Costs the bodies not written before plus a
+    /// reference per stored body: never the whole history again.
+    pub fn storage_write(&mut self) -> Write {
+        self.persist
+            .write(&self.state, &self.parked, self.state.changes())
+    }
+
+    /// The body store committed (`ok`) or failed batch `batch`; a head that
+    /// references the committed bodies is then written at once.
+    pub fn bodies_stored(&mut self, now: Ms, batch: u64, ok: bool) {
+        if self.persist.bodies_stored(batch, ok) {
+            self.request_persist(now, true);
+        }
+    }
+
+    /// The stored head references bodies in the body store: read them (every
+    /// body stored for this run) and hand them to [`Engine::restore_bodies`].
+    /// Until then the engine neither connects nor writes its record.
+    pub fn awaiting_bodies(&self) -> bool {
+        self.persist.awaiting().is_some()
+    }
+
+    /// The bodies read for the awaited head (`None`: the body store is missing
+    /// or failed). With every referenced body present and intact, the stored
+    /// state and cursor are installed; otherwise (counted in
+    /// [`Stats::restore_failures`]) the run starts from the beginning, keeping
+    /// only the head's undelivered sends, so no event is applied twice. A
+    /// connection asked for meanwhile is made now.
+    pub fn restore_bodies(&mut self, now: Ms, bodies: Option<&[Body]>) {
+        let Some(outcome) = self.persist.take_awaited(bodies) else {
+            return;
+        };
+        let cap = self.cfg.outbox_capacity;
+        let mut restored = match outcome {
+            Ok(stored) => {
+                for (id, kind) in stored.parked {
+                    self.parked.restore(id, kind, self.cfg.park_capacity);
+                }
+                stored.state
+            }
+            Err(sends) => {
+                let mut fresh = RunState::new(&self.cfg.run_id);
+                for m in sends {
+                    fresh.insert_message(m);
+                }
+                fresh
+            }
+        };
+        restored.reindex();
+        let failed = self.outbox.restore(&mut restored.messages, cap);
+        if failed > 0 {
+            self.link.last_error = Some(format!(
+                "{failed} stored messages were not sent again: the outbox is full"
+            ));
+        }
+        if !restored.is_finished() {
+            self.activity.restore(unanswered(&restored), now);
+        }
+        // Sends made while the bodies were read stay, after the stored messages.
+        let live = std::mem::replace(&mut self.state, restored);
+        for m in live.messages.into_iter().filter(|m| m.message_id.is_none()) {
+            let known = m
+                .client_request_id
+                .as_deref()
+                .is_some_and(|c| self.state.message_by_request(c).is_some());
+            if !known {
+                self.state.insert_message(m);
+            }
+        }
+        self.state.mark_all_changed();
+        self.mark_dirty();
+        self.pump_sends(now);
+        if std::mem::take(&mut self.persist.connect_deferred) {
+            match self.link.conn {
+                Conn::Idle => self.start(now),
+                Conn::Closed | Conn::Finished => {}
+                _ if self.link.online => self.connect(now),
+                _ => {}
+            }
+        }
+    }
+
+    /// What the stored record cost so far.
+    pub fn storage_stats(&self) -> Stats {
+        self.persist.stats()
     }
 }
 

@@ -107,6 +107,11 @@ impl Engine {
     }
 
     pub(super) fn connect(&mut self, now: Ms) {
+        if self.persist.awaiting().is_some() {
+            // The stored state is still being rebuilt: its cursor is not known yet.
+            self.persist.defer_connect();
+            return;
+        }
         if self.link.live() {
             self.end_link(now, Termination::RetryNow, None);
         }
