@@ -13,7 +13,7 @@ use super::env;
 use super::error::WebError;
 use super::options::Options;
 use super::storage;
-use crate::core::engine::{Action, Engine};
+use crate::core::engine::Action;
 
 /// A new frozen snapshot of the stream, sharing every unchanged part with the last one.
 fn view(inner: &mut Inner) -> JsValue {
@@ -183,8 +183,7 @@ impl RunStream {
         #[wasm_bindgen(unchecked_param_type = "RunStreamOptions")] options: JsValue,
     ) -> Result<RunStream, JsValue> {
         let opts = Options::parse(&options)?;
-        let restored = storage::restore(&opts);
-        let engine = Engine::new(opts.config.clone(), env::seed(), restored.as_deref());
+        let engine = storage::engine(&opts);
         let inner = Rc::new_cyclic(|weak| {
             RefCell::new(Inner {
                 engine,
@@ -205,6 +204,9 @@ impl RunStream {
                 closed: false,
             })
         });
+        if let Ok(i) = inner.try_borrow() {
+            storage::load_bodies(&i);
+        }
         // Built now, so there is always a last snapshot to return; not cached,
         // so the first getSnapshot() still reflects calls made before it (send()).
         let first = inner
@@ -336,7 +338,7 @@ impl RunStream {
         // Persist (the only action that still matters), then drop everything.
         while let Some(a) = inner.engine.poll_action() {
             if let Action::Persist { .. } = a {
-                let _ = storage::persist(&inner);
+                let _ = storage::persist(&mut inner);
             }
         }
         inner.closed = true;

@@ -6,7 +6,8 @@
 //!
 //! - [`api`]: the `RunStream` class and the TypeScript declarations.
 //! - [`driver`]: the stream's shared state, `drive()`, the timer, the frame loop.
-//! - [`storage`]: the stored record (cursor + state) in session/local storage.
+//! - [`storage`]: the stored record's head (cursor + state) in session/local storage;
+//! - [`idb`]: the stored record's completed-message bodies in IndexedDB.
 //! - `socket`: the page's WebSocket shared by every stream on one `wsUrl`.
 //! - `transport`, `env`, `options`, `error`: transports, browser plumbing, options, errors.
 
@@ -17,6 +18,7 @@ mod error;
 mod options;
 mod snapshot;
 mod socket;
+mod idb;
 mod storage;
 mod transport;
 

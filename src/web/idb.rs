@@ -1,0 +1,238 @@
+//! The body store: completed messages' bodies in IndexedDB (see
+//! [`crate::core::engine::persist`] for what is stored and why).
+//!
+//! One database per origin, [`DB_NAME`], with two object stores:
+//! - `bodies`: key `[area, run_id, message_id, hash]` → the body text. A key
+//!   is written once with one content (content-addressed), so tabs writing
+//!   the same run never corrupt each other's record.
+//! - `runs`: key `[area, run_id]` → when its bodies were last written or read
+//!   (wall-clock ms). Bodies of runs not touched for [`IDLE_TTL_MS`] are
+//!   removed at page load ([`sweep`], once per page): `sessionStorage` dies
+//!   with its tab, and with it the only head that references them.
+//!
+//! Every request is turned into a promise whose `resolve`/`reject` are the
+//! request's own `onsuccess`/`onerror` handlers: no closure outlives it.
+//! Failures are reported to the engine (`false` / `None`), never thrown.
+
+use std::cell::{Cell, RefCell};
+
+use js_sys::{Array, Promise};
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::{spawn_local, JsFuture};
+use web_sys::{
+    IdbDatabase, IdbKeyRange, IdbObjectStore, IdbOpenDbRequest, IdbRequest, IdbTransaction,
+    IdbTransactionMode,
+};
+
+use crate::core::engine::persist::Body;
+
+/// The database's name (one per origin).
+pub const DB_NAME: &str = "runstream";
+const DB_VERSION: u32 = 1;
+const BODIES: &str = "bodies";
+const RUNS: &str = "runs";
+/// Bodies of a run neither written nor read for this long (7 days) are removed at page load.
+pub const IDLE_TTL_MS: f64 = 7.0 * 24.0 * 3600.0 * 1000.0;
+
+thread_local! {
+    /// The open database (opened on first use, then shared by every stream of the page).
+    static DB: RefCell<Option<IdbDatabase>> = const { RefCell::new(None) };
+    /// The sweep ran on this page.
+    static SWEPT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True when the page has IndexedDB (not in every private mode or sandbox).
+pub fn available() -> bool {
+    web_sys::window()
+        .and_then(|w| w.indexed_db().ok().flatten())
+        .is_some()
+}
+
+/// Settles with `req`: its handlers are set now, before any of its events can fire.
+fn settle(req: &IdbRequest) -> JsFuture {
+    JsFuture::from(Promise::new(&mut |resolve, reject| {
+        req.set_onsuccess(Some(&resolve));
+        req.set_onerror(Some(&reject));
+    }))
+}
+
+/// The result of `req`, whose [`settle`] future is `f`.
+async fn result(req: &IdbRequest, f: JsFuture) -> Result<JsValue, JsValue> {
+    f.await?;
+    req.result()
+}
+
+async fn committed(tx: &IdbTransaction) -> Result<(), JsValue> {
+    let p = Promise::new(&mut |resolve, reject| {
+        tx.set_oncomplete(Some(&resolve));
+        tx.set_onerror(Some(&reject));
+        tx.set_onabort(Some(&reject));
+    });
+    JsFuture::from(p).await.map(|_| ())
+}
+
+async fn open() -> Result<IdbDatabase, JsValue> {
+    if let Some(db) = DB.with(|d| d.borrow().clone()) {
+        return Ok(db);
+    }
+    let factory = web_sys::window()
+        .and_then(|w| w.indexed_db().ok().flatten())
+        .ok_or(JsValue::NULL)?;
+    let req: IdbOpenDbRequest = factory.open_with_u32(DB_NAME, DB_VERSION)?;
+    let r = req.clone();
+    let upgrade = Closure::once(move |_: JsValue| {
+        if let Ok(db) = r.result().and_then(|v| v.dyn_into::<IdbDatabase>()) {
+            let names = db.object_store_names();
+            for name in [BODIES, RUNS] {
+                if !names.contains(name) {
+                    let _ = db.create_object_store(name);
+                }
+            }
+        }
+    });
+    req.set_onupgradeneeded(Some(upgrade.as_ref().unchecked_ref()));
+    let f = settle(&req);
+    let db = result(&req, f).await;
+    req.set_onupgradeneeded(None);
+    drop(upgrade);
+    let db: IdbDatabase = db?.dyn_into()?;
+    DB.with(|d| *d.borrow_mut() = Some(db.clone()));
+    Ok(db)
+}
+
+fn tx(db: &IdbDatabase, write: bool) -> Result<(IdbTransaction, IdbObjectStore, IdbObjectStore), JsValue> {
+    let mode = if write {
+        IdbTransactionMode::Readwrite
+    } else {
+        IdbTransactionMode::Readonly
+    };
+    let names = Array::of2(&BODIES.into(), &RUNS.into());
+    let t = db.transaction_with_str_sequence_and_mode(&names, mode)?;
+    let bodies = t.object_store(BODIES)?;
+    let runs = t.object_store(RUNS)?;
+    Ok((t, bodies, runs))
+}
+
+fn run_key(area: &str, run_id: &str) -> Array {
+    Array::of2(&area.into(), &run_id.into())
+}
+
+/// Every key of run `run_id`'s bodies: `[area, run_id]` ≤ key < `[area, run_id, []]`
+/// (an array sorts after every string).
+fn run_range(area: &str, run_id: &str) -> Result<IdbKeyRange, JsValue> {
+    let upper = Array::of3(&area.into(), &run_id.into(), &Array::new());
+    IdbKeyRange::bound(&run_key(area, run_id), &upper)
+}
+
+async fn put_all(area: &str, run_id: &str, bodies: &[Body]) -> Result<(), JsValue> {
+    let db = open().await?;
+    let (t, store, runs) = tx(&db, true)?;
+    for b in bodies {
+        let key = Array::of4(
+            &area.into(),
+            &run_id.into(),
+            &b.message_id.as_str().into(),
+            &(b.hash as f64).into(),
+        );
+        store.put_with_key(&b.text.as_str().into(), &key)?;
+    }
+    runs.put_with_key(&js_sys::Date::now().into(), &run_key(area, run_id))?;
+    committed(&t).await
+}
+
+/// Writes `bodies` of `run_id` in one transaction; `done(true)` once it has
+/// committed, `done(false)` if it failed (quota, no IndexedDB, closed database).
+pub fn put(area: &'static str, run_id: String, bodies: Vec<Body>, done: impl FnOnce(bool) + 'static) {
+    spawn_local(async move {
+        let ok = put_all(area, &run_id, &bodies).await.is_ok();
+        done(ok);
+    });
+}
+
+async fn read_all(area: &str, run_id: &str) -> Result<Vec<Body>, JsValue> {
+    let db = open().await?;
+    let (_t, store, runs) = tx(&db, true)?;
+    let range = run_range(area, run_id)?;
+    let keys = store.get_all_keys_with_key(&range)?;
+    let values = store.get_all_with_key(&range)?;
+    let (fk, fv) = (settle(&keys), settle(&values));
+    runs.put_with_key(&js_sys::Date::now().into(), &run_key(area, run_id))?;
+    let keys: Array = result(&keys, fk).await?.dyn_into()?;
+    let values: Array = result(&values, fv).await?.dyn_into()?;
+    let mut out = Vec::with_capacity(keys.length() as usize);
+    for (k, v) in keys.iter().zip(values.iter()) {
+        let k: Array = k.dyn_into()?;
+        let (Some(id), Some(hash), Some(text)) = (k.get(2).as_string(), k.get(3).as_f64(), v.as_string())
+        else {
+            continue;
+        };
+        out.push(Body {
+            message_id: id,
+            hash: hash as u64,
+            text,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads every body stored for `run_id` (one `getAll` over its key range);
+/// `done(None)` when IndexedDB is missing or fails.
+pub fn read(area: &'static str, run_id: String, done: impl FnOnce(Option<Vec<Body>>) + 'static) {
+    spawn_local(async move {
+        let bodies = read_all(area, &run_id).await.ok();
+        done(bodies);
+    });
+}
+
+async fn remove_all(area: &str, runs: &[String]) -> Result<(), JsValue> {
+    let db = open().await?;
+    let (t, store, meta) = tx(&db, true)?;
+    for id in runs {
+        store.delete(run_range(area, id)?.as_ref())?;
+        meta.delete(&run_key(area, id))?;
+    }
+    committed(&t).await
+}
+
+/// Removes the bodies of `runs` (their heads were evicted). Best effort.
+pub fn remove(area: &'static str, runs: Vec<String>) {
+    if runs.is_empty() || !available() {
+        return;
+    }
+    spawn_local(async move {
+        let _ = remove_all(area, &runs).await;
+    });
+}
+
+async fn sweep_idle(now: f64) -> Result<(), JsValue> {
+    let db = open().await?;
+    let (t, store, meta) = tx(&db, true)?;
+    let keys = meta.get_all_keys()?;
+    let times = meta.get_all()?;
+    let (fk, ft) = (settle(&keys), settle(&times));
+    let keys: Array = result(&keys, fk).await?.dyn_into()?;
+    let times: Array = result(&times, ft).await?.dyn_into()?;
+    for (k, at) in keys.iter().zip(times.iter()) {
+        if now - at.as_f64().unwrap_or(0.0) < IDLE_TTL_MS {
+            continue;
+        }
+        let key: Array = k.dyn_into()?;
+        let (Some(area), Some(run)) = (key.get(0).as_string(), key.get(1).as_string()) else {
+            continue;
+        };
+        store.delete(run_range(&area, &run)?.as_ref())?;
+        meta.delete(&key)?;
+    }
+    committed(&t).await
+}
+
+/// Once per page: removes the bodies of runs idle for [`IDLE_TTL_MS`]. Best effort.
+pub fn sweep() {
+    if SWEPT.with(|s| s.replace(true)) || !available() {
+        return;
+    }
+    spawn_local(async move {
+        let _ = sweep_idle(js_sys::Date::now()).await;
+    });
+}
