@@ -18,7 +18,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use runstream::core::engine::persist::{Body, Write, INLINE_BODIES_MAX};
+use runstream::core::engine::persist::{Body, StoredBatch, Write, INLINE_BODIES_MAX};
 use runstream::core::engine::{Action, Engine, Ms};
 use runstream::core::state::MessageStatus;
 use serde_json::json;
@@ -30,7 +30,8 @@ const BYTES: usize = 3000;
 #[derive(Default)]
 struct Store {
     head: Option<String>,
-    bodies: BTreeMap<(String, u64), String>,
+    /// One record per batch: key → bodies `(message_id, hash, text)`.
+    records: BTreeMap<u64, Vec<(String, u64, String)>>,
     /// Bytes written per persist tick (head + bodies).
     ticks: Vec<(usize, usize)>,
     bodies_written: usize,
@@ -50,14 +51,22 @@ impl Store {
             }
             let mut body_bytes = 0;
             if let Some(b) = batch {
-                for body in &b.bodies {
-                    body_bytes += body.text.len();
-                    self.bodies_written += 1;
-                    let old = self
-                        .bodies
-                        .insert((body.message_id.clone(), body.hash), body.text.clone());
-                    // Content-addressed: a key is never written with other content.
-                    assert!(old.is_none_or(|o| o == body.text), "body rewritten");
+                let rows: Vec<(String, u64, String)> = b
+                    .bodies
+                    .iter()
+                    .map(|x| (x.message_id.clone(), x.hash, x.text.clone()))
+                    .collect();
+                body_bytes += rows.iter().map(|r| r.2.len()).sum::<usize>();
+                self.bodies_written += rows.len();
+                // Content-addressed: a key is never written with other content.
+                if let Some(old) = self.records.get(&b.key) {
+                    assert_eq!(old, &rows, "record rewritten");
+                }
+                if !rows.is_empty() {
+                    self.records.insert(b.key, rows);
+                }
+                for k in &b.replaces {
+                    self.records.remove(k);
                 }
                 if commit {
                     e.bodies_stored(now, b.id, true);
@@ -71,13 +80,19 @@ impl Store {
         }
     }
 
-    fn bodies(&self) -> Vec<Body> {
-        self.bodies
+    fn bodies(&self) -> Vec<StoredBatch> {
+        self.records
             .iter()
-            .map(|((id, hash), text)| Body {
-                message_id: id.clone(),
-                hash: *hash,
-                text: text.clone(),
+            .map(|(key, rows)| StoredBatch {
+                key: *key,
+                bodies: rows
+                    .iter()
+                    .map(|(id, hash, text)| Body {
+                        message_id: id.clone(),
+                        hash: *hash,
+                        text: text.clone(),
+                    })
+                    .collect(),
             })
             .collect()
     }
@@ -263,10 +278,11 @@ fn missing_or_altered_bodies_restart_from_the_beginning_without_double_applicati
     let head = store.head.clone().unwrap();
     let full = store.bodies();
 
+    assert_eq!(full.len(), 1, "one record for the history");
     let mut missing = full.clone();
-    missing.remove(700);
+    missing[0].bodies.remove(700);
     let mut altered = full.clone();
-    altered[3].text = altered[3].text.replace("xxx", "yyy");
+    altered[0].bodies[3].text = altered[0].bodies[3].text.replace("xxx", "yyy");
     for (label, bodies) in [
         ("missing", Some(missing)),
         ("altered", Some(altered)),
@@ -397,4 +413,62 @@ fn a_completed_message_that_changes_gets_a_new_body_and_reference() {
     e2.restore_bodies(60.0, Some(&store.bodies()));
     assert_eq!(e2.state().messages[0].content, "edited");
     assert_eq!(e2.state(), e.state());
+}
+
+#[test]
+fn messages_completed_one_by_one_keep_a_logarithmic_number_of_records() {
+    let mut e = Engine::new(cfg(), [1, 1], None);
+    e.set_body_store(true);
+    e.start(0.0);
+    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    e.handle_response(1.0, conn, 200, None, true);
+    let mut store = Store::default();
+    let text = "y".repeat(BYTES);
+    let mut id = 0;
+    let n = 300u64;
+    for i in 0..n {
+        let now = 10.0 + i as f64 * 1000.0;
+        id += 1;
+        let t = envelope(
+            id,
+            "message.created",
+            json!({"message_id": format!("q{i}"), "role": "user", "content": text}),
+        );
+        e.handle_bytes(now, conn, &sse_frame(&t));
+        e.flush(now);
+        let acts = drain(&mut e);
+        store.run(&mut e, now, &acts, true);
+        // A tick without a new body merges two records of one level.
+        e.persist_now(now + 500.0);
+        e.handle_bytes(
+            now + 500.0,
+            conn,
+            &sse_frame(&envelope(id + 1, "progress.tick", json!({"n": i}))),
+        );
+        id += 1;
+        e.flush(now + 500.0);
+        let acts = drain(&mut e);
+        store.run(&mut e, now + 500.0, &acts, true);
+    }
+    let records = store.records.len();
+    assert!(records <= 10, "{records} records for {n} bodies");
+    // Each body rewritten at most log2(n) + 1 times.
+    assert!(
+        store.bodies_written as u64 <= n * 10,
+        "{} bodies written",
+        store.bodies_written
+    );
+    e.persist_now(1e6);
+    let acts = drain(&mut e);
+    store.run(&mut e, 1e6, &acts, true);
+    let head = store.head.clone().unwrap();
+    let mut e2 = Engine::new(cfg(), [2, 2], Some(&head));
+    assert!(e2.awaiting_bodies());
+    e2.restore_bodies(1.0, Some(&store.bodies()));
+    assert_eq!(e2.storage_stats().restore_failures, 0);
+    assert_eq!(e2.state(), e.state());
+    println!(
+        "{n} messages completed one by one: {records} records, {} bodies written",
+        store.bodies_written
+    );
 }

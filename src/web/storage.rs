@@ -95,7 +95,7 @@ pub(super) fn persist(inner: &mut Inner) -> bool {
         idb::put(
             area_of(resume),
             inner.opts.run_id.clone(),
-            batch.bodies,
+            batch,
             move |ok| {
                 with_engine(&weak, |e| e.bodies_stored(env::now(), id, ok));
             },
@@ -176,8 +176,8 @@ pub(super) fn load_bodies(inner: &Inner) {
         return;
     }
     let weak = inner.weak.clone();
-    let done = move |bodies: Option<Vec<crate::core::engine::persist::Body>>| {
-        with_engine(&weak, |e| e.restore_bodies(env::now(), bodies.as_deref()));
+    let done = move |records: Option<Vec<crate::core::engine::persist::StoredBatch>>| {
+        with_engine(&weak, |e| e.restore_bodies(env::now(), records.as_deref()));
     };
     if idb::available() {
         idb::read(area_of(inner.opts.resume), inner.opts.run_id.clone(), done);

@@ -87,13 +87,58 @@ pub struct Body {
     pub text: String,
 }
 
-/// Bodies to write in one transaction; report with [`crate::core::engine::Engine::bodies_stored`].
+/// Bodies to write as one record of the body store, in one transaction;
+/// report with [`crate::core::engine::Engine::bodies_stored`].
+///
+/// The store keeps one record per batch (reading 1,500 records costs far more
+/// than one record of 1,500 bodies), and batches merge like a binary counter
+/// so a run has O(log n) records: two committed batches of the same level
+/// ([`BodyBatch::level`]) are rewritten as one of the next level, which
+/// replaces them in the same transaction. Each body is rewritten at most
+/// log2(n) times over a run's life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyBatch {
     /// Batch number (per engine).
     pub id: u64,
-    /// The bodies not written before.
+    /// The record's key in the body store ([`batch_key`] of its bodies).
+    pub key: u64,
+    /// ⌊log2(number of bodies)⌋.
+    pub level: u32,
+    /// The bodies.
     pub bodies: Vec<Body>,
+    /// Records this one replaces (delete them in the same transaction).
+    pub replaces: Vec<u64>,
+}
+
+/// One record of the body store read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBatch {
+    /// Its key.
+    pub key: u64,
+    /// Its bodies.
+    pub bodies: Vec<Body>,
+}
+
+/// The key of a batch: FNV-1a over its bodies' ids and hashes, 53 bits
+/// (content-addressed: equal keys hold equal bodies).
+pub fn batch_key<'a>(members: impl IntoIterator<Item = (&'a str, u64)>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (id, hash) in members {
+        for x in (id.len() as u64)
+            .to_le_bytes()
+            .iter()
+            .chain(id.as_bytes())
+            .chain(hash.to_le_bytes().iter())
+        {
+            h ^= u64::from(*x);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h & HASH_MASK
+}
+
+fn level_of(n: usize) -> u32 {
+    n.max(1).ilog2()
 }
 
 /// What to store at a persist tick.
@@ -338,9 +383,10 @@ pub fn decode_head(text: &str, run_id: &str) -> Option<Decoded> {
 /// Completes a head with the bodies read from the body store (any order,
 /// extra ones ignored). `None` when a referenced body is missing, unreadable
 /// or not the one referenced (its hash differs): the head cannot be used.
-pub fn finish(p: Pending, bodies: &[Body]) -> Option<Stored> {
-    let by_key: HashMap<(&str, u64), &str> = bodies
+pub fn finish(p: Pending, records: &[StoredBatch]) -> Option<Stored> {
+    let by_key: HashMap<(&str, u64), &str> = records
         .iter()
+        .flat_map(|r| r.bodies.iter())
         .map(|b| ((b.message_id.as_str(), b.hash), b.text.as_str()))
         .collect();
     let mut state = RunState::from_wire(p.state).ok()?;
@@ -468,6 +514,16 @@ fn parked_envelope(run_id: &str, id: u64, kind: &EventKind) -> Option<Value> {
     serde_json::to_value(envelope).ok()
 }
 
+/// A batch's bookkeeping: its number, key, level, members, what it replaces.
+#[derive(Debug, Clone)]
+struct Batch {
+    id: u64,
+    key: u64,
+    level: u32,
+    members: Vec<(String, u64)>,
+    replaces: Vec<u64>,
+}
+
 /// When the stored record is written, and which bodies are already stored.
 #[derive(Debug)]
 pub struct Persist {
@@ -481,8 +537,10 @@ pub struct Persist {
     body_store: bool,
     /// Committed bodies: message id → hash of its stored body.
     committed: HashMap<String, u64>,
-    /// Bodies handed out and not yet reported, by batch.
-    in_flight: Vec<(u64, Vec<(String, u64)>)>,
+    /// Batches handed out and not yet reported.
+    in_flight: Vec<Batch>,
+    /// Records of the body store this engine knows (written, or read at restore).
+    records: Vec<Batch>,
     /// The same, by message id (for the per-message lookup).
     pending: HashMap<String, u64>,
     /// Hash cache of completed messages, valid unless the id is in `changed`.
@@ -513,6 +571,7 @@ impl Persist {
             body_store: false,
             committed: HashMap::new(),
             in_flight: Vec::new(),
+            records: Vec::new(),
             pending: HashMap::new(),
             known: HashMap::new(),
             changed: HashSet::new(),
@@ -638,21 +697,11 @@ impl Persist {
                 });
             }
         }
-        let batch = (!bodies.is_empty()).then(|| {
-            let id = self.next_batch;
-            self.next_batch += 1;
-            let keys: Vec<(String, u64)> = bodies
-                .iter()
-                .map(|b| (b.message_id.clone(), b.hash))
-                .collect();
-            for (k, h) in &keys {
-                self.pending.insert(k.clone(), *h);
-            }
-            self.in_flight.push((id, keys));
-            self.stats.bodies += bodies.len() as u64;
-            self.stats.body_bytes += bodies.iter().map(|b| b.text.len() as u64).sum::<u64>();
-            BodyBatch { id, bodies }
-        });
+        let batch = if bodies.is_empty() {
+            self.merge(state)
+        } else {
+            Some(self.batch(bodies, Vec::new()))
+        };
         let head = if inline_done > INLINE_BODIES_MAX && !self.in_flight.is_empty() {
             // Too large to inline, and its bodies are on their way: the
             // previous head stays until they commit ([`Persist::bodies_stored`]).
@@ -672,23 +721,100 @@ impl Persist {
         self.stats.last_head_bytes = head.len() as u64;
     }
 
+    /// Registers a batch handed out to the shell.
+    fn batch(&mut self, bodies: Vec<Body>, replaces: Vec<u64>) -> BodyBatch {
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let members: Vec<(String, u64)> = bodies
+            .iter()
+            .map(|b| (b.message_id.clone(), b.hash))
+            .collect();
+        let key = batch_key(members.iter().map(|(k, h)| (k.as_str(), *h)));
+        let level = level_of(members.len());
+        for (k, h) in &members {
+            self.pending.insert(k.clone(), *h);
+        }
+        self.in_flight.push(Batch {
+            id,
+            key,
+            level,
+            members,
+            replaces: replaces.clone(),
+        });
+        self.stats.bodies += bodies.len() as u64;
+        self.stats.body_bytes += bodies.iter().map(|b| b.text.len() as u64).sum::<u64>();
+        BodyBatch {
+            id,
+            key,
+            level,
+            bodies,
+            replaces,
+        }
+    }
+
+    /// Two records of the same level, merged into one of the next (nothing
+    /// else in flight). Only bodies that still match the state are carried:
+    /// a superseded body is dropped with its record.
+    fn merge(&mut self, state: &RunState) -> Option<BodyBatch> {
+        if !self.in_flight.is_empty() {
+            return None;
+        }
+        let (a, b) = self.records.iter().enumerate().find_map(|(i, x)| {
+            let j = self
+                .records
+                .iter()
+                .enumerate()
+                .skip(i + 1)
+                .find(|(_, y)| y.level == x.level)?
+                .0;
+            Some((i, j))
+        })?;
+        let (ra, rb) = (self.records.get(a)?, self.records.get(b)?);
+        let replaces = vec![ra.key, rb.key];
+        let by_id: HashMap<&str, &Message> = state
+            .messages
+            .iter()
+            .filter_map(|m| Some((m.message_id.as_deref()?, m)))
+            .collect();
+        let mut bodies = Vec::new();
+        for (id, hash) in ra.members.iter().chain(rb.members.iter()) {
+            if self.committed.get(id) != Some(hash) {
+                continue;
+            }
+            let m = by_id.get(id.as_str()).copied();
+            // Hashed again: only a body equal to the committed one is carried.
+            if let Some(m) = m.filter(|m| external(m) && body_hash(m) == *hash) {
+                bodies.push(Body {
+                    message_id: id.clone(),
+                    hash: *hash,
+                    text: encode_body(m),
+                });
+            }
+        }
+        Some(self.batch(bodies, replaces))
+    }
+
     /// The shell reports batch `id`: committed (`ok`) or failed. Returns true
     /// when a new head is worth writing (its bodies can now be referenced).
     pub fn bodies_stored(&mut self, id: u64, ok: bool) -> bool {
-        let Some(at) = self.in_flight.iter().position(|(b, _)| *b == id) else {
+        let Some(at) = self.in_flight.iter().position(|b| b.id == id) else {
             return false;
         };
-        let (_, keys) = self.in_flight.remove(at);
-        for (k, h) in keys {
-            if self.pending.get(&k) == Some(&h) {
-                self.pending.remove(&k);
+        let batch = self.in_flight.remove(at);
+        for (k, h) in &batch.members {
+            if self.pending.get(k) == Some(h) {
+                self.pending.remove(k);
             }
             if ok {
-                self.committed.insert(k, h);
+                self.committed.insert(k.clone(), *h);
             }
         }
         if ok {
             self.failures = 0;
+            self.records.retain(|r| !batch.replaces.contains(&r.key));
+            if !batch.members.is_empty() {
+                self.records.push(batch);
+            }
         } else {
             self.failures += 1;
             self.stats.batches_failed += 1;
@@ -698,6 +824,11 @@ impl Persist {
         }
         self.dirty = true;
         true
+    }
+
+    /// Number of body-store records this engine knows for its run.
+    pub fn records(&self) -> usize {
+        self.records.len()
     }
 
     /// A restored head waits for its bodies: nothing is written meanwhile.
@@ -710,12 +841,12 @@ impl Persist {
         self.awaiting.as_ref()
     }
 
-    /// Completes the awaited head with `bodies` (`None`: the store failed).
+    /// Completes the awaited head with the body store's `records` of the run (`None`: the store failed).
     /// `Err` (counted) when it cannot be completed, with the head's sends not
     /// delivered yet (they are not lost with it); `None` when nothing was awaited.
     pub fn take_awaited(
         &mut self,
-        bodies: Option<&[Body]>,
+        records: Option<&[StoredBatch]>,
     ) -> Option<Result<Stored, Vec<Message>>> {
         let p = self.awaiting.take()?;
         let sends: Vec<Message> = p
@@ -726,9 +857,27 @@ impl Persist {
                 _ => None,
             })
             .collect();
-        match bodies.and_then(|b| finish(p, b)) {
+        match records.and_then(|r| finish(p, r)) {
             Some(s) => {
                 self.adopt(&s);
+                for r in records.unwrap_or_default() {
+                    let members: Vec<(String, u64)> = r
+                        .bodies
+                        .iter()
+                        .map(|b| (b.message_id.clone(), b.hash))
+                        .collect();
+                    // Read from the store: committed. The head's references win.
+                    for (k, h) in &members {
+                        self.committed.entry(k.clone()).or_insert(*h);
+                    }
+                    self.records.push(Batch {
+                        id: 0,
+                        key: r.key,
+                        level: level_of(members.len()),
+                        members,
+                        replaces: Vec::new(),
+                    });
+                }
                 Some(Ok(s))
             }
             None => {
@@ -792,14 +941,14 @@ impl Engine {
         self.persist.awaiting().is_some()
     }
 
-    /// The bodies read for the awaited head (`None`: the body store is missing
+    /// The records read for the awaited head (`None`: the body store is missing
     /// or failed). With every referenced body present and intact, the stored
     /// state and cursor are installed; otherwise (counted in
     /// [`Stats::restore_failures`]) the run starts from the beginning, keeping
     /// only the head's undelivered sends, so no event is applied twice. A
     /// connection asked for meanwhile is made now.
-    pub fn restore_bodies(&mut self, now: Ms, bodies: Option<&[Body]>) {
-        let Some(outcome) = self.persist.take_awaited(bodies) else {
+    pub fn restore_bodies(&mut self, now: Ms, records: Option<&[StoredBatch]>) {
+        let Some(outcome) = self.persist.take_awaited(records) else {
             return;
         };
         let cap = self.cfg.outbox_capacity;
