@@ -18,7 +18,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use runstream::core::engine::persist::{Body, StoredBatch, Write, INLINE_BODIES_MAX};
+use runstream::core::engine::persist::{decode_batch, StoredBatch, Write, INLINE_BODIES_MAX};
 use runstream::core::engine::{Action, Engine, Ms};
 use runstream::core::state::MessageStatus;
 use serde_json::json;
@@ -30,8 +30,8 @@ const BYTES: usize = 3000;
 #[derive(Default)]
 struct Store {
     head: Option<String>,
-    /// One record per batch: key → bodies `(message_id, hash, text)`.
-    records: BTreeMap<u64, Vec<(String, u64, String)>>,
+    /// One record per batch: key → its text.
+    records: BTreeMap<u64, String>,
     /// Bytes written per persist tick (head + bodies).
     ticks: Vec<(usize, usize)>,
     bodies_written: usize,
@@ -51,19 +51,17 @@ impl Store {
             }
             let mut body_bytes = 0;
             if let Some(b) = batch {
-                let rows: Vec<(String, u64, String)> = b
-                    .bodies
-                    .iter()
-                    .map(|x| (x.message_id.clone(), x.hash, x.text.clone()))
-                    .collect();
-                body_bytes += rows.iter().map(|r| r.2.len()).sum::<usize>();
-                self.bodies_written += rows.len();
+                body_bytes += b.text.len();
+                self.bodies_written += b.count;
+                if !b.text.is_empty() {
+                    assert_eq!(decode_batch(&b.text).unwrap().len(), b.count);
+                }
                 // Content-addressed: a key is never written with other content.
                 if let Some(old) = self.records.get(&b.key) {
-                    assert_eq!(old, &rows, "record rewritten");
+                    assert_eq!(old, &b.text, "record rewritten");
                 }
-                if !rows.is_empty() {
-                    self.records.insert(b.key, rows);
+                if !b.text.is_empty() {
+                    self.records.insert(b.key, b.text.clone());
                 }
                 for k in &b.replaces {
                     self.records.remove(k);
@@ -83,16 +81,9 @@ impl Store {
     fn bodies(&self) -> Vec<StoredBatch> {
         self.records
             .iter()
-            .map(|(key, rows)| StoredBatch {
+            .map(|(key, text)| StoredBatch {
                 key: *key,
-                bodies: rows
-                    .iter()
-                    .map(|(id, hash, text)| Body {
-                        message_id: id.clone(),
-                        hash: *hash,
-                        text: text.clone(),
-                    })
-                    .collect(),
+                text: text.clone(),
             })
             .collect()
     }
@@ -280,9 +271,11 @@ fn missing_or_altered_bodies_restart_from_the_beginning_without_double_applicati
 
     assert_eq!(full.len(), 1, "one record for the history");
     let mut missing = full.clone();
-    missing[0].bodies.remove(700);
+    let mut rows: Vec<serde_json::Value> = serde_json::from_str(&missing[0].text).unwrap();
+    rows.remove(700);
+    missing[0].text = serde_json::Value::Array(rows).to_string();
     let mut altered = full.clone();
-    altered[0].bodies[3].text = altered[0].bodies[3].text.replace("xxx", "yyy");
+    altered[0].text = altered[0].text.replacen("xxx", "xyx", 1);
     for (label, bodies) in [
         ("missing", Some(missing)),
         ("altered", Some(altered)),

@@ -2,10 +2,10 @@
 //! [`crate::core::engine::persist`] for what is stored and why).
 //!
 //! One database per origin, [`DB_NAME`], with two object stores:
-//! - `bodies`: key `[area, run_id, batch_key]` → one batch of bodies, an
-//!   array of `[message_id, hash, text]` (one record per batch: reading one
-//!   record of 1,500 bodies takes ~20–40 ms in Chromium, 1,500 records
-//!   ~120–500 ms). A key is written once with one content (content-addressed),
+//! - `bodies`: key `[area, run_id, batch_key]` → one batch of bodies, one
+//!   string ([`crate::core::engine::persist::encode_batch`]). One record per
+//!   batch: reading one record of 1,500 bodies takes ~20–40 ms in Chromium,
+//!   1,500 records ~120–500 ms; one string crosses into the wasm in one copy. A key is written once with one content (content-addressed),
 //!   so tabs writing the same run never corrupt each other's record; a merged
 //!   batch replaces its two parts in the same transaction.
 //! - `runs`: key `[area, run_id]` → when its bodies were last written or read
@@ -28,7 +28,7 @@ use web_sys::{
     IdbTransactionMode,
 };
 
-use crate::core::engine::persist::{Body, BodyBatch, StoredBatch};
+use crate::core::engine::persist::{BodyBatch, StoredBatch};
 
 /// The database's name (one per origin).
 pub const DB_NAME: &str = "runstream";
@@ -135,19 +135,11 @@ fn batch_key(area: &str, run_id: &str, key: u64) -> Array {
 async fn put_all(area: &str, run_id: &str, batch: &BodyBatch) -> Result<(), JsValue> {
     let db = open().await?;
     let (t, store, runs) = tx(&db, true)?;
-    let value: Array = batch
-        .bodies
-        .iter()
-        .map(|b| {
-            Array::of3(
-                &b.message_id.as_str().into(),
-                &(b.hash as f64).into(),
-                &b.text.as_str().into(),
-            )
-        })
-        .collect();
-    if !batch.bodies.is_empty() {
-        store.put_with_key(&value, &batch_key(area, run_id, batch.key))?;
+    if !batch.text.is_empty() {
+        store.put_with_key(
+            &batch.text.as_str().into(),
+            &batch_key(area, run_id, batch.key),
+        )?;
     }
     for old in &batch.replaces {
         store.delete(&batch_key(area, run_id, *old))?;
@@ -166,20 +158,6 @@ pub fn put(area: &'static str, run_id: String, batch: BodyBatch, done: impl FnOn
     });
 }
 
-fn bodies_of(v: JsValue) -> Option<Vec<Body>> {
-    let rows: Array = v.dyn_into().ok()?;
-    let mut out = Vec::with_capacity(rows.length() as usize);
-    for row in rows.iter() {
-        let row: Array = row.dyn_into().ok()?;
-        out.push(Body {
-            message_id: row.get(0).as_string()?,
-            hash: row.get(1).as_f64()? as u64,
-            text: row.get(2).as_string()?,
-        });
-    }
-    Some(out)
-}
-
 async fn read_all(area: &str, run_id: &str) -> Result<Vec<StoredBatch>, JsValue> {
     let db = open().await?;
     let (_t, store, runs) = tx(&db, true)?;
@@ -194,12 +172,12 @@ async fn read_all(area: &str, run_id: &str) -> Result<Vec<StoredBatch>, JsValue>
     for (k, v) in keys.iter().zip(values.iter()) {
         let k: Array = k.dyn_into()?;
         // A record that is not a batch of bodies is skipped (its bodies count as missing).
-        let (Some(key), Some(bodies)) = (k.get(2).as_f64(), bodies_of(v)) else {
+        let (Some(key), Some(text)) = (k.get(2).as_f64(), v.as_string()) else {
             continue;
         };
         out.push(StoredBatch {
             key: key as u64,
-            bodies,
+            text,
         });
     }
     Ok(out)

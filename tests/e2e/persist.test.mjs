@@ -11,7 +11,7 @@ import { launch, api, server, until, watchErrors } from "./lib.mjs";
 
 const HISTORY = Number(process.env.RUNSTREAM_HISTORY || 1500);
 const BYTES = 3000;
-const TOKENS = 1500; // 15 s at 100 tokens/s: the reload lands mid-stream
+const TOKENS = 2500; // 25 s at 100 tokens/s: the reload lands mid-stream
 let browser;
 const figures = [];
 
@@ -40,7 +40,7 @@ const q = (xs, f) => {
 };
 
 /** Loads the page, lets the history arrive and a few persist ticks pass, reloads mid-stream. */
-async function reloadMidStream(label, resume, { fill = false } = {}) {
+async function reloadMidStream(label, resume, { fill = false, reloads = 3 } = {}) {
   const run = await longRun();
   const context = await browser.newContext();
   const page = await context.newPage();
@@ -50,7 +50,7 @@ async function reloadMidStream(label, resume, { fill = false } = {}) {
   await page.waitForFunction(() => document.body.dataset.fullMs, null, { timeout: 60000 });
   // Let the bodies commit and the streaming message grow over a few persist intervals.
   await until(() => page.evaluate((h) => window.stream.getSnapshot().state.cursor > h * 1.5 + 150, HISTORY), 20000);
-  await new Promise((r) => setTimeout(r, 1500));
+  await new Promise((r) => setTimeout(r, 3500));
   if (fill) {
     // Fill the storage area to the brim: every later write of the head is refused.
     await page.evaluate((resume) => {
@@ -71,22 +71,34 @@ async function reloadMidStream(label, resume, { fill = false } = {}) {
     const s = window.stream.getSnapshot();
     return { cursor: s.state.cursor, ticks: window.ticks.slice(), idb: window.idb };
   });
-  // The resume request of the reloaded page.
-  const resumes = [];
+  // The resume request of each reloaded page.
+  let resumes = [];
   page.on("request", (r) => {
     if (r.url().includes(`/api/stream/runs/${run}`)) resumes.push({ url: r.url(), lastEventId: r.headers()["last-event-id"] });
   });
-  await page.reload();
-  await page.waitForFunction(() => document.body.dataset.fullMs, null, { timeout: 30000 });
-  const after = await page.evaluate(() => ({ ...document.body.dataset }));
-  const fullMs = Number(after.fullMs);
-  const restoredCursor = Number(after.fullCursor);
-  // The restored state is the stored one: nothing replayed yet when the history shows.
-  assert.equal(Number(after.fullApplied), 0, `${label}: the history was replayed, not restored`);
-  assert.ok(restoredCursor > HISTORY * 1.5, `${label}: restored cursor ${restoredCursor}`);
-  if (!fill) assert.ok(fullMs <= 300, `${label}: navigation → full history ${fullMs.toFixed(0)} ms`);
-  await until(() => resumes.length > 0, 5000);
-  assert.equal(Number(resumes[0].lastEventId), restoredCursor, `${label}: resume ${JSON.stringify(resumes[0])}`);
+  const samples = [];
+  let restoredCursor = 0;
+  let prevCursor = before.cursor;
+  for (let i = 0; i < reloads; i++) {
+    resumes = [];
+    await page.reload();
+    await page.waitForFunction(() => document.body.dataset.fullMs, null, { timeout: 30000 });
+    const after = await page.evaluate(() => ({ ...document.body.dataset }));
+    samples.push(Number(after.fullMs));
+    // What the first snapshot with the whole history held: the restored state
+    // plus whatever the resumed stream applied before that frame.
+    restoredCursor = Number(after.fullCursor) - Number(after.fullApplied);
+    assert.ok(restoredCursor > HISTORY * 1.5, `${label}: the history was replayed, not restored (${JSON.stringify(after)})`);
+    if (fill) assert.ok(restoredCursor <= prevCursor, `${label}: restored ${restoredCursor} > ${prevCursor}`);
+    else assert.ok(restoredCursor >= prevCursor, `${label}: restored ${restoredCursor} < ${prevCursor} (progress lost)`);
+    await until(() => resumes.length > 0, 5000);
+    assert.equal(Number(resumes[0].lastEventId), restoredCursor, `${label}: resume ${JSON.stringify(resumes[0])}`);
+    // Let the stream move on before the next reload.
+    await new Promise((r) => setTimeout(r, 1200));
+    prevCursor = await page.evaluate(() => window.stream.getSnapshot().state.cursor);
+  }
+  const fullMs = q(samples, 0.5);
+  if (!fill) assert.ok(fullMs <= 300, `${label}: navigation → full history, median of ${samples.map((x) => x.toFixed(0))} ms`);
   // To the end: nothing lost, nothing duplicated.
   await until(() => page.evaluate(() => window.stream.getSnapshot().state.status === "succeeded"), 40000);
   await new Promise((r) => setTimeout(r, 300));
@@ -107,7 +119,7 @@ async function reloadMidStream(label, resume, { fill = false } = {}) {
   const later = before.ticks.slice(1);
   figures.push({
     case: label,
-    fullMs: fullMs.toFixed(0),
+    fullMs: `${fullMs.toFixed(0)} (${samples.map((x) => x.toFixed(0)).join(", ")})`,
     cursor: restoredCursor,
     replayed: snap.metrics.eventsApplied,
     head: `${q(later.map((t) => t.chars), 0.5)}/${Math.max(...later.map((t) => t.chars))}`,
@@ -115,7 +127,7 @@ async function reloadMidStream(label, resume, { fill = false } = {}) {
     bodies: `${before.idb.puts}, ${before.idb.chars}`,
   });
   await context.close();
-  return { before, later, fullMs, restoredCursor };
+  return { before, later, fullMs, restoredCursor, samples };
 }
 
 test("reload mid-stream of a 1,500 × 3 KB history (session): full history ≤ 300 ms, resumes from the cursor", async () => {
@@ -123,8 +135,9 @@ test("reload mid-stream of a 1,500 × 3 KB history (session): full history ≤ 3
   assert.ok(r.later.length >= 2, `persist ticks ${r.later.length}`);
   // Writes after the first: a head of references (~30 chars per completed message), never the history.
   for (const t of r.later) assert.ok(t.chars < HISTORY * 40 + 16384, `a tick wrote ${t.chars} chars`);
-  // Each body written once.
-  assert.ok(r.before.idb.puts >= HISTORY / 2 && r.before.idb.puts <= HISTORY + 2, `bodies written ${r.before.idb.puts}`);
+  // Bodies: each written once, plus the merges of same-level batches (at most log2(n) rewrites each;
+  // a replayed history arrives in a few batches that merge once or twice).
+  assert.ok(r.before.idb.puts >= HISTORY / 2 && r.before.idb.puts <= 3 * HISTORY, `bodies written ${r.before.idb.puts}`);
 });
 
 test("resume: \"local\" works the same", async () => {
@@ -132,5 +145,5 @@ test("resume: \"local\" works the same", async () => {
 });
 
 test("a full storage area (quota) never loses the cursor", async () => {
-  await reloadMidStream("session, storage full", "session", { fill: true });
+  await reloadMidStream("session, storage full", "session", { fill: true, reloads: 1 });
 });

@@ -90,10 +90,11 @@ pub struct Body {
 /// Bodies to write as one record of the body store, in one transaction;
 /// report with [`crate::core::engine::Engine::bodies_stored`].
 ///
-/// The store keeps one record per batch (reading 1,500 records costs far more
-/// than one record of 1,500 bodies), and batches merge like a binary counter
-/// so a run has O(log n) records: two committed batches of the same level
-/// ([`BodyBatch::level`]) are rewritten as one of the next level, which
+/// The store keeps one record per batch, one string ([`encode_batch`]):
+/// reading one record of 1,500 bodies costs far less than 1,500 records, and
+/// one string crosses into the wasm in one copy. Batches merge like a binary
+/// counter so a run has O(log n) records: two committed batches of the same
+/// level ([`BodyBatch::level`]) are rewritten as one of the next level, which
 /// replaces them in the same transaction. Each body is rewritten at most
 /// log2(n) times over a run's life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,8 +105,11 @@ pub struct BodyBatch {
     pub key: u64,
     /// ⌊log2(number of bodies)⌋.
     pub level: u32,
-    /// The bodies.
-    pub bodies: Vec<Body>,
+    /// Number of bodies.
+    pub count: usize,
+    /// The record ([`encode_batch`]); empty when the batch holds no body
+    /// (a merge whose bodies were all superseded: only `replaces` applies).
+    pub text: String,
     /// Records this one replaces (delete them in the same transaction).
     pub replaces: Vec<u64>,
 }
@@ -115,8 +119,34 @@ pub struct BodyBatch {
 pub struct StoredBatch {
     /// Its key.
     pub key: u64,
-    /// Its bodies.
-    pub bodies: Vec<Body>,
+    /// Its text ([`encode_batch`]).
+    pub text: String,
+}
+
+/// A record of the body store: `[[message_id, hash, message], …]`, the
+/// bodies' texts joined, not re-serialized. The one place batches are encoded.
+pub fn encode_batch(bodies: &[Body]) -> String {
+    let mut out = String::with_capacity(bodies.iter().map(|b| b.text.len() + 40).sum::<usize>() + 2);
+    out.push('[');
+    for (i, b) in bodies.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        out.push_str(&Value::from(b.message_id.as_str()).to_string());
+        out.push(',');
+        out.push_str(&b.hash.to_string());
+        out.push(',');
+        out.push_str(&b.text);
+        out.push(']');
+    }
+    out.push(']');
+    out
+}
+
+/// A record read back, each body decoded once. The one place batches are decoded.
+pub fn decode_batch(text: &str) -> Option<Vec<(String, u64, Message)>> {
+    serde_json::from_str(text).ok()
 }
 
 /// The key of a batch: FNV-1a over its bodies' ids and hashes, 53 bits
@@ -270,10 +300,6 @@ pub fn encode_body(m: &Message) -> String {
     message_wire(m).to_string()
 }
 
-/// A body read back. The one place bodies are decoded.
-pub fn decode_body(text: &str) -> Option<Message> {
-    serde_json::from_str(text).ok()
-}
 
 /// One message of a head to write: inline, or a reference to a committed body.
 #[derive(Debug, Clone, Copy)]
@@ -374,7 +400,7 @@ pub fn decode_head(text: &str, run_id: &str) -> Option<Decoded> {
         parked,
     };
     if pending.refs() == 0 {
-        finish(pending, &[]).map(Decoded::Ready)
+        finish(pending, Vec::new()).map(Decoded::Ready)
     } else {
         Some(Decoded::Pending(pending))
     }
@@ -383,11 +409,10 @@ pub fn decode_head(text: &str, run_id: &str) -> Option<Decoded> {
 /// Completes a head with the bodies read from the body store (any order,
 /// extra ones ignored). `None` when a referenced body is missing, unreadable
 /// or not the one referenced (its hash differs): the head cannot be used.
-pub fn finish(p: Pending, records: &[StoredBatch]) -> Option<Stored> {
-    let by_key: HashMap<(&str, u64), &str> = records
-        .iter()
-        .flat_map(|r| r.bodies.iter())
-        .map(|b| ((b.message_id.as_str(), b.hash), b.text.as_str()))
+pub fn finish(p: Pending, bodies: Vec<(String, u64, Message)>) -> Option<Stored> {
+    let mut by_key: HashMap<(String, u64), Message> = bodies
+        .into_iter()
+        .map(|(id, hash, m)| ((id, hash), m))
         .collect();
     let mut state = RunState::from_wire(p.state).ok()?;
     if state.run_id != p.run_id {
@@ -399,7 +424,7 @@ pub fn finish(p: Pending, records: &[StoredBatch]) -> Option<Stored> {
         match slot {
             Slot::Inline(m) => messages.push(m),
             Slot::Ref(id, hash) => {
-                let m = decode_body(by_key.get(&(id.as_str(), hash))?)?;
+                let m = by_key.remove(&(id.clone(), hash))?;
                 if m.message_id.as_deref() != Some(id.as_str()) || body_hash(&m) != hash {
                     return None;
                 }
@@ -743,11 +768,17 @@ impl Persist {
         });
         self.stats.bodies += bodies.len() as u64;
         self.stats.body_bytes += bodies.iter().map(|b| b.text.len() as u64).sum::<u64>();
+        let text = if bodies.is_empty() {
+            String::new()
+        } else {
+            encode_batch(&bodies)
+        };
         BodyBatch {
             id,
             key,
             level,
-            bodies,
+            count: bodies.len(),
+            text,
             replaces,
         }
     }
@@ -857,26 +888,36 @@ impl Persist {
                 _ => None,
             })
             .collect();
-        match records.and_then(|r| finish(p, r)) {
+        // Each record decoded once; one that does not decode counts as absent.
+        let decoded: Option<Vec<(u64, Vec<(String, u64, Message)>)>> = records.map(|rs| {
+            rs.iter()
+                .filter_map(|r| Some((r.key, decode_batch(&r.text)?)))
+                .collect()
+        });
+        let mut kept = Vec::new();
+        let bodies = decoded.map(|d| {
+            let mut all = Vec::new();
+            for (key, rows) in d {
+                kept.push(Batch {
+                    id: 0,
+                    key,
+                    level: level_of(rows.len()),
+                    members: rows.iter().map(|(k, h, _)| (k.clone(), *h)).collect(),
+                    replaces: Vec::new(),
+                });
+                all.extend(rows);
+            }
+            all
+        });
+        match bodies.and_then(|b| finish(p, b)) {
             Some(s) => {
                 self.adopt(&s);
-                for r in records.unwrap_or_default() {
-                    let members: Vec<(String, u64)> = r
-                        .bodies
-                        .iter()
-                        .map(|b| (b.message_id.clone(), b.hash))
-                        .collect();
+                for r in kept {
                     // Read from the store: committed. The head's references win.
-                    for (k, h) in &members {
+                    for (k, h) in &r.members {
                         self.committed.entry(k.clone()).or_insert(*h);
                     }
-                    self.records.push(Batch {
-                        id: 0,
-                        key: r.key,
-                        level: level_of(members.len()),
-                        members,
-                        replaces: Vec::new(),
-                    });
+                    self.records.push(r);
                 }
                 Some(Ok(s))
             }
