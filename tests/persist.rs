@@ -41,7 +41,10 @@ impl Store {
     /// Executes the engine's Persist actions like the web shell: the head now,
     /// the bodies in a transaction that commits at once (`commit`) or never.
     fn run(&mut self, e: &mut Engine, now: Ms, acts: &[Action], commit: bool) {
-        let mut todo = acts.iter().filter(|a| matches!(a, Action::Persist { .. })).count();
+        let mut todo = acts
+            .iter()
+            .filter(|a| matches!(a, Action::Persist { .. }))
+            .count();
         while todo > 0 {
             todo -= 1;
             let Write { head, batch } = e.storage_write();
@@ -163,7 +166,10 @@ fn stream(e: &mut Engine, conn: u64, store: &mut Store, from: u64, to: u64, comm
 fn writes_after_the_first_do_not_grow_with_history() {
     let (mut e, conn, mut store, last) = streamed();
     let whole = e.storage_record().len();
-    assert!(whole > HISTORY as usize * BYTES, "the old record: {whole} B");
+    assert!(
+        whole > HISTORY as usize * BYTES,
+        "the old record: {whole} B"
+    );
     e.flush(20.0);
     let acts = drain(&mut e);
     store.run(&mut e, 20.0, &acts, true);
@@ -175,7 +181,10 @@ fn writes_after_the_first_do_not_grow_with_history() {
     // 10 s of streaming at 100 tokens/s.
     stream(&mut e, conn, &mut store, last + 1, last + 1001, true);
     assert!(store.ticks.len() >= 9, "ticks {:?}", store.ticks.len());
-    assert_eq!(store.bodies_written, HISTORY as usize, "a body written twice");
+    assert_eq!(
+        store.bodies_written, HISTORY as usize,
+        "a body written twice"
+    );
     for (head, bodies) in &store.ticks {
         assert_eq!(*bodies, 0);
         // A reference per completed message plus the streaming one: ≤ 40 B each.
@@ -191,7 +200,10 @@ fn writes_after_the_first_do_not_grow_with_history() {
     );
     let stats = e.storage_stats();
     assert_eq!(stats.bodies, HISTORY);
-    assert_eq!(stats.heads_deferred, 1, "the first head waited for its bodies");
+    assert_eq!(
+        stats.heads_deferred, 1,
+        "the first head waited for its bodies"
+    );
 }
 
 #[test]
@@ -218,7 +230,10 @@ fn a_small_history_stays_inline_and_restores_synchronously() {
     assert!(!e2.awaiting_bodies());
     assert_eq!(e2.cursor(), 5);
     assert_eq!(e2.state().messages.len(), 5);
-    assert!(5 * 6 < INLINE_BODIES_MAX);
+    // Inline: the head holds the messages themselves, below INLINE_BODIES_MAX.
+    let head = store.head.unwrap();
+    assert_eq!(head.matches("\"short\"").count(), 5);
+    assert!(head.len() < INLINE_BODIES_MAX);
 }
 
 #[test]
@@ -238,7 +253,10 @@ fn a_restored_head_and_its_bodies_yield_the_same_state_and_cursor() {
     e2.start(0.0);
     e2.persist_now(1.0);
     let acts = drain(&mut e2);
-    assert!(connect_of(&acts).is_none(), "connected before the state was rebuilt");
+    assert!(
+        connect_of(&acts).is_none(),
+        "connected before the state was rebuilt"
+    );
     assert!(
         !acts.iter().any(|a| matches!(a, Action::Persist { .. })),
         "the stored head was overwritten while its bodies were read"
@@ -400,7 +418,11 @@ fn a_completed_message_that_changes_gets_a_new_body_and_reference() {
     e.persist_now(50.0);
     let acts = drain(&mut e);
     store.run(&mut e, 50.0, &acts, true);
-    assert_eq!(store.bodies_written, HISTORY as usize + 2, "m1 and the edited h0");
+    assert_eq!(
+        store.bodies_written,
+        HISTORY as usize + 2,
+        "m1 and the edited h0"
+    );
     let head = store.head.clone().unwrap();
     let mut e2 = Engine::new(cfg(), [2, 2], Some(&head));
     e2.restore_bodies(60.0, Some(&store.bodies()));

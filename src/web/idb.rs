@@ -104,7 +104,10 @@ async fn open() -> Result<IdbDatabase, JsValue> {
     Ok(db)
 }
 
-fn tx(db: &IdbDatabase, write: bool) -> Result<(IdbTransaction, IdbObjectStore, IdbObjectStore), JsValue> {
+fn tx(
+    db: &IdbDatabase,
+    write: bool,
+) -> Result<(IdbTransaction, IdbObjectStore, IdbObjectStore), JsValue> {
     let mode = if write {
         IdbTransactionMode::Readwrite
     } else {
@@ -151,7 +154,12 @@ async fn put_all(area: &str, run_id: &str, batch: &BodyBatch) -> Result<(), JsVa
 /// Writes `batch` of `run_id` in one transaction (and deletes the records it
 /// replaces); `done(true)` once it has committed, `done(false)` if it failed
 /// (quota, no IndexedDB, closed database).
-pub fn put(area: &'static str, run_id: String, batch: BodyBatch, done: impl FnOnce(bool) + 'static) {
+pub fn put(
+    area: &'static str,
+    run_id: String,
+    batch: BodyBatch,
+    done: impl FnOnce(bool) + 'static,
+) {
     spawn_local(async move {
         let ok = put_all(area, &run_id, &batch).await.is_ok();
         done(ok);

@@ -15,10 +15,10 @@ mod api;
 mod driver;
 mod env;
 mod error;
+mod idb;
 mod options;
 mod snapshot;
 mod socket;
-mod idb;
 mod storage;
 mod transport;
 

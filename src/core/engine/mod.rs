@@ -92,7 +92,7 @@ impl Engine {
         let mut rng = Rng::new(seed);
         let (restored, awaiting) =
             match stored.and_then(|text| persist::decode_head(text, &cfg.run_id)) {
-                Some(persist::Decoded::Ready(r)) => (Some(r), None),
+                Some(persist::Decoded::Ready(r)) => (Some(*r), None),
                 Some(persist::Decoded::Pending(p)) => (None, Some(p)),
                 None => (None, None),
             };

@@ -126,7 +126,8 @@ pub struct StoredBatch {
 /// A record of the body store: `[[message_id, hash, message], …]`, the
 /// bodies' texts joined, not re-serialized. The one place batches are encoded.
 pub fn encode_batch(bodies: &[Body]) -> String {
-    let mut out = String::with_capacity(bodies.iter().map(|b| b.text.len() + 40).sum::<usize>() + 2);
+    let mut out =
+        String::with_capacity(bodies.iter().map(|b| b.text.len() + 40).sum::<usize>() + 2);
     out.push('[');
     for (i, b) in bodies.iter().enumerate() {
         if i > 0 {
@@ -144,8 +145,11 @@ pub fn encode_batch(bodies: &[Body]) -> String {
     out
 }
 
+/// One body of a record read back: message id, hash, message.
+pub type Row = (String, u64, Message);
+
 /// A record read back, each body decoded once. The one place batches are decoded.
-pub fn decode_batch(text: &str) -> Option<Vec<(String, u64, Message)>> {
+pub fn decode_batch(text: &str) -> Option<Vec<Row>> {
     serde_json::from_str(text).ok()
 }
 
@@ -244,7 +248,7 @@ impl Pending {
 #[derive(Debug)]
 pub enum Decoded {
     /// Everything was inline.
-    Ready(Stored),
+    Ready(Box<Stored>),
     /// Completed messages are in the body store: read them, then [`finish`].
     Pending(Pending),
 }
@@ -292,14 +296,15 @@ pub fn body_hash(m: &Message) -> u64 {
 
 /// A message in the §6 wire shape (snake_case keys).
 fn message_wire(m: &Message) -> Value {
-    serde_json::to_value(m).map(snake_keys).unwrap_or(Value::Null)
+    serde_json::to_value(m)
+        .map(snake_keys)
+        .unwrap_or(Value::Null)
 }
 
 /// The stored text of one body (a §6 message). The one place bodies are encoded.
 pub fn encode_body(m: &Message) -> String {
     message_wire(m).to_string()
 }
-
 
 /// One message of a head to write: inline, or a reference to a committed body.
 #[derive(Debug, Clone, Copy)]
@@ -400,7 +405,7 @@ pub fn decode_head(text: &str, run_id: &str) -> Option<Decoded> {
         parked,
     };
     if pending.refs() == 0 {
-        finish(pending, Vec::new()).map(Decoded::Ready)
+        finish(pending, Vec::new()).map(|s| Decoded::Ready(Box::new(s)))
     } else {
         Some(Decoded::Pending(pending))
     }
@@ -409,7 +414,7 @@ pub fn decode_head(text: &str, run_id: &str) -> Option<Decoded> {
 /// Completes a head with the bodies read from the body store (any order,
 /// extra ones ignored). `None` when a referenced body is missing, unreadable
 /// or not the one referenced (its hash differs): the head cannot be used.
-pub fn finish(p: Pending, bodies: Vec<(String, u64, Message)>) -> Option<Stored> {
+pub fn finish(p: Pending, bodies: Vec<Row>) -> Option<Stored> {
     let mut by_key: HashMap<(String, u64), Message> = bodies
         .into_iter()
         .map(|(id, hash, m)| ((id, hash), m))
@@ -447,7 +452,7 @@ pub fn finish(p: Pending, bodies: Vec<(String, u64, Message)>) -> Option<Stored>
 /// records of shells without a body store).
 pub fn decode(text: &str, run_id: &str) -> Option<Stored> {
     match decode_head(text, run_id)? {
-        Decoded::Ready(s) => Some(s),
+        Decoded::Ready(s) => Some(*s),
         Decoded::Pending(_) => None,
     }
 }
@@ -889,7 +894,7 @@ impl Persist {
             })
             .collect();
         // Each record decoded once; one that does not decode counts as absent.
-        let decoded: Option<Vec<(u64, Vec<(String, u64, Message)>)>> = records.map(|rs| {
+        let decoded: Option<Vec<(u64, Vec<Row>)>> = records.map(|rs| {
             rs.iter()
                 .filter_map(|r| Some((r.key, decode_batch(&r.text)?)))
                 .collect()
@@ -947,7 +952,6 @@ impl Persist {
         self.stats
     }
 }
-
 
 // ----- the engine's side of the stored record ---------------------------------
 impl Engine {
