@@ -18,7 +18,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use runstream::core::engine::persist::{decode_batch, StoredBatch, Write, INLINE_BODIES_MAX};
+use runstream::core::engine::persist::{
+    decode_batch, StoredBatch, Write, HEAD_IN_BODY_STORE, INLINE_BODIES_MAX,
+};
 use runstream::core::engine::{Action, Engine, Ms};
 use runstream::core::state::MessageStatus;
 use serde_json::json;
@@ -486,4 +488,37 @@ fn messages_completed_one_by_one_keep_a_logarithmic_number_of_records() {
         "{n} messages completed one by one: {records} records, {} bodies written",
         store.bodies_written
     );
+}
+
+/// A head the storage area refused is kept in the body store; the storage
+/// area holds a marker, and the next page reads the head from there.
+#[test]
+fn a_head_kept_in_the_body_store_restores_the_latest_cursor() {
+    let (mut e, conn, mut store, last) = streamed();
+    e.flush(20.0);
+    let acts = drain(&mut e);
+    store.run(&mut e, 20.0, &acts, true);
+    let now = stream(&mut e, conn, &mut store, last + 1, last + 50, true);
+    e.persist_now(now + 1.0);
+    let acts = drain(&mut e);
+    store.run(&mut e, now + 1.0, &acts, true);
+    let head = store.head.clone().unwrap();
+
+    let mut e2 = Engine::new(cfg(), [2, 2], Some(HEAD_IN_BODY_STORE));
+    assert!(e2.awaiting_bodies() && e2.awaiting_head());
+    e2.start(0.0);
+    e2.persist_now(1.0);
+    let acts = drain(&mut e2);
+    assert!(connect_of(&acts).is_none());
+    assert!(!acts.iter().any(|a| matches!(a, Action::Persist { .. })));
+    e2.restore_stored(2.0, Some(&head), Some(&store.bodies()));
+    assert_eq!(e2.state(), e.state());
+    assert_eq!(connect_of(&drain(&mut e2)).map(|c| c.1), Some(e.cursor()));
+
+    // The head is gone too: start from the beginning, counted.
+    let mut e3 = Engine::new(cfg(), [3, 3], Some(HEAD_IN_BODY_STORE));
+    e3.start(0.0);
+    e3.restore_stored(2.0, None, Some(&store.bodies()));
+    assert_eq!(e3.storage_stats().restore_failures, 1);
+    assert_eq!(connect_of(&drain(&mut e3)).map(|c| c.1), Some(0));
 }

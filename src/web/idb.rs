@@ -8,6 +8,8 @@
 //!   1,500 records ~120–500 ms; one string crosses into the wasm in one copy. A key is written once with one content (content-addressed),
 //!   so tabs writing the same run never corrupt each other's record; a merged
 //!   batch replaces its two parts in the same transaction.
+//! - `heads`: key `[area, run_id]` → a head the storage area refused (quota);
+//!   the storage area then holds [`crate::core::engine::persist::HEAD_IN_BODY_STORE`];
 //! - `runs`: key `[area, run_id]` → when its bodies were last written or read
 //!   (wall-clock ms). Bodies of runs not touched for [`IDLE_TTL_MS`] are
 //!   removed at page load ([`sweep`], once per page): `sessionStorage` dies
@@ -35,6 +37,7 @@ pub const DB_NAME: &str = "runstream";
 const DB_VERSION: u32 = 1;
 const BODIES: &str = "bodies";
 const RUNS: &str = "runs";
+const HEADS: &str = "heads";
 /// Bodies of a run neither written nor read for this long (7 days) are removed at page load.
 pub const IDLE_TTL_MS: f64 = 7.0 * 24.0 * 3600.0 * 1000.0;
 
@@ -87,7 +90,7 @@ async fn open() -> Result<IdbDatabase, JsValue> {
     let upgrade = Closure::once(move |_: JsValue| {
         if let Ok(db) = r.result().and_then(|v| v.dyn_into::<IdbDatabase>()) {
             let names = db.object_store_names();
-            for name in [BODIES, RUNS] {
+            for name in [BODIES, RUNS, HEADS] {
                 if !names.contains(name) {
                     let _ = db.create_object_store(name);
                 }
@@ -104,20 +107,21 @@ async fn open() -> Result<IdbDatabase, JsValue> {
     Ok(db)
 }
 
-fn tx(
-    db: &IdbDatabase,
-    write: bool,
-) -> Result<(IdbTransaction, IdbObjectStore, IdbObjectStore), JsValue> {
+/// A transaction over every store: (transaction, bodies, runs, heads).
+type Tx = (IdbTransaction, IdbObjectStore, IdbObjectStore, IdbObjectStore);
+
+fn tx(db: &IdbDatabase, write: bool) -> Result<Tx, JsValue> {
     let mode = if write {
         IdbTransactionMode::Readwrite
     } else {
         IdbTransactionMode::Readonly
     };
-    let names = Array::of2(&BODIES.into(), &RUNS.into());
+    let names = Array::of3(&BODIES.into(), &RUNS.into(), &HEADS.into());
     let t = db.transaction_with_str_sequence_and_mode(&names, mode)?;
     let bodies = t.object_store(BODIES)?;
     let runs = t.object_store(RUNS)?;
-    Ok((t, bodies, runs))
+    let heads = t.object_store(HEADS)?;
+    Ok((t, bodies, runs, heads))
 }
 
 fn run_key(area: &str, run_id: &str) -> Array {
@@ -137,7 +141,7 @@ fn batch_key(area: &str, run_id: &str, key: u64) -> Array {
 
 async fn put_all(area: &str, run_id: &str, batch: &BodyBatch) -> Result<(), JsValue> {
     let db = open().await?;
-    let (t, store, runs) = tx(&db, true)?;
+    let (t, store, runs, _) = tx(&db, true)?;
     if !batch.text.is_empty() {
         store.put_with_key(
             &batch.text.as_str().into(),
@@ -166,16 +170,42 @@ pub fn put(
     });
 }
 
-async fn read_all(area: &str, run_id: &str) -> Result<Vec<StoredBatch>, JsValue> {
+async fn put_head_in(area: &str, run_id: &str, head: &str) -> Result<(), JsValue> {
     let db = open().await?;
-    let (_t, store, runs) = tx(&db, true)?;
+    let (t, _, runs, heads) = tx(&db, true)?;
+    heads.put_with_key(&head.into(), &run_key(area, run_id))?;
+    runs.put_with_key(&js_sys::Date::now().into(), &run_key(area, run_id))?;
+    committed(&t).await
+}
+
+/// Writes the head of `run_id` (the storage area refused it); `done(true)` once committed.
+pub fn put_head(
+    area: &'static str,
+    run_id: String,
+    head: String,
+    done: impl FnOnce(bool) + 'static,
+) {
+    spawn_local(async move {
+        let ok = put_head_in(area, &run_id, &head).await.is_ok();
+        done(ok);
+    });
+}
+
+/// What the store holds for a run: its head (if one was written there) and its records.
+pub type Stored = (Option<String>, Vec<StoredBatch>);
+
+async fn read_all(area: &str, run_id: &str) -> Result<Stored, JsValue> {
+    let db = open().await?;
+    let (_t, store, runs, heads) = tx(&db, true)?;
     let range = run_range(area, run_id)?;
     let keys = store.get_all_keys_with_key(&range)?;
     let values = store.get_all_with_key(&range)?;
-    let (fk, fv) = (settle(&keys), settle(&values));
+    let head = heads.get(&run_key(area, run_id))?;
+    let (fk, fv, fh) = (settle(&keys), settle(&values), settle(&head));
     runs.put_with_key(&js_sys::Date::now().into(), &run_key(area, run_id))?;
     let keys: Array = result(&keys, fk).await?.dyn_into()?;
     let values: Array = result(&values, fv).await?.dyn_into()?;
+    let head = result(&head, fh).await?.as_string();
     let mut out = Vec::with_capacity(keys.length() as usize);
     for (k, v) in keys.iter().zip(values.iter()) {
         let k: Array = k.dyn_into()?;
@@ -188,28 +218,25 @@ async fn read_all(area: &str, run_id: &str) -> Result<Vec<StoredBatch>, JsValue>
             text,
         });
     }
-    Ok(out)
+    Ok((head, out))
 }
 
-/// Reads every record stored for `run_id` (one `getAll` over its key range);
-/// `done(None)` when IndexedDB is missing or fails.
-pub fn read(
-    area: &'static str,
-    run_id: String,
-    done: impl FnOnce(Option<Vec<StoredBatch>>) + 'static,
-) {
+/// Reads what is stored for `run_id` (one `getAll` over its key range, and
+/// its head if one is there); `done(None)` when IndexedDB is missing or fails.
+pub fn read(area: &'static str, run_id: String, done: impl FnOnce(Option<Stored>) + 'static) {
     spawn_local(async move {
-        let records = read_all(area, &run_id).await.ok();
-        done(records);
+        let stored = read_all(area, &run_id).await.ok();
+        done(stored);
     });
 }
 
 async fn remove_all(area: &str, runs: &[String]) -> Result<(), JsValue> {
     let db = open().await?;
-    let (t, store, meta) = tx(&db, true)?;
+    let (t, store, meta, heads) = tx(&db, true)?;
     for id in runs {
         store.delete(run_range(area, id)?.as_ref())?;
         meta.delete(&run_key(area, id))?;
+        heads.delete(&run_key(area, id))?;
     }
     committed(&t).await
 }
@@ -226,7 +253,7 @@ pub fn remove(area: &'static str, runs: Vec<String>) {
 
 async fn sweep_idle(now: f64) -> Result<(), JsValue> {
     let db = open().await?;
-    let (t, store, meta) = tx(&db, true)?;
+    let (t, store, meta, heads) = tx(&db, true)?;
     let keys = meta.get_all_keys()?;
     let times = meta.get_all()?;
     let (fk, ft) = (settle(&keys), settle(&times));
@@ -241,6 +268,7 @@ async fn sweep_idle(now: f64) -> Result<(), JsValue> {
             continue;
         };
         store.delete(run_range(&area, &run)?.as_ref())?;
+        heads.delete(&key)?;
         meta.delete(&key)?;
     }
     committed(&t).await

@@ -15,6 +15,7 @@ use web_sys::Storage;
 use super::driver::{with_engine, Inner};
 use super::options::{Options, Resume};
 use super::{env, idb};
+use crate::core::engine::persist::HEAD_IN_BODY_STORE;
 use crate::core::engine::Engine;
 use crate::core::retention::{
     item_bytes, plan, plan_for_quota, record_key, run_id_of, Entry, Index, Policy, INDEX_KEY,
@@ -126,6 +127,19 @@ pub(super) fn persist(inner: &mut Inner) -> bool {
         evict(&storage, resume, &mut index, &room);
         if storage.set_item(&key, &record).is_ok() {
             index.upsert(run_id, entry);
+        } else if idb::available() && inner.engine.body_store() {
+            // Still refused: the head goes to IndexedDB; once committed, the
+            // storage area points there (the marker replaces the previous head
+            // and is smaller, so it fits). Until then the previous head stays.
+            let weak = inner.weak.clone();
+            idb::put_head(area_of(resume), run_id.to_owned(), record, move |ok| {
+                let pointed = ok
+                    && storage_of(resume)
+                        .is_some_and(|s| s.set_item(&key, HEAD_IN_BODY_STORE).is_ok());
+                if !pointed {
+                    with_engine(&weak, Engine::persist_refused);
+                }
+            });
         } else {
             // Still refused: the previous head stays. Its cursor and state were
             // stored together and its bodies are committed, so it is still a
@@ -169,15 +183,21 @@ pub(super) fn engine(opts: &Options) -> Engine {
     engine
 }
 
-/// When the head references bodies, reads them (asynchronously) and hands them
-/// to the engine, which connects only then.
+/// When the head references bodies (or is itself in IndexedDB), reads them
+/// (asynchronously) and hands them to the engine, which connects only then.
 pub(super) fn load_bodies(inner: &Inner) {
     if !inner.engine.awaiting_bodies() {
         return;
     }
     let weak = inner.weak.clone();
-    let done = move |records: Option<Vec<crate::core::engine::persist::StoredBatch>>| {
-        with_engine(&weak, |e| e.restore_bodies(env::now(), records.as_deref()));
+    let done = move |stored: Option<idb::Stored>| {
+        with_engine(&weak, |e| {
+            let now = env::now();
+            match &stored {
+                Some((head, records)) => e.restore_stored(now, head.as_deref(), Some(records)),
+                None => e.restore_stored(now, None, None),
+            }
+        });
     };
     if idb::available() {
         idb::read(area_of(inner.opts.resume), inner.opts.run_id.clone(), done);

@@ -90,6 +90,7 @@ impl Engine {
     /// unreadable or foreign record is ignored (the run starts from the beginning).
     pub fn new(cfg: Config, seed: [u64; 2], stored: Option<&str>) -> Self {
         let mut rng = Rng::new(seed);
+        let in_store = stored == Some(persist::HEAD_IN_BODY_STORE);
         let (restored, awaiting) =
             match stored.and_then(|text| persist::decode_head(text, &cfg.run_id)) {
                 Some(persist::Decoded::Ready(r)) => (Some(*r), None),
@@ -133,6 +134,8 @@ impl Engine {
                 let mut p = Persist::new(cfg.persist, cfg.persist_interval_ms, state.cursor);
                 if let Some(a) = awaiting {
                     p.await_bodies(a);
+                } else if in_store {
+                    p.await_head();
                 }
                 p
             },

@@ -244,6 +244,19 @@ impl Pending {
     }
 }
 
+/// What the session/localStorage holds instead of a head the storage area
+/// refused (quota) and the body store accepted: the head is read from there.
+pub const HEAD_IN_BODY_STORE: &str = r#"{"v":3,"head":"body_store"}"#;
+
+/// What a restored record still waits for.
+#[derive(Debug)]
+enum Awaiting {
+    /// The head itself is in the body store ([`HEAD_IN_BODY_STORE`]).
+    Head,
+    /// The head references bodies in the body store.
+    Bodies(Pending),
+}
+
 /// A head read back: complete, or waiting for its bodies.
 #[derive(Debug)]
 pub enum Decoded {
@@ -583,7 +596,7 @@ pub struct Persist {
     failures: u32,
     /// The head waits for its bodies' commit: the record loaded at page load
     /// is not complete yet, and nothing may overwrite it.
-    awaiting: Option<Pending>,
+    awaiting: Option<Awaiting>,
     /// A connection was asked for while `awaiting`: made once the state is rebuilt.
     connect_deferred: bool,
     stats: Stats,
@@ -647,6 +660,11 @@ impl Persist {
             timers.set(Timer::Persist, self.next_at);
         }
         false
+    }
+
+    /// The body store is in use (present, and not failed too often).
+    pub fn body_store(&self) -> bool {
+        self.body_store
     }
 
     /// The shell has (`true`) or lacks a body store.
@@ -869,22 +887,49 @@ impl Persist {
 
     /// A restored head waits for its bodies: nothing is written meanwhile.
     pub fn await_bodies(&mut self, p: Pending) {
-        self.awaiting = Some(p);
+        self.awaiting = Some(Awaiting::Bodies(p));
     }
 
-    /// The restored head waiting for its bodies, if any.
-    pub fn awaiting(&self) -> Option<&Pending> {
-        self.awaiting.as_ref()
+    /// The head itself is in the body store: nothing is written until it is read.
+    pub fn await_head(&mut self) {
+        self.awaiting = Some(Awaiting::Head);
     }
 
-    /// Completes the awaited head with the body store's `records` of the run (`None`: the store failed).
-    /// `Err` (counted) when it cannot be completed, with the head's sends not
-    /// delivered yet (they are not lost with it); `None` when nothing was awaited.
+    /// A restored record waits for the body store.
+    pub fn is_awaiting(&self) -> bool {
+        self.awaiting.is_some()
+    }
+
+    /// The head itself is awaited from the body store.
+    pub fn awaiting_head(&self) -> bool {
+        matches!(self.awaiting, Some(Awaiting::Head))
+    }
+
+    /// Completes the awaited record with what the body store holds for the
+    /// run: its head (when [`Persist::awaiting_head`]) and its `records`
+    /// (`None`: the store failed). `Err` (counted) when it cannot be
+    /// completed, with the head's sends not delivered yet (they are not lost
+    /// with it); `None` when nothing was awaited.
     pub fn take_awaited(
         &mut self,
+        run_id: &str,
+        head: Option<&str>,
         records: Option<&[StoredBatch]>,
     ) -> Option<Result<Stored, Vec<Message>>> {
-        let p = self.awaiting.take()?;
+        let p = match self.awaiting.take()? {
+            Awaiting::Bodies(p) => p,
+            Awaiting::Head => match head.and_then(|h| decode_head(h, run_id)) {
+                Some(Decoded::Ready(s)) => {
+                    self.adopt(&s);
+                    return Some(Ok(*s));
+                }
+                Some(Decoded::Pending(p)) => p,
+                None => {
+                    self.stats.restore_failures += 1;
+                    return Some(Err(Vec::new()));
+                }
+            },
+        };
         let sends: Vec<Message> = p
             .slots
             .iter()
@@ -979,11 +1024,37 @@ impl Engine {
         }
     }
 
+    /// The body store is in use (present, and not failed too often).
+    pub fn body_store(&self) -> bool {
+        self.persist.body_store()
+    }
+
     /// The stored head references bodies in the body store: read them (every
     /// body stored for this run) and hand them to [`Engine::restore_bodies`].
     /// Until then the engine neither connects nor writes its record.
     pub fn awaiting_bodies(&self) -> bool {
-        self.persist.awaiting().is_some()
+        self.persist.is_awaiting()
+    }
+
+    /// The stored head itself is in the body store ([`HEAD_IN_BODY_STORE`]):
+    /// read it with the bodies and hand both to [`Engine::restore_stored`].
+    pub fn awaiting_head(&self) -> bool {
+        self.persist.awaiting_head()
+    }
+
+    /// [`Engine::restore_bodies`] for a head read from the body store as well
+    /// (`head`: `None` when it was not found).
+    pub fn restore_stored(
+        &mut self,
+        now: Ms,
+        head: Option<&str>,
+        records: Option<&[StoredBatch]>,
+    ) {
+        let run_id = self.cfg.run_id.clone();
+        let Some(outcome) = self.persist.take_awaited(&run_id, head, records) else {
+            return;
+        };
+        self.install(now, outcome);
     }
 
     /// The records read for the awaited head (`None`: the body store is missing
@@ -993,9 +1064,11 @@ impl Engine {
     /// only the head's undelivered sends, so no event is applied twice. A
     /// connection asked for meanwhile is made now.
     pub fn restore_bodies(&mut self, now: Ms, records: Option<&[StoredBatch]>) {
-        let Some(outcome) = self.persist.take_awaited(records) else {
-            return;
-        };
+        self.restore_stored(now, None, records);
+    }
+
+    /// Installs a restored record (or a fresh state with its undelivered sends).
+    fn install(&mut self, now: Ms, outcome: Result<Stored, Vec<Message>>) {
         let cap = self.cfg.outbox_capacity;
         let mut restored = match outcome {
             Ok(stored) => {

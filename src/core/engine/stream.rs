@@ -107,7 +107,7 @@ impl Engine {
     }
 
     pub(super) fn connect(&mut self, now: Ms) {
-        if self.persist.awaiting().is_some() {
+        if self.persist.is_awaiting() {
             // The stored state is still being rebuilt: its cursor is not known yet.
             self.persist.defer_connect();
             return;
