@@ -69,13 +69,14 @@ async fn result(req: &IdbRequest, f: JsFuture) -> Result<JsValue, JsValue> {
     req.result()
 }
 
-async fn committed(tx: &IdbTransaction) -> Result<(), JsValue> {
-    let p = Promise::new(&mut |resolve, reject| {
+/// Settles when `tx` commits (or fails): its handlers are set now.
+fn committed(tx: &IdbTransaction) -> impl std::future::Future<Output = Result<(), JsValue>> {
+    let f = JsFuture::from(Promise::new(&mut |resolve, reject| {
         tx.set_oncomplete(Some(&resolve));
         tx.set_onerror(Some(&reject));
         tx.set_onabort(Some(&reject));
-    });
-    JsFuture::from(p).await.map(|_| ())
+    }));
+    async move { f.await.map(|_| ()) }
 }
 
 async fn open() -> Result<IdbDatabase, JsValue> {
@@ -108,7 +109,12 @@ async fn open() -> Result<IdbDatabase, JsValue> {
 }
 
 /// A transaction over every store: (transaction, bodies, runs, heads).
-type Tx = (IdbTransaction, IdbObjectStore, IdbObjectStore, IdbObjectStore);
+type Tx = (
+    IdbTransaction,
+    IdbObjectStore,
+    IdbObjectStore,
+    IdbObjectStore,
+);
 
 fn tx(db: &IdbDatabase, write: bool) -> Result<Tx, JsValue> {
     let mode = if write {
@@ -152,7 +158,10 @@ async fn put_all(area: &str, run_id: &str, batch: &BodyBatch) -> Result<(), JsVa
         store.delete(&batch_key(area, run_id, *old))?;
     }
     runs.put_with_key(&js_sys::Date::now().into(), &run_key(area, run_id))?;
-    committed(&t).await
+    let done = committed(&t);
+    #[allow(deprecated)]
+    let _ = t.commit();
+    done.await
 }
 
 /// Writes `batch` of `run_id` in one transaction (and deletes the records it
@@ -175,7 +184,12 @@ async fn put_head_in(area: &str, run_id: &str, head: &str) -> Result<(), JsValue
     let (t, _, runs, heads) = tx(&db, true)?;
     heads.put_with_key(&head.into(), &run_key(area, run_id))?;
     runs.put_with_key(&js_sys::Date::now().into(), &run_key(area, run_id))?;
-    committed(&t).await
+    let done = committed(&t);
+    // Commit now rather than at the end of the task: this write may come from
+    // `pagehide`, and an uncommitted transaction is aborted with the page.
+    #[allow(deprecated)]
+    let _ = t.commit();
+    done.await
 }
 
 /// Writes the head of `run_id` (the storage area refused it); `done(true)` once committed.

@@ -1044,12 +1044,7 @@ impl Engine {
 
     /// [`Engine::restore_bodies`] for a head read from the body store as well
     /// (`head`: `None` when it was not found).
-    pub fn restore_stored(
-        &mut self,
-        now: Ms,
-        head: Option<&str>,
-        records: Option<&[StoredBatch]>,
-    ) {
+    pub fn restore_stored(&mut self, now: Ms, head: Option<&str>, records: Option<&[StoredBatch]>) {
         let run_id = self.cfg.run_id.clone();
         let Some(outcome) = self.persist.take_awaited(&run_id, head, records) else {
             return;
