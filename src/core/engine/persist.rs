@@ -865,6 +865,22 @@ impl Persist {
         }
         if ok {
             self.failures = 0;
+            // Bodies of the replaced records that the merge did not carry
+            // (superseded) are gone: never reference them again.
+            if !batch.replaces.is_empty() {
+                let carried: HashMap<String, u64> = batch.members.iter().cloned().collect();
+                for r in self
+                    .records
+                    .iter()
+                    .filter(|r| batch.replaces.contains(&r.key))
+                {
+                    for (k, h) in &r.members {
+                        if self.committed.get(k) == Some(h) && carried.get(k) != Some(h) {
+                            self.committed.remove(k);
+                        }
+                    }
+                }
+            }
             self.records.retain(|r| !batch.replaces.contains(&r.key));
             if !batch.members.is_empty() {
                 self.records.push(batch);
