@@ -522,3 +522,84 @@ fn a_head_kept_in_the_body_store_restores_the_latest_cursor() {
     assert_eq!(e3.storage_stats().restore_failures, 1);
     assert_eq!(connect_of(&drain(&mut e3)).map(|c| c.1), Some(0));
 }
+
+/// A merge drops a body that no longer matches the state; if the message
+/// later comes back to exactly that content, its body is written again
+/// (never referenced from the record the merge deleted).
+#[test]
+fn a_body_dropped_by_a_merge_is_written_again_when_its_content_returns() {
+    let mut e = Engine::new(cfg(), [1, 1], None);
+    e.set_body_store(true);
+    e.start(0.0);
+    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    e.handle_response(1.0, conn, 200, None, true);
+    let mut store = Store::default();
+    let mut id = 0u64;
+    let mut now = 10.0;
+    let text = "z".repeat(BYTES);
+    let mut feed = |e: &mut Engine, store: &mut Store, frame: String| {
+        now += 1000.0;
+        e.handle_bytes(now, conn, &sse_frame(&frame));
+        e.flush(now);
+        let acts = drain(e);
+        store.run(e, now, &acts, true);
+    };
+    let snapshot_with = |e: &Engine, id: u64, status: &str| {
+        let mut snap = e.state().clone();
+        snap.cursor = id;
+        let mut wire = snap.to_wire();
+        wire["messages"][0]["status"] = json!(status);
+        envelope(id, "snapshot", json!({"state": wire}))
+    };
+    let mut add = |e: &mut Engine, store: &mut Store, from: u64, to: u64, id: &mut u64| {
+        for i in from..to {
+            *id += 1;
+            let t = envelope(
+                *id,
+                "message.created",
+                json!({"message_id": format!("q{i}"), "role": "user", "content": text}),
+            );
+            feed(e, store, t);
+            // Idle ticks: merges happen when no body is new.
+            for _ in 0..3 {
+                *id += 1;
+                feed(e, store, envelope(*id, "progress.tick", json!({"n": 0})));
+            }
+        }
+    };
+    add(&mut e, &mut store, 0, 11, &mut id);
+    id += 1;
+    let t = snapshot_with(&e, id, "streaming");
+    // Times after the closure's clock (44 s here, 96 s after the next step).
+    feed_once(&mut e, &mut store, t, &mut 50_000.0, conn);
+    add(&mut e, &mut store, 11, 24, &mut id);
+    let written = store.bodies_written;
+    assert_eq!(e.state().messages[0].status, MessageStatus::Streaming);
+    assert!(
+        !store.records.values().any(|t| t.contains("\"q0\"")),
+        "the merge carried a body that no longer matches"
+    );
+    id += 1;
+    let t = snapshot_with(&e, id, "completed");
+    feed_once(&mut e, &mut store, t, &mut 200_000.0, conn);
+    assert!(
+        store.bodies_written > written,
+        "q0's body was not written again"
+    );
+    e.persist_now(300_000.0);
+    let acts = drain(&mut e);
+    store.run(&mut e, 300_000.0, &acts, true);
+    let head = store.head.clone().unwrap();
+    let mut e2 = Engine::new(cfg(), [2, 2], Some(&head));
+    e2.restore_bodies(1.0, Some(&store.bodies()));
+    assert_eq!(e2.storage_stats().restore_failures, 0);
+    assert_eq!(e2.state(), e.state());
+}
+
+fn feed_once(e: &mut Engine, store: &mut Store, frame: String, now: &mut Ms, conn: u64) {
+    *now += 1000.0;
+    e.handle_bytes(*now, conn, &sse_frame(&frame));
+    e.flush(*now);
+    let acts = drain(e);
+    store.run(e, *now, &acts, true);
+}

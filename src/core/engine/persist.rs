@@ -21,6 +21,11 @@
 //! ([`INLINE_BODIES_MAX`]), the head is deferred until their batch commits and
 //! the previous head (an older but consistent resume point) stays.
 //!
+//! A head the storage area refuses even after eviction (quota) goes to the
+//! body store as well, and the storage area then holds only
+//! [`HEAD_IN_BODY_STORE`] (smaller than the head it replaces, so it fits):
+//! the next page reads the head from there, so a full area loses no progress.
+//!
 //! Runs whose completed messages total at most [`INLINE_BODIES_MAX`] bytes
 //! (and shells without a body store) keep everything inline: their head is
 //! restored synchronously, as version 2 records were (still readable).
