@@ -244,40 +244,27 @@ pub fn read(area: &'static str, run_id: String, done: impl FnOnce(Option<Stored>
     });
 }
 
-async fn remove_all(area: &str, runs: &[String]) -> Result<(), JsValue> {
+/// Deletes `runs` of `area` (`None`: every run idle for [`IDLE_TTL_MS`] at `now`):
+/// their bodies, head and last-use time, in one transaction.
+async fn remove_runs(area: &str, runs: Option<&[String]>, now: f64) -> Result<(), JsValue> {
     let db = open().await?;
     let (t, store, meta, heads) = tx(&db, true)?;
-    for id in runs {
-        store.delete(run_range(area, id)?.as_ref())?;
-        meta.delete(&run_key(area, id))?;
-        heads.delete(&run_key(area, id))?;
-    }
-    committed(&t).await
-}
-
-/// Removes the bodies of `runs` (their heads were evicted). Best effort.
-pub fn remove(area: &'static str, runs: Vec<String>) {
-    if runs.is_empty() || !available() {
-        return;
-    }
-    spawn_local(async move {
-        let _ = remove_all(area, &runs).await;
-    });
-}
-
-async fn sweep_idle(now: f64) -> Result<(), JsValue> {
-    let db = open().await?;
-    let (t, store, meta, heads) = tx(&db, true)?;
-    let keys = meta.get_all_keys()?;
-    let times = meta.get_all()?;
-    let (fk, ft) = (settle(&keys), settle(&times));
-    let keys: Array = result(&keys, fk).await?.dyn_into()?;
-    let times: Array = result(&times, ft).await?.dyn_into()?;
-    for (k, at) in keys.iter().zip(times.iter()) {
-        if now - at.as_f64().unwrap_or(0.0) < IDLE_TTL_MS {
-            continue;
+    let keys: Vec<Array> = match runs {
+        Some(runs) => runs.iter().map(|r| run_key(area, r)).collect(),
+        None => {
+            let keys = meta.get_all_keys()?;
+            let times = meta.get_all()?;
+            let (fk, ft) = (settle(&keys), settle(&times));
+            let keys: Array = result(&keys, fk).await?.dyn_into()?;
+            let times: Array = result(&times, ft).await?.dyn_into()?;
+            keys.iter()
+                .zip(times.iter())
+                .filter(|(_, at)| now - at.as_f64().unwrap_or(0.0) >= IDLE_TTL_MS)
+                .filter_map(|(k, _)| k.dyn_into::<Array>().ok())
+                .collect()
         }
-        let key: Array = k.dyn_into()?;
+    };
+    for key in keys {
         let (Some(area), Some(run)) = (key.get(0).as_string(), key.get(1).as_string()) else {
             continue;
         };
@@ -288,12 +275,22 @@ async fn sweep_idle(now: f64) -> Result<(), JsValue> {
     committed(&t).await
 }
 
+/// Removes the bodies of `runs` (their heads were evicted). Best effort.
+pub fn remove(area: &'static str, runs: Vec<String>) {
+    if runs.is_empty() || !available() {
+        return;
+    }
+    spawn_local(async move {
+        let _ = remove_runs(area, Some(&runs), 0.0).await;
+    });
+}
+
 /// Once per page: removes the bodies of runs idle for [`IDLE_TTL_MS`]. Best effort.
 pub fn sweep() {
     if SWEPT.with(|s| s.replace(true)) || !available() {
         return;
     }
     spawn_local(async move {
-        let _ = sweep_idle(js_sys::Date::now()).await;
+        let _ = remove_runs("", None, js_sys::Date::now()).await;
     });
 }

@@ -45,7 +45,7 @@
 //! committed), at most once per `persist_interval_ms`, and at once on
 //! `send()`, page hide, `close()` and run completion.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -433,10 +433,22 @@ pub fn decode_head(text: &str, run_id: &str) -> Option<Decoded> {
 /// extra ones ignored). `None` when a referenced body is missing, unreadable
 /// or not the one referenced (its hash differs): the head cannot be used.
 pub fn finish(p: Pending, bodies: Vec<Row>) -> Option<Stored> {
-    let mut by_key: HashMap<(String, u64), Message> = bodies
-        .into_iter()
-        .map(|(id, hash, m)| ((id, hash), m))
+    // One map type (id → number) for every lookup here: less code in the wasm.
+    let wanted: HashMap<String, u64> = p
+        .slots
+        .iter()
+        .filter_map(|s| match s {
+            Slot::Ref(id, hash) => Some((id.clone(), *hash)),
+            Slot::Inline(_) => None,
+        })
         .collect();
+    let mut at: HashMap<String, u64> = HashMap::new();
+    for (i, (id, hash, _)) in bodies.iter().enumerate() {
+        if wanted.get(id) == Some(hash) {
+            at.insert(id.clone(), i as u64);
+        }
+    }
+    let mut rows: Vec<Option<Row>> = bodies.into_iter().map(Some).collect();
     let mut state = RunState::from_wire(p.state).ok()?;
     if state.run_id != p.run_id {
         return None;
@@ -447,7 +459,8 @@ pub fn finish(p: Pending, bodies: Vec<Row>) -> Option<Stored> {
         match slot {
             Slot::Inline(m) => messages.push(m),
             Slot::Ref(id, hash) => {
-                let m = by_key.remove(&(id.clone(), hash))?;
+                let i = usize::try_from(*at.get(&id)?).ok()?;
+                let (_, _, m) = rows.get_mut(i)?.take()?;
                 if m.message_id.as_deref() != Some(id.as_str()) || body_hash(&m) != hash {
                     return None;
                 }
@@ -591,10 +604,9 @@ pub struct Persist {
     records: Vec<Batch>,
     /// The same, by message id (for the per-message lookup).
     pending: HashMap<String, u64>,
-    /// Hash cache of completed messages, valid unless the id is in `changed`.
+    /// Hash cache of completed messages; an entry is dropped when the state
+    /// marks its message changed.
     known: HashMap<String, u64>,
-    /// Messages changed since their hash was cached (from the state's change marks).
-    changed: HashSet<String>,
     /// Every cached hash is suspect (the state was replaced or reordered wholesale).
     rescan: bool,
     next_batch: u64,
@@ -622,7 +634,6 @@ impl Persist {
             records: Vec::new(),
             pending: HashMap::new(),
             known: HashMap::new(),
-            changed: HashSet::new(),
             rescan: false,
             next_batch: 1,
             failures: 0,
@@ -686,9 +697,7 @@ impl Persist {
         }
         for &p in &changes.messages.positions {
             if let Some(id) = state.messages.get(p).and_then(|m| m.message_id.as_ref()) {
-                if self.known.contains_key(id) {
-                    self.changed.insert(id.clone());
-                }
+                self.known.remove(id);
             }
         }
     }
@@ -718,7 +727,6 @@ impl Persist {
         if std::mem::take(&mut self.rescan) {
             self.known.clear();
         }
-        let changed = std::mem::take(&mut self.changed);
         let room = self.in_flight.len() < MAX_BATCHES_IN_FLIGHT;
         let mut entries = Vec::with_capacity(state.messages.len());
         let mut bodies = Vec::new();
@@ -729,7 +737,7 @@ impl Persist {
                 continue;
             };
             let hash = match self.known.get(id) {
-                Some(&h) if !changed.contains(id) => h,
+                Some(&h) => h,
                 _ => {
                     let h = body_hash(m);
                     self.known.insert(id.to_owned(), h);
@@ -830,17 +838,20 @@ impl Persist {
         })?;
         let (ra, rb) = (self.records.get(a)?, self.records.get(b)?);
         let replaces = vec![ra.key, rb.key];
-        let by_id: HashMap<&str, &Message> = state
+        let by_id: HashMap<String, u64> = state
             .messages
             .iter()
-            .filter_map(|m| Some((m.message_id.as_deref()?, m)))
+            .enumerate()
+            .filter_map(|(i, m)| Some((m.message_id.clone()?, i as u64)))
             .collect();
         let mut bodies = Vec::new();
         for (id, hash) in ra.members.iter().chain(rb.members.iter()) {
             if self.committed.get(id) != Some(hash) {
                 continue;
             }
-            let m = by_id.get(id.as_str()).copied();
+            let m = by_id
+                .get(id)
+                .and_then(|&i| state.messages.get(usize::try_from(i).ok()?));
             // Hashed again: only a body equal to the committed one is carried.
             if let Some(m) = m.filter(|m| external(m) && body_hash(m) == *hash) {
                 bodies.push(Body {
