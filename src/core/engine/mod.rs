@@ -88,6 +88,9 @@ impl Engine {
     /// A new engine. `seed` seeds jitter, sampling and request ids. `stored`
     /// is the record an earlier page stored ([`Engine::storage_record`]); an
     /// unreadable or foreign record is ignored (the run starts from the beginning).
+    /// A record whose completed messages are in the body store leaves the
+    /// engine waiting for them ([`Engine::awaiting_bodies`]): it connects once
+    /// they are handed over ([`Engine::restore_bodies`]).
     pub fn new(cfg: Config, seed: [u64; 2], stored: Option<&str>) -> Self {
         let mut rng = Rng::new(seed);
         let in_store = stored == Some(persist::HEAD_IN_BODY_STORE);
