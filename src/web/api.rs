@@ -42,7 +42,7 @@ export interface RunStreamOptions {
   backoff?: { initialMs?: number; maxMs?: number; multiplier?: number };
   /** Where the cursor survives a refresh. Records of finished runs are removed 10 min after their last
    *  write; runstream's records stay under 2 MiB per storage area (oldest evicted first). A long
-   *  history's completed messages are kept in IndexedDB (database "runstream"), written once each. */
+   *  history's completed messages are kept in IndexedDB (database "runstream"), not rewritten per write. */
   resume?: "session" | "local" | "none";
   spans?: boolean | "auto" | { sampleRate: number };
 }
