@@ -333,6 +333,17 @@ impl RunState {
             .sum()
     }
 
+    /// What changed since the last [`RunState::take_changes`], without taking it.
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// Marks every message and worker changed (the state was installed whole).
+    pub fn mark_all_changed(&mut self) {
+        self.changes.messages.mark_all();
+        self.changes.workers.mark_all();
+    }
+
     /// What changed since the last call (then nothing is marked).
     pub fn take_changes(&mut self) -> Changes {
         std::mem::take(&mut self.changes)

@@ -13,7 +13,7 @@ use super::env;
 use super::error::WebError;
 use super::options::Options;
 use super::storage;
-use crate::core::engine::{Action, Engine};
+use crate::core::engine::Action;
 
 /// A new frozen snapshot of the stream, sharing every unchanged part with the last one.
 fn view(inner: &mut Inner) -> JsValue {
@@ -43,7 +43,8 @@ export interface RunStreamOptions {
   /** "tabs": tabs of one origin following the same stream share one connection (README "Sharing connections"). */
   share?: "none" | "tabs";
   /** Where the cursor survives a refresh. Records of finished runs are removed 10 min after their last
-   *  write; runstream's records stay under 2 MiB per storage area (oldest evicted first). */
+   *  write; runstream's records stay under 2 MiB per storage area (oldest evicted first). A long
+   *  history's completed messages are kept in IndexedDB (database "runstream"), not rewritten per write. */
   resume?: "session" | "local" | "none";
   spans?: boolean | "auto" | { sampleRate: number };
 }
@@ -187,8 +188,7 @@ impl RunStream {
         #[wasm_bindgen(unchecked_param_type = "RunStreamOptions")] options: JsValue,
     ) -> Result<RunStream, JsValue> {
         let opts = Options::parse(&options)?;
-        let restored = storage::restore(&opts);
-        let engine = Engine::new(opts.config.clone(), env::seed(), restored.as_deref());
+        let engine = storage::engine(&opts);
         let inner = Rc::new_cyclic(|weak| {
             RefCell::new(Inner {
                 engine,
@@ -210,6 +210,9 @@ impl RunStream {
                 closed: false,
             })
         });
+        if let Ok(i) = inner.try_borrow() {
+            storage::load_bodies(&i);
+        }
         // Built now, so there is always a last snapshot to return; not cached,
         // so the first getSnapshot() still reflects calls made before it (send()).
         let first = inner
@@ -345,7 +348,7 @@ impl RunStream {
         // Persist (the only action that still matters), then drop everything.
         while let Some(a) = inner.engine.poll_action() {
             if let Action::Persist { .. } = a {
-                let _ = storage::persist(&inner);
+                let _ = storage::persist(&mut inner);
             }
         }
         inner.closed = true;

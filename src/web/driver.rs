@@ -302,7 +302,7 @@ fn execute(rc: &Shared, action: Action) {
             }
         }
         Action::Persist { .. } => {
-            if !storage::persist(&inner) {
+            if !storage::persist(&mut inner) {
                 inner.engine.persist_refused();
             }
         }

@@ -6,7 +6,8 @@
 //!
 //! - [`api`]: the `RunStream` class and the TypeScript declarations.
 //! - [`driver`]: the stream's shared state, `drive()`, the timer, the frame loop.
-//! - [`storage`]: the stored record (cursor + state) in session/local storage.
+//! - [`storage`]: the stored record's head (cursor + state) in session/local storage;
+//! - [`idb`]: the stored record's completed-message bodies in IndexedDB.
 //! - `socket`: the page's WebSocket shared by every stream on one `wsUrl`.
 //! - `tabs`: `share: "tabs"`: the Web Locks election and the BroadcastChannel.
 //! - `transport`, `env`, `options`, `error`: transports, browser plumbing, options, errors.
@@ -15,6 +16,7 @@ mod api;
 mod driver;
 mod env;
 mod error;
+mod idb;
 mod options;
 mod snapshot;
 mod socket;

@@ -94,9 +94,18 @@ impl Engine {
     /// A new engine. `seed` seeds jitter, sampling and request ids. `stored`
     /// is the record an earlier page stored ([`Engine::storage_record`]); an
     /// unreadable or foreign record is ignored (the run starts from the beginning).
+    /// A record whose completed messages are in the body store leaves the
+    /// engine waiting for them ([`Engine::awaiting_bodies`]): it connects once
+    /// they are handed over ([`Engine::restore_bodies`]).
     pub fn new(cfg: Config, seed: [u64; 2], stored: Option<&str>) -> Self {
         let mut rng = Rng::new(seed);
-        let restored = stored.and_then(|text| persist::decode(text, &cfg.run_id));
+        let in_store = stored == Some(persist::HEAD_IN_BODY_STORE);
+        let (restored, awaiting) =
+            match stored.and_then(|text| persist::decode_head(text, &cfg.run_id)) {
+                Some(persist::Decoded::Ready(r)) => (Some(*r), None),
+                Some(persist::Decoded::Pending(p)) => (None, Some(p)),
+                None => (None, None),
+            };
         let mut parked = Parked::default();
         let mut state = match restored {
             Some(r) => {
@@ -119,25 +128,7 @@ impl Engine {
         // finished reply) are still awaited after a refresh.
         let mut activity = activity::Tracker::default();
         if !state.is_finished() {
-            let answered: std::collections::HashSet<&str> = state
-                .messages
-                .iter()
-                .filter(|m| matches!(m.status, MessageStatus::Completed | MessageStatus::Failed))
-                .filter_map(|m| m.reply_to.as_deref())
-                .collect();
-            let waiting: Vec<String> = state
-                .messages
-                .iter()
-                .filter(|m| {
-                    matches!(
-                        m.status,
-                        MessageStatus::Queued | MessageStatus::Sending | MessageStatus::Sent
-                    )
-                })
-                .filter_map(|m| m.client_request_id.clone())
-                .filter(|c| !answered.contains(c.as_str()))
-                .collect();
-            activity.restore(waiting, 0.0);
+            activity.restore(unanswered(&state), 0.0);
         }
         let mut link = Link::default();
         if failed > 0 {
@@ -155,7 +146,15 @@ impl Engine {
             follow,
             parser: SseParser::new(cfg.max_event_bytes),
             telemetry: Telemetry::new(cfg.telemetry_capacity),
-            persist: Persist::new(cfg.persist, cfg.persist_interval_ms, state.cursor),
+            persist: {
+                let mut p = Persist::new(cfg.persist, cfg.persist_interval_ms, state.cursor);
+                if let Some(a) = awaiting {
+                    p.await_bodies(a);
+                } else if in_store {
+                    p.await_head();
+                }
+                p
+            },
             cfg,
             rng,
             state,
@@ -189,7 +188,9 @@ impl Engine {
     /// What changed in the state since the last call: the shell rebuilds only
     /// those entries of its snapshot (structural sharing).
     pub fn take_state_changes(&mut self) -> super::state::Changes {
-        self.state.take_changes()
+        let changes = self.state.take_changes();
+        self.persist.note_changes(&changes, &self.state);
+        changes
     }
 
     /// The metrics.
@@ -207,8 +208,8 @@ impl Engine {
         self.state.cursor
     }
 
-    /// The record to store under the run's storage key after [`Action::Persist`]
-    /// (and at page hide): JSON text that [`Engine::new`] reads back.
+    /// The whole record with every message inline: what a shell without a
+    /// body store stores after [`Action::Persist`]; [`Engine::new`] reads it back.
     pub fn storage_record(&self) -> String {
         persist::encode(&self.state, &self.parked)
     }
@@ -561,6 +562,28 @@ impl Engine {
     pub fn persist_now(&mut self, now: Ms) {
         self.request_persist(now, true);
     }
+}
+
+/// Sends of `state` not answered yet (undelivered, or accepted but without a finished reply).
+fn unanswered(state: &RunState) -> Vec<String> {
+    let answered: std::collections::HashSet<&str> = state
+        .messages
+        .iter()
+        .filter(|m| matches!(m.status, MessageStatus::Completed | MessageStatus::Failed))
+        .filter_map(|m| m.reply_to.as_deref())
+        .collect();
+    state
+        .messages
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.status,
+                MessageStatus::Queued | MessageStatus::Sending | MessageStatus::Sent
+            )
+        })
+        .filter_map(|m| m.client_request_id.clone())
+        .filter(|c| !answered.contains(c.as_str()))
+        .collect()
 }
 
 pub(super) fn hex_id(rng: &mut Rng) -> String {

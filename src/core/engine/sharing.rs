@@ -69,6 +69,10 @@ impl Engine {
             return;
         }
         match (self.follow.role, msg.body) {
+            // Until the stored state is installed its cursor is unknown: a
+            // relay applied now would be lost or applied twice; the restore
+            // asks for everything after the restored cursor instead.
+            (Role::Follower, Body::Event(_)) if self.persist.is_awaiting() => {}
             (Role::Follower, Body::Event(text)) => {
                 if text.len() > self.cfg.max_event_bytes {
                     let e = crate::core::error::FrameError::TooLarge(text.len());
@@ -148,6 +152,11 @@ impl Engine {
 
     /// Asks the leader for every event after the cursor.
     pub(super) fn ask(&mut self, _now: Ms) {
+        if self.persist.is_awaiting() {
+            // The stored state is still being read: its cursor is not known
+            // yet; the restore asks once it is installed.
+            return;
+        }
         let c = self.state.cursor;
         self.broadcast(None, Body::Ask(c));
     }

@@ -107,6 +107,11 @@ impl Engine {
     }
 
     pub(super) fn connect(&mut self, now: Ms) {
+        if self.persist.is_awaiting() {
+            // The stored state is still being rebuilt: its cursor is not known yet.
+            self.persist.defer_connect();
+            return;
+        }
         if self.follow.following() && !self.side_link_needed() {
             // Another tab holds the connection: whatever asked (a backoff
             // timer, `online`, a 401 retry) rests in following instead.
