@@ -282,10 +282,12 @@ impl Ring {
         }
     }
 
-    /// Forgets everything (the state was replaced by a snapshot that is not relayed).
-    pub fn clear(&mut self, up_to: u64) {
-        self.entries.clear();
-        self.bytes = 0;
+    /// Forgets the ids up to `up_to`: the leader's cursor jumped there
+    /// without relaying them (a snapshot, a skipped gap), so an ask from
+    /// below it is a miss. Held ids above it stay servable.
+    pub fn cut(&mut self, up_to: u64) {
+        self.entries.retain(|(id, _)| *id > up_to);
+        self.bytes = self.entries.iter().map(|(_, t)| t.len()).sum();
         self.dropped_up_to = self.dropped_up_to.max(up_to);
     }
 
@@ -429,8 +431,11 @@ mod tests {
         // Nothing relayed yet, follower level with the leader's start.
         assert_eq!(Ring::default().after(40, 40), Some(vec![]));
         assert!(Ring::default().after(39, 40).is_none());
-        r.clear(60);
+        // The cursor jumped to 60 (a snapshot) with 61 already relayed.
+        r.push(61, "e61");
+        r.cut(60);
         assert!(r.after(50, 40).is_none());
-        assert_eq!(r.after(60, 40), Some(vec![]));
+        assert_eq!(r.after(60, 40), Some(vec!["e61"]));
+        assert_eq!((r.len(), r.bytes()), (1, 3));
     }
 }

@@ -18,6 +18,10 @@ impl Engine {
             return;
         }
         self.follow.lead(self.state.cursor);
+        // Asks sent while no tab led went unanswered: every follower learns
+        // the new leader's cursor and catches up to it (an idle or finished
+        // run relays nothing that would show it a gap).
+        self.broadcast(None, Body::End(self.state.cursor));
         if self.link.live() {
             self.end_link(now, Termination::Shared, None);
         }
@@ -68,6 +72,10 @@ impl Engine {
         if msg.to.as_deref().is_some_and(|to| to != self.follow.tab) {
             return;
         }
+        if self.follow.role == Role::Follower && self.follow.heard_from_leader(&msg) {
+            // Another tab leads now: what it holds may differ from the last one's.
+            self.ask(now);
+        }
         match (self.follow.role, msg.body) {
             (Role::Follower, Body::Event(text)) => {
                 if text.len() > self.cfg.max_event_bytes {
@@ -87,6 +95,11 @@ impl Engine {
             }
             (Role::Follower, Body::End(head)) => {
                 self.follow.head = self.follow.head.max(head);
+                if self.ordering.is_empty() {
+                    // Behind the leader with nothing held: no gap will ever
+                    // show, so repair it as a miss.
+                    self.replay_missed(now);
+                }
             }
             (Role::Follower, Body::Miss(head)) => {
                 self.follow.head = self.follow.head.max(head);
@@ -161,10 +174,12 @@ impl Engine {
         self.broadcast(None, Body::Event(text.to_owned()));
     }
 
-    /// Leader: a snapshot replaced the state (not relayed): asks from before it miss.
+    /// Leader: its cursor jumped to `up_to` without relaying the ids before
+    /// it (a snapshot replaced the state, or a gap was skipped): asks from
+    /// before it miss.
     pub(super) fn relay_gap(&mut self, up_to: u64) {
         if self.follow.role == Role::Leader {
-            self.follow.ring.clear(up_to);
+            self.follow.ring.cut(up_to);
         }
     }
 
@@ -190,16 +205,29 @@ impl Engine {
     }
 
     /// Follower: the leader's ring does not reach back to the cursor. The
-    /// snapshot endpoint repairs it, or (without one) a catch-up connection.
+    /// snapshot endpoint repairs it, or (without one, or when it fails: see
+    /// [`Self::snapshot_missed`]) a catch-up connection. Ids are skipped only
+    /// by the gap ladder.
     fn replay_missed(&mut self, now: Ms) {
-        let behind = self.state.cursor < self.follow.head || self.ordering.has_gap();
-        if !behind || self.timers.is_armed(Timer::Snapshot) {
+        if !self.behind_leader() || self.timers.is_armed(Timer::Snapshot) {
             return;
         }
-        if self.cfg.has_snapshot_url {
-            self.ordering.snapshot_requested(self.state.cursor);
+        if self.cfg.has_snapshot_url && !self.follow.catching_up {
             self.fetch_snapshot(now);
         } else {
+            self.catch_up(now);
+        }
+    }
+
+    /// Follower: the cursor is below the leader's, or a gap is held.
+    fn behind_leader(&self) -> bool {
+        self.state.cursor < self.follow.head || self.ordering.has_gap()
+    }
+
+    /// Follower: a snapshot fetch failed; if still behind, the server
+    /// replays what is missing over a catch-up connection.
+    pub(super) fn snapshot_missed(&mut self, now: Ms) {
+        if self.follow.following() && self.behind_leader() {
             self.catch_up(now);
         }
     }
@@ -263,7 +291,9 @@ impl Engine {
         self.actions.push_back(Action::Broadcast { text });
     }
 
-    /// A channel message was ignored: counted, reported, nothing else changes.
+    /// A channel message was ignored: counted (`metrics.channelErrors`) and
+    /// reported on the raw event stream with its kind; `lastError` stays what
+    /// the connection says.
     fn channel_error(&mut self, now: Ms, e: ChannelError) {
         self.metrics.channel_errors += 1;
         self.telemetry.metric(
@@ -273,7 +303,6 @@ impl Engine {
             now,
             &[("kind", e.kind())],
         );
-        self.link.last_error = Some(format!("ignored a message from another tab: {e}"));
         self.mark_dirty();
     }
 }
