@@ -884,3 +884,67 @@ fn an_ignored_channel_message_does_not_touch_last_error() {
         "no status relayed for it"
     );
 }
+
+#[test]
+fn a_tab_whose_lock_request_fails_connects_on_its_own() {
+    // Review item 4 / API.md: "Where Web Locks or BroadcastChannel are
+    // missing, each tab connects on its own" — also where they exist but
+    // cannot be used (the request rejects, the channel cannot be opened).
+    let log = gen_log(37, 2);
+    let mut e = follower(share_cfg(), 1);
+    drain(&mut e);
+    e.handle_tab_text(1.0, &relayed(&log[0]));
+    e.handle_tab_text(1.0, &relayed(&log[1]));
+    drain(&mut e);
+    e.handle_share_unavailable(2.0);
+    let acts = drain(&mut e);
+    assert_eq!(connect_of(&acts).map(|c| c.1), Some(2), "{acts:?}");
+    assert_eq!(e.status(2.0).sharing, Sharing::Solo);
+    assert_eq!(e.status(2.0).connection, Connection::Connecting);
+    // Solo from now on: the channel is not listened to, nothing is broadcast.
+    e.handle_tab_text(3.0, &relayed(&log[2]));
+    assert_eq!(e.cursor(), 2);
+    assert!(broadcasts(&drain(&mut e)).is_empty());
+    // Before `start()`: it connects at `start()`.
+    let mut fresh = Engine::new(share_cfg(), [5, 5], None);
+    fresh.handle_share_unavailable(0.0);
+    fresh.start(1.0);
+    let acts = drain(&mut fresh);
+    assert!(connect_of(&acts).is_some());
+    assert!(broadcasts(&acts).is_empty(), "no ask from a solo tab");
+}
+
+#[test]
+fn a_string_too_long_for_the_channel_is_counted_without_being_read() {
+    // Review item 9: the shell checks the length before copying the string.
+    let mut e = follower(share_cfg(), 1);
+    drain(&mut e);
+    let limit = e.tab_message_limit();
+    assert!(limit > share_cfg().max_event_bytes);
+    e.handle_tab_too_large(1.0, limit + 1);
+    assert_eq!(e.metrics().channel_errors, 1);
+    assert_eq!(e.status(1.0).last_error, None);
+}
+
+#[test]
+fn a_follower_asks_again_when_another_tab_starts_leading() {
+    // Review item 1: "followers re-ask when the leader's tab id changes".
+    let log = gen_log(38, 2);
+    let mut e = follower(share_cfg(), 1);
+    drain(&mut e);
+    e.handle_tab_text(1.0, &relayed(&log[0]));
+    e.handle_tab_text(2.0, &relayed(&log[1]));
+    assert!(broadcasts(&drain(&mut e)).is_empty());
+    let s = LeaderStatus {
+        connection: Connection::Open,
+        attempt: 0,
+        retry_in_ms: None,
+        last_error: None,
+    };
+    e.handle_tab_text(3.0, &msg("leader2", None, Body::Status(s)));
+    let asks: Vec<_> = decoded(&drain(&mut e))
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(asks, vec![Body::Ask(2)]);
+}

@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 
-use crate::core::engine::Connection;
+use crate::core::engine::{Connection, Transport};
 use crate::core::envelope::MAX_EVENT_ID;
 
 /// The first line of every message: magic and format version.
@@ -42,6 +42,37 @@ pub const MAX_TAB_ID: usize = 32;
 pub const RING_EVENTS: usize = 1024;
 /// Bytes of envelope text the leader's ring keeps (drop-oldest beyond).
 pub const RING_BYTES: usize = 4 << 20;
+
+/// The stream key tabs share one connection under (also the name of the Web
+/// Lock and of the BroadcastChannel): `{MAGIC}|{transport}|{withCredentials}|{resolved
+/// url}`, and for WebSocket `{MAGIC}|websocket|{withCredentials}|{resolved
+/// wsUrl}|{runId}` (one socket carries many runs, each by its own subscribe).
+/// The format version is part of it: tabs of another build (across a
+/// deploy) elect and talk among themselves, never with this one.
+pub fn stream_key(t: Transport, credentials: bool, resolved_url: &str, run_id: &str) -> String {
+    let transport = match t {
+        Transport::Fetch => "fetch",
+        Transport::Sse => "sse",
+        Transport::WebSocket => "websocket",
+    };
+    let mut key = String::with_capacity(MAGIC.len() + resolved_url.len() + run_id.len() + 24);
+    for part in [
+        MAGIC,
+        transport,
+        if credentials { "true" } else { "false" },
+        resolved_url,
+    ] {
+        if !key.is_empty() {
+            key.push('|');
+        }
+        key.push_str(part);
+    }
+    if t == Transport::WebSocket {
+        key.push('|');
+        key.push_str(run_id);
+    }
+    key
+}
 
 /// The longest message accepted for envelopes of at most `max_event_bytes`.
 pub fn max_message_bytes(max_event_bytes: usize) -> usize {
@@ -337,6 +368,19 @@ mod tests {
             to: None,
             body,
         }
+    }
+
+    #[test]
+    fn the_stream_key_carries_the_format_version() {
+        // Review item 5: tabs of another build must not queue on this lock.
+        let k = stream_key(Transport::Fetch, false, "http://x/api/stream/runs/r1", "r1");
+        assert_eq!(
+            k,
+            "runstream-tabs/1|fetch|false|http://x/api/stream/runs/r1"
+        );
+        let w = stream_key(Transport::WebSocket, true, "ws://x/api/ws", "r1");
+        assert_eq!(w, "runstream-tabs/1|websocket|true|ws://x/api/ws|r1");
+        assert!(stream_key(Transport::Sse, false, "u", "r").starts_with(MAGIC));
     }
 
     #[test]

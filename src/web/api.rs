@@ -258,7 +258,12 @@ impl RunStream {
             inner.listeners = ls;
             if let Some(key) = inner.opts.config.share_key.clone() {
                 // The channel exists before the engine's first message (its ask).
-                inner.tabs = super::tabs::Member::join(weak.clone(), &key);
+                let limit = inner.engine.tab_message_limit();
+                inner.tabs = super::tabs::Member::join(weak.clone(), &key, limit);
+                if inner.tabs.is_none() {
+                    // The channel or the lock request failed: connect on our own.
+                    inner.engine.handle_share_unavailable(env::now());
+                }
             }
             let now = env::now();
             if !env::online() {

@@ -155,6 +155,14 @@ impl Follow {
         self.reported = None;
     }
 
+    /// Stops sharing for good (sharing is unavailable here): connects on its own.
+    pub fn go_solo(&mut self) {
+        self.role = Role::Solo;
+        self.catching_up = false;
+        self.leader = None;
+        self.gap_catch_up = None;
+    }
+
     /// Steps down to follower.
     pub fn step_down(&mut self) {
         self.role = Role::Follower;

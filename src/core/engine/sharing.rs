@@ -38,6 +38,29 @@ impl Engine {
         self.mark_dirty();
     }
 
+    /// Sharing cannot work here after all: the channel could not be opened,
+    /// or the lock request failed (an opaque origin such as a sandboxed
+    /// iframe raises a SecurityError). API.md: "Where Web Locks or
+    /// BroadcastChannel are missing, each tab connects on its own": this tab
+    /// turns solo and connects from its own cursor (a finished run stays
+    /// finished; before `start()` it connects at `start()`).
+    pub fn handle_share_unavailable(&mut self, now: Ms) {
+        if self.follow.role != Role::Follower || self.link.conn == Conn::Closed {
+            return;
+        }
+        self.follow.go_solo();
+        self.timers.clear(Timer::Countdown);
+        if self.link.conn == Conn::Following {
+            if self.link.online {
+                self.link.conn = Conn::Idle;
+                self.connect(now);
+            } else {
+                self.link.go_offline(&mut self.timers);
+            }
+        }
+        self.mark_dirty();
+    }
+
     /// The shell gave up the lock (the page is hidden for good: `pagehide`,
     /// `freeze`): this tab stops leading, its connection ends, and it
     /// follows whichever tab is elected next.
@@ -111,6 +134,22 @@ impl Engine {
             _ => {}
         }
         self.settle_side_link(now);
+    }
+
+    /// A string message from the tabs' channel of `len` UTF-16 units, more
+    /// than [`max_message_bytes`] allows: rejected before it is copied
+    /// (its UTF-8 form is at least as long).
+    pub fn handle_tab_too_large(&mut self, now: Ms, len: usize) {
+        if self.follow.role == Role::Solo || self.link.conn == Conn::Closed {
+            return;
+        }
+        self.channel_error(now, ChannelError::TooLarge(len));
+    }
+
+    /// The longest channel message this tab reads (the shell rejects longer
+    /// ones with [`Self::handle_tab_too_large`] before copying them).
+    pub fn tab_message_limit(&self) -> usize {
+        max_message_bytes(self.cfg.max_event_bytes)
     }
 
     /// A message from the tabs' channel that is not a string.
