@@ -307,3 +307,55 @@ test("share: \"tabs\" — where sharing cannot work, each tab connects on its ow
     });
   }
 });
+
+// Review item 6 / API.md "frozen … another tab takes over within 1 s": a
+// frozen follower must not keep its place in the lock's queue (granted the
+// lock while frozen, it could not run its callback, and no tab would lead).
+// Pages A, B, C queue in that order. Chromium's CDP freeze does not freeze a
+// page here (no `freeze` event fires), so B gets the `freeze` and `resume`
+// events dispatched: its request leaves the queue at `freeze` and joins it
+// again, behind C, at `resume`; when A closes, C leads.
+test("share: \"tabs\" — a frozen follower leaves the lock's queue until it resumes", async () => {
+  const context = await browser.newContext();
+  const { run_id: run } = await api("POST", "/api/admin/runs", { tokens: 200, rate: 20 });
+  const errors = [];
+  const pages = [];
+  for (let i = 0; i < 3; i++) {
+    const page = await context.newPage();
+    errors.push(watchErrors(page));
+    await page.goto(`${server}/harness.html`);
+    await startIn(page, run, "fetch");
+    pages.push(page);
+    await sleep(200);
+  }
+  const [a, b, c] = pages;
+  const pending = () => c.evaluate(async () => (await navigator.locks.query()).pending.length);
+  assert.ok(await until(async () => (await view(a)).snap.status.sharing === "leader", 5000), "A leads");
+  assert.equal(await pending(), 2, "B and C queue");
+  await b.evaluate(() => document.dispatchEvent(new Event("freeze")));
+  assert.ok(await until(async () => (await pending()) === 1, 2000), `a frozen follower withdraws its request: ${await pending()} pending`);
+  await b.evaluate(() => document.dispatchEvent(new Event("resume")));
+  assert.ok(await until(async () => (await pending()) === 2, 2000), "it queues again when it resumes");
+  const closedAt = Date.now();
+  await a.close();
+  const resumed = async () => {
+    const v = await view(c);
+    return v.leaderAt !== null && v.advances.find(([t]) => t >= v.leaderAt)?.[0];
+  };
+  assert.ok(await until(resumed, 5000), `C (queued before B's return) leads: ${JSON.stringify((await view(c)).snap.status)}`);
+  const ms = (await resumed()) - closedAt;
+  console.log(`[tabs] after a follower's freeze/resume: stream resumed by the next tab in ${ms} ms`);
+  assert.ok(ms <= 1000, `stream resumed in ${ms} ms`);
+  assert.equal((await view(b)).snap.status.sharing, "follower");
+  assert.ok(await until(async () => (await view(b)).snap.status.connection === "closed"
+    && (await view(c)).snap.status.connection === "closed", 30000), "both finished");
+  const srv = await api("GET", `/api/runs/${run}/snapshot`);
+  for (const p of [b, c]) {
+    const s = (await view(p)).snap;
+    assert.equal(s.state.cursor, srv.event_id);
+    assert.deepEqual(s.state.messages.map((m) => m.content), srv.state.messages.map((m) => m.content));
+    assert.equal(s.metrics.gapsSkipped, 0);
+  }
+  await context.close();
+  assert.deepEqual(errors.flat(), []);
+});
