@@ -179,9 +179,9 @@ fn following_mode_never_connects() {
     let mut e = follower(share_cfg(), 1);
     let acts = drain(&mut e);
     assert!(connect_of(&acts).is_none(), "{acts:?}");
-    // It asks the leader for everything after its cursor.
+    // It asks the leader for everything after its cursor (and says its page is visible).
     let asks: Vec<_> = decoded(&acts).into_iter().map(|m| m.body).collect();
-    assert_eq!(asks, vec![Body::Ask(0)]);
+    assert_eq!(asks, vec![Body::Ask(0), Body::Visible(true)]);
     assert_eq!(e.status(0.0).sharing, Sharing::Follower);
     // Relayed events, gaps, the backoff's timers, online/offline, retryNow:
     // nothing makes a follower connect.
@@ -594,7 +594,7 @@ fn a_follower_back_from_the_page_cache_asks_for_what_it_missed() {
         .into_iter()
         .map(|m| m.body)
         .collect();
-    assert_eq!(asks, vec![Body::Ask(1)]);
+    assert_eq!(asks, vec![Body::Ask(1), Body::Visible(true)]);
     // A solo stream has nobody to ask.
     let mut solo = Engine::new(cfg(), [1, 1], None);
     solo.start(0.0);
@@ -946,5 +946,39 @@ fn a_follower_asks_again_when_another_tab_starts_leading() {
         .into_iter()
         .map(|m| m.body)
         .collect();
-    assert_eq!(asks, vec![Body::Ask(2)]);
+    assert_eq!(asks, vec![Body::Ask(2), Body::Visible(true)]);
+}
+
+#[test]
+fn a_hidden_leader_watches_the_heartbeat_while_a_follower_is_visible() {
+    // Review item 7: the heartbeat watch is off in a hidden tab, and the
+    // leader is usually a background tab. While a follower is visible the
+    // leader enforces `heartbeatTimeoutMs` for it.
+    let mut net = Tabs::new(2, gen_log(39, 2), &share_cfg());
+    net.tabs[0].handle_visibility(net.now, false);
+    net.pump();
+    net.tabs[0].handle_lead(net.now);
+    net.pump();
+    let (conn, _) = net.connect_of(0).unwrap();
+    net.tabs[0].handle_response(net.now, conn, 200, None, true);
+    net.serve(0, conn, 0, 3);
+    // The connection goes silent; tab 1 is visible.
+    let silent_from = net.now;
+    net.run_until(silent_from + 30_000.0);
+    let m = net.tabs[0].metrics();
+    assert_eq!(m.terminations.get("heartbeat_timeout"), Some(&1), "{m:?}");
+    assert!(net.connects.iter().filter(|c| c.0 == 0).count() >= 2);
+    // Once no follower is visible, a hidden leader no longer watches.
+    let (conn, _) = net.connect_of(0).unwrap();
+    net.tabs[0].handle_response(net.now, conn, 200, None, true);
+    net.tabs[1].handle_visibility(net.now, false);
+    net.pump();
+    net.run_until(net.now + 100_000.0);
+    let m = net.tabs[0].metrics();
+    assert_eq!(m.terminations.get("heartbeat_timeout"), Some(&1), "{m:?}");
+    // It becomes visible again: the leader re-checks at once (silent too long).
+    net.tabs[1].handle_visibility(net.now, true);
+    net.pump();
+    let m = net.tabs[0].metrics();
+    assert_eq!(m.terminations.get("heartbeat_timeout"), Some(&2), "{m:?}");
 }

@@ -20,6 +20,9 @@
 //!   - `ask`: `{cursor}`: a follower asks for every event after its cursor;
 //!   - `end`: `{cursor}`: the leader sent every held event after the asked cursor; its cursor;
 //!   - `miss`: `{cursor}`: the leader's ring does not reach back to the asked cursor; its cursor.
+//!   - `retry`: empty: a follower's `retryNow()`, for the leader.
+//!   - `visible`: `1` or `0`: a follower's page is visible (or no longer):
+//!     while one is, a hidden leader watches its connection's heartbeat.
 //!
 //! Nothing in a message is trusted: an `event` body goes through the same
 //! envelope validation, run check and ordering as a network frame. Messages
@@ -38,6 +41,9 @@ const MAGIC_PREFIX: &str = "runstream-tabs/";
 pub const HEADER_ALLOWANCE: usize = 4096;
 /// Longest tab id.
 pub const MAX_TAB_ID: usize = 32;
+/// Visible followers a leader keeps track of (beyond it, more are ignored:
+/// the heartbeat is watched anyway while any is known).
+pub const MAX_WATCHERS: usize = 64;
 /// Events the leader's ring keeps (drop-oldest beyond).
 pub const RING_EVENTS: usize = 1024;
 /// Bytes of envelope text the leader's ring keeps (drop-oldest beyond).
@@ -140,6 +146,8 @@ pub enum Body {
     Miss(u64),
     /// A follower's `retryNow()`: the leader skips its backoff wait.
     Retry,
+    /// A follower's page became visible (`true`) or hidden (`false`).
+    Visible(bool),
 }
 
 /// A decoded channel message.
@@ -174,6 +182,7 @@ impl Message {
             Body::End(c) => ("end", c.to_string()),
             Body::Miss(c) => ("miss", c.to_string()),
             Body::Retry => ("retry", String::new()),
+            Body::Visible(v) => ("visible", if *v { "1" } else { "0" }.to_owned()),
         };
         format!("{MAGIC}\n{key}\n{}\n{to}\n{kind}\n{body}", self.from)
     }
@@ -213,6 +222,8 @@ impl Message {
             "end" => Body::End(cursor(body)?),
             "miss" => Body::Miss(cursor(body)?),
             "retry" if body.is_empty() => Body::Retry,
+            "visible" if body == "1" => Body::Visible(true),
+            "visible" if body == "0" => Body::Visible(false),
             _ => return Err(ChannelError::Shape("unknown kind")),
         };
         Ok(Self {
@@ -402,6 +413,9 @@ mod tests {
             Body::Ask(7),
             Body::End(9),
             Body::Miss(0),
+            Body::Retry,
+            Body::Visible(true),
+            Body::Visible(false),
         ];
         for b in bodies {
             let mut m = msg(b);

@@ -28,13 +28,20 @@
 //!   its cursor, closed again once it has reached the leader's cursor.
 //! - A gap the leader cannot fill gets one catch-up connection; if it is
 //!   still there the next time the ladder says "skip", it is skipped.
+//! - The heartbeat watch is off in a hidden tab, and the leader is usually a
+//!   background tab: followers tell the leader when their page is visible
+//!   (on asking, when it changes, when a new leader announces itself, `0`
+//!   on close), and while one is, the leader watches its heartbeat as if
+//!   its own page were visible.
 //! - A follower's WebSocket sends need a socket: it opens one for them (no
 //!   subscribe) and closes it once they are acknowledged.
 
 use super::config::Ms;
 use super::io::Connection;
 use super::timers::{Timer, TimerTable};
-use crate::core::tabs::{Body, LeaderStatus, Message, Ring};
+use std::collections::BTreeSet;
+
+use crate::core::tabs::{Body, LeaderStatus, Message, Ring, MAX_WATCHERS};
 
 /// How often a follower refreshes the leader's `retryInMs` countdown on screen.
 const COUNTDOWN_MS: Ms = 1000.0;
@@ -96,6 +103,10 @@ pub struct Follow {
     /// Follower: the cursor of the gap a catch-up connection was already
     /// tried for (the ladder skips it the next time round).
     pub gap_catch_up: Option<u64>,
+    /// This tab's page is visible.
+    pub page_visible: bool,
+    /// Leader: the followers whose page is visible (at most [`MAX_WATCHERS`]).
+    watchers: BTreeSet<String>,
 }
 
 impl Follow {
@@ -121,6 +132,23 @@ impl Follow {
             reported: None,
             leader: None,
             gap_catch_up: None,
+            page_visible: true,
+            watchers: BTreeSet::new(),
+        }
+    }
+
+    /// Whether this tab watches its connection's heartbeat: its page is
+    /// visible, or (leading) a follower's is.
+    pub fn watched(&self) -> bool {
+        self.page_visible || (self.role == Role::Leader && !self.watchers.is_empty())
+    }
+
+    /// Leader: follower `tab`'s page became visible or hidden.
+    pub fn watcher(&mut self, tab: &str, visible: bool) {
+        if !visible {
+            self.watchers.remove(tab);
+        } else if self.watchers.len() < MAX_WATCHERS {
+            self.watchers.insert(tab.to_owned());
         }
     }
 
@@ -150,6 +178,7 @@ impl Follow {
         self.role = Role::Leader;
         self.catching_up = false;
         self.leader = None;
+        self.watchers.clear();
         self.ring = Ring::default();
         self.since = cursor;
         self.reported = None;
@@ -161,11 +190,13 @@ impl Follow {
         self.catching_up = false;
         self.leader = None;
         self.gap_catch_up = None;
+        self.watchers.clear();
     }
 
     /// Steps down to follower.
     pub fn step_down(&mut self) {
         self.role = Role::Follower;
+        self.watchers.clear();
         self.ring = Ring::default();
         self.reported = None;
         self.view = View {

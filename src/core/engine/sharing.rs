@@ -70,6 +70,7 @@ impl Engine {
         }
         self.follow.step_down();
         self.rest_following(now);
+        self.watch_heartbeat(now);
         self.mark_dirty();
     }
 
@@ -79,6 +80,7 @@ impl Engine {
     pub fn handle_page_resumed(&mut self, now: Ms) {
         if self.follow.following() && self.link.conn == Conn::Following {
             self.ask(now);
+            self.announce_visible();
         }
     }
 
@@ -95,9 +97,12 @@ impl Engine {
         if msg.to.as_deref().is_some_and(|to| to != self.follow.tab) {
             return;
         }
+        let to_all = msg.to.is_none();
         if self.follow.role == Role::Follower && self.follow.heard_from_leader(&msg) {
-            // Another tab leads now: what it holds may differ from the last one's.
+            // Another tab leads now: what it holds may differ from the last
+            // one's, and it does not know this tab is visible.
             self.ask(now);
+            self.announce_visible();
         }
         match (self.follow.role, msg.body) {
             (Role::Follower, Body::Event(text)) => {
@@ -117,6 +122,10 @@ impl Engine {
                 self.mark_dirty();
             }
             (Role::Follower, Body::End(head)) => {
+                if to_all {
+                    // A leader announcing itself: it watches the heartbeat for visible tabs.
+                    self.announce_visible();
+                }
                 self.follow.head = self.follow.head.max(head);
                 if self.ordering.is_empty() {
                     // Behind the leader with nothing held: no gap will ever
@@ -130,6 +139,10 @@ impl Engine {
             }
             (Role::Leader, Body::Ask(cursor)) => self.answer(msg.from, cursor),
             (Role::Leader, Body::Retry) => self.retry_now(now),
+            (Role::Leader, Body::Visible(v)) => {
+                self.follow.watcher(&msg.from, v);
+                self.watch_heartbeat(now);
+            }
             // Asks are for the leader, answers for followers.
             _ => {}
         }
@@ -195,6 +208,7 @@ impl Engine {
     pub(super) fn start_following(&mut self, now: Ms) {
         self.link.conn = Conn::Following;
         self.ask(now);
+        self.announce_visible();
         self.mark_dirty();
     }
 
@@ -202,6 +216,13 @@ impl Engine {
     pub(super) fn ask(&mut self, _now: Ms) {
         let c = self.state.cursor;
         self.broadcast(None, Body::Ask(c));
+    }
+
+    /// Follower: tells the leader this tab's page is visible (if it is).
+    fn announce_visible(&mut self) {
+        if self.follow.page_visible {
+            self.broadcast(None, Body::Visible(true));
+        }
     }
 
     /// Leader: relays envelope `id` (its raw text) to every follower and keeps it in the ring.
