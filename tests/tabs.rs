@@ -981,4 +981,14 @@ fn a_hidden_leader_watches_the_heartbeat_while_a_follower_is_visible() {
     net.pump();
     let m = net.tabs[0].metrics();
     assert_eq!(m.terminations.get("heartbeat_timeout"), Some(&2), "{m:?}");
+    // A visible follower that closes stops the watch too.
+    net.run_until(net.now + 5_000.0);
+    let (conn, _) = net.connect_of(0).unwrap();
+    net.tabs[0].handle_response(net.now, conn, 200, None, true);
+    assert_eq!(net.tabs[0].status(net.now).connection, Connection::Open);
+    net.tabs[1].close(net.now);
+    net.pump();
+    net.run_until(net.now + 100_000.0);
+    let m = net.tabs[0].metrics();
+    assert_eq!(m.terminations.get("heartbeat_timeout"), Some(&2), "{m:?}");
 }

@@ -347,10 +347,19 @@ impl RunStream {
             return;
         }
         inner.engine.close(env::now());
-        // Persist (the only action that still matters), then drop everything.
+        // Persist, and tell the other tabs (a follower's last `visible: 0`):
+        // the only actions that still matter. Then drop everything.
         while let Some(a) = inner.engine.poll_action() {
-            if let Action::Persist { .. } = a {
-                let _ = storage::persist(&inner);
+            match a {
+                Action::Persist { .. } => {
+                    let _ = storage::persist(&inner);
+                }
+                Action::Broadcast { text } => {
+                    if let Some(t) = &inner.tabs {
+                        t.post(&text);
+                    }
+                }
+                _ => {}
             }
         }
         inner.closed = true;
