@@ -179,9 +179,9 @@ fn following_mode_never_connects() {
     let mut e = follower(share_cfg(), 1);
     let acts = drain(&mut e);
     assert!(connect_of(&acts).is_none(), "{acts:?}");
-    // It asks the leader for everything after its cursor.
+    // It asks the leader for everything after its cursor (and says its page is visible).
     let asks: Vec<_> = decoded(&acts).into_iter().map(|m| m.body).collect();
-    assert_eq!(asks, vec![Body::Ask(0)]);
+    assert_eq!(asks, vec![Body::Ask(0), Body::Visible(true)]);
     assert_eq!(e.status(0.0).sharing, Sharing::Follower);
     // Relayed events, gaps, the backoff's timers, online/offline, retryNow:
     // nothing makes a follower connect.
@@ -269,11 +269,8 @@ fn bad_channel_messages_are_ignored_and_counted() {
     assert_eq!(e.state(), &before);
     assert_eq!(e.metrics().channel_errors, bad.len() as u64 + 1);
     assert_eq!(e.metrics().protocol_errors, 0);
-    assert!(e
-        .status(11.0)
-        .last_error
-        .unwrap()
-        .contains("ignored a message from another tab"));
+    // Counted, not shown: `lastError` stays what the connection says.
+    assert_eq!(e.status(11.0).last_error, None);
     // A message for another tab is not ours: ignored, not an error.
     e.handle_tab_text(
         12.0,
@@ -523,8 +520,10 @@ fn takeover_loses_nothing_and_shows_nothing_twice() {
     assert_eq!(from, 10);
     net.tabs[1].handle_response(net.now, c1, 200, None, true);
     net.serve(1, c1, 10, 16);
-    // Tab 2 holds 11.. beyond its gap at 10: the gap ladder asks the new leader.
-    assert_eq!(net.tabs[2].cursor(), 9);
+    // Tab 2 (at 9) heard the new leader's cursor (10) as it was elected and
+    // repaired the lost relay from the snapshot endpoint at once.
+    assert_eq!(net.tabs[2].cursor(), 16);
+    assert_eq!(net.snapshot_fetches, 1);
     net.run_until(net.now + 2000.0);
     assert_eq!(net.tabs[2].cursor(), 16);
     net.serve(1, c1, 16, log.len());
@@ -595,7 +594,7 @@ fn a_follower_back_from_the_page_cache_asks_for_what_it_missed() {
         .into_iter()
         .map(|m| m.body)
         .collect();
-    assert_eq!(asks, vec![Body::Ask(1)]);
+    assert_eq!(asks, vec![Body::Ask(1), Body::Visible(true)]);
     // A solo stream has nobody to ask.
     let mut solo = Engine::new(cfg(), [1, 1], None);
     solo.start(0.0);
@@ -631,4 +630,365 @@ proptest::proptest! {
             }
         }
     }
+}
+
+/// Drives one engine up to `until`: runs its timers, and answers each of its
+/// connects with a 200 and the `avail` events after the resume cursor (a
+/// server whose log holds only those). Returns every action.
+fn drive_alone(e: &mut Engine, mut now: Ms, until: Ms, avail: &[(u64, String)]) -> Vec<Action> {
+    let mut all = Vec::new();
+    loop {
+        let acts = drain(e);
+        let connect = connect_of(&acts);
+        all.extend(acts);
+        if let Some((conn, from)) = connect {
+            now += 1.0;
+            e.handle_response(now, conn, 200, None, true);
+            for (id, text) in avail.iter().filter(|(id, _)| *id > from) {
+                let _ = id;
+                now += 1.0;
+                e.handle_bytes(now, conn, &sse_frame(text));
+            }
+            continue;
+        }
+        match e.poll_timeout() {
+            Some(t) if t <= until => {
+                now = now.max(t);
+                e.handle_timeout(now);
+            }
+            _ => return all,
+        }
+    }
+}
+
+/// A stored record of an engine that applied `log[..n]`.
+fn stored_at(c: &Config, log: &[String], n: usize) -> String {
+    let mut stored = Engine::new(c.clone(), [3, 3], None);
+    for text in &log[..n] {
+        stored.handle_tab_text(0.0, &relayed(text));
+    }
+    stored.storage_record()
+}
+
+#[test]
+fn tabs_starting_together_converge_on_an_idle_run() {
+    // Review item 1: asks sent while no tab leads are lost; the new leader
+    // (resumed at its stored cursor 10, the run then idle) must still bring
+    // the early follower up to its cursor. API.md: "every tab converges".
+    let log = gen_log(31, 3);
+    for with_snapshot in [true, false] {
+        let mut c = share_cfg();
+        c.has_snapshot_url = with_snapshot;
+        let record = stored_at(&c, &log, 10);
+        let mut leader = Engine::new(c.clone(), [4, 4], Some(&record));
+        leader.start(0.0);
+        let mut net = Tabs::new(0, log.clone(), &c);
+        net.logged = 10;
+        net.tabs.push(leader);
+        net.tabs.push(follower(c.clone(), 9));
+        // Both ask at once: nobody leads yet.
+        net.pump();
+        net.tabs[0].handle_lead(net.now);
+        net.pump();
+        let (conn, from) = net.connect_of(0).unwrap();
+        assert_eq!(from, 10);
+        net.tabs[0].handle_response(net.now, conn, 200, None, true);
+        net.pump();
+        net.run_until(net.now + 5000.0);
+        if !with_snapshot {
+            let (c2, from2) = net.connect_of(1).expect("a catch-up connection");
+            assert_eq!(from2, 0);
+            net.tabs[1].handle_response(net.now, c2, 200, None, true);
+            net.serve(1, c2, 0, 10);
+        }
+        assert_eq!(net.tabs[1].cursor(), 10, "snapshot url: {with_snapshot}");
+        assert_eq!(net.tabs[1].state(), &reference(&log, 10));
+    }
+}
+
+#[test]
+fn a_follower_catches_up_from_a_leader_whose_stored_run_is_finished() {
+    // Review item 1: `handle_lead` does not connect for a finished run, so
+    // nothing is relayed; a follower that asked before the election must
+    // still converge on the finished state.
+    let log = gen_log(32, 2);
+    let mut c = share_cfg();
+    c.has_snapshot_url = true;
+    let record = stored_at(&c, &log, log.len());
+    let mut leader = Engine::new(c.clone(), [4, 4], Some(&record));
+    leader.start(0.0);
+    let mut net = Tabs::new(0, log.clone(), &c);
+    net.logged = log.len();
+    net.tabs.push(follower(c.clone(), 9));
+    net.tabs.push(leader);
+    net.pump();
+    net.tabs[1].handle_lead(net.now);
+    net.pump();
+    net.run_until(net.now + 5000.0);
+    assert!(net.connects.is_empty(), "{:?}", net.connects);
+    assert_eq!(net.tabs[0].state(), &reference(&log, log.len()));
+}
+
+#[test]
+fn takeover_onto_an_idle_run_brings_a_tab_that_joined_meanwhile_up_to_date() {
+    // Review item 1: a tab opened during the handover asks while no tab
+    // leads; the run stays idle after the takeover.
+    let log = gen_log(33, 3);
+    let mut c = share_cfg();
+    c.has_snapshot_url = false;
+    let mut net = Tabs::new(2, log.clone(), &c);
+    net.pump();
+    net.tabs[0].handle_lead(net.now);
+    net.pump();
+    let (conn, _) = net.connect_of(0).unwrap();
+    net.tabs[0].handle_response(net.now, conn, 200, None, true);
+    net.serve(0, conn, 0, 8);
+    net.tabs[0].close(net.now);
+    net.pump();
+    // A new tab opens before anyone leads.
+    net.tabs.push(follower(c.clone(), 7));
+    net.pump();
+    net.tabs[1].handle_lead(net.now);
+    net.pump();
+    let (c1, from) = net.connect_of(1).unwrap();
+    assert_eq!(from, 8);
+    net.tabs[1].handle_response(net.now, c1, 200, None, true);
+    net.pump();
+    net.run_until(net.now + 5000.0);
+    let (c2, from2) = net
+        .connect_of(2)
+        .expect("the new tab catches up on its own");
+    assert_eq!(from2, 0);
+    net.tabs[2].handle_response(net.now, c2, 200, None, true);
+    net.serve(2, c2, 0, 8);
+    assert_eq!(net.tabs[2].state(), &reference(&log, 8));
+    // Caught up: its own connection ended.
+    assert_eq!(net.tabs[2].metrics().terminations.get("shared"), Some(&1));
+}
+
+#[test]
+fn a_gap_nobody_can_fill_is_skipped_by_a_follower_without_a_snapshot_url() {
+    // Review item 2 / PROTOCOL §1: "never freezes and never resumes in a
+    // loop: it skips the missing ids". Ids 2 and 3 exist nowhere.
+    let log = gen_log(34, 2);
+    let mut c = share_cfg();
+    c.has_snapshot_url = false;
+    let mut e = follower(c, 1);
+    drain(&mut e);
+    e.handle_tab_text(1.0, &relayed(&log[0]));
+    e.handle_tab_text(2.0, &relayed(&log[3]));
+    e.handle_tab_text(3.0, &relayed(&log[4]));
+    let avail: Vec<(u64, String)> = [(4, log[3].clone()), (5, log[4].clone())].into();
+    let acts = drive_alone(&mut e, 3.0, 120_000.0, &avail);
+    assert_eq!(e.metrics().gaps_skipped, 2, "{:?}", e.metrics());
+    assert_eq!(e.cursor(), 5);
+    // Its catch-up connection ended once it was no longer needed.
+    let connects = acts
+        .iter()
+        .filter(|a| matches!(a, Action::Connect { .. }))
+        .count();
+    let ends = acts
+        .iter()
+        .filter(|a| matches!(a, Action::Disconnect { .. }))
+        .count();
+    assert!(connects <= 2, "{connects} connects");
+    assert_eq!(connects, ends, "{acts:?}");
+    assert_eq!(e.status(120_000.0).sharing, Sharing::Follower);
+}
+
+#[test]
+fn a_failed_snapshot_after_a_miss_catches_up_instead_of_skipping() {
+    // Review item 3: "losing and duplicating nothing". The server could
+    // replay what the snapshot endpoint failed to give.
+    let log = gen_log(35, 3);
+    for held in [false, true] {
+        let mut e = follower(share_cfg(), 1);
+        drain(&mut e);
+        if held {
+            e.handle_tab_text(1.0, &relayed(&log[0]));
+            e.handle_tab_text(1.0, &relayed(&log[4]));
+        }
+        e.handle_tab_text(2.0, &msg("leader1", Some(e.tab_id()), Body::Miss(12)));
+        let acts = drain(&mut e);
+        assert!(acts.contains(&Action::FetchSnapshot), "{acts:?}");
+        e.handle_snapshot(3.0, Err("HTTP 503".into()));
+        assert_eq!(e.metrics().gaps_skipped, 0, "held: {held}");
+        let avail: Vec<(u64, String)> = log[..12]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as u64 + 1, t.clone()))
+            .collect();
+        drive_alone(&mut e, 3.0, 60_000.0, &avail);
+        assert_eq!(e.metrics().gaps_skipped, 0, "held: {held}");
+        assert_eq!(e.state(), &reference(&log, 12), "held: {held}");
+    }
+}
+
+#[test]
+fn a_leader_that_skipped_or_was_given_a_snapshot_answers_older_asks_with_a_miss() {
+    // Review item 10: the ring never held the ids a snapshot or a skip
+    // covered; an ask from before them must be a miss, not an `end`.
+    let log = gen_log(36, 3);
+    let mut c = share_cfg();
+    c.has_snapshot_url = false;
+    let mut leader = follower(c, 1);
+    drain(&mut leader);
+    leader.handle_lead(1.0);
+    drain(&mut leader);
+    let avail: Vec<(u64, String)> = [1usize, 2, 3, 6, 7]
+        .iter()
+        .map(|&id| (id as u64, log[id - 1].clone()))
+        .collect();
+    drive_alone(&mut leader, 1.0, 120_000.0, &avail);
+    assert_eq!(leader.metrics().gaps_skipped, 2);
+    assert_eq!(leader.cursor(), 7);
+    leader.handle_tab_text(200_000.0, &msg("late1", None, Body::Ask(3)));
+    let out: Vec<Body> = decoded(&drain(&mut leader))
+        .into_iter()
+        .map(|m| m.body)
+        .filter(|b| !matches!(b, Body::Status(_)))
+        .collect();
+    assert_eq!(out, vec![Body::Miss(7)]);
+    // From the skip on, the ring serves again.
+    leader.handle_tab_text(200_001.0, &msg("late1", None, Body::Ask(6)));
+    let out: Vec<Body> = decoded(&drain(&mut leader))
+        .into_iter()
+        .map(|m| m.body)
+        .filter(|b| !matches!(b, Body::Status(_)))
+        .collect();
+    // (The ring holds each arrival, replays included.)
+    assert!(out.len() >= 2, "{out:?}");
+    assert_eq!(out.last(), Some(&Body::End(7)));
+    assert!(out[..out.len() - 1]
+        .iter()
+        .all(|b| *b == Body::Event(log[6].clone())));
+}
+
+#[test]
+fn an_ignored_channel_message_does_not_touch_last_error() {
+    // Review item 8: a stray message is counted and reported on the raw
+    // event stream; `lastError` stays what the connection says.
+    let mut leader = follower(share_cfg(), 1);
+    drain(&mut leader);
+    leader.handle_lead(1.0);
+    let (conn, _) = connect_of(&drain(&mut leader)).unwrap();
+    leader.handle_response(2.0, conn, 200, None, true);
+    leader.relay_status(2.0);
+    drain(&mut leader);
+    leader.handle_tab_text(3.0, "garbage");
+    leader.relay_status(3.0);
+    assert_eq!(leader.metrics().channel_errors, 1);
+    assert_eq!(leader.status(3.0).last_error, None);
+    assert!(
+        broadcasts(&drain(&mut leader)).is_empty(),
+        "no status relayed for it"
+    );
+}
+
+#[test]
+fn a_tab_whose_lock_request_fails_connects_on_its_own() {
+    // Review item 4 / API.md: "Where Web Locks or BroadcastChannel are
+    // missing, each tab connects on its own" — also where they exist but
+    // cannot be used (the request rejects, the channel cannot be opened).
+    let log = gen_log(37, 2);
+    let mut e = follower(share_cfg(), 1);
+    drain(&mut e);
+    e.handle_tab_text(1.0, &relayed(&log[0]));
+    e.handle_tab_text(1.0, &relayed(&log[1]));
+    drain(&mut e);
+    e.handle_share_unavailable(2.0);
+    let acts = drain(&mut e);
+    assert_eq!(connect_of(&acts).map(|c| c.1), Some(2), "{acts:?}");
+    assert_eq!(e.status(2.0).sharing, Sharing::Solo);
+    assert_eq!(e.status(2.0).connection, Connection::Connecting);
+    // Solo from now on: the channel is not listened to, nothing is broadcast.
+    e.handle_tab_text(3.0, &relayed(&log[2]));
+    assert_eq!(e.cursor(), 2);
+    assert!(broadcasts(&drain(&mut e)).is_empty());
+    // Before `start()`: it connects at `start()`.
+    let mut fresh = Engine::new(share_cfg(), [5, 5], None);
+    fresh.handle_share_unavailable(0.0);
+    fresh.start(1.0);
+    let acts = drain(&mut fresh);
+    assert!(connect_of(&acts).is_some());
+    assert!(broadcasts(&acts).is_empty(), "no ask from a solo tab");
+}
+
+#[test]
+fn a_string_too_long_for_the_channel_is_counted_without_being_read() {
+    // Review item 9: the shell checks the length before copying the string.
+    let mut e = follower(share_cfg(), 1);
+    drain(&mut e);
+    let limit = e.tab_message_limit();
+    assert!(limit > share_cfg().max_event_bytes);
+    e.handle_tab_too_large(1.0, limit + 1);
+    assert_eq!(e.metrics().channel_errors, 1);
+    assert_eq!(e.status(1.0).last_error, None);
+}
+
+#[test]
+fn a_follower_asks_again_when_another_tab_starts_leading() {
+    // Review item 1: "followers re-ask when the leader's tab id changes".
+    let log = gen_log(38, 2);
+    let mut e = follower(share_cfg(), 1);
+    drain(&mut e);
+    e.handle_tab_text(1.0, &relayed(&log[0]));
+    e.handle_tab_text(2.0, &relayed(&log[1]));
+    assert!(broadcasts(&drain(&mut e)).is_empty());
+    let s = LeaderStatus {
+        connection: Connection::Open,
+        attempt: 0,
+        retry_in_ms: None,
+        last_error: None,
+    };
+    e.handle_tab_text(3.0, &msg("leader2", None, Body::Status(s)));
+    let asks: Vec<_> = decoded(&drain(&mut e))
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(asks, vec![Body::Ask(2), Body::Visible(true)]);
+}
+
+#[test]
+fn a_hidden_leader_watches_the_heartbeat_while_a_follower_is_visible() {
+    // Review item 7: the heartbeat watch is off in a hidden tab, and the
+    // leader is usually a background tab. While a follower is visible the
+    // leader enforces `heartbeatTimeoutMs` for it.
+    let mut net = Tabs::new(2, gen_log(39, 2), &share_cfg());
+    net.tabs[0].handle_visibility(net.now, false);
+    net.pump();
+    net.tabs[0].handle_lead(net.now);
+    net.pump();
+    let (conn, _) = net.connect_of(0).unwrap();
+    net.tabs[0].handle_response(net.now, conn, 200, None, true);
+    net.serve(0, conn, 0, 3);
+    // The connection goes silent; tab 1 is visible.
+    let silent_from = net.now;
+    net.run_until(silent_from + 30_000.0);
+    let m = net.tabs[0].metrics();
+    assert_eq!(m.terminations.get("heartbeat_timeout"), Some(&1), "{m:?}");
+    assert!(net.connects.iter().filter(|c| c.0 == 0).count() >= 2);
+    // Once no follower is visible, a hidden leader no longer watches.
+    let (conn, _) = net.connect_of(0).unwrap();
+    net.tabs[0].handle_response(net.now, conn, 200, None, true);
+    net.tabs[1].handle_visibility(net.now, false);
+    net.pump();
+    net.run_until(net.now + 100_000.0);
+    let m = net.tabs[0].metrics();
+    assert_eq!(m.terminations.get("heartbeat_timeout"), Some(&1), "{m:?}");
+    // It becomes visible again: the leader re-checks at once (silent too long).
+    net.tabs[1].handle_visibility(net.now, true);
+    net.pump();
+    let m = net.tabs[0].metrics();
+    assert_eq!(m.terminations.get("heartbeat_timeout"), Some(&2), "{m:?}");
+    // A visible follower that closes stops the watch too.
+    net.run_until(net.now + 5_000.0);
+    let (conn, _) = net.connect_of(0).unwrap();
+    net.tabs[0].handle_response(net.now, conn, 200, None, true);
+    assert_eq!(net.tabs[0].status(net.now).connection, Connection::Open);
+    net.tabs[1].close(net.now);
+    net.pump();
+    net.run_until(net.now + 100_000.0);
+    let m = net.tabs[0].metrics();
+    assert_eq!(m.terminations.get("heartbeat_timeout"), Some(&2), "{m:?}");
 }

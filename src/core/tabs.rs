@@ -20,6 +20,9 @@
 //!   - `ask`: `{cursor}`: a follower asks for every event after its cursor;
 //!   - `end`: `{cursor}`: the leader sent every held event after the asked cursor; its cursor;
 //!   - `miss`: `{cursor}`: the leader's ring does not reach back to the asked cursor; its cursor.
+//!   - `retry`: empty: a follower's `retryNow()`, for the leader.
+//!   - `visible`: `1` or `0`: a follower's page is visible (or no longer):
+//!     while one is, a hidden leader watches its connection's heartbeat.
 //!
 //! Nothing in a message is trusted: an `event` body goes through the same
 //! envelope validation, run check and ordering as a network frame. Messages
@@ -27,7 +30,7 @@
 
 use std::collections::VecDeque;
 
-use crate::core::engine::Connection;
+use crate::core::engine::{Connection, Transport};
 use crate::core::envelope::MAX_EVENT_ID;
 
 /// The first line of every message: magic and format version.
@@ -38,10 +41,44 @@ const MAGIC_PREFIX: &str = "runstream-tabs/";
 pub const HEADER_ALLOWANCE: usize = 4096;
 /// Longest tab id.
 pub const MAX_TAB_ID: usize = 32;
+/// Visible followers a leader keeps track of (beyond it, more are ignored:
+/// the heartbeat is watched anyway while any is known).
+pub const MAX_WATCHERS: usize = 64;
 /// Events the leader's ring keeps (drop-oldest beyond).
 pub const RING_EVENTS: usize = 1024;
 /// Bytes of envelope text the leader's ring keeps (drop-oldest beyond).
 pub const RING_BYTES: usize = 4 << 20;
+
+/// The stream key tabs share one connection under (also the name of the Web
+/// Lock and of the BroadcastChannel): `{MAGIC}|{transport}|{withCredentials}|{resolved
+/// url}`, and for WebSocket `{MAGIC}|websocket|{withCredentials}|{resolved
+/// wsUrl}|{runId}` (one socket carries many runs, each by its own subscribe).
+/// The format version is part of it: tabs of another build (across a
+/// deploy) elect and talk among themselves, never with this one.
+pub fn stream_key(t: Transport, credentials: bool, resolved_url: &str, run_id: &str) -> String {
+    let transport = match t {
+        Transport::Fetch => "fetch",
+        Transport::Sse => "sse",
+        Transport::WebSocket => "websocket",
+    };
+    let mut key = String::with_capacity(MAGIC.len() + resolved_url.len() + run_id.len() + 24);
+    for part in [
+        MAGIC,
+        transport,
+        if credentials { "true" } else { "false" },
+        resolved_url,
+    ] {
+        if !key.is_empty() {
+            key.push('|');
+        }
+        key.push_str(part);
+    }
+    if t == Transport::WebSocket {
+        key.push('|');
+        key.push_str(run_id);
+    }
+    key
+}
 
 /// The longest message accepted for envelopes of at most `max_event_bytes`.
 pub fn max_message_bytes(max_event_bytes: usize) -> usize {
@@ -109,6 +146,8 @@ pub enum Body {
     Miss(u64),
     /// A follower's `retryNow()`: the leader skips its backoff wait.
     Retry,
+    /// A follower's page became visible (`true`) or hidden (`false`).
+    Visible(bool),
 }
 
 /// A decoded channel message.
@@ -143,6 +182,7 @@ impl Message {
             Body::End(c) => ("end", c.to_string()),
             Body::Miss(c) => ("miss", c.to_string()),
             Body::Retry => ("retry", String::new()),
+            Body::Visible(v) => ("visible", if *v { "1" } else { "0" }.to_owned()),
         };
         format!("{MAGIC}\n{key}\n{}\n{to}\n{kind}\n{body}", self.from)
     }
@@ -182,6 +222,8 @@ impl Message {
             "end" => Body::End(cursor(body)?),
             "miss" => Body::Miss(cursor(body)?),
             "retry" if body.is_empty() => Body::Retry,
+            "visible" if body == "1" => Body::Visible(true),
+            "visible" if body == "0" => Body::Visible(false),
             _ => return Err(ChannelError::Shape("unknown kind")),
         };
         Ok(Self {
@@ -282,10 +324,12 @@ impl Ring {
         }
     }
 
-    /// Forgets everything (the state was replaced by a snapshot that is not relayed).
-    pub fn clear(&mut self, up_to: u64) {
-        self.entries.clear();
-        self.bytes = 0;
+    /// Forgets the ids up to `up_to`: the leader's cursor jumped there
+    /// without relaying them (a snapshot, a skipped gap), so an ask from
+    /// below it is a miss. Held ids above it stay servable.
+    pub fn cut(&mut self, up_to: u64) {
+        self.entries.retain(|(id, _)| *id > up_to);
+        self.bytes = self.entries.iter().map(|(_, t)| t.len()).sum();
         self.dropped_up_to = self.dropped_up_to.max(up_to);
     }
 
@@ -338,6 +382,19 @@ mod tests {
     }
 
     #[test]
+    fn the_stream_key_carries_the_format_version() {
+        // Review item 5: tabs of another build must not queue on this lock.
+        let k = stream_key(Transport::Fetch, false, "http://x/api/stream/runs/r1", "r1");
+        assert_eq!(
+            k,
+            "runstream-tabs/1|fetch|false|http://x/api/stream/runs/r1"
+        );
+        let w = stream_key(Transport::WebSocket, true, "ws://x/api/ws", "r1");
+        assert_eq!(w, "runstream-tabs/1|websocket|true|ws://x/api/ws|r1");
+        assert!(stream_key(Transport::Sse, false, "u", "r").starts_with(MAGIC));
+    }
+
+    #[test]
     fn every_kind_round_trips() {
         let bodies = [
             Body::Event("{\"event_id\":1,\n\"x\":2}".into()),
@@ -356,6 +413,9 @@ mod tests {
             Body::Ask(7),
             Body::End(9),
             Body::Miss(0),
+            Body::Retry,
+            Body::Visible(true),
+            Body::Visible(false),
         ];
         for b in bodies {
             let mut m = msg(b);
@@ -429,8 +489,11 @@ mod tests {
         // Nothing relayed yet, follower level with the leader's start.
         assert_eq!(Ring::default().after(40, 40), Some(vec![]));
         assert!(Ring::default().after(39, 40).is_none());
-        r.clear(60);
+        // The cursor jumped to 60 (a snapshot) with 61 already relayed.
+        r.push(61, "e61");
+        r.cut(60);
         assert!(r.after(50, 40).is_none());
-        assert_eq!(r.after(60, 40), Some(vec![]));
+        assert_eq!(r.after(60, 40), Some(vec!["e61"]));
+        assert_eq!((r.len(), r.bytes()), (1, 3));
     }
 }

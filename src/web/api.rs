@@ -261,7 +261,12 @@ impl RunStream {
             inner.listeners = ls;
             if let Some(key) = inner.opts.config.share_key.clone() {
                 // The channel exists before the engine's first message (its ask).
-                inner.tabs = super::tabs::Member::join(weak.clone(), &key);
+                let limit = inner.engine.tab_message_limit();
+                inner.tabs = super::tabs::Member::join(weak.clone(), &key, limit);
+                if inner.tabs.is_none() {
+                    // The channel or the lock request failed: connect on our own.
+                    inner.engine.handle_share_unavailable(env::now());
+                }
             }
             let now = env::now();
             if !env::online() {
@@ -345,10 +350,19 @@ impl RunStream {
             return;
         }
         inner.engine.close(env::now());
-        // Persist (the only action that still matters), then drop everything.
+        // Persist, and tell the other tabs (a follower's last `visible: 0`):
+        // the only actions that still matter. Then drop everything.
         while let Some(a) = inner.engine.poll_action() {
-            if let Action::Persist { .. } = a {
-                let _ = storage::persist(&mut inner);
+            match a {
+                Action::Persist { .. } => {
+                    let _ = storage::persist(&mut inner);
+                }
+                Action::Broadcast { text } => {
+                    if let Some(t) = &inner.tabs {
+                        t.post(&text);
+                    }
+                }
+                _ => {}
             }
         }
         inner.closed = true;

@@ -188,25 +188,13 @@ impl Options {
     }
 }
 
-/// The stream key tabs share one connection under (also the lock's and the
-/// channel's name): `runstream-tabs|{transport}|{withCredentials}|{resolved
-/// url}`, and for WebSocket `runstream-tabs|websocket|{withCredentials}|{resolved
-/// wsUrl}|{runId}` (one socket carries many runs, each by its own subscribe).
+/// The stream key tabs share one connection under ([`crate::core::tabs::stream_key`]).
 fn share_key(t: Transport, credentials: bool, url: &str, ws_url: &str, run_id: &str) -> String {
-    match t {
-        Transport::Fetch => format!(
-            "runstream-tabs|fetch|{credentials}|{}",
-            super::env::resolve(url, false)
-        ),
-        Transport::Sse => format!(
-            "runstream-tabs|sse|{credentials}|{}",
-            super::env::resolve(url, false)
-        ),
-        Transport::WebSocket => format!(
-            "runstream-tabs|websocket|{credentials}|{}|{run_id}",
-            super::env::resolve(ws_url, true)
-        ),
-    }
+    let resolved = match t {
+        Transport::WebSocket => super::env::resolve(ws_url, true),
+        Transport::Fetch | Transport::Sse => super::env::resolve(url, false),
+    };
+    crate::core::tabs::stream_key(t, credentials, &resolved, run_id)
 }
 
 /// `/api/chat/{session_id}/messages` → `session_id` (for WebSocket sends).

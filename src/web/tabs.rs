@@ -6,23 +6,32 @@
 //!
 //! - The lock (`navigator.locks.request(key, {signal}, cb)`, exclusive) is
 //!   held for as long as this tab leads: `cb` returns a promise that is
-//!   resolved on `close()`, or at `pagehide` / `freeze` (the page may be
-//!   gone or frozen for good: the next queued tab takes over and this one
-//!   queues again). The browser releases it too when the page dies.
-//! - A follower's queued request is aborted on `close()` (its rejection is
-//!   caught). Its callback is a one-shot JS function that frees itself when
-//!   called; a request aborted before it was granted never calls it, and that
-//!   one small closure is not reclaimed (once per such `close()`).
+//!   resolved on `close()`, or at `pagehide` / `freeze`. The browser
+//!   releases it too when the page dies.
+//! - At `pagehide` / `freeze` the page may be gone or frozen for good: a
+//!   leading tab steps down and gives the lock back, and a follower
+//!   withdraws its queued request (a lock granted to a frozen page could not
+//!   run its callback, and no tab would lead). At `pageshow` / `resume` the
+//!   tab queues again and asks the leader for what it missed.
+//! - A request that rejects other than by our own abort (an opaque origin
+//!   raises a SecurityError), or that cannot be made, turns the tab solo
+//!   (`handle_share_unavailable`): it connects on its own.
+//! - A withdrawn request's rejection is awaited and ignored. Its callback is
+//!   a one-shot JS function that frees itself when called; a request aborted
+//!   before it was granted never calls it, and that one small closure is not
+//!   reclaimed (once per withdrawal).
 //! - Channel messages go to the engine as they come: strings to
-//!   `handle_tab_text`, anything else to `handle_tab_unreadable`; `pageshow`
-//!   and `resume` (the page comes back) to `handle_page_resumed`.
+//!   `handle_tab_text` (one longer than the engine's limit, checked on its
+//!   JS length before it is copied into wasm memory, to
+//!   `handle_tab_too_large`), anything else to `handle_tab_unreadable`.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use js_sys::{Function, Promise, Reflect};
+use js_sys::{Function, JsString, Promise, Reflect};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{AbortController, BroadcastChannel, MessageEvent};
 
 use super::driver::{with_engine, Weak};
@@ -61,6 +70,7 @@ impl Lock {
         let release: Rc<RefCell<Option<Function>>> = Rc::default();
         let dropped = Rc::new(Cell::new(false));
         let (slot, gone) = (release.clone(), dropped.clone());
+        let weak_for_error = weak.clone();
         let granted = Closure::once_into_js(move |_lock: JsValue| -> JsValue {
             let mut resolve = None;
             let held = Promise::new(&mut |res, _| resolve = Some(res));
@@ -75,15 +85,20 @@ impl Lock {
             }
             held.into()
         });
-        let p = request
+        let p: Promise = request
             .call3(&locks, &JsValue::from_str(key), &opts, &granted)
+            .ok()?
+            .dyn_into()
             .ok()?;
-        // An aborted request rejects: caught, so it is no unhandled rejection.
-        if let Ok(catch) = Reflect::get(&p, &"catch".into()) {
-            if let (Some(catch), Some(noop)) = (catch.dyn_ref::<Function>(), noop()) {
-                let _ = catch.call1(&p, &noop);
+        // A request we withdrew rejects with an AbortError: ignored. Any other
+        // rejection (a SecurityError in an opaque origin): sharing cannot
+        // work here, so this tab connects on its own.
+        let gone = dropped.clone();
+        spawn_local(async move {
+            if JsFuture::from(p).await.is_err() && !gone.get() {
+                with_engine(&weak_for_error, |e| e.handle_share_unavailable(env::now()));
             }
-        }
+        });
         Some(Self {
             ctl,
             release,
@@ -125,13 +140,24 @@ pub(super) struct Member {
 }
 
 impl Member {
-    /// Opens the channel of `key` and queues for its lock.
-    pub fn join(weak: Weak, key: &str) -> Option<Self> {
+    /// Opens the channel of `key` and queues for its lock; messages longer
+    /// than `limit` (the engine's `tab_message_limit`) are not read. `None`:
+    /// the channel or the lock request could not be made (the caller turns
+    /// the engine solo).
+    pub fn join(weak: Weak, key: &str, limit: usize) -> Option<Self> {
         let channel = BroadcastChannel::new(key).ok()?;
         let w = weak.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
-            match ev.data().as_string() {
-                Some(text) => with_engine(&w, |e| e.handle_tab_text(env::now(), &text)),
+            let data = ev.data();
+            match data.dyn_ref::<JsString>() {
+                Some(s) if s.length() as usize > limit => {
+                    let len = s.length() as usize;
+                    with_engine(&w, |e| e.handle_tab_too_large(env::now(), len))
+                }
+                Some(s) => {
+                    let text = String::from(s);
+                    with_engine(&w, |e| e.handle_tab_text(env::now(), &text))
+                }
                 None => with_engine(&w, |e| e.handle_tab_unreadable(env::now())),
             };
         });
@@ -141,23 +167,19 @@ impl Member {
             let target: &web_sys::EventTarget = win.as_ref();
             let w = weak.clone();
             listeners.extend(env::Listener::new(target, "pagehide", move |_| {
-                step_down(&w)
+                withdraw(&w)
             }));
             if let Some(doc) = win.document() {
                 let target: &web_sys::EventTarget = doc.as_ref();
                 let w = weak.clone();
-                listeners.extend(env::Listener::new(target, "freeze", move |_| step_down(&w)));
+                listeners.extend(env::Listener::new(target, "freeze", move |_| withdraw(&w)));
                 let w = weak.clone();
-                listeners.extend(env::Listener::new(target, "resume", move |_| {
-                    with_engine(&w, |e| e.handle_page_resumed(env::now()));
-                }));
+                listeners.extend(env::Listener::new(target, "resume", move |_| rejoin(&w)));
             }
             let w = weak.clone();
-            listeners.extend(env::Listener::new(target, "pageshow", move |_| {
-                with_engine(&w, |e| e.handle_page_resumed(env::now()));
-            }));
+            listeners.extend(env::Listener::new(target, "pageshow", move |_| rejoin(&w)));
         }
-        let lock = Lock::request(weak.clone(), key);
+        let lock = Some(Lock::request(weak.clone(), key)?);
         Some(Self {
             key: key.to_owned(),
             weak,
@@ -173,13 +195,19 @@ impl Member {
         let _ = self.channel.post_message(&JsValue::from_str(text));
     }
 
-    /// Releases the lock if held, and queues again behind the other tabs.
-    fn release_and_requeue(&mut self) {
-        if self.lock.as_ref().is_some_and(Lock::held) {
-            // Dropping gives the lock back.
-            self.lock = None;
+    /// Gives the lock back (if held) or withdraws the queued request.
+    fn withdraw(&mut self) {
+        // Dropping gives the lock back and aborts the request.
+        self.lock = None;
+    }
+
+    /// Queues for the lock again (after [`Self::withdraw`]); `false` if the
+    /// request could not be made.
+    fn requeue(&mut self) -> bool {
+        if self.lock.is_none() {
             self.lock = Lock::request(self.weak.clone(), &self.key);
         }
+        self.lock.is_some()
     }
 }
 
@@ -191,9 +219,10 @@ impl Drop for Member {
     }
 }
 
-/// The page is hidden for good (`pagehide`) or frozen: a leading tab gives
-/// the lock back at once, so another takes over, and follows from now on.
-fn step_down(weak: &Weak) {
+/// The page is hidden for good (`pagehide`) or frozen: a leading tab steps
+/// down and gives the lock back at once, so another takes over; a follower
+/// withdraws its queued request. Both follow from now on.
+fn withdraw(weak: &Weak) {
     let Some(rc) = weak.upgrade() else { return };
     let leading = match rc.try_borrow() {
         Ok(inner) => inner
@@ -202,27 +231,31 @@ fn step_down(weak: &Weak) {
             .is_some_and(|m| m.lock.as_ref().is_some_and(Lock::held)),
         Err(_) => false,
     };
-    if !leading {
-        return;
+    if leading {
+        // The connection ends first, then the lock goes: never two leaders' connections at once.
+        with_engine(weak, |e| {
+            e.handle_step_down(env::now());
+            e.persist_now(env::now());
+        });
     }
-    // The connection ends first, then the lock goes: never two leaders' connections at once.
-    with_engine(weak, |e| {
-        e.handle_step_down(env::now());
-        e.persist_now(env::now());
-    });
     if let Ok(mut inner) = rc.try_borrow_mut() {
         if let Some(m) = inner.tabs.as_mut() {
-            m.release_and_requeue();
+            m.withdraw();
         }
     };
 }
 
-/// A function that ignores its arguments (`Object.prototype.valueOf` bound
-/// to a fresh object), made without `new Function` (strict CSPs forbid it).
-fn noop() -> Option<Function> {
-    let o = js_sys::Object::new();
-    Reflect::get(&o, &"valueOf".into())
-        .ok()
-        .and_then(|f| f.dyn_into::<Function>().ok())
-        .map(|f| f.bind0(&o))
+/// The page came back (`pageshow`, `resume`): queues for the lock again and
+/// asks the leader for what this tab missed.
+fn rejoin(weak: &Weak) {
+    let Some(rc) = weak.upgrade() else { return };
+    let queued = match rc.try_borrow_mut() {
+        Ok(mut inner) => inner.tabs.as_mut().is_none_or(Member::requeue),
+        Err(_) => true,
+    };
+    if queued {
+        with_engine(weak, |e| e.handle_page_resumed(env::now()));
+    } else {
+        with_engine(weak, |e| e.handle_share_unavailable(env::now()));
+    }
 }

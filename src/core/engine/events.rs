@@ -82,8 +82,8 @@ impl Engine {
                 };
                 match snapshot_of(body, &self.cfg.run_id) {
                     Ok((id, st)) => {
-                        // Not relayed: followers from before it miss and repair it themselves.
-                        self.relay_gap(id);
+                        // Not relayed: followers from before it miss and
+                        // repair it themselves (`install_snapshot`).
                         self.note_event_arrival(now);
                         self.apply_snapshot(now, id, st)
                     }
@@ -152,6 +152,7 @@ impl Engine {
                 .map_err(|e| e.to_string())
                 .and_then(|b| snapshot_of(b, &self.cfg.run_id).map_err(|e| e.to_string()))
         });
+        let failed = parsed.is_err();
         match parsed {
             Ok((id, st)) if self.reconciling && id >= self.state.cursor => {
                 // Final reconciliation: the endpoint's state is authoritative.
@@ -162,9 +163,13 @@ impl Engine {
                 self.link.last_error = Some(format!("snapshot unavailable: {e}"));
             }
         }
-        // A gap the snapshot did not repair is skipped (PROTOCOL §1).
+        // A gap the snapshot did not repair is skipped (PROTOCOL §1), when
+        // the ladder asked for it; a follower's fetch after a miss falls back
+        // to a catch-up connection instead.
         if let GapRepair::Skip { from, to } = self.ordering.snapshot_failed(self.state.cursor) {
             self.skip_gap(now, from, to);
+        } else if failed {
+            self.snapshot_missed(now);
         }
         if self.reconciling {
             self.reconciling = false;
@@ -467,6 +472,7 @@ impl Engine {
         st.cursor = id;
         st.run_id = self.cfg.run_id.clone();
         self.state.replace_with(st);
+        self.relay_gap(id);
         self.parked.clear();
         self.persist.touch();
         self.settle_sends_from_state(now);
@@ -536,8 +542,14 @@ impl Engine {
                 self.ask(now);
                 self.timers.set(Timer::Gap, now + self.cfg.gap_timeout_ms);
             }
-            GapRepair::Skip { .. } if self.follow.following() && !self.cfg.has_snapshot_url => {
-                // Nothing lost for want of a leader's answer: catch up on our own.
+            GapRepair::Skip { .. }
+                if self.follow.following()
+                    && !self.cfg.has_snapshot_url
+                    && self.follow.gap_catch_up != Some(self.state.cursor) =>
+            {
+                // Nothing lost for want of a leader's answer: catch up on our
+                // own, once per gap (next time round, the gap is skipped).
+                self.follow.gap_catch_up = Some(self.state.cursor);
                 self.catch_up(now);
                 self.timers.set(Timer::Gap, now + self.cfg.gap_timeout_ms);
             }
@@ -569,7 +581,11 @@ impl Engine {
             format!("events {from}–{to} could not be recovered and were skipped")
         });
         self.state.cursor = self.state.cursor.max(to);
+        self.relay_gap(to);
         self.drain(now);
+        if self.follow.catching_up {
+            self.settle_side_link(now);
+        }
         self.mark_dirty();
     }
 

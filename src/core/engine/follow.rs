@@ -17,18 +17,31 @@
 //!   (validation, run check, ordering); it shows the leader's connection
 //!   status, counting `retryInMs` down on its own clock.
 //! - A follower catches up from its own cursor: it asks the leader when it
-//!   starts and when the gap ladder says "replay"; the leader answers from
-//!   its ring, or with a miss when the ring does not reach back that far.
-//!   After a miss the follower fetches the snapshot endpoint, or where there
-//!   is none opens a catch-up connection of its own from its cursor, closed
-//!   again once it has reached the leader's cursor.
+//!   starts, when the gap ladder says "replay", when its page comes back and
+//!   when another tab starts leading (a new leader also broadcasts its
+//!   cursor with `end` as it is elected: asks sent while no tab led are
+//!   lost). The leader answers from its ring, or with a miss when the ring
+//!   does not reach back that far (or its cursor jumped over ids by a
+//!   snapshot or a skip). After a miss, or an `end` above its cursor with
+//!   nothing held, the follower fetches the snapshot endpoint, or where
+//!   there is none (or it fails) opens a catch-up connection of its own from
+//!   its cursor, closed again once it has reached the leader's cursor.
+//! - A gap the leader cannot fill gets one catch-up connection; if it is
+//!   still there the next time the ladder says "skip", it is skipped.
+//! - The heartbeat watch is off in a hidden tab, and the leader is usually a
+//!   background tab: followers tell the leader when their page is visible
+//!   (on asking, when it changes, when a new leader announces itself, `0`
+//!   on close), and while one is, the leader watches its heartbeat as if
+//!   its own page were visible.
 //! - A follower's WebSocket sends need a socket: it opens one for them (no
 //!   subscribe) and closes it once they are acknowledged.
 
 use super::config::Ms;
 use super::io::Connection;
 use super::timers::{Timer, TimerTable};
-use crate::core::tabs::{LeaderStatus, Ring};
+use std::collections::BTreeSet;
+
+use crate::core::tabs::{Body, LeaderStatus, Message, Ring, MAX_WATCHERS};
 
 /// How often a follower refreshes the leader's `retryInMs` countdown on screen.
 const COUNTDOWN_MS: Ms = 1000.0;
@@ -85,6 +98,15 @@ pub struct Follow {
     pub since: u64,
     /// Leader: the status last broadcast.
     pub reported: Option<Reported>,
+    /// Follower: the tab id the leader's messages last came from.
+    leader: Option<String>,
+    /// Follower: the cursor of the gap a catch-up connection was already
+    /// tried for (the ladder skips it the next time round).
+    pub gap_catch_up: Option<u64>,
+    /// This tab's page is visible.
+    pub page_visible: bool,
+    /// Leader: the followers whose page is visible (at most [`MAX_WATCHERS`]).
+    watchers: BTreeSet<String>,
 }
 
 impl Follow {
@@ -108,7 +130,42 @@ impl Follow {
             ring: Ring::default(),
             since: 0,
             reported: None,
+            leader: None,
+            gap_catch_up: None,
+            page_visible: true,
+            watchers: BTreeSet::new(),
         }
+    }
+
+    /// Whether this tab watches its connection's heartbeat: its page is
+    /// visible, or (leading) a follower's is.
+    pub fn watched(&self) -> bool {
+        self.page_visible || (self.role == Role::Leader && !self.watchers.is_empty())
+    }
+
+    /// Leader: follower `tab`'s page became visible or hidden.
+    pub fn watcher(&mut self, tab: &str, visible: bool) {
+        if !visible {
+            self.watchers.remove(tab);
+        } else if self.watchers.len() < MAX_WATCHERS {
+            self.watchers.insert(tab.to_owned());
+        }
+    }
+
+    /// Follower: notes who sent `msg` if it is a leader's message (events,
+    /// status, answers); `true` when it comes from another tab than the
+    /// leader heard from before (a takeover this tab should ask again for).
+    pub fn heard_from_leader(&mut self, msg: &Message) -> bool {
+        let leaders = matches!(
+            msg.body,
+            Body::Event(_) | Body::Status(_) | Body::End(_) | Body::Miss(_)
+        );
+        if !leaders || self.leader.as_deref() == Some(msg.from.as_str()) {
+            return false;
+        }
+        let changed = self.leader.is_some();
+        self.leader = Some(msg.from.clone());
+        changed
     }
 
     /// Another tab holds the connection.
@@ -120,14 +177,26 @@ impl Follow {
     pub fn lead(&mut self, cursor: u64) {
         self.role = Role::Leader;
         self.catching_up = false;
+        self.leader = None;
+        self.watchers.clear();
         self.ring = Ring::default();
         self.since = cursor;
         self.reported = None;
     }
 
+    /// Stops sharing for good (sharing is unavailable here): connects on its own.
+    pub fn go_solo(&mut self) {
+        self.role = Role::Solo;
+        self.catching_up = false;
+        self.leader = None;
+        self.gap_catch_up = None;
+        self.watchers.clear();
+    }
+
     /// Steps down to follower.
     pub fn step_down(&mut self) {
         self.role = Role::Follower;
+        self.watchers.clear();
         self.ring = Ring::default();
         self.reported = None;
         self.view = View {

@@ -325,6 +325,10 @@ impl Engine {
         if self.link.conn == Conn::Closed {
             return;
         }
+        if self.follow.following() && self.follow.page_visible {
+            // The leader stops watching its heartbeat for this tab.
+            self.broadcast(None, crate::core::tabs::Body::Visible(false));
+        }
         self.end_link(now, Termination::ClientClosed, None);
         self.link.conn = Conn::Closed;
         self.outbox.clear();
@@ -383,9 +387,22 @@ impl Engine {
         if !visible {
             self.request_persist(now, true);
         }
+        let changed = self.follow.page_visible != visible;
+        self.follow.page_visible = visible;
+        if changed && self.follow.following() && self.link.conn != Conn::Closed {
+            // The leader watches its heartbeat while a follower is visible.
+            self.broadcast(None, crate::core::tabs::Body::Visible(visible));
+        }
+        self.watch_heartbeat(now);
+    }
+
+    /// Turns the heartbeat watch on or off as this tab is watched (its page,
+    /// or a follower's, is visible); a link found silent too long fails.
+    pub(super) fn watch_heartbeat(&mut self, now: Ms) {
+        let watched = self.follow.watched();
         let stale = self
             .link
-            .set_visible(now, visible, &self.cfg, &mut self.timers);
+            .set_visible(now, watched, &self.cfg, &mut self.timers);
         if stale {
             self.fail(
                 now,

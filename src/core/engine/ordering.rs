@@ -143,15 +143,6 @@ impl Ordering {
         }
     }
 
-    /// The snapshot endpoint is asked for the gap at `cursor` out of turn (a
-    /// follower whose leader cannot replay it): a failure then skips it.
-    pub fn snapshot_requested(&mut self, cursor: u64) {
-        if self.has_gap() {
-            self.stuck_at = cursor;
-            self.snapshot_asked = true;
-        }
-    }
-
     /// The snapshot endpoint was asked for the gap at `cursor` and has not answered.
     pub fn awaiting_snapshot(&self, cursor: u64) -> bool {
         self.snapshot_asked && self.stuck_at == cursor

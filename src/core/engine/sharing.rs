@@ -18,6 +18,10 @@ impl Engine {
             return;
         }
         self.follow.lead(self.state.cursor);
+        // Asks sent while no tab led went unanswered: every follower learns
+        // the new leader's cursor and catches up to it (an idle or finished
+        // run relays nothing that would show it a gap).
+        self.broadcast(None, Body::End(self.state.cursor));
         if self.link.live() {
             self.end_link(now, Termination::Shared, None);
         }
@@ -34,6 +38,29 @@ impl Engine {
         self.mark_dirty();
     }
 
+    /// Sharing cannot work here after all: the channel could not be opened,
+    /// or the lock request failed (an opaque origin such as a sandboxed
+    /// iframe raises a SecurityError). API.md: "Where Web Locks or
+    /// BroadcastChannel are missing, each tab connects on its own": this tab
+    /// turns solo and connects from its own cursor (a finished run stays
+    /// finished; before `start()` it connects at `start()`).
+    pub fn handle_share_unavailable(&mut self, now: Ms) {
+        if self.follow.role != Role::Follower || self.link.conn == Conn::Closed {
+            return;
+        }
+        self.follow.go_solo();
+        self.timers.clear(Timer::Countdown);
+        if self.link.conn == Conn::Following {
+            if self.link.online {
+                self.link.conn = Conn::Idle;
+                self.connect(now);
+            } else {
+                self.link.go_offline(&mut self.timers);
+            }
+        }
+        self.mark_dirty();
+    }
+
     /// The shell gave up the lock (the page is hidden for good: `pagehide`,
     /// `freeze`): this tab stops leading, its connection ends, and it
     /// follows whichever tab is elected next.
@@ -43,6 +70,7 @@ impl Engine {
         }
         self.follow.step_down();
         self.rest_following(now);
+        self.watch_heartbeat(now);
         self.mark_dirty();
     }
 
@@ -52,6 +80,7 @@ impl Engine {
     pub fn handle_page_resumed(&mut self, now: Ms) {
         if self.follow.following() && self.link.conn == Conn::Following {
             self.ask(now);
+            self.announce_visible();
         }
     }
 
@@ -67,6 +96,13 @@ impl Engine {
         };
         if msg.to.as_deref().is_some_and(|to| to != self.follow.tab) {
             return;
+        }
+        let to_all = msg.to.is_none();
+        if self.follow.role == Role::Follower && self.follow.heard_from_leader(&msg) {
+            // Another tab leads now: what it holds may differ from the last
+            // one's, and it does not know this tab is visible.
+            self.ask(now);
+            self.announce_visible();
         }
         match (self.follow.role, msg.body) {
             // Until the stored state is installed its cursor is unknown: a
@@ -90,7 +126,16 @@ impl Engine {
                 self.mark_dirty();
             }
             (Role::Follower, Body::End(head)) => {
+                if to_all {
+                    // A leader announcing itself: it watches the heartbeat for visible tabs.
+                    self.announce_visible();
+                }
                 self.follow.head = self.follow.head.max(head);
+                if self.ordering.is_empty() {
+                    // Behind the leader with nothing held: no gap will ever
+                    // show, so repair it as a miss.
+                    self.replay_missed(now);
+                }
             }
             (Role::Follower, Body::Miss(head)) => {
                 self.follow.head = self.follow.head.max(head);
@@ -98,10 +143,30 @@ impl Engine {
             }
             (Role::Leader, Body::Ask(cursor)) => self.answer(msg.from, cursor),
             (Role::Leader, Body::Retry) => self.retry_now(now),
+            (Role::Leader, Body::Visible(v)) => {
+                self.follow.watcher(&msg.from, v);
+                self.watch_heartbeat(now);
+            }
             // Asks are for the leader, answers for followers.
             _ => {}
         }
         self.settle_side_link(now);
+    }
+
+    /// A string message from the tabs' channel of `len` UTF-16 units, more
+    /// than [`max_message_bytes`] allows: rejected before it is copied
+    /// (its UTF-8 form is at least as long).
+    pub fn handle_tab_too_large(&mut self, now: Ms, len: usize) {
+        if self.follow.role == Role::Solo || self.link.conn == Conn::Closed {
+            return;
+        }
+        self.channel_error(now, ChannelError::TooLarge(len));
+    }
+
+    /// The longest channel message this tab reads (the shell rejects longer
+    /// ones with [`Self::handle_tab_too_large`] before copying them).
+    pub fn tab_message_limit(&self) -> usize {
+        max_message_bytes(self.cfg.max_event_bytes)
     }
 
     /// A message from the tabs' channel that is not a string.
@@ -147,6 +212,7 @@ impl Engine {
     pub(super) fn start_following(&mut self, now: Ms) {
         self.link.conn = Conn::Following;
         self.ask(now);
+        self.announce_visible();
         self.mark_dirty();
     }
 
@@ -161,6 +227,13 @@ impl Engine {
         self.broadcast(None, Body::Ask(c));
     }
 
+    /// Follower: tells the leader this tab's page is visible (if it is).
+    fn announce_visible(&mut self) {
+        if self.follow.page_visible {
+            self.broadcast(None, Body::Visible(true));
+        }
+    }
+
     /// Leader: relays envelope `id` (its raw text) to every follower and keeps it in the ring.
     pub(super) fn relay(&mut self, id: u64, text: &str) {
         if self.follow.role != Role::Leader {
@@ -170,10 +243,12 @@ impl Engine {
         self.broadcast(None, Body::Event(text.to_owned()));
     }
 
-    /// Leader: a snapshot replaced the state (not relayed): asks from before it miss.
+    /// Leader: its cursor jumped to `up_to` without relaying the ids before
+    /// it (a snapshot replaced the state, or a gap was skipped): asks from
+    /// before it miss.
     pub(super) fn relay_gap(&mut self, up_to: u64) {
         if self.follow.role == Role::Leader {
-            self.follow.ring.clear(up_to);
+            self.follow.ring.cut(up_to);
         }
     }
 
@@ -199,16 +274,29 @@ impl Engine {
     }
 
     /// Follower: the leader's ring does not reach back to the cursor. The
-    /// snapshot endpoint repairs it, or (without one) a catch-up connection.
+    /// snapshot endpoint repairs it, or (without one, or when it fails: see
+    /// [`Self::snapshot_missed`]) a catch-up connection. Ids are skipped only
+    /// by the gap ladder.
     fn replay_missed(&mut self, now: Ms) {
-        let behind = self.state.cursor < self.follow.head || self.ordering.has_gap();
-        if !behind || self.timers.is_armed(Timer::Snapshot) {
+        if !self.behind_leader() || self.timers.is_armed(Timer::Snapshot) {
             return;
         }
-        if self.cfg.has_snapshot_url {
-            self.ordering.snapshot_requested(self.state.cursor);
+        if self.cfg.has_snapshot_url && !self.follow.catching_up {
             self.fetch_snapshot(now);
         } else {
+            self.catch_up(now);
+        }
+    }
+
+    /// Follower: the cursor is below the leader's, or a gap is held.
+    fn behind_leader(&self) -> bool {
+        self.state.cursor < self.follow.head || self.ordering.has_gap()
+    }
+
+    /// Follower: a snapshot fetch failed; if still behind, the server
+    /// replays what is missing over a catch-up connection.
+    pub(super) fn snapshot_missed(&mut self, now: Ms) {
+        if self.follow.following() && self.behind_leader() {
             self.catch_up(now);
         }
     }
@@ -272,7 +360,9 @@ impl Engine {
         self.actions.push_back(Action::Broadcast { text });
     }
 
-    /// A channel message was ignored: counted, reported, nothing else changes.
+    /// A channel message was ignored: counted (`metrics.channelErrors`) and
+    /// reported on the raw event stream with its kind; `lastError` stays what
+    /// the connection says.
     fn channel_error(&mut self, now: Ms, e: ChannelError) {
         self.metrics.channel_errors += 1;
         self.telemetry.metric(
@@ -282,7 +372,6 @@ impl Engine {
             now,
             &[("kind", e.kind())],
         );
-        self.link.last_error = Some(format!("ignored a message from another tab: {e}"));
         self.mark_dirty();
     }
 }
