@@ -9,15 +9,16 @@
 //!
 //! The conversion follows serde_json's digit folding step by step (the first
 //! 19–20 significant digits into a `u64`, later integer digits as powers of
-//! ten, later fraction digits ignored), then scales by a power of ten. For
-//! exponents of magnitude ≤ 22 the power is exact and the result is
-//! bit-identical to serde_json's (so every integer below 2^53 and every
-//! decimal with ≤ 15 significant digits and ≤ 22 fraction digits is exact).
-//! Beyond, the power is `10f64.powi(e)` instead of serde_json's table of
-//! correctly rounded powers, which can differ by a few units in the last
-//! place (`tests/json.rs` bounds it at 1e-14 relative). A magnitude that
-//! becomes infinite is [`NumberOutOfRange`](super::JsonErrorCode::NumberOutOfRange),
-//! as in serde_json; the boundary near `f64::MAX` may differ by those ULPs.
+//! ten, later fraction digits ignored), then scales by the correctly rounded
+//! power of ten, as serde_json does: the result is bit-identical to
+//! serde_json's (`tests/json.rs`), which is exact for every integer below
+//! 2^53 and every decimal of ≤ 15 significant digits with an exponent of
+//! magnitude ≤ 22, and otherwise within a few ULP (serde_json without its
+//! `float_roundtrip` feature is not correctly rounded either). serde_json
+//! keeps a 309-entry table of powers; powers beyond 10^22 are computed here
+//! with a small big integer instead (rare: slower, but no table). A
+//! magnitude that becomes infinite is
+//! [`NumberOutOfRange`](super::JsonErrorCode::NumberOutOfRange), as in serde_json.
 
 use super::error::{JsonError, JsonErrorCode};
 
@@ -51,9 +52,31 @@ impl Number {
     }
 }
 
-/// 10^e for 0 ≤ e ≤ 308: exact up to 10^22, within a few ULP above.
+/// 10^e correctly rounded, for 0 ≤ e ≤ 308 (serde_json's table entries):
+/// exact by `powi` up to 10^22, from a big integer above.
 fn pow10(e: i32) -> f64 {
-    10f64.powi(e)
+    if e <= 22 {
+        return 10f64.powi(e);
+    }
+    let mut big = vec![1u32];
+    super::write::mul_pow(&mut big, 10, e.unsigned_abs());
+    while big.last() == Some(&0) {
+        big.pop();
+    }
+    let bits = big.len() as i32 * 32 - big.last().map_or(32, |l| l.leading_zeros() as i32);
+    // The top 64 bits, and whether any bit below them is set (sticky): the
+    // u64 → f64 conversion then rounds to nearest-even exactly once.
+    let shift = bits - 64;
+    let bit = |i: i32| -> u64 {
+        let limb = big.get((i / 32) as usize).copied().unwrap_or(0);
+        u64::from((limb >> (i % 32)) & 1)
+    };
+    let mut top = 0u64;
+    for i in (shift..bits).rev() {
+        top = (top << 1) | bit(i);
+    }
+    let sticky = (0..shift).any(|i| bit(i) == 1);
+    (top | u64::from(sticky)) as f64 * 2f64.powi(shift)
 }
 
 fn overflows(s: u64, digit: u64) -> bool {

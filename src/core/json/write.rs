@@ -171,9 +171,13 @@ fn exact_decimal(x: f64) -> (Vec<u8>, i32) {
     (digits, point)
 }
 
-/// `big *= base^exp` (base 2 or 5), in steps that fit a `u32` multiplier.
-fn mul_pow(big: &mut Vec<u32>, base: u32, mut exp: u32) {
-    let step = if base == 2 { 31 } else { 13 };
+/// `big *= base^exp` (base 2, 5 or 10), in steps that fit a `u32` multiplier.
+pub(crate) fn mul_pow(big: &mut Vec<u32>, base: u32, mut exp: u32) {
+    let step = match base {
+        2 => 31,
+        5 => 13,
+        _ => 9,
+    };
     while exp > 0 {
         let k = exp.min(step);
         mul_small(big, base.pow(k));

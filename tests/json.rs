@@ -1,0 +1,256 @@
+//! `core::json` against serde_json: the scanner accepts exactly what
+//! serde_json accepts and yields the same values; the writer's text reads
+//! back as the value written, and its strings are serde_json's bytes.
+//! Random JSON values, random token soup and hostile inputs.
+#![cfg(not(target_arch = "wasm32"))]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "support/json_diff.rs"]
+mod json_diff;
+
+use json_diff::{check, check_writer, parse};
+use proptest::prelude::*;
+use runstream::core::json::{write, JsonErrorCode, MAX_DEPTH};
+use serde_json::Value;
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<u64>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        (-1e6f64..1e6).prop_map(Value::from),
+        any::<String>().prop_map(Value::String),
+        "[a-z\"\\\\/\u{0}-\u{1f}é😀]{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(6, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z_\"\\\\]{0,6}", inner, 0..8)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Fragments that make JSON and almost-JSON when concatenated.
+fn soup() -> impl Strategy<Value = String> {
+    let tokens = [
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "\"",
+        "\"a\"",
+        "\"k\":",
+        "\\",
+        "\\u",
+        "\\ud83d",
+        "\\ude00",
+        "\\u00e9",
+        "\\n",
+        "\\x",
+        "d800",
+        "0",
+        "1",
+        "9",
+        "-",
+        ".",
+        "e",
+        "E",
+        "+",
+        "1e400",
+        "18446744073709551616",
+        "-0",
+        "01",
+        "null",
+        "nul",
+        "true",
+        "fals",
+        " ",
+        "\n",
+        "\t",
+        "\u{1}",
+        "\u{7f}",
+        "\u{feff}",
+        "é",
+        "😀",
+        "/",
+        "a",
+        "NaN",
+    ];
+    prop::collection::vec(prop::sample::select(tokens.to_vec()), 0..24).prop_map(|v| v.concat())
+}
+
+/// Numbers of every shape, valid and not.
+fn numbers() -> impl Strategy<Value = String> {
+    (
+        prop::option::of(Just("-")),
+        "[0-9]{1,25}",
+        prop::option::of("\\.[0-9]{0,25}"),
+        prop::option::of("[eE][+-]?[0-9]{0,4}"),
+    )
+        .prop_map(|(s, i, f, e)| {
+            format!(
+                "{}{i}{}{}",
+                s.unwrap_or(""),
+                f.unwrap_or_default(),
+                e.unwrap_or_default()
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn random_values_parse_the_same(v in arb_json()) {
+        check(&serde_json::to_string(&v).unwrap());
+        check(&serde_json::to_string_pretty(&v).unwrap());
+    }
+
+    #[test]
+    fn token_soup_is_accepted_and_rejected_the_same(text in soup()) {
+        check(&text);
+    }
+
+    #[test]
+    fn numbers_parse_the_same(n in numbers()) {
+        check(&n);
+        check(&format!("[{n}]"));
+    }
+
+    #[test]
+    fn arbitrary_text_is_accepted_and_rejected_the_same(text in any::<String>()) {
+        check(&text);
+    }
+
+    #[test]
+    fn writer_output_reads_back(v in arb_json()) {
+        check_writer(&v);
+    }
+
+    #[test]
+    fn writer_strings_are_serde_jsons(s in any::<String>()) {
+        let mut out = String::new();
+        write::push_str(&mut out, &s);
+        prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
+    }
+
+    #[test]
+    fn writer_floats_read_back_exactly(x in any::<f64>().prop_filter("finite", |f| f.is_finite())) {
+        let mut out = String::new();
+        write::push_f64(&mut out, x);
+        // Exact with a correctly rounding reader (what JS's JSON.parse is).
+        prop_assert_eq!(out.parse::<f64>().unwrap(), x, "{}", out);
+        // And a number our own scanner accepts.
+        prop_assert!(parse(&out).is_ok());
+    }
+
+    #[test]
+    fn writer_integers_are_serde_jsons(u in any::<u64>(), i in any::<i64>()) {
+        let mut out = String::new();
+        write::push_u64(&mut out, u);
+        out.push(',');
+        write::push_i64(&mut out, i);
+        prop_assert_eq!(out, format!("{},{}", serde_json::to_string(&u).unwrap(), serde_json::to_string(&i).unwrap()));
+    }
+}
+
+#[test]
+fn hostile_inputs() {
+    let deep = |n: usize, open: &str, close: &str| open.repeat(n) + &close.repeat(n);
+    let long_digits = "9".repeat(5000);
+    let cases = [
+        // Nesting around the bound, arrays and objects.
+        deep(MAX_DEPTH - 1, "[", "]"),
+        deep(MAX_DEPTH, "[", "]"),
+        deep(MAX_DEPTH + 1, "[", "]"),
+        deep(MAX_DEPTH, "{\"a\":", "}").replacen("{\"a\":}", "{}", 1),
+        "{\"a\":".repeat(MAX_DEPTH) + "1" + &"}".repeat(MAX_DEPTH),
+        "{\"a\":".repeat(MAX_DEPTH + 1) + "1" + &"}".repeat(MAX_DEPTH + 1),
+        deep(100_000, "[", "]"),
+        // Escapes and surrogates.
+        r#""\ud83d\ude00""#.into(),
+        r#""\ud83d""#.into(),
+        r#""\ude00""#.into(),
+        r#""\ud83d\u0041""#.into(),
+        r#""\ud83d\ud83d\ude00""#.into(),
+        r#""\ud83dx""#.into(),
+        r#""\ud83d\""#.into(),
+        r#""\uD83D\uDE00""#.into(),
+        r#""\u0000""#.into(),
+        r#""\a""#.into(),
+        r#""\u12""#.into(),
+        "\"\u{0}\"".into(),
+        "\"\u{1f}\"".into(),
+        "\"\u{7f}\"".into(),
+        // Numbers.
+        long_digits.clone(),
+        format!("0.{long_digits}"),
+        format!("{long_digits}.5e-5000"),
+        "1e308".into(),
+        "1.7976931348623157e308".into(),
+        "1.8e308".into(),
+        "-1e309".into(),
+        "4.9e-324".into(),
+        "2e-324".into(),
+        "1e-99999999999".into(),
+        "1e99999999999".into(),
+        "0e99999999999".into(),
+        "-".into(),
+        "--1".into(),
+        "1.".into(),
+        ".1".into(),
+        "+1".into(),
+        "0x10".into(),
+        "Infinity".into(),
+        "-9223372036854775808".into(),
+        "-9223372036854775809".into(),
+        "18446744073709551615".into(),
+        "18446744073709551616".into(),
+        // Framing.
+        "\u{feff}{}".into(),
+        "{} ".into(),
+        "{}x".into(),
+        "{}{}".into(),
+        "[1,]".into(),
+        "[,1]".into(),
+        "{\"a\":1,}".into(),
+        "{,}".into(),
+        "{\"a\"}".into(),
+        "{\"a\":}".into(),
+        "{'a':1}".into(),
+        "[1\n,\r2\t]".into(),
+        "\u{a0}1".into(),
+        // Duplicate keys: last wins in both.
+        r#"{"a":1,"a":{"b":2},"a":[3]}"#.into(),
+        String::new(),
+    ];
+    for c in &cases {
+        check(c);
+    }
+    // The bound is where serde_json's is, with a typed error beyond it.
+    assert!(parse(&deep(MAX_DEPTH, "[", "]")).is_ok());
+    assert_eq!(
+        parse(&deep(MAX_DEPTH + 1, "[", "]")).unwrap_err().code,
+        JsonErrorCode::TooDeep
+    );
+    assert_eq!(
+        parse(&deep(100_000, "[", "]")).unwrap_err().code,
+        JsonErrorCode::TooDeep
+    );
+    assert_eq!(
+        parse(r#"{"a":1,"a":2}"#).unwrap(),
+        serde_json::json!({"a": 2})
+    );
+}
