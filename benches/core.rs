@@ -36,6 +36,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    if std::env::var("RUNSTREAM_BENCH_ONLY").as_deref() == Ok("decode") {
+        decode_only(n);
+        return;
+    }
     let bytes = log(n);
     let mut rates = Vec::new();
     for _ in 0..7 {

@@ -10,11 +10,15 @@
     clippy::indexing_slicing
 )]
 
+#[path = "support/envelope_ref.rs"]
+mod envelope_ref;
 #[path = "support/json_diff.rs"]
 mod json_diff;
 
 use json_diff::{check, check_writer, parse};
 use proptest::prelude::*;
+use runstream::core::envelope::{decode_envelope, EventKind, KNOWN_TYPES};
+use runstream::core::error::DecodeError;
 use runstream::core::json::{write, JsonErrorCode, MAX_DEPTH};
 use serde_json::Value;
 
@@ -253,4 +257,208 @@ fn hostile_inputs() {
         parse(r#"{"a":1,"a":2}"#).unwrap(),
         serde_json::json!({"a": 2})
     );
+}
+
+/// Payload field values: each type's valid ones and wrong ones.
+const PAYLOAD_VALUES: [&str; 18] = [
+    "\"m1\"", "\"\"", "\"w\\u00e9\"", "5", "12.5", "null", "true", "[1]", "{}",
+    "{\"prompt_tokens\":1,\"completion_tokens\":2.5,\"x\":[]}", "{\"prompt_tokens\":1}",
+    "\"succeeded\"", "\"failed\"", "\"ok\"", "\"error\"", "\"assistant\"", "\"stop\"",
+    "{\"run_id\":\"run_1\",\"cursor\":3,\"status\":\"running\",\"workers\":[],\"messages\":[],\"supervisor\":{\"completed\":false,\"summary\":null}}",
+];
+const PAYLOAD_KEYS: [&str; 19] = [
+    "title",
+    "status",
+    "error",
+    "summary",
+    "worker_id",
+    "job_id",
+    "name",
+    "tool_call_id",
+    "duration_ms",
+    "message_id",
+    "role",
+    "client_request_id",
+    "reply_to",
+    "content",
+    "delta",
+    "finish_reason",
+    "usage",
+    "fallback",
+    "state",
+];
+
+/// The payload keys of each type (the others are unknown to it).
+fn keys_of(ty: &str) -> Vec<&'static str> {
+    match ty.trim_matches('"') {
+        "run.started" => vec!["title"],
+        "run.completed" => vec!["status", "error"],
+        "supervisor.completed" => vec!["summary"],
+        "worker.started" => vec!["worker_id", "job_id", "name"],
+        "worker.job_assigned" => vec!["worker_id", "job_id"],
+        "worker.completed" => vec!["worker_id", "job_id", "status", "error"],
+        "tool.started" => vec!["worker_id", "job_id", "tool_call_id", "name"],
+        "tool.completed" => vec![
+            "worker_id",
+            "job_id",
+            "tool_call_id",
+            "status",
+            "error",
+            "duration_ms",
+        ],
+        "message.created" => vec![
+            "message_id",
+            "role",
+            "client_request_id",
+            "reply_to",
+            "content",
+        ],
+        "message.delta" => vec!["message_id", "delta"],
+        "message.completed" => vec!["message_id", "finish_reason", "usage", "fallback"],
+        "message.failed" => vec!["message_id", "error"],
+        "snapshot" => vec!["state"],
+        _ => PAYLOAD_KEYS.to_vec(),
+    }
+}
+
+/// Envelopes near and on the valid set: each field picked from valid forms
+/// (mostly) and invalid ones, dropped or duplicated, in random order, with
+/// unknown fields; payload keys mostly those of the type, values from every
+/// type's valid and invalid ones.
+fn envelopes() -> impl Strategy<Value = String> {
+    let pick = |good: Vec<&'static str>, bad: Vec<&'static str>| prop_oneof![6 => prop::sample::select(good), 1 => prop::sample::select(bad)];
+    let id = pick(
+        vec!["1", "42", "9007199254740991"],
+        vec![
+            "0",
+            "-3",
+            "1.5",
+            "1e2",
+            "1.0",
+            "\"5\"",
+            "null",
+            "9007199254740992",
+            "18446744073709551616",
+            "1e400",
+        ],
+    );
+    let run = pick(
+        vec!["\"run_1\"", "\"run\\u005f1\""],
+        vec!["\"other\"", "\"\"", "7", "null"],
+    );
+    let mut types: Vec<String> = KNOWN_TYPES.iter().map(|t| format!("\"{t}\"")).collect();
+    types.extend([
+        "\"future.x\"".into(),
+        "\"message\\u002edelta\"".into(),
+        "3".into(),
+    ]);
+    let ts = pick(
+        vec![
+            "\"2026-11-22T12:00:00.123Z\"",
+            "\"2026-11-22T12:00:00+01:00\"",
+        ],
+        vec!["\"yesterday\"", "1"],
+    );
+    let typed = prop::sample::select(types).prop_flat_map(|ty| {
+        let keys = prop_oneof![
+            6 => prop::sample::select(keys_of(&ty)),
+            1 => prop::sample::select(PAYLOAD_KEYS.to_vec()),
+        ];
+        let field = (keys, prop::sample::select(PAYLOAD_VALUES.to_vec()));
+        let payload = prop_oneof![
+            12 => prop::collection::vec(field, 0..7).prop_map(|fs| {
+                let members: Vec<String> = fs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", members.join(","))
+            }),
+            1 => prop::sample::select(vec!["null".to_owned(), "[]".to_owned(), "\"p\"".to_owned()]),
+        ];
+        (Just(ty), payload)
+    });
+    (
+        prop::collection::vec((0usize..6, prop::option::weighted(0.97, Just(()))), 5..8),
+        prop::sample::subsequence(vec![0usize, 1, 2, 3, 4], 5).prop_shuffle(),
+        id,
+        run,
+        typed,
+        ts,
+    )
+        .prop_map(|(extra, order, id, run, (ty, payload), ts)| {
+            let member = |i: usize| match i {
+                0 => format!("\"event_id\":{id}"),
+                1 => format!("\"run_id\":{run}"),
+                2 => format!("\"type\":{ty}"),
+                3 => format!("\"timestamp\":{ts}"),
+                4 => format!("\"payload\":{payload}"),
+                _ => "\"extra\":{\"event_id\":[0]}".to_owned(),
+            };
+            // Every field once (in random order), then a few more: repeats and drops.
+            let mut members: Vec<String> = order.into_iter().map(member).collect();
+            for (i, keep) in extra {
+                match keep {
+                    Some(()) if i == 5 || i % 3 == 0 => members.push(member(i)),
+                    Some(()) => {}
+                    None => {
+                        members.retain(|m| !m.starts_with(&member(i)[..8]));
+                    }
+                }
+            }
+            format!("{{{}}}", members.join(","))
+        })
+}
+
+/// Panics unless `decode_envelope` and the serde_json decoder agree on `text`.
+fn check_envelope(text: &str) {
+    let ours = decode_envelope(text, "run_1");
+    let theirs = envelope_ref::decode_envelope(text, "run_1");
+    match (&ours, &theirs) {
+        (Ok(a), Ok(b)) => match (&a.kind, &b.kind) {
+            (EventKind::Snapshot(x), EventKind::Snapshot(y)) => {
+                assert_eq!(a.event_id, b.event_id, "{text}");
+                let x: Value = serde_json::from_str(x).unwrap();
+                let y: Value = serde_json::from_str(y).unwrap();
+                assert_eq!(x, y, "{text}");
+            }
+            _ => assert_eq!(a, b, "{text}"),
+        },
+        (Err(a), Err(b)) => {
+            assert_eq!(a.kind(), b.kind(), "{text}: {a:?} vs {b:?}");
+            match (a, b) {
+                (DecodeError::NotJson(_), _) => {}
+                (
+                    DecodeError::InvalidPayload {
+                        event_id: i,
+                        event_type: t,
+                        reason: r,
+                    },
+                    DecodeError::InvalidPayload {
+                        event_id: j,
+                        event_type: u,
+                        reason: q,
+                    },
+                ) => {
+                    assert_eq!((i, t), (j, u), "{text}");
+                    // serde's own words for `usage` differ; every other reason is the same text.
+                    if !q.starts_with("`usage`") {
+                        assert_eq!(r, q, "{text}");
+                    }
+                }
+                _ => assert_eq!(a, b, "{text}"),
+            }
+        }
+        _ => panic!("{text}: ours {ours:?}, serde's {theirs:?}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn envelopes_decode_as_the_serde_decoder_did(text in envelopes()) {
+        check_envelope(&text);
+    }
+
+    #[test]
+    fn envelope_soup_decodes_as_the_serde_decoder_did(text in soup()) {
+        check_envelope(&text);
+    }
 }

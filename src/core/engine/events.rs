@@ -235,7 +235,7 @@ impl Engine {
             Ok(env) => {
                 self.note_event_arrival(now);
                 match env.kind {
-                    EventKind::Snapshot(state) => match RunState::from_wire(*state) {
+                    EventKind::Snapshot(state) => match RunState::from_wire_json(&state) {
                         Ok(st) => self.apply_snapshot(now, env.event_id, st),
                         // Not the §6 shape: an invalid payload of a `snapshot`
                         // event, which is not a log entry (§3) and consumes no id.

@@ -172,7 +172,7 @@ impl Parser<'_> {
                 }
                 Some(b'.') => return self.decimal(positive, s, exp),
                 Some(b'e' | b'E') => return self.exponent(positive, s, exp),
-                _ => return self.from_parts(positive, s, exp),
+                _ => return self.scale(positive, s, exp),
             }
         }
     }
@@ -189,7 +189,7 @@ impl Parser<'_> {
                 let exp = exp_before.saturating_add(after);
                 return match self.peek() {
                     Some(b'e' | b'E') => self.exponent(positive, s, exp),
-                    _ => self.from_parts(positive, s, exp),
+                    _ => self.scale(positive, s, exp),
                 };
             }
             self.i += 1;
@@ -205,7 +205,7 @@ impl Parser<'_> {
         let exp = exp_before.saturating_add(after);
         match self.peek() {
             Some(b'e' | b'E') => self.exponent(positive, s, exp),
-            _ => self.from_parts(positive, s, exp),
+            _ => self.scale(positive, s, exp),
         }
     }
 
@@ -243,10 +243,10 @@ impl Parser<'_> {
         } else {
             start.saturating_sub(e)
         };
-        self.from_parts(positive, s, exp)
+        self.scale(positive, s, exp)
     }
 
-    fn from_parts(&self, positive: bool, s: u64, mut exp: i32) -> Result<f64, JsonError> {
+    fn scale(&self, positive: bool, s: u64, mut exp: i32) -> Result<f64, JsonError> {
         let mut f = s as f64;
         loop {
             if exp.unsigned_abs() <= 308 {

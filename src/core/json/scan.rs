@@ -8,6 +8,18 @@ use super::error::{JsonError, JsonErrorCode};
 use super::number::{self, Number};
 use super::MAX_DEPTH;
 
+/// Whether any of the eight bytes of `x` is `"`, `\\` or below 0x20.
+#[inline(always)]
+fn has_special(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let quote = zero(x ^ (ONES * u64::from(b'"')));
+    let backslash = zero(x ^ (ONES * u64::from(b'\\')));
+    let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+    quote | backslash | control != 0
+}
+
 /// The type of the next value, as its first byte tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Token {
@@ -55,6 +67,7 @@ impl<'a> Scanner<'a> {
         self.pos
     }
 
+    #[inline(always)]
     fn bytes(&self) -> &'a [u8] {
         self.text.as_bytes()
     }
@@ -63,11 +76,13 @@ impl<'a> Scanner<'a> {
         JsonError::new(code, self.pos)
     }
 
+    #[inline(always)]
     fn byte(&self) -> Option<u8> {
         self.bytes().get(self.pos).copied()
     }
 
     /// Skips RFC 8259 whitespace (space, tab, LF, CR) and returns the next byte.
+    #[inline(always)]
     fn ws(&mut self) -> Option<u8> {
         while let Some(b) = self.byte() {
             if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
@@ -79,6 +94,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The type of the next value (after whitespace), without consuming it.
+    #[inline(always)]
     pub fn peek(&mut self) -> Result<Token, JsonError> {
         match self.ws() {
             None => Err(self.err(JsonErrorCode::Eof)),
@@ -92,6 +108,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    #[inline(always)]
     fn expect(&mut self, want: Token) -> Result<(), JsonError> {
         if self.peek()? == want {
             Ok(())
@@ -146,6 +163,7 @@ impl<'a> Scanner<'a> {
 
     /// Consumes a string: borrowed from the input when it has no escape,
     /// unescaped into a new `String` when it has one.
+    #[inline]
     pub fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.expect(Token::String)?;
         self.string_at(true).map(|s| s.unwrap_or(Cow::Borrowed("")))
@@ -155,8 +173,33 @@ impl<'a> Scanner<'a> {
     /// false it only validates (for [`Self::skip`]) and returns `None`.
     fn string_at(&mut self, build: bool) -> Result<Option<Cow<'a, str>>, JsonError> {
         let b = self.bytes();
-        self.pos += 1;
-        let start = self.pos;
+        let start = self.pos + 1;
+        // Fast path: a string without escape, scanned with a local index.
+        let mut i = start;
+        // Eight bytes at a time while none is `"`, `\\` or a control (SWAR).
+        while let Some(word) = b.get(i..i + 8) {
+            let x = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+            if has_special(x) {
+                break;
+            }
+            i += 8;
+        }
+        while let Some(&c) = b.get(i) {
+            if c == b'"' || c == b'\\' || c < 0x20 {
+                break;
+            }
+            i += 1;
+        }
+        if b.get(i) == Some(&b'"') {
+            self.pos = i + 1;
+            // `start` and `i` are next to ASCII quotes: char boundaries.
+            return Ok(match (build, self.text.get(start..i)) {
+                (false, _) => None,
+                (true, Some(t)) => Some(Cow::Borrowed(t)),
+                (true, None) => Some(Cow::Borrowed("")),
+            });
+        }
+        self.pos = start;
         let mut owned: Option<String> = None;
         // Start of the run of plain bytes not yet copied into `owned`.
         let mut run = start;
@@ -166,11 +209,13 @@ impl<'a> Scanner<'a> {
             };
             match c {
                 b'"' => {
-                    let tail = self.text.get(run..self.pos).unwrap_or("");
+                    let end = self.pos;
                     self.pos += 1;
                     if !build {
                         return Ok(None);
                     }
+                    // `run` and `end` sit next to ASCII bytes: char boundaries.
+                    let tail: &str = self.text.get(run..end).unwrap_or_default();
                     return Ok(Some(match owned {
                         Some(mut s) => {
                             s.push_str(tail);
@@ -192,7 +237,16 @@ impl<'a> Scanner<'a> {
                     run = self.pos;
                 }
                 0..=0x1f => return Err(self.err(JsonErrorCode::ControlInString)),
-                _ => self.pos += 1,
+                _ => {
+                    // The run of plain bytes, in a tight loop.
+                    self.pos += 1;
+                    while let Some(&c) = b.get(self.pos) {
+                        if c == b'"' || c == b'\\' || c < 0x20 {
+                            break;
+                        }
+                        self.pos += 1;
+                    }
+                }
             }
         }
     }
@@ -288,6 +342,7 @@ impl<'a> Scanner<'a> {
     /// Moves past the separator before the next member of a container
     /// closed by `close`: true if a member follows, false if the container
     /// ended (consumed).
+    #[inline]
     fn next_member(&mut self, close: u8) -> Result<bool, JsonError> {
         let first = std::mem::replace(&mut self.first, false);
         match self.ws() {
@@ -313,6 +368,7 @@ impl<'a> Scanner<'a> {
 
     /// The next key of the current object and its `:` (the value is next),
     /// or `None` at the closing `}` (consumed).
+    #[inline]
     pub fn key(&mut self) -> Result<Option<Cow<'a, str>>, JsonError> {
         if !self.next_member(b'}')? {
             return Ok(None);
@@ -331,6 +387,7 @@ impl<'a> Scanner<'a> {
 
     /// True if another item of the current array follows, false at the
     /// closing `]` (consumed).
+    #[inline]
     pub fn item(&mut self) -> Result<bool, JsonError> {
         self.next_member(b']')
     }
