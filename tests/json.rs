@@ -462,3 +462,232 @@ proptest! {
         check_envelope(&text);
     }
 }
+
+// ---- the JS view (`core::json::js`) against the serde derives ------------------------
+
+use runstream::core::engine::{Activity, Connection, Sharing, StreamStatus};
+use runstream::core::json::{to_string, ToJson};
+use runstream::core::metrics::{
+    EventClass, MessageMetrics, RunMetrics, RuntimeEvent, SpanFields, SpanStatus,
+};
+use runstream::core::state::{Message, RunState, Supervisor, Tool, Worker};
+use runstream::core::vocab::{MessageStatus, RunStatus, ToolStatus, WorkerStatus};
+
+/// Same JSON value, numbers compared as `f64` (the writer spells `3.0` as
+/// `3`; serde_json's reader of 17-digit numbers may be a ULP off).
+fn same_as_js(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (p, q) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            p == q || ((p - q) / q).abs() <= 1e-15
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_as_js(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((k, p), (l, q))| k == l && same_as_js(p, q))
+        }
+        _ => a == b,
+    }
+}
+
+fn assert_js_like_serde<T: ToJson + serde::Serialize>(v: &T) {
+    let ours = to_string(v);
+    let back: Value = serde_json::from_str(&ours).unwrap_or_else(|e| panic!("{ours}: {e}"));
+    let want = serde_json::to_value(v).unwrap();
+    assert!(same_as_js(&back, &want), "ours {ours}\nserde {want}");
+    // Same key order too (JS objects keep insertion order).
+    assert_eq!(
+        keys_in_order(&ours),
+        keys_in_order(&serde_json::to_string(v).unwrap())
+    );
+}
+
+/// Every key of a JSON text, in document order.
+fn keys_in_order(text: &str) -> Vec<String> {
+    fn walk(s: &mut runstream::core::json::Scanner<'_>, out: &mut Vec<String>) {
+        match s.peek().unwrap() {
+            runstream::core::json::Token::Object => {
+                s.object().unwrap();
+                while let Some(k) = s.key().unwrap() {
+                    out.push(k.into_owned());
+                    walk(s, out);
+                }
+            }
+            runstream::core::json::Token::Array => {
+                s.array().unwrap();
+                while s.item().unwrap() {
+                    walk(s, out);
+                }
+            }
+            _ => s.skip().unwrap(),
+        }
+    }
+    let mut out = Vec::new();
+    walk(&mut runstream::core::json::Scanner::new(text), &mut out);
+    out
+}
+
+fn text() -> impl Strategy<Value = String> {
+    "[a-z\"\\\\\n\u{0}é😀]{0,8}"
+}
+
+fn num() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        (0u32..100_000).prop_map(f64::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite())
+    ]
+}
+
+prop_compose! {
+    fn tool()(id in text(), name in prop::option::of(text()), s in 0..4u8) -> Tool {
+        Tool {
+            tool_call_id: id,
+            name,
+            status: [ToolStatus::Running, ToolStatus::Ok, ToolStatus::Error, ToolStatus::Unknown][s as usize],
+        }
+    }
+}
+
+prop_compose! {
+    fn worker()(id in text(), job in prop::option::of(text()), name in prop::option::of(text()),
+                s in 0..6u8, tools in prop::collection::vec(tool(), 0..3)) -> Worker {
+        Worker {
+            worker_id: id,
+            job_id: job,
+            name,
+            status: [WorkerStatus::Pending, WorkerStatus::Running, WorkerStatus::Succeeded,
+                     WorkerStatus::Failed, WorkerStatus::Cancelled, WorkerStatus::Unknown][s as usize],
+            tools,
+        }
+    }
+}
+
+prop_compose! {
+    fn message()(id in prop::option::of(text()), crid in prop::option::of(text()),
+                 reply in prop::option::of(text()), role in text(), content in text(), s in 0..6u8) -> Message {
+        Message {
+            message_id: id,
+            client_request_id: crid,
+            reply_to: reply,
+            role,
+            content,
+            status: [MessageStatus::Queued, MessageStatus::Sending, MessageStatus::Sent,
+                     MessageStatus::Streaming, MessageStatus::Completed, MessageStatus::Failed][s as usize],
+        }
+    }
+}
+
+prop_compose! {
+    fn run_state()(run in text(), cursor in any::<u64>(), s in 0..5u8,
+                   workers in prop::collection::vec(worker(), 0..3),
+                   messages in prop::collection::vec(message(), 0..3),
+                   completed in any::<bool>(), summary in prop::option::of(text())) -> RunState {
+        let mut st = RunState::default();
+        st.run_id = run;
+        st.cursor = cursor;
+        st.status = [RunStatus::Pending, RunStatus::Running, RunStatus::Succeeded,
+                     RunStatus::Failed, RunStatus::Cancelled][s as usize];
+        st.workers = workers;
+        st.messages = messages;
+        st.supervisor = Supervisor { completed, summary };
+        st
+    }
+}
+
+prop_compose! {
+    fn span()(id in text(), trace in text(), op in 0..3usize, start in num(), d in num(), s in 0..3u8,
+              kind in prop::option::of(0..2usize), error in prop::option::of(text()),
+              attempt in prop::option::of(any::<u64>()), events in prop::option::of(any::<u64>()),
+              ttfb in prop::option::of(num()), ttft in prop::option::of(num()),
+              crid in prop::option::of(text())) -> SpanFields {
+        let mut f = SpanFields::new(["connect", "replay", "message"][op], start, start + d,
+            [SpanStatus::Ok, SpanStatus::Error, SpanStatus::Canceled][s as usize]);
+        f.span_id = id;
+        f.trace_id = trace;
+        f.duration_ms = d;
+        f.error_kind = kind.map(|k| ["server_closed", "http_4xx"][k]);
+        f.error = error;
+        f.attempt = attempt;
+        f.events = events;
+        f.ttfb_ms = ttfb;
+        f.ttft_ms = ttft;
+        f.client_request_id = crid;
+        f
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, .. ProptestConfig::default() })]
+
+    #[test]
+    fn the_js_state_is_serdes(st in run_state()) {
+        assert_js_like_serde(&st);
+        for w in &st.workers {
+            assert_js_like_serde(w);
+        }
+        for m in &st.messages {
+            assert_js_like_serde(m);
+        }
+    }
+
+    #[test]
+    fn the_js_status_is_serdes(c in 0..7usize, a in 0..3usize, attempt in any::<u32>(),
+                               retry in prop::option::of(num()), err in prop::option::of(text()), sh in 0..3usize) {
+        assert_js_like_serde(&StreamStatus {
+            connection: [Connection::Idle, Connection::Connecting, Connection::Open, Connection::Reconnecting,
+                         Connection::Offline, Connection::Closed, Connection::Failed][c],
+            activity: [Activity::Idle, Activity::Streaming, Activity::Working][a],
+            attempt,
+            retry_in_ms: retry,
+            last_error: err,
+            sharing: [Sharing::Solo, Sharing::Leader, Sharing::Follower][sh],
+        });
+    }
+
+    #[test]
+    fn the_js_metrics_are_serdes(n in prop::collection::vec(any::<u64>(), 12), t in prop::option::of(num()),
+                                 terms in prop::collection::btree_map(text(), any::<u64>(), 0..3),
+                                 msgs in prop::collection::btree_map(text(),
+                                     (prop::option::of(num()), prop::option::of(num()), prop::option::of(num()),
+                                      any::<u64>(), prop::option::of(text())), 0..3)) {
+        let mut m = RunMetrics::default();
+        m.reconnects = n[0];
+        m.events_applied = n[1];
+        m.events_replayed = n[2];
+        m.duplicates_dropped = n[3];
+        m.out_of_order = n[4];
+        m.protocol_errors = n[5];
+        m.time_to_first_event_ms = t;
+        m.tool_calls = n[6];
+        m.tool_errors = n[7];
+        m.terminations = terms.clone();
+        m.protocol_errors_by_kind = terms;
+        m.gaps_skipped = n[8];
+        m.unknown_events = n[9];
+        m.messages = msgs.into_iter().map(|(k, (a, b, c, tokens, fallback))| {
+            (k, MessageMetrics { ttfb_ms: a, ttft_ms: b, duration_ms: c, tokens, fallback })
+        }).collect();
+        assert_js_like_serde(&m);
+    }
+
+    #[test]
+    fn the_js_events_are_serdes(k in 0..4usize, name in 0..2usize, value in num(), ts in num(),
+                                attrs in prop::collection::btree_map(prop::sample::select(vec!["kind", "transport"]), text(), 0..2),
+                                sp in prop::option::of(span())) {
+        if let Some(s) = &sp {
+            assert_js_like_serde(s);
+        }
+        assert_js_like_serde(&RuntimeEvent {
+            kind: [EventClass::Counter, EventClass::Gauge, EventClass::Histogram, EventClass::Span][k],
+            name: ["stream.reconnect.total", "runstream:span"][name],
+            value,
+            ts,
+            attrs,
+            span: sp,
+        });
+    }
+}

@@ -34,6 +34,7 @@
 //! Errors are codes with a byte offset; no text is formatted ([`error`]).
 
 pub mod error;
+pub mod js;
 pub mod number;
 pub mod scan;
 pub mod write;
@@ -41,7 +42,7 @@ pub mod write;
 pub use error::{JsonError, JsonErrorCode};
 pub use number::Number;
 pub use scan::{Scanner, Token};
-pub use write::Writer;
+pub use write::{to_string, ToJson, Writer};
 
 /// Most arrays/objects open at once (serde_json accepts 127, rejects 128).
 pub const MAX_DEPTH: usize = 127;

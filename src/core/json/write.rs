@@ -268,6 +268,19 @@ pub fn push_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// A value the [`Writer`] can write (a hand-written `Serialize`).
+pub trait ToJson {
+    /// Writes `self` as one JSON value.
+    fn write_json(&self, w: &mut Writer);
+}
+
+/// The JSON text of `v`.
+pub fn to_string<T: ToJson + ?Sized>(v: &T) -> String {
+    let mut w = Writer::new();
+    v.write_json(&mut w);
+    w.finish()
+}
+
 /// Builds one JSON text; places the commas.
 #[derive(Debug, Default)]
 pub struct Writer {
@@ -387,6 +400,20 @@ impl Writer {
             Some(s) => self.str(s),
             None => self.null(),
         }
+    }
+
+    /// A number value, or `null` for `None`.
+    pub fn opt_f64(&mut self, x: Option<f64>) -> &mut Self {
+        match x {
+            Some(x) => self.f64(x),
+            None => self.null(),
+        }
+    }
+
+    /// Any [`ToJson`] value.
+    pub fn value<T: ToJson + ?Sized>(&mut self, v: &T) -> &mut Self {
+        v.write_json(self);
+        self
     }
 }
 
