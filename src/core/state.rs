@@ -281,13 +281,6 @@ impl RunState {
         Ok(s)
     }
 
-    /// [`Self::from_wire`] for a state as JSON text (a `snapshot` event's).
-    pub fn from_wire_json(text: &str) -> Result<Self, SnapshotError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
-        Self::from_wire(value)
-    }
-
     /// The §6 wire form (snake_case keys).
     pub fn to_wire(&self) -> Value {
         match serde_json::to_value(self) {

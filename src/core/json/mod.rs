@@ -37,6 +37,7 @@ pub mod error;
 pub mod js;
 pub mod number;
 pub mod scan;
+pub mod state;
 pub mod write;
 
 pub use error::{JsonError, JsonErrorCode};
