@@ -7,7 +7,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::field_reassign_with_default
 )]
 
 #[path = "support/envelope_ref.rs"]
@@ -818,5 +819,169 @@ fn wire_state_edges() {
         r#"{"run_id":"r"} x"#,
     ] {
         check_state(text);
+    }
+}
+
+// ---- wire frames and bodies (`core::wire`) against serde ------------------------------
+
+use runstream::core::wire::{Accepted, ClientOp, SendBody, ServerOp, SnapshotBody, WireError};
+
+const FRAME_VALUES: [&str; 16] = [
+    "\"r1\"",
+    "\"\"",
+    "\"not_found\"",
+    "\"m\\u00e9\"",
+    "0",
+    "42",
+    "-1",
+    "1.5",
+    "1e2",
+    "null",
+    "true",
+    "[1]",
+    "{}",
+    "{\"event_id\":1,\"x\":[null]}",
+    "1e999",
+    "18446744073709551616",
+];
+
+/// Frames near the valid set: an `op` (known, unknown, mistyped, absent),
+/// fields of every op with values of every type, in random order.
+fn frames() -> impl Strategy<Value = String> {
+    let op = prop::sample::select(vec![
+        Some("\"event\""),
+        Some("\"snapshot\""),
+        Some("\"subscribed\""),
+        Some("\"error\""),
+        Some("\"pong\""),
+        Some("\"ack\""),
+        Some("\"welcome\""),
+        Some("7"),
+        Some("null"),
+        None,
+    ]);
+    let field = (
+        prop::sample::select(vec![
+            "run_id",
+            "event_id",
+            "state",
+            "event",
+            "replay_from",
+            "code",
+            "message",
+            "client_request_id",
+            "t",
+            "message_id",
+            "extra",
+        ]),
+        prop::sample::select(FRAME_VALUES.to_vec()),
+    );
+    (op, prop::collection::vec(field, 0..7), 0usize..8).prop_map(|(op, fields, at)| {
+        let mut members: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        if let Some(op) = op {
+            members.insert(at.min(members.len()), format!("\"op\":{op}"));
+        }
+        format!("{{{}}}", members.join(","))
+    })
+}
+
+/// Same frame, raw values compared as JSON values.
+fn same_op(a: &ServerOp, b: &ServerOp) -> bool {
+    let v = |r: &runstream::core::json::RawJson| serde_json::from_str::<Value>(r.get()).ok();
+    match (a, b) {
+        (ServerOp::Event { event: x }, ServerOp::Event { event: y }) => v(x) == v(y),
+        // `t` is a number either way; serde respelled `1e2` as `100.0`, the writer as `100`.
+        (ServerOp::Pong { t: x }, ServerOp::Pong { t: y }) => {
+            v(x).and_then(|n| n.as_f64()) == v(y).and_then(|n| n.as_f64())
+        }
+        (
+            ServerOp::Snapshot {
+                run_id: r,
+                event_id: i,
+                state: x,
+            },
+            ServerOp::Snapshot {
+                run_id: q,
+                event_id: j,
+                state: y,
+            },
+        ) => r == q && i == j && v(x) == v(y),
+        _ => format!("{a:?}") == format!("{b:?}"),
+    }
+}
+
+fn check_server_op(text: &str) {
+    let ours = ServerOp::decode(text);
+    let theirs = ServerOp::decode_with_serde(text);
+    // The documented difference: a number beyond f64 is never skipped unconverted.
+    if serde_json::from_str::<Value>(text).is_err() {
+        assert!(
+            matches!(ours, Err(WireError::NotJson(_))),
+            "{text}: {ours:?}"
+        );
+        return;
+    }
+    // serde's enum reader called an `op` that is `null` or not a string a
+    // syntax error (of valid JSON); it is a missing or an unknown op.
+    if let (Err(WireError::MissingOp | WireError::UnknownOp(_)), Err(WireError::NotJson(_))) =
+        (&ours, &theirs)
+    {
+        return;
+    }
+    match (&ours, &theirs) {
+        (Ok(a), Ok(b)) => assert!(same_op(a, b), "{text}: {a:?} vs {b:?}"),
+        (Err(WireError::Invalid(_)), Err(WireError::Invalid(_)))
+        | (Err(WireError::NotJson(_)), Err(WireError::NotJson(_))) => {}
+        (Err(a), Err(b)) => assert_eq!(a, b, "{text}"),
+        _ => panic!("{text}: ours {ours:?}, serde's {theirs:?}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn server_frames_decode_as_serde_decoded_them(text in frames()) {
+        check_server_op(&text);
+    }
+
+    #[test]
+    fn server_frame_soup_decodes_as_serde_decoded_it(text in soup()) {
+        check_server_op(&text);
+    }
+
+    #[test]
+    fn bodies_decode_as_serde_decoded_them(fields in prop::collection::vec(
+        (prop::sample::select(vec!["run_id", "event_id", "state", "message_id", "x"]),
+         prop::sample::select(FRAME_VALUES.to_vec())), 0..5)) {
+        let text = format!("{{{}}}", fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(","));
+        if serde_json::from_str::<Value>(&text).is_ok() {
+            let ours = Accepted::decode(&text).ok();
+            let theirs = serde_json::from_str::<Accepted>(&text).ok();
+            prop_assert_eq!(ours, theirs, "{}", text);
+            let ours = SnapshotBody::decode(&text).ok().map(|b| (b.run_id, b.event_id, b.state.to_value()));
+            let theirs = serde_json::from_str::<SnapshotBody>(&text).ok().map(|b| (b.run_id, b.event_id, b.state.to_value()));
+            prop_assert_eq!(ours, theirs, "{}", text);
+        }
+    }
+
+    #[test]
+    fn client_frames_are_serdes_bytes(run in text(), id in prop::option::of(any::<u64>()), t in num(),
+                                      h in prop::option::of(prop::collection::btree_map(text(), text(), 0..3)),
+                                      crid in text(), content in text()) {
+        for op in [
+            ClientOp::Subscribe { run_id: run.clone(), last_event_id: id, headers: h.clone() },
+            ClientOp::Unsubscribe { run_id: run.clone() },
+            ClientOp::ping(t),
+            ClientOp::Send { session_id: run.clone(), client_request_id: crid.clone(), content: content.clone(), headers: h.clone() },
+        ] {
+            prop_assert_eq!(op.encode(), serde_json::to_string(&op).unwrap());
+            // (A float `t` read back by serde may be a ULP off: `writer_output_reads_back`.)
+            if !matches!(op, ClientOp::Ping { .. }) {
+                prop_assert_eq!(ClientOp::decode(&op.encode()).unwrap(), op);
+            }
+        }
+        let body = SendBody { client_request_id: crid, content };
+        prop_assert_eq!(body.encode(), serde_json::to_string(&body).unwrap());
     }
 }

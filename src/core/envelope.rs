@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 
 use super::error::DecodeError;
-use super::json::{JsonError, Number, Scanner, Token};
+use super::json::{Field, JsonError, Number, Scanner, Token};
 pub use super::vocab::Outcome;
 use super::vocab::{RunStatus, WorkerStatus};
 
@@ -262,32 +262,11 @@ pub const KNOWN_TYPES: [&str; 13] = [
     "snapshot",
 ];
 
-/// One field as read by the scanner: scalars decoded, containers kept as text.
-#[derive(Debug, Clone, PartialEq)]
-enum Field<'a> {
-    Absent,
-    Null,
-    Bool(bool),
-    Num(Number),
-    Str(Cow<'a, str>),
-    /// An array or object, as its JSON text.
-    Raw(Token, &'a str),
+trait RequiredStr<'a> {
+    fn required_str(self, field: &'static str) -> Result<Cow<'a, str>, DecodeError>;
 }
 
-impl<'a> Field<'a> {
-    fn read(s: &mut Scanner<'a>) -> Result<Self, JsonError> {
-        Ok(match s.peek()? {
-            Token::Null => {
-                s.null()?;
-                Self::Null
-            }
-            Token::Bool => Self::Bool(s.bool()?),
-            Token::Number => Self::Num(s.number()?),
-            Token::String => Self::Str(s.string()?),
-            t @ (Token::Array | Token::Object) => Self::Raw(t, s.raw()?),
-        })
-    }
-
+impl<'a> RequiredStr<'a> for Field<'a> {
     fn required_str(self, field: &'static str) -> Result<Cow<'a, str>, DecodeError> {
         match self {
             Self::Absent | Self::Null => Err(DecodeError::MissingField(field)),

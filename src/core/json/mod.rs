@@ -36,13 +36,15 @@
 pub mod error;
 pub mod js;
 pub mod number;
+pub mod raw;
 pub mod scan;
 pub mod state;
 pub mod write;
 
 pub use error::{JsonError, JsonErrorCode};
 pub use number::Number;
-pub use scan::{Scanner, Token};
+pub use raw::RawJson;
+pub use scan::{Field, Scanner, Token};
 pub use write::{to_string, ToJson, Writer};
 
 /// Most arrays/objects open at once (serde_json accepts 127, rejects 128).

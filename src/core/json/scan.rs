@@ -450,3 +450,32 @@ impl<'a> Scanner<'a> {
         }
     }
 }
+
+/// One field as read by the scanner: scalars decoded, containers kept as text.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)]
+pub enum Field<'a> {
+    Absent,
+    Null,
+    Bool(bool),
+    Num(Number),
+    Str(Cow<'a, str>),
+    /// An array or object, as its JSON text.
+    Raw(Token, &'a str),
+}
+
+impl<'a> Field<'a> {
+    /// Reads the next value.
+    pub fn read(s: &mut Scanner<'a>) -> Result<Self, JsonError> {
+        Ok(match s.peek()? {
+            Token::Null => {
+                s.null()?;
+                Self::Null
+            }
+            Token::Bool => Self::Bool(s.bool()?),
+            Token::Number => Self::Num(s.number()?),
+            Token::String => Self::Str(s.string()?),
+            t @ (Token::Array | Token::Object) => Self::Raw(t, s.raw()?),
+        })
+    }
+}
