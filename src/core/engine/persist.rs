@@ -12,14 +12,11 @@
 //! per `persist_interval_ms`, and at once on `send()`, page hide, `close()`
 //! and run completion.
 
-use serde::Serialize;
-use serde_json::Value;
-
 use super::config::Ms;
 use super::timers::{Timer, TimerTable};
-use crate::core::envelope::{decode_envelope_value, EventKind};
-use crate::core::state::{Parked, RunState, WorkerStatus};
-use crate::core::wire::{StoredRecord, WireEnvelope};
+use crate::core::envelope::{decode_envelope, EventKind};
+use crate::core::json::{Field, Number, Scanner, Token, Writer};
+use crate::core::state::{Parked, RunState};
 
 /// Version of the stored record format.
 pub const STORAGE_VERSION: u64 = 2;
@@ -33,100 +30,117 @@ pub struct Stored {
     pub parked: Vec<(u64, EventKind)>,
 }
 
-/// The stored record of `state` and `parked`.
+/// The stored record of `state` and `parked`, written with `core::json`
+/// (the field order of `wire::StoredRecord`; payload keys sorted, as
+/// serde_json's map wrote them).
 pub fn encode(state: &RunState, parked: &Parked) -> String {
-    StoredRecord {
-        v: STORAGE_VERSION,
-        cursor: state.cursor,
-        state: state.to_wire(),
-        parked: parked
-            .iter()
-            .filter_map(|(id, kind)| parked_envelope(&state.run_id, id, kind))
-            .collect(),
+    let mut w = Writer::new();
+    w.begin_object();
+    w.key("v").u64(STORAGE_VERSION);
+    w.key("cursor").u64(state.cursor);
+    w.key("state").raw(&state.to_wire_json());
+    w.key("parked").begin_array();
+    for (id, kind) in parked.iter() {
+        parked_envelope(&mut w, &state.run_id, id, kind);
     }
-    .encode()
+    w.end_array();
+    w.end_object();
+    w.finish()
 }
 
 /// Reads a record of `run_id` back; `None` for anything unreadable, foreign or
 /// of another version (the run then starts from the beginning).
 pub fn decode(text: &str, run_id: &str) -> Option<Stored> {
-    let r = StoredRecord::decode(text).ok()?;
-    if r.v != 1 && r.v != STORAGE_VERSION {
+    let mut s = Scanner::new(text);
+    let (mut v, mut cursor, mut state, mut parked_text) = (None, None, None, None);
+    s.object().ok()?;
+    while let Some(k) = s.key().ok()? {
+        match &*k {
+            "v" | "cursor" => {
+                let n = match Field::read(&mut s).ok()? {
+                    Field::Num(Number::U64(n)) => n,
+                    _ => return None,
+                };
+                if k == "v" {
+                    v = Some(n);
+                } else {
+                    cursor = Some(n);
+                }
+            }
+            "state" => state = Some(s.raw().ok()?),
+            "parked" => {
+                parked_text = match s.peek().ok()? {
+                    Token::Array => Some(s.raw().ok()?),
+                    Token::Null => return None,
+                    _ => return None,
+                }
+            }
+            _ => s.skip().ok()?,
+        }
+    }
+    s.end().ok()?;
+    let (v, cursor) = (v?, cursor?);
+    if v != 1 && v != STORAGE_VERSION {
         return None;
     }
-    let mut state = RunState::from_wire(r.state).ok()?;
+    let mut state = RunState::from_wire_json(state?).ok()?;
     if state.run_id != run_id {
         return None;
     }
-    state.cursor = r.cursor;
-    let parked = r
-        .parked
-        .into_iter()
-        .filter_map(|e| decode_envelope_value(e, run_id).ok())
-        .filter(|e| e.event_id <= r.cursor)
-        .map(|e| (e.event_id, e.kind))
-        .collect();
+    state.cursor = cursor;
+    let mut parked = Vec::new();
+    if let Some(list) = parked_text {
+        let mut s = Scanner::new(list);
+        s.array().ok()?;
+        while s.item().ok()? {
+            let env = s.raw().ok()?;
+            if let Ok(e) = decode_envelope(env, run_id) {
+                if e.event_id <= cursor {
+                    parked.push((e.event_id, e.kind));
+                }
+            }
+        }
+    }
     Some(Stored { state, parked })
 }
 
-/// Payload of a parked `worker.completed` (§4).
-#[derive(Serialize)]
-struct WorkerCompletedPayload<'a> {
-    job_id: &'a Option<String>,
-    status: WorkerStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: &'a Option<String>,
-}
-
-/// Payload of a parked `tool.started` (§4).
-#[derive(Serialize)]
-struct ToolStartedPayload<'a> {
-    job_id: &'a Option<String>,
-    tool_call_id: &'a str,
-    name: &'a str,
-}
-
-/// Payload of a parked `tool.completed` (§4).
-#[derive(Serialize)]
-struct ToolCompletedPayload<'a> {
-    job_id: &'a Option<String>,
-    tool_call_id: &'a str,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: &'a Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duration_ms: Option<f64>,
-}
-
-/// A parked job-only event as the envelope it came in (PROTOCOL §1, §4).
-fn parked_envelope(run_id: &str, id: u64, kind: &EventKind) -> Option<Value> {
-    let (ty, payload) = match kind {
+/// Writes a parked job-only event as the envelope it came in (PROTOCOL §1, §4).
+fn parked_envelope(w: &mut Writer, run_id: &str, id: u64, kind: &EventKind) {
+    let ty = match kind {
+        EventKind::WorkerCompleted { .. } => "worker.completed",
+        EventKind::ToolStarted { .. } => "tool.started",
+        EventKind::ToolCompleted { .. } => "tool.completed",
+        _ => return,
+    };
+    w.begin_object();
+    w.key("event_id").u64(id);
+    w.key("run_id").str(run_id);
+    w.key("type").str(ty);
+    w.key("timestamp").str("1970-01-01T00:00:00Z");
+    w.key("payload").begin_object();
+    match kind {
         EventKind::WorkerCompleted {
             job_id,
             status,
             error,
             ..
-        } => (
-            "worker.completed",
-            serde_json::to_value(WorkerCompletedPayload {
-                job_id,
-                status: *status,
-                error,
-            }),
-        ),
+        } => {
+            if let Some(e) = error {
+                w.key("error").str(e);
+            }
+            w.key("job_id").opt_str(job_id.as_deref());
+            w.key("status").str(status.as_str());
+        }
         EventKind::ToolStarted {
             job_id,
             tool_call_id,
             name,
             ..
-        } => (
-            "tool.started",
-            serde_json::to_value(ToolStartedPayload {
-                job_id,
-                tool_call_id,
-                name,
-            }),
-        ),
+        } => {
+            w.key("job_id").opt_str(job_id.as_deref());
+            w.key("name").str(name);
+            w.key("tool_call_id").str(tool_call_id);
+        }
         EventKind::ToolCompleted {
             job_id,
             tool_call_id,
@@ -134,26 +148,21 @@ fn parked_envelope(run_id: &str, id: u64, kind: &EventKind) -> Option<Value> {
             error,
             duration_ms,
             ..
-        } => (
-            "tool.completed",
-            serde_json::to_value(ToolCompletedPayload {
-                job_id,
-                tool_call_id,
-                status: if *ok { "ok" } else { "error" },
-                error,
-                duration_ms: *duration_ms,
-            }),
-        ),
-        _ => return None,
-    };
-    let envelope = WireEnvelope {
-        event_id: id,
-        run_id: run_id.to_owned(),
-        event_type: ty.to_owned(),
-        timestamp: "1970-01-01T00:00:00Z".to_owned(),
-        payload: payload.ok()?,
-    };
-    serde_json::to_value(envelope).ok()
+        } => {
+            if let Some(d) = duration_ms {
+                w.key("duration_ms").f64(*d);
+            }
+            if let Some(e) = error {
+                w.key("error").str(e);
+            }
+            w.key("job_id").opt_str(job_id.as_deref());
+            w.key("status").str(if *ok { "ok" } else { "error" });
+            w.key("tool_call_id").str(tool_call_id);
+        }
+        _ => {}
+    }
+    w.end_object();
+    w.end_object();
 }
 
 /// When the stored record is written.
