@@ -238,6 +238,7 @@ fn not_json(e: JsonError) -> DecodeError {
 }
 
 /// [`decode_envelope`] for an already parsed serde_json value.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn decode_envelope_value(
     value: serde_json::Value,
     expected_run: &str,

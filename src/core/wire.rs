@@ -20,12 +20,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 #[cfg(not(target_arch = "wasm32"))]
-use serde::{Deserializer, Serializer};
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
+#[cfg(not(target_arch = "wasm32"))]
+use serde_json::{value::RawValue, Map, Value};
 
 use super::error::{FrameError, SnapshotError};
 use super::json::{Field, JsonError, Number, RawJson, Scanner, Token, Writer};
@@ -524,6 +522,7 @@ impl Accepted {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The record a page stores for a refresh (under `runstream:{runId}`): the
 /// cursor, the §6 state (with the optimistic messages of undelivered sends)
 /// and the parked job-only events as their envelopes.
@@ -540,6 +539,7 @@ pub struct StoredRecord {
     pub parked: Vec<Value>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl StoredRecord {
     /// The JSON text of this record.
     pub fn encode(&self) -> String {
@@ -552,6 +552,7 @@ impl StoredRecord {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// An event envelope (§1) as a server writes it.
 ///
 /// Write-only on purpose: a reader validates with `decode_envelope`, which
@@ -571,6 +572,7 @@ pub struct WireEnvelope {
     pub payload: Value,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl WireEnvelope {
     /// A `snapshot` event (§3): `payload` is `{"state": state}` with `state` in the §6 shape.
     pub fn snapshot(run_id: &str, event_id: u64, timestamp: String, state: Value) -> Self {
@@ -827,12 +829,14 @@ fn decode_server_op(text: &str) -> Result<ServerOp, WireError> {
     })
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Serializes a wire type. Cannot fail: every field is a string, a number, a
 /// string-keyed map or a JSON value (the empty string would stand in).
 fn encode<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn decode_body<T: DeserializeOwned>(text: &str) -> Result<T, WireError> {
     serde_json::from_str(text).map_err(|e| {
         if e.is_data() {

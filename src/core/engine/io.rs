@@ -2,6 +2,7 @@
 //! shell executes, how a connection ended, a send's outcome, API errors and
 //! the status the UI shows.
 
+#[cfg(not(target_arch = "wasm32"))]
 use serde::Serialize;
 
 use super::config::Ms;
@@ -104,8 +105,9 @@ pub enum EngineError {
 }
 
 /// Connection status (API.md `StreamStatus.connection`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "lowercase"))]
 #[allow(missing_docs)]
 pub enum Connection {
     Idle,
@@ -118,8 +120,9 @@ pub enum Connection {
 }
 
 /// Activity (API.md `StreamStatus.activity`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "lowercase"))]
 pub enum Activity {
     /// No reply pending.
     Idle,
@@ -130,8 +133,9 @@ pub enum Activity {
 }
 
 /// What the UI shows about the connection (API.md `StreamStatus`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "camelCase"))]
 pub struct StreamStatus {
     /// Connection state.
     pub connection: Connection,
@@ -149,8 +153,9 @@ pub struct StreamStatus {
 }
 
 /// API.md `StreamStatus.sharing`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "lowercase"))]
 pub enum Sharing {
     /// This tab holds its own connection.
     Solo,
