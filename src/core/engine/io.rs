@@ -94,7 +94,7 @@ pub enum EngineError {
     #[error("sending needs `sendUrl` or the websocket transport")]
     NoSendTarget,
     /// The outbox bound was reached.
-    #[error("too many unsent messages ({0}); wait for some to be accepted")]
+    #[error("{}", crate::core::json::write::concat_u64("too many unsent messages (", *.0 as u64, "); wait for some to be accepted"))]
     OutboxFull(usize),
     /// The stream was closed with `close()`.
     #[error("the stream is closed")]

@@ -41,6 +41,25 @@ pub fn push_u64(out: &mut String, mut n: u64) {
     }
 }
 
+/// Appends the low `digits` hex digits of `n` (lowercase, zero-padded):
+/// `{:0width$x}` without `core::fmt`.
+pub fn push_hex(out: &mut String, n: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits.min(16)).rev() {
+        let d = ((n >> (4 * i)) & 15) as usize;
+        out.push(char::from(HEX.get(d).copied().unwrap_or(b'0')));
+    }
+}
+
+/// `before`, `n` in decimal, `after`: `concat_u64("HTTP ", 404, "")`.
+pub fn concat_u64(before: &str, n: u64, after: &str) -> String {
+    let mut s = String::with_capacity(before.len() + 20 + after.len());
+    s.push_str(before);
+    push_u64(&mut s, n);
+    s.push_str(after);
+    s
+}
+
 /// Appends `n` in decimal, with a `-` if negative.
 pub fn push_i64(out: &mut String, n: i64) {
     if n < 0 {
@@ -440,6 +459,15 @@ mod tests {
             push_i64(&mut s, n);
             assert_eq!(s, n.to_string());
         }
+    }
+
+    #[test]
+    fn hex_and_concat() {
+        let mut s = String::new();
+        push_hex(&mut s, 0xab, 4);
+        push_hex(&mut s, u64::MAX, 16);
+        assert_eq!(s, format!("{:04x}{:016x}", 0xab, u64::MAX));
+        assert_eq!(concat_u64("HTTP ", 404, "!"), "HTTP 404!");
     }
 
     #[test]
