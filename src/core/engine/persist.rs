@@ -294,3 +294,131 @@ mod tests {
         assert!(decode("{not json", "r").is_none());
     }
 }
+
+/// The record as the serde derives wrote it before `core::json` (native only):
+/// `encode` must give the same JSON value, and `decode` must read both.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod serde_parity {
+    use super::*;
+    use crate::core::state::WorkerStatus;
+    use crate::core::wire::{StoredRecord, WireEnvelope};
+    use serde_json::{json, Value};
+
+    fn serde_record(state: &RunState, parked: &Parked) -> String {
+        let envelope = |id: u64, ty: &str, payload: Value| {
+            serde_json::to_value(WireEnvelope {
+                event_id: id,
+                run_id: state.run_id.clone(),
+                event_type: ty.into(),
+                timestamp: "1970-01-01T00:00:00Z".into(),
+                payload,
+            })
+            .unwrap()
+        };
+        let mut list = Vec::new();
+        for (id, kind) in parked.iter() {
+            let mut p = serde_json::Map::new();
+            let ty = match kind {
+                EventKind::WorkerCompleted {
+                    job_id,
+                    status,
+                    error,
+                    ..
+                } => {
+                    p.insert("job_id".into(), json!(job_id));
+                    p.insert("status".into(), serde_json::to_value(status).unwrap());
+                    if let Some(e) = error {
+                        p.insert("error".into(), json!(e));
+                    }
+                    "worker.completed"
+                }
+                EventKind::ToolStarted {
+                    job_id,
+                    tool_call_id,
+                    name,
+                    ..
+                } => {
+                    p.insert("job_id".into(), json!(job_id));
+                    p.insert("tool_call_id".into(), json!(tool_call_id));
+                    p.insert("name".into(), json!(name));
+                    "tool.started"
+                }
+                EventKind::ToolCompleted {
+                    job_id,
+                    tool_call_id,
+                    ok,
+                    error,
+                    duration_ms,
+                    ..
+                } => {
+                    p.insert("job_id".into(), json!(job_id));
+                    p.insert("tool_call_id".into(), json!(tool_call_id));
+                    p.insert("status".into(), json!(if *ok { "ok" } else { "error" }));
+                    if let Some(e) = error {
+                        p.insert("error".into(), json!(e));
+                    }
+                    if let Some(d) = duration_ms {
+                        p.insert("duration_ms".into(), json!(d));
+                    }
+                    "tool.completed"
+                }
+                _ => continue,
+            };
+            list.push(envelope(id, ty, Value::Object(p)));
+        }
+        StoredRecord {
+            v: STORAGE_VERSION,
+            cursor: state.cursor,
+            state: state.to_wire(),
+            parked: list,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn encode_is_the_serde_record_and_decode_reads_both() {
+        let mut state = RunState::new("run_1");
+        state.cursor = 9;
+        let mut parked = Parked::default();
+        let kinds = [
+            EventKind::WorkerCompleted {
+                worker_id: None,
+                job_id: Some("j\"1".into()),
+                status: WorkerStatus::Failed,
+                error: Some("boom\n".into()),
+            },
+            EventKind::ToolStarted {
+                worker_id: None,
+                job_id: Some("j1".into()),
+                tool_call_id: "t1".into(),
+                name: "fetch".into(),
+            },
+            EventKind::ToolCompleted {
+                worker_id: None,
+                job_id: Some("j1".into()),
+                tool_call_id: "t1".into(),
+                ok: false,
+                error: None,
+                duration_ms: Some(12.5),
+            },
+        ];
+        for (i, k) in kinds.into_iter().enumerate() {
+            parked.restore(3 + i as u64, k, 16);
+        }
+        let ours = encode(&state, &parked);
+        let theirs = serde_record(&state, &parked);
+        let (a, b): (Value, Value) = (
+            serde_json::from_str(&ours).unwrap(),
+            serde_json::from_str(&theirs).unwrap(),
+        );
+        assert_eq!(a, b, "{ours}\n{theirs}");
+        for text in [&ours, &theirs] {
+            let back = decode(text, "run_1").unwrap();
+            assert_eq!(back.state.cursor, 9);
+            let want: Vec<(u64, &EventKind)> = parked.iter().collect();
+            let got: Vec<(u64, &EventKind)> = back.parked.iter().map(|(i, k)| (*i, k)).collect();
+            assert_eq!(got, want);
+        }
+        assert!(decode(&ours, "other").is_none());
+    }
+}
