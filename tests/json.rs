@@ -396,7 +396,7 @@ fn envelopes() -> impl Strategy<Value = String> {
             let mut members: Vec<String> = order.into_iter().map(member).collect();
             for (i, keep) in extra {
                 match keep {
-                    Some(()) if i == 5 || i % 3 == 0 => members.push(member(i)),
+                    Some(()) if i == 5 || i == 4 || i % 3 == 0 => members.push(member(i)),
                     Some(()) => {}
                     None => {
                         members.retain(|m| !m.starts_with(&member(i)[..8]));

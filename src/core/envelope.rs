@@ -171,7 +171,10 @@ pub fn decode_envelope(text: &str, expected_run: &str) -> Result<Envelope, Decod
             if let (Field::Str(t), Ok(Token::Object)) = (&ty, s.peek()) {
                 if let Some(names) = names_of(t) {
                     let start = s.pos();
-                    early_type = Some(t.clone());
+                    if early_type.replace(t.clone()).is_some() {
+                        // A second `payload`: start from empty fields again.
+                        early = Fields::new();
+                    }
                     early.read(&mut s, names).map_err(not_json)?;
                     payload = Field::Raw(Token::Object, text.get(start..s.pos()).unwrap_or("{}"));
                     continue;
@@ -300,14 +303,14 @@ impl<'a> Fields<'a> {
     }
 
     /// Reads the fields `names` of the object the scanner is at, skipping
-    /// the others (in place: the struct is too big to move on a hot path).
+    /// the others, into a fresh [`Fields::new`] (in place: the struct is too
+    /// big to move on a hot path).
     fn read(
         &mut self,
         s: &mut Scanner<'a>,
         names: &'static [&'static str],
     ) -> Result<(), JsonError> {
         self.names = names;
-        self.values.iter_mut().for_each(|v| *v = Field::Absent);
         s.object()?;
         while let Some(key) = s.key()? {
             match names.iter().position(|n| *n == key) {
@@ -746,6 +749,12 @@ mod tests {
         let text = r#"{"event_id":1,"event_id":4,"run_id":"run_1","type":"message.delta","timestamp":"2026-11-22T12:00:00Z","payload":{"message_id":"a","delta":"1","delta":"2"}}"#;
         assert_eq!(decode_envelope(text, RUN).map(|e| e.event_id), Ok(4));
         assert_eq!(delta(text), ("a".into(), "2".into()));
+        // A repeated payload replaces the first one whole, fields and all.
+        let text = r#"{"event_id":4,"run_id":"run_1","type":"message.delta","timestamp":"2026-11-22T12:00:00Z","payload":{"message_id":"a","delta":"1"},"payload":{"message_id":"b"}}"#;
+        assert_eq!(
+            decode_envelope(text, RUN).map_err(|e| e.kind()),
+            Err("invalid_payload")
+        );
         // A syntax error anywhere, even after a complete envelope, is `NotJson`.
         for bad in [
             env("1", "message.delta", r#"{"message_id":"m","delta":"\x"}"#),
