@@ -406,7 +406,8 @@ impl ServerOp {
     }
 
     /// Parses one text frame; an `event` keeps its envelope as raw JSON.
-    /// One pass of the scanner (see [`decode_server_op`]).
+    /// One pass of the scanner; errors in the precedence serde had:
+    /// `NotJson`, `NotObject`, `MissingOp`, `UnknownOp`, then `Invalid`.
     pub fn decode(text: &str) -> Result<Self, WireError> {
         decode_server_op(text)
     }
