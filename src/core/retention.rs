@@ -167,23 +167,29 @@ impl Index {
             s.object().ok()?;
             while let Some(id) = s.key().ok()? {
                 let entry = s.raw().ok().and_then(Entry::from_json);
-                out.retain(|(i, _)| *i != *id);
-                if let Some(e) = entry {
-                    out.push((id.into_owned(), e));
+                // Kept sorted by id as it goes (no sort code in the wasm).
+                match (out.binary_search_by(|(i, _)| i.as_str().cmp(&id)), entry) {
+                    (Ok(at), Some(e)) => {
+                        if let Some(slot) = out.get_mut(at) {
+                            slot.1 = e;
+                        }
+                    }
+                    (Ok(at), None) => {
+                        out.remove(at);
+                    }
+                    (Err(at), Some(e)) => out.insert(at, (id.into_owned(), e)),
+                    (Err(_), None) => {}
                 }
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
         Some(Self { runs: out })
     }
 
     /// The JSON text to store under [`INDEX_KEY`].
     pub fn to_json(&self) -> String {
-        let mut sorted: Vec<&(String, Entry)> = self.runs.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
         let mut w = Writer::new();
         w.begin_object().key("runs").begin_object();
-        for (id, e) in sorted {
+        for (id, e) in &self.runs {
             w.key(id);
             e.write(&mut w);
         }
