@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use runstream::core::engine::{Action, Config, Engine};
+use runstream::core::envelope::decode_envelope;
 
 fn log(n: u64) -> Vec<u8> {
     let mut out = Vec::new();
@@ -35,6 +36,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    if std::env::var("RUNSTREAM_BENCH_ONLY").as_deref() == Ok("decode") {
+        decode_only(n);
+        return;
+    }
     let bytes = log(n);
     let mut rates = Vec::new();
     for _ in 0..7 {
@@ -57,10 +62,43 @@ fn main() {
     }
     rates.sort_by(f64::total_cmp);
     let med = rates[rates.len() / 2];
+    decode_only(n);
     println!(
         "core: {} events ({} MB of SSE) → applied state: median {:.0} events/s ({:.2} µs/event) over 7 runs",
         n + 3,
         bytes.len() / 1_000_000,
+        med,
+        1e6 / med
+    );
+}
+
+/// Envelope decoding alone (`decode_envelope` on the JSON texts of a delta
+/// run, one with an escaped delta in eight), median of 7 runs.
+fn decode_only(n: u64) {
+    let texts: Vec<String> = (0..n)
+        .map(|i| {
+            let delta = if i % 8 == 0 { "t\\\"q\\\" \\u00e9" } else { "tok " };
+            format!(
+                r#"{{"event_id":{},"run_id":"run_b","type":"message.delta","timestamp":"2026-11-22T12:00:00.000Z","payload":{{"message_id":"m1","delta":"{delta}"}}}}"#,
+                i + 1
+            )
+        })
+        .collect();
+    let mut rates = Vec::new();
+    for _ in 0..7 {
+        let t0 = Instant::now();
+        let mut ok = 0u64;
+        for t in &texts {
+            ok += u64::from(decode_envelope(t, "run_b").is_ok());
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        assert_eq!(ok, n);
+        rates.push(n as f64 / dt);
+    }
+    rates.sort_by(f64::total_cmp);
+    let med = rates[rates.len() / 2];
+    println!(
+        "decode: {n} message.delta envelopes → decode_envelope: median {:.0} envelopes/s ({:.3} µs/envelope) over 7 runs",
         med,
         1e6 / med
     );

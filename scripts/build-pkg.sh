@@ -38,3 +38,22 @@ raw=$(wc -c < "$out"/runstream_bg.wasm)
 gz=$(gzip -9 -c "$out"/runstream_bg.wasm | wc -c)
 js=$(gzip -9 -c "$out"/runstream.js | wc -c)
 echo "[pkg] $out/runstream_bg.wasm: ${raw} B raw, ${gz} B gzipped; JS glue ${js} B gzipped"
+# Size breakdown: twiggy needs function names, which the package's wasm has
+# lost; the same release build run through wasm-bindgen and the same wasm-opt
+# passes with names kept (-g) measures the same code (~10 s).
+if command -v twiggy >/dev/null; then
+  names=$(mktemp -d)
+  lib=target/wasm32-unknown-unknown/release/runstream.wasm
+  if wasm-bindgen --keep-debug --target "$target" --out-dir "$names" "$lib" >/dev/null 2>&1 &&
+    wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \
+      --enable-sign-ext --enable-mutable-globals --enable-multivalue -g \
+      "$names"/runstream_bg.wasm -o "$names"/named.wasm >/dev/null 2>&1; then
+    echo "[pkg] twiggy top 20 (names kept; the \"function names\" subsection is not shipped):"
+    twiggy top -n 20 "$names"/named.wasm
+  else
+    echo "[pkg] twiggy: could not build the names-kept copy" >&2
+  fi
+  rm -rf "$names"
+else
+  echo "[pkg] twiggy not installed (./scripts/setup.sh installs it): no size breakdown"
+fi

@@ -58,6 +58,12 @@ if [ "$need_browsers" = 1 ] && ! command -v geckodriver >/dev/null; then
   cargo install geckodriver --locked || cargo install geckodriver
 fi
 
+# twiggy for the size breakdown build-pkg.sh prints.
+if ! command -v twiggy >/dev/null; then
+  log "cargo install twiggy"
+  cargo install twiggy --locked --version 0.8.0
+fi
+
 # cargo-fuzz for the bounded fuzzing step (nightly is on the machine).
 if [ "$need_browsers" = 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then
   log "cargo install cargo-fuzz"

@@ -60,7 +60,7 @@ step clippy-wasm cargo clippy --target wasm32-unknown-unknown --lib --tests -- -
 step native-tests cargo test --workspace
 step pkg ./scripts/build-pkg.sh web
 # Bounded fuzzing (seconds); `FUZZ_SECONDS=600 ./scripts/test.sh` or `cargo +nightly fuzz run <target>` for longer.
-for target in sse_parser envelope; do
+for target in sse_parser envelope json; do
   step "fuzz-$target" cargo +nightly fuzz run "$target" -- -max_total_time="${FUZZ_SECONDS:-15}" -rss_limit_mb=2048
 done
 

@@ -1,6 +1,7 @@
 //! One WebSocket shared by many engines ([`runstream::core::socket`]), on a
 //! virtual clock: a page of engines wired to one `Socket` the way the browser
 //! shell wires them, against a fake server that speaks PROTOCOL §2b.
+#![cfg(not(target_arch = "wasm32"))]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

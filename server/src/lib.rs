@@ -567,9 +567,9 @@ async fn ws_session(app: App, socket: WebSocket) {
                         let m = match f {
                             Frame::Event(ev) => {
                                 hub2.record(&rid, "websocket", ev.get());
-                                ws_text(&ServerOp::Event { event: (*ev).to_owned() })
+                                ws_text(&ServerOp::Event { event: (*ev).to_owned().into() })
                             }
-                            Frame::Snapshot(id, st) => ws_text(&ServerOp::Snapshot { run_id: rid.clone(), event_id: id, state: st }),
+                            Frame::Snapshot(id, st) => ws_text(&ServerOp::Snapshot { run_id: rid.clone(), event_id: id, state: runstream::core::json::RawJson::from_value(&st) }),
                             Frame::Malformed(b) => match String::from_utf8(b) {
                                 Ok(s) => Message::Text(s.into()),
                                 Err(e) => Message::Binary(e.into_bytes().into()),

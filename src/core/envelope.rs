@@ -10,11 +10,8 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
-
 use super::error::DecodeError;
+use super::json::{Field, JsonError, Number, Scanner, Token};
 pub use super::vocab::Outcome;
 use super::vocab::{RunStatus, WorkerStatus};
 
@@ -98,17 +95,21 @@ pub enum EventKind {
     },
     /// §3: not a log entry; replaces the state up to and including `event_id`.
     ///
-    /// The payload's `state` as parsed JSON, not yet checked against the §6
+    /// The payload's `state` as JSON text, not yet checked against the §6
     /// shape: the engine turns it into a state with
-    /// [`RunState::from_wire`](crate::core::state::RunState::from_wire), and a
-    /// state that fails there is an invalid payload that consumes no id.
-    Snapshot(Box<Value>),
+    /// [`RunState::from_wire_json`](crate::core::state::RunState::from_wire_json),
+    /// and a state that fails there is an invalid payload that consumes no id.
+    Snapshot(Box<str>),
     /// A type this client does not know: consumes its id, no effect.
     Unknown,
 }
 
 /// Token usage of a completed message.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    derive(serde::Deserialize, serde::Serialize)
+)]
 #[allow(missing_docs)]
 pub struct Usage {
     pub prompt_tokens: f64,
@@ -140,70 +141,112 @@ impl EventKind {
 }
 
 /// Decodes and validates one envelope for the run `expected_run`.
+///
+/// One pass of [`Scanner`] over the text collects the five §1 fields (the
+/// last occurrence of a duplicated key wins, unknown fields are skipped
+/// without allocating, strings are borrowed unless escaped), a second pass
+/// over the payload alone reads the fields its type names. A text that is
+/// not JSON is [`DecodeError::NotJson`] whatever else is wrong with it.
 pub fn decode_envelope(text: &str, expected_run: &str) -> Result<Envelope, DecodeError> {
-    if let Some(env) = decode_fast(text, expected_run) {
-        return Ok(env);
+    let mut s = Scanner::new(text);
+    let top = s.peek().map_err(not_json)?;
+    if top != Token::Object {
+        s.skip().and_then(|()| s.end()).map_err(not_json)?;
+        return Err(DecodeError::NotObject);
     }
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    decode_envelope_value(value, expected_run)
-}
-
-/// The envelope with borrowed strings and the payload left unparsed.
-#[derive(Deserialize)]
-struct FastEnvelope<'a> {
-    event_id: u64,
-    #[serde(borrow)]
-    run_id: Cow<'a, str>,
-    #[serde(borrow, rename = "type")]
-    event_type: Cow<'a, str>,
-    #[serde(borrow)]
-    timestamp: Cow<'a, str>,
-    #[serde(borrow)]
-    payload: &'a RawValue,
-}
-
-#[derive(Deserialize)]
-struct FastDelta<'a> {
-    #[serde(borrow)]
-    message_id: Cow<'a, str>,
-    #[serde(borrow)]
-    delta: Cow<'a, str>,
-}
-
-/// The hot path: valid envelopes of the high-frequency types (`message.delta`,
-/// unknown types) decoded without building a JSON tree. `None` sends the
-/// frame down the full path, which also produces the precise error.
-fn decode_fast(text: &str, expected_run: &str) -> Option<Envelope> {
-    let f: FastEnvelope<'_> = serde_json::from_str(text).ok()?;
-    let run_ok = f.run_id == expected_run
-        && !f.run_id.is_empty()
-        && f.run_id.chars().count() <= MAX_RUN_ID_CHARS;
-    if !(1..=MAX_EVENT_ID).contains(&f.event_id) || !run_ok || !is_rfc3339(&f.timestamp) {
-        return None;
-    }
-    let raw = f.payload.get();
-    if !raw.starts_with('{') {
-        return None;
-    }
-    let kind = match &*f.event_type {
-        "message.delta" => {
-            let d: FastDelta<'_> = serde_json::from_str(raw).ok()?;
-            if d.message_id.is_empty() {
-                return None;
+    let (mut id, mut run, mut ty, mut ts, mut payload) = (
+        Field::Absent,
+        Field::Absent,
+        Field::Absent,
+        Field::Absent,
+        Field::Absent,
+    );
+    // The payload's fields, read in the same pass when `type` came before it
+    // (what servers write), with the type they were read for.
+    let mut early = Fields::new();
+    let mut early_type: Option<Cow<'_, str>> = None;
+    s.object().map_err(not_json)?;
+    while let Some(key) = s.key().map_err(not_json)? {
+        if key == "payload" {
+            if let (Field::Str(t), Ok(Token::Object)) = (&ty, s.peek()) {
+                if let Some(names) = names_of(t) {
+                    let start = s.pos();
+                    if early_type.replace(t.clone()).is_some() {
+                        // A second `payload`: start from empty fields again.
+                        early = Fields::new();
+                    }
+                    early.read(&mut s, names).map_err(not_json)?;
+                    payload = Field::Raw(Token::Object, text.get(start..s.pos()).unwrap_or("{}"));
+                    continue;
+                }
             }
-            EventKind::MessageDelta {
-                message_id: d.message_id.into_owned(),
-                delta: d.delta.into_owned(),
-            }
+            early_type = None;
         }
-        t if !KNOWN_TYPES.contains(&t) => EventKind::Unknown,
-        _ => return None,
+        let slot = match &*key {
+            "event_id" => &mut id,
+            "run_id" => &mut run,
+            "type" => &mut ty,
+            "timestamp" => &mut ts,
+            "payload" => &mut payload,
+            _ => {
+                s.skip().map_err(not_json)?;
+                continue;
+            }
+        };
+        *slot = Field::read(&mut s).map_err(not_json)?;
+    }
+    s.end().map_err(not_json)?;
+
+    let event_id = match id {
+        Field::Absent | Field::Null => return Err(DecodeError::MissingField("event_id")),
+        Field::Num(Number::U64(id)) if (1..=MAX_EVENT_ID).contains(&id) => id,
+        Field::Num(Number::U64(_) | Number::I64(_)) => return Err(DecodeError::IdOutOfRange),
+        // A float: integral values are out of range, others are not integers.
+        Field::Num(Number::F64(f)) if f.fract() == 0.0 => return Err(DecodeError::IdOutOfRange),
+        _ => return Err(DecodeError::WrongType("event_id")),
     };
-    Some(Envelope {
-        event_id: f.event_id,
-        kind,
-    })
+    let run_id = run.required_str("run_id")?;
+    let chars = run_id.chars().count();
+    if chars == 0 || chars > MAX_RUN_ID_CHARS {
+        return Err(DecodeError::BadRunId);
+    }
+    if run_id != expected_run {
+        return Err(DecodeError::ForeignRun);
+    }
+    let event_type = ty.required_str("type")?;
+    let timestamp = ts.required_str("timestamp")?;
+    if !is_rfc3339(&timestamp) {
+        return Err(DecodeError::BadTimestamp);
+    }
+    let payload = match payload {
+        Field::Absent | Field::Null => return Err(DecodeError::MissingField("payload")),
+        Field::Raw(Token::Object, raw) => raw,
+        _ => return Err(DecodeError::WrongType("payload")),
+    };
+    let decoded = match early_type {
+        // Read for the type that stands (a later duplicate `type` may have replaced it).
+        Some(t) if t == event_type => decode_fields(&event_type, &mut early),
+        _ => decode_payload(&event_type, payload),
+    };
+    let kind = decoded.map_err(|reason| DecodeError::InvalidPayload {
+        event_id,
+        event_type: event_type.into_owned(),
+        reason,
+    })?;
+    Ok(Envelope { event_id, kind })
+}
+
+fn not_json(e: JsonError) -> DecodeError {
+    DecodeError::NotJson(e.describe())
+}
+
+/// [`decode_envelope`] for an already parsed serde_json value.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn decode_envelope_value(
+    value: serde_json::Value,
+    expected_run: &str,
+) -> Result<Envelope, DecodeError> {
+    decode_envelope(&value.to_string(), expected_run)
 }
 
 /// The event types of PROTOCOL §3–§4.
@@ -223,100 +266,184 @@ pub const KNOWN_TYPES: [&str; 13] = [
     "snapshot",
 ];
 
-/// [`decode_envelope`] for an already parsed JSON value (WebSocket frames).
-pub fn decode_envelope_value(value: Value, expected_run: &str) -> Result<Envelope, DecodeError> {
-    let Value::Object(mut obj) = value else {
-        return Err(DecodeError::NotObject);
-    };
-    let event_id = match obj.get("event_id") {
-        None | Some(Value::Null) => return Err(DecodeError::MissingField("event_id")),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(id) if (1..=MAX_EVENT_ID).contains(&id) => id,
-            Some(_) => return Err(DecodeError::IdOutOfRange),
-            None if n.as_i64().is_some() => return Err(DecodeError::IdOutOfRange),
-            None => {
-                // A float: integral values beyond u64 are out of range, others are not integers.
-                return Err(match n.as_f64() {
-                    Some(f) if f.fract() == 0.0 => DecodeError::IdOutOfRange,
-                    _ => DecodeError::WrongType("event_id"),
-                });
+trait RequiredStr<'a> {
+    fn required_str(self, field: &'static str) -> Result<Cow<'a, str>, DecodeError>;
+}
+
+impl<'a> RequiredStr<'a> for Field<'a> {
+    fn required_str(self, field: &'static str) -> Result<Cow<'a, str>, DecodeError> {
+        match self {
+            Self::Absent | Self::Null => Err(DecodeError::MissingField(field)),
+            Self::Str(s) => Ok(s),
+            _ => Err(DecodeError::WrongType(field)),
+        }
+    }
+}
+
+/// `` `k` `` followed by `rule`, without `format!`.
+fn reason(k: &str, rule: &str) -> String {
+    ["`", k, "` ", rule].concat()
+}
+
+/// Most payload fields a type reads (`tool.completed`'s six).
+const MAX_FIELDS: usize = 6;
+
+/// The payload fields a type reads (the last occurrence of a key wins).
+struct Fields<'a> {
+    names: &'static [&'static str],
+    values: [Field<'a>; MAX_FIELDS],
+}
+
+impl<'a> Fields<'a> {
+    fn new() -> Self {
+        Self {
+            names: &[],
+            values: [const { Field::Absent }; MAX_FIELDS],
+        }
+    }
+
+    /// Reads the fields `names` of the object the scanner is at, skipping
+    /// the others, into a fresh [`Fields::new`] (in place: the struct is too
+    /// big to move on a hot path).
+    fn read(
+        &mut self,
+        s: &mut Scanner<'a>,
+        names: &'static [&'static str],
+    ) -> Result<(), JsonError> {
+        self.names = names;
+        s.object()?;
+        while let Some(key) = s.key()? {
+            match names.iter().position(|n| *n == key) {
+                Some(i) => {
+                    let v = Field::read(s)?;
+                    if let Some(slot) = self.values.get_mut(i) {
+                        *slot = v;
+                    }
+                }
+                None => s.skip()?,
             }
-        },
-        Some(_) => return Err(DecodeError::WrongType("event_id")),
-    };
-    let run_id = take_str(&mut obj, "run_id")?;
-    let chars = run_id.chars().count();
-    if chars == 0 || chars > MAX_RUN_ID_CHARS {
-        return Err(DecodeError::BadRunId);
+        }
+        Ok(())
     }
-    if run_id != expected_run {
-        return Err(DecodeError::ForeignRun);
-    }
-    let event_type = take_str(&mut obj, "type")?;
-    let timestamp = take_str(&mut obj, "timestamp")?;
-    if !is_rfc3339(&timestamp) {
-        return Err(DecodeError::BadTimestamp);
-    }
-    let payload = match obj.remove("payload") {
-        None | Some(Value::Null) => return Err(DecodeError::MissingField("payload")),
-        Some(Value::Object(p)) => p,
-        Some(_) => return Err(DecodeError::WrongType("payload")),
-    };
-    let kind =
-        decode_payload(&event_type, payload).map_err(|reason| DecodeError::InvalidPayload {
-            event_id,
-            event_type,
-            reason,
-        })?;
-    Ok(Envelope { event_id, kind })
-}
 
-fn take_str(obj: &mut Map<String, Value>, field: &'static str) -> Result<String, DecodeError> {
-    match obj.remove(field) {
-        None | Some(Value::Null) => Err(DecodeError::MissingField(field)),
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(DecodeError::WrongType(field)),
+    /// [`Self::read`] of an object's text (valid JSON: the envelope pass checked it).
+    fn read_text(&mut self, raw: &'a str, names: &'static [&'static str]) -> Result<(), String> {
+        self.read(&mut Scanner::new(raw), names)
+            .map_err(|e| e.message().into())
     }
-}
 
-/// Reads typed payload fields with precise error messages.
-struct Fields(Map<String, Value>);
+    fn take(&mut self, k: &str) -> Field<'a> {
+        match self.names.iter().position(|n| *n == k) {
+            Some(i) => self
+                .values
+                .get_mut(i)
+                .map_or(Field::Absent, |v| std::mem::replace(v, Field::Absent)),
+            None => Field::Absent,
+        }
+    }
 
-impl Fields {
     fn opt_str(&mut self, k: &str) -> Result<Option<String>, String> {
-        match self.0.remove(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(format!("`{k}` must be a string")),
+        match self.take(k) {
+            Field::Absent | Field::Null => Ok(None),
+            Field::Str(s) => Ok(Some(s.into_owned())),
+            _ => Err(reason(k, "must be a string")),
         }
     }
     fn str(&mut self, k: &str) -> Result<String, String> {
-        self.opt_str(k)?.ok_or_else(|| format!("`{k}` is required"))
+        self.opt_str(k)?.ok_or_else(|| reason(k, "is required"))
     }
     fn id(&mut self, k: &str) -> Result<String, String> {
         let s = self.str(k)?;
         if s.is_empty() {
-            return Err(format!("`{k}` must not be empty"));
+            return Err(reason(k, "must not be empty"));
         }
         Ok(s)
     }
     fn opt_id(&mut self, k: &str) -> Result<Option<String>, String> {
         match self.opt_str(k)? {
-            Some(s) if s.is_empty() => Err(format!("`{k}` must not be empty")),
+            Some(s) if s.is_empty() => Err(reason(k, "must not be empty")),
             other => Ok(other),
         }
     }
     fn opt_num(&mut self, k: &str) -> Result<Option<f64>, String> {
-        match self.0.remove(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(_) => Err(format!("`{k}` must be a number")),
+        match self.take(k) {
+            Field::Absent | Field::Null => Ok(None),
+            Field::Num(n) => Ok(Some(n.as_f64())),
+            _ => Err(reason(k, "must be a number")),
         }
     }
 }
 
-fn decode_payload(event_type: &str, payload: Map<String, Value>) -> Result<EventKind, String> {
-    let mut f = Fields(payload);
+/// `usage`: an object with the numbers `prompt_tokens` and `completion_tokens`.
+fn usage(field: Field<'_>) -> Result<Option<Usage>, String> {
+    let raw = match field {
+        Field::Absent | Field::Null => return Ok(None),
+        Field::Raw(Token::Object, raw) => raw,
+        _ => return Err(reason("usage", "must be an object")),
+    };
+    let mut f = Fields::new();
+    f.read_text(raw, &["prompt_tokens", "completion_tokens"])?;
+    let mut num = |k: &str| match f.opt_num(k) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err(["`usage`: missing field `", k, "`"].concat()),
+        Err(e) => Err(["`usage`: ", &e].concat()),
+    };
+    Ok(Some(Usage {
+        prompt_tokens: num("prompt_tokens")?,
+        completion_tokens: num("completion_tokens")?,
+    }))
+}
+
+/// The payload of `event_type` from its object text.
+fn decode_payload(event_type: &str, payload: &str) -> Result<EventKind, String> {
+    if event_type == "snapshot" {
+        return snapshot_state(payload);
+    }
+    match names_of(event_type) {
+        Some(names) => {
+            let mut f = Fields::new();
+            f.read_text(payload, names)?;
+            decode_fields(event_type, &mut f)
+        }
+        None => Ok(EventKind::Unknown),
+    }
+}
+
+/// The payload fields a known type reads (`None` for `snapshot`, whose state
+/// is kept as text, and for unknown types, which read nothing).
+fn names_of(event_type: &str) -> Option<&'static [&'static str]> {
+    Some(match event_type {
+        "run.started" => &["title"],
+        "run.completed" => &["status", "error"],
+        "supervisor.completed" => &["summary"],
+        "worker.started" => &["worker_id", "job_id", "name"],
+        "worker.job_assigned" => &["worker_id", "job_id"],
+        "worker.completed" => &["worker_id", "job_id", "status", "error"],
+        "tool.started" => &["worker_id", "job_id", "tool_call_id", "name"],
+        "tool.completed" => &[
+            "worker_id",
+            "job_id",
+            "tool_call_id",
+            "status",
+            "error",
+            "duration_ms",
+        ],
+        "message.created" => &[
+            "message_id",
+            "role",
+            "client_request_id",
+            "reply_to",
+            "content",
+        ],
+        "message.delta" => &["message_id", "delta"],
+        "message.completed" => &["message_id", "finish_reason", "usage", "fallback"],
+        "message.failed" => &["message_id", "error"],
+        _ => return None,
+    })
+}
+
+/// The typed payload of a known type from its fields.
+fn decode_fields(event_type: &str, f: &mut Fields<'_>) -> Result<EventKind, String> {
     let kind = match event_type {
         "run.started" => EventKind::RunStarted {
             title: f.opt_str("title")?,
@@ -326,7 +453,7 @@ fn decode_payload(event_type: &str, payload: Map<String, Value>) -> Result<Event
                 "succeeded" => RunStatus::Succeeded,
                 "failed" => RunStatus::Failed,
                 "cancelled" => RunStatus::Cancelled,
-                other => return Err(format!("unknown run status `{other}`")),
+                other => return Err(["unknown run status `", other, "`"].concat()),
             };
             EventKind::RunCompleted {
                 status,
@@ -355,7 +482,7 @@ fn decode_payload(event_type: &str, payload: Map<String, Value>) -> Result<Event
                 "succeeded" => WorkerStatus::Succeeded,
                 "failed" => WorkerStatus::Failed,
                 "cancelled" => WorkerStatus::Cancelled,
-                other => return Err(format!("unknown worker status `{other}`")),
+                other => return Err(["unknown worker status `", other, "`"].concat()),
             };
             EventKind::WorkerCompleted {
                 worker_id,
@@ -382,7 +509,7 @@ fn decode_payload(event_type: &str, payload: Map<String, Value>) -> Result<Event
                 let ok = match f.str("status")?.as_str() {
                     "ok" => true,
                     "error" => false,
-                    other => return Err(format!("unknown tool status `{other}`")),
+                    other => return Err(["unknown tool status `", other, "`"].concat()),
                 };
                 EventKind::ToolCompleted {
                     worker_id,
@@ -398,7 +525,7 @@ fn decode_payload(event_type: &str, payload: Map<String, Value>) -> Result<Event
             let message_id = f.id("message_id")?;
             let role = f.str("role")?;
             if !matches!(role.as_str(), "user" | "assistant" | "system" | "tool") {
-                return Err(format!("unknown role `{role}`"));
+                return Err(["unknown role `", &role, "`"].concat());
             }
             EventKind::MessageCreated {
                 message_id,
@@ -413,12 +540,7 @@ fn decode_payload(event_type: &str, payload: Map<String, Value>) -> Result<Event
             delta: f.str("delta")?,
         },
         "message.completed" => {
-            let usage = match f.0.remove("usage") {
-                None | Some(Value::Null) => None,
-                Some(v) => {
-                    Some(serde_json::from_value::<Usage>(v).map_err(|e| format!("`usage`: {e}"))?)
-                }
-            };
+            let usage = usage(f.take("usage"))?;
             EventKind::MessageCompleted {
                 message_id: f.id("message_id")?,
                 finish_reason: f.str("finish_reason")?,
@@ -430,13 +552,33 @@ fn decode_payload(event_type: &str, payload: Map<String, Value>) -> Result<Event
             message_id: f.id("message_id")?,
             error: f.str("error")?,
         },
-        "snapshot" => {
-            let state = f.0.remove("state").ok_or("`state` is required")?;
-            EventKind::Snapshot(Box::new(state))
-        }
-        _ => EventKind::Unknown,
+        _ => unreachable_type(),
     };
     Ok(kind)
+}
+
+/// The payload of a `snapshot` event: its `state` as JSON text (the last
+/// occurrence wins), checked where it is installed.
+fn snapshot_state(payload: &str) -> Result<EventKind, String> {
+    let mut s = Scanner::new(payload);
+    let bad = |e: JsonError| String::from(e.message());
+    let mut state = None;
+    s.object().map_err(bad)?;
+    while let Some(key) = s.key().map_err(bad)? {
+        if key == "state" {
+            state = Some(s.raw().map_err(bad)?);
+        } else {
+            s.skip().map_err(bad)?;
+        }
+    }
+    state
+        .map(|t| EventKind::Snapshot(t.into()))
+        .ok_or_else(|| "`state` is required".into())
+}
+
+/// The match arms of [`decode_payload`] cover the types its name table lists.
+fn unreachable_type() -> EventKind {
+    EventKind::Unknown
 }
 
 /// True when `s` is an RFC 3339 date-time (`2026-11-22T12:00:00.123Z`, `…+01:00`).
@@ -587,38 +729,46 @@ mod tests {
     }
 
     #[test]
-    fn fast_path_agrees_with_the_full_path() {
-        let cases = [
-            env(
+    fn escapes_order_duplicates_and_unknown_fields() {
+        let delta = |text: &str| match decode_envelope(text, RUN).map(|e| e.kind) {
+            Ok(EventKind::MessageDelta { message_id, delta }) => (message_id, delta),
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(
+            delta(&env(
                 "7",
                 "message.delta",
-                r#"{"message_id":"m1","delta":"Hi \"there\" \u00e9"}"#,
-            ),
-            env("8", "future.thing", r#"{"x":[1,{"y":null}]}"#),
-            env(
-                "9",
-                "message.delta",
-                r#"{"delta":"x","message_id":"m2","extra":true}"#,
-            ),
-        ];
-        for text in &cases {
-            let fast = decode_fast(text, RUN).expect("fast path taken");
-            let full = decode_envelope_value(serde_json::from_str(text).unwrap(), RUN).unwrap();
-            assert_eq!(fast, full, "{text}");
-        }
-        // Anything the fast path cannot vouch for goes down the full path.
-        for text in [
-            env("1", "message.delta", r#"{"message_id":"","delta":"x"}"#),
-            env("1", "message.delta", r#"{"message_id":"m"}"#),
+                r#"{"message_id":"m1","delta":"Hi \"there\" \u00e9 \ud83d\ude00"}"#
+            )),
+            ("m1".into(), "Hi \"there\" é 😀".into())
+        );
+        // Any order, unknown fields (of any shape) skipped, in the envelope too.
+        let text = r#"{"x":{"y":[1,"\n"]},"payload":{"delta":"x","z":[{}],"message_id":"m2"},"timestamp":"2026-11-22T12:00:00Z","type":"message.delta","run_id":"run_1","event_id":9,"v":2}"#;
+        assert_eq!(delta(text), ("m2".into(), "x".into()));
+        // A duplicated key: the last occurrence wins (as in a serde_json map).
+        let text = r#"{"event_id":1,"event_id":4,"run_id":"run_1","type":"message.delta","timestamp":"2026-11-22T12:00:00Z","payload":{"message_id":"a","delta":"1","delta":"2"}}"#;
+        assert_eq!(decode_envelope(text, RUN).map(|e| e.event_id), Ok(4));
+        assert_eq!(delta(text), ("a".into(), "2".into()));
+        // A repeated payload replaces the first one whole, fields and all.
+        let text = r#"{"event_id":4,"run_id":"run_1","type":"message.delta","timestamp":"2026-11-22T12:00:00Z","payload":{"message_id":"a","delta":"1"},"payload":{"message_id":"b"}}"#;
+        assert_eq!(
+            decode_envelope(text, RUN).map_err(|e| e.kind()),
+            Err("invalid_payload")
+        );
+        // A syntax error anywhere, even after a complete envelope, is `NotJson`.
+        for bad in [
+            env("1", "message.delta", r#"{"message_id":"m","delta":"\x"}"#),
             env(
                 "1",
-                "tool.started",
-                r#"{"worker_id":"w","tool_call_id":"t","name":"n"}"#,
+                "message.delta",
+                r#"{"message_id":"m","delta":"\ud800"}"#,
             ),
-            env("0", "message.delta", r#"{"message_id":"m","delta":"x"}"#),
-            env("1", "future.thing", "[1]"),
+            env("1", "message.delta", r#"{"message_id":"m","delta":"x"}"#) + "}",
+            format!("\u{feff}{}", env("1", "x", "{}")),
+            env("1", "x", r#"{"a":[1,]}"#),
         ] {
-            assert!(decode_fast(&text, RUN).is_none(), "{text}");
+            let got = decode_envelope(&bad, RUN).unwrap_err();
+            assert_eq!(got.kind(), "not_json", "{bad}");
         }
     }
 
@@ -649,8 +799,10 @@ mod tests {
     fn snapshot_state_is_handed_on_unchecked() {
         // The §6 shape is checked where the state is installed, not here.
         let e = decode_envelope(&env("9", "snapshot", r#"{"state":{"cursor":"x"}}"#), RUN);
-        let want = serde_json::json!({"cursor": "x"});
-        assert_eq!(e.map(|e| e.kind), Ok(EventKind::Snapshot(Box::new(want))));
+        assert_eq!(
+            e.map(|e| e.kind),
+            Ok(EventKind::Snapshot(r#"{"cursor":"x"}"#.into()))
+        );
     }
 
     #[test]

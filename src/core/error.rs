@@ -11,6 +11,19 @@
 //! [`kind`](ProtocolError::kind) (`metrics.protocolErrorsByKind`, the `kind`
 //! attribute of `stream.protocol_error.total`). None closes the stream.
 
+use super::json::write::concat_u64;
+
+/// `event N (type): invalid payload: reason`, with `N` written without `core::fmt`.
+fn invalid_payload_text(event_id: u64, event_type: &str, reason: &str) -> String {
+    [
+        &concat_u64("event ", event_id, " (")[..],
+        event_type,
+        "): invalid payload: ",
+        reason,
+    ]
+    .concat()
+}
+
 /// An event envelope that failed validation (PROTOCOL §1, §4).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -41,7 +54,7 @@ pub enum DecodeError {
     /// The envelope is valid but its payload does not match its type's schema.
     /// A log event's id is consumed (the log moves on) but the event has no
     /// effect; a `snapshot` is not a log entry (§3) and consumes nothing.
-    #[error("event {event_id} ({event_type}): invalid payload: {reason}")]
+    #[error("{}", invalid_payload_text(*event_id, event_type, reason))]
     InvalidPayload {
         /// The id of the rejected event.
         event_id: u64,
@@ -80,7 +93,7 @@ pub enum FrameError {
     #[error("frame is not a JSON object")]
     NotObject,
     /// An SSE event or WS frame exceeded the size bound and was discarded.
-    #[error("frame of {0} bytes exceeds the size bound")]
+    #[error("{}", concat_u64("frame of ", *.0 as u64, " bytes exceeds the size bound"))]
     TooLarge(usize),
     /// A binary WebSocket frame (the protocol is text-only).
     #[error("binary WebSocket frame")]

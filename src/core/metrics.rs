@@ -5,11 +5,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+#[cfg(not(target_arch = "wasm32"))]
 use serde::Serialize;
 
 /// Per-send figures, keyed by `client_request_id`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "camelCase"))]
 pub struct MessageMetrics {
     /// send → server accepted the send (POST 202 / WS ack).
     pub ttfb_ms: Option<f64>,
@@ -27,8 +29,9 @@ pub struct MessageMetrics {
 pub const MAX_MESSAGE_METRICS: usize = 256;
 
 /// Per-run figures (API.md `RunMetrics`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "camelCase"))]
 pub struct RunMetrics {
     /// Connection attempts after the first.
     pub reconnects: u64,
@@ -207,8 +210,9 @@ impl Metric {
 }
 
 /// What kind of raw telemetry event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "lowercase"))]
 #[allow(missing_docs)]
 pub enum EventClass {
     Counter,
@@ -218,8 +222,9 @@ pub enum EventClass {
 }
 
 /// Status of a finished span.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "lowercase"))]
 #[allow(missing_docs)]
 pub enum SpanStatus {
     Ok,
@@ -228,8 +233,9 @@ pub enum SpanStatus {
 }
 
 /// One raw telemetry event (API.md `RuntimeEvent`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "camelCase"))]
 pub struct RuntimeEvent {
     /// Counter, gauge, histogram or span.
     pub kind: EventClass,
@@ -240,16 +246,23 @@ pub struct RuntimeEvent {
     /// Time of the event (the core's clock: `performance.now()` in the browser).
     pub ts: f64,
     /// Attributes.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(skip_serializing_if = "BTreeMap::is_empty")
+    )]
     pub attrs: BTreeMap<&'static str, String>,
     /// Span fields, for `kind: "span"` only.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(flatten, skip_serializing_if = "Option::is_none")
+    )]
     pub span: Option<SpanFields>,
 }
 
 /// The fields of a span event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "camelCase"))]
 pub struct SpanFields {
     /// Unique per span.
     pub span_id: String,
@@ -264,25 +277,46 @@ pub struct SpanFields {
     /// Outcome.
     pub status: SpanStatus,
     /// Termination reason or error class, when not ok.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(skip_serializing_if = "Option::is_none")
+    )]
     pub error_kind: Option<&'static str>,
     /// Human-readable error, when not ok.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(skip_serializing_if = "Option::is_none")
+    )]
     pub error: Option<String>,
     /// Connection attempt number (`connect`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(skip_serializing_if = "Option::is_none")
+    )]
     pub attempt: Option<u64>,
     /// Events replayed (`replay`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(skip_serializing_if = "Option::is_none")
+    )]
     pub events: Option<u64>,
     /// send → accepted (`message`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(skip_serializing_if = "Option::is_none")
+    )]
     pub ttfb_ms: Option<f64>,
     /// send → first token (`message`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(skip_serializing_if = "Option::is_none")
+    )]
     pub ttft_ms: Option<f64>,
     /// The send's `client_request_id` (`message`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(skip_serializing_if = "Option::is_none")
+    )]
     pub client_request_id: Option<String>,
 }
 

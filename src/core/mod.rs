@@ -15,6 +15,7 @@
 pub mod engine;
 pub mod envelope;
 pub mod error;
+pub mod json;
 pub mod metrics;
 pub mod retention;
 pub mod rng;

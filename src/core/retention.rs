@@ -20,7 +20,7 @@
 //! wins, so an entry can go missing or be stale. [`Index::reconcile`] repairs
 //! that from the keys actually present (done at page load and on a quota error).
 
-use serde_json::{Map, Value};
+use super::json::{Field, Number, Scanner, Token, Writer};
 
 /// Prefix of every stored record's key: `runstream:{runId}`.
 pub const RECORD_PREFIX: &str = "runstream:";
@@ -37,7 +37,7 @@ pub const INDEX_VERSION: u64 = 1;
 
 /// The storage key of run `run_id`'s record.
 pub fn record_key(run_id: &str) -> String {
-    format!("{RECORD_PREFIX}{run_id}")
+    [RECORD_PREFIX, run_id].concat()
 }
 
 /// The run id of a record key, `None` for any other key.
@@ -63,20 +63,36 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn from_json(v: &Value) -> Option<Self> {
+    /// An entry from its object text: `b` a `u64`, `t` a number, `f` a
+    /// boolean (anything else or absent: false); the last of a repeated key.
+    fn from_json(text: &str) -> Option<Self> {
+        let mut s = Scanner::new(text);
+        let (mut b, mut t, mut f) = (None, None, false);
+        s.object().ok()?;
+        while let Some(k) = s.key().ok()? {
+            let v = Field::read(&mut s).ok()?;
+            match (&*k, v) {
+                ("b", Field::Num(n)) => b = n.as_u64(),
+                ("b", _) => b = None,
+                ("t", Field::Num(n)) => t = Some(n.as_f64()),
+                ("t", _) => t = None,
+                ("f", v) => f = v == Field::Bool(true),
+                _ => {}
+            }
+        }
         Some(Self {
-            bytes: v.get("b")?.as_u64()?,
-            written_at: v.get("t")?.as_f64()?,
-            finished: v.get("f").and_then(Value::as_bool).unwrap_or(false),
+            bytes: b?,
+            written_at: t?,
+            finished: f,
         })
     }
 
-    fn to_json(self) -> Value {
-        let mut o = Map::new();
-        o.insert("b".into(), self.bytes.into());
-        o.insert("t".into(), self.written_at.into());
-        o.insert("f".into(), self.finished.into());
-        Value::Object(o)
+    fn write(self, w: &mut Writer) {
+        w.begin_object();
+        w.key("b").u64(self.bytes);
+        w.key("f").bool(self.finished);
+        w.key("t").f64(self.written_at);
+        w.end_object();
     }
 }
 
@@ -112,35 +128,73 @@ impl Index {
     /// Reads the stored index (`{"v": 1, "runs": {runId: entry}}`); a missing,
     /// unreadable or other-version index is empty, an unreadable entry is skipped.
     pub fn parse(text: Option<&str>) -> Self {
-        let v: Value = text
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or(Value::Null);
-        if v.get("v").and_then(Value::as_u64) != Some(INDEX_VERSION) {
-            return Self::default();
+        text.and_then(Self::read).unwrap_or_default()
+    }
+
+    /// The index of a JSON text; `None` if it is not JSON or not version 1.
+    /// Entries come out sorted by run id, the last of a repeated id kept.
+    fn read(text: &str) -> Option<Self> {
+        let mut s = Scanner::new(text);
+        let (mut version, mut runs) = (None, None);
+        s.object().ok()?;
+        while let Some(k) = s.key().ok()? {
+            match &*k {
+                "v" => {
+                    version = match Field::read(&mut s).ok()? {
+                        Field::Num(Number::U64(v)) => Some(v),
+                        _ => None,
+                    }
+                }
+                "runs" => {
+                    runs = match s.peek().ok()? {
+                        Token::Object => Some(s.raw().ok()?),
+                        _ => {
+                            s.skip().ok()?;
+                            None
+                        }
+                    }
+                }
+                _ => s.skip().ok()?,
+            }
         }
-        let runs = v
-            .get("runs")
-            .and_then(Value::as_object)
-            .map(|o| {
-                o.iter()
-                    .filter_map(|(id, e)| Some((id.clone(), Entry::from_json(e)?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self { runs }
+        s.end().ok()?;
+        if version != Some(INDEX_VERSION) {
+            return None;
+        }
+        let mut out: Vec<(String, Entry)> = Vec::new();
+        if let Some(runs) = runs {
+            let mut s = Scanner::new(runs);
+            s.object().ok()?;
+            while let Some(id) = s.key().ok()? {
+                let entry = s.raw().ok().and_then(Entry::from_json);
+                // Kept sorted by id as it goes (no sort code in the wasm).
+                match (out.binary_search_by(|(i, _)| i.as_str().cmp(&id)), entry) {
+                    (Ok(at), Some(e)) => {
+                        if let Some(slot) = out.get_mut(at) {
+                            slot.1 = e;
+                        }
+                    }
+                    (Ok(at), None) => {
+                        out.remove(at);
+                    }
+                    (Err(at), Some(e)) => out.insert(at, (id.into_owned(), e)),
+                    (Err(_), None) => {}
+                }
+            }
+        }
+        Some(Self { runs: out })
     }
 
     /// The JSON text to store under [`INDEX_KEY`].
     pub fn to_json(&self) -> String {
-        let runs: Map<String, Value> = self
-            .runs
-            .iter()
-            .map(|(id, e)| (id.clone(), e.to_json()))
-            .collect();
-        let mut o = Map::new();
-        o.insert("v".into(), INDEX_VERSION.into());
-        o.insert("runs".into(), Value::Object(runs));
-        Value::Object(o).to_string()
+        let mut w = Writer::new();
+        w.begin_object().key("runs").begin_object();
+        for (id, e) in &self.runs {
+            w.key(id);
+            e.write(&mut w);
+        }
+        w.end_object().key("v").u64(INDEX_VERSION).end_object();
+        w.finish()
     }
 
     fn position(&self, run_id: &str) -> Option<usize> {
@@ -403,8 +457,11 @@ mod tests {
         assert_eq!(back.to_json(), text);
         assert_eq!(
             text,
-            r#"{"runs":{"r1":{"b":12,"f":true,"t":3.5},"r:2":{"b":0,"f":false,"t":0.0}},"v":1}"#
+            r#"{"runs":{"r1":{"b":12,"f":true,"t":3.5},"r:2":{"b":0,"f":false,"t":0}},"v":1}"#
         );
+        // An index written by serde_json (`0.0`) reads the same; a repeated id keeps the last.
+        let old = r#"{"runs":{"r:2":{"b":0,"f":false,"t":0.0},"r1":{"b":1,"t":1},"r1":{"b":12,"f":true,"t":3.5}},"v":1}"#;
+        assert_eq!(Index::parse(Some(old)).to_json(), text);
         assert!(Index::parse(None).is_empty());
         assert!(Index::parse(Some("{not json")).is_empty());
         assert!(Index::parse(Some(r#"{"v":2,"runs":{"a":{"b":1,"t":1}}}"#)).is_empty());

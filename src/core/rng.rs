@@ -46,14 +46,18 @@ impl Rng {
         let b = self.next_u64();
         let a = (a & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000;
         let b = (b & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xFFFF,
-            a & 0xFFFF,
-            b >> 48,
-            b & 0xFFFF_FFFF_FFFF
-        )
+        let mut s = String::with_capacity(36);
+        let hex = crate::core::json::write::push_hex;
+        hex(&mut s, a >> 32, 8);
+        s.push('-');
+        hex(&mut s, a >> 16, 4);
+        s.push('-');
+        hex(&mut s, a, 4);
+        s.push('-');
+        hex(&mut s, b >> 48, 4);
+        s.push('-');
+        hex(&mut s, b, 12);
+        s
     }
 }
 

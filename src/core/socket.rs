@@ -28,11 +28,10 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::Deserialize;
-
 use super::engine::backoff;
 use super::engine::{Backoff, CloseCause, Config, Ms};
 use super::error::FrameError;
+use super::json::{Field, Scanner};
 use super::wire::{ClientOp, ServerOp};
 
 /// A run's number on its socket (the shell's choice; unique per socket).
@@ -145,11 +144,26 @@ struct Deadlines {
     reconnect: Option<Ms>,
 }
 
-/// The `run_id` of an event envelope, read without decoding the rest.
-#[derive(Deserialize)]
-struct RunOf<'a> {
-    #[serde(borrow)]
-    run_id: Option<Cow<'a, str>>,
+/// The `run_id` of an event envelope, read without decoding the rest:
+/// `None` unless the envelope is a JSON object whose `run_id` is a string
+/// (the last one, if repeated).
+fn run_of(envelope: &str) -> Option<String> {
+    let mut s = Scanner::new(envelope);
+    let mut run = None;
+    s.object().ok()?;
+    while let Some(k) = s.key().ok()? {
+        if k == "run_id" {
+            run = match Field::read(&mut s).ok()? {
+                Field::Str(r) => Some(r),
+                Field::Null => None,
+                _ => return None,
+            };
+        } else {
+            s.skip().ok()?;
+        }
+    }
+    s.end().ok()?;
+    run.map(Cow::into_owned)
 }
 
 /// One shared WebSocket. See the module docs.
@@ -311,10 +325,7 @@ impl Socket {
             ServerOp::Event { event } => {
                 // Progress: the socket works, whatever drops it later.
                 self.failures = 0;
-                serde_json::from_str::<RunOf>(event.get())
-                    .ok()
-                    .and_then(|r| r.run_id)
-                    .map(Cow::into_owned)
+                run_of(event.get())
             }
             ServerOp::Snapshot { run_id, .. }
             | ServerOp::Subscribed { run_id, .. }
@@ -475,8 +486,17 @@ mod tests {
 
     #[test]
     fn run_of_reads_only_the_run_id() {
-        let r: RunOf = serde_json::from_str(r#"{"event_id":3,"run_id":"r1","payload":{"x":[1]}}"#)
-            .unwrap_or(RunOf { run_id: None });
-        assert_eq!(r.run_id.as_deref(), Some("r1"));
+        let r = run_of(r#"{"event_id":3,"run_id":"r1","payload":{"x":[1]}}"#);
+        assert_eq!(r.as_deref(), Some("r1"));
+        assert_eq!(run_of(r#"{"run_id":"r\u0031"}"#).as_deref(), Some("r1"));
+        for none in [
+            r#"{"run_id":7}"#,
+            r#"{"event_id":3}"#,
+            "[]",
+            r#"{"run_id":"r"} x"#,
+            "{",
+        ] {
+            assert_eq!(run_of(none), None, "{none}");
+        }
     }
 }

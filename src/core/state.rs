@@ -13,15 +13,20 @@
 
 use std::collections::{HashMap, VecDeque};
 
+#[cfg(not(target_arch = "wasm32"))]
 use serde::{Deserialize, Serialize};
+#[cfg(not(target_arch = "wasm32"))]
 use serde_json::Value;
 
 use super::envelope::EventKind;
-use super::error::{ReducerError, SnapshotError};
+use super::error::ReducerError;
+#[cfg(not(target_arch = "wasm32"))]
+use super::error::SnapshotError;
 pub use super::vocab::{MessageStatus, RunStatus, ToolStatus, WorkerStatus};
 
 /// PROTOCOL §6: a missing optional field and one that is `null` are the same
 /// (treated as absent), so other servers' `null`s never reject a snapshot.
+#[cfg(not(target_arch = "wasm32"))]
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -31,86 +36,136 @@ where
 }
 
 /// A tool call of a worker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))
+)]
 #[allow(missing_docs)]
 pub struct Tool {
     pub tool_call_id: String,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub name: Option<String>,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
     pub status: ToolStatus,
 }
 
 /// A worker of a run, keyed by `worker_id`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))
+)]
 #[allow(missing_docs)]
 pub struct Worker {
     pub worker_id: String,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub job_id: Option<String>,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub name: Option<String>,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
     pub status: WorkerStatus,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
     pub tools: Vec<Tool>,
 }
 
 /// A chat message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))
+)]
 #[allow(missing_docs)]
 pub struct Message {
     /// `None` for an optimistic message the server has not acknowledged yet.
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub message_id: Option<String>,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub client_request_id: Option<String>,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub reply_to: Option<String>,
     pub role: String,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
     pub content: String,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
     pub status: MessageStatus,
 }
 
 /// The supervisor's result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
 #[allow(missing_docs)]
 pub struct Supervisor {
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
     pub completed: bool,
-    #[serde(default)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub summary: Option<String>,
 }
 
 /// The reduced state of one run (PROTOCOL §6).
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))]
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    serde(rename_all(serialize = "camelCase", deserialize = "snake_case"))
+)]
 pub struct RunState {
     /// The run's public id.
     pub run_id: String,
     /// Highest event id applied contiguously (0 = none).
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
     pub cursor: u64,
     /// Run status.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
     pub status: RunStatus,
     /// Workers, in the order first seen.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
     pub workers: Vec<Worker>,
     /// Messages, each in the position it had when first shown.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
     pub messages: Vec<Message>,
     /// Supervisor result.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
     pub supervisor: Supervisor,
-    #[serde(skip)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(skip))]
     index: Index,
-    #[serde(skip)]
+    #[cfg_attr(not(target_arch = "wasm32"), serde(skip))]
     changes: Changes,
 }
 
@@ -273,6 +328,7 @@ impl RunState {
         }
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// Parses a §6 wire state (snake_case), validating its shape.
     pub fn from_wire(value: Value) -> Result<Self, SnapshotError> {
         let mut s: RunState =
@@ -281,6 +337,7 @@ impl RunState {
         Ok(s)
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// The §6 wire form (snake_case keys).
     pub fn to_wire(&self) -> Value {
         match serde_json::to_value(self) {
@@ -827,6 +884,7 @@ fn tool_mut<'a>(w: &'a mut Worker, id: &str) -> Option<(&'a mut Tool, bool)> {
     w.tools.get_mut(i).map(|t| (t, first))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Converts every object key from camelCase to snake_case, recursively.
 pub fn snake_keys(v: Value) -> Value {
     match v {
@@ -840,6 +898,7 @@ pub fn snake_keys(v: Value) -> Value {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn to_snake(k: &str) -> String {
     let mut s = String::with_capacity(k.len() + 4);
     for c in k.chars() {
@@ -1118,11 +1177,10 @@ mod tests {
             ws("w1", Some("j1")),
             created("m1", "assistant", None, None),
         ]);
-        let wire = s.to_wire();
-        let text = wire.to_string();
+        let text = s.to_wire_json();
         assert!(text.contains("\"worker_id\":\"w1\""), "{text}");
         assert!(text.contains("\"message_id\":\"m1\""), "{text}");
-        let back = RunState::from_wire(wire).unwrap();
+        let back = RunState::from_wire_json(&text).unwrap();
         assert_eq!(back, s);
     }
 

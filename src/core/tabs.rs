@@ -28,6 +28,7 @@
 //! envelope validation, run check and ordering as a network frame. Messages
 //! longer than [`max_message_bytes`] are rejected before they are read.
 
+use crate::core::json::write::push_u64;
 use std::collections::VecDeque;
 
 use crate::core::engine::{Connection, Transport};
@@ -164,27 +165,46 @@ pub struct Message {
 impl Message {
     /// Encodes this message for stream `key`.
     pub fn encode(&self, key: &str) -> String {
+        // Built by hand: no `core::fmt` number formatting in the wasm.
         let to = self.to.as_deref().unwrap_or("*");
-        let (kind, body) = match &self.body {
-            Body::Event(text) => ("event", text.clone()),
-            Body::Status(s) => (
-                "status",
-                format!(
-                    "{}\n{}\n{}\n{}",
-                    connection_name(s.connection),
-                    s.attempt,
-                    s.retry_in_ms
-                        .map_or_else(|| "-".to_owned(), |r| format!("{}", r.max(0.0).round())),
-                    s.last_error.as_deref().unwrap_or("")
-                ),
-            ),
-            Body::Ask(c) => ("ask", c.to_string()),
-            Body::End(c) => ("end", c.to_string()),
-            Body::Miss(c) => ("miss", c.to_string()),
-            Body::Retry => ("retry", String::new()),
-            Body::Visible(v) => ("visible", if *v { "1" } else { "0" }.to_owned()),
+        let mut out = String::with_capacity(MAGIC.len() + key.len() + self.from.len() + 48);
+        for part in [MAGIC, key, &self.from, to] {
+            out.push_str(part);
+            out.push('\n');
+        }
+        let (kind, cursor) = match &self.body {
+            Body::Event(_) => ("event", None),
+            Body::Status(_) => ("status", None),
+            Body::Ask(c) => ("ask", Some(*c)),
+            Body::End(c) => ("end", Some(*c)),
+            Body::Miss(c) => ("miss", Some(*c)),
+            Body::Retry => ("retry", None),
+            Body::Visible(_) => ("visible", None),
         };
-        format!("{MAGIC}\n{key}\n{}\n{to}\n{kind}\n{body}", self.from)
+        out.push_str(kind);
+        out.push('\n');
+        if let Some(c) = cursor {
+            push_u64(&mut out, c);
+        }
+        match &self.body {
+            Body::Event(text) => out.push_str(text),
+            Body::Status(s) => {
+                out.push_str(connection_name(s.connection));
+                out.push('\n');
+                push_u64(&mut out, u64::from(s.attempt));
+                out.push('\n');
+                match s.retry_in_ms {
+                    // Whole milliseconds (saturating; NaN → 0).
+                    Some(r) => push_u64(&mut out, r.max(0.0).round() as u64),
+                    None => out.push('-'),
+                }
+                out.push('\n');
+                out.push_str(s.last_error.as_deref().unwrap_or(""));
+            }
+            Body::Visible(v) => out.push(if *v { '1' } else { '0' }),
+            Body::Ask(_) | Body::End(_) | Body::Miss(_) | Body::Retry => {}
+        }
+        out
     }
 
     /// Decodes and validates `text` for stream `key`, bounded by `max_bytes`.
@@ -278,8 +298,9 @@ fn decode_status(body: &str) -> Result<LeaderStatus, ChannelError> {
         .ok_or(ChannelError::Shape("bad attempt"))?;
     let retry_in_ms = match p.next().ok_or(ChannelError::Shape("no retry"))? {
         "-" => None,
-        r => match r.parse::<f64>() {
-            Ok(v) if v.is_finite() && v >= 0.0 => Some(v),
+        // Whole milliseconds, written by `encode`.
+        r => match r.parse::<u64>() {
+            Ok(v) if !r.starts_with('+') && v <= MAX_EVENT_ID => Some(v as f64),
             _ => return Err(ChannelError::Shape("bad retry")),
         },
     };

@@ -5,11 +5,13 @@
 //! importing each other. Wire names are snake_case; the JS API uses the same
 //! strings.
 
+#[cfg(not(target_arch = "wasm32"))]
 use serde::{Deserialize, Serialize};
 
 /// Run lifecycle status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "snake_case"))]
 #[allow(missing_docs)]
 pub enum RunStatus {
     #[default]
@@ -21,8 +23,9 @@ pub enum RunStatus {
 }
 
 /// Worker status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "snake_case"))]
 #[allow(missing_docs)]
 pub enum WorkerStatus {
     #[default]
@@ -46,8 +49,9 @@ impl WorkerStatus {
 pub type Outcome = WorkerStatus;
 
 /// Tool call status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "snake_case"))]
 #[allow(missing_docs)]
 pub enum ToolStatus {
     #[default]
@@ -59,8 +63,9 @@ pub enum ToolStatus {
 }
 
 /// Message status: the wire's three, plus the outbox states of an optimistic user message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "snake_case"))]
 pub enum MessageStatus {
     /// Optimistic, waiting to be sent (offline, or backing off before a retry).
     Queued,

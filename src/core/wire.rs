@@ -20,12 +20,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::value::RawValue;
-use serde_json::{Map, Number, Value};
+#[cfg(not(target_arch = "wasm32"))]
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
+#[cfg(not(target_arch = "wasm32"))]
+use serde_json::{value::RawValue, Map, Value};
 
 use super::error::{FrameError, SnapshotError};
+use super::json::{Field, JsonError, Number, RawJson, Scanner, Token, Writer};
 use super::state::RunState;
 
 /// Request headers carried inside WebSocket frames (a browser WebSocket cannot set headers).
@@ -64,18 +65,28 @@ impl From<WireError> for FrameError {
 }
 
 /// A frame the client sends over WebSocket (PROTOCOL §2b, §5).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    serde(tag = "op", rename_all = "snake_case")
+)]
 pub enum ClientOp {
     /// Follow a run, replaying every event after `last_event_id`.
     Subscribe {
         /// The run to follow.
         run_id: String,
         /// Resume after this id; `None` (omitted) or 0 = from the start.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(
+            not(target_arch = "wasm32"),
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
         last_event_id: Option<u64>,
         /// The client's request headers (auth), if any.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(
+            not(target_arch = "wasm32"),
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
         headers: Option<Headers>,
     },
     /// Stop following a run.
@@ -85,8 +96,12 @@ pub enum ClientOp {
     },
     /// Liveness probe; the server echoes `t` in a [`ServerOp::Pong`].
     Ping {
-        /// Client time in ms, integer or not; echoed as sent.
-        t: Number,
+        /// Client time in ms, integer or not (a JSON number); echoed as sent.
+        #[cfg_attr(
+            not(target_arch = "wasm32"),
+            serde(with = "crate::core::json::raw::number_serde")
+        )]
+        t: RawJson,
     },
     /// A chat send (§5), answered by [`ServerOp::Ack`] or a [`ServerOp::Error`]
     /// carrying the same `client_request_id`.
@@ -98,14 +113,18 @@ pub enum ClientOp {
         /// The message text.
         content: String,
         /// The client's request headers (auth), if any.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(
+            not(target_arch = "wasm32"),
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
         headers: Option<Headers>,
     },
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The `op` names of [`ClientOp`], to tell an unknown op from an invalid frame.
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Deserialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "snake_case"))]
 enum ClientOpKind {
     Subscribe,
     Unsubscribe,
@@ -116,27 +135,68 @@ enum ClientOpKind {
 impl ClientOp {
     /// A ping at client time `t_ms`: a whole number of ms travels as an integer.
     pub fn ping(t_ms: f64) -> Self {
-        let t = if t_ms.fract() == 0.0 && (0.0..=MAX_SAFE_INTEGER).contains(&t_ms) {
-            Number::from(t_ms as u64)
+        let t = if t_ms.is_finite() {
+            RawJson::number(t_ms)
         } else {
-            Number::from_f64(t_ms).unwrap_or_else(|| Number::from(0u64))
+            RawJson::from(0)
         };
         Self::Ping { t }
     }
 
-    /// The JSON text of this frame.
+    /// The JSON text of this frame (the bytes serde_json writes for it).
     pub fn encode(&self) -> String {
-        encode(self)
+        let mut w = Writer::new();
+        w.begin_object();
+        match self {
+            Self::Subscribe {
+                run_id,
+                last_event_id,
+                headers,
+            } => {
+                w.key("op").str("subscribe").key("run_id").str(run_id);
+                if let Some(id) = last_event_id {
+                    w.key("last_event_id").u64(*id);
+                }
+                write_headers(&mut w, headers.as_ref());
+            }
+            Self::Unsubscribe { run_id } => {
+                w.key("op").str("unsubscribe").key("run_id").str(run_id);
+            }
+            Self::Ping { t } => {
+                w.key("op").str("ping").key("t").raw(t.get());
+            }
+            Self::Send {
+                session_id,
+                client_request_id,
+                content,
+                headers,
+            } => {
+                w.key("op").str("send").key("session_id").str(session_id);
+                w.key("client_request_id").str(client_request_id);
+                w.key("content").str(content);
+                write_headers(&mut w, headers.as_ref());
+            }
+        }
+        w.end_object();
+        w.finish()
     }
 
-    /// Parses one text frame.
+    #[cfg(not(target_arch = "wasm32"))]
+    /// Parses one text frame (the server's side: serde).
     pub fn decode(text: &str) -> Result<Self, WireError> {
         serde_json::from_str(text).map_err(|e| classify::<ClientOpKind>(text, &e))
     }
 }
 
-/// 2^53 − 1: the largest integer a JS number holds exactly.
-const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+fn write_headers(w: &mut Writer, headers: Option<&Headers>) {
+    if let Some(h) = headers {
+        w.key("headers").begin_object();
+        for (k, v) in h {
+            w.key(k).str(v);
+        }
+        w.end_object();
+    }
+}
 
 /// The `code` of a [`ServerOp::Error`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,12 +236,14 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Serialize for ErrorCode {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl<'de> Deserialize<'de> for ErrorCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
@@ -193,13 +255,17 @@ impl<'de> Deserialize<'de> for ErrorCode {
 ///
 /// Decode with [`ServerOp::decode`] (or `serde_json` from text): the raw
 /// `event` needs a JSON text deserializer, not a `serde_json::Value`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[derive(Debug, Clone)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(
+    not(target_arch = "wasm32"),
+    serde(tag = "op", rename_all = "snake_case")
+)]
 pub enum ServerOp {
     /// One event of a subscribed run.
     Event {
         /// The envelope (§1), unvalidated raw JSON: validate with `decode_envelope(event.get(), run)`.
-        event: Box<RawValue>,
+        event: RawJson,
     },
     /// The run's state as of `event_id` (the log was pruned past the resume point).
     Snapshot {
@@ -208,7 +274,7 @@ pub enum ServerOp {
         /// The last event the state includes.
         event_id: u64,
         /// The §6 state, unvalidated: see [`SnapshotBody::into_state`].
-        state: Value,
+        state: RawJson,
     },
     /// A subscription is live; replay starts at `replay_from`.
     Subscribed {
@@ -220,20 +286,26 @@ pub enum ServerOp {
     /// A request failed.
     Error {
         /// The run concerned, if any.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(
+            not(target_arch = "wasm32"),
+            serde(skip_serializing_if = "Option::is_none")
+        )]
         run_id: Option<String>,
         /// What kind of failure.
         code: ErrorCode,
         /// Human-readable detail.
         message: String,
         /// The send that failed, for an answer to a [`ClientOp::Send`].
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(
+            not(target_arch = "wasm32"),
+            serde(skip_serializing_if = "Option::is_none")
+        )]
         client_request_id: Option<String>,
     },
     /// Answer to a [`ClientOp::Ping`].
     Pong {
         /// The ping's `t`, echoed.
-        t: Number,
+        t: RawJson,
     },
     /// A [`ClientOp::Send`] was accepted (same answer for a repeat).
     Ack {
@@ -246,9 +318,11 @@ pub enum ServerOp {
     },
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The `op` names of [`ServerOp`].
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Deserialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "snake_case"))]
 enum ServerOpKind {
     Event,
     Snapshot,
@@ -258,27 +332,30 @@ enum ServerOpKind {
     Ack,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Every field any [`ServerOp`] has, decoded straight from the text (no
 /// buffering, so `event` can stay a [`RawValue`] wherever `op` appears).
-#[derive(Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Deserialize))]
 struct ServerFrame {
     op: ServerOpKind,
     run_id: Option<String>,
     event_id: Option<u64>,
-    state: Option<Value>,
-    event: Option<Box<RawValue>>,
+    state: Option<RawJson>,
+    event: Option<RawJson>,
     replay_from: Option<u64>,
     code: Option<ErrorCode>,
     message: Option<String>,
     client_request_id: Option<String>,
-    t: Option<Number>,
+    t: Option<serde_json::Number>,
     message_id: Option<String>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn need<T>(v: Option<T>, field: &str) -> Result<T, WireError> {
     v.ok_or_else(|| WireError::Invalid(format!("missing field `{field}`")))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl ServerFrame {
     fn into_op(self) -> Result<ServerOp, WireError> {
         Ok(match self.op {
@@ -301,7 +378,7 @@ impl ServerFrame {
                 client_request_id: self.client_request_id,
             },
             ServerOpKind::Pong => ServerOp::Pong {
-                t: need(self.t, "t")?,
+                t: RawJson::from_value(&Value::Number(need(self.t, "t")?)),
             },
             ServerOpKind::Ack => ServerOp::Ack {
                 client_request_id: need(self.client_request_id, "client_request_id")?,
@@ -312,6 +389,7 @@ impl ServerFrame {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl<'de> Deserialize<'de> for ServerOp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         ServerFrame::deserialize(d)?
@@ -321,13 +399,23 @@ impl<'de> Deserialize<'de> for ServerOp {
 }
 
 impl ServerOp {
+    #[cfg(not(target_arch = "wasm32"))]
     /// The JSON text of this frame.
     pub fn encode(&self) -> String {
         encode(self)
     }
 
     /// Parses one text frame; an `event` keeps its envelope as raw JSON.
+    /// One pass of the scanner; errors in the precedence serde had:
+    /// `NotJson`, `NotObject`, `MissingOp`, `UnknownOp`, then `Invalid`.
     pub fn decode(text: &str) -> Result<Self, WireError> {
+        decode_server_op(text)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    /// [`Self::decode`] through serde: the reference `tests/json.rs` checks the scanner against.
+    #[doc(hidden)]
+    pub fn decode_with_serde(text: &str) -> Result<Self, WireError> {
         serde_json::from_str::<ServerFrame>(text)
             .map_err(|e| classify::<ServerOpKind>(text, &e))?
             .into_op()
@@ -335,14 +423,15 @@ impl ServerOp {
 }
 
 /// The snapshot endpoint body (§2c), also the fields of a [`ServerOp::Snapshot`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
 pub struct SnapshotBody {
     /// The run.
     pub run_id: String,
     /// The last event the state includes.
     pub event_id: u64,
-    /// The §6 state ([`RunState::to_wire`]); left unparsed until [`Self::into_state`].
-    pub state: Value,
+    /// The §6 state ([`RunState::to_wire_json`]); left unparsed until [`Self::into_state`].
+    pub state: RawJson,
 }
 
 impl SnapshotBody {
@@ -351,15 +440,16 @@ impl SnapshotBody {
         Self {
             run_id: run_id.to_owned(),
             event_id,
-            state: state.to_wire(),
+            state: RawJson::from_checked(&state.to_wire_json()),
         }
     }
 
-    /// The state, validated ([`RunState::from_wire`]).
+    /// The state, validated ([`RunState::from_wire_json`]).
     pub fn into_state(self) -> Result<RunState, SnapshotError> {
-        RunState::from_wire(self.state)
+        RunState::from_wire_json(self.state.get())
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// The JSON text of this body.
     pub fn encode(&self) -> String {
         encode(self)
@@ -367,12 +457,19 @@ impl SnapshotBody {
 
     /// Parses a body (the state is checked only by [`Self::into_state`]).
     pub fn decode(text: &str) -> Result<Self, WireError> {
-        decode_body(text)
+        let mut f = BodyFields::read(text, &["run_id", "event_id", "state"])?;
+        f.no_dup()?;
+        Ok(Self {
+            run_id: f.string("run_id")?,
+            event_id: f.u64("event_id")?,
+            state: f.raw("state")?,
+        })
     }
 }
 
 /// The chat send body (§5): `POST /api/chat/{session_id}/messages`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
 pub struct SendBody {
     /// Idempotency key of the send.
     pub client_request_id: String,
@@ -381,11 +478,17 @@ pub struct SendBody {
 }
 
 impl SendBody {
-    /// The JSON text of this body.
+    /// The JSON text of this body (the bytes serde_json writes for it).
     pub fn encode(&self) -> String {
-        encode(self)
+        let mut w = Writer::new();
+        w.begin_object();
+        w.key("client_request_id").str(&self.client_request_id);
+        w.key("content").str(&self.content);
+        w.end_object();
+        w.finish()
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// Parses a body.
     pub fn decode(text: &str) -> Result<Self, WireError> {
         decode_body(text)
@@ -393,7 +496,8 @@ impl SendBody {
 }
 
 /// The 202 answer to a chat send (§5).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
 pub struct Accepted {
     /// The user message the send created.
     pub message_id: String,
@@ -402,6 +506,7 @@ pub struct Accepted {
 }
 
 impl Accepted {
+    #[cfg(not(target_arch = "wasm32"))]
     /// The JSON text of this answer.
     pub fn encode(&self) -> String {
         encode(self)
@@ -409,10 +514,16 @@ impl Accepted {
 
     /// Parses an answer.
     pub fn decode(text: &str) -> Result<Self, WireError> {
-        decode_body(text)
+        let mut f = BodyFields::read(text, &["message_id", "run_id"])?;
+        f.no_dup()?;
+        Ok(Self {
+            message_id: f.string("message_id")?,
+            run_id: f.string("run_id")?,
+        })
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The record a page stores for a refresh (under `runstream:{runId}`): the
 /// cursor, the §6 state (with the optimistic messages of undelivered sends)
 /// and the parked job-only events as their envelopes.
@@ -429,6 +540,7 @@ pub struct StoredRecord {
     pub parked: Vec<Value>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl StoredRecord {
     /// The JSON text of this record.
     pub fn encode(&self) -> String {
@@ -441,6 +553,7 @@ impl StoredRecord {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// An event envelope (§1) as a server writes it.
 ///
 /// Write-only on purpose: a reader validates with `decode_envelope`, which
@@ -460,6 +573,7 @@ pub struct WireEnvelope {
     pub payload: Value,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl WireEnvelope {
     /// A `snapshot` event (§3): `payload` is `{"state": state}` with `state` in the §6 shape.
     pub fn snapshot(run_id: &str, event_id: u64, timestamp: String, state: Value) -> Self {
@@ -483,14 +597,247 @@ impl WireEnvelope {
     pub fn to_raw(&self) -> Box<RawValue> {
         serde_json::value::to_raw_value(self).unwrap_or_else(|_| RawValue::NULL.to_owned())
     }
+
+    /// The envelope as [`RawJson`], for [`ServerOp::Event`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn to_raw_json(&self) -> RawJson {
+        RawJson::from(self.to_raw())
+    }
 }
 
+/// Reads the top-level object of a body or frame: the fields `names` (the
+/// last occurrence wins, unknown ones skipped). `NotJson` for any syntax
+/// error, `NotObject` for valid JSON that is not an object.
+struct BodyFields<'a> {
+    names: &'static [&'static str],
+    values: Vec<Field<'a>>,
+    /// The text of each value, as sent.
+    raws: Vec<&'a str>,
+    /// A field that appeared twice (serde's derives reject that; checked by the caller).
+    dup: Option<&'static str>,
+}
+
+fn not_json(e: JsonError) -> WireError {
+    WireError::NotJson(e.describe())
+}
+
+fn missing(k: &str) -> WireError {
+    WireError::Invalid(["missing field `", k, "`"].concat())
+}
+
+fn wrong(k: &str) -> WireError {
+    WireError::Invalid(["invalid type for field `", k, "`"].concat())
+}
+
+impl<'a> BodyFields<'a> {
+    fn read(text: &'a str, names: &'static [&'static str]) -> Result<Self, WireError> {
+        let mut s = Scanner::new(text);
+        if s.peek().map_err(not_json)? != Token::Object {
+            s.skip().and_then(|()| s.end()).map_err(not_json)?;
+            return Err(WireError::NotObject);
+        }
+        let mut values = vec![Field::Absent; names.len()];
+        let mut raws = vec![""; names.len()];
+        let (mut seen, mut dup) = (0u32, None);
+        s.object().map_err(not_json)?;
+        while let Some(k) = s.key().map_err(not_json)? {
+            match names.iter().position(|n| *n == k) {
+                Some(i) => {
+                    let start = s.pos();
+                    let v = Field::read(&mut s).map_err(not_json)?;
+                    if let Some(r) = raws.get_mut(i) {
+                        *r = text.get(start..s.pos()).unwrap_or("").trim_start();
+                    }
+                    if seen & (1 << i) != 0 {
+                        dup = dup.or(names.get(i).copied());
+                    }
+                    seen |= 1 << i;
+                    if let Some(slot) = values.get_mut(i) {
+                        *slot = v;
+                    }
+                }
+                None => s.skip().map_err(not_json)?,
+            }
+        }
+        s.end().map_err(not_json)?;
+        Ok(Self {
+            names,
+            values,
+            raws,
+            dup,
+        })
+    }
+
+    /// `Invalid` if a field appeared twice.
+    fn no_dup(&self) -> Result<(), WireError> {
+        match self.dup {
+            Some(k) => Err(WireError::Invalid(["duplicate field `", k, "`"].concat())),
+            None => Ok(()),
+        }
+    }
+
+    fn take(&mut self, k: &str) -> Field<'a> {
+        self.names
+            .iter()
+            .position(|n| *n == k)
+            .and_then(|i| self.values.get_mut(i))
+            .map_or(Field::Absent, |v| std::mem::replace(v, Field::Absent))
+    }
+
+    /// A string; `null` or absent is `None`.
+    fn opt_string(&mut self, k: &str) -> Result<Option<String>, WireError> {
+        match self.take(k) {
+            Field::Absent | Field::Null => Ok(None),
+            Field::Str(s) => Ok(Some(s.into_owned())),
+            _ => Err(wrong(k)),
+        }
+    }
+
+    fn string(&mut self, k: &str) -> Result<String, WireError> {
+        self.opt_string(k)?.ok_or_else(|| missing(k))
+    }
+
+    fn opt_u64(&mut self, k: &str) -> Result<Option<u64>, WireError> {
+        match self.take(k) {
+            Field::Absent | Field::Null => Ok(None),
+            Field::Num(Number::U64(n)) => Ok(Some(n)),
+            _ => Err(wrong(k)),
+        }
+    }
+
+    fn u64(&mut self, k: &str) -> Result<u64, WireError> {
+        self.opt_u64(k)?.ok_or_else(|| missing(k))
+    }
+
+    /// Any value but `null`, as its text as sent.
+    fn opt_raw(&mut self, k: &str) -> Option<RawJson> {
+        let i = self.names.iter().position(|n| *n == k)?;
+        match self.take(k) {
+            Field::Absent | Field::Null => None,
+            _ => self.raws.get(i).map(|r| RawJson::from_checked(r)),
+        }
+    }
+
+    fn raw(&mut self, k: &str) -> Result<RawJson, WireError> {
+        self.opt_raw(k).ok_or_else(|| missing(k))
+    }
+}
+
+/// The fields any [`ServerOp`] has.
+const SERVER_FIELDS: &[&str] = &[
+    "op",
+    "run_id",
+    "event_id",
+    "state",
+    "event",
+    "replay_from",
+    "code",
+    "message",
+    "client_request_id",
+    "t",
+    "message_id",
+];
+
+/// Position of `t` in [`SERVER_FIELDS`].
+const SERVER_T: usize = 9;
+
+/// [`ServerOp::decode`]: the top-level fields in one pass of the scanner,
+/// then the op's. Precedence of errors as serde's path had it: `NotJson`,
+/// `NotObject`, `MissingOp` (absent or `null`), `UnknownOp` (the name, or
+/// the JSON text of a non-string `op`), then `Invalid` for a missing or
+/// mistyped field of a known op, or a field given twice. One difference: a number beyond `f64`
+/// anywhere (`1e999`) is `NotJson`, where serde's struct path skipped it
+/// unconverted inside an unknown field or a raw value.
+fn decode_server_op(text: &str) -> Result<ServerOp, WireError> {
+    let mut f = BodyFields::read(text, SERVER_FIELDS)?;
+    let op = match f.take("op") {
+        Field::Absent | Field::Null => return Err(WireError::MissingOp),
+        Field::Str(s) => s,
+        Field::Raw(_, raw) => return Err(WireError::UnknownOp(raw.to_owned())),
+        Field::Bool(b) => {
+            return Err(WireError::UnknownOp(
+                if b { "true" } else { "false" }.into(),
+            ))
+        }
+        Field::Num(n) => {
+            let mut w = Writer::new();
+            match n {
+                Number::U64(n) => w.u64(n),
+                Number::I64(n) => w.i64(n),
+                Number::F64(x) => w.f64(x),
+            };
+            return Err(WireError::UnknownOp(w.finish()));
+        }
+    };
+    // serde reads every field before the op's: a mistyped one is an error whatever the op.
+    let run_id = f.opt_string("run_id");
+    let event_id = f.opt_u64("event_id");
+    let state = f.opt_raw("state");
+    let event = f.opt_raw("event");
+    let replay_from = f.opt_u64("replay_from");
+    let code = f.opt_string("code");
+    let message = f.opt_string("message");
+    let client_request_id = f.opt_string("client_request_id");
+    let t = match f.values.get(SERVER_T) {
+        Some(Field::Absent | Field::Null) => Ok(None),
+        Some(Field::Num(_)) => Ok(f.opt_raw("t")),
+        _ => Err(wrong("t")),
+    };
+    let message_id = f.opt_string("message_id");
+    let known = ["event", "snapshot", "subscribed", "error", "pong", "ack"];
+    if !known.contains(&&*op) {
+        return Err(WireError::UnknownOp(op.into_owned()));
+    }
+    f.no_dup()?;
+    let (run_id, event_id, replay_from, code, message, client_request_id, t, message_id) = (
+        run_id?,
+        event_id?,
+        replay_from?,
+        code?,
+        message?,
+        client_request_id?,
+        t?,
+        message_id?,
+    );
+    let need = |v: Option<_>, k: &str| v.ok_or_else(|| missing(k));
+    Ok(match &*op {
+        "event" => ServerOp::Event {
+            event: event.ok_or_else(|| missing("event"))?,
+        },
+        "snapshot" => ServerOp::Snapshot {
+            run_id: run_id.ok_or_else(|| missing("run_id"))?,
+            event_id: event_id.ok_or_else(|| missing("event_id"))?,
+            state: state.ok_or_else(|| missing("state"))?,
+        },
+        "subscribed" => ServerOp::Subscribed {
+            run_id: run_id.ok_or_else(|| missing("run_id"))?,
+            replay_from: replay_from.ok_or_else(|| missing("replay_from"))?,
+        },
+        "error" => ServerOp::Error {
+            run_id,
+            code: ErrorCode::from(need(code, "code")?.as_str()),
+            message: need(message, "message")?,
+            client_request_id,
+        },
+        "pong" => ServerOp::Pong {
+            t: t.ok_or_else(|| missing("t"))?,
+        },
+        _ => ServerOp::Ack {
+            client_request_id: need(client_request_id, "client_request_id")?,
+            message_id: need(message_id, "message_id")?,
+            run_id: run_id.ok_or_else(|| missing("run_id"))?,
+        },
+    })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 /// Serializes a wire type. Cannot fail: every field is a string, a number, a
 /// string-keyed map or a JSON value (the empty string would stand in).
 fn encode<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn decode_body<T: DeserializeOwned>(text: &str) -> Result<T, WireError> {
     serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
@@ -505,6 +852,7 @@ fn decode_body<T: DeserializeOwned>(text: &str) -> Result<T, WireError> {
 }
 
 /// Says why a frame failed to decode; `K` lists the op names this side knows.
+#[cfg(not(target_arch = "wasm32"))]
 /// Runs only on the error path.
 fn classify<K: DeserializeOwned>(text: &str, e: &serde_json::Error) -> WireError {
     if !e.is_data() {
@@ -525,7 +873,7 @@ fn classify<K: DeserializeOwned>(text: &str, e: &serde_json::Error) -> WireError
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use crate::core::envelope::{decode_envelope, EventKind};
@@ -592,12 +940,12 @@ mod tests {
     fn server_ops() -> Vec<ServerOp> {
         vec![
             ServerOp::Event {
-                event: raw(ENVELOPE),
+                event: raw(ENVELOPE).into(),
             },
             ServerOp::Snapshot {
                 run_id: "r1".into(),
                 event_id: 9,
-                state: serde_json::from_str(STATE).unwrap(),
+                state: RawJson::from_value(&json(STATE)),
             },
             ServerOp::Subscribed {
                 run_id: "r1".into(),
@@ -823,7 +1171,9 @@ mod tests {
             err.encode(),
             r#"{"op":"error","code":"bad_request","message":"not JSON"}"#
         );
-        let ev = ServerOp::Event { event: raw("{}") };
+        let ev = ServerOp::Event {
+            event: raw("{}").into(),
+        };
         assert_eq!(ev.encode(), r#"{"op":"event","event":{}}"#);
         // The echo keeps the ping's number as sent (an integer stays an integer).
         let Ok(ClientOp::Ping { t }) = ClientOp::decode(r#"{"op":"ping","t":42}"#) else {

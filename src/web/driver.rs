@@ -5,8 +5,8 @@
 use std::cell::RefCell;
 use std::rc::{Rc, Weak as RcWeak};
 
+use crate::core::json::{self, ToJson};
 use js_sys::Function;
-use serde::Serialize;
 use wasm_bindgen::JsValue;
 use web_sys::AbortSignal;
 
@@ -410,11 +410,8 @@ pub(super) fn headers_arrived(weak: &Weak, id: u64) {
 /// A Rust value as a plain JS object: serialized to JSON here, parsed by the
 /// engine's native `JSON.parse` (fewer boundary crossings than building the
 /// object field by field, and no second serializer in the wasm).
-pub(super) fn to_js<T: Serialize>(v: &T) -> JsValue {
-    serde_json::to_string(v)
-        .ok()
-        .and_then(|s| js_sys::JSON::parse(&s).ok())
-        .unwrap_or(JsValue::NULL)
+pub(super) fn to_js<T: ToJson + ?Sized>(v: &T) -> JsValue {
+    js_sys::JSON::parse(&json::to_string(v)).unwrap_or(JsValue::NULL)
 }
 fn on_frame(weak: &Weak) {
     let Some(rc) = weak.upgrade() else { return };

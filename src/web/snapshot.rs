@@ -19,8 +19,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
+use crate::core::json::{self, ToJson, Writer};
 use js_sys::{Array, Object, Reflect};
-use serde::Serialize;
 use wasm_bindgen::{JsCast, JsValue};
 
 use crate::core::engine::Engine;
@@ -34,12 +34,21 @@ struct Built {
 }
 
 /// The scalar part of `RunState`; the `state` object is rebuilt when it changes.
-#[derive(Serialize, PartialEq, Clone)]
-#[serde(rename_all = "camelCase")]
+#[derive(PartialEq, Clone)]
 struct Head<'a> {
     run_id: &'a str,
     cursor: u64,
     status: RunStatus,
+}
+
+impl ToJson for Head<'_> {
+    fn write_json(&self, w: &mut Writer) {
+        w.begin_object();
+        w.key("runId").str(self.run_id);
+        w.key("cursor").u64(self.cursor);
+        w.key("status").str(self.status.as_str());
+        w.end_object();
+    }
 }
 
 /// The JS objects of the last snapshot, reused for what did not change.
@@ -77,7 +86,7 @@ impl SnapshotCache {
             cursor: st.cursor,
             status: st.status,
         };
-        let head_hash = serde_json::to_string(&head).map(|s| hash(&s)).unwrap_or(0);
+        let head_hash = hash(&json::to_string(&head));
         let state_same = self.state.as_ref().is_some_and(|(h, _)| *h == head_hash);
         if !state_same || messages_changed || workers_changed || supervisor_changed {
             let obj = super::driver::to_js(&head);
@@ -223,7 +232,7 @@ impl SnapshotCache {
 }
 
 /// A new frozen object of `value`, or `old` if its JSON is unchanged.
-fn rebuild<T: Serialize>(old: Option<Built>, value: &T) -> Built {
+fn rebuild<T: ToJson>(old: Option<Built>, value: &T) -> Built {
     match built(value) {
         Some(b) if old.as_ref().is_some_and(|o| o.hash == b.hash) => old.unwrap_or(b),
         Some(b) => {
@@ -239,7 +248,7 @@ fn rebuild<T: Serialize>(old: Option<Built>, value: &T) -> Built {
 
 /// The cached object under `key` if `changed` is false (or if rebuilding it
 /// gives the same JSON); otherwise a new frozen one.
-fn reuse_or_build<T: Serialize>(
+fn reuse_or_build<T: ToJson>(
     cache: &mut HashMap<String, Built>,
     key: &str,
     changed: bool,
@@ -253,8 +262,8 @@ fn reuse_or_build<T: Serialize>(
 }
 
 /// A JS object of `value` (not frozen yet) and the hash of its JSON.
-fn built<T: Serialize>(value: &T) -> Option<Built> {
-    let json = serde_json::to_string(value).ok()?;
+fn built<T: ToJson>(value: &T) -> Option<Built> {
+    let json = json::to_string(value);
     let obj = js_sys::JSON::parse(&json).ok()?;
     Some(Built {
         hash: hash(&json),
@@ -270,14 +279,18 @@ fn hash(s: &str) -> u64 {
 
 fn message_key(m: &Message, i: usize) -> String {
     match (&m.message_id, &m.client_request_id) {
-        (Some(id), _) => format!("m:{id}"),
-        (None, Some(c)) => format!("c:{c}"),
-        (None, None) => format!("p:{i}"),
+        (Some(id), _) => ["m:", id].concat(),
+        (None, Some(c)) => ["c:", c].concat(),
+        (None, None) => {
+            let mut k = String::from("p:");
+            json::write::push_u64(&mut k, i as u64);
+            k
+        }
     }
 }
 
 fn tool_key(w: &Worker, t: &Tool) -> String {
-    format!("{}\u{0}{}", w.worker_id, t.tool_call_id)
+    [w.worker_id.as_str(), "\u{0}", t.tool_call_id.as_str()].concat()
 }
 
 fn sorted(positions: &[usize]) -> Vec<usize> {

@@ -68,16 +68,22 @@ fn with_query(url: &str, resume_from: u64) -> String {
     if resume_from == 0 {
         return url.to_owned();
     }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}last_event_id={resume_from}")
+    let sep = if url.contains('?') { "&" } else { "?" };
+    crate::core::json::write::concat_u64(&[url, sep, "last_event_id="].concat(), resume_from, "")
 }
 
 /// `Retry-After` as milliseconds (delta-seconds or an HTTP date).
 fn retry_after(resp: &Response) -> Option<f64> {
     let v = resp.headers().get("retry-after").ok().flatten()?;
     let v = v.trim();
-    if let Ok(s) = v.parse::<f64>() {
-        return (s.is_finite() && s >= 0.0).then_some(s * 1000.0);
+    // delay-seconds (RFC 9110: digits; a decimal number is tolerated), read
+    // without `str::parse::<f64>` and its tables.
+    let mut sc = crate::core::json::Scanner::new(v);
+    if let Ok(n) = sc.number() {
+        if sc.end().is_ok() {
+            let s = n.as_f64();
+            return (s.is_finite() && s >= 0.0).then_some(s * 1000.0);
+        }
     }
     let t = js_sys::Date::parse(v);
     (!t.is_nan()).then(|| (t - js_sys::Date::now()).max(0.0))
@@ -139,7 +145,10 @@ pub fn open_fetch(
         };
         hs.push(("Accept".into(), "text/event-stream".into()));
         if resume_from > 0 {
-            hs.push(("Last-Event-ID".into(), resume_from.to_string()));
+            hs.push((
+                "Last-Event-ID".into(),
+                crate::core::json::write::concat_u64("", resume_from, ""),
+            ));
         }
         let init = request_init("GET", &hs, credentials);
         init.set_signal(Some(&signal));
@@ -408,7 +417,11 @@ pub fn fetch_snapshot(
                 .map_err(|_| "network error".to_owned())?;
             headers_arrived(&weak, id);
             if r.status() != 200 {
-                return Err(format!("HTTP {}", r.status()));
+                return Err(crate::core::json::write::concat_u64(
+                    "HTTP ",
+                    u64::from(r.status()),
+                    "",
+                ));
             }
             let p = r.text().map_err(|_| "unreadable body".to_owned())?;
             JsFuture::from(p)

@@ -8,6 +8,7 @@ use super::timers::Timer;
 use super::{Action, Engine, Ms, Transport};
 use crate::core::envelope::{decode_envelope, Envelope, EventKind, MAX_EVENT_ID};
 use crate::core::error::{DecodeError, FrameError, SnapshotError};
+use crate::core::json::write::concat_u64;
 use crate::core::metrics::{EventClass, Metric, SpanFields, SpanStatus, Termination};
 use crate::core::state::{Applied, MessageStatus, RunState};
 use crate::core::wire::{ClientOp, ErrorCode, ServerOp, SnapshotBody};
@@ -262,7 +263,7 @@ impl Engine {
             Ok(env) => {
                 self.note_event_arrival(now);
                 match env.kind {
-                    EventKind::Snapshot(state) => match RunState::from_wire(*state) {
+                    EventKind::Snapshot(state) => match RunState::from_wire_json(&state) {
                         Ok(st) => self.apply_snapshot(now, env.event_id, st),
                         // Not the §6 shape: an invalid payload of a `snapshot`
                         // event, which is not a log entry (§3) and consumes no id.
@@ -576,9 +577,13 @@ impl Engine {
         self.telemetry
             .metric(EventClass::Counter, Metric::GapSkipped, n as f64, now, &[]);
         self.link.last_error = Some(if from == to {
-            format!("event {from} could not be recovered and was skipped")
+            concat_u64("event ", from, " could not be recovered and was skipped")
         } else {
-            format!("events {from}–{to} could not be recovered and were skipped")
+            [
+                concat_u64("events ", from, "–"),
+                concat_u64("", to, " could not be recovered and were skipped"),
+            ]
+            .concat()
         });
         self.state.cursor = self.state.cursor.max(to);
         self.relay_gap(to);

@@ -2,6 +2,7 @@
 //! shell executes, how a connection ended, a send's outcome, API errors and
 //! the status the UI shows.
 
+#[cfg(not(target_arch = "wasm32"))]
 use serde::Serialize;
 
 use super::config::Ms;
@@ -98,7 +99,7 @@ pub enum EngineError {
     #[error("sending needs `sendUrl` or the websocket transport")]
     NoSendTarget,
     /// The outbox bound was reached.
-    #[error("too many unsent messages ({0}); wait for some to be accepted")]
+    #[error("{}", crate::core::json::write::concat_u64("too many unsent messages (", *.0 as u64, "); wait for some to be accepted"))]
     OutboxFull(usize),
     /// The stream was closed with `close()`.
     #[error("the stream is closed")]
@@ -109,8 +110,9 @@ pub enum EngineError {
 }
 
 /// Connection status (API.md `StreamStatus.connection`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "lowercase"))]
 #[allow(missing_docs)]
 pub enum Connection {
     Idle,
@@ -123,8 +125,9 @@ pub enum Connection {
 }
 
 /// Activity (API.md `StreamStatus.activity`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "lowercase"))]
 pub enum Activity {
     /// No reply pending.
     Idle,
@@ -135,8 +138,9 @@ pub enum Activity {
 }
 
 /// What the UI shows about the connection (API.md `StreamStatus`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "camelCase"))]
 pub struct StreamStatus {
     /// Connection state.
     pub connection: Connection,
@@ -154,8 +158,9 @@ pub struct StreamStatus {
 }
 
 /// API.md `StreamStatus.sharing`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "lowercase"))]
 pub enum Sharing {
     /// This tab holds its own connection.
     Solo,

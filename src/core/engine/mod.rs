@@ -43,6 +43,7 @@ pub use io::{
 pub use persist::STORAGE_VERSION;
 
 use super::error::{FrameError, ProtocolError};
+use super::json::write::concat_u64;
 use super::metrics::{
     EventClass, Metric, RunMetrics, RuntimeEvent, SpanFields, Telemetry, Termination,
 };
@@ -132,8 +133,10 @@ impl Engine {
         }
         let mut link = Link::default();
         if failed > 0 {
-            link.last_error = Some(format!(
-                "{failed} stored messages were not sent again: the outbox is full"
+            link.last_error = Some(concat_u64(
+                "",
+                failed as u64,
+                " stored messages were not sent again: the outbox is full",
             ));
         }
         // Drawn only when sharing, so a solo engine's random sequence is unchanged.
@@ -604,7 +607,9 @@ fn unanswered(state: &RunState) -> Vec<String> {
 }
 
 pub(super) fn hex_id(rng: &mut Rng) -> String {
-    format!("{:016x}", rng.next_u64())
+    let mut s = String::with_capacity(16);
+    crate::core::json::write::push_hex(&mut s, rng.next_u64(), 16);
+    s
 }
 
 // ----- side effects shared by the sub-machines --------------------------------

@@ -47,18 +47,17 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
-use serde_json::{Map, Value};
-
 use super::config::Ms;
 use super::link::Conn;
 use super::timers::{Timer, TimerTable};
 use super::{unanswered, Engine};
-use crate::core::envelope::{decode_envelope_value, EventKind};
-use crate::core::state::{
-    snake_keys, Changes, Message, MessageStatus, Parked, RunState, WorkerStatus,
+use crate::core::envelope::{decode_envelope, EventKind};
+use crate::core::json::state::{
+    message as read_message, state_with, write_message, write_state_with,
 };
-use crate::core::wire::{StoredRecord, WireEnvelope};
+use crate::core::json::write::{push_str, push_u64};
+use crate::core::json::{Field, Number, Scanner, Token, Writer};
+use crate::core::state::{Changes, Message, MessageStatus, Parked, RunState};
 
 /// Version of the stored head format (2 and 1 are still read).
 pub const STORAGE_VERSION: u64 = 3;
@@ -139,9 +138,9 @@ pub fn encode_batch(bodies: &[Body]) -> String {
             out.push(',');
         }
         out.push('[');
-        out.push_str(&Value::from(b.message_id.as_str()).to_string());
+        push_str(&mut out, &b.message_id);
         out.push(',');
-        out.push_str(&b.hash.to_string());
+        push_u64(&mut out, b.hash);
         out.push(',');
         out.push_str(&b.text);
         out.push(']');
@@ -155,7 +154,30 @@ pub type Row = (String, u64, Message);
 
 /// A record read back, each body decoded once. The one place batches are decoded.
 pub fn decode_batch(text: &str) -> Option<Vec<Row>> {
-    serde_json::from_str(text).ok()
+    let mut s = Scanner::new(text);
+    s.array().ok()?;
+    let mut rows = Vec::new();
+    while s.item().ok()? {
+        s.array().ok()?;
+        s.item().ok()?.then_some(())?;
+        let id = match s.peek().ok()? {
+            Token::String => s.string().ok()?.into_owned(),
+            _ => return None,
+        };
+        s.item().ok()?.then_some(())?;
+        let hash = match Field::read(&mut s).ok()? {
+            Field::Num(Number::U64(n)) => n,
+            _ => return None,
+        };
+        s.item().ok()?.then_some(())?;
+        let m = read_message(&mut s).ok()?;
+        if s.item().ok()? {
+            return None;
+        }
+        rows.push((id, hash, m));
+    }
+    s.end().ok()?;
+    Some(rows)
 }
 
 /// The key of a batch: FNV-1a over its bodies' ids and hashes, 53 bits
@@ -234,7 +256,7 @@ pub struct Pending {
     run_id: String,
     cursor: u64,
     /// The §6 state without its messages.
-    state: Value,
+    state: Box<RunState>,
     slots: Vec<Slot>,
     parked: Vec<(u64, EventKind)>,
 }
@@ -312,16 +334,11 @@ pub fn body_hash(m: &Message) -> u64 {
     h & HASH_MASK
 }
 
-/// A message in the §6 wire shape (snake_case keys).
-fn message_wire(m: &Message) -> Value {
-    serde_json::to_value(m)
-        .map(snake_keys)
-        .unwrap_or(Value::Null)
-}
-
 /// The stored text of one body (a §6 message). The one place bodies are encoded.
 pub fn encode_body(m: &Message) -> String {
-    message_wire(m).to_string()
+    let mut w = Writer::new();
+    write_message(&mut w, m);
+    w.finish()
 }
 
 /// One message of a head to write: inline, or a reference to a committed body.
@@ -334,41 +351,30 @@ enum Entry<'a> {
 /// The head text: cursor, state (messages inline or as references, in
 /// order), parked events. The one place heads are encoded.
 fn encode_head(state: &RunState, entries: &[Entry<'_>], parked: &Parked) -> String {
-    let messages = entries
-        .iter()
-        .map(|e| match e {
-            Entry::Inline(m) => message_wire(m),
-            Entry::Ref(id, hash) => Value::Array(vec![(*id).into(), (*hash).into()]),
-        })
-        .collect();
-    let mut st = Map::new();
-    st.insert("run_id".into(), state.run_id.clone().into());
-    st.insert("cursor".into(), state.cursor.into());
-    st.insert(
-        "status".into(),
-        serde_json::to_value(state.status).unwrap_or(Value::Null),
-    );
-    st.insert(
-        "workers".into(),
-        serde_json::to_value(&state.workers)
-            .map(snake_keys)
-            .unwrap_or(Value::Null),
-    );
-    st.insert("messages".into(), Value::Array(messages));
-    st.insert(
-        "supervisor".into(),
-        serde_json::to_value(&state.supervisor).unwrap_or(Value::Null),
-    );
-    StoredRecord {
-        v: STORAGE_VERSION,
-        cursor: state.cursor,
-        state: Value::Object(st),
-        parked: parked
-            .iter()
-            .filter_map(|(id, kind)| parked_envelope(&state.run_id, id, kind))
-            .collect(),
+    let mut w = Writer::new();
+    w.begin_object();
+    w.key("v").u64(STORAGE_VERSION);
+    w.key("cursor").u64(state.cursor);
+    w.key("state");
+    write_state_with(&mut w, state, &mut |w| {
+        for e in entries {
+            match e {
+                Entry::Inline(m) => write_message(w, m),
+                Entry::Ref(id, hash) => {
+                    w.begin_array();
+                    w.str(id).u64(*hash);
+                    w.end_array();
+                }
+            }
+        }
+    });
+    w.key("parked").begin_array();
+    for (id, kind) in parked.iter() {
+        parked_envelope(&mut w, &state.run_id, id, kind);
     }
-    .encode()
+    w.end_array();
+    w.end_object();
+    w.finish()
 }
 
 /// The whole record with every message inline (no body store).
@@ -381,44 +387,92 @@ pub fn encode(state: &RunState, parked: &Parked) -> String {
 /// unreadable, foreign or of another version (the run then starts from the
 /// beginning). The one place heads are decoded.
 pub fn decode_head(text: &str, run_id: &str) -> Option<Decoded> {
-    let r = StoredRecord::decode(text).ok()?;
-    if !(1..=STORAGE_VERSION).contains(&r.v) {
+    let mut s = Scanner::new(text);
+    let (mut v, mut cursor, mut state_text, mut parked_text) = (None, None, None, None);
+    s.object().ok()?;
+    while let Some(k) = s.key().ok()? {
+        match &*k {
+            "v" | "cursor" => {
+                let n = match Field::read(&mut s).ok()? {
+                    Field::Num(Number::U64(n)) => n,
+                    _ => return None,
+                };
+                if k == "v" {
+                    v = Some(n);
+                } else {
+                    cursor = Some(n);
+                }
+            }
+            "state" => state_text = Some(s.raw().ok()?),
+            "parked" => {
+                parked_text = match s.peek().ok()? {
+                    Token::Array => Some(s.raw().ok()?),
+                    _ => return None,
+                }
+            }
+            _ => s.skip().ok()?,
+        }
+    }
+    s.end().ok()?;
+    let (v, cursor) = (v?, cursor?);
+    if !(1..=STORAGE_VERSION).contains(&v) {
         return None;
     }
-    let mut state = r.state;
-    let entries = match state.get_mut("messages").map(Value::take) {
-        Some(Value::Array(a)) => a,
-        Some(Value::Null) | None => Vec::new(),
-        Some(_) => return None,
-    };
-    let mut slots = Vec::with_capacity(entries.len());
-    for e in entries {
-        let slot = match e {
-            Value::Array(a) if r.v >= 3 => match a.as_slice() {
-                [Value::String(id), h] => Slot::Ref(id.clone(), h.as_u64()?),
-                _ => return None,
-            },
-            v => Slot::Inline(serde_json::from_value(v).ok()?),
-        };
-        slots.push(slot);
-    }
-    if let Some(o) = state.as_object_mut() {
-        o.insert("messages".into(), Value::Array(Vec::new()));
-    }
-    if state.get("run_id").and_then(Value::as_str) != Some(run_id) {
+    let mut slots = Vec::new();
+    let mut st = Scanner::new(state_text?);
+    let state = state_with(&mut st, &mut |s| {
+        const BAD: &str = "bad stored message";
+        let j = |_| BAD;
+        match s.peek().map_err(j)? {
+            Token::Null => return s.null().map_err(j),
+            Token::Array => {}
+            _ => return Err(BAD),
+        }
+        s.array().map_err(j)?;
+        while s.item().map_err(j)? {
+            let slot = match s.peek().map_err(j)? {
+                Token::Array if v >= 3 => {
+                    s.array().map_err(j)?;
+                    let id = match (s.item().map_err(j)?, s.peek().map_err(j)?) {
+                        (true, Token::String) => s.string().map_err(j)?.into_owned(),
+                        _ => return Err(BAD),
+                    };
+                    let hash = match (s.item().map_err(j)?, Field::read(s).map_err(j)?) {
+                        (true, Field::Num(Number::U64(n))) => n,
+                        _ => return Err(BAD),
+                    };
+                    if s.item().map_err(j)? {
+                        return Err(BAD);
+                    }
+                    Slot::Ref(id, hash)
+                }
+                _ => Slot::Inline(read_message(s)?),
+            };
+            slots.push(slot);
+        }
+        Ok(())
+    })
+    .ok()?;
+    st.end().ok()?;
+    if state.run_id != run_id {
         return None;
     }
-    let parked = r
-        .parked
-        .into_iter()
-        .filter_map(|e| decode_envelope_value(e, run_id).ok())
-        .filter(|e| e.event_id <= r.cursor)
-        .map(|e| (e.event_id, e.kind))
-        .collect();
+    let mut parked = Vec::new();
+    if let Some(list) = parked_text {
+        let mut s = Scanner::new(list);
+        s.array().ok()?;
+        while s.item().ok()? {
+            if let Ok(e) = decode_envelope(s.raw().ok()?, run_id) {
+                if e.event_id <= cursor {
+                    parked.push((e.event_id, e.kind));
+                }
+            }
+        }
+    }
     let pending = Pending {
         run_id: run_id.to_owned(),
-        cursor: r.cursor,
-        state,
+        cursor,
+        state: Box::new(state),
         slots,
         parked,
     };
@@ -449,7 +503,7 @@ pub fn finish(p: Pending, bodies: Vec<Row>) -> Option<Stored> {
         }
     }
     let mut rows: Vec<Option<Row>> = bodies.into_iter().map(Some).collect();
-    let mut state = RunState::from_wire(p.state).ok()?;
+    let mut state = *p.state;
     if state.run_id != p.run_id {
         return None;
     }
@@ -488,64 +542,43 @@ pub fn decode(text: &str, run_id: &str) -> Option<Stored> {
     }
 }
 
-/// Payload of a parked `worker.completed` (§4).
-#[derive(Serialize)]
-struct WorkerCompletedPayload<'a> {
-    job_id: &'a Option<String>,
-    status: WorkerStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: &'a Option<String>,
-}
-
-/// Payload of a parked `tool.started` (§4).
-#[derive(Serialize)]
-struct ToolStartedPayload<'a> {
-    job_id: &'a Option<String>,
-    tool_call_id: &'a str,
-    name: &'a str,
-}
-
-/// Payload of a parked `tool.completed` (§4).
-#[derive(Serialize)]
-struct ToolCompletedPayload<'a> {
-    job_id: &'a Option<String>,
-    tool_call_id: &'a str,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: &'a Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duration_ms: Option<f64>,
-}
-
-/// A parked job-only event as the envelope it came in (PROTOCOL §1, §4).
-fn parked_envelope(run_id: &str, id: u64, kind: &EventKind) -> Option<Value> {
-    let (ty, payload) = match kind {
+/// Writes a parked job-only event as the envelope it came in (PROTOCOL §1, §4).
+fn parked_envelope(w: &mut Writer, run_id: &str, id: u64, kind: &EventKind) {
+    let ty = match kind {
+        EventKind::WorkerCompleted { .. } => "worker.completed",
+        EventKind::ToolStarted { .. } => "tool.started",
+        EventKind::ToolCompleted { .. } => "tool.completed",
+        _ => return,
+    };
+    w.begin_object();
+    w.key("event_id").u64(id);
+    w.key("run_id").str(run_id);
+    w.key("type").str(ty);
+    w.key("timestamp").str("1970-01-01T00:00:00Z");
+    w.key("payload").begin_object();
+    match kind {
         EventKind::WorkerCompleted {
             job_id,
             status,
             error,
             ..
-        } => (
-            "worker.completed",
-            serde_json::to_value(WorkerCompletedPayload {
-                job_id,
-                status: *status,
-                error,
-            }),
-        ),
+        } => {
+            if let Some(e) = error {
+                w.key("error").str(e);
+            }
+            w.key("job_id").opt_str(job_id.as_deref());
+            w.key("status").str(status.as_str());
+        }
         EventKind::ToolStarted {
             job_id,
             tool_call_id,
             name,
             ..
-        } => (
-            "tool.started",
-            serde_json::to_value(ToolStartedPayload {
-                job_id,
-                tool_call_id,
-                name,
-            }),
-        ),
+        } => {
+            w.key("job_id").opt_str(job_id.as_deref());
+            w.key("name").str(name);
+            w.key("tool_call_id").str(tool_call_id);
+        }
         EventKind::ToolCompleted {
             job_id,
             tool_call_id,
@@ -553,26 +586,21 @@ fn parked_envelope(run_id: &str, id: u64, kind: &EventKind) -> Option<Value> {
             error,
             duration_ms,
             ..
-        } => (
-            "tool.completed",
-            serde_json::to_value(ToolCompletedPayload {
-                job_id,
-                tool_call_id,
-                status: if *ok { "ok" } else { "error" },
-                error,
-                duration_ms: *duration_ms,
-            }),
-        ),
-        _ => return None,
-    };
-    let envelope = WireEnvelope {
-        event_id: id,
-        run_id: run_id.to_owned(),
-        event_type: ty.to_owned(),
-        timestamp: "1970-01-01T00:00:00Z".to_owned(),
-        payload: payload.ok()?,
-    };
-    serde_json::to_value(envelope).ok()
+        } => {
+            if let Some(d) = duration_ms {
+                w.key("duration_ms").f64(*d);
+            }
+            if let Some(e) = error {
+                w.key("error").str(e);
+            }
+            w.key("job_id").opt_str(job_id.as_deref());
+            w.key("status").str(if *ok { "ok" } else { "error" });
+            w.key("tool_call_id").str(tool_call_id);
+        }
+        _ => {}
+    }
+    w.end_object();
+    w.end_object();
 }
 
 /// A batch's bookkeeping: its number, key, level, members, what it replaces.
@@ -1115,8 +1143,10 @@ impl Engine {
         restored.reindex();
         let failed = self.outbox.restore(&mut restored.messages, cap);
         if failed > 0 {
-            self.link.last_error = Some(format!(
-                "{failed} stored messages were not sent again: the outbox is full"
+            self.link.last_error = Some(crate::core::json::write::concat_u64(
+                "",
+                failed as u64,
+                " stored messages were not sent again: the outbox is full",
             ));
         }
         if !restored.is_finished() {

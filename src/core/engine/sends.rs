@@ -5,6 +5,7 @@ use super::link::Conn;
 use super::outbox::SendTiming;
 use super::timers::Timer;
 use super::{hex_id, Action, Engine, EngineError, Ms, SendResult, Spans};
+use crate::core::json::write::concat_u64;
 use crate::core::metrics::{
     EventClass, MessageMetrics, Metric, SpanFields, SpanStatus, MAX_MESSAGE_METRICS,
 };
@@ -90,7 +91,11 @@ impl Engine {
             None | Some(408 | 425 | 429 | 500..=599) => {
                 self.retry_send(now, client_request_id, r.retry_after_ms)
             }
-            Some(code) => self.send_failed_final(now, client_request_id, format!("HTTP {code}")),
+            Some(code) => self.send_failed_final(
+                now,
+                client_request_id,
+                concat_u64("HTTP ", u64::from(code), ""),
+            ),
         }
     }
 

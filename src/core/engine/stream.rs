@@ -5,6 +5,7 @@
 use super::link::{Conn, Failure};
 use super::timers::Timer;
 use super::{Action, CloseCause, Engine, Ms, Transport};
+use crate::core::json::write::{concat_u64, push_f64};
 use crate::core::metrics::{EventClass, Metric, SpanFields, SpanStatus, Termination};
 
 impl Engine {
@@ -29,7 +30,7 @@ impl Engine {
                 now,
                 Termination::ProtocolError,
                 None,
-                format!("HTTP {status} is not an event stream"),
+                concat_u64("HTTP ", u64::from(status), " is not an event stream"),
             ),
             401 if !self.link.unauthorized_retried => {
                 // The headers function is called once more (a refreshed token) before giving up.
@@ -41,20 +42,20 @@ impl Engine {
                 now,
                 Termination::Http4xx,
                 retry_after_ms,
-                format!("HTTP {status}"),
+                concat_u64("HTTP ", u64::from(status), ""),
             ),
             500..=599 => self.fail(
                 now,
                 Termination::Http5xx,
                 retry_after_ms,
-                format!("HTTP {status}"),
+                concat_u64("HTTP ", u64::from(status), ""),
             ),
             400..=499 => self.fail_final(now, Termination::Http4xx, final_reason(status)),
             _ => self.fail(
                 now,
                 Termination::ProtocolError,
                 retry_after_ms,
-                format!("HTTP {status}"),
+                concat_u64("HTTP ", u64::from(status), ""),
             ),
         }
     }
@@ -83,7 +84,7 @@ impl Engine {
                     now,
                     Termination::ServerClosed,
                     None,
-                    format!("the server closed the socket ({code})"),
+                    concat_u64("the server closed the socket (", u64::from(code), ")"),
                 ),
             },
             CloseCause::ConnectTimeout => self.fail(
@@ -208,11 +209,12 @@ impl Engine {
             Failure::Wait(_) | Failure::Offline => {}
             Failure::Loop(n) => {
                 self.count_termination(now, Termination::ErrorLoop);
-                self.link.last_error = Some(format!(
-                    "stopped after {n} failed attempts in {} s ({}); retry to continue",
-                    (self.cfg.loop_guard_window_ms / 1000.0).round(),
-                    reason.as_str()
-                ));
+                let mut msg = concat_u64("stopped after ", n as u64, " failed attempts in ");
+                push_f64(&mut msg, (self.cfg.loop_guard_window_ms / 1000.0).round());
+                msg.push_str(" s (");
+                msg.push_str(reason.as_str());
+                msg.push_str("); retry to continue");
+                self.link.last_error = Some(msg);
             }
         }
         self.mark_dirty();
@@ -258,7 +260,7 @@ fn final_reason(status: u16) -> String {
         403 => "HTTP 403: forbidden".into(),
         404 => "HTTP 404: run not found".into(),
         410 => "HTTP 410: run gone".into(),
-        s => format!("HTTP {s}"),
+        s => concat_u64("HTTP ", u64::from(s), ""),
     }
 }
 
