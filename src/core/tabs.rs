@@ -189,7 +189,7 @@ impl Message {
         match &self.body {
             Body::Event(text) => out.push_str(text),
             Body::Status(s) => {
-                out.push_str(connection_name(s.connection));
+                out.push_str(s.connection.as_str());
                 out.push('\n');
                 push_u64(&mut out, u64::from(s.attempt));
                 out.push('\n');
@@ -268,30 +268,10 @@ fn cursor(s: &str) -> Result<u64, ChannelError> {
     }
 }
 
-fn connection_name(c: Connection) -> &'static str {
-    match c {
-        Connection::Idle => "idle",
-        Connection::Connecting => "connecting",
-        Connection::Open => "open",
-        Connection::Reconnecting => "reconnecting",
-        Connection::Offline => "offline",
-        Connection::Closed => "closed",
-        Connection::Failed => "failed",
-    }
-}
-
 fn decode_status(body: &str) -> Result<LeaderStatus, ChannelError> {
     let mut p = body.splitn(4, '\n');
-    let connection = match p.next().unwrap_or("") {
-        "idle" => Connection::Idle,
-        "connecting" => Connection::Connecting,
-        "open" => Connection::Open,
-        "reconnecting" => Connection::Reconnecting,
-        "offline" => Connection::Offline,
-        "closed" => Connection::Closed,
-        "failed" => Connection::Failed,
-        _ => return Err(ChannelError::Shape("bad connection state")),
-    };
+    let connection = Connection::from_name(p.next().unwrap_or(""))
+        .ok_or(ChannelError::Shape("bad connection state"))?;
     let attempt = p
         .next()
         .and_then(|a| a.parse::<u32>().ok())

@@ -124,6 +124,35 @@ pub enum Connection {
     Failed,
 }
 
+impl Connection {
+    /// Every state, each with its API.md name: the one table both directions use.
+    const NAMES: [(Self, &'static str); 7] = [
+        (Self::Idle, "idle"),
+        (Self::Connecting, "connecting"),
+        (Self::Open, "open"),
+        (Self::Reconnecting, "reconnecting"),
+        (Self::Offline, "offline"),
+        (Self::Closed, "closed"),
+        (Self::Failed, "failed"),
+    ];
+
+    /// The API.md name (`status.connection`).
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(c, _)| *c == self)
+            .map_or("idle", |(_, n)| n)
+    }
+
+    /// The state of an API.md name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(c, _)| *c)
+    }
+}
+
 /// Activity (API.md `StreamStatus.activity`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]

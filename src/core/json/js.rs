@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use super::write::{ToJson, Writer};
-use crate::core::engine::{Activity, Connection, Sharing, StreamStatus};
+use crate::core::engine::{Activity, Sharing, StreamStatus};
 use crate::core::metrics::{
     EventClass, MessageMetrics, RunMetrics, RuntimeEvent, SpanFields, SpanStatus,
 };
@@ -67,18 +67,6 @@ impl MessageStatus {
             Self::Completed => "completed",
             Self::Failed => "failed",
         }
-    }
-}
-
-fn connection(c: Connection) -> &'static str {
-    match c {
-        Connection::Idle => "idle",
-        Connection::Connecting => "connecting",
-        Connection::Open => "open",
-        Connection::Reconnecting => "reconnecting",
-        Connection::Offline => "offline",
-        Connection::Closed => "closed",
-        Connection::Failed => "failed",
     }
 }
 
@@ -167,7 +155,7 @@ impl<T: ToJson> ToJson for [T] {
 impl ToJson for StreamStatus {
     fn write_json(&self, w: &mut Writer) {
         w.begin_object();
-        w.key("connection").str(connection(self.connection));
+        w.key("connection").str(self.connection.as_str());
         w.key("activity").str(activity(self.activity));
         w.key("attempt").u64(u64::from(self.attempt));
         w.key("retryInMs").opt_f64(self.retry_in_ms);
