@@ -584,32 +584,30 @@ fn unreachable_type() -> EventKind {
 /// True when `s` is an RFC 3339 date-time (`2026-11-22T12:00:00.123Z`, `…+01:00`).
 pub fn is_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| {
-        b.get(r)
-            .is_some_and(|x| !x.is_empty() && x.iter().all(u8::is_ascii_digit))
-    };
-    let num = |r: std::ops::Range<usize>| -> u32 {
-        b.get(r)
-            .map(|x| x.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0')))
-            .unwrap_or(0)
+    // `YYYY-MM-DDTHH:MM:SS`: `0` stands for a digit, `T` for `T`, `t` or a space.
+    const SHAPE: &[u8; 19] = b"0000-00-00T00:00:00";
+    let Some((head, _)) = b.split_first_chunk::<19>() else {
+        return false;
     };
     if b.len() < 20
-        || !digits(0..4)
-        || b.get(4) != Some(&b'-')
-        || !digits(5..7)
-        || b.get(7) != Some(&b'-')
-        || !digits(8..10)
-        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
-        || !digits(11..13)
-        || b.get(13) != Some(&b':')
-        || !digits(14..16)
-        || b.get(16) != Some(&b':')
-        || !digits(17..19)
+        || !head.iter().zip(SHAPE).all(|(&c, &p)| match p {
+            b'0' => c.is_ascii_digit(),
+            b'T' => matches!(c, b'T' | b't' | b' '),
+            _ => c == p,
+        })
     {
         return false;
     }
-    let (month, day, hour, min, sec) =
-        (num(5..7), num(8..10), num(11..13), num(14..16), num(17..19));
+    // Two digits at `i` (checked above, or by the caller for the offset).
+    let num = |i: usize| -> u32 {
+        match (b.get(i), b.get(i + 1)) {
+            (Some(&h), Some(&l)) => {
+                u32::from(h.wrapping_sub(b'0')) * 10 + u32::from(l.wrapping_sub(b'0'))
+            }
+            _ => 0,
+        }
+    };
+    let (month, day, hour, min, sec) = (num(5), num(8), num(11), num(14), num(17));
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
         return false;
     }
@@ -628,8 +626,8 @@ pub fn is_rfc3339(s: &str) -> bool {
         Some([b'Z' | b'z']) => true,
         Some([b'+' | b'-', h1, h2, b':', m1, m2]) => {
             [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit())
-                && num(i + 1..i + 3) <= 23
-                && num(i + 4..i + 6) <= 59
+                && num(i + 1) <= 23
+                && num(i + 4) <= 59
         }
         _ => false,
     }
