@@ -182,12 +182,13 @@ pub fn decode_envelope(text: &str, expected_run: &str) -> Result<Envelope, Decod
             }
             early_type = None;
         }
-        let slot = match &*key {
-            "event_id" => &mut id,
-            "run_id" => &mut run,
-            "type" => &mut ty,
-            "timestamp" => &mut ts,
-            "payload" => &mut payload,
+        // The five names differ in length: at most one comparison per key.
+        let slot = match key.len() {
+            8 if key == "event_id" => &mut id,
+            6 if key == "run_id" => &mut run,
+            4 if key == "type" => &mut ty,
+            9 if key == "timestamp" => &mut ts,
+            7 if key == "payload" => &mut payload,
             _ => {
                 s.skip().map_err(not_json)?;
                 continue;
@@ -412,7 +413,9 @@ fn decode_payload(event_type: &str, payload: &str) -> Result<EventKind, String> 
 /// The payload fields a known type reads (`None` for `snapshot`, whose state
 /// is kept as text, and for unknown types, which read nothing).
 fn names_of(event_type: &str) -> Option<&'static [&'static str]> {
+    // Arms are tried in order: the type of almost every event first.
     Some(match event_type {
+        "message.delta" => &["message_id", "delta"],
         "run.started" => &["title"],
         "run.completed" => &["status", "error"],
         "supervisor.completed" => &["summary"],
@@ -435,7 +438,6 @@ fn names_of(event_type: &str) -> Option<&'static [&'static str]> {
             "reply_to",
             "content",
         ],
-        "message.delta" => &["message_id", "delta"],
         "message.completed" => &["message_id", "finish_reason", "usage", "fallback"],
         "message.failed" => &["message_id", "error"],
         _ => return None,
@@ -444,7 +446,12 @@ fn names_of(event_type: &str) -> Option<&'static [&'static str]> {
 
 /// The typed payload of a known type from its fields.
 fn decode_fields(event_type: &str, f: &mut Fields<'_>) -> Result<EventKind, String> {
+    // Arms are tried in order: the type of almost every event first.
     let kind = match event_type {
+        "message.delta" => EventKind::MessageDelta {
+            message_id: f.id("message_id")?,
+            delta: f.str("delta")?,
+        },
         "run.started" => EventKind::RunStarted {
             title: f.opt_str("title")?,
         },
@@ -535,10 +542,6 @@ fn decode_fields(event_type: &str, f: &mut Fields<'_>) -> Result<EventKind, Stri
                 content: f.opt_str("content")?,
             }
         }
-        "message.delta" => EventKind::MessageDelta {
-            message_id: f.id("message_id")?,
-            delta: f.str("delta")?,
-        },
         "message.completed" => {
             let usage = usage(f.take("usage"))?;
             EventKind::MessageCompleted {
