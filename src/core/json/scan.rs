@@ -168,12 +168,12 @@ impl<'a> Scanner<'a> {
     #[inline]
     pub fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.expect(Token::String)?;
-        self.string_at(true).map(|s| s.unwrap_or(Cow::Borrowed("")))
+        self.string_at(true)
     }
 
     /// Scans the string at `self.pos` (its opening quote). With `build`
-    /// false it only validates (for [`Self::skip`]) and returns `None`.
-    fn string_at(&mut self, build: bool) -> Result<Option<Cow<'a, str>>, JsonError> {
+    /// false it only validates (for [`Self::skip`]) and returns `""`.
+    fn string_at(&mut self, build: bool) -> Result<Cow<'a, str>, JsonError> {
         let b = self.bytes();
         let start = self.pos + 1;
         // Fast path: a string without escape, scanned over the remaining slice.
@@ -201,10 +201,10 @@ impl<'a> Scanner<'a> {
             let i = b.len() - rest.len();
             self.pos = i + 1;
             if !build {
-                return Ok(None);
+                return Ok(Cow::Borrowed(""));
             }
             // `start` and `i` are next to ASCII quotes: char boundaries.
-            return Ok(Some(Cow::Borrowed(self.text.get(start..i).unwrap_or(""))));
+            return Ok(Cow::Borrowed(self.text.get(start..i).unwrap_or("")));
         }
         // Slow path from the first special byte (the bytes before it are plain).
         self.pos = b.len() - rest.len();
@@ -220,17 +220,17 @@ impl<'a> Scanner<'a> {
                     let end = self.pos;
                     self.pos += 1;
                     if !build {
-                        return Ok(None);
+                        return Ok(Cow::Borrowed(""));
                     }
                     // `run` and `end` sit next to ASCII bytes: char boundaries.
                     let tail: &str = self.text.get(run..end).unwrap_or_default();
-                    return Ok(Some(match owned {
+                    return Ok(match owned {
                         Some(mut s) => {
                             s.push_str(tail);
                             Cow::Owned(s)
                         }
                         None => Cow::Borrowed(tail),
-                    }));
+                    });
                 }
                 b'\\' => {
                     if build {
@@ -384,7 +384,7 @@ impl<'a> Scanner<'a> {
         if self.byte() != Some(b'"') {
             return Err(self.err(JsonErrorCode::Unexpected));
         }
-        let k = self.string_at(true)?.unwrap_or(Cow::Borrowed(""));
+        let k = self.string_at(true)?;
         match self.ws() {
             Some(b':') => self.pos += 1,
             None => return Err(self.err(JsonErrorCode::Eof)),
