@@ -182,12 +182,13 @@ pub fn decode_envelope(text: &str, expected_run: &str) -> Result<Envelope, Decod
             }
             early_type = None;
         }
-        let slot = match &*key {
-            "event_id" => &mut id,
-            "run_id" => &mut run,
-            "type" => &mut ty,
-            "timestamp" => &mut ts,
-            "payload" => &mut payload,
+        // The five names differ in length: at most one comparison per key.
+        let slot = match key.len() {
+            8 if key == "event_id" => &mut id,
+            6 if key == "run_id" => &mut run,
+            4 if key == "type" => &mut ty,
+            9 if key == "timestamp" => &mut ts,
+            7 if key == "payload" => &mut payload,
             _ => {
                 s.skip().map_err(not_json)?;
                 continue;
@@ -412,7 +413,9 @@ fn decode_payload(event_type: &str, payload: &str) -> Result<EventKind, String> 
 /// The payload fields a known type reads (`None` for `snapshot`, whose state
 /// is kept as text, and for unknown types, which read nothing).
 fn names_of(event_type: &str) -> Option<&'static [&'static str]> {
+    // Arms are tried in order: the type of almost every event first.
     Some(match event_type {
+        "message.delta" => &["message_id", "delta"],
         "run.started" => &["title"],
         "run.completed" => &["status", "error"],
         "supervisor.completed" => &["summary"],
@@ -435,7 +438,6 @@ fn names_of(event_type: &str) -> Option<&'static [&'static str]> {
             "reply_to",
             "content",
         ],
-        "message.delta" => &["message_id", "delta"],
         "message.completed" => &["message_id", "finish_reason", "usage", "fallback"],
         "message.failed" => &["message_id", "error"],
         _ => return None,
@@ -444,7 +446,12 @@ fn names_of(event_type: &str) -> Option<&'static [&'static str]> {
 
 /// The typed payload of a known type from its fields.
 fn decode_fields(event_type: &str, f: &mut Fields<'_>) -> Result<EventKind, String> {
+    // Arms are tried in order: the type of almost every event first.
     let kind = match event_type {
+        "message.delta" => EventKind::MessageDelta {
+            message_id: f.id("message_id")?,
+            delta: f.str("delta")?,
+        },
         "run.started" => EventKind::RunStarted {
             title: f.opt_str("title")?,
         },
@@ -535,10 +542,6 @@ fn decode_fields(event_type: &str, f: &mut Fields<'_>) -> Result<EventKind, Stri
                 content: f.opt_str("content")?,
             }
         }
-        "message.delta" => EventKind::MessageDelta {
-            message_id: f.id("message_id")?,
-            delta: f.str("delta")?,
-        },
         "message.completed" => {
             let usage = usage(f.take("usage"))?;
             EventKind::MessageCompleted {
@@ -584,32 +587,30 @@ fn unreachable_type() -> EventKind {
 /// True when `s` is an RFC 3339 date-time (`2026-11-22T12:00:00.123Z`, `…+01:00`).
 pub fn is_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| {
-        b.get(r)
-            .is_some_and(|x| !x.is_empty() && x.iter().all(u8::is_ascii_digit))
-    };
-    let num = |r: std::ops::Range<usize>| -> u32 {
-        b.get(r)
-            .map(|x| x.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0')))
-            .unwrap_or(0)
+    // `YYYY-MM-DDTHH:MM:SS`: `0` stands for a digit, `T` for `T`, `t` or a space.
+    const SHAPE: &[u8; 19] = b"0000-00-00T00:00:00";
+    let Some((head, _)) = b.split_first_chunk::<19>() else {
+        return false;
     };
     if b.len() < 20
-        || !digits(0..4)
-        || b.get(4) != Some(&b'-')
-        || !digits(5..7)
-        || b.get(7) != Some(&b'-')
-        || !digits(8..10)
-        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
-        || !digits(11..13)
-        || b.get(13) != Some(&b':')
-        || !digits(14..16)
-        || b.get(16) != Some(&b':')
-        || !digits(17..19)
+        || !head.iter().zip(SHAPE).all(|(&c, &p)| match p {
+            b'0' => c.is_ascii_digit(),
+            b'T' => matches!(c, b'T' | b't' | b' '),
+            _ => c == p,
+        })
     {
         return false;
     }
-    let (month, day, hour, min, sec) =
-        (num(5..7), num(8..10), num(11..13), num(14..16), num(17..19));
+    // Two digits at `i` (checked above, or by the caller for the offset).
+    let num = |i: usize| -> u32 {
+        match (b.get(i), b.get(i + 1)) {
+            (Some(&h), Some(&l)) => {
+                u32::from(h.wrapping_sub(b'0')) * 10 + u32::from(l.wrapping_sub(b'0'))
+            }
+            _ => 0,
+        }
+    };
+    let (month, day, hour, min, sec) = (num(5), num(8), num(11), num(14), num(17));
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
         return false;
     }
@@ -628,8 +629,8 @@ pub fn is_rfc3339(s: &str) -> bool {
         Some([b'Z' | b'z']) => true,
         Some([b'+' | b'-', h1, h2, b':', m1, m2]) => {
             [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit())
-                && num(i + 1..i + 3) <= 23
-                && num(i + 4..i + 6) <= 59
+                && num(i + 1) <= 23
+                && num(i + 4) <= 59
         }
         _ => false,
     }

@@ -54,6 +54,81 @@ pub enum SseItem {
     TooLarge(usize),
 }
 
+/// An event as [`SseParser::feed_ref`] reports it: borrowed from the
+/// parser's buffers, valid for the duration of the callback (no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SseEventRef<'a> {
+    /// The event type (`event:` field), `"message"` when none was given.
+    pub event_type: &'a str,
+    /// The data buffer, lines joined with LF, final LF removed.
+    pub data: &'a str,
+    /// The last event ID string in force when this event was dispatched.
+    pub last_event_id: &'a str,
+}
+
+/// [`SseItem`] with the event borrowed ([`SseParser::feed_ref`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseItemRef<'a> {
+    /// A complete event.
+    Event(SseEventRef<'a>),
+    /// See [`SseItem::Retry`].
+    Retry(u64),
+    /// See [`SseItem::Comment`].
+    Comment,
+    /// See [`SseItem::TooLarge`].
+    TooLarge(usize),
+}
+
+impl SseItemRef<'_> {
+    /// The owned item.
+    pub fn to_owned_item(self) -> SseItem {
+        match self {
+            Self::Event(e) => SseItem::Event(SseEvent {
+                event_type: e.event_type.to_owned(),
+                data: e.data.to_owned(),
+                last_event_id: e.last_event_id.to_owned(),
+            }),
+            Self::Retry(ms) => SseItem::Retry(ms),
+            Self::Comment => SseItem::Comment,
+            Self::TooLarge(n) => SseItem::TooLarge(n),
+        }
+    }
+}
+
+/// Bytes as UTF-8 with U+FFFD for invalid sequences: borrowed when valid
+/// (the validator's ASCII fast path), the lossy decoder only otherwise.
+#[inline]
+fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// The offset of the first CR or LF in `bytes`: eight bytes at a time
+/// while none is one (SWAR), then byte by byte.
+#[inline]
+fn line_end(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut words = bytes.chunks_exact(8);
+    let mut i = 0;
+    for word in words.by_ref() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let x = u64::from_le_bytes(w);
+        if zero(x ^ (ONES * u64::from(b'\n'))) | zero(x ^ (ONES * u64::from(b'\r'))) != 0 {
+            break;
+        }
+        i += 8;
+    }
+    let rest = bytes.get(i..).unwrap_or(&[]);
+    rest.iter()
+        .position(|&b| b == b'\n' || b == b'\r')
+        .map(|p| p + i)
+}
+
 /// Incremental SSE parser. See the module docs for the exact rules.
 #[derive(Debug)]
 pub struct SseParser {
@@ -117,7 +192,13 @@ impl SseParser {
     }
 
     /// Consumes one chunk, calling `out` for every item it completes.
-    pub fn feed(&mut self, mut chunk: &[u8], out: &mut dyn FnMut(SseItem)) {
+    pub fn feed(&mut self, chunk: &[u8], out: &mut dyn FnMut(SseItem)) {
+        self.feed_ref(chunk, &mut |item| out(item.to_owned_item()));
+    }
+
+    /// [`Self::feed`] reporting events borrowed from the parser's buffers
+    /// (what the engine uses: no allocation per event).
+    pub fn feed_ref(&mut self, mut chunk: &[u8], out: &mut dyn FnMut(SseItemRef<'_>)) {
         // Strip a BOM at stream start, even if it is split across chunks.
         while let Some(matched) = self.bom {
             let Some((&b, rest)) = chunk.split_first() else {
@@ -142,7 +223,7 @@ impl SseParser {
         self.feed_lines(chunk, out);
     }
 
-    fn feed_lines(&mut self, mut chunk: &[u8], out: &mut dyn FnMut(SseItem)) {
+    fn feed_lines(&mut self, mut chunk: &[u8], out: &mut dyn FnMut(SseItemRef<'_>)) {
         // A CR that ended the previous chunk pairs with an LF at the start of the
         // next non-empty one: an empty chunk must leave it pending.
         if self.pending_cr && !chunk.is_empty() {
@@ -152,7 +233,7 @@ impl SseParser {
             }
         }
         while !chunk.is_empty() {
-            match chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match line_end(chunk) {
                 None => {
                     self.push_partial(chunk, out);
                     return;
@@ -178,7 +259,7 @@ impl SseParser {
     }
 
     /// Ends the current line, whose last bytes are `head` (earlier ones are in `self.line`).
-    fn end_line(&mut self, head: &[u8], out: &mut dyn FnMut(SseItem)) {
+    fn end_line(&mut self, head: &[u8], out: &mut dyn FnMut(SseItemRef<'_>)) {
         if self.line.is_empty() {
             self.line_complete(head, out);
         } else {
@@ -192,7 +273,7 @@ impl SseParser {
     }
 
     /// Buffers bytes of a line that has not ended yet.
-    fn push_partial(&mut self, bytes: &[u8], out: &mut dyn FnMut(SseItem)) {
+    fn push_partial(&mut self, bytes: &[u8], out: &mut dyn FnMut(SseItemRef<'_>)) {
         if let Some(n) = self.discarding.as_mut() {
             *n = n.saturating_add(bytes.len());
             self.discard_partial |= !bytes.is_empty();
@@ -211,7 +292,12 @@ impl SseParser {
     ///
     /// `mid_line`: the bound was crossed before the current line ended (so that
     /// line's end is not a blank line); false when crossed by a complete line.
-    fn start_discarding(&mut self, seen: usize, mid_line: bool, out: &mut dyn FnMut(SseItem)) {
+    fn start_discarding(
+        &mut self,
+        seen: usize,
+        mid_line: bool,
+        out: &mut dyn FnMut(SseItemRef<'_>),
+    ) {
         self.line.clear();
         self.line.shrink_to(4096);
         self.data.clear();
@@ -219,11 +305,11 @@ impl SseParser {
         self.event_type.clear();
         self.discarding = Some(seen);
         self.discard_partial = mid_line;
-        out(SseItem::TooLarge(seen));
+        out(SseItemRef::TooLarge(seen));
     }
 
     /// Interprets one complete line (its bytes are not in `self.line`).
-    fn line_complete(&mut self, line: &[u8], out: &mut dyn FnMut(SseItem)) {
+    fn line_complete(&mut self, line: &[u8], out: &mut dyn FnMut(SseItemRef<'_>)) {
         if let Some(n) = self.discarding.as_mut() {
             if line.is_empty() && !self.discard_partial {
                 self.discarding = None;
@@ -245,7 +331,7 @@ impl SseParser {
             return;
         }
         if line.first() == Some(&b':') {
-            out(SseItem::Comment);
+            out(SseItemRef::Comment);
             return;
         }
         let (field, value) = match line.iter().position(|&b| b == b':') {
@@ -260,16 +346,17 @@ impl SseParser {
         // Decoded text can outgrow its bytes (U+FFFD is 3 bytes), hence the checks below.
         match field {
             b"event" => {
-                let value = String::from_utf8_lossy(value);
+                let value = lossy(value);
                 let seen = self.data.len() + value.len();
                 if seen > self.max_event_bytes {
                     self.start_discarding(seen, false, out);
                     return;
                 }
-                self.event_type = value.into_owned();
+                self.event_type.clear();
+                self.event_type.push_str(&value);
             }
             b"data" => {
-                let value = String::from_utf8_lossy(value);
+                let value = lossy(value);
                 let seen = self.data.len() + self.event_type.len() + value.len() + 1;
                 if seen > self.max_event_bytes {
                     self.start_discarding(seen, false, out);
@@ -279,19 +366,20 @@ impl SseParser {
                 self.data.push('\n');
             }
             b"id" if !value.contains(&0) => {
-                self.last_event_id = String::from_utf8_lossy(value).into_owned();
+                self.last_event_id.clear();
+                self.last_event_id.push_str(&lossy(value));
             }
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
                 let ms = value.iter().fold(0u64, |acc, d| {
                     acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
                 });
-                out(SseItem::Retry(ms));
+                out(SseItemRef::Retry(ms));
             }
             _ => {}
         }
     }
 
-    fn dispatch(&mut self, out: &mut dyn FnMut(SseItem)) {
+    fn dispatch(&mut self, out: &mut dyn FnMut(SseItemRef<'_>)) {
         if self.data.is_empty() {
             self.event_type.clear();
             return;
@@ -300,19 +388,17 @@ impl SseParser {
             self.data.pop();
         }
         let event_type = if self.event_type.is_empty() {
-            "message".to_owned()
+            "message"
         } else {
-            self.event_type.clone()
+            &self.event_type
         };
-        // Cloned (one exact-size allocation) so the buffers keep their capacity.
-        let data = self.data.clone();
+        out(SseItemRef::Event(SseEventRef {
+            event_type,
+            data: &self.data,
+            last_event_id: &self.last_event_id,
+        }));
         self.data.clear();
         self.event_type.clear();
-        out(SseItem::Event(SseEvent {
-            event_type,
-            data,
-            last_event_id: self.last_event_id.clone(),
-        }));
     }
 }
 
@@ -327,6 +413,44 @@ mod tests {
             p.feed(c, &mut |i| items.push(i));
         }
         items
+    }
+
+    #[test]
+    fn line_end_finds_the_first_cr_or_lf_at_every_offset_and_length() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for eol in [b'\n', b'\r'] {
+                    // High bytes and near misses (0x0B, 0x0C, 0x8A) around the line end.
+                    let mut v: Vec<u8> = (0..len)
+                        .map(|i| [b'a', 0x0B, 0x0C, 0x8A, 0xFF][i % 5])
+                        .collect();
+                    if at < len {
+                        v[at] = eol;
+                        if at + 1 < len {
+                            v[at + 1] = b'\n' ^ b'\r' ^ eol;
+                        }
+                    }
+                    let want = v.iter().position(|&b| b == b'\n' || b == b'\r');
+                    assert_eq!(line_end(&v), want, "len {len} at {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn feed_ref_reports_the_events_feed_does_without_owning_them() {
+        let input: &[u8] = b"id: 7\nevent: a\ndata: x\ndata: y\n\n: c\nretry: 5\ndata: \xFFz\n\n";
+        let mut p = SseParser::new(1 << 20);
+        let mut got = Vec::new();
+        p.feed_ref(input, &mut |i| got.push(i.to_owned_item()));
+        assert_eq!(got, parse_chunks(&[input]));
+        assert_eq!(
+            events(&got),
+            vec![
+                ("a".into(), "x\ny".into(), "7".into()),
+                ("message".into(), "\u{FFFD}z".into(), "7".into())
+            ]
+        );
     }
 
     fn events(items: &[SseItem]) -> Vec<(String, String, String)> {

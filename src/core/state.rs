@@ -253,6 +253,10 @@ struct Index {
     jobs: HashMap<String, String>,
     messages: HashMap<String, usize>,
     requests: HashMap<String, usize>,
+    /// What `messages` last gave [`RunState::message_index`] (a run of
+    /// deltas names one message): checked against the message's id before
+    /// use, cleared whenever `messages` changes otherwise.
+    last_message: Option<usize>,
 }
 
 /// Something the reducer did that metrics care about.
@@ -687,7 +691,17 @@ impl RunState {
 
     /// Position of the message `message_id`, creating an assistant placeholder at the end if unknown.
     fn message_index(&mut self, message_id: &str) -> usize {
+        if let Some(i) = self.index.last_message {
+            let same = self
+                .messages
+                .get(i)
+                .is_some_and(|m| m.message_id.as_deref() == Some(message_id));
+            if same {
+                return i;
+            }
+        }
         if let Some(&i) = self.index.messages.get(message_id) {
+            self.index.last_message = Some(i);
             return i;
         }
         self.messages.push(Message {
@@ -700,6 +714,7 @@ impl RunState {
         });
         let i = self.messages.len() - 1;
         self.index.messages.insert(message_id.to_owned(), i);
+        self.index.last_message = Some(i);
         self.changes.messages.mark(i);
         i
     }
@@ -751,6 +766,7 @@ impl RunState {
                     }
                 }
                 self.index.messages.insert(message_id, i);
+                self.index.last_message = None;
             }
             return;
         }
@@ -793,6 +809,7 @@ impl RunState {
             let i = self.messages.len();
             if let Some(id) = &msg.message_id {
                 self.index.messages.insert(id.clone(), i);
+                self.index.last_message = None;
             }
             if let Some(c) = &msg.client_request_id {
                 self.index.requests.entry(c.clone()).or_insert(i);
@@ -924,6 +941,38 @@ mod tests {
             s.apply(i as u64 + 1, k, &mut parked, 16, &mut out).unwrap();
         }
         (s, parked)
+    }
+
+    #[test]
+    fn deltas_go_to_the_message_they_name_whichever_was_named_last() {
+        let delta = |m: &str, d: &str| EventKind::MessageDelta {
+            message_id: m.into(),
+            delta: d.into(),
+        };
+        let created = |m: &str| EventKind::MessageCreated {
+            message_id: m.into(),
+            role: "assistant".into(),
+            client_request_id: None,
+            reply_to: None,
+            content: None,
+        };
+        let (s, _) = apply_all(vec![
+            delta("m1", "a"),
+            delta("m1", "b"),
+            created("m2"),
+            delta("m2", "x"),
+            delta("m1", "c"),
+            delta("m3", "p"),
+            delta("m2", "y"),
+            delta("m3", "q"),
+            delta("m3", "r"),
+        ]);
+        let content: Vec<(&str, &str)> = s
+            .messages
+            .iter()
+            .map(|m| (m.message_id.as_deref().unwrap_or(""), m.content.as_str()))
+            .collect();
+        assert_eq!(content, [("m1", "abc"), ("m2", "xy"), ("m3", "pqr")]);
     }
 
     fn ws(w: &str, j: Option<&str>) -> EventKind {

@@ -48,7 +48,7 @@ use super::metrics::{
     EventClass, Metric, RunMetrics, RuntimeEvent, SpanFields, Telemetry, Termination,
 };
 use super::rng::Rng;
-use super::sse::{SseItem, SseParser};
+use super::sse::{SseItemRef, SseParser};
 use super::state::{Applied, MessageStatus, Parked, RunState};
 use follow::{Follow, Role};
 use link::{Conn, Link};
@@ -441,15 +441,15 @@ impl Engine {
         // Events are handled as the parser completes them (no per-chunk list).
         // The parser is moved out for the duration so the callback can use `self`.
         let mut parser = std::mem::replace(&mut self.parser, SseParser::new(0));
-        parser.feed(bytes, &mut |item| {
+        parser.feed_ref(bytes, &mut |item| {
             if !self.link.accepts(conn) {
                 return;
             }
             match item {
-                SseItem::Event(ev) => self.handle_frame(now, &ev.data),
-                SseItem::Retry(ms) => self.link.server_retry = Some(ms as f64),
-                SseItem::Comment => {}
-                SseItem::TooLarge(n) => self.protocol_error(now, FrameError::TooLarge(n).into()),
+                SseItemRef::Event(ev) => self.handle_frame(now, ev.data),
+                SseItemRef::Retry(ms) => self.link.server_retry = Some(ms as f64),
+                SseItemRef::Comment => {}
+                SseItemRef::TooLarge(n) => self.protocol_error(now, FrameError::TooLarge(n).into()),
             }
         });
         if self.link.id != conn {

@@ -8,16 +8,18 @@ use super::error::{JsonError, JsonErrorCode};
 use super::number::{self, Number};
 use super::MAX_DEPTH;
 
-/// Whether any of the eight bytes of `x` is `"`, `\\` or below 0x20.
+/// The high bit of each of the eight bytes of `x` that is `"`, `\\` or below
+/// 0x20 (little-endian: byte `k` is bits `8k..8k+8`). A set bit may be
+/// spurious only above a genuine one, so the lowest set bit is exact.
 #[inline(always)]
-fn has_special(x: u64) -> bool {
+fn special_mask(x: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let quote = zero(x ^ (ONES * u64::from(b'"')));
     let backslash = zero(x ^ (ONES * u64::from(b'\\')));
     let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-    quote | backslash | control != 0
+    quote | backslash | control
 }
 
 /// The type of the next value, as its first byte tells.
@@ -166,40 +168,46 @@ impl<'a> Scanner<'a> {
     #[inline]
     pub fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.expect(Token::String)?;
-        self.string_at(true).map(|s| s.unwrap_or(Cow::Borrowed("")))
+        self.string_at(true)
     }
 
     /// Scans the string at `self.pos` (its opening quote). With `build`
-    /// false it only validates (for [`Self::skip`]) and returns `None`.
-    fn string_at(&mut self, build: bool) -> Result<Option<Cow<'a, str>>, JsonError> {
+    /// false it only validates (for [`Self::skip`]) and returns `""`.
+    fn string_at(&mut self, build: bool) -> Result<Cow<'a, str>, JsonError> {
         let b = self.bytes();
         let start = self.pos + 1;
-        // Fast path: a string without escape, scanned with a local index.
-        let mut i = start;
-        // Eight bytes at a time while none is `"`, `\\` or a control (SWAR).
-        while let Some(word) = b.get(i..i + 8) {
-            let x = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
-            if has_special(x) {
+        // Fast path: a string without escape, scanned over the remaining slice.
+        let mut rest = b.get(start..).unwrap_or(&[]);
+        // Eight bytes at a time (SWAR) up to the first `"`, `\\` or control.
+        loop {
+            if let Some((word, tail)) = rest.split_first_chunk::<8>() {
+                let m = special_mask(u64::from_le_bytes(*word));
+                if m == 0 {
+                    rest = tail;
+                    continue;
+                }
+                rest = rest.get((m.trailing_zeros() / 8) as usize..).unwrap_or(&[]);
                 break;
             }
-            i += 8;
-        }
-        while let Some(&c) = b.get(i) {
-            if c == b'"' || c == b'\\' || c < 0x20 {
-                break;
+            while let Some((&c, tail)) = rest.split_first() {
+                if c == b'"' || c == b'\\' || c < 0x20 {
+                    break;
+                }
+                rest = tail;
             }
-            i += 1;
+            break;
         }
-        if b.get(i) == Some(&b'"') {
+        if rest.first() == Some(&b'"') {
+            let i = b.len() - rest.len();
             self.pos = i + 1;
+            if !build {
+                return Ok(Cow::Borrowed(""));
+            }
             // `start` and `i` are next to ASCII quotes: char boundaries.
-            return Ok(match (build, self.text.get(start..i)) {
-                (false, _) => None,
-                (true, Some(t)) => Some(Cow::Borrowed(t)),
-                (true, None) => Some(Cow::Borrowed("")),
-            });
+            return Ok(Cow::Borrowed(self.text.get(start..i).unwrap_or("")));
         }
-        self.pos = start;
+        // Slow path from the first special byte (the bytes before it are plain).
+        self.pos = b.len() - rest.len();
         let mut owned: Option<String> = None;
         // Start of the run of plain bytes not yet copied into `owned`.
         let mut run = start;
@@ -212,17 +220,17 @@ impl<'a> Scanner<'a> {
                     let end = self.pos;
                     self.pos += 1;
                     if !build {
-                        return Ok(None);
+                        return Ok(Cow::Borrowed(""));
                     }
                     // `run` and `end` sit next to ASCII bytes: char boundaries.
                     let tail: &str = self.text.get(run..end).unwrap_or_default();
-                    return Ok(Some(match owned {
+                    return Ok(match owned {
                         Some(mut s) => {
                             s.push_str(tail);
                             Cow::Owned(s)
                         }
                         None => Cow::Borrowed(tail),
-                    }));
+                    });
                 }
                 b'\\' => {
                     if build {
@@ -376,7 +384,7 @@ impl<'a> Scanner<'a> {
         if self.byte() != Some(b'"') {
             return Err(self.err(JsonErrorCode::Unexpected));
         }
-        let k = self.string_at(true)?.unwrap_or(Cow::Borrowed(""));
+        let k = self.string_at(true)?;
         match self.ws() {
             Some(b':') => self.pos += 1,
             None => return Err(self.err(JsonErrorCode::Eof)),
