@@ -718,8 +718,17 @@ impl<'a> BodyFields<'a> {
         }
     }
 
+    /// A required value, `null` included (as serde reads a required raw
+    /// value); only an absent field is missing.
     fn raw(&mut self, k: &str) -> Result<RawJson, WireError> {
-        self.opt_raw(k).ok_or_else(|| missing(k))
+        let i = self.names.iter().position(|n| *n == k);
+        match self.take(k) {
+            Field::Absent => Err(missing(k)),
+            _ => i
+                .and_then(|i| self.raws.get(i))
+                .map(|r| RawJson::from_checked(r))
+                .ok_or_else(|| missing(k)),
+        }
     }
 }
 
