@@ -40,6 +40,7 @@ fn main() {
         decode_only(n);
         return;
     }
+    let only = std::env::var("RUNSTREAM_BENCH_ONLY").unwrap_or_default();
     let bytes = log(n);
     let mut rates = Vec::new();
     for _ in 0..7 {
@@ -62,7 +63,9 @@ fn main() {
     }
     rates.sort_by(f64::total_cmp);
     let med = rates[rates.len() / 2];
-    decode_only(n);
+    if only != "engine" {
+        decode_only(n);
+    }
     println!(
         "core: {} events ({} MB of SSE) → applied state: median {:.0} events/s ({:.2} µs/event) over 7 runs",
         n + 3,

@@ -166,7 +166,7 @@ pub fn decode_envelope(text: &str, expected_run: &str) -> Result<Envelope, Decod
     let mut early = Fields::new();
     let mut early_type: Option<Cow<'_, str>> = None;
     s.object().map_err(not_json)?;
-    while let Some(key) = s.key().map_err(not_json)? {
+    while let Some(key) = s.key_inline().map_err(not_json)? {
         if key == "payload" {
             if let (Field::Str(t), Ok(Token::Object)) = (&ty, s.peek()) {
                 if let Some(names) = names_of(t) {
@@ -194,7 +194,7 @@ pub fn decode_envelope(text: &str, expected_run: &str) -> Result<Envelope, Decod
                 continue;
             }
         };
-        *slot = Field::read(&mut s).map_err(not_json)?;
+        *slot = Field::read_inline(&mut s).map_err(not_json)?;
     }
     s.end().map_err(not_json)?;
 
@@ -296,6 +296,7 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    #[inline(always)]
     fn new() -> Self {
         Self {
             names: &[],
@@ -313,10 +314,10 @@ impl<'a> Fields<'a> {
     ) -> Result<(), JsonError> {
         self.names = names;
         s.object()?;
-        while let Some(key) = s.key()? {
+        while let Some(key) = s.key_inline()? {
             match names.iter().position(|n| *n == key) {
                 Some(i) => {
-                    let v = Field::read(s)?;
+                    let v = Field::read_inline(s)?;
                     if let Some(slot) = self.values.get_mut(i) {
                         *slot = v;
                     }
@@ -333,6 +334,7 @@ impl<'a> Fields<'a> {
             .map_err(|e| e.message().into())
     }
 
+    #[inline(always)]
     fn take(&mut self, k: &str) -> Field<'a> {
         match self.names.iter().position(|n| *n == k) {
             Some(i) => self
@@ -343,6 +345,7 @@ impl<'a> Fields<'a> {
         }
     }
 
+    #[inline(always)]
     fn opt_str(&mut self, k: &str) -> Result<Option<String>, String> {
         match self.take(k) {
             Field::Absent | Field::Null => Ok(None),
@@ -350,9 +353,11 @@ impl<'a> Fields<'a> {
             _ => Err(reason(k, "must be a string")),
         }
     }
+    #[inline(always)]
     fn str(&mut self, k: &str) -> Result<String, String> {
         self.opt_str(k)?.ok_or_else(|| reason(k, "is required"))
     }
+    #[inline(always)]
     fn id(&mut self, k: &str) -> Result<String, String> {
         let s = self.str(k)?;
         if s.is_empty() {

@@ -173,6 +173,9 @@ impl<'a> Scanner<'a> {
 
     /// Scans the string at `self.pos` (its opening quote). With `build`
     /// false it only validates (for [`Self::skip`]) and returns `""`.
+    /// The escape-free fast path is inlined into its callers; the rest is
+    /// [`Self::string_slow`], out of line.
+    #[inline(always)]
     fn string_at(&mut self, build: bool) -> Result<Cow<'a, str>, JsonError> {
         let b = self.bytes();
         let start = self.pos + 1;
@@ -208,6 +211,14 @@ impl<'a> Scanner<'a> {
         }
         // Slow path from the first special byte (the bytes before it are plain).
         self.pos = b.len() - rest.len();
+        self.string_slow(start, build)
+    }
+
+    /// [`Self::string_at`] from the first special byte (at `self.pos`) of
+    /// the string whose text starts at `start`.
+    #[inline(never)]
+    fn string_slow(&mut self, start: usize, build: bool) -> Result<Cow<'a, str>, JsonError> {
+        let b = self.bytes();
         let mut owned: Option<String> = None;
         // Start of the run of plain bytes not yet copied into `owned`.
         let mut run = start;
@@ -350,7 +361,7 @@ impl<'a> Scanner<'a> {
     /// Moves past the separator before the next member of a container
     /// closed by `close`: true if a member follows, false if the container
     /// ended (consumed).
-    #[inline]
+    #[inline(always)]
     fn next_member(&mut self, close: u8) -> Result<bool, JsonError> {
         let first = std::mem::replace(&mut self.first, false);
         match self.ws() {
@@ -376,8 +387,14 @@ impl<'a> Scanner<'a> {
 
     /// The next key of the current object and its `:` (the value is next),
     /// or `None` at the closing `}` (consumed).
-    #[inline]
     pub fn key(&mut self) -> Result<Option<Cow<'a, str>>, JsonError> {
+        self.key_inline()
+    }
+
+    /// [`Self::key`] inlined into its caller: for the envelope's hot loop
+    /// only (every other reader calls the out-of-line one).
+    #[inline(always)]
+    pub fn key_inline(&mut self) -> Result<Option<Cow<'a, str>>, JsonError> {
         if !self.next_member(b'}')? {
             return Ok(None);
         }
@@ -475,6 +492,12 @@ pub enum Field<'a> {
 impl<'a> Field<'a> {
     /// Reads the next value.
     pub fn read(s: &mut Scanner<'a>) -> Result<Self, JsonError> {
+        Self::read_inline(s)
+    }
+
+    /// [`Self::read`] inlined into its caller (the envelope's hot loop).
+    #[inline(always)]
+    pub fn read_inline(s: &mut Scanner<'a>) -> Result<Self, JsonError> {
         Ok(match s.peek()? {
             Token::Null => {
                 s.null()?;
