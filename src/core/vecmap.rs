@@ -1,16 +1,19 @@
 //! A map and a set kept as sorted vectors.
 //!
-//! Every map in the core is small (a run's buffered events up to the
-//! reorder bound, a few header names, termination reasons, error kinds, the
-//! runs of one socket) and is read far more often than it changes. A sorted
+//! Most maps of the core are small (header names, termination reasons,
+//! error kinds, per-send metrics up to their bound, the runs of one
+//! socket) and read far more often than they change. A sorted
 //! `Vec` answers lookups by binary search and iterates in key order like a
 //! `BTreeMap`, and its code is a binary search and a `Vec` insert or remove
 //! per key/value type, where each `BTreeMap` instantiation brings its node
 //! balancing code into the wasm (4–5 KB each; there were eight).
 //!
-//! Inserting or removing is O(n) (a move of the tail): the bounds of the
-//! maps that use it (`Config::reorder_capacity` at most) keep that cheap.
-//! No bound of its own: each user states its bound.
+//! Inserting or removing is O(n) (a move of the tail), and so collecting
+//! unsorted pairs is O(n²) (sorted ones: O(n log n)): it is for the small,
+//! bounded maps (headers, metric counters and attributes, a socket's runs,
+//! the tabs' watchers). Tables that grow with a run's history (the
+//! reducer's index, persistence, the snapshot caches) stay `HashMap`s. No
+//! bound of its own: each user states its bound.
 
 use std::borrow::Borrow;
 
@@ -331,6 +334,30 @@ mod tests {
             collected.iter().collect::<Vec<_>>(),
             vec![(&1, &2), (&3, &4)]
         );
+    }
+
+    /// Collecting keeps the last pair of a key, as `BTreeMap` does, for
+    /// sorted, reversed and shuffled inputs with repeats.
+    #[test]
+    fn collects_like_a_btreemap() {
+        let mut rng = crate::core::rng::Rng::new([3, 5]);
+        for n in [0usize, 1, 2, 3, 10, 100, 1_000] {
+            for shape in 0..3 {
+                let pairs: Vec<(u64, usize)> = (0..n)
+                    .map(|i| {
+                        let k = match shape {
+                            0 => i as u64,
+                            1 => (n - i) as u64,
+                            _ => rng.next_u64() % (n as u64 / 2 + 1),
+                        };
+                        (k, i)
+                    })
+                    .collect();
+                let a: VecMap<u64, usize> = pairs.iter().copied().collect();
+                let b: BTreeMap<u64, usize> = pairs.iter().copied().collect();
+                assert!(a.iter().eq(b.iter()), "n {n} shape {shape}");
+            }
+        }
     }
 
     #[test]
