@@ -463,7 +463,7 @@ fn working_shows_exactly_at_the_stall_threshold() {
         )),
     );
     assert_eq!(e.activity(9000.0), Activity::Idle);
-    let m = &e.metrics().messages[&crid];
+    let m = e.metrics().messages.get(&crid).unwrap();
     assert_eq!(m.ttft_ms, Some(2990.0));
     assert_eq!(m.duration_ms, Some(5090.0));
     assert_eq!(m.tokens, 1);
@@ -535,7 +535,10 @@ fn outbox_optimistic_message_retries_and_merges_with_echo_in_place() {
         },
     );
     assert_eq!(e.state().messages[0].status, MessageStatus::Sent);
-    assert_eq!(e.metrics().messages[&crid].ttfb_ms, Some(t + 40.0 - 5.0));
+    assert_eq!(
+        e.metrics().messages.get(&crid).unwrap().ttfb_ms,
+        Some(t + 40.0 - 5.0)
+    );
     // Another message arrives before the echo; then the echo merges in place.
     e.handle_bytes(
         t + 50.0,
@@ -658,7 +661,7 @@ fn websocket_subscribe_resume_and_sends_queue_until_open() {
     );
     assert_eq!(e.cursor(), 4);
     assert_eq!(e.metrics().protocol_errors, 2);
-    assert!(e.metrics().messages[&crid].ttfb_ms.is_some());
+    assert!(e.metrics().messages.get(&crid).unwrap().ttfb_ms.is_some());
     e.handle_closed(5.0, conn, CloseCause::Eof);
     let t = e.poll_timeout().unwrap();
     e.handle_timeout(t);

@@ -665,8 +665,8 @@ proptest! {
         m.time_to_first_event_ms = t;
         m.tool_calls = n[6];
         m.tool_errors = n[7];
-        m.terminations = terms.clone();
-        m.protocol_errors_by_kind = terms;
+        m.terminations = terms.clone().into_iter().collect();
+        m.protocol_errors_by_kind = terms.into_iter().collect();
         m.gaps_skipped = n[8];
         m.unknown_events = n[9];
         m.messages = msgs.into_iter().map(|(k, (a, b, c, tokens, fallback))| {
@@ -687,7 +687,7 @@ proptest! {
             name: ["stream.reconnect.total", "runstream:span"][name],
             value,
             ts,
-            attrs,
+            attrs: attrs.into_iter().collect(),
             span: sp,
         });
     }
@@ -969,6 +969,7 @@ proptest! {
     fn client_frames_are_serdes_bytes(run in text(), id in prop::option::of(any::<u64>()), t in num(),
                                       h in prop::option::of(prop::collection::btree_map(text(), text(), 0..3)),
                                       crid in text(), content in text()) {
+        let h: Option<runstream::core::vecmap::VecMap<String, String>> = h.map(|m| m.into_iter().collect());
         for op in [
             ClientOp::Subscribe { run_id: run.clone(), last_event_id: id, headers: h.clone() },
             ClientOp::Unsubscribe { run_id: run.clone() },

@@ -318,7 +318,11 @@ fn routes_each_frame_to_its_run_and_pings_once_per_socket() {
     // An ack goes to the run that sent, and only to it.
     let crid = p.engines[3].send(p.now, "hi").unwrap();
     p.pump();
-    assert!(p.engines[3].metrics().messages[&crid].ttfb_ms.is_some());
+    assert!(p.engines[3]
+        .metrics()
+        .messages
+        .get(&crid)
+        .is_some_and(|m| m.ttfb_ms.is_some()));
     // A binary frame is a protocol error of every run, not a crash.
     p.sock.handle_binary(p.now, 1);
     p.pump();

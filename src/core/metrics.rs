@@ -3,7 +3,9 @@
 //! Figures, never percentiles: consumers aggregate. Every map and queue here is
 //! bounded and says what happens at the bound.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::core::vecmap::VecMap;
 
 #[cfg(not(target_arch = "wasm32"))]
 use serde::Serialize;
@@ -52,11 +54,11 @@ pub struct RunMetrics {
     /// Tool calls that completed with `status: "error"`.
     pub tool_errors: u64,
     /// Connection terminations by reason (see `Termination`).
-    pub terminations: BTreeMap<String, u64>,
+    pub terminations: VecMap<String, u64>,
     /// Per-send figures, by `client_request_id` (at most [`MAX_MESSAGE_METRICS`]).
-    pub messages: BTreeMap<String, MessageMetrics>,
+    pub messages: VecMap<String, MessageMetrics>,
     /// Protocol errors by kind ([`ProtocolError::kind`](crate::core::error::ProtocolError::kind)).
-    pub protocol_errors_by_kind: BTreeMap<String, u64>,
+    pub protocol_errors_by_kind: VecMap<String, u64>,
     /// Event ids given up on: a gap neither replay nor the snapshot endpoint could fill (PROTOCOL §1).
     pub gaps_skipped: u64,
     /// Events of a type this client does not know (applied as no-ops, PROTOCOL §1).
@@ -248,9 +250,9 @@ pub struct RuntimeEvent {
     /// Attributes.
     #[cfg_attr(
         not(target_arch = "wasm32"),
-        serde(skip_serializing_if = "BTreeMap::is_empty")
+        serde(skip_serializing_if = "VecMap::is_empty")
     )]
-    pub attrs: BTreeMap<&'static str, String>,
+    pub attrs: VecMap<&'static str, String>,
     /// Span fields, for `kind: "span"` only.
     #[cfg_attr(
         not(target_arch = "wasm32"),

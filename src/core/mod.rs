@@ -23,5 +23,6 @@ pub mod socket;
 pub mod sse;
 pub mod state;
 pub mod tabs;
+pub mod vecmap;
 pub mod vocab;
 pub mod wire;

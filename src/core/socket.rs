@@ -26,7 +26,9 @@
 //! [`Engine`]: super::engine::Engine
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::core::vecmap::VecMap;
 
 use super::engine::backoff;
 use super::engine::{Backoff, CloseCause, Config, Ms};
@@ -177,7 +179,7 @@ pub struct Socket {
     last_frame_at: Ms,
     visible: bool,
     /// Attached runs and the run each follows.
-    runs: BTreeMap<RunKey, String>,
+    runs: VecMap<RunKey, String>,
     deadlines: Deadlines,
     actions: VecDeque<SocketAction>,
     /// Sockets opened so far.
@@ -198,7 +200,7 @@ impl Socket {
             failures: 0,
             last_frame_at: 0.0,
             visible: true,
-            runs: BTreeMap::new(),
+            runs: VecMap::new(),
             deadlines: Deadlines::default(),
             actions: VecDeque::new(),
             opens: 0,

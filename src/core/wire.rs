@@ -17,7 +17,7 @@
 //! client validates it once, on its own fast path, and a server forwards its
 //! log entries without re-parsing them.
 
-use std::collections::BTreeMap;
+use crate::core::vecmap::VecMap;
 use std::fmt;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -30,7 +30,7 @@ use super::json::{Field, JsonError, Number, RawJson, Scanner, Token, Writer};
 use super::state::RunState;
 
 /// Request headers carried inside WebSocket frames (a browser WebSocket cannot set headers).
-pub type Headers = BTreeMap<String, String>;
+pub type Headers = VecMap<String, String>;
 
 /// Why a frame or body could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,8 +10,8 @@
 //! goes, the machine, the socket and its timer are dropped with it. The page's
 //! registry holds only weak references.
 
+use crate::core::vecmap::VecMap;
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::rc::{Rc, Weak as RcWeak};
 
 use wasm_bindgen::closure::Closure;
@@ -43,7 +43,7 @@ struct Shared {
     url: String,
     ws: Option<(u64, Handle)>,
     timer: Option<(f64, env::Timeout)>,
-    runs: BTreeMap<RunKey, RunRef>,
+    runs: VecMap<RunKey, RunRef>,
     weak: SocketWeak,
 }
 
@@ -95,7 +95,7 @@ impl Member {
                     url: url.to_owned(),
                     ws: None,
                     timer: None,
-                    runs: BTreeMap::new(),
+                    runs: VecMap::new(),
                     weak: weak.clone(),
                 })
             });

@@ -39,7 +39,7 @@
 use super::config::Ms;
 use super::io::Connection;
 use super::timers::{Timer, TimerTable};
-use std::collections::BTreeSet;
+use crate::core::vecmap::VecSet;
 
 use crate::core::tabs::{Body, LeaderStatus, Message, Ring, MAX_WATCHERS};
 
@@ -106,7 +106,7 @@ pub struct Follow {
     /// This tab's page is visible.
     pub page_visible: bool,
     /// Leader: the followers whose page is visible (at most [`MAX_WATCHERS`]).
-    watchers: BTreeSet<String>,
+    watchers: VecSet<String>,
 }
 
 impl Follow {
@@ -133,7 +133,7 @@ impl Follow {
             leader: None,
             gap_catch_up: None,
             page_visible: true,
-            watchers: BTreeSet::new(),
+            watchers: VecSet::new(),
         }
     }
 

@@ -624,11 +624,9 @@ impl Engine {
 
     pub(super) fn protocol_error(&mut self, now: Ms, e: ProtocolError) {
         self.metrics.protocol_errors += 1;
-        *self
-            .metrics
+        self.metrics
             .protocol_errors_by_kind
-            .entry(e.kind().to_owned())
-            .or_insert(0) += 1;
+            .increment(e.kind(), str::to_owned);
         self.telemetry.metric(
             EventClass::Counter,
             Metric::ProtocolError,
@@ -661,7 +659,7 @@ impl Engine {
             name: "runstream:span",
             value: f.duration_ms,
             ts: f.start + f.duration_ms,
-            attrs: std::collections::BTreeMap::new(),
+            attrs: crate::core::vecmap::VecMap::new(),
             span: Some(f),
         });
     }

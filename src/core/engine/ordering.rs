@@ -12,8 +12,6 @@
 //!   it fails, the missing ids are skipped, counted (`gapsSkipped`) and
 //!   reported: the client never freezes and never resumes in a loop.
 
-use std::collections::BTreeMap;
-
 use crate::core::envelope::EventKind;
 
 /// Replays of the same gap before the snapshot endpoint (or a skip) repairs it.
@@ -53,7 +51,10 @@ pub enum GapRepair {
 /// The reorder buffer and the gap-repair ladder.
 #[derive(Debug, Default)]
 pub struct Ordering {
-    buffer: BTreeMap<u64, EventKind>,
+    /// Held events, sorted by id in *descending* order: the next one to
+    /// apply is the last, so draining a filled gap pops from the end.
+    /// Bounded by the caller's `capacity` (`Config::reorder_capacity`).
+    buffer: Vec<(u64, EventKind)>,
     /// The cursor at which the current gap was found, and how often it was replayed.
     stuck_at: u64,
     replays: u32,
@@ -64,7 +65,11 @@ pub struct Ordering {
 impl Ordering {
     /// Classifies event `id` given the `cursor`; holds it if it is beyond a gap.
     pub fn offer(&mut self, cursor: u64, id: u64, kind: EventKind, capacity: usize) -> Offer {
-        if id <= cursor || self.buffer.contains_key(&id) {
+        let at = match self.find(id) {
+            Ok(_) => return Offer::Duplicate,
+            Err(at) => at,
+        };
+        if id <= cursor {
             return Offer::Duplicate;
         }
         if id == cursor + 1 {
@@ -73,17 +78,16 @@ impl Ordering {
         if self.buffer.len() >= capacity {
             return Offer::Full;
         }
-        self.buffer.insert(id, kind);
+        self.buffer.insert(at, (id, kind));
         Offer::Held
     }
 
     /// The held event that comes right after `cursor`, if any.
     pub fn pop_ready(&mut self, cursor: u64) -> Option<(u64, EventKind)> {
-        let entry = self.buffer.first_entry()?;
-        if *entry.key() != cursor + 1 {
-            return None;
+        match self.buffer.last() {
+            Some((id, _)) if *id == cursor + 1 => self.buffer.pop(),
+            _ => None,
         }
-        Some(entry.remove_entry())
     }
 
     /// An event is held beyond a gap.
@@ -103,7 +107,12 @@ impl Ordering {
 
     /// The id `id` is held.
     pub fn holds(&self, id: u64) -> bool {
-        self.buffer.contains_key(&id)
+        self.find(id).is_ok()
+    }
+
+    /// Where `id` is (or would go) in the descending buffer.
+    fn find(&self, id: u64) -> Result<usize, usize> {
+        self.buffer.binary_search_by(|(k, _)| id.cmp(k))
     }
 
     /// Forgets held events (the link ended: the resume replays them).
@@ -113,7 +122,7 @@ impl Ordering {
 
     /// A snapshot as of `id` replaced the state: held events up to it are covered.
     pub fn covered_up_to(&mut self, id: u64) {
-        self.buffer = self.buffer.split_off(&(id + 1));
+        self.buffer.retain(|(k, _)| *k > id);
     }
 
     /// The gap did not fill in time (or the buffer filled): the next rung of the ladder.
@@ -151,8 +160,8 @@ impl Ordering {
     fn skip(&mut self, cursor: u64) -> GapRepair {
         self.replays = 0;
         self.snapshot_asked = false;
-        match self.buffer.keys().next() {
-            Some(&first) if first > cursor + 1 => GapRepair::Skip {
+        match self.buffer.last().map(|(k, _)| *k) {
+            Some(first) if first > cursor + 1 => GapRepair::Skip {
                 from: cursor + 1,
                 to: first - 1,
             },

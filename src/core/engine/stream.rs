@@ -222,11 +222,9 @@ impl Engine {
 
     /// One termination, in `metrics.terminations` and on the raw event stream.
     fn count_termination(&mut self, now: Ms, reason: Termination) {
-        *self
-            .metrics
+        self.metrics
             .terminations
-            .entry(reason.as_str().to_owned())
-            .or_insert(0) += 1;
+            .increment(reason.as_str(), str::to_owned);
         self.telemetry.metric(
             EventClass::Counter,
             Metric::Termination,

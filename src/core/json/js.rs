@@ -7,7 +7,7 @@
 //! both give the same JSON value for random states, metrics and events.
 //! Numbers differ only in spelling (`3` for serde's `3.0`).
 
-use std::collections::BTreeMap;
+use crate::core::vecmap::VecMap;
 
 use super::write::{ToJson, Writer};
 use crate::core::engine::{Activity, Sharing, StreamStatus};
@@ -165,7 +165,7 @@ impl ToJson for StreamStatus {
     }
 }
 
-fn counts(w: &mut Writer, m: &BTreeMap<String, u64>) {
+fn counts(w: &mut Writer, m: &VecMap<String, u64>) {
     w.begin_object();
     for (k, v) in m {
         w.key(k).u64(*v);
