@@ -36,11 +36,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    if std::env::var("RUNSTREAM_BENCH_ONLY").as_deref() == Ok("decode") {
+    // RUNSTREAM_BENCH_ONLY=decode: decoding alone; =engine: the engine path alone.
+    let only = std::env::var("RUNSTREAM_BENCH_ONLY").unwrap_or_default();
+    if only == "decode" {
         decode_only(n);
         return;
     }
-    let only = std::env::var("RUNSTREAM_BENCH_ONLY").unwrap_or_default();
     let bytes = log(n);
     let mut rates = Vec::new();
     for _ in 0..7 {

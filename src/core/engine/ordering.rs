@@ -65,13 +65,13 @@ pub struct Ordering {
 impl Ordering {
     /// Classifies event `id` given the `cursor`; holds it if it is beyond a gap.
     pub fn offer(&mut self, cursor: u64, id: u64, kind: EventKind, capacity: usize) -> Offer {
+        if id <= cursor {
+            return Offer::Duplicate;
+        }
         let at = match self.find(id) {
             Ok(_) => return Offer::Duplicate,
             Err(at) => at,
         };
-        if id <= cursor {
-            return Offer::Duplicate;
-        }
         if id == cursor + 1 {
             return Offer::Apply(kind);
         }
