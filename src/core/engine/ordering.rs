@@ -191,6 +191,40 @@ mod tests {
         assert!(!o.has_gap());
     }
 
+    /// Several events held in any arrival order drain in id order once the
+    /// gap fills; a snapshot covers those up to its id; a skip names the
+    /// first one still held.
+    #[test]
+    fn held_events_drain_in_id_order_whatever_their_arrival_order() {
+        let mut o = Ordering::default();
+        for id in [6, 3, 9, 4, 7, 5] {
+            assert!(matches!(o.offer(1, id, k(), 8), Offer::Held), "{id}");
+        }
+        for id in [3, 9, 6] {
+            assert!(matches!(o.offer(1, id, k(), 8), Offer::Duplicate), "{id}");
+            assert!(o.holds(id));
+        }
+        assert!(!o.holds(2) && !o.holds(8));
+        assert!(o.pop_ready(1).is_none());
+        // 2 arrives (applied by the caller): 3 to 7 drain, 9 waits for 8.
+        let drained: Vec<u64> = std::iter::successors(Some(2), |c| Some(c + 1))
+            .map_while(|c| o.pop_ready(c).map(|(id, _)| id))
+            .collect();
+        assert_eq!(drained, [3, 4, 5, 6, 7]);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.snapshot_failed(7), GapRepair::Nothing);
+        let _ = o.offer(7, 12, k(), 8);
+        let _ = o.offer(7, 11, k(), 8);
+        o.covered_up_to(9);
+        assert!(!o.holds(9) && o.holds(11) && o.holds(12));
+        assert_eq!(o.on_gap_timeout(9, false), GapRepair::Replay);
+        assert_eq!(o.on_gap_timeout(9, false), GapRepair::Replay);
+        assert_eq!(
+            o.on_gap_timeout(9, false),
+            GapRepair::Skip { from: 10, to: 10 }
+        );
+    }
+
     #[test]
     fn a_full_buffer_asks_for_a_resume() {
         let mut o = Ordering::default();
