@@ -82,6 +82,12 @@ async function sizes() {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Creates a run on the reference server (`POST /api/admin/runs`); its `run_id`. */
+async function createRun(server, body) {
+  const r = await fetch(`${server.url}/api/admin/runs`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  return (await r.json()).run_id;
+}
+
 /**
  * Samples the server's `GET /api/admin/connections` every 20 ms while a case
  * runs: `peak` = most streaming HTTP connections (SSE streams + WebSockets)
@@ -151,8 +157,7 @@ async function concurrentStreams(browser, server, results) {
   const newRuns = async (n) => {
     const runs = [];
     for (let i = 0; i < n; i++) {
-      const r = await fetch(`${server.url}/api/admin/runs`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ tokens: 20 * S.streamSeconds, rate: 20 }) });
-      runs.push((await r.json()).run_id);
+      runs.push(await createRun(server, { tokens: 20 * S.streamSeconds, rate: 20 }));
     }
     return runs;
   };
@@ -235,8 +240,7 @@ async function concurrentStreams(browser, server, results) {
  * first snapshot holding the whole history (the page's `fullMs`).
  */
 async function refreshLongHistory(browser, server, reloads) {
-  const post = async (body) => (await fetch(`${server.url}/api/admin/runs`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })).json();
-  const { run_id: run } = await post({ tokens: 2500, rate: 100, history: P.history, history_bytes: 3000 });
+  const run = await createRun(server, { tokens: 2500, rate: 100, history: P.history, history_bytes: 3000 });
   const context = await browser.newContext();
   const page = await context.newPage();
   try {
@@ -325,7 +329,7 @@ async function main() {
     console.log(`\n4. Refresh → first resumed event rendered (${P.refreshes} reloads, ms since navigation start)`);
     const times = [];
     for (let i = 0; i < P.refreshes; i++) {
-      const run = (await (await fetch(`${server.url}/api/admin/runs`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ tokens: 4000, rate: 300 }) })).json()).run_id;
+      const run = await createRun(server, { tokens: 4000, rate: 300 });
       const p2 = await browser.newPage();
       await p2.goto(`${server.url}/bench/refresh.html?run=${run}`);
       await p2.waitForFunction(() => Number(document.body.dataset.cursor || 0) >= 50);
