@@ -266,8 +266,32 @@ async function refreshLongHistory(browser, server, reloads) {
   }
 }
 
+/**
+ * Section 1: bytes → applied state, runstream next to the JS pipeline, on the
+ * same SSE bytes from memory (`P.rounds` alternating rounds).
+ */
+async function pipelineThroughput(page, results) {
+  console.log(`\n1. Pipeline throughput (SSE bytes from memory → applied, deduplicated state; ${P.rounds} alternating rounds: median [min – max])`);
+  const t = (results.throughput = await page.evaluate(([n, r]) => window.bench.throughput(n, r), [P.tokens, P.rounds]));
+  const range = (x, d = 0) => `${fmt(x.median, d)} [${fmt(x.min, d)} – ${fmt(x.max, d)}]`;
+  console.log(`   events                 ${fmt(t.events)}`);
+  console.log(`   runstream (wasm)       ${range(t.runstream)} events/s`);
+  console.log(`   JS pipeline            ${range(t.jsPipeline)} events/s   (eventsource-parser + JSON.parse + Map + immutable update)`);
+  console.log(`   ratio (per round)      ${range(t.ratio, 2)}×   goal median ≥ 1.5× → ${t.ratio.median >= 1.5 ? "met" : "MISSED"}`);
+}
+
+/** Section 1 alone: its own page. */
+async function throughputAlone(browser, server, results) {
+  const page = await browser.newPage();
+  page.on("pageerror", (e) => console.error("pageerror:", e.message));
+  await page.goto(`${server.url}/bench/index.html`);
+  await page.evaluate(() => window.bench.ready);
+  await pipelineThroughput(page, results);
+  await page.close();
+}
+
 /** Sections that can run alone (`--only`). */
-const sections = { 8: concurrentStreams };
+const sections = { 1: throughputAlone, 8: concurrentStreams };
 
 const fmt = (x, d = 0) => (x === null || x === undefined || Number.isNaN(x) ? "—" : Number(x).toLocaleString("en-US", { maximumFractionDigits: d }));
 
@@ -303,13 +327,7 @@ async function main() {
     await page.goto(`${server.url}/bench/index.html`);
     await page.evaluate(() => window.bench.ready);
 
-    console.log(`\n1. Pipeline throughput (SSE bytes from memory → applied, deduplicated state; ${P.rounds} alternating rounds: median [min – max])`);
-    const t = (results.throughput = await page.evaluate(([n, r]) => window.bench.throughput(n, r), [P.tokens, P.rounds]));
-    const range = (x, d = 0) => `${fmt(x.median, d)} [${fmt(x.min, d)} – ${fmt(x.max, d)}]`;
-    console.log(`   events                 ${fmt(t.events)}`);
-    console.log(`   runstream (wasm)       ${range(t.runstream)} events/s`);
-    console.log(`   JS pipeline            ${range(t.jsPipeline)} events/s   (eventsource-parser + JSON.parse + Map + immutable update)`);
-    console.log(`   ratio (per round)      ${range(t.ratio, 2)}×   goal median ≥ 1.5× → ${t.ratio.median >= 1.5 ? "met" : "MISSED"}`);
+    await pipelineThroughput(page, results);
 
     console.log(`\n2. Frame budget (${P.rate} events/s for ${P.seconds} s)`);
     const f = (results.frameBudget = await page.evaluate(([r, s]) => window.bench.frameBudget(r, s), [P.rate, P.seconds]));

@@ -113,7 +113,7 @@ export async function throughput(n, rounds = 7) {
     const s = a.slice().sort((x, y) => x - y);
     return { median: s[Math.floor(s.length / 2)], min: s[0], max: s[s.length - 1] };
   };
-  return { events: n + 4, bytes: bytes.byteLength, rounds, runstream: stats(out.rs), jsPipeline: stats(out.js), ratio: stats(out.ratio) };
+  return { events: n + 4, bytes: bytes.byteLength, rounds, runstream: stats(out.rs), jsPipeline: stats(out.js), ratio: stats(out.ratio), samples: out };
 }
 
 function frameWatch() {
