@@ -56,7 +56,7 @@ step() {
 
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
-step clippy-wasm cargo clippy --target wasm32-unknown-unknown --lib --tests -- -D warnings
+step clippy-wasm cargo clippy --target wasm32-unknown-unknown -p runstream -p runstream-codec --lib --tests -- -D warnings
 step native-tests cargo test --workspace
 step pkg ./scripts/build-pkg.sh web
 # Bounded fuzzing (seconds); `FUZZ_SECONDS=600 ./scripts/test.sh` or `cargo +nightly fuzz run <target>` for longer.

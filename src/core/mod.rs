@@ -13,16 +13,15 @@
 //! [`tabs`] is the message format tabs share one connection over (`share: "tabs"`).
 
 pub mod engine;
-pub mod envelope;
-pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod retention;
 pub mod rng;
 pub mod socket;
-pub mod sse;
 pub mod state;
 pub mod tabs;
 pub mod vecmap;
-pub mod vocab;
 pub mod wire;
+
+// The byte-level codecs live in `runstream-codec` (optimized for speed).
+pub use runstream_codec::{envelope, error, sse, vocab};

@@ -15,60 +15,6 @@ use crate::core::metrics::{
     EventClass, MessageMetrics, RunMetrics, RuntimeEvent, SpanFields, SpanStatus,
 };
 use crate::core::state::{Message, RunState, Supervisor, Tool, Worker};
-use crate::core::vocab::{MessageStatus, RunStatus, ToolStatus, WorkerStatus};
-
-impl RunStatus {
-    /// The wire / JS name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl WorkerStatus {
-    /// The wire / JS name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::Unknown => "unknown",
-        }
-    }
-}
-
-impl ToolStatus {
-    /// The wire / JS name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Ok => "ok",
-            Self::Error => "error",
-            Self::Unknown => "unknown",
-        }
-    }
-}
-
-impl MessageStatus {
-    /// The wire / JS name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Sending => "sending",
-            Self::Sent => "sent",
-            Self::Streaming => "streaming",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-        }
-    }
-}
 
 fn activity(a: Activity) -> &'static str {
     match a {
@@ -141,14 +87,6 @@ impl ToJson for RunState {
         w.key("messages").value(self.messages.as_slice());
         w.key("supervisor").value(&self.supervisor);
         w.end_object();
-    }
-}
-
-impl<T: ToJson> ToJson for [T] {
-    fn write_json(&self, w: &mut Writer) {
-        w.begin_array();
-        self.iter().for_each(|x| x.write_json(w));
-        w.end_array();
     }
 }
 

@@ -35,7 +35,7 @@ impl RawJson {
     }
 
     /// Text the caller has checked is one JSON value.
-    pub(crate) fn from_checked(text: &str) -> Self {
+    pub fn from_checked(text: &str) -> Self {
         #[cfg(target_arch = "wasm32")]
         return Self(text.into());
         #[cfg(not(target_arch = "wasm32"))]

@@ -97,7 +97,7 @@ pub enum EventKind {
     ///
     /// The payload's `state` as JSON text, not yet checked against the §6
     /// shape: the engine turns it into a state with
-    /// [`RunState::from_wire_json`](crate::core::state::RunState::from_wire_json),
+    /// `RunState::from_wire_json` (runstream's `core::state`),
     /// and a state that fails there is an invalid payload that consumes no id.
     Snapshot(Box<str>),
     /// A type this client does not know: consumes its id, no effect.

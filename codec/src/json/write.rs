@@ -436,6 +436,15 @@ impl Writer {
     }
 }
 
+/// An array of the values' JSON.
+impl<T: ToJson> ToJson for [T] {
+    fn write_json(&self, w: &mut Writer) {
+        w.begin_array();
+        self.iter().for_each(|x| x.write_json(w));
+        w.end_array();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
