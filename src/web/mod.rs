@@ -25,4 +25,10 @@ mod tabs;
 mod transport;
 
 pub use api::RunStream;
+
+/// The wasm's global allocator: Talc instead of std's dlmalloc (smaller code,
+/// faster), growing the wasm memory on demand like dlmalloc does.
+#[cfg(not(target_feature = "atomics"))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 pub use error::WebError;
