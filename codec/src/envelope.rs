@@ -296,7 +296,7 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    #[inline(always)]
+    #[inline]
     fn new() -> Self {
         Self {
             names: &[],
@@ -334,7 +334,7 @@ impl<'a> Fields<'a> {
             .map_err(|e| e.message().into())
     }
 
-    #[inline(always)]
+    #[inline]
     fn take(&mut self, k: &str) -> Field<'a> {
         match self.names.iter().position(|n| *n == k) {
             Some(i) => self
@@ -345,7 +345,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    #[inline(always)]
+    #[inline]
     fn opt_str(&mut self, k: &str) -> Result<Option<String>, String> {
         match self.take(k) {
             Field::Absent | Field::Null => Ok(None),
@@ -353,11 +353,11 @@ impl<'a> Fields<'a> {
             _ => Err(reason(k, "must be a string")),
         }
     }
-    #[inline(always)]
+    #[inline]
     fn str(&mut self, k: &str) -> Result<String, String> {
         self.opt_str(k)?.ok_or_else(|| reason(k, "is required"))
     }
-    #[inline(always)]
+    #[inline]
     fn id(&mut self, k: &str) -> Result<String, String> {
         let s = self.str(k)?;
         if s.is_empty() {

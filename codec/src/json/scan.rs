@@ -96,7 +96,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The type of the next value (after whitespace), without consuming it.
-    #[inline(always)]
+    #[inline]
     pub fn peek(&mut self) -> Result<Token, JsonError> {
         match self.ws() {
             None => Err(self.err(JsonErrorCode::Eof)),
@@ -110,7 +110,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    #[inline(always)]
+    #[inline]
     fn expect(&mut self, want: Token) -> Result<(), JsonError> {
         if self.peek()? == want {
             Ok(())
@@ -361,7 +361,7 @@ impl<'a> Scanner<'a> {
     /// Moves past the separator before the next member of a container
     /// closed by `close`: true if a member follows, false if the container
     /// ended (consumed).
-    #[inline(always)]
+    #[inline]
     fn next_member(&mut self, close: u8) -> Result<bool, JsonError> {
         let first = std::mem::replace(&mut self.first, false);
         match self.ws() {
@@ -391,9 +391,11 @@ impl<'a> Scanner<'a> {
         self.key_inline()
     }
 
-    /// [`Self::key`] inlined into its caller: for the envelope's hot loop
-    /// only (every other reader calls the out-of-line one).
-    #[inline(always)]
+    /// [`Self::key`] with an inlining hint: for the envelope's hot loop only
+    /// (every other reader calls the out-of-line one). A hint, not
+    /// `inline(always)`: at the codec's `opt-level = 3` forcing it cost 3 KB
+    /// gzipped for 3 % fewer instructions.
+    #[inline]
     pub fn key_inline(&mut self) -> Result<Option<Cow<'a, str>>, JsonError> {
         if !self.next_member(b'}')? {
             return Ok(None);
@@ -495,8 +497,8 @@ impl<'a> Field<'a> {
         Self::read_inline(s)
     }
 
-    /// [`Self::read`] inlined into its caller (the envelope's hot loop).
-    #[inline(always)]
+    /// [`Self::read`] with an inlining hint (the envelope's hot loop).
+    #[inline]
     pub fn read_inline(s: &mut Scanner<'a>) -> Result<Self, JsonError> {
         Ok(match s.peek()? {
             Token::Null => {
