@@ -55,11 +55,13 @@ function open() {
         for (const name of STORES) if (!d.objectStoreNames.contains(name)) d.createObjectStore(name);
       };
       const d = await done(req);
-      // Another page upgrading the database closes this connection: reopen next time.
+      // Another page upgrading the database closes this connection, and the
+      // browser may close it (storage cleared, disk error): reopen next time.
       d.onversionchange = () => {
         d.close();
         opening = null;
       };
+      d.onclose = () => (opening = null);
       return d;
     })();
     // A failed open (blocked, refused) is tried again by the next caller.

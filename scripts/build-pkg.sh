@@ -37,7 +37,14 @@ node scripts/package-json.mjs "$out" "$target"
 raw=$(wc -c < "$out"/runstream_bg.wasm)
 gz=$(gzip -9 -c "$out"/runstream_bg.wasm | wc -c)
 js=$(gzip -9 -c "$out"/runstream.js | wc -c)
-echo "[pkg] $out/runstream_bg.wasm: ${raw} B raw, ${gz} B gzipped; JS glue ${js} B gzipped"
+# wasm-bindgen snippets (js/idb.js) ship beside the glue and load with it.
+snippets=$(find "$out"/snippets -name '*.js' 2>/dev/null | sort)
+if [ -z "$snippets" ]; then
+  echo "error: no snippets in $out/ (js/idb.js must ship with the glue)" >&2
+  exit 1
+fi
+sn=$(cat $snippets | gzip -9 | wc -c)
+echo "[pkg] $out/runstream_bg.wasm: ${raw} B raw, ${gz} B gzipped; JS glue ${js} B + snippets ${sn} B gzipped"
 # Size breakdown: twiggy needs function names, which the package's wasm has
 # lost; the same release build run through wasm-bindgen and the same wasm-opt
 # passes with names kept (-g) measures the same code (~10 s).

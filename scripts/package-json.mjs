@@ -9,7 +9,7 @@ const pkg = JSON.parse(readFileSync(path, "utf8"));
 pkg.name = "runstream";
 pkg.type = "module";
 pkg.description = "Durable chat and task streaming for web apps: resumable SSE/WebSocket, exactly-once events, telemetry (Rust → WebAssembly).";
-pkg.files = [...new Set([...(pkg.files || []), "runstream_bg.wasm", "runstream.js", "runstream.d.ts", "runstream_bg.wasm.d.ts", "snippets/", "lazy.js", "lazy.d.ts", "react.js", "react.d.ts", "vue.js", "vue.d.ts", "README.md"])]
+pkg.files = [...new Set([...(pkg.files || []), "runstream_bg.wasm", "runstream.js", "runstream.d.ts", "runstream_bg.wasm.d.ts", "snippets", "lazy.js", "lazy.d.ts", "react.js", "react.d.ts", "vue.js", "vue.d.ts", "README.md"])]
   .filter((f) => f !== "runstream_bg.js" || target === "bundler");
 if (target === "bundler") pkg.files.push("runstream_bg.js");
 pkg.main = "runstream.js";
