@@ -79,12 +79,18 @@ async function tx(write) {
 /** Every key of a run's bodies: [area, run] <= key < [area, run, []] (an array sorts after every string). */
 const runRange = (area, run) => IDBKeyRange.bound([area, run], [area, run, []]);
 
+/** Records that a run's bodies were used now (the sweep's clock). */
+const touch = (runs, area, run) => runs.put(Date.now(), [area, run]);
+
 // Commit now rather than at the end of the task: a write may come from
 // `pagehide`, and an uncommitted transaction is aborted with the page.
-const commit = (t) => {
+// Settles when the transaction has committed.
+const commitNow = (t) => {
+  const c = committed(t);
   try {
     t.commit?.();
   } catch {}
+  return c;
 };
 
 const settled = (p) => p.then(() => true, () => false);
@@ -101,10 +107,8 @@ export function idb_put(area, run, key, text, replaces) {
       const [t, bodies, runs] = await tx(true);
       if (text) bodies.put(text, [area, run, key]);
       for (const old of gone) bodies.delete([area, run, old]);
-      runs.put(Date.now(), [area, run]);
-      const c = committed(t);
-      commit(t);
-      await c;
+      touch(runs, area, run);
+      await commitNow(t);
     })(),
   );
 }
@@ -115,10 +119,8 @@ export function idb_put_head(area, run, head) {
     (async () => {
       const [t, , runs, heads] = await tx(true);
       heads.put(head, [area, run]);
-      runs.put(Date.now(), [area, run]);
-      const c = committed(t);
-      commit(t);
-      await c;
+      touch(runs, area, run);
+      await commitNow(t);
     })(),
   );
 }
@@ -135,7 +137,7 @@ export async function idb_read(area, run) {
     const k = done(bodies.getAllKeys(range));
     const v = done(bodies.getAll(range));
     const h = done(heads.get([area, run]));
-    runs.put(Date.now(), [area, run]);
+    touch(runs, area, run);
     const [keys, values, head] = await Promise.all([k, v, h]);
     const outKeys = [];
     const outTexts = [];
@@ -151,13 +153,10 @@ export async function idb_read(area, run) {
   }
 }
 
-/** Deletes `runs` of `area` (null: every run idle for IDLE_TTL_MS), in one transaction. */
-async function removeRuns(area, list) {
+/** Deletes the runs `keys` ([area, run] each; null: every run idle for IDLE_TTL_MS), in one transaction. */
+async function removeRuns(keys) {
   const [t, bodies, meta, heads] = await tx(true);
-  let keys;
-  if (list) {
-    keys = list.map((r) => [area, r]);
-  } else {
+  if (!keys) {
     const now = Date.now();
     const [ks, times] = await Promise.all([done(meta.getAllKeys()), done(meta.getAll())]);
     keys = ks.filter((_, i) => now - (Number(times[i]) || 0) >= IDLE_TTL_MS);
@@ -173,12 +172,12 @@ async function removeRuns(area, list) {
 
 /** Removes the bodies of `runs` (their heads were evicted). Best effort. */
 export function idb_remove(area, runs) {
-  if (runs.length && idb_available()) removeRuns(area, runs).catch(() => {});
+  if (idb_available()) removeRuns(runs.map((r) => [area, r])).catch(() => {});
 }
 
 /** Once per page: removes the bodies of runs idle for IDLE_TTL_MS. Best effort. */
 export function idb_sweep() {
   if (swept || !idb_available()) return;
   swept = true;
-  removeRuns("", null).catch(() => {});
+  removeRuns(null).catch(() => {});
 }
