@@ -72,6 +72,14 @@ pub const INLINE_BODIES_MAX: usize = 32 * 1024;
 /// never answers makes no new batch beyond this; the messages stay inline).
 pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
 
+/// Two records merge only while their texts total at most this (1 MiB): a
+/// record never grows beyond it by merging, so each body is rewritten at most
+/// ⌈log2(MERGE_MAX_BYTES / the size of the batch it was first written in)⌉
+/// times whatever the history's length or the number of batches it arrived
+/// in, and a run keeps about 2 × its bytes / MERGE_MAX_BYTES full records
+/// plus one per level below.
+pub const MERGE_MAX_BYTES: usize = 1 << 20;
+
 /// Consecutive failed body batches after which the body store is not used
 /// again by this engine (everything inline, as without a store).
 pub const MAX_BODY_FAILURES: u32 = 3;
@@ -97,10 +105,11 @@ pub struct Body {
 /// The store keeps one record per batch, one string ([`encode_batch`]):
 /// reading one record of 1,500 bodies costs far less than 1,500 records, and
 /// one string crosses into the wasm in one copy. Batches merge like a binary
-/// counter so a run has O(log n) records: two committed batches of the same
-/// level ([`BodyBatch::level`]) are rewritten as one of the next level, which
-/// replaces them in the same transaction. Each body is rewritten at most
-/// log2(n) times over a run's life.
+/// counter so a run has few records: two committed batches of the same
+/// level ([`BodyBatch::level`]) whose texts total at most [`MERGE_MAX_BYTES`]
+/// are rewritten as one of the next level, which replaces them in the same
+/// transaction. Each body is rewritten a bounded number of times over a run's
+/// life (see [`MERGE_MAX_BYTES`]), however many batches the history arrived in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyBatch {
     /// Batch number (per engine).
@@ -603,12 +612,14 @@ fn parked_envelope(w: &mut Writer, run_id: &str, id: u64, kind: &EventKind) {
     w.end_object();
 }
 
-/// A batch's bookkeeping: its number, key, level, members, what it replaces.
+/// A batch's bookkeeping: its number, key, level, size, members, what it replaces.
 #[derive(Debug, Clone)]
 struct Batch {
     id: u64,
     key: u64,
     level: u32,
+    /// Length of its text ([`encode_batch`]).
+    bytes: usize,
     members: Vec<(String, u64)>,
     replaces: Vec<u64>,
 }
@@ -827,6 +838,7 @@ impl Persist {
             id,
             key,
             level,
+            bytes: 0,
             members,
             replaces: replaces.clone(),
         });
@@ -837,6 +849,9 @@ impl Persist {
         } else {
             encode_batch(&bodies)
         };
+        if let Some(b) = self.in_flight.last_mut() {
+            b.bytes = text.len();
+        }
         BodyBatch {
             id,
             key,
@@ -847,8 +862,8 @@ impl Persist {
         }
     }
 
-    /// Two records of the same level, merged into one of the next (nothing
-    /// else in flight). Only bodies that still match the state are carried:
+    /// Two records of the same level whose texts total at most
+    /// [`MERGE_MAX_BYTES`], merged into one of the next (nothing else in flight). Only bodies that still match the state are carried:
     /// a superseded body is dropped with its record.
     fn merge(&mut self, state: &RunState) -> Option<BodyBatch> {
         if !self.in_flight.is_empty() {
@@ -860,7 +875,7 @@ impl Persist {
                 .iter()
                 .enumerate()
                 .skip(i + 1)
-                .find(|(_, y)| y.level == x.level)?
+                .find(|(_, y)| y.level == x.level && x.bytes + y.bytes <= MERGE_MAX_BYTES)?
                 .0;
             Some((i, j))
         })?;
@@ -999,19 +1014,20 @@ impl Persist {
             })
             .collect();
         // Each record decoded once; one that does not decode counts as absent.
-        let decoded: Option<Vec<(u64, Vec<Row>)>> = records.map(|rs| {
+        let decoded: Option<Vec<(u64, usize, Vec<Row>)>> = records.map(|rs| {
             rs.iter()
-                .filter_map(|r| Some((r.key, decode_batch(&r.text)?)))
+                .filter_map(|r| Some((r.key, r.text.len(), decode_batch(&r.text)?)))
                 .collect()
         });
         let mut kept = Vec::new();
         let bodies = decoded.map(|d| {
             let mut all = Vec::new();
-            for (key, rows) in d {
+            for (key, bytes, rows) in d {
                 kept.push(Batch {
                     id: 0,
                     key,
                     level: level_of(rows.len()),
+                    bytes,
                     members: rows.iter().map(|(k, h, _)| (k.clone(), *h)).collect(),
                     replaces: Vec::new(),
                 });
