@@ -13,6 +13,11 @@ if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   log "rustup target add wasm32-unknown-unknown"
   rustup target add wasm32-unknown-unknown
 fi
+# The package's wasm rebuilds std with panic=immediate-abort (build-pkg.sh): that needs std's source.
+if ! rustup component list --installed | grep -q '^rust-src'; then
+  log "rustup component add rust-src"
+  rustup component add rust-src
+fi
 
 # wasm-bindgen-cli must match the wasm-bindgen version in Cargo.lock exactly.
 if [ ! -f Cargo.lock ]; then cargo generate-lockfile; fi

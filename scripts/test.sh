@@ -49,6 +49,9 @@ step() {
   else
     failures+=("$name")
     printf '    FAILED (%ss): last lines of %s\n' "$dt" "$log"
+    # node:test prints its summary last: show each failing test's own report
+    # (name, location, error) first, so a CI log that keeps only the tail says what failed.
+    awk '/^ *not ok /{n=30} n>0{print; n--}' "$log" | grep -vE '^\s+at ' | head -n 120 | sed 's/^/    ! /'
     grep -vE '^\s+[0-9]+: |^\s+at ' "$log" | tail -n 40 | sed 's/^/    | /'
   fi
   grep -E '^\[pkg\]' "$log" | sed 's/^/    /'
