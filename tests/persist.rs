@@ -83,6 +83,16 @@ impl Store {
         }
     }
 
+    /// A new page reads the head, waits for the bodies and gets `e`'s state.
+    fn assert_restores(&self, e: &Engine) {
+        let head = self.head.clone().unwrap();
+        let mut e2 = Engine::new(cfg(), [2, 2], Some(&head));
+        assert!(e2.awaiting_bodies());
+        e2.restore_bodies(1.0, Some(&self.bodies()));
+        assert_eq!(e2.storage_stats().restore_failures, 0);
+        assert_eq!(e2.state(), e.state());
+    }
+
     fn bodies(&self) -> Vec<StoredBatch> {
         self.records
             .iter()
@@ -135,8 +145,8 @@ fn delta(id: u64, i: u64) -> String {
     )
 }
 
-/// An engine with a body store that received the whole history (one chunk at t = 10).
-fn streamed() -> (Engine, u64, Store, u64) {
+/// An engine with a body store, connected (connection number returned), nothing received yet.
+fn connected() -> (Engine, u64) {
     let mut c = cfg();
     // Room for a snapshot event of the whole history (one test sends one).
     c.max_event_bytes = 16 << 20;
@@ -145,6 +155,12 @@ fn streamed() -> (Engine, u64, Store, u64) {
     e.start(0.0);
     let (conn, _) = connect_of(&drain(&mut e)).unwrap();
     e.handle_response(1.0, conn, 200, None, true);
+    (e, conn)
+}
+
+/// An engine with a body store that received the whole history (one chunk at t = 10).
+fn streamed() -> (Engine, u64, Store, u64) {
+    let (mut e, conn) = connected();
     let log = history_log();
     let bytes: Vec<u8> = log.iter().flat_map(|t| sse_frame(t)).collect();
     e.handle_bytes(10.0, conn, &bytes);
@@ -478,12 +494,7 @@ fn messages_completed_one_by_one_keep_a_logarithmic_number_of_records() {
     e.persist_now(1e6);
     let acts = drain(&mut e);
     store.run(&mut e, 1e6, &acts, true);
-    let head = store.head.clone().unwrap();
-    let mut e2 = Engine::new(cfg(), [2, 2], Some(&head));
-    assert!(e2.awaiting_bodies());
-    e2.restore_bodies(1.0, Some(&store.bodies()));
-    assert_eq!(e2.storage_stats().restore_failures, 0);
-    assert_eq!(e2.state(), e.state());
+    store.assert_restores(&e);
     println!(
         "{n} messages completed one by one: {records} records, {} bodies written",
         store.bodies_written
@@ -679,34 +690,23 @@ fn a_following_tab_ignores_relays_until_its_stored_state_is_read_then_asks_from_
 /// once and merged once (2×), not log2(16) = 4 times (5×); records stay few.
 #[test]
 fn a_history_replayed_over_many_ticks_is_rewritten_a_bounded_number_of_times() {
-    let mut c = cfg();
-    c.max_event_bytes = 16 << 20;
-    let mut e = Engine::new(c, [1, 1], None);
-    e.set_body_store(true);
-    e.start(0.0);
-    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
-    e.handle_response(1.0, conn, 200, None, true);
+    let (mut e, conn) = connected();
     let mut store = Store::default();
     let log = history_log();
     let chunks = 16;
     let per = log.len().div_ceil(chunks);
+    let mut ticks: Vec<Vec<u8>> = log
+        .chunks(per)
+        .map(|part| part.iter().flat_map(|t| sse_frame(t)).collect())
+        .collect();
+    // Then ticks with no new body (a delta each): the merges still due happen there.
+    let next = log.len() as u64 + 1;
+    ticks.extend((next..next + 8).map(|id| sse_frame(&delta(id, id))));
     let mut now = 10.0;
-    for part in log.chunks(per) {
-        let bytes: Vec<u8> = part.iter().flat_map(|t| sse_frame(t)).collect();
-        e.handle_bytes(now, conn, &bytes);
+    for bytes in &ticks {
+        e.handle_bytes(now, conn, bytes);
         e.flush(now);
         e.persist_now(now);
-        let acts = drain(&mut e);
-        store.run(&mut e, now, &acts, true);
-        now += 1100.0;
-    }
-    // Later ticks with no new body: the merges still due happen there.
-    let mut id = log.len() as u64 + 1;
-    for _ in 0..8 {
-        e.persist_now(now);
-        e.handle_bytes(now, conn, &sse_frame(&delta(id, id)));
-        id += 1;
-        e.flush(now);
         let acts = drain(&mut e);
         store.run(&mut e, now, &acts, true);
         now += 1100.0;
@@ -728,10 +728,5 @@ fn a_history_replayed_over_many_ticks_is_rewritten_a_bounded_number_of_times() {
         "a record of {largest} B"
     );
     // The records restore the same state.
-    let head = store.head.clone().unwrap();
-    let mut e2 = Engine::new(cfg(), [2, 2], Some(&head));
-    assert!(e2.awaiting_bodies());
-    e2.restore_bodies(1.0, Some(&store.bodies()));
-    assert_eq!(e2.storage_stats().restore_failures, 0);
-    assert_eq!(e2.state(), e.state());
+    store.assert_restores(&e);
 }
