@@ -9,15 +9,24 @@ out=pkg
 [ "$target" = web ] || out="pkg-$target"
 log=$(mktemp)
 # std is rebuilt from source with panic=immediate-abort: a panic is a trap, so
-# none of std's panic and formatting machinery is linked (-9.4 KB gz). The
+# none of std's panic and formatting machinery is linked (-9.1 KB gz). The
 # library code has no panic paths of its own (clippy denies unwrap/expect/panic/
 # indexing), so only an allocation failure or an arithmetic trap would ever get
 # there. -Zbuild-std is unstable: RUSTC_BOOTSTRAP lets the pinned stable
-# toolchain take it (setup.sh adds rust-src). Its own target dir, so the flags
-# never invalidate the tests' builds.
+# toolchain take it (setup.sh adds rust-src; without it, the plain build, said
+# in the [pkg] line). Its own target dir, so the flags never invalidate the
+# tests' builds.
 pkg_target=target/pkg-build
-if ! RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort" CARGO_TARGET_DIR="$pkg_target" \
-  wasm-pack build . --target "$target" --release --out-dir "$out" -- -Zbuild-std=std,panic_abort >"$log" 2>&1; then
+std_build="std rebuilt with panic=immediate-abort"
+build_std=(-- -Zbuild-std=std,panic_abort)
+rustflags="-Zunstable-options -Cpanic=immediate-abort"
+if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+  std_build="WARNING: rust-src is not installed, std not rebuilt (about 9 KB gz larger)"
+  build_std=()
+  rustflags=""
+fi
+if ! RUSTC_BOOTSTRAP=1 RUSTFLAGS="$rustflags" CARGO_TARGET_DIR="$pkg_target" \
+  wasm-pack build . --target "$target" --release --out-dir "$out" "${build_std[@]}" >"$log" 2>&1; then
   cat "$log" >&2
   exit 1
 fi
@@ -53,7 +62,7 @@ if [ -z "$snippets" ]; then
   exit 1
 fi
 sn=$(cat $snippets | gzip -9 | wc -c)
-echo "[pkg] $out/runstream_bg.wasm: ${raw} B raw, ${gz} B gzipped; JS glue ${js} B + snippets ${sn} B gzipped"
+echo "[pkg] $out/runstream_bg.wasm: ${raw} B raw, ${gz} B gzipped; JS glue ${js} B + snippets ${sn} B gzipped ($std_build)"
 # Size breakdown: twiggy needs function names, which the package's wasm has
 # lost; the same release build run through wasm-bindgen and the same wasm-opt
 # passes with names kept (-g) measures the same code (~10 s).
