@@ -834,24 +834,21 @@ impl Persist {
         for (k, h) in &members {
             self.pending.insert(k.clone(), *h);
         }
-        self.in_flight.push(Batch {
-            id,
-            key,
-            level,
-            bytes: 0,
-            members,
-            replaces: replaces.clone(),
-        });
-        self.stats.bodies += bodies.len() as u64;
-        self.stats.body_bytes += bodies.iter().map(|b| b.text.len() as u64).sum::<u64>();
         let text = if bodies.is_empty() {
             String::new()
         } else {
             encode_batch(&bodies)
         };
-        if let Some(b) = self.in_flight.last_mut() {
-            b.bytes = text.len();
-        }
+        self.in_flight.push(Batch {
+            id,
+            key,
+            level,
+            bytes: text.len(),
+            members,
+            replaces: replaces.clone(),
+        });
+        self.stats.bodies += bodies.len() as u64;
+        self.stats.body_bytes += bodies.iter().map(|b| b.text.len() as u64).sum::<u64>();
         BodyBatch {
             id,
             key,
@@ -863,8 +860,9 @@ impl Persist {
     }
 
     /// Two records of the same level whose texts total at most
-    /// [`MERGE_MAX_BYTES`], merged into one of the next (nothing else in flight). Only bodies that still match the state are carried:
-    /// a superseded body is dropped with its record.
+    /// [`MERGE_MAX_BYTES`], merged into one of the next (nothing else in
+    /// flight). Only bodies that still match the state are carried: a
+    /// superseded body is dropped with its record.
     fn merge(&mut self, state: &RunState) -> Option<BodyBatch> {
         if !self.in_flight.is_empty() {
             return None;
