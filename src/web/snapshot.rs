@@ -133,11 +133,11 @@ impl SnapshotCache {
         let list =
             Array::from(&prev).slice(0, u32::try_from(self.messages.len()).unwrap_or(u32::MAX));
         let old_len = self.messages.len();
-        let mut todo = sorted(&dirty.positions);
-        todo.extend(old_len..messages.len());
-        todo.dedup();
-        for i in todo {
-            let Some(m) = messages.get(i) else { continue };
+        let changed = marked(&dirty.positions, messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            if i < old_len && !changed.get(i).is_some_and(|c| *c) {
+                continue;
+            }
             let key = message_key(m, i);
             let old = self
                 .messages
@@ -178,12 +178,12 @@ impl SnapshotCache {
         if !all && dirty.is_empty() {
             return false;
         }
-        let positions = sorted(&dirty.positions);
+        let marks = marked(&dirty.positions, workers.len());
         let mut next = HashMap::with_capacity(workers.len());
         let mut next_tools = HashMap::new();
         let list = Array::new_with_length(u32::try_from(workers.len()).unwrap_or(u32::MAX));
         for (i, w) in workers.iter().enumerate() {
-            let changed = all || positions.binary_search(&i).is_ok();
+            let changed = all || marks.get(i).is_some_and(|c| *c);
             let old = self.workers.remove(&w.worker_id);
             let b = match old {
                 Some(b) if !changed => {
@@ -293,11 +293,18 @@ fn tool_key(w: &Worker, t: &Tool) -> String {
     [w.worker_id.as_str(), "\u{0}", t.tool_call_id.as_str()].concat()
 }
 
-fn sorted(positions: &[usize]) -> Vec<usize> {
-    let mut p = positions.to_vec();
-    p.sort_unstable();
-    p.dedup();
-    p
+/// Which of `len` positions are among `positions` (repeats and positions past
+/// `len` allowed): one pass over a bitmap, so the rebuild goes in ascending
+/// order, each position once. A bitmap rather than sorting the positions:
+/// `sort_unstable` costs ~3 KB of wasm, and `len` is bounded by retention.
+fn marked(positions: &[usize], len: usize) -> Vec<bool> {
+    let mut marks = vec![false; len];
+    for p in positions {
+        if let Some(m) = marks.get_mut(*p) {
+            *m = true;
+        }
+    }
+    marks
 }
 
 fn set(obj: &JsValue, key: &str, value: Option<&JsValue>) {
