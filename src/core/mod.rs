@@ -19,6 +19,7 @@ pub mod retention;
 pub mod rng;
 pub mod socket;
 pub mod state;
+pub mod strmap;
 pub mod tabs;
 pub mod vecmap;
 pub mod wire;

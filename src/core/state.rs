@@ -11,7 +11,9 @@
 //! (snapshots, PROTOCOL §6) is snake_case ([`serde::Deserialize`] and
 //! [`RunState::to_wire`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use super::strmap::StrMap;
 
 #[cfg(not(target_arch = "wasm32"))]
 use serde::{Deserialize, Serialize};
@@ -249,10 +251,10 @@ impl PartialEq for RunState {
 /// Lookup tables rebuilt from the vectors; never serialized.
 #[derive(Debug, Clone, Default)]
 struct Index {
-    workers: HashMap<String, usize>,
-    jobs: HashMap<String, String>,
-    messages: HashMap<String, usize>,
-    requests: HashMap<String, usize>,
+    workers: StrMap<usize>,
+    jobs: StrMap<String>,
+    messages: StrMap<usize>,
+    requests: StrMap<usize>,
     /// What `messages` last gave [`RunState::message_index`] (a run of
     /// deltas names one message): checked against the message's id before
     /// use, cleared whenever `messages` changes otherwise.
@@ -356,9 +358,7 @@ impl RunState {
         for (i, w) in self.workers.iter().enumerate() {
             ix.workers.insert(w.worker_id.clone(), i);
             if let Some(j) = &w.job_id {
-                ix.jobs
-                    .entry(j.clone())
-                    .or_insert_with(|| w.worker_id.clone());
+                ix.jobs.get_or_insert_with(j, || w.worker_id.clone());
             }
         }
         for (i, m) in self.messages.iter().enumerate() {
@@ -366,7 +366,7 @@ impl RunState {
                 ix.messages.insert(id.clone(), i);
             }
             if let Some(c) = &m.client_request_id {
-                ix.requests.entry(c.clone()).or_insert(i);
+                ix.requests.get_or_insert_with(c, || i);
             }
         }
         self.index = ix;
@@ -812,7 +812,7 @@ impl RunState {
                 self.index.last_message = None;
             }
             if let Some(c) = &msg.client_request_id {
-                self.index.requests.entry(c.clone()).or_insert(i);
+                self.index.requests.get_or_insert_with(c, || i);
             }
             self.messages.push(msg);
             self.changes.messages.mark(i);

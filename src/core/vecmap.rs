@@ -12,7 +12,7 @@
 //! unsorted pairs is O(n²) (sorted ones: O(n log n)): it is for the small,
 //! bounded maps (headers, metric counters and attributes, a socket's runs,
 //! the tabs' watchers). Tables that grow with a run's history (the
-//! reducer's index, persistence, the snapshot caches) stay `HashMap`s. No
+//! reducer's index, persistence, the snapshot caches) are [`StrMap`](super::strmap::StrMap)s. No
 //! bound of its own: each user states its bound.
 
 use std::borrow::Borrow;

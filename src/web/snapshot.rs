@@ -15,9 +15,7 @@
 //! the current state (entries of removed or re-keyed ones are dropped at the
 //! next build of their list).
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use crate::core::strmap::{self, StrMap};
 
 use crate::core::json::{self, ToJson, Writer};
 use js_sys::{Array, Object, Reflect};
@@ -57,8 +55,8 @@ pub(super) struct SnapshotCache {
     /// One entry per message, aligned with the state's list: its key and object.
     messages: Vec<(String, Built)>,
     message_list: Option<JsValue>,
-    workers: HashMap<String, Built>,
-    tools: HashMap<String, Built>,
+    workers: StrMap<Built>,
+    tools: StrMap<Built>,
     worker_list: Option<JsValue>,
     supervisor: Option<Built>,
     /// Hash of the last head, and the `state` object built with it.
@@ -159,7 +157,7 @@ impl SnapshotCache {
 
     /// Rebuilds the message list matching cached objects by key.
     fn build_messages_keyed(&mut self, messages: &[Message]) -> bool {
-        let mut old: HashMap<String, Built> = self.messages.drain(..).collect();
+        let mut old: StrMap<Built> = self.messages.drain(..).collect();
         let list = Array::new_with_length(u32::try_from(messages.len()).unwrap_or(u32::MAX));
         for (i, m) in messages.iter().enumerate() {
             let key = message_key(m, i);
@@ -179,8 +177,8 @@ impl SnapshotCache {
             return false;
         }
         let marks = marked(&dirty.positions, workers.len());
-        let mut next = HashMap::with_capacity(workers.len());
-        let mut next_tools = HashMap::new();
+        let mut next = StrMap::with_capacity(workers.len());
+        let mut next_tools = StrMap::new();
         let list = Array::new_with_length(u32::try_from(workers.len()).unwrap_or(u32::MAX));
         for (i, w) in workers.iter().enumerate() {
             let changed = all || marks.get(i).is_some_and(|c| *c);
@@ -249,7 +247,7 @@ fn rebuild<T: ToJson>(old: Option<Built>, value: &T) -> Built {
 /// The cached object under `key` if `changed` is false (or if rebuilding it
 /// gives the same JSON); otherwise a new frozen one.
 fn reuse_or_build<T: ToJson>(
-    cache: &mut HashMap<String, Built>,
+    cache: &mut StrMap<Built>,
     key: &str,
     changed: bool,
     value: &T,
@@ -272,9 +270,7 @@ fn built<T: ToJson>(value: &T) -> Option<Built> {
 }
 
 fn hash(s: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
+    strmap::hash(s)
 }
 
 fn message_key(m: &Message, i: usize) -> String {

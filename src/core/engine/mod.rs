@@ -586,11 +586,11 @@ impl Engine {
 
 /// Sends of `state` not answered yet (undelivered, or accepted but without a finished reply).
 fn unanswered(state: &RunState) -> Vec<String> {
-    let answered: std::collections::HashSet<&str> = state
+    let answered: crate::core::strmap::StrMap<()> = state
         .messages
         .iter()
         .filter(|m| matches!(m.status, MessageStatus::Completed | MessageStatus::Failed))
-        .filter_map(|m| m.reply_to.as_deref())
+        .filter_map(|m| m.reply_to.clone().map(|r| (r, ())))
         .collect();
     state
         .messages
@@ -602,7 +602,7 @@ fn unanswered(state: &RunState) -> Vec<String> {
             )
         })
         .filter_map(|m| m.client_request_id.clone())
-        .filter(|c| !answered.contains(c.as_str()))
+        .filter(|c| !answered.contains_key(c))
         .collect()
 }
 

@@ -13,7 +13,9 @@
 //! - Sends are persisted with the cursor (as optimistic messages of the state);
 //!   a new page restores them and sends them again with the same id.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::core::strmap::StrMap;
 
 use super::backoff;
 use super::config::{Backoff, Ms};
@@ -62,7 +64,7 @@ pub struct Due {
 pub struct Outbox {
     pending: VecDeque<PendingSend>,
     /// Per-send timing for TTFB/TTFT/duration (bounded with the per-send metrics).
-    pub timings: HashMap<String, SendTiming>,
+    pub timings: StrMap<SendTiming>,
 }
 
 impl Outbox {

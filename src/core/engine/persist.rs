@@ -45,7 +45,7 @@
 //! committed), at most once per `persist_interval_ms`, and at once on
 //! `send()`, page hide, `close()` and run completion.
 
-use std::collections::HashMap;
+use crate::core::strmap::StrMap;
 
 use super::config::Ms;
 use super::link::Conn;
@@ -497,7 +497,7 @@ pub fn decode_head(text: &str, run_id: &str) -> Option<Decoded> {
 /// or not the one referenced (its hash differs): the head cannot be used.
 pub fn finish(p: Pending, bodies: Vec<Row>) -> Option<Stored> {
     // One map type (id → number) for every lookup here: less code in the wasm.
-    let wanted: HashMap<String, u64> = p
+    let wanted: StrMap<u64> = p
         .slots
         .iter()
         .filter_map(|s| match s {
@@ -505,7 +505,7 @@ pub fn finish(p: Pending, bodies: Vec<Row>) -> Option<Stored> {
             Slot::Inline(_) => None,
         })
         .collect();
-    let mut at: HashMap<String, u64> = HashMap::new();
+    let mut at: StrMap<u64> = StrMap::new();
     for (i, (id, hash, _)) in bodies.iter().enumerate() {
         if wanted.get(id) == Some(hash) {
             at.insert(id.clone(), i as u64);
@@ -636,16 +636,16 @@ pub struct Persist {
     /// The shell has a body store (IndexedDB) that has not failed too often.
     body_store: bool,
     /// Committed bodies: message id → hash of its stored body.
-    committed: HashMap<String, u64>,
+    committed: StrMap<u64>,
     /// Batches handed out and not yet reported.
     in_flight: Vec<Batch>,
     /// Records of the body store this engine knows (written, or read at restore).
     records: Vec<Batch>,
     /// The same, by message id (for the per-message lookup).
-    pending: HashMap<String, u64>,
+    pending: StrMap<u64>,
     /// Hash cache of completed messages; an entry is dropped when the state
     /// marks its message changed.
-    known: HashMap<String, u64>,
+    known: StrMap<u64>,
     /// Every cached hash is suspect (the state was replaced or reordered wholesale).
     rescan: bool,
     next_batch: u64,
@@ -668,11 +668,11 @@ impl Persist {
             written_cursor: cursor,
             next_at: 0.0,
             body_store: false,
-            committed: HashMap::new(),
+            committed: StrMap::new(),
             in_flight: Vec::new(),
             records: Vec::new(),
-            pending: HashMap::new(),
-            known: HashMap::new(),
+            pending: StrMap::new(),
+            known: StrMap::new(),
             rescan: false,
             next_batch: 1,
             failures: 0,
@@ -879,7 +879,7 @@ impl Persist {
         })?;
         let (ra, rb) = (self.records.get(a)?, self.records.get(b)?);
         let replaces = vec![ra.key, rb.key];
-        let by_id: HashMap<String, u64> = state
+        let by_id: StrMap<u64> = state
             .messages
             .iter()
             .enumerate()
@@ -925,7 +925,7 @@ impl Persist {
             // Bodies of the replaced records that the merge did not carry
             // (superseded) are gone: never reference them again.
             if !batch.replaces.is_empty() {
-                let carried: HashMap<String, u64> = batch.members.iter().cloned().collect();
+                let carried: StrMap<u64> = batch.members.iter().cloned().collect();
                 for r in self
                     .records
                     .iter()
@@ -1039,7 +1039,7 @@ impl Persist {
                 for r in kept {
                     // Read from the store: committed. The head's references win.
                     for (k, h) in &r.members {
-                        self.committed.entry(k.clone()).or_insert(*h);
+                        self.committed.get_or_insert_with(k, || *h);
                     }
                     self.records.push(r);
                 }

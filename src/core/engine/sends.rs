@@ -278,8 +278,8 @@ impl Engine {
                 .messages
                 .keys()
                 .min_by(|a, b| {
-                    let ta = timings.get(*a).map_or(f64::MIN, |s| s.sent_at);
-                    let tb = timings.get(*b).map_or(f64::MIN, |s| s.sent_at);
+                    let ta = timings.get(a).map_or(f64::MIN, |s| s.sent_at);
+                    let tb = timings.get(b).map_or(f64::MIN, |s| s.sent_at);
                     ta.total_cmp(&tb)
                 })
                 .cloned();
