@@ -75,6 +75,13 @@ if command -v twiggy >/dev/null; then
       "$names"/runstream_bg.wasm -o "$names"/named.wasm >/dev/null 2>&1; then
     echo "[pkg] twiggy top 20 (names kept; the \"function names\" subsection is not shipped):"
     twiggy top -n 20 "$names"/named.wasm
+    # Errors carry codes and their text is made by concatenation (`message()`):
+    # no core::fmt machinery in the wasm (issue 13), and it stays out.
+    if twiggy top -n 100000 "$names"/named.wasm | grep -E 'core\[[0-9a-f]+\]::fmt::(write|Formatter)|core::fmt::(write|Formatter)'; then
+      echo "error: core::fmt is linked into the wasm (a format!, to_string() or {} of a Display type in library code)" >&2
+      rm -rf "$names"
+      exit 1
+    fi
   else
     echo "[pkg] twiggy: could not build the names-kept copy" >&2
   fi

@@ -122,17 +122,31 @@ impl FrameError {
 
 /// A snapshot (endpoint body or WebSocket `snapshot` op) that cannot replace
 /// the state (PROTOCOL §2c, §6).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotError {
     /// The body or its state does not have the §6 shape.
-    #[error("invalid snapshot: {0}")]
     Invalid(String),
     /// The snapshot is of another run than the one this stream follows.
-    #[error("event of another run")]
     ForeignRun,
 }
 
+impl core::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for SnapshotError {}
+
 impl SnapshotError {
+    /// The error's text, made without `core::fmt` (its `Display` is this text).
+    pub fn message(&self) -> String {
+        match self {
+            Self::Invalid(reason) => ["invalid snapshot: ", reason].concat(),
+            Self::ForeignRun => "event of another run".to_owned(),
+        }
+    }
+
     /// A stable, short name for counters and logs.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -33,24 +33,40 @@ use super::state::RunState;
 pub type Headers = VecMap<String, String>;
 
 /// Why a frame or body could not be decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WireError {
     /// The text is not valid JSON.
-    #[error("not JSON: {0}")]
     NotJson(String),
     /// The text is JSON but not an object.
-    #[error("not a JSON object")]
     NotObject,
     /// The frame has no `op` field.
-    #[error("frame has no `op`")]
     MissingOp,
     /// The frame's `op` is not one this side understands (the name as sent).
-    #[error("unknown op `{0}`")]
     UnknownOp(String),
     /// A known frame or a body with a missing or mistyped field.
-    #[error("invalid frame: {0}")]
     Invalid(String),
 }
+
+impl WireError {
+    /// The error's text, made without `core::fmt` (its `Display` is this text).
+    pub fn message(&self) -> String {
+        match self {
+            Self::NotJson(e) => ["not JSON: ", e].concat(),
+            Self::NotObject => "not a JSON object".to_owned(),
+            Self::MissingOp => "frame has no `op`".to_owned(),
+            Self::UnknownOp(op) => ["unknown op `", op, "`"].concat(),
+            Self::Invalid(e) => ["invalid frame: ", e].concat(),
+        }
+    }
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for WireError {}
 
 /// A WebSocket frame the client could not decode is a framing error (§2b).
 impl From<WireError> for FrameError {

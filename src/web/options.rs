@@ -79,11 +79,11 @@ impl Options {
                 ))
             }
         };
-        let url = opt_string(opts, "url")?.unwrap_or_else(|| format!("/api/stream/runs/{enc}"));
+        let url = opt_string(opts, "url")?.unwrap_or_else(|| ["/api/stream/runs/", &enc].concat());
         let ws_url = opt_string(opts, "wsUrl")?.unwrap_or_else(|| "/api/ws".to_owned());
         let snapshot_url = match get(opts, "snapshotUrl") {
             v if v.is_null() => None,
-            v if v.is_undefined() => Some(format!("/api/runs/{enc}/snapshot")),
+            v if v.is_undefined() => Some(["/api/runs/", &enc, "/snapshot"].concat()),
             v => Some(
                 v.as_string()
                     .ok_or(WebError::InvalidOption("snapshotUrl", "a string or null"))?,

@@ -73,7 +73,7 @@ impl Member {
     /// Joins the page's socket for `url` (resolved) and `credentials`, created
     /// on first use with the timing of `cfg`.
     pub fn join(url: &str, credentials: bool, cfg: &Config) -> Self {
-        let key = format!("{credentials}|{url}");
+        let key = [if credentials { "true|" } else { "false|" }, url].concat();
         let run = NEXT_RUN.with(|n| {
             let r = n.get();
             n.set(r.wrapping_add(1));
@@ -280,7 +280,7 @@ fn execute(rc: &SocketRc, action: SocketAction) {
                 match resolve_headers(&headers).await {
                     Ok(h) => with_engine(&stream, |e| e.handle_ws_open(env::now(), conn, h)),
                     Err(err) => {
-                        let cause = CloseCause::HeadersFailed(err.to_string());
+                        let cause = CloseCause::HeadersFailed(err.message());
                         with_engine(&stream, |e| e.handle_closed(env::now(), conn, cause))
                     }
                 };

@@ -138,7 +138,7 @@ pub fn open_fetch(
         let mut hs = match resolve_headers(&headers).await {
             Ok(h) => h,
             Err(err) => {
-                let cause = CloseCause::HeadersFailed(err.to_string());
+                let cause = CloseCause::HeadersFailed(err.message());
                 with_engine(&weak, |e| e.handle_closed(env::now(), conn, cause));
                 return;
             }
@@ -353,7 +353,7 @@ pub fn post(
             Err(err) => {
                 if take_request(&weak, id) {
                     let result = SendResult {
-                        headers_error: Some(err.to_string()),
+                        headers_error: Some(err.message()),
                         ..SendResult::default()
                     };
                     with_engine(&weak, |e| e.handle_send_result(env::now(), &crid, result));
@@ -408,7 +408,7 @@ pub fn fetch_snapshot(
 ) {
     spawn_local(async move {
         let result = async {
-            let hs = resolve_headers(&headers).await.map_err(|e| e.to_string())?;
+            let hs = resolve_headers(&headers).await.map_err(|e| e.message())?;
             let init = request_init("GET", &hs, credentials);
             init.set_signal(Some(&signal));
             init.set_cache(web_sys::RequestCache::NoStore);

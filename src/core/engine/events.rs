@@ -113,7 +113,7 @@ impl Engine {
                     // The server refused the send itself: final. Anything else
                     // (overloaded, unavailable, …) is retried like an HTTP 503.
                     Some(crid) if matches!(code, ErrorCode::BadRequest | ErrorCode::NotFound) => {
-                        self.send_failed_final(now, &crid, format!("{code}: {msg}"))
+                        self.send_failed_final(now, &crid, [code.as_str(), ": ", &msg].concat())
                     }
                     Some(crid) => self.retry_send(now, &crid, None),
                     None if code == ErrorCode::NotFound => {
@@ -123,7 +123,7 @@ impl Engine {
                         now,
                         Termination::ProtocolError,
                         None,
-                        format!("server error {code}: {msg}"),
+                        ["server error ", code.as_str(), ": ", &msg].concat(),
                     ),
                 }
             }
@@ -150,8 +150,8 @@ impl Engine {
         self.timers.clear(Timer::Snapshot);
         let parsed = result.and_then(|body| {
             SnapshotBody::decode(body)
-                .map_err(|e| e.to_string())
-                .and_then(|b| snapshot_of(b, &self.cfg.run_id).map_err(|e| e.to_string()))
+                .map_err(|e| e.message())
+                .and_then(|b| snapshot_of(b, &self.cfg.run_id).map_err(|e| e.message()))
         });
         let failed = parsed.is_err();
         match parsed {
@@ -161,7 +161,7 @@ impl Engine {
             }
             Ok((id, st)) => self.apply_snapshot(now, id, st),
             Err(e) => {
-                self.link.last_error = Some(format!("snapshot unavailable: {e}"));
+                self.link.last_error = Some(["snapshot unavailable: ", &e].concat());
             }
         }
         // A gap the snapshot did not repair is skipped (PROTOCOL §1), when
@@ -272,7 +272,7 @@ impl Engine {
                             DecodeError::InvalidPayload {
                                 event_id: env.event_id,
                                 event_type: "snapshot".to_owned(),
-                                reason: format!("`state`: {}", snapshot_reason(e)),
+                                reason: ["`state`: ", &snapshot_reason(e)].concat(),
                             }
                             .into(),
                         ),
@@ -626,6 +626,6 @@ fn snapshot_of(b: SnapshotBody, run_id: &str) -> Result<(u64, RunState), Snapsho
 fn snapshot_reason(e: SnapshotError) -> String {
     match e {
         SnapshotError::Invalid(reason) => reason,
-        other => other.to_string(),
+        other => other.message(),
     }
 }

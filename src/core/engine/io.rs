@@ -93,21 +93,41 @@ pub struct SendResult {
 }
 
 /// Errors of the engine's own API calls.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineError {
     /// `send()` without a send URL or WebSocket transport.
-    #[error("sending needs `sendUrl` or the websocket transport")]
     NoSendTarget,
     /// The outbox bound was reached.
-    #[error("{}", crate::core::json::write::concat_u64("too many unsent messages (", *.0 as u64, "); wait for some to be accepted"))]
     OutboxFull(usize),
     /// The stream was closed with `close()`.
-    #[error("the stream is closed")]
     Closed,
     /// Empty message.
-    #[error("message content is empty")]
     EmptyMessage,
 }
+
+impl EngineError {
+    /// The error's text, made without `core::fmt` (its `Display` is this text).
+    pub fn message(&self) -> String {
+        match self {
+            Self::NoSendTarget => "sending needs `sendUrl` or the websocket transport".to_owned(),
+            Self::OutboxFull(n) => crate::core::json::write::concat_u64(
+                "too many unsent messages (",
+                *n as u64,
+                "); wait for some to be accepted",
+            ),
+            Self::Closed => "the stream is closed".to_owned(),
+            Self::EmptyMessage => "message content is empty".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for EngineError {}
 
 /// Connection status (API.md `StreamStatus.connection`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,7 +70,7 @@ impl Engine {
             return;
         }
         if let Some(why) = r.headers_error {
-            let why = format!("the headers option failed: {why}");
+            let why = ["the headers option failed: ", &why].concat();
             self.send_failed_final(now, client_request_id, why);
             return;
         }
@@ -250,7 +250,7 @@ impl Engine {
             };
             self.span(t.trace, f);
         }
-        self.link.last_error = Some(format!("message not sent: {why}"));
+        self.link.last_error = Some(["message not sent: ", &why].concat());
         self.timers.set_opt(Timer::Send, self.outbox.next_due());
         self.close_send_only_socket(now);
         self.mark_dirty();

@@ -102,7 +102,7 @@ impl Engine {
             CloseCause::HeadersFailed(msg) => self.fail_final(
                 now,
                 Termination::HeadersError,
-                format!("the headers option failed: {msg}"),
+                ["the headers option failed: ", &msg].concat(),
             ),
         }
     }
