@@ -14,15 +14,13 @@ use crate::core::vecmap::VecMap;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak as RcWeak};
 
-use wasm_bindgen::closure::Closure;
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::spawn_local;
-use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
 use super::driver::{with_engine, Weak};
 use super::env;
 use super::options::resolve_headers;
-use super::transport::Handle;
+use super::transport::{report, Handle, Reports};
 use crate::core::engine::{CloseCause, Config};
 use crate::core::socket::{RunKey, Socket, SocketAction, SocketConfig};
 
@@ -308,43 +306,27 @@ fn execute(rc: &SocketRc, action: SocketAction) {
 
 /// Opens browser socket `conn`; each of its events becomes one machine input.
 fn open(weak: SocketWeak, conn: u64, url: &str) -> Option<Handle> {
-    let ws = WebSocket::new(url).ok()?;
-    ws.set_binary_type(web_sys::BinaryType::Arraybuffer);
-    let mut cbs: Vec<Closure<dyn FnMut(JsValue)>> = Vec::new();
-    {
-        let weak = weak.clone();
-        let cb = Closure::<dyn FnMut(JsValue)>::new(move |_| {
-            on_socket(&weak, |m| m.handle_open(env::now(), conn));
-        });
-        ws.set_onopen(Some(cb.as_ref().unchecked_ref()));
-        cbs.push(cb);
-    }
-    {
-        let weak = weak.clone();
-        let cb = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
-            let data = ev.dyn_ref::<MessageEvent>().map(|m| m.data());
-            match data.as_ref().and_then(|d| d.as_string()) {
-                Some(text) => on_socket(&weak, |m| m.handle_text(env::now(), conn, &text)),
-                None => on_socket(&weak, |m| m.handle_binary(env::now(), conn)),
-            }
-        });
-        ws.set_onmessage(Some(cb.as_ref().unchecked_ref()));
-        cbs.push(cb);
-    }
-    {
-        let cb = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
+    let on = Reports::new(move |kind: u32, arg: JsValue| match kind {
+        report::WS_OPEN => on_socket(&weak, |m| m.handle_open(env::now(), conn)),
+        report::WS_TEXT => match arg.as_string() {
+            Some(text) => on_socket(&weak, |m| m.handle_text(env::now(), conn, &text)),
+            None => on_socket(&weak, |m| m.handle_binary(env::now(), conn)),
+        },
+        report::WS_BINARY => on_socket(&weak, |m| m.handle_binary(env::now(), conn)),
+        report::WS_CLOSE => {
             // The close code tells an auth refusal (1008, 4401, 4403) or a
             // missing run (4404) from an ordinary drop (1000, 1001, 1006, 1011).
-            let cause = match ev.dyn_ref::<CloseEvent>() {
-                Some(c) => CloseCause::WsClose { code: c.code() },
-                None => CloseCause::Network,
+            let cause = match arg.as_f64() {
+                Some(code) if (0.0..=65535.0).contains(&code) => {
+                    CloseCause::WsClose { code: code as u16 }
+                }
+                _ => CloseCause::Network,
             };
             on_socket(&weak, |m| {
                 m.handle_closed(env::now(), conn, cause, js_sys::Math::random())
             });
-        });
-        ws.set_onclose(Some(cb.as_ref().unchecked_ref()));
-        cbs.push(cb);
-    }
-    Some(Handle::Ws(ws, cbs))
+        }
+        _ => {}
+    });
+    Handle::open_ws(url, on)
 }

@@ -1,50 +1,85 @@
 //! The three transports, as thin as possible: each browser callback becomes
 //! one engine input, tagged with its connection number, then `drive()` runs.
 //! Every handle closes its connection and removes its callbacks on drop.
+//! WebSocket and EventSource are driven from plain JS (`js/net.js`, a
+//! wasm-bindgen snippet): each connection reports through one closure.
 
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::closure::Closure;
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{
-    AbortController, AbortSignal, EventSource, EventSourceInit, Headers, MessageEvent,
-    ReadableStreamDefaultReader, RequestCredentials, RequestInit, Response, WebSocket,
+    AbortController, AbortSignal, Headers, ReadableStreamDefaultReader, RequestCredentials,
+    RequestInit, Response,
 };
 
 use super::driver::{headers_arrived, take_request, with_engine, Weak};
-use super::env::{self, Listener};
+use super::env;
 use super::options::resolve_headers;
 use crate::core::engine::{CloseCause, SendResult};
 use crate::core::envelope::KNOWN_TYPES;
+
+#[wasm_bindgen(module = "/js/net.js")]
+extern "C" {
+    fn ws_open(url: &str, on: &Reports) -> JsValue;
+    fn ws_send(ws: &JsValue, text: &str);
+    fn ws_close(ws: &JsValue);
+    fn es_open(url: &str, with_credentials: bool, types: &str, on: &Reports) -> JsValue;
+    fn es_close(es: &JsValue);
+}
+
+/// What a connection of `js/net.js` reports with: `on(kind, arg)` (its header lists the kinds).
+pub type Reports = Closure<dyn FnMut(u32, JsValue)>;
+
+/// The kinds `js/net.js` reports.
+pub mod report {
+    /// WebSocket: open.
+    pub const WS_OPEN: u32 = 0;
+    /// WebSocket: a text frame (arg: the text).
+    pub const WS_TEXT: u32 = 1;
+    /// WebSocket: a frame that is not text.
+    pub const WS_BINARY: u32 = 2;
+    /// WebSocket: closed (arg: the close code, or -1).
+    pub const WS_CLOSE: u32 = 3;
+    /// EventSource: open.
+    pub const ES_OPEN: u32 = 0;
+    /// EventSource: the data of an event (arg: the data).
+    pub const ES_DATA: u32 = 1;
+    /// EventSource: an error, the source is closed (arg: true if the browser gave up).
+    pub const ES_ERROR: u32 = 2;
+}
 
 /// A live transport connection; dropping it closes the connection.
 pub enum Handle {
     /// fetch + ReadableStream.
     Fetch(AbortController),
-    /// Native EventSource.
-    Sse(EventSource, Vec<Listener>),
-    /// A WebSocket (the page's socket for one `wsUrl`, owned by `socket.rs`).
-    Ws(WebSocket, Vec<Closure<dyn FnMut(JsValue)>>),
+    /// Native EventSource (`js/net.js`) and the closure it reports to.
+    Sse {
+        /// The snippet's connection.
+        es: JsValue,
+        /// Dropped after `es_close`.
+        _on: Reports,
+    },
+    /// A WebSocket (the page's socket for one `wsUrl`, owned by `socket.rs`;
+    /// `js/net.js`) and the closure it reports to.
+    Ws {
+        /// The browser socket.
+        ws: JsValue,
+        /// Dropped after `ws_close`.
+        _on: Reports,
+    },
     /// This run's share of the page's WebSocket for its `wsUrl` (detached on drop).
     Shared(super::socket::Attachment),
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        // The snippet stops reporting before the closure is dropped.
         match self {
             Handle::Fetch(a) => a.abort(),
-            Handle::Sse(es, listeners) => {
-                listeners.clear();
-                es.close();
-            }
-            Handle::Ws(ws, callbacks) => {
-                ws.set_onopen(None);
-                ws.set_onmessage(None);
-                ws.set_onclose(None);
-                ws.set_onerror(None);
-                let _ = ws.close();
-                callbacks.clear();
-            }
+            Handle::Sse { es, .. } => es_close(es),
+            Handle::Ws { ws, .. } => ws_close(ws),
             // The attachment's own `Drop` detaches the run.
             Handle::Shared(_) => {}
         }
@@ -52,14 +87,18 @@ impl Drop for Handle {
 }
 
 impl Handle {
+    /// Opens a WebSocket to `url` reporting to `on`; `None` if the browser refused it.
+    pub fn open_ws(url: &str, on: Reports) -> Option<Self> {
+        let ws = ws_open(url, &on);
+        (!ws.is_null()).then(|| Handle::Ws { ws, _on: on })
+    }
+
     /// Sends a text frame (WebSocket only).
     pub fn ws_send(&self, text: &str) {
         match self {
-            Handle::Ws(ws, _) => {
-                let _ = ws.send_with_str(text);
-            }
+            Handle::Ws { ws, .. } => ws_send(ws, text),
             Handle::Shared(a) => a.send(text),
-            Handle::Fetch(_) | Handle::Sse(..) => {}
+            Handle::Fetch(_) | Handle::Sse { .. } => {}
         }
     }
 }
@@ -223,80 +262,68 @@ pub fn open_sse(
     resume_from: u64,
     credentials: bool,
 ) -> Option<Handle> {
-    let init = EventSourceInit::new();
-    init.set_with_credentials(credentials);
     let full = with_query(&url, resume_from);
-    let es = EventSource::new_with_event_source_init_dict(&full, &init).ok()?;
-    let target: &web_sys::EventTarget = es.as_ref();
-    let mut listeners = Vec::new();
-    {
-        let weak = weak.clone();
-        listeners.extend(Listener::new(target, "open", move |_| {
+    let probe_url = full.clone();
+    let on = Reports::new(move |kind: u32, arg: JsValue| match kind {
+        report::ES_OPEN => {
             with_engine(&weak, |e| {
                 e.handle_response(env::now(), conn, 200, None, true)
             });
-        }));
-    }
-    // Native EventSource delivers named events only to listeners of that name:
-    // every type of PROTOCOL §3–§4, plus the default "message".
-    for ty in KNOWN_TYPES.iter().copied().chain(["message"]) {
-        let weak = weak.clone();
-        listeners.extend(Listener::new(target, ty, move |ev| {
-            if let Some(data) = ev
-                .dyn_ref::<MessageEvent>()
-                .and_then(|m| m.data().as_string())
-            {
+        }
+        report::ES_DATA => {
+            if let Some(data) = arg.as_string() {
                 with_engine(&weak, |e| e.handle_sse_event(env::now(), conn, &data));
             }
-        }));
+        }
+        // An error: the snippet has closed the source (ours reconnects under the engine's backoff).
+        report::ES_ERROR if arg.as_bool() == Some(true) => {
+            // EventSource hides the status: probe once so 404/401/… are final, 5xx backs off.
+            let weak = weak.clone();
+            let url = probe_url.clone();
+            spawn_local(async move {
+                // A page being navigated away aborts its EventSource first
+                // (HTML "abort a document"): the pause lets it go before
+                // the probe opens a stream connection of a dying page.
+                env::sleep(PROBE_DELAY_MS).await;
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                let init = request_init("GET", &[], credentials);
+                let ctl = AbortController::new().ok();
+                if let Some(c) = &ctl {
+                    init.set_signal(Some(&c.signal()));
+                }
+                match fetch(&url, &init).await {
+                    Ok(r) if r.status() != 200 || !is_event_stream(&r) => {
+                        let (s, ra, es) = (r.status(), retry_after(&r), is_event_stream(&r));
+                        with_engine(&weak, |e| e.handle_response(env::now(), conn, s, ra, es));
+                    }
+                    _ => {
+                        with_engine(&weak, |e| {
+                            e.handle_closed(env::now(), conn, CloseCause::Network)
+                        });
+                    }
+                }
+                if let Some(c) = ctl {
+                    c.abort();
+                }
+            });
+        }
+        _ => {
+            with_engine(&weak, |e| {
+                e.handle_closed(env::now(), conn, CloseCause::Network)
+            });
+        }
+    });
+    // Native EventSource delivers named events only to listeners of that name:
+    // every type of PROTOCOL §3–§4, plus the default "message".
+    let mut types = String::from("message");
+    for ty in KNOWN_TYPES {
+        types.push(' ');
+        types.push_str(ty);
     }
-    {
-        let weak = weak.clone();
-        let es2 = es.clone();
-        listeners.extend(Listener::new(target, "error", move |_| {
-            // Never let EventSource reconnect on its own: ours is under the engine's backoff.
-            let fatal = es2.ready_state() == EventSource::CLOSED;
-            es2.close();
-            if fatal {
-                // EventSource hides the status: probe once so 404/401/… are final, 5xx backs off.
-                let weak = weak.clone();
-                let url = es2.url();
-                spawn_local(async move {
-                    // A page being navigated away aborts its EventSource first
-                    // (HTML "abort a document"): the pause lets it go before
-                    // the probe opens a stream connection of a dying page.
-                    env::sleep(PROBE_DELAY_MS).await;
-                    if weak.strong_count() == 0 {
-                        return;
-                    }
-                    let init = request_init("GET", &[], credentials);
-                    let ctl = AbortController::new().ok();
-                    if let Some(c) = &ctl {
-                        init.set_signal(Some(&c.signal()));
-                    }
-                    match fetch(&url, &init).await {
-                        Ok(r) if r.status() != 200 || !is_event_stream(&r) => {
-                            let (s, ra, es) = (r.status(), retry_after(&r), is_event_stream(&r));
-                            with_engine(&weak, |e| e.handle_response(env::now(), conn, s, ra, es));
-                        }
-                        _ => {
-                            with_engine(&weak, |e| {
-                                e.handle_closed(env::now(), conn, CloseCause::Network)
-                            });
-                        }
-                    }
-                    if let Some(c) = ctl {
-                        c.abort();
-                    }
-                });
-            } else {
-                with_engine(&weak, |e| {
-                    e.handle_closed(env::now(), conn, CloseCause::Network)
-                });
-            }
-        }));
-    }
-    Some(Handle::Sse(es, listeners))
+    let es = es_open(&full, credentials, &types, &on);
+    (!es.is_null()).then(|| Handle::Sse { es, _on: on })
 }
 
 /// A send POST or snapshot GET the stream is waiting on. Aborted when
