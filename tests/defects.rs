@@ -768,3 +768,103 @@ fn r16_refresh_keeps_waiting_for_an_accepted_send() {
     e2.start(0.0);
     assert_eq!(e2.activity(5000.0), Activity::Working);
 }
+
+/// API.md `StreamStatus.activity`: "working = a reply is pending and no token
+/// for stallAfterMs". The server's echo of a send (`message.created`, role
+/// user, with its `client_request_id`) is not its reply: after a refresh the
+/// reply is still awaited. (Found by a review: the restore only awaited sends
+/// not yet echoed.)
+#[test]
+fn r17_refresh_keeps_waiting_for_an_echoed_send() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let crid = e.send(2.0, "q").unwrap();
+    e.handle_send_result(
+        3.0,
+        &crid,
+        SendResult {
+            status: Some(202),
+            body: Some(r#"{"message_id":"u1","run_id":"run_T"}"#.into()),
+            ..SendResult::default()
+        },
+    );
+    let echo = envelope(
+        1,
+        "message.created",
+        json!({"message_id": "u1", "role": "user", "content": "q", "client_request_id": crid}),
+    );
+    e.handle_bytes(4.0, conn, &sse_frame(&echo));
+    assert_eq!(
+        e.activity(5000.0),
+        Activity::Working,
+        "live, before the refresh"
+    );
+    let record = e.storage_record();
+    let mut e2 = Engine::new(cfg(), [2, 2], Some(&record));
+    e2.start(0.0);
+    assert_eq!(e2.activity(5000.0), Activity::Working, "after the refresh");
+}
+
+/// The restore replays the rules in the history's order: a finished reply
+/// naming the send, or a finished assistant message without `reply_to` after
+/// it, means nothing is awaited after a refresh; a later send still is.
+#[test]
+fn r17_refresh_does_not_wait_for_answered_sends() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let evs = [
+        envelope(
+            1,
+            "message.created",
+            json!({"message_id": "u1", "role": "user", "content": "a", "client_request_id": "c1"}),
+        ),
+        envelope(
+            2,
+            "message.created",
+            json!({"message_id": "a1", "role": "assistant", "reply_to": "c1"}),
+        ),
+        envelope(
+            3,
+            "message.completed",
+            json!({"message_id": "a1", "finish_reason": "stop"}),
+        ),
+        envelope(
+            4,
+            "message.created",
+            json!({"message_id": "u2", "role": "user", "content": "b", "client_request_id": "c2"}),
+        ),
+        envelope(
+            5,
+            "message.created",
+            json!({"message_id": "a2", "role": "assistant"}),
+        ),
+        envelope(
+            6,
+            "message.completed",
+            json!({"message_id": "a2", "finish_reason": "stop"}),
+        ),
+    ];
+    for ev in &evs {
+        e.handle_bytes(3.0, conn, &sse_frame(ev));
+    }
+    let record = e.storage_record();
+    let mut e2 = Engine::new(cfg(), [2, 2], Some(&record));
+    e2.start(0.0);
+    assert_eq!(
+        e2.activity(60_000.0),
+        Activity::Idle,
+        "answered sends are not awaited"
+    );
+    let later = envelope(
+        7,
+        "message.created",
+        json!({"message_id": "u3", "role": "user", "content": "c", "client_request_id": "c3"}),
+    );
+    e.handle_bytes(4.0, conn, &sse_frame(&later));
+    let record = e.storage_record();
+    let mut e3 = Engine::new(cfg(), [3, 3], Some(&record));
+    e3.start(0.0);
+    assert_eq!(
+        e3.activity(60_000.0),
+        Activity::Working,
+        "the unanswered last send is"
+    );
+}

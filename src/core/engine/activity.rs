@@ -27,9 +27,13 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Restored sends await their replies as well.
+    /// Restored sends await their replies as well (the newest
+    /// [`MAX_MESSAGE_METRICS`] of them, like sends made here).
     pub fn restore(&mut self, crids: impl IntoIterator<Item = String>, now: Ms) {
         self.awaiting.extend(crids);
+        while self.awaiting.len() > MAX_MESSAGE_METRICS {
+            self.awaiting.pop_front();
+        }
         self.last_token_at = now;
     }
 
@@ -129,6 +133,15 @@ mod tests {
         assert_eq!(a.state(2000.0, false, 2000.0), Activity::Working);
         a.token(2500.0);
         assert_eq!(a.state(3000.0, false, 2000.0), Activity::Streaming);
+    }
+
+    #[test]
+    fn restored_waits_are_bounded_like_live_ones() {
+        let mut a = Tracker::default();
+        a.restore((0..MAX_MESSAGE_METRICS + 10).map(|i| i.to_string()), 0.0);
+        assert_eq!(a.awaiting.len(), MAX_MESSAGE_METRICS);
+        assert!(!a.awaits("0"), "the oldest go first");
+        assert!(a.awaits(&(MAX_MESSAGE_METRICS + 9).to_string()));
     }
 
     #[test]

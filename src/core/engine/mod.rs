@@ -584,26 +584,29 @@ impl Engine {
     }
 }
 
-/// Sends of `state` not answered yet (undelivered, or accepted but without a finished reply).
+/// Sends of `state` not answered yet, as the activity rules (`activity.rs`)
+/// would have left them: the history is replayed in order. A send (a user
+/// message with a `client_request_id`: optimistic, accepted or echoed; not
+/// failed) is awaited until a finished reply names it (`reply_to`) or a
+/// finished message without `reply_to` follows it (it ends every wait).
+/// Once echoed, a page's own sends look like any other client's: every
+/// unanswered send of the history is awaited after a refresh.
 fn unanswered(state: &RunState) -> Vec<String> {
-    let answered: crate::core::strmap::StrMap<()> = state
-        .messages
-        .iter()
-        .filter(|m| matches!(m.status, MessageStatus::Completed | MessageStatus::Failed))
-        .filter_map(|m| m.reply_to.clone().map(|r| (r, ())))
-        .collect();
-    state
-        .messages
-        .iter()
-        .filter(|m| {
-            matches!(
-                m.status,
-                MessageStatus::Queued | MessageStatus::Sending | MessageStatus::Sent
-            )
-        })
-        .filter_map(|m| m.client_request_id.clone())
-        .filter(|c| !answered.contains_key(c))
-        .collect()
+    let mut awaiting: Vec<String> = Vec::new();
+    for m in &state.messages {
+        let finished = matches!(m.status, MessageStatus::Completed | MessageStatus::Failed);
+        if m.role == "user" {
+            if let (Some(c), false) = (&m.client_request_id, m.status == MessageStatus::Failed) {
+                awaiting.push(c.clone());
+            }
+        } else if finished {
+            match &m.reply_to {
+                Some(r) => awaiting.retain(|c| c != r),
+                None => awaiting.clear(),
+            }
+        }
+    }
+    awaiting
 }
 
 pub(super) fn hex_id(rng: &mut Rng) -> String {
