@@ -45,6 +45,9 @@ struct Server {
     subs: BTreeMap<String, u64>,
     /// Frames to deliver on the current socket.
     outbox: Vec<String>,
+    /// Refuse every send with a `bad_request` error that names no run
+    /// (the reference server's send errors carry only the send's id).
+    refuse_sends: bool,
 }
 
 struct Page {
@@ -211,6 +214,15 @@ impl Page {
                 .server
                 .outbox
                 .push(json!({"op": "pong", "t": t}).to_string()),
+            ClientOp::Send {
+                session_id,
+                client_request_id,
+                ..
+            } if self.server.refuse_sends => self.server.outbox.push(
+                json!({"op": "error", "code": "bad_request", "message": "content too long",
+                       "client_request_id": client_request_id})
+                .to_string(),
+            ),
             ClientOp::Send {
                 session_id,
                 client_request_id,
@@ -437,4 +449,35 @@ fn heartbeat_is_watched_per_socket() {
         .engines
         .iter()
         .all(|e| e.metrics().terminations.get("heartbeat_timeout") == Some(&1)));
+}
+
+/// A send's refusal concerns the stream that sent it: on a shared socket the
+/// error reaches every run (it names no run), and only the engine holding
+/// the send acts on it. (Found by a review: every run's `lastError` said
+/// "message not sent".)
+#[test]
+fn a_refused_send_fails_only_the_stream_that_sent_it() {
+    let mut p = Page::new(3);
+    p.server.refuse_sends = true;
+    p.start();
+    p.accept();
+    p.engines[1].send(p.now, "hi").unwrap();
+    p.pump();
+    let failed = |e: &Engine| {
+        e.state()
+            .messages
+            .iter()
+            .any(|m| m.status == runstream::core::state::MessageStatus::Failed)
+    };
+    assert!(failed(&p.engines[1]), "the sender's message failed");
+    assert!(p.engines[1]
+        .status(p.now)
+        .last_error
+        .is_some_and(|e| e.contains("content too long")));
+    for i in [0, 2] {
+        let e = &p.engines[i];
+        assert_eq!(e.status(p.now).last_error, None, "run {i}");
+        assert!(!failed(e), "run {i}");
+        assert_eq!(e.status(p.now).connection, Connection::Open, "run {i}");
+    }
 }

@@ -110,6 +110,10 @@ impl Engine {
             } => {
                 let msg: String = message.chars().take(200).collect();
                 match client_request_id {
+                    // A send this stream does not hold: another stream's on a
+                    // shared socket (the error names no run), or one already
+                    // settled. Not ours to report.
+                    Some(crid) if !self.outbox.contains(&crid) => {}
                     // The server refused the send itself: final. Anything else
                     // (overloaded, unavailable, …) is retried like an HTTP 503.
                     Some(crid) if matches!(code, ErrorCode::BadRequest | ErrorCode::NotFound) => {
