@@ -868,3 +868,55 @@ fn r17_refresh_does_not_wait_for_answered_sends() {
         "the unanswered last send is"
     );
 }
+
+/// A finished run whose worker never reported completion, reconciling from
+/// the snapshot endpoint (PROTOCOL §4); returns the engine after it asked.
+fn reconciling() -> Engine {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    for ev in [
+        envelope(1, "worker.started", json!({"worker_id": "w1"})),
+        envelope(2, "run.completed", json!({"status": "succeeded"})),
+    ] {
+        e.handle_bytes(2.0, conn, &sse_frame(&ev));
+    }
+    assert!(drain(&mut e).contains(&Action::FetchSnapshot));
+    e
+}
+
+fn settled_snapshot() -> String {
+    json!({"run_id": RUN, "event_id": 2, "state": {"run_id": RUN, "cursor": 2,
+        "status": "succeeded", "messages": [], "supervisor": {"completed": true},
+        "workers": [{"worker_id": "w1", "status": "succeeded", "tools": []}]}})
+    .to_string()
+}
+
+/// API.md `connectTimeoutMs`: "no response headers (fetch) … for this long".
+/// A snapshot whose headers came in time may take longer than that for its
+/// body: its answer is used, not replaced by `unknown`. (Found by a review:
+/// the engine's timer covered the whole body.)
+#[test]
+fn r18_a_snapshot_body_slower_than_the_connect_timeout_is_used() {
+    let mut e = reconciling();
+    e.handle_snapshot_headers(100.0);
+    let _ = run_until(&mut e, 12_000.0);
+    assert_eq!(
+        e.state().workers[0].status,
+        WorkerStatus::Running,
+        "still waiting for the body"
+    );
+    e.handle_snapshot(12_000.0, Ok(&settled_snapshot()));
+    assert_eq!(e.state().workers[0].status, WorkerStatus::Succeeded);
+}
+
+/// PROTOCOL §4: leftovers are `unknown` only "if that fails". An
+/// authoritative answer that arrives after the wait gave up still settles a
+/// finished run (it was dropped as a duplicate of the final cursor).
+#[test]
+fn r18_a_late_snapshot_still_settles_a_finished_run() {
+    let mut e = reconciling();
+    let _ = run_until(&mut e, 60_000.0);
+    assert_eq!(e.state().workers[0].status, WorkerStatus::Unknown);
+    e.handle_snapshot(60_000.0, Ok(&settled_snapshot()));
+    assert_eq!(e.state().workers[0].status, WorkerStatus::Succeeded);
+    assert!(e.finished());
+}

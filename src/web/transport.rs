@@ -443,6 +443,8 @@ pub fn fetch_snapshot(
                 .await
                 .map_err(|_| "network error".to_owned())?;
             headers_arrived(&weak, id);
+            // The body may take longer than the connect timeout (its own bound starts now).
+            with_engine(&weak, |e| e.handle_snapshot_headers(env::now()));
             if r.status() != 200 {
                 return Err(crate::core::json::write::concat_u64(
                     "HTTP ",

@@ -149,6 +149,18 @@ impl Engine {
         self.protocol_error(now, e.into());
     }
 
+    /// The snapshot request's response headers arrived: `connect_timeout_ms`
+    /// no longer applies (API.md: it bounds the wait for headers). Its body
+    /// may take until `heartbeat_timeout_ms` of silence, the bound a stream's
+    /// body has (the shell sees no progress inside a text body, so it is
+    /// counted from the headers).
+    pub fn handle_snapshot_headers(&mut self, now: Ms) {
+        if self.timers.is_armed(Timer::Snapshot) {
+            self.timers
+                .set(Timer::Snapshot, now + self.cfg.heartbeat_timeout_ms);
+        }
+    }
+
     /// Snapshot endpoint answered: `Ok(body)` for a 200, `Err(reason)` otherwise.
     pub fn handle_snapshot(&mut self, now: Ms, result: Result<&str, String>) {
         self.timers.clear(Timer::Snapshot);
@@ -159,8 +171,13 @@ impl Engine {
         });
         let failed = parsed.is_err();
         match parsed {
-            Ok((id, st)) if self.reconciling && id >= self.state.cursor => {
-                // Final reconciliation: the endpoint's state is authoritative.
+            // Final reconciliation: the endpoint's state is authoritative,
+            // also when it comes after the wait for it gave up (leftovers
+            // were marked `unknown` meanwhile: PROTOCOL §4 says so only "if
+            // that fails").
+            Ok((id, st))
+                if (self.reconciling || self.state.is_finished()) && id >= self.state.cursor =>
+            {
                 self.install_snapshot(now, id, st);
             }
             Ok((id, st)) => self.apply_snapshot(now, id, st),
