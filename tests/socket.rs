@@ -481,3 +481,61 @@ fn a_refused_send_fails_only_the_stream_that_sent_it() {
         assert_eq!(e.status(p.now).connection, Connection::Open, "run {i}");
     }
 }
+
+/// API.md `heartbeatTimeoutMs`: "not enforced while the tab is hidden,
+/// re-checked when it is visible": a hidden page's socket on a silent server
+/// holds for minutes (throttled timers would otherwise drop it every time
+/// they wake), and is checked at once when the page comes back.
+#[test]
+fn a_hidden_page_does_not_watch_the_heartbeat_and_rechecks_when_visible() {
+    let mut p = Page::new(3);
+    p.sock.set_visible(p.now, false);
+    p.start();
+    p.accept();
+    let conn = p.live.take().unwrap();
+    p.run_until(180_000.0);
+    assert!(!p.closed.contains(&conn), "dropped while hidden");
+    assert_eq!(p.sock.opens, 1);
+    p.sock.set_visible(p.now, true);
+    p.pump();
+    assert!(p.closed.contains(&conn), "re-checked when visible");
+    assert!(p
+        .engines
+        .iter()
+        .all(|e| e.metrics().terminations.get("heartbeat_timeout") == Some(&1)));
+}
+
+/// The same sentence with `share: "tabs"`: a leading tab in the background
+/// watches its heartbeat while a follower's page is visible. On a shared
+/// socket the run says so (`set_run_watched`), and only while it is attached
+/// and watched does the hidden page's socket enforce the timeout. (Found by a
+/// review: only the leader page's own visibility reached the socket, so a
+/// half-open socket was never timed out while the user watched a follower.)
+#[test]
+fn a_run_watched_from_another_page_keeps_the_heartbeat_on_in_a_hidden_page() {
+    let mut p = Page::new(3);
+    p.sock.set_visible(p.now, false);
+    p.start();
+    p.accept();
+    p.sock.set_run_watched(p.now, 1, true);
+    let conn = p.live.take().unwrap();
+    p.run_until(26_000.0);
+    assert!(
+        p.closed.contains(&conn),
+        "a silent socket is dropped for the watched run"
+    );
+    assert_eq!(p.sock.opens, 2);
+    // Back on a new socket; nobody watches any more: no more timeouts.
+    p.accept();
+    p.sock.set_run_watched(p.now, 1, false);
+    let conn = p.live.take().unwrap();
+    p.run_until(p.now + 120_000.0);
+    assert!(!p.closed.contains(&conn));
+    // Watched again, after 120 s of silence: re-checked at once.
+    p.sock.set_run_watched(p.now, 2, true);
+    p.pump();
+    assert!(
+        p.closed.contains(&conn),
+        "watched again: re-checked at once"
+    );
+}

@@ -963,6 +963,10 @@ fn a_hidden_leader_watches_the_heartbeat_while_a_follower_is_visible() {
     net.tabs[0].handle_response(net.now, conn, 200, None, true);
     net.serve(0, conn, 0, 3);
     // The connection goes silent; tab 1 is visible.
+    assert!(
+        net.tabs[0].heartbeat_watched(),
+        "watched for the visible follower"
+    );
     let silent_from = net.now;
     net.run_until(silent_from + 30_000.0);
     let m = net.tabs[0].metrics();
@@ -973,6 +977,7 @@ fn a_hidden_leader_watches_the_heartbeat_while_a_follower_is_visible() {
     net.tabs[0].handle_response(net.now, conn, 200, None, true);
     net.tabs[1].handle_visibility(net.now, false);
     net.pump();
+    assert!(!net.tabs[0].heartbeat_watched(), "no page watches any more");
     net.run_until(net.now + 100_000.0);
     let m = net.tabs[0].metrics();
     assert_eq!(m.terminations.get("heartbeat_timeout"), Some(&1), "{m:?}");

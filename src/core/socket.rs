@@ -28,7 +28,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 
-use crate::core::vecmap::VecMap;
+use crate::core::vecmap::{VecMap, VecSet};
 
 use super::engine::backoff;
 use super::engine::{Backoff, CloseCause, Config, Ms};
@@ -177,7 +177,13 @@ pub struct Socket {
     /// Consecutive failures without a healthy socket: the next backoff attempt.
     failures: u32,
     last_frame_at: Ms,
+    /// The page is visible (its shell says so with [`Socket::set_visible`]).
     visible: bool,
+    /// Runs whose stream wants the heartbeat watched whatever this page's
+    /// visibility (a leading tab with a visible follower, `share: "tabs"`):
+    /// [`Socket::set_run_watched`]. Only attached runs count; at most one
+    /// entry per live stream (its shell unmarks it when the stream goes).
+    watched: VecSet<RunKey>,
     /// Attached runs and the run each follows.
     runs: VecMap<RunKey, String>,
     deadlines: Deadlines,
@@ -200,6 +206,7 @@ impl Socket {
             failures: 0,
             last_frame_at: 0.0,
             visible: true,
+            watched: VecSet::new(),
             runs: VecMap::new(),
             deadlines: Deadlines::default(),
             actions: VecDeque::new(),
@@ -253,6 +260,10 @@ impl Socket {
         let Some(run_id) = self.runs.remove(&run) else {
             return;
         };
+        if !self.watching() {
+            // It was the run watched from another page.
+            self.deadlines.heartbeat = None;
+        }
         if let SocketState::Open { .. } = self.state {
             if !self.runs.values().any(|r| *r == run_id) {
                 let text = ClientOp::Unsubscribe { run_id }.encode();
@@ -282,7 +293,35 @@ impl Socket {
     /// while hidden (timers are throttled) and re-checked on becoming visible.
     pub fn set_visible(&mut self, now: Ms, visible: bool) {
         self.visible = visible;
-        if !visible {
+        self.rewatch(now);
+    }
+
+    /// Run `run`'s stream wants (or no longer wants) its heartbeat watched
+    /// (`Engine::heartbeat_watched`: its page, or as a leading tab a
+    /// follower's, is visible; API.md enforces the heartbeat while a tab that
+    /// follows the stream is visible). While any attached run does, the
+    /// heartbeat is watched even with this page hidden.
+    pub fn set_run_watched(&mut self, now: Ms, run: RunKey, watched: bool) {
+        let changed = if watched {
+            self.watched.insert(run)
+        } else {
+            self.watched.remove(&run)
+        };
+        if changed {
+            self.rewatch(now);
+        }
+    }
+
+    /// Whether the heartbeat is watched: the page is visible, or an attached
+    /// run is watched from another page.
+    fn watching(&self) -> bool {
+        self.visible || self.runs.keys().any(|r| self.watched.contains(r))
+    }
+
+    /// The watch went on or off: suspended while nobody watches (timers are
+    /// throttled), re-checked when it comes back on.
+    fn rewatch(&mut self, now: Ms) {
+        if !self.watching() {
             self.deadlines.heartbeat = None;
         } else if let SocketState::Open { .. } = self.state {
             if now - self.last_frame_at >= self.cfg.heartbeat_timeout_ms {
@@ -445,7 +484,7 @@ impl Socket {
     }
 
     fn watch_heartbeat(&mut self) {
-        if self.visible {
+        if self.watching() {
             self.deadlines.heartbeat = Some(self.last_frame_at + self.cfg.heartbeat_timeout_ms);
         }
     }

@@ -240,6 +240,14 @@ impl<T: Ord> VecSet<T> {
         self.map.remove(v).is_some()
     }
 
+    /// True when `v` is in the set.
+    pub fn contains<Q: Ord + ?Sized>(&self, v: &Q) -> bool
+    where
+        T: Borrow<Q>,
+    {
+        self.map.contains_key(v)
+    }
+
     /// Removes everything.
     pub fn clear(&mut self) {
         self.map.clear();

@@ -196,6 +196,7 @@ impl RunStream {
                 weak: weak.clone(),
                 transport: None,
                 share: None,
+                share_watched: None,
                 tabs: None,
                 timer: None,
                 frame: None,

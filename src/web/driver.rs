@@ -29,6 +29,9 @@ pub(super) struct Inner {
     /// Membership of the page's shared WebSocket (websocket transport), held
     /// until `close()`: its machine, and its backoff, outlive any one connection.
     pub share: Option<super::socket::Member>,
+    /// What the shared socket was last told of this stream's heartbeat watch
+    /// ([`crate::core::engine::Engine::heartbeat_watched`]).
+    pub share_watched: Option<bool>,
     /// `share: "tabs"`: the channel and the lock of the stream key, from `start()` to `close()`.
     pub tabs: Option<super::tabs::Member>,
     pub timer: Option<(f64, env::Timeout)>,
@@ -159,7 +162,31 @@ pub(super) fn drive(rc: &Shared) {
             }
         }
     }
+    sync_watch(rc);
     rearm(rc);
+}
+
+/// Tells the stream's shared socket (if any) whether its heartbeat is to be
+/// watched (its page or, leading, a follower's is visible) when that changed.
+fn sync_watch(rc: &Shared) {
+    let change = match rc.try_borrow_mut() {
+        Ok(mut inner) => {
+            let watched = inner.engine.heartbeat_watched();
+            let share = match &inner.share {
+                Some(m) if inner.share_watched != Some(watched) => Some(m.handle()),
+                _ => None,
+            };
+            if share.is_some() {
+                inner.share_watched = Some(watched);
+            }
+            share.map(|s| (s, watched))
+        }
+        Err(_) => None,
+    };
+    // Outside the borrow: the socket may drop (and so call every engine).
+    if let Some((share, watched)) = change {
+        share.set_watched(watched);
+    }
 }
 
 fn rearm(rc: &Shared) {

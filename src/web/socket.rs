@@ -87,9 +87,13 @@ impl Member {
             {
                 return rc;
             }
+            let mut machine = Socket::new(SocketConfig::from(cfg));
+            // The page may be hidden already (a tab opened in the
+            // background): the heartbeat is not watched until it is visible.
+            machine.set_visible(env::now(), !env::hidden());
             let rc = Rc::new_cyclic(|weak| {
                 RefCell::new(Shared {
-                    machine: Socket::new(SocketConfig::from(cfg)),
+                    machine,
                     url: url.to_owned(),
                     ws: None,
                     timer: None,
@@ -124,19 +128,37 @@ impl Member {
         })
     }
 
-    /// A weak handle on the socket, to use once the stream's borrow is released.
+    /// A weak handle on the socket and this stream's run on it, to use once
+    /// the stream's borrow is released.
     pub fn handle(&self) -> ShareRef {
-        ShareRef(Rc::downgrade(&self.rc))
+        ShareRef(Rc::downgrade(&self.rc), self.run)
     }
 }
 
-/// A weak handle on a shared socket.
-pub(super) struct ShareRef(SocketWeak);
+impl Drop for Member {
+    fn drop(&mut self) {
+        // The stream goes: its wish to have the heartbeat watched goes with it.
+        if let Ok(mut s) = self.rc.try_borrow_mut() {
+            s.machine.set_run_watched(env::now(), self.run, false);
+        }
+        pump(&self.rc);
+    }
+}
+
+/// A weak handle on a shared socket, and the run of the stream that holds it.
+pub(super) struct ShareRef(SocketWeak, RunKey);
 
 impl ShareRef {
     /// The page became visible or hidden (the heartbeat watch follows it).
     pub fn set_visible(&self, visible: bool) {
         on_socket(&self.0, |m| m.set_visible(env::now(), visible));
+    }
+
+    /// The stream's heartbeat is (or is no longer) to be watched whatever the
+    /// page's visibility (`Engine::heartbeat_watched`).
+    pub fn set_watched(&self, watched: bool) {
+        let run = self.1;
+        on_socket(&self.0, |m| m.set_run_watched(env::now(), run, watched));
     }
 }
 

@@ -282,3 +282,43 @@ test("f. a resume with nothing to replay stays open for 30 s without reconnectin
     await context.close();
   }
 });
+
+test("g. websocket in a page opened in the background: a server that stops answering pings is not timed out while hidden, and is re-checked at once when the page becomes visible", { timeout: 90000 }, async () => {
+  // API.md heartbeatTimeoutMs: "not enforced while the tab is hidden,
+  // re-checked when it is visible". The page is hidden before the stream
+  // starts (a tab opened in the background), so the page's shared socket
+  // must start unwatched. (Found by a review: only a later visibilitychange
+  // reached the socket, which enforced the timeout in a background tab.)
+  const { context, page, errors } = await openPage();
+  await ctl("POST", "/config", { pong: false });
+  try {
+    await page.evaluate(() => {
+      Object.defineProperty(document, "hidden", { configurable: true, get: () => true });
+      Object.defineProperty(document, "visibilityState", { configurable: true, get: () => "hidden" });
+    });
+    const run = await newRun([ev("run.started", {})]);
+    await follow(page, "ws", opts(run, "websocket", { resume: "none", heartbeatTimeoutMs: 3000 }));
+    assert.ok(await until(async () => (await peek(page, "ws")).snap.state.cursor === 1, 8000), "applied run.started");
+    // Four heartbeat timeouts' worth of silence: no pong, no frame.
+    await sleep(12000);
+    let [st, view] = [await stats(run), await peek(page, "ws")];
+    const hidden = observed("hidden 12 s, pongs muted / websocket", st, view, "websocket");
+    console.log(hidden);
+    assert.deepEqual(quietProblems(st, view, "websocket", { conns: 1, opens: 1 }), [], hidden);
+    // Visible again: silent far longer than 3 s, so it reconnects at once.
+    await page.evaluate(() => {
+      Object.defineProperty(document, "hidden", { configurable: true, get: () => false });
+      Object.defineProperty(document, "visibilityState", { configurable: true, get: () => "visible" });
+      document.dispatchEvent(new Event("visibilitychange"));
+    });
+    assert.ok(await until(async () => (await stats(run)).connections.websocket === 2, 2000), "reconnected within 2 s of becoming visible");
+    [st, view] = [await stats(run), await peek(page, "ws")];
+    const visible = observed("then visible / websocket", st, view, "websocket");
+    console.log(visible);
+    assert.equal(view.snap.metrics.terminations.heartbeat_timeout, 1, visible);
+    assert.deepEqual(errors, []);
+  } finally {
+    await ctl("POST", "/config", { pong: true });
+    await context.close();
+  }
+});

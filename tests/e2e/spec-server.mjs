@@ -6,6 +6,7 @@
 // message events (the suites that use this server emit no worker events).
 // In-process: `const s = await startSpecServer(); s.url; await s.close()`.
 // Child: `node spec-server.mjs [--port 0] [--heartbeat-ms 15000]` prints its URL.
+// POST /_ctl/config {"pong": false} stops answering pings (a half-open socket).
 import http from "node:http";
 import { readFile } from "node:fs/promises";
 import { join, dirname, normalize, extname } from "node:path";
@@ -125,7 +126,7 @@ export async function startSpecServer({ port = 0, heartbeatMs = 15000, pkgDir = 
       try { m = binary ? null : JSON.parse(String(data)); } catch { m = null; }
       if (!m || typeof m !== "object") return sendJson({ op: "error", code: "bad_request", message: "expected one JSON object in a text frame" });
       const run = runs.get(m.run_id);
-      if (m.op === "ping") return sendJson({ op: "pong", t: m.t });
+      if (m.op === "ping") return cfg.pong === false ? undefined : sendJson({ op: "pong", t: m.t });
       if (m.op === "unsubscribe") return drop(m.run_id);
       if (m.op === "send") {
         const [status, ans] = accept(m.session_id, m, "websocket");

@@ -399,6 +399,15 @@ impl Engine {
         self.watch_heartbeat(now);
     }
 
+    /// Whether this stream's heartbeat is to be watched: its page is
+    /// visible, or (leading, `share: "tabs"`) a follower's is. A shell whose
+    /// streams ride a shared socket tells the socket when this changes
+    /// ([`crate::core::socket::Socket::set_run_watched`]); call after every
+    /// input, like [`Self::poll_timeout`].
+    pub fn heartbeat_watched(&self) -> bool {
+        self.follow.watched()
+    }
+
     /// Turns the heartbeat watch on or off as this tab is watched (its page,
     /// or a follower's, is visible); a link found silent too long fails.
     pub(super) fn watch_heartbeat(&mut self, now: Ms) {
