@@ -748,11 +748,8 @@ fn r12_no_content_on_an_unfinished_state_fetches_the_snapshot() {
     assert_eq!(e.cursor(), 4);
 }
 
-/// After a refresh, a send that was accepted but not answered yet still shows
-/// "working…" once its reply is late.
-#[test]
-fn r16_refresh_keeps_waiting_for_an_accepted_send() {
-    let (mut e, _) = open(cfg(), [1, 1]);
+/// Sends "q" at 2 ms; the server accepts it as message `u1` at 3 ms. Its client_request_id.
+fn accepted_send(e: &mut Engine) -> String {
     let crid = e.send(2.0, "q").unwrap();
     e.handle_send_result(
         3.0,
@@ -763,6 +760,15 @@ fn r16_refresh_keeps_waiting_for_an_accepted_send() {
             ..SendResult::default()
         },
     );
+    crid
+}
+
+/// After a refresh, a send that was accepted but not answered yet still shows
+/// "working…" once its reply is late.
+#[test]
+fn r16_refresh_keeps_waiting_for_an_accepted_send() {
+    let (mut e, _) = open(cfg(), [1, 1]);
+    accepted_send(&mut e);
     let record = e.storage_record();
     let mut e2 = Engine::new(cfg(), [2, 2], Some(&record));
     e2.start(0.0);
@@ -777,16 +783,7 @@ fn r16_refresh_keeps_waiting_for_an_accepted_send() {
 #[test]
 fn r17_refresh_keeps_waiting_for_an_echoed_send() {
     let (mut e, conn) = open(cfg(), [1, 1]);
-    let crid = e.send(2.0, "q").unwrap();
-    e.handle_send_result(
-        3.0,
-        &crid,
-        SendResult {
-            status: Some(202),
-            body: Some(r#"{"message_id":"u1","run_id":"run_T"}"#.into()),
-            ..SendResult::default()
-        },
-    );
+    let crid = accepted_send(&mut e);
     let echo = envelope(
         1,
         "message.created",
