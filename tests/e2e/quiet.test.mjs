@@ -322,3 +322,51 @@ test("g. websocket in a page opened in the background: a server that stops answe
     await context.close();
   }
 });
+
+test("h. share: \"tabs\" on websocket: a leading tab in the background times out a server that stops answering pings while a follower is visible, and stops once none is", { timeout: 90000 }, async () => {
+  // API.md heartbeatTimeoutMs (not enforced while hidden) with README
+  // "Sharing connections": the leader watches its heartbeat as if visible
+  // while a follower's page is. On websocket the leader's page socket must
+  // learn it. (Found by a review: a hidden leader's socket never timed out.)
+  const context = await browser.newContext();
+  const errors = [];
+  const hide = (page, hidden) =>
+    page.evaluate((h) => {
+      Object.defineProperty(document, "hidden", { configurable: true, get: () => h });
+      Object.defineProperty(document, "visibilityState", { configurable: true, get: () => (h ? "hidden" : "visible") });
+      document.dispatchEvent(new Event("visibilitychange"));
+    }, hidden);
+  try {
+    const [leader, follower] = [await context.newPage(), await context.newPage()];
+    for (const p of [leader, follower]) {
+      errors.push(watchErrors(p));
+      await p.goto(srv.url + "/harness.html");
+      await p.evaluate(() => window.ready);
+    }
+    const run = await newRun([ev("run.started", {})]);
+    const o = opts(run, "websocket", { share: "tabs", resume: "none", heartbeatTimeoutMs: 3000 });
+    await hide(leader, true);
+    await follow(leader, "h", o);
+    assert.ok(await until(async () => (await peek(leader, "h")).snap.status.sharing === "leader", 5000), "the hidden page leads");
+    await follow(follower, "h", o);
+    assert.ok(await until(async () => (await peek(follower, "h")).snap.state.cursor === 1, 5000), "the follower has the run");
+    const timeouts = async () => (await peek(leader, "h")).snap.metrics.terminations.heartbeat_timeout ?? 0;
+    await ctl("POST", "/config", { pong: false });
+    const muted = Date.now();
+    const timedOut = await until(async () => (await timeouts()) >= 1, 10000);
+    console.log(`leader hidden, follower visible, pongs muted: heartbeat timeouts ${await timeouts()} after ${Date.now() - muted} ms; server subscriptions ${(await stats(run)).connections.websocket}`);
+    assert.ok(timedOut, "the hidden leader's socket timed out for its visible follower");
+    // Nobody watches any more: the hidden leader's socket holds, however silent.
+    await hide(follower, true);
+    await sleep(1000);
+    const before = await timeouts();
+    await sleep(10000);
+    const after = await timeouts();
+    console.log(`then both hidden: heartbeat timeouts ${before} → ${after} in 10 s`);
+    assert.equal(after, before, "no timeout while no page watches");
+    assert.deepEqual(errors.flat(), []);
+  } finally {
+    await ctl("POST", "/config", { pong: true });
+    await context.close();
+  }
+});
