@@ -748,6 +748,14 @@ fn r12_no_content_on_an_unfinished_state_fetches_the_snapshot() {
     assert_eq!(e.cursor(), 4);
 }
 
+/// A new page's engine (seed `seed`) from `e`'s stored record, started at 0.
+fn reloaded(e: &Engine, seed: u64) -> Engine {
+    let record = e.storage_record();
+    let mut next = Engine::new(cfg(), [seed, seed], Some(&record));
+    next.start(0.0);
+    next
+}
+
 /// Sends "q" at 2 ms; the server accepts it as message `u1` at 3 ms. Its client_request_id.
 fn accepted_send(e: &mut Engine) -> String {
     let crid = e.send(2.0, "q").unwrap();
@@ -769,9 +777,7 @@ fn accepted_send(e: &mut Engine) -> String {
 fn r16_refresh_keeps_waiting_for_an_accepted_send() {
     let (mut e, _) = open(cfg(), [1, 1]);
     accepted_send(&mut e);
-    let record = e.storage_record();
-    let mut e2 = Engine::new(cfg(), [2, 2], Some(&record));
-    e2.start(0.0);
+    let e2 = reloaded(&e, 2);
     assert_eq!(e2.activity(5000.0), Activity::Working);
 }
 
@@ -795,9 +801,7 @@ fn r17_refresh_keeps_waiting_for_an_echoed_send() {
         Activity::Working,
         "live, before the refresh"
     );
-    let record = e.storage_record();
-    let mut e2 = Engine::new(cfg(), [2, 2], Some(&record));
-    e2.start(0.0);
+    let e2 = reloaded(&e, 2);
     assert_eq!(e2.activity(5000.0), Activity::Working, "after the refresh");
 }
 
@@ -842,9 +846,7 @@ fn r17_refresh_does_not_wait_for_answered_sends() {
     for ev in &evs {
         e.handle_bytes(3.0, conn, &sse_frame(ev));
     }
-    let record = e.storage_record();
-    let mut e2 = Engine::new(cfg(), [2, 2], Some(&record));
-    e2.start(0.0);
+    let e2 = reloaded(&e, 2);
     assert_eq!(
         e2.activity(60_000.0),
         Activity::Idle,
@@ -856,9 +858,7 @@ fn r17_refresh_does_not_wait_for_answered_sends() {
         json!({"message_id": "u3", "role": "user", "content": "c", "client_request_id": "c3"}),
     );
     e.handle_bytes(4.0, conn, &sse_frame(&later));
-    let record = e.storage_record();
-    let mut e3 = Engine::new(cfg(), [3, 3], Some(&record));
-    e3.start(0.0);
+    let e3 = reloaded(&e, 3);
     assert_eq!(
         e3.activity(60_000.0),
         Activity::Working,
