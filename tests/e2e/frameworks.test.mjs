@@ -33,7 +33,11 @@ for (const fw of ["react", "vue"]) {
     // Send: the optimistic message shows at once, the reply streams under it.
     await page.fill('[data-testid="input"]', "hello from " + fw);
     await page.click("form button");
-    await page.waitForFunction(() => document.querySelectorAll('[data-testid="messages"] li.user').length === 1, null, { timeout: 1000 });
+    // "At once" is the next frame; 5 s leaves room for a loaded CI machine, and a miss
+    // reports what the page threw (send() before the stream was ready, say).
+    await page
+      .waitForFunction(() => document.querySelectorAll('[data-testid="messages"] li.user').length === 1, null, { timeout: 5000 })
+      .catch((e) => assert.fail(`the sent message did not show: ${e.message}; page errors ${JSON.stringify(errors)}`));
     await page.waitForFunction(() => {
       const a = document.querySelector('[data-testid="messages"] li.assistant');
       return a && a.textContent.length > 40;

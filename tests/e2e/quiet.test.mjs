@@ -93,8 +93,12 @@ function quietProblems(st, view, kind, { conns, opens }) {
   if (st.connections[kind] !== conns) p.push(`server counted ${st.connections[kind]} connections, expected ${conns}`);
   if (m.reconnects !== opens - 1) p.push(`metrics.reconnects ${m.reconnects}, expected ${opens - 1}`);
   if (terminations !== opens - 1) p.push(`terminations ${JSON.stringify(m.terminations)}, expected ${opens - 1} in all`);
+  // Notifications come at most once per animation frame, and API.md sends the first
+  // reconnect after a healthy connection at once (0-100 ms jitter): a reconnect that
+  // completes within one frame is never seen as anything but "open". So the samples
+  // may show fewer opens than there were (the counters above count each one), never more.
   const openRuns = seq.filter((c) => c === "open").length;
-  if (openRuns !== opens) p.push(`status.connection became "open" ${openRuns} times, expected ${opens} (${seq.join(" → ")})`);
+  if (openRuns < 1 || openRuns > opens) p.push(`status.connection became "open" ${openRuns} times, expected 1 to ${opens} (${seq.join(" → ")})`);
   if (view.snap.status.connection !== "open") p.push(`status.connection is "${view.snap.status.connection}" at the end`);
   return p;
 }
