@@ -917,3 +917,136 @@ fn r18_a_late_snapshot_still_settles_a_finished_run() {
     assert_eq!(e.state().workers[0].status, WorkerStatus::Succeeded);
     assert!(e.finished());
 }
+
+// ---- found by the third review (session 8) ------------------------------------------
+
+/// PROTOCOL §1: `timestamp` is an "ISO 8601 / RFC 3339 string, server clock.
+/// Informational only". ISO 8601 without an offset (Python's `isoformat()` of
+/// a naive datetime, Postgres `timestamp`, Java `LocalDateTime`) is valid:
+/// the events are applied, not dropped as protocol errors.
+#[test]
+fn r19_a_timestamp_without_an_offset_is_applied() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let evs = [
+        (1, "run.started", json!({})),
+        (
+            2,
+            "message.created",
+            json!({"message_id": "a", "role": "assistant"}),
+        ),
+        (3, "message.delta", json!({"message_id": "a", "delta": "x"})),
+    ];
+    for (i, (id, ty, payload)) in evs.into_iter().enumerate() {
+        let mut v: serde_json::Value = serde_json::from_str(&envelope(id, ty, payload)).unwrap();
+        v["timestamp"] = json!(
+            [
+                "2026-11-22T12:00:00.123456",
+                "2026-11-22 12:00:00",
+                "2026-11-22T12:00:00+0530"
+            ][i]
+        );
+        e.handle_bytes(2.0, conn, &sse_frame(&v.to_string()));
+    }
+    assert_eq!(e.cursor(), 3);
+    assert_eq!(e.metrics().protocol_errors, 0);
+    assert_eq!(e.state().messages[0].content, "x");
+}
+
+/// A shared-socket run (every WebSocket stream of the browser shell) that
+/// connects while another stream's subscription to the same run is live.
+fn shared_ws_connecting() -> (Engine, u64) {
+    let mut c = ws_cfg();
+    c.shared_socket = true;
+    let mut e = Engine::new(c, [1, 1], None);
+    e.start(0.0);
+    let (conn, _) = connect_of(&drain(&mut e)).expect("a connect");
+    (e, conn)
+}
+
+/// API.md "Many runs, one socket": "each run is a `subscribe` on it". A frame
+/// of another stream's subscription that reaches this run before its own
+/// `open` (its `headers` still resolving) must not stand in for it: the run
+/// still subscribes from its cursor, so the history before that frame is replayed.
+#[test]
+fn r20_a_shared_socket_frame_before_open_does_not_stop_the_subscribe() {
+    let (mut e, conn) = shared_ws_connecting();
+    let live = envelope(7, "run.started", json!({}));
+    e.handle_ws_text(1.0, conn, &format!(r#"{{"op":"event","event":{live}}}"#));
+    e.handle_ws_text(
+        1.0,
+        conn,
+        r#"{"op":"subscribed","run_id":"run_T","replay_from":5}"#,
+    );
+    drain(&mut e);
+    e.handle_ws_open(2.0, conn, Vec::new());
+    let acts = drain(&mut e);
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::WsSend { text, .. }
+            if text.contains(r#""op":"subscribe""#) && !text.contains("last_event_id"))),
+        "no subscribe from the cursor: {acts:?}"
+    );
+    assert_eq!(e.status(2.0).connection, Connection::Open);
+}
+
+/// API.md `connectTimeoutMs`: "no `open` (…, WebSocket) for this long →
+/// retry". On a shared socket the run's `open` is its subscribe, which waits
+/// for its `headers`: a `headers` promise that never settles is retried
+/// (and `headers` called again), as it is over fetch.
+#[test]
+fn r21_a_shared_socket_run_whose_headers_never_settle_is_retried() {
+    let (mut e, conn) = shared_ws_connecting();
+    // The socket is open: the shell starts resolving this run's headers.
+    e.handle_ws_ready(100.0, conn);
+    let acts = run_until(&mut e, 100.0 + cfg().connect_timeout_ms + 1.0);
+    assert!(
+        acts.contains(&Action::Disconnect { conn }),
+        "still waiting: {acts:?}"
+    );
+    assert_eq!(e.metrics().terminations.get("connect_timeout"), Some(&1));
+    let again = next_connect(&mut e, 10_101.0, 60_000.0);
+    assert!(again.is_some_and(|(c, _, _)| c != conn), "not retried");
+    // The late answer of the first resolution is ignored.
+    e.handle_ws_open(70_000.0, conn, Vec::new());
+    assert_ne!(e.status(70_000.0).connection, Connection::Open);
+}
+
+/// PROTOCOL §2a End: once `run.completed` is applied the client "closes the
+/// stream itself (connection `closed`) and never reconnects". A socket
+/// opened after that only to deliver a send is not a reconnect: the
+/// connection stays `closed` throughout and `reconnects` does not move.
+#[test]
+fn r22_a_websocket_send_after_completion_is_not_shown_as_a_reconnect() {
+    let mut e = Engine::new(ws_cfg(), [1, 1], None);
+    e.start(0.0);
+    let conn = ws_open(&mut e, 1.0);
+    let done = envelope(1, "run.completed", json!({"status": "succeeded"}));
+    e.handle_ws_text(2.0, conn, &format!(r#"{{"op":"event","event":{done}}}"#));
+    drain(&mut e);
+    let crid = e.send(3.0, "late").unwrap();
+    let (conn2, _) = connect_of(&drain(&mut e)).expect("a socket for the send");
+    assert_eq!(e.status(3.5).connection, Connection::Closed);
+    e.handle_ws_open(4.0, conn2, Vec::new());
+    assert_eq!(e.status(4.5).connection, Connection::Closed);
+    assert_eq!(e.status(4.5).attempt, 0);
+    e.handle_ws_text(
+        5.0,
+        conn2,
+        &format!(
+            r#"{{"op":"ack","client_request_id":"{crid}","message_id":"u1","run_id":"run_T"}}"#
+        ),
+    );
+    assert_eq!(e.status(6.0).connection, Connection::Closed);
+    assert_eq!(e.metrics().reconnects, 0);
+}
+
+/// API.md `version`: "increases with every visible change". `close()` is
+/// one (the connection becomes `closed`), and no frame follows it.
+#[test]
+fn r23_close_is_a_new_version() {
+    let (mut e, _) = open(cfg(), [1, 1]);
+    e.flush(1.0);
+    let before = e.version();
+    e.close(2.0);
+    assert_eq!(e.status(2.0).connection, Connection::Closed);
+    assert!(e.version() > before, "close() kept version {before}");
+}

@@ -866,6 +866,46 @@ fn with_headers(
     RunStream::new(o).unwrap()
 }
 
+/// API.md `connectTimeoutMs`: "no `open` (…, WebSocket) for this long →
+/// retry", and `headers` is "called on every (re)connect". On the page's
+/// shared socket a run opens with its subscribe, which waits for its
+/// `headers`: a promise that never settles is a connect timeout, retried with
+/// `headers` called again (as over fetch), not a run stuck in `connecting`.
+#[wasm_bindgen_test]
+async fn a_websocket_headers_promise_that_never_settles_is_a_connect_timeout() {
+    let calls = Rc::new(Cell::new(0));
+    let c = calls.clone();
+    let h: Closure<dyn FnMut() -> JsValue> = Closure::new(move || -> JsValue {
+        c.set(c.get() + 1);
+        js_sys::Promise::new(&mut |_, _| {}).into()
+    });
+    let run = create_run(json!({"seed": 25, "workers": 2, "speed": 1})).await;
+    // Another stream keeps the page's socket open, so the run attaches to an
+    // open socket (its subscribe is then started at once, at attach).
+    let other = stream(&run, "websocket", json!({}));
+    other.start();
+    let v = until(&other, 10_000, |v| v["status"]["connection"] == "open").await;
+    assert_eq!(v["status"]["connection"], "open", "{v}");
+    let s = with_headers(
+        json!({"connectTimeoutMs": 300, "backoff": {"initialMs": 50, "maxMs": 100}}),
+        &h,
+        &run,
+        "websocket",
+    );
+    s.start();
+    let v = until(&s, 5_000, |v| {
+        v["metrics"]["terminations"]["connect_timeout"].as_u64() >= Some(2)
+    })
+    .await;
+    assert!(
+        v["metrics"]["terminations"]["connect_timeout"].as_u64() >= Some(2),
+        "{v}"
+    );
+    assert!(calls.get() >= 2, "headers called {} times", calls.get());
+    s.close();
+    other.close();
+}
+
 #[wasm_bindgen_test]
 async fn a_headers_function_that_throws_fails_the_stream_and_the_send_without_retry() {
     for (transport, rejecting) in [("fetch", false), ("websocket", true), ("sse", false)] {
@@ -1310,6 +1350,52 @@ async fn snapshots_share_unchanged_messages_and_are_frozen() {
     // Same object until the next visible change.
     assert!(js_sys::Object::is(&s.get_snapshot(), &s.get_snapshot()));
     s.close();
+}
+
+/// API.md RunSnapshot: "Snapshot objects are frozen": every object in it, at
+/// any depth (the supervisor, workers, tools and their nested payloads), and
+/// `version` "increases with every visible change", `close()` included.
+#[wasm_bindgen_test]
+async fn every_object_of_a_task_snapshot_is_frozen_and_close_is_a_new_version() {
+    let run = create_run(json!({"seed": 23, "workers": 3, "speed": 20})).await;
+    let s = stream(&run, "fetch", json!({}));
+    s.start();
+    let v = until(&s, 20_000, closed).await;
+    assert_eq!(v["state"]["supervisor"]["completed"], true, "{v}");
+    let snap = s.get_snapshot();
+    let mut stack = vec![(String::from("snapshot"), snap.clone())];
+    let mut objects = 0;
+    while let Some((path, v)) = stack.pop() {
+        if !v.is_object() {
+            continue;
+        }
+        objects += 1;
+        assert!(frozen(&v), "{path} is not frozen");
+        for e in js_sys::Object::entries(&js_sys::Object::from(v)).iter() {
+            let e = js_sys::Array::from(&e);
+            let key = e.get(0).as_string().unwrap_or_default();
+            stack.push(([path.as_str(), ".", &key].concat(), e.get(1)));
+        }
+    }
+    assert!(objects > 20, "only {objects} objects");
+    s.close();
+
+    let run = create_run(json!({"seed": 24, "workers": 3, "speed": 0.05})).await;
+    let s = stream(&run, "fetch", json!({}));
+    s.start();
+    let v = until(&s, 10_000, |v| v["status"]["connection"] == "open").await;
+    assert_eq!(v["status"]["connection"], "open", "{v}");
+    let before = get(&s.get_snapshot(), "version").as_f64().unwrap();
+    s.close();
+    let after = s.get_snapshot();
+    assert_eq!(
+        get(&after, "status.connection").as_string().as_deref(),
+        Some("closed")
+    );
+    assert!(
+        get(&after, "version").as_f64().unwrap() > before,
+        "version {before} kept"
+    );
 }
 
 /// Counts the page's `new WebSocket(…)` calls (a Proxy on the constructor)

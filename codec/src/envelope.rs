@@ -216,7 +216,7 @@ pub fn decode_envelope(text: &str, expected_run: &str) -> Result<Envelope, Decod
     }
     let event_type = ty.required_str("type")?;
     let timestamp = ts.required_str("timestamp")?;
-    if !is_rfc3339(&timestamp) {
+    if !is_iso8601_datetime(&timestamp) {
         return Err(DecodeError::BadTimestamp);
     }
     let payload = match payload {
@@ -589,53 +589,76 @@ fn unreachable_type() -> EventKind {
     EventKind::Unknown
 }
 
-/// True when `s` is an RFC 3339 date-time (`2026-11-22T12:00:00.123Z`, `…+01:00`).
-pub fn is_rfc3339(s: &str) -> bool {
+/// True when `s` is an ISO 8601 date-time in the extended format, RFC 3339's
+/// among them (PROTOCOL §1: "ISO 8601 / RFC 3339 string", informational only).
+///
+/// `YYYY-MM-DD`, then `T`, `t` or a space, then `hh:mm`, optionally `:ss`
+/// and a fraction (`.` or `,`, at least one digit), then optionally an
+/// offset: `Z`/`z`, `±hh`, `±hhmm` or `±hh:mm`. A missing offset (local
+/// time: Python's `isoformat()` of a naive datetime, Java's
+/// `LocalDateTime`) is valid ISO 8601 and accepted: the field is never used
+/// for ordering, so an event is not dropped over it. Ranges are checked per
+/// field (month 1–12, day 1–31, hour ≤ 24, minute ≤ 59, second ≤ 60 for a
+/// leap second); the calendar (30 February) is not.
+pub fn is_iso8601_datetime(s: &str) -> bool {
     let b = s.as_bytes();
-    // `YYYY-MM-DDTHH:MM:SS`: `0` stands for a digit, `T` for `T`, `t` or a space.
-    const SHAPE: &[u8; 19] = b"0000-00-00T00:00:00";
-    let Some((head, _)) = b.split_first_chunk::<19>() else {
-        return false;
+    // Two digits at `i`, or `None`.
+    let num = |i: usize| -> Option<u32> {
+        match (b.get(i), b.get(i + 1)) {
+            (Some(&h), Some(&l)) if h.is_ascii_digit() && l.is_ascii_digit() => {
+                Some(u32::from(h - b'0') * 10 + u32::from(l - b'0'))
+            }
+            _ => None,
+        }
     };
-    if b.len() < 20
-        || !head.iter().zip(SHAPE).all(|(&c, &p)| match p {
-            b'0' => c.is_ascii_digit(),
-            b'T' => matches!(c, b'T' | b't' | b' '),
-            _ => c == p,
-        })
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    // `YYYY-MM-DD` and the separator.
+    if !b.iter().take(4).all(u8::is_ascii_digit)
+        || b.len() < 16
+        || !at(4, b'-')
+        || !at(7, b'-')
+        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
+        || !at(13, b':')
     {
         return false;
     }
-    // Two digits at `i` (checked above, or by the caller for the offset).
-    let num = |i: usize| -> u32 {
-        match (b.get(i), b.get(i + 1)) {
-            (Some(&h), Some(&l)) => {
-                u32::from(h.wrapping_sub(b'0')) * 10 + u32::from(l.wrapping_sub(b'0'))
-            }
-            _ => 0,
-        }
+    let (Some(month), Some(day), Some(hour), Some(min)) = (num(5), num(8), num(11), num(14)) else {
+        return false;
     };
-    let (month, day, hour, min, sec) = (num(5), num(8), num(11), num(14), num(17));
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 24 || min > 59 {
         return false;
     }
-    let mut i = 19;
-    if b.get(i) == Some(&b'.') {
-        let start = i + 1;
-        i = start;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
+    let mut i = 16;
+    if at(i, b':') {
+        match num(i + 1) {
+            Some(sec) if sec <= 60 => i += 3,
+            _ => return false,
         }
-        if i == start {
-            return false;
+        if matches!(b.get(i), Some(b'.' | b',')) {
+            let start = i + 1;
+            i = start;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if i == start {
+                return false;
+            }
         }
     }
-    match b.get(i..) {
-        Some([b'Z' | b'z']) => true,
-        Some([b'+' | b'-', h1, h2, b':', m1, m2]) => {
-            [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit())
-                && num(i + 1) <= 23
-                && num(i + 4) <= 59
+    let Some(rest) = b.get(i..) else {
+        return false;
+    };
+    match rest {
+        [] | [b'Z' | b'z'] => true,
+        [b'+' | b'-', ..] => {
+            let h = num(i + 1);
+            let m = match rest.len() {
+                3 => Some(0),
+                5 => num(i + 3),
+                6 if at(i + 3, b':') => num(i + 4),
+                _ => None,
+            };
+            matches!((h, m), (Some(h), Some(m)) if h <= 23 && m <= 59)
         }
         _ => false,
     }
@@ -812,25 +835,46 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339() {
+    fn iso8601_datetimes() {
         for ok in [
             "2026-11-22T12:00:00Z",
             "2026-11-22T12:00:00.123456Z",
             "2026-11-22t12:00:00+05:30",
             "2026-11-22T23:59:60-00:00",
+            // ISO 8601 without an offset (local time): Python, Postgres, Java.
+            "2026-11-22T12:00:00",
+            "2026-11-22T12:00:00.123456",
+            "2026-11-22 12:00:00.5",
+            // Offsets without a colon or minutes, a comma fraction, no seconds.
+            "2026-11-22T12:00:00+0530",
+            "2026-11-22T12:00:00-08",
+            "2026-11-22T12:00:00,5Z",
+            "2026-11-22T12:00Z",
+            "2026-11-22T24:00:00Z",
         ] {
-            assert!(is_rfc3339(ok), "{ok}");
+            assert!(is_iso8601_datetime(ok), "{ok}");
         }
         for bad in [
+            "",
+            "yesterday",
             "2026-11-22",
+            "2026-11-22T",
+            "2026-11-22T12",
             "2026-13-22T12:00:00Z",
-            "2026-11-22T12:00:00",
-            "2026-11-22T12:00:00.Z",
-            "2026-11-22T12:00:00+0530",
+            "2026-11-00T12:00:00Z",
             "2026-11-22T25:00:00Z",
+            "2026-11-22T12:60:00Z",
+            "2026-11-22T12:00:61Z",
+            "2026-11-22T12:00:00.Z",
+            "2026-11-22T12:00:00+053",
+            "2026-11-22T12:00:00+24:00",
+            "2026-11-22T12:00:00+05:60",
+            "2026-11-22T12:00:00 Z",
+            "2026-11-22T12:00:00Zjunk",
+            "2026/11/22T12:00:00Z",
             "２０２６-11-22T12:00:00Z",
         ] {
-            assert!(!is_rfc3339(bad), "{bad}");
+            assert!(!is_iso8601_datetime(bad), "{bad}");
         }
     }
 }

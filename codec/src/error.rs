@@ -45,8 +45,8 @@ pub enum DecodeError {
     /// `run_id` is empty or longer than 128 characters.
     #[error("run_id must be 1 to 128 characters")]
     BadRunId,
-    /// `timestamp` is not an RFC 3339 date-time.
-    #[error("timestamp is not RFC 3339")]
+    /// `timestamp` is not an ISO 8601 date-time (RFC 3339 or without an offset).
+    #[error("timestamp is not an ISO 8601 date-time")]
     BadTimestamp,
     /// The event belongs to another run than the one this stream follows.
     #[error("event of another run")]

@@ -74,6 +74,7 @@ impl SnapshotCache {
         let supervisor_changed = match built(&st.supervisor) {
             Some(b) if self.supervisor.as_ref().is_some_and(|o| o.hash == b.hash) => false,
             Some(b) => {
+                freeze_tree(&b.obj);
                 self.supervisor = Some(b);
                 true
             }
@@ -103,10 +104,10 @@ impl SnapshotCache {
         );
         set(snapshot, "state", self.state.as_ref().map(|(_, o)| o));
         let status = super::driver::to_js(&engine.status(now));
-        freeze(&status);
+        freeze_tree(&status);
         set(snapshot, "status", Some(&status));
         let metrics = super::driver::to_js(engine.metrics());
-        deep_freeze(&metrics, 3);
+        freeze_tree(&metrics);
         set(snapshot, "metrics", Some(&metrics));
         freeze(snapshot);
         snapshot.clone()
@@ -208,7 +209,7 @@ impl SnapshotCache {
                         }
                         Some(b) => {
                             let _ = Reflect::set(&b.obj, &"tools".into(), &tools);
-                            freeze(&b.obj);
+                            freeze_tree(&b.obj);
                             b
                         }
                         None => old.unwrap_or(Built {
@@ -234,7 +235,7 @@ fn rebuild<T: ToJson>(old: Option<Built>, value: &T) -> Built {
     match built(value) {
         Some(b) if old.as_ref().is_some_and(|o| o.hash == b.hash) => old.unwrap_or(b),
         Some(b) => {
-            freeze(&b.obj);
+            freeze_tree(&b.obj);
             b
         }
         None => old.unwrap_or(Built {
@@ -315,17 +316,22 @@ fn freeze(v: &JsValue) {
     }
 }
 
-/// Freezes `v` and the objects inside it, `depth` levels down.
-fn deep_freeze(v: &JsValue, depth: u32) {
-    let Some(o) = v.dyn_ref::<Object>() else {
-        return;
-    };
-    if depth > 0 {
-        for child in Object::values(o).iter() {
-            if child.is_object() {
-                deep_freeze(&child, depth - 1);
-            }
+/// Freezes `v` and every object inside it, at any depth (a tool's `args`,
+/// a message's nested fields): API.md "Snapshot objects are frozen". Objects
+/// already frozen are not entered: they are shared ones, frozen with their
+/// contents when built, so a rebuilt worker does not walk its unchanged tools.
+/// Iterative (an explicit stack), so a deeply nested payload cannot exhaust
+/// the wasm stack; the stack holds at most the object's own values.
+fn freeze_tree(v: &JsValue) {
+    let mut stack = vec![v.clone()];
+    while let Some(v) = stack.pop() {
+        let Some(o) = v.dyn_ref::<Object>() else {
+            continue;
+        };
+        if Object::is_frozen(o) {
+            continue;
         }
+        stack.extend(Object::values(o).iter().filter(JsValue::is_object));
+        Object::freeze(o);
     }
-    Object::freeze(o);
 }

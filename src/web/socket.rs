@@ -295,8 +295,11 @@ fn execute(rc: &SocketRc, action: SocketAction) {
             let Some((stream, conn, headers)) = run_ref(rc, run) else {
                 return;
             };
-            // Headers go in the run's subscribe frame: resolved per run, per open.
+            // Headers go in the run's subscribe frame: resolved per run, per
+            // open, within the run's connect timeout. In a task: an attach to
+            // an open socket comes here while the stream is borrowed.
             spawn_local(async move {
+                with_engine(&stream, |e| e.handle_ws_ready(env::now(), conn));
                 match resolve_headers(&headers).await {
                     Ok(h) => with_engine(&stream, |e| e.handle_ws_open(env::now(), conn, h)),
                     Err(err) => {

@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::all)]
 
 use runstream::core::envelope::{
-    is_rfc3339, Envelope, EventKind, Usage, MAX_EVENT_ID, MAX_RUN_ID_CHARS,
+    is_iso8601_datetime, Envelope, EventKind, Usage, MAX_EVENT_ID, MAX_RUN_ID_CHARS,
 };
 use runstream::core::error::DecodeError;
 use runstream::core::vocab::{RunStatus, WorkerStatus};
@@ -46,7 +46,7 @@ pub fn decode_envelope_value(value: Value, expected_run: &str) -> Result<Envelop
     }
     let event_type = take_str(&mut obj, "type")?;
     let timestamp = take_str(&mut obj, "timestamp")?;
-    if !is_rfc3339(&timestamp) {
+    if !is_iso8601_datetime(&timestamp) {
         return Err(DecodeError::BadTimestamp);
     }
     let payload = match obj.remove("payload") {

@@ -38,6 +38,19 @@ impl Engine {
         self.opened(now);
     }
 
+    /// The shared socket of connection `conn` is open and the shell starts
+    /// resolving this run's `headers` for its subscribe: call at
+    /// `SocketAction::RunOpen`, before [`Engine::handle_ws_open`].
+    /// `connectTimeoutMs` bounds that wait (API.md: no `open` for this long
+    /// → retry), as it bounds a fetch's wait for its headers; the socket's
+    /// own machine bounds the wait for the socket.
+    pub fn handle_ws_ready(&mut self, now: Ms, conn: u64) {
+        if conn == self.link.id && self.link.conn == Conn::Connecting {
+            self.timers
+                .set(Timer::Connect, now + self.cfg.connect_timeout_ms);
+        }
+    }
+
     /// A text frame on WebSocket connection `conn`.
     pub fn handle_ws_text(&mut self, now: Ms, conn: u64, text: &str) {
         if !self.link.accepts(conn) {
@@ -61,11 +74,20 @@ impl Engine {
             return;
         }
         self.link.saw_byte(now, &self.cfg, &mut self.timers);
+        if self.link.conn == Conn::Connecting
+            && matches!(
+                op,
+                ServerOp::Event { .. } | ServerOp::Snapshot { .. } | ServerOp::Subscribed { .. }
+            )
+        {
+            // This run has not subscribed yet (its `handle_ws_open` subscribes
+            // and opens): the frame answers another stream's subscription to
+            // the same run on a shared socket, or one this run dropped. Its
+            // own subscribe replays from the cursor, this event included.
+            return;
+        }
         match op {
             ServerOp::Event { event } => {
-                if self.link.conn == Conn::Connecting {
-                    self.opened(now);
-                }
                 self.handle_frame(now, event.get());
             }
             ServerOp::Snapshot {
@@ -73,9 +95,6 @@ impl Engine {
                 event_id,
                 state,
             } => {
-                if self.link.conn == Conn::Connecting {
-                    self.opened(now);
-                }
                 let body = SnapshotBody {
                     run_id,
                     event_id,
@@ -91,11 +110,7 @@ impl Engine {
                     Err(e) => self.protocol_error(now, e.into()),
                 }
             }
-            ServerOp::Subscribed { .. } => {
-                if self.link.conn == Conn::Connecting {
-                    self.opened(now);
-                }
-            }
+            ServerOp::Subscribed { .. } => {}
             ServerOp::Pong { .. } => {}
             ServerOp::Ack {
                 client_request_id,

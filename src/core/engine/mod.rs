@@ -250,6 +250,16 @@ impl Engine {
             && !matches!(self.link.conn, Conn::Idle | Conn::Closed | Conn::Finished);
         let (connection, attempt, retry_in_ms) = if mirrored {
             self.follow.status(now)
+        } else if self.state.is_finished()
+            && matches!(
+                self.link.conn,
+                Conn::Connecting | Conn::Open { .. } | Conn::Waiting { .. } | Conn::Offline { .. }
+            )
+        {
+            // PROTOCOL §2a: once `run.completed` is applied the stream is
+            // `closed`; a socket opened only for sends after it (and its
+            // backoff) is not shown as a connection coming back.
+            (Connection::Closed, 0, None)
         } else {
             self.link.status(now)
         };
@@ -338,7 +348,10 @@ impl Engine {
         self.activity.end(&mut self.timers);
         self.timers = TimerTable::default();
         self.request_persist(now, true);
-        self.mark_dirty();
+        // No frame follows `close()` (the shell drops it), so the change is
+        // counted here: `version` increases with every visible change.
+        self.dirty = false;
+        self.version += 1;
     }
 
     /// Skips the backoff wait (a "retry" button); also leaves `failed` and `offline`.

@@ -130,7 +130,9 @@ impl Engine {
         let conn = self
             .link
             .begin(now, self.state.cursor > 0, &self.cfg, &mut self.timers);
-        if self.link.connects > 1 {
+        // A socket opened after the run finished only for its sends is not a
+        // reconnect (PROTOCOL §2a: a finished stream never reconnects).
+        if self.link.connects > 1 && !self.state.is_finished() {
             self.metrics.reconnects += 1;
             self.telemetry
                 .metric(EventClass::Counter, Metric::Reconnect, 1.0, now, &[]);
