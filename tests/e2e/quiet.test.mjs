@@ -374,3 +374,29 @@ test("h. share: \"tabs\" on websocket: a leading tab in the background times out
     await context.close();
   }
 });
+
+test("i. timestamps in ISO 8601 forms other than RFC 3339 UTC (no offset, a space, +hhmm) are applied on every transport: PROTOCOL §1 makes the field informational", { timeout: 60000 }, async () => {
+  // Python's isoformat() of a naive datetime, Postgres' timestamp text, Java's OffsetDateTime with a basic offset.
+  const forms = ["2026-11-22T12:00:00.123456", "2026-11-22 12:00:00.5", "2026-11-22T12:00:00+0530"];
+  const stamped = (events) => events.map((e, i) => ({ ...e, timestamp: forms[i % forms.length] }));
+  await perTransport(async (t) => {
+    const run = await newRun(stamped([ev("run.started", {}), ...reply("m_ts", ["local ", "time"]), ev("run.completed", { status: "succeeded" })]));
+    const { context, page, errors } = await openPage();
+    try {
+      await follow(page, "i", opts(run, t, { resume: "none" }));
+      await until(async () => (await peek(page, "i")).snap.status.connection === "closed", 10000);
+      const { snap } = await peek(page, "i");
+      const m = snap.state.messages.find((x) => x.messageId === "m_ts");
+      const line = `timestamps / ${t}: connection ${snap.status.connection}, cursor ${snap.state.cursor}, run ${snap.state.status}, message ${JSON.stringify(m?.content)}, protocolErrors ${snap.metrics.protocolErrors}`;
+      const problems = [];
+      if (snap.state.cursor !== 6) problems.push(`cursor ${snap.state.cursor}, expected 6`);
+      if (snap.state.status !== "succeeded") problems.push(`run ${snap.state.status}`);
+      if (m?.content !== "local time") problems.push(`message ${JSON.stringify(m)}`);
+      if (snap.metrics.protocolErrors !== 0) problems.push(`protocolErrors ${snap.metrics.protocolErrors} (${JSON.stringify(snap.metrics.protocolErrorsByKind)})`);
+      if (errors.length) problems.push(`page errors ${JSON.stringify(errors)}`);
+      return { line, problems };
+    } finally {
+      await context.close();
+    }
+  });
+});

@@ -27,8 +27,9 @@ export async function startSpecServer({ port = 0, heartbeatMs = 15000, pkgDir = 
   const ws = new WebSocketServer({ noServer: true });
 
   const done = (run) => run.log.some((e) => e.type === "run.completed");
-  function append(run, type, payload) {
-    const ev = { event_id: run.log.length + 1, run_id: run.id, type, timestamp: new Date().toISOString(), payload };
+  // `timestamp`: given by the test (any ISO 8601 form a server may write), else RFC 3339 UTC.
+  function append(run, type, payload, timestamp = new Date().toISOString()) {
+    const ev = { event_id: run.log.length + 1, run_id: run.id, type, timestamp, payload };
     run.log.push(ev);
     for (const c of run.conns) if (!c.closed) c.push?.(ev);
     return ev;
@@ -83,7 +84,7 @@ export async function startSpecServer({ port = 0, heartbeatMs = 15000, pkgDir = 
     }
     if (parts[0] === "runs" && !run) return json(res, 404, { error: "unknown run" });
     if (req.method === "POST" && parts[2] === "events") {
-      for (const e of body.events) append(run, e.type, e.payload);
+      for (const e of body.events) append(run, e.type, e.payload, e.timestamp);
       return json(res, 200, { last_event_id: run.log.length });
     }
     if (req.method === "POST" && parts[2] === "end") {
