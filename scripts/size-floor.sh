@@ -13,6 +13,10 @@ cd "$(dirname "$0")/.."
 export PATH="$(pwd)/target/tools/node_modules/.bin:$HOME/.cargo/bin:$PATH"
 crate=benches/size-floor
 target_dir=$(pwd)/target/size-floor
+if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+  echo "error: rust-src is needed to rebuild std as build-pkg.sh does (./scripts/setup.sh adds it)" >&2
+  exit 1
+fi
 variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(v1 v2 v3 v3full)
 for v in "${variants[@]}"; do

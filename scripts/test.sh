@@ -61,6 +61,13 @@ step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step clippy-wasm cargo clippy --target wasm32-unknown-unknown -p runstream -p runstream-codec --lib --tests -- -D warnings
 step native-tests cargo test --workspace
+# benches/size-floor (scripts/size-floor.sh) is outside the workspace: kept
+# compiling and formatted against the engine's API here (a check, ~30 s).
+step size-floor-check bash -c 'rustfmt --edition 2021 --check benches/size-floor/src/lib.rs &&
+  for v in v1 v2 v3 v3full; do
+    CARGO_TARGET_DIR=target/size-floor-check cargo check --quiet --manifest-path benches/size-floor/Cargo.toml \
+      --target wasm32-unknown-unknown --features "$v" || exit 1
+  done'
 step pkg ./scripts/build-pkg.sh web
 # Bounded fuzzing (seconds); `FUZZ_SECONDS=600 ./scripts/test.sh` or `cargo +nightly fuzz run <target>` for longer.
 for target in sse_parser envelope json; do

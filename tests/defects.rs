@@ -500,8 +500,9 @@ fn d17_send_after_run_completed_still_works() {
     assert!(e.send(6.0, "x").is_err());
 }
 
-#[test]
-fn d17_websocket_send_after_run_completed_opens_a_socket_for_it() {
+/// A WebSocket run that completed, then a send (at 3 ms): the engine, the
+/// send's `client_request_id` and the socket opened for it.
+fn late_send_after_completion() -> (Engine, String, u64) {
     let mut e = Engine::new(ws_cfg(), [1, 1], None);
     e.start(0.0);
     let conn = ws_open(&mut e, 1.0);
@@ -510,6 +511,12 @@ fn d17_websocket_send_after_run_completed_opens_a_socket_for_it() {
     drain(&mut e);
     let crid = e.send(3.0, "late").unwrap();
     let (conn2, _) = connect_of(&drain(&mut e)).expect("a socket for the send");
+    (e, crid, conn2)
+}
+
+#[test]
+fn d17_websocket_send_after_run_completed_opens_a_socket_for_it() {
+    let (mut e, crid, conn2) = late_send_after_completion();
     e.handle_ws_open(4.0, conn2, Vec::new());
     let acts = drain(&mut e);
     assert!(
@@ -1016,14 +1023,7 @@ fn r21_a_shared_socket_run_whose_headers_never_settle_is_retried() {
 /// connection stays `closed` throughout and `reconnects` does not move.
 #[test]
 fn r22_a_websocket_send_after_completion_is_not_shown_as_a_reconnect() {
-    let mut e = Engine::new(ws_cfg(), [1, 1], None);
-    e.start(0.0);
-    let conn = ws_open(&mut e, 1.0);
-    let done = envelope(1, "run.completed", json!({"status": "succeeded"}));
-    e.handle_ws_text(2.0, conn, &format!(r#"{{"op":"event","event":{done}}}"#));
-    drain(&mut e);
-    let crid = e.send(3.0, "late").unwrap();
-    let (conn2, _) = connect_of(&drain(&mut e)).expect("a socket for the send");
+    let (mut e, crid, conn2) = late_send_after_completion();
     assert_eq!(e.status(3.5).connection, Connection::Closed);
     e.handle_ws_open(4.0, conn2, Vec::new());
     assert_eq!(e.status(4.5).connection, Connection::Closed);
@@ -1049,4 +1049,81 @@ fn r23_close_is_a_new_version() {
     e.close(2.0);
     assert_eq!(e.status(2.0).connection, Connection::Closed);
     assert!(e.version() > before, "close() kept version {before}");
+}
+
+/// PROTOCOL §1: `timestamp` is "Informational only", and bad input "gets a
+/// typed error that is counted and reported; nothing already applied is
+/// lost". A timestamp that is not ISO 8601 at all is counted as
+/// `bad_timestamp` and its event still applies: no gap, no resync.
+#[test]
+fn r24_a_timestamp_that_is_not_iso8601_is_counted_and_its_event_applied() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    for id in 1..=3 {
+        let ty = if id == 1 {
+            "run.started"
+        } else {
+            "message.delta"
+        };
+        let p = if id == 1 {
+            json!({})
+        } else {
+            json!({"message_id": "a", "delta": "x"})
+        };
+        let mut v: serde_json::Value = serde_json::from_str(&envelope(id, ty, p)).unwrap();
+        if id == 2 {
+            v["timestamp"] = json!("yesterday at noon");
+        }
+        e.handle_bytes(2.0, conn, &sse_frame(&v.to_string()));
+    }
+    assert_eq!(e.cursor(), 3);
+    assert_eq!(e.metrics().protocol_errors, 1);
+    assert_eq!(
+        e.metrics().protocol_errors_by_kind.get("bad_timestamp"),
+        Some(&1)
+    );
+    // Within the heartbeat timeout (25 s), nothing to repair: no reconnect.
+    let acts = run_until(&mut e, 20_000.0);
+    assert!(connect_of(&acts).is_none(), "resynced: {acts:?}");
+}
+
+/// API.md "Many runs, one socket": an `error` naming no send that reaches a
+/// run before its own subscribe (another stream's subscription on the shared
+/// socket was refused, or the server answered a bad frame to every run) is
+/// not this run's: it still subscribes, and nothing fails.
+#[test]
+fn r25_a_run_level_error_before_the_subscribe_is_another_streams() {
+    let (mut e, conn) = shared_ws_connecting();
+    e.handle_ws_text(
+        1.0,
+        conn,
+        r#"{"op":"error","run_id":"run_T","code":"unavailable","message":"store down"}"#,
+    );
+    e.handle_ws_text(
+        1.0,
+        conn,
+        r#"{"op":"error","code":"bad_request","message":"unreadable frame"}"#,
+    );
+    assert!(
+        e.metrics().terminations.is_empty(),
+        "{:?}",
+        e.metrics().terminations
+    );
+    drain(&mut e);
+    e.handle_ws_open(2.0, conn, Vec::new());
+    assert!(drain(&mut e)
+        .iter()
+        .any(|a| matches!(a, Action::WsSend { text, .. } if text.contains(r#""op":"subscribe""#))));
+    assert_eq!(e.status(2.0).connection, Connection::Open);
+}
+
+/// PROTOCOL §2a End: after `run.completed` the connection is `closed`,
+/// whatever happens to a socket opened later for a send: one the server
+/// refuses for good (1008) leaves the send failed and the stream `closed`.
+#[test]
+fn r26_a_failed_send_socket_after_completion_leaves_the_stream_closed() {
+    let (mut e, _, conn2) = late_send_after_completion();
+    e.handle_closed(4.0, conn2, CloseCause::WsClose { code: 1008 });
+    let s = e.status(5.0);
+    assert_eq!(s.connection, Connection::Closed, "{s:?}");
+    assert_eq!((s.attempt, s.retry_in_ms), (0, None));
 }

@@ -1,6 +1,6 @@
 //! Browser tests (headless Chromium and Firefox via `wasm-pack test`) of the
 //! JS API against the reference server on loopback (`RUNSTREAM_SERVER`).
-#![cfg(target_arch = "wasm32")]
+#![cfg(all(target_arch = "wasm32", feature = "web"))]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -27,6 +27,13 @@ pub struct Envelope {
     pub event_id: u64,
     /// The typed payload.
     pub kind: EventKind,
+    /// `false` when `timestamp` is a string but not an ISO 8601 date-time
+    /// ([`is_iso8601_datetime`]). The event is still valid: the field is
+    /// informational (PROTOCOL §1: ordering is by `event_id`, never by
+    /// timestamp), so it is applied, and the engine counts a
+    /// `bad_timestamp` protocol error. A timestamp that is not a string
+    /// (or is missing) is still [`DecodeError::WrongType`] / `MissingField`.
+    pub timestamp_valid: bool,
 }
 
 /// Typed payloads of PROTOCOL.md §4.
@@ -215,10 +222,7 @@ pub fn decode_envelope(text: &str, expected_run: &str) -> Result<Envelope, Decod
         return Err(DecodeError::ForeignRun);
     }
     let event_type = ty.required_str("type")?;
-    let timestamp = ts.required_str("timestamp")?;
-    if !is_iso8601_datetime(&timestamp) {
-        return Err(DecodeError::BadTimestamp);
-    }
+    let timestamp_valid = is_iso8601_datetime(&ts.required_str("timestamp")?);
     let payload = match payload {
         Field::Absent | Field::Null => return Err(DecodeError::MissingField("payload")),
         Field::Raw(Token::Object, raw) => raw,
@@ -234,7 +238,11 @@ pub fn decode_envelope(text: &str, expected_run: &str) -> Result<Envelope, Decod
         event_type: event_type.into_owned(),
         reason,
     })?;
-    Ok(Envelope { event_id, kind })
+    Ok(Envelope {
+        event_id,
+        kind,
+        timestamp_valid,
+    })
 }
 
 fn not_json(e: JsonError) -> DecodeError {
@@ -589,60 +597,86 @@ fn unreachable_type() -> EventKind {
     EventKind::Unknown
 }
 
-/// True when `s` is an ISO 8601 date-time in the extended format, RFC 3339's
-/// among them (PROTOCOL §1: "ISO 8601 / RFC 3339 string", informational only).
+/// True when `s` is an ISO 8601 date-time, RFC 3339's among them (PROTOCOL
+/// §1: "ISO 8601 / RFC 3339 string", informational only).
 ///
-/// `YYYY-MM-DD`, then `T`, `t` or a space, then `hh:mm`, optionally `:ss`
-/// and a fraction (`.` or `,`, at least one digit), then optionally an
-/// offset: `Z`/`z`, `±hh`, `±hhmm` or `±hh:mm`. A missing offset (local
-/// time: Python's `isoformat()` of a naive datetime, Java's
-/// `LocalDateTime`) is valid ISO 8601 and accepted: the field is never used
-/// for ordering, so an event is not dropped over it. Ranges are checked per
-/// field (month 1–12, day 1–31, hour ≤ 24, minute ≤ 59, second ≤ 60 for a
-/// leap second); the calendar (30 February) is not.
+/// A date in the extended (`YYYY-MM-DD`) or basic (`YYYYMMDD`) format, then
+/// `T`, `t` or a space, then a time of day in the same format: `hh`,
+/// optionally minutes, seconds and a fraction (`.` or `,`, at least one
+/// digit) of the last unit given, then optionally an offset: `Z`/`z`,
+/// `±hh`, `±hhmm` or `±hh:mm`. A missing offset (local time: Python's
+/// `isoformat()` of a naive datetime, Java's `LocalDateTime`) is valid.
+/// Ranges are checked per field (month 1–12, day 1–31, hour ≤ 24, minute ≤
+/// 59, second ≤ 60 for a leap second); the calendar (30 February) is not.
 pub fn is_iso8601_datetime(s: &str) -> bool {
     let b = s.as_bytes();
-    // Two digits at `i`, or `None`.
-    let num = |i: usize| -> Option<u32> {
-        match (b.get(i), b.get(i + 1)) {
+    let mut i = 0;
+    // Two digits at `i` (advancing past them), or `None`.
+    let two = |i: &mut usize| -> Option<u32> {
+        match (b.get(*i), b.get(*i + 1)) {
             (Some(&h), Some(&l)) if h.is_ascii_digit() && l.is_ascii_digit() => {
+                *i += 2;
                 Some(u32::from(h - b'0') * 10 + u32::from(l - b'0'))
             }
             _ => None,
         }
     };
-    let at = |i: usize, c: u8| b.get(i) == Some(&c);
-    // `YYYY-MM-DD` and the separator.
-    if !b.iter().take(4).all(u8::is_ascii_digit)
-        || b.len() < 16
-        || !at(4, b'-')
-        || !at(7, b'-')
-        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
-        || !at(13, b':')
-    {
+    let eat = |i: &mut usize, c: u8| -> bool {
+        let hit = b.get(*i) == Some(&c);
+        *i += usize::from(hit);
+        hit
+    };
+    // The date; `extended` fixes the separators of the time too.
+    if !b.iter().take(4).all(u8::is_ascii_digit) || b.len() < 4 {
         return false;
     }
-    let (Some(month), Some(day), Some(hour), Some(min)) = (num(5), num(8), num(11), num(14)) else {
+    i += 4;
+    let extended = eat(&mut i, b'-');
+    let Some(month) = two(&mut i) else {
         return false;
     };
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 24 || min > 59 {
+    if extended && !eat(&mut i, b'-') {
         return false;
     }
-    let mut i = 16;
-    if at(i, b':') {
-        match num(i + 1) {
-            Some(sec) if sec <= 60 => i += 3,
-            _ => return false,
+    let Some(day) = two(&mut i) else {
+        return false;
+    };
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return false;
+    }
+    if !matches!(b.get(i), Some(b'T' | b't' | b' ')) {
+        return false;
+    }
+    i += 1;
+    // The time: hh[:mm[:ss]] (extended) or hh[mm[ss]] (basic), then a fraction.
+    let limits = [24, 59, 60];
+    let mut units = 0;
+    for (n, limit) in limits.into_iter().enumerate() {
+        let mut j = i;
+        if n > 0 && extended && !eat(&mut j, b':') {
+            break;
         }
-        if matches!(b.get(i), Some(b'.' | b',')) {
-            let start = i + 1;
-            i = start;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
+        match two(&mut j) {
+            Some(v) if v <= limit => {
+                i = j;
+                units += 1;
             }
-            if i == start {
-                return false;
-            }
+            Some(_) => return false,
+            None if n == 0 || (extended && j > i) => return false,
+            None => break,
+        }
+    }
+    if units == 0 {
+        return false;
+    }
+    if matches!(b.get(i), Some(b'.' | b',')) {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return false;
         }
     }
     let Some(rest) = b.get(i..) else {
@@ -651,14 +685,15 @@ pub fn is_iso8601_datetime(s: &str) -> bool {
     match rest {
         [] | [b'Z' | b'z'] => true,
         [b'+' | b'-', ..] => {
-            let h = num(i + 1);
-            let m = match rest.len() {
-                3 => Some(0),
-                5 => num(i + 3),
-                6 if at(i + 3, b':') => num(i + 4),
-                _ => None,
+            let mut j = i + 1;
+            let h = two(&mut j);
+            let colon = eat(&mut j, b':');
+            let m = if j == b.len() && !colon {
+                Some(0)
+            } else {
+                two(&mut j)
             };
-            matches!((h, m), (Some(h), Some(m)) if h <= 23 && m <= 59)
+            j == b.len() && matches!((h, m), (Some(h), Some(m)) if h <= 23 && m <= 59)
         }
         _ => false,
     }
@@ -723,6 +758,24 @@ mod tests {
         assert_eq!(e.kind, EventKind::Unknown);
     }
 
+    /// PROTOCOL §1: the timestamp is informational. One that is a string but
+    /// not ISO 8601 does not drop the event; it is flagged (and counted by
+    /// the engine). One that is not a string is a wrong type.
+    #[test]
+    fn a_timestamp_that_is_not_iso8601_is_flagged_not_fatal() {
+        let text = r#"{"event_id":1,"run_id":"run_1","type":"run.started","timestamp":"yesterday","payload":{}}"#;
+        let e = decode_envelope(text, RUN).unwrap();
+        assert!(!e.timestamp_valid);
+        assert_eq!(e.kind, EventKind::RunStarted { title: None });
+        let ok = text.replace("yesterday", "2026-11-22T12:00:00Z");
+        assert!(decode_envelope(&ok, RUN).unwrap().timestamp_valid);
+        let num = text.replace(r#""yesterday""#, "1764000000");
+        assert_eq!(
+            decode_envelope(&num, RUN).unwrap_err(),
+            DecodeError::WrongType("timestamp")
+        );
+    }
+
     #[test]
     fn envelope_failures_are_typed() {
         use DecodeError::*;
@@ -742,7 +795,6 @@ mod tests {
             (format!(r#"{{"event_id":1,"run_id":"{}","type":"x","timestamp":"{ts}","payload":{{}}}}"#, "r".repeat(129)), BadRunId),
             (format!(r#"{{"event_id":1,"run_id":"run_1","timestamp":"{ts}","payload":{{}}}}"#), MissingField("type")),
             (format!(r#"{{"event_id":1,"run_id":"run_1","type":7,"timestamp":"{ts}","payload":{{}}}}"#), WrongType("type")),
-            (r#"{"event_id":1,"run_id":"run_1","type":"x","timestamp":"yesterday","payload":{}}"#.to_string(), BadTimestamp),
             (r#"{"event_id":1,"run_id":"run_1","type":"x","timestamp":{"$date":1},"payload":{}}"#.to_string(), WrongType("timestamp")),
             (format!(r#"{{"event_id":1,"run_id":"run_1","type":"x","timestamp":"{ts}"}}"#), MissingField("payload")),
             (format!(r#"{{"event_id":1,"run_id":"run_1","type":"x","timestamp":"{ts}","payload":[1]}}"#), WrongType("payload")),
@@ -845,33 +897,44 @@ mod tests {
             "2026-11-22T12:00:00",
             "2026-11-22T12:00:00.123456",
             "2026-11-22 12:00:00.5",
-            // Offsets without a colon or minutes, a comma fraction, no seconds.
+            // Offsets without a colon or minutes, a comma fraction, reduced precision.
             "2026-11-22T12:00:00+0530",
             "2026-11-22T12:00:00-08",
             "2026-11-22T12:00:00,5Z",
             "2026-11-22T12:00Z",
+            "2026-11-22T12:00.5",
+            "2026-11-22T12",
             "2026-11-22T24:00:00Z",
+            // The basic format.
+            "20261122T120000Z",
+            "20261122T120000.25+0100",
+            "20261122T1200",
         ] {
             assert!(is_iso8601_datetime(ok), "{ok}");
         }
         for bad in [
             "",
             "yesterday",
+            "2026",
             "2026-11-22",
             "2026-11-22T",
-            "2026-11-22T12",
+            "2026-11-22T1",
             "2026-13-22T12:00:00Z",
             "2026-11-00T12:00:00Z",
             "2026-11-22T25:00:00Z",
             "2026-11-22T12:60:00Z",
             "2026-11-22T12:00:61Z",
+            "2026-11-22T12:0",
             "2026-11-22T12:00:00.Z",
             "2026-11-22T12:00:00+053",
+            "2026-11-22T12:00:00+05:3",
             "2026-11-22T12:00:00+24:00",
             "2026-11-22T12:00:00+05:60",
+            "2026-11-22T12:00:00+",
             "2026-11-22T12:00:00 Z",
             "2026-11-22T12:00:00Zjunk",
             "2026/11/22T12:00:00Z",
+            "2026-1122T12:00:00Z",
             "２０２６-11-22T12:00:00Z",
         ] {
             assert!(!is_iso8601_datetime(bad), "{bad}");

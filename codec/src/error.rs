@@ -45,7 +45,8 @@ pub enum DecodeError {
     /// `run_id` is empty or longer than 128 characters.
     #[error("run_id must be 1 to 128 characters")]
     BadRunId,
-    /// `timestamp` is not an ISO 8601 date-time (RFC 3339 or without an offset).
+    /// `timestamp` is a string but not an ISO 8601 date-time: counted, and
+    /// the event is applied all the same (the field is informational).
     #[error("timestamp is not an ISO 8601 date-time")]
     BadTimestamp,
     /// The event belongs to another run than the one this stream follows.

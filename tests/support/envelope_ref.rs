@@ -45,10 +45,7 @@ pub fn decode_envelope_value(value: Value, expected_run: &str) -> Result<Envelop
         return Err(DecodeError::ForeignRun);
     }
     let event_type = take_str(&mut obj, "type")?;
-    let timestamp = take_str(&mut obj, "timestamp")?;
-    if !is_iso8601_datetime(&timestamp) {
-        return Err(DecodeError::BadTimestamp);
-    }
+    let timestamp_valid = is_iso8601_datetime(&take_str(&mut obj, "timestamp")?);
     let payload = match obj.remove("payload") {
         None | Some(Value::Null) => return Err(DecodeError::MissingField("payload")),
         Some(Value::Object(p)) => p,
@@ -60,7 +57,11 @@ pub fn decode_envelope_value(value: Value, expected_run: &str) -> Result<Envelop
             event_type,
             reason,
         })?;
-    Ok(Envelope { event_id, kind })
+    Ok(Envelope {
+        event_id,
+        kind,
+        timestamp_valid,
+    })
 }
 
 fn take_str(obj: &mut Map<String, Value>, field: &'static str) -> Result<String, DecodeError> {

@@ -2,6 +2,9 @@
 //! Build with exactly one of the features v1, v2, v3, v3full.
 #![allow(missing_docs, clippy::all)]
 
+#[cfg(not(any(feature = "v1", feature = "v2", feature = "v3", feature = "v3full")))]
+compile_error!("build with one variant feature: v1, v2, v3 or v3full (scripts/size-floor.sh)");
+
 use std::cell::UnsafeCell;
 use wasm_bindgen::prelude::*;
 
@@ -47,32 +50,87 @@ fn weigh(k: &EventKind) -> u32 {
         RunStarted { title } => h = mix(h, ol(title)),
         RunCompleted { status, error } => h = mix(mix(h, *status as u32), ol(error)),
         SupervisorCompleted { summary } => h = mix(h, ol(summary)),
-        WorkerStarted { worker_id, job_id, name } => {
-            h = mix(mix(mix(h, worker_id.len() as u32), ol(job_id)), ol(name))
-        }
+        WorkerStarted {
+            worker_id,
+            job_id,
+            name,
+        } => h = mix(mix(mix(h, worker_id.len() as u32), ol(job_id)), ol(name)),
         WorkerJobAssigned { worker_id, job_id } => {
             h = mix(mix(h, worker_id.len() as u32), job_id.len() as u32)
         }
-        WorkerCompleted { worker_id, job_id, status, error } => {
-            h = mix(mix(mix(mix(h, ol(worker_id)), ol(job_id)), *status as u32), ol(error))
+        WorkerCompleted {
+            worker_id,
+            job_id,
+            status,
+            error,
+        } => {
+            h = mix(
+                mix(mix(mix(h, ol(worker_id)), ol(job_id)), *status as u32),
+                ol(error),
+            )
         }
-        ToolStarted { worker_id, job_id, tool_call_id, name } => {
-            h = mix(mix(mix(mix(h, ol(worker_id)), ol(job_id)), tool_call_id.len() as u32), name.len() as u32)
+        ToolStarted {
+            worker_id,
+            job_id,
+            tool_call_id,
+            name,
+        } => {
+            h = mix(
+                mix(
+                    mix(mix(h, ol(worker_id)), ol(job_id)),
+                    tool_call_id.len() as u32,
+                ),
+                name.len() as u32,
+            )
         }
-        ToolCompleted { worker_id, job_id, tool_call_id, ok, error, duration_ms } => {
+        ToolCompleted {
+            worker_id,
+            job_id,
+            tool_call_id,
+            ok,
+            error,
+            duration_ms,
+        } => {
             h = mix(h, ol(worker_id) ^ ol(job_id) ^ tool_call_id.len() as u32);
-            h = mix(mix(mix(h, *ok as u32), ol(error)), duration_ms.map_or(3, |d| d as u32));
+            h = mix(
+                mix(mix(h, *ok as u32), ol(error)),
+                duration_ms.map_or(3, |d| d as u32),
+            );
         }
-        MessageCreated { message_id, role, client_request_id, reply_to, content } => {
+        MessageCreated {
+            message_id,
+            role,
+            client_request_id,
+            reply_to,
+            content,
+        } => {
             h = mix(h, message_id.len() as u32 ^ role.len() as u32);
-            h = mix(mix(mix(h, ol(client_request_id)), ol(reply_to)), ol(content));
+            h = mix(
+                mix(mix(h, ol(client_request_id)), ol(reply_to)),
+                ol(content),
+            );
         }
-        MessageDelta { message_id, delta } => h = mix(mix(h, message_id.len() as u32), delta.len() as u32),
-        MessageCompleted { message_id, finish_reason, usage, fallback } => {
+        MessageDelta { message_id, delta } => {
+            h = mix(mix(h, message_id.len() as u32), delta.len() as u32)
+        }
+        MessageCompleted {
+            message_id,
+            finish_reason,
+            usage,
+            fallback,
+        } => {
             h = mix(h, message_id.len() as u32 ^ finish_reason.len() as u32);
-            h = mix(mix(h, usage.map_or(5, |u| (u.prompt_tokens + u.completion_tokens) as u32)), ol(fallback));
+            h = mix(
+                mix(
+                    h,
+                    usage.map_or(5, |u| (u.prompt_tokens + u.completion_tokens) as u32),
+                ),
+                ol(fallback),
+            );
         }
-        MessageFailed { message_id, error } => h = mix(mix(h, message_id.len() as u32), error.len() as u32),
+        MessageFailed { message_id, error } => {
+            h = mix(mix(h, message_id.len() as u32), error.len() as u32)
+        }
         Snapshot(s) => h = mix(h, s.len() as u32),
         Unknown => h = mix(h, 11),
     }
@@ -97,7 +155,10 @@ mod v {
     /// envelope; returns the number of valid envelopes (xor a checksum of them).
     #[wasm_bindgen]
     pub fn feed(bytes: &[u8]) -> u32 {
-        let st = ST.get(|| S { parser: SseParser::new(MAX_EVENT_BYTES), sum: 0 });
+        let st = ST.get(|| S {
+            parser: SseParser::new(MAX_EVENT_BYTES),
+            sum: 0,
+        });
         let mut n = 0u32;
         let mut sum = st.sum;
         st.parser.feed_ref(bytes, &mut |item| match item {
@@ -106,8 +167,15 @@ mod v {
                     n += 1;
                     sum = mix(mix(sum, env.event_id as u32), weigh(&env.kind));
                 }
-                Err(DecodeError::InvalidPayload { event_id, event_type, reason }) => {
-                    sum = mix(sum, event_id as u32 ^ event_type.len() as u32 ^ reason.len() as u32)
+                Err(DecodeError::InvalidPayload {
+                    event_id,
+                    event_type,
+                    reason,
+                }) => {
+                    sum = mix(
+                        sum,
+                        event_id as u32 ^ event_type.len() as u32 ^ reason.len() as u32,
+                    )
                 }
                 Err(e) => sum = mix(sum, e.kind().len() as u32),
             },
@@ -146,23 +214,35 @@ mod v {
     impl S {
         fn apply(&mut self, id: u64, kind: EventKind) {
             self.sum = mix(self.sum, weigh(&kind));
-            let r = self.state.apply(id, kind, &mut self.parked, PARK_CAPACITY, &mut self.applied);
+            let r = self
+                .state
+                .apply(id, kind, &mut self.parked, PARK_CAPACITY, &mut self.applied);
             if let Err(e) = r {
                 self.sum = mix(self.sum, e.kind().len() as u32);
             }
             for a in self.applied.drain(..) {
-                self.sum = mix(self.sum, match a {
-                    Applied::ToolSeen => 1,
-                    Applied::ToolCompleted { ok, first_seen } => 2 + ok as u32 + 2 * first_seen as u32,
-                    Applied::Token { reply_to } => 5 + ol(&reply_to),
-                    Applied::MessageDone { reply_to, fallback } => 6 + ol(&reply_to) + ol(&fallback),
-                    Applied::Echo { client_request_id } => 7 + client_request_id.len() as u32,
-                    Applied::RunCompleted => 8,
-                });
+                self.sum = mix(
+                    self.sum,
+                    match a {
+                        Applied::ToolSeen => 1,
+                        Applied::ToolCompleted { ok, first_seen } => {
+                            2 + ok as u32 + 2 * first_seen as u32
+                        }
+                        Applied::Token { reply_to } => 5 + ol(&reply_to),
+                        Applied::MessageDone { reply_to, fallback } => {
+                            6 + ol(&reply_to) + ol(&fallback)
+                        }
+                        Applied::Echo { client_request_id } => 7 + client_request_id.len() as u32,
+                        Applied::RunCompleted => 8,
+                    },
+                );
             }
         }
         fn offer(&mut self, id: u64, kind: EventKind) {
-            match self.ordering.offer(self.state.cursor, id, kind, REORDER_CAPACITY) {
+            match self
+                .ordering
+                .offer(self.state.cursor, id, kind, REORDER_CAPACITY)
+            {
                 Offer::Duplicate => self.sum = mix(self.sum, 21),
                 Offer::Held => self.sum = mix(self.sum, 22),
                 Offer::Full => self.sum = mix(self.sum, 23),
@@ -194,7 +274,11 @@ mod v {
                     },
                     kind => self.offer(env.event_id, kind),
                 },
-                Err(DecodeError::InvalidPayload { event_id, event_type, reason }) => {
+                Err(DecodeError::InvalidPayload {
+                    event_id,
+                    event_type,
+                    reason,
+                }) => {
                     self.sum = mix(self.sum, reason.len() as u32);
                     if event_type != "snapshot" {
                         self.offer(event_id, EventKind::Unknown);
@@ -237,7 +321,10 @@ mod v {
         let st = st();
         let mut h = st.state.cursor as u32;
         for m in &st.state.messages {
-            h = mix(h, m.content.len() as u32 ^ m.status as u32 ^ ol(&m.message_id));
+            h = mix(
+                h,
+                m.content.len() as u32 ^ m.status as u32 ^ ol(&m.message_id),
+            );
         }
         for w in &st.state.workers {
             h = mix(h, w.worker_id.len() as u32 ^ w.tools.len() as u32);
@@ -260,7 +347,11 @@ mod v {
     static ST: G<S> = G::new();
 
     fn make() -> S {
-        S { engine: Engine::new(Config::new(RUN_ID), [1, 2], None), conn: 0, sum: 0 }
+        S {
+            engine: Engine::new(Config::new(RUN_ID), [1, 2], None),
+            conn: 0,
+            sum: 0,
+        }
     }
 
     fn st() -> &'static mut S {
@@ -271,36 +362,45 @@ mod v {
     /// ones a shell answers synchronously (connect → 200 event-stream, frame → flush).
     fn pump(st: &mut S, now: f64) -> u32 {
         loop {
-            let Some(a) = st.engine.poll_action() else { break };
-            st.sum = mix(st.sum, match a {
-                Action::Connect { conn, resume_from } => {
-                    st.conn = conn;
-                    st.engine.handle_response(now, conn, 200, None, true);
-                    1 ^ resume_from as u32
-                }
-                Action::Disconnect { conn } => 2 ^ conn as u32,
-                Action::WsSend { conn, text } => 3 ^ conn as u32 ^ text.len() as u32,
-                Action::FetchSnapshot => 4,
-                Action::Post { client_request_id, content } => {
-                    5 ^ client_request_id.len() as u32 ^ content.len() as u32
-                }
-                Action::Persist { cursor } => {
-                    #[cfg(feature = "v3full")]
-                    {
-                        let rec = st.engine.storage_record();
-                        st.sum = mix(st.sum, rec.len() as u32);
+            let Some(a) = st.engine.poll_action() else {
+                break;
+            };
+            st.sum = mix(
+                st.sum,
+                match a {
+                    Action::Connect { conn, resume_from } => {
+                        st.conn = conn;
+                        st.engine.handle_response(now, conn, 200, None, true);
+                        1 ^ resume_from as u32
                     }
-                    6 ^ cursor as u32
-                }
-                Action::RequestFrame => 7 ^ st.engine.flush(now) as u32,
-                Action::Measure(f) => {
-                    8 ^ f.span_id.len() as u32 ^ f.trace_id.len() as u32 ^ f.duration_ms as u32
-                }
-                Action::Broadcast { text } => 9 ^ text.len() as u32,
-            });
+                    Action::Disconnect { conn } => 2 ^ conn as u32,
+                    Action::WsSend { conn, text } => 3 ^ conn as u32 ^ text.len() as u32,
+                    Action::FetchSnapshot => 4,
+                    Action::Post {
+                        client_request_id,
+                        content,
+                    } => 5 ^ client_request_id.len() as u32 ^ content.len() as u32,
+                    Action::Persist { cursor } => {
+                        #[cfg(feature = "v3full")]
+                        {
+                            let rec = st.engine.storage_record();
+                            st.sum = mix(st.sum, rec.len() as u32);
+                        }
+                        6 ^ cursor as u32
+                    }
+                    Action::RequestFrame => 7 ^ st.engine.flush(now) as u32,
+                    Action::Measure(f) => {
+                        8 ^ f.span_id.len() as u32 ^ f.trace_id.len() as u32 ^ f.duration_ms as u32
+                    }
+                    Action::Broadcast { text } => 9 ^ text.len() as u32,
+                },
+            );
         }
         while let Some(e) = st.engine.poll_telemetry() {
-            st.sum = mix(st.sum, e.name.len() as u32 ^ e.value as u32 ^ e.attrs.len() as u32);
+            st.sum = mix(
+                st.sum,
+                e.name.len() as u32 ^ e.value as u32 ^ e.attrs.len() as u32,
+            );
         }
         st.sum = mix(st.sum, st.engine.poll_timeout().map_or(0, |t| t as u32));
         st.sum ^ st.engine.version() as u32
@@ -337,7 +437,10 @@ mod v {
         let s = st.engine.state();
         let mut h = s.cursor as u32;
         for m in &s.messages {
-            h = mix(h, m.content.len() as u32 ^ m.status as u32 ^ ol(&m.message_id));
+            h = mix(
+                h,
+                m.content.len() as u32 ^ m.status as u32 ^ ol(&m.message_id),
+            );
         }
         (s.messages.len() as u32) ^ (h << 8)
     }
@@ -359,7 +462,13 @@ mod v {
             cfg.can_send = send_url || websocket;
             let engine = Engine::new(cfg, [1, 2], stored.as_deref());
             // SAFETY: single-threaded.
-            unsafe { *ST.0.get() = Some(S { engine, conn: 0, sum: 0 }) };
+            unsafe {
+                *ST.0.get() = Some(S {
+                    engine,
+                    conn: 0,
+                    sum: 0,
+                })
+            };
         }
 
         #[wasm_bindgen]
@@ -379,14 +488,19 @@ mod v {
         #[wasm_bindgen]
         pub fn snapshot(now: f64, body: Option<String>) -> u32 {
             let st = st();
-            st.engine.handle_snapshot(now, body.as_deref().ok_or_else(|| "failed".to_owned()));
+            st.engine
+                .handle_snapshot(now, body.as_deref().ok_or_else(|| "failed".to_owned()));
             pump(st, now)
         }
 
         #[wasm_bindgen]
         pub fn closed(now: f64, code: u16) -> u32 {
             let st = st();
-            let cause = if code == 0 { CloseCause::Eof } else { CloseCause::WsClose { code } };
+            let cause = if code == 0 {
+                CloseCause::Eof
+            } else {
+                CloseCause::WsClose { code }
+            };
             st.engine.handle_closed(now, st.conn, cause);
             pump(st, now)
         }
@@ -404,7 +518,11 @@ mod v {
         #[wasm_bindgen]
         pub fn send_result(now: f64, crid: &str, status: u16, body: Option<String>) -> u32 {
             let st = st();
-            let r = SendResult { status: (status != 0).then_some(status), body, ..SendResult::default() };
+            let r = SendResult {
+                status: (status != 0).then_some(status),
+                body,
+                ..SendResult::default()
+            };
             st.engine.handle_send_result(now, crid, r);
             pump(st, now)
         }

@@ -45,7 +45,8 @@ impl Engine {
     /// → retry), as it bounds a fetch's wait for its headers; the socket's
     /// own machine bounds the wait for the socket.
     pub fn handle_ws_ready(&mut self, now: Ms, conn: u64) {
-        if conn == self.link.id && self.link.conn == Conn::Connecting {
+        // Only on a shared socket: an own socket's connect timer runs from `begin`.
+        if self.cfg.shared_socket && conn == self.link.id && self.link.conn == Conn::Connecting {
             self.timers
                 .set(Timer::Connect, now + self.cfg.connect_timeout_ms);
         }
@@ -77,13 +78,21 @@ impl Engine {
         if self.link.conn == Conn::Connecting
             && matches!(
                 op,
-                ServerOp::Event { .. } | ServerOp::Snapshot { .. } | ServerOp::Subscribed { .. }
+                ServerOp::Event { .. }
+                    | ServerOp::Snapshot { .. }
+                    | ServerOp::Subscribed { .. }
+                    | ServerOp::Error {
+                        client_request_id: None,
+                        ..
+                    }
             )
         {
             // This run has not subscribed yet (its `handle_ws_open` subscribes
             // and opens): the frame answers another stream's subscription to
-            // the same run on a shared socket, or one this run dropped. Its
-            // own subscribe replays from the cursor, this event included.
+            // the same run on a shared socket (an error naming no send
+            // included), or one this run dropped. Its own subscribe replays
+            // from the cursor and gets its own answer. Acks and errors of
+            // this run's sends still count: they answer its outbox.
             return;
         }
         match op {
@@ -298,6 +307,10 @@ impl Engine {
         match r {
             Ok(env) => {
                 self.note_event_arrival(now);
+                if !env.timestamp_valid {
+                    // Informational (PROTOCOL §1): counted, and the event applies.
+                    self.protocol_error(now, DecodeError::BadTimestamp.into());
+                }
                 match env.kind {
                     EventKind::Snapshot(state) => match RunState::from_wire_json(&state) {
                         Ok(st) => self.apply_snapshot(now, env.event_id, st),

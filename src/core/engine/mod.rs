@@ -248,20 +248,10 @@ impl Engine {
         // it may hold (a catch-up, or a socket for its sends).
         let mirrored = self.follow.following()
             && !matches!(self.link.conn, Conn::Idle | Conn::Closed | Conn::Finished);
-        let (connection, attempt, retry_in_ms) = if mirrored {
-            self.follow.status(now)
-        } else if self.state.is_finished()
-            && matches!(
-                self.link.conn,
-                Conn::Connecting | Conn::Open { .. } | Conn::Waiting { .. } | Conn::Offline { .. }
-            )
-        {
-            // PROTOCOL §2a: once `run.completed` is applied the stream is
-            // `closed`; a socket opened only for sends after it (and its
-            // backoff) is not shown as a connection coming back.
-            (Connection::Closed, 0, None)
-        } else {
-            self.link.status(now)
+        let (connection, attempt, retry_in_ms) = match self.finished_status() {
+            Some(shown) => shown,
+            None if mirrored => self.follow.status(now),
+            None => self.link.status(now),
         };
         StreamStatus {
             connection,
@@ -275,6 +265,22 @@ impl Engine {
                 Role::Follower => Sharing::Follower,
             },
         }
+    }
+
+    /// PROTOCOL §2a: once `run.completed` is applied the stream is `closed`.
+    /// A socket opened after that only for sends (its backoff, its failure:
+    /// the send shows it, and `lastError` says why) is not shown as the
+    /// connection coming back, here or in what a leading tab relays.
+    pub(super) fn finished_status(&self) -> Option<(Connection, u32, Option<f64>)> {
+        let side = matches!(
+            self.link.conn,
+            Conn::Connecting
+                | Conn::Open { .. }
+                | Conn::Waiting { .. }
+                | Conn::Offline { .. }
+                | Conn::Failed
+        );
+        (self.state.is_finished() && side).then_some((Connection::Closed, 0, None))
     }
 
     /// This tab's id in the tabs' channel messages (`share: "tabs"`).

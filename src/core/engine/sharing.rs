@@ -184,9 +184,10 @@ impl Engine {
         if self.follow.role != Role::Leader {
             return;
         }
-        let (connection, attempt, _) = self.link.status(now);
+        let finished = self.finished_status();
+        let (connection, attempt, _) = finished.unwrap_or_else(|| self.link.status(now));
         let wait_until = match self.link.conn {
-            Conn::Waiting { at } => Some(at),
+            Conn::Waiting { at } if finished.is_none() => Some(at),
             _ => None,
         };
         let r = Reported {
