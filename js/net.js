@@ -38,6 +38,23 @@ export function ws_open(url, on) {
   return ws;
 }
 
+/**
+ * `p` (the promise a `headers` function returned), or an AbortError once
+ * `signal` aborts (the connection or request it was for is gone). The wasm
+ * waits on this promise, so an abandoned wait settles and frees its
+ * callbacks even if `p` never does; `p` keeps only plain JS callbacks.
+ */
+export function until_abort(p, signal) {
+  return new Promise((resolve, reject) => {
+    const stop = () => reject(new DOMException("the wait for headers was abandoned", "AbortError"));
+    if (signal.aborted) return stop();
+    signal.addEventListener("abort", stop, { once: true });
+    Promise.resolve(p)
+      .then(resolve, reject)
+      .finally(() => signal.removeEventListener("abort", stop));
+  });
+}
+
 /** Writes a text frame (dropped if the socket is not open). */
 export function ws_send(ws, text) {
   try {

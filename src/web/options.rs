@@ -1,8 +1,10 @@
 //! Reads the JS options object (API.md) into typed options.
 
 use js_sys::{Function, Object, Promise, Reflect};
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
+use web_sys::AbortSignal;
 
 use super::error::WebError;
 use crate::core::engine::{Backoff, Config, Spans, Transport};
@@ -204,9 +206,21 @@ fn session_from_send_url(url: &str) -> Option<String> {
     (!id.is_empty()).then(|| id.to_owned())
 }
 
+#[wasm_bindgen(module = "/js/net.js")]
+extern "C" {
+    fn until_abort(p: &Promise, signal: &AbortSignal) -> Promise;
+}
+
 /// Resolves the `headers` option (object, or a sync/async function) to pairs.
 /// Called on every (re)connect and send, so an expired token is refreshed.
-pub async fn resolve_headers(h: &JsValue) -> Result<Vec<(String, String)>, WebError> {
+/// A promise is awaited until `signal` aborts (the connection or request it
+/// is for ended: a connect timeout, `close()`): the wait then ends, so one
+/// that never settles holds nothing after its connection is gone (the
+/// result is not used then, so the error is never reported).
+pub async fn resolve_headers(
+    h: &JsValue,
+    signal: &AbortSignal,
+) -> Result<Vec<(String, String)>, WebError> {
     let mut v = h.clone();
     if let Some(f) = h.dyn_ref::<Function>() {
         v = f
@@ -214,7 +228,7 @@ pub async fn resolve_headers(h: &JsValue) -> Result<Vec<(String, String)>, WebEr
             .map_err(|_| WebError::HeadersFailed)?;
     }
     if v.has_type::<Promise>() {
-        v = JsFuture::from(Promise::from(v))
+        v = JsFuture::from(until_abort(&Promise::from(v), signal))
             .await
             .map_err(|_| WebError::HeadersFailed)?;
     }

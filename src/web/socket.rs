@@ -16,6 +16,7 @@ use std::rc::{Rc, Weak as RcWeak};
 
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::spawn_local;
+use web_sys::{AbortController, AbortSignal};
 
 use super::driver::{with_engine, Weak};
 use super::env;
@@ -33,6 +34,17 @@ struct RunRef {
     stream: Weak,
     conn: u64,
     headers: JsValue,
+    /// Aborted when the run detaches: ends a wait for its `headers` that
+    /// never settles (`resolve_headers`), so nothing of it outlives the run.
+    abort: Option<AbortController>,
+}
+
+impl Drop for RunRef {
+    fn drop(&mut self) {
+        if let Some(a) = &self.abort {
+            a.abort();
+        }
+    }
 }
 
 /// One shared socket: the machine, the browser socket, the timer, the runs.
@@ -117,6 +129,7 @@ impl Member {
                     stream,
                     conn,
                     headers,
+                    abort: AbortController::new().ok(),
                 },
             );
             s.machine.attach(env::now(), self.run, run_id);
@@ -252,6 +265,12 @@ fn run_ref(rc: &SocketRc, run: RunKey) -> Option<(Weak, u64, JsValue)> {
     Some((r.stream.clone(), r.conn, r.headers.clone()))
 }
 
+/// The signal that aborts when run `run` detaches (see [`RunRef::abort`]).
+fn run_signal(rc: &SocketRc, run: RunKey) -> Option<AbortSignal> {
+    let s = rc.try_borrow().ok()?;
+    Some(s.runs.get(&run)?.abort.as_ref()?.signal())
+}
+
 fn execute(rc: &SocketRc, action: SocketAction) {
     match action {
         SocketAction::Open { conn } => {
@@ -292,7 +311,9 @@ fn execute(rc: &SocketRc, action: SocketAction) {
             }
         }
         SocketAction::RunOpen { run } => {
-            let Some((stream, conn, headers)) = run_ref(rc, run) else {
+            let (Some((stream, conn, headers)), Some(signal)) =
+                (run_ref(rc, run), run_signal(rc, run))
+            else {
                 return;
             };
             // Headers go in the run's subscribe frame: resolved per run, per
@@ -300,7 +321,7 @@ fn execute(rc: &SocketRc, action: SocketAction) {
             // an open socket comes here while the stream is borrowed.
             spawn_local(async move {
                 with_engine(&stream, |e| e.handle_ws_ready(env::now(), conn));
-                match resolve_headers(&headers).await {
+                match resolve_headers(&headers, &signal).await {
                     Ok(h) => with_engine(&stream, |e| e.handle_ws_open(env::now(), conn, h)),
                     Err(err) => {
                         let cause = CloseCause::HeadersFailed(err.message());

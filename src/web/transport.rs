@@ -174,7 +174,7 @@ pub fn open_fetch(
     let abort = AbortController::new().ok()?;
     let signal = abort.signal();
     spawn_local(async move {
-        let mut hs = match resolve_headers(&headers).await {
+        let mut hs = match resolve_headers(&headers, &signal).await {
             Ok(h) => h,
             Err(err) => {
                 let cause = CloseCause::HeadersFailed(err.message());
@@ -375,7 +375,7 @@ pub fn post(
     content: String,
 ) {
     spawn_local(async move {
-        let hs = match resolve_headers(&headers).await {
+        let hs = match resolve_headers(&headers, &signal).await {
             Ok(hs) => hs,
             Err(err) => {
                 if take_request(&weak, id) {
@@ -435,7 +435,9 @@ pub fn fetch_snapshot(
 ) {
     spawn_local(async move {
         let result = async {
-            let hs = resolve_headers(&headers).await.map_err(|e| e.message())?;
+            let hs = resolve_headers(&headers, &signal)
+                .await
+                .map_err(|e| e.message())?;
             let init = request_init("GET", &hs, credentials);
             init.set_signal(Some(&signal));
             init.set_cache(web_sys::RequestCache::NoStore);
