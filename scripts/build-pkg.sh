@@ -49,7 +49,10 @@ fi
 # Framework bindings (plain JS + .d.ts, no framework in the wasm build) and package metadata.
 cp js/lazy.js js/lazy.d.ts js/react.js js/react.d.ts js/vue.js js/vue.d.ts "$out"/
 # --target bundler instantiates the wasm on import: its initRunStream has nothing to load.
-if [ "$target" = bundler ]; then cp js/lazy.bundler.js "$out"/lazy.js; fi
+if [ "$target" = bundler ]; then
+  cp js/lazy.bundler.js "$out"/lazy.js
+  cp js/lazy.bundler.d.ts "$out"/lazy.d.ts
+fi
 cp README.md "$out"/README.md
 node scripts/package-json.mjs "$out" "$target"
 raw=$(wc -c < "$out"/runstream_bg.wasm)

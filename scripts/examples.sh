@@ -12,6 +12,10 @@ rm -f target/npm/runstream-*.tgz
 mv target/npm/runstream-*.tgz target/npm/runstream.tgz
 # The --target bundler build, packed the same way.
 ./scripts/build-pkg.sh bundler
+# Its declarations type-check as a TypeScript user gets them (strict, lib checks
+# on): its lazy.d.ts once imported a type only the web target declares.
+tests/e2e/node_modules/.bin/tsc --noEmit --strict --skipLibCheck false --target ES2022 --module ES2022 \
+  --moduleResolution bundler --lib ES2022,DOM,ESNext.Disposable pkg-bundler/lazy.d.ts pkg-bundler/runstream.d.ts
 (cd pkg-bundler && npm pack --silent --pack-destination ../target/npm >/dev/null)
 mv target/npm/runstream-*.tgz target/npm/runstream-bundler.tgz
 (

@@ -53,13 +53,13 @@ export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | 
 export type Activity = "idle" | "streaming" | "working";
 
 export interface StreamStatus {
-  connection: ConnectionState;
-  activity: Activity;
-  attempt: number;
-  retryInMs: number | null;
-  lastError: string | null;
+  readonly connection: ConnectionState;
+  readonly activity: Activity;
+  readonly attempt: number;
+  readonly retryInMs: number | null;
+  readonly lastError: string | null;
   /** API.md "Sharing connections": "solo" without `share: "tabs"` (or without Web Locks / BroadcastChannel). */
-  sharing: "solo" | "leader" | "follower";
+  readonly sharing: "solo" | "leader" | "follower";
 }
 
 export type RunStatus = "pending" | "running" | "succeeded" | "failed" | "cancelled";
@@ -67,32 +67,38 @@ export type WorkerStatus = "pending" | "running" | "succeeded" | "failed" | "can
 export type ToolStatus = "running" | "ok" | "error" | "unknown";
 export type MessageStatus = "queued" | "sending" | "sent" | "streaming" | "completed" | "failed";
 
-export interface Tool { toolCallId: string; name: string | null; status: ToolStatus }
-export interface Worker { workerId: string; jobId: string | null; name: string | null; status: WorkerStatus; tools: Tool[] }
-export interface Message {
-  messageId: string | null;
-  clientRequestId: string | null;
-  replyTo: string | null;
-  role: "user" | "assistant" | "system" | "tool";
-  content: string;
-  status: MessageStatus;
+export interface Tool { readonly toolCallId: string; readonly name: string | null; readonly status: ToolStatus }
+export interface Worker {
+  readonly workerId: string;
+  readonly jobId: string | null;
+  readonly name: string | null;
+  readonly status: WorkerStatus;
+  readonly tools: readonly Tool[];
 }
-export interface Supervisor { completed: boolean; summary: string | null }
+export interface Message {
+  readonly messageId: string | null;
+  readonly clientRequestId: string | null;
+  readonly replyTo: string | null;
+  readonly role: "user" | "assistant" | "system" | "tool";
+  readonly content: string;
+  readonly status: MessageStatus;
+}
+export interface Supervisor { readonly completed: boolean; readonly summary: string | null }
 export interface RunState {
-  runId: string;
-  cursor: number;
-  status: RunStatus;
-  workers: Worker[];
-  messages: Message[];
-  supervisor: Supervisor;
+  readonly runId: string;
+  readonly cursor: number;
+  readonly status: RunStatus;
+  readonly workers: readonly Worker[];
+  readonly messages: readonly Message[];
+  readonly supervisor: Supervisor;
 }
 
 export interface MessageMetrics {
-  ttfbMs: number | null;
-  ttftMs: number | null;
-  durationMs: number | null;
-  tokens: number;
-  fallback: string | null;
+  readonly ttfbMs: number | null;
+  readonly ttftMs: number | null;
+  readonly durationMs: number | null;
+  readonly tokens: number;
+  readonly fallback: string | null;
 }
 
 export type TerminationReason =
@@ -101,30 +107,31 @@ export type TerminationReason =
   | "retry_now" | "error_loop" | "headers_error" | "shared";
 
 export interface RunMetrics {
-  reconnects: number;
-  eventsApplied: number;
-  eventsReplayed: number;
-  duplicatesDropped: number;
-  outOfOrder: number;
-  protocolErrors: number;
-  gapsSkipped: number;
+  readonly reconnects: number;
+  readonly eventsApplied: number;
+  readonly eventsReplayed: number;
+  readonly duplicatesDropped: number;
+  readonly outOfOrder: number;
+  readonly protocolErrors: number;
+  readonly gapsSkipped: number;
   /** Events of a type this client does not know (applied as no-ops, PROTOCOL §1). */
-  unknownEvents: number;
+  readonly unknownEvents: number;
   /** Messages on the tabs' channel that were ignored (`share: "tabs"`): another version, malformed, too large. */
-  channelErrors: number;
-  timeToFirstEventMs: number | null;
-  toolCalls: number;
-  toolErrors: number;
-  terminations: Partial<Record<TerminationReason, number>>;
-  messages: Record<string, MessageMetrics>;
-  protocolErrorsByKind: Record<string, number>;
+  readonly channelErrors: number;
+  readonly timeToFirstEventMs: number | null;
+  readonly toolCalls: number;
+  readonly toolErrors: number;
+  readonly terminations: Readonly<Partial<Record<TerminationReason, number>>>;
+  readonly messages: Readonly<Record<string, MessageMetrics>>;
+  readonly protocolErrorsByKind: Readonly<Record<string, number>>;
 }
 
+/** Every object of a snapshot is frozen (API.md): the types are `readonly` all the way down. */
 export interface RunSnapshot {
-  version: number;
-  state: RunState;
-  status: StreamStatus;
-  metrics: RunMetrics;
+  readonly version: number;
+  readonly state: RunState;
+  readonly status: StreamStatus;
+  readonly metrics: RunMetrics;
 }
 
 export interface MetricEvent {

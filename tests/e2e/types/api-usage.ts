@@ -78,8 +78,17 @@ function render(s: RunSnapshot): void {
   const state: RunState = s.state;
   const metrics: RunMetrics = s.metrics;
   const retry: number | null = status.retryInMs;
-  const workers: Worker[] = state.workers;
-  const messages: Message[] = state.messages;
+  const workers: readonly Worker[] = state.workers;
+  const messages: readonly Message[] = state.messages;
+  // Snapshots are frozen (API.md): the types say so, so these fail to compile instead of throwing.
+  // @ts-expect-error: messages is a readonly array
+  state.messages.push(messages[0]);
+  // @ts-expect-error: workers is a readonly array
+  state.workers.sort();
+  // @ts-expect-error: a message's fields are readonly
+  state.messages[0].content = "edited";
+  // @ts-expect-error: a readonly array is not a mutable one
+  const mutable: Message[] = state.messages;
   const ttft: number | null | undefined = metrics.messages["x"]?.ttftMs;
   const completed: number | undefined = metrics.terminations.run_completed;
   const headersFailed: number | undefined = metrics.terminations.headers_error;
@@ -95,5 +104,5 @@ function render(s: RunSnapshot): void {
   const version: number = s.version;
   // @ts-expect-error: connection states are a closed union
   const bad: StreamStatus["connection"] = "sleeping";
-  void [retry, workers, messages, ttft, completed, headersFailed, gaps, unknown, channelErrors, shared, sharing, reason, badReason, version, bad];
+  void [retry, workers, messages, mutable, ttft, completed, headersFailed, gaps, unknown, channelErrors, shared, sharing, reason, badReason, version, bad];
 }

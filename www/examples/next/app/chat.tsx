@@ -18,7 +18,7 @@ export function Chat({ api, session }: { api: string; session: string }) {
     if (text.trim()) send(text.trim());
     setText("");
   };
-  const messages: Message[] = snapshot?.state.messages ?? [];
+  const messages: readonly Message[] = snapshot?.state.messages ?? [];
   return (
     <section>
       <h2>

@@ -19,7 +19,7 @@ function Chat() {
     if (text.trim()) send(text.trim());
     setText("");
   };
-  const messages: Message[] = snapshot?.state.messages ?? [];
+  const messages: readonly Message[] = snapshot?.state.messages ?? [];
   return (
     <section>
       <h2>Chat <small data-testid="chat-conn">{snapshot?.status.connection ?? "mounting"}</small></h2>
@@ -41,7 +41,7 @@ function Chat() {
 
 function Tasks() {
   const { snapshot } = useRunStream({ runId, url: `/api/stream/runs/${runId}`, snapshotUrl: `/api/runs/${runId}/snapshot` });
-  const workers: Worker[] = snapshot?.state.workers ?? [];
+  const workers: readonly Worker[] = snapshot?.state.workers ?? [];
   return (
     <section>
       <h2>Task <small data-testid="task-status">{snapshot?.state.status ?? "mounting"}</small></h2>

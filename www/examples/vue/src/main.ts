@@ -13,7 +13,7 @@ const Tasks = defineComponent({
     const { snapshot } = useRunStream({ runId, url: `/api/stream/runs/${runId}`, snapshotUrl: `/api/runs/${runId}/snapshot` });
     return () => {
       const s = snapshot.value; // null until the wasm is loaded and the stream created
-      const workers: Worker[] = s?.state.workers ?? [];
+      const workers: readonly Worker[] = s?.state.workers ?? [];
       return h("section", [
         h("h2", ["Task ", h("small", { "data-testid": "task-status" }, s?.state.status ?? "mounting")]),
         h("ul", { "data-testid": "workers" }, workers.map((w) =>
@@ -41,7 +41,7 @@ const Chat = defineComponent({
     };
     return () => {
       const s = snapshot.value;
-      const messages: Message[] = s?.state.messages ?? [];
+      const messages: readonly Message[] = s?.state.messages ?? [];
       return h("section", [
         h("h2", ["Chat ", h("small", { "data-testid": "chat-conn" }, s?.status.connection ?? "mounting")]),
         h("ol", { "data-testid": "messages" }, messages.map((m) =>
