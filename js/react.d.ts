@@ -20,6 +20,10 @@ export interface UseRunStream<T = RunSnapshot> {
 /**
  * React hook over `useSyncExternalStore` (server snapshot `null`): loads the wasm
  * once per page, creates and starts a RunStream after mount, closes it on unmount.
+ * A new stream is made when `runId`, `transport`, `url`, `wsUrl` or `sendUrl`
+ * change; `headers` is read from the latest render on every (re)connect and
+ * send (a closure over a token in state stays current); the other options are
+ * those of the render that created the stream.
  */
 export declare function useRunStream(options: RunStreamOptions): UseRunStream<RunSnapshot>;
 /**

@@ -25,6 +25,23 @@ const none = () => null;
  * slice changes by `isEqual` (default `Object.is`). The selection is cached per
  * snapshot, and an equal selection keeps the previous value's identity.
  */
+/**
+ * `options` as the stream is created with, but with `headers` read from the
+ * latest render's options each time the stream calls it: a `headers` closure
+ * over React state (a token an auth hook refreshes) is never a stale one.
+ */
+function withLatestHeaders(ref) {
+  const o = ref.current;
+  if (o.headers === undefined || o.headers === null) return o;
+  return {
+    ...o,
+    headers: () => {
+      const h = ref.current.headers;
+      return typeof h === "function" ? h() : h;
+    },
+  };
+}
+
 export function useRunStream(options, select, isEqual) {
   const optionsRef = useRef(options);
   optionsRef.current = options;
@@ -40,7 +57,7 @@ export function useRunStream(options, select, isEqual) {
         if (!live) return;
         let created = null;
         try {
-          created = new RunStream(optionsRef.current);
+          created = new RunStream(withLatestHeaders(optionsRef));
           created.start();
         } catch (e) {
           if (created) created.free();

@@ -71,6 +71,36 @@ for (const fw of ["react", "vue"]) {
   });
 }
 
+// API.md `headers`: "called on every (re)connect and send, so an expired token is
+// refreshed". In React the function is a closure over the render's state: the hook
+// must call the latest render's, not the one the stream was created with.
+test("react example: a send after the token in state changed carries the new token", async () => {
+  const { run_id } = await api("POST", "/api/admin/runs", { seed: 5, workers: 1, speed: 1 });
+  const session = `chat_token_${run_id}`;
+  await api("POST", "/api/admin/runs", { kind: "chat", run_id: session });
+  const page = await browser.newPage();
+  const errors = watchErrors(page);
+  const auth = [];
+  page.on("request", (r) => {
+    if (r.method() === "POST" && r.url().includes(`/api/chat/${session}/messages`)) auth.push(r.headers()["authorization"]);
+  });
+  await page.goto(`${server}/examples/react/dist/index.html?run=${run_id}&session=${session}`);
+  await page.waitForFunction(() => document.querySelector('[data-testid="chat-conn"]')?.textContent === "open", null, { timeout: 15000 });
+  const sendText = async (text) => {
+    await page.fill('[data-testid="input"]', text);
+    await page.click("form button");
+  };
+  await sendText("first");
+  await until(async () => auth.length === 1, 5000);
+  await page.click('[data-testid="rotate"]');
+  await page.click('[data-testid="rotate"]');
+  await sendText("second");
+  await until(async () => auth.length === 2, 5000);
+  assert.deepEqual(auth, ["Bearer t1", "Bearer t3"], "the second send used the token of the latest render");
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
 test("--target bundler build works through a bundler (Vite + vite-plugin-wasm)", async () => {
   const { run_id } = await api("POST", "/api/admin/runs", { seed: 3, workers: 3, instant: true });
   const page = await browser.newPage();

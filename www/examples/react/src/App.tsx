@@ -7,11 +7,15 @@ const runId = params.get("run") ?? "demo";
 const session = params.get("session") ?? `chat_${runId}`;
 
 function Chat() {
+  // A token kept in React state, as an auth hook would: `headers` reads the
+  // current one on every (re)connect and send, not the first render's.
+  const [token, setToken] = useState(1);
   const { snapshot, send } = useRunStream({
     runId: session,
     url: `/api/stream/runs/${session}`,
     sendUrl: `/api/chat/${session}/messages`,
     snapshotUrl: `/api/runs/${session}/snapshot`,
+    headers: () => ({ Authorization: `Bearer t${token}` }),
   });
   const [text, setText] = useState("");
   const submit = (e: FormEvent) => {
@@ -35,6 +39,7 @@ function Chat() {
         <input data-testid="input" value={text} onChange={(e) => setText(e.target.value)} />
         <button>Send</button>
       </form>
+      <button data-testid="rotate" onClick={() => setToken((t) => t + 1)}>New token</button>
     </section>
   );
 }
