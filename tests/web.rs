@@ -1352,6 +1352,48 @@ async fn snapshots_share_unchanged_messages_and_are_frozen() {
     s.close();
 }
 
+/// API.md RunSnapshot: "between two snapshots every message, worker, tool and
+/// array that did not change is the same object (===)": an event that changes
+/// nothing in the workers (a `worker.job_assigned` repeating the worker's job)
+/// keeps the `workers` array and the worker, and the `messages` array.
+#[wasm_bindgen_test]
+async fn an_event_that_changes_no_worker_keeps_the_arrays_identity() {
+    let run = create_run(json!({"kind": "chat", "run_id": fresh("ident")})).await;
+    let append = |ty: &'static str, payload: Value| {
+        let path = format!("/api/admin/runs/{run}/append");
+        async move { request("POST", &path, Some(json!({"type": ty, "payload": payload}))).await }
+    };
+    append(
+        "worker.started",
+        json!({"worker_id": "w1", "job_id": "j1", "name": "w"}),
+    )
+    .await;
+    let s = stream(&run, "fetch", json!({}));
+    s.start();
+    let v = until(&s, 10_000, |v| v["state"]["cursor"] == 1).await;
+    assert_eq!(v["state"]["cursor"], 1, "{v}");
+    let a = s.get_snapshot();
+    append(
+        "worker.job_assigned",
+        json!({"worker_id": "w1", "job_id": "j1"}),
+    )
+    .await;
+    let v = until(&s, 10_000, |v| v["state"]["cursor"] == 2).await;
+    assert_eq!(v["state"]["cursor"], 2, "{v}");
+    let b = s.get_snapshot();
+    assert!(
+        !js_sys::Object::is(&get(&a, "state"), &get(&b, "state")),
+        "the cursor moved"
+    );
+    for p in ["state.workers", "state.workers.0", "state.messages"] {
+        assert!(
+            js_sys::Object::is(&get(&a, p), &get(&b, p)),
+            "{p} lost its identity"
+        );
+    }
+    s.close();
+}
+
 /// API.md RunSnapshot: "Snapshot objects are frozen": every object in it, at
 /// any depth (the supervisor, workers, tools and their nested payloads), and
 /// `version` "increases with every visible change", `close()` included.

@@ -133,6 +133,9 @@ impl SnapshotCache {
             Array::from(&prev).slice(0, u32::try_from(self.messages.len()).unwrap_or(u32::MAX));
         let old_len = self.messages.len();
         let changed = marked(&dirty.positions, messages.len());
+        // Whether any element is a new object: a dirty message whose JSON is
+        // unchanged keeps its object, and then the list keeps its identity too.
+        let mut replaced = messages.len() != old_len;
         for (i, m) in messages.iter().enumerate() {
             if i < old_len && !changed.get(i).is_some_and(|c| *c) {
                 continue;
@@ -143,13 +146,18 @@ impl SnapshotCache {
                 .get(i)
                 .filter(|(k, _)| *k == key)
                 .map(|(_, b)| b.clone());
+            let kept = old.as_ref().map(|o| o.hash);
             let b = rebuild(old, m);
+            replaced |= kept != Some(b.hash);
             list.set(i as u32, b.obj.clone());
             if let Some(slot) = self.messages.get_mut(i) {
                 *slot = (key, b);
             } else {
                 self.messages.push((key, b));
             }
+        }
+        if !replaced {
+            return false;
         }
         freeze(&list);
         self.message_list = Some(list.into());
@@ -166,8 +174,12 @@ impl SnapshotCache {
             list.set(i as u32, b.obj.clone());
             self.messages.push((key, b));
         }
+        let list: JsValue = list.into();
+        if same_elements(self.message_list.as_ref(), &list) {
+            return false;
+        }
         freeze(&list);
-        self.message_list = Some(list.into());
+        self.message_list = Some(list);
         true
     }
 
@@ -222,10 +234,14 @@ impl SnapshotCache {
             list.set(i as u32, b.obj.clone());
             next.insert(w.worker_id.clone(), b);
         }
-        freeze(&list);
         self.workers = next;
         self.tools = next_tools;
-        self.worker_list = Some(list.into());
+        let list: JsValue = list.into();
+        if same_elements(self.worker_list.as_ref(), &list) {
+            return false;
+        }
+        freeze(&list);
+        self.worker_list = Some(list);
         true
     }
 }
@@ -302,6 +318,20 @@ fn marked(positions: &[usize], len: usize) -> Vec<bool> {
         }
     }
     marks
+}
+
+/// Whether `next` holds the very objects of `prev`, in the same order (API.md:
+/// an array that did not change keeps its identity, even when its entries were
+/// rebuilt to the same JSON, e.g. after a snapshot replaced the state).
+fn same_elements(prev: Option<&JsValue>, next: &JsValue) -> bool {
+    let (Some(prev), Some(next)) = (
+        prev.and_then(|p| p.dyn_ref::<Array>()),
+        next.dyn_ref::<Array>(),
+    ) else {
+        return false;
+    };
+    prev.length() == next.length()
+        && (0..prev.length()).all(|i| Object::is(&prev.get(i), &next.get(i)))
 }
 
 fn set(obj: &JsValue, key: &str, value: Option<&JsValue>) {
