@@ -16,16 +16,6 @@ const subscribeNone = () => noop;
 const none = () => null;
 
 /**
- * One RunStream per mounted component (per runId/transport/url): created after
- * mount once the wasm is ready, closed and freed on unmount. Under StrictMode's
- * mount → unmount → mount the first effect is cancelled before the wasm promise
- * settles, so only one stream is ever created and the server sees one connection.
- *
- * `select` picks a slice of the snapshot: the component re-renders only when the
- * slice changes by `isEqual` (default `Object.is`). The selection is cached per
- * snapshot, and an equal selection keeps the previous value's identity.
- */
-/**
  * `options` as the stream is created with, but with `headers` read from the
  * latest render's options each time the stream calls it: a `headers` closure
  * over React state (a token an auth hook refreshes) is never a stale one.
@@ -42,6 +32,16 @@ function withLatestHeaders(ref) {
   };
 }
 
+/**
+ * One RunStream per mounted component (per runId/transport/url): created after
+ * mount once the wasm is ready, closed and freed on unmount. Under StrictMode's
+ * mount → unmount → mount the first effect is cancelled before the wasm promise
+ * settles, so only one stream is ever created and the server sees one connection.
+ *
+ * `select` picks a slice of the snapshot: the component re-renders only when the
+ * slice changes by `isEqual` (default `Object.is`). The selection is cached per
+ * snapshot, and an equal selection keeps the previous value's identity.
+ */
 export function useRunStream(options, select, isEqual) {
   const optionsRef = useRef(options);
   optionsRef.current = options;

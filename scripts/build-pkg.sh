@@ -67,15 +67,11 @@ fi
 sn=$(cat $snippets | gzip -9 | wc -c)
 echo "[pkg] $out/runstream_bg.wasm: ${raw} B raw, ${gz} B gzipped; JS glue ${js} B + snippets ${sn} B gzipped ($std_build)"
 # Size breakdown: twiggy needs function names, which the package's wasm has
-# lost; the same release build run through wasm-bindgen and the same wasm-opt
-# passes with names kept (-g) measures the same code (~10 s).
+# lost; scripts/named-wasm.sh rebuilds the same code with names kept (~10 s).
 if command -v twiggy >/dev/null; then
   names=$(mktemp -d)
   lib=$pkg_target/wasm32-unknown-unknown/release/runstream.wasm
-  if wasm-bindgen --keep-debug --target "$target" --out-dir "$names" "$lib" >/dev/null 2>&1 &&
-    wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \
-      --enable-sign-ext --enable-mutable-globals --enable-multivalue -g \
-      "$names"/runstream_bg.wasm -o "$names"/named.wasm >/dev/null 2>&1; then
+  if scripts/named-wasm.sh "$lib" "$names"/named.wasm "$target" 2>/dev/null; then
     echo "[pkg] twiggy top 20 (names kept; the \"function names\" subsection is not shipped):"
     twiggy top -n 20 "$names"/named.wasm
     # Errors carry codes and their text is made by concatenation (`message()`):

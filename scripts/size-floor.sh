@@ -35,13 +35,7 @@ for v in "${variants[@]}"; do
   js=$(gzip -9 -c "$out"/floor.js | wc -c)
   echo "[size-floor $v] wasm ${raw} B raw, ${gz} B gzipped; glue ${js} B gzipped; total $((gz + js)) B"
   if command -v twiggy >/dev/null; then
-    names=$(mktemp -d)
-    wasm-bindgen --keep-debug --target web --out-dir "$names" \
-      "$target_dir"/wasm32-unknown-unknown/release/floor.wasm >/dev/null
-    wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \
-      --enable-sign-ext --enable-mutable-globals --enable-multivalue -g \
-      "$names"/floor_bg.wasm -o "$names"/named.wasm
-    twiggy top -n 10 "$names"/named.wasm
-    rm -rf "$names"
+    scripts/named-wasm.sh "$target_dir"/wasm32-unknown-unknown/release/floor.wasm "$out"/named.wasm
+    twiggy top -n 10 "$out"/named.wasm
   fi
 done
