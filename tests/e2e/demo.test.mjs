@@ -19,7 +19,8 @@ test("demo shows live data in every panel mid-run with chaos on, and survives a 
     await page.waitForFunction(() => document.querySelectorAll("#workers > li").length >= 2, null, { timeout: 15000 });
     // Chat: send, optimistic at once, reply streams under it.
     await page.fill("#send-input", "hello there");
-    await page.click("#send-form button");
+    // Clicked as an element: the panels grow while the run streams.
+    await page.$eval("#send-form button", (b) => b.click());
     await page.waitForFunction(() => document.querySelectorAll("#messages li.user").length === 1, null, { timeout: 2000 });
     await page.waitForFunction(() => [...document.querySelectorAll("#messages li.assistant .content")].some((e) => e.textContent.length > 20), null, { timeout: 15000 });
     // Diagnostics fed by the public API: counters moving, chaos visible.

@@ -32,7 +32,9 @@ for (const fw of ["react", "vue"]) {
 
     // Send: the optimistic message shows at once, the reply streams under it.
     await page.fill('[data-testid="input"]', "hello from " + fw);
-    await page.click("form button");
+    // The form sits below the task panel, which grows as workers report: the
+    // element is clicked itself, not at coordinates a moved layout invalidates.
+    await page.$eval("form button", (b) => b.click());
     // "At once" is the next frame; 5 s leaves room for a loaded CI machine, and a miss
     // reports what the page threw (send() before the stream was ready, say).
     await page
@@ -80,23 +82,37 @@ test("react example: a send after the token in state changed carries the new tok
   await api("POST", "/api/admin/runs", { kind: "chat", run_id: session });
   const page = await browser.newPage();
   const errors = watchErrors(page);
-  const auth = [];
+  // Every POST of a send, in order: its content and the token it carried.
+  const posts = [];
   page.on("request", (r) => {
-    if (r.method() === "POST" && r.url().includes(`/api/chat/${session}/messages`)) auth.push(r.headers()["authorization"]);
+    if (r.method() === "POST" && r.url().includes(`/api/chat/${session}/messages`)) {
+      posts.push({ content: JSON.parse(r.postData() ?? "{}").content, auth: r.headers()["authorization"] });
+    }
   });
+  const tokenShown = (t) => page.waitForFunction((t) => document.querySelector('[data-testid="token"]')?.textContent === t, t, { timeout: 5000 });
   await page.goto(`${server}/examples/react/dist/index.html?run=${run_id}&session=${session}`);
   await page.waitForFunction(() => document.querySelector('[data-testid="chat-conn"]')?.textContent === "open", null, { timeout: 15000 });
   const sendText = async (text) => {
     await page.fill('[data-testid="input"]', text);
-    await page.click("form button");
+    await page.$eval("form button", (b) => b.click());
   };
+  await tokenShown("t1");
   await sendText("first");
-  await until(async () => auth.length === 1, 5000);
-  await page.click('[data-testid="rotate"]');
-  await page.click('[data-testid="rotate"]');
+  await until(async () => posts.length === 1, 5000);
+  // The buttons sit below the chat, which grows while the reply streams: a
+  // click at the button's coordinates can land on a moved layout, so the
+  // element is clicked itself, and each rotation is seen rendered first.
+  await page.$eval('[data-testid="rotate"]', (b) => b.click());
+  await tokenShown("t2");
+  await page.$eval('[data-testid="rotate"]', (b) => b.click());
+  await tokenShown("t3");
   await sendText("second");
-  await until(async () => auth.length === 2, 5000);
-  assert.deepEqual(auth, ["Bearer t1", "Bearer t3"], "the second send used the token of the latest render");
+  await until(async () => posts.some((p) => p.content === "second"), 5000);
+  assert.deepEqual(
+    posts.map((p) => [p.content, p.auth]),
+    [["first", "Bearer t1"], ["second", "Bearer t3"]],
+    "each send's POST carries the token of the render it was made in, and is posted once",
+  );
   assert.deepEqual(errors, []);
   await page.close();
 });

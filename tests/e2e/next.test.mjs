@@ -190,7 +190,8 @@ test("next: hydration without warnings, one wasm load, one connection per run, c
 
   // Send: the optimistic message shows at once; the reply streams token by token.
   await page.fill('[data-testid="input"]', "hello from next");
-  await page.click("form button");
+  // Clicked as an element: the form sits below the task panel, which grows as workers report.
+  await page.$eval("form button", (b) => b.click());
   await page.waitForFunction(() => document.querySelectorAll('[data-testid="messages"] li.user').length === 1, null, { timeout: 1000 });
   await page.waitForFunction(() => (document.querySelector('[data-testid="messages"] li.assistant')?.textContent.length ?? 0) > 40, null, { timeout: 15000 });
 

@@ -39,7 +39,8 @@ function Chat() {
         <input data-testid="input" value={text} onChange={(e) => setText(e.target.value)} />
         <button>Send</button>
       </form>
-      <button data-testid="rotate" onClick={() => setToken((t) => t + 1)}>New token</button>
+      <button data-testid="rotate" onClick={() => setToken((t) => t + 1)}>New token</button>{" "}
+      <small data-testid="token">t{token}</small>
     </section>
   );
 }
