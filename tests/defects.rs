@@ -1127,3 +1127,139 @@ fn r26_a_failed_send_socket_after_completion_leaves_the_stream_closed() {
     assert_eq!(s.connection, Connection::Closed, "{s:?}");
     assert_eq!((s.attempt, s.retry_in_ms), (0, None));
 }
+
+/// API.md `headers`: "called on every (re)connect and send, so an expired
+/// token is refreshed; on a 401 it is called once more before the stream
+/// gives up". A WebSocket server refuses an expired token by closing with
+/// 4401; a token that expires every hour does so every hour, and each
+/// expiry gets its refresh, as on fetch (where a 2xx re-arms it). (Found by
+/// a review: on WebSocket nothing re-armed it, so the second expiry failed
+/// the stream for good.)
+#[test]
+fn r27_websocket_each_token_expiry_gets_its_refresh() {
+    let mut e = Engine::new(ws_cfg(), [1, 1], None);
+    e.start(0.0);
+    let mut conn = ws_open(&mut e, 1.0);
+    let mut now = 1.0;
+    for hour in 1..=3 {
+        // An hour of idle, pongs answering pings.
+        let end = now + 3_600_000.0;
+        while now < end {
+            now = e.poll_timeout().unwrap();
+            e.handle_timeout(now);
+            if drain(&mut e)
+                .iter()
+                .any(|a| matches!(a, Action::WsSend { text, .. } if text.contains("ping")))
+            {
+                e.handle_ws_text(now, conn, r#"{"op":"pong","t":1}"#);
+            }
+        }
+        e.handle_closed(now, conn, CloseCause::WsClose { code: 4401 });
+        let (c, _, t) = next_connect(&mut e, now, 1_000.0)
+            .unwrap_or_else(|| panic!("expiry {hour}: no refresh: {:?}", e.status(now)));
+        assert_eq!(t, now, "expiry {hour}: the refresh goes at once");
+        now = t + 1.0;
+        e.handle_ws_open(now, c, Vec::new());
+        e.handle_ws_text(
+            now,
+            c,
+            r#"{"op":"subscribed","run_id":"run_T","replay_from":1}"#,
+        );
+        conn = c;
+        assert_eq!(e.status(now).connection, Connection::Open, "expiry {hour}");
+    }
+    // A token the refresh does not fix: one retry, then final.
+    e.handle_closed(now, conn, CloseCause::WsClose { code: 4401 });
+    let (c, _, _) = next_connect(&mut e, now, 1_000.0).unwrap();
+    e.handle_ws_open(now + 1.0, c, Vec::new());
+    e.handle_closed(now + 2.0, c, CloseCause::WsClose { code: 4401 });
+    assert_eq!(e.status(now + 3.0).connection, Connection::Failed);
+}
+
+/// README: "a dropped Wi-Fi … never leaves a spinner stuck", with API.md
+/// `headers: async () => ({ Authorization: await getToken() })`: during an
+/// outage the token endpoint is unreachable too, so the function rejects.
+/// That is an outage, not a verdict: the stream backs off and reconnects
+/// (calling `headers` again) as for a network error, and ends `failed` only
+/// as a network error would (API.md "Quiet is healthy … resumed once per
+/// ending"; link.rs: "an ordinary outage backs off for as long as it lasts").
+/// (Found by a review: the first rejection failed the stream for good.)
+#[test]
+fn r28_a_headers_function_that_rejects_during_an_outage_is_retried_with_backoff() {
+    for transport in [Transport::Fetch, Transport::WebSocket] {
+        let mut c = cfg();
+        c.transport = transport;
+        let (mut e, mut conn) = connecting(c, [1, 1]);
+        if transport == Transport::WebSocket {
+            e.handle_ws_open(1.0, conn, Vec::new());
+        } else {
+            e.handle_response(1.0, conn, 200, None, true);
+        }
+        let mut now = 1.0;
+        // Ten minutes of a failing token endpoint: every attempt's headers reject.
+        let mut attempts = 0;
+        while now < 600_000.0 {
+            e.handle_closed(now, conn, CloseCause::HeadersFailed("Failed to fetch".into()));
+            let s = e.status(now);
+            assert_eq!(s.connection, Connection::Reconnecting, "{transport:?}: {s:?}");
+            assert!(s.last_error.as_deref().unwrap_or("").contains("headers"), "{s:?}");
+            let (c2, _, t) = next_connect(&mut e, now, 60_000.0)
+                .unwrap_or_else(|| panic!("{transport:?}: no retry after {attempts}"));
+            (conn, now) = (c2, t);
+            attempts += 1;
+        }
+        // Paced by the backoff (maxMs 20 s): no loop, no burst.
+        assert!((30..=1300).contains(&attempts), "{transport:?}: {attempts} attempts");
+        assert_eq!(e.metrics().terminations.get("error_loop"), None);
+        // The token endpoint is back: the stream opens.
+        if transport == Transport::WebSocket {
+            e.handle_ws_open(now, conn, Vec::new());
+        } else {
+            e.handle_response(now, conn, 200, None, true);
+        }
+        let s = e.status(now);
+        assert_eq!(s.connection, Connection::Open, "{transport:?}: {s:?}");
+        assert_eq!(s.last_error, None);
+    }
+}
+
+/// The same for a send: API.md "Sends survive everything the stream
+/// survives". A send whose `headers` reject is queued again after its
+/// backoff, posted again (with `headers` called again), and accepted.
+#[test]
+fn r28_a_send_whose_headers_reject_is_retried_not_failed() {
+    let mut c = cfg();
+    c.can_send = true;
+    let (mut e, _) = open(c, [1, 1]);
+    let crid = e.send(2.0, "hi").unwrap();
+    assert_eq!(posted_ids(&mut e), vec![crid.clone()]);
+    e.handle_send_result(
+        3.0,
+        &crid,
+        SendResult {
+            status: None,
+            retry_after_ms: None,
+            body: None,
+            headers_error: Some("Failed to fetch".into()),
+        },
+    );
+    let m = &e.state().messages[0];
+    assert_ne!(m.status, MessageStatus::Failed, "{m:?}");
+    let acts = run_until(&mut e, 60_000.0);
+    let again: Vec<_> = acts
+        .iter()
+        .filter(|a| matches!(a, Action::Post { client_request_id, .. } if *client_request_id == crid))
+        .collect();
+    assert_eq!(again.len(), 1, "posted again once: {acts:?}");
+    e.handle_send_result(
+        60_000.0,
+        &crid,
+        SendResult {
+            status: Some(202),
+            retry_after_ms: None,
+            body: Some(r#"{"message_id":"m1","run_id":"run_T"}"#.into()),
+            headers_error: None,
+        },
+    );
+    assert_ne!(e.state().messages[0].status, MessageStatus::Failed);
+}

@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 
 use runstream::core::engine::{Action, CloseCause, Config, Connection, Engine, Ms, Transport};
-use runstream::core::socket::{Socket, SocketAction, SocketConfig, SocketState};
+use runstream::core::socket::{
+    Socket, SocketAction, SocketConfig, SocketState, RECHECK_GRACE_MS,
+};
 use runstream::core::wire::ClientOp;
 use serde_json::json;
 
@@ -496,8 +498,14 @@ fn a_hidden_page_does_not_watch_the_heartbeat_and_rechecks_when_visible() {
     p.run_until(180_000.0);
     assert!(!p.closed.contains(&conn), "dropped while hidden");
     assert_eq!(p.sock.opens, 1);
+    // Visible: a ping at once, and the socket is dropped when no frame
+    // answers it within the re-check grace.
+    let pings = p.sock.pings;
     p.sock.set_visible(p.now, true);
     p.pump();
+    assert!(!p.closed.contains(&conn), "dropped before the probe could be answered");
+    assert_eq!(p.sock.pings, pings + 1, "no ping at once on becoming visible");
+    p.run_until(p.now + RECHECK_GRACE_MS);
     assert!(p.closed.contains(&conn), "re-checked when visible");
     assert!(p
         .engines
@@ -531,11 +539,45 @@ fn a_run_watched_from_another_page_keeps_the_heartbeat_on_in_a_hidden_page() {
     let conn = p.live.take().unwrap();
     p.run_until(p.now + 120_000.0);
     assert!(!p.closed.contains(&conn));
-    // Watched again, after 120 s of silence: re-checked at once.
+    // Watched again, after 120 s of silence: re-checked at once (a ping,
+    // unanswered within the grace).
     p.sock.set_run_watched(p.now, 2, true);
     p.pump();
+    p.run_until(p.now + RECHECK_GRACE_MS);
     assert!(
         p.closed.contains(&conn),
         "watched again: re-checked at once"
     );
+}
+
+/// "Quiet is healthy … it never churns" with "re-checked when it is
+/// visible": in a hidden tab the browser throttles the socket's own ping
+/// timer (to once a minute after 5 minutes in Chromium), so the last pong
+/// can be far older than `heartbeatTimeoutMs` when the page comes back
+/// although the server is there. The re-check asks it (a ping) instead of
+/// dropping a healthy socket and every run on it. (Found by a review: each
+/// return to a long-hidden tab resubscribed and replayed every run.)
+#[test]
+fn a_healthy_socket_whose_pings_were_throttled_while_hidden_survives_becoming_visible() {
+    let mut p = Page::new(3);
+    p.start();
+    p.accept();
+    p.log(0, 2);
+    let conn = p.live.unwrap();
+    p.sock.set_visible(p.now, false);
+    p.pump();
+    // Hidden for 6 minutes with throttled timers: nothing fires, no ping goes out.
+    p.now += 360_000.0;
+    let pings = p.pings();
+    p.sock.set_visible(p.now, true);
+    p.pump();
+    assert_eq!(p.pings(), pings + 1, "the re-check pings the server");
+    // The server answered at once (the fake server's pong is delivered in pump).
+    p.run_until(p.now + 60_000.0);
+    assert!(!p.closed.contains(&conn), "a healthy socket was dropped on becoming visible");
+    assert_eq!(p.sock.opens, 1);
+    for e in &p.engines {
+        assert!(e.metrics().terminations.is_empty(), "{:?}", e.metrics().terminations);
+        assert_eq!(e.status(p.now).connection, Connection::Open);
+    }
 }

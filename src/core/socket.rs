@@ -19,6 +19,11 @@
 //!   sooner than its own backoff allows, whatever the runs ask: many runs
 //!   waiting on one socket make one connection attempt, not one each.
 //! - A socket open `healthy_after_ms`, or that delivered an event, resets the backoff.
+//! - The heartbeat watch is off while nobody watches (the page hidden and no
+//!   attached run watched from another tab). When it comes back on with the
+//!   last frame older than `heartbeat_timeout_ms`, the socket is not dropped
+//!   at once (our own pings were throttled too): it is pinged, and dropped
+//!   only if no frame comes within [`RECHECK_GRACE_MS`].
 //!
 //! Sans-IO like the engine: inputs carry the time, outputs are drained with
 //! [`Socket::poll_action`], the next deadline is [`Socket::poll_timeout`].
@@ -35,6 +40,11 @@ use super::engine::{Backoff, CloseCause, Config, Ms};
 use super::error::FrameError;
 use super::json::{Field, Scanner};
 use super::wire::{ClientOp, ServerOp};
+
+/// How long a stale socket has to answer the `ping` of a heartbeat re-check
+/// (the watch coming back on: the page visible again, or a run watched from
+/// another tab) before it is dropped; at most `heartbeat_timeout_ms`.
+pub const RECHECK_GRACE_MS: Ms = 3_000.0;
 
 /// A run's number on its socket (the shell's choice; unique per socket).
 pub type RunKey = u64;
@@ -325,7 +335,14 @@ impl Socket {
             self.deadlines.heartbeat = None;
         } else if let SocketState::Open { .. } = self.state {
             if now - self.last_frame_at >= self.cfg.heartbeat_timeout_ms {
-                self.drop_socket(now, CloseCause::HeartbeatTimeout, 0.5, true);
+                // Stale, but while nobody watched, the browser throttled our
+                // own ping timer too: ask the server now rather than drop a
+                // socket that may be healthy. Unanswered within the grace: dropped.
+                let by = now + RECHECK_GRACE_MS.min(self.cfg.heartbeat_timeout_ms);
+                if self.deadlines.heartbeat.is_none_or(|t| t > by) {
+                    self.ping(now);
+                    self.deadlines.heartbeat = Some(by);
+                }
             } else {
                 self.watch_heartbeat();
             }
@@ -440,12 +457,7 @@ impl Socket {
             self.failures = 0;
         }
         if self.deadlines.ping.is_some_and(|t| t <= now) {
-            self.deadlines.ping = Some(now + self.cfg.ping_interval_ms);
-            self.pings += 1;
-            self.actions.push_back(SocketAction::Send {
-                conn: self.conn,
-                text: ClientOp::ping(now.round()).encode(),
-            });
+            self.ping(now);
         }
         if self.deadlines.reconnect.is_some_and(|t| t <= now) {
             self.deadlines.reconnect = None;
@@ -476,6 +488,16 @@ impl Socket {
         };
         self.actions
             .push_back(SocketAction::Open { conn: self.conn });
+    }
+
+    /// Writes a `ping`; the next one is due an interval later.
+    fn ping(&mut self, now: Ms) {
+        self.deadlines.ping = Some(now + self.cfg.ping_interval_ms);
+        self.pings += 1;
+        self.actions.push_back(SocketAction::Send {
+            conn: self.conn,
+            text: ClientOp::ping(now.round()).encode(),
+        });
     }
 
     fn saw_frame(&mut self, now: Ms) {

@@ -119,6 +119,9 @@ impl Engine {
                     Err(e) => self.protocol_error(now, e.into()),
                 }
             }
+            ServerOp::Subscribed { run_id, .. } if run_id == self.cfg.run_id => {
+                self.link.authorized()
+            }
             ServerOp::Subscribed { .. } => {}
             ServerOp::Pong { .. } => {}
             ServerOp::Ack {

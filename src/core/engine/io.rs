@@ -74,8 +74,9 @@ pub enum CloseCause {
     ConnectTimeout,
     /// Nothing from the server for `heartbeat_timeout_ms` (a shared socket's machine decided).
     HeartbeatTimeout,
-    /// The `headers` option (a function) threw or returned something that is
-    /// not an object of strings: a configuration/auth problem, not the network.
+    /// The `headers` option (a function) threw, rejected or returned something
+    /// that is not an object of strings. Retried with backoff like a network
+    /// error: a token endpoint fails with the outage that dropped the stream.
     HeadersFailed(String),
 }
 
@@ -88,7 +89,8 @@ pub struct SendResult {
     pub retry_after_ms: Option<Ms>,
     /// Response body (JSON `{message_id, run_id}` on 202).
     pub body: Option<String>,
-    /// The `headers` option threw before the request was made (final for this send).
+    /// The `headers` option threw or rejected before the request was made
+    /// (retried after the send's backoff, like a network error).
     pub headers_error: Option<String>,
 }
 

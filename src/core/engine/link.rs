@@ -242,13 +242,22 @@ impl Link {
         false
     }
 
-    /// The link was open `healthy_after_ms`: the attempt count resets.
+    /// The link was open `healthy_after_ms`: the attempt count resets, and
+    /// the next 401 gets its refreshed-headers retry again.
     pub fn became_healthy(&mut self) {
         if matches!(self.conn, Conn::Open { .. }) {
             self.attempt.healthy = true;
             self.failures = 0;
             self.guard.clear();
+            self.authorized();
         }
+    }
+
+    /// The server accepted the credentials (a 2xx event stream, a WebSocket
+    /// `subscribed`, a healthy link): a later 401 is a new expiry, which gets
+    /// its own retry with refreshed headers (API.md `headers`).
+    pub fn authorized(&mut self) {
+        self.unauthorized_retried = false;
     }
 
     /// Disarms the current link's timers (the caller sets the next state).

@@ -69,9 +69,10 @@ impl Engine {
         if !self.outbox.contains(client_request_id) {
             return;
         }
-        if let Some(why) = r.headers_error {
-            let why = ["the headers option failed: ", &why].concat();
-            self.send_failed_final(now, client_request_id, why);
+        if r.headers_error.is_some() {
+            // Retried after its backoff like a network error (the message
+            // shows "queued"; `headers` is called again then).
+            self.retry_send(now, client_request_id, None);
             return;
         }
         match r.status {

@@ -23,7 +23,7 @@ impl Engine {
                 self.finish(now);
             }
             200..=299 if event_stream => {
-                self.link.unauthorized_retried = false;
+                self.link.authorized();
                 self.opened(now);
             }
             200..=299 => self.fail(
@@ -99,9 +99,12 @@ impl Engine {
                 None,
                 "no heartbeat from the server".into(),
             ),
-            CloseCause::HeadersFailed(msg) => self.fail_final(
+            // A token endpoint that fails (often the same outage) is retried
+            // like a network error, with `headers` called again each time.
+            CloseCause::HeadersFailed(msg) => self.fail(
                 now,
                 Termination::HeadersError,
+                None,
                 ["the headers option failed: ", &msg].concat(),
             ),
         }
