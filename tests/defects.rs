@@ -1199,17 +1199,31 @@ fn r28_a_headers_function_that_rejects_during_an_outage_is_retried_with_backoff(
         // Ten minutes of a failing token endpoint: every attempt's headers reject.
         let mut attempts = 0;
         while now < 600_000.0 {
-            e.handle_closed(now, conn, CloseCause::HeadersFailed("Failed to fetch".into()));
+            e.handle_closed(
+                now,
+                conn,
+                CloseCause::HeadersFailed("Failed to fetch".into()),
+            );
             let s = e.status(now);
-            assert_eq!(s.connection, Connection::Reconnecting, "{transport:?}: {s:?}");
-            assert!(s.last_error.as_deref().unwrap_or("").contains("headers"), "{s:?}");
+            assert_eq!(
+                s.connection,
+                Connection::Reconnecting,
+                "{transport:?}: {s:?}"
+            );
+            assert!(
+                s.last_error.as_deref().unwrap_or("").contains("headers"),
+                "{s:?}"
+            );
             let (c2, _, t) = next_connect(&mut e, now, 60_000.0)
                 .unwrap_or_else(|| panic!("{transport:?}: no retry after {attempts}"));
             (conn, now) = (c2, t);
             attempts += 1;
         }
         // Paced by the backoff (maxMs 20 s): no loop, no burst.
-        assert!((30..=1300).contains(&attempts), "{transport:?}: {attempts} attempts");
+        assert!(
+            (30..=1300).contains(&attempts),
+            "{transport:?}: {attempts} attempts"
+        );
         assert_eq!(e.metrics().terminations.get("error_loop"), None);
         // The token endpoint is back: the stream opens.
         if transport == Transport::WebSocket {
@@ -1248,7 +1262,9 @@ fn r28_a_send_whose_headers_reject_is_retried_not_failed() {
     let acts = run_until(&mut e, 60_000.0);
     let again: Vec<_> = acts
         .iter()
-        .filter(|a| matches!(a, Action::Post { client_request_id, .. } if *client_request_id == crid))
+        .filter(
+            |a| matches!(a, Action::Post { client_request_id, .. } if *client_request_id == crid),
+        )
         .collect();
     assert_eq!(again.len(), 1, "posted again once: {acts:?}");
     e.handle_send_result(
@@ -1262,4 +1278,106 @@ fn r28_a_send_whose_headers_reject_is_retried_not_failed() {
         },
     );
     assert_ne!(e.state().messages[0].status, MessageStatus::Failed);
+}
+
+/// API.md: "A reply without `reply_to` … ends 'working'", and PROTOCOL §3: a
+/// snapshot replaces the state. A snapshot (after a pruned log, a gap
+/// repair, a tab's catch-up) that already holds the echo and a finished
+/// reply without `reply_to` ends the wait as the live events would have,
+/// and as a refresh of the same history does. (Found by a review: only a
+/// reply naming the send ended it, so "working…" stayed on.)
+#[test]
+fn r29_snapshot_with_a_finished_reply_without_reply_to_ends_working() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let crid = e.send(2.0, "q").unwrap();
+    drain(&mut e);
+    e.handle_send_result(
+        3.0,
+        &crid,
+        SendResult {
+            status: Some(202),
+            body: Some(r#"{"message_id":"u1","run_id":"run_T"}"#.into()),
+            ..SendResult::default()
+        },
+    );
+    let snap = json!({"event_id": 60, "run_id": RUN, "type": "snapshot",
+        "timestamp": "2026-11-22T12:00:00Z",
+        "payload": {"state": {"run_id": RUN, "cursor": 60, "status": "running", "workers": [],
+            "messages": [
+                {"message_id": "u1", "client_request_id": crid, "role": "user", "content": "q", "status": "completed"},
+                {"message_id": "a1", "role": "assistant", "content": "hi", "status": "completed"}],
+            "supervisor": {"completed": false}}}});
+    e.handle_bytes(4.0, conn, &sse_frame(&snap.to_string()));
+    assert_eq!(e.activity(60_000.0), Activity::Idle);
+    // A send the snapshot predates is still awaited.
+    let (mut e, conn) = open(cfg(), [2, 2]);
+    let later = e.send(2.0, "later").unwrap();
+    assert_ne!(later, crid);
+    e.handle_bytes(4.0, conn, &sse_frame(&snap.to_string()));
+    assert_eq!(e.activity(60_000.0), Activity::Working);
+}
+
+/// API.md "working = a reply is pending": a user message the server fails
+/// (`message.failed` on its echo: moderation, a rejected input) will get no
+/// reply, so its wait ends, as it does after a refresh of the same history;
+/// and it is not a reply, so it ends no other send's wait. (Found by a
+/// review: after its echo the failure changed nothing and "working…" stayed
+/// on; before its echo it ended every wait like a reply without `reply_to`.)
+#[test]
+fn r30_a_failed_user_message_ends_its_own_wait_only() {
+    let accept = |e: &mut Engine, crid: &str, mid: &str| {
+        e.handle_send_result(
+            3.0,
+            crid,
+            SendResult {
+                status: Some(202),
+                body: Some(format!(r#"{{"message_id":"{mid}","run_id":"run_T"}}"#)),
+                ..SendResult::default()
+            },
+        )
+    };
+    // Failed after its echo: its wait ends.
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let c1 = e.send(2.0, "q1").unwrap();
+    accept(&mut e, &c1, "u1");
+    let evs = [
+        envelope(
+            1,
+            "message.created",
+            json!({"message_id": "u1", "role": "user", "client_request_id": c1, "content": "q1"}),
+        ),
+        envelope(
+            2,
+            "message.failed",
+            json!({"message_id": "u1", "error": "moderation"}),
+        ),
+    ];
+    for ev in &evs {
+        e.handle_bytes(4.0, conn, &sse_frame(ev));
+    }
+    assert_eq!(
+        e.activity(60_000.0),
+        Activity::Idle,
+        "failed after its echo"
+    );
+    // Failed before its echo: only its own wait ends.
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let c1 = e.send(2.0, "q1").unwrap();
+    let c2 = e.send(2.0, "q2").unwrap();
+    accept(&mut e, &c1, "u1");
+    accept(&mut e, &c2, "u2");
+    e.handle_bytes(
+        4.0,
+        conn,
+        &sse_frame(&envelope(
+            1,
+            "message.failed",
+            json!({"message_id": "u2", "error": "moderation"}),
+        )),
+    );
+    assert_eq!(
+        e.activity(60_000.0),
+        Activity::Working,
+        "c1 still awaits its reply"
+    );
 }

@@ -12,9 +12,7 @@
 use std::collections::BTreeMap;
 
 use runstream::core::engine::{Action, CloseCause, Config, Connection, Engine, Ms, Transport};
-use runstream::core::socket::{
-    Socket, SocketAction, SocketConfig, SocketState, RECHECK_GRACE_MS,
-};
+use runstream::core::socket::{Socket, SocketAction, SocketConfig, SocketState, RECHECK_GRACE_MS};
 use runstream::core::wire::ClientOp;
 use serde_json::json;
 
@@ -503,8 +501,15 @@ fn a_hidden_page_does_not_watch_the_heartbeat_and_rechecks_when_visible() {
     let pings = p.sock.pings;
     p.sock.set_visible(p.now, true);
     p.pump();
-    assert!(!p.closed.contains(&conn), "dropped before the probe could be answered");
-    assert_eq!(p.sock.pings, pings + 1, "no ping at once on becoming visible");
+    assert!(
+        !p.closed.contains(&conn),
+        "dropped before the probe could be answered"
+    );
+    assert_eq!(
+        p.sock.pings,
+        pings + 1,
+        "no ping at once on becoming visible"
+    );
     p.run_until(p.now + RECHECK_GRACE_MS);
     assert!(p.closed.contains(&conn), "re-checked when visible");
     assert!(p
@@ -574,10 +579,17 @@ fn a_healthy_socket_whose_pings_were_throttled_while_hidden_survives_becoming_vi
     assert_eq!(p.pings(), pings + 1, "the re-check pings the server");
     // The server answered at once (the fake server's pong is delivered in pump).
     p.run_until(p.now + 60_000.0);
-    assert!(!p.closed.contains(&conn), "a healthy socket was dropped on becoming visible");
+    assert!(
+        !p.closed.contains(&conn),
+        "a healthy socket was dropped on becoming visible"
+    );
     assert_eq!(p.sock.opens, 1);
     for e in &p.engines {
-        assert!(e.metrics().terminations.is_empty(), "{:?}", e.metrics().terminations);
+        assert!(
+            e.metrics().terminations.is_empty(),
+            "{:?}",
+            e.metrics().terminations
+        );
         assert_eq!(e.status(p.now).connection, Connection::Open);
     }
 }

@@ -285,6 +285,12 @@ pub enum Applied {
         /// `fallback` of `message.completed`.
         fallback: Option<String>,
     },
+    /// The server failed a user's message (`message.failed` on it): the send
+    /// gets no reply.
+    SendFailed {
+        /// Its `client_request_id`.
+        client_request_id: String,
+    },
     /// The server echoed an optimistic message.
     Echo {
         /// Its `client_request_id`.
@@ -625,8 +631,19 @@ impl RunState {
         let i = self.message_index(message_id);
         if let Some(m) = self.message_mut(i) {
             let was_final = matches!(m.status, MessageStatus::Completed | MessageStatus::Failed);
+            let was_failed = m.status == MessageStatus::Failed;
             m.status = status;
-            if !was_final {
+            if m.role == "user" {
+                // A user's message is not a reply: it ends no wait, except
+                // its own when the server fails it (no reply will come).
+                if let (MessageStatus::Failed, false, Some(c)) =
+                    (status, was_failed, &m.client_request_id)
+                {
+                    out.push(Applied::SendFailed {
+                        client_request_id: c.clone(),
+                    });
+                }
+            } else if !was_final {
                 out.push(Applied::MessageDone {
                     reply_to: m.reply_to.clone(),
                     fallback,
@@ -821,6 +838,17 @@ impl RunState {
             self.changes.messages.inserted(pos);
             self.reindex();
         }
+    }
+
+    /// Whether the message carrying `client_request_id` is the server's
+    /// record of it (echoed: `completed` or `failed`), not only a local
+    /// optimistic one.
+    pub fn has_echoed_request(&self, client_request_id: &str) -> bool {
+        self.index
+            .requests
+            .get(client_request_id)
+            .and_then(|&i| self.messages.get(i))
+            .is_some_and(|m| matches!(m.status, MessageStatus::Completed | MessageStatus::Failed))
     }
 
     /// The message carrying `client_request_id`, if shown.

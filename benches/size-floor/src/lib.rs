@@ -234,6 +234,9 @@ mod v {
                         }
                         Applied::Echo { client_request_id } => 7 + client_request_id.len() as u32,
                         Applied::RunCompleted => 8,
+                        Applied::SendFailed { client_request_id } => {
+                            9 + client_request_id.len() as u32
+                        }
                     },
                 );
             }

@@ -62,6 +62,11 @@ impl Tracker {
         }
     }
 
+    /// The sends whose reply is awaited, oldest first.
+    pub fn awaited(&self) -> impl Iterator<Item = &String> {
+        self.awaiting.iter()
+    }
+
     /// Whether a reply to `crid` is awaited.
     pub fn awaits(&self, crid: &str) -> bool {
         self.awaiting.iter().any(|c| c == crid)

@@ -469,6 +469,9 @@ impl Engine {
                     self.note_reply_done(now, crid, fallback);
                 }
             }
+            Applied::SendFailed { client_request_id } => {
+                self.activity.forget(&client_request_id);
+            }
             Applied::Echo { client_request_id } => {
                 // The echo proves the server has it: no further attempts needed.
                 if self.outbox.remove(&client_request_id) {
@@ -536,21 +539,24 @@ impl Engine {
     /// accepted, and a wait whose reply finished in it ends.
     fn settle_sends_from_state(&mut self, now: Ms) {
         let mut echoed = Vec::new();
-        let mut answered = Vec::new();
         for m in &self.state.messages {
             if let (Some(crid), Some(_)) = (&m.client_request_id, &m.message_id) {
                 if self.outbox.contains(crid) {
                     echoed.push(crid.clone());
                 }
             }
-            if let (Some(r), MessageStatus::Completed | MessageStatus::Failed) =
-                (&m.reply_to, m.status)
-            {
-                if self.activity.awaits(r) {
-                    answered.push(r.clone());
-                }
-            }
         }
+        // The waits the history itself ends, by the rule a refresh uses
+        // (`unanswered`): a finished reply naming the send, or without
+        // `reply_to` after it, or the send failed. A send the snapshot does
+        // not hold (only the local optimistic message) is still awaited.
+        let open = super::unanswered(&self.state);
+        let answered: Vec<String> = self
+            .activity
+            .awaited()
+            .filter(|c| !open.contains(c) && self.state.has_echoed_request(c))
+            .cloned()
+            .collect();
         for crid in echoed {
             self.outbox.remove(&crid);
             self.record_ttfb(now, &crid);
