@@ -10,7 +10,7 @@ use crate::core::envelope::{decode_envelope, Envelope, EventKind, MAX_EVENT_ID};
 use crate::core::error::{DecodeError, FrameError, SnapshotError};
 use crate::core::json::write::concat_u64;
 use crate::core::metrics::{EventClass, Metric, SpanFields, SpanStatus, Termination};
-use crate::core::state::{Applied, MessageStatus, RunState};
+use crate::core::state::{Applied, RunState};
 use crate::core::wire::{ClientOp, ErrorCode, ServerOp, SnapshotBody};
 
 impl Engine {
