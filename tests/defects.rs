@@ -1381,3 +1381,93 @@ fn r30_a_failed_user_message_ends_its_own_wait_only() {
         "c1 still awaits its reply"
     );
 }
+
+/// API.md `headers`: "a function (sync or async) called on every (re)connect
+/// and send, so an expired token is refreshed" — on WebSocket too. An idle
+/// socket outlives its subscribe's token by hours ("Quiet is healthy"): a
+/// send then asks for the headers afresh and its frame carries them; a
+/// failure to get them is retried after the send's backoff; headers that
+/// arrive after the socket dropped are not written anywhere (the send goes
+/// again, with fresh headers, on the next socket). (Found by a review: every
+/// send frame carried the headers resolved at subscribe.)
+#[test]
+fn r31_websocket_sends_ask_for_fresh_headers() {
+    let mut c = ws_cfg();
+    c.headers_per_send = true;
+    let mut e = Engine::new(c, [1, 1], None);
+    e.start(0.0);
+    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    e.handle_ws_open(
+        1.0,
+        conn,
+        vec![("Authorization".into(), "Bearer t1".into())],
+    );
+    drain(&mut e);
+    let asked = |acts: &[Action]| -> Vec<(u64, String)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::WsSendHeaders {
+                    conn,
+                    client_request_id,
+                } => Some((*conn, client_request_id.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let crid = e.send(7_200_000.0, "hi").unwrap();
+    let acts = drain(&mut e);
+    assert_eq!(asked(&acts), vec![(conn, crid.clone())]);
+    assert!(
+        ws_sends(&acts).is_empty(),
+        "written before its headers: {acts:?}"
+    );
+    let fresh = vec![("Authorization".to_owned(), "Bearer t2".to_owned())];
+    e.handle_ws_send_headers(7_200_001.0, conn, &crid, Ok(fresh.clone()));
+    let frames = ws_sends(&drain(&mut e));
+    assert_eq!(frames.len(), 1);
+    assert!(frames[0].contains("Bearer t2"), "{}", frames[0]);
+    assert!(!frames[0].contains("Bearer t1"), "{}", frames[0]);
+    e.handle_ws_text(
+        7_200_002.0,
+        conn,
+        &json!({"op": "ack", "client_request_id": crid, "message_id": "u1", "run_id": "run_T"})
+            .to_string(),
+    );
+
+    // The headers fail: retried after the backoff (asked again), not failed.
+    let c2 = e.send(7_300_000.0, "again").unwrap();
+    drain(&mut e);
+    e.handle_ws_send_headers(7_300_001.0, conn, &c2, Err("no token".into()));
+    assert_ne!(e.state().messages[1].status, MessageStatus::Failed);
+    let mut again = Vec::new();
+    let mut now = 7_300_001.0;
+    while again.is_empty() && now < 7_400_000.0 {
+        now = e.poll_timeout().unwrap();
+        e.handle_timeout(now);
+        let acts = drain(&mut e);
+        if acts
+            .iter()
+            .any(|a| matches!(a, Action::WsSend { text, .. } if text.contains("ping")))
+        {
+            e.handle_ws_text(now, conn, r#"{"op":"pong","t":1}"#);
+        }
+        again = asked(&acts);
+    }
+    assert_eq!(
+        again,
+        vec![(conn, c2.clone())],
+        "asked again after the backoff"
+    );
+
+    // Headers that arrive after the socket dropped are dropped with it.
+    e.handle_closed(now, conn, CloseCause::WsClose { code: 1006 });
+    e.handle_ws_send_headers(now, conn, &c2, Ok(fresh));
+    assert!(ws_sends(&drain(&mut e)).is_empty());
+    let (conn2, _, t) = next_connect(&mut e, now, 60_000.0).unwrap();
+    e.handle_ws_open(t, conn2, Vec::new());
+    assert_eq!(
+        asked(&drain(&mut e)),
+        vec![(conn2, c2)],
+        "asked again on the new socket"
+    );
+}

@@ -278,6 +278,25 @@ fn execute(rc: &Shared, action: Action) {
                 }
             }
         }
+        Action::WsSendHeaders {
+            conn,
+            client_request_id,
+        } => match start_request(&mut inner, Pending::Send(client_request_id.clone())) {
+            Some((id, signal)) => transport::ws_send_headers(
+                weak,
+                id,
+                signal,
+                inner.opts.headers.clone(),
+                conn,
+                client_request_id,
+            ),
+            // No AbortController: reported as a network error (retried with backoff).
+            None => inner.engine.handle_send_result(
+                env::now(),
+                &client_request_id,
+                SendResult::default(),
+            ),
+        },
         Action::FetchSnapshot => match inner.opts.snapshot_url.clone() {
             Some(url) => match start_request(&mut inner, Pending::Snapshot) {
                 Some((id, signal)) => {

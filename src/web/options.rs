@@ -142,6 +142,7 @@ impl Options {
         c.persist = resume != Resume::None;
         // Every websocket stream of the page shares its wsUrl's socket.
         c.shared_socket = transport == Transport::WebSocket;
+        c.headers_per_send = headers.is_function();
         if let Some(v) = opt_ms(opts, "stallAfterMs")? {
             c.stall_after_ms = v;
         }

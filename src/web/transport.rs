@@ -361,6 +361,30 @@ impl Drop for Request {
     }
 }
 
+/// Resolves the `headers` option for WebSocket send `crid` on connection
+/// `conn` as request `id` (bounded by `connectTimeoutMs`, aborted on
+/// `close()`, like a POST's wait for them) and reports them to the engine,
+/// which writes the send frame with them.
+pub fn ws_send_headers(
+    weak: Weak,
+    id: u64,
+    signal: AbortSignal,
+    headers: JsValue,
+    conn: u64,
+    crid: String,
+) {
+    spawn_local(async move {
+        let r = resolve_headers(&headers, &signal)
+            .await
+            .map_err(|e| e.message());
+        if take_request(&weak, id) {
+            with_engine(&weak, |e| {
+                e.handle_ws_send_headers(env::now(), conn, &crid, r)
+            });
+        }
+    });
+}
+
 /// POSTs a chat send as request `id`; reports the outcome to the engine unless
 /// the request was ended first (timed out, which reports itself, or `close()`).
 #[allow(clippy::too_many_arguments)]

@@ -405,3 +405,34 @@ test("i. timestamps in ISO 8601 forms other than RFC 3339 UTC (no offset, a spac
     }
   });
 });
+
+test("j. a token rotated while the stream stays open: the next send carries it, over fetch and websocket (API.md headers: called on every (re)connect and send)", { timeout: 60000 }, async () => {
+  // An idle stream keeps its connection for hours (case a), longer than a
+  // token lives: a send must not reuse the token of the connect. (Found by a
+  // review: a WebSocket send frame carried the headers of its subscribe.)
+  const { context, page, errors } = await openPage();
+  try {
+    const lines = [];
+    for (const transport of ["fetch", "websocket"]) {
+      const session = `sess_j_${transport}_${Date.now().toString(36)}`;
+      const run = await newRun([ev("run.started", {})], session);
+      await page.evaluate(() => { window.token = "t1"; });
+      await follow(page, transport, opts(run, transport, { sendUrl: `/api/chat/${session}/messages`, tokenHeaders: true }));
+      assert.ok(await until(async () => (await peek(page, transport)).snap.status.connection === "open", 5000), `${transport}: open`);
+      const first = await page.evaluate((k) => window.sendOn(k, "with t1"), transport);
+      assert.ok(await until(async () => (await sendsOf(first)).length > 0, 5000), `${transport}: first send received`);
+      await page.evaluate(() => { window.token = "t2"; });
+      const second = await page.evaluate((k) => window.sendOn(k, "with t2"), transport);
+      assert.ok(await until(async () => (await sendsOf(second)).some((s) => s.status === 202), 5000), `${transport}: second send accepted`);
+      const auth = [...(await sendsOf(first)), ...(await sendsOf(second))].map((s) => `${s.content}: ${s.auth}`);
+      lines.push(`${transport}: ${auth.join(", ")}; connections ${(await stats(run)).connections[serverKind(transport)]}`);
+      assert.deepEqual(auth, ["with t1: Bearer t1", "with t2: Bearer t2"], `${transport}: each send carries the token current when it is sent`);
+      assert.equal((await stats(run)).connections[serverKind(transport)], 1, `${transport}: no reconnect was needed`);
+      await page.evaluate((k) => window.stop(k), transport);
+    }
+    console.log(lines.join("\n"));
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+  }
+});

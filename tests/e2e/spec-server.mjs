@@ -21,7 +21,7 @@ export async function startSpecServer({ port = 0, heartbeatMs = 15000, pkgDir = 
   const cfg = { heartbeatMs };
   const runs = new Map(); // run_id → {id, session, log, conns}
   const sessions = new Map(); // session_id → run_id
-  const sends = []; // every send received: {session, client_request_id, content, transport, status}
+  const sends = []; // every send received: {session, client_request_id, content, transport, auth, status}
   const accepted = new Map(); // client_request_id → {message_id, run_id}
   const fail = { next: 0, on: false };
   const ws = new WebSocketServer({ noServer: true });
@@ -54,9 +54,9 @@ export async function startSpecServer({ port = 0, heartbeatMs = 15000, pkgDir = 
     return { run_id: run.id, event_id: run.log.length, state: st };
   }
   /** A chat send (HTTP or WebSocket): [status, body]. Echoed into the run's log once. */
-  function accept(session, body, transport) {
+  function accept(session, body, transport, auth) {
     const crid = body?.client_request_id;
-    const rec = { session, client_request_id: crid, content: body?.content, transport, status: 0, at: Date.now() };
+    const rec = { session, client_request_id: crid, content: body?.content, transport, auth: auth ?? null, status: 0, at: Date.now() };
     sends.push(rec);
     const run = runs.get(sessions.get(session));
     if (!run) return [(rec.status = 404), { error: "unknown session" }];
@@ -130,7 +130,7 @@ export async function startSpecServer({ port = 0, heartbeatMs = 15000, pkgDir = 
       if (m.op === "ping") return cfg.pong === false ? undefined : sendJson({ op: "pong", t: m.t });
       if (m.op === "unsubscribe") return drop(m.run_id);
       if (m.op === "send") {
-        const [status, ans] = accept(m.session_id, m, "websocket");
+        const [status, ans] = accept(m.session_id, m, "websocket", m.headers?.Authorization);
         return sendJson(status === 202 ? { op: "ack", client_request_id: m.client_request_id, ...ans } : { op: "error", client_request_id: m.client_request_id, code: status === 503 ? "unavailable" : "bad_request", message: `HTTP ${status}` });
       }
       if (m.op !== "subscribe") return sendJson({ op: "error", code: "bad_request", message: "unknown op" });
@@ -162,7 +162,7 @@ export async function startSpecServer({ port = 0, heartbeatMs = 15000, pkgDir = 
       const run = runs.get(decodeURIComponent(m[1]));
       return run ? json(res, 200, snapshot(run)) : json(res, 404, { error: "unknown run" });
     }
-    if ((m = p.match(/^\/api\/chat\/([^/]+)\/messages$/)) && req.method === "POST") return json(res, ...accept(decodeURIComponent(m[1]), body, "http"));
+    if ((m = p.match(/^\/api\/chat\/([^/]+)\/messages$/)) && req.method === "POST") return json(res, ...accept(decodeURIComponent(m[1]), body, "http", req.headers.authorization));
     const [dir, rel] = p.startsWith("/pkg/") ? [pkgDir, p.slice(5)] : [wwwDir, p === "/" ? "harness.html" : p.slice(1)];
     const file = normalize(join(dir, rel));
     if (!file.startsWith(dir)) return json(res, 403, { error: "forbidden" });

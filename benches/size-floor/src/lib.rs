@@ -378,6 +378,10 @@ mod v {
                     }
                     Action::Disconnect { conn } => 2 ^ conn as u32,
                     Action::WsSend { conn, text } => 3 ^ conn as u32 ^ text.len() as u32,
+                    Action::WsSendHeaders {
+                        conn,
+                        client_request_id,
+                    } => 9 ^ conn as u32 ^ client_request_id.len() as u32,
                     Action::FetchSnapshot => 4,
                     Action::Post {
                         client_request_id,

@@ -99,6 +99,11 @@ pub struct Config {
     /// socket's machine owns the connect timeout, pings and the heartbeat
     /// watch, so this engine arms none of them.
     pub shared_socket: bool,
+    /// The `headers` option is a function (API.md: "called on every
+    /// (re)connect and send"): a WebSocket send asks for them
+    /// ([`Action::WsSendHeaders`](super::Action::WsSendHeaders)) instead of
+    /// reusing its subscribe's.
+    pub headers_per_send: bool,
     /// `share: "tabs"`: the stream key tabs share one connection under
     /// (transport, credentials mode, resolved URL, and the run id for
     /// WebSocket). `None`: this tab connects on its own.
@@ -133,6 +138,7 @@ impl Config {
             ws_ping_interval_ms: 10_000.0,
             replay_quiet_ms: 30.0,
             shared_socket: false,
+            headers_per_send: false,
             share_key: None,
         }
     }

@@ -31,6 +31,15 @@ pub enum Action {
         /// The frame.
         text: String,
     },
+    /// Resolve the `headers` option for WebSocket send `client_request_id`
+    /// on connection `conn`; report with [`Engine::handle_ws_send_headers`]
+    /// (only with `Config::headers_per_send`).
+    WsSendHeaders {
+        /// Connection number.
+        conn: u64,
+        /// The send.
+        client_request_id: String,
+    },
     /// GET the snapshot endpoint and report with [`Engine::handle_snapshot`].
     FetchSnapshot,
     /// POST a chat send; report with [`Engine::handle_send_result`].

@@ -83,6 +83,21 @@ impl Outbox {
         self.pending.iter().any(|s| s.client_request_id == crid)
     }
 
+    /// Whether `crid` was taken for a WebSocket and not yet answered.
+    pub fn in_flight_on_socket(&self, crid: &str) -> bool {
+        self.pending.iter().any(|s| {
+            s.client_request_id == crid && s.state == (SendState::InFlight { on_socket: true })
+        })
+    }
+
+    /// The text of pending send `crid`.
+    pub fn content(&self, crid: &str) -> Option<&str> {
+        self.pending
+            .iter()
+            .find(|s| s.client_request_id == crid)
+            .map(|s| s.content.as_str())
+    }
+
     /// Queues a new send, due at `now`.
     pub fn push(&mut self, crid: &str, content: &str, now: Ms) {
         self.pending.push_back(PendingSend {

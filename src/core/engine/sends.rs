@@ -10,7 +10,7 @@ use crate::core::metrics::{
     EventClass, MessageMetrics, Metric, SpanFields, SpanStatus, MAX_MESSAGE_METRICS,
 };
 use crate::core::state::{Message, MessageStatus};
-use crate::core::wire::{Accepted, ClientOp};
+use crate::core::wire::{Accepted, ClientOp, Headers};
 
 impl Engine {
     /// Sends a chat message: the optimistic message shows at once; returns its `client_request_id`.
@@ -140,8 +140,14 @@ impl Engine {
         }
         let conn = self.link.id;
         for d in self.outbox.take_due(now, ws) {
-            if ws {
-                let text = self.send_frame(&d.client_request_id, &d.content);
+            if ws && self.cfg.headers_per_send {
+                self.actions.push_back(Action::WsSendHeaders {
+                    conn,
+                    client_request_id: d.client_request_id.clone(),
+                });
+            } else if ws {
+                let headers = self.ws_headers.clone();
+                let text = self.send_frame(&d.client_request_id, &d.content, headers);
                 self.actions.push_back(Action::WsSend { conn, text });
             } else {
                 self.actions.push_back(Action::Post {
@@ -159,14 +165,42 @@ impl Engine {
         self.timers.set_opt(Timer::Send, self.outbox.next_due());
     }
 
-    fn send_frame(&self, crid: &str, content: &str) -> String {
+    fn send_frame(&self, crid: &str, content: &str, headers: Option<Headers>) -> String {
         ClientOp::Send {
             session_id: self.cfg.session_id.clone(),
             client_request_id: crid.to_owned(),
             content: content.to_owned(),
-            headers: self.ws_headers.clone(),
+            headers,
         }
         .encode()
+    }
+
+    /// The `headers` option resolved (or failed) for WebSocket send `crid`
+    /// on connection `conn` ([`Action::WsSendHeaders`]): the frame is
+    /// written with them; a failure is retried after the send's backoff like
+    /// a network error. Ignored when the send is no longer in flight on
+    /// `conn` (the socket dropped: the send is queued for the next one).
+    pub fn handle_ws_send_headers(
+        &mut self,
+        now: Ms,
+        conn: u64,
+        crid: &str,
+        headers: Result<Vec<(String, String)>, String>,
+    ) {
+        if conn != self.link.id || !self.outbox.in_flight_on_socket(crid) {
+            return;
+        }
+        match headers {
+            Ok(h) => {
+                let Some(content) = self.outbox.content(crid).map(str::to_owned) else {
+                    return;
+                };
+                let headers = (!h.is_empty()).then(|| h.into_iter().collect());
+                let text = self.send_frame(crid, &content, headers);
+                self.actions.push_back(Action::WsSend { conn, text });
+            }
+            Err(_) => self.retry_send(now, crid, None),
+        }
     }
 
     pub(super) fn record_ttfb(&mut self, now: Ms, crid: &str) {

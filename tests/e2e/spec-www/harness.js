@@ -13,6 +13,12 @@ window.streams = {};
  * Returns the snapshot it had before start() (what a refresh restored).
  */
 window.follow = (key, opts) => {
+  // `tokenHeaders`: a `headers` function over the page's current `window.token`
+  // (as an auth hook's would be), which the test rotates.
+  if (opts.tokenHeaders) {
+    const { tokenHeaders, ...rest } = opts;
+    opts = { ...rest, headers: async () => ({ Authorization: `Bearer ${window.token}` }) };
+  }
   const s = new RunStream(opts);
   const rec = { s, samples: [] };
   const sample = () => {
