@@ -1471,3 +1471,67 @@ fn r31_websocket_sends_ask_for_fresh_headers() {
         "asked again on the new socket"
     );
 }
+
+/// PROTOCOL §4: "`job_id → worker_id` is learned from any event that carries
+/// both"; a job-only event for a learned job applies at once. A worker given
+/// a second job (`worker.job_assigned`) keeps that mapping while chat sends
+/// are accepted. (Found by a review: every accepted send rebuilt the lookup
+/// tables from `workers[].job_id`, the first job only, so the second job's
+/// events were parked until the run's end.)
+#[test]
+fn r32_a_workers_second_job_stays_mapped_across_an_accepted_send() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let evs = [
+        envelope(
+            1,
+            "worker.started",
+            json!({"worker_id": "w1", "job_id": "j1"}),
+        ),
+        envelope(
+            2,
+            "worker.job_assigned",
+            json!({"worker_id": "w1", "job_id": "j2"}),
+        ),
+        envelope(
+            3,
+            "tool.started",
+            json!({"worker_id": "w1", "tool_call_id": "t1", "name": "fetch"}),
+        ),
+    ];
+    for ev in &evs {
+        e.handle_bytes(2.0, conn, &sse_frame(ev));
+    }
+    let crid = e.send(3.0, "hi").unwrap();
+    e.handle_send_result(
+        4.0,
+        &crid,
+        SendResult {
+            status: Some(202),
+            body: Some(r#"{"message_id":"u1","run_id":"run_T"}"#.into()),
+            ..SendResult::default()
+        },
+    );
+    let evs = [
+        envelope(
+            4,
+            "tool.completed",
+            json!({"job_id": "j2", "tool_call_id": "t1", "status": "ok"}),
+        ),
+        envelope(
+            5,
+            "worker.completed",
+            json!({"job_id": "j2", "status": "succeeded"}),
+        ),
+    ];
+    for ev in &evs {
+        e.handle_bytes(5.0, conn, &sse_frame(ev));
+    }
+    let w = &e.state().workers;
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].status, WorkerStatus::Succeeded, "{w:?}");
+    assert_eq!(
+        w[0].tools[0].status,
+        runstream::core::state::ToolStatus::Ok,
+        "{w:?}"
+    );
+}

@@ -367,6 +367,18 @@ impl RunState {
                 ix.jobs.get_or_insert_with(j, || w.worker_id.clone());
             }
         }
+        self.index = ix;
+        self.reindex_messages();
+    }
+
+    /// Rebuilds the message tables only (messages moved or gained ids; the
+    /// workers did not change, and the `job → worker` mappings learned from
+    /// events, a worker's second job among them, stay).
+    pub fn reindex_messages(&mut self) {
+        let ix = &mut self.index;
+        ix.messages = StrMap::default();
+        ix.requests = StrMap::default();
+        ix.last_message = None;
         for (i, m) in self.messages.iter().enumerate() {
             if let Some(id) = &m.message_id {
                 ix.messages.insert(id.clone(), i);
@@ -375,7 +387,6 @@ impl RunState {
                 ix.requests.get_or_insert_with(c, || i);
             }
         }
-        self.index = ix;
     }
 
     /// True once the run reached a final status.
@@ -836,7 +847,7 @@ impl RunState {
         } else {
             self.messages.insert(pos, msg);
             self.changes.messages.inserted(pos);
-            self.reindex();
+            self.reindex_messages();
         }
     }
 

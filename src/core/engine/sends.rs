@@ -261,7 +261,7 @@ impl Engine {
                 }
             }
         }
-        self.state.reindex();
+        self.state.reindex_messages();
         self.timers.set_opt(Timer::Send, self.outbox.next_due());
         self.close_send_only_socket(now);
         self.mark_dirty();
