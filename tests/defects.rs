@@ -353,15 +353,7 @@ fn d09_sent_message_survives_a_snapshot_that_predates_its_echo() {
     let (mut e, conn) = open(cfg(), [1, 1]);
     let crid = e.send(2.0, "mine").unwrap();
     drain(&mut e);
-    e.handle_send_result(
-        3.0,
-        &crid,
-        SendResult {
-            status: Some(202),
-            body: Some(r#"{"message_id":"u9","run_id":"run_T"}"#.into()),
-            ..SendResult::default()
-        },
-    );
+    accept(&mut e, 3.0, &crid, "u9");
     let snap = json!({"event_id": 5, "run_id": RUN, "type": "snapshot",
         "timestamp": "2026-11-22T12:00:00Z",
         "payload": {"state": {"run_id": RUN, "cursor": 5, "status": "running",
@@ -763,18 +755,23 @@ fn reloaded(e: &Engine, seed: u64) -> Engine {
     next
 }
 
-/// Sends "q" at 2 ms; the server accepts it as message `u1` at 3 ms. Its client_request_id.
-fn accepted_send(e: &mut Engine) -> String {
-    let crid = e.send(2.0, "q").unwrap();
+/// The server accepts send `crid` as message `mid` (202) at `now`.
+fn accept(e: &mut Engine, now: f64, crid: &str, mid: &str) {
     e.handle_send_result(
-        3.0,
-        &crid,
+        now,
+        crid,
         SendResult {
             status: Some(202),
-            body: Some(r#"{"message_id":"u1","run_id":"run_T"}"#.into()),
+            body: Some(format!(r#"{{"message_id":"{mid}","run_id":"run_T"}}"#)),
             ..SendResult::default()
         },
     );
+}
+
+/// Sends "q" at 2 ms; the server accepts it as message `u1` at 3 ms. Its client_request_id.
+fn accepted_send(e: &mut Engine) -> String {
+    let crid = e.send(2.0, "q").unwrap();
+    accept(e, 3.0, &crid, "u1");
     crid
 }
 
@@ -1289,17 +1286,7 @@ fn r28_a_send_whose_headers_reject_is_retried_not_failed() {
 #[test]
 fn r29_snapshot_with_a_finished_reply_without_reply_to_ends_working() {
     let (mut e, conn) = open(cfg(), [1, 1]);
-    let crid = e.send(2.0, "q").unwrap();
-    drain(&mut e);
-    e.handle_send_result(
-        3.0,
-        &crid,
-        SendResult {
-            status: Some(202),
-            body: Some(r#"{"message_id":"u1","run_id":"run_T"}"#.into()),
-            ..SendResult::default()
-        },
-    );
+    let crid = accepted_send(&mut e);
     let snap = json!({"event_id": 60, "run_id": RUN, "type": "snapshot",
         "timestamp": "2026-11-22T12:00:00Z",
         "payload": {"state": {"run_id": RUN, "cursor": 60, "status": "running", "workers": [],
@@ -1325,21 +1312,10 @@ fn r29_snapshot_with_a_finished_reply_without_reply_to_ends_working() {
 /// on; before its echo it ended every wait like a reply without `reply_to`.)
 #[test]
 fn r30_a_failed_user_message_ends_its_own_wait_only() {
-    let accept = |e: &mut Engine, crid: &str, mid: &str| {
-        e.handle_send_result(
-            3.0,
-            crid,
-            SendResult {
-                status: Some(202),
-                body: Some(format!(r#"{{"message_id":"{mid}","run_id":"run_T"}}"#)),
-                ..SendResult::default()
-            },
-        )
-    };
     // Failed after its echo: its wait ends.
     let (mut e, conn) = open(cfg(), [1, 1]);
     let c1 = e.send(2.0, "q1").unwrap();
-    accept(&mut e, &c1, "u1");
+    accept(&mut e, 3.0, &c1, "u1");
     let evs = [
         envelope(
             1,
@@ -1364,8 +1340,8 @@ fn r30_a_failed_user_message_ends_its_own_wait_only() {
     let (mut e, conn) = open(cfg(), [1, 1]);
     let c1 = e.send(2.0, "q1").unwrap();
     let c2 = e.send(2.0, "q2").unwrap();
-    accept(&mut e, &c1, "u1");
-    accept(&mut e, &c2, "u2");
+    accept(&mut e, 3.0, &c1, "u1");
+    accept(&mut e, 3.0, &c2, "u2");
     e.handle_bytes(
         4.0,
         conn,
@@ -1502,15 +1478,7 @@ fn r32_a_workers_second_job_stays_mapped_across_an_accepted_send() {
         e.handle_bytes(2.0, conn, &sse_frame(ev));
     }
     let crid = e.send(3.0, "hi").unwrap();
-    e.handle_send_result(
-        4.0,
-        &crid,
-        SendResult {
-            status: Some(202),
-            body: Some(r#"{"message_id":"u1","run_id":"run_T"}"#.into()),
-            ..SendResult::default()
-        },
-    );
+    accept(&mut e, 4.0, &crid, "u1");
     let evs = [
         envelope(
             4,
