@@ -615,7 +615,7 @@ async fn ws_session(app: App, socket: WebSocket) {
                     // Not final: the client retries the send (same client_request_id).
                     Err(SendError::Store(e)) => ServerOp::Error {
                         run_id: None,
-                        code: ErrorCode::Other("unavailable".into()),
+                        code: ErrorCode::Unavailable,
                         message: e.to_string(),
                         client_request_id: Some(client_request_id),
                     },
@@ -642,7 +642,7 @@ fn store_error_frame(run_id: &str, e: &StoreError) -> Message {
     );
     ws_text(&ServerOp::Error {
         run_id: Some(run_id.to_owned()),
-        code: ErrorCode::Other("unavailable".into()),
+        code: ErrorCode::Unavailable,
         message: "store unavailable".into(),
         client_request_id: None,
     })

@@ -221,6 +221,15 @@ pub enum ErrorCode {
     NotFound,
     /// `bad_request`: the frame was not understood or not acceptable.
     BadRequest,
+    /// `unauthorized`: no credentials, or invalid or expired ones (PROTOCOL
+    /// §7): the client refreshes its headers once, then it is final.
+    Unauthorized,
+    /// `forbidden`: valid credentials without the right (final).
+    Forbidden,
+    /// `finished`: the run (or the reply) already ended (final, never retried).
+    Finished,
+    /// `unavailable`: the server cannot serve it now (retried with backoff, like a 5xx).
+    Unavailable,
     /// Any other code (another server's), kept as sent.
     Other(String),
 }
@@ -231,6 +240,10 @@ impl ErrorCode {
         match self {
             Self::NotFound => "not_found",
             Self::BadRequest => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::Finished => "finished",
+            Self::Unavailable => "unavailable",
             Self::Other(s) => s,
         }
     }
@@ -241,6 +254,10 @@ impl From<&str> for ErrorCode {
         match s {
             "not_found" => Self::NotFound,
             "bad_request" => Self::BadRequest,
+            "unauthorized" => Self::Unauthorized,
+            "forbidden" => Self::Forbidden,
+            "finished" => Self::Finished,
+            "unavailable" => Self::Unavailable,
             other => Self::Other(other.to_owned()),
         }
     }
