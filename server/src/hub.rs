@@ -48,7 +48,8 @@ pub struct Chaos {
     pub retry_after_s: Option<u64>,
 }
 
-/// Most frames recorded for contract tests by default (drop-oldest; `--record-frames N`).
+/// Most frames recorded for contract tests when `--record-frames` is given without a
+/// number's worth of thought (drop-oldest). The frame log is off by default.
 pub const MAX_RECORDED: usize = 200_000;
 /// Most runs with per-replica counters (beyond it the table starts over).
 const MAX_STATS: usize = 100_000;
@@ -141,6 +142,9 @@ pub struct Hub {
     pub store: Arc<dyn Store>,
     /// Bumped by a restart: every connection ends.
     pub epoch: watch::Sender<u64>,
+    /// True once the process drains (SIGTERM): streams end so clients resume
+    /// on another replica, and new ones are refused.
+    pub draining: watch::Sender<bool>,
     /// Heartbeat comment interval.
     pub heartbeat_ms: u64,
     /// Who answers chat sends.
@@ -170,6 +174,7 @@ impl Hub {
         Arc::new(Self {
             store,
             epoch: watch::channel(0).0,
+            draining: watch::channel(false).0,
             heartbeat_ms,
             replies,
             recorded: Mutex::new(VecDeque::new()),
@@ -234,6 +239,31 @@ impl Hub {
         }
         out.insert("open".into(), held.into());
         Value::Object(out)
+    }
+
+    /// Starts draining: open streams end (SSE with a short `retry:`, WebSocket
+    /// with close 1012) and new ones are refused.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Whether the process is draining.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Open counts `(sse streams, websockets, ws subscriptions)`.
+    pub fn open_counts(&self) -> (u64, u64, u64) {
+        let get = |k: ConnKind| {
+            self.conns
+                .get(k.index())
+                .map_or(0, |c| c.open.load(Ordering::Relaxed))
+        };
+        (
+            get(ConnKind::SseStream),
+            get(ConnKind::WsSocket),
+            get(ConnKind::WsSubscription),
+        )
     }
 
     /// Drops every connection of this process (the log is kept).

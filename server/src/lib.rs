@@ -1,12 +1,21 @@
-//! The reference server of runstream's wire contract (`../shared/spec/PROTOCOL.md`):
-//! SSE with `Last-Event-ID` replay, WebSocket subscribe/resume, snapshots,
-//! idempotent chat sends, and chaos knobs for the demo and the tests. The run
-//! logs live in a [`store::Store`]: this process's memory (default) or Redis
-//! Streams shared by several replicas and producer processes.
+//! The runstream gateway, the server half of the wire contract
+//! (`../shared/spec/PROTOCOL.md`, `SERVER.md` §1): SSE with `Last-Event-ID`
+//! replay, WebSocket subscribe/resume, snapshots, idempotent chat sends,
+//! PROTOCOL §7 authorization on every browser route ([`auth`]), the publish
+//! API for a team's backend ([`publish`]), health, readiness and Prometheus
+//! metrics, a drain on SIGTERM, and bounds on bodies, connections, runs per
+//! socket and per-client buffers ([`Limits`]). Chaos knobs and admin routes
+//! for the demo and the tests exist only with `--dev`. The run logs live in a
+//! [`store::Store`]: this process's memory or Redis Streams shared by several
+//! replicas and producer processes.
 
+pub mod auth;
 pub mod hub;
+pub mod metrics;
+pub mod publish;
 pub mod scenario;
 pub mod store;
+pub mod timed;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -32,8 +41,49 @@ use tokio::sync::{mpsc, watch};
 use tower_http::cors::CorsLayer;
 use tower_http::services::ServeDir;
 
+use auth::{AuthMode, Credentials, Gate, Granted, ReadRun, SendInto};
 use hub::{Chaos, ConnKind, Hub};
+use metrics::{DropReason, Metrics};
 use store::{RunKind, RunSpec, Store, StoreError, Tail};
+
+/// The bounds of one process, each a flag with this default (README, `docs/DEPLOY.md`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body (`--max-body-bytes`); past it `413`.
+    pub max_body_bytes: usize,
+    /// Most open streaming connections, SSE streams plus WebSockets
+    /// (`--max-connections`); past it `503` + `Retry-After`.
+    pub max_connections: u64,
+    /// Most runs subscribed on one WebSocket (`--max-runs-per-socket`); past
+    /// it the subscribe is answered `unavailable`.
+    pub max_runs_per_socket: usize,
+    /// Frames queued per client, per SSE stream or WebSocket (`--client-buffer`).
+    pub client_buffer: usize,
+    /// How long a full client buffer may stay full before the client is
+    /// disconnected (`--slow-client-ms`): a client that stops reading is
+    /// dropped, never buffered without bound.
+    pub slow_client_ms: u64,
+    /// How long a drain waits for streams to go before the process exits (`--drain-ms`).
+    pub drain_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            max_connections: 20_000,
+            max_runs_per_socket: 256,
+            client_buffer: 256,
+            slow_client_ms: 10_000,
+            drain_ms: 10_000,
+        }
+    }
+}
+
+/// The `retry:` an SSE stream ends with when the process drains: clients come back at once (elsewhere).
+pub const DRAIN_RETRY_MS: u64 = 250;
+/// The WebSocket close code of a drain (RFC 6455 "service restart").
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 
 /// Server settings.
 #[derive(Clone)]
@@ -50,6 +100,32 @@ pub struct Settings {
     pub replies: Replies,
     /// Most emitted frames kept for `GET /api/admin/frames` (0 = off; they cost memory).
     pub record_frames: usize,
+    /// PROTOCOL §7 on every browser route, or `--auth none`.
+    pub auth: Arc<AuthMode>,
+    /// The publish API's key (`--publish-key-file`); `None`: those routes are 404.
+    pub publish_key: Option<Vec<u8>>,
+    /// Admin, chaos, raw-append, restart and frame-log routes (`--dev`); 404 without.
+    pub dev: bool,
+    /// Bounds.
+    pub limits: Limits,
+}
+
+impl Settings {
+    /// What the tests and the demo run: `--auth none --dev`, memory frames recorded.
+    pub fn dev(store: Arc<dyn Store>, replies: Replies, heartbeat_ms: u64) -> Self {
+        Self {
+            store,
+            www: "www".into(),
+            pkg: "pkg".into(),
+            heartbeat_ms,
+            replies,
+            record_frames: hub::MAX_RECORDED,
+            auth: Arc::new(AuthMode::None),
+            publish_key: None,
+            dev: true,
+            limits: Limits::default(),
+        }
+    }
 }
 
 /// Who streams the assistant's reply to a chat send.
@@ -61,45 +137,138 @@ pub enum Replies {
     /// A chat worker (`runstream-server produce --chat-worker`) on the shared
     /// store; the replica only logs the send (`--replies worker`).
     Worker,
+    /// The team's own backend, through the publish API's long poll or its
+    /// own consumer of the sends queue (`--replies none`): the gateway only logs.
+    None,
 }
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct App {
     pub hub: Arc<Hub>,
+    /// PROTOCOL §7.
+    pub gate: Arc<Gate>,
+    /// `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Bounds.
+    pub limits: Limits,
 }
 
 /// The whole HTTP surface.
 pub fn router(settings: Settings) -> (Router, App) {
+    let metrics = Arc::new(Metrics::new());
+    let store: Arc<dyn Store> = Arc::new(timed::TimedStore::new(
+        settings.store.clone(),
+        metrics.clone(),
+    ));
     let app = App {
         hub: Hub::new(
-            settings.store.clone(),
+            store.clone(),
             settings.heartbeat_ms,
             settings.replies,
             settings.record_frames,
         ),
+        gate: Arc::new(Gate::new(
+            settings.auth.clone(),
+            settings.publish_key.clone(),
+            store,
+            metrics.clone(),
+        )),
+        metrics,
+        limits: settings.limits,
     };
-    let r = Router::new()
+    let mut r = Router::new()
         .route("/api/stream/runs/{run_id}", get(sse))
         .route("/api/ws", get(ws))
         .route("/api/runs/{run_id}/snapshot", get(snapshot))
         .route("/api/chat/{session_id}/messages", post(chat_send))
-        .route("/api/admin/runs", post(create_run))
-        .route("/api/admin/runs/{run_id}/chaos", post(set_chaos))
-        .route("/api/admin/runs/{run_id}/prune", post(prune))
-        .route("/api/admin/runs/{run_id}/append", post(append_raw))
-        .route("/api/admin/runs/{run_id}/stats", get(stats))
-        .route("/api/admin/restart", post(restart))
-        .route("/api/admin/store", get(store_info))
-        .route("/api/admin/frames", get(frames))
-        .route("/api/admin/connections", get(connections))
-        .merge(scenario::knob_routes())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text));
+    if app.gate.publishing() {
+        r = r.merge(publish::routes());
+    }
+    if settings.dev {
+        r = r
+            .route("/api/admin/runs", post(create_run))
+            .route("/api/admin/runs/{run_id}/chaos", post(set_chaos))
+            .route("/api/admin/runs/{run_id}/prune", post(prune))
+            .route("/api/admin/runs/{run_id}/append", post(append_raw))
+            .route("/api/admin/runs/{run_id}/stats", get(stats))
+            .route("/api/admin/restart", post(restart))
+            .route("/api/admin/store", get(store_info))
+            .route("/api/admin/frames", get(frames))
+            .route("/api/admin/connections", get(connections))
+            .merge(scenario::knob_routes());
+    }
+    let r = r
+        // Anything else under /api/ (a test route without --dev, a typo) is 404, whatever the method.
+        .route(
+            "/api/{*rest}",
+            axum::routing::any(|| async { (StatusCode::NOT_FOUND, "not found") }),
+        )
         .nest_service("/pkg", ServeDir::new(&settings.pkg))
         .fallback_service(ServeDir::new(&settings.www))
+        // 413 past the body bound, before a handler reads anything.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            settings.limits.max_body_bytes,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            settings.limits.max_body_bytes,
+        ))
         // Cross-origin clients can read Retry-After only if it is exposed.
         .layer(CorsLayer::very_permissive().expose_headers([header::RETRY_AFTER]))
         .with_state(app.clone());
     (r, app)
+}
+
+/// `GET /healthz`: the process is alive.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the store answers and the process is not draining (a load
+/// balancer stops sending new clients here when this is not 200).
+async fn readyz(State(app): State<App>) -> Response {
+    if app.hub.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    match app.hub.store.meta("_readyz").await {
+        Ok(_) => "ready".into_response(),
+        Err(e) => unavailable("", &e),
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics_text(State(app): State<App>) -> Response {
+    let body = app.metrics.encode(app.hub.open_counts());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `503` + `Retry-After: 1` while draining or past `--max-connections` (a
+/// client retries, through the balancer, on another replica).
+fn refuse_stream(app: &App) -> Option<Response> {
+    let reason = if app.hub.is_draining() {
+        DropReason::Drain
+    } else {
+        let (sse, ws, _) = app.hub.open_counts();
+        if sse + ws < app.limits.max_connections {
+            return None;
+        }
+        DropReason::ConnectionLimit
+    };
+    app.metrics.dropped(reason);
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, "try another replica").into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Some(resp)
 }
 
 /// Prints one JSON log line.
@@ -136,7 +305,7 @@ impl Drop for OpenGuard {
 }
 
 /// `503` + `Retry-After: 1` for a store failure: the client retries with backoff.
-fn unavailable(run_id: &str, e: &StoreError) -> Response {
+pub(crate) fn unavailable(run_id: &str, e: &StoreError) -> Response {
     log(
         "store.error",
         json!({"run_id": run_id, "error": e.to_string()}),
@@ -174,8 +343,38 @@ fn malformed(rng: &mut Rng, run_id: &str, next_id: u64) -> Vec<u8> {
     }
 }
 
+/// How one stream is bounded in time and space.
+#[derive(Clone, Copy)]
+struct StreamBounds {
+    /// The caller's credentials expire then (a JWT's `exp` + leeway): the
+    /// stream ends, so the client comes back with fresh ones.
+    until: Option<std::time::SystemTime>,
+    /// A full client buffer may stay full this long.
+    slow_client: Duration,
+}
+
+impl StreamBounds {
+    fn new(app: &App, grant: &auth::Grant) -> Self {
+        Self {
+            until: grant.principal.expires_at(),
+            slow_client: Duration::from_millis(app.limits.slow_client_ms),
+        }
+    }
+
+    /// The moment the credentials expire, on tokio's clock (far away without one).
+    fn deadline(&self) -> tokio::time::Instant {
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let left = self.until.map_or(far, |u| {
+            u.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        });
+        tokio::time::Instant::now() + left.min(far)
+    }
+}
+
 /// Streams run `run_id` to `out` from after `last`: (snapshot,) replay, then
 /// live, applying the run's chaos. Returns the termination reason.
+#[allow(clippy::too_many_arguments)]
 async fn produce(
     hub: Arc<Hub>,
     run_id: String,
@@ -184,16 +383,28 @@ async fn produce(
     last: u64,
     out: mpsc::Sender<Frame>,
     conn_index: u64,
+    bounds: StreamBounds,
 ) -> &'static str {
     let mut rng = Rng::new([chaos.seed, conn_index]);
     let mut epoch = hub.epoch.subscribe();
     epoch.borrow_and_update();
+    let mut draining = hub.draining.subscribe();
+    let expiry = tokio::time::sleep_until(bounds.deadline());
+    tokio::pin!(expiry);
+    // A client that stops reading fills its bounded buffer; past the stall
+    // limit it is dropped instead of holding the producer.
     macro_rules! emit {
         ($f:expr) => {
-            if out.send($f).await.is_err() {
-                return "client_gone";
+            match out.send_timeout($f, bounds.slow_client).await {
+                Ok(()) => {}
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => return "client_gone",
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => return "slow_client",
             }
         };
+    }
+    if *draining.borrow_and_update() {
+        emit!(Frame::Retry(DRAIN_RETRY_MS));
+        return "drain";
     }
     if chaos.hold_first_ms > 0 {
         tokio::select! {
@@ -278,6 +489,11 @@ async fn produce(
             r = tail.rx.changed() => if r.is_err() { return "run_gone" },
             _ = tokio::time::sleep(Duration::from_millis(hub.heartbeat_ms)) => emit!(Frame::Heartbeat),
             _ = epoch.changed() => return "restart",
+            _ = draining.changed() => {
+                emit!(Frame::Retry(DRAIN_RETRY_MS));
+                return "drain";
+            }
+            _ = &mut expiry => return "expired",
             _ = out.closed() => return "client_gone",
         }
     }
@@ -338,6 +554,7 @@ fn parse_last(headers: &HeaderMap, q: &StreamQuery) -> Result<u64, ()> {
 }
 
 async fn sse(
+    granted: Granted<ReadRun>,
     State(app): State<App>,
     Path(run_id): Path<String>,
     Query(q): Query<StreamQuery>,
@@ -346,14 +563,14 @@ async fn sse(
     let Ok(last) = parse_last(&headers, &q) else {
         return (StatusCode::BAD_REQUEST, "Last-Event-ID must be an integer").into_response();
     };
-    let meta = match app.hub.store.meta(&run_id).await {
-        Ok(Some(m)) => m,
-        Ok(None) => {
-            log("stream.rejected", json!({"run_id": run_id, "status": 404}));
-            return (StatusCode::NOT_FOUND, "unknown run").into_response();
-        }
-        Err(e) => return unavailable(&run_id, &e),
+    let grant = granted.grant;
+    let bounds = StreamBounds::new(&app, &grant);
+    let Some(meta) = grant.meta else {
+        return (StatusCode::NOT_FOUND, "unknown run").into_response();
     };
+    if let Some(resp) = refuse_stream(&app) {
+        return resp;
+    }
     let attempts = app.hub.count(&run_id, |s| {
         s.attempts += 1;
         s.attempts
@@ -383,8 +600,13 @@ async fn sse(
     let hub = app.hub.clone();
     let (guard, conn_index) = OpenGuard::new(&hub, &run_id);
     let open = hub.open_conn(ConnKind::SseStream);
-    let (tx, rx) = mpsc::channel::<Frame>(256);
+    let (tx, rx) = mpsc::channel::<Frame>(app.limits.client_buffer.max(1));
     let conn = hub.conn_id();
+    app.metrics.replay_size(
+        meta.last_id
+            .saturating_sub(last.max(meta.first_id.saturating_sub(1))),
+    );
+    let metrics = app.metrics.clone();
     log(
         "stream.open",
         json!({"conn": conn, "run_id": run_id, "transport": "sse", "last_event_id": last}),
@@ -393,20 +615,38 @@ async fn sse(
         let hub = hub.clone();
         let run_id = run_id.clone();
         tokio::spawn(async move {
-            let reason = produce(hub, run_id.clone(), meta.chaos, tail, last, tx, conn_index).await;
+            let reason = produce(
+                hub,
+                run_id.clone(),
+                meta.chaos,
+                tail,
+                last,
+                tx,
+                conn_index,
+                bounds,
+            )
+            .await;
             drop(guard);
             drop(open);
+            if reason == "slow_client" {
+                metrics.dropped(DropReason::SlowClient);
+            }
             log(
                 "stream.close",
                 json!({"conn": conn, "run_id": run_id, "transport": "sse", "reason": reason}),
             );
         });
     }
+    let metrics = app.metrics.clone();
     let stream = futures_util::stream::unfold(rx, move |mut rx| {
         let hub = hub.clone();
         let run_id = run_id.clone();
+        let metrics = metrics.clone();
         async move {
             let f = rx.recv().await?;
+            if matches!(f, Frame::Event(_) | Frame::Snapshot(..)) {
+                metrics.delivered("sse");
+            }
             Some((Ok::<_, Infallible>(sse_bytes(&hub, &run_id, f)), rx))
         }
     });
@@ -416,14 +656,26 @@ async fn sse(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, no-transform"),
+    );
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
 }
 
-async fn ws(State(app): State<App>, up: WebSocketUpgrade) -> Response {
+async fn ws(State(app): State<App>, headers: HeaderMap, up: WebSocketUpgrade) -> Response {
+    // Never refused for auth (PROTOCOL §7: a browser would see only 1006 and
+    // retry in a loop); each frame is checked. Refused while draining or full.
+    if let Some(resp) = refuse_stream(&app) {
+        return resp;
+    }
+    let cookies = headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     up.max_message_size(1 << 20)
-        .on_upgrade(move |socket| ws_session(app, socket))
+        .on_upgrade(move |socket| ws_session(app, socket, cookies))
 }
 
 fn ws_text(op: &ServerOp) -> Message {
@@ -440,16 +692,29 @@ fn bad_request(message: String) -> Message {
     })
 }
 
-async fn ws_session(app: App, socket: WebSocket) {
+/// A run's `error` op.
+fn run_error(run_id: &str, code: ErrorCode, message: &str) -> Message {
+    ws_text(&ServerOp::Error {
+        run_id: Some(run_id.to_owned()),
+        code,
+        message: message.to_owned(),
+        client_request_id: None,
+    })
+}
+
+async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
     let hub = app.hub.clone();
     let conn = hub.conn_id();
     let _open = hub.open_conn(ConnKind::WsSocket);
     log("ws.open", json!({"conn": conn}));
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(1024);
+    let buffer = app.limits.client_buffer.max(1);
+    let slow = Duration::from_millis(app.limits.slow_client_ms);
+    let (tx, mut rx) = mpsc::channel::<Message>(buffer);
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
-            if sink.send(m).await.is_err() {
+            let closing = matches!(m, Message::Close(_));
+            if sink.send(m).await.is_err() || closing {
                 break;
             }
         }
@@ -459,13 +724,20 @@ async fn ws_session(app: App, socket: WebSocket) {
         Default::default();
     let mut epoch = hub.epoch.subscribe();
     epoch.borrow_and_update();
-    // A subscription that chaos drops takes the whole socket down, like a network drop.
+    let mut draining = hub.draining.subscribe();
+    // A subscription that chaos drops (or whose client stops reading) takes
+    // the whole socket down, like a network drop.
     let kill = Arc::new(tokio::sync::Notify::new());
+    let slow_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reason = loop {
+        if *draining.borrow_and_update() {
+            break "drain";
+        }
         let msg = tokio::select! {
             m = stream.next() => m,
             _ = epoch.changed() => break "restart",
-            _ = kill.notified() => break "chaos_drop",
+            _ = draining.changed() => break "drain",
+            _ = kill.notified() => break if slow_flag.load(std::sync::atomic::Ordering::Relaxed) { "slow_client" } else { "chaos_drop" },
         };
         let text = match msg {
             Some(Ok(Message::Text(t))) => t,
@@ -502,35 +774,46 @@ async fn ws_session(app: App, socket: WebSocket) {
             ClientOp::Subscribe {
                 run_id,
                 last_event_id,
-                headers: _,
+                headers,
             } => {
                 let last = last_event_id.unwrap_or(0);
-                let (meta, tail) = match hub.store.meta(&run_id).await {
-                    Ok(Some(meta)) => match hub.store.tail(&run_id).await {
-                        Ok(Some(tail)) => (meta, tail),
-                        Ok(None) => (
-                            meta,
-                            Tail {
-                                rx: watch::channel(0).1,
-                                _keep: None,
-                            },
-                        ),
-                        Err(e) => {
-                            let _ = tx.send(store_error_frame(&run_id, &e)).await;
-                            continue;
+                let creds = Credentials::from_frame(headers.as_ref(), cookies.as_deref());
+                let grant = match app.gate.check(creds, auth::Action::Read(&run_id)).await {
+                    Ok(g) => g,
+                    Err(d) => {
+                        if let auth::Denied::Store(e) = &d {
+                            let _ = tx.send(store_error_frame(&run_id, e)).await;
+                        } else {
+                            let _ = tx.send(run_error(&run_id, d.code(), d.message())).await;
                         }
-                    },
-                    Ok(None) => {
-                        let _ = tx
-                            .send(ws_text(&ServerOp::Error {
-                                run_id: Some(run_id),
-                                code: ErrorCode::NotFound,
-                                message: "unknown run".into(),
-                                client_request_id: None,
-                            }))
-                            .await;
                         continue;
                     }
+                };
+                let bounds = StreamBounds::new(&app, &grant);
+                let Some(meta) = grant.meta else {
+                    let _ = tx
+                        .send(run_error(&run_id, ErrorCode::NotFound, "unknown run"))
+                        .await;
+                    continue;
+                };
+                subs.retain(|_, h| !h.is_finished());
+                if !subs.contains_key(&run_id) && subs.len() >= app.limits.max_runs_per_socket {
+                    app.metrics.dropped(DropReason::SocketRunLimit);
+                    let _ = tx
+                        .send(run_error(
+                            &run_id,
+                            ErrorCode::Unavailable,
+                            "too many runs on this socket",
+                        ))
+                        .await;
+                    continue;
+                }
+                let tail = match hub.store.tail(&run_id).await {
+                    Ok(Some(tail)) => tail,
+                    Ok(None) => Tail {
+                        rx: watch::channel(0).1,
+                        _keep: None,
+                    },
                     Err(e) => {
                         let _ = tx.send(store_error_frame(&run_id, &e)).await;
                         continue;
@@ -551,39 +834,66 @@ async fn ws_session(app: App, socket: WebSocket) {
                 if binary {
                     let _ = tx.send(Message::Binary(vec![0u8, 1, 2, 3].into())).await;
                 }
+                app.metrics.replay_size(
+                    meta.last_id
+                        .saturating_sub(last.max(meta.first_id.saturating_sub(1))),
+                );
                 log(
                     "stream.open",
                     json!({"conn": conn, "run_id": run_id, "transport": "websocket", "last_event_id": last}),
                 );
                 let tx2 = tx.clone();
                 let kill2 = kill.clone();
+                let slow2 = slow_flag.clone();
                 let hub2 = hub.clone();
+                let metrics = app.metrics.clone();
                 let rid = run_id.clone();
                 subs.insert(run_id, tokio::spawn(async move {
                     let _guard = (guard, sub_open);
-                    let (ftx, mut frx) = mpsc::channel::<Frame>(256);
-                    let producer = tokio::spawn(produce(hub2.clone(), rid.clone(), meta.chaos, tail, last, ftx, conn_index));
+                    let (ftx, mut frx) = mpsc::channel::<Frame>(buffer);
+                    let producer = tokio::spawn(produce(hub2.clone(), rid.clone(), meta.chaos, tail, last, ftx, conn_index, bounds));
+                    let mut stalled = false;
                     while let Some(f) = frx.recv().await {
                         let m = match f {
                             Frame::Event(ev) => {
                                 hub2.record(&rid, "websocket", ev.get());
+                                metrics.delivered("websocket");
                                 ws_text(&ServerOp::Event { event: (*ev).to_owned().into() })
                             }
-                            Frame::Snapshot(id, st) => ws_text(&ServerOp::Snapshot { run_id: rid.clone(), event_id: id, state: runstream::core::json::RawJson::from_value(&st) }),
+                            Frame::Snapshot(id, st) => {
+                                metrics.delivered("websocket");
+                                ws_text(&ServerOp::Snapshot { run_id: rid.clone(), event_id: id, state: runstream::core::json::RawJson::from_value(&st) })
+                            }
                             Frame::Malformed(b) => match String::from_utf8(b) {
                                 Ok(s) => Message::Text(s.into()),
                                 Err(e) => Message::Binary(e.into_bytes().into()),
                             },
                             Frame::Retry(_) | Frame::Heartbeat => continue,
                         };
-                        if tx2.send(m).await.is_err() {
-                            break;
+                        match tx2.send_timeout(m, slow).await {
+                            Ok(()) => {}
+                            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                                stalled = true;
+                                break;
+                            }
+                            Err(mpsc::error::SendTimeoutError::Closed(_)) => break,
                         }
                     }
-                    let reason = producer.await.unwrap_or("aborted");
-                    if reason == "chaos_drop" || reason == "store_error" {
+                    drop(frx);
+                    let reason = if stalled { "slow_client" } else { producer.await.unwrap_or("aborted") };
+                    match reason {
                         // The client resumes on a fresh socket (a store error: maybe on another replica).
-                        kill2.notify_one();
+                        "chaos_drop" | "store_error" => kill2.notify_one(),
+                        "slow_client" => {
+                            metrics.dropped(DropReason::SlowClient);
+                            slow2.store(true, std::sync::atomic::Ordering::Relaxed);
+                            kill2.notify_one();
+                        }
+                        // PROTOCOL §7: the run's token expired; the client resubscribes with fresh headers.
+                        "expired" => {
+                            let _ = tx2.try_send(run_error(&rid, ErrorCode::Unauthorized, "credentials expired"));
+                        }
+                        _ => {}
                     }
                     log("stream.close", json!({"conn": conn, "run_id": rid, "transport": "websocket", "reason": reason}));
                 }));
@@ -597,28 +907,38 @@ async fn ws_session(app: App, socket: WebSocket) {
                 session_id,
                 client_request_id,
                 content,
-                headers: _,
+                headers,
             } => {
-                let reply = match accept_send(&hub, &session_id, &client_request_id, &content).await
-                {
-                    Ok(Accepted { message_id, run_id }) => ServerOp::Ack {
-                        client_request_id,
-                        message_id,
-                        run_id,
-                    },
-                    Err(SendError::Invalid(message)) => ServerOp::Error {
+                let creds = Credentials::from_frame(headers.as_ref(), cookies.as_deref());
+                let reply = match app.gate.check(creds, auth::Action::Send(&session_id)).await {
+                    Err(d) => ServerOp::Error {
                         run_id: None,
-                        code: ErrorCode::BadRequest,
-                        message,
+                        code: d.code(),
+                        message: d.message().into(),
                         client_request_id: Some(client_request_id),
                     },
-                    // Not final: the client retries the send (same client_request_id).
-                    Err(SendError::Store(e)) => ServerOp::Error {
-                        run_id: None,
-                        code: ErrorCode::Unavailable,
-                        message: e.to_string(),
-                        client_request_id: Some(client_request_id),
-                    },
+                    Ok(_) => {
+                        match accept_send(&hub, &session_id, &client_request_id, &content).await {
+                            Ok(Accepted { message_id, run_id }) => ServerOp::Ack {
+                                client_request_id,
+                                message_id,
+                                run_id,
+                            },
+                            Err(SendError::Invalid(message)) => ServerOp::Error {
+                                run_id: None,
+                                code: ErrorCode::BadRequest,
+                                message,
+                                client_request_id: Some(client_request_id),
+                            },
+                            // Not final: the client retries the send (same client_request_id).
+                            Err(SendError::Store(e)) => ServerOp::Error {
+                                run_id: None,
+                                code: ErrorCode::Unavailable,
+                                message: e.to_string(),
+                                client_request_id: Some(client_request_id),
+                            },
+                        }
+                    }
                 };
                 let _ = tx.send(ws_text(&reply)).await;
             }
@@ -626,6 +946,14 @@ async fn ws_session(app: App, socket: WebSocket) {
     };
     for (_, h) in subs {
         h.abort();
+    }
+    if reason == "drain" {
+        app.metrics.dropped(DropReason::Drain);
+        // 1012 "service restart": the client resumes at once, elsewhere.
+        let _ = tx.try_send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: CLOSE_SERVICE_RESTART,
+            reason: "draining".into(),
+        })));
     }
     drop(tx);
     let _ = writer.await;
@@ -648,7 +976,11 @@ fn store_error_frame(run_id: &str, e: &StoreError) -> Message {
     })
 }
 
-async fn snapshot(State(app): State<App>, Path(run_id): Path<String>) -> Response {
+async fn snapshot(
+    _granted: Granted<ReadRun>,
+    State(app): State<App>,
+    Path(run_id): Path<String>,
+) -> Response {
     match app.hub.store.snapshot(&run_id).await {
         Ok(Some(body)) => {
             let mut resp = Json(body).into_response();
@@ -697,6 +1029,7 @@ async fn accept_send(
         .await
         .map_err(SendError::Store)?;
     if out.fresh && hub.replies == Replies::Local {
+        // The demo's own bot answers (`--replies local`); `worker` and `none` leave it to a producer.
         scenario::spawn(
             "reply",
             out.run_id.clone(),
@@ -719,6 +1052,7 @@ async fn accept_send(
 }
 
 async fn chat_send(
+    _granted: Granted<SendInto>,
     State(app): State<App>,
     Path(session): Path<String>,
     body: Option<Json<SendBody>>,
@@ -790,7 +1124,17 @@ pub async fn create_and_produce(
         Some(id) => id,
         None => store.new_run_id(c.seed).await?,
     };
-    let fresh = store.create(&id, RunSpec { kind, chaos, speed }).await?;
+    let fresh = store
+        .create(
+            &id,
+            RunSpec {
+                kind,
+                chaos,
+                speed,
+                session_id: None,
+            },
+        )
+        .await?;
     if !fresh {
         return Ok((id, None));
     }

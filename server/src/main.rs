@@ -1,16 +1,30 @@
 //! ```text
-//! runstream-server [--addr 127.0.0.1:8787] [--www www] [--pkg pkg] [--heartbeat-ms 15000]
-//!                  [--store memory|redis://HOST:PORT] [--window N] [--replies local|worker]
-//!                  [--record-frames N (default 200000, 0 = off)]
+//! runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F)
+//!                  [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD]
+//!                  [--publish-key-file F] [--dev] [--record-frames N]
+//!                  [--addr 127.0.0.1:8787] [--www www] [--pkg pkg] [--heartbeat-ms 15000]
+//!                  [--store memory|redis://HOST:PORT] [--window N] [--replies local|worker|none]
+//!                  [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N]
+//!                  [--client-buffer N] [--slow-client-ms N] [--drain-ms N]
 //! runstream-server produce --store redis://HOST:PORT [--run-id ID] [--seed N] [--workers N]
 //!                  [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant]
 //!                  [--chaos JSON] [--window N] [--runs N] [--start-at-ms UNIX_MS]
 //! runstream-server produce --store redis://HOST:PORT --chat-worker [--consumer NAME]
 //! ```
 //!
+//! Secure by default: without an auth choice the gateway refuses to start.
+//! `--auth none` is the explicit choice for local development. The admin,
+//! chaos, raw-append, restart and frame-log routes exist only with `--dev`,
+//! and the frame log records only with `--record-frames N`.
+//!
 //! `--replies worker` makes a replica only log chat sends; a chat worker
 //! (`produce --chat-worker`, any number of them) answers each send once, so a
-//! reply does not die with the replica that accepted its send.
+//! reply does not die with the replica that accepted its send. `--replies
+//! none` leaves the answers to the team's backend (the publish API's sends).
+//!
+//! SIGTERM drains: `/readyz` answers 503, new streams are refused, open SSE
+//! streams end with `retry: 250` and WebSockets close with 1012, and the
+//! process exits when they are gone or after `--drain-ms`.
 //!
 //! `produce` is the producer role (an agent worker): it creates one run in the
 //! shared store (or `--runs N`), prints `{"event":"produce.created","run_id":…}`
@@ -23,11 +37,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use runstream_server::auth::{AuthMode, JwtConfig, JwtOptions};
 use runstream_server::hub::Chaos;
 use runstream_server::store::{self, Store, DEFAULT_WINDOW};
-use runstream_server::{create_and_produce, router, scenario, CreateRun, Replies, Settings};
+use runstream_server::{
+    create_and_produce, router, scenario, CreateRun, Limits, Replies, Settings,
+};
 
-const USAGE: &str = "usage: runstream-server [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT] [--window N] [--replies local|worker] [--record-frames N]\n       runstream-server produce --store redis://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis://HOST:PORT --chat-worker [--consumer NAME]";
+const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT] [--window N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--slow-client-ms N] [--drain-ms N]\n       runstream-server produce --store redis://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis://HOST:PORT --chat-worker [--consumer NAME]";
+
+const NO_AUTH_CHOICE: &str = "runstream-server: no auth choice. PROTOCOL §7 needs one of:\n  --jwt-secret-file FILE      HS256 tokens signed with the secret in FILE\n  --jwt-public-key-file FILE  RS256/ES256 tokens verified with the PEM public key in FILE\n  --auth none                 no authorization at all (local development only)";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -39,6 +58,12 @@ async fn main() -> ExitCode {
     serve(args).await
 }
 
+/// Parses a number flag's value.
+fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, ExitCode> {
+    v.parse()
+        .map_err(|_| fail(&format!("{flag}: a number, not {v:?}")))
+}
+
 async fn serve(args: Vec<String>) -> ExitCode {
     let mut addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8787));
     let mut www = PathBuf::from("www");
@@ -47,36 +72,95 @@ async fn serve(args: Vec<String>) -> ExitCode {
     let mut store_spec = "memory".to_owned();
     let mut window = DEFAULT_WINDOW;
     let mut replies = Replies::Local;
-    let mut record_frames = runstream_server::hub::MAX_RECORDED;
+    let mut record_frames = 0;
+    let mut dev = false;
+    let mut auth_none = false;
+    let mut secret_file: Option<String> = None;
+    let mut public_key_file: Option<String> = None;
+    let mut publish_key_file: Option<String> = None;
+    let mut jwt = JwtOptions::default();
+    let mut limits = Limits::default();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
+        if a == "--dev" {
+            dev = true;
+            continue;
+        }
         let v = it.next().unwrap_or_default();
-        match a.as_str() {
-            "--addr" => match v.parse() {
-                Ok(x) => addr = x,
-                Err(_) => return fail(&format!("--addr: not a socket address: {v}")),
-            },
-            "--www" => www = PathBuf::from(v),
-            "--pkg" => pkg = PathBuf::from(v),
-            "--heartbeat-ms" => heartbeat_ms = v.parse().unwrap_or(15_000),
-            "--store" => store_spec = v,
-            "--window" => window = v.parse().unwrap_or(DEFAULT_WINDOW),
-            "--record-frames" => match v.parse() {
-                Ok(n) => record_frames = n,
-                Err(_) => return fail("--record-frames: a number (0 = off)"),
-            },
-            "--replies" => match v.as_str() {
-                "local" => replies = Replies::Local,
-                "worker" => replies = Replies::Worker,
-                _ => return fail("--replies: local or worker"),
-            },
-            _ => return fail(USAGE),
+        let r: Result<(), ExitCode> = (|| {
+            match a.as_str() {
+                "--addr" => {
+                    addr = v
+                        .parse()
+                        .map_err(|_| fail(&format!("--addr: not a socket address: {v}")))?
+                }
+                "--www" => www = PathBuf::from(&v),
+                "--pkg" => pkg = PathBuf::from(&v),
+                "--heartbeat-ms" => heartbeat_ms = num(&a, &v)?,
+                "--store" => store_spec = v.clone(),
+                "--window" => window = num(&a, &v)?,
+                "--record-frames" => record_frames = num(&a, &v)?,
+                "--auth" if v == "none" => auth_none = true,
+                "--auth" => return Err(fail("--auth: the only value is `none` (JWTs: --jwt-secret-file or --jwt-public-key-file)")),
+                "--jwt-secret-file" => secret_file = Some(v.clone()),
+                "--jwt-public-key-file" => public_key_file = Some(v.clone()),
+                "--jwt-cookie" => jwt.cookie = Some(v.clone()),
+                "--jwt-issuer" => jwt.issuer = Some(v.clone()),
+                "--jwt-audience" => jwt.audience = Some(v.clone()),
+                "--publish-key-file" => publish_key_file = Some(v.clone()),
+                "--max-body-bytes" => limits.max_body_bytes = num(&a, &v)?,
+                "--max-connections" => limits.max_connections = num(&a, &v)?,
+                "--max-runs-per-socket" => limits.max_runs_per_socket = num(&a, &v)?,
+                "--client-buffer" => limits.client_buffer = num(&a, &v)?,
+                "--slow-client-ms" => limits.slow_client_ms = num(&a, &v)?,
+                "--drain-ms" => limits.drain_ms = num(&a, &v)?,
+                "--replies" => match v.as_str() {
+                    "local" => replies = Replies::Local,
+                    "worker" => replies = Replies::Worker,
+                    "none" => replies = Replies::None,
+                    _ => return Err(fail("--replies: local, worker or none")),
+                },
+                _ => return Err(fail(USAGE)),
+            }
+            Ok(())
+        })();
+        if let Err(code) = r {
+            return code;
         }
     }
+    if record_frames > 0 && !dev {
+        return fail("--record-frames: the frame log is read at /api/admin/frames, which exists only with --dev");
+    }
+    let auth = match (auth_none, secret_file, public_key_file) {
+        (false, None, None) => return fail(NO_AUTH_CHOICE),
+        (true, None, None) => AuthMode::None,
+        (false, Some(f), None) => match JwtConfig::hs256_file(&f, jwt) {
+            Ok(c) => AuthMode::Jwt(Box::new(c)),
+            Err(e) => return fail(&format!("--jwt-secret-file: {e}")),
+        },
+        (false, None, Some(f)) => match JwtConfig::public_key_file(&f, jwt) {
+            Ok(c) => AuthMode::Jwt(Box::new(c)),
+            Err(e) => return fail(&format!("--jwt-public-key-file: {e}")),
+        },
+        _ => return fail("choose one of --auth none, --jwt-secret-file and --jwt-public-key-file"),
+    };
+    let publish_key = match publish_key_file {
+        Some(f) => match runstream_server::auth::read_key_file(&f) {
+            Ok(k) if k.len() >= 16 => Some(k),
+            Ok(_) => return fail("--publish-key-file: the key must be at least 16 bytes"),
+            Err(e) => return fail(&format!("--publish-key-file: {e}")),
+        },
+        None => None,
+    };
+    let auth_name = match &auth {
+        AuthMode::None => "none".to_owned(),
+        AuthMode::Jwt(j) => format!("jwt-{:?}", j.algorithm()),
+    };
     let store = match store::open(&store_spec, window).await {
         Ok(s) => s,
         Err(e) => return fail(&format!("--store {store_spec}: {e}")),
     };
+    let publishing = publish_key.is_some();
     let (app, state) = router(Settings {
         store,
         www,
@@ -84,6 +168,10 @@ async fn serve(args: Vec<String>) -> ExitCode {
         heartbeat_ms,
         replies,
         record_frames,
+        auth: Arc::new(auth),
+        publish_key,
+        dev,
+        limits,
     });
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -94,18 +182,29 @@ async fn serve(args: Vec<String>) -> ExitCode {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let kind = state.hub.store.name();
-    println!("{{\"event\":\"server.listening\",\"addr\":\"{local}\",\"url\":\"http://{local}/\",\"store\":\"{kind}\",\"pid\":{}}}", std::process::id());
+    println!("{{\"event\":\"server.listening\",\"addr\":\"{local}\",\"url\":\"http://{local}/\",\"store\":\"{kind}\",\"auth\":\"{auth_name}\",\"dev\":{dev},\"publish\":{publishing},\"pid\":{}}}", std::process::id());
+    let hub = state.hub.clone();
     let shutdown = async move {
         wait_for_signal().await;
-        // End every stream so the graceful shutdown does not wait on them.
-        state.hub.restart();
-        println!("{{\"event\":\"server.shutdown\"}}");
+        // Drain: streams end so their clients resume on another replica at once.
+        hub.drain();
+        println!("{{\"event\":\"server.draining\"}}");
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        return fail(&format!("server error: {e}"));
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let drained = state.hub.draining.subscribe();
+    let deadline = async move {
+        let mut d = drained;
+        let _ = d.wait_for(|x| *x).await;
+        tokio::time::sleep(std::time::Duration::from_millis(limits.drain_ms)).await;
+    };
+    tokio::select! {
+        r = server => {
+            if let Err(e) = r {
+                return fail(&format!("server error: {e}"));
+            }
+            println!("{{\"event\":\"server.shutdown\",\"reason\":\"drained\"}}");
+        }
+        _ = deadline => println!("{{\"event\":\"server.shutdown\",\"reason\":\"drain_deadline\"}}"),
     }
     ExitCode::SUCCESS
 }

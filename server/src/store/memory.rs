@@ -13,7 +13,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::{Reduced, Replay, RunKind, RunMeta, RunSpec, SendOutcome, Store, StoreResult, Tail};
+use super::{
+    BatchOutcome, IdemKey, NewEvent, Reduced, Replay, RunKind, RunMeta, RunSpec, SendOutcome,
+    SendRecord, Store, StoreResult, Tail, IDEMPOTENCY_TTL_S, MEMORY_IDEM_CAP, MEMORY_SENDS_CAP,
+};
 use crate::hub::{lock, rfc3339_now, Chaos};
 
 /// One run's log.
@@ -33,6 +36,8 @@ struct Run {
     sends: HashMap<String, String>,
     next_message: u64,
     window: u64,
+    /// Publish idempotency keys: key → (digest, first, last, when), bounded by [`MEMORY_IDEM_CAP`].
+    idem: HashMap<String, (String, u64, u64, std::time::Instant)>,
 }
 
 impl Run {
@@ -49,6 +54,7 @@ impl Run {
             sends: HashMap::new(),
             next_message: 1,
             window: window.max(1),
+            idem: HashMap::new(),
         }
     }
 
@@ -60,7 +66,53 @@ impl Run {
             first_id: self.first_id,
             last_id: self.last_id,
             finished: self.finished,
+            session_id: self.spec.session_id.clone(),
         }
+    }
+
+    /// An atomic batch under an optional idempotency key (see [`Store::append_batch`]).
+    fn append_batch(&mut self, events: Vec<NewEvent>, key: Option<IdemKey>) -> BatchOutcome {
+        let ttl = std::time::Duration::from_secs(IDEMPOTENCY_TTL_S);
+        let now = std::time::Instant::now();
+        if let Some(k) = &key {
+            if let Some((digest, first, last, at)) = self.idem.get(&k.key) {
+                if now.duration_since(*at) < ttl {
+                    return if *digest == k.digest {
+                        BatchOutcome::Repeated {
+                            first: *first,
+                            last: *last,
+                        }
+                    } else {
+                        BatchOutcome::KeyConflict
+                    };
+                }
+            }
+        }
+        if self.finished {
+            return BatchOutcome::Finished;
+        }
+        let first = self.last_id + 1;
+        for e in events {
+            self.append(&e.ty, e.payload);
+        }
+        let last = self.last_id;
+        if let Some(k) = key {
+            if self.idem.len() >= MEMORY_IDEM_CAP {
+                self.idem.retain(|_, v| now.duration_since(v.3) < ttl);
+            }
+            if self.idem.len() >= MEMORY_IDEM_CAP {
+                if let Some(oldest) = self
+                    .idem
+                    .iter()
+                    .min_by_key(|(_, v)| v.3)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.idem.remove(&oldest);
+                }
+            }
+            self.idem.insert(k.key, (k.digest, first, last, now));
+        }
+        BatchOutcome::Appended { first, last }
     }
 
     /// Appends one event (dense id), updates the reduced state; returns the id.
@@ -156,6 +208,10 @@ pub struct MemoryStore {
     runs: Mutex<HashMap<String, RunEntry>>,
     run_ids: AtomicU64,
     window: u64,
+    /// Accepted sends for the publish API's long poll: `(seq, send)`, drop-oldest.
+    sends: Mutex<VecDeque<(u64, SendRecord)>>,
+    /// The newest send's seq (long polls wait on it).
+    sends_tx: watch::Sender<u64>,
 }
 
 impl MemoryStore {
@@ -165,6 +221,8 @@ impl MemoryStore {
             runs: Mutex::new(HashMap::new()),
             run_ids: AtomicU64::new(1),
             window,
+            sends: Mutex::new(VecDeque::new()),
+            sends_tx: watch::channel(0).0,
         }
     }
 
@@ -180,6 +238,36 @@ impl MemoryStore {
         let run = Arc::new(Mutex::new(Run::new(id, spec, self.window)));
         runs.insert(id.to_owned(), (run, watch::channel(0).0));
         true
+    }
+
+    /// Logs a fresh send for the long poll (bounded, drop-oldest).
+    fn log_send(&self, session: &str, crid: &str, content: &str) {
+        let mut q = lock(&self.sends);
+        let seq = q.back().map_or(*self.sends_tx.borrow(), |(n, _)| *n) + 1;
+        if q.len() >= MEMORY_SENDS_CAP {
+            q.pop_front();
+        }
+        q.push_back((
+            seq,
+            SendRecord {
+                cursor: format!("0-{seq}"),
+                session_id: session.to_owned(),
+                run_id: session.to_owned(),
+                client_request_id: crid.to_owned(),
+                content: content.to_owned(),
+            },
+        ));
+        self.sends_tx.send_replace(seq);
+    }
+
+    /// Sends after seq `after`, at most `max`.
+    fn sends_since(&self, after: u64, max: usize) -> Vec<SendRecord> {
+        lock(&self.sends)
+            .iter()
+            .filter(|(n, _)| *n > after)
+            .take(max)
+            .map(|(_, s)| s.clone())
+            .collect()
     }
 
     /// Runs `f` on run `id` under its lock, then wakes its streams.
@@ -261,6 +349,7 @@ impl Store for MemoryStore {
                 kind: RunKind::Chat,
                 chaos: Chaos::default(),
                 speed: 1.0,
+                session_id: Some(session.to_owned()),
             },
         );
         let out = self
@@ -270,6 +359,9 @@ impl Store for MemoryStore {
                 run_id: session.to_owned(),
                 fresh,
             });
+        if out.as_ref().is_some_and(|o| o.fresh) {
+            self.log_send(session, crid, content);
+        }
         async move { out.ok_or_else(|| super::StoreError::Corrupt("session vanished".into())) }
             .boxed()
     }
@@ -290,6 +382,51 @@ impl Store for MemoryStore {
     fn set_chaos<'a>(&'a self, id: &'a str, chaos: Chaos) -> BoxFuture<'a, StoreResult<bool>> {
         let ok = self.run(id).map(|r| lock(&r).spec.chaos = chaos).is_some();
         async move { Ok(ok) }.boxed()
+    }
+
+    fn append_batch<'a>(
+        &'a self,
+        id: &'a str,
+        events: Vec<NewEvent>,
+        key: Option<IdemKey>,
+    ) -> BoxFuture<'a, StoreResult<BatchOutcome>> {
+        let out = self
+            .change(id, |r| r.append_batch(events, key))
+            .unwrap_or(BatchOutcome::UnknownRun);
+        async move { Ok(out) }.boxed()
+    }
+
+    fn sends_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        max: usize,
+        wait_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<(Vec<SendRecord>, String)>> {
+        async move {
+            // `0-<seq>` (this store's form) or a bare number.
+            let after = after
+                .map(|c| c.rsplit('-').next().unwrap_or(c))
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            let mut rx = self.sends_tx.subscribe();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+            loop {
+                let got = self.sends_since(after, max);
+                if !got.is_empty() || tokio::time::Instant::now() >= deadline {
+                    let next = got
+                        .last()
+                        .map_or_else(|| format!("0-{after}"), |s| s.cursor.clone());
+                    return Ok((got, next));
+                }
+                if tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+            }
+        }
+        .boxed()
     }
 
     fn info(&self) -> BoxFuture<'_, StoreResult<Value>> {

@@ -87,6 +87,8 @@ pub struct RunSpec {
     pub chaos: Chaos,
     /// Playback speed of its script (chat replies use it too).
     pub speed: f64,
+    /// The chat session it belongs to (PROTOCOL §7's `sessions` claim grants it).
+    pub session_id: Option<String>,
 }
 
 /// A run's settings and log bounds.
@@ -104,6 +106,77 @@ pub struct RunMeta {
     pub last_id: u64,
     /// `run.completed` is logged.
     pub finished: bool,
+    /// The chat session it belongs to, if it was published with one.
+    pub session_id: Option<String>,
+}
+
+/// One event to append (the store gives it its id, run id and timestamp).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// PROTOCOL §4 type.
+    pub ty: String,
+    /// Its payload (a JSON object).
+    pub payload: Value,
+}
+
+/// A publish batch's idempotency key and the digest of its body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdemKey {
+    /// The producer's `Idempotency-Key`.
+    pub key: String,
+    /// Hex SHA-256 of the batch's canonical JSON: another body under the same key is a conflict.
+    pub digest: String,
+}
+
+/// Idempotency keys are kept this long (SERVER.md §1: "within 24 h").
+pub const IDEMPOTENCY_TTL_S: u64 = 24 * 3600;
+/// Most idempotency keys the memory store keeps per run (beyond it, expired
+/// ones go first, then the oldest).
+pub const MEMORY_IDEM_CAP: usize = 10_000;
+/// Sends the memory store keeps for `GET /api/publish/sends` (drop-oldest).
+pub const MEMORY_SENDS_CAP: usize = 10_000;
+
+/// What an atomic batch append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Appended with ids `first..=last`.
+    Appended { first: u64, last: u64 },
+    /// The key was seen with the same body: these ids, nothing appended.
+    Repeated { first: u64, last: u64 },
+    /// The key was seen with another body: nothing appended.
+    KeyConflict,
+    /// The run is finished: nothing appended.
+    Finished,
+    /// No such run.
+    UnknownRun,
+}
+
+/// A chat send as the publish API's long poll lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SendRecord {
+    /// Where it is in the sends log (pass the last one back as `after`).
+    pub cursor: String,
+    /// The chat session.
+    pub session_id: String,
+    /// The run it was logged in (the session's chat run).
+    pub run_id: String,
+    /// The send's idempotency key.
+    pub client_request_id: String,
+    /// What the user wrote.
+    pub content: String,
+}
+
+/// True when `c` is a sends cursor (`<ms>-<seq>`, or `<n>`), the form both stores use.
+pub fn valid_cursor(c: &str) -> bool {
+    let mut parts = c.splitn(2, '-');
+    let digits = |p: Option<&str>| {
+        p.is_some_and(|x| !x.is_empty() && x.len() <= 20 && x.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let a = parts.next();
+    match parts.next() {
+        Some(b) => digits(a) && digits(Some(b)),
+        None => digits(a),
+    }
 }
 
 /// What a resume gets now: an optional snapshot, then contiguous events.
@@ -211,6 +284,27 @@ pub trait Store: Send + Sync + 'static {
         let name = self.name();
         async move { Err(StoreError::Unsupported(format!("{name}: no send queue"))) }.boxed()
     }
+
+    /// Appends `events` atomically with dense ids (all or nothing). With
+    /// `key`, a repeat of the same key and body appends nothing and answers
+    /// the first ids; the same key with another body is a conflict. A
+    /// finished run takes nothing.
+    fn append_batch<'a>(
+        &'a self,
+        id: &'a str,
+        events: Vec<NewEvent>,
+        key: Option<IdemKey>,
+    ) -> BoxFuture<'a, StoreResult<BatchOutcome>>;
+
+    /// Chat sends logged after `after` (`None`: from the oldest kept), at
+    /// most `max`, waiting up to `wait_ms` for one; and the cursor to pass
+    /// next. At least once: a consumer deduplicates by `client_request_id`.
+    fn sends_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        max: usize,
+        wait_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<(Vec<SendRecord>, String)>>;
 
     /// Marks a claimed send as answered.
     fn ack_send<'a>(&'a self, queue_id: &'a str) -> BoxFuture<'a, StoreResult<()>> {

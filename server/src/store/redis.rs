@@ -6,10 +6,12 @@
 //! | key | type | what |
 //! | --- | --- | --- |
 //! | `runstream:{<run>}:log` | stream | entry id `0-<event_id>`, fields `e` (the envelope JSON) and `t` (its type) |
-//! | `runstream:{<run>}:meta` | hash | `kind`, `chaos` (JSON), `speed`, `first_id`, `last_id`, `finished`, `next_message` |
+//! | `runstream:{<run>}:meta` | hash | `kind`, `chaos` (JSON), `speed`, `first_id`, `last_id`, `finished`, `next_message`, `session` (the chat session a published run belongs to) |
+//! | `runstream:{<run>}:idem:<key>` | string | a publish batch's `<sha256 hex>:<first>:<last>`; `SET EX` 24 h (idempotency across replicas) |
 //! | `runstream:{<run>}:base` | string | the reduced state as of `first_id - 1` (written when the log is trimmed) |
 //! | `runstream:{<session>}:send:<client_request_id>` | string | the message id of a send; `SET NX EX` (idempotency, TTL) |
 //! | `runstream:run_ids` | counter | run ids unique across processes |
+//! | `runstream:sends` | stream | accepted sends (`s` session, `c` client_request_id, `x` content), for chat workers and the publish API's long poll; `MAXLEN ~ 100000` |
 //!
 //! - Append: a Lua script bumps `last_id` and `XADD`s with the explicit id
 //!   `0-<last_id>` in one step, so ids are dense whatever the number of writers.
@@ -38,8 +40,8 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::{
-    QueuedSend, Reduced, Replay, RunKind, RunMeta, RunSpec, SendOutcome, Store, StoreError,
-    StoreResult, Tail,
+    BatchOutcome, IdemKey, NewEvent, QueuedSend, Reduced, Replay, RunKind, RunMeta, RunSpec,
+    SendOutcome, SendRecord, Store, StoreError, StoreResult, Tail,
 };
 use crate::hub::{lock, rfc3339_now, Chaos};
 
@@ -80,7 +82,7 @@ const LUA_SEND_MAIN: &str = r#"
 local prev = redis.call('GET', KEYS[3])
 if prev then return {0, prev, 0, 0} end
 if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then
-  redis.call('HSET', KEYS[1], 'kind', 'chat', 'chaos', '{}', 'speed', '1', 'first_id', '1', 'last_id', '0', 'next_message', '0')
+  redis.call('HSET', KEYS[1], 'kind', 'chat', 'chaos', '{}', 'speed', '1', 'first_id', '1', 'last_id', '0', 'next_message', '0', 'session', ARGV[4])
 end
 local mid = 'msg_' .. string.format('%d', redis.call('HINCRBY', KEYS[1], 'next_message', 1))
 redis.call('SET', KEYS[3], mid, 'NX', 'EX', ARGV[3])
@@ -89,11 +91,39 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', '100000', '*', 's', ARGV[4], 'c', ARG
 return {1, mid, n, tonumber(redis.call('HGET', KEYS[1], 'first_id'))}
 "#;
 
-/// KEYS: meta. ARGV: kind, chaos JSON, speed. Returns 1 if created.
+/// KEYS: meta. ARGV: kind, chaos JSON, speed, session ('' = none). Returns 1 if created.
 const LUA_CREATE: &str = r#"
 if redis.call('HEXISTS', KEYS[1], 'kind') == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'kind', ARGV[1], 'chaos', ARGV[2], 'speed', ARGV[3], 'first_id', '1', 'last_id', '0', 'next_message', '0')
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'session', ARGV[4]) end
 return 1
+"#;
+
+/// KEYS: meta, log, idempotency key. ARGV: digest ('' = no key), TTL s, n,
+/// then n pairs (envelope body without `{` and `event_id`, type).
+/// Returns {code, first, last, first_id}: code 0 appended, 1 repeated,
+/// -1 unknown run, -2 key conflict, -3 finished. All or nothing: the checks
+/// come before the first append, and a script runs alone.
+const LUA_APPEND_BATCH: &str = r#"
+if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then return {-1, 0, 0, 0} end
+if ARGV[1] ~= '' then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then
+    local d, a, b = string.match(prev, '^(%x+):(%d+):(%d+)$')
+    if d == ARGV[1] then return {1, tonumber(a), tonumber(b), 0} end
+    return {-2, 0, 0, 0}
+  end
+end
+if redis.call('HGET', KEYS[1], 'finished') == '1' then return {-3, 0, 0, 0} end
+local first = tonumber(redis.call('HGET', KEYS[1], 'last_id')) + 1
+local last = first - 1
+for i = 0, tonumber(ARGV[3]) - 1 do
+  last = append(KEYS[1], KEYS[2], ARGV[4 + 2 * i], ARGV[5 + 2 * i])
+end
+if ARGV[1] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[1] .. ':' .. string.format('%d', first) .. ':' .. string.format('%d', last), 'EX', ARGV[2])
+end
+return {0, first, last, tonumber(redis.call('HGET', KEYS[1], 'first_id'))}
 "#;
 
 /// KEYS: meta, log, base. ARGV: expected first_id, new first_id, base JSON.
@@ -127,11 +157,16 @@ fn log_key(id: &str) -> String {
 fn base_key(id: &str) -> String {
     format!("runstream:{{{id}}}:base")
 }
+fn idem_key(id: &str, key: &str) -> String {
+    format!("runstream:{{{id}}}:idem:{key}")
+}
 fn send_key(session: &str, crid: &str) -> String {
     format!("runstream:{{{session}}}:send:{crid}")
 }
 
-const META_FIELDS: [&str; 6] = ["kind", "chaos", "speed", "first_id", "last_id", "finished"];
+const META_FIELDS: [&str; 7] = [
+    "kind", "chaos", "speed", "first_id", "last_id", "finished", "session",
+];
 
 fn parse_meta(v: &[Option<String>]) -> StoreResult<Option<RunMeta>> {
     let field = |i: usize| v.get(i).and_then(|x| x.as_deref());
@@ -152,6 +187,7 @@ fn parse_meta(v: &[Option<String>]) -> StoreResult<Option<RunMeta>> {
         first_id: num(3).unwrap_or(1),
         last_id: num(4).unwrap_or(0),
         finished: field(5) == Some("1"),
+        session_id: field(6).map(str::to_owned),
     }))
 }
 
@@ -247,6 +283,7 @@ pub struct RedisStore {
     append_script: Script,
     send_script: Script,
     create_script: Script,
+    batch_script: Script,
     trim_script: Script,
     chaos_script: Script,
 }
@@ -273,6 +310,7 @@ impl RedisStore {
             append_script: Script::new(&format!("{LUA_APPEND}{LUA_APPEND_MAIN}")),
             send_script: Script::new(&format!("{LUA_APPEND}{LUA_SEND_MAIN}")),
             create_script: Script::new(LUA_CREATE),
+            batch_script: Script::new(&format!("{LUA_APPEND}{LUA_APPEND_BATCH}")),
             trim_script: Script::new(LUA_TRIM),
             chaos_script: Script::new(LUA_SET_CHAOS),
         })
@@ -582,6 +620,80 @@ impl RedisStore {
         })
     }
 
+    async fn append_batch_now(
+        &self,
+        id: &str,
+        events: Vec<NewEvent>,
+        key: Option<IdemKey>,
+    ) -> StoreResult<BatchOutcome> {
+        let (digest, name) = match &key {
+            Some(k) => (k.digest.as_str(), k.key.as_str()),
+            None => ("", ""),
+        };
+        let mut inv = self.batch_script.key(meta_key(id));
+        inv.key(log_key(id))
+            .key(idem_key(id, name))
+            .arg(digest)
+            .arg(super::IDEMPOTENCY_TTL_S)
+            .arg(events.len());
+        for e in &events {
+            let rest = serde_json::to_string(&e.payload).unwrap_or_else(|_| "{}".into());
+            inv.arg(body_rest(id, &e.ty, &rest)).arg(&e.ty);
+        }
+        let (code, first, last, first_id): (i64, u64, u64, u64) =
+            inv.invoke_async(&mut self.conn()).await?;
+        Ok(match code {
+            0 => {
+                self.trim_if_over(id, last, first_id).await?;
+                BatchOutcome::Appended { first, last }
+            }
+            1 => BatchOutcome::Repeated { first, last },
+            -2 => BatchOutcome::KeyConflict,
+            -3 => BatchOutcome::Finished,
+            _ => BatchOutcome::UnknownRun,
+        })
+    }
+
+    async fn sends_after_now(
+        &self,
+        after: Option<&str>,
+        max: usize,
+        wait_ms: u64,
+    ) -> StoreResult<(Vec<SendRecord>, String)> {
+        let after = after.unwrap_or("0-0").to_owned();
+        // A blocking read gets a connection of its own (it would stall the shared one).
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_millis(wait_ms + 5000)));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(max.max(1));
+        if wait_ms > 0 {
+            cmd.arg("BLOCK").arg(wait_ms);
+        }
+        cmd.arg("STREAMS").arg(SEND_QUEUE).arg(&after);
+        let reply: XreadReply = cmd.query_async(&mut conn).await?;
+        let mut out = Vec::new();
+        for (_, entries) in reply.unwrap_or_default() {
+            for (eid, fields) in entries {
+                let get = |k: &str| field(&fields, k).unwrap_or_default().to_owned();
+                let session = get("s");
+                out.push(SendRecord {
+                    cursor: eid,
+                    run_id: session.clone(),
+                    session_id: session,
+                    client_request_id: get("c"),
+                    content: get("x"),
+                });
+            }
+        }
+        let next = out.last().map_or(after, |s| s.cursor.clone());
+        Ok((out, next))
+    }
+
     async fn info_now(&self) -> StoreResult<Value> {
         let text: String = redis::cmd("INFO")
             .arg("memory")
@@ -730,6 +842,7 @@ impl Store for RedisStore {
                 .arg(spec.kind.as_str())
                 .arg(chaos)
                 .arg(spec.speed.to_string())
+                .arg(spec.session_id.as_deref().unwrap_or(""))
                 .invoke_async(&mut self.conn())
                 .await?;
             Ok(created == 1)
@@ -769,6 +882,24 @@ impl Store for RedisStore {
         content: &'a str,
     ) -> BoxFuture<'a, StoreResult<SendOutcome>> {
         self.send_now(session, crid, content).boxed()
+    }
+
+    fn append_batch<'a>(
+        &'a self,
+        id: &'a str,
+        events: Vec<NewEvent>,
+        key: Option<IdemKey>,
+    ) -> BoxFuture<'a, StoreResult<BatchOutcome>> {
+        self.append_batch_now(id, events, key).boxed()
+    }
+
+    fn sends_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        max: usize,
+        wait_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<(Vec<SendRecord>, String)>> {
+        self.sends_after_now(after, max, wait_ms).boxed()
     }
 
     fn next_message_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<String>> {

@@ -154,14 +154,12 @@ pub async fn start(store: Arc<dyn Store>) -> String {
 
 /// [`start`] with a choice of who answers chat sends.
 pub async fn start_with(store: Arc<dyn Store>, replies: Replies) -> String {
-    let (app, _) = router(Settings {
-        store,
-        www: "www".into(),
-        pkg: "pkg".into(),
-        heartbeat_ms: 200,
-        replies,
-        record_frames: runstream_server::hub::MAX_RECORDED,
-    });
+    start_settings(Settings::dev(store, replies, 200)).await
+}
+
+/// Serves the router with `settings` on a free loopback port.
+pub async fn start_settings(settings: Settings) -> String {
+    let (app, _) = router(settings);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });

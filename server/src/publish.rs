@@ -1,0 +1,275 @@
+//! The publish API (SERVER.md §1): how a team's backend, in any language,
+//! creates runs, appends their events and hears chat sends, over HTTP with
+//! the key of `--publish-key-file` (routes absent without one).
+//!
+//! - `POST /api/publish/runs` `{"run_id"?, "session_id"?}` → `201 {"run_id"}`
+//!   (`200` for a run that exists).
+//! - `POST /api/publish/runs/{run_id}/events` with `Idempotency-Key` and
+//!   `{"events":[{"type","payload"}, …]}` → `200 {"first_event_id",
+//!   "last_event_id"}`: atomic, dense ids; a repeat of the key (same body)
+//!   appends nothing and answers the same ids; the key with another body is
+//!   `422`; a finished run `409`; an invalid event `400` naming it (its index
+//!   and why), nothing appended. The key is kept in the store 24 h, so it
+//!   holds across replicas on Redis.
+//! - `GET /api/publish/sends?after=<cursor>&wait_ms=<≤ 30000>` → `200
+//!   {"sends":[…], "next"}`: chat sends, long polled, at least once.
+//!
+//! Every route passes the [`Granted<Publish>`](crate::auth::Granted) extractor:
+//! the key, compared in constant time, or `401`/`403`.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use runstream::core::envelope::{decode_envelope, KNOWN_TYPES};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::auth::{Granted, Publish};
+use crate::store::{valid_cursor, BatchOutcome, IdemKey, NewEvent, RunKind, RunSpec};
+use crate::{log, unavailable, App};
+
+/// Most events in one batch.
+pub const MAX_BATCH: usize = 1000;
+/// Longest `Idempotency-Key` (visible ASCII).
+pub const MAX_KEY_LEN: usize = 200;
+/// Longest wait of the sends long poll.
+pub const MAX_WAIT_MS: u64 = 30_000;
+/// Most sends one poll answers.
+pub const SENDS_PER_POLL: usize = 500;
+
+/// The publish routes (merged only when a publish key is configured).
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/api/publish/runs", post(create_run))
+        .route("/api/publish/runs/{run_id}/events", post(append_events))
+        .route("/api/publish/sends", get(sends))
+}
+
+fn bad(msg: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": msg.into()}))).into_response()
+}
+
+/// An id as PROTOCOL §1 allows it: 1–128 characters, no control characters.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().count() <= 128 && !id.chars().any(char::is_control)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct CreateBody {
+    run_id: Option<String>,
+    session_id: Option<String>,
+}
+
+async fn create_run(
+    _granted: Granted<Publish>,
+    State(app): State<App>,
+    body: Option<Json<CreateBody>>,
+) -> Response {
+    let b = body.map(|Json(b)| b).unwrap_or_default();
+    if let Some(s) = &b.session_id {
+        if !valid_id(s) {
+            return bad("session_id must be 1 to 128 characters");
+        }
+    }
+    let id = match b.run_id {
+        Some(id) if valid_id(&id) => id,
+        Some(_) => return bad("run_id must be 1 to 128 characters"),
+        None => match app.hub.store.new_run_id(rand_seed()).await {
+            Ok(id) => id,
+            Err(e) => return unavailable("", &e),
+        },
+    };
+    let spec = RunSpec {
+        kind: RunKind::Task,
+        chaos: Default::default(),
+        speed: 1.0,
+        session_id: b.session_id.clone(),
+    };
+    match app.hub.store.create(&id, spec).await {
+        Ok(fresh) => {
+            if fresh {
+                log(
+                    "publish.run_created",
+                    json!({"run_id": id, "session_id": b.session_id}),
+                );
+            }
+            let status = if fresh {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(json!({"run_id": id}))).into_response()
+        }
+        Err(e) => unavailable(&id, &e),
+    }
+}
+
+/// A seed for a fresh run id (the store makes it unique; this only spreads them).
+fn rand_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventIn {
+    #[serde(rename = "type")]
+    ty: String,
+    payload: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    events: Vec<EventIn>,
+}
+
+/// Checks event `i` of a batch with the codec the client validates with:
+/// a §4 type (not `snapshot`), a payload object of its schema.
+fn check_event(run_id: &str, i: usize, e: &EventIn) -> Result<(), String> {
+    if e.ty == "snapshot" || !KNOWN_TYPES.contains(&e.ty.as_str()) {
+        return Err(format!(
+            "events[{i}]: type {:?} is not an event type of PROTOCOL §4",
+            e.ty
+        ));
+    }
+    if !e.payload.is_object() {
+        return Err(format!("events[{i}]: payload must be an object"));
+    }
+    let env = json!({"event_id": 1, "run_id": run_id, "type": e.ty,
+        "timestamp": "2026-01-01T00:00:00Z", "payload": e.payload});
+    decode_envelope(&env.to_string(), run_id)
+        .map(|_| ())
+        .map_err(|err| format!("events[{i}] ({}): {err}", e.ty))
+}
+
+async fn append_events(
+    _granted: Granted<Publish>,
+    State(app): State<App>,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => return bad("Idempotency-Key is required"),
+        Some(Ok(k))
+            if !k.is_empty()
+                && k.len() <= MAX_KEY_LEN
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            k.to_owned()
+        }
+        Some(_) => return bad("Idempotency-Key must be 1 to 200 visible ASCII characters"),
+    };
+    let Some(Json(raw)) = body else {
+        return bad("expected a JSON body {\"events\": [...]}");
+    };
+    // The digest of the canonical body: serde_json's maps are sorted, so key order does not matter.
+    let digest = hex(&Sha256::digest(raw.to_string().as_bytes()));
+    let batch: BatchBody = match serde_json::from_value(raw) {
+        Ok(b) => b,
+        Err(e) => {
+            return bad(format!(
+                "expected {{\"events\": [{{type, payload}}, ...]}}: {e}"
+            ))
+        }
+    };
+    if batch.events.is_empty() {
+        return bad("events must not be empty");
+    }
+    if batch.events.len() > MAX_BATCH {
+        return bad(format!("at most {MAX_BATCH} events per batch"));
+    }
+    for (i, e) in batch.events.iter().enumerate() {
+        if let Err(msg) = check_event(&run_id, i, e) {
+            return bad(msg);
+        }
+        if e.ty == "run.completed" && i + 1 < batch.events.len() {
+            return bad(format!(
+                "events[{}]: comes after run.completed in the same batch",
+                i + 1
+            ));
+        }
+    }
+    let n = batch.events.len() as u64;
+    let events = batch
+        .events
+        .into_iter()
+        .map(|e| NewEvent {
+            ty: e.ty,
+            payload: e.payload,
+        })
+        .collect();
+    let out = app
+        .hub
+        .store
+        .append_batch(&run_id, events, Some(IdemKey { key, digest }))
+        .await;
+    match out {
+        Ok(BatchOutcome::Appended { first, last }) => {
+            app.metrics.published(n);
+            Json(json!({"first_event_id": first, "last_event_id": last})).into_response()
+        }
+        Ok(BatchOutcome::Repeated { first, last }) => {
+            Json(json!({"first_event_id": first, "last_event_id": last})).into_response()
+        }
+        Ok(BatchOutcome::KeyConflict) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": "this Idempotency-Key was used with another body"})),
+        )
+            .into_response(),
+        Ok(BatchOutcome::Finished) => (
+            StatusCode::CONFLICT,
+            Json(json!({"run_id": run_id, "status": "finished"})),
+        )
+            .into_response(),
+        Ok(BatchOutcome::UnknownRun) => (StatusCode::NOT_FOUND, "unknown run").into_response(),
+        Err(e) => unavailable(&run_id, &e),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(char::from(D[usize::from(x >> 4)]));
+        s.push(char::from(D[usize::from(x & 15)]));
+    }
+    s
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SendsQuery {
+    after: Option<String>,
+    wait_ms: Option<u64>,
+}
+
+async fn sends(
+    _granted: Granted<Publish>,
+    State(app): State<App>,
+    Query(q): Query<SendsQuery>,
+) -> Response {
+    let after = q.after.filter(|a| !a.is_empty());
+    if let Some(a) = &after {
+        if !valid_cursor(a) {
+            return bad("after: a cursor from an earlier answer's `next`");
+        }
+    }
+    let wait = q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS);
+    match app
+        .hub
+        .store
+        .sends_after(after.as_deref(), SENDS_PER_POLL, wait)
+        .await
+    {
+        Ok((sends, next)) => Json(json!({"sends": sends, "next": next})).into_response(),
+        Err(e) => unavailable("", &e),
+    }
+}
