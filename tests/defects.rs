@@ -1503,3 +1503,471 @@ fn r32_a_workers_second_job_stays_mapped_across_an_accepted_send() {
         "{w:?}"
     );
 }
+
+// ---- PROTOCOL §7 / §2b: what each refusal means ------------------------------------
+
+/// A run-level WebSocket `error` of run `run_T` (no `client_request_id`).
+fn run_error(code: &str) -> String {
+    json!({"op": "error", "run_id": RUN, "code": code, "message": "refused"}).to_string()
+}
+
+/// A WebSocket `error` answering send `crid` (the reference server names no run).
+fn send_error(code: &str, crid: &str) -> String {
+    json!({"op": "error", "code": code, "message": "refused", "client_request_id": crid})
+        .to_string()
+}
+
+/// The subscribe frames among `actions`.
+fn subscribes(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::WsSend { text, .. } if text.contains(r#""op":"subscribe""#) => {
+                Some(text.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// PROTOCOL §2b: `unauthorized` = "refresh headers once"; §7: "two
+/// consecutive 401s are final". A subscribe refused `unauthorized` is
+/// retried at once on a new connection (the shell calls `headers` again for
+/// its subscribe), and a second refusal with no `subscribed` in between is
+/// final. (It was retried with backoff for ever, as a protocol error.)
+#[test]
+fn a01_websocket_unauthorized_refreshes_once_then_is_final() {
+    let mut e = Engine::new(ws_cfg(), [1, 1], None);
+    e.start(0.0);
+    let (conn, _) = connect_of(&drain(&mut e)).unwrap();
+    e.handle_ws_open(1.0, conn, Vec::new());
+    drain(&mut e);
+    e.handle_ws_text(2.0, conn, &run_error("unauthorized"));
+    let acts = drain(&mut e);
+    assert!(acts.contains(&Action::Disconnect { conn }), "{acts:?}");
+    let (conn2, _) = connect_of(&acts).expect("refreshed at once, without a backoff wait");
+    assert!(conn2 > conn);
+    e.handle_ws_open(3.0, conn2, Vec::new());
+    assert_eq!(subscribes(&drain(&mut e)).len(), 1, "subscribes again");
+    e.handle_ws_text(4.0, conn2, &run_error("unauthorized"));
+    let s = e.status(4.0);
+    assert_eq!(s.connection, Connection::Failed, "{s:?}");
+    assert!(
+        s.last_error.as_deref().unwrap_or("").contains("authorized"),
+        "{s:?}"
+    );
+    assert!(connect_of(&run_until(&mut e, 600_000.0)).is_none());
+    assert_eq!(e.metrics().terminations.get("http_4xx"), Some(&2));
+}
+
+/// PROTOCOL §7: "when a subscribed run's token expires the server sends that
+/// run an `unauthorized` error and stops its events, and the client
+/// resubscribes with fresh headers"; "a success in between re-arms the
+/// retry, so each expiry gets one refresh". Each expiry resubscribes from the
+/// cursor at once; `subscribed` re-arms the refresh.
+#[test]
+fn a02_websocket_token_expiry_mid_stream_resubscribes_from_the_cursor() {
+    let mut e = Engine::new(ws_cfg(), [1, 1], None);
+    e.start(0.0);
+    let mut conn = ws_open(&mut e, 1.0);
+    let mut now = 1.0;
+    for expiry in 1..=3u64 {
+        let ev = envelope(
+            expiry,
+            "worker.started",
+            json!({"worker_id": format!("w{expiry}")}),
+        );
+        e.handle_ws_text(now, conn, &format!(r#"{{"op":"event","event":{ev}}}"#));
+        assert_eq!(e.cursor(), expiry);
+        now += 60_000.0;
+        e.handle_ws_text(now, conn, &run_error("unauthorized"));
+        let acts = drain(&mut e);
+        let (c, from) = connect_of(&acts)
+            .unwrap_or_else(|| panic!("expiry {expiry}: no refresh: {:?}", e.status(now)));
+        assert_eq!(from, expiry, "resumes from its cursor");
+        e.handle_ws_open(now + 1.0, c, Vec::new());
+        let subs = subscribes(&drain(&mut e));
+        assert_eq!(subs.len(), 1);
+        assert!(
+            subs[0].contains(&format!(r#""last_event_id":{expiry}"#)),
+            "{}",
+            subs[0]
+        );
+        e.handle_ws_text(
+            now + 2.0,
+            c,
+            &format!(
+                r#"{{"op":"subscribed","run_id":"run_T","replay_from":{}}}"#,
+                expiry + 1
+            ),
+        );
+        conn = c;
+        assert_eq!(
+            e.status(now + 2.0).connection,
+            Connection::Open,
+            "expiry {expiry}"
+        );
+    }
+}
+
+/// PROTOCOL §2b: `forbidden`, `not_found`, `bad_request`, `finished` are
+/// "final: never retried"; §7: 403 is "Final, never retried". A run refused
+/// `forbidden` or `bad_request` ends `failed` with the reason, as a 403 or a
+/// 404 does. (`forbidden` and `bad_request` were retried for ever.)
+#[test]
+fn a03_websocket_forbidden_not_found_and_bad_request_are_final() {
+    for (code, shown) in [
+        ("forbidden", "forbidden"),
+        ("not_found", "not found"),
+        ("bad_request", "bad request"),
+    ] {
+        let mut e = Engine::new(ws_cfg(), [1, 1], None);
+        e.start(0.0);
+        let conn = ws_open(&mut e, 1.0);
+        drain(&mut e);
+        e.handle_ws_text(2.0, conn, &run_error(code));
+        let acts = run_until(&mut e, 600_000.0);
+        assert!(acts.contains(&Action::Disconnect { conn }), "{code}");
+        assert!(connect_of(&acts).is_none(), "{code}: retried: {acts:?}");
+        let s = e.status(600_000.0);
+        assert_eq!(s.connection, Connection::Failed, "{code}: {s:?}");
+        assert!(
+            s.last_error.as_deref().unwrap_or("").contains(shown),
+            "{code}: {s:?}"
+        );
+        assert_eq!(e.metrics().terminations.get("http_4xx"), Some(&1), "{code}");
+    }
+}
+
+/// PROTOCOL §2b: `finished` is final, never retried; it is the socket's
+/// HTTP 204 ("run finished and nothing to replay": the client stops, and a
+/// state that is not finished asks the snapshot endpoint, see r12).
+#[test]
+fn a04_websocket_finished_ends_the_stream_like_a_204() {
+    let mut e = Engine::new(ws_cfg(), [1, 1], None);
+    e.start(0.0);
+    let conn = ws_open(&mut e, 1.0);
+    drain(&mut e);
+    e.handle_ws_text(2.0, conn, &run_error("finished"));
+    let acts = drain(&mut e);
+    assert!(acts.contains(&Action::Disconnect { conn }), "{acts:?}");
+    assert!(acts.contains(&Action::FetchSnapshot), "{acts:?}");
+    assert_eq!(e.status(2.0).connection, Connection::Closed);
+    assert_eq!(e.metrics().terminations.get("no_content"), Some(&1));
+    assert!(connect_of(&run_until(&mut e, 600_000.0)).is_none());
+    assert_eq!(e.status(600_000.0).connection, Connection::Closed);
+}
+
+/// PROTOCOL §2b: `unavailable` is "retried with backoff, like a 5xx"; a code
+/// the contract does not name is retried with backoff as before (a protocol
+/// error): neither is final.
+#[test]
+fn a05_websocket_unavailable_and_unknown_codes_are_retried_with_backoff() {
+    for (code, termination) in [
+        ("unavailable", "http_5xx"),
+        ("overloaded", "protocol_error"),
+    ] {
+        let mut e = Engine::new(ws_cfg(), [1, 1], None);
+        e.start(0.0);
+        let conn = ws_open(&mut e, 1.0);
+        drain(&mut e);
+        e.handle_ws_text(2.0, conn, &run_error(code));
+        let s = e.status(2.0);
+        assert_eq!(s.connection, Connection::Reconnecting, "{code}: {s:?}");
+        assert!(s.retry_in_ms.is_some(), "{code}: {s:?}");
+        assert_eq!(
+            e.metrics().terminations.get(termination),
+            Some(&1),
+            "{code}"
+        );
+        assert!(next_connect(&mut e, 2.0, 60_000.0).is_some(), "{code}");
+    }
+}
+
+/// PROTOCOL §7: a refusal is "for that run alone". An `error` naming another
+/// run (one socket carries many runs) leaves this one open. (Any `error`
+/// without a `client_request_id` was taken as this run's.)
+#[test]
+fn a06_a_websocket_error_naming_another_run_is_not_ours() {
+    let mut e = Engine::new(ws_cfg(), [1, 1], None);
+    e.start(0.0);
+    let conn = ws_open(&mut e, 1.0);
+    drain(&mut e);
+    for code in [
+        "forbidden",
+        "unauthorized",
+        "not_found",
+        "finished",
+        "unavailable",
+    ] {
+        e.handle_ws_text(
+            2.0,
+            conn,
+            &json!({"op": "error", "run_id": "run_other", "code": code, "message": "x"})
+                .to_string(),
+        );
+    }
+    let acts = run_until(&mut e, 4_000.0);
+    assert!(!acts.contains(&Action::Disconnect { conn }), "{acts:?}");
+    assert_eq!(e.status(4_000.0).connection, Connection::Open);
+    assert!(
+        e.metrics().terminations.is_empty(),
+        "{:?}",
+        e.metrics().terminations
+    );
+}
+
+/// The `client_request_id`s of the sends whose headers the engine asked for.
+fn headers_asked(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::WsSendHeaders {
+                client_request_id, ..
+            } => Some(client_request_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A new page (seed `seed`) from `e`'s stored record with config `c`,
+/// started at 0 and open: the send frames it writes (or headers it asks for).
+fn reloaded_ws_sends(e: &Engine, c: Config, seed: u64) -> (Engine, Vec<String>) {
+    let record = e.storage_record();
+    let mut next = Engine::new(c, [seed, seed], Some(&record));
+    next.start(0.0);
+    ws_open(&mut next, 1.0);
+    let acts = run_until(&mut next, 60_000.0);
+    let mut out = ws_sends(&acts);
+    out.extend(headers_asked(&acts));
+    (next, out)
+}
+
+/// PROTOCOL §2b / §7 for a send: `unauthorized` = "refresh headers once"
+/// (the `headers` function is asked again for that send at once), then
+/// final: the send fails, leaves the outbox and, at once, the stored record
+/// (a reload does not send it again). (It was retried with backoff for ever.)
+#[test]
+fn a07_websocket_send_unauthorized_gets_one_refreshed_retry_then_fails() {
+    let mut c = ws_cfg();
+    c.headers_per_send = true;
+    let mut e = Engine::new(c.clone(), [1, 1], None);
+    e.start(0.0);
+    let conn = ws_open(&mut e, 1.0);
+    drain(&mut e);
+    let crid = e.send(2.0, "hi").unwrap();
+    assert_eq!(headers_asked(&drain(&mut e)), vec![crid.clone()]);
+    e.handle_ws_send_headers(2.5, conn, &crid, Ok(Vec::new()));
+    assert_eq!(ws_sends(&drain(&mut e)).len(), 1);
+    e.handle_ws_text(3.0, conn, &send_error("unauthorized", &crid));
+    assert_eq!(
+        headers_asked(&drain(&mut e)),
+        vec![crid.clone()],
+        "headers asked again at once"
+    );
+    assert_ne!(e.state().messages[0].status, MessageStatus::Failed);
+    e.handle_ws_send_headers(3.5, conn, &crid, Ok(Vec::new()));
+    assert_eq!(ws_sends(&drain(&mut e)).len(), 1);
+    e.handle_ws_text(4.0, conn, &send_error("unauthorized", &crid));
+    let acts = drain(&mut e);
+    assert_eq!(e.state().messages[0].status, MessageStatus::Failed);
+    assert!(persisted(&acts), "the record drops it at once: {acts:?}");
+    let later = run_until(&mut e, 120_000.0);
+    assert!(headers_asked(&later).is_empty() && ws_sends(&later).is_empty());
+    let (next, sent) = reloaded_ws_sends(&e, c, 2);
+    assert!(sent.is_empty(), "sent again after a reload: {sent:?}");
+    assert_eq!(next.state().messages[0].status, MessageStatus::Failed);
+}
+
+/// PROTOCOL §2b: `forbidden`, `not_found`, `bad_request`, `finished` are
+/// final; §7: "a send … answered 403 (or 404) is dropped from the outbox and
+/// from the stored record, and shown as failed". (`forbidden` and `finished`
+/// were retried for ever; a final failure reached storage only at the next
+/// throttled write, so a reload right after it sent the refused send again.)
+#[test]
+fn a08_websocket_send_refusals_are_final_and_leave_the_record() {
+    for code in ["forbidden", "not_found", "bad_request", "finished"] {
+        let mut e = Engine::new(ws_cfg(), [1, 1], None);
+        e.start(0.0);
+        let conn = ws_open(&mut e, 1.0);
+        drain(&mut e);
+        let crid = e.send(2.0, "hi").unwrap();
+        assert_eq!(ws_sends(&drain(&mut e)).len(), 1);
+        e.handle_ws_text(3.0, conn, &send_error(code, &crid));
+        let acts = drain(&mut e);
+        assert_eq!(
+            e.state().messages[0].status,
+            MessageStatus::Failed,
+            "{code}"
+        );
+        assert!(persisted(&acts), "{code}: not stored at once: {acts:?}");
+        assert!(
+            e.status(3.0).last_error.unwrap_or_default().contains(code),
+            "{code}"
+        );
+        assert_eq!(e.status(3.0).connection, Connection::Open, "{code}");
+        assert!(ws_sends(&run_until(&mut e, 120_000.0)).is_empty(), "{code}");
+        let (next, sent) = reloaded_ws_sends(&e, ws_cfg(), 2);
+        assert!(
+            sent.is_empty(),
+            "{code}: sent again after a reload: {sent:?}"
+        );
+        assert_eq!(next.state().messages[0].status, MessageStatus::Failed);
+    }
+}
+
+/// PROTOCOL §2b: `unavailable` is retried with backoff; so is a code the
+/// contract does not name (not a refusal): the send is written again later.
+#[test]
+fn a09_websocket_send_unavailable_and_unknown_codes_are_retried() {
+    for code in ["unavailable", "overloaded"] {
+        let mut e = Engine::new(ws_cfg(), [1, 1], None);
+        e.start(0.0);
+        let conn = ws_open(&mut e, 1.0);
+        drain(&mut e);
+        let crid = e.send(2.0, "hi").unwrap();
+        drain(&mut e);
+        e.handle_ws_text(3.0, conn, &send_error(code, &crid));
+        assert!(ws_sends(&drain(&mut e)).is_empty(), "{code}: not at once");
+        assert_ne!(
+            e.state().messages[0].status,
+            MessageStatus::Failed,
+            "{code}"
+        );
+        let mut now = 3.0;
+        let mut again = Vec::new();
+        while again.is_empty() && now < 60_000.0 {
+            now = e.poll_timeout().unwrap();
+            e.handle_timeout(now);
+            let acts = drain(&mut e);
+            if acts
+                .iter()
+                .any(|a| matches!(a, Action::WsSend { text, .. } if text.contains("ping")))
+            {
+                e.handle_ws_text(now, conn, r#"{"op":"pong","t":1}"#);
+            }
+            again = ws_sends(&acts);
+        }
+        assert_eq!(again.len(), 1, "{code}: written again after the backoff");
+        assert!(again[0].contains(&crid));
+    }
+}
+
+/// PROTOCOL §7 on a fetch stream: "two consecutive 401s are final (a
+/// success in between re-arms the retry, so each expiry gets one refresh)".
+#[test]
+fn a10_fetch_stream_each_401_expiry_gets_one_refresh() {
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
+    e.handle_response(1.0, conn, 401, None, false);
+    let (c, _) = connect_of(&drain(&mut e)).expect("refreshed at once");
+    e.handle_response(2.0, c, 200, None, true);
+    e.handle_bytes(3.0, c, &sse_frame(&envelope(1, "run.started", json!({}))));
+    // The token expires an hour later: the stream drops, and the resume is refused.
+    e.handle_closed(3_600_000.0, c, CloseCause::Network);
+    let (c, from, t) = next_connect(&mut e, 3_600_000.0, 60_000.0).unwrap();
+    assert_eq!(from, 1);
+    e.handle_response(t + 1.0, c, 401, None, false);
+    let (c, _) = connect_of(&drain(&mut e)).expect("the new expiry gets its refresh");
+    e.handle_response(t + 2.0, c, 401, None, false);
+    let s = e.status(t + 2.0);
+    assert_eq!(s.connection, Connection::Failed, "{s:?}");
+    assert!(connect_of(&run_until(&mut e, t + 600_000.0)).is_none());
+    // 403, 404, 410: final, never retried.
+    for status in [403u16, 404, 410] {
+        let (mut e, conn) = connecting(cfg(), [1, 1]);
+        e.handle_response(1.0, conn, status, None, false);
+        assert_eq!(e.status(1.0).connection, Connection::Failed, "{status}");
+        assert!(
+            connect_of(&run_until(&mut e, 600_000.0)).is_none(),
+            "{status}"
+        );
+    }
+}
+
+/// PROTOCOL §7: "a send … answered 403 (or 404) is dropped from the outbox
+/// and from the stored record, and shown as failed". The failure is stored at
+/// once (as the send itself was), so a reload right after it does not POST
+/// the refused send again. (The write waited for the next throttled tick.)
+#[test]
+fn a11_http_send_403_or_404_is_final_and_leaves_the_record_at_once() {
+    for status in [403u16, 404] {
+        let (mut e, _) = open(cfg(), [1, 1]);
+        let crid = e.send(2.0, "hi").unwrap();
+        assert_eq!(posted_ids(&mut e), vec![crid.clone()]);
+        e.handle_send_result(
+            3.0,
+            &crid,
+            SendResult {
+                status: Some(status),
+                ..SendResult::default()
+            },
+        );
+        let acts = drain(&mut e);
+        assert_eq!(
+            e.state().messages[0].status,
+            MessageStatus::Failed,
+            "{status}"
+        );
+        assert!(persisted(&acts), "{status}: not stored at once: {acts:?}");
+        let later = run_until(&mut e, 120_000.0);
+        assert!(
+            !later.iter().any(|a| matches!(a, Action::Post { .. })),
+            "{status}: posted again"
+        );
+        let mut next = reloaded(&e, 2);
+        assert!(
+            posted_ids(&mut next).is_empty(),
+            "{status}: posted after a reload"
+        );
+        assert_eq!(next.state().messages[0].status, MessageStatus::Failed);
+    }
+}
+
+/// PROTOCOL §7 for a send POST: a 401 gets one retry at once (the shell
+/// calls `headers` for each POST), a second 401 is final.
+#[test]
+fn a12_http_send_401_gets_one_refreshed_retry_then_fails() {
+    let (mut e, _) = open(cfg(), [1, 1]);
+    let crid = e.send(2.0, "hi").unwrap();
+    assert_eq!(posted_ids(&mut e), vec![crid.clone()]);
+    let r401 = SendResult {
+        status: Some(401),
+        ..SendResult::default()
+    };
+    e.handle_send_result(3.0, &crid, r401.clone());
+    assert_eq!(posted_ids(&mut e), vec![crid.clone()], "retried at once");
+    assert_ne!(e.state().messages[0].status, MessageStatus::Failed);
+    e.handle_send_result(4.0, &crid, r401);
+    let acts = drain(&mut e);
+    assert_eq!(e.state().messages[0].status, MessageStatus::Failed);
+    assert!(persisted(&acts), "not stored at once: {acts:?}");
+    assert!(!run_until(&mut e, 120_000.0)
+        .iter()
+        .any(|a| matches!(a, Action::Post { .. })));
+}
+
+/// PROTOCOL §2a End: a finished run "never reconnects", and its connection
+/// stays `closed`. A socket opened after completion only for a send
+/// subscribes to nothing, so a run-level `error` on it answers another
+/// stream's subscription: it neither fails nor reopens this stream, and the
+/// send is still delivered.
+#[test]
+fn a13_a_run_level_error_on_a_send_only_socket_is_not_ours() {
+    for code in ["forbidden", "unauthorized", "unavailable"] {
+        let (mut e, crid, conn2) = late_send_after_completion();
+        e.handle_ws_open(4.0, conn2, Vec::new());
+        drain(&mut e);
+        e.handle_ws_text(4.5, conn2, &run_error(code));
+        let acts = drain(&mut e);
+        assert!(connect_of(&acts).is_none(), "{code}: {acts:?}");
+        assert_eq!(e.status(4.5).connection, Connection::Closed, "{code}");
+        e.handle_ws_text(
+            5.0,
+            conn2,
+            &json!({"op": "ack", "client_request_id": crid, "message_id": "u1", "run_id": RUN})
+                .to_string(),
+        );
+        assert_eq!(e.state().messages[0].status, MessageStatus::Sent, "{code}");
+        assert_eq!(e.status(6.0).connection, Connection::Closed, "{code}");
+    }
+}

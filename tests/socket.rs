@@ -48,6 +48,9 @@ struct Server {
     /// Refuse every send with a `bad_request` error that names no run
     /// (the reference server's send errors carry only the send's id).
     refuse_sends: bool,
+    /// With `refuse_sends`: the refusal's code (default `bad_request`) and
+    /// the run it names (default none).
+    refusal: Option<(&'static str, Option<&'static str>)>,
 }
 
 struct Page {
@@ -218,11 +221,15 @@ impl Page {
                 session_id,
                 client_request_id,
                 ..
-            } if self.server.refuse_sends => self.server.outbox.push(
-                json!({"op": "error", "code": "bad_request", "message": "content too long",
-                       "client_request_id": client_request_id})
-                .to_string(),
-            ),
+            } if self.server.refuse_sends => {
+                let (code, run) = self.server.refusal.unwrap_or(("bad_request", None));
+                let mut frame = json!({"op": "error", "code": code, "message": "content too long",
+                       "client_request_id": client_request_id});
+                if let Some(run) = run {
+                    frame["run_id"] = json!(run);
+                }
+                self.server.outbox.push(frame.to_string())
+            }
             ClientOp::Send {
                 session_id,
                 client_request_id,
@@ -592,4 +599,81 @@ fn a_healthy_socket_whose_pings_were_throttled_while_hidden_survives_becoming_vi
         );
         assert_eq!(e.status(p.now).connection, Connection::Open);
     }
+}
+
+/// PROTOCOL §2b: an `error` carries a `run_id` and, for a send, its
+/// `client_request_id`. A send's refusal that names the run the session's
+/// messages go to (not one any stream of this page follows) still answers
+/// the send: it reaches the streams (only the sender acts on it), as an
+/// `ack` naming another run does. (It was dropped as a late frame of an
+/// unsubscribed run, and the send stayed "sending" until the socket dropped.)
+#[test]
+fn a_refused_send_naming_a_run_nobody_follows_still_reaches_its_sender() {
+    let mut p = Page::new(3);
+    p.server.refuse_sends = true;
+    p.server.refusal = Some(("forbidden", Some("chat_of_another_session")));
+    p.start();
+    p.accept();
+    p.engines[1].send(p.now, "hi").unwrap();
+    p.pump();
+    let status = |e: &Engine| e.state().messages.first().map(|m| m.status);
+    assert_eq!(
+        status(&p.engines[1]),
+        Some(runstream::core::state::MessageStatus::Failed)
+    );
+    assert_eq!(p.sock.unroutable, 0);
+    for i in [0, 2] {
+        let e = &p.engines[i];
+        assert_eq!(e.status(p.now).last_error, None, "run {i}");
+        assert_eq!(e.status(p.now).connection, Connection::Open, "run {i}");
+    }
+}
+
+/// PROTOCOL §7: a refused subscribe (or a token that expires) is answered
+/// "for that run alone". On one socket: `forbidden` fails its run only;
+/// `unauthorized` makes its run alone subscribe again from its cursor (its
+/// `headers` resolved again on its re-attach), on the same socket; the
+/// other runs are untouched.
+#[test]
+fn a_run_level_error_concerns_its_run_alone() {
+    let mut p = Page::new(3);
+    for i in 0..3 {
+        p.server.logged.insert(run_id(i), 2);
+    }
+    p.start();
+    p.accept();
+    let subscribes = |p: &Page, rid: &str| -> Vec<Option<u64>> {
+        p.frames_on(1)
+            .filter_map(|op| match op {
+                ClientOp::Subscribe {
+                    run_id,
+                    last_event_id,
+                    ..
+                } if run_id == rid => Some(*last_event_id),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!((0..3).all(|i| p.engines[i].cursor() == 2));
+    for (rid, code) in [(run_id(1), "forbidden"), (run_id(2), "unauthorized")] {
+        p.server
+            .outbox
+            .push(json!({"op": "error", "run_id": rid, "code": code, "message": "no"}).to_string());
+    }
+    p.pump();
+    assert_eq!(p.engines[1].status(p.now).connection, Connection::Failed);
+    assert_eq!(
+        subscribes(&p, &run_id(2)),
+        vec![None, Some(2)],
+        "run 2 subscribes again from its cursor"
+    );
+    assert_eq!(p.engines[2].status(p.now).connection, Connection::Open);
+    assert_eq!(subscribes(&p, &run_id(0)), vec![None]);
+    assert_eq!(p.engines[0].status(p.now).connection, Connection::Open);
+    assert!(p.engines[0].metrics().terminations.is_empty());
+    assert_eq!(p.sock.opens, 1, "one socket throughout");
+    assert!(matches!(p.sock.state(), SocketState::Open { .. }));
+    // Run 1 failed for good: it never subscribes again.
+    p.run_until(120_000.0);
+    assert_eq!(subscribes(&p, &run_id(1)), vec![None]);
 }

@@ -79,9 +79,9 @@ pub enum Termination {
     ConnectTimeout,
     /// No byte within `heartbeatTimeoutMs`.
     HeartbeatTimeout,
-    /// An HTTP 4xx status.
+    /// An HTTP 4xx status (or a WebSocket `unauthorized`, `forbidden`, `not_found`, `bad_request`).
     Http4xx,
-    /// An HTTP 5xx status.
+    /// An HTTP 5xx status (or a WebSocket `unavailable`).
     Http5xx,
     /// The response was not an event stream, or the server said so over WebSocket.
     ProtocolError,
@@ -93,7 +93,7 @@ pub enum Termination {
     Offline,
     /// `run.completed` was applied.
     RunCompleted,
-    /// HTTP 204: the run is finished and there is nothing to replay.
+    /// HTTP 204 (or WebSocket `finished`): the run is finished and there is nothing to replay.
     NoContent,
     /// `retryNow()` replaced a connection attempt.
     RetryNow,

@@ -401,11 +401,21 @@ impl Socket {
         };
         let targets = if !targets.is_empty() {
             targets
-        } else if run_id.is_none() || matches!(op, ServerOp::Ack { .. }) {
-            // No run id, or an ack for another run (a send to another session):
-            // every run gets it and each engine validates it (an engine ignores
-            // an ack of a send it does not hold, and reports a foreign or
-            // invalid envelope as a protocol error, as on a socket of its own).
+        } else if run_id.is_none()
+            || matches!(
+                op,
+                ServerOp::Ack { .. }
+                    | ServerOp::Error {
+                        client_request_id: Some(_),
+                        ..
+                    }
+            )
+        {
+            // No run id, or the answer to a send naming a run nobody here
+            // follows (the run its session's messages go to): every run gets
+            // it and each engine validates it (an engine ignores an answer to
+            // a send it does not hold, and reports a foreign or invalid
+            // envelope as a protocol error, as on a socket of its own).
             self.runs.keys().copied().collect()
         } else {
             // Late frames of an unsubscribed run.

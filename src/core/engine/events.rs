@@ -24,9 +24,7 @@ impl Engine {
         }
         self.link.saw_byte(now, &self.cfg, &mut self.timers);
         self.ws_headers = (!headers.is_empty()).then(|| headers.into_iter().collect());
-        if self.state.is_finished() || (self.follow.following() && !self.follow.catching_up) {
-            // A socket opened only to deliver sends (after the run finished,
-            // or of a tab that follows another's connection): no subscribe.
+        if self.sends_only() {
             self.opened(now);
             return;
         }
@@ -36,6 +34,12 @@ impl Engine {
         // stay silent after it, with nothing to replay; the heartbeat watch
         // (pings every 10 s, answered by pongs) takes over.
         self.opened(now);
+    }
+
+    /// The socket is opened only to deliver sends (after the run finished,
+    /// or of a tab that follows another's connection): no subscribe.
+    fn sends_only(&self) -> bool {
+        self.state.is_finished() || (self.follow.following() && !self.follow.catching_up)
     }
 
     /// The shared socket of connection `conn` is open and the shell starts
@@ -130,10 +134,10 @@ impl Engine {
                 ..
             } => self.send_accepted(now, &client_request_id, Some(&message_id)),
             ServerOp::Error {
+                run_id,
                 code,
                 message,
                 client_request_id,
-                ..
             } => {
                 let msg: String = message.chars().take(200).collect();
                 match client_request_id {
@@ -141,12 +145,16 @@ impl Engine {
                     // shared socket (the error names no run), or one already
                     // settled. Not ours to report.
                     Some(crid) if !self.outbox.contains(&crid) => {}
-                    // The server refused the send itself: final. Anything else
-                    // (overloaded, unavailable, …) is retried like an HTTP 503.
-                    Some(crid) if matches!(code, ErrorCode::BadRequest | ErrorCode::NotFound) => {
-                        self.send_failed_final(now, &crid, [code.as_str(), ": ", &msg].concat())
-                    }
-                    Some(crid) => self.retry_send(now, &crid, None),
+                    Some(crid) => self.send_refused(now, &crid, code, &msg),
+                    // Another run's refusal (PROTOCOL §7: "for that run
+                    // alone"; a socket of our own carries every frame).
+                    None if run_id.as_deref().is_some_and(|r| r != self.cfg.run_id) => {}
+                    // No subscribe of ours to refuse on a socket just for
+                    // sends: another stream's subscription to this run.
+                    None if run_id.is_some() && self.sends_only() => {}
+                    None if run_id.is_some() => self.run_refused(now, code, &msg),
+                    // An error naming no run (the server could not read a
+                    // frame): no verdict on this run, resumed as before.
                     None if code == ErrorCode::NotFound => {
                         self.fail_final(now, Termination::Http4xx, "run not found".into())
                     }
@@ -158,6 +166,43 @@ impl Engine {
                     ),
                 }
             }
+        }
+    }
+
+    /// PROTOCOL §2b / §7: this run's subscription was refused (or its token
+    /// expired mid-stream) with `code`: the WebSocket form of a stream's
+    /// HTTP status.
+    fn run_refused(&mut self, now: Ms, code: ErrorCode, msg: &str) {
+        match code {
+            // A 401: `headers` again and a new subscribe from the cursor, at
+            // once, once per expiry (a `subscribed` re-arms it).
+            ErrorCode::Unauthorized => self.unauthorized(now, ws_reason("not authorized", msg)),
+            ErrorCode::Forbidden => {
+                self.fail_final(now, Termination::Http4xx, ws_reason("forbidden", msg))
+            }
+            ErrorCode::NotFound => {
+                self.fail_final(now, Termination::Http4xx, ws_reason("run not found", msg))
+            }
+            // The subscribe frame itself is not acceptable: sending it again
+            // changes nothing (PROTOCOL §2b: final, never retried).
+            ErrorCode::BadRequest => {
+                self.fail_final(now, Termination::Http4xx, ws_reason("bad request", msg))
+            }
+            // Finished with nothing more to send: the socket's 204.
+            ErrorCode::Finished => self.on_status(now, 204, None, false),
+            ErrorCode::Unavailable => self.fail(
+                now,
+                Termination::Http5xx,
+                None,
+                ws_reason("server unavailable", msg),
+            ),
+            // A code the contract does not name: resumed with backoff.
+            ErrorCode::Other(_) => self.fail(
+                now,
+                Termination::ProtocolError,
+                None,
+                ["server error ", code.as_str(), ": ", msg].concat(),
+            ),
         }
     }
 
@@ -665,6 +710,15 @@ impl Engine {
     /// Sends ride the WebSocket (they wait for an open socket) rather than HTTP POSTs.
     pub(super) fn socket_transport(&self) -> bool {
         self.cfg.transport == Transport::WebSocket
+    }
+}
+
+/// The reason shown for a refusal over WebSocket: `what`, and the server's detail.
+fn ws_reason(what: &str, msg: &str) -> String {
+    if msg.is_empty() {
+        what.to_owned()
+    } else {
+        [what, ": ", msg].concat()
     }
 }
 

@@ -10,7 +10,7 @@ use crate::core::metrics::{
     EventClass, MessageMetrics, Metric, SpanFields, SpanStatus, MAX_MESSAGE_METRICS,
 };
 use crate::core::state::{Message, MessageStatus};
-use crate::core::wire::{Accepted, ClientOp, Headers};
+use crate::core::wire::{Accepted, ClientOp, ErrorCode, Headers};
 
 impl Engine {
     /// Sends a chat message: the optimistic message shows at once; returns its `client_request_id`.
@@ -82,13 +82,7 @@ impl Engine {
                 let mid = accepted.map(|a| a.message_id);
                 self.send_accepted(now, client_request_id, mid.as_deref());
             }
-            Some(401) => {
-                if self.outbox.unauthorized(client_request_id, now) {
-                    self.pump_sends(now);
-                } else {
-                    self.send_failed_final(now, client_request_id, "HTTP 401".into());
-                }
-            }
+            Some(401) => self.send_unauthorized(now, client_request_id, "HTTP 401"),
             None | Some(408 | 425 | 429 | 500..=599) => {
                 self.retry_send(now, client_request_id, r.retry_after_ms)
             }
@@ -97,6 +91,35 @@ impl Engine {
                 client_request_id,
                 concat_u64("HTTP ", u64::from(code), ""),
             ),
+        }
+    }
+
+    /// PROTOCOL §2b / §7: the server answered WebSocket send `crid` with an
+    /// `error` of `code` (detail `msg`).
+    pub(super) fn send_refused(&mut self, now: Ms, crid: &str, code: ErrorCode, msg: &str) {
+        match code {
+            // A 401: one attempt at once with refreshed headers, then final.
+            ErrorCode::Unauthorized => self.send_unauthorized(now, crid, "unauthorized"),
+            // A refusal: sending it again changes nothing.
+            ErrorCode::Forbidden
+            | ErrorCode::NotFound
+            | ErrorCode::BadRequest
+            | ErrorCode::Finished => {
+                self.send_failed_final(now, crid, [code.as_str(), ": ", msg].concat())
+            }
+            // `unavailable` (a 5xx), or a code the contract does not name.
+            ErrorCode::Unavailable | ErrorCode::Other(_) => self.retry_send(now, crid, None),
+        }
+    }
+
+    /// A 401 (or `unauthorized`) for send `crid`: once it is sent again at
+    /// once (the `headers` function is called for it again), then it fails
+    /// with `why`.
+    fn send_unauthorized(&mut self, now: Ms, crid: &str, why: &str) {
+        if self.outbox.unauthorized(crid, now) {
+            self.pump_sends(now);
+        } else {
+            self.send_failed_final(now, crid, why.to_owned());
         }
     }
 
@@ -267,6 +290,9 @@ impl Engine {
         self.mark_dirty();
     }
 
+    /// A final answer for send `crid` (PROTOCOL §7): it leaves the outbox
+    /// and, at once, the stored record (a reload must not send it again),
+    /// and shows as failed.
     pub(super) fn send_failed_final(&mut self, now: Ms, crid: &str, why: String) {
         self.outbox.remove(crid);
         self.persist.touch();
@@ -288,6 +314,8 @@ impl Engine {
         self.link.last_error = Some(["message not sent: ", &why].concat());
         self.timers.set_opt(Timer::Send, self.outbox.next_due());
         self.close_send_only_socket(now);
+        // Stored at once, as `send()` stored it at once.
+        self.request_persist(now, true);
         self.mark_dirty();
     }
 

@@ -32,12 +32,7 @@ impl Engine {
                 None,
                 concat_u64("HTTP ", u64::from(status), " is not an event stream"),
             ),
-            401 if !self.link.unauthorized_retried => {
-                // The headers function is called once more (a refreshed token) before giving up.
-                self.link.unauthorized_retried = true;
-                self.end_link(now, Termination::Http4xx, Some("HTTP 401".into()));
-                self.connect(now);
-            }
+            401 => self.unauthorized(now, final_reason(401)),
             408 | 425 | 429 => self.fail(
                 now,
                 Termination::Http4xx,
@@ -58,6 +53,20 @@ impl Engine {
                 concat_u64("HTTP ", u64::from(status), ""),
             ),
         }
+    }
+
+    /// PROTOCOL §7 `401` (or WebSocket `unauthorized`): the `headers`
+    /// function is called once more (a new connection, at once: a refreshed
+    /// token) before giving up with `final_msg`; a success in between
+    /// ([`Link::authorized`](super::link::Link::authorized)) re-arms it.
+    pub(super) fn unauthorized(&mut self, now: Ms, final_msg: String) {
+        if self.link.unauthorized_retried {
+            self.fail_final(now, Termination::Http4xx, final_msg);
+            return;
+        }
+        self.link.unauthorized_retried = true;
+        self.end_link(now, Termination::Http4xx, Some(final_msg));
+        self.connect(now);
     }
 
     /// Connection `conn` ended.
