@@ -129,7 +129,7 @@ try {
   start("redis", "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no"]);
   await sleep(300);
   // Frame recording (for the contract tests' GET /api/admin/frames) off, as in a deployment.
-  const api = start("replica", bin, ["--addr", `127.0.0.1:${apiPort}`, "--store", store, "--www", "www", "--pkg", "pkg",
+  const api = start("replica", bin, ["--auth", "none", "--dev", "--addr", `127.0.0.1:${apiPort}`, "--store", store, "--www", "www", "--pkg", "pkg",
     "--record-frames", process.env.RECORD_FRAMES || "0"]);
   await waitHttp(`http://127.0.0.1:${apiPort}/api/admin/store`);
   const rssIdle = rssOf(api.pid);

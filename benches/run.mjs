@@ -37,7 +37,7 @@ async function startServer() {
   const bin = join(root, "target/release/runstream-server");
   if (!existsSync(bin)) throw new Error("build the server first: cargo build --release -p runstream-server");
   const port = await freePort();
-  const child = spawn(bin, ["--addr", `127.0.0.1:${port}`, "--www", join(root, "www"), "--pkg", join(root, "pkg")], { stdio: "ignore" });
+  const child = spawn(bin, ["--auth", "none", "--dev", "--addr", `127.0.0.1:${port}`, "--www", join(root, "www"), "--pkg", join(root, "pkg")], { stdio: "ignore" });
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 100; i++) {
     try {

@@ -23,7 +23,8 @@ port=${PORT:-8787}
 bin=./target/release/runstream-server
 if [ "$mode" = memory ]; then
   echo "runstream demo: http://127.0.0.1:$port/   (Ctrl-C to stop)"
-  exec "$bin" --addr "127.0.0.1:$port" --www www --pkg pkg
+  # Local development: no authorization, the demo's admin and chaos routes (never in production: README "Production").
+  exec "$bin" --auth none --dev --addr "127.0.0.1:$port" --www www --pkg pkg
 fi
 
 r1=$((port + 1)) r2=$((port + 2)) rp=$((port + 3))
@@ -46,7 +47,7 @@ for _ in $(seq 50); do
 done
 store="redis://127.0.0.1:$rp"
 for p in "$r1" "$r2"; do
-  "$bin" --addr "127.0.0.1:$p" --store "$store" --replies worker --www www --pkg pkg >"$dir/replica-$p.log" 2>&1 &
+  "$bin" --auth none --dev --addr "127.0.0.1:$p" --store "$store" --replies worker --www www --pkg pkg >"$dir/replica-$p.log" 2>&1 &
   pids+=($!)
 done
 "$bin" produce --store "$store" --chat-worker >"$dir/chat-worker.log" 2>&1 &

@@ -188,18 +188,17 @@ async fn logs(f: &Fixture) -> Vec<String> {
     let auth = format!("Bearer {PUBLISH_KEY}");
     let mut out = Vec::new();
     for run in [&f.run_a, &f.run_b, "sess_a", "sess_b", "ghost"] {
-        let (st, _, b) = http(
+        // The chat run never finishes: its frames, read for a moment.
+        let (st, _, b) = support::http_for(
             &f.addr,
             "GET",
             &format!("/api/stream/runs/{run}"),
             &[("Authorization", &auth)],
             None,
+            Duration::from_millis(700),
         )
         .await;
-        out.push(format!("{run} stream {st}"));
-        // The chat run never finishes: its frames, read for a moment.
-        let frames = sse_frames(&b);
-        let _ = frames;
+        out.push(format!("{run} stream {st} {}", sse_frames(&b).join("\n")));
         let (st, _, s) = http(
             &f.addr,
             "GET",

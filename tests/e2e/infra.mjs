@@ -159,7 +159,7 @@ export class Infra {
 
   async startReplica(i) {
     const p = this.track(
-      spawn(bin, ["--addr", `127.0.0.1:${this.replicaPorts[i]}`, "--store", this.redisUrl, "--www", "www", "--pkg", "pkg",
+      spawn(bin, ["--auth", "none", "--dev", "--addr", `127.0.0.1:${this.replicaPorts[i]}`, "--store", this.redisUrl, "--www", "www", "--pkg", "pkg",
         "--heartbeat-ms", "2000", "--replies", "worker", ...this.replicaArgs], { cwd: root, stdio: ["ignore", "pipe", "pipe"] }),
       `replica-${i}`,
     );
