@@ -3,15 +3,21 @@
 // loopback. Counts and duration are fixed; the figures are events/s delivered
 // to clients, append→delivery latency (p50/p99/max, from each envelope's
 // `timestamp`, set by the producer just before its XADD, to the moment the
-// client parsed the frame), lost/duplicated events, server RSS (peak and
-// after) and Redis `used_memory` after.
+// client parsed the frame), connect latency (request → response headers,
+// p50/p99), lost/duplicated events, server RSS (peak, after, and per
+// connection: (peak − idle) / clients) and Redis `used_memory` after.
+// It runs once per authorization mode, side by side in one run: `--auth none`
+// and `--jwt-secret-file` (HS256; each client sends its own token naming its
+// run), so the cost of a JWT check per connect shows in the connect latency.
 //
 //   node benches/load.mjs            (after `cargo build --release -p runstream-server`)
 //   CLIENTS=200 RUNS=10 SECONDS=10 node benches/load.mjs   (smaller)
+//   AUTH=none node benches/load.mjs  (one mode: none or jwt)
 //
 // Not part of the test command: ~40 s, and its figures only mean something on
 // an otherwise idle machine. Writes target/bench/load.json.
 import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { request } from "node:http";
 import { mkdtempSync, rmSync, readFileSync, existsSync, mkdirSync, writeFileSync, createWriteStream } from "node:fs";
 import { tmpdir } from "node:os";
@@ -26,6 +32,8 @@ const SECONDS = Number(process.env.SECONDS || 20);
 const RATE = Number(process.env.RATE || 20); // token events per second per run
 const TOKENS = SECONDS * RATE;
 const EVENTS_PER_RUN = TOKENS + 4; // run.started, message.created, deltas, message.completed, run.completed
+const MODES = (process.env.AUTH || "none,jwt").split(",");
+const SECRET = "load-benchmark-secret-0123456789";
 const bin = process.env.RUNSTREAM_SERVER_BIN
   || [join(root, "target/release/runstream-server"), join(root, "target/debug/runstream-server")].find(existsSync);
 if (!bin) throw new Error("build the server first: cargo build --release -p runstream-server");
@@ -79,13 +87,23 @@ function rssOf(pid) {
   } catch { return null; }
 }
 
+/** An HS256 JWT (RFC 7519) naming `run`, signed with node's crypto (not the server's code). */
+function jwt(run) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub: "load", exp: Math.floor(Date.now() / 1000) + 3600, runs: [run] })}`;
+  return `${body}.${createHmac("sha256", SECRET).update(body).digest("base64url")}`;
+}
+
 /** One SSE client: counts events, checks density, records latencies. */
-function client(port, run, stats) {
+function client(port, run, stats, token) {
   return new Promise((resolve) => {
     let buf = "";
     let last = 0;
-    const req = request({ host: "127.0.0.1", port, path: `/api/stream/runs/${run}`, agent: false }, (res) => {
+    const t0 = performance.now();
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const req = request({ host: "127.0.0.1", port, path: `/api/stream/runs/${run}`, headers, agent: false }, (res) => {
       if (res.statusCode !== 200) { stats.errors++; res.resume(); resolve(); return; }
+      stats.connectMs.push(performance.now() - t0);
       stats.connected++;
       res.setEncoding("utf8");
       res.on("data", (chunk) => {
@@ -122,32 +140,38 @@ function pct(sorted, p) {
 }
 
 let exitCode = 0;
-try {
+const results = [];
+
+async function oneRun(mode) {
   const redisPort = await freePort();
   const apiPort = await freePort();
   const store = `redis://127.0.0.1:${redisPort}`;
-  start("redis", "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no"]);
+  const redis = start(`redis-${mode}`, "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no"]);
   await sleep(300);
+  const auth = mode === "jwt" ? ["--jwt-secret-file", join(dir, "jwt.secret")] : ["--auth", "none"];
+  if (mode === "jwt") writeFileSync(join(dir, "jwt.secret"), SECRET);
   // Frame recording (for the contract tests' GET /api/admin/frames) off, as in a deployment.
-  const api = start("replica", bin, ["--auth", "none", "--dev", "--addr", `127.0.0.1:${apiPort}`, "--store", store, "--www", "www", "--pkg", "pkg",
+  const api = start(`replica-${mode}`, bin, [...auth, "--dev", "--addr", `127.0.0.1:${apiPort}`, "--store", store, "--www", "www", "--pkg", "pkg",
     "--record-frames", process.env.RECORD_FRAMES || "0"]);
-  await waitHttp(`http://127.0.0.1:${apiPort}/api/admin/store`);
+  await waitHttp(`http://127.0.0.1:${apiPort}/readyz`);
   const rssIdle = rssOf(api.pid);
   // The producer creates the runs now and starts appending 3 s + 1 ms per client later.
   const startAt = Date.now() + 3000 + CLIENTS;
-  const producer = start("producer", bin, ["produce", "--store", store, "--runs", String(RUNS), "--tokens", String(TOKENS),
+  const producer = start(`producer-${mode}`, bin, ["produce", "--store", store, "--runs", String(RUNS), "--tokens", String(TOKENS),
     "--rate", String(RATE), "--start-at-ms", String(startAt)]);
   const created = await lines(producer, /produce\.created/, RUNS, 15000);
   const runs = created.map((l) => JSON.parse(l).run_id);
-  const stats = { connected: 0, events: 0, dups: 0, lost: 0, errors: 0, first: null, lastAt: null, lat: [] };
+  const stats = { connected: 0, events: 0, dups: 0, lost: 0, errors: 0, first: null, lastAt: null, lat: [], connectMs: [] };
   const clients = [];
   for (let i = 0; i < CLIENTS; i++) {
-    clients.push(client(apiPort, runs[i % RUNS], stats));
+    const run = runs[i % RUNS];
+    clients.push(client(apiPort, run, stats, mode === "jwt" ? jwt(run) : null));
     if (i % 50 === 49) await sleep(5);
   }
   let rssPeak = 0;
   const sampler = setInterval(() => { rssPeak = Math.max(rssPeak, rssOf(api.pid) ?? 0); }, 500);
   const connectedBeforeStart = await (async () => { while (Date.now() < startAt && stats.connected < CLIENTS) await sleep(20); return stats.connected; })();
+  const rssConnected = rssOf(api.pid);
   const deadline = sleep((SECONDS + 60) * 1000).then(() => "timeout");
   const outcome = await Promise.race([Promise.all(clients).then(() => "done"), deadline]);
   clearInterval(sampler);
@@ -155,26 +179,46 @@ try {
   const storeInfo = await (await fetch(`http://127.0.0.1:${apiPort}/api/admin/store`)).json();
   const rssAfter = rssOf(api.pid);
   const lat = stats.lat.sort((a, b) => a - b);
+  const conn = stats.connectMs.sort((a, b) => a - b);
   const spanS = (stats.lastAt - stats.first) / 1000;
-  const mb = (b) => (b === null ? "—" : `${(b / 1048576).toFixed(1)} MiB`);
   const result = {
-    clients: CLIENTS, runs: RUNS, seconds: SECONDS, rate_per_run: RATE, events_per_run: EVENTS_PER_RUN,
+    auth: mode, clients: CLIENTS, runs: RUNS, seconds: SECONDS, rate_per_run: RATE, events_per_run: EVENTS_PER_RUN,
     outcome, connected_before_start: connectedBeforeStart, connect_errors: stats.errors,
     events_delivered: stats.events, expected: CLIENTS * EVENTS_PER_RUN, lost: stats.lost, duplicates: stats.dups,
     events_per_s_delivered: Math.round(stats.events / spanS), appends_per_s: Math.round((RUNS * EVENTS_PER_RUN) / spanS),
     latency_ms: { p50: pct(lat, 50), p90: pct(lat, 90), p99: pct(lat, 99), max: lat[lat.length - 1] ?? null },
-    server_rss: { idle: rssIdle, peak: rssPeak, after: rssAfter },
+    connect_ms: { p50: pct(conn, 50), p99: pct(conn, 99) },
+    server_rss: { idle: rssIdle, connected: rssConnected, peak: rssPeak, after: rssAfter,
+      per_connection: Math.round((Math.max(rssPeak, rssConnected ?? 0) - rssIdle) / CLIENTS) },
     redis_used_memory: storeInfo.used_memory, redis_keys: storeInfo.keys, live_tails_after: storeInfo.tails,
     server_bin: bin.replace(root + "/", ""),
   };
-  console.log(`load: ${CLIENTS} SSE clients over ${RUNS} runs, one replica, --store redis, ${SECONDS} s at ${RATE} events/s per run (${bin.includes("release") ? "release" : "debug"} build)`);
-  console.log(`  connected before the first append: ${connectedBeforeStart}/${CLIENTS}, errors ${stats.errors}, outcome ${outcome}`);
-  console.log(`  delivered ${stats.events} / ${CLIENTS * EVENTS_PER_RUN} events in ${spanS.toFixed(1)} s: ${result.events_per_s_delivered} events/s (appends ${result.appends_per_s}/s); lost ${stats.lost}, duplicates ${stats.dups}`);
-  console.log(`  append→delivery latency: p50 ${result.latency_ms.p50} ms, p90 ${result.latency_ms.p90} ms, p99 ${result.latency_ms.p99} ms, max ${result.latency_ms.max} ms`);
-  console.log(`  server RSS: idle ${mb(rssIdle)}, peak ${mb(rssPeak)}, after ${mb(rssAfter)}; Redis used_memory after: ${mb(storeInfo.used_memory)} (${storeInfo.keys} keys)`);
-  mkdirSync(join(root, "target/bench"), { recursive: true });
-  writeFileSync(join(root, "target/bench/load.json"), JSON.stringify(result, null, 2));
+  for (const p of [api, redis]) try { p.kill("SIGTERM"); } catch {}
+  await Promise.race([Promise.all([api.exited, redis.exited]), sleep(12000)]);
   if (outcome !== "done" || stats.lost || stats.dups || stats.errors) exitCode = 1;
+  return result;
+}
+
+try {
+  for (const mode of MODES) results.push(await oneRun(mode));
+  const mb = (b) => (b === null || b === undefined ? "—" : `${(b / 1048576).toFixed(1)} MiB`);
+  const kb = (b) => `${(b / 1024).toFixed(1)} KB`;
+  console.log(`load: ${CLIENTS} SSE clients over ${RUNS} runs, one replica, --store redis, ${SECONDS} s at ${RATE} events/s per run (${bin.includes("release") ? "release" : "debug"} build)`);
+  for (const r of results) {
+    console.log(`[auth ${r.auth}]`);
+    console.log(`  connected before the first append: ${r.connected_before_start}/${CLIENTS}, errors ${r.connect_errors}, outcome ${r.outcome}`);
+    console.log(`  delivered ${r.events_delivered} / ${r.expected} events: ${r.events_per_s_delivered} events/s (appends ${r.appends_per_s}/s); lost ${r.lost}, duplicates ${r.duplicates}`);
+    console.log(`  append→delivery latency: p50 ${r.latency_ms.p50} ms, p90 ${r.latency_ms.p90} ms, p99 ${r.latency_ms.p99} ms, max ${r.latency_ms.max} ms`);
+    console.log(`  connect (request → headers): p50 ${r.connect_ms.p50?.toFixed(2)} ms, p99 ${r.connect_ms.p99?.toFixed(2)} ms`);
+    console.log(`  server RSS: idle ${mb(r.server_rss.idle)}, all connected ${mb(r.server_rss.connected)}, peak ${mb(r.server_rss.peak)}, after ${mb(r.server_rss.after)}; per connection ${kb(r.server_rss.per_connection)}; Redis used_memory after: ${mb(r.redis_used_memory)} (${r.redis_keys} keys)`);
+  }
+  const none = results.find((r) => r.auth === "none");
+  const jwtR = results.find((r) => r.auth === "jwt");
+  if (none && jwtR) {
+    console.log(`  JWT check per connect (connect p50, jwt − none): ${((jwtR.connect_ms.p50 - none.connect_ms.p50) * 1000).toFixed(0)} µs (server/benches/auth.rs measures the check alone)`);
+  }
+  mkdirSync(join(root, "target/bench"), { recursive: true });
+  writeFileSync(join(root, "target/bench/load.json"), JSON.stringify(results, null, 2));
 } catch (e) {
   console.error(e);
   exitCode = 1;

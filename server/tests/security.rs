@@ -589,3 +589,128 @@ both_stores!(
     websocket_token_expiry_mid_stream_is_a_per_run_unauthorized,
     test_routes_exist_only_with_dev_and_bodies_are_bounded,
 );
+
+/// Generates a key pair with openssl: (private PKCS#8 PEM, public PEM path).
+fn keypair(dir: &std::path::Path, kind: &str) -> (Vec<u8>, String) {
+    let private = dir.join(format!("{kind}.pem"));
+    let public = dir.join(format!("{kind}.pub"));
+    let gen: &[&str] = if kind.starts_with("ec") {
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ]
+    } else {
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ]
+    };
+    let ok = std::process::Command::new("openssl")
+        .args(gen)
+        .arg("-out")
+        .arg(&private)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let ok = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    (
+        std::fs::read(&private).unwrap(),
+        public.to_string_lossy().into_owned(),
+    )
+}
+
+/// `--jwt-public-key-file`: the key's type decides RS256 or ES256, and a
+/// token of any other algorithm is refused, including the classic confusion
+/// (HS256 signed with the public key's PEM as the secret).
+#[tokio::test]
+async fn public_key_files_pick_rs256_or_es256_and_refuse_every_other_algorithm() {
+    use runstream_server::auth::{Credentials, DenyReason, Gate};
+    let dir = std::env::temp_dir().join(format!("runstream-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ec_private, ec_public) = keypair(&dir, "ec");
+    let (rsa_private, rsa_public) = keypair(&dir, "rsa");
+    let claims = json!({"exp": now() + 600, "runs": ["r1"]});
+    let es = encode(
+        &Header::new(Algorithm::ES256),
+        &claims,
+        &EncodingKey::from_ec_pem(&ec_private).unwrap(),
+    )
+    .unwrap();
+    let rs = encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(&rsa_private).unwrap(),
+    )
+    .unwrap();
+    let confused = |public: &str| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&std::fs::read(public).unwrap()),
+        )
+        .unwrap()
+    };
+    let store: Arc<dyn runstream_server::store::Store> =
+        Arc::new(runstream_server::store::memory::MemoryStore::new(100));
+    let metrics = Arc::new(runstream_server::metrics::Metrics::new());
+    let gate = |path: &str| {
+        let cfg = JwtConfig::public_key_file(path, JwtOptions::default()).unwrap();
+        Gate::new(
+            Arc::new(AuthMode::Jwt(Box::new(cfg))),
+            None,
+            store.clone(),
+            metrics.clone(),
+        )
+    };
+    let auth = |g: &Gate, t: &str| {
+        g.authenticate(Credentials {
+            bearer: Some(t),
+            cookies: None,
+        })
+        .map(|_| ())
+    };
+    let ec_gate = gate(&ec_public);
+    let rsa_gate = gate(&rsa_public);
+    assert_eq!(auth(&ec_gate, &es), Ok(()));
+    assert_eq!(auth(&rsa_gate, &rs), Ok(()));
+    assert_eq!(auth(&ec_gate, &rs), Err(DenyReason::WrongAlgorithm));
+    assert_eq!(auth(&rsa_gate, &es), Err(DenyReason::WrongAlgorithm));
+    assert_eq!(
+        auth(&ec_gate, &confused(&ec_public)),
+        Err(DenyReason::WrongAlgorithm)
+    );
+    assert_eq!(
+        auth(&rsa_gate, &confused(&rsa_public)),
+        Err(DenyReason::WrongAlgorithm)
+    );
+    // A token signed by another EC key: a bad signature.
+    let (other_private, _) = keypair(&dir, "ec2");
+    let other = encode(
+        &Header::new(Algorithm::ES256),
+        &claims,
+        &EncodingKey::from_ec_pem(&other_private).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(auth(&ec_gate, &other), Err(DenyReason::BadSignature));
+    // A secret file's content is not a public key.
+    std::fs::write(dir.join("secret"), "not a key").unwrap();
+    assert!(JwtConfig::public_key_file(
+        dir.join("secret").to_str().unwrap(),
+        JwtOptions::default()
+    )
+    .is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
