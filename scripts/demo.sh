@@ -52,7 +52,9 @@ for p in "$r1" "$r2"; do
 done
 "$bin" produce --store "$store" --chat-worker >"$dir/chat-worker.log" 2>&1 &
 pids+=($!)
-sed -e "s/listen 127.0.0.1:8080;/listen 127.0.0.1:$port;/" \
+# Plain HTTP only: the HTTPS + HTTP/2 lines need a certificate (docs/DEPLOY.md "HTTP/2").
+sed -e '/^ *# --- HTTPS/,/^ *# --- end HTTPS/d' \
+  -e "s/listen 127.0.0.1:8080;/listen 127.0.0.1:$port;/" \
   -e "s/server 127.0.0.1:8801 /server 127.0.0.1:$r1 /" \
   -e "s/server 127.0.0.1:8802 /server 127.0.0.1:$r2 /" deploy/nginx.conf >"$dir/nginx.conf"
 nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log" -g "daemon off; pid $dir/nginx.pid;" &

@@ -53,6 +53,8 @@ fi
 # with temporary directories by whoever needs them, never as system services.
 command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_pkgs+=(nginx)
+# openssl: tests/e2e/h2.test.mjs writes a self-signed certificate for nginx's HTTPS + HTTP/2 port.
+command -v openssl >/dev/null || apt_pkgs+=(openssl)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   log "apt-get install ${apt_pkgs[*]}"
   apt-get update -qq

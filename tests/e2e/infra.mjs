@@ -69,10 +69,32 @@ function waitForLine(proc, re, ms = 10000) {
   });
 }
 
-/** The nginx config of deploy/nginx.conf with this run's ports (and, if asked, a misconfigured front). */
-export function nginxConfig({ front, replicas, misconfigured }) {
+/**
+ * The nginx config of deploy/nginx.conf with this run's ports (and, if asked, a misconfigured front).
+ * `tls: { port, cert, key }` keeps the HTTPS + HTTP/2 listen of deploy/nginx.conf on `port` with that
+ * certificate; without it those lines are removed. `accessLog`: the main server logs every request to
+ * that file (relative to the -p prefix) as `server_port connection connection_requests protocol status uri`.
+ */
+export function nginxConfig({ front, replicas, misconfigured, tls, accessLog }) {
   let conf = readFileSync(join(root, "deploy/nginx.conf"), "utf8");
   conf = conf.replace("listen 127.0.0.1:8080;", `listen 127.0.0.1:${front};`);
+  if (tls) {
+    for (const [from, to] of [
+      ["listen 127.0.0.1:8443 ssl http2;", `listen 127.0.0.1:${tls.port} ssl http2;`],
+      ["ssl_certificate     /etc/runstream/tls/cert.pem;", `ssl_certificate     ${tls.cert};`],
+      ["ssl_certificate_key /etc/runstream/tls/key.pem;", `ssl_certificate_key ${tls.key};`],
+    ]) {
+      if (!conf.includes(from)) throw new Error(`deploy/nginx.conf: "${from}" not found`);
+      conf = conf.replace(from, to);
+    }
+  } else {
+    conf = conf.replace(/^ *# --- HTTPS[^]*?^ *# --- end HTTPS\n/m, "");
+  }
+  if (accessLog) {
+    conf = conf.replace("access_log off;",
+      "access_log off;\n    log_format connections '$server_port $connection $connection_requests $server_protocol $status $request_uri';");
+    conf = conf.replace(`listen 127.0.0.1:${front};`, `listen 127.0.0.1:${front};\n        access_log ${accessLog} connections;`);
+  }
   conf = conf.replace("server 127.0.0.1:8801 ", `server 127.0.0.1:${replicas[0]} `);
   conf = conf.replace("server 127.0.0.1:8802 ", `server 127.0.0.1:${replicas[1]} `);
   if (!conf.includes(`127.0.0.1:${replicas[1]}`)) throw new Error("deploy/nginx.conf: upstream lines not found");
@@ -119,7 +141,11 @@ export class Infra {
     return proc;
   }
 
-  async start({ replicaArgs = [] } = {}) {
+  /**
+   * `tls: { cert, key }` (PEM files) also serves HTTPS + HTTP/2 on `tlsPort` (`tlsFront`);
+   * `accessLog: true` logs every request of the main server to `access.log` (`accessLog()`).
+   */
+  async start({ replicaArgs = [], tls, accessLog } = {}) {
     if (!existsSync(bin)) throw new Error(`build the server first: cargo build -p runstream-server (${bin})`);
     this.replicaArgs = replicaArgs;
     const redisPort = await freePort();
@@ -139,7 +165,9 @@ export class Infra {
     await waitForLine(this.worker, /chat_worker\.ready/);
     this.frontPort = await freePort();
     this.misconfiguredPort = await freePort();
-    const conf = nginxConfig({ front: this.frontPort, replicas: this.replicaPorts, misconfigured: this.misconfiguredPort });
+    if (tls) this.tlsPort = await freePort();
+    const conf = nginxConfig({ front: this.frontPort, replicas: this.replicaPorts, misconfigured: this.misconfiguredPort,
+      tls: tls && { ...tls, port: this.tlsPort }, accessLog: accessLog && "access.log" });
     writeFileSync(join(this.dir, "nginx.conf"), conf);
     this.nginx = this.track(
       spawn("nginx", ["-p", this.dir, "-c", join(this.dir, "nginx.conf"), "-e", join(this.dir, "nginx-error.log"),
@@ -150,7 +178,21 @@ export class Infra {
     await waitForPort(this.misconfiguredPort);
     this.front = `http://127.0.0.1:${this.frontPort}`;
     this.misconfigured = `http://127.0.0.1:${this.misconfiguredPort}`;
+    if (tls) {
+      await waitForPort(this.tlsPort);
+      this.tlsFront = `https://127.0.0.1:${this.tlsPort}`;
+    }
     return this;
+  }
+
+  /** The requests nginx logged so far (`start({ accessLog: true })`), oldest first. */
+  accessLog() {
+    const f = join(this.dir, "access.log");
+    if (!existsSync(f)) return [];
+    return readFileSync(f, "utf8").split("\n").filter(Boolean).map((line) => {
+      const [port, connection, requests, protocol, status, uri] = line.split(" ");
+      return { port: Number(port), connection, requests: Number(requests), protocol, status: Number(status), uri };
+    });
   }
 
   replicaUrl(i) {
