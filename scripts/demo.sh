@@ -55,8 +55,8 @@ pids+=($!)
 # Plain HTTP only: the HTTPS + HTTP/2 lines need a certificate (docs/DEPLOY.md "HTTP/2").
 sed -e '/^ *# --- HTTPS/,/^ *# --- end HTTPS/d' \
   -e "s/listen 127.0.0.1:8080;/listen 127.0.0.1:$port;/" \
-  -e "s/server 127.0.0.1:8801 /server 127.0.0.1:$r1 /" \
-  -e "s/server 127.0.0.1:8802 /server 127.0.0.1:$r2 /" deploy/nginx.conf >"$dir/nginx.conf"
+  -e "s/server 127.0.0.1:8801 /server 127.0.0.1:$r1 /g" \
+  -e "s/server 127.0.0.1:8802 /server 127.0.0.1:$r2 /g" deploy/nginx.conf >"$dir/nginx.conf"
 nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log" -g "daemon off; pid $dir/nginx.pid;" &
 pids+=($!)
 for _ in $(seq 50); do

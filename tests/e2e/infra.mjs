@@ -95,8 +95,8 @@ export function nginxConfig({ front, replicas, misconfigured, tls, accessLog }) 
       "access_log off;\n    log_format connections '$server_port $connection $connection_requests $server_protocol $status $request_uri';");
     conf = conf.replace(`listen 127.0.0.1:${front};`, `listen 127.0.0.1:${front};\n        access_log ${accessLog} connections;`);
   }
-  conf = conf.replace("server 127.0.0.1:8801 ", `server 127.0.0.1:${replicas[0]} `);
-  conf = conf.replace("server 127.0.0.1:8802 ", `server 127.0.0.1:${replicas[1]} `);
+  conf = conf.replaceAll("server 127.0.0.1:8801 ", `server 127.0.0.1:${replicas[0]} `);
+  conf = conf.replaceAll("server 127.0.0.1:8802 ", `server 127.0.0.1:${replicas[1]} `);
   if (!conf.includes(`127.0.0.1:${replicas[1]}`)) throw new Error("deploy/nginx.conf: upstream lines not found");
   if (misconfigured) {
     // The same upstreams behind a front with no streaming location: nginx's
