@@ -322,6 +322,24 @@ impl Backend {
         }
     }
 
+    /// `redis-cli args…` on the Redis node holding `key` (the master of its slot on a
+    /// cluster): a key on another node would answer `MOVED`, so this also proves placement.
+    pub fn cli_for_key(&self, key: &str, args: &[&str]) -> String {
+        match (&self.redis, &self.cluster) {
+            (Some(r), _) => {
+                let port = r
+                    .url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap();
+                redis_cli(port, args)
+            }
+            (_, Some(c)) => c.cli_for_key(key, args),
+            _ => panic!("the memory store has no Redis"),
+        }
+    }
+
     /// A fresh store handle (for Redis: a new connection to the same server,
     /// like another process; for memory: a new, empty store).
     pub async fn store(&self) -> Arc<dyn Store> {
@@ -452,6 +470,30 @@ pub fn ids(frames: &[String]) -> Vec<u64> {
         .filter_map(|f| serde_json::from_str::<Value>(f).ok())
         .filter_map(|v| v["event_id"].as_u64())
         .collect()
+}
+
+/// Runs a test body on the shared stores: one Redis and a 3-master Redis Cluster
+/// (skipped without redis-server).
+#[macro_export]
+macro_rules! shared_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn redis() {
+                let Some(b) = super::support::Backend::new(super::support::Kind::Redis).await else {
+                    return;
+                };
+                super::$name(b).await;
+            }
+            #[tokio::test]
+            async fn cluster() {
+                let Some(b) = super::support::Backend::new(super::support::Kind::Cluster).await else {
+                    return;
+                };
+                super::$name(b).await;
+            }
+        }
+    )*};
 }
 
 /// Runs a test body on every store: memory, one Redis, and a 3-master Redis Cluster
