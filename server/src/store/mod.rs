@@ -2,7 +2,8 @@
 //!
 //! - [`memory::MemoryStore`] (`--store memory`, the default): the log in this
 //!   process, as the reference server always kept it. A restart loses it.
-//! - [`redis::RedisStore`] (`--store redis://host:port`): one Redis Stream per
+//! - [`redis::RedisStore`] (`--store redis://host:port`, or a Redis Cluster with
+//!   `--store redis-cluster://host:port,…`): one Redis Stream per
 //!   run with the event id as the entry id (`0-<event_id>`), so density and
 //!   order are the store's own; any number of replicas and producer processes
 //!   share it, and an event appended by one reaches the clients of every other.

@@ -1,7 +1,13 @@
-//! The Redis store (`--store redis://host:port`): one Redis Stream per run,
-//! shared by every replica and producer process.
+//! The Redis store (`--store redis://host:port`, or `--store
+//! redis-cluster://host:port,host:port,…` for a Redis Cluster): one Redis
+//! Stream per run, shared by every replica and producer process. The same code
+//! runs on both: `Conn` is a single Redis connection or a cluster connection
+//! (which routes each command to the master of its key's slot).
 //!
-//! Keys (the `{run}` hash tag keeps a run's keys in one cluster slot):
+//! Keys. Every Lua script and every `MULTI` pipeline names keys of **one**
+//! run or session only, and all of them carry its id as the hash tag `{…}`, so
+//! they share one cluster slot; the two global keys are only ever touched by
+//! single-key commands (so their names need no tag):
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
@@ -10,9 +16,22 @@
 //! | `runstream:{<run>}:idem:<key>` | string | a publish batch's `<sha256 hex>:<first>:<last>`; `SET EX` 24 h (idempotency across replicas) |
 //! | `runstream:{<run>}:base` | string | the reduced state as of `first_id - 1` (written when the log is trimmed) |
 //! | `runstream:{<session>}:send:<client_request_id>` | string | the message id of a send; `SET NX EX` (idempotency, TTL) |
-//! | `runstream:run_ids` | counter | run ids unique across processes |
-//! | `runstream:sends` | stream | accepted sends (`s` session, `c` client_request_id, `x` content), for chat workers and the publish API's long poll; `MAXLEN ~ 100000` |
+//! | `runstream:{<session>}:unqueued` | hash | `client_request_id` → content of sends accepted but not yet on the queue (a process died between the steps); `EXPIRE` = the send TTL |
+//! | `runstream:{<session>}:claimed:<client_request_id>` | string | the queue entry a chat worker answers for this send; `SET NX EX` (a send queued twice is answered once) |
+//! | `runstream:run_ids` | counter | run ids unique across processes (`INCR`, single key) |
+//! | `runstream:sends` | stream | accepted sends (`s` session, `c` client_request_id, `x` content), for chat workers (consumer group `replies`) and the publish API's long poll; `MAXLEN ~ 100000`; single-key commands only (`XADD`, `XREAD`, `XREADGROUP`, `XACK`, `XGROUP`) |
 //!
+//! - Send, in three steps because the queue is in another slot than the
+//!   session: (1) a Lua script in the session's slot checks the send key,
+//!   logs `message.created` and records the send in `unqueued`, atomically;
+//!   (2) `XADD runstream:sends`; (3) `HDEL unqueued`. The answer goes out
+//!   after step 3. If the process dies (or Redis fails) between the steps, the
+//!   client gets no answer and retries the same `client_request_id`; step 1
+//!   then answers the same message id and "still unqueued" with the content
+//!   first accepted, and the retry does steps 2 and 3. A death between 2 and
+//!   3 queues the send twice: the queue is at least once, so chat workers claim
+//!   each `(session, client_request_id)` once (`claimed`, `SET NX`) and the
+//!   publish API's consumers deduplicate by `client_request_id` (SERVER.md §1).
 //! - Append: a Lua script bumps `last_id` and `XADD`s with the explicit id
 //!   `0-<last_id>` in one step, so ids are dense whatever the number of writers.
 //! - Replay: `XRANGE` from `0-<after+1>` in batches; a resume older than
