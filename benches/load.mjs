@@ -8,6 +8,8 @@
 //
 //   node benches/load.mjs            (after `cargo build --release -p runstream-server`)
 //   CLIENTS=200 RUNS=10 SECONDS=10 node benches/load.mjs   (smaller)
+//   STORE=cluster node benches/load.mjs   (a 3-master Redis Cluster, `--store redis-cluster://…`)
+//   STORE=both node benches/load.mjs      (one Redis, then the cluster; figures side by side)
 //
 // Not part of the test command: ~40 s, and its figures only mean something on
 // an otherwise idle machine. Writes target/bench/load.json.
@@ -17,7 +19,7 @@ import { mkdtempSync, rmSync, readFileSync, existsSync, mkdirSync, writeFileSync
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { freePort } from "../tests/e2e/infra.mjs";
+import { freePort, startRedisCluster } from "../tests/e2e/infra.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const CLIENTS = Number(process.env.CLIENTS || 1000);
@@ -25,6 +27,8 @@ const RUNS = Number(process.env.RUNS || 50);
 const SECONDS = Number(process.env.SECONDS || 20);
 const RATE = Number(process.env.RATE || 20); // token events per second per run
 const TOKENS = SECONDS * RATE;
+const STORES = { redis: ["redis"], cluster: ["cluster"], both: ["redis", "cluster"] }[process.env.STORE || "redis"];
+if (!STORES) throw new Error("STORE: redis, cluster or both");
 const EVENTS_PER_RUN = TOKENS + 4; // run.started, message.created, deltas, message.completed, run.completed
 const bin = process.env.RUNSTREAM_SERVER_BIN
   || [join(root, "target/release/runstream-server"), join(root, "target/debug/runstream-server")].find(existsSync);
@@ -121,21 +125,26 @@ function pct(sorted, p) {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] : null;
 }
 
-let exitCode = 0;
-try {
-  const redisPort = await freePort();
+/** One load run on `kind` ("redis" or "cluster"); its processes are stopped at the end. */
+async function scenario(kind) {
   const apiPort = await freePort();
-  const store = `redis://127.0.0.1:${redisPort}`;
-  start("redis", "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no"]);
-  await sleep(300);
+  let store;
+  if (kind === "cluster") {
+    ({ url: store } = await startRedisCluster(dir, (name, args) => start(name, "redis-server", args)));
+  } else {
+    const redisPort = await freePort();
+    store = `redis://127.0.0.1:${redisPort}`;
+    start("redis", "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no"]);
+    await sleep(300);
+  }
   // Frame recording (for the contract tests' GET /api/admin/frames) off, as in a deployment.
-  const api = start("replica", bin, ["--auth", "none", "--dev", "--addr", `127.0.0.1:${apiPort}`, "--store", store, "--www", "www", "--pkg", "pkg",
+  const api = start(`${kind}-replica`, bin, ["--auth", "none", "--dev", "--addr", `127.0.0.1:${apiPort}`, "--store", store, "--www", "www", "--pkg", "pkg",
     "--record-frames", process.env.RECORD_FRAMES || "0"]);
   await waitHttp(`http://127.0.0.1:${apiPort}/api/admin/store`);
   const rssIdle = rssOf(api.pid);
   // The producer creates the runs now and starts appending 3 s + 1 ms per client later.
   const startAt = Date.now() + 3000 + CLIENTS;
-  const producer = start("producer", bin, ["produce", "--store", store, "--runs", String(RUNS), "--tokens", String(TOKENS),
+  const producer = start(`${kind}-producer`, bin, ["produce", "--store", store, "--runs", String(RUNS), "--tokens", String(TOKENS),
     "--rate", String(RATE), "--start-at-ms", String(startAt)]);
   const created = await lines(producer, /produce\.created/, RUNS, 15000);
   const runs = created.map((l) => JSON.parse(l).run_id);
@@ -158,23 +167,51 @@ try {
   const spanS = (stats.lastAt - stats.first) / 1000;
   const mb = (b) => (b === null ? "—" : `${(b / 1048576).toFixed(1)} MiB`);
   const result = {
-    clients: CLIENTS, runs: RUNS, seconds: SECONDS, rate_per_run: RATE, events_per_run: EVENTS_PER_RUN,
+    store: kind, clients: CLIENTS, runs: RUNS, seconds: SECONDS, rate_per_run: RATE, events_per_run: EVENTS_PER_RUN,
     outcome, connected_before_start: connectedBeforeStart, connect_errors: stats.errors,
     events_delivered: stats.events, expected: CLIENTS * EVENTS_PER_RUN, lost: stats.lost, duplicates: stats.dups,
     events_per_s_delivered: Math.round(stats.events / spanS), appends_per_s: Math.round((RUNS * EVENTS_PER_RUN) / spanS),
     latency_ms: { p50: pct(lat, 50), p90: pct(lat, 90), p99: pct(lat, 99), max: lat[lat.length - 1] ?? null },
     server_rss: { idle: rssIdle, peak: rssPeak, after: rssAfter },
-    redis_used_memory: storeInfo.used_memory, redis_keys: storeInfo.keys, live_tails_after: storeInfo.tails,
+    redis_nodes: storeInfo.nodes ?? 1, redis_used_memory: storeInfo.used_memory, redis_keys: storeInfo.keys, live_tails_after: storeInfo.tails,
     server_bin: bin.replace(root + "/", ""),
   };
-  console.log(`load: ${CLIENTS} SSE clients over ${RUNS} runs, one replica, --store redis, ${SECONDS} s at ${RATE} events/s per run (${bin.includes("release") ? "release" : "debug"} build)`);
+  const storeFlag = kind === "cluster" ? "--store redis-cluster (3 masters)" : "--store redis";
+  console.log(`load: ${CLIENTS} SSE clients over ${RUNS} runs, one replica, ${storeFlag}, ${SECONDS} s at ${RATE} events/s per run (${bin.includes("release") ? "release" : "debug"} build)`);
   console.log(`  connected before the first append: ${connectedBeforeStart}/${CLIENTS}, errors ${stats.errors}, outcome ${outcome}`);
   console.log(`  delivered ${stats.events} / ${CLIENTS * EVENTS_PER_RUN} events in ${spanS.toFixed(1)} s: ${result.events_per_s_delivered} events/s (appends ${result.appends_per_s}/s); lost ${stats.lost}, duplicates ${stats.dups}`);
   console.log(`  append→delivery latency: p50 ${result.latency_ms.p50} ms, p90 ${result.latency_ms.p90} ms, p99 ${result.latency_ms.p99} ms, max ${result.latency_ms.max} ms`);
-  console.log(`  server RSS: idle ${mb(rssIdle)}, peak ${mb(rssPeak)}, after ${mb(rssAfter)}; Redis used_memory after: ${mb(storeInfo.used_memory)} (${storeInfo.keys} keys)`);
+  console.log(`  server RSS: idle ${mb(rssIdle)}, peak ${mb(rssPeak)}, after ${mb(rssAfter)}; Redis used_memory after: ${mb(storeInfo.used_memory)} (${storeInfo.keys} keys, ${result.redis_nodes} node(s))`);
+  const ok = outcome === "done" && !stats.lost && !stats.dups && !stats.errors;
+  // Stop this scenario's processes before the next one starts.
+  const mine = procs.splice(0);
+  for (const p of mine) try { p.kill("SIGTERM"); } catch {}
+  await Promise.race([Promise.all(mine.map((p) => p.exited)), sleep(3000)]);
+  for (const p of mine) try { p.kill("SIGKILL"); } catch {}
+  return { result, ok };
+}
+
+let exitCode = 0;
+try {
+  const results = [];
+  for (const kind of STORES) {
+    const { result, ok } = await scenario(kind);
+    results.push(result);
+    if (!ok) exitCode = 1;
+  }
+  if (results.length > 1) {
+    const row = (name, f) => `  ${name.padEnd(28)}${results.map((r) => String(f(r)).padStart(16)).join("")}`;
+    console.log(`\nside by side (one run):`);
+    console.log(row("", (r) => r.store));
+    console.log(row("delivered / expected", (r) => `${r.events_delivered}/${r.expected}`));
+    console.log(row("lost, duplicates, errors", (r) => `${r.lost}, ${r.duplicates}, ${r.connect_errors}`));
+    console.log(row("events/s delivered", (r) => r.events_per_s_delivered));
+    console.log(row("latency p50 / p99 / max ms", (r) => `${r.latency_ms.p50}/${r.latency_ms.p99}/${r.latency_ms.max}`));
+    console.log(row("server RSS peak MiB", (r) => (r.server_rss.peak / 1048576).toFixed(1)));
+    console.log(row("Redis used_memory MiB", (r) => (r.redis_used_memory / 1048576).toFixed(1)));
+  }
   mkdirSync(join(root, "target/bench"), { recursive: true });
-  writeFileSync(join(root, "target/bench/load.json"), JSON.stringify(result, null, 2));
-  if (outcome !== "done" || stats.lost || stats.dups || stats.errors) exitCode = 1;
+  writeFileSync(join(root, "target/bench/load.json"), JSON.stringify(results.length === 1 ? results[0] : results, null, 2));
 } catch (e) {
   console.error(e);
   exitCode = 1;
