@@ -372,14 +372,16 @@ enum Source {
 }
 
 impl Source {
-    /// A cluster client whose requests time out after `response`.
+    /// A cluster client whose requests time out after `response`. It never re-sends a
+    /// command by itself (`retries(0)`): after a dropped connection or a timeout an append
+    /// script may have run, and a blind re-send would log its event twice (the single-node
+    /// `ConnectionManager` does not re-send either). A `MOVED` during resharding therefore
+    /// fails that one command (503; the client retries) and refreshes the slot map.
     fn cluster_client(seeds: &[String], response: Duration) -> redis::RedisResult<ClusterClient> {
         ClusterClient::builder(seeds.iter().map(String::as_str))
             .connection_timeout(Duration::from_secs(2))
             .response_timeout(response)
-            .retries(3)
-            .min_retry_wait(50)
-            .max_retry_wait(1000)
+            .retries(0)
             .build()
     }
 
