@@ -13,6 +13,8 @@
 //   node benches/load.mjs            (after `cargo build --release -p runstream-server`)
 //   CLIENTS=200 RUNS=10 SECONDS=10 node benches/load.mjs   (smaller)
 //   AUTH=none node benches/load.mjs  (one mode: none or jwt)
+//   STORE=cluster node benches/load.mjs   (a 3-master Redis Cluster, `--store redis-cluster://…`)
+//   STORE=both node benches/load.mjs      (one Redis, then the cluster; figures side by side)
 //
 // Not part of the test command: ~40 s, and its figures only mean something on
 // an otherwise idle machine. Writes target/bench/load.json.
@@ -23,7 +25,7 @@ import { mkdtempSync, rmSync, readFileSync, existsSync, mkdirSync, writeFileSync
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { freePort } from "../tests/e2e/infra.mjs";
+import { freePort, startRedisCluster } from "../tests/e2e/infra.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const CLIENTS = Number(process.env.CLIENTS || 1000);
@@ -33,6 +35,8 @@ const RATE = Number(process.env.RATE || 20); // token events per second per run
 const TOKENS = SECONDS * RATE;
 const EVENTS_PER_RUN = TOKENS + 4; // run.started, message.created, deltas, message.completed, run.completed
 const MODES = (process.env.AUTH || "none,jwt").split(",");
+const STORES = { redis: ["redis"], cluster: ["cluster"], both: ["redis", "cluster"] }[process.env.STORE || "redis"];
+if (!STORES) throw new Error("STORE: redis, cluster or both");
 const SECRET = "load-benchmark-secret-0123456789";
 const bin = process.env.RUNSTREAM_SERVER_BIN
   || [join(root, "target/release/runstream-server"), join(root, "target/debug/runstream-server")].find(existsSync);
@@ -142,12 +146,18 @@ function pct(sorted, p) {
 let exitCode = 0;
 const results = [];
 
-async function oneRun(mode) {
-  const redisPort = await freePort();
+/** One load run on `kind` ("redis" or "cluster") with authorization `mode` ("none" or "jwt"). */
+async function oneRun(kind, mode) {
   const apiPort = await freePort();
-  const store = `redis://127.0.0.1:${redisPort}`;
-  const redis = start(`redis-${mode}`, "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no"]);
-  await sleep(300);
+  let store;
+  if (kind === "cluster") {
+    ({ url: store } = await startRedisCluster(dir, (name, args) => start(`${name}-${mode}`, "redis-server", args)));
+  } else {
+    const redisPort = await freePort();
+    store = `redis://127.0.0.1:${redisPort}`;
+    start(`redis-${mode}`, "redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no"]);
+    await sleep(300);
+  }
   const auth = mode === "jwt" ? ["--jwt-secret-file", join(dir, "jwt.secret")] : ["--auth", "none"];
   if (mode === "jwt") writeFileSync(join(dir, "jwt.secret"), SECRET);
   // Frame recording (for the contract tests' GET /api/admin/frames) off, as in a deployment.
@@ -182,7 +192,7 @@ async function oneRun(mode) {
   const conn = stats.connectMs.sort((a, b) => a - b);
   const spanS = (stats.lastAt - stats.first) / 1000;
   const result = {
-    auth: mode, clients: CLIENTS, runs: RUNS, seconds: SECONDS, rate_per_run: RATE, events_per_run: EVENTS_PER_RUN,
+    store: kind, auth: mode, clients: CLIENTS, runs: RUNS, seconds: SECONDS, rate_per_run: RATE, events_per_run: EVENTS_PER_RUN,
     outcome, connected_before_start: connectedBeforeStart, connect_errors: stats.errors,
     events_delivered: stats.events, expected: CLIENTS * EVENTS_PER_RUN, lost: stats.lost, duplicates: stats.dups,
     events_per_s_delivered: Math.round(stats.events / spanS), appends_per_s: Math.round((RUNS * EVENTS_PER_RUN) / spanS),
@@ -190,32 +200,37 @@ async function oneRun(mode) {
     connect_ms: { p50: pct(conn, 50), p99: pct(conn, 99) },
     server_rss: { idle: rssIdle, connected: rssConnected, peak: rssPeak, after: rssAfter,
       per_connection: Math.round((Math.max(rssPeak, rssConnected ?? 0) - rssIdle) / CLIENTS) },
-    redis_used_memory: storeInfo.used_memory, redis_keys: storeInfo.keys, live_tails_after: storeInfo.tails,
+    redis_nodes: storeInfo.nodes ?? 1, redis_used_memory: storeInfo.used_memory, redis_keys: storeInfo.keys, live_tails_after: storeInfo.tails,
     server_bin: bin.replace(root + "/", ""),
   };
-  for (const p of [api, redis]) try { p.kill("SIGTERM"); } catch {}
-  await Promise.race([Promise.all([api.exited, redis.exited]), sleep(12000)]);
+  // Stop this run's processes before the next one starts.
+  const mine = procs.splice(0);
+  for (const p of mine) try { p.kill("SIGTERM"); } catch {}
+  await Promise.race([Promise.all(mine.map((p) => p.exited)), sleep(12000)]);
+  for (const p of mine) try { p.kill("SIGKILL"); } catch {}
   if (outcome !== "done" || stats.lost || stats.dups || stats.errors) exitCode = 1;
   return result;
 }
 
 try {
-  for (const mode of MODES) results.push(await oneRun(mode));
+  for (const kind of STORES) for (const mode of MODES) results.push(await oneRun(kind, mode));
   const mb = (b) => (b === null || b === undefined ? "—" : `${(b / 1048576).toFixed(1)} MiB`);
   const kb = (b) => `${(b / 1024).toFixed(1)} KB`;
-  console.log(`load: ${CLIENTS} SSE clients over ${RUNS} runs, one replica, --store redis, ${SECONDS} s at ${RATE} events/s per run (${bin.includes("release") ? "release" : "debug"} build)`);
+  console.log(`load: ${CLIENTS} SSE clients over ${RUNS} runs, one replica, ${SECONDS} s at ${RATE} events/s per run (${bin.includes("release") ? "release" : "debug"} build)`);
   for (const r of results) {
-    console.log(`[auth ${r.auth}]`);
+    console.log(`[${r.store === "cluster" ? "--store redis-cluster (3 masters)" : "--store redis"}, auth ${r.auth}]`);
     console.log(`  connected before the first append: ${r.connected_before_start}/${CLIENTS}, errors ${r.connect_errors}, outcome ${r.outcome}`);
     console.log(`  delivered ${r.events_delivered} / ${r.expected} events: ${r.events_per_s_delivered} events/s (appends ${r.appends_per_s}/s); lost ${r.lost}, duplicates ${r.duplicates}`);
     console.log(`  append→delivery latency: p50 ${r.latency_ms.p50} ms, p90 ${r.latency_ms.p90} ms, p99 ${r.latency_ms.p99} ms, max ${r.latency_ms.max} ms`);
     console.log(`  connect (request → headers): p50 ${r.connect_ms.p50?.toFixed(2)} ms, p99 ${r.connect_ms.p99?.toFixed(2)} ms`);
     console.log(`  server RSS: idle ${mb(r.server_rss.idle)}, all connected ${mb(r.server_rss.connected)}, peak ${mb(r.server_rss.peak)}, after ${mb(r.server_rss.after)}; per connection ${kb(r.server_rss.per_connection)}; Redis used_memory after: ${mb(r.redis_used_memory)} (${r.redis_keys} keys)`);
   }
-  const none = results.find((r) => r.auth === "none");
-  const jwtR = results.find((r) => r.auth === "jwt");
-  if (none && jwtR) {
-    console.log(`  JWT check per connect (connect p50, jwt − none): ${((jwtR.connect_ms.p50 - none.connect_ms.p50) * 1000).toFixed(0)} µs (server/benches/auth.rs measures the check alone)`);
+  for (const kind of STORES) {
+    const none = results.find((r) => r.store === kind && r.auth === "none");
+    const jwtR = results.find((r) => r.store === kind && r.auth === "jwt");
+    if (none && jwtR) {
+      console.log(`  ${kind}: JWT check per connect (connect p50, jwt − none): ${((jwtR.connect_ms.p50 - none.connect_ms.p50) * 1000).toFixed(0)} µs (server/benches/auth.rs measures the check alone)`);
+    }
   }
   mkdirSync(join(root, "target/bench"), { recursive: true });
   writeFileSync(join(root, "target/bench/load.json"), JSON.stringify(results, null, 2));

@@ -51,7 +51,10 @@ fi
 # redis-server and nginx for the infrastructure tests (tests/e2e/infra.test.mjs, the
 # server's Redis tests) and `./scripts/demo.sh --redis`; started on loopback ports
 # with temporary directories by whoever needs them, never as system services.
+# redis-cli (Debian's redis-tools, a dependency of redis-server) builds the test
+# Redis Clusters (`redis-cli --cluster create`, server/tests/support/mod.rs).
 command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
+command -v redis-cli >/dev/null || apt_pkgs+=(redis-tools)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_pkgs+=(nginx)
 # openssl: tests/e2e/h2.test.mjs writes a self-signed certificate for nginx's HTTPS + HTTP/2 port.
 command -v openssl >/dev/null || apt_pkgs+=(openssl)

@@ -3,13 +3,13 @@
 //!                  [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD]
 //!                  [--publish-key-file F] [--dev] [--record-frames N]
 //!                  [--addr 127.0.0.1:8787] [--www www] [--pkg pkg] [--heartbeat-ms 15000]
-//!                  [--store memory|redis://HOST:PORT] [--window N] [--replies local|worker|none]
+//!                  [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none]
 //!                  [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N]
 //!                  [--client-buffer N] [--slow-client-ms N] [--drain-ms N]
-//! runstream-server produce --store redis://HOST:PORT [--run-id ID] [--seed N] [--workers N]
+//! runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N]
 //!                  [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant]
 //!                  [--chaos JSON] [--window N] [--runs N] [--start-at-ms UNIX_MS]
-//! runstream-server produce --store redis://HOST:PORT --chat-worker [--consumer NAME]
+//! runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME]
 //! ```
 //!
 //! Secure by default: without an auth choice the gateway refuses to start.
@@ -44,7 +44,7 @@ use runstream_server::{
     create_and_produce, router, scenario, CreateRun, Limits, Replies, Settings,
 };
 
-const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT] [--window N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--slow-client-ms N] [--drain-ms N]\n       runstream-server produce --store redis://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis://HOST:PORT --chat-worker [--consumer NAME]";
+const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--slow-client-ms N] [--drain-ms N]\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME]";
 
 const NO_AUTH_CHOICE: &str = "runstream-server: no auth choice. PROTOCOL §7 needs one of:\n  --jwt-secret-file FILE      HS256 tokens signed with the secret in FILE\n  --jwt-public-key-file FILE  RS256/ES256 tokens verified with the PEM public key in FILE\n  --auth none                 no authorization at all (local development only)";
 

@@ -58,13 +58,7 @@ async fn stats(addr: &str, run: &str) -> Value {
     serde_json::from_slice(&b).unwrap()
 }
 
-async fn redis() -> Option<Backend> {
-    Backend::new(Kind::Redis).await
-}
-
-#[tokio::test]
-async fn an_event_appended_through_one_replica_reaches_clients_of_another() {
-    let Some(b) = redis().await else { return };
+async fn an_event_appended_through_one_replica_reaches_clients_of_another(b: Backend) {
     let (a, other) = (b.server().await, b.server().await);
     create(&a, json!({"kind": "chat", "run_id": "cross"})).await;
     // SSE and WebSocket clients on replica `other`, live before anything is appended.
@@ -128,12 +122,10 @@ async fn an_event_appended_through_one_replica_reaches_clients_of_another() {
     assert_eq!(stats(&a, "cross").await["last_event_id"], 5);
 }
 
-#[tokio::test]
-async fn a_producer_process_feeds_the_replicas() {
-    let Some(b) = redis().await else { return };
+async fn a_producer_process_feeds_the_replicas(b: Backend) {
     let api = b.server().await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runstream-server"))
-        .args(["produce", "--store", &b.redis.as_ref().unwrap().url])
+        .args(["produce", "--store", &b.spec()])
         .args(["--seed", "4", "--workers", "3", "--speed", "25"])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -175,9 +167,7 @@ async fn a_producer_process_feeds_the_replicas() {
     assert_eq!(state, reduce(&run, &frames), "snapshot = the log reduced");
 }
 
-#[tokio::test]
-async fn sends_are_accepted_once_across_replicas() {
-    let Some(b) = redis().await else { return };
+async fn sends_are_accepted_once_across_replicas(b: Backend) {
     let (a, other) = (b.server().await, b.server().await);
     let body = r#"{"client_request_id":"c-42","content":"hello"}"#;
     let (s1, _, b1) = http(&a, "POST", "/api/chat/sx/messages", &[], Some(body)).await;
@@ -205,20 +195,12 @@ async fn sends_are_accepted_once_across_replicas() {
     assert_eq!(users.len(), 2, "{snap}");
     assert_eq!(users[0]["client_request_id"], "c-42");
     // The idempotency key carries a TTL.
-    let url = &b.redis.as_ref().unwrap().url;
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let ttl: i64 = redis::cmd("TTL")
-        .arg("runstream:{sx}:send:c-42")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let key = "runstream:{sx}:send:c-42";
+    let ttl: i64 = b.cli_for_key(key, &["TTL", key]).trim().parse().unwrap();
     assert!(ttl > 3600, "ttl {ttl}");
 }
 
-#[tokio::test]
-async fn the_log_outlives_the_replicas() {
-    let Some(b) = redis().await else { return };
+async fn the_log_outlives_the_replicas(b: Backend) {
     let first = b.server().await;
     let run = create(&first, json!({"seed": 3, "workers": 3, "instant": true})).await;
     let (_, _, before) = http(&first, "GET", &format!("/api/stream/runs/{run}"), &[], None).await;
@@ -311,13 +293,27 @@ mod window_trims_to_a_snapshot {
         };
         super::window_trims_to_a_snapshot(b).await;
     }
+    #[tokio::test]
+    async fn cluster() {
+        let Some(b) = super::Backend::with_window(super::Kind::Cluster, 10).await else {
+            return;
+        };
+        super::window_trims_to_a_snapshot(b).await;
+    }
 }
 
 both_stores!(long_replays_are_dense);
 
-#[tokio::test]
-async fn live_tails_end_with_their_clients() {
-    let Some(b) = redis().await else { return };
+shared_stores!(
+    an_event_appended_through_one_replica_reaches_clients_of_another,
+    a_producer_process_feeds_the_replicas,
+    sends_are_accepted_once_across_replicas,
+    the_log_outlives_the_replicas,
+    live_tails_end_with_their_clients,
+    a_chat_worker_answers_each_send_once_whichever_replica_took_it
+);
+
+async fn live_tails_end_with_their_clients(b: Backend) {
     let addr = b.server().await;
     create(&addr, json!({"kind": "chat", "run_id": "t1"})).await;
     let mut readers = Vec::new();
@@ -354,10 +350,8 @@ async fn live_tails_end_with_their_clients() {
     assert_eq!(info(addr).await["tails"], 0);
 }
 
-#[tokio::test]
-async fn a_chat_worker_answers_each_send_once_whichever_replica_took_it() {
-    let Some(b) = redis().await else { return };
-    let url = b.redis.as_ref().unwrap().url.clone();
+async fn a_chat_worker_answers_each_send_once_whichever_replica_took_it(b: Backend) {
+    let url = b.spec();
     let a = support::start_with(b.store().await, runstream_server::Replies::Worker).await;
     let other = support::start_with(b.store().await, runstream_server::Replies::Worker).await;
     // A send accepted before any worker runs is queued, not lost.

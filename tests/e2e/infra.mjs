@@ -1,7 +1,9 @@
 // The infrastructure of tests/e2e/infra.test.mjs, started for real on loopback
-// ports in one temporary directory: redis-server, API replicas of the reference
-// server on `--store redis`, producer processes (the same binary's producer
-// role), a chat worker, and Debian's nginx configured from deploy/nginx.conf.
+// ports in one temporary directory: redis-server (or, with `STORE=cluster` or
+// `start({ store: "cluster" })`, a 3-master Redis Cluster), API replicas of the
+// reference server on `--store redis` (`redis-cluster`), producer processes (the
+// same binary's producer role), a chat worker, and Debian's nginx configured
+// from deploy/nginx.conf.
 // `stop()` ends every process and removes the directory (nginx's pid file lives
 // there, given with -g, so nothing is left under /run).
 import { spawn, spawnSync } from "node:child_process";
@@ -69,6 +71,7 @@ function waitForLine(proc, re, ms = 10000) {
   });
 }
 
+<<<<<<< HEAD
 /**
  * The nginx config of deploy/nginx.conf with this run's ports (and, if asked, a misconfigured front).
  * `tls: { port, cert, key }` keeps the HTTPS + HTTP/2 listen of deploy/nginx.conf on `port` with that
@@ -76,6 +79,46 @@ function waitForLine(proc, re, ms = 10000) {
  * that file (relative to the -p prefix) as `server_port connection connection_requests protocol status uri`.
  */
 export function nginxConfig({ front, replicas, misconfigured, tls, accessLog }) {
+=======
+/** `redis-cli -p port args…` (stdout; "" if it failed). */
+function redisCli(port, args) {
+  const r = spawnSync("redis-cli", ["-h", "127.0.0.1", "-p", String(port), ...args], { encoding: "utf8", timeout: 5000 });
+  return r.stdout || "";
+}
+
+/**
+ * Starts a Redis Cluster of `masters` masters (no replicas, no persistence) on
+ * loopback: `redis-server --cluster-enabled yes` per node, started through
+ * `spawnNode(name, args)` (the caller tracks and ends the processes), then
+ * `redis-cli --cluster create`, then waits until every node reports
+ * `cluster_state:ok`. Resolves with `{ url: "redis-cluster://…", ports }`.
+ */
+export async function startRedisCluster(dir, spawnNode, masters = 3) {
+  const ports = [];
+  for (let i = 0; i < masters; i++) {
+    const port = await freePort();
+    spawnNode(`redis-${port}`, ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--cluster-enabled", "yes",
+      "--cluster-config-file", join(dir, `nodes-${port}.conf`), "--save", "", "--appendonly", "no"]);
+    ports.push(port);
+  }
+  for (const p of ports) await waitForPort(p);
+  const addrs = ports.map((p) => `127.0.0.1:${p}`);
+  const made = spawnSync("redis-cli", ["--cluster", "create", ...addrs, "--cluster-replicas", "0", "--cluster-yes"],
+    { encoding: "utf8", timeout: 30000 });
+  if (made.status !== 0) throw new Error(`redis-cli --cluster create: ${made.stdout}${made.stderr}`);
+  for (const p of ports) {
+    const end = Date.now() + 20000;
+    while (!/cluster_state:ok/.test(redisCli(p, ["CLUSTER", "INFO"]))) {
+      if (Date.now() > end) throw new Error(`cluster node ${p} not ok after 20 s`);
+      await sleep(50);
+    }
+  }
+  return { url: `redis-cluster://${addrs.join(",")}`, ports };
+}
+
+/** The nginx config of deploy/nginx.conf with this run's ports (and, if asked, a misconfigured front). */
+export function nginxConfig({ front, replicas, misconfigured }) {
+>>>>>>> redis-cluster
   let conf = readFileSync(join(root, "deploy/nginx.conf"), "utf8");
   conf = conf.replace("listen 127.0.0.1:8080;", `listen 127.0.0.1:${front};`);
   if (tls) {
@@ -141,21 +184,34 @@ export class Infra {
     return proc;
   }
 
+<<<<<<< HEAD
   /**
    * `tls: { cert, key }` (PEM files) also serves HTTPS + HTTP/2 on `tlsPort` (`tlsFront`);
    * `accessLog: true` logs every request of the main server to `access.log` (`accessLog()`).
    */
   async start({ replicaArgs = [], tls, accessLog } = {}) {
+=======
+  /** `store`: "redis" (one redis-server) or "cluster" (3 masters); default `$STORE` or "redis". */
+  async start({ replicaArgs = [], store = process.env.STORE || "redis" } = {}) {
+>>>>>>> redis-cluster
     if (!existsSync(bin)) throw new Error(`build the server first: cargo build -p runstream-server (${bin})`);
+    if (store !== "redis" && store !== "cluster") throw new Error(`store: "redis" or "cluster", not ${store}`);
     this.replicaArgs = replicaArgs;
-    const redisPort = await freePort();
-    this.redisUrl = `redis://127.0.0.1:${redisPort}`;
-    this.redis = this.track(
-      spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", this.dir,
-        "--save", "", "--appendonly", "no"], { stdio: ["ignore", "pipe", "pipe"] }),
-      "redis",
-    );
-    await waitForPort(redisPort);
+    this.store = store;
+    if (store === "cluster") {
+      const spawnNode = (name, args) => this.track(spawn("redis-server", args, { stdio: ["ignore", "pipe", "pipe"] }), name);
+      this.cluster = await startRedisCluster(this.dir, spawnNode);
+      this.redisUrl = this.cluster.url;
+    } else {
+      const redisPort = await freePort();
+      this.redisUrl = `redis://127.0.0.1:${redisPort}`;
+      this.redis = this.track(
+        spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", this.dir,
+          "--save", "", "--appendonly", "no"], { stdio: ["ignore", "pipe", "pipe"] }),
+        "redis",
+      );
+      await waitForPort(redisPort);
+    }
     this.replicaPorts = [await freePort(), await freePort()];
     await Promise.all([0, 1].map((i) => this.startReplica(i)));
     this.worker = this.track(

@@ -2,7 +2,8 @@
 //!
 //! - [`memory::MemoryStore`] (`--store memory`, the default): the log in this
 //!   process, as the reference server always kept it. A restart loses it.
-//! - [`redis::RedisStore`] (`--store redis://host:port`): one Redis Stream per
+//! - [`redis::RedisStore`] (`--store redis://host:port`, or a Redis Cluster with
+//!   `--store redis-cluster://host:port,…`): one Redis Stream per
 //!   run with the event id as the entry id (`0-<event_id>`), so density and
 //!   order are the store's own; any number of replicas and producer processes
 //!   share it, and an event appended by one reaches the clients of every other.
@@ -44,7 +45,7 @@ pub enum StoreError {
     #[error("corrupt store data: {0}")]
     Corrupt(String),
     /// A store URL this server does not know.
-    #[error("unsupported store {0:?} (expected `memory` or `redis://host:port`)")]
+    #[error("unsupported store {0:?} (expected `memory`, `redis://host:port` or `redis-cluster://host:port,…`)")]
     Unsupported(String),
 }
 
@@ -223,7 +224,7 @@ pub struct Tail {
 ///   process appended;
 /// - `send` is idempotent on `(session, client_request_id)`.
 pub trait Store: Send + Sync + 'static {
-    /// `"memory"` or `"redis"`.
+    /// `"memory"`, `"redis"` or `"redis-cluster"`.
     fn name(&self) -> &'static str;
 
     /// A fresh run id, unique across every process sharing the store.
@@ -326,12 +327,16 @@ pub struct QueuedSend {
     pub content: String,
 }
 
-/// Opens the store named by `--store`: `memory` or `redis://host:port[/db]`.
+/// Opens the store named by `--store`: `memory`, `redis://host:port[/db]`, or
+/// `redis-cluster://host:port,host:port,…` (seed nodes of a Redis Cluster).
 pub async fn open(spec: &str, window: u64) -> StoreResult<Arc<dyn Store>> {
     if spec == "memory" {
         return Ok(Arc::new(memory::MemoryStore::new(window)));
     }
-    if spec.starts_with("redis://") || spec.starts_with("redis+unix://") {
+    if spec.starts_with("redis://")
+        || spec.starts_with("redis+unix://")
+        || spec.starts_with("redis-cluster://")
+    {
         return Ok(Arc::new(redis::RedisStore::connect(spec, window).await?));
     }
     Err(StoreError::Unsupported(spec.to_owned()))

@@ -1,7 +1,13 @@
-//! The Redis store (`--store redis://host:port`): one Redis Stream per run,
-//! shared by every replica and producer process.
+//! The Redis store (`--store redis://host:port`, or `--store
+//! redis-cluster://host:port,host:port,…` for a Redis Cluster): one Redis
+//! Stream per run, shared by every replica and producer process. The same code
+//! runs on both: `Conn` is a single Redis connection or a cluster connection
+//! (which routes each command to the master of its key's slot).
 //!
-//! Keys (the `{run}` hash tag keeps a run's keys in one cluster slot):
+//! Keys. Every Lua script and every `MULTI` pipeline names keys of **one**
+//! run or session only, and all of them carry its id as the hash tag `{…}`, so
+//! they share one cluster slot; the two global keys are only ever touched by
+//! single-key commands (so their names need no tag):
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
@@ -10,9 +16,22 @@
 //! | `runstream:{<run>}:idem:<key>` | string | a publish batch's `<sha256 hex>:<first>:<last>`; `SET EX` 24 h (idempotency across replicas) |
 //! | `runstream:{<run>}:base` | string | the reduced state as of `first_id - 1` (written when the log is trimmed) |
 //! | `runstream:{<session>}:send:<client_request_id>` | string | the message id of a send; `SET NX EX` (idempotency, TTL) |
-//! | `runstream:run_ids` | counter | run ids unique across processes |
-//! | `runstream:sends` | stream | accepted sends (`s` session, `c` client_request_id, `x` content), for chat workers and the publish API's long poll; `MAXLEN ~ 100000` |
+//! | `runstream:{<session>}:unqueued` | hash | `client_request_id` → content of sends accepted but not yet on the queue (a process died between the steps); `EXPIRE` = the send TTL |
+//! | `runstream:{<session>}:claimed:<client_request_id>` | string | the queue entry a chat worker answers for this send; `SET NX EX` (a send queued twice is answered once) |
+//! | `runstream:run_ids` | counter | run ids unique across processes (`INCR`, single key) |
+//! | `runstream:sends` | stream | accepted sends (`s` session, `c` client_request_id, `x` content), for chat workers (consumer group `replies`) and the publish API's long poll; `MAXLEN ~ 100000`; single-key commands only (`XADD`, `XREAD`, `XREADGROUP`, `XACK`, `XGROUP`) |
 //!
+//! - Send, in three steps because the queue is in another slot than the
+//!   session: (1) a Lua script in the session's slot checks the send key,
+//!   logs `message.created` and records the send in `unqueued`, atomically;
+//!   (2) `XADD runstream:sends`; (3) `HDEL unqueued`. The answer goes out
+//!   after step 3. If the process dies (or Redis fails) between the steps, the
+//!   client gets no answer and retries the same `client_request_id`; step 1
+//!   then answers the same message id and "still unqueued" with the content
+//!   first accepted, and the retry does steps 2 and 3. A death between 2 and
+//!   3 queues the send twice: the queue is at least once, so chat workers claim
+//!   each `(session, client_request_id)` once (`claimed`, `SET NX`) and the
+//!   publish API's consumers deduplicate by `client_request_id` (SERVER.md §1).
 //! - Append: a Lua script bumps `last_id` and `XADD`s with the explicit id
 //!   `0-<last_id>` in one step, so ids are dense whatever the number of writers.
 //! - Replay: `XRANGE` from `0-<after+1>` in batches; a resume older than
@@ -31,8 +50,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Script};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, RedisFuture, Script};
 use runstream::core::wire::SnapshotBody;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -75,20 +98,28 @@ local n = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 return {n, tonumber(redis.call('HGET', KEYS[1], 'first_id'))}
 "#;
 
-/// KEYS: meta, log, send key, send queue. ARGV: body head (up to the message id), body tail,
-/// TTL s, session, client_request_id, content. Returns {fresh, message_id, id, first_id}.
-/// A fresh send is also queued for chat workers (`produce --chat-worker`).
+/// KEYS: meta, log, send key, unqueued (all in the session's slot). ARGV: body head (up
+/// to the message id), body tail, TTL s, session, client_request_id, content.
+/// Returns {fresh, message_id, id, first_id, unqueued, content}: a fresh send is logged and
+/// recorded in `unqueued` (the caller then adds it to the global queue, in its own slot, and
+/// clears the record); a repeat whose queue step never completed answers unqueued = 1 with the
+/// content first accepted, so the caller queues it now.
 const LUA_SEND_MAIN: &str = r#"
 local prev = redis.call('GET', KEYS[3])
-if prev then return {0, prev, 0, 0} end
+if prev then
+  local pending = redis.call('HGET', KEYS[4], ARGV[5])
+  if pending then return {0, prev, 0, 0, 1, pending} end
+  return {0, prev, 0, 0, 0, ''}
+end
 if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then
   redis.call('HSET', KEYS[1], 'kind', 'chat', 'chaos', '{}', 'speed', '1', 'first_id', '1', 'last_id', '0', 'next_message', '0', 'session', ARGV[4])
 end
 local mid = 'msg_' .. string.format('%d', redis.call('HINCRBY', KEYS[1], 'next_message', 1))
 redis.call('SET', KEYS[3], mid, 'NX', 'EX', ARGV[3])
 local n = append(KEYS[1], KEYS[2], ARGV[1] .. mid .. ARGV[2], 'message.created')
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', '100000', '*', 's', ARGV[4], 'c', ARGV[5], 'x', ARGV[6])
-return {1, mid, n, tonumber(redis.call('HGET', KEYS[1], 'first_id'))}
+redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+return {1, mid, n, tonumber(redis.call('HGET', KEYS[1], 'first_id')), 1, ''}
 "#;
 
 /// KEYS: meta. ARGV: kind, chaos JSON, speed, session ('' = none). Returns 1 if created.
@@ -145,6 +176,8 @@ return 1
 
 /// The stream of accepted sends that chat workers consume (consumer group [`SEND_GROUP`]).
 const SEND_QUEUE: &str = "runstream:sends";
+/// Approximate bound of the send queue (`XADD MAXLEN ~`).
+const SEND_QUEUE_MAXLEN: u64 = 100_000;
 /// The consumer group of chat workers.
 const SEND_GROUP: &str = "replies";
 
@@ -162,6 +195,12 @@ fn idem_key(id: &str, key: &str) -> String {
 }
 fn send_key(session: &str, crid: &str) -> String {
     format!("runstream:{{{session}}}:send:{crid}")
+}
+fn unqueued_key(session: &str) -> String {
+    format!("runstream:{{{session}}}:unqueued")
+}
+fn claimed_key(session: &str, crid: &str) -> String {
+    format!("runstream:{{{session}}}:claimed:{crid}")
 }
 
 const META_FIELDS: [&str; 7] = [
@@ -253,6 +292,17 @@ fn body_rest(run_id: &str, ty: &str, payload_rest: &str) -> String {
     format!("{inner},\"payload\":{payload_rest}}}")
 }
 
+/// What step 1 of a send answered.
+struct Accepted {
+    message_id: String,
+    fresh: bool,
+    /// The `message.created` id and the run's `first_id` (fresh sends only; for the window).
+    last: u64,
+    first: u64,
+    /// The content to put on the queue now: a fresh send, or a repeat whose queue step never completed.
+    to_queue: Option<String>,
+}
+
 /// The live tail of one run in this process.
 struct TailShared {
     /// Highest id the tail has read; every local stream of the run waits on it.
@@ -270,16 +320,142 @@ struct TailCache {
 
 type Tails = Arc<Mutex<HashMap<String, Arc<TailShared>>>>;
 
-/// A run log in Redis Streams.
+/// One connection to a single Redis or to a cluster: every command of the store goes
+/// through it unchanged (on a cluster each is routed to the master of its key's slot; a
+/// script or `MULTI` pipeline must name keys of one slot, which the key layout guarantees).
+#[derive(Clone)]
+enum Conn {
+    /// The shared, reconnecting connection to a single Redis.
+    Manager(ConnectionManager),
+    /// A connection of its own to a single Redis (blocking reads).
+    Plain(MultiplexedConnection),
+    /// A cluster connection (one multiplexed connection per master, slot-routed).
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Manager(c) => c.req_packed_command(cmd),
+            Self::Plain(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Manager(c) => c.get_db(),
+            Self::Plain(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where connections come from: a single Redis, or a cluster's seed nodes.
+#[derive(Clone)]
+enum Source {
+    Single(Client),
+    Cluster(Vec<String>),
+}
+
+impl Source {
+    /// A cluster client whose requests time out after `response`. It never re-sends a
+    /// command by itself (`retries(0)`): after a dropped connection or a timeout an append
+    /// script may have run, and a blind re-send would log its event twice (the single-node
+    /// `ConnectionManager` does not re-send either). A `MOVED` during resharding therefore
+    /// fails that one command (503; the client retries) and refreshes the slot map.
+    fn cluster_client(seeds: &[String], response: Duration) -> redis::RedisResult<ClusterClient> {
+        ClusterClient::builder(seeds.iter().map(String::as_str))
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(response)
+            .retries(0)
+            .build()
+    }
+
+    /// The shared connection every non-blocking command uses.
+    async fn shared(&self) -> redis::RedisResult<Conn> {
+        match self {
+            Self::Single(client) => {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(10)))
+                    .set_number_of_retries(3);
+                Ok(Conn::Manager(
+                    ConnectionManager::new_with_config(client.clone(), cfg).await?,
+                ))
+            }
+            Self::Cluster(seeds) => Ok(Conn::Cluster(
+                Self::cluster_client(seeds, Duration::from_secs(10))?
+                    .get_async_connection()
+                    .await?,
+            )),
+        }
+    }
+
+    /// A connection of its own for a blocking read (`XREAD BLOCK`, `XREADGROUP BLOCK`) that
+    /// may wait up to `block`: on the shared one it would stall every other command behind it.
+    async fn blocking(&self, block: Duration) -> redis::RedisResult<Conn> {
+        let response = block + Duration::from_secs(5);
+        match self {
+            Self::Single(client) => {
+                let cfg = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(response));
+                Ok(Conn::Plain(
+                    client
+                        .get_multiplexed_async_connection_with_config(&cfg)
+                        .await?,
+                ))
+            }
+            Self::Cluster(seeds) => Ok(Conn::Cluster(
+                Self::cluster_client(seeds, response)?
+                    .get_async_connection()
+                    .await?,
+            )),
+        }
+    }
+}
+
+/// The seed nodes of `redis-cluster://host:port,host:port,…` as `redis://host:port` URLs.
+pub fn cluster_seeds(spec: &str) -> StoreResult<Vec<String>> {
+    let rest = spec
+        .strip_prefix("redis-cluster://")
+        .ok_or_else(|| StoreError::Unsupported(spec.to_owned()))?;
+    let seeds: Vec<String> = rest
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("redis://{s}"))
+        .collect();
+    if seeds.is_empty() {
+        return Err(StoreError::Unsupported(spec.to_owned()));
+    }
+    Ok(seeds)
+}
+
+/// A run log in Redis Streams, on a single Redis or a Redis Cluster.
 pub struct RedisStore {
-    client: Client,
-    conn: ConnectionManager,
+    source: Source,
+    conn: Conn,
     window: u64,
     send_ttl_s: u64,
     tails: Tails,
     snapshots: Mutex<HashMap<String, Reduced>>,
     /// The blocking connection of a chat worker's `XREADGROUP`.
-    worker_conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    worker_conn: tokio::sync::Mutex<Option<Conn>>,
     append_script: Script,
     send_script: Script,
     create_script: Script,
@@ -289,18 +465,19 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port[/db]`), keeping `window` events per run.
+    /// Connects to `url` (`redis://host:port[/db]`, or `redis-cluster://host:port,…` with
+    /// seed nodes of a cluster), keeping `window` events per run.
     pub async fn connect(url: &str, window: u64) -> StoreResult<Self> {
-        let client = Client::open(url)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_number_of_retries(3);
-        let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        let source = if url.starts_with("redis-cluster://") {
+            Source::Cluster(cluster_seeds(url)?)
+        } else {
+            Source::Single(Client::open(url)?)
+        };
+        let conn = source.shared().await?;
         let mut ping = conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut ping).await?;
+        let _: redis::Value = redis::cmd("PING").query_async(&mut ping).await?;
         Ok(Self {
-            client,
+            source,
             conn,
             window: window.max(1),
             send_ttl_s: DEFAULT_SEND_TTL_S,
@@ -316,13 +493,18 @@ impl RedisStore {
         })
     }
 
+    /// True on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.source, Source::Cluster(_))
+    }
+
     /// Sets the lifetime of chat send idempotency keys.
     pub fn with_send_ttl(mut self, seconds: u64) -> Self {
         self.send_ttl_s = seconds.max(1);
         self
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -530,7 +712,7 @@ impl RedisStore {
                 });
                 tails.insert(id.to_owned(), s.clone());
                 tokio::spawn(run_tail(
-                    self.client.clone(),
+                    self.source.clone(),
                     self.tails.clone(),
                     id.to_owned(),
                     s.clone(),
@@ -589,34 +771,94 @@ impl RedisStore {
         Ok(Some(body))
     }
 
-    async fn send_now(&self, session: &str, crid: &str, content: &str) -> StoreResult<SendOutcome> {
+    /// Step 1 of a send, in the session's slot: the idempotency check, the
+    /// `message.created` event and the `unqueued` record, atomically.
+    async fn accept_send(&self, session: &str, crid: &str, content: &str) -> StoreResult<Accepted> {
         // The payload is `{"message_id":"<allocated in the script>", …rest}`.
         let rest =
             json!({"role": "user", "client_request_id": crid, "content": content}).to_string();
         let rest = rest.strip_prefix('{').unwrap_or(&rest);
         let body = body_rest(session, "message.created", "{\"message_id\":\"");
         let head = body.strip_suffix('}').unwrap_or(&body).to_owned();
-        let (fresh, mid, n, first): (i64, String, u64, u64) = self
-            .send_script
-            .key(meta_key(session))
-            .key(log_key(session))
-            .key(send_key(session, crid))
-            .key(SEND_QUEUE)
-            .arg(head)
-            .arg(format!("\",{rest}}}"))
-            .arg(self.send_ttl_s)
+        let (fresh, message_id, n, first, unqueued, stored): (i64, String, u64, u64, i64, String) =
+            self.send_script
+                .key(meta_key(session))
+                .key(log_key(session))
+                .key(send_key(session, crid))
+                .key(unqueued_key(session))
+                .arg(head)
+                .arg(format!("\",{rest}}}"))
+                .arg(self.send_ttl_s)
+                .arg(session)
+                .arg(crid)
+                .arg(content)
+                .invoke_async(&mut self.conn())
+                .await?;
+        let fresh = fresh == 1;
+        Ok(Accepted {
+            message_id,
+            fresh,
+            last: n,
+            first,
+            // A fresh send queues what it was given; a repeat, what was first accepted.
+            to_queue: match (unqueued == 1, fresh) {
+                (false, _) => None,
+                (true, true) => Some(content.to_owned()),
+                (true, false) => Some(stored),
+            },
+        })
+    }
+
+    /// Steps 2 and 3 of a send: `XADD` to the global queue (its own slot), then clear the
+    /// session's `unqueued` record. A failure between them leaves the record: the next
+    /// retry of the send queues it again (consumers deduplicate by `client_request_id`).
+    async fn queue_send(&self, session: &str, crid: &str, content: &str) -> StoreResult<()> {
+        let _: String = redis::cmd("XADD")
+            .arg(SEND_QUEUE)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(SEND_QUEUE_MAXLEN)
+            .arg("*")
+            .arg("s")
             .arg(session)
+            .arg("c")
             .arg(crid)
+            .arg("x")
             .arg(content)
-            .invoke_async(&mut self.conn())
+            .query_async(&mut self.conn())
             .await?;
-        if fresh == 1 {
-            self.trim_if_over(session, n, first).await?;
+        let _: i64 = redis::cmd("HDEL")
+            .arg(unqueued_key(session))
+            .arg(crid)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Only the first step of a send (logged, recorded as unqueued, not queued): what a
+    /// process that dies between the steps leaves behind. For tests.
+    #[doc(hidden)]
+    pub async fn accept_send_only(
+        &self,
+        session: &str,
+        crid: &str,
+        content: &str,
+    ) -> StoreResult<String> {
+        Ok(self.accept_send(session, crid, content).await?.message_id)
+    }
+
+    async fn send_now(&self, session: &str, crid: &str, content: &str) -> StoreResult<SendOutcome> {
+        let a = self.accept_send(session, crid, content).await?;
+        if let Some(c) = &a.to_queue {
+            self.queue_send(session, crid, c).await?;
+        }
+        if a.fresh {
+            self.trim_if_over(session, a.last, a.first).await?;
         }
         Ok(SendOutcome {
-            message_id: mid,
+            message_id: a.message_id,
             run_id: session.to_owned(),
-            fresh: fresh == 1,
+            fresh: a.fresh,
         })
     }
 
@@ -662,13 +904,11 @@ impl RedisStore {
     ) -> StoreResult<(Vec<SendRecord>, String)> {
         let after = after.unwrap_or("0-0").to_owned();
         // A blocking read gets a connection of its own (it would stall the shared one).
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_millis(wait_ms + 5000)));
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
+        let mut conn = if wait_ms > 0 {
+            self.source.blocking(Duration::from_millis(wait_ms)).await?
+        } else {
+            self.conn()
+        };
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT").arg(max.max(1));
         if wait_ms > 0 {
@@ -695,20 +935,37 @@ impl RedisStore {
     }
 
     async fn info_now(&self) -> StoreResult<Value> {
-        let text: String = redis::cmd("INFO")
+        // A single Redis answers one text; a cluster, one per node (summed below).
+        let reply: redis::Value = redis::cmd("INFO")
             .arg("memory")
             .query_async(&mut self.conn())
             .await?;
+        let texts: Vec<String> = match reply {
+            redis::Value::Map(nodes) => nodes
+                .into_iter()
+                .filter_map(|(_, v)| redis::from_redis_value(v).ok())
+                .collect(),
+            v => redis::from_redis_value(v).into_iter().collect(),
+        };
         let keys: u64 = redis::cmd("DBSIZE").query_async(&mut self.conn()).await?;
-        let get = |k: &str| {
+        let get = |text: &str, k: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(':')))
                 .map(|v| v.trim().to_owned())
         };
+        let used: Option<u64> = texts
+            .iter()
+            .map(|t| get(t, "used_memory").and_then(|v| v.parse::<u64>().ok()))
+            .sum();
+        let human = match texts.as_slice() {
+            [one] => get(one, "used_memory_human"),
+            _ => used.map(|b| format!("{:.2}M", b as f64 / (1024.0 * 1024.0))),
+        };
         Ok(json!({
-            "store": "redis",
-            "used_memory": get("used_memory").and_then(|v| v.parse::<u64>().ok()),
-            "used_memory_human": get("used_memory_human"),
+            "store": self.name(),
+            "nodes": texts.len(),
+            "used_memory": used,
+            "used_memory_human": human,
             "keys": keys,
             "tails": lock(&self.tails).len(),
         }))
@@ -717,12 +974,9 @@ impl RedisStore {
 
 /// The live tail of run `id`: `XREAD BLOCK` on a connection of its own, into the
 /// shared cache, waking local streams; ends when no local stream listens.
-async fn run_tail(client: Client, tails: Tails, id: String, shared: Arc<TailShared>) {
+async fn run_tail(source: Source, tails: Tails, id: String, shared: Arc<TailShared>) {
     let key = log_key(&id);
-    let cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 5000)));
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<Conn> = None;
     loop {
         if shared.tx.receiver_count() == 0 {
             let mut m = lock(&tails);
@@ -735,10 +989,7 @@ async fn run_tail(client: Client, tails: Tails, id: String, shared: Arc<TailShar
         }
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match client
-                .get_multiplexed_async_connection_with_config(&cfg)
-                .await
-            {
+            None => match source.blocking(Duration::from_millis(BLOCK_MS)).await {
                 Ok(c) => conn.insert(c),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -815,7 +1066,11 @@ async fn run_tail(client: Client, tails: Tails, id: String, shared: Arc<TailShar
 
 impl Store for RedisStore {
     fn name(&self) -> &'static str {
-        "redis"
+        if self.is_cluster() {
+            "redis-cluster"
+        } else {
+            "redis"
+        }
     }
 
     fn new_run_id(&self, seed: u64) -> BoxFuture<'_, StoreResult<String>> {
@@ -958,15 +1213,12 @@ impl Store for RedisStore {
                 }
             }
             // A blocking read: on a connection of its own, not the shared multiplexed one.
-            let cfg = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(Duration::from_millis(block_ms + 5000)));
             let mut slot = self.worker_conn.lock().await;
             let c = match slot.as_mut() {
                 Some(c) => c,
                 None => slot.insert(
-                    self.client
-                        .get_multiplexed_async_connection_with_config(&cfg)
+                    self.source
+                        .blocking(Duration::from_millis(block_ms))
                         .await?,
                 ),
             };
@@ -990,12 +1242,28 @@ impl Store for RedisStore {
                     return Err(e.into());
                 }
             };
+            drop(slot);
             let mut out = Vec::new();
             for (_, entries) in reply.unwrap_or_default() {
                 for (queue_id, f) in entries {
                     if let (Some(s), Some(c), Some(x)) =
                         (field(&f, "s"), field(&f, "c"), field(&f, "x"))
                     {
+                        // The queue is at least once (a send whose queue step was retried may be
+                        // on it twice): the first claim of (session, client_request_id) wins,
+                        // a later entry for it is acknowledged unanswered.
+                        let first: Option<String> = redis::cmd("SET")
+                            .arg(claimed_key(s, c))
+                            .arg(&queue_id)
+                            .arg("NX")
+                            .arg("EX")
+                            .arg(self.send_ttl_s)
+                            .query_async(&mut self.conn())
+                            .await?;
+                        if first.is_none() {
+                            self.ack_send(&queue_id).await?;
+                            continue;
+                        }
                         out.push(QueuedSend {
                             queue_id,
                             session: s.to_owned(),

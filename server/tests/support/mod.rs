@@ -90,6 +90,182 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis Cluster of three masters on loopback (`redis-server --cluster-enabled yes`,
+/// then `redis-cli --cluster create`), each node with its own temporary directory and
+/// no persistence; every node is killed and the directory removed on drop.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    dir: PathBuf,
+    pub ports: Vec<u16>,
+    /// `redis-cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`
+    pub url: String,
+}
+
+impl RedisCluster {
+    /// Starts one (3 masters, no replicas) and waits for `cluster_state:ok` on every
+    /// node, or `None` (with a message) when `redis-server`/`redis-cli` is not installed.
+    pub async fn start() -> Option<Self> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        for tool in ["redis-server", "redis-cli"] {
+            if Command::new(tool)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .is_err()
+            {
+                eprintln!(
+                    "SKIPPED: {tool} is not installed (./scripts/setup.sh installs it from apt)"
+                );
+                return None;
+            }
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "runstream-cluster-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut me = Self {
+            nodes: Vec::new(),
+            dir: dir.clone(),
+            ports: Vec::new(),
+            url: String::new(),
+        };
+        for _ in 0..3 {
+            me.start_node().await;
+        }
+        let addrs: Vec<String> = me.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every node must agree that all slots are served before a test talks to it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        for port in &me.ports {
+            loop {
+                let info = redis_cli(*port, &["CLUSTER", "INFO"]);
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cluster node {port} not ok: {info}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        me.url = format!("redis-cluster://{}", addrs.join(","));
+        Some(me)
+    }
+
+    /// Starts one cluster-enabled node on a free port (retrying a lost port race).
+    async fn start_node(&mut self) {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .arg("--dir")
+                .arg(&self.dir)
+                .args(["--cluster-enabled", "yes"])
+                .arg("--cluster-config-file")
+                .arg(self.dir.join(format!("nodes-{port}.conf")))
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            for _ in 0..100 {
+                if redis_cli(port, &["PING"]).trim() == "PONG" {
+                    self.nodes.push(child);
+                    self.ports.push(port);
+                    return;
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // lost the port race: try another
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("a cluster node did not start");
+    }
+
+    /// `CLUSTER KEYSLOT key`, asked of the cluster itself.
+    pub fn keyslot(&self, key: &str) -> u16 {
+        redis_cli(self.ports[0], &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The port of the master serving `slot` (`CLUSTER NODES` lists each master's
+    /// `<from>-<to>` slot ranges).
+    pub fn master_of(&self, slot: u16) -> u16 {
+        let nodes = redis_cli(self.ports[0], &["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") {
+                continue;
+            }
+            let port: u16 = f[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap();
+            for range in &f[8..] {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
+                    if (a..=b).contains(&slot) {
+                        return port;
+                    }
+                }
+            }
+        }
+        panic!("no master serves slot {slot}: {nodes}");
+    }
+
+    /// Runs `redis-cli -p <port of the master of key's slot> args…`.
+    pub fn cli_for_key(&self, key: &str, args: &[&str]) -> String {
+        redis_cli(self.master_of(self.keyslot(key)), args)
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+        }
+        for c in &mut self.nodes {
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `redis-cli -p port args…`'s stdout ("" if it could not run).
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 /// A free loopback port (bound and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -104,12 +280,15 @@ pub fn free_port() -> u16 {
 pub enum Kind {
     Memory,
     Redis,
+    /// A 3-master Redis Cluster ([`RedisCluster`]).
+    Cluster,
 }
 
-/// A test's backend: the store (and the Redis server behind it, kept alive).
+/// A test's backend: the store (and the Redis server or cluster behind it, kept alive).
 pub struct Backend {
     pub kind: Kind,
     pub redis: Option<RedisServer>,
+    pub cluster: Option<RedisCluster>,
     pub window: u64,
 }
 
@@ -120,25 +299,51 @@ impl Backend {
     }
 
     pub async fn with_window(kind: Kind, window: u64) -> Option<Self> {
-        let redis = match kind {
-            Kind::Memory => None,
-            Kind::Redis => Some(RedisServer::start().await?),
-        };
+        let (mut redis, mut cluster) = (None, None);
+        match kind {
+            Kind::Memory => {}
+            Kind::Redis => redis = Some(RedisServer::start().await?),
+            Kind::Cluster => cluster = Some(RedisCluster::start().await?),
+        }
         Some(Self {
             kind,
             redis,
+            cluster,
             window,
         })
+    }
+
+    /// The `--store` spec of this backend (`memory`, `redis://…` or `redis-cluster://…`).
+    pub fn spec(&self) -> String {
+        match (&self.redis, &self.cluster) {
+            (Some(r), _) => r.url.clone(),
+            (_, Some(c)) => c.url.clone(),
+            _ => "memory".to_owned(),
+        }
+    }
+
+    /// `redis-cli args…` on the Redis node holding `key` (the master of its slot on a
+    /// cluster): a key on another node would answer `MOVED`, so this also proves placement.
+    pub fn cli_for_key(&self, key: &str, args: &[&str]) -> String {
+        match (&self.redis, &self.cluster) {
+            (Some(r), _) => {
+                let port = r
+                    .url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap();
+                redis_cli(port, args)
+            }
+            (_, Some(c)) => c.cli_for_key(key, args),
+            _ => panic!("the memory store has no Redis"),
+        }
     }
 
     /// A fresh store handle (for Redis: a new connection to the same server,
     /// like another process; for memory: a new, empty store).
     pub async fn store(&self) -> Arc<dyn Store> {
-        let spec = self
-            .redis
-            .as_ref()
-            .map_or("memory".to_owned(), |r| r.url.clone());
-        store::open(&spec, self.window).await.unwrap()
+        store::open(&self.spec(), self.window).await.unwrap()
     }
 
     /// A server (a replica) on a fresh store handle; returns its address.
@@ -267,7 +472,32 @@ pub fn ids(frames: &[String]) -> Vec<u64> {
         .collect()
 }
 
-/// Runs a test body on the memory store and on Redis (skipped without redis-server).
+/// Runs a test body on the shared stores: one Redis and a 3-master Redis Cluster
+/// (skipped without redis-server).
+#[macro_export]
+macro_rules! shared_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn redis() {
+                let Some(b) = super::support::Backend::new(super::support::Kind::Redis).await else {
+                    return;
+                };
+                super::$name(b).await;
+            }
+            #[tokio::test]
+            async fn cluster() {
+                let Some(b) = super::support::Backend::new(super::support::Kind::Cluster).await else {
+                    return;
+                };
+                super::$name(b).await;
+            }
+        }
+    )*};
+}
+
+/// Runs a test body on every store: memory, one Redis, and a 3-master Redis Cluster
+/// (the last two skipped without redis-server).
 #[macro_export]
 macro_rules! both_stores {
     ($($name:ident),* $(,)?) => {$(
@@ -280,6 +510,13 @@ macro_rules! both_stores {
             #[tokio::test]
             async fn redis() {
                 let Some(b) = super::support::Backend::new(super::support::Kind::Redis).await else {
+                    return;
+                };
+                super::$name(b).await;
+            }
+            #[tokio::test]
+            async fn cluster() {
+                let Some(b) = super::support::Backend::new(super::support::Kind::Cluster).await else {
                     return;
                 };
                 super::$name(b).await;
