@@ -71,15 +71,6 @@ function waitForLine(proc, re, ms = 10000) {
   });
 }
 
-<<<<<<< HEAD
-/**
- * The nginx config of deploy/nginx.conf with this run's ports (and, if asked, a misconfigured front).
- * `tls: { port, cert, key }` keeps the HTTPS + HTTP/2 listen of deploy/nginx.conf on `port` with that
- * certificate; without it those lines are removed. `accessLog`: the main server logs every request to
- * that file (relative to the -p prefix) as `server_port connection connection_requests protocol status uri`.
- */
-export function nginxConfig({ front, replicas, misconfigured, tls, accessLog }) {
-=======
 /** `redis-cli -p port args…` (stdout; "" if it failed). */
 function redisCli(port, args) {
   const r = spawnSync("redis-cli", ["-h", "127.0.0.1", "-p", String(port), ...args], { encoding: "utf8", timeout: 5000 });
@@ -116,9 +107,13 @@ export async function startRedisCluster(dir, spawnNode, masters = 3) {
   return { url: `redis-cluster://${addrs.join(",")}`, ports };
 }
 
-/** The nginx config of deploy/nginx.conf with this run's ports (and, if asked, a misconfigured front). */
-export function nginxConfig({ front, replicas, misconfigured }) {
->>>>>>> redis-cluster
+/**
+ * The nginx config of deploy/nginx.conf with this run's ports (and, if asked, a misconfigured front).
+ * `tls: { port, cert, key }` keeps the HTTPS + HTTP/2 listen of deploy/nginx.conf on `port` with that
+ * certificate; without it those lines are removed. `accessLog`: the main server logs every request to
+ * that file (relative to the -p prefix) as `server_port connection connection_requests protocol status uri`.
+ */
+export function nginxConfig({ front, replicas, misconfigured, tls, accessLog }) {
   let conf = readFileSync(join(root, "deploy/nginx.conf"), "utf8");
   conf = conf.replace("listen 127.0.0.1:8080;", `listen 127.0.0.1:${front};`);
   if (tls) {
@@ -184,16 +179,12 @@ export class Infra {
     return proc;
   }
 
-<<<<<<< HEAD
   /**
+   * `store`: "redis" (one redis-server) or "cluster" (3 masters); default `$STORE` or "redis".
    * `tls: { cert, key }` (PEM files) also serves HTTPS + HTTP/2 on `tlsPort` (`tlsFront`);
    * `accessLog: true` logs every request of the main server to `access.log` (`accessLog()`).
    */
-  async start({ replicaArgs = [], tls, accessLog } = {}) {
-=======
-  /** `store`: "redis" (one redis-server) or "cluster" (3 masters); default `$STORE` or "redis". */
-  async start({ replicaArgs = [], store = process.env.STORE || "redis" } = {}) {
->>>>>>> redis-cluster
+  async start({ replicaArgs = [], store = process.env.STORE || "redis", tls, accessLog } = {}) {
     if (!existsSync(bin)) throw new Error(`build the server first: cargo build -p runstream-server (${bin})`);
     if (store !== "redis" && store !== "cluster") throw new Error(`store: "redis" or "cluster", not ${store}`);
     this.replicaArgs = replicaArgs;
