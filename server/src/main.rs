@@ -197,8 +197,19 @@ async fn serve(args: Vec<String>) -> ExitCode {
         let _ = d.wait_for(|x| *x).await;
         tokio::time::sleep(std::time::Duration::from_millis(limits.drain_ms)).await;
     };
+    // Upgraded WebSockets are not connections the graceful shutdown waits
+    // for: their sessions are waited for here, so each client gets its 1012
+    // close frame before the process exits.
+    let sockets = state.hub.clone();
+    let served = async move {
+        server.await?;
+        while sockets.open_counts().1 > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok::<(), std::io::Error>(())
+    };
     tokio::select! {
-        r = server => {
+        r = served => {
             if let Err(e) = r {
                 return fail(&format!("server error: {e}"));
             }
