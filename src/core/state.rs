@@ -165,6 +165,13 @@ pub struct RunState {
         serde(default, deserialize_with = "null_as_default")
     )]
     pub supervisor: Supervisor,
+    /// A run-wide `run.cancel_requested` was applied (PROTOCOL §8; a reply
+    /// cancel shows as its message's end instead).
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
+    pub cancel_requested: bool,
     #[cfg_attr(not(target_arch = "wasm32"), serde(skip))]
     index: Index,
     #[cfg_attr(not(target_arch = "wasm32"), serde(skip))]
@@ -245,6 +252,7 @@ impl PartialEq for RunState {
             && self.workers == o.workers
             && self.messages == o.messages
             && self.supervisor == o.supervisor
+            && self.cancel_requested == o.cancel_requested
     }
 }
 
@@ -509,6 +517,12 @@ impl RunState {
             EventKind::RunCompleted { status, .. } => {
                 self.status = status;
                 out.push(Applied::RunCompleted);
+                None
+            }
+            EventKind::CancelRequested { reply_to, .. } => {
+                if reply_to.is_none() {
+                    self.cancel_requested = true;
+                }
                 None
             }
             EventKind::SupervisorCompleted { summary } => {

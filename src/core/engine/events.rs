@@ -133,6 +133,8 @@ impl Engine {
                 message_id,
                 ..
             } => self.send_accepted(now, &client_request_id, Some(&message_id)),
+            // A cancel's acceptance: the run's `run.cancel_requested` follows in its log.
+            ServerOp::CancelAck { .. } => {}
             ServerOp::Error {
                 run_id,
                 code,

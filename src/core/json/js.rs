@@ -86,6 +86,7 @@ impl ToJson for RunState {
         w.key("workers").value(self.workers.as_slice());
         w.key("messages").value(self.messages.as_slice());
         w.key("supervisor").value(&self.supervisor);
+        w.key("cancelRequested").bool(self.cancel_requested);
         w.end_object();
     }
 }
