@@ -105,8 +105,8 @@ async fn a_task_run_stops_once_however_many_presses(b: Backend) {
     .await;
     let took = t0.elapsed();
     assert!(
-        took < Duration::from_millis(1500),
-        "the producer stopped within one event's delay: {took:?}"
+        took < Duration::from_secs(3),
+        "the producer stopped within one event's delay, well within a heartbeat: {took:?}"
     );
     assert_eq!(of_type(&l, "run.cancel_requested").len(), 1);
     let req = of_type(&l, "run.cancel_requested")[0];
@@ -315,7 +315,10 @@ async fn without_a_producer_the_gateway_ends_the_target_after_the_grace(b: Backe
         "{ends:?}"
     );
     // The two grace timers run concurrently: their endings come in either order.
-    assert!(ends.iter().any(|e| e["payload"]["message_id"] == "a1"), "{ends:?}");
+    assert!(
+        ends.iter().any(|e| e["payload"]["message_id"] == "a1"),
+        "{ends:?}"
+    );
     // The reply that never started got an empty one, ended, naming its send.
     let started = l
         .iter()

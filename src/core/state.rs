@@ -997,6 +997,36 @@ mod tests {
     }
 
     #[test]
+    fn a_run_wide_cancel_request_sets_cancel_requested_a_reply_cancel_does_not() {
+        let cancel = |reply_to: Option<&str>| EventKind::CancelRequested {
+            client_request_id: Some("c1".into()),
+            reason: None,
+            reply_to: reply_to.map(Into::into),
+        };
+        let (s, _) = apply_all(vec![cancel(Some("s1"))]);
+        assert!(
+            !s.cancel_requested,
+            "a reply cancel shows as its message's end"
+        );
+        let (s, _) = apply_all(vec![cancel(Some("s1")), cancel(None), cancel(None)]);
+        assert!(s.cancel_requested);
+        assert_eq!(
+            s.status,
+            RunStatus::Pending,
+            "the status follows the events, never a guess"
+        );
+        // Every wire form carries it: the §6 JSON both ways (wasm's writer and parser).
+        let text = s.to_wire_json();
+        assert!(text.contains("\"cancel_requested\":true"), "{text}");
+        let back = RunState::from_wire_json(&text).unwrap();
+        assert!(back.cancel_requested);
+        assert_eq!(back, s);
+        let without = RunState::from_wire_json(r#"{"run_id":"r"}"#).unwrap();
+        assert!(!without.cancel_requested, "a server that omits it: false");
+        assert!(RunState::from_wire_json(r#"{"run_id":"r","cancel_requested":"yes"}"#).is_err());
+    }
+
+    #[test]
     fn deltas_go_to_the_message_they_name_whichever_was_named_last() {
         let delta = |m: &str, d: &str| EventKind::MessageDelta {
             message_id: m.into(),
