@@ -100,6 +100,19 @@ impl ToJson for StreamStatus {
         w.key("retryInMs").opt_f64(self.retry_in_ms);
         w.key("lastError").opt_str(self.last_error.as_deref());
         w.key("sharing").str(sharing(self.sharing));
+        w.key("cancel");
+        match &self.cancel {
+            Some(c) => {
+                w.begin_object();
+                w.key("clientRequestId").str(&c.client_request_id);
+                w.key("replyTo").opt_str(c.reply_to.as_deref());
+                w.key("state").str(c.state.as_str());
+                w.end_object();
+            }
+            None => {
+                w.null();
+            }
+        }
         w.end_object();
     }
 }
