@@ -364,7 +364,9 @@ impl RunStream {
     /// (PROTOCOL §8). Durable like a send. Returns the cancel's `client_request_id`.
     pub fn cancel(
         &self,
-        #[wasm_bindgen(unchecked_param_type = "CancelOptions")] options: Option<js_sys::Object>,
+        #[wasm_bindgen(unchecked_optional_param_type = "CancelOptions")] options: Option<
+            js_sys::Object,
+        >,
     ) -> Result<String, JsValue> {
         let field = |k: &'static str| -> Result<Option<String>, WebError> {
             let Some(o) = &options else { return Ok(None) };
