@@ -1,4 +1,4 @@
-import type { RunSnapshot, RunStream, RunStreamOptions } from "./runstream.js";
+import type { CancelOptions, RunSnapshot, RunStream, RunStreamOptions } from "./runstream.js";
 
 export { initRunStream } from "./lazy.js";
 
@@ -11,6 +11,8 @@ export interface UseRunStream<T = RunSnapshot> {
   snapshot: T | null;
   /** Sends a chat message; returns its client_request_id. Throws while `stream` is null. */
   send: (content: string) => string;
+  /** Stop (PROTOCOL §8): the whole run, or with `replyTo` one reply; returns the cancel's client_request_id. Throws while `stream` is null. */
+  cancel: (options?: CancelOptions) => string;
   /** Skips the backoff wait (no-op while `stream` is null). */
   retryNow: () => void;
   /** The underlying stream: `null` on the server and until ready. */
@@ -20,8 +22,8 @@ export interface UseRunStream<T = RunSnapshot> {
 /**
  * React hook over `useSyncExternalStore` (server snapshot `null`): loads the wasm
  * once per page, creates and starts a RunStream after mount, closes it on unmount.
- * A new stream is made when `runId`, `transport`, `url`, `wsUrl` or `sendUrl`
- * change; `headers` is read from the latest render on every (re)connect and
+ * A new stream is made when `runId`, `transport`, `url`, `wsUrl`, `sendUrl` or
+ * `cancelUrl` change; `headers` is read from the latest render on every (re)connect and
  * send (a closure over a token in state stays current); the other options are
  * those of the render that created the stream.
  */

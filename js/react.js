@@ -45,7 +45,7 @@ function withLatestHeaders(ref) {
 export function useRunStream(options, select, isEqual) {
   const optionsRef = useRef(options);
   optionsRef.current = options;
-  const key = [options.runId, options.transport, options.url, options.wsUrl, options.sendUrl].join("\u0000");
+  const key = [options.runId, options.transport, options.url, options.wsUrl, options.sendUrl, options.cancelUrl].join("\u0000");
   const [stream, setStream] = useState(null);
   // Rethrows a failed wasm load or a constructor error into render, where an error boundary sees it.
   const [, setFailure] = useState(null);
@@ -116,8 +116,12 @@ export function useRunStream(options, select, isEqual) {
     if (!stream) throw new Error("runstream: the stream is not ready yet (snapshot is null until it is)");
     return stream.send(content);
   }, [stream]);
+  const cancel = useCallback((opts) => {
+    if (!stream) throw new Error("runstream: the stream is not ready yet (snapshot is null until it is)");
+    return stream.cancel(opts);
+  }, [stream]);
   const retryNow = useCallback(() => {
     if (stream) stream.retryNow();
   }, [stream]);
-  return { snapshot, send, retryNow, stream };
+  return { snapshot, send, cancel, retryNow, stream };
 }

@@ -1,5 +1,5 @@
 import type { ShallowRef } from "vue";
-import type { RunSnapshot, RunStream, RunStreamOptions } from "./runstream.js";
+import type { CancelOptions, RunSnapshot, RunStream, RunStreamOptions } from "./runstream.js";
 
 export { initRunStream } from "./lazy.js";
 
@@ -11,6 +11,8 @@ export interface UseRunStream<T = RunSnapshot> {
   snapshot: ShallowRef<T | null>;
   /** Sends a chat message; returns its client_request_id. Throws while `stream` is null. */
   send: (content: string) => string;
+  /** Stop (PROTOCOL §8): the whole run, or with `replyTo` one reply; returns the cancel's client_request_id. Throws while `stream` is null. */
+  cancel: (options?: CancelOptions) => string;
   /** Skips the backoff wait (no-op while `stream` is null). */
   retryNow: () => void;
   /** The underlying stream: `null` on the server and until ready. */

@@ -58,6 +58,10 @@ export function useRunStream(options, select, isEqual) {
       if (!stream.value) throw new Error("runstream: the stream is not ready yet (snapshot is null until it is)");
       return stream.value.send(content);
     },
+    cancel: (opts) => {
+      if (!stream.value) throw new Error("runstream: the stream is not ready yet (snapshot is null until it is)");
+      return stream.value.cancel(opts);
+    },
     retryNow: () => {
       if (stream.value) stream.value.retryNow();
     },

@@ -13,7 +13,8 @@ mod common;
 
 use common::*;
 use runstream::core::engine::{
-    Action, Activity, CloseCause, Config, Connection, Engine, SendResult, Transport,
+    Action, Activity, CancelState, CloseCause, Config, Connection, Engine, EngineError, SendResult,
+    Transport,
 };
 use runstream::core::state::{MessageStatus, WorkerStatus};
 use serde_json::json;
@@ -1970,4 +1971,323 @@ fn a13_a_run_level_error_on_a_send_only_socket_is_not_ours() {
         assert_eq!(e.state().messages[0].status, MessageStatus::Sent, "{code}");
         assert_eq!(e.status(6.0).connection, Connection::Closed, "{code}");
     }
+}
+
+// ---- issue 27: cancel (PROTOCOL §8, API.md "A cancel is durable like a send") ------
+
+fn cancel_cfg() -> Config {
+    let mut c = cfg();
+    c.can_cancel = true;
+    c
+}
+
+/// The cancels the engine asked to POST: `(client_request_id, body)`.
+fn cancel_posts(actions: &[Action]) -> Vec<(String, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::PostCancel {
+                client_request_id,
+                body,
+            } => Some((client_request_id.clone(), body.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ws_cancels(actions: &[Action]) -> Vec<serde_json::Value> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::WsSend { text, .. } if text.contains("\"op\":\"cancel\"") => {
+                Some(serde_json::from_str(text).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn cancel_state(e: &Engine, now: f64) -> Option<(String, Option<String>, CancelState)> {
+    e.status(now)
+        .cancel
+        .map(|c| (c.client_request_id, c.reply_to, c.state))
+}
+
+fn status(code: u16) -> SendResult {
+    SendResult {
+        status: Some(code),
+        ..SendResult::default()
+    }
+}
+
+#[test]
+fn c01_a_cancel_made_offline_is_queued_and_posted_when_online() {
+    let (mut e, _) = open(cancel_cfg(), [1, 1]);
+    e.handle_online(2.0, false);
+    drain(&mut e);
+    let crid = e.cancel(3.0, None, Some("user")).unwrap();
+    let acts = drain(&mut e);
+    assert!(cancel_posts(&acts).is_empty(), "posted offline: {acts:?}");
+    assert!(persisted(&acts), "not stored at once");
+    assert_eq!(
+        cancel_state(&e, 3.0),
+        Some((crid.clone(), None, CancelState::Queued))
+    );
+    e.handle_online(4.0, true);
+    let posts = cancel_posts(&drain(&mut e));
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].0, crid);
+    let body: serde_json::Value = serde_json::from_str(&posts[0].1).unwrap();
+    assert_eq!(body, json!({"client_request_id": crid, "reason": "user"}));
+    assert_eq!(cancel_state(&e, 4.0).unwrap().2, CancelState::Sent);
+}
+
+#[test]
+fn c02_a_503_is_retried_with_the_same_id_then_accepted_then_done_when_the_run_ends() {
+    let (mut e, conn) = open(cancel_cfg(), [1, 1]);
+    let crid = e.cancel(2.0, None, None).unwrap();
+    assert_eq!(cancel_posts(&drain(&mut e))[0].0, crid);
+    e.handle_send_result(
+        3.0,
+        &crid,
+        SendResult {
+            status: Some(503),
+            retry_after_ms: Some(2000.0),
+            ..SendResult::default()
+        },
+    );
+    assert_eq!(cancel_state(&e, 3.0).unwrap().2, CancelState::Queued);
+    assert!(
+        cancel_posts(&run_until(&mut e, 2002.0)).is_empty(),
+        "before Retry-After"
+    );
+    let again = cancel_posts(&run_until(&mut e, 2003.0));
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, crid, "the same client_request_id");
+    e.handle_send_result(2004.0, &crid, status(202));
+    assert_eq!(cancel_state(&e, 2004.0).unwrap().2, CancelState::Accepted);
+    assert!(cancel_posts(&run_until(&mut e, 20_000.0)).is_empty());
+    // The run keeps streaming: only the events change the run status.
+    let ev = envelope(
+        1,
+        "run.cancel_requested",
+        json!({"client_request_id": crid}),
+    );
+    e.handle_bytes(5001.0, conn, &sse_frame(&ev));
+    assert!(e.state().cancel_requested);
+    assert_eq!(cancel_state(&e, 5001.0).unwrap().2, CancelState::Accepted);
+    let end = envelope(2, "run.completed", json!({"status": "cancelled"}));
+    e.handle_bytes(5002.0, conn, &sse_frame(&end));
+    assert_eq!(cancel_state(&e, 5002.0).unwrap().2, CancelState::Done);
+}
+
+#[test]
+fn c03_a_cancel_is_stored_and_a_reload_sends_it_again_with_the_same_id() {
+    let (mut e, _) = open(cancel_cfg(), [1, 1]);
+    let crid = e.cancel(2.0, Some("s1"), Some("user")).unwrap();
+    e.handle_send_result(3.0, &crid, SendResult::default()); // network error
+    let record = e.storage_record();
+    assert!(record.contains(&crid), "{record}");
+    let mut next = Engine::new(cancel_cfg(), [2, 2], Some(&record));
+    assert_eq!(
+        cancel_state(&next, 0.0),
+        Some((crid.clone(), Some("s1".into()), CancelState::Queued))
+    );
+    next.start(0.0);
+    let posts = cancel_posts(&drain(&mut next));
+    assert_eq!(posts.len(), 1, "sent again after the reload");
+    assert_eq!(posts[0].0, crid);
+    let body: serde_json::Value = serde_json::from_str(&posts[0].1).unwrap();
+    assert_eq!(body["reply_to"], "s1");
+    // Accepted: it leaves the record; a later reload sends nothing.
+    next.handle_send_result(1.0, &crid, status(202));
+    let mut third = Engine::new(cancel_cfg(), [3, 3], Some(&next.storage_record()));
+    third.start(0.0);
+    assert!(cancel_posts(&drain(&mut third)).is_empty());
+    // A record of a page before cancels existed is still read.
+    let old = r#"{"v":3,"cursor":4,"state":{"run_id":"run_T","status":"running","workers":[],"messages":[]},"parked":[]}"#;
+    let e4 = Engine::new(cancel_cfg(), [4, 4], Some(old));
+    assert_eq!(e4.cursor(), 4);
+    assert!(e4.status(0.0).cancel.is_none());
+}
+
+#[test]
+fn c04_a_409_settles_the_cancel_quietly_as_done() {
+    let (mut e, _) = open(cancel_cfg(), [1, 1]);
+    let crid = e.cancel(2.0, None, None).unwrap();
+    drain(&mut e);
+    e.handle_send_result(3.0, &crid, status(409));
+    assert_eq!(cancel_state(&e, 3.0).unwrap().2, CancelState::Done);
+    assert_eq!(e.status(3.0).last_error, None, "quietly");
+    assert!(!e.storage_record().contains(&crid));
+    assert!(cancel_posts(&run_until(&mut e, 20_000.0)).is_empty());
+}
+
+#[test]
+fn c05_a_403_or_404_fails_the_cancel_and_drops_it_from_the_record_at_once() {
+    for code in [403, 404] {
+        let (mut e, _) = open(cancel_cfg(), [1, 1]);
+        let crid = e.cancel(2.0, None, None).unwrap();
+        drain(&mut e);
+        e.handle_send_result(3.0, &crid, status(code));
+        let acts = drain(&mut e);
+        assert!(persisted(&acts), "{code}: not stored at once");
+        assert_eq!(cancel_state(&e, 3.0).unwrap().2, CancelState::Failed);
+        assert!(!e.storage_record().contains(&crid), "{code}");
+        assert!(cancel_posts(&run_until(&mut e, 20_000.0)).is_empty());
+        let mut next = Engine::new(cancel_cfg(), [2, 2], Some(&e.storage_record()));
+        next.start(0.0);
+        assert!(cancel_posts(&drain(&mut next)).is_empty(), "{code}");
+    }
+}
+
+#[test]
+fn c06_a_401_gets_one_refreshed_retry_then_fails() {
+    let (mut e, _) = open(cancel_cfg(), [1, 1]);
+    let crid = e.cancel(2.0, None, None).unwrap();
+    drain(&mut e);
+    e.handle_send_result(3.0, &crid, status(401));
+    assert_eq!(cancel_posts(&drain(&mut e)).len(), 1, "retried at once");
+    e.handle_send_result(4.0, &crid, status(401));
+    assert_eq!(cancel_state(&e, 4.0).unwrap().2, CancelState::Failed);
+    assert!(cancel_posts(&run_until(&mut e, 20_000.0)).is_empty());
+}
+
+#[test]
+fn c07_over_websocket_the_cancel_op_is_resent_after_a_drop_and_acked() {
+    let mut c = ws_cfg();
+    c.can_cancel = true;
+    let mut e = Engine::new(c, [1, 1], None);
+    e.start(0.0);
+    let conn = ws_open(&mut e, 0.0);
+    drain(&mut e);
+    let crid = e.cancel(2.0, Some("s1"), None).unwrap();
+    let frames = ws_cancels(&drain(&mut e));
+    assert_eq!(
+        frames,
+        vec![json!({"op": "cancel", "run_id": RUN, "client_request_id": crid, "reply_to": "s1"})]
+    );
+    assert_eq!(cancel_state(&e, 2.0).unwrap().2, CancelState::Sent);
+    // The socket drops before the ack: only an ack proves delivery.
+    e.handle_closed(3.0, conn, CloseCause::Network);
+    assert_eq!(cancel_state(&e, 3.0).unwrap().2, CancelState::Queued);
+    let (conn2, _, t) = next_connect(&mut e, 3.0, 60_000.0).unwrap();
+    e.handle_ws_open(t, conn2, Vec::new());
+    let again = ws_cancels(&drain(&mut e));
+    assert_eq!(again.len(), 1, "sent again on the new socket");
+    assert_eq!(again[0]["client_request_id"], crid.as_str());
+    e.handle_ws_text(
+        t + 1.0,
+        conn2,
+        &json!({"op": "ack", "client_request_id": crid, "run_id": RUN, "event_id": 7}).to_string(),
+    );
+    assert_eq!(cancel_state(&e, t + 1.0).unwrap().2, CancelState::Accepted);
+    assert!(ws_cancels(&run_until(&mut e, t + 10_000.0)).is_empty());
+    // A `finished` answer settles a cancel as done; `forbidden` / `not_found` fail it.
+    let mut now = t + 10_000.0;
+    for (code, want) in [
+        ("finished", CancelState::Done),
+        ("forbidden", CancelState::Failed),
+        ("not_found", CancelState::Failed),
+    ] {
+        now += 1.0;
+        let id = e.cancel(now, Some(code), None).unwrap();
+        assert_eq!(ws_cancels(&drain(&mut e)).len(), 1, "{code}");
+        e.handle_ws_text(
+            now,
+            conn2,
+            &json!({"op": "error", "run_id": RUN, "client_request_id": id, "code": code, "message": "x"})
+                .to_string(),
+        );
+        assert_eq!(cancel_state(&e, now).unwrap().2, want, "{code}");
+        assert!(!e.storage_record().contains(&id), "{code}");
+        assert!(
+            ws_cancels(&run_until(&mut e, now + 5000.0)).is_empty(),
+            "{code}"
+        );
+        assert_eq!(
+            e.status(now).connection,
+            Connection::Open,
+            "{code}: the run is not refused"
+        );
+    }
+}
+
+#[test]
+fn c08_a_reply_cancel_is_done_when_that_reply_ends_and_presses_repeat_one_request() {
+    let (mut e, conn) = open(cancel_cfg(), [1, 1]);
+    let s = e.send(2.0, "q").unwrap();
+    drain(&mut e);
+    let crid = e.cancel(3.0, Some(&s), None).unwrap();
+    assert_eq!(e.cancel(3.1, Some(&s), None).unwrap(), crid, "one request");
+    assert_eq!(cancel_posts(&drain(&mut e)).len(), 1);
+    e.handle_send_result(4.0, &crid, status(202));
+    assert_eq!(e.cancel(4.1, Some(&s), None).unwrap(), crid);
+    assert_eq!(cancel_state(&e, 4.1).unwrap().2, CancelState::Accepted);
+    let evs = [
+        envelope(
+            1,
+            "message.created",
+            json!({"message_id": "a", "role": "assistant", "reply_to": s}),
+        ),
+        envelope(
+            2,
+            "run.cancel_requested",
+            json!({"client_request_id": crid, "reply_to": s}),
+        ),
+    ];
+    for ev in &evs {
+        e.handle_bytes(5.0, conn, &sse_frame(ev));
+    }
+    assert!(
+        !e.state().cancel_requested,
+        "a reply cancel is not run-wide"
+    );
+    assert_eq!(cancel_state(&e, 5.0).unwrap().2, CancelState::Accepted);
+    let done = envelope(
+        3,
+        "message.completed",
+        json!({"message_id": "a", "finish_reason": "cancelled"}),
+    );
+    e.handle_bytes(6.0, conn, &sse_frame(&done));
+    assert_eq!(
+        cancel_state(&e, 6.0),
+        Some((crid.clone(), Some(s.clone()), CancelState::Done))
+    );
+    assert_eq!(e.status(6.0).activity, Activity::Idle);
+    // A new press on a finished reply: done at once, nothing sent.
+    let late = e.cancel(7.0, Some(&s), None).unwrap();
+    assert_ne!(late, crid);
+    assert_eq!(cancel_state(&e, 7.0).unwrap().2, CancelState::Done);
+    assert!(cancel_posts(&drain(&mut e)).is_empty());
+}
+
+#[test]
+fn c09_a_cancel_unanswered_when_its_run_ends_is_done_and_leaves_the_record() {
+    let (mut e, conn) = open(cancel_cfg(), [1, 1]);
+    e.handle_online(1.5, false);
+    let crid = e.cancel(2.0, None, None).unwrap();
+    drain(&mut e);
+    let end = envelope(1, "run.completed", json!({"status": "cancelled"}));
+    e.handle_online(3.0, true);
+    let (conn2, _, t) = next_connect(&mut e, 3.0, 60_000.0).unwrap();
+    let _ = conn;
+    e.handle_response(t, conn2, 200, None, true);
+    e.handle_bytes(t, conn2, &sse_frame(&end));
+    let _ = drain(&mut e);
+    assert_eq!(cancel_state(&e, t).unwrap().0, crid);
+    assert_eq!(cancel_state(&e, t).unwrap().2, CancelState::Done);
+    assert!(!e.storage_record().contains(&crid));
+    // A late answer changes nothing.
+    e.handle_send_result(t + 1.0, &crid, status(202));
+    assert_eq!(cancel_state(&e, t + 1.0).unwrap().2, CancelState::Done);
+}
+
+#[test]
+fn c10_cancel_needs_a_target_and_an_open_stream() {
+    let mut e = Engine::new(cfg(), [1, 1], None);
+    assert_eq!(e.cancel(0.0, None, None), Err(EngineError::NoCancelTarget));
+    let mut e = Engine::new(cancel_cfg(), [1, 1], None);
+    e.close(0.0);
+    assert_eq!(e.cancel(0.0, None, None), Err(EngineError::Closed));
 }

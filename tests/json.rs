@@ -466,7 +466,9 @@ proptest! {
 
 // ---- the JS view (`core::json::js`) against the serde derives ------------------------
 
-use runstream::core::engine::{Activity, Connection, Sharing, StreamStatus};
+use runstream::core::engine::{
+    Activity, CancelState, CancelStatus, Connection, Sharing, StreamStatus,
+};
 use runstream::core::json::{to_string, ToJson};
 use runstream::core::metrics::{
     EventClass, MessageMetrics, RunMetrics, RuntimeEvent, SpanFields, SpanStatus,
@@ -637,7 +639,8 @@ proptest! {
 
     #[test]
     fn the_js_status_is_serdes(c in 0..7usize, a in 0..3usize, attempt in any::<u32>(),
-                               retry in prop::option::of(num()), err in prop::option::of(text()), sh in 0..3usize) {
+                               retry in prop::option::of(num()), err in prop::option::of(text()), sh in 0..3usize,
+                               cancel in prop::option::of((text(), prop::option::of(text()), 0..5usize))) {
         assert_js_like_serde(&StreamStatus {
             connection: [Connection::Idle, Connection::Connecting, Connection::Open, Connection::Reconnecting,
                          Connection::Offline, Connection::Closed, Connection::Failed][c],
@@ -646,6 +649,12 @@ proptest! {
             retry_in_ms: retry,
             last_error: err,
             sharing: [Sharing::Solo, Sharing::Leader, Sharing::Follower][sh],
+            cancel: cancel.map(|(client_request_id, reply_to, st)| CancelStatus {
+                client_request_id,
+                reply_to,
+                state: [CancelState::Queued, CancelState::Sent, CancelState::Accepted,
+                        CancelState::Done, CancelState::Failed][st],
+            }),
         });
     }
 

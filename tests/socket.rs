@@ -239,6 +239,15 @@ impl Page {
                        "message_id": "m1", "run_id": session_id})
                 .to_string(),
             ),
+            ClientOp::Cancel {
+                run_id,
+                client_request_id,
+                ..
+            } => self.server.outbox.push(
+                json!({"op": "ack", "client_request_id": client_request_id,
+                       "event_id": 1, "run_id": run_id})
+                .to_string(),
+            ),
         }
         self.server.frames.push((conn, op));
     }

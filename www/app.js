@@ -53,6 +53,7 @@ const task = new RunStream({
   runId,
   url: `/api/stream/runs/${encodeURIComponent(runId)}`,
   snapshotUrl: `/api/runs/${encodeURIComponent(runId)}/snapshot`,
+  cancelUrl: `/api/runs/${encodeURIComponent(runId)}/cancel`,
 });
 const chat = new RunStream({
   ...common,
@@ -60,6 +61,7 @@ const chat = new RunStream({
   url: `/api/stream/runs/${encodeURIComponent(session)}`,
   snapshotUrl: `/api/runs/${encodeURIComponent(session)}/snapshot`,
   sendUrl: `/api/chat/${encodeURIComponent(session)}/messages`,
+  cancelUrl: `/api/runs/${encodeURIComponent(session)}/cancel`,
 });
 window.runstreamDemo = { task, chat, runId, session };
 
@@ -80,8 +82,34 @@ $("send-form").addEventListener("submit", (e) => {
   }
 });
 
+// The send whose reply is still coming (Stop cancels that reply only: the chat stays open).
+function pendingReply(s) {
+  const msgs = s.state.messages;
+  for (let i = msgs.length - 1; i >= 0; i--) {
+    const m = msgs[i];
+    if (m.role === "user" && m.clientRequestId && m.status !== "failed") {
+      const answered = msgs.some(
+        (r) => r.replyTo === m.clientRequestId && (r.status === "completed" || r.status === "failed"),
+      );
+      return answered ? null : m.clientRequestId;
+    }
+  }
+  return null;
+}
+
+$("stop-reply").addEventListener("click", () => {
+  const replyTo = pendingReply(chat.getSnapshot());
+  if (replyTo) chat.cancel({ replyTo, reason: "user" });
+});
+
+function cancelText(c) {
+  return c ? `stop ${c.state}` : "";
+}
+
 function renderChat() {
   const s = chat.getSnapshot();
+  $("stop-reply").hidden = pendingReply(s) === null;
+  $("chat-cancel").textContent = cancelText(s.status.cancel);
   const ol = $("messages");
   ol.replaceChildren(
     ...s.state.messages.map((m) => {
@@ -116,9 +144,15 @@ function renderMessageMetrics(byId, messages) {
 }
 
 // ---- task ----------------------------------------------------------------------
+$("stop-run").addEventListener("click", () => task.cancel({ reason: "user" }));
+
 function renderTask() {
   const s = task.getSnapshot();
   const st = s.state;
+  const finished = ["succeeded", "failed", "cancelled"].includes(st.status);
+  $("stop-run").hidden = finished;
+  $("stop-run").disabled = st.cancelRequested;
+  $("task-cancel").textContent = st.cancelRequested && !finished ? "stopping…" : cancelText(s.status.cancel);
   $("run-status").textContent = `run ${st.status} · cursor ${st.cursor}`;
   $("run-status").dataset.state = st.status;
   $("workers").replaceChildren(

@@ -100,6 +100,12 @@ pub enum EventKind {
         message_id: String,
         error: String,
     },
+    /// §8: someone asked to stop the run (or, with `reply_to`, one reply).
+    CancelRequested {
+        client_request_id: Option<String>,
+        reason: Option<String>,
+        reply_to: Option<String>,
+    },
     /// §3: not a log entry; replaces the state up to and including `event_id`.
     ///
     /// The payload's `state` as JSON text, not yet checked against the §6
@@ -259,7 +265,7 @@ pub fn decode_envelope_value(
 }
 
 /// The event types of PROTOCOL §3–§4.
-pub const KNOWN_TYPES: [&str; 13] = [
+pub const KNOWN_TYPES: [&str; 14] = [
     "run.started",
     "run.completed",
     "supervisor.completed",
@@ -272,6 +278,7 @@ pub const KNOWN_TYPES: [&str; 13] = [
     "message.delta",
     "message.completed",
     "message.failed",
+    "run.cancel_requested",
     "snapshot",
 ];
 
@@ -453,6 +460,7 @@ fn names_of(event_type: &str) -> Option<&'static [&'static str]> {
         ],
         "message.completed" => &["message_id", "finish_reason", "usage", "fallback"],
         "message.failed" => &["message_id", "error"],
+        "run.cancel_requested" => &["client_request_id", "reason", "reply_to"],
         _ => return None,
     })
 }
@@ -482,6 +490,11 @@ fn decode_fields(event_type: &str, f: &mut Fields<'_>) -> Result<EventKind, Stri
         }
         "supervisor.completed" => EventKind::SupervisorCompleted {
             summary: f.opt_str("summary")?,
+        },
+        "run.cancel_requested" => EventKind::CancelRequested {
+            client_request_id: f.opt_id("client_request_id")?,
+            reason: f.opt_str("reason")?,
+            reply_to: f.opt_id("reply_to")?,
         },
         "worker.started" => EventKind::WorkerStarted {
             worker_id: f.id("worker_id")?,

@@ -10,6 +10,7 @@
 //! replicas and producer processes.
 
 pub mod auth;
+pub mod cancel;
 pub mod hub;
 pub mod metrics;
 pub mod publish;
@@ -41,7 +42,7 @@ use tokio::sync::{mpsc, watch};
 use tower_http::cors::CorsLayer;
 use tower_http::services::ServeDir;
 
-use auth::{AuthMode, Credentials, Gate, Granted, ReadRun, SendInto};
+use auth::{AuthMode, CancelRun, Credentials, Gate, Granted, ReadRun, SendInto};
 use hub::{Chaos, ConnKind, Hub};
 use metrics::{DropReason, Metrics};
 use store::{RunKind, RunSpec, Store, StoreError, Tail};
@@ -108,6 +109,8 @@ pub struct Settings {
     pub dev: bool,
     /// Bounds.
     pub limits: Limits,
+    /// How long a cancelled target may run on before the gateway ends it (`--cancel-grace-ms`).
+    pub cancel_grace_ms: u64,
 }
 
 impl Settings {
@@ -124,6 +127,7 @@ impl Settings {
             publish_key: None,
             dev: true,
             limits: Limits::default(),
+            cancel_grace_ms: cancel::DEFAULT_GRACE_MS,
         }
     }
 }
@@ -152,6 +156,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Bounds.
     pub limits: Limits,
+    /// `--cancel-grace-ms`.
+    pub cancel_grace_ms: u64,
 }
 
 /// The whole HTTP surface.
@@ -176,12 +182,14 @@ pub fn router(settings: Settings) -> (Router, App) {
         )),
         metrics,
         limits: settings.limits,
+        cancel_grace_ms: settings.cancel_grace_ms,
     };
     let mut r = Router::new()
         .route("/api/stream/runs/{run_id}", get(sse))
         .route("/api/ws", get(ws))
         .route("/api/runs/{run_id}/snapshot", get(snapshot))
         .route("/api/chat/{session_id}/messages", post(chat_send))
+        .route("/api/runs/{run_id}/cancel", post(cancel_run))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text));
@@ -898,6 +906,49 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
                     log("stream.close", json!({"conn": conn, "run_id": rid, "transport": "websocket", "reason": reason}));
                 }));
             }
+            ClientOp::Cancel {
+                run_id,
+                client_request_id,
+                reply_to,
+                reason,
+                headers,
+            } => {
+                let creds = Credentials::from_frame(headers.as_ref(), cookies.as_deref());
+                let refuse = |code: ErrorCode, message: String| ServerOp::Error {
+                    run_id: Some(run_id.clone()),
+                    code,
+                    message,
+                    client_request_id: Some(client_request_id.clone()),
+                };
+                let reply = match app.gate.check(creds, auth::Action::Cancel(&run_id)).await {
+                    Err(d) => refuse(d.code(), d.message().into()),
+                    Ok(_) => {
+                        let body = cancel::CancelBody {
+                            client_request_id: client_request_id.clone(),
+                            reason,
+                            reply_to,
+                        };
+                        match cancel::cancel(&app, &run_id, body).await {
+                            cancel::CancelAnswer::Accepted(event_id) => ServerOp::CancelAck {
+                                client_request_id: client_request_id.clone(),
+                                run_id: run_id.clone(),
+                                event_id,
+                            },
+                            cancel::CancelAnswer::Finished(status) => {
+                                refuse(ErrorCode::Finished, status)
+                            }
+                            cancel::CancelAnswer::Invalid(m) => refuse(ErrorCode::BadRequest, m),
+                            cancel::CancelAnswer::NotFound => {
+                                refuse(ErrorCode::NotFound, "unknown run".into())
+                            }
+                            cancel::CancelAnswer::Unavailable(e) => {
+                                refuse(ErrorCode::Unavailable, e.to_string())
+                            }
+                        }
+                    }
+                };
+                let _ = tx.send(ws_text(&reply)).await;
+            }
             ClientOp::Unsubscribe { run_id } => {
                 if let Some(h) = subs.remove(&run_id) {
                     h.abort();
@@ -990,6 +1041,48 @@ async fn snapshot(
         }
         Ok(None) => (StatusCode::NOT_FOUND, "unknown run").into_response(),
         Err(e) => unavailable(&run_id, &e),
+    }
+}
+
+/// `POST /api/runs/{run_id}/cancel` (PROTOCOL §8), authorized like a read of the run.
+async fn cancel_run(
+    _granted: Granted<CancelRun>,
+    State(app): State<App>,
+    Path(run_id): Path<String>,
+    body: Result<Json<cancel::CancelBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let b = match body {
+        Ok(Json(b)) => b,
+        Err(e) => {
+            // A body of the wrong shape is a 400 (as a send's); a too-large one stays 413.
+            let status = match e.status() {
+                StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                s => s,
+            };
+            return (
+                status,
+                format!(
+                    "expected {{client_request_id, reason?, reply_to?}}: {}",
+                    e.body_text()
+                ),
+            )
+                .into_response();
+        }
+    };
+    match cancel::cancel(&app, &run_id, b).await {
+        cancel::CancelAnswer::Accepted(event_id) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"run_id": run_id, "event_id": event_id})),
+        )
+            .into_response(),
+        cancel::CancelAnswer::Finished(status) => (
+            StatusCode::CONFLICT,
+            Json(json!({"run_id": run_id, "status": status})),
+        )
+            .into_response(),
+        cancel::CancelAnswer::Invalid(m) => (StatusCode::BAD_REQUEST, m).into_response(),
+        cancel::CancelAnswer::NotFound => (StatusCode::NOT_FOUND, "unknown run").into_response(),
+        cancel::CancelAnswer::Unavailable(e) => unavailable(&run_id, &e),
     }
 }
 

@@ -5,7 +5,7 @@
 //!                  [--addr 127.0.0.1:8787] [--www www] [--pkg pkg] [--heartbeat-ms 15000]
 //!                  [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none]
 //!                  [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N]
-//!                  [--client-buffer N] [--slow-client-ms N] [--drain-ms N]
+//!                  [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N]
 //! runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N]
 //!                  [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant]
 //!                  [--chaos JSON] [--window N] [--runs N] [--start-at-ms UNIX_MS]
@@ -44,7 +44,7 @@ use runstream_server::{
     create_and_produce, router, scenario, CreateRun, Limits, Replies, Settings,
 };
 
-const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--slow-client-ms N] [--drain-ms N]\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME]";
+const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N]\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME]";
 
 const NO_AUTH_CHOICE: &str = "runstream-server: no auth choice. PROTOCOL §7 needs one of:\n  --jwt-secret-file FILE      HS256 tokens signed with the secret in FILE\n  --jwt-public-key-file FILE  RS256/ES256 tokens verified with the PEM public key in FILE\n  --auth none                 no authorization at all (local development only)";
 
@@ -80,6 +80,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
     let mut publish_key_file: Option<String> = None;
     let mut jwt = JwtOptions::default();
     let mut limits = Limits::default();
+    let mut cancel_grace_ms = runstream_server::cancel::DEFAULT_GRACE_MS;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         if a == "--dev" {
@@ -114,6 +115,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
                 "--client-buffer" => limits.client_buffer = num(&a, &v)?,
                 "--slow-client-ms" => limits.slow_client_ms = num(&a, &v)?,
                 "--drain-ms" => limits.drain_ms = num(&a, &v)?,
+                "--cancel-grace-ms" => cancel_grace_ms = num(&a, &v)?,
                 "--replies" => match v.as_str() {
                     "local" => replies = Replies::Local,
                     "worker" => replies = Replies::Worker,
@@ -172,6 +174,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
         publish_key,
         dev,
         limits,
+        cancel_grace_ms,
     });
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,

@@ -120,7 +120,9 @@ pub fn spawn(
     });
 }
 
-/// Plays a script into run `id`, in time; returns when it is done (or the run is gone).
+/// Plays a script into run `id`, in time; returns when it is done (or the
+/// run is gone). A `run.cancel_requested` (PROTOCOL §8) stops it: the run
+/// ends `cancelled` with the rest of the script never appended.
 pub async fn play(
     store: Arc<dyn Store>,
     id: String,
@@ -129,10 +131,47 @@ pub async fn play(
 ) -> StoreResult<()> {
     for (delay, ty, payload) in script {
         tokio::time::sleep(scaled(delay, speed)).await;
+        if crate::cancel::stop_requested(&*store, &id, None)
+            .await?
+            .is_some()
+        {
+            return end_cancelled(&*store, &id, &[]).await;
+        }
         if store.append(&id, ty, payload).await?.is_none() {
             break;
         }
     }
+    Ok(())
+}
+
+/// A producer's answer to a cancel: each of `messages` ends `cancelled`,
+/// then, for a run-wide cancel, the run (unless something finished it).
+async fn end_cancelled(store: &dyn Store, id: &str, messages: &[&str]) -> StoreResult<()> {
+    let mut events: Vec<crate::store::NewEvent> = messages
+        .iter()
+        .map(|m| crate::store::NewEvent {
+            ty: "message.completed".into(),
+            payload: json!({"message_id": m, "finish_reason": "cancelled"}),
+        })
+        .collect();
+    let run_wide = store
+        .cancel_requested(id, &crate::store::CancelTarget::Run)
+        .await?
+        .is_some();
+    if run_wide {
+        events.push(crate::store::NewEvent {
+            ty: "run.completed".into(),
+            payload: json!({"status": "cancelled"}),
+        });
+    }
+    if !events.is_empty() {
+        // A finished run takes nothing (the gateway's grace ending came first): fine.
+        store.append_batch(id, events, None).await?;
+    }
+    crate::log(
+        "produce.cancelled",
+        json!({"run_id": id, "run_wide": run_wide}),
+    );
     Ok(())
 }
 
@@ -173,6 +212,12 @@ pub async fn reply(
     }
     let mut tokens = 0u64;
     for (i, word) in REPLY.split_inclusive(' ').enumerate() {
+        if crate::cancel::stop_requested(&*store, &id, Some(&crid))
+            .await?
+            .is_some()
+        {
+            return end_cancelled(&*store, &id, &[&mid]).await;
+        }
         let pause = if i == 12 && content.contains("stall") {
             2500
         } else {
@@ -263,6 +308,14 @@ pub async fn tokens(store: Arc<dyn Store>, id: String, t: TokenRun) -> StoreResu
         .await?;
     let start = tokio::time::Instant::now();
     for i in 0..t.n {
+        // A cancel is checked every 20 events (a benchmark run appends fast).
+        if i % 20 == 19
+            && crate::cancel::stop_requested(&*store, &id, None)
+                .await?
+                .is_some()
+        {
+            return end_cancelled(&*store, &id, &["m1"]).await;
+        }
         if !t.instant {
             if t.rate > 0.0 {
                 let due = start + Duration::from_secs_f64(i as f64 / t.rate);

@@ -13,8 +13,8 @@ use serde_json::Value;
 use crate::hub::Chaos;
 use crate::metrics::Metrics;
 use crate::store::{
-    BatchOutcome, IdemKey, NewEvent, QueuedSend, Replay, RunMeta, RunSpec, SendOutcome, SendRecord,
-    Store, StoreResult, Tail,
+    BatchOutcome, CancelOutcome, CancelTarget, IdemKey, NewEvent, QueuedSend, Replay, RunMeta,
+    RunSpec, SendOutcome, SendRecord, Store, StoreResult, Tail,
 };
 
 /// The store the handlers use: `inner`, timed.
@@ -115,6 +115,26 @@ impl Store for TimedStore {
         key: Option<IdemKey>,
     ) -> BoxFuture<'a, StoreResult<BatchOutcome>> {
         self.timed("append_batch", self.inner.append_batch(id, events, key))
+    }
+
+    fn request_cancel<'a>(
+        &'a self,
+        id: &'a str,
+        target: &'a CancelTarget,
+        payload: Value,
+    ) -> BoxFuture<'a, StoreResult<CancelOutcome>> {
+        self.timed(
+            "request_cancel",
+            self.inner.request_cancel(id, target, payload),
+        )
+    }
+
+    fn cancel_requested<'a>(
+        &'a self,
+        id: &'a str,
+        target: &'a CancelTarget,
+    ) -> BoxFuture<'a, StoreResult<Option<u64>>> {
+        self.timed("cancel_requested", self.inner.cancel_requested(id, target))
     }
 
     /// Not timed: a long poll's latency is its wait.

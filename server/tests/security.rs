@@ -121,6 +121,7 @@ fn settings(b: &Backend, store: Arc<dyn runstream_server::store::Store>) -> Sett
         publish_key: Some(PUBLISH_KEY.as_bytes().to_vec()),
         dev: false,
         limits: Limits::default(),
+        cancel_grace_ms: 30_000,
     }
 }
 
@@ -300,6 +301,22 @@ async fn expect_all(
     assert_eq!(v["code"], code(http_st), "{name}: ws subscribe: {v}");
     assert_eq!(v["run_id"], run, "{name}: {v}");
     assert!(!v.to_string().contains(CONTENT));
+    let (st, b) = post(
+        &f.addr,
+        &format!("/api/runs/{run}/cancel"),
+        t,
+        json!({"client_request_id": crid}),
+    )
+    .await;
+    assert_eq!(st, http_st, "{name}: cancel of {run}: {b}");
+    let v = ws_answer(
+        &f.addr,
+        json!({"op": "cancel", "run_id": run, "client_request_id": crid, "headers": ws_headers(t)}),
+    )
+    .await;
+    assert_eq!(v["op"], "error", "{name}: ws cancel: {v}");
+    assert_eq!(v["code"], code(http_st), "{name}: ws cancel: {v}");
+    assert_eq!(v["client_request_id"], crid.as_str());
     let v = ws_answer(
         &f.addr,
         json!({"op": "send", "session_id": session, "client_request_id": crid, "content": "injected", "headers": ws_headers(t)}),
@@ -450,6 +467,25 @@ async fn granted_credentials_get_the_run_on_every_route(b: Backend) {
         .await;
         assert_eq!(v["op"], "subscribed", "{name}: {v}");
     }
+    // Granted cancels get past authorization: the run is finished, so 409.
+    let t = Some(token(&[&f.run_a], &[]));
+    let (st, b) = post(
+        &f.addr,
+        &format!("/api/runs/{}/cancel", f.run_a),
+        &t,
+        json!({"client_request_id": "ok1"}),
+    )
+    .await;
+    assert_eq!(st, 409, "{b}");
+    let key = Some(PUBLISH_KEY.to_owned());
+    let (st, b) = post(
+        &f.addr,
+        &format!("/api/runs/{}/cancel", f.run_b),
+        &key,
+        json!({"client_request_id": "ok2"}),
+    )
+    .await;
+    assert_eq!(st, 409, "the publish key may cancel: {b}");
     // The cookie carries the same token (native EventSource's only way).
     let t = token(&[&f.run_a], &[]);
     let (st, _, _) = http(

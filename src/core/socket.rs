@@ -387,7 +387,8 @@ impl Socket {
             }
             ServerOp::Snapshot { run_id, .. }
             | ServerOp::Subscribed { run_id, .. }
-            | ServerOp::Ack { run_id, .. } => Some(run_id.clone()),
+            | ServerOp::Ack { run_id, .. }
+            | ServerOp::CancelAck { run_id, .. } => Some(run_id.clone()),
             ServerOp::Error { run_id, .. } => run_id.clone(),
         };
         let targets: Vec<RunKey> = match &run_id {
@@ -405,6 +406,7 @@ impl Socket {
             || matches!(
                 op,
                 ServerOp::Ack { .. }
+                    | ServerOp::CancelAck { .. }
                     | ServerOp::Error {
                         client_request_id: Some(_),
                         ..

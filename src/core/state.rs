@@ -165,6 +165,13 @@ pub struct RunState {
         serde(default, deserialize_with = "null_as_default")
     )]
     pub supervisor: Supervisor,
+    /// A run-wide `run.cancel_requested` was applied (PROTOCOL §8; a reply
+    /// cancel shows as its message's end instead).
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
+    pub cancel_requested: bool,
     #[cfg_attr(not(target_arch = "wasm32"), serde(skip))]
     index: Index,
     #[cfg_attr(not(target_arch = "wasm32"), serde(skip))]
@@ -245,6 +252,7 @@ impl PartialEq for RunState {
             && self.workers == o.workers
             && self.messages == o.messages
             && self.supervisor == o.supervisor
+            && self.cancel_requested == o.cancel_requested
     }
 }
 
@@ -509,6 +517,12 @@ impl RunState {
             EventKind::RunCompleted { status, .. } => {
                 self.status = status;
                 out.push(Applied::RunCompleted);
+                None
+            }
+            EventKind::CancelRequested { reply_to, .. } => {
+                if reply_to.is_none() {
+                    self.cancel_requested = true;
+                }
                 None
             }
             EventKind::SupervisorCompleted { summary } => {
@@ -980,6 +994,36 @@ mod tests {
             s.apply(i as u64 + 1, k, &mut parked, 16, &mut out).unwrap();
         }
         (s, parked)
+    }
+
+    #[test]
+    fn a_run_wide_cancel_request_sets_cancel_requested_a_reply_cancel_does_not() {
+        let cancel = |reply_to: Option<&str>| EventKind::CancelRequested {
+            client_request_id: Some("c1".into()),
+            reason: None,
+            reply_to: reply_to.map(Into::into),
+        };
+        let (s, _) = apply_all(vec![cancel(Some("s1"))]);
+        assert!(
+            !s.cancel_requested,
+            "a reply cancel shows as its message's end"
+        );
+        let (s, _) = apply_all(vec![cancel(Some("s1")), cancel(None), cancel(None)]);
+        assert!(s.cancel_requested);
+        assert_eq!(
+            s.status,
+            RunStatus::Pending,
+            "the status follows the events, never a guess"
+        );
+        // Every wire form carries it: the §6 JSON both ways (wasm's writer and parser).
+        let text = s.to_wire_json();
+        assert!(text.contains("\"cancel_requested\":true"), "{text}");
+        let back = RunState::from_wire_json(&text).unwrap();
+        assert!(back.cancel_requested);
+        assert_eq!(back, s);
+        let without = RunState::from_wire_json(r#"{"run_id":"r"}"#).unwrap();
+        assert!(!without.cancel_requested, "a server that omits it: false");
+        assert!(RunState::from_wire_json(r#"{"run_id":"r","cancel_requested":"yes"}"#).is_err());
     }
 
     #[test]

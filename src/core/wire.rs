@@ -135,6 +135,33 @@ pub enum ClientOp {
         )]
         headers: Option<Headers>,
     },
+    /// A cancel (§8): stops run `run_id`, or with `reply_to` one reply of it;
+    /// answered by [`ServerOp::CancelAck`] or a [`ServerOp::Error`] carrying
+    /// the same `client_request_id`.
+    Cancel {
+        /// The run to stop (a chat run for a reply cancel).
+        run_id: String,
+        /// Idempotency key of the cancel: a repeat is the same request.
+        client_request_id: String,
+        /// The `client_request_id` of the send whose reply to stop.
+        #[cfg_attr(
+            not(target_arch = "wasm32"),
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        reply_to: Option<String>,
+        /// Why (shown to producers, logged in the event).
+        #[cfg_attr(
+            not(target_arch = "wasm32"),
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        reason: Option<String>,
+        /// The client's request headers (auth), if any.
+        #[cfg_attr(
+            not(target_arch = "wasm32"),
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
+        headers: Option<Headers>,
+    },
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -146,6 +173,7 @@ enum ClientOpKind {
     Unsubscribe,
     Ping,
     Send,
+    Cancel,
 }
 
 impl ClientOp {
@@ -190,6 +218,23 @@ impl ClientOp {
                 w.key("op").str("send").key("session_id").str(session_id);
                 w.key("client_request_id").str(client_request_id);
                 w.key("content").str(content);
+                write_headers(&mut w, headers.as_ref());
+            }
+            Self::Cancel {
+                run_id,
+                client_request_id,
+                reply_to,
+                reason,
+                headers,
+            } => {
+                w.key("op").str("cancel").key("run_id").str(run_id);
+                w.key("client_request_id").str(client_request_id);
+                if let Some(r) = reply_to {
+                    w.key("reply_to").str(r);
+                }
+                if let Some(r) = reason {
+                    w.key("reason").str(r);
+                }
                 write_headers(&mut w, headers.as_ref());
             }
         }
@@ -349,6 +394,17 @@ pub enum ServerOp {
         /// The run whose events carry the message and its reply.
         run_id: String,
     },
+    /// A [`ClientOp::Cancel`] was accepted (§8): `op: "ack"` with the
+    /// `event_id` of the run's `run.cancel_requested` (a repeat gets the first one's).
+    #[cfg_attr(not(target_arch = "wasm32"), serde(rename = "ack"))]
+    CancelAck {
+        /// The cancel's idempotency key.
+        client_request_id: String,
+        /// The run asked to stop.
+        run_id: String,
+        /// Its `run.cancel_requested` event.
+        event_id: u64,
+    },
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -413,10 +469,17 @@ impl ServerFrame {
             ServerOpKind::Pong => ServerOp::Pong {
                 t: RawJson::from_value(&Value::Number(need(self.t, "t")?)),
             },
-            ServerOpKind::Ack => ServerOp::Ack {
-                client_request_id: need(self.client_request_id, "client_request_id")?,
-                message_id: need(self.message_id, "message_id")?,
-                run_id: need(self.run_id, "run_id")?,
+            ServerOpKind::Ack => match (self.message_id, self.event_id) {
+                (None, Some(event_id)) => ServerOp::CancelAck {
+                    client_request_id: need(self.client_request_id, "client_request_id")?,
+                    run_id: need(self.run_id, "run_id")?,
+                    event_id,
+                },
+                (message_id, _) => ServerOp::Ack {
+                    client_request_id: need(self.client_request_id, "client_request_id")?,
+                    message_id: need(message_id, "message_id")?,
+                    run_id: need(self.run_id, "run_id")?,
+                },
             },
         })
     }
@@ -864,10 +927,17 @@ fn decode_server_op(text: &str) -> Result<ServerOp, WireError> {
         "pong" => ServerOp::Pong {
             t: t.ok_or_else(|| missing("t"))?,
         },
-        _ => ServerOp::Ack {
-            client_request_id: need(client_request_id, "client_request_id")?,
-            message_id: need(message_id, "message_id")?,
-            run_id: run_id.ok_or_else(|| missing("run_id"))?,
+        _ => match (message_id, event_id) {
+            (None, Some(event_id)) => ServerOp::CancelAck {
+                client_request_id: need(client_request_id, "client_request_id")?,
+                run_id: run_id.ok_or_else(|| missing("run_id"))?,
+                event_id,
+            },
+            (message_id, _) => ServerOp::Ack {
+                client_request_id: need(client_request_id, "client_request_id")?,
+                message_id: need(message_id, "message_id")?,
+                run_id: run_id.ok_or_else(|| missing("run_id"))?,
+            },
         },
     })
 }
@@ -1010,6 +1080,11 @@ mod tests {
                 client_request_id: "c1".into(),
                 message_id: "m1".into(),
                 run_id: "r1".into(),
+            },
+            ServerOp::CancelAck {
+                client_request_id: "c2".into(),
+                run_id: "r1".into(),
+                event_id: 7,
             },
         ]
     }

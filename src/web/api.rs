@@ -33,6 +33,8 @@ export interface RunStreamOptions {
   wsUrl?: string;
   snapshotUrl?: string | null;
   sendUrl?: string;
+  /** Enables `cancel()` (PROTOCOL §8), e.g. `/api/runs/{runId}/cancel`; with `transport: "websocket"` cancels ride the socket. */
+  cancelUrl?: string;
   headers?: Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>);
   withCredentials?: boolean;
   stallAfterMs?: number;
@@ -60,6 +62,21 @@ export interface StreamStatus {
   readonly lastError: string | null;
   /** API.md "Sharing connections": "solo" without `share: "tabs"` (or without Web Locks / BroadcastChannel). */
   readonly sharing: "solo" | "leader" | "follower";
+  /** The latest `cancel()`: "done" once its effect shows in the log (or the target had finished). */
+  readonly cancel: CancelStatus | null;
+}
+
+export type CancelState = "queued" | "sent" | "accepted" | "done" | "failed";
+export interface CancelStatus {
+  readonly clientRequestId: string;
+  readonly replyTo: string | null;
+  readonly state: CancelState;
+}
+
+/** `cancel(options)`: without `replyTo` the whole run; with it, the reply to that send. */
+export interface CancelOptions {
+  reason?: string;
+  replyTo?: string;
 }
 
 export type RunStatus = "pending" | "running" | "succeeded" | "failed" | "cancelled";
@@ -91,6 +108,8 @@ export interface RunState {
   readonly workers: readonly Worker[];
   readonly messages: readonly Message[];
   readonly supervisor: Supervisor;
+  /** A run-wide `run.cancel_requested` was applied (PROTOCOL §8). */
+  readonly cancelRequested: boolean;
 }
 
 export interface MessageMetrics {
@@ -335,6 +354,36 @@ impl RunStream {
             inner
                 .engine
                 .send(env::now(), content)
+                .map_err(WebError::from)?
+        };
+        drive(&self.inner);
+        Ok(r)
+    }
+
+    /// Stop: asks the server to stop the run, or with `replyTo` the reply to that send
+    /// (PROTOCOL §8). Durable like a send. Returns the cancel's `client_request_id`.
+    pub fn cancel(
+        &self,
+        #[wasm_bindgen(unchecked_optional_param_type = "CancelOptions")] options: Option<
+            js_sys::Object,
+        >,
+    ) -> Result<String, JsValue> {
+        let field = |k: &'static str| -> Result<Option<String>, WebError> {
+            let Some(o) = &options else { return Ok(None) };
+            let v = Reflect::get(o, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED);
+            if v.is_undefined() || v.is_null() {
+                return Ok(None);
+            }
+            v.as_string()
+                .map(Some)
+                .ok_or(WebError::InvalidOption(k, "a string"))
+        };
+        let (reason, reply_to) = (field("reason")?, field("replyTo")?);
+        let r = {
+            let mut inner = self.inner.try_borrow_mut().map_err(|_| WebError::Busy)?;
+            inner
+                .engine
+                .cancel(env::now(), reply_to.as_deref(), reason.as_deref())
                 .map_err(WebError::from)?
         };
         drive(&self.inner);

@@ -218,6 +218,31 @@ fn rearm(rc: &Shared) {
     }
 }
 
+/// POSTs `body` (a send or a cancel) to `url` as a request of its own; the
+/// outcome goes to [`crate::core::engine::Engine::handle_send_result`].
+fn post(inner: &mut Inner, weak: Weak, url: Option<String>, crid: String, body: String) {
+    let Some(url) = url else { return };
+    match start_request(inner, Pending::Send(crid.clone())) {
+        Some((id, signal)) => {
+            let o = &inner.opts;
+            transport::post(
+                weak,
+                id,
+                signal,
+                env::resolve(&url, false),
+                o.headers.clone(),
+                o.with_credentials,
+                crid,
+                body,
+            );
+        }
+        // No AbortController: reported as a network error (retried with backoff).
+        None => inner
+            .engine
+            .handle_send_result(env::now(), &crid, SendResult::default()),
+    }
+}
+
 fn execute(rc: &Shared, action: Action) {
     let Ok(mut inner) = rc.try_borrow_mut() else {
         return;
@@ -322,30 +347,20 @@ fn execute(rc: &Shared, action: Action) {
             client_request_id,
             content,
         } => {
-            if let Some(url) = inner.opts.send_url.clone() {
-                let pending = Pending::Send(client_request_id.clone());
-                match start_request(&mut inner, pending) {
-                    Some((id, signal)) => {
-                        let o = &inner.opts;
-                        transport::post(
-                            weak,
-                            id,
-                            signal,
-                            env::resolve(&url, false),
-                            o.headers.clone(),
-                            o.with_credentials,
-                            client_request_id,
-                            content,
-                        );
-                    }
-                    // No AbortController: reported as a network error (retried with backoff).
-                    None => inner.engine.handle_send_result(
-                        env::now(),
-                        &client_request_id,
-                        SendResult::default(),
-                    ),
-                }
+            let body = crate::core::wire::SendBody {
+                client_request_id: client_request_id.clone(),
+                content,
             }
+            .encode();
+            let url = inner.opts.send_url.clone();
+            post(&mut inner, weak, url, client_request_id, body);
+        }
+        Action::PostCancel {
+            client_request_id,
+            body,
+        } => {
+            let url = inner.opts.cancel_url.clone();
+            post(&mut inner, weak, url, client_request_id, body);
         }
         Action::Persist { .. } => {
             if !storage::persist(&mut inner) {

@@ -52,6 +52,7 @@ impl WebError {
             Self::HeadersFailed => "RunStreamHeadersError",
             Self::Engine(EngineError::OutboxFull(_)) => "RunStreamOutboxFullError",
             Self::Engine(EngineError::NoSendTarget) => "RunStreamNoSendTargetError",
+            Self::Engine(EngineError::NoCancelTarget) => "RunStreamNoCancelTargetError",
             Self::Engine(EngineError::Closed) => "RunStreamClosedError",
             Self::Engine(EngineError::EmptyMessage) => "RunStreamEmptyMessageError",
             Self::Busy => "RunStreamBusyError",

@@ -27,6 +27,7 @@ pub struct Options {
     pub ws_url: String,
     pub snapshot_url: Option<String>,
     pub send_url: Option<String>,
+    pub cancel_url: Option<String>,
     pub headers: JsValue,
     pub with_credentials: bool,
     pub resume: Resume,
@@ -92,6 +93,7 @@ impl Options {
             ),
         };
         let send_url = opt_string(opts, "sendUrl")?;
+        let cancel_url = opt_string(opts, "cancelUrl")?;
         let session_id = send_url
             .as_deref()
             .and_then(session_from_send_url)
@@ -139,6 +141,7 @@ impl Options {
         c.transport = transport;
         c.has_snapshot_url = snapshot_url.is_some();
         c.can_send = send_url.is_some() || transport == Transport::WebSocket;
+        c.can_cancel = cancel_url.is_some() || transport == Transport::WebSocket;
         c.persist = resume != Resume::None;
         // Every websocket stream of the page shares its wsUrl's socket.
         c.shared_socket = transport == Transport::WebSocket;
@@ -183,6 +186,7 @@ impl Options {
             ws_url,
             snapshot_url,
             send_url,
+            cancel_url,
             headers,
             with_credentials,
             resume,

@@ -37,6 +37,7 @@ struct Head<'a> {
     run_id: &'a str,
     cursor: u64,
     status: RunStatus,
+    cancel_requested: bool,
 }
 
 impl ToJson for Head<'_> {
@@ -45,6 +46,7 @@ impl ToJson for Head<'_> {
         w.key("runId").str(self.run_id);
         w.key("cursor").u64(self.cursor);
         w.key("status").str(self.status.as_str());
+        w.key("cancelRequested").bool(self.cancel_requested);
         w.end_object();
     }
 }
@@ -84,6 +86,7 @@ impl SnapshotCache {
             run_id: &st.run_id,
             cursor: st.cursor,
             status: st.status,
+            cancel_requested: st.cancel_requested,
         };
         let head_hash = hash(&json::to_string(&head));
         let state_same = self.state.as_ref().is_some_and(|(h, _)| *h == head_hash);

@@ -385,7 +385,7 @@ pub fn ws_send_headers(
     });
 }
 
-/// POSTs a chat send as request `id`; reports the outcome to the engine unless
+/// POSTs a chat send or a cancel (`body`, JSON) as request `id`; reports the outcome to the engine unless
 /// the request was ended first (timed out, which reports itself, or `close()`).
 #[allow(clippy::too_many_arguments)]
 pub fn post(
@@ -396,7 +396,7 @@ pub fn post(
     headers: JsValue,
     credentials: bool,
     crid: String,
-    content: String,
+    body: String,
 ) {
     spawn_local(async move {
         let hs = match resolve_headers(&headers, &signal).await {
@@ -417,11 +417,6 @@ pub fn post(
             hs.push(("Content-Type".into(), "application/json".into()));
             let init = request_init("POST", &hs, credentials);
             init.set_signal(Some(&signal));
-            let body = crate::core::wire::SendBody {
-                client_request_id: crid.clone(),
-                content: content.clone(),
-            }
-            .encode();
             init.set_body(&JsValue::from_str(&body));
             let r = fetch(&url, &init).await.map_err(|_| ())?;
             headers_arrived(&weak, id);

@@ -223,6 +223,11 @@ fn decode_payload(event_type: &str, payload: Map<String, Value>) -> Result<Event
             message_id: f.id("message_id")?,
             error: f.str("error")?,
         },
+        "run.cancel_requested" => EventKind::CancelRequested {
+            client_request_id: f.opt_id("client_request_id")?,
+            reason: f.opt_str("reason")?,
+            reply_to: f.opt_id("reply_to")?,
+        },
         "snapshot" => {
             let state = f.0.remove("state").ok_or("`state` is required")?;
             EventKind::Snapshot(state.to_string().into())

@@ -387,6 +387,10 @@ mod v {
                         client_request_id,
                         content,
                     } => 5 ^ client_request_id.len() as u32 ^ content.len() as u32,
+                    Action::PostCancel {
+                        client_request_id,
+                        body,
+                    } => 10 ^ client_request_id.len() as u32 ^ body.len() as u32,
                     Action::Persist { cursor } => {
                         #[cfg(feature = "v3full")]
                         {

@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::{
-    BatchOutcome, IdemKey, NewEvent, Reduced, Replay, RunKind, RunMeta, RunSpec, SendOutcome,
-    SendRecord, Store, StoreResult, Tail, IDEMPOTENCY_TTL_S, MEMORY_IDEM_CAP, MEMORY_SENDS_CAP,
+    BatchOutcome, CancelOutcome, CancelTarget, IdemKey, NewEvent, Reduced, Replay, RunKind,
+    RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreResult, Tail, IDEMPOTENCY_TTL_S,
+    MEMORY_IDEM_CAP, MEMORY_SENDS_CAP,
 };
 use crate::hub::{lock, rfc3339_now, Chaos};
 
@@ -38,6 +39,8 @@ struct Run {
     window: u64,
     /// Publish idempotency keys: key → (digest, first, last, when), bounded by [`MEMORY_IDEM_CAP`].
     idem: HashMap<String, (String, u64, u64, std::time::Instant)>,
+    /// Cancel targets ([`CancelTarget::key`]) → their `run.cancel_requested` id.
+    cancels: HashMap<String, u64>,
 }
 
 impl Run {
@@ -55,6 +58,7 @@ impl Run {
             next_message: 1,
             window: window.max(1),
             idem: HashMap::new(),
+            cancels: HashMap::new(),
         }
     }
 
@@ -427,6 +431,40 @@ impl Store for MemoryStore {
             }
         }
         .boxed()
+    }
+
+    fn request_cancel<'a>(
+        &'a self,
+        id: &'a str,
+        target: &'a CancelTarget,
+        payload: Value,
+    ) -> BoxFuture<'a, StoreResult<CancelOutcome>> {
+        let out = self
+            .change(id, |r| {
+                let key = target.key();
+                if let Some(n) = r.cancels.get(&key) {
+                    return CancelOutcome::Already(*n);
+                }
+                if r.finished {
+                    return CancelOutcome::Finished;
+                }
+                let n = r.append("run.cancel_requested", payload);
+                r.cancels.insert(key, n);
+                CancelOutcome::Requested(n)
+            })
+            .unwrap_or(CancelOutcome::UnknownRun);
+        async move { Ok(out) }.boxed()
+    }
+
+    fn cancel_requested<'a>(
+        &'a self,
+        id: &'a str,
+        target: &'a CancelTarget,
+    ) -> BoxFuture<'a, StoreResult<Option<u64>>> {
+        let n = self
+            .run(id)
+            .and_then(|r| lock(&r).cancels.get(&target.key()).copied());
+        async move { Ok(n) }.boxed()
     }
 
     fn info(&self) -> BoxFuture<'_, StoreResult<Value>> {

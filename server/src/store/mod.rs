@@ -152,6 +152,38 @@ pub enum BatchOutcome {
     UnknownRun,
 }
 
+/// What a cancel asks to stop (PROTOCOL §8): the whole run, or one reply of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelTarget {
+    /// The run.
+    Run,
+    /// The reply to the send with this `client_request_id`.
+    Reply(String),
+}
+
+impl CancelTarget {
+    /// The target's key in a run's cancel table.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Run => "run".to_owned(),
+            Self::Reply(crid) => format!("reply:{crid}"),
+        }
+    }
+}
+
+/// What [`Store::request_cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// `run.cancel_requested` appended with this id.
+    Requested(u64),
+    /// The target was already asked to stop: the first request's id, nothing appended.
+    Already(u64),
+    /// The run is finished: nothing appended.
+    Finished,
+    /// No such run.
+    UnknownRun,
+}
+
 /// A chat send as the publish API's long poll lists it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SendRecord {
@@ -306,6 +338,24 @@ pub trait Store: Send + Sync + 'static {
         max: usize,
         wait_ms: u64,
     ) -> BoxFuture<'a, StoreResult<(Vec<SendRecord>, String)>>;
+
+    /// Asks to stop `target` of run `id` (PROTOCOL §8), atomically: the
+    /// first request for a target appends `run.cancel_requested` with
+    /// `payload`; every later one answers that event's id and appends nothing;
+    /// a finished run takes nothing.
+    fn request_cancel<'a>(
+        &'a self,
+        id: &'a str,
+        target: &'a CancelTarget,
+        payload: Value,
+    ) -> BoxFuture<'a, StoreResult<CancelOutcome>>;
+
+    /// The id of the `run.cancel_requested` that asked to stop `target`, if any.
+    fn cancel_requested<'a>(
+        &'a self,
+        id: &'a str,
+        target: &'a CancelTarget,
+    ) -> BoxFuture<'a, StoreResult<Option<u64>>>;
 
     /// Marks a claimed send as answered.
     fn ack_send<'a>(&'a self, queue_id: &'a str) -> BoxFuture<'a, StoreResult<()>> {

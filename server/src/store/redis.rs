@@ -13,6 +13,7 @@
 //! | --- | --- | --- |
 //! | `runstream:{<run>}:log` | stream | entry id `0-<event_id>`, fields `e` (the envelope JSON) and `t` (its type) |
 //! | `runstream:{<run>}:meta` | hash | `kind`, `chaos` (JSON), `speed`, `first_id`, `last_id`, `finished`, `next_message`, `session` (the chat session a published run belongs to) |
+//! | `runstream:{<run>}:cancel:<target>` | string | the id of the `run.cancel_requested` for target `run` or `reply:<crid>` (PROTOCOL §8: one request per target) |
 //! | `runstream:{<run>}:idem:<key>` | string | a publish batch's `<sha256 hex>:<first>:<last>`; `SET EX` 24 h (idempotency across replicas) |
 //! | `runstream:{<run>}:base` | string | the reduced state as of `first_id - 1` (written when the log is trimmed) |
 //! | `runstream:{<session>}:send:<client_request_id>` | string | the message id of a send; `SET NX EX` (idempotency, TTL) |
@@ -130,6 +131,19 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'session', ARGV[4]) end
 return 1
 "#;
 
+/// KEYS: meta, log, cancel key. ARGV: envelope body, type. Returns {code, id,
+/// first_id}: code 0 appended, 1 already asked (the first id), -1 unknown
+/// run, -3 finished.
+const LUA_CANCEL: &str = r#"
+if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then return {-1, 0, 0} end
+local prev = redis.call('GET', KEYS[3])
+if prev then return {1, tonumber(prev), 0} end
+if redis.call('HGET', KEYS[1], 'finished') == '1' then return {-3, 0, 0} end
+local n = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[3], string.format('%d', n))
+return {0, n, tonumber(redis.call('HGET', KEYS[1], 'first_id'))}
+"#;
+
 /// KEYS: meta, log, idempotency key. ARGV: digest ('' = no key), TTL s, n,
 /// then n pairs (envelope body without `{` and `event_id`, type).
 /// Returns {code, first, last, first_id}: code 0 appended, 1 repeated,
@@ -189,6 +203,9 @@ fn log_key(id: &str) -> String {
 }
 fn base_key(id: &str) -> String {
     format!("runstream:{{{id}}}:base")
+}
+fn cancel_key(id: &str, target: &super::CancelTarget) -> String {
+    format!("runstream:{{{id}}}:cancel:{}", target.key())
 }
 fn idem_key(id: &str, key: &str) -> String {
     format!("runstream:{{{id}}}:idem:{key}")
@@ -460,6 +477,7 @@ pub struct RedisStore {
     send_script: Script,
     create_script: Script,
     batch_script: Script,
+    cancel_script: Script,
     trim_script: Script,
     chaos_script: Script,
 }
@@ -488,6 +506,7 @@ impl RedisStore {
             send_script: Script::new(&format!("{LUA_APPEND}{LUA_SEND_MAIN}")),
             create_script: Script::new(LUA_CREATE),
             batch_script: Script::new(&format!("{LUA_APPEND}{LUA_APPEND_BATCH}")),
+            cancel_script: Script::new(&format!("{LUA_APPEND}{LUA_CANCEL}")),
             trim_script: Script::new(LUA_TRIM),
             chaos_script: Script::new(LUA_SET_CHAOS),
         })
@@ -1155,6 +1174,52 @@ impl Store for RedisStore {
         wait_ms: u64,
     ) -> BoxFuture<'a, StoreResult<(Vec<SendRecord>, String)>> {
         self.sends_after_now(after, max, wait_ms).boxed()
+    }
+
+    fn request_cancel<'a>(
+        &'a self,
+        id: &'a str,
+        target: &'a super::CancelTarget,
+        payload: Value,
+    ) -> BoxFuture<'a, StoreResult<super::CancelOutcome>> {
+        async move {
+            let rest = serde_json::to_string(&payload).unwrap_or_else(|_| "{}".into());
+            let ty = "run.cancel_requested";
+            let (code, n, first): (i64, u64, u64) = self
+                .cancel_script
+                .key(meta_key(id))
+                .key(log_key(id))
+                .key(cancel_key(id, target))
+                .arg(body_rest(id, ty, &rest))
+                .arg(ty)
+                .invoke_async(&mut self.conn())
+                .await?;
+            Ok(match code {
+                0 => {
+                    self.trim_if_over(id, n, first).await?;
+                    super::CancelOutcome::Requested(n)
+                }
+                1 => super::CancelOutcome::Already(n),
+                -3 => super::CancelOutcome::Finished,
+                _ => super::CancelOutcome::UnknownRun,
+            })
+        }
+        .boxed()
+    }
+
+    fn cancel_requested<'a>(
+        &'a self,
+        id: &'a str,
+        target: &'a super::CancelTarget,
+    ) -> BoxFuture<'a, StoreResult<Option<u64>>> {
+        async move {
+            let n: Option<u64> = redis::cmd("GET")
+                .arg(cancel_key(id, target))
+                .query_async(&mut self.conn())
+                .await?;
+            Ok(n)
+        }
+        .boxed()
     }
 
     fn next_message_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<String>> {

@@ -59,6 +59,8 @@ pub struct Config {
     pub has_snapshot_url: bool,
     /// Sends are possible (a send URL, or the WebSocket transport).
     pub can_send: bool,
+    /// Cancels are possible (a cancel URL, or the WebSocket transport).
+    pub can_cancel: bool,
     /// "working…" after this long without a token while a reply is pending.
     pub stall_after_ms: Ms,
     /// No response / first byte for this long → retry.
@@ -119,6 +121,7 @@ impl Config {
             transport: Transport::Fetch,
             has_snapshot_url: false,
             can_send: false,
+            can_cancel: false,
             stall_after_ms: 2000.0,
             connect_timeout_ms: 10_000.0,
             heartbeat_timeout_ms: 25_000.0,

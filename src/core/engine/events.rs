@@ -132,7 +132,18 @@ impl Engine {
                 client_request_id,
                 message_id,
                 ..
-            } => self.send_accepted(now, &client_request_id, Some(&message_id)),
+            } if !self.outbox.is_cancel(&client_request_id) => {
+                self.send_accepted(now, &client_request_id, Some(&message_id))
+            }
+            ServerOp::Ack { .. } => {}
+            // A cancel's acceptance: the run's `run.cancel_requested` follows in its log.
+            ServerOp::CancelAck {
+                client_request_id, ..
+            } => {
+                if self.outbox.is_cancel(&client_request_id) {
+                    self.cancel_accepted(now, &client_request_id);
+                }
+            }
             ServerOp::Error {
                 run_id,
                 code,
@@ -513,9 +524,11 @@ impl Engine {
                 if let Some(crid) = reply_to {
                     self.note_reply_done(now, crid, fallback);
                 }
+                self.settle_cancels(now);
             }
             Applied::SendFailed { client_request_id } => {
                 self.activity.forget(&client_request_id);
+                self.settle_cancels(now);
             }
             Applied::Echo { client_request_id } => {
                 // The echo proves the server has it: no further attempts needed.
@@ -526,6 +539,7 @@ impl Engine {
                 }
             }
             Applied::RunCompleted => {
+                self.settle_cancels(now);
                 self.end_link(now, Termination::RunCompleted, None);
                 self.finish(now);
             }
@@ -577,6 +591,7 @@ impl Engine {
         self.parked.clear();
         self.persist.touch();
         self.settle_sends_from_state(now);
+        self.settle_cancels(now);
     }
 
     /// A snapshot applies no events, so nothing reports the echoes and

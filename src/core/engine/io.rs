@@ -49,6 +49,14 @@ pub enum Action {
         /// Message text.
         content: String,
     },
+    /// POST a cancel (PROTOCOL §8) to the cancel URL with this JSON body;
+    /// report with [`Engine::handle_send_result`] (one path for both).
+    PostCancel {
+        /// Idempotency key.
+        client_request_id: String,
+        /// The request body.
+        body: String,
+    },
     /// Store the state and this cursor together (they are consistent right now).
     Persist {
         /// The cursor to store.
@@ -108,6 +116,8 @@ pub struct SendResult {
 pub enum EngineError {
     /// `send()` without a send URL or WebSocket transport.
     NoSendTarget,
+    /// `cancel()` without a cancel URL or WebSocket transport.
+    NoCancelTarget,
     /// The outbox bound was reached.
     OutboxFull(usize),
     /// The stream was closed with `close()`.
@@ -121,6 +131,9 @@ impl EngineError {
     pub fn message(&self) -> String {
         match self {
             Self::NoSendTarget => "sending needs `sendUrl` or the websocket transport".to_owned(),
+            Self::NoCancelTarget => {
+                "cancelling needs `cancelUrl` or the websocket transport".to_owned()
+            }
             Self::OutboxFull(n) => crate::core::json::write::concat_u64(
                 "too many unsent messages (",
                 *n as u64,
@@ -215,6 +228,52 @@ pub struct StreamStatus {
     /// Connection sharing between tabs (API.md): `solo` without `share:
     /// "tabs"` (or where Web Locks / BroadcastChannel are missing).
     pub sharing: Sharing,
+    /// The latest `cancel()` and how far it got (API.md `status.cancel`).
+    pub cancel: Option<CancelStatus>,
+}
+
+/// API.md `status.cancel`: the latest `cancel()`.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "camelCase"))]
+pub struct CancelStatus {
+    /// Its idempotency key (what `cancel()` returned).
+    pub client_request_id: String,
+    /// The send whose reply it stops (`None`: the whole run).
+    pub reply_to: Option<String>,
+    /// How far it got.
+    pub state: CancelState,
+}
+
+/// API.md `status.cancel.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "lowercase"))]
+pub enum CancelState {
+    /// Waiting to be written (offline, backing off, no socket yet).
+    Queued,
+    /// Written; no answer yet.
+    Sent,
+    /// The server accepted it (202, WebSocket `ack`).
+    Accepted,
+    /// Its effect shows in the log (the run ended, or the reply's message
+    /// finished), or the target had finished already (409, `finished`).
+    Done,
+    /// Refused for good (403, 404, a second 401, another 4xx).
+    Failed,
+}
+
+impl CancelState {
+    /// The API.md name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sent => "sent",
+            Self::Accepted => "accepted",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// API.md `StreamStatus.sharing`.

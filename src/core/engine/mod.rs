@@ -19,6 +19,7 @@
 
 pub mod activity;
 pub mod backoff;
+mod cancel;
 mod config;
 mod events;
 pub mod follow;
@@ -38,7 +39,8 @@ use super::wire::Headers;
 
 pub use config::{Backoff, Config, Ms, Spans, Transport, MAX_RETRY_AFTER_MS};
 pub use io::{
-    Action, Activity, CloseCause, Connection, EngineError, SendResult, Sharing, StreamStatus,
+    Action, Activity, CancelState, CancelStatus, CloseCause, Connection, EngineError, SendResult,
+    Sharing, StreamStatus,
 };
 pub use persist::STORAGE_VERSION;
 
@@ -89,6 +91,8 @@ pub struct Engine {
     ws_headers: Option<Headers>,
     /// Sharing the connection with other tabs (`share: "tabs"`).
     follow: Follow,
+    /// The latest `cancel()` (API.md `status.cancel`).
+    cancel: Option<CancelStatus>,
 }
 
 impl Engine {
@@ -101,12 +105,17 @@ impl Engine {
     pub fn new(cfg: Config, seed: [u64; 2], stored: Option<&str>) -> Self {
         let mut rng = Rng::new(seed);
         let in_store = stored == Some(persist::HEAD_IN_BODY_STORE);
-        let (restored, awaiting) =
-            match stored.and_then(|text| persist::decode_head(text, &cfg.run_id)) {
-                Some(persist::Decoded::Ready(r)) => (Some(*r), None),
-                Some(persist::Decoded::Pending(p)) => (None, Some(p)),
-                None => (None, None),
-            };
+        let decoded = stored.and_then(|text| persist::decode_head(text, &cfg.run_id));
+        // Cancels of this run's record (a foreign or unreadable one has none for us).
+        let cancels = match (stored, &decoded) {
+            (Some(text), Some(_)) => persist::decode_cancels(text),
+            _ => Vec::new(),
+        };
+        let (restored, awaiting) = match decoded {
+            Some(persist::Decoded::Ready(r)) => (Some(*r), None),
+            Some(persist::Decoded::Pending(p)) => (None, Some(p)),
+            None => (None, None),
+        };
         let mut parked = Parked::default();
         let mut state = match restored {
             Some(r) => {
@@ -178,7 +187,9 @@ impl Engine {
             run_trace,
             snapshot_replaced: false,
             ws_headers: None,
+            cancel: None,
         }
+        .with_stored_cancels(cancels)
     }
 
     // ----- read side -------------------------------------------------------
@@ -214,7 +225,7 @@ impl Engine {
     /// The whole record with every message inline: what a shell without a
     /// body store stores after [`Action::Persist`]; [`Engine::new`] reads it back.
     pub fn storage_record(&self) -> String {
-        persist::encode(&self.state, &self.parked)
+        persist::encode(&self.state, &self.parked, &self.outbox.cancels())
     }
 
     /// The run has finished (its stored record may be removed after a grace period).
@@ -264,6 +275,7 @@ impl Engine {
                 Role::Leader => Sharing::Leader,
                 Role::Follower => Sharing::Follower,
             },
+            cancel: self.cancel.clone(),
         }
     }
 

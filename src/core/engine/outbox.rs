@@ -12,6 +12,8 @@
 //!   an `ack` proves delivery (the same `client_request_id` makes a repeat safe).
 //! - Sends are persisted with the cursor (as optimistic messages of the state);
 //!   a new page restores them and sends them again with the same id.
+//! - Cancels (PROTOCOL §8) are entries of the same queue with the same
+//!   retries; they are persisted in the record's `cancels` list.
 
 use std::collections::VecDeque;
 
@@ -32,10 +34,28 @@ enum SendState {
     },
 }
 
+/// What a cancel asks for (PROTOCOL §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelReq {
+    /// The send whose reply to stop (`None`: the whole run).
+    pub reply_to: Option<String>,
+    /// Why, as given to `cancel()`.
+    pub reason: Option<String>,
+}
+
+/// What a pending entry delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A chat send of this text.
+    Send(String),
+    /// A cancel.
+    Cancel(CancelReq),
+}
+
 #[derive(Debug, Clone)]
 struct PendingSend {
     client_request_id: String,
-    content: String,
+    request: Request,
     state: SendState,
     attempts: u32,
     unauthorized_retried: bool,
@@ -50,13 +70,13 @@ pub struct SendTiming {
     pub trace: Option<String>,
 }
 
-/// A send to write now.
+/// A send or cancel to write now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Due {
     /// Idempotency key.
     pub client_request_id: String,
-    /// Text.
-    pub content: String,
+    /// What it delivers.
+    pub request: Request,
 }
 
 /// Pending sends and the timings of recent sends.
@@ -90,19 +110,40 @@ impl Outbox {
         })
     }
 
-    /// The text of pending send `crid`.
-    pub fn content(&self, crid: &str) -> Option<&str> {
+    /// What pending entry `crid` delivers.
+    pub fn request(&self, crid: &str) -> Option<&Request> {
         self.pending
             .iter()
             .find(|s| s.client_request_id == crid)
-            .map(|s| s.content.as_str())
+            .map(|s| &s.request)
+    }
+
+    /// Whether `crid` is a pending cancel.
+    pub fn is_cancel(&self, crid: &str) -> bool {
+        matches!(self.request(crid), Some(Request::Cancel(_)))
+    }
+
+    /// The pending cancels, oldest first (what the stored record keeps).
+    pub fn cancels(&self) -> Vec<(String, CancelReq)> {
+        self.pending
+            .iter()
+            .filter_map(|s| match &s.request {
+                Request::Cancel(c) => Some((s.client_request_id.clone(), c.clone())),
+                Request::Send(_) => None,
+            })
+            .collect()
     }
 
     /// Queues a new send, due at `now`.
     pub fn push(&mut self, crid: &str, content: &str, now: Ms) {
+        self.push_request(crid, Request::Send(content.to_owned()), now);
+    }
+
+    /// Queues a new entry, due at `now`.
+    pub fn push_request(&mut self, crid: &str, request: Request, now: Ms) {
         self.pending.push_back(PendingSend {
             client_request_id: crid.to_owned(),
-            content: content.to_owned(),
+            request,
             state: SendState::Queued { due: now },
             attempts: 0,
             unauthorized_retried: false,
@@ -142,7 +183,7 @@ impl Outbox {
                     s.attempts += 1;
                     out.push(Due {
                         client_request_id: s.client_request_id.clone(),
-                        content: s.content.clone(),
+                        request: s.request.clone(),
                     });
                 }
             }
@@ -231,9 +272,11 @@ impl Outbox {
         Some(at)
     }
 
-    /// Drops every pending send (`close()`).
+    /// Drops every pending send (`close()`). Cancels stay (not delivered
+    /// after `close()`, but kept in the stored record for the next page).
     pub fn clear(&mut self) {
-        self.pending.clear();
+        self.pending
+            .retain(|s| matches!(s.request, Request::Cancel(_)));
     }
 }
 

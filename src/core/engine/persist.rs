@@ -49,6 +49,7 @@ use crate::core::strmap::StrMap;
 
 use super::config::Ms;
 use super::link::Conn;
+use super::outbox::CancelReq;
 use super::timers::{Timer, TimerTable};
 use super::{unanswered, Engine};
 use crate::core::envelope::{decode_envelope, EventKind};
@@ -359,7 +360,12 @@ enum Entry<'a> {
 
 /// The head text: cursor, state (messages inline or as references, in
 /// order), parked events. The one place heads are encoded.
-fn encode_head(state: &RunState, entries: &[Entry<'_>], parked: &Parked) -> String {
+fn encode_head(
+    state: &RunState,
+    entries: &[Entry<'_>],
+    parked: &Parked,
+    cancels: &[(String, CancelReq)],
+) -> String {
     let mut w = Writer::new();
     w.begin_object();
     w.key("v").u64(STORAGE_VERSION);
@@ -382,14 +388,67 @@ fn encode_head(state: &RunState, entries: &[Entry<'_>], parked: &Parked) -> Stri
         parked_envelope(&mut w, &state.run_id, id, kind);
     }
     w.end_array();
+    if !cancels.is_empty() {
+        // `[[client_request_id, reply_to|null, reason|null], …]`; absent when
+        // empty (older pages skip the key, and read records without it).
+        w.key("cancels").begin_array();
+        for (crid, c) in cancels {
+            w.begin_array();
+            w.str(crid)
+                .opt_str(c.reply_to.as_deref())
+                .opt_str(c.reason.as_deref());
+            w.end_array();
+        }
+        w.end_array();
+    }
     w.end_object();
     w.finish()
 }
 
 /// The whole record with every message inline (no body store).
-pub fn encode(state: &RunState, parked: &Parked) -> String {
+pub fn encode(state: &RunState, parked: &Parked, cancels: &[(String, CancelReq)]) -> String {
     let entries: Vec<Entry<'_>> = state.messages.iter().map(Entry::Inline).collect();
-    encode_head(state, &entries, parked)
+    encode_head(state, &entries, parked, cancels)
+}
+
+/// The cancels a head holds (its `cancels` list; none in records written
+/// before cancels existed, or in anything unreadable).
+pub fn decode_cancels(text: &str) -> Vec<(String, CancelReq)> {
+    fn read(text: &str) -> Option<Vec<(String, CancelReq)>> {
+        let mut s = Scanner::new(text);
+        s.object().ok()?;
+        while let Some(k) = s.key().ok()? {
+            if k != "cancels" {
+                s.skip().ok()?;
+                continue;
+            }
+            let mut out = Vec::new();
+            s.array().ok()?;
+            while s.item().ok()? {
+                s.array().ok()?;
+                let mut f: [Option<String>; 3] = [None, None, None];
+                for slot in &mut f {
+                    s.item().ok()?.then_some(())?;
+                    *slot = match s.peek().ok()? {
+                        Token::String => Some(s.string().ok()?.into_owned()),
+                        Token::Null => {
+                            s.null().ok()?;
+                            None
+                        }
+                        _ => return None,
+                    };
+                }
+                if s.item().ok()? {
+                    return None;
+                }
+                let [crid, reply_to, reason] = f;
+                out.push((crid?, CancelReq { reply_to, reason }));
+            }
+            return Some(out);
+        }
+        None
+    }
+    read(text).unwrap_or_default()
 }
 
 /// Reads a head of `run_id` back (versions 1–3); `None` for anything
@@ -743,7 +802,13 @@ impl Persist {
 
     /// What to store now (after [`Persist::due`] said so): the head and the
     /// bodies not written yet. `changes`: the state's change marks not taken yet.
-    pub fn write(&mut self, state: &RunState, parked: &Parked, changes: &Changes) -> Write {
+    pub fn write(
+        &mut self,
+        state: &RunState,
+        parked: &Parked,
+        changes: &Changes,
+        cancels: &[(String, CancelReq)],
+    ) -> Write {
         self.note_changes(changes, state);
         let externalize = self.body_store
             && (!self.committed.is_empty()
@@ -756,7 +821,7 @@ impl Persist {
                     .sum::<usize>()
                     > INLINE_BODIES_MAX);
         if !externalize {
-            let head = encode(state, parked);
+            let head = encode(state, parked, cancels);
             self.count_head(&head);
             return Write {
                 head: Some(head),
@@ -809,7 +874,7 @@ impl Persist {
             self.dirty = true;
             None
         } else {
-            let head = encode_head(state, &entries, parked);
+            let head = encode_head(state, &entries, parked, cancels);
             self.count_head(&head);
             Some(head)
         };
@@ -1086,8 +1151,9 @@ impl Engine {
     /// place of the previous one. Costs the bodies not written before plus a
     /// reference per stored body: never the whole history again.
     pub fn storage_write(&mut self) -> Write {
+        let cancels = self.outbox.cancels();
         self.persist
-            .write(&self.state, &self.parked, self.state.changes())
+            .write(&self.state, &self.parked, self.state.changes(), &cancels)
     }
 
     /// The body store committed (`ok`) or failed batch `batch`; a head that
@@ -1120,10 +1186,16 @@ impl Engine {
     /// (`head`: `None` when it was not found).
     pub fn restore_stored(&mut self, now: Ms, head: Option<&str>, records: Option<&[StoredBatch]>) {
         let run_id = self.cfg.run_id.clone();
+        // A head read from the body store carries its cancels too.
+        let cancels = head
+            .filter(|h| decode_head(h, &run_id).is_some())
+            .map(decode_cancels)
+            .unwrap_or_default();
         let Some(outcome) = self.persist.take_awaited(&run_id, head, records) else {
             return;
         };
         self.install(now, outcome);
+        self.restore_cancels(now, cancels);
     }
 
     /// The records read for the awaited head (`None`: the body store is missing
@@ -1262,7 +1334,7 @@ mod tests {
             },
             16,
         );
-        let text = encode(&s, &parked);
+        let text = encode(&s, &parked, &[]);
         let back = decode(&text, "r").expect("record");
         assert_eq!(back.state.cursor, 9);
         assert_eq!(back.state.messages.len(), 1);

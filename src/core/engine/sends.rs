@@ -1,8 +1,9 @@
 //! The chat side of the coordinator: `send()`, the outcome of each attempt,
 //! writing due sends on the current channel, and per-send metrics.
 
+use super::io::CancelState;
 use super::link::Conn;
-use super::outbox::SendTiming;
+use super::outbox::{Request, SendTiming};
 use super::timers::Timer;
 use super::{hex_id, Action, Engine, EngineError, Ms, SendResult, Spans};
 use crate::core::json::write::concat_u64;
@@ -69,6 +70,10 @@ impl Engine {
         if !self.outbox.contains(client_request_id) {
             return;
         }
+        if self.outbox.is_cancel(client_request_id) {
+            self.handle_cancel_result(now, client_request_id, r);
+            return;
+        }
         if r.headers_error.is_some() {
             // Retried after its backoff like a network error (the message
             // shows "queued"; `headers` is called again then).
@@ -97,6 +102,10 @@ impl Engine {
     /// PROTOCOL §2b / §7: the server answered WebSocket send `crid` with an
     /// `error` of `code` (detail `msg`).
     pub(super) fn send_refused(&mut self, now: Ms, crid: &str, code: ErrorCode, msg: &str) {
+        if self.outbox.is_cancel(crid) {
+            self.cancel_refused(now, crid, code, msg);
+            return;
+        }
         match code {
             // A 401: one attempt at once with refreshed headers, then final.
             ErrorCode::Unauthorized => self.send_unauthorized(now, crid, "unauthorized"),
@@ -134,6 +143,7 @@ impl Engine {
             if let Some(m) = self.state.message_by_request(crid) {
                 m.status = MessageStatus::Queued;
             }
+            self.cancel_progress(crid, CancelState::Queued);
             self.timers.set_opt(Timer::Send, self.outbox.next_due());
             self.mark_dirty();
         }
@@ -163,21 +173,29 @@ impl Engine {
         }
         let conn = self.link.id;
         for d in self.outbox.take_due(now, ws) {
+            let crid = d.client_request_id.clone();
             if ws && self.cfg.headers_per_send {
                 self.actions.push_back(Action::WsSendHeaders {
                     conn,
-                    client_request_id: d.client_request_id.clone(),
+                    client_request_id: crid,
                 });
             } else if ws {
                 let headers = self.ws_headers.clone();
-                let text = self.send_frame(&d.client_request_id, &d.content, headers);
+                let text = self.request_frame(&crid, &d.request, headers);
                 self.actions.push_back(Action::WsSend { conn, text });
             } else {
-                self.actions.push_back(Action::Post {
-                    client_request_id: d.client_request_id.clone(),
-                    content: d.content,
+                self.actions.push_back(match d.request {
+                    Request::Send(content) => Action::Post {
+                        client_request_id: crid,
+                        content,
+                    },
+                    Request::Cancel(c) => Action::PostCancel {
+                        body: Self::cancel_body(&crid, &c),
+                        client_request_id: crid,
+                    },
                 });
             }
+            self.cancel_progress(&d.client_request_id, CancelState::Sent);
             if let Some(m) = self.state.message_by_request(&d.client_request_id) {
                 if m.status == MessageStatus::Queued {
                     m.status = MessageStatus::Sending;
@@ -188,14 +206,18 @@ impl Engine {
         self.timers.set_opt(Timer::Send, self.outbox.next_due());
     }
 
-    fn send_frame(&self, crid: &str, content: &str, headers: Option<Headers>) -> String {
-        ClientOp::Send {
-            session_id: self.cfg.session_id.clone(),
-            client_request_id: crid.to_owned(),
-            content: content.to_owned(),
-            headers,
+    /// The WebSocket frame of outbox entry `crid`: a `send` or a `cancel` op.
+    fn request_frame(&self, crid: &str, request: &Request, headers: Option<Headers>) -> String {
+        match request {
+            Request::Send(content) => ClientOp::Send {
+                session_id: self.cfg.session_id.clone(),
+                client_request_id: crid.to_owned(),
+                content: content.clone(),
+                headers,
+            }
+            .encode(),
+            Request::Cancel(c) => self.cancel_frame(crid, c, headers),
         }
-        .encode()
     }
 
     /// The `headers` option resolved (or failed) for WebSocket send `crid`
@@ -215,11 +237,11 @@ impl Engine {
         }
         match headers {
             Ok(h) => {
-                let Some(content) = self.outbox.content(crid).map(str::to_owned) else {
+                let Some(request) = self.outbox.request(crid).cloned() else {
                     return;
                 };
                 let headers = (!h.is_empty()).then(|| h.into_iter().collect());
-                let text = self.send_frame(crid, &content, headers);
+                let text = self.request_frame(crid, &request, headers);
                 self.actions.push_back(Action::WsSend { conn, text });
             }
             Err(_) => self.retry_send(now, crid, None),
@@ -320,7 +342,7 @@ impl Engine {
     }
 
     /// A socket opened after the run finished only for sends closes once they are delivered.
-    fn close_send_only_socket(&mut self, now: Ms) {
+    pub(super) fn close_send_only_socket(&mut self, now: Ms) {
         self.settle_side_link(now);
         if self.state.is_finished()
             && self.socket_transport()

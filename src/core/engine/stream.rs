@@ -199,7 +199,11 @@ impl Engine {
         self.ordering.clear();
         self.timers.clear(Timer::Gap);
         // Only an `ack` proves a WebSocket send was delivered: the rest go again.
-        if !self.outbox.requeue_socket_sends(now).is_empty() {
+        let requeued = self.outbox.requeue_socket_sends(now);
+        if !requeued.is_empty() {
+            for crid in &requeued {
+                self.cancel_progress(crid, super::CancelState::Queued);
+            }
             self.timers.set_opt(Timer::Send, self.outbox.next_due());
             self.mark_dirty();
         }

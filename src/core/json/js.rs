@@ -86,6 +86,7 @@ impl ToJson for RunState {
         w.key("workers").value(self.workers.as_slice());
         w.key("messages").value(self.messages.as_slice());
         w.key("supervisor").value(&self.supervisor);
+        w.key("cancelRequested").bool(self.cancel_requested);
         w.end_object();
     }
 }
@@ -99,6 +100,19 @@ impl ToJson for StreamStatus {
         w.key("retryInMs").opt_f64(self.retry_in_ms);
         w.key("lastError").opt_str(self.last_error.as_deref());
         w.key("sharing").str(sharing(self.sharing));
+        w.key("cancel");
+        match &self.cancel {
+            Some(c) => {
+                w.begin_object();
+                w.key("clientRequestId").str(&c.client_request_id);
+                w.key("replyTo").opt_str(c.reply_to.as_deref());
+                w.key("state").str(c.state.as_str());
+                w.end_object();
+            }
+            None => {
+                w.null();
+            }
+        }
         w.end_object();
     }
 }

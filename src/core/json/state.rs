@@ -204,6 +204,13 @@ pub(crate) fn state_with(
             "workers" => st.workers = list(s, worker, "`workers` must be an array")?,
             "messages" => messages(s)?,
             "supervisor" => st.supervisor = supervisor(s)?,
+            "cancel_requested" => {
+                st.cancel_requested = match s.peek().map_err(json)? {
+                    Token::Null => s.null().map(|()| false).map_err(json)?,
+                    Token::Bool => s.bool().map_err(json)?,
+                    _ => return Err("`cancel_requested` must be a boolean"),
+                }
+            }
             _ => s.skip().map_err(json)?,
         }
     }
@@ -341,5 +348,6 @@ pub(crate) fn write_state_with(
     w.key("completed").bool(st.supervisor.completed);
     w.key("summary").opt_str(st.supervisor.summary.as_deref());
     w.end_object();
+    w.key("cancel_requested").bool(st.cancel_requested);
     w.end_object();
 }

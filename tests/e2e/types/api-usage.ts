@@ -5,6 +5,7 @@ import init, {
   type RunStreamOptions,
   type RuntimeEvent,
   type StreamStatus,
+  type CancelStatus,
   type RunState,
   type RunMetrics,
   type Worker,
@@ -27,6 +28,7 @@ export async function main(): Promise<void> {
     wsUrl: "/api/ws",
     snapshotUrl: "/api/runs/run_01JD3Q8Z8M4V6W/snapshot",
     sendUrl: "/api/chat/s1/messages",
+    cancelUrl: "/api/runs/run_01JD3Q8Z8M4V6W/cancel",
     headers: async () => ({ Authorization: `Bearer ${await getToken()}` }),
     withCredentials: false,
     stallAfterMs: 2000,
@@ -65,6 +67,12 @@ export async function main(): Promise<void> {
     }
   });
   const id: string = stream.send("hello");
+  const stop: string = stream.cancel({ replyTo: id });
+  const stopRun: string = stream.cancel({ reason: "user" });
+  const stopBare: string = stream.cancel();
+  // @ts-expect-error: replyTo is a client_request_id string
+  stream.cancel({ replyTo: 1 });
+  void [stop, stopRun, stopBare];
   stream.retryNow();
   stream.close();
   off();
@@ -78,6 +86,15 @@ function render(s: RunSnapshot): void {
   const state: RunState = s.state;
   const metrics: RunMetrics = s.metrics;
   const retry: number | null = status.retryInMs;
+  const cancelRequested: boolean = state.cancelRequested;
+  const cancel: CancelStatus | null = status.cancel;
+  if (cancel) {
+    const cs: "queued" | "sent" | "accepted" | "done" | "failed" = cancel.state;
+    const target: string | null = cancel.replyTo;
+    const cid: string = cancel.clientRequestId;
+    void [cs, target, cid];
+  }
+  void cancelRequested;
   const workers: readonly Worker[] = state.workers;
   const messages: readonly Message[] = state.messages;
   // Snapshots are frozen (API.md): the types say so, so these fail to compile instead of throwing.

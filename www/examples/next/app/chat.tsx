@@ -6,10 +6,11 @@ import type { Message } from "runstream";
 
 // The whole snapshot: the chat re-renders (at most once per animation frame) as tokens stream.
 export function Chat({ api, session }: { api: string; session: string }) {
-  const { snapshot, send } = useRunStream({
+  const { snapshot, send, cancel } = useRunStream({
     runId: session,
     url: `${api}/api/stream/runs/${session}`,
     sendUrl: `${api}/api/chat/${session}/messages`,
+    cancelUrl: `${api}/api/runs/${session}/cancel`,
     snapshotUrl: `${api}/api/runs/${session}/snapshot`,
   });
   const [text, setText] = useState("");
@@ -19,6 +20,13 @@ export function Chat({ api, session }: { api: string; session: string }) {
     setText("");
   };
   const messages: readonly Message[] = snapshot?.state.messages ?? [];
+  // The send whose reply is still coming: Stop cancels that reply only.
+  const last = [...messages].reverse().find((m) => m.role === "user" && m.clientRequestId);
+  const replying =
+    last?.clientRequestId && last.status !== "failed" &&
+    !messages.some((m) => m.replyTo === last.clientRequestId && (m.status === "completed" || m.status === "failed"))
+      ? last.clientRequestId
+      : null;
   return (
     <section>
       <h2>
@@ -34,7 +42,12 @@ export function Chat({ api, session }: { api: string; session: string }) {
       {snapshot?.status.activity === "working" && <p data-testid="working">Working…</p>}
       <form onSubmit={submit}>
         <input data-testid="input" value={text} onChange={(e) => setText(e.target.value)} />
-        <button disabled={snapshot === null}>Send</button>
+        <button disabled={snapshot === null}>Send</button>{" "}
+        {replying && (
+          <button type="button" data-testid="stop" onClick={() => cancel({ replyTo: replying })}>
+            Stop
+          </button>
+        )}
       </form>
       <p>
         cursor <span data-testid="chat-cursor">{snapshot?.state.cursor ?? 0}</span>, events applied{" "}

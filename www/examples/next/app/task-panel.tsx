@@ -7,6 +7,7 @@ import type { RunSnapshot } from "runstream";
 /** What the panel shows: a slice of the snapshot, compared by value. */
 type TaskView = {
   status: string;
+  stopping: boolean;
   connection: string;
   summary: string | null;
   workers: { id: string; name: string; status: string; tools: string }[];
@@ -15,6 +16,7 @@ type TaskView = {
 function selectTask(s: RunSnapshot): TaskView {
   return {
     status: s.state.status,
+    stopping: s.state.cancelRequested,
     connection: s.status.connection,
     summary: s.state.supervisor.completed ? (s.state.supervisor.summary ?? "done") : null,
     workers: s.state.workers.map((w) => ({
@@ -32,6 +34,7 @@ function selectTask(s: RunSnapshot): TaskView {
 function sameTask(a: TaskView, b: TaskView): boolean {
   return (
     a.status === b.status &&
+    a.stopping === b.stopping &&
     a.connection === b.connection &&
     a.summary === b.summary &&
     a.workers.length === b.workers.length &&
@@ -43,8 +46,13 @@ function sameTask(a: TaskView, b: TaskView): boolean {
 }
 
 export function TaskPanel({ api, runId }: { api: string; runId: string }) {
-  const { snapshot: task } = useRunStream(
-    { runId, url: `${api}/api/stream/runs/${runId}`, snapshotUrl: `${api}/api/runs/${runId}/snapshot` },
+  const { snapshot: task, cancel } = useRunStream(
+    {
+      runId,
+      url: `${api}/api/stream/runs/${runId}`,
+      snapshotUrl: `${api}/api/runs/${runId}/snapshot`,
+      cancelUrl: `${api}/api/runs/${runId}/cancel`,
+    },
     selectTask,
     sameTask,
   );
@@ -56,6 +64,11 @@ export function TaskPanel({ api, runId }: { api: string; runId: string }) {
         Task <small data-testid="task-status">{task?.status ?? "loading"}</small>{" "}
         <small data-testid="task-conn">{task?.connection ?? "loading"}</small>
       </h2>
+      {task && (task.status === "pending" || task.status === "running") && (
+        <button data-testid="stop-run" disabled={task.stopping} onClick={() => cancel({ reason: "user" })}>
+          {task.stopping ? "Stopping…" : "Stop run"}
+        </button>
+      )}
       <ul data-testid="workers">
         {(task?.workers ?? []).map((w) => (
           <li key={w.id} data-status={w.status}>

@@ -10,10 +10,11 @@ function Chat() {
   // A token kept in React state, as an auth hook would: `headers` reads the
   // current one on every (re)connect and send, not the first render's.
   const [token, setToken] = useState(1);
-  const { snapshot, send } = useRunStream({
+  const { snapshot, send, cancel } = useRunStream({
     runId: session,
     url: `/api/stream/runs/${session}`,
     sendUrl: `/api/chat/${session}/messages`,
+    cancelUrl: `/api/runs/${session}/cancel`,
     snapshotUrl: `/api/runs/${session}/snapshot`,
     headers: () => ({ Authorization: `Bearer t${token}` }),
   });
@@ -24,6 +25,7 @@ function Chat() {
     setText("");
   };
   const messages: readonly Message[] = snapshot?.state.messages ?? [];
+  const replying = pendingReply(messages);
   return (
     <section>
       <h2>Chat <small data-testid="chat-conn">{snapshot?.status.connection ?? "mounting"}</small></h2>
@@ -37,7 +39,12 @@ function Chat() {
       {snapshot?.status.activity === "working" && <p data-testid="working">Working…</p>}
       <form onSubmit={submit}>
         <input data-testid="input" value={text} onChange={(e) => setText(e.target.value)} />
-        <button>Send</button>
+        <button>Send</button>{" "}
+        {replying && (
+          <button type="button" data-testid="stop" onClick={() => cancel({ replyTo: replying })}>
+            Stop
+          </button>
+        )}
       </form>
       <button data-testid="rotate" onClick={() => setToken((t) => t + 1)}>New token</button>{" "}
       <small data-testid="token">t{token}</small>
@@ -45,12 +52,32 @@ function Chat() {
   );
 }
 
+/** The send whose reply is still coming: Stop cancels that reply only. */
+function pendingReply(messages: readonly Message[]): string | null {
+  const last = [...messages].reverse().find((m) => m.role === "user" && m.clientRequestId);
+  if (!last?.clientRequestId || last.status === "failed") return null;
+  const id = last.clientRequestId;
+  const done = messages.some((m) => m.replyTo === id && (m.status === "completed" || m.status === "failed"));
+  return done ? null : id;
+}
+
 function Tasks() {
-  const { snapshot } = useRunStream({ runId, url: `/api/stream/runs/${runId}`, snapshotUrl: `/api/runs/${runId}/snapshot` });
+  const { snapshot, cancel } = useRunStream({
+    runId,
+    url: `/api/stream/runs/${runId}`,
+    snapshotUrl: `/api/runs/${runId}/snapshot`,
+    cancelUrl: `/api/runs/${runId}/cancel`,
+  });
   const workers: readonly Worker[] = snapshot?.state.workers ?? [];
+  const running = snapshot !== null && (snapshot.state.status === "pending" || snapshot.state.status === "running");
   return (
     <section>
       <h2>Task <small data-testid="task-status">{snapshot?.state.status ?? "mounting"}</small></h2>
+      {running && (
+        <button data-testid="stop-run" disabled={snapshot.state.cancelRequested} onClick={() => cancel({ reason: "user" })}>
+          {snapshot.state.cancelRequested ? "Stopping…" : "Stop run"}
+        </button>
+      )}
       <ul data-testid="workers">
         {workers.map((w) => (
           <li key={w.workerId} data-status={w.status}>
