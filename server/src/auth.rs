@@ -36,6 +36,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use runstream::core::wire::ErrorCode;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::metrics::Metrics;
@@ -196,16 +197,31 @@ impl Principal {
         }
     }
 
-    /// Whether this caller would have the right to run `run_id` of session
-    /// `session` (the run's meta; `None` for an unknown run).
-    fn may_access_run(&self, run_id: &str, session: Option<&str>) -> bool {
+    /// Whether this caller would have the right to run `run_id` (`meta`:
+    /// the run's, `None` for an unknown run). A `sessions` claim grants the
+    /// runs that belong to one of its sessions (the chat run, whose id is the
+    /// session id, and runs published with that `session_id`) — by the run's
+    /// recorded session, never by an id that merely equals a session's; an
+    /// unknown id equal to a granted session is that session's chat run to be.
+    fn may_access_run(&self, run_id: &str, meta: Option<&RunMeta>) -> bool {
         match self {
             Self::Open | Self::Publisher => true,
             Self::User(c) => {
+                let granted = |s: &str| c.sessions.iter().any(|x| x == s);
                 c.runs.iter().any(|r| r == run_id)
-                    || c.sessions.iter().any(|s| s == run_id)
-                    || session.is_some_and(|s| c.sessions.iter().any(|x| x == s))
+                    || match meta {
+                        None => granted(run_id),
+                        Some(m) => m.session_id.as_deref().is_some_and(granted),
+                    }
             }
+        }
+    }
+
+    /// The user's `sub` for logs (never used for access).
+    pub fn sub(&self) -> Option<&str> {
+        match self {
+            Self::User(c) => c.sub.as_deref(),
+            _ => None,
         }
     }
 }
@@ -393,6 +409,7 @@ fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 /// runs up in and the counters of denials.
 pub struct Gate {
     mode: Arc<AuthMode>,
+    /// SHA-256 of the publish key.
     publish_key: Option<Vec<u8>>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
@@ -418,7 +435,9 @@ impl Gate {
     ) -> Self {
         Self {
             mode,
-            publish_key: publish_key.filter(|k| !k.is_empty()),
+            publish_key: publish_key
+                .filter(|k| !k.is_empty())
+                .map(|k| Sha256::digest(&k).to_vec()),
             store,
             metrics,
         }
@@ -433,7 +452,10 @@ impl Gate {
     /// time, then a JWT (bearer before cookie).
     pub fn authenticate(&self, creds: Credentials<'_>) -> Result<Principal, DenyReason> {
         if let (Some(key), Some(b)) = (&self.publish_key, creds.bearer) {
-            if bool::from(b.as_bytes().ct_eq(key)) {
+            // Digests of equal length, compared in constant time: neither the
+            // key's bytes nor its length show in the time taken.
+            let given = Sha256::digest(b.as_bytes());
+            if bool::from(given.as_slice().ct_eq(key.as_slice())) {
                 return Ok(Principal::Publisher);
             }
         }
@@ -518,15 +540,19 @@ impl Gate {
                 if !ok {
                     return Err(Denied::Forbidden(DenyReason::NotGranted));
                 }
-                Ok(Grant {
-                    principal,
-                    meta: None,
-                })
+                // A run whose id equals the session but that belongs to
+                // another session (or none) is not that session's chat run.
+                let meta = self.store.meta(session).await.map_err(Denied::Store)?;
+                if let (Principal::User(_), Some(m)) = (&principal, &meta) {
+                    if m.session_id.as_deref() != Some(session) {
+                        return Err(Denied::Forbidden(DenyReason::NotGranted));
+                    }
+                }
+                Ok(Grant { principal, meta })
             }
             Action::Read(run_id) | Action::Cancel(run_id) => {
                 let meta = self.store.meta(run_id).await.map_err(Denied::Store)?;
-                let session = meta.as_ref().and_then(|m| m.session_id.as_deref());
-                if !principal.may_access_run(run_id, session) {
+                if !principal.may_access_run(run_id, meta.as_ref()) {
                     return Err(Denied::Forbidden(DenyReason::NotGranted));
                 }
                 match meta {

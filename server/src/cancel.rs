@@ -58,6 +58,11 @@ pub enum CancelAnswer {
     Invalid(String),
     /// `404`: no such run.
     NotFound,
+    /// `425` + `Retry-After` (WebSocket `unavailable`): a reply cancel names a
+    /// send this run has not logged (yet: the cancel overtook its send, so
+    /// the client retries). Nothing is appended, so made-up `reply_to`
+    /// values cannot grow the run.
+    TooEarly,
     /// `503`: the store failed (retried).
     Unavailable(StoreError),
 }
@@ -100,7 +105,11 @@ async fn decide(app: &App, run_id: &str, body: &CancelBody) -> StoreResult<Cance
         return Ok(CancelAnswer::Accepted(n));
     }
     if let CancelTarget::Reply(crid) = &target {
-        if let Some(status) = reply_status(&**store, run_id, crid).await? {
+        let (sent, reply) = reply_status(&**store, run_id, crid).await?;
+        if !sent {
+            return Ok(CancelAnswer::TooEarly);
+        }
+        if let Some(status) = reply {
             if status != "streaming" {
                 return Ok(CancelAnswer::Finished(status));
             }
@@ -149,17 +158,28 @@ async fn run_status(store: &dyn Store, run_id: &str) -> StoreResult<String> {
         .map_or_else(|| "finished".to_owned(), |st| st.status.as_str().to_owned()))
 }
 
-/// The status of the reply to `crid` (`streaming`, `completed`, `failed`), if it started.
-async fn reply_status(store: &dyn Store, run_id: &str, crid: &str) -> StoreResult<Option<String>> {
+/// Whether the run logged the send `crid`, and the status of its reply
+/// (`streaming`, `completed`, `failed`) if the reply started.
+async fn reply_status(
+    store: &dyn Store,
+    run_id: &str,
+    crid: &str,
+) -> StoreResult<(bool, Option<String>)> {
     let snap = store.snapshot(run_id).await?;
-    let state = snap.and_then(|s| s.into_state().ok());
-    Ok(state.and_then(|st| {
-        st.messages
-            .iter()
-            .filter(|m| m.reply_to.as_deref() == Some(crid))
-            .map(|m| m.status.as_str().to_owned())
-            .next_back()
-    }))
+    let Some(st) = snap.and_then(|s| s.into_state().ok()) else {
+        return Ok((false, None));
+    };
+    let sent = st
+        .messages
+        .iter()
+        .any(|m| m.client_request_id.as_deref() == Some(crid));
+    let reply = st
+        .messages
+        .iter()
+        .filter(|m| m.reply_to.as_deref() == Some(crid))
+        .map(|m| m.status.as_str().to_owned())
+        .next_back();
+    Ok((sent, reply))
 }
 
 /// Whether a producer of run `run_id` should stop now (a run-wide cancel,

@@ -15,6 +15,7 @@ pub mod hub;
 pub mod metrics;
 pub mod publish;
 pub mod scenario;
+pub mod stall;
 pub mod store;
 pub mod timed;
 
@@ -66,6 +67,8 @@ pub struct Limits {
     pub slow_client_ms: u64,
     /// How long a drain waits for streams to go before the process exits (`--drain-ms`).
     pub drain_ms: u64,
+    /// Largest WebSocket frame a client may send (`--max-frame-bytes`); past it the socket closes (1009).
+    pub max_frame_bytes: usize,
 }
 
 impl Default for Limits {
@@ -77,6 +80,7 @@ impl Default for Limits {
             client_buffer: 256,
             slow_client_ms: 10_000,
             drain_ms: 10_000,
+            max_frame_bytes: 1 << 20,
         }
     }
 }
@@ -111,6 +115,9 @@ pub struct Settings {
     pub limits: Limits,
     /// How long a cancelled target may run on before the gateway ends it (`--cancel-grace-ms`).
     pub cancel_grace_ms: u64,
+    /// Origins allowed to call cross-origin, with credentials (`--cors-origin`, repeatable).
+    /// Empty: same-origin only (with `--dev`: any origin, for the tests' pages).
+    pub cors_origins: Vec<String>,
 }
 
 impl Settings {
@@ -128,6 +135,7 @@ impl Settings {
             dev: true,
             limits: Limits::default(),
             cancel_grace_ms: cancel::DEFAULT_GRACE_MS,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -158,6 +166,71 @@ pub struct App {
     pub limits: Limits,
     /// `--cancel-grace-ms`.
     pub cancel_grace_ms: u64,
+    /// Who may call cross-origin (HTTP CORS, and cookies on a WebSocket upgrade).
+    pub origins: Arc<Origins>,
+}
+
+/// The cross-origin policy: `Any` only with `--dev` and no `--cors-origin`.
+#[derive(Debug, Clone)]
+pub enum Origins {
+    /// Same-origin only: no CORS headers; a WebSocket upgrade from another
+    /// origin gets no cookie credentials (its frames must carry headers).
+    SameOrigin,
+    /// These origins (`scheme://host[:port]`), with credentials.
+    List(Vec<String>),
+    /// Any origin (`--dev` without a list: the tests' pages on other ports).
+    Any,
+}
+
+impl Origins {
+    fn new(list: &[String], dev: bool) -> Self {
+        match (list.is_empty(), dev) {
+            (false, _) => Self::List(list.to_vec()),
+            (true, true) => Self::Any,
+            (true, false) => Self::SameOrigin,
+        }
+    }
+
+    /// Whether a request from `origin` to `host` may carry cookie credentials.
+    /// No `Origin` header: not a browser's cross-origin request.
+    pub fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        let same = host.is_some_and(|h| {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                == Some(h)
+        });
+        same || match self {
+            Self::SameOrigin => false,
+            Self::List(l) => l.iter().any(|o| o == origin),
+            Self::Any => true,
+        }
+    }
+
+    fn layer(&self) -> Option<CorsLayer> {
+        use axum::http::{HeaderName, Method};
+        let base = || {
+            CorsLayer::new()
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    HeaderName::from_static("last-event-id"),
+                    HeaderName::from_static("idempotency-key"),
+                ])
+                .allow_credentials(true)
+                // Cross-origin clients can read Retry-After only if it is exposed.
+                .expose_headers([header::RETRY_AFTER])
+        };
+        match self {
+            Self::SameOrigin => None,
+            Self::List(l) => Some(base().allow_origin(tower_http::cors::AllowOrigin::list(
+                l.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
+            ))),
+            Self::Any => Some(CorsLayer::very_permissive().expose_headers([header::RETRY_AFTER])),
+        }
+    }
 }
 
 /// The whole HTTP surface.
@@ -183,6 +256,7 @@ pub fn router(settings: Settings) -> (Router, App) {
         metrics,
         limits: settings.limits,
         cancel_grace_ms: settings.cancel_grace_ms,
+        origins: Arc::new(Origins::new(&settings.cors_origins, settings.dev)),
     };
     let mut r = Router::new()
         .route("/api/stream/runs/{run_id}", get(sse))
@@ -224,9 +298,11 @@ pub fn router(settings: Settings) -> (Router, App) {
         .layer(axum::extract::DefaultBodyLimit::max(
             settings.limits.max_body_bytes,
         ))
-        // Cross-origin clients can read Retry-After only if it is exposed.
-        .layer(CorsLayer::very_permissive().expose_headers([header::RETRY_AFTER]))
         .with_state(app.clone());
+    let r = match app.origins.layer() {
+        Some(cors) => r.layer(cors),
+        None => r,
+    };
     (r, app)
 }
 
@@ -573,6 +649,8 @@ async fn sse(
     };
     let grant = granted.grant;
     let bounds = StreamBounds::new(&app, &grant);
+    // `sub` is logged (PROTOCOL §7: never trusted for access).
+    let sub = grant.principal.sub().map(str::to_owned);
     let Some(meta) = grant.meta else {
         return (StatusCode::NOT_FOUND, "unknown run").into_response();
     };
@@ -617,7 +695,7 @@ async fn sse(
     let metrics = app.metrics.clone();
     log(
         "stream.open",
-        json!({"conn": conn, "run_id": run_id, "transport": "sse", "last_event_id": last}),
+        json!({"conn": conn, "run_id": run_id, "transport": "sse", "last_event_id": last, "sub": sub}),
     );
     {
         let hub = hub.clone();
@@ -678,11 +756,19 @@ async fn ws(State(app): State<App>, headers: HeaderMap, up: WebSocketUpgrade) ->
     if let Some(resp) = refuse_stream(&app) {
         return resp;
     }
+    // A cookie rides every request of its site, also one a page of another
+    // origin makes: an upgrade from an origin the policy does not allow gets
+    // no cookie credentials (cross-site WebSocket hijacking); its frames
+    // must carry headers.
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let cookie_ok = app.origins.allows(origin, host);
     let cookies = headers
         .get(header::COOKIE)
+        .filter(|_| cookie_ok)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    up.max_message_size(1 << 20)
+    up.max_message_size(app.limits.max_frame_bytes)
         .on_upgrade(move |socket| ws_session(app, socket, cookies))
 }
 
@@ -719,14 +805,17 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
     let buffer = app.limits.client_buffer.max(1);
     let slow = Duration::from_millis(app.limits.slow_client_ms);
     let (tx, mut rx) = mpsc::channel::<Message>(buffer);
+    // A client that stops reading: its write stalls, and past the limit the
+    // writer gives up (the socket is dropped, never buffered without bound).
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             let closing = matches!(m, Message::Close(_));
-            if sink.send(m).await.is_err() || closing {
-                break;
+            match tokio::time::timeout(slow, sink.send(m)).await {
+                Ok(Ok(())) if !closing => {}
+                _ => break,
             }
         }
-        let _ = sink.close().await;
+        let _ = tokio::time::timeout(slow, sink.close()).await;
     });
     let mut subs: std::collections::HashMap<String, tokio::task::JoinHandle<()>> =
         Default::default();
@@ -745,6 +834,8 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
             m = stream.next() => m,
             _ = epoch.changed() => break "restart",
             _ = draining.changed() => break "drain",
+            // The writer gave up on a client that stopped reading.
+            _ = tx.closed() => break "slow_client",
             _ = kill.notified() => break if slow_flag.load(std::sync::atomic::Ordering::Relaxed) { "slow_client" } else { "chaos_drop" },
         };
         let text = match msg {
@@ -848,7 +939,7 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
                 );
                 log(
                     "stream.open",
-                    json!({"conn": conn, "run_id": run_id, "transport": "websocket", "last_event_id": last}),
+                    json!({"conn": conn, "run_id": run_id, "transport": "websocket", "last_event_id": last, "sub": grant.principal.sub()}),
                 );
                 let tx2 = tx.clone();
                 let kill2 = kill.clone();
@@ -941,8 +1032,11 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
                             cancel::CancelAnswer::NotFound => {
                                 refuse(ErrorCode::NotFound, "unknown run".into())
                             }
+                            cancel::CancelAnswer::TooEarly => {
+                                refuse(ErrorCode::Unavailable, "no such send yet".into())
+                            }
                             cancel::CancelAnswer::Unavailable(e) => {
-                                refuse(ErrorCode::Unavailable, e.to_string())
+                                refuse(ErrorCode::Unavailable, store_unavailable_text(&e))
                             }
                         }
                     }
@@ -975,6 +1069,12 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
                                 message_id,
                                 run_id,
                             },
+                            Err(SendError::Finished) => ServerOp::Error {
+                                run_id: None,
+                                code: ErrorCode::Finished,
+                                message: "the session has ended".into(),
+                                client_request_id: Some(client_request_id),
+                            },
                             Err(SendError::Invalid(message)) => ServerOp::Error {
                                 run_id: None,
                                 code: ErrorCode::BadRequest,
@@ -985,7 +1085,7 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
                             Err(SendError::Store(e)) => ServerOp::Error {
                                 run_id: None,
                                 code: ErrorCode::Unavailable,
-                                message: e.to_string(),
+                                message: store_unavailable_text(&e),
                                 client_request_id: Some(client_request_id),
                             },
                         }
@@ -1012,6 +1112,13 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
 }
 
 // ---- plain endpoints -----------------------------------------------------------
+
+/// What a client is told of a store failure: a fixed text (the error itself,
+/// which may name the store's address, goes to the log only).
+fn store_unavailable_text(e: &StoreError) -> String {
+    log("store.error", json!({"error": e.to_string()}));
+    "store unavailable".into()
+}
 
 /// A WebSocket `error` frame for a store failure (not final: the client resumes).
 fn store_error_frame(run_id: &str, e: &StoreError) -> Message {
@@ -1082,12 +1189,20 @@ async fn cancel_run(
             .into_response(),
         cancel::CancelAnswer::Invalid(m) => (StatusCode::BAD_REQUEST, m).into_response(),
         cancel::CancelAnswer::NotFound => (StatusCode::NOT_FOUND, "unknown run").into_response(),
+        cancel::CancelAnswer::TooEarly => (
+            StatusCode::TOO_EARLY,
+            [(header::RETRY_AFTER, "1")],
+            "no such send yet",
+        )
+            .into_response(),
         cancel::CancelAnswer::Unavailable(e) => unavailable(&run_id, &e),
     }
 }
 
 /// Why a send was not accepted.
 enum SendError {
+    /// The session's run has ended (a run-wide cancel, say): 409 / `finished`.
+    Finished,
     /// The request itself is unacceptable (final).
     Invalid(String),
     /// The store failed (retry).
@@ -1101,9 +1216,9 @@ async fn accept_send(
     crid: &str,
     content: &str,
 ) -> Result<Accepted, SendError> {
-    if session.is_empty() || session.len() > 128 {
+    if !store::valid_id(session) {
         return Err(SendError::Invalid(
-            "session_id must be 1 to 128 characters".into(),
+            "session_id must be 1 to 128 characters, without control characters or braces".into(),
         ));
     }
     if crid.is_empty() || crid.len() > 128 {
@@ -1121,6 +1236,9 @@ async fn accept_send(
         .send(session, crid, content)
         .await
         .map_err(SendError::Store)?;
+    if out.finished {
+        return Err(SendError::Finished);
+    }
     if out.fresh && hub.replies == Replies::Local {
         // The demo's own bot answers (`--replies local`); `worker` and `none` leave it to a producer.
         scenario::spawn(
@@ -1160,6 +1278,11 @@ async fn chat_send(
     match accept_send(&app.hub, &session, &b.client_request_id, &b.content).await {
         Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
         Err(SendError::Invalid(e)) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(SendError::Finished) => (
+            StatusCode::CONFLICT,
+            Json(json!({"run_id": session, "status": "finished"})),
+        )
+            .into_response(),
         Err(SendError::Store(e)) => unavailable(&session, &e),
     }
 }

@@ -5,7 +5,7 @@
 //!                  [--addr 127.0.0.1:8787] [--www www] [--pkg pkg] [--heartbeat-ms 15000]
 //!                  [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none]
 //!                  [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N]
-//!                  [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N]
+//!                  [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]…
 //! runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N]
 //!                  [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant]
 //!                  [--chaos JSON] [--window N] [--runs N] [--start-at-ms UNIX_MS]
@@ -44,7 +44,7 @@ use runstream_server::{
     create_and_produce, router, scenario, CreateRun, Limits, Replies, Settings,
 };
 
-const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N]\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME]";
+const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]…\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME]";
 
 const NO_AUTH_CHOICE: &str = "runstream-server: no auth choice. PROTOCOL §7 needs one of:\n  --jwt-secret-file FILE      HS256 tokens signed with the secret in FILE\n  --jwt-public-key-file FILE  RS256/ES256 tokens verified with the PEM public key in FILE\n  --auth none                 no authorization at all (local development only)";
 
@@ -81,6 +81,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
     let mut jwt = JwtOptions::default();
     let mut limits = Limits::default();
     let mut cancel_grace_ms = runstream_server::cancel::DEFAULT_GRACE_MS;
+    let mut cors_origins: Vec<String> = Vec::new();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         if a == "--dev" {
@@ -116,6 +117,13 @@ async fn serve(args: Vec<String>) -> ExitCode {
                 "--slow-client-ms" => limits.slow_client_ms = num(&a, &v)?,
                 "--drain-ms" => limits.drain_ms = num(&a, &v)?,
                 "--cancel-grace-ms" => cancel_grace_ms = num(&a, &v)?,
+                "--max-frame-bytes" => limits.max_frame_bytes = num(&a, &v)?,
+                "--cors-origin" => {
+                    if !(v.starts_with("http://") || v.starts_with("https://")) || v.ends_with('/') {
+                        return Err(fail("--cors-origin: an origin such as https://app.example.com (scheme, host, optional port; no path)"));
+                    }
+                    cors_origins.push(v.clone())
+                }
                 "--replies" => match v.as_str() {
                     "local" => replies = Replies::Local,
                     "worker" => replies = Replies::Worker,
@@ -160,7 +168,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
     };
     let store = match store::open(&store_spec, window).await {
         Ok(s) => s,
-        Err(e) => return fail(&format!("--store {store_spec}: {e}")),
+        Err(e) => return fail(&format!("--store {}: {e}", store::redact(&store_spec))),
     };
     let publishing = publish_key.is_some();
     let (app, state) = router(Settings {
@@ -175,6 +183,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
         dev,
         limits,
         cancel_grace_ms,
+        cors_origins,
     });
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -193,6 +202,11 @@ async fn serve(args: Vec<String>) -> ExitCode {
         hub.drain();
         println!("{{\"event\":\"server.draining\"}}");
     };
+    let listener = runstream_server::stall::StallListener::new(
+        listener,
+        std::time::Duration::from_millis(limits.slow_client_ms),
+        state.metrics.clone(),
+    );
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     let drained = state.hub.draining.subscribe();
     let deadline = async move {
@@ -311,7 +325,7 @@ async fn produce(args: Vec<String>) -> ExitCode {
     };
     let store = match store::open(&spec, window).await {
         Ok(s) => s,
-        Err(e) => return fail(&format!("--store {spec}: {e}")),
+        Err(e) => return fail(&format!("--store {}: {e}", store::redact(&spec))),
     };
     if chat_worker {
         return chat_worker_loop(store, &consumer).await;

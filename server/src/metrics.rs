@@ -10,7 +10,7 @@
 //! | `runstream_auth_denials_total` | counter | `reason` ([`DenyReason`]) |
 //! | `runstream_store_latency_seconds` | histogram | `op` (store method) |
 //! | `runstream_store_errors_total` | counter | `op` |
-//! | `runstream_clients_dropped_total` | counter | `reason`: `slow_client`, `drain`, `connection_limit`, `socket_run_limit` |
+//! | `runstream_clients_dropped_total` | counter | `reason`: `slow_client`, `write_stall`, `drain`, `connection_limit`, `socket_run_limit` |
 //! | `runstream_published_events_total` | counter | — |
 
 use std::sync::Mutex;
@@ -44,6 +44,9 @@ struct Op {
 pub enum DropReason {
     /// It stopped reading: its bounded buffer stayed full past the stall limit.
     SlowClient,
+    /// It stopped reading: one write to its socket stayed pending past the
+    /// stall limit (`stall.rs`; SSE, WebSocket, any response).
+    WriteStall,
     /// The process is draining (SIGTERM).
     Drain,
     /// `--max-connections` reached: refused with 503.
@@ -56,6 +59,7 @@ impl DropReason {
     fn as_str(self) -> &'static str {
         match self {
             Self::SlowClient => "slow_client",
+            Self::WriteStall => "write_stall",
             Self::Drain => "drain",
             Self::ConnectionLimit => "connection_limit",
             Self::SocketRunLimit => "socket_run_limit",

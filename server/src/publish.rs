@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::auth::{Granted, Publish};
-use crate::store::{valid_cursor, BatchOutcome, IdemKey, NewEvent, RunKind, RunSpec};
+use crate::store::{valid_cursor, valid_id, BatchOutcome, IdemKey, NewEvent, RunKind, RunSpec};
 use crate::{log, unavailable, App};
 
 /// Most events in one batch.
@@ -52,11 +52,6 @@ fn bad(msg: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({"error": msg.into()}))).into_response()
 }
 
-/// An id as PROTOCOL §1 allows it: 1–128 characters, no control characters.
-fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().count() <= 128 && !id.chars().any(char::is_control)
-}
-
 #[derive(Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 struct CreateBody {
@@ -72,12 +67,16 @@ async fn create_run(
     let b = body.map(|Json(b)| b).unwrap_or_default();
     if let Some(s) = &b.session_id {
         if !valid_id(s) {
-            return bad("session_id must be 1 to 128 characters");
+            return bad(
+                "session_id must be 1 to 128 characters, without control characters or braces",
+            );
         }
     }
     let id = match b.run_id {
         Some(id) if valid_id(&id) => id,
-        Some(_) => return bad("run_id must be 1 to 128 characters"),
+        Some(_) => {
+            return bad("run_id must be 1 to 128 characters, without control characters or braces")
+        }
         None => match app.hub.store.new_run_id(rand_seed()).await {
             Ok(id) => id,
             Err(e) => return unavailable("", &e),
@@ -133,6 +132,12 @@ struct BatchBody {
 /// Checks event `i` of a batch with the codec the client validates with:
 /// a §4 type (not `snapshot`), a payload object of its schema.
 fn check_event(run_id: &str, i: usize, e: &EventIn) -> Result<(), String> {
+    if e.ty == "run.cancel_requested" {
+        // One request per target (PROTOCOL §8) is kept by the cancel route alone.
+        return Err(format!(
+            "events[{i}]: run.cancel_requested is appended by POST /api/runs/{{run_id}}/cancel"
+        ));
+    }
     if e.ty == "snapshot" || !KNOWN_TYPES.contains(&e.ty.as_str()) {
         return Err(format!(
             "events[{i}]: type {:?} is not an event type of PROTOCOL §4",
@@ -263,12 +268,21 @@ async fn sends(
         }
     }
     let wait = q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS);
-    match app
+    // A drain ends a waiting poll at once (nothing new; the producer polls
+    // again, through the balancer, on another replica).
+    let mut draining = app.hub.draining.subscribe();
+    let poll = app
         .hub
         .store
-        .sends_after(after.as_deref(), SENDS_PER_POLL, wait)
-        .await
-    {
+        .sends_after(after.as_deref(), SENDS_PER_POLL, wait);
+    let result = tokio::select! {
+        r = poll => r,
+        _ = draining.wait_for(|d| *d) => {
+            let next = after.clone().unwrap_or_else(|| "0-0".to_owned());
+            return Json(json!({"sends": [], "next": next})).into_response();
+        }
+    };
+    match result {
         Ok((sends, next)) => Json(json!({"sends": sends, "next": next})).into_response(),
         Err(e) => unavailable("", &e),
     }

@@ -232,6 +232,20 @@ async fn a_reply_cancel_stops_that_reply_and_the_next_send_is_answered(b: Backen
     })
     .await;
     assert_eq!(of_type(&l, "run.cancel_requested").len(), 1);
+    // A reply cancel naming a send the run never logged: 425 (retried), nothing appended.
+    let before = log(&addr, session, 300).await.len();
+    let (st, _) = cancel(
+        &addr,
+        session,
+        json!({"client_request_id": "c9", "reply_to": "never-sent"}),
+    )
+    .await;
+    assert_eq!(st, 425);
+    assert_eq!(
+        log(&addr, session, 300).await.len(),
+        before,
+        "a made-up reply_to appends nothing"
+    );
     // A reply that already ended: 409 with its status.
     let (st, v) = cancel(
         &addr,
@@ -345,6 +359,17 @@ async fn without_a_producer_the_gateway_ends_the_target_after_the_grace(b: Backe
     assert_eq!(l[n - 2]["type"], "message.completed");
     assert_eq!(l[n - 2]["payload"]["message_id"], "a3");
     assert_eq!(l[n - 1]["payload"], json!({"status": "cancelled"}));
+    // The session has ended: a new send is 409 and nothing is appended
+    // after run.completed.
+    let send = json!({"client_request_id": "late", "content": "more"}).to_string();
+    let path = format!("/api/chat/{session}/messages");
+    let (st, _, b) = http(&addr, "POST", &path, &[], Some(&send)).await;
+    assert_eq!(st, 409, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        log(&addr, session, 300).await.len(),
+        n,
+        "nothing appended after run.completed"
+    );
 }
 
 async fn the_websocket_op_answers_like_the_route(b: Backend) {

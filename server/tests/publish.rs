@@ -142,6 +142,10 @@ async fn batches_are_atomic_dense_and_idempotent(b: Backend) {
         ),
         ("empty", json!({"events": []})),
         (
+            "a cancel request (the cancel route's alone)",
+            json!({"events": [{"type": "run.cancel_requested", "payload": {"client_request_id": "x"}}]}),
+        ),
+        (
             "after run.completed",
             json!({"events": [{"type": "run.completed", "payload": {"status": "succeeded"}}, {"type": "run.started", "payload": {}}]}),
         ),

@@ -21,6 +21,8 @@ use support::{http, sse_frames, start_settings, Backend};
 
 const SECRET: &[u8] = b"a-test-secret-of-the-security-suite";
 const PUBLISH_KEY: &str = "publish-key-of-the-security-suite";
+/// The one origin allowed cross-origin (`--cors-origin`).
+const APP_ORIGIN: &str = "https://app.example";
 /// Text only the runs' events hold: a denial must never show it.
 const CONTENT: &str = "confidential-content-7f3a";
 
@@ -122,6 +124,7 @@ fn settings(b: &Backend, store: Arc<dyn runstream_server::store::Store>) -> Sett
         dev: false,
         limits: Limits::default(),
         cancel_grace_ms: 30_000,
+        cors_origins: vec![APP_ORIGIN.into()],
     }
 }
 
@@ -360,6 +363,30 @@ async fn every_route_refuses_bad_credentials_and_changes_nothing(b: Backend) {
         403,
     )
     .await;
+    // A run whose id equals a session but that belongs to another session
+    // (published with session_id "sess_a") is not that session's chat run.
+    let (st, _) = publish(
+        &f.addr,
+        "/api/publish/runs",
+        "c",
+        json!({"run_id": "sess_c", "session_id": "sess_a"}),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let sess_c = Some(token(&[], &["sess_c"]));
+    let (st, _) = get(&f.addr, "/api/runs/sess_c/snapshot", &sess_c).await;
+    assert_eq!(
+        st, 403,
+        "the id equals the claimed session, the run is sess_a's"
+    );
+    let (st, _) = post(
+        &f.addr,
+        "/api/chat/sess_c/messages",
+        &sess_c,
+        json!({"client_request_id": "x1", "content": "into another session's run"}),
+    )
+    .await;
+    assert_eq!(st, 403);
     // The session's own chat run is not another session's.
     expect_all(
         &f,
@@ -619,7 +646,164 @@ async fn test_routes_exist_only_with_dev_and_bodies_are_bounded(b: Backend) {
     assert!(body.contains("runstream_store_latency_seconds"), "{body}");
 }
 
+/// Cross-origin: only the `--cors-origin` list gets CORS headers (with
+/// credentials), and a WebSocket upgrade from any other origin gets no cookie
+/// credentials (cross-site WebSocket hijacking), while its frames' own headers
+/// still work.
+async fn only_listed_origins_get_cors_and_cookie_websockets(b: Backend) {
+    let f = fixture(&b).await;
+    let t = token(&[&f.run_a], &[]);
+    let path = format!("/api/runs/{}/snapshot", f.run_a);
+    let cookie = format!("runstream_token={t}");
+    let (st, head, _) = http(
+        &f.addr,
+        "GET",
+        &path,
+        &[("Origin", APP_ORIGIN), ("Cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let h = head.to_ascii_lowercase();
+    assert!(
+        h.contains(&format!("access-control-allow-origin: {APP_ORIGIN}")),
+        "{head}"
+    );
+    assert!(
+        h.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+    let (_, head, _) = http(
+        &f.addr,
+        "GET",
+        &path,
+        &[("Origin", "https://evil.example"), ("Cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "a foreign origin gets no CORS headers: {head}"
+    );
+    let ws_with = |origin: &'static str, cookie: String| {
+        let addr = f.addr.clone();
+        let run = f.run_a.clone();
+        async move {
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let mut req = format!("ws://{addr}/api/ws").into_client_request().unwrap();
+            req.headers_mut().insert("Origin", origin.parse().unwrap());
+            req.headers_mut().insert("Cookie", cookie.parse().unwrap());
+            let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            ws.send(Message::text(
+                json!({"op": "subscribe", "run_id": run}).to_string(),
+            ))
+            .await
+            .unwrap();
+            loop {
+                if let Message::Text(t) = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap()
+                {
+                    return serde_json::from_str::<Value>(&t).unwrap();
+                }
+            }
+        }
+    };
+    let v = ws_with(APP_ORIGIN, cookie.clone()).await;
+    assert_eq!(
+        v["op"], "subscribed",
+        "the listed origin's cookie authenticates the socket: {v}"
+    );
+    let v = ws_with("https://evil.example", cookie.clone()).await;
+    assert_eq!(
+        (v["op"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("unauthorized")),
+        "a foreign page's socket carries no cookie: {v}"
+    );
+}
+
+/// A client that stops reading is disconnected after `--slow-client-ms`,
+/// never buffered without bound (SSE and WebSocket).
+async fn a_client_that_stops_reading_is_dropped(b: Backend) {
+    let store = b.store().await;
+    let mut settings = settings(&b, store);
+    settings.auth = Arc::new(AuthMode::None);
+    settings.limits.slow_client_ms = 500;
+    settings.limits.client_buffer = 8;
+    let addr = start_settings(settings).await;
+    // A run of big events: 4 MB of log, far beyond the socket buffers.
+    let (st, _) = publish(&addr, "/api/publish/runs", "c", json!({"run_id": "big"})).await;
+    assert_eq!(st, 201);
+    let blob = "x".repeat(64 * 1024);
+    for i in 0..64 {
+        let events: Vec<Value> = (0..1).map(|_| json!({"type": "worker.started", "payload": {"worker_id": format!("w{i}"), "name": blob}})).collect();
+        let (st, v) = publish(
+            &addr,
+            "/api/publish/runs/big/events",
+            &format!("b{i}"),
+            json!({"events": events}),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let metrics = || async {
+        let (_, body) = get(&addr, "/metrics", &None).await;
+        body.lines()
+            .filter(|l| {
+                l.starts_with("runstream_clients_dropped_total{reason=\"slow_client\"}")
+                    || l.starts_with("runstream_clients_dropped_total{reason=\"write_stall\"}")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let open = || async {
+        let (_, body) = get(&addr, "/metrics", &None).await;
+        body.lines()
+            .filter(|l| l.starts_with("runstream_open_connections{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    // SSE: the request is sent, then nothing is read.
+    use tokio::io::AsyncWriteExt;
+    let mut sse = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    sse.write_all(b"GET /api/stream/runs/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // WebSocket: subscribed, then nothing is read.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        json!({"op": "subscribe", "run_id": "big"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        if metrics().await >= 2 && open().await == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "both stalled clients dropped (dropped {}, open {})",
+            metrics().await,
+            open().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The server keeps serving.
+    let (st, _) = get(&addr, "/healthz", &None).await;
+    assert_eq!(st, 200);
+    drop((sse, ws));
+}
+
 both_stores!(
+    only_listed_origins_get_cors_and_cookie_websockets,
+    a_client_that_stops_reading_is_dropped,
     every_route_refuses_bad_credentials_and_changes_nothing,
     granted_credentials_get_the_run_on_every_route,
     websocket_token_expiry_mid_stream_is_a_per_run_unauthorized,

@@ -50,6 +50,11 @@ fn weigh(k: &EventKind) -> u32 {
         RunStarted { title } => h = mix(h, ol(title)),
         RunCompleted { status, error } => h = mix(mix(h, *status as u32), ol(error)),
         SupervisorCompleted { summary } => h = mix(h, ol(summary)),
+        CancelRequested {
+            client_request_id,
+            reason,
+            reply_to,
+        } => h = mix(mix(mix(h, ol(client_request_id)), ol(reason)), ol(reply_to)),
         WorkerStarted {
             worker_id,
             job_id,

@@ -184,9 +184,13 @@ impl Run {
     }
 
     /// An idempotent chat send: the same `client_request_id` gets the same answer.
-    fn send(&mut self, crid: &str, content: &str) -> (String, bool) {
+    /// `(message id, fresh, finished)`: a new send into a finished run is refused.
+    fn send(&mut self, crid: &str, content: &str) -> (String, bool, bool) {
         if let Some(m) = self.sends.get(crid) {
-            return (m.clone(), false);
+            return (m.clone(), false, false);
+        }
+        if self.finished {
+            return (String::new(), false, true);
         }
         let mid = self.next_message_id();
         self.sends.insert(crid.to_owned(), mid.clone());
@@ -194,7 +198,7 @@ impl Run {
             "message.created",
             json!({"message_id": mid, "role": "user", "client_request_id": crid, "content": content}),
         );
-        (mid, true)
+        (mid, true, false)
     }
 
     fn next_message_id(&mut self) -> String {
@@ -356,13 +360,14 @@ impl Store for MemoryStore {
                 session_id: Some(session.to_owned()),
             },
         );
-        let out = self
-            .change(session, |r| r.send(crid, content))
-            .map(|(message_id, fresh)| SendOutcome {
-                message_id,
-                run_id: session.to_owned(),
-                fresh,
-            });
+        let out =
+            self.change(session, |r| r.send(crid, content))
+                .map(|(message_id, fresh, finished)| SendOutcome {
+                    finished,
+                    message_id,
+                    run_id: session.to_owned(),
+                    fresh,
+                });
         if out.as_ref().is_some_and(|o| o.fresh) {
             self.log_send(session, crid, content);
         }

@@ -199,6 +199,30 @@ pub struct SendRecord {
     pub content: String,
 }
 
+/// A store URL fit for a log line: the password (and user) of
+/// `scheme://user:password@host…` replaced by `***`, for every address of a
+/// cluster list.
+pub fn redact(spec: &str) -> String {
+    spec.split(',')
+        .map(|part| match (part.find("://"), part.rfind('@')) {
+            (Some(s), Some(at)) if at > s => [&part[..s + 3], "***", &part[at..]].concat(),
+            (None, Some(at)) => ["***", &part[at..]].concat(),
+            _ => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// True when `id` may name a run or a session this server creates: 1–128
+/// characters (PROTOCOL §1), no control characters, and no `{` or `}` (a
+/// run's Redis keys share the hash tag `{id}`: a brace would move a key to
+/// another slot or make two ids' keys collide).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.chars().count() <= 128
+        && !id.chars().any(|c| c.is_control() || c == '{' || c == '}')
+}
+
 /// True when `c` is a sends cursor (`<ms>-<seq>`, or `<n>`), the form both stores use.
 pub fn valid_cursor(c: &str) -> bool {
     let mut parts = c.splitn(2, '-');
@@ -235,6 +259,9 @@ pub struct SendOutcome {
     pub run_id: String,
     /// First time this `client_request_id` was seen (a reply should start).
     pub fresh: bool,
+    /// The session's run had ended (`run.completed`) before this new send:
+    /// nothing was logged (a repeat of an earlier send still gets its answer).
+    pub finished: bool,
 }
 
 /// A live-tail subscription: `rx` changes whenever the run's log grows
@@ -389,7 +416,7 @@ pub async fn open(spec: &str, window: u64) -> StoreResult<Arc<dyn Store>> {
     {
         return Ok(Arc::new(redis::RedisStore::connect(spec, window).await?));
     }
-    Err(StoreError::Unsupported(spec.to_owned()))
+    Err(StoreError::Unsupported(redact(spec)))
 }
 
 /// A run's state reduced from its log, with the raw job-only events still

@@ -112,6 +112,7 @@ if prev then
   if pending then return {0, prev, 0, 0, 1, pending} end
   return {0, prev, 0, 0, 0, ''}
 end
+if redis.call('HGET', KEYS[1], 'finished') == '1' then return {-3, '', 0, 0, 0, ''} end
 if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then
   redis.call('HSET', KEYS[1], 'kind', 'chat', 'chaos', '{}', 'speed', '1', 'first_id', '1', 'last_id', '0', 'next_message', '0', 'session', ARGV[4])
 end
@@ -313,6 +314,8 @@ fn body_rest(run_id: &str, ty: &str, payload_rest: &str) -> String {
 struct Accepted {
     message_id: String,
     fresh: bool,
+    /// A new send into a finished run: refused, nothing logged.
+    finished: bool,
     /// The `message.created` id and the run's `first_id` (fresh sends only; for the window).
     last: u64,
     first: u64,
@@ -450,7 +453,7 @@ impl Source {
 pub fn cluster_seeds(spec: &str) -> StoreResult<Vec<String>> {
     let rest = spec
         .strip_prefix("redis-cluster://")
-        .ok_or_else(|| StoreError::Unsupported(spec.to_owned()))?;
+        .ok_or_else(|| StoreError::Unsupported(super::redact(spec)))?;
     let seeds: Vec<String> = rest
         .split(',')
         .map(str::trim)
@@ -458,7 +461,7 @@ pub fn cluster_seeds(spec: &str) -> StoreResult<Vec<String>> {
         .map(|s| format!("redis://{s}"))
         .collect();
     if seeds.is_empty() {
-        return Err(StoreError::Unsupported(spec.to_owned()));
+        return Err(StoreError::Unsupported(super::redact(spec)));
     }
     Ok(seeds)
 }
@@ -813,10 +816,12 @@ impl RedisStore {
                 .arg(content)
                 .invoke_async(&mut self.conn())
                 .await?;
+        let finished = fresh == -3;
         let fresh = fresh == 1;
         Ok(Accepted {
             message_id,
             fresh,
+            finished,
             last: n,
             first,
             // A fresh send queues what it was given; a repeat, what was first accepted.
@@ -878,6 +883,7 @@ impl RedisStore {
             message_id: a.message_id,
             run_id: session.to_owned(),
             fresh: a.fresh,
+            finished: a.finished,
         })
     }
 

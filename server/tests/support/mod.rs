@@ -364,9 +364,12 @@ pub async fn start_with(store: Arc<dyn Store>, replies: Replies) -> String {
 
 /// Serves the router with `settings` on a free loopback port.
 pub async fn start_settings(settings: Settings) -> String {
-    let (app, _) = router(settings);
+    let slow = std::time::Duration::from_millis(settings.limits.slow_client_ms);
+    let (app, state) = router(settings);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
+    // The production listener: every connection's writes bounded in time.
+    let l = runstream_server::stall::StallListener::new(l, slow, state.metrics.clone());
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
     addr
 }
