@@ -4,7 +4,8 @@
 # real redis-server each test starts), the npm package build, browser tests in
 # headless Chromium and Firefox against the reference server, the TypeScript
 # check of the public API, and the end-to-end suites (infra.test.mjs starts its
-# own redis-server, replicas and nginx). Installs what is missing first.
+# own redis-server, replicas and nginx; the reliability and infra suites run
+# once more on a 3-master Redis Cluster). Installs what is missing first.
 # Ends with one line "N passed, N failed"; exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -100,6 +101,10 @@ if [ -f tests/e2e/package.json ]; then
     [ -e "$suite" ] || continue
     step "e2e-$(basename "$suite" .test.mjs)" node --test --test-concurrency=1 "$suite"
   done
+  # The same reliability scenarios and the infrastructure suite on a real
+  # 3-master Redis Cluster (--store redis-cluster://…), issue 26.
+  step e2e-reliability-cluster node tests/e2e/on-cluster.mjs tests/e2e/reliability.test.mjs
+  step e2e-infra-cluster env STORE=cluster node --test --test-concurrency=1 tests/e2e/infra.test.mjs
 fi
 # The benchmark suite's short version (figures printed in its log; the full run: node benches/run.mjs).
 step bench-smoke node benches/run.mjs --smoke
