@@ -229,7 +229,7 @@ try {
     const none = results.find((r) => r.store === kind && r.auth === "none");
     const jwtR = results.find((r) => r.store === kind && r.auth === "jwt");
     if (none && jwtR) {
-      console.log(`  ${kind}: JWT check per connect (connect p50, jwt − none): ${((jwtR.connect_ms.p50 - none.connect_ms.p50) * 1000).toFixed(0)} µs (server/benches/auth.rs measures the check alone)`);
+      console.log(`  ${kind}: JWT check per connect (connect p50, jwt − none): ${((jwtR.connect_ms.p50 - none.connect_ms.p50) * 1000).toFixed(0)} µs (cargo run --release -p runstream-server --example auth_check measures the check alone)`);
     }
   }
   mkdirSync(join(root, "target/bench"), { recursive: true });

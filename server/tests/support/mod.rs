@@ -370,7 +370,7 @@ pub async fn start_settings(settings: Settings) -> String {
     let addr = l.local_addr().unwrap().to_string();
     // The production listener: every connection's writes bounded in time.
     let l = runstream_server::stall::StallListener::new(l, slow, state.metrics.clone());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    tokio::spawn(async move { axum::serve(l, app.into_make_service()).await.unwrap() });
     addr
 }
 

@@ -1,7 +1,10 @@
 //! The cost of PROTOCOL §7's check per request: `Gate::authenticate` on a
 //! valid token of each algorithm the gateway takes (HS256, ES256, RS256), a
 //! forged one, and the publish key, in µs per check (median of 7 rounds),
-//! printed side by side. `cargo bench -p runstream-server --bench auth`.
+//! printed side by side: `cargo run --release -p runstream-server --example auth_check`.
+//! (An example, not a `cargo bench`: a bench build of the workspace compiles
+//! the `runstream` cdylib twice, with and without `panic = "abort"`, into one
+//! file name.)
 //! Keys come from `openssl` (as a deployment's would).
 
 use std::sync::Arc;
