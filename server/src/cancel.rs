@@ -8,14 +8,14 @@
 //!
 //! The producer doing the work stops it when the event appears
 //! ([`stop_requested`], used by this repository's producers). If no
-//! producer ends the target within `--cancel-grace-ms`, the replica that
-//! took the request appends the endings itself ([`end_after_grace`]): a
-//! reply's `message.completed {"finish_reason":"cancelled"}` (a reply that
-//! never started gets an empty one, so no wait stays open), or for a
-//! run-wide cancel every streaming message's end and `run.completed
-//! {"status":"cancelled"}`. Limit: that timer lives in the replica that took
-//! the request; if it dies within the grace period, nothing ends the target
-//! but its producer.
+//! producer ends the target within `--cancel-grace-ms`, the gateway appends
+//! the endings itself ([`end_target`]): a reply's `message.completed
+//! {"finish_reason":"cancelled"}` (a reply that never started gets an empty
+//! one, so no wait stays open), or for a run-wide cancel every streaming
+//! message's end and `run.completed {"status":"cancelled"}`. The deadline is
+//! kept in the store ([`Store::schedule_grace`]) and every replica's
+//! [`grace_poller`] claims due ones (one winner each), so the target ends
+//! also when the replica that took the cancel is gone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,16 +131,16 @@ async fn decide(app: &App, run_id: &str, body: &CancelBody) -> StoreResult<Cance
                     "cancel.requested",
                     json!({"run_id": run_id, "event_id": n, "target": target.key(), "client_request_id": body.client_request_id}),
                 );
-                let (store, id) = (store.clone(), run_id.to_owned());
-                let grace = Duration::from_millis(app.cancel_grace_ms);
-                tokio::spawn(async move {
-                    if let Err(e) = end_after_grace(store, &id, target, grace).await {
-                        crate::log(
-                            "cancel.grace_failed",
-                            json!({"run_id": id, "error": e.to_string()}),
-                        );
-                    }
-                });
+                // The deadline goes to the store: any replica ends the target.
+                // A failure here leaves the request in the log (the producer
+                // still stops); it is logged, and the cancel is still accepted.
+                let due = now_ms().saturating_add(app.cancel_grace_ms);
+                if let Err(e) = store.schedule_grace(run_id, &target, due).await {
+                    crate::log(
+                        "cancel.grace_unscheduled",
+                        json!({"run_id": run_id, "error": e.to_string()}),
+                    );
+                }
                 CancelAnswer::Accepted(n)
             }
             CancelOutcome::Already(n) => CancelAnswer::Accepted(n),
@@ -202,14 +202,55 @@ pub async fn stop_requested(
     }
 }
 
-/// After `grace`, ends whatever of `target` no producer ended.
-pub async fn end_after_grace(
+/// The Unix time in ms.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Most due graces one poll claims.
+const GRACES_PER_POLL: usize = 100;
+
+/// Every `every`, claims the graces that are due (in any replica's
+/// requests) and ends their targets. Runs for the process's life.
+pub async fn grace_poller(store: Arc<dyn Store>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let due = match store.claim_due_graces(now_ms(), GRACES_PER_POLL).await {
+            Ok(d) => d,
+            Err(e) => {
+                crate::log("cancel.grace_poll_failed", json!({"error": e.to_string()}));
+                continue;
+            }
+        };
+        for (run, target) in due {
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = end_target(store, &run, target).await {
+                    crate::log(
+                        "cancel.grace_failed",
+                        json!({"run_id": run, "error": e.to_string()}),
+                    );
+                }
+            });
+        }
+    }
+}
+
+/// How often a replica looks for due graces: a quarter of the grace period,
+/// between 50 ms and 1 s.
+pub fn poll_interval(grace_ms: u64) -> Duration {
+    Duration::from_millis((grace_ms / 4).clamp(50, 1000))
+}
+
+/// Ends whatever of `target` no producer ended (its grace period is over).
+pub async fn end_target(
     store: Arc<dyn Store>,
     run_id: &str,
     target: CancelTarget,
-    grace: Duration,
 ) -> StoreResult<()> {
-    tokio::time::sleep(grace).await;
     let Some(snap) = store.snapshot(run_id).await? else {
         return Ok(());
     };

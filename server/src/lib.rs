@@ -258,6 +258,14 @@ pub fn router(settings: Settings) -> (Router, App) {
         cancel_grace_ms: settings.cancel_grace_ms,
         origins: Arc::new(Origins::new(&settings.cors_origins, settings.dev)),
     };
+    // Cancel grace deadlines, kept in the store: this replica ends those due
+    // (whichever replica took the cancel). Needs the runtime the server runs on.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::spawn(cancel::grace_poller(
+            app.hub.store.clone(),
+            cancel::poll_interval(app.cancel_grace_ms),
+        ));
+    }
     let mut r = Router::new()
         .route("/api/stream/runs/{run_id}", get(sse))
         .route("/api/ws", get(ws))

@@ -137,6 +137,26 @@ impl Store for TimedStore {
         self.timed("cancel_requested", self.inner.cancel_requested(id, target))
     }
 
+    fn schedule_grace<'a>(
+        &'a self,
+        id: &'a str,
+        target: &'a CancelTarget,
+        due_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        self.timed(
+            "schedule_grace",
+            self.inner.schedule_grace(id, target, due_ms),
+        )
+    }
+
+    fn claim_due_graces(
+        &self,
+        now_ms: u64,
+        max: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<(String, CancelTarget)>>> {
+        self.timed("claim_due_graces", self.inner.claim_due_graces(now_ms, max))
+    }
+
     /// Not timed: a long poll's latency is its wait.
     fn sends_after<'a>(
         &'a self,

@@ -446,7 +446,70 @@ async fn a_cancel_on_one_replica_stops_the_producer_of_the_other(b: Backend) {
     assert_eq!(of_type(&l, "run.cancel_requested").len(), 1);
 }
 
+/// The replica that took a cancel dies (SIGKILL) before the grace period
+/// ends: another replica ends the target (the deadline is in the store).
+async fn the_grace_outlives_the_replica_that_took_the_cancel(b: Backend) {
+    if b.kind == support::Kind::Memory {
+        return; // one process: nothing outlives it
+    }
+    let port = support::free_port();
+    let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_runstream-server"))
+        .args([
+            "--auth",
+            "none",
+            "--dev",
+            "--replies",
+            "none",
+            "--cancel-grace-ms",
+            "600",
+        ])
+        .args(["--store", &b.spec(), "--addr", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(a.stdout.take().unwrap()).lines();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        if l.contains("server.listening") {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let a_addr = format!("127.0.0.1:{port}");
+    // A chat session whose reply nobody will ever stream (--replies none).
+    let (st, _, _) = http(
+        &a_addr,
+        "POST",
+        "/api/chat/chat_orphan/messages",
+        &[],
+        Some(&json!({"client_request_id": "s1", "content": "hi"}).to_string()),
+    )
+    .await;
+    assert_eq!(st, 202);
+    let (st, _) = cancel(
+        &a_addr,
+        "chat_orphan",
+        json!({"client_request_id": "c1", "reply_to": "s1"}),
+    )
+    .await;
+    assert_eq!(st, 202);
+    a.kill().await.unwrap();
+    // Replica B, on the same store, ends the reply when the grace is over.
+    let b_addr = start_settings(settings(b.store().await, 600)).await;
+    let l = until_log(&b_addr, "chat_orphan", Duration::from_secs(5), |l| {
+        l.iter().any(|e| {
+            e["type"] == "message.completed" && e["payload"]["finish_reason"] == "cancelled"
+        })
+    })
+    .await;
+    let ends = of_type(&l, "message.completed");
+    assert_eq!(ends.len(), 1, "ended once: {ends:?}");
+}
+
 both_stores!(
+    the_grace_outlives_the_replica_that_took_the_cancel,
     a_task_run_stops_once_however_many_presses,
     a_finished_run_answers_409_and_bad_bodies_400,
     a_reply_cancel_stops_that_reply_and_the_next_send_is_answered,

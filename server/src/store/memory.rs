@@ -220,6 +220,8 @@ pub struct MemoryStore {
     sends: Mutex<VecDeque<(u64, SendRecord)>>,
     /// The newest send's seq (long polls wait on it).
     sends_tx: watch::Sender<u64>,
+    /// Cancel grace deadlines: (due ms, run, target), one per cancelled target.
+    graces: Mutex<Vec<(u64, String, CancelTarget)>>,
 }
 
 impl MemoryStore {
@@ -231,6 +233,7 @@ impl MemoryStore {
             window,
             sends: Mutex::new(VecDeque::new()),
             sends_tx: watch::channel(0).0,
+            graces: Mutex::new(Vec::new()),
         }
     }
 
@@ -459,6 +462,35 @@ impl Store for MemoryStore {
             })
             .unwrap_or(CancelOutcome::UnknownRun);
         async move { Ok(out) }.boxed()
+    }
+
+    fn schedule_grace<'a>(
+        &'a self,
+        id: &'a str,
+        target: &'a CancelTarget,
+        due_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        // One per target (a cancel is appended once per target), so bounded by the cancels.
+        lock(&self.graces).push((due_ms, id.to_owned(), target.clone()));
+        async move { Ok(()) }.boxed()
+    }
+
+    fn claim_due_graces(
+        &self,
+        now_ms: u64,
+        max: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<(String, CancelTarget)>>> {
+        let mut g = lock(&self.graces);
+        let mut due = Vec::new();
+        g.retain(|(at, run, target)| {
+            if *at <= now_ms && due.len() < max {
+                due.push((run.clone(), target.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        async move { Ok(due) }.boxed()
     }
 
     fn cancel_requested<'a>(

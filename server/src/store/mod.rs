@@ -169,6 +169,14 @@ impl CancelTarget {
             Self::Reply(crid) => format!("reply:{crid}"),
         }
     }
+
+    /// Reads [`Self::key`] back.
+    pub fn from_key(key: &str) -> Option<Self> {
+        match key {
+            "run" => Some(Self::Run),
+            k => k.strip_prefix("reply:").map(|c| Self::Reply(c.to_owned())),
+        }
+    }
 }
 
 /// What [`Store::request_cancel`] did.
@@ -376,6 +384,25 @@ pub trait Store: Send + Sync + 'static {
         target: &'a CancelTarget,
         payload: Value,
     ) -> BoxFuture<'a, StoreResult<CancelOutcome>>;
+
+    /// Records that the gateway must end `target` of run `id` at `due_ms`
+    /// (Unix ms) unless a producer did (PROTOCOL §8's grace period). Kept in
+    /// the store, so any replica ends it, also when the one that took the
+    /// cancel is gone.
+    fn schedule_grace<'a>(
+        &'a self,
+        id: &'a str,
+        target: &'a CancelTarget,
+        due_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// Claims at most `max` graces due at `now_ms`: each one is claimed by
+    /// exactly one caller, whichever process asks.
+    fn claim_due_graces(
+        &self,
+        now_ms: u64,
+        max: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<(String, CancelTarget)>>>;
 
     /// The id of the `run.cancel_requested` that asked to stop `target`, if any.
     fn cancel_requested<'a>(

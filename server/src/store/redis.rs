@@ -19,6 +19,7 @@
 //! | `runstream:{<session>}:send:<client_request_id>` | string | the message id of a send; `SET NX EX` (idempotency, TTL) |
 //! | `runstream:{<session>}:unqueued` | hash | `client_request_id` → content of sends accepted but not yet on the queue (a process died between the steps); `EXPIRE` = the send TTL |
 //! | `runstream:{<session>}:claimed:<client_request_id>` | string | the queue entry a chat worker answers for this send; `SET NX EX` (a send queued twice is answered once) |
+//! | `runstream:cancel_graces` | sorted set | `["<run>","<target>"]` scored by the Unix ms its grace period ends; every replica claims due ones with `ZREM` (one winner) and ends the target |
 //! | `runstream:run_ids` | counter | run ids unique across processes (`INCR`, single key) |
 //! | `runstream:sends` | stream | accepted sends (`s` session, `c` client_request_id, `x` content), for chat workers (consumer group `replies`) and the publish API's long poll; `MAXLEN ~ 100000`; single-key commands only (`XADD`, `XREAD`, `XREADGROUP`, `XACK`, `XGROUP`) |
 //!
@@ -205,6 +206,9 @@ fn log_key(id: &str) -> String {
 fn base_key(id: &str) -> String {
     format!("runstream:{{{id}}}:base")
 }
+/// Cancel grace deadlines of every run (one key: a single-key command on a cluster).
+const GRACES: &str = "runstream:cancel_graces";
+
 fn cancel_key(id: &str, target: &super::CancelTarget) -> String {
     format!("runstream:{{{id}}}:cancel:{}", target.key())
 }
@@ -1209,6 +1213,63 @@ impl Store for RedisStore {
                 -3 => super::CancelOutcome::Finished,
                 _ => super::CancelOutcome::UnknownRun,
             })
+        }
+        .boxed()
+    }
+
+    fn schedule_grace<'a>(
+        &'a self,
+        id: &'a str,
+        target: &'a super::CancelTarget,
+        due_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        async move {
+            let member = serde_json::json!([id, target.key()]).to_string();
+            let _: i64 = redis::cmd("ZADD")
+                .arg(GRACES)
+                .arg(due_ms)
+                .arg(member)
+                .query_async(&mut self.conn())
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn claim_due_graces(
+        &self,
+        now_ms: u64,
+        max: usize,
+    ) -> BoxFuture<'_, StoreResult<Vec<(String, super::CancelTarget)>>> {
+        async move {
+            let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(GRACES)
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(max)
+                .query_async(&mut self.conn())
+                .await?;
+            let mut claimed = Vec::new();
+            for m in members {
+                // ZREM answers 1 to one caller only: that replica ends the target.
+                let won: i64 = redis::cmd("ZREM")
+                    .arg(GRACES)
+                    .arg(&m)
+                    .query_async(&mut self.conn())
+                    .await?;
+                if won != 1 {
+                    continue;
+                }
+                let parsed: Option<(String, String)> = serde_json::from_str(&m).ok();
+                if let Some((run, t)) = parsed {
+                    if let Some(target) = super::CancelTarget::from_key(&t) {
+                        claimed.push((run, target));
+                    }
+                }
+            }
+            Ok(claimed)
         }
         .boxed()
     }
