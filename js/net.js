@@ -55,12 +55,21 @@ export function until_abort(p, signal) {
   });
 }
 
-/** Writes a text frame (dropped if the socket is not open). */
+/**
+ * Writes a text frame, only on an OPEN socket. A socket the server has begun
+ * to close is still "open" to the wasm until its close event arrives; send()
+ * on it drops the frame and the browser logs "WebSocket is already in
+ * CLOSING or CLOSED state." as a page error (seen in the reliability suite
+ * on a Redis Cluster). Dropped here instead, silently: the close event
+ * follows, and the engine re-sends what matters (subscribes, sends,
+ * cancels) on the next socket.
+ */
 export function ws_send(ws, text) {
+  if (ws.readyState !== 1) return;
   try {
     ws.send(text);
   } catch {
-    // Not open (CONNECTING): the wasm only sends on an open socket.
+    // A socket that closed between the check and the send.
   }
 }
 
