@@ -696,10 +696,7 @@ async fn sse(
     let open = hub.open_conn(ConnKind::SseStream);
     let (tx, rx) = mpsc::channel::<Frame>(app.limits.client_buffer.max(1));
     let conn = hub.conn_id();
-    app.metrics.replay_size(
-        meta.last_id
-            .saturating_sub(last.max(meta.first_id.saturating_sub(1))),
-    );
+    app.metrics.replay_size(meta.behind(last));
     let metrics = app.metrics.clone();
     log(
         "stream.open",
@@ -941,10 +938,7 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
                 if binary {
                     let _ = tx.send(Message::Binary(vec![0u8, 1, 2, 3].into())).await;
                 }
-                app.metrics.replay_size(
-                    meta.last_id
-                        .saturating_sub(last.max(meta.first_id.saturating_sub(1))),
-                );
+                app.metrics.replay_size(meta.behind(last));
                 log(
                     "stream.open",
                     json!({"conn": conn, "run_id": run_id, "transport": "websocket", "last_event_id": last, "sub": grant.principal.sub()}),

@@ -71,7 +71,9 @@ impl DropReason {
 pub struct Metrics {
     registry: Mutex<Registry>,
     open: Family<Transport, Gauge>,
-    delivered: Family<Transport, Counter>,
+    /// Per-event counters, resolved once (no family lookup per frame).
+    delivered_sse: Counter,
+    delivered_ws: Counter,
     replay: Histogram,
     denials: Family<Reason, Counter>,
     store_latency: Family<Op, Histogram>,
@@ -146,13 +148,19 @@ impl Metrics {
         for t in ["sse", "websocket", "ws_subscription"] {
             let _ = open.get_or_create(&Transport { transport: t });
         }
-        for t in ["sse", "websocket"] {
-            let _ = delivered.get_or_create(&Transport { transport: t });
-        }
+        let delivered_sse = delivered
+            .get_or_create(&Transport { transport: "sse" })
+            .clone();
+        let delivered_ws = delivered
+            .get_or_create(&Transport {
+                transport: "websocket",
+            })
+            .clone();
         Self {
             registry: Mutex::new(registry),
             open,
-            delivered,
+            delivered_sse,
+            delivered_ws,
             replay,
             denials,
             store_latency,
@@ -173,7 +181,10 @@ impl Metrics {
 
     /// Counts one event frame written on `transport` (`sse` or `websocket`).
     pub fn delivered(&self, transport: &'static str) {
-        self.delivered.get_or_create(&Transport { transport }).inc();
+        match transport {
+            "sse" => self.delivered_sse.inc(),
+            _ => self.delivered_ws.inc(),
+        };
     }
 
     /// Records how many events a stream opened behind the log's end.

@@ -111,6 +111,15 @@ pub struct RunMeta {
     pub session_id: Option<String>,
 }
 
+impl RunMeta {
+    /// Events a stream resuming after `last` replays (within the window; an
+    /// older resume point gets a snapshot for the rest).
+    pub fn behind(&self, last: u64) -> u64 {
+        self.last_id
+            .saturating_sub(last.max(self.first_id.saturating_sub(1)))
+    }
+}
+
 /// One event to append (the store gives it its id, run id and timestamp).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
