@@ -220,7 +220,8 @@ test("the demo's diagnostics panel names the likely cause behind the buffering l
   const named = await until(async () => /proxy buffering \/api\/stream\//.test((await bad.read()) ?? ""), 15000, 200);
   const badText = await bad.read();
   const good = await cause(infra.front);
-  await until(() => good.p.evaluate(() => window.runstreamDemo.task.getSnapshot().metrics.eventsApplied >= 3), 15000, 100);
+  // window.runstreamDemo is set only after the demo created its run (an await after "wasm loaded").
+  await until(() => good.p.evaluate(() => (window.runstreamDemo?.task.getSnapshot().metrics.eventsApplied ?? 0) >= 3), 15000, 100);
   await new Promise((r) => setTimeout(r, 3000)); // past the "no event yet" threshold
   const goodText = await good.read();
   console.log(`# likely cause — buffering location: ${badText}; streaming location: ${goodText}`);
