@@ -23,7 +23,7 @@ port=${PORT:-8787}
 bin=./target/release/runstream-server
 if [ "$mode" = memory ]; then
   echo "runstream demo: http://127.0.0.1:$port/   (Ctrl-C to stop)"
-  # Local development: no authorization, the demo's admin and chaos routes (never in production: README "Production").
+  # Local development: no authorization, the demo's admin and chaos routes (never in production: docs/GATEWAY.md).
   exec "$bin" --auth none --dev --addr "127.0.0.1:$port" --www www --pkg pkg
 fi
 
