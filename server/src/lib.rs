@@ -598,8 +598,8 @@ fn sse_bytes(hub: &Hub, run_id: &str, f: Frame) -> bytes::Bytes {
         Frame::Event(ev) => {
             let ev = ev.get();
             hub.record(run_id, "sse", ev);
-            let (id, ty) = id_and_type(ev);
-            format!("id: {id}\nevent: {ty}\ndata: {ev}\n\n").into_bytes()
+            let head = EnvelopeHead::of(ev);
+            format!("id: {}\nevent: {}\ndata: {ev}\n\n", head.event_id, head.ty).into_bytes()
         }
         Frame::Snapshot(id, st) => {
             let ev = WireEnvelope::snapshot(run_id, id, hub::rfc3339_now(), st).encode();
@@ -617,15 +617,30 @@ fn sse_bytes(hub: &Hub, run_id: &str, f: Frame) -> bytes::Bytes {
     bytes::Bytes::from(text)
 }
 
-fn id_and_type(ev: &str) -> (u64, String) {
-    let v: Value = serde_json::from_str(ev).unwrap_or(Value::Null);
-    (
-        v.get("event_id").and_then(Value::as_u64).unwrap_or(0),
-        v.get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("message")
-            .to_owned(),
-    )
+/// An envelope's SSE `id:` and `event:` (PROTOCOL §2a), read per event per
+/// client: only these two fields are decoded, the payload is skipped without
+/// allocating (a `serde_json::Value` of the whole envelope cost a parse and
+/// a tree per delivery). Envelopes in the log were validated on append; an
+/// unreadable one gets id 0 and type `message`.
+#[derive(Deserialize)]
+struct EnvelopeHead<'a> {
+    #[serde(default)]
+    event_id: u64,
+    #[serde(rename = "type", borrow, default = "EnvelopeHead::message")]
+    ty: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> EnvelopeHead<'a> {
+    fn message() -> std::borrow::Cow<'a, str> {
+        std::borrow::Cow::Borrowed("message")
+    }
+
+    fn of(ev: &'a str) -> Self {
+        serde_json::from_str(ev).unwrap_or(Self {
+            event_id: 0,
+            ty: Self::message(),
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -1512,4 +1527,20 @@ async fn connections(State(app): State<App>) -> Response {
 
 async fn frames(State(app): State<App>, Query(q): Query<FramesQuery>) -> Response {
     Json(app.hub.recorded(q.run_id.as_deref())).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EnvelopeHead;
+
+    #[test]
+    fn envelope_head_reads_the_top_level_id_and_type_only() {
+        let ev = r#"{"payload":{"type":"nested","event_id":99,"text":"a\"b"},"event_id":7,"run_id":"r","type":"message.delta","timestamp":"t"}"#;
+        let h = EnvelopeHead::of(ev);
+        assert_eq!((h.event_id, h.ty.as_ref()), (7, "message.delta"));
+        let escaped = EnvelopeHead::of(r#"{"event_id":3,"type":"tool\u002estarted"}"#);
+        assert_eq!((escaped.event_id, escaped.ty.as_ref()), (3, "tool.started"));
+        let broken = EnvelopeHead::of("{not json");
+        assert_eq!((broken.event_id, broken.ty.as_ref()), (0, "message"));
+    }
 }

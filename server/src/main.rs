@@ -6,6 +6,7 @@
 //!                  [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none]
 //!                  [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N]
 //!                  [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]…
+//!                  [--malloc-mmap-threshold BYTES]
 //! runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N]
 //!                  [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant]
 //!                  [--chaos JSON] [--window N] [--runs N] [--start-at-ms UNIX_MS]
@@ -44,7 +45,7 @@ use runstream_server::{
     create_and_produce, router, scenario, CreateRun, Limits, Replies, Settings,
 };
 
-const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]…\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME]";
+const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]… [--malloc-mmap-threshold BYTES]\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME]";
 
 const NO_AUTH_CHOICE: &str = "runstream-server: no auth choice. PROTOCOL §7 needs one of:\n  --jwt-secret-file FILE      HS256 tokens signed with the secret in FILE\n  --jwt-public-key-file FILE  RS256/ES256 tokens verified with the PEM public key in FILE\n  --auth none                 no authorization at all (local development only)";
 
@@ -56,6 +57,38 @@ async fn main() -> ExitCode {
         return produce(args).await;
     }
     serve(args).await
+}
+
+/// Default of `--malloc-mmap-threshold`: allocations of 8 KiB and more get
+/// pages of their own.
+const DEFAULT_MMAP_THRESHOLD: usize = 8192;
+
+/// Memory per idle connection (issue 26). hyper gives every HTTP/1.1
+/// connection a read buffer that grows to 16 KiB and an 8 KiB write buffer;
+/// an SSE stream writes a few hundred bytes of headers, reads one request and
+/// then only heartbeats, so almost none of those 24 KiB is ever touched. From
+/// glibc's heap (brk), recycled chunks are resident whether touched or not:
+/// measured 21.8 KB RSS per idle SSE connection at 5,000. With allocations of
+/// `threshold` bytes and more served by `mmap`, each buffer has pages of its
+/// own and only the pages written become resident: 15.6 KB per connection
+/// (README/docs: benches/load.mjs, the idle-connection figures). The price is
+/// one `mmap` + `munmap` per such allocation (two per connection, and large
+/// replay batches), and a kernel mapping each while it lives. `0` leaves
+/// glibc's default (128 KiB, adjusted dynamically). Other C libraries: no-op.
+fn malloc_tuning(threshold: usize) {
+    if threshold == 0 {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let value = libc::c_int::try_from(threshold).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets an allocator parameter; it is called
+        // before any connection exists, and is thread-safe in glibc.
+        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, value) };
+        if ok != 1 {
+            eprintln!("runstream-server: mallopt(M_MMAP_THRESHOLD, {threshold}) was refused; glibc's default stays");
+        }
+    }
 }
 
 /// Parses a number flag's value.
@@ -82,6 +115,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
     let mut limits = Limits::default();
     let mut cancel_grace_ms = runstream_server::cancel::DEFAULT_GRACE_MS;
     let mut cors_origins: Vec<String> = Vec::new();
+    let mut mmap_threshold: usize = DEFAULT_MMAP_THRESHOLD;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         if a == "--dev" {
@@ -118,6 +152,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
                 "--drain-ms" => limits.drain_ms = num(&a, &v)?,
                 "--cancel-grace-ms" => cancel_grace_ms = num(&a, &v)?,
                 "--max-frame-bytes" => limits.max_frame_bytes = num(&a, &v)?,
+                "--malloc-mmap-threshold" => mmap_threshold = num(&a, &v)?,
                 "--cors-origin" => {
                     if !(v.starts_with("http://") || v.starts_with("https://")) || v.ends_with('/') {
                         return Err(fail("--cors-origin: an origin such as https://app.example.com (scheme, host, optional port; no path)"));
@@ -138,6 +173,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
             return code;
         }
     }
+    malloc_tuning(mmap_threshold);
     if record_frames > 0 && !dev {
         return fail("--record-frames: the frame log is read at /api/admin/frames, which exists only with --dev");
     }
