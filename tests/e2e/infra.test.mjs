@@ -232,6 +232,15 @@ test("the demo's diagnostics panel names the likely cause behind the buffering l
   assert.deepEqual([...bad.errs, ...good.errs].filter((e) => !e.includes("listener threw")), []);
 });
 
+test("deploy/nginx.conf keeps /metrics (no authorization) off the public front; a replica serves it on its own port", { skip }, async () => {
+  const front = await fetch(`${infra.front}/metrics`);
+  assert.equal(front.status, 404);
+  assert.doesNotMatch(await front.text(), /runstream_/);
+  const direct = await fetch(`http://127.0.0.1:${infra.replicaPorts[0]}/metrics`);
+  assert.equal(direct.status, 200);
+  assert.match(await direct.text(), /runstream_/);
+});
+
 test("no page errors, and the replicas really used Redis", { skip }, async () => {
   const info = await infra.redisUsedMemory();
   assert.equal(info.store, infra.store === "cluster" ? "redis-cluster" : "redis");
