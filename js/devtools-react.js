@@ -34,7 +34,7 @@ export function RunStreamDevtools({ streams, maxEvents, className, style, onRead
   }, [onReady]);
   return createElement("runstream-devtools", {
     ref,
-    class: className,
+    className,
     style,
     "max-events": maxEvents === undefined ? undefined : String(maxEvents),
   });
