@@ -292,8 +292,10 @@ ol.timeline { list-style: none; padding: 0; max-height: 160px; overflow: auto; }
 ol.timeline li[data-kind="ended"] { color: #8a4b12; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
 th, td { text-align: left; padding: 1px 4px; border-bottom: 1px solid #eee; }
-canvas { width: 100%; max-width: 480px; height: 60px; background: #fafbfc; border: 1px solid #eee; display: block; }
+canvas { width: 100%; max-width: 320px; height: 60px; background: #fafbfc; border: 1px solid #eee; display: block; }
 .cause { color: #a33; }
+.streams { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 520px), 1fr)); gap: 8px; align-items: start; }
+.streams > section { margin-bottom: 0; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(220px, 1fr)); gap: 0 12px; }
 button { font: inherit; cursor: pointer; }
 `;
@@ -371,7 +373,7 @@ function renderStream(r, now) {
   const byKind = Object.entries(m.protocolErrorsByKind || {}).map(([k, v]) => `${k}×${v}`).join(", ");
   const terminations = Object.entries(m.terminations).map(([k, v]) => `${k}×${v}`).join(", ");
 
-  const canvas = el("canvas", { width: 480, height: 60, "data-part": "rate-chart", "aria-label": "events per second and connection state" });
+  const canvas = el("canvas", { width: 320, height: 60, "data-part": "rate-chart", "aria-label": "events per second and connection state" });
   drawRate(canvas, r.rate.toArray());
 
   const left = el(
@@ -493,6 +495,7 @@ export class RunStreamDevtools extends Base {
     }
     this._body = document.createElement("div");
     this._body.setAttribute("part", "body");
+    this._body.className = "streams";
     this._exportButton = document.createElement("button");
     this._exportButton.type = "button";
     this._exportButton.textContent = "Export trace";

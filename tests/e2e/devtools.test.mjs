@@ -69,7 +69,9 @@ test("the devtools panel renders every part live from real streams under chaos, 
   const chat = `chat_devtools_${task}`;
   await api("POST", "/api/admin/runs", { kind: "chat", run_id: chat });
 
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  // One context: its tabs share the chat's connection (share: "tabs").
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
   const errors = watchErrors(page);
   // The send and the cancel wait at the "proxy": both are pending long enough to see.
   let releaseSend;
@@ -112,6 +114,27 @@ test("the devtools panel renders every part live from real streams under chaos, 
   await until(() => page.evaluate(() => window.dt.c.getSnapshot().status.connection === "open"), 10000, 50);
   await api("POST", `/api/admin/runs/${chat}/append`, { type: "progress.tick", payload: { n: 1 } });
   await api("POST", `/api/admin/runs/${chat}/append`, { type: "worker.started", payload: { worker_id: "w1", name: "after the gap" } });
+
+  // A second tab following the same chat: its panel shows it as a follower of this tab's connection.
+  const tab2 = await context.newPage();
+  const errors2 = watchErrors(tab2);
+  await tab2.goto(`${server}/harness.html`);
+  await tab2.evaluate(() => window.ready);
+  await tab2.evaluate(async (chat) => {
+    await import("/pkg/devtools.js");
+    const c = new window.RunStream({ runId: chat, transport: "sse", url: `/api/stream/runs/${chat}`, snapshotUrl: null, share: "tabs", resume: "none" });
+    const panel = document.createElement("runstream-devtools");
+    panel.id = "main";
+    document.body.append(panel);
+    panel.streams = { stream: c, label: "chat" };
+    c.start();
+    window.c = c;
+  }, chat);
+  assert.ok(await until(async () => (await readPanel(tab2, "#main", "chat"))?.sharing === "follower", 10000, 50), "the second tab follows");
+  assert.equal((await readPanel(page, "#main", "chat")).sharing, "leader");
+  await tab2.evaluate(() => window.c.close());
+  await tab2.close();
+  assert.deepEqual(errors2, []);
 
   // A send held at the proxy: the panel lists it as pending.
   const crid = await page.evaluate(() => window.dt.c.send("hello devtools, slow please"));
@@ -238,7 +261,7 @@ test("the devtools panel renders every part live from real streams under chaos, 
   await sleep(1200);
   assert.ok((await page.evaluate(() => window.dt.panel.exportTrace().streams[0].readError)) !== null, "the freed stream is reported");
   console.log(`# devtools: task ${mt.eventsApplied} applied, ${mt.reconnects} reconnects, ${mt.duplicatesDropped} dup, ${mt.protocolErrors} protocol errors, replays [${full.replays.map((r) => r.events)}], ${full.eventsSeen} raw events; chat ttfb ${Math.round(mc.messages[crid].ttfbMs)} ms ttft ${Math.round(mc.messages[crid].ttftMs)} ms; trace ${JSON.stringify(trace).length} B; ${Date.now() - t0} ms`);
-  await page.close();
+  await context.close();
   assert.deepEqual(errors, []);
 });
 
