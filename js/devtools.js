@@ -200,8 +200,12 @@ class Recorder {
     return this.snapshot.state.messages.filter((m) => m.role === "user" && (m.status === "queued" || m.status === "sending"));
   }
 
-  /** The likely cause of what the figures show (docs/DEPLOY.md), or null. */
-  likelyCause(now = performance.now()) {
+  /**
+   * The likely cause of what the figures show (docs/DEPLOY.md), or null. `peers`:
+   * the panel's other streams; one that got its first event promptly clears a
+   * quiet stream of the buffering-proxy guess (an idle chat beside a live run).
+   */
+  likelyCause(now = performance.now(), peers = []) {
     if (!this.snapshot) return null;
     const m = this.snapshot.metrics;
     const status = this.snapshot.status;
@@ -212,7 +216,8 @@ class Recorder {
     if (m.timeToFirstEventMs !== null && m.timeToFirstEventMs > 1500) {
       return `first event after ${(m.timeToFirstEventMs / 1000).toFixed(1)} s: ${proxy}`;
     }
-    if (status.connection === "open" && m.eventsApplied === 0 && openMs > 2500 && !isFinished(this.snapshot.state.status)) {
+    const peerStreams = peers.some((p) => p !== this && p.snapshot && p.snapshot.metrics.timeToFirstEventMs !== null && p.snapshot.metrics.timeToFirstEventMs <= 1500);
+    if (status.connection === "open" && m.eventsApplied === 0 && openMs > 2500 && !isFinished(this.snapshot.state.status) && !peerStreams) {
       return `connected ${Math.round(openMs / 1000)} s, no event yet: the run has not started (an idle chat is healthy), or ${proxy}`;
     }
     if ((t.http_5xx ?? 0) > 0) return "5xx answers: the server failed, or the proxy has no live replica (502); the client retries";
@@ -351,7 +356,7 @@ function drawRate(canvas, samples) {
   g.fillText(`events/s, last ${RATE_SAMPLES} s (scale ${max})`, 4, 10);
 }
 
-function renderStream(r, now) {
+function renderStream(r, now, all) {
   const s = r.snapshot;
   const sec = el("section", { "data-label": r.label, "data-run-id": s ? s.state.runId : null, part: "stream" });
   const st = s ? s.status : null;
@@ -459,7 +464,7 @@ function renderStream(r, now) {
       ),
     ),
   );
-  const cause = r.likelyCause(now);
+  const cause = r.likelyCause(now, all);
   sec.append(el("h4", null, "Likely cause"), el("p", { class: cause ? "cause" : "empty", "data-part": "cause" }, cause ?? "—"));
   return sec;
 }
@@ -604,7 +609,7 @@ export class RunStreamDevtools extends Base {
       this._body.replaceChildren(el("p", { class: "empty" }, "no stream attached: set element.streams"));
       return;
     }
-    this._body.replaceChildren(...this._recorders.map((r) => renderStream(r, now)));
+    this._body.replaceChildren(...this._recorders.map((r) => renderStream(r, now, this._recorders)));
   }
 
   /**

@@ -286,6 +286,13 @@ test("the React example shows the panel over both of its streams", { timeout: 30
   // useRunStream starts the stream before the panel gets it: the raw record may miss the first events, never invent one.
   assert.ok(countOf(t.events, "stream.event.duplicate.total") <= t.snapshot.metrics.duplicatesDropped);
   assert.equal(trace.streams.find((s) => s.label === "chat").runId, session);
+  // The chat is idle (nothing sent): quiet is healthy. Past the 2.5 s "no event yet" guess, the
+  // task beside it that got its first event promptly clears the chat of the buffering-proxy guess.
+  const chatOpenSince = trace.streams.find((s) => s.label === "chat").timeline.findLast((x) => x.kind === "state" && x.connection === "open");
+  assert.ok(chatOpenSince, "the chat is open");
+  const openFor = await page.evaluate((ts) => performance.now() - ts, chatOpenSince.ts);
+  await page.waitForTimeout(Math.max(0, 3200 - openFor));
+  assert.equal((await readPanel(page, "runstream-devtools", "chat")).cause, "—", "an idle chat beside a live run is not blamed on a proxy");
   // Unmounting the streams' components frees them: the panel lets them go.
   await page.click('[data-testid="toggle"]');
   await page.waitForFunction(() => document.querySelector("runstream-devtools").shadowRoot.querySelectorAll("section[data-label]").length === 0, null, { timeout: 5000 });
