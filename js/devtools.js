@@ -84,7 +84,7 @@ class Recorder {
     this.cancels = new Ring(MAX_HISTORY);
     this.rate = new Ring(RATE_SAMPLES);
     this.peakRate = 0;
-    this.pendingReasons = [];
+    this.lastReason = null; // the latest termination reason not yet shown by a state change
     this.snapshot = null;
     this.gone = null; // why the stream can no longer be read (freed), or null
     this.openSince = null;
@@ -129,7 +129,7 @@ class Recorder {
     this.events.push(e.attrs ? { ...e, attrs: { ...e.attrs } } : { ...e });
     if (e.kind === "counter" && e.name === "stream.termination.total") {
       const reason = (e.attrs && e.attrs.reason) || "unknown";
-      this.pendingReasons.push(reason);
+      this.lastReason = reason;
       this.timeline.push({ ts: typeof e.ts === "number" ? e.ts : now, kind: "ended", reason });
     } else if (e.kind === "histogram" && e.name === "stream.replay.events") {
       this.replays.push({ ts: typeof e.ts === "number" ? e.ts : now, events: e.value });
@@ -153,8 +153,8 @@ class Recorder {
     const st = s.status;
     const was = prev ? prev.status : null;
     if (!was || was.connection !== st.connection || was.attempt !== st.attempt) {
-      const reason = this.pendingReasons.length ? this.pendingReasons[this.pendingReasons.length - 1] : null;
-      this.pendingReasons = [];
+      const reason = this.lastReason;
+      this.lastReason = null;
       this.timeline.push({
         ts: now,
         kind: "state",
