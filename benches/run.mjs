@@ -57,11 +57,31 @@ async function bundleSize(entryCode) {
   return { min: code.length, gz: gz(code) };
 }
 
+async function devtoolsSizes() {
+  const rows = {};
+  for (const [name, file, external] of [
+    ["runstream/devtools", "pkg/devtools.js", []],
+    ["runstream/devtools/react", "pkg/devtools-react.js", ["react"]],
+  ]) {
+    try {
+      const r = await build({ entryPoints: [join(root, file)], bundle: true, minify: true, format: "esm", write: false, logLevel: "silent", external });
+      const code = Buffer.from(r.outputFiles[0].contents);
+      rows[name] = { min: code.length, gz: gz(code), detail: `its own import, not in runstream's figure${external.length ? "; react external" : ""}` };
+    } catch (e) {
+      rows[name] = { error: String(e.message || e).split("\n")[0] };
+    }
+  }
+  return rows;
+}
+
 async function sizes() {
   const glue = await build({ entryPoints: [join(root, "pkg/runstream.js")], bundle: true, minify: true, format: "esm", write: false, logLevel: "silent" });
   const glueBuf = Buffer.from(glue.outputFiles[0].contents);
   const wasmBuf = readFileSync(join(root, "pkg/runstream_bg.wasm"));
   const rows = { runstream: { min: glueBuf.length + wasmBuf.length, gz: gz(glueBuf) + gz(wasmBuf), detail: `wasm ${gz(wasmBuf)} B gz + JS ${gz(glueBuf)} B gz` } };
+  // The devtools panel: its own imports (runstream/devtools, runstream/devtools/react),
+  // never loaded by the core entry, so measured apart (React is the app's, external).
+  Object.assign(rows, await devtoolsSizes());
   const peers = {
     "@microsoft/fetch-event-source": `export * from "@microsoft/fetch-event-source";`,
     "eventsource-parser": `export * from "eventsource-parser";`,
@@ -290,8 +310,16 @@ async function throughputAlone(browser, server, results) {
   await page.close();
 }
 
+/** Section 5: sizes of the package (and of the devtools panel, apart) and of peers. */
+async function sizeSection(_browser, _server, results) {
+  console.log("\n5. Size (minified, gzip -9)");
+  const sz = (results.size = await sizes());
+  for (const [k, v] of Object.entries(sz)) console.log(`   ${k.padEnd(32)} ${v.error ? v.error : `${fmt(v.gz).padStart(8)} B gz   ${fmt(v.min).padStart(9)} B min${v.detail ? "   " + v.detail : ""}`}`);
+  console.log(`   goal runstream ≤ 40 KB gz → ${sz.runstream.gz <= 40 * 1024 ? "met" : "MISSED"}`);
+}
+
 /** Sections that can run alone (`--only`). */
-const sections = { 1: throughputAlone, 8: concurrentStreams };
+const sections = { 1: throughputAlone, 5: sizeSection, 8: concurrentStreams };
 
 const fmt = (x, d = 0) => (x === null || x === undefined || Number.isNaN(x) ? "—" : Number(x).toLocaleString("en-US", { maximumFractionDigits: d }));
 
@@ -367,10 +395,7 @@ async function main() {
     const rl = results.refreshLongHistory;
     console.log(`   runstream median ${fmt(rl.median, 1)} ms (samples ${rl.samples.map((x) => x.toFixed(0)).join(", ")}); restored cursor then resumed from it; goal ≤ 300 ms → ${rl.median <= 300 ? "met" : "MISSED"}`);
 
-    console.log("\n5. Size (minified, gzip -9)");
-    const sz = (results.size = await sizes());
-    for (const [k, v] of Object.entries(sz)) console.log(`   ${k.padEnd(32)} ${v.error ? v.error : `${fmt(v.gz).padStart(8)} B gz   ${fmt(v.min).padStart(9)} B min${v.detail ? "   " + v.detail : ""}`}`);
-    console.log(`   goal runstream ≤ 40 KB gz → ${sz.runstream.gz <= 40 * 1024 ? "met" : "MISSED"}`);
+    await sizeSection(browser, server, results);
 
     console.log(`\n6. Memory (${fmt(P.memory)} events through one run; unknown-type events, so the state itself does not grow; JS heap after a forced GC)`);
     const m = (results.memory = await page.evaluate((n) => window.bench.memory(n), P.memory));

@@ -48,6 +48,8 @@ if grep -nE 'new Function|\beval\(' "$out"/runstream.js js/*.js; then
 fi
 # Framework bindings (plain JS + .d.ts, no framework in the wasm build) and package metadata.
 cp js/lazy.js js/lazy.d.ts js/react.js js/react.d.ts js/vue.js js/vue.d.ts "$out"/
+# The devtools panel (runstream/devtools, runstream/devtools/react): its own exports, not in the core's size.
+cp js/devtools.js js/devtools.d.ts js/devtools-react.js js/devtools-react.d.ts "$out"/
 # --target bundler instantiates the wasm on import: its initRunStream has nothing to load.
 if [ "$target" = bundler ]; then
   cp js/lazy.bundler.js "$out"/lazy.js

@@ -1,6 +1,8 @@
 // The demo page: the first user of runstream's public JS API. Untrusted text
 // is rendered with textContent only.
 import init, { RunStream } from "/pkg/runstream.js";
+// The diagnostics panel is runstream's devtools element (runstream/devtools), its own import.
+import "/pkg/devtools.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -64,6 +66,11 @@ const chat = new RunStream({
   cancelUrl: `/api/runs/${encodeURIComponent(session)}/cancel`,
 });
 window.runstreamDemo = { task, chat, runId, session };
+// Attached before start(): the panel records every raw event for its trace.
+$("devtools").streams = [
+  { stream: task, label: "task" },
+  { stream: chat, label: "chat" },
+];
 
 // ---- chat ----------------------------------------------------------------------
 // The chat session is a run of its own on the server (created idempotently).
@@ -121,27 +128,8 @@ function renderChat() {
   ol.scrollTop = ol.scrollHeight;
   $("working").hidden = s.status.activity !== "working";
   $("chat-conn").textContent = s.status.connection;
-  renderMessageMetrics(s.metrics.messages, s.state.messages);
 }
 chat.subscribe(renderChat);
-
-function renderMessageMetrics(byId, messages) {
-  const fmt = (v) => (v === null || v === undefined ? "—" : `${Math.round(v)} ms`);
-  const rows = Object.entries(byId).map(([crid, m]) => {
-    const msg = messages.find((x) => x.clientRequestId === crid);
-    const tr = el("tr");
-    tr.append(
-      el("td", "", msg ? msg.content.slice(0, 24) : crid.slice(0, 8)),
-      el("td", "", fmt(m.ttfbMs)),
-      el("td", "", fmt(m.ttftMs)),
-      el("td", "", fmt(m.durationMs)),
-      el("td", "", m.tokens),
-      el("td", "", m.fallback ?? "—"),
-    );
-    return tr;
-  });
-  $("msg-metrics").tBodies[0].replaceChildren(...rows);
-}
 
 // ---- task ----------------------------------------------------------------------
 $("stop-run").addEventListener("click", () => task.cancel({ reason: "user" }));
@@ -168,14 +156,10 @@ function renderTask() {
   );
   $("supervisor").textContent = st.supervisor.completed ? `Supervisor: ${st.supervisor.summary ?? "done"}` : "Supervisor: working…";
   renderConnection(s.status);
-  renderMetrics(s.metrics);
 }
 task.subscribe(renderTask);
 
-let openSince = null;
 function renderConnection(status) {
-  if (status.connection !== "open") openSince = null;
-  else if (openSince === null) openSince = performance.now();
   const c = $("conn");
   c.dataset.state = status.connection;
   let text = status.connection === "open" ? "live" : status.connection;
@@ -185,73 +169,6 @@ function renderConnection(status) {
   if (status.connection === "failed" && status.lastError) text = `failed: ${status.lastError}`;
   c.textContent = text;
   $("retry").hidden = !(status.connection === "reconnecting" || status.connection === "failed" || status.connection === "offline");
-}
-
-function renderMetrics(m) {
-  const rate = m.toolCalls ? `${((100 * m.toolErrors) / m.toolCalls).toFixed(0)}% (${m.toolErrors}/${m.toolCalls})` : "—";
-  const rows = [
-    ["events applied", m.eventsApplied],
-    ["events replayed", m.eventsReplayed],
-    ["duplicates dropped", m.duplicatesDropped],
-    ["out of order", m.outOfOrder],
-    ["protocol errors", m.protocolErrors],
-    ["reconnects", m.reconnects],
-    ["time to first event", m.timeToFirstEventMs === null ? "—" : `${Math.round(m.timeToFirstEventMs)} ms`],
-    ["tool error rate", rate],
-    ["terminations", Object.entries(m.terminations).map(([k, v]) => `${k}×${v}`).join(", ") || "—"],
-    ["likely cause", likelyCause(m, task.getSnapshot().status) ?? "—"],
-  ];
-  $("metrics").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", "", k), el("dd", "", v)]));
-}
-
-/** Names the likely cause of what the metrics show (docs/DEPLOY.md), or null. */
-function likelyCause(m, status) {
-  const t = m.terminations;
-  const proxy = "a proxy buffering /api/stream/ — give it its own location with proxy_buffering off (docs/DEPLOY.md)";
-  const openMs = openSince === null ? 0 : performance.now() - openSince;
-  if ((t.heartbeat_timeout ?? 0) > 0 && m.eventsApplied === 0) return `connected, but not a byte before the heartbeat timeout: ${proxy}`;
-  if (m.timeToFirstEventMs !== null && m.timeToFirstEventMs > 1500) {
-    return `first event after ${(m.timeToFirstEventMs / 1000).toFixed(1)} s: ${proxy}`;
-  }
-  if (status.connection === "open" && m.eventsApplied === 0 && openMs > 2500) {
-    return `connected ${Math.round(openMs / 1000)} s, no event yet: ${proxy}, or the run has not started`;
-  }
-  if ((t.http_5xx ?? 0) > 0) return "5xx answers: the server failed, or the proxy has no live replica (502); the client retries";
-  if ((t.connect_timeout ?? 0) > 0) return "no response within connectTimeoutMs: the server is unreachable or overloaded";
-  if ((t.heartbeat_timeout ?? 0) > 0) return "streams went silent past heartbeatTimeoutMs: a proxy idle timeout, or buffering";
-  return null;
-}
-
-// ---- chart: events per second and connection state, last 60 s ----------------
-const samples = [];
-let lastApplied = 0;
-const stateColor = { open: "#2a9d58", connecting: "#d4a017", reconnecting: "#e07b24", offline: "#888", failed: "#c0392b", closed: "#5470c6", idle: "#bbb" };
-setInterval(() => {
-  const s = task.getSnapshot();
-  const applied = s.metrics.eventsApplied + chat.getSnapshot().metrics.eventsApplied;
-  samples.push({ rate: applied - lastApplied, state: s.status.connection });
-  lastApplied = applied;
-  if (samples.length > 60) samples.shift();
-  drawChart();
-  renderMetrics(s.metrics); // time-based diagnostics ("no event yet") move without events
-}, 1000);
-
-function drawChart() {
-  const cv = $("chart");
-  const g = cv.getContext("2d");
-  g.clearRect(0, 0, cv.width, cv.height);
-  const max = Math.max(5, ...samples.map((x) => x.rate));
-  const w = cv.width / 60;
-  samples.forEach((x, i) => {
-    const h = ((cv.height - 16) * x.rate) / max;
-    g.fillStyle = "#4a6fa5";
-    g.fillRect(i * w, cv.height - 12 - h, w - 1, h);
-    g.fillStyle = stateColor[x.state] || "#bbb";
-    g.fillRect(i * w, cv.height - 8, w, 8);
-  });
-  g.fillStyle = "#333";
-  g.font = "10px sans-serif";
-  g.fillText(`events/s (max ${max})`, 4, 10);
 }
 
 // ---- controls -------------------------------------------------------------------

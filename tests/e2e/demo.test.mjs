@@ -23,10 +23,16 @@ test("demo shows live data in every panel mid-run with chaos on, and survives a 
     await page.$eval("#send-form button", (b) => b.click());
     await page.waitForFunction(() => document.querySelectorAll("#messages li.user").length === 1, null, { timeout: 2000 });
     await page.waitForFunction(() => [...document.querySelectorAll("#messages li.assistant .content")].some((e) => e.textContent.length > 20), null, { timeout: 15000 });
-    // Diagnostics fed by the public API: counters moving, chaos visible.
-    const metrics = await page.$$eval("#metrics dd", (dds) => dds.map((d) => d.textContent));
-    assert.ok(Number(metrics[0]) > 0, `events applied: ${metrics}`);
-    await page.waitForFunction(() => /duplicates dropped/.test(document.getElementById("metrics").textContent), null, { timeout: 5000 });
+    // Diagnostics: the runstream/devtools panel over both streams, counters moving, chaos visible.
+    const field = (label, name) =>
+      page.evaluate(([label, name]) => document.getElementById("devtools").shadowRoot
+        .querySelector(`section[data-label="${label}"] [data-field="${name}"]`)?.textContent ?? null, [label, name]);
+    await page.waitForFunction(() => Number(document.getElementById("devtools").shadowRoot
+      .querySelector('section[data-label="task"] [data-field="events-applied"]')?.textContent) > 0, null, { timeout: 5000 });
+    const applied = Number(await field("task", "events-applied"));
+    assert.ok(applied > 0, `events applied: ${applied}`);
+    assert.match(await field("task", "duplicates"), /^\d+$/);
+    assert.ok((await field("chat", "events-applied")) !== null, "the chat stream has its section");
     await page.waitForTimeout(1500);
     await page.screenshot({ path: join(artifacts, "demo-mid-run.png"), fullPage: true });
     const cursorBefore = await page.evaluate(() => window.runstreamDemo.task.getSnapshot().state.cursor);

@@ -209,15 +209,13 @@ test("the demo's diagnostics panel names the likely cause behind the buffering l
     const errs = watchErrors(p);
     await p.goto(`${origin}/?transport=fetch`);
     await p.waitForFunction(() => document.getElementById("wasm-status").textContent === "wasm loaded", null, { timeout: 10000 });
-    const read = () => p.evaluate(() => {
-      const dts = [...document.querySelectorAll("#metrics dt")];
-      const i = dts.findIndex((d) => d.textContent === "likely cause");
-      return i < 0 ? null : document.querySelectorAll("#metrics dd")[i].textContent;
-    });
+    // The demo's diagnostics are the runstream/devtools panel: the task stream's "likely cause".
+    const read = () => p.evaluate(() =>
+      document.getElementById("devtools")?.shadowRoot?.querySelector('section[data-label="task"] [data-part="cause"]')?.textContent ?? null);
     return { p, errs, read };
   };
   const bad = await cause(infra.misconfigured);
-  const named = await until(async () => /proxy buffering \/api\/stream\//.test((await bad.read()) ?? ""), 15000, 200);
+  const named = await until(async () => /proxy buffering the stream's location/.test((await bad.read()) ?? ""), 15000, 200);
   const badText = await bad.read();
   const good = await cause(infra.front);
   // window.runstreamDemo is set only after the demo created its run (an await after "wasm loaded").

@@ -1,16 +1,26 @@
-import { useState, type FormEvent } from "react";
+import { useCallback, useEffect, useState, type FormEvent } from "react";
 import { useRunStream } from "runstream/react";
-import type { Message, Worker } from "runstream";
+// The devtools panel: its own import, loaded only by apps that use it.
+import { RunStreamDevtools } from "runstream/devtools/react";
+import type { Message, RunStream, Worker } from "runstream";
 
 const params = new URLSearchParams(location.search);
 const runId = params.get("run") ?? "demo";
 const session = params.get("session") ?? `chat_${runId}`;
 
-function Chat() {
+/** Reports a component's stream to the devtools panel (null until ready, and on unmount). */
+function useReportStream(stream: RunStream | null, onStream: (s: RunStream | null) => void) {
+  useEffect(() => {
+    onStream(stream);
+    return () => onStream(null);
+  }, [stream, onStream]);
+}
+
+function Chat({ onStream }: { onStream: (s: RunStream | null) => void }) {
   // A token kept in React state, as an auth hook would: `headers` reads the
   // current one on every (re)connect and send, not the first render's.
   const [token, setToken] = useState(1);
-  const { snapshot, send, cancel } = useRunStream({
+  const { snapshot, send, cancel, stream } = useRunStream({
     runId: session,
     url: `/api/stream/runs/${session}`,
     sendUrl: `/api/chat/${session}/messages`,
@@ -18,6 +28,7 @@ function Chat() {
     snapshotUrl: `/api/runs/${session}/snapshot`,
     headers: () => ({ Authorization: `Bearer t${token}` }),
   });
+  useReportStream(stream, onStream);
   const [text, setText] = useState("");
   const submit = (e: FormEvent) => {
     e.preventDefault();
@@ -61,13 +72,14 @@ function pendingReply(messages: readonly Message[]): string | null {
   return done ? null : id;
 }
 
-function Tasks() {
-  const { snapshot, cancel } = useRunStream({
+function Tasks({ onStream }: { onStream: (s: RunStream | null) => void }) {
+  const { snapshot, cancel, stream } = useRunStream({
     runId,
     url: `/api/stream/runs/${runId}`,
     snapshotUrl: `/api/runs/${runId}/snapshot`,
     cancelUrl: `/api/runs/${runId}/cancel`,
   });
+  useReportStream(stream, onStream);
   const workers: readonly Worker[] = snapshot?.state.workers ?? [];
   const running = snapshot !== null && (snapshot.state.status === "pending" || snapshot.state.status === "running");
   return (
@@ -93,16 +105,27 @@ function Tasks() {
 
 export function App() {
   const [shown, setShown] = useState(true);
+  const [taskStream, setTaskStream] = useState<RunStream | null>(null);
+  const [chatStream, setChatStream] = useState<RunStream | null>(null);
+  const onTask = useCallback((s: RunStream | null) => setTaskStream(s), []);
+  const onChat = useCallback((s: RunStream | null) => setChatStream(s), []);
   return (
     <main>
       <h1>runstream × React</h1>
       <button data-testid="toggle" onClick={() => setShown((s) => !s)}>{shown ? "Unmount" : "Mount"}</button>
       {shown && (
         <>
-          <Tasks />
-          <Chat />
+          <Tasks onStream={onTask} />
+          <Chat onStream={onChat} />
         </>
       )}
+      <h2>Diagnostics</h2>
+      <RunStreamDevtools
+        streams={[
+          taskStream && { stream: taskStream, label: "task" },
+          chatStream && { stream: chatStream, label: "chat" },
+        ]}
+      />
     </main>
   );
 }
