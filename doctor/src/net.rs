@@ -1,0 +1,422 @@
+//! The doctor's connections: a base URL, an HTTP client (reqwest on rustls),
+//! an SSE reader over the codec crate's parser that decompresses what a
+//! browser would (gzip, deflate), and a WebSocket client (tokio-tungstenite).
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flate2::write::{GzDecoder, ZlibDecoder};
+use reqwest::header::HeaderMap;
+use runstream_codec::sse::{SseItem, SseParser};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Largest SSE event the doctor reads (bytes); a larger one is reported by the parser and skipped.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+/// What the doctor asks for, as a browser does (SERVER.md §3).
+pub const ACCEPT_ENCODING: &str = "gzip, deflate, br";
+
+/// A server's base URL: `https://host[:port][/prefix]`, the routes are `<base>/api/...`.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub url: reqwest::Url,
+    prefix: String,
+}
+
+impl Base {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let url = reqwest::Url::parse(s).map_err(|e| format!("{s}: not a URL ({e})"))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!("{s}: the base URL must be http:// or https://"));
+        }
+        if url.host_str().is_none() {
+            return Err(format!("{s}: no host"));
+        }
+        let prefix = url.path().trim_end_matches('/').to_owned();
+        Ok(Self { url, prefix })
+    }
+    /// `<scheme>://<host>[:port]<prefix><path>` (`path` starts with `/`).
+    pub fn at(&self, path: &str) -> String {
+        format!(
+            "{}{}{}",
+            self.url.origin().ascii_serialization(),
+            self.prefix,
+            path
+        )
+    }
+    pub fn stream(&self, run: &str) -> String {
+        self.at(&format!("/api/stream/runs/{}", enc(run)))
+    }
+    pub fn https(&self) -> bool {
+        self.url.scheme() == "https"
+    }
+}
+
+/// Percent-encodes a path segment.
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The HTTP client: no automatic decompression (the doctor asks for it and
+/// decodes itself, so it sees `Content-Encoding`), HTTP/2 by ALPN on HTTPS.
+pub fn client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(8)
+        .user_agent(concat!("runstream-doctor/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// One text of what an HTTP request failed with (connect, TLS, timeout).
+pub fn why(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// A resume position and how it travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// From the start: neither header nor query.
+    Start,
+    /// `Last-Event-ID: n`.
+    Header(u64),
+    /// `?last_event_id=n`.
+    Query(u64),
+}
+
+/// One SSE event as read, with its arrival time.
+#[derive(Debug, Clone)]
+pub struct Ev {
+    pub at: Instant,
+    pub event_type: String,
+    pub data: String,
+    /// The last event ID in force when it was dispatched (the codec parser's rule).
+    pub id: String,
+}
+
+/// What [`Sse::next`] got.
+#[derive(Debug)]
+pub enum Next {
+    Event(Ev),
+    /// A comment line (heartbeat) or a `retry:` field.
+    Comment(Instant),
+    /// The server ended the response.
+    End,
+    /// Nothing before the deadline.
+    Timeout,
+    /// The connection failed (reset, cut by a proxy, undecodable body).
+    Failed(String),
+}
+
+enum Decode {
+    Identity,
+    Gzip(Box<GzDecoder<Vec<u8>>>),
+    Zlib(Box<ZlibDecoder<Vec<u8>>>),
+    /// An encoding the doctor cannot decode (br, zstd): the body is not read as SSE.
+    Unknown(String),
+}
+
+/// An open SSE response.
+pub struct Sse {
+    resp: reqwest::Response,
+    parser: SseParser,
+    decode: Decode,
+    queue: VecDeque<Next>,
+    done: bool,
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub version: reqwest::Version,
+    pub opened: Instant,
+    /// When the response headers arrived.
+    pub headers_at: Instant,
+}
+
+/// Request options of [`open`].
+#[derive(Default, Clone)]
+pub struct Ask<'a> {
+    pub auth: Option<&'a str>,
+    pub origin: Option<&'a str>,
+}
+
+/// Opens `GET <url>` as a browser's fetch transport would; resolves with the
+/// response headers, or `Err` on a connection error or no headers within `wait`.
+pub async fn open(
+    http: &reqwest::Client,
+    url: &str,
+    resume: Resume,
+    ask: Ask<'_>,
+    wait: Duration,
+) -> Result<Sse, String> {
+    let url = match resume {
+        Resume::Query(n) => format!("{url}?last_event_id={n}"),
+        _ => url.to_owned(),
+    };
+    let mut rq = http
+        .get(&url)
+        .header("Accept", "text/event-stream")
+        .header("Accept-Encoding", ACCEPT_ENCODING)
+        .header("Cache-Control", "no-cache");
+    if let Resume::Header(n) = resume {
+        rq = rq.header("Last-Event-ID", n.to_string());
+    }
+    if let Some(a) = ask.auth {
+        rq = rq.header("Authorization", format!("Bearer {a}"));
+    }
+    if let Some(o) = ask.origin {
+        rq = rq.header("Origin", o);
+    }
+    let opened = Instant::now();
+    let resp = match tokio::time::timeout(wait, rq.send()).await {
+        Err(_) => return Err(format!("no response headers within {} s", wait.as_secs())),
+        Ok(Err(e)) => return Err(why(&e)),
+        Ok(Ok(r)) => r,
+    };
+    let headers_at = Instant::now();
+    let headers = resp.headers().clone();
+    let decode = match header(&headers, "content-encoding")
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") | Some("identity") => Decode::Identity,
+        Some("gzip") | Some("x-gzip") => Decode::Gzip(Box::new(GzDecoder::new(Vec::new()))),
+        Some("deflate") => Decode::Zlib(Box::new(ZlibDecoder::new(Vec::new()))),
+        Some(other) => Decode::Unknown(other.to_owned()),
+    };
+    Ok(Sse {
+        status: resp.status().as_u16(),
+        version: resp.version(),
+        headers,
+        resp,
+        parser: SseParser::new(MAX_EVENT_BYTES),
+        decode,
+        queue: VecDeque::new(),
+        done: false,
+        opened,
+        headers_at,
+    })
+}
+
+/// A header's value as text (`None` if absent or not visible ASCII).
+pub fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl Sse {
+    /// The time from the request to the response headers.
+    pub fn headers_after(&self) -> Duration {
+        self.headers_at.duration_since(self.opened)
+    }
+
+    /// The next event, comment, end or failure, waiting until `deadline`.
+    pub async fn next(&mut self, deadline: Instant) -> Next {
+        loop {
+            if let Some(n) = self.queue.pop_front() {
+                return n;
+            }
+            if self.done {
+                return Next::End;
+            }
+            if let Decode::Unknown(enc) = &self.decode {
+                self.done = true;
+                return Next::Failed(format!(
+                    "the body is encoded with `{enc}`, which the doctor does not decode"
+                ));
+            }
+            let chunk = match tokio::time::timeout_at(deadline.into(), self.resp.chunk()).await {
+                Err(_) => return Next::Timeout,
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Next::Failed(why(&e));
+                }
+                Ok(Ok(None)) => {
+                    self.done = true;
+                    return Next::End;
+                }
+                Ok(Ok(Some(c))) => c,
+            };
+            let at = Instant::now();
+            let plain: Vec<u8> = match &mut self.decode {
+                Decode::Identity | Decode::Unknown(_) => chunk.to_vec(),
+                Decode::Gzip(d) => match d.write_all(&chunk).and_then(|()| d.flush()) {
+                    Ok(()) => std::mem::take(d.get_mut()),
+                    Err(e) => {
+                        self.done = true;
+                        return Next::Failed(format!("gzip body: {e}"));
+                    }
+                },
+                Decode::Zlib(d) => match d.write_all(&chunk).and_then(|()| d.flush()) {
+                    Ok(()) => std::mem::take(d.get_mut()),
+                    Err(e) => {
+                        self.done = true;
+                        return Next::Failed(format!("deflate body: {e}"));
+                    }
+                },
+            };
+            let queue = &mut self.queue;
+            self.parser.feed(&plain, &mut |item| match item {
+                SseItem::Event(e) => queue.push_back(Next::Event(Ev {
+                    at,
+                    event_type: e.event_type,
+                    data: e.data,
+                    id: e.last_event_id,
+                })),
+                SseItem::Comment | SseItem::Retry(_) => queue.push_back(Next::Comment(at)),
+                SseItem::TooLarge(n) => queue.push_back(Next::Failed(format!(
+                    "an event larger than {MAX_EVENT_BYTES} bytes ({n} bytes seen)"
+                ))),
+            });
+        }
+    }
+
+    /// Events until the response ends, `idle` passes without an event, or `deadline`.
+    pub async fn events(&mut self, idle: Option<Duration>, deadline: Instant) -> Read {
+        let mut r = Read::default();
+        loop {
+            let until = match idle {
+                Some(i) => deadline.min(Instant::now() + i),
+                None => deadline,
+            };
+            match self.next(until).await {
+                Next::Event(e) => r.events.push(e),
+                Next::Comment(_) => {}
+                Next::End => {
+                    r.ended = true;
+                    return r;
+                }
+                Next::Timeout => return r,
+                Next::Failed(f) => {
+                    r.failed = Some(f);
+                    return r;
+                }
+            }
+        }
+    }
+}
+
+/// What [`Sse::events`] read.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub events: Vec<Ev>,
+    /// The server ended the response.
+    pub ended: bool,
+    pub failed: Option<String>,
+}
+
+/// A byte stream a WebSocket runs on (TCP, or TLS over TCP).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An open WebSocket.
+pub type Ws = WebSocketStream<Box<dyn Io>>;
+
+/// Connects to `<base>/api/ws` (wss on https).
+pub async fn websocket(base: &Base, origin: Option<&str>) -> Result<Ws, String> {
+    let host = base.url.host_str().ok_or("no host")?.to_owned();
+    let port = base.url.port_or_known_default().ok_or("no port")?;
+    let host_for_tcp = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let tcp = tokio::net::TcpStream::connect((host_for_tcp.as_str(), port))
+        .await
+        .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let io: Box<dyn Io> = if base.https() {
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        // ring, the provider reqwest's `rustls-tls` uses (aws-lc-rs would add a C/cmake build);
+        // deprecated in rustls 0.23.48 only for lacking post-quantum key exchange.
+        #[allow(deprecated)]
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host_for_tcp.clone())
+            .map_err(|e| format!("TLS name {host}: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS {host}: {e}"))?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+    let ws_url = base
+        .at("/api/ws")
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = ws_url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("{ws_url}: {e}"))?;
+    if let Some(o) = origin {
+        if let Ok(v) = o.parse() {
+            req.headers_mut().insert("Origin", v);
+        }
+    }
+    let (ws, _resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(req, io),
+    )
+    .await
+    .map_err(|_| format!("{ws_url}: no upgrade within 10 s"))?
+    .map_err(|e| format!("{ws_url}: {e}"))?;
+    Ok(ws)
+}
+
+/// Sends one text frame.
+pub async fn ws_send(ws: &mut Ws, text: String) -> Result<(), String> {
+    use futures_util::SinkExt as _;
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| format!("WebSocket send: {e}"))
+}
+
+/// The next text frame (as JSON) before `deadline`; `Err` on close, timeout or a non-JSON frame.
+pub async fn ws_next(ws: &mut Ws, deadline: Instant) -> Result<serde_json::Value, String> {
+    use futures_util::StreamExt as _;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline.into(), ws.next()).await {
+            Err(_) => return Err("no frame in time".into()),
+            Ok(None) => return Err("the socket closed".into()),
+            Ok(Some(Err(e))) => return Err(format!("the socket failed: {e}")),
+            Ok(Some(Ok(m))) => m,
+        };
+        match msg {
+            Message::Text(t) => {
+                return serde_json::from_str(t.as_str())
+                    .map_err(|e| format!("a text frame that is not JSON ({e}): {t}"))
+            }
+            Message::Binary(_) => return Err("a binary frame (PROTOCOL §2b: text only)".into()),
+            Message::Close(c) => {
+                return Err(format!(
+                    "the socket closed ({})",
+                    c.map(|c| format!("{} {}", u16::from(c.code), c.reason))
+                        .unwrap_or_default()
+                ))
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+}
