@@ -156,6 +156,23 @@ pub struct Ask<'a> {
     pub origin: Option<&'a str>,
 }
 
+/// Why [`open`] got no response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// No response headers within the wait: the server or a hop holds the response.
+    #[error("no response headers within {0} s")]
+    NoHeaders(u64),
+    /// Connect, TLS or protocol error.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<OpenError> for String {
+    fn from(e: OpenError) -> Self {
+        e.to_string()
+    }
+}
+
 /// Opens `GET <url>` as a browser's fetch transport would; resolves with the
 /// response headers, or `Err` on a connection error or no headers within `wait`.
 pub async fn open(
@@ -164,7 +181,7 @@ pub async fn open(
     resume: Resume,
     ask: Ask<'_>,
     wait: Duration,
-) -> Result<Sse, String> {
+) -> Result<Sse, OpenError> {
     let url = match resume {
         Resume::Query(n) => format!("{url}?last_event_id={n}"),
         _ => url.to_owned(),
@@ -185,8 +202,8 @@ pub async fn open(
     }
     let opened = Instant::now();
     let resp = match tokio::time::timeout(wait, rq.send()).await {
-        Err(_) => return Err(format!("no response headers within {} s", wait.as_secs())),
-        Ok(Err(e)) => return Err(why(&e)),
+        Err(_) => return Err(OpenError::NoHeaders(wait.as_secs())),
+        Ok(Err(e)) => return Err(OpenError::Failed(why(&e))),
         Ok(Ok(r)) => r,
     };
     let headers_at = Instant::now();

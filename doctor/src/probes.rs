@@ -9,7 +9,7 @@ use runstream_codec::envelope::decode_envelope;
 use serde_json::{json, Value};
 
 use crate::findings::{Id, Report, Severity};
-use crate::net::{self, header, Ask, Base, Ev, Resume, Sse};
+use crate::net::{self, header, Ask, Base, Ev, OpenError, Resume, Sse};
 
 /// What to check, from the command line.
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ const SLACK: Duration = Duration::from_millis(750);
 const SPACING: Duration = Duration::from_millis(500);
 /// Live events the probe appends for `buffering`.
 const LIVE_EVENTS: usize = 6;
+/// A stream with events to replay that has no response headers after this long is held by a hop.
+const LIVE_HEADERS_WITHIN: Duration = Duration::from_secs(5);
 /// Response headers later than this on a resume with nothing to replay are `headers-delayed`.
 const HEADERS_WITHIN: Duration = Duration::from_secs(3);
 /// Bound on the parked job-only events of the snapshot comparison (the gateway's `PARK_CAP`).
@@ -69,7 +71,7 @@ impl Ctx {
             origin: None,
         }
     }
-    async fn open(&self, run: &str, resume: Resume, wait: Duration) -> Result<Sse, String> {
+    async fn open(&self, run: &str, resume: Resume, wait: Duration) -> Result<Sse, OpenError> {
         net::open(&self.http, &self.base.stream(run), resume, self.ask(), wait).await
     }
 
@@ -175,8 +177,11 @@ fn fold_symptoms(r: &mut Report) {
             )
         {
             f.severity = Severity::Warn;
-            f.message
-                .push_str(" (probably a symptom of the `buffering` finding: fix that first)");
+            f.message.push_str(if f.id == Id::Compression {
+                " (with `buffering` above: the compressor is probably the hop that holds the stream)"
+            } else {
+                " (probably a symptom of the `buffering` finding: fix that first)"
+            });
         }
     }
 }
@@ -193,18 +198,20 @@ async fn main_probes(cx: &Ctx) -> Report {
                 return r;
             }
         };
-        let (a, b, c, d) = tokio::join!(
+        let (a, b, c, d, e) = tokio::join!(
             probe.live(cx),
             probe.idle(cx),
             auth(cx, &probe.run, probe.setup_last),
-            send_idempotency(cx)
+            send_idempotency(cx),
+            async {
+                match cx.o.run {
+                    Some(_) => given_run(cx).await,
+                    None => Report::default(),
+                }
+            }
         );
-        r.merge(a);
-        r.merge(b);
-        r.merge(c);
-        r.merge(d);
-        if cx.o.run.is_some() {
-            r.merge(given_run(cx).await);
+        for part in [a, b, c, d, e] {
+            r.merge(part);
         }
     } else {
         let why = "needs --publish-key (the doctor's own probe run)";
@@ -333,12 +340,40 @@ impl ProbeRuns {
     /// cancel, the end, framing, replays, statuses and the snapshot.
     async fn live(&self, cx: &Ctx) -> Report {
         let mut r = Report::default();
+        let (live_last, held) = match self.live_events(cx, &mut r).await {
+            Some(x) => x,
+            None => return r,
+        };
+        self.after_live(cx, r, live_last, held).await
+    }
+
+    /// Opens the probe run's stream and appends `LIVE_EVENTS` while reading
+    /// them: the last id appended, and whether a hop held the whole response.
+    async fn live_events(&self, cx: &Ctx, r: &mut Report) -> Option<(u64, bool)> {
         let run = &self.run;
-        let mut sse = match cx.open(run, Resume::Start, REQUEST_WAIT).await {
+        let mut sse = match cx.open(run, Resume::Start, LIVE_HEADERS_WITHIN).await {
             Ok(s) => s,
+            Err(OpenError::NoHeaders(s)) => {
+                r.error(
+                    Id::Buffering,
+                    format!("a stream with events to replay got no response (not even its headers) within {s} s: a hop holds the whole response"),
+                );
+                let mut last = self.setup_last;
+                for i in 0..LIVE_EVENTS {
+                    let ev = json!([{"type": "message.delta", "payload": {"message_id": "doctor-m1", "delta": tick(i)}}]);
+                    match self.append(cx, run, &format!("live-{i}"), ev).await {
+                        Ok(id) => last = id,
+                        Err(e) => {
+                            r.error(Id::Publish, e);
+                            return None;
+                        }
+                    }
+                }
+                return Some((last, true));
+            }
             Err(e) => {
                 r.error(Id::Unreachable, format!("the probe run's stream: {e}"));
-                return r;
+                return None;
             }
         };
         if sse.status != 200 {
@@ -349,9 +384,9 @@ impl ProbeRuns {
                     sse.status
                 ),
             );
-            return r;
+            return None;
         }
-        response_headers(cx, &mut r, &sse);
+        response_headers(cx, r, &sse);
 
         // Live: append LIVE_EVENTS deltas SPACING apart while the stream reads them.
         let reader = async {
@@ -402,11 +437,19 @@ impl ProbeRuns {
             Ok(s) => s,
             Err(e) => {
                 r.error(Id::Publish, e);
-                return r;
+                return None;
             }
         };
-        buffering(&mut r, &sent, &got, failed.as_deref());
-        let live_last = sent.last().map(|(id, _)| *id).unwrap_or(self.setup_last);
+        buffering(r, &sent, &got, failed.as_deref());
+        Some((
+            sent.last().map(|(id, _)| *id).unwrap_or(self.setup_last),
+            false,
+        ))
+    }
+
+    /// WebSocket, cancel, the end, framing, replays, statuses and the snapshot.
+    async fn after_live(&self, cx: &Ctx, mut r: Report, live_last: u64, held: bool) -> Report {
+        let run = &self.run;
 
         // WebSocket on the live run: subscribe with a replay, then live.
         r.merge(
@@ -452,6 +495,16 @@ impl ProbeRuns {
                 return r;
             }
         };
+        if held {
+            // The headers were held with the events: judge them on the finished run's response.
+            match cx.open(run, Resume::Start, REQUEST_WAIT).await {
+                Ok(sse) => response_headers(cx, &mut r, &sse),
+                Err(e) => r.error(
+                    Id::Buffering,
+                    format!("the finished probe run's stream: {e}"),
+                ),
+            }
+        }
         let framing = framing(&mut r, run, &log.events, 0);
         if let Some(c) = cancel {
             cancel_result(&mut r, c, &framing, &crid);
@@ -965,7 +1018,8 @@ fn first_difference(a: &Value, b: &Value, path: &str) -> String {
 /// replay, held for max(`--hold`, 20 s + slack).
 async fn hold(cx: &Ctx, run: &str, last: u64) -> Report {
     let mut r = Report::default();
-    let duration = cx.o.hold.max(HEARTBEAT_WITHIN + SLACK);
+    // Long enough to see 20 s of silence past the tolerance.
+    let duration = cx.o.hold.max(HEARTBEAT_WITHIN + SLACK * 2);
     let mut sse = match cx.open(run, Resume::Header(last), duration).await {
         Ok(s) => s,
         Err(e) => {
@@ -973,6 +1027,9 @@ async fn hold(cx: &Ctx, run: &str, last: u64) -> Report {
                 Id::HeadersDelayed,
                 format!("a resume with nothing to replay got no response headers: {e}"),
             );
+            for id in [Id::IdleTimeout, Id::Heartbeat] {
+                r.skip(id, "not judged: the idle stream got no response headers");
+            }
             return r;
         }
     };
@@ -1262,7 +1319,8 @@ async fn auth(cx: &Ctx, run: &str, last: u64) -> Report {
         REQUEST_WAIT,
     )
     .await
-    .map(|s| s.status);
+    .map(|s| s.status)
+    .map_err(String::from);
     let snap = cx
         .get_json(&format!("/api/runs/{}/snapshot", net::enc(run)), None)
         .await
@@ -1272,10 +1330,8 @@ async fn auth(cx: &Ctx, run: &str, last: u64) -> Report {
             Ok(s) if s == 401 || s == 403 => closed_routes.push(format!("{route} {s}")),
             Ok(s) if s < 400 => open_routes.push(format!("{route} {s}")),
             Ok(s) => closed_routes.push(format!("{route} {s}")),
-            Err(e) => {
-                r.error(Id::Auth, format!("{route} without credentials: {e}"));
-                return r;
-            }
+            // Held by a hop (`buffering` says so) or failed: this route is not judged.
+            Err(_) => {}
         }
     }
     match ws_subscribe_code(cx, run, last, None).await {
