@@ -240,3 +240,48 @@ impl Report {
         s
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_contract_shape_and_every_finding_its_fix() {
+        let mut r = Report::default();
+        r.warn(Id::Http1, "HTTP/1.1");
+        r.error(Id::Buffering, "held");
+        r.check(Id::Snapshot);
+        r.skip(Id::SendIdempotency, "no token");
+        r.skip(Id::Snapshot, "judged after all");
+        r.settle();
+        let j = r.to_json();
+        assert_eq!(j["findings"][0]["id"], "buffering");
+        assert_eq!(j["findings"][0]["severity"], "error");
+        assert_eq!(j["findings"][0]["message"], "held");
+        assert!(j["findings"][0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("proxy_buffering off;"));
+        assert_eq!(j["findings"][1]["severity"], "warn");
+        assert_eq!(j["checked"], json_ids(&["buffering", "snapshot", "http1"]));
+        assert_eq!(j["skipped"][0]["id"], "send-idempotency");
+        assert_eq!(j["skipped"].as_array().unwrap().len(), 1);
+        assert_eq!(r.errors(), 1);
+    }
+
+    fn json_ids(ids: &[&str]) -> serde_json::Value {
+        serde_json::json!(ids)
+    }
+
+    #[test]
+    fn fixes_name_the_config_lines_of_the_issue() {
+        assert!(Id::Compression.fix().contains("gzip off;"));
+        assert!(Id::IdleTimeout.fix().contains("proxy_read_timeout"));
+        assert!(Id::Http1.fix().contains("http2"));
+        assert!(Id::HeadersDelayed.fix().contains("flushHeaders()"));
+        assert!(Id::CacheControl
+            .fix()
+            .contains("Cache-Control: no-store, no-transform"));
+    }
+}

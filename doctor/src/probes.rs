@@ -1800,3 +1800,162 @@ async fn given_run(cx: &Ctx) -> Report {
     r.merge(c);
     r
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn ev(at: Instant, id: &str, ty: &str, data: Value) -> Ev {
+        Ev {
+            at,
+            event_type: ty.into(),
+            data: data.to_string(),
+            id: id.into(),
+        }
+    }
+    fn env(id: u64, ty: &str, payload: Value) -> Value {
+        json!({"event_id": id, "run_id": "r", "type": ty, "timestamp": "2026-12-07T12:00:00.000Z", "payload": payload})
+    }
+    fn delta(at: Instant, id: u64, i: usize) -> Ev {
+        ev(
+            at,
+            &id.to_string(),
+            "message.delta",
+            env(
+                id,
+                "message.delta",
+                json!({"message_id": "m", "delta": tick(i)}),
+            ),
+        )
+    }
+    fn errors(r: &Report) -> Vec<Id> {
+        r.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| f.id)
+            .collect()
+    }
+
+    #[test]
+    fn events_that_arrive_as_they_were_sent_are_not_buffering() {
+        let t0 = Instant::now();
+        let sent: Vec<(u64, Instant)> = (0..6).map(|i| (i + 1, t0 + SPACING * i as u32)).collect();
+        let got: Vec<Ev> = (0..6)
+            .map(|i| {
+                delta(
+                    t0 + SPACING * i as u32 + Duration::from_millis(5),
+                    i as u64 + 1,
+                    i,
+                )
+            })
+            .collect();
+        let mut r = Report::default();
+        buffering(&mut r, &sent, &got, None);
+        assert_eq!(errors(&r), vec![]);
+        assert!(r.checked.contains(&Id::Buffering));
+    }
+
+    #[test]
+    fn events_sent_apart_that_arrive_together_are_buffering() {
+        let t0 = Instant::now();
+        let sent: Vec<(u64, Instant)> = (0..6).map(|i| (i + 1, t0 + SPACING * i as u32)).collect();
+        let end = t0 + SPACING * 6;
+        let got: Vec<Ev> = (0..6).map(|i| delta(end, i as u64 + 1, i)).collect();
+        let mut r = Report::default();
+        buffering(&mut r, &sent, &got, None);
+        assert_eq!(errors(&r), vec![Id::Buffering]);
+        // And none at all.
+        let mut r = Report::default();
+        buffering(&mut r, &sent, &[], None);
+        assert_eq!(errors(&r), vec![Id::Buffering]);
+    }
+
+    #[test]
+    fn framing_reports_missing_ids_gaps_and_broken_envelopes_each_by_its_id() {
+        let t = Instant::now();
+        let good = |id: u64| {
+            ev(
+                t,
+                &id.to_string(),
+                "run.started",
+                env(id, "run.started", json!({})),
+            )
+        };
+        let mut r = Report::default();
+        let f = framing(&mut r, "r", &[good(1), good(2), good(3)], 0);
+        assert!(f.ok && f.last == 3 && errors(&r).is_empty());
+
+        let mut r = Report::default();
+        let no_id = ev(t, "1", "run.started", env(2, "run.started", json!({})));
+        let f = framing(&mut r, "r", &[good(1), no_id], 0);
+        assert!(!f.ok);
+        assert_eq!(errors(&r), vec![Id::MissingId]);
+
+        let mut r = Report::default();
+        framing(&mut r, "r", &[good(1), good(3)], 0);
+        assert_eq!(errors(&r), vec![Id::IdNotDense]);
+
+        let mut r = Report::default();
+        let other_run = ev(
+            t,
+            "2",
+            "run.started",
+            json!({"event_id": 2, "run_id": "x", "type": "run.started", "timestamp": "2026-12-07T12:00:00Z", "payload": {}}),
+        );
+        framing(&mut r, "r", &[good(1), other_run], 0);
+        assert_eq!(errors(&r), vec![Id::Envelope]);
+
+        let mut r = Report::default();
+        let wrong_type_line = ev(t, "2", "message", env(2, "run.started", json!({})));
+        framing(&mut r, "r", &[good(1), wrong_type_line], 0);
+        assert_eq!(errors(&r), vec![Id::Envelope]);
+    }
+
+    #[test]
+    fn framing_replays_the_log_through_the_clients_reducer() {
+        let t = Instant::now();
+        let evs = [
+            ev(t, "1", "run.started", env(1, "run.started", json!({}))),
+            ev(
+                t,
+                "2",
+                "message.created",
+                env(
+                    2,
+                    "message.created",
+                    json!({"message_id": "m", "role": "assistant"}),
+                ),
+            ),
+            delta(t, 3, 0),
+        ];
+        let mut r = Report::default();
+        let f = framing(&mut r, "r", &evs, 0);
+        let state = f.state.unwrap().to_wire();
+        assert_eq!(state["status"], "running");
+        assert_eq!(state["messages"][0]["content"], tick(0));
+        assert_eq!(state["cursor"], 3);
+    }
+
+    #[test]
+    fn buffering_folds_its_symptoms_into_warnings() {
+        let mut r = Report::default();
+        r.error(Id::Buffering, "held");
+        r.error(Id::Heartbeat, "silent");
+        r.error(Id::Compression, "gzip");
+        r.error(Id::Snapshot, "differs");
+        fold_symptoms(&mut r);
+        assert_eq!(errors(&r), vec![Id::Buffering, Id::Snapshot]);
+        let mut r = Report::default();
+        r.error(Id::Compression, "gzip");
+        fold_symptoms(&mut r);
+        assert_eq!(errors(&r), vec![Id::Compression]);
+    }
+
+    #[test]
+    fn ranges_are_compact() {
+        assert_eq!(ranges(&[3, 4, 5, 9]), "3–5, 9");
+        assert_eq!(ranges(&[]), "(none)");
+        assert_eq!(ranges(&[1]), "1");
+    }
+}
