@@ -1,6 +1,6 @@
 //! ```text
 //! runstream-doctor <base-url> [--run ID] [--token T] [--publish-key K | --publish-key-file F]
-//!                  [--origin URL] [--hold SECONDS] [--page-origin ORIGIN] [--json]
+//!                  [--origin URL] [--hold SECONDS] [--page-origin ORIGIN] [--ca-file PEM] [--json]
 //! ```
 //!
 //! Checks a runstream server (the gateway, the TypeScript kit, or a team's
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use findings::{Id, Report, Severity};
 
-const USAGE: &str = "usage: runstream-doctor <base-url> [--run ID] [--token T] [--publish-key K | --publish-key-file F] [--origin URL] [--hold SECONDS] [--page-origin ORIGIN] [--json]";
+const USAGE: &str = "usage: runstream-doctor <base-url> [--run ID] [--token T] [--publish-key K | --publish-key-file F] [--origin URL] [--hold SECONDS] [--page-origin ORIGIN] [--ca-file PEM] [--json]";
 
 /// Default of `--hold` (seconds): longer than the 30 s idle timeouts some proxies and load balancers have.
 const DEFAULT_HOLD_S: u64 = 40;
@@ -45,6 +45,7 @@ fn parse(args: Vec<String>) -> Result<Args, String> {
         publish_key: None,
         hold: Duration::from_secs(DEFAULT_HOLD_S),
         page_origin: None,
+        ca_pem: None,
         is_origin: false,
     };
     let mut it = args.into_iter();
@@ -84,6 +85,9 @@ fn parse(args: Vec<String>) -> Result<Args, String> {
                 o.hold = Duration::from_secs_f64(s);
             }
             "--page-origin" => o.page_origin = Some(v.trim_end_matches('/').to_owned()),
+            "--ca-file" => {
+                o.ca_pem = Some(std::fs::read(&v).map_err(|e| format!("--ca-file {v}: {e}"))?)
+            }
             _ => return Err(format!("unknown flag {a}")),
         }
     }

@@ -70,9 +70,17 @@ pub fn enc(s: &str) -> String {
 
 /// The HTTP client: no automatic decompression (the doctor asks for it and
 /// decodes itself, so it sees `Content-Encoding`), HTTP/2 by ALPN on HTTPS.
-pub fn client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
+/// `ca_pem`: extra trusted roots (`--ca-file`, PEM), besides the webpki roots.
+pub fn client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder();
+    if let Some(pem) = ca_pem {
+        for c in
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("--ca-file: {e}"))?
+        {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.connect_timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(8)
         .user_agent(concat!("runstream-doctor/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -344,8 +352,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// An open WebSocket.
 pub type Ws = WebSocketStream<Box<dyn Io>>;
 
-/// Connects to `<base>/api/ws` (wss on https).
-pub async fn websocket(base: &Base, origin: Option<&str>) -> Result<Ws, String> {
+/// Connects to `<base>/api/ws` (wss on https; `ca_pem` as in [`client`]).
+pub async fn websocket(
+    base: &Base,
+    origin: Option<&str>,
+    ca_pem: Option<&[u8]>,
+) -> Result<Ws, String> {
     let host = base.url.host_str().ok_or("no host")?.to_owned();
     let port = base.url.port_or_known_default().ok_or("no port")?;
     let host_for_tcp = host
@@ -359,6 +371,13 @@ pub async fn websocket(base: &Base, origin: Option<&str>) -> Result<Ws, String> 
     let io: Box<dyn Io> = if base.https() {
         let mut roots = tokio_rustls::rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = ca_pem {
+            use tokio_rustls::rustls::pki_types::{pem::PemObject as _, CertificateDer};
+            for c in CertificateDer::pem_slice_iter(pem) {
+                let c = c.map_err(|e| format!("--ca-file: {e}"))?;
+                roots.add(c).map_err(|e| format!("--ca-file: {e}"))?;
+            }
+        }
         // ring, the provider reqwest's `rustls-tls` uses (aws-lc-rs would add a C/cmake build);
         // deprecated in rustls 0.23.48 only for lacking post-quantum key exchange.
         #[allow(deprecated)]

@@ -21,6 +21,8 @@ pub struct Options {
     pub hold: Duration,
     /// The origin of the page that reads the stream (`--page-origin`); `None`: a made-up foreign origin.
     pub page_origin: Option<String>,
+    /// Extra trusted roots, PEM (`--ca-file`): an internal CA or a test's self-signed one.
+    pub ca_pem: Option<Vec<u8>>,
     /// Whether this base is the origin of a `--origin` comparison (headers a proxy consumes are checked there).
     pub is_origin: bool,
 }
@@ -113,7 +115,7 @@ impl Ctx {
 
 /// Runs every probe against `base` and returns what it found.
 pub async fn diagnose(base: Base, o: Options) -> Report {
-    let http = match net::client() {
+    let http = match net::client(o.ca_pem.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             let mut r = Report::default();
@@ -1394,7 +1396,7 @@ async fn ws_subscribe_code(
     last: u64,
     auth: Option<&str>,
 ) -> Result<String, String> {
-    let mut ws = net::websocket(&cx.base, None).await?;
+    let mut ws = net::websocket(&cx.base, None, cx.o.ca_pem.as_deref()).await?;
     let sub = subscribe_frame(run, last, auth);
     net::ws_send(&mut ws, sub.to_string()).await?;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1432,7 +1434,7 @@ fn subscribe_frame(run: &str, last: u64, auth: Option<&str>) -> Value {
 /// `websocket` on a run: subscribe with a replay from `after`, up to `last`.
 async fn websocket_run(cx: &Ctx, run: &str, after: u64, last: u64, auth: Option<&str>) -> Report {
     let mut r = Report::default();
-    let mut ws = match net::websocket(&cx.base, None).await {
+    let mut ws = match net::websocket(&cx.base, None, cx.o.ca_pem.as_deref()).await {
         Ok(ws) => ws,
         Err(e) => {
             r.warn(Id::Websocket, format!("no WebSocket at /api/ws ({e}): clients with transport \"websocket\" cannot connect"));
@@ -1508,7 +1510,7 @@ async fn websocket_run(cx: &Ctx, run: &str, after: u64, last: u64, auth: Option<
 /// `websocket` without a run: ping/pong, an unknown run, a bad frame.
 async fn websocket_basics(cx: &Ctx) -> Report {
     let mut r = Report::default();
-    let mut ws = match net::websocket(&cx.base, None).await {
+    let mut ws = match net::websocket(&cx.base, None, cx.o.ca_pem.as_deref()).await {
         Ok(ws) => ws,
         Err(e) => {
             r.warn(Id::Websocket, format!("no WebSocket at /api/ws ({e}): clients with transport \"websocket\" cannot connect"));

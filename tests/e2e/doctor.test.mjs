@@ -17,7 +17,7 @@
 // adds a test that expects exit 0 and no error there (DOCTOR_TARGET_ARGS: extra flags, space-separated).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, readFileSync, rmSync, chmodSync, existsSync, createWriteStream, mkdirSync, readdirSync, copyFileSync } from "node:fs";
 import { createHmac } from "node:crypto";
 import { tmpdir } from "node:os";
@@ -30,7 +30,7 @@ const SERVER = process.env.RUNSTREAM_SERVER_BIN || join(root, "target/debug/runs
 const DOCTOR = process.env.RUNSTREAM_DOCTOR_BIN || join(root, "target/debug/runstream-doctor");
 const KEY = "doctor-test-publish-key-0123456789";
 const HOLD = ["--hold", "6"];
-const missing = ["redis-server", "nginx", "caddy"].filter((c) => !have(c));
+const missing = ["redis-server", "nginx", "caddy", "openssl"].filter((c) => !have(c));
 const skip = missing.length ? `not installed: ${missing.join(", ")} (./scripts/setup.sh installs them)` : false;
 
 const dir = mkdtempSync(join(tmpdir(), "runstream-doctor-"));
@@ -73,10 +73,30 @@ async function gateway(name, args) {
   return port;
 }
 
-/** deploy/nginx.conf for the two replicas on `front`, its /api/stream/ location edited by `edit`. */
-async function nginx(name, replicas, edit = null) {
+/** A test CA and a certificate for 127.0.0.1 signed by it: `{ ca, cert, key }` (PEM paths). */
+function certificates() {
+  const f = (n) => join(dir, n);
+  writeFileSync(f("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n");
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  for (const args of [
+    ["req", "-x509", ...ec, "-days", "1", "-keyout", f("ca.key"), "-out", f("ca.pem"), "-subj", "/CN=runstream-doctor test CA"],
+    ["req", ...ec, "-keyout", f("key.pem"), "-out", f("leaf.csr"), "-subj", "/CN=127.0.0.1"],
+    ["x509", "-req", "-in", f("leaf.csr"), "-CA", f("ca.pem"), "-CAkey", f("ca.key"), "-CAcreateserial", "-days", "1", "-out", f("cert.pem"), "-extfile", f("leaf.ext")],
+  ]) {
+    const made = spawnSync("openssl", args, { encoding: "utf8" });
+    if (made.status !== 0) throw new Error(`openssl ${args[0]}: ${made.stderr}`);
+  }
+  return { ca: f("ca.pem"), cert: f("cert.pem"), key: f("key.pem") };
+}
+
+/**
+ * deploy/nginx.conf for the two replicas on `front`, its /api/stream/ location edited by `edit`;
+ * `tls: { cert, key }` keeps its HTTPS + HTTP/2 port (returned as `.tls`).
+ */
+async function nginx(name, replicas, edit = null, tls = null) {
   const front = await freePort();
-  const base = nginxConfig({ front, replicas });
+  const tlsPort = tls && await freePort();
+  const base = nginxConfig({ front, replicas, tls: tls && { ...tls, port: tlsPort } });
   const conf = edit ? edit(base) : base;
   if (edit && conf === base) throw new Error(`${name}: the edit changed nothing in deploy/nginx.conf`);
   const d = join(dir, name);
@@ -85,7 +105,12 @@ async function nginx(name, replicas, edit = null) {
   writeFileSync(join(d, "nginx.conf"), conf);
   track(name, "nginx", ["-p", d, "-c", join(d, "nginx.conf"), "-e", join(d, "error.log"), "-g", `daemon off; pid ${join(d, "nginx.pid")};`]);
   await waitForPort(front);
-  return `http://127.0.0.1:${front}`;
+  const url = new String(`http://127.0.0.1:${front}`);
+  if (tls) {
+    await waitForPort(tlsPort);
+    url.tls = `https://127.0.0.1:${tlsPort}`;
+  }
+  return url;
 }
 
 /** The /api/stream/ location's lines `from` replaced by `to` (the edit must apply). */
@@ -180,12 +205,13 @@ async function setUp() {
   const [r0, r1, jwtGw] = await Promise.all([
     gateway("replica-0", ["--auth", "none", ...store]),
     gateway("replica-1", ["--auth", "none", ...store]),
-    gateway("jwt", ["--jwt-secret-file", join(dir, "jwt.secret")]),
+    gateway("jwt", ["--jwt-secret-file", join(dir, "jwt.secret"), "--cors-origin", "https://app.example"]),
   ]);
+  const certs = certificates();
   const replicas = [r0, r1];
   const front = {};
   [front.nginx, front.caddy, front.buffering, front.gzip, front.timeout, front.cacheControl] = await Promise.all([
-    nginx("nginx", replicas),
+    nginx("nginx", replicas, null, certs),
     caddy(replicas),
     // TOOLCHAIN.md: gzip on text/event-stream with proxy_buffering on holds every event; the
     // server's X-Accel-Buffering is ignored, as many shared configs do.
@@ -216,8 +242,10 @@ async function setUp() {
   const key = ["--publish-key", KEY];
   const jobs = {
     direct: doctor("direct", `http://127.0.0.1:${r0}`, [...key]), // the default hold (40 s): the ≤ 60 s figure
-    jwt: doctor("jwt", `http://127.0.0.1:${jwtGw}`, [...key, ...HOLD, "--run", created.run_id, "--token", token]),
-    nginx: doctor("nginx", front.nginx, [...key, ...HOLD, "--origin", `http://127.0.0.1:${r1}`]),
+    jwt: doctor("jwt", `http://127.0.0.1:${jwtGw}`, [...key, ...HOLD, "--run", created.run_id, "--token", token, "--page-origin", "https://app.example"]),
+    corsDenied: doctor("cors-denied", `http://127.0.0.1:${jwtGw}`, [...key, ...HOLD, "--page-origin", "https://other.example"]),
+    nginx: doctor("nginx", String(front.nginx), [...key, ...HOLD, "--origin", `http://127.0.0.1:${r1}`]),
+    h2: doctor("nginx-h2", front.nginx.tls, [...key, ...HOLD, "--ca-file", certs.ca]),
     caddy: doctor("caddy", front.caddy, [...key, ...HOLD]),
     buffering: doctor("buffering", front.buffering, [...key, ...HOLD]),
     gzip: doctor("gzip", front.gzip, [...key, ...HOLD]),
@@ -272,6 +300,19 @@ test("the gateway with JWTs: --run and --token check PROTOCOL §7, exit 0", { sk
 
 test("through deploy/nginx.conf (compared with an origin replica): exit 0, no error", { skip }, () => {
   healthy(runs.nginx);
+});
+
+test("through deploy/nginx.conf's HTTPS + HTTP/2 port (--ca-file): exit 0, no error, no http1 warning", { skip }, () => {
+  healthy(runs.h2);
+  assert.ok(runs.h2.report.checked.includes("http1"));
+  assert.equal(runs.h2.report.findings.find((f) => f.id === "http1"), undefined, show(runs.h2));
+  assert.ok(runs.h2.report.checked.includes("websocket"), "wss through nginx");
+});
+
+test("a page origin the gateway does not allow (--cors-origin is another): `cors`", { skip }, () => {
+  // The JWT gateway allows https://app.example; the jwt run above checks that origin passes.
+  broken(runs.corsDenied, "cors");
+  assert.ok(runs.jwt.report.checked.includes("cors"));
 });
 
 test("through deploy/Caddyfile: exit 0, no error", { skip }, () => {
