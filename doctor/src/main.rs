@@ -1,6 +1,7 @@
 //! ```text
 //! runstream-doctor <base-url> [--run ID] [--token T] [--publish-key K | --publish-key-file F]
-//!                  [--origin URL] [--hold SECONDS] [--page-origin ORIGIN] [--ca-file PEM] [--json]
+//!                  [--origin URL] [--hold SECONDS] [--page-origin ORIGIN] [--session ID]
+//!                  [--ca-file PEM] [--json]
 //! ```
 //!
 //! Checks a runstream server (the gateway, the TypeScript kit, or a team's
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use findings::{Id, Report, Severity};
 
-const USAGE: &str = "usage: runstream-doctor <base-url> [--run ID] [--token T] [--publish-key K | --publish-key-file F] [--origin URL] [--hold SECONDS] [--page-origin ORIGIN] [--ca-file PEM] [--json]";
+const USAGE: &str = "usage: runstream-doctor <base-url> [--run ID] [--token T] [--publish-key K | --publish-key-file F] [--origin URL] [--hold SECONDS] [--page-origin ORIGIN] [--session ID] [--ca-file PEM] [--json]";
 
 /// Default of `--hold` (seconds): longer than the 30 s idle timeouts some proxies and load balancers have.
 const DEFAULT_HOLD_S: u64 = 40;
@@ -46,6 +47,7 @@ fn parse(args: Vec<String>) -> Result<Args, String> {
         hold: Duration::from_secs(DEFAULT_HOLD_S),
         page_origin: None,
         ca_pem: None,
+        session: None,
         is_origin: false,
     };
     let mut it = args.into_iter();
@@ -67,6 +69,7 @@ fn parse(args: Vec<String>) -> Result<Args, String> {
         let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
         match a.as_str() {
             "--run" => o.run = Some(v),
+            "--session" => o.session = Some(v),
             "--token" => o.token = Some(v),
             "--publish-key" => o.publish_key = Some(v),
             "--publish-key-file" => {

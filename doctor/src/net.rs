@@ -16,6 +16,8 @@ use tokio_tungstenite::WebSocketStream;
 
 /// Largest SSE event the doctor reads (bytes); a larger one is reported by the parser and skipped.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
+/// Most events one read keeps ([`Sse::events`]): a longer log is not judged (its read fails).
+pub const MAX_READ_EVENTS: usize = 100_000;
 /// What the doctor asks for, as a browser does (SERVER.md §3).
 pub const ACCEPT_ENCODING: &str = "gzip, deflate, br";
 
@@ -320,7 +322,15 @@ impl Sse {
                 None => deadline,
             };
             match self.next(until).await {
-                Next::Event(e) => r.events.push(e),
+                Next::Event(e) => {
+                    if r.events.len() >= MAX_READ_EVENTS {
+                        r.failed = Some(format!(
+                            "more than {MAX_READ_EVENTS} events: the doctor reads no further"
+                        ));
+                        return r;
+                    }
+                    r.events.push(e);
+                }
                 Next::Comment(_) => {}
                 Next::End => {
                     r.ended = true;

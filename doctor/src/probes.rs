@@ -21,6 +21,8 @@ pub struct Options {
     pub hold: Duration,
     /// The origin of the page that reads the stream (`--page-origin`); `None`: a made-up foreign origin.
     pub page_origin: Option<String>,
+    /// The chat session the `send-idempotency` probe sends into (`--session`); default a fresh one.
+    pub session: Option<String>,
     /// Extra trusted roots, PEM (`--ca-file`): an internal CA or a test's self-signed one.
     pub ca_pem: Option<Vec<u8>>,
     /// Whether this base is the origin of a `--origin` comparison (headers a proxy consumes are checked there).
@@ -1209,7 +1211,10 @@ fn cancel_result(r: &mut Report, c: Result<Cancelled, String>, log: &Framing, cr
 /// `send-idempotency`: one send twice into a fresh session of the doctor's.
 async fn send_idempotency(cx: &Ctx) -> Report {
     let mut r = Report::default();
-    let session = format!("doctor-{}-chat", cx.nonce);
+    let session =
+        cx.o.session
+            .clone()
+            .unwrap_or_else(|| format!("doctor-{}-chat", cx.nonce));
     let crid = format!("doctor-send-{}", cx.nonce);
     let path = format!("/api/chat/{}/messages", net::enc(&session));
     let body =
@@ -1241,7 +1246,7 @@ async fn send_idempotency(cx: &Ctx) -> Report {
         r.skip(
             Id::SendIdempotency,
             format!(
-                "a send into the doctor's session answered {} (a user's token naming it is needed)",
+                "a send into session {session} answered {}: give --token with a user's token whose `sessions` claim names the session given with --session",
                 first.0
             ),
         );
@@ -1670,6 +1675,13 @@ async fn given_run(cx: &Ctx) -> Report {
     };
     let mut sse = match cx.open(run, Resume::Start, REQUEST_WAIT).await {
         Ok(s) => s,
+        Err(OpenError::NoHeaders(s)) => {
+            r.error(
+                Id::Buffering,
+                format!("a stream of --run {run} from the start got no response headers within {s} s: a hop holds the response (or, if the run has no events yet, the server holds its headers: headers-delayed)"),
+            );
+            return r;
+        }
         Err(e) => {
             r.error(Id::Unreachable, format!("--run {run}: {e}"));
             return r;

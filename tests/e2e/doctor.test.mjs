@@ -232,7 +232,9 @@ async function setUp() {
     body: JSON.stringify({ events: [{ type: "run.started", payload: {} }] }),
   });
   assert.equal(appended.status, 200);
-  const token = jwt(secret, { sub: "doctor-test", runs: [created.run_id] });
+  // It names the run and one chat session, the one the doctor's send-idempotency probe sends into.
+  const session = `doctor-test-session-${Date.now()}`;
+  const token = jwt(secret, { sub: "doctor-test", runs: [created.run_id], sessions: [session] });
 
   const faults = ["omit-ids", "skip-id", "content-type", "no-heartbeat", "no-flush", "finished-200", "duplicate-sends"];
   for (const f of faults) {
@@ -242,7 +244,7 @@ async function setUp() {
   const key = ["--publish-key", KEY];
   const jobs = {
     direct: doctor("direct", `http://127.0.0.1:${r0}`, [...key]), // the default hold (40 s): the ≤ 60 s figure
-    jwt: doctor("jwt", `http://127.0.0.1:${jwtGw}`, [...key, ...HOLD, "--run", created.run_id, "--token", token, "--page-origin", "https://app.example"]),
+    jwt: doctor("jwt", `http://127.0.0.1:${jwtGw}`, [...key, ...HOLD, "--run", created.run_id, "--token", token, "--session", session, "--page-origin", "https://app.example"]),
     corsDenied: doctor("cors-denied", `http://127.0.0.1:${jwtGw}`, [...key, ...HOLD, "--page-origin", "https://other.example"]),
     nginx: doctor("nginx", String(front.nginx), [...key, ...HOLD, "--origin", `http://127.0.0.1:${r1}`]),
     h2: doctor("nginx-h2", front.nginx.tls, [...key, ...HOLD, "--ca-file", certs.ca]),
@@ -291,8 +293,7 @@ test("the gateway directly, default --hold 40: exit 0, no error, every probe jud
 });
 
 test("the gateway with JWTs: --run and --token check PROTOCOL §7, exit 0", { skip }, () => {
-  // The token names one run, not the doctor's chat session: its send is refused (403), so send-idempotency is skipped.
-  healthy(runs.jwt, { allowSkipped: ["send-idempotency"] });
+  healthy(runs.jwt);
   const authFinding = runs.jwt.report.findings.find((f) => f.id === "auth");
   assert.equal(authFinding, undefined, `auth passes quietly with credentials required: ${show(runs.jwt)}`);
   assert.ok(runs.jwt.report.checked.includes("auth"));
