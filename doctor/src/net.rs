@@ -136,12 +136,58 @@ pub enum Next {
     Failed(String),
 }
 
+/// A streaming decoder for what a browser's `Accept-Encoding` allows: each
+/// chunk is decoded as it arrives, so a compressed stream that still streams
+/// is read live.
 enum Decode {
     Identity,
     Gzip(Box<GzDecoder<Vec<u8>>>),
     Zlib(Box<ZlibDecoder<Vec<u8>>>),
-    /// An encoding the doctor cannot decode (br, zstd): the body is not read as SSE.
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
+    /// An encoding the doctor cannot decode (zstd, …): the body is not read as SSE.
     Unknown(String),
+}
+
+impl Decode {
+    fn for_encoding(content_encoding: Option<&str>) -> Self {
+        match content_encoding
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") | Some("identity") => Decode::Identity,
+            Some("gzip") | Some("x-gzip") => Decode::Gzip(Box::new(GzDecoder::new(Vec::new()))),
+            Some("deflate") => Decode::Zlib(Box::new(ZlibDecoder::new(Vec::new()))),
+            Some("br") => Decode::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
+                Vec::new(),
+                4096,
+            ))),
+            Some(other) => Decode::Unknown(other.to_owned()),
+        }
+    }
+
+    /// The plain bytes of `chunk` (all that can be decoded so far).
+    fn feed(&mut self, chunk: &[u8]) -> Result<Vec<u8>, String> {
+        fn drain<W: std::io::Write>(
+            w: &mut W,
+            chunk: &[u8],
+            out: impl FnOnce(&mut W) -> &mut Vec<u8>,
+            name: &str,
+        ) -> Result<Vec<u8>, String> {
+            w.write_all(chunk)
+                .and_then(|()| w.flush())
+                .map_err(|e| format!("{name} body: {e}"))?;
+            Ok(std::mem::take(out(w)))
+        }
+        match self {
+            Decode::Identity => Ok(chunk.to_vec()),
+            Decode::Gzip(d) => drain(d.as_mut(), chunk, |d| d.get_mut(), "gzip"),
+            Decode::Zlib(d) => drain(d.as_mut(), chunk, |d| d.get_mut(), "deflate"),
+            Decode::Brotli(d) => drain(d.as_mut(), chunk, |d| d.get_mut(), "br"),
+            Decode::Unknown(enc) => Err(format!(
+                "the body is encoded with `{enc}`, which the doctor does not decode"
+            )),
+        }
+    }
 }
 
 /// An open SSE response.
@@ -218,15 +264,7 @@ pub async fn open(
     };
     let headers_at = Instant::now();
     let headers = resp.headers().clone();
-    let decode = match header(&headers, "content-encoding")
-        .map(|v| v.trim().to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("") | Some("identity") => Decode::Identity,
-        Some("gzip") | Some("x-gzip") => Decode::Gzip(Box::new(GzDecoder::new(Vec::new()))),
-        Some("deflate") => Decode::Zlib(Box::new(ZlibDecoder::new(Vec::new()))),
-        Some(other) => Decode::Unknown(other.to_owned()),
-    };
+    let decode = Decode::for_encoding(header(&headers, "content-encoding"));
     Ok(Sse {
         status: resp.status().as_u16(),
         version: resp.version(),
@@ -261,11 +299,11 @@ impl Sse {
             if self.done {
                 return Next::End;
             }
-            if let Decode::Unknown(enc) = &self.decode {
+            if let Decode::Unknown(_) = &self.decode {
                 self.done = true;
-                return Next::Failed(format!(
-                    "the body is encoded with `{enc}`, which the doctor does not decode"
-                ));
+                if let Err(e) = self.decode.feed(&[]) {
+                    return Next::Failed(e);
+                }
             }
             let chunk = match tokio::time::timeout_at(deadline.into(), self.resp.chunk()).await {
                 Err(_) => return Next::Timeout,
@@ -280,22 +318,12 @@ impl Sse {
                 Ok(Ok(Some(c))) => c,
             };
             let at = Instant::now();
-            let plain: Vec<u8> = match &mut self.decode {
-                Decode::Identity | Decode::Unknown(_) => chunk.to_vec(),
-                Decode::Gzip(d) => match d.write_all(&chunk).and_then(|()| d.flush()) {
-                    Ok(()) => std::mem::take(d.get_mut()),
-                    Err(e) => {
-                        self.done = true;
-                        return Next::Failed(format!("gzip body: {e}"));
-                    }
-                },
-                Decode::Zlib(d) => match d.write_all(&chunk).and_then(|()| d.flush()) {
-                    Ok(()) => std::mem::take(d.get_mut()),
-                    Err(e) => {
-                        self.done = true;
-                        return Next::Failed(format!("deflate body: {e}"));
-                    }
-                },
+            let plain = match self.decode.feed(&chunk) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.done = true;
+                    return Next::Failed(e);
+                }
             };
             let queue = &mut self.queue;
             self.parser.feed(&plain, &mut |item| match item {
@@ -464,5 +492,75 @@ pub async fn ws_next(ws: &mut Ws, deadline: Instant) -> Result<serde_json::Value
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Frames as the codec parser reads them from decoded chunks, chunk by chunk.
+    fn frames(decode: &mut Decode, chunks: &[Vec<u8>]) -> Vec<Vec<String>> {
+        let mut parser = SseParser::new(MAX_EVENT_BYTES);
+        chunks
+            .iter()
+            .map(|c| {
+                let plain = decode.feed(c).unwrap();
+                let mut got = Vec::new();
+                parser.feed(&plain, &mut |item| {
+                    if let SseItem::Event(e) = item {
+                        got.push(format!("{} {}", e.last_event_id, e.event_type));
+                    }
+                });
+                got
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gzip_stream_is_read_chunk_by_chunk_as_it_arrives() {
+        use flate2::write::GzEncoder;
+        let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(b"id: 1\nevent: run.started\ndata: {}\n\n")
+            .unwrap();
+        enc.flush().unwrap(); // a sync flush, as nginx's gzip does per upstream buffer
+        let first = std::mem::take(enc.get_mut());
+        enc.write_all(b"id: 2\nevent: run.completed\ndata: {}\n\n")
+            .unwrap();
+        let second = enc.finish().unwrap();
+        let mut d = Decode::for_encoding(Some("gzip"));
+        assert_eq!(
+            frames(&mut d, &[first, second]),
+            vec![vec!["1 run.started"], vec!["2 run.completed"]]
+        );
+    }
+
+    #[test]
+    fn a_brotli_stream_is_read_chunk_by_chunk_as_it_arrives() {
+        // Node's zlib.createBrotliCompress(): ": hb" and event 1, BROTLI_OPERATION_FLUSH, then event 2 and the end.
+        let hex = |s: &str| {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+                .collect::<Vec<u8>>()
+        };
+        let first = hex("8b16803a2068620a0a69643a20310a6576656e743a2072756e2e737461727465640a646174613a207b2278223a317d0a0a");
+        let second = hex("4102805f5241a60f36e09c530d1afc3ce086330cf57c00");
+        let mut d = Decode::for_encoding(Some("br"));
+        assert_eq!(
+            frames(&mut d, &[first, second]),
+            vec![vec!["1 run.started"], vec!["2 run.completed"]]
+        );
+    }
+
+    #[test]
+    fn an_unknown_encoding_is_an_error_not_garbage() {
+        let mut d = Decode::for_encoding(Some("zstd"));
+        assert!(d.feed(b"x").unwrap_err().contains("zstd"));
+        assert!(matches!(
+            Decode::for_encoding(Some(" Identity ")),
+            Decode::Identity
+        ));
     }
 }
