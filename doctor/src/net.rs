@@ -3,7 +3,6 @@
 //! browser would (gzip, deflate), and a WebSocket client (tokio-tungstenite).
 
 use std::collections::VecDeque;
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -499,6 +498,7 @@ pub async fn ws_next(ws: &mut Ws, deadline: Instant) -> Result<serde_json::Value
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::io::Write as _;
 
     /// Frames as the codec parser reads them from decoded chunks, chunk by chunk.
     fn frames(decode: &mut Decode, chunks: &[Vec<u8>]) -> Vec<Vec<String>> {
