@@ -170,3 +170,57 @@ async fn main() -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_names_the_hop_and_adds_the_origins_own_errors() {
+        let mut public = Report::default();
+        public.error(Id::Buffering, "held");
+        public.error(Id::Heartbeat, "silent");
+        public.warn(Id::Http1, "HTTP/1.1");
+        let mut origin = Report::default();
+        origin.check(Id::Buffering);
+        origin.error(Id::Heartbeat, "silent too");
+        origin.error(Id::Snapshot, "differs");
+        origin.warn(Id::Http1, "plain http to the origin");
+        let r = compare(public, origin);
+        let msg = |id| {
+            r.findings
+                .iter()
+                .find(|f| f.id == id)
+                .unwrap()
+                .message
+                .clone()
+        };
+        assert!(msg(Id::Buffering).contains("the origin does not"));
+        assert!(msg(Id::Heartbeat).contains("the origin does the same"));
+        assert!(msg(Id::Snapshot).starts_with("[origin]"));
+        assert_eq!(
+            msg(Id::Http1),
+            "HTTP/1.1",
+            "the origin's hop is not the browser's"
+        );
+        assert_eq!(r.errors(), 3);
+    }
+
+    #[test]
+    fn usage_errors_and_flags() {
+        let args = |v: &[&str]| parse(v.iter().map(|s| s.to_string()).collect());
+        assert!(args(&[]).is_err());
+        assert!(args(&["ftp://x"]).is_err());
+        assert!(args(&["http://x", "--hold"]).is_err());
+        assert!(args(&["http://x", "--hold", "0"]).is_err());
+        assert!(args(&["http://x", "--bogus", "1"]).is_err());
+        let a = args(&["https://x/prefix/", "--hold", "6", "--run", "r1", "--json"]).unwrap();
+        assert_eq!(a.options.hold, Duration::from_secs(6));
+        assert_eq!(
+            a.base.stream("r 1"),
+            "https://x/prefix/api/stream/runs/r%201"
+        );
+        assert!(a.json && a.options.run.as_deref() == Some("r1"));
+    }
+}
