@@ -236,6 +236,17 @@ async function setUp() {
   const session = `doctor-test-session-${Date.now()}`;
   const token = jwt(secret, { sub: "doctor-test", runs: [created.run_id], sessions: [session] });
 
+  // A finished run of the replicas, for --run without a key.
+  const finished = await fetch(`http://127.0.0.1:${r0}/api/publish/runs`, {
+    method: "POST", headers: { Authorization: `Bearer ${KEY}`, "Content-Type": "application/json" }, body: "{}",
+  }).then((r) => r.json());
+  const ended = await fetch(`http://127.0.0.1:${r0}/api/publish/runs/${finished.run_id}/events`, {
+    method: "POST", headers: { Authorization: `Bearer ${KEY}`, "Content-Type": "application/json", "Idempotency-Key": "doctor-test-2" },
+    body: JSON.stringify({ events: [{ type: "run.started", payload: {} }, { type: "message.created", payload: { message_id: "m", role: "assistant", content: "hi" } },
+      { type: "message.completed", payload: { message_id: "m", finish_reason: "stop" } }, { type: "run.completed", payload: { status: "succeeded" } }] }),
+  });
+  assert.equal(ended.status, 200);
+
   const faults = ["omit-ids", "skip-id", "content-type", "no-heartbeat", "no-flush", "finished-200", "duplicate-sends"];
   for (const f of faults) {
     // 2 s heartbeats, but the held headers wait for a 15 s one, as a default Node server's do.
@@ -254,6 +265,7 @@ async function setUp() {
     timeout: doctor("timeout", front.timeout, [...key, ...HOLD]),
     cacheControl: doctor("cache-control", front.cacheControl, [...key, ...HOLD]),
     noKey: doctor("no-key", `http://127.0.0.1:${r0}`, [...HOLD]),
+    noKeyRun: doctor("no-key-run", `http://127.0.0.1:${r1}`, [...HOLD, "--run", finished.run_id]),
     usage: doctor("usage", "not-a-url", []),
   };
   for (const [f, s] of specs) jobs[`spec:${f}`] = doctor(`spec-${f}`, s.url, [...key, ...HOLD]);
@@ -354,6 +366,16 @@ test("without a publish key: checks what it can, lists what it skipped", { skip 
   const skipped = r.report.skipped.map((s) => s.id);
   for (const id of ["buffering", "send-idempotency", "cancel-idempotency", "idle-timeout"]) assert.ok(skipped.includes(id), `${id} skipped: ${skipped}`);
   for (const id of ["status-unknown", "websocket", "cors"]) assert.ok(r.report.checked.includes(id), `${id} checked`);
+});
+
+test("without a publish key, --run of a finished run: its framing, replays, snapshot and 204 are checked", { skip }, () => {
+  const r = runs.noKeyRun;
+  assert.deepEqual(errors(r), [], show(r));
+  assert.equal(r.code, 0);
+  for (const id of ["content-type", "cache-control", "compression", "missing-id", "id-not-dense", "envelope", "replay-header", "replay-query",
+    "status-finished", "snapshot", "websocket"]) assert.ok(r.report.checked.includes(id), `${id} checked: ${r.report.checked}`);
+  const skipped = r.report.skipped.map((s) => s.id);
+  for (const id of ["buffering", "idle-timeout", "heartbeat", "cancel-idempotency"]) assert.ok(skipped.includes(id), `${id} skipped: ${skipped}`);
 });
 
 test("usage errors exit 2", { skip }, () => {
