@@ -152,7 +152,8 @@ function doctor(name, base, args = []) {
     let err = "";
     p.stdout.on("data", (d) => (out += d));
     p.stderr.on("data", (d) => (err += d));
-    p.on("exit", (code) => {
+    // "close", not "exit": "exit" can come before the last stdout chunk is read.
+    p.on("close", (code) => {
       let report = null;
       try { report = JSON.parse(out); } catch {}
       writeFileSync(join(dir, `doctor-${name}.json`), out);
@@ -373,7 +374,7 @@ test("without a publish key, --run of a finished run: its framing, replays, snap
   assert.deepEqual(errors(r), [], show(r));
   assert.equal(r.code, 0);
   for (const id of ["content-type", "cache-control", "compression", "missing-id", "id-not-dense", "envelope", "replay-header", "replay-query",
-    "status-finished", "snapshot", "websocket"]) assert.ok(r.report.checked.includes(id), `${id} checked: ${r.report.checked}`);
+    "status-finished", "snapshot", "websocket", "auth"]) assert.ok(r.report.checked.includes(id), `${id} checked: ${r.report.checked}`);
   const skipped = r.report.skipped.map((s) => s.id);
   for (const id of ["buffering", "idle-timeout", "heartbeat", "cancel-idempotency"]) assert.ok(skipped.includes(id), `${id} skipped: ${skipped}`);
 });
