@@ -56,6 +56,8 @@ fi
 command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
 command -v redis-cli >/dev/null || apt_pkgs+=(redis-tools)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_pkgs+=(nginx)
+# caddy: the doctor's suite (tests/e2e/doctor.test.mjs) checks deploy/Caddyfile with Debian's caddy 2.6.
+command -v caddy >/dev/null || apt_pkgs+=(caddy)
 # openssl: tests/e2e/h2.test.mjs writes a self-signed certificate for nginx's HTTPS + HTTP/2 port.
 command -v openssl >/dev/null || apt_pkgs+=(openssl)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then

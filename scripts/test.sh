@@ -77,7 +77,8 @@ done
 
 # The reference server on a free loopback port, for the browser tests.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cargo build -q -p runstream-server >"$logs/server-build.log" 2>&1
+# runstream-doctor too: tests/e2e/doctor.test.mjs runs it against real set-ups (issue 30).
+cargo build -q -p runstream-server -p runstream-doctor >"$logs/server-build.log" 2>&1
 "$root/target/debug/runstream-server" --auth none --dev --record-frames 200000 --addr "127.0.0.1:$port" --www www --pkg pkg >"$logs/server.log" 2>&1 &
 server_pid=$!
 trap 'kill $server_pid 2>/dev/null' EXIT

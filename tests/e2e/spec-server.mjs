@@ -5,8 +5,17 @@
 // Control API for tests under /_ctl/. The snapshot reducer covers the run and
 // message events (the suites that use this server emit no worker events).
 // In-process: `const s = await startSpecServer(); s.url; await s.close()`.
-// Child: `node spec-server.mjs [--port 0] [--heartbeat-ms 15000]` prints its URL.
+// Child: `node spec-server.mjs [--port 0] [--heartbeat-ms 15000] [--publish-key K] [--fault NAME]…` prints its URL.
 // POST /_ctl/config {"pong": false} stops answering pings (a half-open socket).
+// `publishKey` (`--publish-key`) serves SERVER.md §1's publish API (create a run, append events with an
+// Idempotency-Key) for producers and runstream-doctor; without one those routes answer 404. Cancels
+// (PROTOCOL §8, run-wide and reply) are served on POST /api/runs/{id}/cancel.
+// `faults` (`--fault NAME`, repeatable; also POST /_ctl/config {"faults": [...]}) breaks one rule each,
+// for runstream-doctor's suite; none by default: "omit-ids" (frames without `id:`), "skip-id" (ids jump
+// by one from the 3rd event on), "content-type" (text/plain), "no-heartbeat", "no-flush" (headers wait
+// for the first write, as Node's res.writeHead does without flushHeaders), "finished-200" (a finished run
+// with nothing to replay answers 200, not 204), "duplicate-sends" (a repeated client_request_id makes a
+// second message).
 import http from "node:http";
 import { readFile } from "node:fs/promises";
 import { join, dirname, normalize, extname } from "node:path";
@@ -17,8 +26,14 @@ const here = dirname(fileURLToPath(import.meta.url));
 const TYPES = { ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".html": "text/html; charset=utf-8", ".json": "application/json", ".ts": "text/plain" };
 const CSP = "script-src 'self' 'wasm-unsafe-eval'";
 
-export async function startSpecServer({ port = 0, heartbeatMs = 15000, pkgDir = join(here, "../../pkg"), wwwDir = join(here, "spec-www") } = {}) {
-  const cfg = { heartbeatMs };
+export const FAULTS = ["omit-ids", "skip-id", "content-type", "no-heartbeat", "no-flush", "finished-200", "duplicate-sends"];
+
+export async function startSpecServer({ port = 0, heartbeatMs = 15000, publishKey = null, faults = [], pkgDir = join(here, "../../pkg"), wwwDir = join(here, "spec-www") } = {}) {
+  for (const f of faults) if (!FAULTS.includes(f)) throw new Error(`unknown fault ${f}: one of ${FAULTS.join(", ")}`);
+  const cfg = { heartbeatMs, faults };
+  const fault = (name) => cfg.faults.includes(name);
+  const published = new Map(); // `${run_id} ${Idempotency-Key}` → {body, answer}
+  const cancels = new Map(); // `${run_id} ${target}` → event_id of the first request
   const runs = new Map(); // run_id → {id, session, log, conns}
   const sessions = new Map(); // session_id → run_id
   const sends = []; // every send received: {session, client_request_id, content, transport, auth, status}
@@ -40,11 +55,12 @@ export async function startSpecServer({ port = 0, heartbeatMs = 15000, pkgDir = 
     return c;
   }
   function snapshot(run) {
-    const st = { run_id: run.id, cursor: run.log.length, status: "pending", workers: [], messages: [], supervisor: { completed: false, summary: null } };
+    const st = { run_id: run.id, cursor: run.log.length, status: "pending", workers: [], messages: [], supervisor: { completed: false, summary: null }, cancel_requested: false };
     for (const { type, payload: p } of run.log) {
       const m = st.messages.find((x) => x.message_id === p.message_id);
       if (type === "run.started") st.status = "running";
       else if (type === "run.completed") st.status = p.status;
+      else if (type === "run.cancel_requested" && !p.reply_to) st.cancel_requested = true;
       else if (type === "supervisor.completed") st.supervisor = { completed: true, summary: p.summary ?? null };
       else if (type === "message.created" && !m) st.messages.push({ message_id: p.message_id, client_request_id: p.client_request_id, reply_to: p.reply_to, role: p.role, content: p.content ?? "", status: "streaming" });
       else if (type === "message.delta" && m) m.content += p.delta;
@@ -66,12 +82,31 @@ export async function startSpecServer({ port = 0, heartbeatMs = 15000, pkgDir = 
       return [(rec.status = 503), { error: "unavailable" }];
     }
     rec.status = 202;
-    if (accepted.has(crid)) return [202, accepted.get(crid)];
-    const ans = { message_id: `m_user_${accepted.size + 1}`, run_id: run.id };
-    accepted.set(crid, ans);
+    if (accepted.has(crid) && !fault("duplicate-sends")) return [202, accepted.get(crid)];
+    const ans = { message_id: `m_user_${run.log.length + 1}`, run_id: run.id };
+    if (!accepted.has(crid)) accepted.set(crid, ans);
     rec.first = true;
     append(run, "message.created", { message_id: ans.message_id, role: "user", client_request_id: crid, content: body.content });
     return [202, ans];
+  }
+
+  /** A cancel (PROTOCOL §8): [status, body]; one event per target, repeats answer its id. */
+  function cancel(run, body) {
+    if (!run) return [404, { error: "unknown run" }];
+    const crid = body?.client_request_id;
+    if (typeof crid !== "string" || !crid) return [400, { error: "client_request_id required" }];
+    const target = body.reply_to ? `reply ${body.reply_to}` : "run";
+    const key = `${run.id} ${target}`;
+    if (cancels.has(key)) return [202, { run_id: run.id, event_id: cancels.get(key) }];
+    const reply = body.reply_to && run.log.find((e) => e.type === "message.created" && e.payload.reply_to === body.reply_to);
+    const replyDone = reply && run.log.some((e) => (e.type === "message.completed" || e.type === "message.failed") && e.payload.message_id === reply.payload.message_id);
+    if (done(run) || replyDone) return [409, { run_id: run.id, status: "finished" }];
+    const payload = { client_request_id: crid };
+    if (body.reason) payload.reason = body.reason;
+    if (body.reply_to) payload.reply_to = body.reply_to;
+    const ev = append(run, "run.cancel_requested", payload);
+    cancels.set(key, ev.event_id);
+    return [202, { run_id: run.id, event_id: ev.event_id }];
   }
 
   async function ctl(req, res, parts, body) {
@@ -106,12 +141,16 @@ export async function startSpecServer({ port = 0, heartbeatMs = 15000, pkgDir = 
   function sse(req, res, run, url) {
     const raw = req.headers["last-event-id"] ?? url.searchParams.get("last_event_id") ?? "0";
     const last = /^\d+$/.test(raw) ? Number(raw) : 0;
-    if (done(run) && last >= run.log.length) return res.writeHead(204).end();
-    res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no" });
-    res.flushHeaders(); // headers only: no first byte until the first heartbeat
-    const frame = (e) => res.write(`id: ${e.event_id}\nevent: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`);
+    if (done(run) && last >= run.log.length && !fault("finished-200")) return res.writeHead(204).end();
+    res.writeHead(200, { "Content-Type": fault("content-type") ? "text/plain" : "text/event-stream", "Cache-Control": "no-store, no-transform", "X-Accel-Buffering": "no" });
+    if (!fault("no-flush")) res.flushHeaders(); // headers only: no first byte until the first heartbeat
+    const frame = (e) => {
+      const id = fault("skip-id") && e.event_id >= 3 ? e.event_id + 1 : e.event_id;
+      const data = JSON.stringify({ ...e, event_id: id });
+      res.write(`${fault("omit-ids") ? "" : `id: ${id}\n`}event: ${e.type}\ndata: ${data}\n\n`);
+    };
     const c = open(run, "sse", last, (e) => { frame(e); if (e.type === "run.completed") res.end(); }, () => res.end());
-    const hb = setInterval(() => res.write(": hb\n\n"), cfg.heartbeatMs);
+    const hb = setInterval(() => fault("no-heartbeat") || res.write(": hb\n\n"), cfg.heartbeatMs);
     res.on("close", () => { clearInterval(hb); c.closed = Date.now(); });
     run.log.slice(last).forEach(frame);
     if (done(run)) res.end();
@@ -163,6 +202,38 @@ export async function startSpecServer({ port = 0, heartbeatMs = 15000, pkgDir = 
       return run ? json(res, 200, snapshot(run)) : json(res, 404, { error: "unknown run" });
     }
     if ((m = p.match(/^\/api\/chat\/([^/]+)\/messages$/)) && req.method === "POST") return json(res, ...accept(decodeURIComponent(m[1]), body, "http", req.headers.authorization));
+    if ((m = p.match(/^\/api\/runs\/([^/]+)\/cancel$/)) && req.method === "POST") return json(res, ...cancel(runs.get(decodeURIComponent(m[1])), body));
+    if (p.startsWith("/api/publish/")) {
+      if (!publishKey) return json(res, 404, { error: "no publish API" });
+      if (req.headers.authorization !== `Bearer ${publishKey}`) return json(res, 401, { error: "publish key" });
+      if (p === "/api/publish/runs" && req.method === "POST") {
+        const id = body.run_id || `run_${Math.random().toString(36).slice(2, 10)}`;
+        if (runs.has(id)) return json(res, 200, { run_id: id });
+        const session = body.session_id || id;
+        runs.set(id, { id, session, log: [], conns: [] });
+        if (!sessions.has(session)) sessions.set(session, id);
+        return json(res, 201, { run_id: id });
+      }
+      if ((m = p.match(/^\/api\/publish\/runs\/([^/]+)\/events$/)) && req.method === "POST") {
+        const run = runs.get(decodeURIComponent(m[1]));
+        const key = req.headers["idempotency-key"];
+        if (!run) return json(res, 404, { error: "unknown run" });
+        if (!key) return json(res, 400, { error: "Idempotency-Key required" });
+        const seen = published.get(`${run.id} ${key}`);
+        const text = JSON.stringify(body);
+        if (seen) return seen.body === text ? json(res, 200, seen.answer) : json(res, 422, { error: "another body for this key" });
+        if (done(run)) return json(res, 409, { run_id: run.id, status: "finished" });
+        const events = Array.isArray(body.events) ? body.events : [];
+        const bad = events.findIndex((e) => typeof e?.type !== "string" || e.type === "snapshot" || typeof e.payload !== "object" || e.payload === null);
+        if (!events.length || bad >= 0) return json(res, 400, { error: `invalid event ${bad}` });
+        const first = run.log.length + 1;
+        for (const e of events) append(run, e.type, e.payload);
+        const answer = { first_event_id: first, last_event_id: run.log.length };
+        published.set(`${run.id} ${key}`, { body: text, answer });
+        return json(res, 200, answer);
+      }
+      return json(res, 404, { error: "unknown publish route" });
+    }
     const [dir, rel] = p.startsWith("/pkg/") ? [pkgDir, p.slice(5)] : [wwwDir, p === "/" ? "harness.html" : p.slice(1)];
     const file = normalize(join(dir, rel));
     if (!file.startsWith(dir)) return json(res, 403, { error: "forbidden" });
@@ -192,6 +263,8 @@ function json(res, status, body) {
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const arg = (k, d) => { const i = process.argv.indexOf(k); return i > 0 ? Number(process.argv[i + 1]) : d; };
-  const s = await startSpecServer({ port: arg("--port", 0), heartbeatMs: arg("--heartbeat-ms", 15000) });
+  const str = (k) => { const i = process.argv.indexOf(k); return i > 0 ? process.argv[i + 1] : null; };
+  const faults = process.argv.flatMap((a, i) => (a === "--fault" ? [process.argv[i + 1]] : []));
+  const s = await startSpecServer({ port: arg("--port", 0), heartbeatMs: arg("--heartbeat-ms", 15000), publishKey: str("--publish-key"), faults });
   console.log(s.url);
 }
