@@ -1002,7 +1002,11 @@ export function createRunstream(options: RunstreamOptions): Runstream {
       } catch {
         return;
       }
-      if (p !== path) return; // another listener's path
+      if (p !== path) {
+        // Another listener's path; with no other listener, refuse instead of leaving the socket hanging.
+        if (server.listenerCount("upgrade") <= 1) socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        return;
+      }
       wss.handleUpgrade(req, socket, head, (ws) => session(ws, req));
     };
     server.on("upgrade", onUpgrade);
