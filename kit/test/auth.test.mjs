@@ -10,7 +10,7 @@ import { generateKeyPairSync } from "node:crypto";
 import { startKit, call, sse, wsClient, token, noneToken, ev, sleep, SECRET } from "./helpers.mjs";
 import { jwtAuth } from "../dist/index.js";
 
-const KEY = "the-publish-key";
+const KEY = "the-publish-key-of-tests";
 let kit;
 let runA; // alice's run (in her token's `runs`)
 let runB; // bob's run
@@ -203,4 +203,5 @@ test("SERVER.md §2 authorize(ctx): allow/unauthorized/forbidden (or a Promise);
 test("SERVER.md §2: createRunstream without an auth choice refuses to start", async () => {
   const { createRunstream, memoryStore } = await import("../dist/index.js");
   assert.throws(() => createRunstream({ store: memoryStore() }), /choose `auth`/);
+  assert.throws(() => createRunstream({ store: memoryStore(), auth: "none", publishKey: "short" }), /at least 16 bytes/);
 });
