@@ -595,8 +595,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           const onAbort = (): void => finish("abort");
           const hb = setTimeout(() => finish("heartbeat"), heartbeatMs);
           const exp = untilMs !== undefined ? setTimeout(() => finish("expired"), Math.max(0, untilMs - Date.now())) : null;
-          signal.addEventListener("abort", onAbort, { once: true });
           wake = () => finish("wake");
+          // Aborted while the frames above were written: do not wait for the next heartbeat.
+          if (signal.aborted) finish("abort");
+          else signal.addEventListener("abort", onAbort, { once: true });
         });
         if (woke === "abort") continue;
         if (woke === "expired") return "expired";
@@ -635,6 +637,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     life.signal.addEventListener("abort", onLife, { once: true });
     request.signal?.addEventListener("abort", () => stop.abort(), { once: true });
     let pulled: (() => void) | null = null;
+    let slow = false;
     log("stream.open", { run_id: runId, transport: "sse", last_event_id: last, replay: behind(meta, last), sub: g.subject });
     const body = new ReadableStream<Uint8Array>(
       {
@@ -652,7 +655,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
               };
             });
             pulled = null;
-            if (!ok) stop.abort();
+            if (!ok) {
+              slow = true;
+              stop.abort();
+            }
           };
           const sink: Sink = {
             event: (ev, id, type) => emit(`id: ${id}\nevent: ${type}\ndata: ${ev}\n\n`),
@@ -666,9 +672,12 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           controller.enqueue(enc.encode(options.retryMs !== undefined ? `retry: ${options.retryMs}\n\n` : ": open\n\n"));
           void produce(runId, last, sink, stop.signal, g.expiresAtMs, true).then((reason) => {
             life.signal.removeEventListener("abort", onLife);
-            log("stream.close", { run_id: runId, transport: "sse", reason });
+            log("stream.close", { run_id: runId, transport: "sse", reason: slow ? "slow_client" : reason });
             try {
-              controller.close();
+              // A client that stopped reading is disconnected, its queued frames dropped
+              // (an errored body aborts the response); otherwise the stream ends cleanly.
+              if (slow) controller.error(new Error("slow client"));
+              else controller.close();
             } catch {
               // Already cancelled by the client.
             }
@@ -992,20 +1001,28 @@ export function createRunstream(options: RunstreamOptions): Runstream {
         const { done, value } = await reader.read();
         if (done) break;
         if (!res.write(value)) {
-          await new Promise<void>((resolve) => {
-            const fin = (): void => {
-              res.off("drain", fin);
-              res.off("close", fin);
-              resolve();
+          // The client is not reading: wait for it, at most slowClientMs, then drop it.
+          const drained = await new Promise<boolean>((resolve) => {
+            const fin = (ok: boolean): void => {
+              clearTimeout(t);
+              res.off("drain", onDrain);
+              res.off("close", onDrain);
+              resolve(ok);
             };
-            res.on("drain", fin);
-            res.on("close", fin);
+            const onDrain = (): void => fin(true);
+            const t = setTimeout(() => fin(false), slowClientMs);
+            res.on("drain", onDrain);
+            res.on("close", onDrain);
           });
+          if (!drained) throw new Error("slow client");
         }
         if (res.destroyed) break;
       }
     } catch {
-      // The client went away.
+      // The body failed (a slow client is dropped) or the client went away:
+      // close the connection without waiting for unsent bytes.
+      res.destroy();
+      return;
     }
     res.end();
   }
