@@ -369,3 +369,28 @@ test("SERVER.md §1 bounded: an SSE client that stops reading is disconnected af
     await k.close();
   }
 });
+
+test("memoryStore bounds: sends remembered per run (maxSendsPerRun, drop-oldest), long-poll sends (maxSends), runs (maxRuns: oldest finished first, else 503)", async () => {
+  const { memoryStore } = await import("../dist/index.js");
+  const s = memoryStore({ maxSendsPerRun: 2, maxSends: 2, maxRuns: 2 });
+  const a = await s.send("s", "c1", "x");
+  await s.send("s", "c2", "x");
+  assert.equal((await s.send("s", "c2", "x")).messageId, (await s.send("s", "c2", "x")).messageId);
+  await s.send("s", "c3", "x");
+  const again = await s.send("s", "c1", "x");
+  assert.ok(again.fresh && again.messageId !== a.messageId, "c1 fell out of the bound: taken as new");
+  const { sends } = await s.sendsAfter(null, 10, 0);
+  assert.deepEqual(sends.map((x) => x.clientRequestId), ["c3", "c1"]);
+  await s.create("r2", { kind: "task" });
+  await assert.rejects(s.create("r3", { kind: "task" }), (e) => e.name === "StoreError");
+  await s.append("r2", "run.completed", { status: "succeeded" });
+  assert.equal(await s.create("r3", { kind: "task" }), true, "the finished run made room");
+  assert.equal(await s.meta("r2"), null);
+  const k = await startKit({ store: s });
+  try {
+    const r = await call(k.base, "POST", "/api/chat/s9/messages", { body: { client_request_id: "c", content: "x" } });
+    assert.deepEqual([r.status, r.headers.get("retry-after")], [503, "1"], "a full store answers 503, retried");
+  } finally {
+    await k.close();
+  }
+});
