@@ -556,11 +556,13 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn worker()(id in text(), job in prop::option::of(text()), name in prop::option::of(text()),
+    fn worker()(id in text(), jobs in prop::collection::vec(text(), 0..3), name in prop::option::of(text()),
                 s in 0..6u8, tools in prop::collection::vec(tool(), 0..3)) -> Worker {
         Worker {
             worker_id: id,
-            job_id: job,
+            // The reducer's form (RunState::reindex): the latest job is among `job_ids`.
+            job_id: jobs.last().cloned(),
+            job_ids: jobs,
             name,
             status: [WorkerStatus::Pending, WorkerStatus::Running, WorkerStatus::Succeeded,
                      WorkerStatus::Failed, WorkerStatus::Cancelled, WorkerStatus::Unknown][s as usize],

@@ -66,8 +66,18 @@ pub struct Tool {
 #[allow(missing_docs)]
 pub struct Worker {
     pub worker_id: String,
+    /// The worker's latest job (PROTOCOL §6).
     #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub job_id: Option<String>,
+    /// Every job the worker was given, in assignment order: the `job_id →
+    /// worker_id` mappings a snapshot or a stored record carries (PROTOCOL
+    /// §6). Bounded by [`MAX_JOBS_PER_WORKER`] (oldest dropped, with its
+    /// mapping).
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
+    pub job_ids: Vec<String>,
     #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub name: Option<String>,
     #[cfg_attr(
@@ -81,6 +91,12 @@ pub struct Worker {
     )]
     pub tools: Vec<Tool>,
 }
+
+/// Jobs remembered per worker (`job_ids`, PROTOCOL §6): beyond it the
+/// oldest job and its `job_id → worker_id` mapping are dropped, so a late
+/// job-only event of that job is parked like one of an unknown job (and
+/// reconciled at the run's end).
+pub const MAX_JOBS_PER_WORKER: usize = 256;
 
 /// A chat message.
 #[derive(Debug, Clone, PartialEq)]
@@ -366,12 +382,23 @@ impl RunState {
         }
     }
 
-    /// Rebuilds the lookup tables after the vectors were replaced.
+    /// Rebuilds the lookup tables after the vectors were replaced. A
+    /// worker's `job_ids` (PROTOCOL §6) is brought to the reducer's form
+    /// first: the latest `job_id` is among them (a server that omits
+    /// `job_ids` sends `job_id` alone), and at most [`MAX_JOBS_PER_WORKER`]
+    /// are kept (the latest).
     pub fn reindex(&mut self) {
         let mut ix = Index::default();
-        for (i, w) in self.workers.iter().enumerate() {
-            ix.workers.insert(w.worker_id.clone(), i);
+        for (i, w) in self.workers.iter_mut().enumerate() {
             if let Some(j) = &w.job_id {
+                if !w.job_ids.contains(j) {
+                    w.job_ids.push(j.clone());
+                }
+            }
+            let excess = w.job_ids.len().saturating_sub(MAX_JOBS_PER_WORKER);
+            w.job_ids.drain(..excess);
+            ix.workers.insert(w.worker_id.clone(), i);
+            for j in &w.job_ids {
                 ix.jobs.get_or_insert_with(j, || w.worker_id.clone());
             }
         }
@@ -380,8 +407,7 @@ impl RunState {
     }
 
     /// Rebuilds the message tables only (messages moved or gained ids; the
-    /// workers did not change, and the `job → worker` mappings learned from
-    /// events, a worker's second job among them, stay).
+    /// workers and their `job → worker` mappings did not change).
     pub fn reindex_messages(&mut self) {
         let ix = &mut self.index;
         ix.messages = StrMap::default();
@@ -677,17 +703,24 @@ impl RunState {
         }
     }
 
-    /// Records `job → worker` if `job` is given and not mapped yet; returns it when newly learned.
+    /// Records `job → worker` if `job` is given and not mapped yet (the
+    /// worker's `job_ids` and latest `job_id`); returns it when newly learned.
     fn map_job(&mut self, worker_id: &str, job: Option<&str>) -> Option<String> {
         let job = job?;
         if self.index.jobs.contains_key(job) {
             return None;
         }
         self.index.jobs.insert(job.to_owned(), worker_id.to_owned());
+        let mut dropped = None;
         if let Some(w) = self.worker_mut(worker_id) {
-            if w.job_id.is_none() {
-                w.job_id = Some(job.to_owned());
+            w.job_id = Some(job.to_owned());
+            if w.job_ids.len() >= MAX_JOBS_PER_WORKER {
+                dropped = Some(w.job_ids.remove(0));
             }
+            w.job_ids.push(job.to_owned());
+        }
+        if let Some(old) = dropped {
+            self.index.jobs.remove(&old);
         }
         Some(job.to_owned())
     }
@@ -718,6 +751,7 @@ impl RunState {
                 self.workers.push(Worker {
                     worker_id: worker_id.to_owned(),
                     job_id: None,
+                    job_ids: Vec::new(),
                     name: None,
                     status: WorkerStatus::Pending,
                     tools: Vec::new(),

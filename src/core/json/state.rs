@@ -5,7 +5,8 @@
 //! Reading follows the serde derives the native build keeps (checked by
 //! `tests/json.rs`): unknown fields are ignored; a missing optional field
 //! and `null` are the same (PROTOCOL §6); `run_id` (state), `worker_id`,
-//! `tool_call_id` and `role` are required strings; numbers must be `u64`
+//! `tool_call_id` and `role` are required strings; `job_ids` an array of
+//! strings (or `null`); numbers must be `u64`
 //! integers (`cursor`); statuses must be known names. One difference: serde
 //! also accepts a struct written as a JSON array of its fields in order;
 //! this reader accepts only objects (no server writes arrays). A duplicated
@@ -93,13 +94,22 @@ fn tool(s: &mut Scanner<'_>) -> Result<Tool, Bad> {
     })
 }
 
+fn job_id(s: &mut Scanner<'_>) -> Result<String, Bad> {
+    match s.peek().map_err(json)? {
+        Token::String => s.string().map(|c| c.into_owned()).map_err(json),
+        _ => Err("`job_ids` must be an array of strings"),
+    }
+}
+
 fn worker(s: &mut Scanner<'_>) -> Result<Worker, Bad> {
     object(s, "a worker must be an object")?;
     let mut w = (None, None, None, WorkerStatus::default(), Vec::new());
+    let mut job_ids = Vec::new();
     while let Some(k) = s.key().map_err(json)? {
         match &*k {
             "worker_id" => w.0 = opt_string(s, "`worker_id` must be a string")?,
             "job_id" => w.1 = opt_string(s, "`job_id` must be a string")?,
+            "job_ids" => job_ids = list(s, job_id, "`job_ids` must be an array of strings")?,
             "name" => w.2 = opt_string(s, "worker `name` must be a string")?,
             "status" => w.3 = status(s, worker_status, "unknown worker status")?,
             "tools" => w.4 = list(s, tool, "`tools` must be an array")?,
@@ -109,6 +119,7 @@ fn worker(s: &mut Scanner<'_>) -> Result<Worker, Bad> {
     Ok(Worker {
         worker_id: w.0.ok_or("missing field `worker_id`")?,
         job_id: w.1,
+        job_ids,
         name: w.2,
         status: w.3,
         tools: w.4,
@@ -327,6 +338,11 @@ pub(crate) fn write_state_with(
         w.begin_object();
         w.key("worker_id").str(&wk.worker_id);
         w.key("job_id").opt_str(wk.job_id.as_deref());
+        w.key("job_ids").begin_array();
+        for j in &wk.job_ids {
+            w.str(j);
+        }
+        w.end_array();
         w.key("name").opt_str(wk.name.as_deref());
         w.key("status").str(wk.status.as_str());
         w.key("tools").begin_array();
