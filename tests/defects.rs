@@ -2465,3 +2465,64 @@ fn i29_job_ids_are_bounded_per_worker() {
     assert_eq!(e.parked(), 1);
     assert_eq!(e.state().workers[0].tools.len(), 1);
 }
+
+// ---- issue 29: a message role outside PROTOCOL §4's four, in a snapshot ------------
+
+/// A §6 state whose one message has role `role`.
+fn state_with_role(role: &str) -> serde_json::Value {
+    json!({"run_id": RUN, "cursor": 3, "status": "running", "workers": [],
+        "messages": [{"message_id": "m1", "role": role, "content": "hi", "status": "completed"}]})
+}
+
+/// PROTOCOL §4 types `role` as `"user"|"assistant"|"system"|"tool"`; a
+/// `message.created` with another role is a counted protocol error and is
+/// not applied. The same role in a snapshot (a `snapshot` event, or the
+/// snapshot endpoint's body) is the same error: counted, the state is not
+/// replaced. (It was kept as an untyped string, so the JS `role` union lied.)
+#[test]
+fn i29_a_role_outside_the_union_in_a_snapshot_is_a_counted_protocol_error() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let snap = |role: &str| {
+        json!({"event_id": 3, "run_id": RUN, "type": "snapshot",
+            "timestamp": "2026-11-22T12:00:00Z", "payload": {"state": state_with_role(role)}})
+        .to_string()
+    };
+    e.handle_bytes(2.0, conn, &sse_frame(&snap("robot")));
+    assert_eq!(e.metrics().protocol_errors, 1);
+    assert!(e.state().messages.is_empty());
+    assert_eq!(e.cursor(), 0);
+    // Like in an event.
+    e.handle_bytes(
+        2.0,
+        conn,
+        &sse_frame(&envelope(
+            1,
+            "message.created",
+            json!({"message_id": "m0", "role": "robot"}),
+        )),
+    );
+    assert_eq!(e.metrics().protocol_errors, 2);
+    assert!(e.state().messages.is_empty());
+    // Each of the four is accepted.
+    for (i, role) in ["user", "assistant", "system", "tool"].iter().enumerate() {
+        let (mut e, conn) = open(cfg(), [1, 1]);
+        e.handle_bytes(2.0, conn, &sse_frame(&snap(role)));
+        assert_eq!(e.metrics().protocol_errors, 0, "{i}: {role}");
+        assert_eq!(e.state().messages[0].role.as_str(), *role);
+    }
+
+    // The snapshot endpoint's body.
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
+    e.handle_response(1.0, conn, 204, None, true);
+    assert!(drain(&mut e).contains(&Action::FetchSnapshot));
+    let body = json!({"run_id": RUN, "event_id": 3, "state": state_with_role("robot")});
+    e.handle_snapshot(2.0, Ok(&body.to_string()));
+    assert_eq!(e.metrics().protocol_errors, 1);
+    assert!(e.state().messages.is_empty());
+    // An HTTP failure of the endpoint is not a protocol error.
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
+    e.handle_response(1.0, conn, 204, None, true);
+    drain(&mut e);
+    e.handle_snapshot(2.0, Err("HTTP 503".into()));
+    assert_eq!(e.metrics().protocol_errors, 0);
+}

@@ -24,7 +24,7 @@ use super::envelope::EventKind;
 use super::error::ReducerError;
 #[cfg(not(target_arch = "wasm32"))]
 use super::error::SnapshotError;
-pub use super::vocab::{MessageStatus, RunStatus, ToolStatus, WorkerStatus};
+pub use super::vocab::{MessageRole, MessageStatus, RunStatus, ToolStatus, WorkerStatus};
 
 /// PROTOCOL §6: a missing optional field and one that is `null` are the same
 /// (treated as absent), so other servers' `null`s never reject a snapshot.
@@ -114,7 +114,7 @@ pub struct Message {
     pub client_request_id: Option<String>,
     #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub reply_to: Option<String>,
-    pub role: String,
+    pub role: MessageRole,
     #[cfg_attr(
         not(target_arch = "wasm32"),
         serde(default, deserialize_with = "null_as_default")
@@ -684,7 +684,7 @@ impl RunState {
             let was_final = matches!(m.status, MessageStatus::Completed | MessageStatus::Failed);
             let was_failed = m.status == MessageStatus::Failed;
             m.status = status;
-            if m.role == "user" {
+            if m.role == MessageRole::User {
                 // A user's message is not a reply: it ends no wait, except
                 // its own when the server fails it (no reply will come).
                 if let (MessageStatus::Failed, false, Some(c)) =
@@ -784,7 +784,7 @@ impl RunState {
             message_id: Some(message_id.to_owned()),
             client_request_id: None,
             reply_to: None,
-            role: "assistant".to_owned(),
+            role: MessageRole::Assistant,
             content: String::new(),
             status: MessageStatus::Streaming,
         });
@@ -798,7 +798,7 @@ impl RunState {
     fn message_created(
         &mut self,
         message_id: String,
-        role: String,
+        role: MessageRole,
         client_request_id: Option<String>,
         reply_to: Option<String>,
         content: Option<String>,
@@ -830,7 +830,7 @@ impl RunState {
                     }
                 }
                 if was_optimistic {
-                    m.status = if m.role == "assistant" {
+                    m.status = if m.role == MessageRole::Assistant {
                         MessageStatus::Streaming
                     } else {
                         MessageStatus::Completed
@@ -846,7 +846,7 @@ impl RunState {
             }
             return;
         }
-        let status = if role == "assistant" {
+        let status = if role == MessageRole::Assistant {
             MessageStatus::Streaming
         } else {
             MessageStatus::Completed
@@ -1068,7 +1068,7 @@ mod tests {
         };
         let created = |m: &str| EventKind::MessageCreated {
             message_id: m.into(),
-            role: "assistant".into(),
+            role: MessageRole::Assistant,
             client_request_id: None,
             reply_to: None,
             content: None,
@@ -1218,7 +1218,7 @@ mod tests {
     fn created(id: &str, role: &str, crid: Option<&str>, reply_to: Option<&str>) -> EventKind {
         EventKind::MessageCreated {
             message_id: id.into(),
-            role: role.into(),
+            role: MessageRole::parse(role).unwrap(),
             client_request_id: crid.map(Into::into),
             reply_to: reply_to.map(Into::into),
             content: if role == "user" {
@@ -1237,7 +1237,7 @@ mod tests {
                 message_id: None,
                 client_request_id: Some(c.into()),
                 reply_to: None,
-                role: "user".into(),
+                role: MessageRole::User,
                 content: format!("local {c}"),
                 status: MessageStatus::Sending,
             });
@@ -1357,7 +1357,7 @@ mod tests {
             message_id: Some("m1".into()),
             client_request_id: None,
             reply_to: None,
-            role: "assistant".into(),
+            role: MessageRole::Assistant,
             content: "old".into(),
             status: MessageStatus::Streaming,
         });
@@ -1365,7 +1365,7 @@ mod tests {
             message_id: None,
             client_request_id: Some("c9".into()),
             reply_to: None,
-            role: "user".into(),
+            role: MessageRole::User,
             content: "pending".into(),
             status: MessageStatus::Sending,
         });
@@ -1375,7 +1375,7 @@ mod tests {
             message_id: Some("m0".into()),
             client_request_id: None,
             reply_to: None,
-            role: "system".into(),
+            role: MessageRole::System,
             content: "new".into(),
             status: MessageStatus::Completed,
         });
@@ -1383,7 +1383,7 @@ mod tests {
             message_id: Some("m1".into()),
             client_request_id: None,
             reply_to: None,
-            role: "assistant".into(),
+            role: MessageRole::Assistant,
             content: "old and more".into(),
             status: MessageStatus::Completed,
         });

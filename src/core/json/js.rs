@@ -66,7 +66,7 @@ impl ToJson for Message {
         w.key("clientRequestId")
             .opt_str(self.client_request_id.as_deref());
         w.key("replyTo").opt_str(self.reply_to.as_deref());
-        w.key("role").str(&self.role);
+        w.key("role").str(self.role.as_str());
         w.key("content").str(&self.content);
         w.key("status").str(self.status.as_str());
         w.end_object();
