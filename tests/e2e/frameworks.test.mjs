@@ -266,3 +266,43 @@ test("vue composable during server rendering: no wasm loading, no unhandled reje
   assert.deepEqual(out, { fetches: 0, rejections: [], html: "<p>null</p>", store: [null, null] });
   rmSync(dir, { recursive: true, force: true });
 });
+
+// Issue 29: "React StrictMode is tested in a development build (double mount:
+// one connection, no leak)". StrictMode mounts, unmounts and mounts every
+// component again only in React's development build (scripts/examples.sh
+// builds the React example once more with NODE_ENV=development into
+// dist/dev); the production build above never double-mounts.
+test("react example in a development build: StrictMode's double mount makes one connection per run and leaks none", async () => {
+  if (!existsSync(new URL("../../www/examples/react/dist/dev/index.html", import.meta.url))) {
+    assert.fail("www/examples/react/dist/dev is missing: run ./scripts/examples.sh");
+  }
+  const { run_id } = await api("POST", "/api/admin/runs", { seed: 7, workers: 3, speed: 1 });
+  const session = `chat_dev_${run_id}`;
+  await api("POST", "/api/admin/runs", { kind: "chat", run_id: session });
+  const page = await browser.newPage();
+  const errors = watchErrors(page);
+  const consoleLines = [];
+  page.on("console", (m) => consoleLines.push(m.text()));
+  await page.goto(`${server}/examples/react/dist/dev/index.html?run=${run_id}&session=${session}`);
+  await page.waitForSelector('[data-testid="workers"] li', { timeout: 15000 });
+  await page.waitForTimeout(500);
+  // React's development build says so on the console (the production build never does).
+  assert.ok(consoleLines.some((l) => l.includes("React DevTools")), `a development build of React: ${JSON.stringify(consoleLines)}`);
+  for (const run of [run_id, session]) {
+    const st = await stats(run);
+    assert.equal(st.connections_total, 1, `${run}: one connection through StrictMode's double mount`);
+    assert.equal(st.connections_open, 1, `${run}: open`);
+  }
+  // Unmount closes every stream (nothing left open by the discarded first mount); remount opens one per run.
+  await page.click('[data-testid="toggle"]');
+  await until(async () => (await stats(session)).connections_open === 0, 5000);
+  assert.equal((await stats(session)).connections_open, 0, "unmount closed the chat stream");
+  await page.click('[data-testid="toggle"]');
+  await until(async () => (await stats(session)).connections_open === 1, 5000);
+  await page.waitForTimeout(500);
+  const after = await stats(session);
+  assert.equal(after.connections_open, 1);
+  assert.equal(after.connections_total, 2, "a remount under StrictMode makes exactly one connection");
+  assert.deepEqual(errors, []);
+  await page.close();
+});
