@@ -28,6 +28,8 @@ const freePort = () => new Promise((res) => {
 
 // Section 8: concurrent streams, and the length of each run they follow (s).
 const S = smoke ? { streams: 12, streamSeconds: 2 } : { streams: 12, streamSeconds: 6 };
+// Section 5's guard: the core package's size (wasm + glue + snippets, gzip -9), bytes.
+const SIZE_GUARD_GZ = 127_480;
 // --only 8: run only these sections (comma-separated; see `sections`).
 const onlyArg = process.argv.indexOf("--only");
 const only = onlyArg > 0 ? String(process.argv[onlyArg + 1] || "").split(",").map(Number) : null;
@@ -315,7 +317,13 @@ async function sizeSection(_browser, _server, results) {
   console.log("\n5. Size (minified, gzip -9)");
   const sz = (results.size = await sizes());
   for (const [k, v] of Object.entries(sz)) console.log(`   ${k.padEnd(32)} ${v.error ? v.error : `${fmt(v.gz).padStart(8)} B gz   ${fmt(v.min).padStart(9)} B min${v.detail ? "   " + v.detail : ""}`}`);
-  console.log(`   goal runstream ≤ 40 KB gz → ${sz.runstream.gz <= 40 * 1024 ? "met" : "MISSED"}`);
+  // A guard, not a goal (issue 29: the 40 KB goal is retired, the engine stays in Rust): the
+  // core package (wasm + glue + snippets) must not grow past what it was on 2026-12-07. Past
+  // it, this run (and so the test command's bench-smoke step) fails. The devtools rows are
+  // their own imports, measured apart.
+  const guard = sz.runstream.gz <= SIZE_GUARD_GZ;
+  console.log(`   guard runstream ≤ ${fmt(SIZE_GUARD_GZ)} B gz → ${guard ? "met" : "EXCEEDED"}`);
+  if (!guard) process.exitCode = 1;
 }
 
 /** Sections that can run alone (`--only`). */

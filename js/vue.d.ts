@@ -1,4 +1,4 @@
-import type { ShallowRef } from "vue";
+import type { MaybeRefOrGetter, ShallowRef } from "vue";
 import type { CancelOptions, RunSnapshot, RunStream, RunStreamOptions } from "./runstream.js";
 
 export { initRunStream } from "./lazy.js";
@@ -21,16 +21,21 @@ export interface UseRunStream<T = RunSnapshot> {
 
 /**
  * Vue composable: loads the wasm once per page, creates the stream in
- * `onMounted` (at once outside a component), closes it on `onScopeDispose`.
+ * `onMounted` (outside a component at once, in a browser only: nothing
+ * happens during server rendering), closes it on `onScopeDispose`.
+ * `options` may be a ref or a getter (`() => ({ runId: props.runId })`):
+ * when its `runId`, `transport`, `url`, `wsUrl`, `sendUrl` or `cancelUrl`
+ * changes, the old stream is closed and a new one opened (`snapshot` is
+ * `null` in between); `headers` is read from the latest options on every call.
  */
-export declare function useRunStream(options: RunStreamOptions): UseRunStream<RunSnapshot>;
+export declare function useRunStream(options: MaybeRefOrGetter<RunStreamOptions>): UseRunStream<RunSnapshot>;
 /**
  * With a selector: `snapshot` holds `select(snapshot)` and is replaced (triggering
  * watchers and renders) only when it changes by `isEqual` (default `Object.is`).
  * Select primitives, or pass an `isEqual` that compares object slices by value.
  */
 export declare function useRunStream<T>(
-  options: RunStreamOptions,
+  options: MaybeRefOrGetter<RunStreamOptions>,
   select: (snapshot: RunSnapshot) => T,
   isEqual?: (a: T, b: T) => boolean,
 ): UseRunStream<T>;

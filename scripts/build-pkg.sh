@@ -9,7 +9,9 @@ out=pkg
 [ "$target" = web ] || out="pkg-$target"
 log=$(mktemp)
 # std is rebuilt from source with panic=immediate-abort: a panic is a trap, so
-# none of std's panic and formatting machinery is linked (-9.1 KB gz). The
+# none of std's panic and formatting machinery is linked (-9.1 KB gz), and
+# -Zlocation-detail=none drops the file/line/column of the panic locations
+# that remain in the code (-0.5 KB gz). The
 # library code has no panic paths of its own (clippy denies unwrap/expect/panic/
 # indexing), so only an allocation failure or an arithmetic trap would ever get
 # there. -Zbuild-std is unstable: RUSTC_BOOTSTRAP lets the pinned stable
@@ -19,7 +21,7 @@ log=$(mktemp)
 pkg_target=target/pkg-build
 std_build="std rebuilt with panic=immediate-abort"
 build_std=(-- -Zbuild-std=std,panic_abort)
-rustflags="-Zunstable-options -Cpanic=immediate-abort"
+rustflags="-Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none"
 if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
   std_build="WARNING: rust-src is not installed, std not rebuilt (about 9 KB gz larger)"
   build_std=()
@@ -31,6 +33,9 @@ if ! RUSTC_BOOTSTRAP=1 RUSTFLAGS="$rustflags" CARGO_TARGET_DIR="$pkg_target" \
   exit 1
 fi
 rm -f "$log"
+# Short names for the wasm's internal imports and exports, in the wasm and the
+# glue together (wasm-bindgen's are up to ~300 characters, written twice).
+node scripts/short-names.mjs "$out"
 # The raw ABI declarations wasm-bindgen writes for externref use `any`; they are
 # internal (InitOutput / *_bg.wasm.d.ts), so type them `unknown` and keep the
 # published declarations free of `any`.

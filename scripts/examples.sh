@@ -33,6 +33,12 @@ for ex in react vue; do
     npx tsc --noEmit
     npx vite build --logLevel warn
     echo "[examples] $ex: built www/examples/$ex/dist"
+    # React's StrictMode double-mounts (mount → unmount → mount) only in a
+    # development build of React: the frameworks suite checks the hook there too.
+    if [ "$ex" = react ]; then
+      NODE_ENV=development npx vite build --mode development --outDir dist/dev --logLevel warn
+      echo "[examples] $ex: built www/examples/$ex/dist/dev (development build of React)"
+    fi
   )
 done
 (

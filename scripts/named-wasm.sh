@@ -12,6 +12,6 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 wasm-bindgen --keep-debug --target "$target" --out-dir "$tmp" "$lib" >/dev/null
 name=$(basename "$lib" .wasm)
-wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \
+wasm-opt --low-memory-unused -Oz --converge --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \
   --enable-sign-ext --enable-mutable-globals --enable-multivalue -g \
   "$tmp/${name}_bg.wasm" -o "$out" >/dev/null

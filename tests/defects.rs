@@ -2291,3 +2291,238 @@ fn c10_cancel_needs_a_target_and_an_open_stream() {
     e.close(0.0);
     assert_eq!(e.cancel(0.0, None, None), Err(EngineError::Closed));
 }
+
+// ---- issue 29: a worker's second job survives a refresh and a snapshot (PROTOCOL §6 `job_ids`) ----
+
+/// Job-only events of both of w1's jobs, after the mappings were learned elsewhere.
+fn job_only_events(first_id: u64) -> [String; 2] {
+    [
+        envelope(
+            first_id,
+            "tool.completed",
+            json!({"job_id": "j1", "tool_call_id": "t1", "status": "ok"}),
+        ),
+        envelope(
+            first_id + 1,
+            "worker.completed",
+            json!({"job_id": "j2", "status": "succeeded"}),
+        ),
+    ]
+}
+
+/// Both jobs of w1 were applied at once (nothing parked, no second worker).
+fn assert_both_jobs_applied(e: &Engine) {
+    assert_eq!(e.parked(), 0, "a job-only event was parked");
+    let w = &e.state().workers;
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].status, WorkerStatus::Succeeded, "{w:?}");
+    assert_eq!(w[0].tools.len(), 1, "{w:?}");
+    assert_eq!(
+        w[0].tools[0].status,
+        runstream::core::state::ToolStatus::Ok,
+        "{w:?}"
+    );
+}
+
+/// PROTOCOL §6: "`job_ids` … lists every job the worker was given, so that a
+/// client restoring from … a stored record still maps job-only events of a
+/// worker's earlier or later jobs". The reducer keeps them in assignment
+/// order with `job_id` the latest; the stored record carries them; after a
+/// refresh, job-only events of the first and of the second job apply at once.
+/// (The record held one `job_id` per worker: the second job's events were
+/// parked until the run's end.)
+#[test]
+fn i29_a_workers_second_job_survives_a_refresh() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let evs = [
+        envelope(
+            1,
+            "worker.started",
+            json!({"worker_id": "w1", "job_id": "j1"}),
+        ),
+        envelope(
+            2,
+            "worker.job_assigned",
+            json!({"worker_id": "w1", "job_id": "j2"}),
+        ),
+        envelope(
+            3,
+            "tool.started",
+            json!({"worker_id": "w1", "tool_call_id": "t1", "name": "fetch"}),
+        ),
+    ];
+    for ev in &evs {
+        e.handle_bytes(2.0, conn, &sse_frame(ev));
+    }
+    let w = &e.state().workers[0];
+    assert_eq!(w.job_ids, ["j1", "j2"]);
+    assert_eq!(w.job_id.as_deref(), Some("j2"), "job_id is the latest job");
+    e.persist_now(3.0);
+    assert!(persisted(&drain(&mut e)));
+    let mut e2 = reloaded(&e, 2);
+    assert_eq!(e2.state().workers[0].job_ids, ["j1", "j2"]);
+    let (conn2, from) = connect_of(&drain(&mut e2)).unwrap();
+    assert_eq!(from, 3);
+    e2.handle_response(1.0, conn2, 200, None, true);
+    for ev in &job_only_events(4) {
+        e2.handle_bytes(2.0, conn2, &sse_frame(ev));
+    }
+    assert_both_jobs_applied(&e2);
+}
+
+/// The same through a `snapshot` event (§3, the shape of §6): a snapshot
+/// whose worker lists `job_ids` maps both jobs; one from a server that
+/// omits `job_ids` maps its `job_id` alone (and keeps it among `job_ids`).
+#[test]
+fn i29_a_snapshot_carries_every_job_mapping() {
+    let snapshot = |worker: serde_json::Value| {
+        json!({"event_id": 3, "run_id": RUN, "type": "snapshot",
+            "timestamp": "2026-11-22T12:00:00Z",
+            "payload": {"state": {"run_id": RUN, "cursor": 3, "status": "running",
+                "workers": [worker], "messages": []}}})
+        .to_string()
+    };
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    e.handle_bytes(
+        2.0,
+        conn,
+        &sse_frame(&snapshot(json!({"worker_id": "w1", "job_id": "j2",
+            "job_ids": ["j1", "j2"], "status": "running",
+            "tools": [{"tool_call_id": "t1", "name": "fetch", "status": "running"}]}))),
+    );
+    assert_eq!(e.metrics().protocol_errors, 0);
+    assert_eq!(e.state().workers[0].job_ids, ["j1", "j2"]);
+    for ev in &job_only_events(4) {
+        e.handle_bytes(3.0, conn, &sse_frame(ev));
+    }
+    assert_both_jobs_applied(&e);
+
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    e.handle_bytes(
+        2.0,
+        conn,
+        &sse_frame(&snapshot(
+            json!({"worker_id": "w1", "job_id": "j1", "status": "running"}),
+        )),
+    );
+    assert_eq!(e.state().workers[0].job_ids, ["j1"]);
+    e.handle_bytes(
+        3.0,
+        conn,
+        &sse_frame(&envelope(
+            4,
+            "worker.completed",
+            json!({"job_id": "j1", "status": "succeeded"}),
+        )),
+    );
+    assert_eq!(e.parked(), 0);
+    assert_eq!(e.state().workers[0].status, WorkerStatus::Succeeded);
+
+    // Not an array of strings: the snapshot is invalid (a counted protocol error).
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    e.handle_bytes(
+        2.0,
+        conn,
+        &sse_frame(&snapshot(
+            json!({"worker_id": "w1", "job_ids": ["j1", 2], "status": "running"}),
+        )),
+    );
+    assert_eq!(e.metrics().protocol_errors, 1);
+    assert!(e.state().workers.is_empty());
+}
+
+/// `job_ids` is bounded (`MAX_JOBS_PER_WORKER`, oldest dropped with its
+/// mapping): a worker given more jobs keeps the latest, and the state
+/// carries exactly the mappings it can restore.
+#[test]
+fn i29_job_ids_are_bounded_per_worker() {
+    use runstream::core::state::MAX_JOBS_PER_WORKER;
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let n = MAX_JOBS_PER_WORKER as u64 + 2;
+    for i in 1..=n {
+        let ev = envelope(
+            i,
+            "worker.job_assigned",
+            json!({"worker_id": "w1", "job_id": format!("j{i}")}),
+        );
+        e.handle_bytes(2.0, conn, &sse_frame(&ev));
+    }
+    let w = &e.state().workers[0];
+    assert_eq!(w.job_ids.len(), MAX_JOBS_PER_WORKER);
+    assert_eq!(w.job_ids.first().map(String::as_str), Some("j3"));
+    assert_eq!(w.job_id, Some(format!("j{n}")));
+    // j1's mapping went with it: its job-only event waits (parked); j3's applies.
+    let ev = |id: u64, job: &str| {
+        envelope(
+            id,
+            "tool.started",
+            json!({"job_id": job, "tool_call_id": format!("t_{job}"), "name": "x"}),
+        )
+    };
+    e.handle_bytes(3.0, conn, &sse_frame(&ev(n + 1, "j1")));
+    assert_eq!(e.parked(), 1);
+    e.handle_bytes(3.0, conn, &sse_frame(&ev(n + 2, "j3")));
+    assert_eq!(e.parked(), 1);
+    assert_eq!(e.state().workers[0].tools.len(), 1);
+}
+
+// ---- issue 29: a message role outside PROTOCOL §4's four, in a snapshot ------------
+
+/// A §6 state whose one message has role `role`.
+fn state_with_role(role: &str) -> serde_json::Value {
+    json!({"run_id": RUN, "cursor": 3, "status": "running", "workers": [],
+        "messages": [{"message_id": "m1", "role": role, "content": "hi", "status": "completed"}]})
+}
+
+/// PROTOCOL §4 types `role` as `"user"|"assistant"|"system"|"tool"`; a
+/// `message.created` with another role is a counted protocol error and is
+/// not applied. The same role in a snapshot (a `snapshot` event, or the
+/// snapshot endpoint's body) is the same error: counted, the state is not
+/// replaced. (It was kept as an untyped string, so the JS `role` union lied.)
+#[test]
+fn i29_a_role_outside_the_union_in_a_snapshot_is_a_counted_protocol_error() {
+    let (mut e, conn) = open(cfg(), [1, 1]);
+    let snap = |role: &str| {
+        json!({"event_id": 3, "run_id": RUN, "type": "snapshot",
+            "timestamp": "2026-11-22T12:00:00Z", "payload": {"state": state_with_role(role)}})
+        .to_string()
+    };
+    e.handle_bytes(2.0, conn, &sse_frame(&snap("robot")));
+    assert_eq!(e.metrics().protocol_errors, 1);
+    assert!(e.state().messages.is_empty());
+    assert_eq!(e.cursor(), 0);
+    // Like in an event.
+    e.handle_bytes(
+        2.0,
+        conn,
+        &sse_frame(&envelope(
+            1,
+            "message.created",
+            json!({"message_id": "m0", "role": "robot"}),
+        )),
+    );
+    assert_eq!(e.metrics().protocol_errors, 2);
+    assert!(e.state().messages.is_empty());
+    // Each of the four is accepted.
+    for (i, role) in ["user", "assistant", "system", "tool"].iter().enumerate() {
+        let (mut e, conn) = open(cfg(), [1, 1]);
+        e.handle_bytes(2.0, conn, &sse_frame(&snap(role)));
+        assert_eq!(e.metrics().protocol_errors, 0, "{i}: {role}");
+        assert_eq!(e.state().messages[0].role.as_str(), *role);
+    }
+
+    // The snapshot endpoint's body.
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
+    e.handle_response(1.0, conn, 204, None, true);
+    assert!(drain(&mut e).contains(&Action::FetchSnapshot));
+    let body = json!({"run_id": RUN, "event_id": 3, "state": state_with_role("robot")});
+    e.handle_snapshot(2.0, Ok(&body.to_string()));
+    assert_eq!(e.metrics().protocol_errors, 1);
+    assert!(e.state().messages.is_empty());
+    // An HTTP failure of the endpoint is not a protocol error.
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
+    e.handle_response(1.0, conn, 204, None, true);
+    drain(&mut e);
+    e.handle_snapshot(2.0, Err("HTTP 503".into()));
+    assert_eq!(e.metrics().protocol_errors, 0);
+}

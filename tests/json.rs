@@ -474,7 +474,7 @@ use runstream::core::metrics::{
     EventClass, MessageMetrics, RunMetrics, RuntimeEvent, SpanFields, SpanStatus,
 };
 use runstream::core::state::{Message, RunState, Supervisor, Tool, Worker};
-use runstream::core::vocab::{MessageStatus, RunStatus, ToolStatus, WorkerStatus};
+use runstream::core::vocab::{MessageRole, MessageStatus, RunStatus, ToolStatus, WorkerStatus};
 
 /// Same JSON value, numbers compared as `f64` (the writer spells `3.0` as
 /// `3`; serde_json's reader of 17-digit numbers may be a ULP off).
@@ -556,11 +556,13 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn worker()(id in text(), job in prop::option::of(text()), name in prop::option::of(text()),
+    fn worker()(id in text(), jobs in prop::collection::vec(text(), 0..3), name in prop::option::of(text()),
                 s in 0..6u8, tools in prop::collection::vec(tool(), 0..3)) -> Worker {
         Worker {
             worker_id: id,
-            job_id: job,
+            // The reducer's form (RunState::reindex): the latest job is among `job_ids`.
+            job_id: jobs.last().cloned(),
+            job_ids: jobs,
             name,
             status: [WorkerStatus::Pending, WorkerStatus::Running, WorkerStatus::Succeeded,
                      WorkerStatus::Failed, WorkerStatus::Cancelled, WorkerStatus::Unknown][s as usize],
@@ -571,12 +573,12 @@ prop_compose! {
 
 prop_compose! {
     fn message()(id in prop::option::of(text()), crid in prop::option::of(text()),
-                 reply in prop::option::of(text()), role in text(), content in text(), s in 0..6u8) -> Message {
+                 reply in prop::option::of(text()), r in 0..4u8, content in text(), s in 0..6u8) -> Message {
         Message {
             message_id: id,
             client_request_id: crid,
             reply_to: reply,
-            role,
+            role: [MessageRole::User, MessageRole::Assistant, MessageRole::System, MessageRole::Tool][r as usize],
             content,
             status: [MessageStatus::Queued, MessageStatus::Sending, MessageStatus::Sent,
                      MessageStatus::Streaming, MessageStatus::Completed, MessageStatus::Failed][s as usize],

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use super::error::DecodeError;
 use super::json::{Field, JsonError, Number, Scanner, Token};
 pub use super::vocab::Outcome;
-use super::vocab::{RunStatus, WorkerStatus};
+use super::vocab::{MessageRole, RunStatus, WorkerStatus};
 
 /// Largest valid `event_id` (2^53 − 1, the largest integer a JS number holds exactly).
 pub const MAX_EVENT_ID: u64 = (1 << 53) - 1;
@@ -81,7 +81,7 @@ pub enum EventKind {
     },
     MessageCreated {
         message_id: String,
-        role: String,
+        role: MessageRole,
         client_request_id: Option<String>,
         reply_to: Option<String>,
         content: Option<String>,
@@ -556,10 +556,9 @@ fn decode_fields(event_type: &str, f: &mut Fields<'_>) -> Result<EventKind, Stri
         }
         "message.created" => {
             let message_id = f.id("message_id")?;
-            let role = f.str("role")?;
-            if !matches!(role.as_str(), "user" | "assistant" | "system" | "tool") {
-                return Err(["unknown role `", &role, "`"].concat());
-            }
+            let name = f.str("role")?;
+            let role =
+                MessageRole::parse(&name).ok_or_else(|| ["unknown role `", &name, "`"].concat())?;
             EventKind::MessageCreated {
                 message_id,
                 role,

@@ -82,6 +82,37 @@ pub enum MessageStatus {
     Failed,
 }
 
+/// Who wrote a chat message (PROTOCOL §4 `message.created`, §6 `role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(Serialize, Deserialize))]
+#[cfg_attr(not(target_arch = "wasm32"), serde(rename_all = "snake_case"))]
+#[allow(missing_docs)]
+pub enum MessageRole {
+    User,
+    Assistant,
+    System,
+    Tool,
+}
+
+impl MessageRole {
+    /// The wire / JS name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::System => "system",
+            Self::Tool => "tool",
+        }
+    }
+
+    /// The role named `s`; `None` outside the protocol's four.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::User, Self::Assistant, Self::System, Self::Tool]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
 impl RunStatus {
     /// The wire / JS name.
     pub fn as_str(self) -> &'static str {

@@ -338,7 +338,71 @@ async fn sends_long_poll_hears_every_send_at_least_once(b: Backend) {
     assert_eq!(st, 400);
 }
 
+/// PROTOCOL §6 `job_ids` (issue 29): the gateway's snapshots come from the
+/// client's reducer, so a worker given a second job carries both mappings
+/// (`job_ids` in assignment order, `job_id` the latest): in the snapshot
+/// endpoint's body and in the `snapshot` event a resume from before the
+/// replay window gets (its state is the store's base state, which survives
+/// a round trip through the store: JSON in Redis).
+async fn snapshots_carry_every_job_of_a_worker(b: Backend) {
+    let store = runstream_server::store::open(&b.spec(), 3).await.unwrap();
+    let addr = start_settings(settings(store)).await;
+    let (st, _) = call(
+        &addr,
+        "POST",
+        "/api/publish/runs",
+        None,
+        Some(json!({"run_id": "jobs1"})),
+    )
+    .await;
+    assert!(st == 201 || st == 200, "{st}");
+    let mut events = vec![
+        json!({"type": "run.started", "payload": {}}),
+        json!({"type": "worker.started", "payload": {"worker_id": "w1", "job_id": "j1"}}),
+        json!({"type": "worker.job_assigned", "payload": {"worker_id": "w1", "job_id": "j2"}}),
+    ];
+    for i in 0..5 {
+        events.push(json!({"type": "tool.started",
+            "payload": {"worker_id": "w1", "tool_call_id": format!("t{i}"), "name": "fetch"}}));
+    }
+    let path = "/api/publish/runs/jobs1/events";
+    let (st, v) = call(
+        &addr,
+        "POST",
+        path,
+        Some("jobs-k1"),
+        Some(json!({"events": events})),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let check = |w: &Value, what: &str| {
+        assert_eq!(w["job_ids"], json!(["j1", "j2"]), "{what}: {w}");
+        assert_eq!(w["job_id"], "j2", "{what}: {w}");
+    };
+    let (st, _, body) = http(&addr, "GET", "/api/runs/jobs1/snapshot", &[], None).await;
+    assert_eq!(st, 200);
+    let snap: Value = serde_json::from_slice(&body).unwrap();
+    check(&snap["state"]["workers"][0], "snapshot endpoint");
+    let (_, _, body) = support::http_for(
+        &addr,
+        "GET",
+        "/api/stream/runs/jobs1",
+        &[("Last-Event-ID", "1")],
+        None,
+        Duration::from_millis(600),
+    )
+    .await;
+    let frames = sse_frames(&body);
+    let head: Value = serde_json::from_str(&frames[0]).unwrap();
+    assert_eq!(
+        head["type"], "snapshot",
+        "a resume from before the window: {frames:?}"
+    );
+    check(&head["payload"]["state"]["workers"][0], "snapshot event");
+}
+
 both_stores!(
+    snapshots_carry_every_job_of_a_worker,
     batches_are_atomic_dense_and_idempotent,
     one_key_appends_once_across_replicas,
     sends_long_poll_hears_every_send_at_least_once,

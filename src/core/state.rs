@@ -24,7 +24,7 @@ use super::envelope::EventKind;
 use super::error::ReducerError;
 #[cfg(not(target_arch = "wasm32"))]
 use super::error::SnapshotError;
-pub use super::vocab::{MessageStatus, RunStatus, ToolStatus, WorkerStatus};
+pub use super::vocab::{MessageRole, MessageStatus, RunStatus, ToolStatus, WorkerStatus};
 
 /// PROTOCOL §6: a missing optional field and one that is `null` are the same
 /// (treated as absent), so other servers' `null`s never reject a snapshot.
@@ -66,8 +66,18 @@ pub struct Tool {
 #[allow(missing_docs)]
 pub struct Worker {
     pub worker_id: String,
+    /// The worker's latest job (PROTOCOL §6).
     #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub job_id: Option<String>,
+    /// Every job the worker was given, in assignment order: the `job_id →
+    /// worker_id` mappings a snapshot or a stored record carries (PROTOCOL
+    /// §6). Bounded by [`MAX_JOBS_PER_WORKER`] (oldest dropped, with its
+    /// mapping).
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        serde(default, deserialize_with = "null_as_default")
+    )]
+    pub job_ids: Vec<String>,
     #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub name: Option<String>,
     #[cfg_attr(
@@ -81,6 +91,12 @@ pub struct Worker {
     )]
     pub tools: Vec<Tool>,
 }
+
+/// Jobs remembered per worker (`job_ids`, PROTOCOL §6): beyond it the
+/// oldest job and its `job_id → worker_id` mapping are dropped, so a late
+/// job-only event of that job is parked like one of an unknown job (and
+/// reconciled at the run's end).
+pub const MAX_JOBS_PER_WORKER: usize = 256;
 
 /// A chat message.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +114,7 @@ pub struct Message {
     pub client_request_id: Option<String>,
     #[cfg_attr(not(target_arch = "wasm32"), serde(default))]
     pub reply_to: Option<String>,
-    pub role: String,
+    pub role: MessageRole,
     #[cfg_attr(
         not(target_arch = "wasm32"),
         serde(default, deserialize_with = "null_as_default")
@@ -366,12 +382,23 @@ impl RunState {
         }
     }
 
-    /// Rebuilds the lookup tables after the vectors were replaced.
+    /// Rebuilds the lookup tables after the vectors were replaced. A
+    /// worker's `job_ids` (PROTOCOL §6) is brought to the reducer's form
+    /// first: the latest `job_id` is among them (a server that omits
+    /// `job_ids` sends `job_id` alone), and at most [`MAX_JOBS_PER_WORKER`]
+    /// are kept (the latest).
     pub fn reindex(&mut self) {
         let mut ix = Index::default();
-        for (i, w) in self.workers.iter().enumerate() {
-            ix.workers.insert(w.worker_id.clone(), i);
+        for (i, w) in self.workers.iter_mut().enumerate() {
             if let Some(j) = &w.job_id {
+                if !w.job_ids.contains(j) {
+                    w.job_ids.push(j.clone());
+                }
+            }
+            let excess = w.job_ids.len().saturating_sub(MAX_JOBS_PER_WORKER);
+            w.job_ids.drain(..excess);
+            ix.workers.insert(w.worker_id.clone(), i);
+            for j in &w.job_ids {
                 ix.jobs.get_or_insert_with(j, || w.worker_id.clone());
             }
         }
@@ -380,8 +407,7 @@ impl RunState {
     }
 
     /// Rebuilds the message tables only (messages moved or gained ids; the
-    /// workers did not change, and the `job → worker` mappings learned from
-    /// events, a worker's second job among them, stay).
+    /// workers and their `job → worker` mappings did not change).
     pub fn reindex_messages(&mut self) {
         let ix = &mut self.index;
         ix.messages = StrMap::default();
@@ -658,7 +684,7 @@ impl RunState {
             let was_final = matches!(m.status, MessageStatus::Completed | MessageStatus::Failed);
             let was_failed = m.status == MessageStatus::Failed;
             m.status = status;
-            if m.role == "user" {
+            if m.role == MessageRole::User {
                 // A user's message is not a reply: it ends no wait, except
                 // its own when the server fails it (no reply will come).
                 if let (MessageStatus::Failed, false, Some(c)) =
@@ -677,17 +703,24 @@ impl RunState {
         }
     }
 
-    /// Records `job → worker` if `job` is given and not mapped yet; returns it when newly learned.
+    /// Records `job → worker` if `job` is given and not mapped yet (the
+    /// worker's `job_ids` and latest `job_id`); returns it when newly learned.
     fn map_job(&mut self, worker_id: &str, job: Option<&str>) -> Option<String> {
         let job = job?;
         if self.index.jobs.contains_key(job) {
             return None;
         }
         self.index.jobs.insert(job.to_owned(), worker_id.to_owned());
+        let mut dropped = None;
         if let Some(w) = self.worker_mut(worker_id) {
-            if w.job_id.is_none() {
-                w.job_id = Some(job.to_owned());
+            w.job_id = Some(job.to_owned());
+            if w.job_ids.len() >= MAX_JOBS_PER_WORKER {
+                dropped = Some(w.job_ids.remove(0));
             }
+            w.job_ids.push(job.to_owned());
+        }
+        if let Some(old) = dropped {
+            self.index.jobs.remove(&old);
         }
         Some(job.to_owned())
     }
@@ -718,6 +751,7 @@ impl RunState {
                 self.workers.push(Worker {
                     worker_id: worker_id.to_owned(),
                     job_id: None,
+                    job_ids: Vec::new(),
                     name: None,
                     status: WorkerStatus::Pending,
                     tools: Vec::new(),
@@ -750,7 +784,7 @@ impl RunState {
             message_id: Some(message_id.to_owned()),
             client_request_id: None,
             reply_to: None,
-            role: "assistant".to_owned(),
+            role: MessageRole::Assistant,
             content: String::new(),
             status: MessageStatus::Streaming,
         });
@@ -764,7 +798,7 @@ impl RunState {
     fn message_created(
         &mut self,
         message_id: String,
-        role: String,
+        role: MessageRole,
         client_request_id: Option<String>,
         reply_to: Option<String>,
         content: Option<String>,
@@ -796,7 +830,7 @@ impl RunState {
                     }
                 }
                 if was_optimistic {
-                    m.status = if m.role == "assistant" {
+                    m.status = if m.role == MessageRole::Assistant {
                         MessageStatus::Streaming
                     } else {
                         MessageStatus::Completed
@@ -812,7 +846,7 @@ impl RunState {
             }
             return;
         }
-        let status = if role == "assistant" {
+        let status = if role == MessageRole::Assistant {
             MessageStatus::Streaming
         } else {
             MessageStatus::Completed
@@ -1034,7 +1068,7 @@ mod tests {
         };
         let created = |m: &str| EventKind::MessageCreated {
             message_id: m.into(),
-            role: "assistant".into(),
+            role: MessageRole::Assistant,
             client_request_id: None,
             reply_to: None,
             content: None,
@@ -1184,7 +1218,7 @@ mod tests {
     fn created(id: &str, role: &str, crid: Option<&str>, reply_to: Option<&str>) -> EventKind {
         EventKind::MessageCreated {
             message_id: id.into(),
-            role: role.into(),
+            role: MessageRole::parse(role).unwrap(),
             client_request_id: crid.map(Into::into),
             reply_to: reply_to.map(Into::into),
             content: if role == "user" {
@@ -1203,7 +1237,7 @@ mod tests {
                 message_id: None,
                 client_request_id: Some(c.into()),
                 reply_to: None,
-                role: "user".into(),
+                role: MessageRole::User,
                 content: format!("local {c}"),
                 status: MessageStatus::Sending,
             });
@@ -1323,7 +1357,7 @@ mod tests {
             message_id: Some("m1".into()),
             client_request_id: None,
             reply_to: None,
-            role: "assistant".into(),
+            role: MessageRole::Assistant,
             content: "old".into(),
             status: MessageStatus::Streaming,
         });
@@ -1331,7 +1365,7 @@ mod tests {
             message_id: None,
             client_request_id: Some("c9".into()),
             reply_to: None,
-            role: "user".into(),
+            role: MessageRole::User,
             content: "pending".into(),
             status: MessageStatus::Sending,
         });
@@ -1341,7 +1375,7 @@ mod tests {
             message_id: Some("m0".into()),
             client_request_id: None,
             reply_to: None,
-            role: "system".into(),
+            role: MessageRole::System,
             content: "new".into(),
             status: MessageStatus::Completed,
         });
@@ -1349,7 +1383,7 @@ mod tests {
             message_id: Some("m1".into()),
             client_request_id: None,
             reply_to: None,
-            role: "assistant".into(),
+            role: MessageRole::Assistant,
             content: "old and more".into(),
             status: MessageStatus::Completed,
         });

@@ -1001,7 +1001,7 @@ mod tests {
     /// The §6 example with one value picked for each alternative.
     const STATE: &str = r#"{
   "run_id": "…", "cursor": 42, "status": "running",
-  "workers": [{ "worker_id": "w1", "job_id": "j1", "name": "search",
+  "workers": [{ "worker_id": "w1", "job_id": "j1", "job_ids": ["j0", "j1"], "name": "search",
                 "status": "running",
                 "tools": [{ "tool_call_id": "t7", "name": "fetch", "status": "ok" }] }],
   "messages": [{ "message_id": "m1", "client_request_id": "…", "reply_to": "…", "role": "assistant",
@@ -1116,6 +1116,8 @@ mod tests {
     #[test]
     fn bodies_round_trip() {
         let st = RunState::from_wire(json(STATE)).unwrap();
+        // PROTOCOL §6 `job_ids`: every job of the worker, in assignment order.
+        assert_eq!(st.workers[0].job_ids, ["j0", "j1"]);
         let snap = SnapshotBody::new("r1", 42, &st);
         let back = SnapshotBody::decode(&snap.encode()).unwrap();
         assert_eq!(back, snap);

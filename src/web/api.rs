@@ -87,7 +87,10 @@ export type MessageStatus = "queued" | "sending" | "sent" | "streaming" | "compl
 export interface Tool { readonly toolCallId: string; readonly name: string | null; readonly status: ToolStatus }
 export interface Worker {
   readonly workerId: string;
+  /** The worker's latest job. */
   readonly jobId: string | null;
+  /** Every job the worker was given, in assignment order (PROTOCOL §6 `job_ids`; the latest 256). */
+  readonly jobIds: readonly string[];
   readonly name: string | null;
   readonly status: WorkerStatus;
   readonly tools: readonly Tool[];

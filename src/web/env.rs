@@ -171,13 +171,6 @@ pub fn resolve(url: &str, websocket: bool) -> String {
     }
 }
 
-/// The page's hostname is a loopback/development host (`spans: "auto"`).
-pub fn dev_host() -> bool {
-    web_sys::window()
-        .and_then(|w| w.location().hostname().ok())
-        .is_some_and(|h| matches!(h.as_str(), "localhost" | "127.0.0.1" | "[::1]" | "::1"))
-}
-
 /// `sessionStorage` or `localStorage`.
 pub fn storage(local: bool) -> Option<web_sys::Storage> {
     let w = web_sys::window()?;

@@ -1,6 +1,6 @@
 //! Reads the JS options object (API.md) into typed options.
 
-use js_sys::{Function, Object, Promise, Reflect};
+use js_sys::{Array, Function, Object, Promise, Reflect};
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -34,101 +34,66 @@ pub struct Options {
     pub config: Config,
 }
 
-fn get(o: &JsValue, k: &str) -> JsValue {
-    Reflect::get(o, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED)
+#[wasm_bindgen(module = "/js/options.js")]
+extern "C" {
+    /// Validates the options object and returns its compact form (js/options.js).
+    #[wasm_bindgen(catch)]
+    fn read_options(o: &JsValue) -> Result<Array, JsValue>;
 }
 
-fn opt_string(o: &JsValue, k: &'static str) -> Result<Option<String>, WebError> {
-    let v = get(o, k);
-    if v.is_undefined() || v.is_null() {
-        return Ok(None);
-    }
-    v.as_string()
-        .map(Some)
-        .ok_or(WebError::InvalidOption(k, "a string"))
-}
-
-fn opt_ms(o: &JsValue, k: &'static str) -> Result<Option<f64>, WebError> {
-    let v = get(o, k);
-    if v.is_undefined() || v.is_null() {
-        return Ok(None);
-    }
-    match v.as_f64() {
-        Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
-        _ => Err(WebError::InvalidOption(k, "a non-negative number")),
-    }
-}
+// Positions in `read_options`' array.
+const AT_RUN_ID: u32 = 0;
+const AT_TRANSPORT: u32 = 1;
+const AT_URL: u32 = 2;
+const AT_WS_URL: u32 = 3;
+const AT_SNAPSHOT_URL: u32 = 4;
+const AT_SEND_URL: u32 = 5;
+const AT_CANCEL_URL: u32 = 6;
+const AT_HEADERS: u32 = 7;
+const AT_CREDENTIALS: u32 = 8;
+const AT_RESUME: u32 = 9;
+const AT_SHARE_TABS: u32 = 10;
+const AT_STALL: u32 = 11;
+const AT_CONNECT_TIMEOUT: u32 = 12;
+const AT_HEARTBEAT_TIMEOUT: u32 = 13;
+const AT_BACKOFF_INITIAL: u32 = 14;
+const AT_BACKOFF_MAX: u32 = 15;
+const AT_BACKOFF_MULTIPLIER: u32 = 16;
+const AT_SPANS: u32 = 17;
 
 impl Options {
-    /// Parses and validates `opts`.
-    pub fn parse(opts: &JsValue) -> Result<Self, WebError> {
-        if !opts.is_object() {
-            return Err(WebError::InvalidOption("options", "an object"));
-        }
-        let run_id = opt_string(opts, "runId")?
-            .ok_or(WebError::InvalidOption("runId", "a non-empty string"))?;
-        if run_id.is_empty() || run_id.chars().count() > 128 {
-            return Err(WebError::InvalidOption("runId", "1 to 128 characters"));
-        }
-        let enc = String::from(js_sys::encode_uri_component(&run_id));
-        let transport = match opt_string(opts, "transport")?.as_deref() {
-            None | Some("fetch") => Transport::Fetch,
-            Some("sse") => Transport::Sse,
-            Some("websocket") => Transport::WebSocket,
-            Some(_) => {
-                return Err(WebError::InvalidOption(
-                    "transport",
-                    "\"fetch\", \"sse\" or \"websocket\"",
-                ))
-            }
+    /// Parses and validates `opts` (API.md): js/options.js validates it and
+    /// fills in the URL defaults; this reads the result by position. Throws
+    /// what `read_options` throws (a `RunStreamOptionError`).
+    pub fn parse(opts: &JsValue) -> Result<Self, JsValue> {
+        let a = read_options(opts)?;
+        let string = |i| a.get(i).as_string();
+        let number = |i| a.get(i).as_f64();
+        let run_id = string(AT_RUN_ID).unwrap_or_default();
+        let transport = match number(AT_TRANSPORT) {
+            Some(1.0) => Transport::Sse,
+            Some(2.0) => Transport::WebSocket,
+            _ => Transport::Fetch,
         };
-        let url = opt_string(opts, "url")?.unwrap_or_else(|| ["/api/stream/runs/", &enc].concat());
-        let ws_url = opt_string(opts, "wsUrl")?.unwrap_or_else(|| "/api/ws".to_owned());
-        let snapshot_url = match get(opts, "snapshotUrl") {
-            v if v.is_null() => None,
-            v if v.is_undefined() => Some(["/api/runs/", &enc, "/snapshot"].concat()),
-            v => Some(
-                v.as_string()
-                    .ok_or(WebError::InvalidOption("snapshotUrl", "a string or null"))?,
-            ),
-        };
-        let send_url = opt_string(opts, "sendUrl")?;
-        let cancel_url = opt_string(opts, "cancelUrl")?;
+        let url = string(AT_URL).unwrap_or_default();
+        let ws_url = string(AT_WS_URL).unwrap_or_default();
+        let snapshot_url = string(AT_SNAPSHOT_URL);
+        let send_url = string(AT_SEND_URL);
+        let cancel_url = string(AT_CANCEL_URL);
         let session_id = send_url
             .as_deref()
             .and_then(session_from_send_url)
             .unwrap_or_else(|| run_id.clone());
-        let headers = get(opts, "headers");
-        if !(headers.is_undefined()
-            || headers.is_null()
-            || headers.is_object()
-            || headers.is_function())
-        {
-            return Err(WebError::InvalidOption(
-                "headers",
-                "an object or a function",
-            ));
-        }
-        let with_credentials = get(opts, "withCredentials").as_bool().unwrap_or(false);
-        let resume = match opt_string(opts, "resume")?.as_deref() {
-            None | Some("session") => Resume::Session,
-            Some("local") => Resume::Local,
-            Some("none") => Resume::None,
-            Some(_) => {
-                return Err(WebError::InvalidOption(
-                    "resume",
-                    "\"session\", \"local\" or \"none\"",
-                ))
-            }
-        };
-        let share_tabs = match opt_string(opts, "share")?.as_deref() {
-            None | Some("none") => false,
-            Some("tabs") => true,
-            Some(_) => return Err(WebError::InvalidOption("share", "\"none\" or \"tabs\"")),
+        let headers = a.get(AT_HEADERS);
+        let with_credentials = a.get(AT_CREDENTIALS).is_truthy();
+        let resume = match number(AT_RESUME) {
+            Some(1.0) => Resume::Local,
+            Some(2.0) => Resume::None,
+            _ => Resume::Session,
         };
         let mut c = Config::new(&run_id);
         // Where Web Locks or BroadcastChannel are missing, each tab connects on its own.
-        if share_tabs && super::tabs::supported() {
+        if a.get(AT_SHARE_TABS).is_truthy() && super::tabs::supported() {
             c.share_key = Some(share_key(
                 transport,
                 with_credentials,
@@ -146,39 +111,27 @@ impl Options {
         // Every websocket stream of the page shares its wsUrl's socket.
         c.shared_socket = transport == Transport::WebSocket;
         c.headers_per_send = headers.is_function();
-        if let Some(v) = opt_ms(opts, "stallAfterMs")? {
+        if let Some(v) = number(AT_STALL) {
             c.stall_after_ms = v;
         }
-        if let Some(v) = opt_ms(opts, "connectTimeoutMs")? {
+        if let Some(v) = number(AT_CONNECT_TIMEOUT) {
             c.connect_timeout_ms = v.max(100.0);
         }
-        if let Some(v) = opt_ms(opts, "heartbeatTimeoutMs")? {
+        if let Some(v) = number(AT_HEARTBEAT_TIMEOUT) {
             c.heartbeat_timeout_ms = v.max(1000.0);
             c.ws_ping_interval_ms = (v / 2.5).max(500.0);
         }
-        let b = get(opts, "backoff");
-        if b.is_object() {
-            let d = Backoff::default();
-            c.backoff = Backoff {
-                initial_ms: opt_ms(&b, "initialMs")?.unwrap_or(d.initial_ms).max(1.0),
-                max_ms: opt_ms(&b, "maxMs")?.unwrap_or(d.max_ms).max(1.0),
-                multiplier: opt_ms(&b, "multiplier")?.unwrap_or(d.multiplier).max(1.0),
-            };
-        }
-        let spans = get(opts, "spans");
-        c.spans = if spans.as_bool() == Some(true) {
-            Spans::Sampled(1.0)
-        } else if spans.is_object() {
-            let rate = opt_ms(&spans, "sampleRate")?.unwrap_or(1.0);
-            Spans::Sampled(rate.clamp(0.0, 1.0))
-        } else if spans.is_undefined() || spans.as_string().as_deref() == Some("auto") {
-            if super::env::dev_host() {
-                Spans::Sampled(1.0)
-            } else {
-                Spans::Off
-            }
-        } else {
-            Spans::Off
+        let d = Backoff::default();
+        c.backoff = Backoff {
+            initial_ms: number(AT_BACKOFF_INITIAL).unwrap_or(d.initial_ms).max(1.0),
+            max_ms: number(AT_BACKOFF_MAX).unwrap_or(d.max_ms).max(1.0),
+            multiplier: number(AT_BACKOFF_MULTIPLIER)
+                .unwrap_or(d.multiplier)
+                .max(1.0),
+        };
+        c.spans = match number(AT_SPANS) {
+            Some(rate) if rate >= 0.0 => Spans::Sampled(rate.min(1.0)),
+            _ => Spans::Off,
         };
         Ok(Self {
             run_id,

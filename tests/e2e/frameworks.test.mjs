@@ -2,7 +2,9 @@
 // install the packed tarball, driven in Chromium against the reference server.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, mkdirSync, cpSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { launch, api, server, until, watchErrors } from "./lib.mjs";
 
 let browser;
@@ -173,6 +175,134 @@ test("vue composable: nothing before mount; a selector replaces the ref only whe
   await page.waitForTimeout(300);
   assert.equal(await page.evaluate(() => window.seen.length), n + 1, "a changed slice replaces the ref once");
   assert.equal((await stats(run)).connections_total, 1);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+// The Vue page of the server's origin: `vue` mapped to the Vue example's browser build.
+const vuePage = (page) => page.route(`${server}/vue-page.html`, (route) => route.fulfill({
+  contentType: "text/html",
+  body: '<!doctype html><link rel="icon" href="data:,"><script type="importmap">{"imports":{"vue":"/examples/vue/node_modules/vue/dist/vue.esm-browser.prod.js"}}</script><div id="app"></div>',
+}));
+
+// Issue 29: "the Vue composable follows changes of its options (a reused
+// component whose runId changes streams the new run and closes the old one)".
+test("vue composable: a reused component whose runId changes streams the new run and closes the old one", async () => {
+  const runs = [];
+  for (let i = 0; i < 2; i++) {
+    const { run_id } = await api("POST", "/api/admin/runs", { kind: "chat" });
+    await api("POST", `/api/admin/runs/${run_id}/append`, { type: "worker.started", payload: { worker_id: `w${i}`, name: `run ${i}` } });
+    runs.push(run_id);
+  }
+  const page = await browser.newPage();
+  const errors = watchErrors(page);
+  await vuePage(page);
+  await page.goto(`${server}/vue-page.html`);
+  await page.evaluate(async (first) => {
+    const { createApp, defineComponent, h, ref } = await import("vue");
+    const { useRunStream } = await import("/pkg/vue.js");
+    const Run = defineComponent({
+      props: { runId: String },
+      setup(props) {
+        const { snapshot } = useRunStream(() => ({ runId: props.runId, url: `/api/stream/runs/${props.runId}`, resume: "none" }));
+        window.mounts = (window.mounts || 0) + 1;
+        return () => h("p", { id: "run" }, snapshot.value ? `${snapshot.value.state.runId} ${snapshot.value.state.workers.map((w) => w.name).join()}` : "null");
+      },
+    });
+    const current = (window.current = ref(first));
+    createApp({ setup: () => () => h(Run, { runId: current.value }) }).mount("#app");
+  }, runs[0]);
+  await page.waitForFunction((r) => document.getElementById("run").textContent === `${r} run 0`, runs[0], { timeout: 10000 });
+  await until(async () => (await stats(runs[0])).connections_open === 1, 5000);
+  assert.equal((await stats(runs[0])).connections_open, 1);
+
+  await page.evaluate((r) => { window.current.value = r; }, runs[1]);
+  await page.waitForFunction((r) => document.getElementById("run").textContent === `${r} run 1`, runs[1], { timeout: 10000 })
+    .catch((e) => assert.fail(`the reused component did not stream the new run: ${e.message}`));
+  assert.equal(await page.evaluate(() => window.mounts), 1, "the component was reused, not remounted");
+  await until(async () => (await stats(runs[0])).connections_open === 0, 5000);
+  assert.equal((await stats(runs[0])).connections_open, 0, "the old run's stream was closed");
+  assert.equal((await stats(runs[1])).connections_open, 1);
+  assert.equal((await stats(runs[1])).connections_total, 1, "one connection for the new run");
+  assert.equal((await stats(runs[0])).connections_total, 1, "the old run was not reopened");
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+// Issue 29: "Vue outside a component during SSR neither starts loading nor
+// leaves an unhandled rejection". Server rendering in Node with Vue's own
+// renderer (the Vue example's node_modules): the composable in a store's
+// effectScope and in a rendered component; `fetch` (how the glue loads the
+// wasm) is watched.
+test("vue composable during server rendering: no wasm loading, no unhandled rejection", () => {
+  const vueModules = fileURLToPath(new URL("../../www/examples/vue/node_modules", import.meta.url));
+  if (!existsSync(vueModules)) assert.fail("www/examples/vue/node_modules is missing: run ./scripts/examples.sh");
+  const dir = fileURLToPath(new URL("../../target/vue-ssr", import.meta.url));
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  // The package as installed: its files, with `vue` resolved from the example's node_modules.
+  cpSync(fileURLToPath(new URL("../../pkg", import.meta.url)), `${dir}/runstream`, { recursive: true });
+  symlinkSync(vueModules, `${dir}/node_modules`, "dir");
+  writeFileSync(`${dir}/ssr.mjs`, `
+    const seen = { fetches: 0, rejections: [] };
+    process.on("unhandledRejection", (e) => seen.rejections.push(String(e && e.message || e)));
+    globalThis.fetch = (...args) => { seen.fetches++; return Promise.reject(new Error("fetch during SSR: " + args[0])); };
+    const { createSSRApp, effectScope, h } = await import("vue");
+    const { renderToString } = await import("vue/server-renderer");
+    const { useRunStream } = await import("./runstream/vue.js");
+    const scope = effectScope();
+    const store = scope.run(() => useRunStream({ runId: "ssr_store" }));
+    const html = await renderToString(createSSRApp({
+      setup() {
+        const { snapshot } = useRunStream({ runId: "ssr_component" });
+        return () => h("p", String(snapshot.value));
+      },
+    }));
+    await new Promise((r) => setTimeout(r, 300));
+    scope.stop();
+    console.log(JSON.stringify({ ...seen, html, store: [store.snapshot.value, store.stream.value] }));
+  `);
+  const out = JSON.parse(execFileSync(process.execPath, [`${dir}/ssr.mjs`], { encoding: "utf8" }).trim().split("\n").pop());
+  assert.deepEqual(out, { fetches: 0, rejections: [], html: "<p>null</p>", store: [null, null] });
+  rmSync(dir, { recursive: true, force: true });
+});
+
+// Issue 29: "React StrictMode is tested in a development build (double mount:
+// one connection, no leak)". StrictMode mounts, unmounts and mounts every
+// component again only in React's development build (scripts/examples.sh
+// builds the React example once more with NODE_ENV=development into
+// dist/dev); the production build above never double-mounts.
+test("react example in a development build: StrictMode's double mount makes one connection per run and leaks none", async () => {
+  if (!existsSync(new URL("../../www/examples/react/dist/dev/index.html", import.meta.url))) {
+    assert.fail("www/examples/react/dist/dev is missing: run ./scripts/examples.sh");
+  }
+  const { run_id } = await api("POST", "/api/admin/runs", { seed: 7, workers: 3, speed: 1 });
+  const session = `chat_dev_${run_id}`;
+  await api("POST", "/api/admin/runs", { kind: "chat", run_id: session });
+  const page = await browser.newPage();
+  const errors = watchErrors(page);
+  const consoleLines = [];
+  page.on("console", (m) => consoleLines.push(m.text()));
+  await page.goto(`${server}/examples/react/dist/dev/index.html?run=${run_id}&session=${session}`);
+  await page.waitForSelector('[data-testid="workers"] li', { timeout: 15000 });
+  await page.waitForTimeout(500);
+  // React's development build says so on the console (the production build never does).
+  assert.ok(consoleLines.some((l) => l.includes("React DevTools")), `a development build of React: ${JSON.stringify(consoleLines)}`);
+  for (const run of [run_id, session]) {
+    const st = await stats(run);
+    assert.equal(st.connections_total, 1, `${run}: one connection through StrictMode's double mount`);
+    assert.equal(st.connections_open, 1, `${run}: open`);
+  }
+  // Unmount closes every stream (nothing left open by the discarded first mount); remount opens one per run.
+  await page.click('[data-testid="toggle"]');
+  await until(async () => (await stats(session)).connections_open === 0, 5000);
+  assert.equal((await stats(session)).connections_open, 0, "unmount closed the chat stream");
+  await page.click('[data-testid="toggle"]');
+  await until(async () => (await stats(session)).connections_open === 1, 5000);
+  await page.waitForTimeout(500);
+  const after = await stats(session);
+  assert.equal(after.connections_open, 1);
+  assert.equal(after.connections_total, 2, "a remount under StrictMode makes exactly one connection");
   assert.deepEqual(errors, []);
   await page.close();
 });

@@ -180,3 +180,54 @@ test("resume: \"local\" works the same", async () => {
 test("a full storage area (quota) never loses the cursor: the head goes to IndexedDB", async () => {
   await reloadMidStream("session, storage full", "session", { fill: true, reloads: 1 });
 });
+
+// PROTOCOL §6 `job_ids` (issue 29): the stored record carries every
+// `job_id → worker_id` mapping of a worker, so after a refresh job-only
+// events of its first and of its second job apply at once. (The record held
+// one `job_id` per worker: the second job's events waited, parked, for the
+// run's end.)
+test("a worker's second job survives a refresh: job-only events of both jobs apply at once", { timeout: 60000 }, async () => {
+  const { run_id: run } = await api("POST", "/api/admin/runs", { kind: "chat" }); // empty: the test appends
+  const append = (type, payload) => api("POST", `/api/admin/runs/${run}/append`, { type, payload });
+  const page = await browser.newPage();
+  const errors = watchErrors(page);
+  const open = async () => {
+    await page.evaluate(() => window.ready);
+    await page.evaluate((run) => {
+      window.s = new window.RunStream({ runId: run, url: `/api/stream/runs/${run}`, resume: "session" });
+      window.s.start();
+    }, run);
+  };
+  const state = () => page.evaluate(() => window.s.getSnapshot().state);
+  await page.goto(`${server}/harness.html`);
+  await open();
+  await append("worker.started", { worker_id: "w1", job_id: "j1", name: "search" });
+  await append("worker.job_assigned", { worker_id: "w1", job_id: "j2" });
+  await append("tool.started", { worker_id: "w1", tool_call_id: "t1", name: "fetch" });
+  await until(async () => (await state()).cursor === 3, 10000, 50);
+  const w = (await state()).workers[0];
+  assert.deepEqual([w.jobId, w.jobIds], ["j2", ["j1", "j2"]], JSON.stringify(w));
+  // The stored record has both jobs before the refresh.
+  const stored = () => page.evaluate((run) => sessionStorage.getItem(`runstream:${run}`) || "", run);
+  await until(async () => (await stored()).includes('"job_ids":["j1","j2"]'), 10000, 50);
+  assert.ok((await stored()).includes('"job_ids":["j1","j2"]'), await stored());
+
+  await page.reload();
+  await open();
+  const restored = await state();
+  assert.equal(restored.cursor, 3, "restored from the record");
+  assert.deepEqual(restored.workers[0].jobIds, ["j1", "j2"]);
+  await until(() => page.evaluate(() => window.s.getSnapshot().status.connection === "open"), 10000, 50);
+  await append("tool.completed", { job_id: "j1", tool_call_id: "t1", status: "ok" });
+  await append("worker.completed", { job_id: "j2", status: "succeeded" });
+  const done = await until(async () => {
+    const st = await state();
+    return st.cursor === 5 && st.workers[0]?.status === "succeeded" && st.workers[0].tools[0]?.status === "ok";
+  }, 10000, 50);
+  const st = await state();
+  assert.ok(done, `both jobs' events applied at once after the refresh: ${JSON.stringify(st.workers)}`);
+  assert.equal(st.workers.length, 1, "no second worker");
+  await page.evaluate(() => window.s.close());
+  await page.close();
+  assert.deepEqual(errors, []);
+});

@@ -189,10 +189,14 @@ fn decode_payload(event_type: &str, payload: Map<String, Value>) -> Result<Event
         }
         "message.created" => {
             let message_id = f.id("message_id")?;
-            let role = f.str("role")?;
-            if !matches!(role.as_str(), "user" | "assistant" | "system" | "tool") {
-                return Err(format!("unknown role `{role}`"));
-            }
+            use runstream::core::vocab::MessageRole;
+            let role = match f.str("role")?.as_str() {
+                "user" => MessageRole::User,
+                "assistant" => MessageRole::Assistant,
+                "system" => MessageRole::System,
+                "tool" => MessageRole::Tool,
+                other => return Err(format!("unknown role `{other}`")),
+            };
             EventKind::MessageCreated {
                 message_id,
                 role,

@@ -109,7 +109,7 @@ fn weigh(k: &EventKind) -> u32 {
             reply_to,
             content,
         } => {
-            h = mix(h, message_id.len() as u32 ^ role.len() as u32);
+            h = mix(h, message_id.len() as u32 ^ role.as_str().len() as u32);
             h = mix(
                 mix(mix(h, ol(client_request_id)), ol(reply_to)),
                 ol(content),

@@ -18,7 +18,7 @@ use super::timers::Timer;
 use super::{Engine, EngineError, Ms, SendResult};
 use crate::core::json::write::concat_u64;
 use crate::core::json::Writer;
-use crate::core::state::MessageStatus;
+use crate::core::state::{MessageRole, MessageStatus};
 use crate::core::wire::{ClientOp, ErrorCode, Headers};
 
 impl Engine {
@@ -115,7 +115,7 @@ impl Engine {
         let done = |s: MessageStatus| matches!(s, MessageStatus::Completed | MessageStatus::Failed);
         self.state.messages.iter().any(|m| {
             (m.reply_to.as_deref() == Some(r) && done(m.status))
-                || (m.role == "user"
+                || (m.role == MessageRole::User
                     && m.client_request_id.as_deref() == Some(r)
                     && m.status == MessageStatus::Failed
                     && m.message_id.is_some())

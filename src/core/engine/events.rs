@@ -247,11 +247,24 @@ impl Engine {
     /// Snapshot endpoint answered: `Ok(body)` for a 200, `Err(reason)` otherwise.
     pub fn handle_snapshot(&mut self, now: Ms, result: Result<&str, String>) {
         self.timers.clear(Timer::Snapshot);
-        let parsed = result.and_then(|body| {
-            SnapshotBody::decode(body)
-                .map_err(|e| e.message())
-                .and_then(|b| snapshot_of(b, &self.cfg.run_id).map_err(|e| e.message()))
-        });
+        // A body that is not a valid snapshot of this run (not the §6 shape,
+        // a role outside §4's four, another run) is counted as a protocol
+        // error, as the same state in a `snapshot` event is; an HTTP or
+        // network failure is not.
+        let parsed = match result {
+            Ok(body) => {
+                let valid = match SnapshotBody::decode(body) {
+                    Ok(b) => snapshot_of(b, &self.cfg.run_id),
+                    Err(e) => Err(SnapshotError::Invalid(e.message())),
+                };
+                valid.map_err(|e| {
+                    let why = e.message();
+                    self.protocol_error(now, e.into());
+                    why
+                })
+            }
+            Err(e) => Err(e),
+        };
         let failed = parsed.is_err();
         match parsed {
             // Final reconciliation: the endpoint's state is authoritative,

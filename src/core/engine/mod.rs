@@ -51,7 +51,7 @@ use super::metrics::{
 };
 use super::rng::Rng;
 use super::sse::{SseItemRef, SseParser};
-use super::state::{Applied, MessageStatus, Parked, RunState};
+use super::state::{Applied, MessageRole, MessageStatus, Parked, RunState};
 use follow::{Follow, Role};
 use link::{Conn, Link};
 use ordering::Ordering;
@@ -635,7 +635,7 @@ fn unanswered(state: &RunState) -> Vec<String> {
     let mut awaiting: Vec<String> = Vec::new();
     for m in &state.messages {
         let finished = matches!(m.status, MessageStatus::Completed | MessageStatus::Failed);
-        if m.role == "user" {
+        if m.role == MessageRole::User {
             if let (Some(c), false) = (&m.client_request_id, m.status == MessageStatus::Failed) {
                 awaiting.push(c.clone());
             }

@@ -283,13 +283,14 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::state::MessageRole;
 
     fn msg(crid: &str, status: MessageStatus, id: Option<&str>) -> Message {
         Message {
             message_id: id.map(str::to_owned),
             client_request_id: Some(crid.to_owned()),
             reply_to: None,
-            role: "user".into(),
+            role: MessageRole::User,
             content: crid.to_owned(),
             status,
         }

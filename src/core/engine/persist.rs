@@ -330,7 +330,7 @@ pub fn body_hash(m: &Message) -> u64 {
     field(&mut h, m.message_id.as_deref().map(str::as_bytes));
     field(&mut h, m.client_request_id.as_deref().map(str::as_bytes));
     field(&mut h, m.reply_to.as_deref().map(str::as_bytes));
-    field(&mut h, Some(m.role.as_bytes()));
+    field(&mut h, Some(m.role.as_str().as_bytes()));
     field(&mut h, Some(m.content.as_bytes()));
     let status: u8 = match m.status {
         MessageStatus::Queued => 0,
@@ -1276,7 +1276,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::state::{Message, MessageStatus};
+    use crate::core::state::{Message, MessageRole, MessageStatus};
 
     #[test]
     fn a_changed_outbox_is_written_even_when_the_cursor_did_not_move() {
@@ -1317,7 +1317,7 @@ mod tests {
             message_id: None,
             client_request_id: Some("c1".into()),
             reply_to: None,
-            role: "user".into(),
+            role: MessageRole::User,
             content: "hi".into(),
             status: MessageStatus::Sending,
         });

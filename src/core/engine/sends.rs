@@ -10,7 +10,7 @@ use crate::core::json::write::concat_u64;
 use crate::core::metrics::{
     EventClass, MessageMetrics, Metric, SpanFields, SpanStatus, MAX_MESSAGE_METRICS,
 };
-use crate::core::state::{Message, MessageStatus};
+use crate::core::state::{Message, MessageRole, MessageStatus};
 use crate::core::wire::{Accepted, ClientOp, ErrorCode, Headers};
 
 impl Engine {
@@ -34,7 +34,7 @@ impl Engine {
             message_id: None,
             client_request_id: Some(crid.clone()),
             reply_to: None,
-            role: "user".into(),
+            role: MessageRole::User,
             content: content.to_owned(),
             status: MessageStatus::Queued,
         });

@@ -47,6 +47,11 @@ impl ToJson for Worker {
         w.begin_object();
         w.key("workerId").str(&self.worker_id);
         w.key("jobId").opt_str(self.job_id.as_deref());
+        w.key("jobIds").begin_array();
+        for j in &self.job_ids {
+            w.str(j);
+        }
+        w.end_array();
         w.key("name").opt_str(self.name.as_deref());
         w.key("status").str(self.status.as_str());
         w.key("tools").value(self.tools.as_slice());
@@ -61,7 +66,7 @@ impl ToJson for Message {
         w.key("clientRequestId")
             .opt_str(self.client_request_id.as_deref());
         w.key("replyTo").opt_str(self.reply_to.as_deref());
-        w.key("role").str(&self.role);
+        w.key("role").str(self.role.as_str());
         w.key("content").str(&self.content);
         w.key("status").str(self.status.as_str());
         w.end_object();

@@ -5,7 +5,9 @@
 //! Reading follows the serde derives the native build keeps (checked by
 //! `tests/json.rs`): unknown fields are ignored; a missing optional field
 //! and `null` are the same (PROTOCOL §6); `run_id` (state), `worker_id`,
-//! `tool_call_id` and `role` are required strings; numbers must be `u64`
+//! `tool_call_id` and `role` are required strings (`role` one of the four
+//! of PROTOCOL §4, like in events); `job_ids` an array of
+//! strings (or `null`); numbers must be `u64`
 //! integers (`cursor`); statuses must be known names. One difference: serde
 //! also accepts a struct written as a JSON array of its fields in order;
 //! this reader accepts only objects (no server writes arrays). A duplicated
@@ -17,7 +19,7 @@ use super::write::{ToJson, Writer};
 use super::{JsonError, Number};
 use crate::core::error::SnapshotError;
 use crate::core::state::{Message, RunState, Supervisor, Tool, Worker};
-use crate::core::vocab::{MessageStatus, RunStatus, ToolStatus, WorkerStatus};
+use crate::core::vocab::{MessageRole, MessageStatus, RunStatus, ToolStatus, WorkerStatus};
 
 /// What was wrong, as a static reason.
 type Bad = &'static str;
@@ -93,13 +95,22 @@ fn tool(s: &mut Scanner<'_>) -> Result<Tool, Bad> {
     })
 }
 
+fn job_id(s: &mut Scanner<'_>) -> Result<String, Bad> {
+    match s.peek().map_err(json)? {
+        Token::String => s.string().map(|c| c.into_owned()).map_err(json),
+        _ => Err("`job_ids` must be an array of strings"),
+    }
+}
+
 fn worker(s: &mut Scanner<'_>) -> Result<Worker, Bad> {
     object(s, "a worker must be an object")?;
     let mut w = (None, None, None, WorkerStatus::default(), Vec::new());
+    let mut job_ids = Vec::new();
     while let Some(k) = s.key().map_err(json)? {
         match &*k {
             "worker_id" => w.0 = opt_string(s, "`worker_id` must be a string")?,
             "job_id" => w.1 = opt_string(s, "`job_id` must be a string")?,
+            "job_ids" => job_ids = list(s, job_id, "`job_ids` must be an array of strings")?,
             "name" => w.2 = opt_string(s, "worker `name` must be a string")?,
             "status" => w.3 = status(s, worker_status, "unknown worker status")?,
             "tools" => w.4 = list(s, tool, "`tools` must be an array")?,
@@ -109,6 +120,7 @@ fn worker(s: &mut Scanner<'_>) -> Result<Worker, Bad> {
     Ok(Worker {
         worker_id: w.0.ok_or("missing field `worker_id`")?,
         job_id: w.1,
+        job_ids,
         name: w.2,
         status: w.3,
         tools: w.4,
@@ -124,7 +136,7 @@ pub(crate) fn message(s: &mut Scanner<'_>) -> Result<Message, Bad> {
             "message_id" => m.0 = opt_string(s, "`message_id` must be a string")?,
             "client_request_id" => m.1 = opt_string(s, "`client_request_id` must be a string")?,
             "reply_to" => m.2 = opt_string(s, "`reply_to` must be a string")?,
-            "role" => m.3 = opt_string(s, "`role` must be a string")?,
+            "role" => m.3 = Some(status(s, role, "unknown message role")?),
             "content" => m.4 = opt_string(s, "`content` must be a string")?,
             "status" => m.5 = status(s, message_status, "unknown message status")?,
             _ => s.skip().map_err(json)?,
@@ -134,7 +146,7 @@ pub(crate) fn message(s: &mut Scanner<'_>) -> Result<Message, Bad> {
         message_id: m.0,
         client_request_id: m.1,
         reply_to: m.2,
-        role: m.3.ok_or("missing field `role`")?,
+        role: m.3.flatten().ok_or("missing field `role`")?,
         content: m.4.unwrap_or_default(),
         status: m.5,
     })
@@ -216,6 +228,12 @@ pub(crate) fn state_with(
     }
     st.run_id = run_id.ok_or("missing field `run_id`")?;
     Ok(st)
+}
+
+/// A role outside the protocol's four is an invalid snapshot (counted as a
+/// protocol error, as it is in a `message.created` event); `null` is `None`.
+fn role(s: &str) -> Option<Option<MessageRole>> {
+    MessageRole::parse(s).map(Some)
 }
 
 fn run_status(s: &str) -> Option<RunStatus> {
@@ -305,7 +323,7 @@ pub(crate) fn write_message(w: &mut Writer, m: &Message) {
     w.key("client_request_id")
         .opt_str(m.client_request_id.as_deref());
     w.key("reply_to").opt_str(m.reply_to.as_deref());
-    w.key("role").str(&m.role);
+    w.key("role").str(m.role.as_str());
     w.key("content").str(&m.content);
     w.key("status").str(m.status.as_str());
     w.end_object();
@@ -327,6 +345,11 @@ pub(crate) fn write_state_with(
         w.begin_object();
         w.key("worker_id").str(&wk.worker_id);
         w.key("job_id").opt_str(wk.job_id.as_deref());
+        w.key("job_ids").begin_array();
+        for j in &wk.job_ids {
+            w.str(j);
+        }
+        w.end_array();
         w.key("name").opt_str(wk.name.as_deref());
         w.key("status").str(wk.status.as_str());
         w.key("tools").begin_array();
