@@ -3,3 +3,5 @@
  * inside a team's own Node backend.
  */
 export * from "./store.js";
+export { fromAiSdk } from "./ai.js";
+export type { AiSdkAppendTarget, CancelReason, FromAiSdkOptions, FromAiSdkResult, FromAiSdkStatus } from "./ai.js";
