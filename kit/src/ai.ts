@@ -14,20 +14,16 @@
 
 import { randomUUID } from "node:crypto";
 import type { TextStreamPart, ToolSet } from "ai";
-import type { JsonObject, NewEvent } from "./store.js";
+import type { JsonObject, NewEvent, Store } from "./store.js";
 
-/** The part of the kit `fromAiSdk` uses: its public `rs.append`. */
-export interface AiSdkAppendTarget {
+/**
+ * The part of the kit `fromAiSdk` uses (a `Runstream` has it): `append` to
+ * write, and the store's `cancelRequested` to tell a run-wide cancel from a
+ * reply's when the signal fires.
+ */
+export interface AiSdkTarget {
   append(runId: string, events: NewEvent[], options?: { idempotencyKey?: string }): Promise<unknown>;
-}
-
-/** What a cancel asked for, as `rs.cancelSignal(runId)` gives it in `signal.reason`. */
-export interface CancelReason {
-  /** The cancel's client_request_id. */
-  client_request_id?: string;
-  /** Set when one reply is to stop; absent for a run-wide cancel (PROTOCOL §8). */
-  reply_to?: string;
-  reason?: string;
+  readonly store: Pick<Store, "cancelRequested">;
 }
 
 /** Options of {@link fromAiSdk}. */
@@ -41,11 +37,12 @@ export interface FromAiSdkOptions {
    */
   coalesceMs?: number;
   /**
-   * Stops the reply when it aborts: reading ends, the message ends with
-   * `message.completed` `{finish_reason: "cancelled"}`, and when the cancel is
-   * run-wide (`signal.reason` without `reply_to`, as `rs.cancelSignal` sets it)
-   * the run ends with `run.completed` `{status: "cancelled"}` (PROTOCOL §8).
-   * Pass the same signal to `streamText({ abortSignal })` so the model stops too.
+   * Stops the reply when it aborts (`rs.cancelSignal(runId, { replyTo })`):
+   * reading ends, the message ends with `message.completed`
+   * `{finish_reason: "cancelled"}`, and when the run has a run-wide
+   * `run.cancel_requested` the run ends with `run.completed`
+   * `{status: "cancelled"}` (PROTOCOL §8). Pass the same signal to
+   * `streamText({ abortSignal })` so the model stops too.
    */
   signal?: AbortSignal;
   /** The assistant message's id (default: a new `msg_<uuid>`). */
@@ -85,17 +82,13 @@ function errorText(e: unknown): string {
   }
 }
 
-function isCancelReason(r: unknown): r is CancelReason {
-  return typeof r === "object" && r !== null && !(r instanceof Error) && ("client_request_id" in r || "reply_to" in r);
-}
-
 /**
  * Writes an AI SDK `fullStream` into run `runId` as one assistant reply (see
  * the file's head for the mapping). Resolves when the reply's ending is
  * appended; rejects if `rs.append` fails (nothing is written after a failed append).
  */
 export async function fromAiSdk<TOOLS extends ToolSet>(
-  rs: AiSdkAppendTarget,
+  rs: AiSdkTarget,
   runId: string,
   fullStream: AsyncIterable<TextStreamPart<TOOLS>>,
   options: FromAiSdkOptions = {},
@@ -253,9 +246,15 @@ export async function fromAiSdk<TOOLS extends ToolSet>(
     w.push({ type: "worker.completed", payload: { worker_id: workerId, status: ended === "completed" ? "succeeded" : ended } });
   }
   // A run-wide cancel ends the run after its messages (PROTOCOL §8).
-  const reason: unknown = signal?.reason;
-  const runEnded = ended === "cancelled" && signal?.aborted === true && isCancelReason(reason) && reason.reply_to === undefined;
-  if (runEnded) w.push({ type: "run.completed", payload: { status: "cancelled" } });
+  let runEnded = false;
+  if (ended === "cancelled" && !w.failed) {
+    try {
+      runEnded = (await rs.store.cancelRequested(runId, { kind: "run" })) !== null;
+    } catch (e) {
+      w.fail(e);
+    }
+    if (runEnded) w.push({ type: "run.completed", payload: { status: "cancelled" } });
+  }
   await w.drain();
   return { messageId, status: ended, finishReason, events: w.events, appends: w.appends, runEnded };
 }
@@ -271,12 +270,13 @@ class Writer {
   private outbox: NewEvent[] = [];
   private inflight: Promise<void> | null = null;
   private error: unknown = null;
+  /** An append failed (or the run-wide check did): nothing more is written. */
   failed = false;
   events = 0;
   appends = 0;
 
   constructor(
-    private readonly rs: AiSdkAppendTarget,
+    private readonly rs: AiSdkTarget,
     private readonly runId: string,
   ) {}
 
@@ -309,11 +309,16 @@ class Writer {
       },
       (e: unknown) => {
         this.inflight = null;
-        this.failed = true;
-        this.error = e;
-        this.outbox = [];
+        this.fail(e);
       },
     );
+  }
+
+  /** Stops writing; `drain` rejects with `e`. */
+  fail(e: unknown): void {
+    this.failed = true;
+    this.error = e;
+    this.outbox = [];
   }
 
   /** Resolves when everything pushed is appended; rejects with the first append's error. */

@@ -4,4 +4,4 @@
  */
 export * from "./store.js";
 export { fromAiSdk } from "./ai.js";
-export type { AiSdkAppendTarget, CancelReason, FromAiSdkOptions, FromAiSdkResult, FromAiSdkStatus } from "./ai.js";
+export type { AiSdkTarget, FromAiSdkOptions, FromAiSdkResult, FromAiSdkStatus } from "./ai.js";
