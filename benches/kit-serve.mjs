@@ -20,7 +20,7 @@ const url = arg("--store", "redis://127.0.0.1:6379");
 const secretFile = arg("--jwt-secret-file", null);
 const rs = kit.createRunstream({
   store: kit.redisStore({ url }),
-  auth: secretFile ? kit.jwtAuth({ secret: readFileSync(secretFile, "utf8").trim() }) : () => "allow",
+  auth: secretFile ? kit.jwtAuth({ secret: readFileSync(secretFile, "utf8").trim() }) : "none",
 });
 const server = createServer(rs.node);
 server.listen(Number(arg("--port", 0)), "127.0.0.1", () => console.log(`kit.listening http://127.0.0.1:${server.address().port}`));

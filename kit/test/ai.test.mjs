@@ -28,7 +28,7 @@ const model = (steps, chunkDelayInMs = null) => {
 };
 
 function kit() {
-  const rs = createRunstream({ store: memoryStore(), auth: () => "allow" });
+  const rs = createRunstream({ store: memoryStore(), auth: "none" });
   const call = (method, path, body) =>
     rs.fetch(
       new Request(`http://kit.test/api${path}`, {

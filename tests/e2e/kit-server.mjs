@@ -225,7 +225,7 @@ class ChaosConn {
 export async function startKitServer({ store: storeSpec = "memory", port = 0, heartbeatMs = 15000 } = {}) {
   const kit = await import(kitDist);
   const store = storeSpec === "memory" ? kit.memoryStore() : kit.redisStore({ url: storeSpec });
-  const rs = kit.createRunstream({ store, auth: () => "allow", heartbeatMs, basePath: "/api" });
+  const rs = kit.createRunstream({ store, auth: "none", heartbeatMs, basePath: "/api" });
 
   const runs = new Map(); // run id → { chaos, speed, seed, stats }
   const statsOf = (id) => {

@@ -6,11 +6,12 @@ import { MockLanguageModelV4 } from "ai/test";
 // instance per server process. memoryStore() keeps runs in this process (one
 // `next start`); for several instances use redisStore({ url: process.env.REDIS_URL }).
 // No auth here, to keep the example short: in production pass
-// jwtAuth({ secret }) (PROTOCOL §7) or your own (ctx) => "allow" | "forbidden" | "unauthorized".
+// jwtAuth({ secret }) (PROTOCOL §7) or your own (ctx) => "allow" | "forbidden" | "unauthorized";
+// "none" is the explicit choice for local development.
 function create() {
   const rs = createRunstream({
     store: memoryStore(),
-    auth: () => "allow",
+    auth: "none",
     // Enables the publish API (server-to-server producers, SERVER.md §1); without a key those routes answer 404.
     publishKey: process.env.RUNSTREAM_PUBLISH_KEY,
     basePath: "/api",
