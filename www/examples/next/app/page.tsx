@@ -1,7 +1,7 @@
 import { redirect } from "next/navigation";
 import { Chat } from "./chat";
 import { TaskPanel } from "./task-panel";
-import { startDemoTask } from "../lib/runstream";
+import { rs, startDemoTask } from "../lib/runstream";
 
 type Query = Record<string, string | string[] | undefined>;
 
@@ -21,6 +21,9 @@ export default async function Page({ searchParams }: { searchParams: Promise<Que
   const q = await searchParams;
   const runId = typeof q.run === "string" ? q.run : null;
   const session = typeof q.session === "string" ? q.session : "chat_demo";
+  // The chat session's run exists before the browser follows it (a stream of an
+  // unknown run is a final 404); a repeat is a no-op.
+  await rs.createRun({ runId: session, kind: "chat" });
   return (
     <main>
       <h1>runstream × Next.js</h1>
