@@ -3,3 +3,5 @@
  * inside a team's own Node backend.
  */
 export * from "./store.js";
+export { redisStore, RedisStore, loadScripts } from "./redis.js";
+export type { RedisStoreOptions, QueuedSend } from "./redis.js";
