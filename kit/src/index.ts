@@ -3,5 +3,7 @@
  * inside a team's own Node backend.
  */
 export * from "./store.js";
+export { redisStore, RedisStore, loadScripts } from "./redis.js";
+export type { RedisStoreOptions, QueuedSend } from "./redis.js";
 export { fromAiSdk } from "./ai.js";
 export type { AiSdkTarget, FromAiSdkOptions, FromAiSdkResult, FromAiSdkStatus } from "./ai.js";
