@@ -189,7 +189,7 @@ test("abort mid-stream via rs.cancelSignal: a reply cancel ends the message canc
   const sent = await (await call("POST", `/chat/${session}/messages`, { client_request_id: "send-1", content: "long answer please" })).json();
   const runId = sent.run_id;
   const { m, seen } = slowModel(200, 10);
-  const signal = rs.cancelSignal(runId);
+  const signal = rs.cancelSignal(runId, { replyTo: "send-1" });
   const done = fromAiSdk(rs, runId, streamText({ model: m, prompt: "x", abortSignal: signal }).fullStream, { replyTo: "send-1", signal });
   await new Promise((r) => setTimeout(r, 300));
   const c = await call("POST", `/runs/${runId}/cancel`, { client_request_id: "cancel-1", reply_to: "send-1" });
@@ -208,7 +208,7 @@ test("abort mid-stream via rs.cancelSignal: a reply cancel ends the message canc
   await call("POST", `/chat/${session}/messages`, { client_request_id: "send-2", content: "short" });
   const next = await fromAiSdk(rs, runId, streamText({ model: model([[...textParts("t", ["fine"]), finish("stop")]]), prompt: "y" }).fullStream, {
     replyTo: "send-2",
-    signal: rs.cancelSignal(runId),
+    signal: rs.cancelSignal(runId, { replyTo: "send-2" }),
   });
   assert.deepEqual([next.status, next.finishReason], ["completed", "stop"]);
   ({ snap } = await read(runId));
