@@ -173,6 +173,12 @@ function malformed(r, runId, nextId) {
   }
 }
 
+/** A frame of `bytes` bytes (the oversize knob): an envelope-looking JSON text past the client's limit. */
+function oversized(bytes) {
+  const head = '{"event_id":1,"run_id":"x","payload":"';
+  return `${head}${"x".repeat(Math.max(0, bytes - head.length - 2))}"}`;
+}
+
 /**
  * One connection's chaos over a run's event sequence: feed it each event (its
  * id) and it says what to emit, in order; `end` is set once the connection is
@@ -350,10 +356,7 @@ export async function startKitServer({ store: storeSpec = "memory", port = 0, he
     try {
       if (meta.chaos.hold_first_ms > 0) await sleep(meta.chaos.hold_first_ms);
       if (meta.chaos.retry_ms !== null) write(`retry: ${meta.chaos.retry_ms}\n\n`);
-      if (meta.chaos.oversize_bytes > 0) {
-        const head = '{"event_id":1,"run_id":"x","payload":"';
-        write(`event: message\ndata: ${head}${"x".repeat(Math.max(0, meta.chaos.oversize_bytes - head.length))}"}\n\n`);
-      }
+      if (meta.chaos.oversize_bytes > 0) write(`event: message\ndata: ${oversized(meta.chaos.oversize_bytes)}\n\n`);
       const dec = new TextDecoder();
       let buf = "";
       let flushTimer = null;
@@ -486,6 +489,7 @@ export async function startKitServer({ store: storeSpec = "memory", port = 0, he
               hold: meta.chaos.hold_first_ms > 0 ? sleep(meta.chaos.hold_first_ms) : null,
               chain: Promise.resolve(),
               binary: meta.chaos.binary_frame,
+              oversize: meta.chaos.oversize_bytes,
               stats: meta.stats,
               timer: null,
             });
@@ -527,6 +531,7 @@ export async function startKitServer({ store: storeSpec = "memory", port = 0, he
           client.send(text);
           if (s.binary) client.send(Buffer.from([0, 1, 2, 3]), { binary: true });
           if (s.hold) await s.hold;
+          if (s.oversize > 0 && client.readyState === WebSocket.OPEN) client.send(oversized(s.oversize));
           return;
         }
         if (op.op !== "event") return client.send(text);
