@@ -156,7 +156,7 @@ async function call(method, path, body, headers = {}) {
     body: body ? JSON.stringify(body) : undefined,
   });
   const t = await r.text();
-  return { status: r.status, body: t ? JSON.parse(t) : null };
+  return { status: r.status, body: t && /json/.test(r.headers.get("content-type") ?? "") ? JSON.parse(t) : t };
 }
 const publish = (path, body, key) =>
   call("POST", `/api/publish${path}`, body, { Authorization: `Bearer ${PUBLISH_KEY}`, ...(key ? { "Idempotency-Key": key } : {}) });
