@@ -17,7 +17,9 @@
 //   knobs, same names);
 // - GET /api/admin/runs/{id}/stats, POST …/prune, POST …/append,
 //   POST /api/admin/restart (every open stream and socket is cut; the store
-//   stays), GET /api/admin/frames (every envelope sent, bounded).
+//   stays), GET /api/admin/frames (every envelope sent, bounded),
+//   POST /api/admin/runs/{id}/chaos (change the knobs; `drop_sends`: the relay
+//   loses the session's WebSocket `send` ops, for a send lost before the kit).
 //
 //   node tests/e2e/kit-server.mjs [--store memory|redis://host:port] [--port P]
 //   (prints "kit.listening http://127.0.0.1:P" once it accepts connections)
@@ -155,6 +157,8 @@ function chaosOf(c = {}) {
     hold_first_ms: Number(c.hold_first_ms ?? 0),
     retry_ms: c.retry_ms === undefined || c.retry_ms === null ? null : Number(c.retry_ms),
     binary_frame: Boolean(c.binary_frame),
+    // WebSocket only: the relay swallows the session's `send` ops (no ack: a lost send).
+    drop_sends: Boolean(c.drop_sends),
   };
 }
 
@@ -300,6 +304,11 @@ export async function startKitServer({ store: storeSpec = "memory", port = 0, he
     if (req.method === "POST" && (m = path.match(/^\/api\/admin\/runs\/([^/]+)\/append$/))) {
       const r = await rs.append(decodeURIComponent(m[1]), [{ type: body.type, payload: body.payload ?? {} }]);
       return json(200, r ?? {});
+    }
+    if (req.method === "POST" && (m = path.match(/^\/api\/admin\/runs\/([^/]+)\/chaos$/))) {
+      const meta = statsOf(decodeURIComponent(m[1]));
+      meta.chaos = chaosOf({ ...meta.chaos, ...body });
+      return json(200, meta.chaos);
     }
     if (req.method === "POST" && path === "/api/admin/restart") {
       const n = open.size;
@@ -493,6 +502,9 @@ export async function startKitServer({ store: storeSpec = "memory", port = 0, he
               stats: meta.stats,
               timer: null,
             });
+          } else if (op.op === "send" && typeof op.session_id === "string" && statsOf(op.session_id).chaos.drop_sends) {
+            statsOf(op.session_id).stats.sends_dropped = (statsOf(op.session_id).stats.sends_dropped ?? 0) + 1;
+            return;
           } else if (op.op === "unsubscribe" && typeof op.run_id === "string") {
             const s = subs.get(op.run_id);
             if (s) s.stats.connections_open--;
