@@ -16,6 +16,7 @@
 //   STORE=cluster node benches/load.mjs   (a 3-master Redis Cluster, `--store redis-cluster://…`)
 //   STORE=both node benches/load.mjs      (one Redis, then the cluster; figures side by side)
 //   SERVER=gateway,kit node benches/load.mjs  (default: both, side by side on the same producer)
+//   SERVER=kit KIT_NODE_ARGS="--cpu-prof --cpu-prof-dir=target/bench" node benches/load.mjs  (profile the kit)
 //
 // SERVER=kit serves the same runs with the TypeScript kit (benches/kit-serve.mjs:
 // createRunstream on redisStore, node:http through rs.node, one Node process)
@@ -170,7 +171,7 @@ async function oneRun(kind, mode, server) {
   if (mode === "jwt") writeFileSync(join(dir, "jwt.secret"), SECRET);
   // Frame recording (for the contract tests' GET /api/admin/frames) off, as in a deployment.
   const api = server === "kit"
-    ? start(`kit-${mode}`, process.execPath, [join(root, "benches/kit-serve.mjs"), "--store", store, "--port", String(apiPort),
+    ? start(`kit-${mode}`, process.execPath, [...(process.env.KIT_NODE_ARGS ? process.env.KIT_NODE_ARGS.split(" ") : []), join(root, "benches/kit-serve.mjs"), "--store", store, "--port", String(apiPort),
       ...(mode === "jwt" ? ["--jwt-secret-file", join(dir, "jwt.secret")] : [])])
     : start(`replica-${mode}`, bin, [...auth, "--dev", "--addr", `127.0.0.1:${apiPort}`, "--store", store, "--www", "www", "--pkg", "pkg",
       "--record-frames", process.env.RECORD_FRAMES || "0"]);
