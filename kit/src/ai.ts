@@ -68,6 +68,16 @@ export interface FromAiSdkResult {
   runEnded: boolean;
 }
 
+/**
+ * Longest `message.delta` text fromAiSdk writes (UTF-16 code units): merged
+ * text past it starts a new delta, so a slow store never makes one event that
+ * a client would refuse as too large.
+ */
+export const MAX_DELTA_CHARS = 16_384;
+
+/** Most events in one `rs.append` (the kit takes at most 1,000 per batch). */
+export const MAX_APPEND_EVENTS = 500;
+
 type Usage = { inputTokens: number | undefined; outputTokens: number | undefined };
 
 /** The message of an error part, never its stack (it goes to every reader of the run). */
@@ -109,8 +119,16 @@ export async function fromAiSdk<TOOLS extends ToolSet>(
   const release = () => {
     if (timer !== null) clearTimeout(timer);
     timer = null;
-    if (text) w.push({ type: "message.delta", payload: { message_id: messageId, delta: text } });
+    // At most MAX_DELTA_CHARS per event (split on a code point boundary).
+    let rest = text;
     text = "";
+    while (rest) {
+      let cut = Math.min(rest.length, MAX_DELTA_CHARS);
+      const c = rest.charCodeAt(cut - 1);
+      if (cut < rest.length && c >= 0xd800 && c <= 0xdbff) cut -= 1;
+      w.push({ type: "message.delta", payload: { message_id: messageId, delta: rest.slice(0, cut) } });
+      rest = rest.slice(cut);
+    }
   };
 
   let workerStarted = false;
@@ -261,10 +279,11 @@ export async function fromAiSdk<TOOLS extends ToolSet>(
 
 /**
  * Appends events in order with at most one `rs.append` in flight; what is
- * pushed meanwhile waits and goes out as the next batch, consecutive deltas of
- * one message merged into one. The wait list holds at most the events of the
- * parts read during one append (deltas merged), so it is bounded by the
- * stream's pace, not by the store's.
+ * pushed meanwhile waits and goes out as the next batch (at most
+ * MAX_APPEND_EVENTS per append), consecutive deltas of one message merged up
+ * to MAX_DELTA_CHARS. The wait list holds what the model produced during one
+ * append (deltas merged): it grows with the model's pace times the store's
+ * latency, never with the number of tokens.
  */
 class Writer {
   private outbox: NewEvent[] = [];
@@ -287,7 +306,8 @@ class Writer {
       last !== undefined &&
       last.type === "message.delta" &&
       e.type === "message.delta" &&
-      last.payload.message_id === e.payload.message_id
+      last.payload.message_id === e.payload.message_id &&
+      String(last.payload.delta).length + String(e.payload.delta).length <= MAX_DELTA_CHARS
     ) {
       last.payload.delta = `${String(last.payload.delta)}${String(e.payload.delta)}`;
     } else {
@@ -298,8 +318,7 @@ class Writer {
 
   private pump(): void {
     if (this.inflight !== null || this.failed || this.outbox.length === 0) return;
-    const batch = this.outbox;
-    this.outbox = [];
+    const batch = this.outbox.splice(0, MAX_APPEND_EVENTS);
     this.appends += 1;
     this.events += batch.length;
     this.inflight = this.rs.append(this.runId, batch).then(

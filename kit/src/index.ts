@@ -39,5 +39,5 @@ export {
 } from "./runstream.js";
 export { redisStore, RedisStore, loadScripts } from "./redis.js";
 export type { RedisStoreOptions, QueuedSend } from "./redis.js";
-export { fromAiSdk } from "./ai.js";
+export { fromAiSdk, MAX_DELTA_CHARS, MAX_APPEND_EVENTS } from "./ai.js";
 export type { AiSdkTarget, FromAiSdkOptions, FromAiSdkResult, FromAiSdkStatus } from "./ai.js";

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { streamText, tool, stepCountIs } from "ai";
 import { MockLanguageModelV4, simulateReadableStream } from "ai/test";
 import { z } from "zod";
-import { createRunstream, memoryStore, fromAiSdk } from "../dist/index.js";
+import { createRunstream, memoryStore, fromAiSdk, MAX_DELTA_CHARS } from "../dist/index.js";
 
 const usage = (input, output) => ({
   inputTokens: { total: input, noCache: input, cacheRead: 0, cacheWrite: 0 },
@@ -262,4 +262,24 @@ test("coalescing: a 1,000-token fast stream costs far fewer events; the text is 
   });
   assert.ok(r2.events > 50, `${r2.events} events with coalesceMs 0 for 100 tokens`);
   console.log(`# 1,000 tokens: ${deltas.length} delta events (coalesceMs 16); 100 tokens with coalesceMs 0: ${r2.events - 2} delta events`);
+});
+
+test("bounds: no delta longer than MAX_DELTA_CHARS (split on a code point), also when a slow store makes text wait; the text is exact", async () => {
+  const { rs, read } = kit();
+  const { runId } = await rs.createRun({});
+  assert.equal(MAX_DELTA_CHARS, 16_384);
+  // One huge part whose cut point falls inside a surrogate pair, then fast small parts.
+  const huge = `${"a".repeat(MAX_DELTA_CHARS - 1)}😀${"b".repeat(30_000)}`;
+  const small = Array.from({ length: 300 }, (_, i) => `s${i} `);
+  // The real rs.append, 100 ms slower: text piles up behind each append.
+  const slow = { store: rs.store, append: async (...a) => (await new Promise((r) => setTimeout(r, 100)), rs.append(...a)) };
+  const r = await fromAiSdk(slow, runId, streamText({ model: model([[...textParts("t", [huge, ...small]), finish("stop")]], 1), prompt: "x" }).fullStream);
+  const { events, snap } = await read(runId);
+  const deltas = events.filter((e) => e.type === "message.delta").map((e) => e.payload.delta);
+  assert.ok(deltas.every((d) => d.length <= MAX_DELTA_CHARS), deltas.map((d) => d.length).join(","));
+  const lone = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+  assert.ok(deltas.every((d) => !lone.test(d)), "no delta splits a surrogate pair");
+  assert.equal(deltas.join(""), huge + small.join(""));
+  assert.equal(snap.state.messages[0].content, huge + small.join(""));
+  assert.ok(r.appends < 40, `${r.appends} appends for ~0.4 s of tokens behind a 100 ms store`);
 });
