@@ -51,7 +51,7 @@ export interface RunstreamOptions {
    * development only). Required: there is no default.
    */
   auth: Authorize | "none";
-  /** Enables the publish API (SERVER.md §1) with this key; omitted, those routes answer 404. */
+  /** Enables the publish API (SERVER.md §1) with this key (at least 16 bytes); omitted, those routes answer 404. */
   publishKey?: string | undefined;
   /** Heartbeat comment lines on an idle SSE stream (default 15 000 ms). */
   heartbeatMs?: number | undefined;
@@ -69,6 +69,13 @@ export interface RunstreamOptions {
   wsBufferBytes?: number | undefined;
   /** How long a client that stops reading may stall its stream before it is disconnected (default 10 000 ms). */
   slowClientMs?: number | undefined;
+  /**
+   * Origins (`scheme://host[:port]`) whose pages may call the routes
+   * cross-origin, with credentials (CORS; the gateway's `--cors-origin`).
+   * Default: same origin only: no CORS headers, and a WebSocket upgrade from
+   * another origin carries no cookie credentials (its frames must carry headers).
+   */
+  corsOrigins?: string[] | undefined;
   /** Structured log lines (`stream.open`, `send.accepted`, …); default: none. Tokens and header values are never passed. */
   log?: ((event: string, fields: Record<string, Json | undefined>) => void) | undefined;
 }
@@ -140,6 +147,8 @@ export interface Runstream {
   close(): Promise<void>;
 }
 
+/** Shortest publish key accepted (the gateway's `--publish-key-file` rule). */
+export const MIN_PUBLISH_KEY_BYTES = 16;
 /** Longest `Idempotency-Key` (visible ASCII). */
 export const MAX_KEY_LEN = 200;
 /** Longest wait of the sends long poll. */
@@ -148,6 +157,8 @@ export const MAX_WAIT_MS = 30_000;
 export const SENDS_PER_POLL = 500;
 /** Longest cancel `reason`. */
 export const MAX_REASON_CHARS = 1000;
+/** WebSocket frames of one socket waiting to be handled (past it the socket is closed with 1008). */
+export const MAX_PENDING_FRAMES = 256;
 /** Graces claimed per poll. */
 const GRACES_PER_POLL = 100;
 
@@ -239,6 +250,29 @@ function parseJson(s: string): Json | undefined {
   }
 }
 
+/** A JSON `Content-Type` (`application/json` or `…+json`), as the gateway's JSON extractor requires. */
+function isJsonType(request: Request): boolean {
+  const ct = (request.headers.get("content-type") ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
+  return ct === "application/json" || (ct.startsWith("application/") && ct.endsWith("+json"));
+}
+
+const NOT_JSON_TYPE = "Expected request with `Content-Type: application/json`";
+
+/**
+ * A JSON body read as the gateway's extractor reads it: no `Content-Type`
+ * → none (an optional body), another type → 415, not JSON → 400.
+ */
+type BodyJson = { kind: "none" } | { kind: "value"; value: Json } | { kind: "reject"; status: 400 | 415; text: string };
+function jsonBody(request: Request, raw: string): BodyJson {
+  if (request.headers.get("content-type") === null) return { kind: "none" };
+  if (!isJsonType(request)) return { kind: "reject", status: 415, text: NOT_JSON_TYPE };
+  const value = parseJson(raw);
+  if (value === undefined) return { kind: "reject", status: 400, text: "Failed to parse the request body as JSON" };
+  return { kind: "value", value };
+}
+
+const SHAPE = "Failed to deserialize the JSON body into the target type";
+
 function isObject(v: Json | undefined): v is { [k: string]: Json } {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
@@ -288,7 +322,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     throw new Error('createRunstream: choose `auth`: jwtAuth({ secret } | { publicKey }), your own function, or "none" (local development)');
   }
   const auth = options.auth;
-  const key = options.publishKey ? new PublishKey(options.publishKey) : null;
+  if (options.publishKey !== undefined && Buffer.byteLength(options.publishKey) < MIN_PUBLISH_KEY_BYTES) {
+    throw new Error(`createRunstream: publishKey must be at least ${MIN_PUBLISH_KEY_BYTES} bytes`);
+  }
+  const key = options.publishKey !== undefined ? new PublishKey(options.publishKey) : null;
   const heartbeatMs = Math.max(1, options.heartbeatMs ?? 15_000);
   const base = (options.basePath ?? "/api").replace(/\/+$/, "");
   const graceMs = Math.max(0, options.cancelGraceMs ?? 30_000);
@@ -302,6 +339,14 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     } catch {
       // A logger's failure never fails a request.
     }
+  };
+  const corsOrigins = new Set(options.corsOrigins ?? []);
+  /** A cross-origin caller this kit lets in (`null`: same origin or no Origin header: no CORS needed). */
+  const crossOrigin = (origin: string | null | undefined, host: string | null | undefined): "allowed" | "refused" | null => {
+    if (!origin) return null;
+    const bare = origin.replace(/^https?:\/\//, "");
+    if (host && bare === host && bare !== origin) return null;
+    return corsOrigins.has(origin) ? "allowed" : "refused";
   };
   const sendHandlers = new Set<(s: SendEvent) => void | Promise<void>>();
   /** Aborted by close(): every open stream and long poll ends. */
@@ -565,8 +610,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           const onAbort = (): void => finish("abort");
           const hb = setTimeout(() => finish("heartbeat"), heartbeatMs);
           const exp = untilMs !== undefined ? setTimeout(() => finish("expired"), Math.max(0, untilMs - Date.now())) : null;
-          signal.addEventListener("abort", onAbort, { once: true });
           wake = () => finish("wake");
+          // Aborted while the frames above were written: do not wait for the next heartbeat.
+          if (signal.aborted) finish("abort");
+          else signal.addEventListener("abort", onAbort, { once: true });
         });
         if (woke === "abort") continue;
         if (woke === "expired") return "expired";
@@ -605,6 +652,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     life.signal.addEventListener("abort", onLife, { once: true });
     request.signal?.addEventListener("abort", () => stop.abort(), { once: true });
     let pulled: (() => void) | null = null;
+    let slow = false;
     log("stream.open", { run_id: runId, transport: "sse", last_event_id: last, replay: behind(meta, last), sub: g.subject });
     const body = new ReadableStream<Uint8Array>(
       {
@@ -622,7 +670,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
               };
             });
             pulled = null;
-            if (!ok) stop.abort();
+            if (!ok) {
+              slow = true;
+              stop.abort();
+            }
           };
           const sink: Sink = {
             event: (ev, id, type) => emit(`id: ${id}\nevent: ${type}\ndata: ${ev}\n\n`),
@@ -636,9 +687,12 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           controller.enqueue(enc.encode(options.retryMs !== undefined ? `retry: ${options.retryMs}\n\n` : ": open\n\n"));
           void produce(runId, last, sink, stop.signal, g.expiresAtMs, true).then((reason) => {
             life.signal.removeEventListener("abort", onLife);
-            log("stream.close", { run_id: runId, transport: "sse", reason });
+            log("stream.close", { run_id: runId, transport: "sse", reason: slow ? "slow_client" : reason });
             try {
-              controller.close();
+              // A client that stopped reading is disconnected, its queued frames dropped
+              // (an errored body aborts the response); otherwise the stream ends cleanly.
+              if (slow) controller.error(new Error("slow client"));
+              else controller.close();
             } catch {
               // Already cancelled by the client.
             }
@@ -682,9 +736,12 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     if (!g.ok) return denied(g);
     const raw = await readBody(request, maxBody);
     if (raw === null) return text(413, "request body too large");
-    const b = parseJson(raw);
+    const j = jsonBody(request, raw);
+    if (j.kind === "none") return text(400, "expected {client_request_id, content}");
+    if (j.kind === "reject") return text(j.status, j.text);
+    const b = j.value;
     if (!isObject(b) || typeof b["client_request_id"] !== "string" || typeof b["content"] !== "string") {
-      return text(400, "expected {client_request_id, content}");
+      return text(422, `${SHAPE}: expected {client_request_id, content}`);
     }
     const a = await acceptSend(session, b["client_request_id"], b["content"]);
     switch (a.kind) {
@@ -704,7 +761,12 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     if (!g.ok) return denied(g);
     const raw = await readBody(request, maxBody);
     if (raw === null) return text(413, "request body too large");
-    const a = await cancel(runId, parseJson(raw));
+    const j = jsonBody(request, raw);
+    if (j.kind !== "value") {
+      const why = j.kind === "none" ? NOT_JSON_TYPE : j.text;
+      return text(j.kind === "none" ? 415 : j.status, `expected {client_request_id, reason?, reply_to?}: ${why}`);
+    }
+    const a = await cancel(runId, j.value);
     switch (a.kind) {
       case "accepted":
         return json(202, JSON.stringify({ run_id: runId, event_id: a.eventId }));
@@ -728,13 +790,16 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     if (!g.ok) return denied(g);
     const raw = await readBody(request, maxBody);
     if (raw === null) return text(413, "request body too large");
-    // As the gateway: a body that is not {run_id?, session_id?} counts as none.
-    const parsed = parseJson(raw);
-    const b = isObject(parsed) && unknownKey(parsed, ["run_id", "session_id"]) === undefined ? parsed : {};
+    // The body is optional: without a Content-Type, none.
+    const j = jsonBody(request, raw);
+    if (j.kind === "reject") return text(j.status, j.text);
+    const b = j.kind === "value" ? j.value : {};
+    const shape = `${SHAPE}: expected {run_id?, session_id?}`;
+    if (!isObject(b) || unknownKey(b, ["run_id", "session_id"]) !== undefined) return text(422, shape);
     const runIdIn = b["run_id"] ?? null;
     const sessionIn = b["session_id"] ?? null;
     if ((runIdIn !== null && typeof runIdIn !== "string") || (sessionIn !== null && typeof sessionIn !== "string")) {
-      return bad("run_id and session_id must be strings");
+      return text(422, shape);
     }
     if (sessionIn !== null && !validId(sessionIn)) {
       return bad("session_id must be 1 to 128 characters, without control characters or braces");
@@ -759,13 +824,13 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     key: string | undefined,
   ): Promise<
     | { kind: "ok"; first: number; last: number; appended: number }
-    | { kind: "invalid"; message: string }
+    | { kind: "invalid"; message: string; syntax: boolean }
     | { kind: "key_conflict" }
     | { kind: "finished" }
     | { kind: "unknown_run" }
   > {
     const c = checkBatch(runId, body);
-    if (!c.ok) return { kind: "invalid", message: c.error };
+    if (!c.ok) return { kind: "invalid", message: c.error, syntax: c.syntax };
     const digest = createHash("sha256").update(c.canonical).digest("hex");
     const events = (JSON.parse(c.canonical) as { events: NewEvent[] }).events;
     const out = await store.appendBatch(runId, events, key !== undefined ? { key, digest } : undefined);
@@ -789,13 +854,16 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     }
     const raw = await readBody(request, maxBody);
     if (raw === null) return text(413, "request body too large");
+    const j = jsonBody(request, raw);
+    if (j.kind === "none") return bad('expected a JSON body {"events": [...]}');
+    if (j.kind === "reject" && j.status === 415) return text(415, j.text);
     try {
       const out = await appendChecked(runId, raw, k);
       switch (out.kind) {
         case "ok":
           return json(200, JSON.stringify({ first_event_id: out.first, last_event_id: out.last }));
         case "invalid":
-          return bad(out.message);
+          return out.syntax ? text(400, out.message) : bad(out.message);
         case "key_conflict":
           return json(422, JSON.stringify({ error: "this Idempotency-Key was used with another body" }));
         case "finished":
@@ -870,9 +938,28 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     const path = url.pathname;
     if (path !== base && !path.startsWith(`${base}/`)) return null;
     const rest = path.slice(base.length);
+    const origin = request.headers.get("origin");
+    const cors = crossOrigin(origin, request.headers.get("host") ?? url.host);
+    const withCors = (resp: Response): Response => {
+      if (cors !== "allowed" || origin === null) return resp;
+      resp.headers.set("access-control-allow-origin", origin);
+      resp.headers.set("access-control-allow-credentials", "true");
+      resp.headers.set("access-control-expose-headers", "retry-after");
+      resp.headers.append("vary", "origin");
+      return resp;
+    };
     for (const r of routes) {
       const m = r.pattern.exec(rest);
       if (!m) continue;
+      if (request.method === "OPTIONS" && request.headers.has("access-control-request-method")) {
+        // A CORS preflight: answered for the listed origins only.
+        const pre = new Response(null, { status: 204 });
+        if (cors === "allowed") {
+          pre.headers.set("access-control-allow-methods", "GET, POST");
+          pre.headers.set("access-control-allow-headers", "authorization, content-type, last-event-id, idempotency-key");
+        }
+        return withCors(pre);
+      }
       const method = request.method === "HEAD" ? "GET" : request.method;
       const h = r.methods[method];
       if (!h) return text(405, "method not allowed", { allow: Object.keys(r.methods).join(", ") });
@@ -883,10 +970,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
         return text(400, "invalid percent-encoding in the path");
       }
       try {
-        return await h(request, url, params);
+        return withCors(await h(request, url, params));
       } catch (e) {
         log("handler.error", { path: rest, error: e instanceof Error ? e.message : String(e) });
-        return unavailable();
+        return withCors(unavailable());
       }
     }
     return null;
@@ -948,31 +1035,38 @@ export function createRunstream(options: RunstreamOptions): Runstream {
         const { done, value } = await reader.read();
         if (done) break;
         if (!res.write(value)) {
-          await new Promise<void>((resolve) => {
-            const fin = (): void => {
-              res.off("drain", fin);
-              res.off("close", fin);
-              resolve();
+          // The client is not reading: wait for it, at most slowClientMs, then drop it.
+          const drained = await new Promise<boolean>((resolve) => {
+            const fin = (ok: boolean): void => {
+              clearTimeout(t);
+              res.off("drain", onDrain);
+              res.off("close", onDrain);
+              resolve(ok);
             };
-            res.on("drain", fin);
-            res.on("close", fin);
+            const onDrain = (): void => fin(true);
+            const t = setTimeout(() => fin(false), slowClientMs);
+            res.on("drain", onDrain);
+            res.on("close", onDrain);
           });
+          if (!drained) throw new Error("slow client");
         }
         if (res.destroyed) break;
       }
     } catch {
-      // The client went away.
+      // The body failed (a slow client is dropped) or the client went away:
+      // close the connection without waiting for unsent bytes.
+      res.destroy();
+      return;
     }
     res.end();
   }
 
   const node = (req: IncomingMessage, res: ServerResponse, next?: (err?: unknown) => void): void => {
     const abort = new AbortController();
-    req.on("close", () => {
-      if (!req.complete || res.writableEnded === false) {
-        // A request whose client is gone (the response is not finished).
-        if (res.writableFinished === false) abort.abort();
-      }
+    // The client went away before the response was finished: a waiting long
+    // poll or an open stream ends (the request's signal aborts).
+    res.on("close", () => {
+      if (!res.writableFinished) abort.abort();
     });
     const request = toRequest(req, abort.signal);
     route(request)
@@ -1024,7 +1118,9 @@ export function createRunstream(options: RunstreamOptions): Runstream {
 
   function session(ws: WebSocket, req: IncomingMessage): void {
     const upgrade = toRequest(req, life.signal);
-    const cookies = req.headers.cookie;
+    // Cookies authenticate frames only for a same-origin page or a listed
+    // origin (no cross-site WebSocket hijacking with a user's cookie).
+    const cookies = crossOrigin(req.headers.origin, req.headers.host) === "refused" ? undefined : req.headers.cookie;
     const subs = new Map<string, AbortController>();
     const closed = new AbortController();
     const onLife = (): void => ws.close(1001, "going away");
@@ -1127,7 +1223,8 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           subs.get(runId)?.abort();
           const stop = new AbortController();
           subs.set(runId, stop);
-          closed.signal.addEventListener("abort", () => stop.abort(), { once: true });
+          const onClosed = (): void => stop.abort();
+          closed.signal.addEventListener("abort", onClosed, { once: true });
           await send(JSON.stringify({ op: "subscribed", run_id: runId, replay_from: lastIn + 1 }));
           log("stream.open", { run_id: runId, transport: "websocket", last_event_id: lastIn, replay: behind(meta, lastIn), sub: g.subject });
           const gone = async (ok: boolean): Promise<void> => {
@@ -1140,6 +1237,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
             heartbeat: async () => undefined,
           };
           void produce(runId, lastIn, sink, stop.signal, g.expiresAtMs, false).then(async (reason) => {
+            closed.signal.removeEventListener("abort", onClosed);
             if (subs.get(runId) === stop) subs.delete(runId);
             if (reason === "expired") await send(err("unauthorized", "credentials expired", runId));
             if (reason === "store_error") await send(err("unavailable", "store unavailable", runId));
@@ -1224,10 +1322,23 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           await send(err("bad_request", "unknown op"));
       }
     };
-    // Frames are handled in order, one at a time (a send's ack before the next frame's answer).
+    // Frames are handled in order, one at a time (a send's ack before the
+    // next frame's answer); at most MAX_PENDING_FRAMES wait, past it the
+    // socket is closed (1008) instead of queueing without bound.
     let chain: Promise<void> = Promise.resolve();
+    let pending = 0;
     ws.on("message", (data, isBinary) => {
-      chain = chain.then(() => onFrame(data, isBinary)).catch((e: unknown) => log("ws.error", { error: String(e) }));
+      if (++pending > MAX_PENDING_FRAMES) {
+        log("ws.flood", {});
+        ws.close(1008, "too many frames in flight");
+        return;
+      }
+      chain = chain
+        .then(() => onFrame(data, isBinary))
+        .catch((e: unknown) => log("ws.error", { error: String(e) }))
+        .finally(() => {
+          pending--;
+        });
     });
     ws.on("close", () => {
       closed.abort();

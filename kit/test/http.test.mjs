@@ -3,7 +3,7 @@
 // names the spec sentence it checks.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startKit, call, sse, events, sleep, ev } from "./helpers.mjs";
+import { startKit, call, sse, events, sleep, until, ev } from "./helpers.mjs";
 
 const KEY = "publish-key-for-tests";
 let kit;
@@ -34,14 +34,21 @@ test("§2a headers: event-stream, no-store no-transform, X-Accel-Buffering no, n
   assert.equal(s.frames[1].data.event_id, 1);
 });
 
-test("§2a: headers of a resume with nothing to replay arrive at once (rs.node flushes them)", async () => {
-  const id = await run([ev("run.started")]);
-  const t0 = Date.now();
-  const ac = new AbortController();
-  const r = await fetch(`${kit.base}/api/stream/runs/${id}`, { headers: { "last-event-id": "1" }, signal: ac.signal });
-  assert.equal(r.status, 200);
-  assert.ok(Date.now() - t0 < 250, `headers after ${Date.now() - t0} ms (heartbeat is 300 ms)`);
-  ac.abort();
+test("§2a: headers of a resume with nothing to replay arrive at once, long before the first heartbeat (rs.node flushes them)", async () => {
+  const slow = await startKit({ heartbeatMs: 10000 });
+  try {
+    const { runId } = await slow.rs.createRun({});
+    await slow.rs.append(runId, [ev("run.started")]);
+    const t0 = Date.now();
+    const ac = new AbortController();
+    const r = await fetch(`${slow.base}/api/stream/runs/${runId}`, { headers: { "last-event-id": "1" }, signal: ac.signal });
+    const dt = Date.now() - t0;
+    assert.equal(r.status, 200);
+    assert.ok(dt < 5000, `headers after ${dt} ms (heartbeat is 10 s)`);
+    ac.abort();
+  } finally {
+    await slow.close();
+  }
 });
 
 test("§2a resume: Last-Event-ID and ?last_event_id replay exactly the events after it, then live; the stream ends after run.completed", async () => {
@@ -129,7 +136,8 @@ test("§5 send: 202 {message_id, run_id}; a repeat of the client_request_id is t
   const snap = await call(kit.base, "GET", `/api/runs/${session}/snapshot`);
   assert.deepEqual(snap.json.state.messages.map((m) => [m.role, m.client_request_id, m.content]), [["user", "c1", "hi"]]);
   assert.equal((await call(kit.base, "POST", `/api/chat/${session}/messages`, { body: { client_request_id: "", content: "x" } })).status, 400);
-  assert.equal((await call(kit.base, "POST", `/api/chat/${session}/messages`, { body: { content: "x" } })).status, 400);
+  // a body of another shape is 422, as the gateway's JSON extractor answers
+  assert.equal((await call(kit.base, "POST", `/api/chat/${session}/messages`, { body: { content: "x" } })).status, 422);
   assert.equal((await call(kit.base, "POST", `/api/chat/${session}/messages`, { raw: "{", headers: { "content-type": "application/json" } })).status, 400);
   off();
 });
@@ -165,8 +173,7 @@ test("§8 grace: when no producer ends a cancelled run, the kit appends the endi
   const signal = kit.rs.cancelSignal(id);
   const a = await call(kit.base, "POST", `/api/runs/${id}/cancel`, { body: { client_request_id: "k1" } });
   assert.equal(a.status, 202);
-  await sleep(50);
-  assert.ok(signal.aborted, "cancelSignal fired on run.cancel_requested");
+  assert.ok(await until(() => signal.aborted), "cancelSignal fired on run.cancel_requested");
   const s = await sse(`${kit.base}/api/stream/runs/${id}`, { headers: { "last-event-id": "4" }, timeoutMs: 5000 });
   assert.ok(s.ended);
   assert.deepEqual(events(s.frames).map((e) => [e.type, e.payload]), [
@@ -187,12 +194,13 @@ test("§8 reply cancel: 425 before the send exists; 202 stops that reply only (g
   await kit.rs.append(session, [ev("message.created", { message_id: "a1", role: "assistant", reply_to: "c1" }), ev("message.delta", { message_id: "a1", delta: "x" })]);
   const a = await call(kit.base, "POST", `/api/runs/${session}/cancel`, { body: { client_request_id: "k1", reply_to: "c1" } });
   assert.equal(a.status, 202);
-  await sleep(50);
-  assert.ok(signal.aborted);
-  await sleep(1200);
+  assert.ok(await until(() => signal.aborted), "cancelSignal({ replyTo }) fired");
+  const ended = async () => (await call(kit.base, "GET", `/api/runs/${session}/snapshot`)).json;
+  assert.ok(await until(async () => (await ended()).state.messages.find((m) => m.message_id === "a1").status === "completed", 10000), "the grace ended the reply");
   const snap = await call(kit.base, "GET", `/api/runs/${session}/snapshot`);
   const reply = snap.json.state.messages.find((m) => m.message_id === "a1");
   assert.equal(reply.status, "completed");
+  assert.equal(snap.json.state.messages.filter((m) => m.reply_to === "c1").length, 1, "no second reply message");
   assert.ok(!["succeeded", "failed", "cancelled"].includes(snap.json.state.status), "the chat run stays open");
   assert.equal(snap.json.state.cancel_requested, false, "a reply cancel is not a run-wide one");
   const after = await call(kit.base, "POST", `/api/runs/${session}/cancel`, { body: { client_request_id: "k1", reply_to: "c1" } });
@@ -330,4 +338,59 @@ test("rs.append validates with the gateway's rules and rejects unknown/finished 
   await assert.rejects(kit.rs.append(id, [ev("run.started", { title: "other" })], { idempotencyKey: "x" }), (e) => e.code === "key_conflict");
   await kit.rs.append(id, [ev("run.completed", { status: "failed", error: "boom" })]);
   await assert.rejects(kit.rs.append(id, [ev("run.started")]), (e) => e.code === "finished");
+});
+
+test("SERVER.md §1 bounded: an SSE client that stops reading is disconnected after slowClientMs, not buffered without bound", async () => {
+  const net = await import("node:net");
+  const logs = [];
+  const k = await startKit({ slowClientMs: 500, heartbeatMs: 60000, log: (e, f) => logs.push([e, f]) });
+  try {
+    const { runId } = await k.rs.createRun({});
+    const big = "x".repeat(16 * 1024);
+    for (let b = 0; b < 20; b++) {
+      await k.rs.append(runId, Array.from({ length: 50 }, () => ev("message.delta", { message_id: "m", delta: big })));
+    }
+    // ~16 MB of events (more than loopback socket buffers hold); a raw socket that asks and never reads
+    const port = new URL(k.base).port;
+    const sock = net.connect(Number(port), "127.0.0.1");
+    sock.pause();
+    sock.write(`GET /api/stream/runs/${runId} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    // (a paused client sees nothing: count the server's connections)
+    const conns = () => new Promise((r) => k.server.getConnections((_e, n) => r(n)));
+    assert.ok(await until(async () => (await conns()) === 1, 5000), "the stream is open");
+    const t0 = Date.now();
+    assert.ok(await until(async () => (await conns()) === 0, 15000, 100), "the server dropped the connection");
+    const dt = Date.now() - t0;
+    assert.ok(dt < 10000, `dropped after ${dt} ms (slowClientMs 500)`);
+    // and its producer ended at once (not at the next heartbeat, 60 s away)
+    assert.ok(await until(() => logs.some(([e]) => e === "stream.close"), 5000), `stream.close logged: ${JSON.stringify(logs)}`);
+    sock.destroy();
+  } finally {
+    await k.close();
+  }
+});
+
+test("memoryStore bounds: sends remembered per run (maxSendsPerRun, drop-oldest), long-poll sends (maxSends), runs (maxRuns: oldest finished first, else 503)", async () => {
+  const { memoryStore } = await import("../dist/index.js");
+  const s = memoryStore({ maxSendsPerRun: 2, maxSends: 2, maxRuns: 2 });
+  const a = await s.send("s", "c1", "x");
+  await s.send("s", "c2", "x");
+  assert.equal((await s.send("s", "c2", "x")).messageId, (await s.send("s", "c2", "x")).messageId);
+  await s.send("s", "c3", "x");
+  const again = await s.send("s", "c1", "x");
+  assert.ok(again.fresh && again.messageId !== a.messageId, "c1 fell out of the bound: taken as new");
+  const { sends } = await s.sendsAfter(null, 10, 0);
+  assert.deepEqual(sends.map((x) => x.clientRequestId), ["c3", "c1"]);
+  await s.create("r2", { kind: "task" });
+  await assert.rejects(s.create("r3", { kind: "task" }), (e) => e.name === "StoreError");
+  await s.append("r2", "run.completed", { status: "succeeded" });
+  assert.equal(await s.create("r3", { kind: "task" }), true, "the finished run made room");
+  assert.equal(await s.meta("r2"), null);
+  const k = await startKit({ store: s });
+  try {
+    const r = await call(k.base, "POST", "/api/chat/s9/messages", { body: { client_request_id: "c", content: "x" } });
+    assert.deepEqual([r.status, r.headers.get("retry-after")], [503, "1"], "a full store answers 503, retried");
+  } finally {
+    await k.close();
+  }
 });
