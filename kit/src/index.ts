@@ -1,7 +1,40 @@
 /**
  * `@runstream/server`: the runstream wire contract (PROTOCOL.md, SERVER.md §2)
  * inside a team's own Node backend.
+ *
+ * ```ts
+ * const rs = createRunstream({ store: memoryStore(), auth: jwtAuth({ secret }), publishKey });
+ * http.createServer(rs.node); rs.attachWebSocket(server);
+ * ```
  */
 export * from "./store.js";
-export { redisStore, RedisStore, loadScripts } from "./redis.js";
-export type { RedisStoreOptions, QueuedSend } from "./redis.js";
+export { redisStore, RedisStore, loadScripts, type RedisStoreOptions, type QueuedSend } from "./redis.js";
+export { memoryStore, type MemoryStoreOptions } from "./memory.js";
+export {
+  jwtAuth,
+  type AuthAction,
+  type AuthContext,
+  type AuthDecision,
+  type AuthGrant,
+  type Authorize,
+  type DenyReason,
+  type JwtKey,
+  type JwtOptions,
+  LEEWAY_S,
+  DEFAULT_COOKIE,
+  MAX_TOKEN_BYTES,
+  MAX_GRANTS,
+} from "./auth.js";
+export { Reducer, reduce, checkBatch } from "./reducer.js";
+export {
+  createRunstream,
+  RunstreamError,
+  type Runstream,
+  type RunstreamOptions,
+  type SendEvent,
+  type EventInput,
+  MAX_KEY_LEN,
+  MAX_WAIT_MS,
+  SENDS_PER_POLL,
+  MAX_REASON_CHARS,
+} from "./runstream.js";

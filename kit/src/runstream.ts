@@ -1,0 +1,1347 @@
+/**
+ * `createRunstream()`: PROTOCOL.md's server half inside a Node backend.
+ *
+ * One entry, thin adapters (STYLE.md): `rs.fetch(Request) → Response` is the
+ * router for every route under `basePath`; `rs.node` (node:http / Express)
+ * and `rs.attachWebSocket` (PROTOCOL §2b on `ws`) are adapters over the same
+ * handlers. Authorization is one gate every handler passes through before it
+ * sees a run (`#gate`), mirroring the gateway's `Granted<Rule>` extractor:
+ * the same checks in the same order, the same answers.
+ */
+import { createHash } from "node:crypto";
+import type { IncomingMessage, ServerResponse, Server as HttpServer } from "node:http";
+import type { Server as HttpsServer } from "node:https";
+import type { Duplex } from "node:stream";
+import { WebSocketServer, type WebSocket, type RawData } from "ws";
+
+import {
+  type AuthAction,
+  type AuthContext,
+  type AuthGrant,
+  type Authorize,
+  type DenyReason,
+  PublishKey,
+  bearer,
+} from "./auth.js";
+import { checkBatch } from "./reducer.js";
+import {
+  type CancelTarget,
+  type EventType,
+  type Json,
+  type JsonObject,
+  type NewEvent,
+  type RunKind,
+  type RunMeta,
+  type Store,
+  StoreError,
+  behind,
+  cancelTargetKey,
+  rfc3339Now,
+  validCursor,
+  validId,
+} from "./store.js";
+
+/** Options of {@link createRunstream} (SERVER.md §2). */
+export interface RunstreamOptions {
+  /** Where run logs live: `memoryStore()` (one process) or `redisStore()`. */
+  store: Store;
+  /**
+   * Who may do what (PROTOCOL §7): `jwtAuth({ secret } | { publicKey })`, your
+   * own {@link Authorize} function, or `"none"` (explicitly open: local
+   * development only). Required: there is no default.
+   */
+  auth: Authorize | "none";
+  /** Enables the publish API (SERVER.md §1) with this key; omitted, those routes answer 404. */
+  publishKey?: string | undefined;
+  /** Heartbeat comment lines on an idle SSE stream (default 15 000 ms). */
+  heartbeatMs?: number | undefined;
+  /** Where the PROTOCOL routes live (default `/api`). */
+  basePath?: string | undefined;
+  /** PROTOCOL §8's grace period: a cancelled target no producer ended is ended by the kit after it (default 30 000 ms). */
+  cancelGraceMs?: number | undefined;
+  /** A `retry: <ms>` line sent when an SSE stream opens (default: none; the client's own backoff applies). */
+  retryMs?: number | undefined;
+  /** Largest request body (default 1 MiB; `413` past it). */
+  maxBodyBytes?: number | undefined;
+  /** Most runs one WebSocket follows at once (default 256; past it `unavailable`). */
+  maxRunsPerSocket?: number | undefined;
+  /** Bytes a WebSocket may hold unsent before the kit waits for it (default 1 MiB). */
+  wsBufferBytes?: number | undefined;
+  /** How long a client that stops reading may stall its stream before it is disconnected (default 10 000 ms). */
+  slowClientMs?: number | undefined;
+  /** Structured log lines (`stream.open`, `send.accepted`, …); default: none. Tokens and header values are never passed. */
+  log?: ((event: string, fields: Record<string, Json | undefined>) => void) | undefined;
+}
+
+/** A chat send handed to {@link Runstream.onSend}. */
+export interface SendEvent {
+  /** The chat session. */
+  sessionId: string;
+  /** The session's chat run (its id is the session id): append the reply here. */
+  runId: string;
+  /** The send's idempotency key: pass it as the reply's `reply_to`. */
+  clientRequestId: string;
+  /** What the user wrote. */
+  content: string;
+  /** The user message's id. */
+  messageId: string;
+}
+
+/** What {@link Runstream.append} and {@link Runstream.createRun} reject with. */
+export class RunstreamError extends Error {
+  override readonly name = "RunstreamError";
+  /** Why: the batch is invalid (`message` names `events[i]`), the run is unknown or finished, or the key was used with another batch. */
+  readonly code: "invalid" | "unknown_run" | "finished" | "key_conflict";
+  constructor(code: RunstreamError["code"], message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+/** An event to append in-process (the kit gives it its id, run id and timestamp). */
+export interface EventInput {
+  /** PROTOCOL §4 type (not `snapshot` or `run.cancel_requested`). */
+  type: EventType;
+  /** Its payload. */
+  payload: JsonObject;
+}
+
+/** The kit's server: {@link createRunstream}'s result. */
+export interface Runstream {
+  /** The router: every PROTOCOL route under `basePath` (and the publish API with a key); 404 outside them. */
+  fetch(request: Request): Promise<Response>;
+  /**
+   * The node:http / Express adapter: `http.createServer(rs.node)` or
+   * `app.use(rs.node)` (with `next`, a path outside the routes goes on to it).
+   * Streams flush their headers at once.
+   */
+  node(req: IncomingMessage, res: ServerResponse, next?: (err?: unknown) => void): void;
+  /** PROTOCOL §2b on `server`'s upgrades at `path` (default `${basePath}/ws`); `close()` detaches and closes its sockets. */
+  attachWebSocket(server: HttpServer | HttpsServer, options?: { path?: string }): { close(): Promise<void> };
+  /** Creates a run (a fresh id unless `runId` is given); `created` is false when it existed. */
+  createRun(options?: { runId?: string; sessionId?: string; kind?: RunKind }): Promise<{ runId: string; created: boolean }>;
+  /**
+   * Appends events atomically with dense ids, validated as the publish API
+   * validates them. With `idempotencyKey`, a repeat of the same key and
+   * events appends nothing and answers the same ids.
+   */
+  append(
+    runId: string,
+    events: EventInput[],
+    options?: { idempotencyKey?: string },
+  ): Promise<{ firstEventId: number; lastEventId: number }>;
+  /** Calls `handler` once per new chat send (the session's chat run; idempotent by `client_request_id`); returns an unsubscribe. */
+  onSend(handler: (send: SendEvent) => void | Promise<void>): () => void;
+  /** An AbortSignal that fires when `run.cancel_requested` is appended for the run (or, with `replyTo`, for that reply). */
+  cancelSignal(runId: string, options?: { replyTo?: string }): AbortSignal;
+  /** The store. */
+  readonly store: Store;
+  /** Stops the grace timer, open streams and sockets (the store stays open). */
+  close(): Promise<void>;
+}
+
+/** Longest `Idempotency-Key` (visible ASCII). */
+export const MAX_KEY_LEN = 200;
+/** Longest wait of the sends long poll. */
+export const MAX_WAIT_MS = 30_000;
+/** Most sends one poll answers. */
+export const SENDS_PER_POLL = 500;
+/** Longest cancel `reason`. */
+export const MAX_REASON_CHARS = 1000;
+/** Graces claimed per poll. */
+const GRACES_PER_POLL = 100;
+
+type Principal = { kind: "open" } | { kind: "publisher" } | { kind: "user"; grant: AuthGrant };
+
+type Gate =
+  | { ok: true; principal: Principal; meta: RunMeta | null; expiresAtMs: number | undefined; subject: string | undefined }
+  | { ok: false; status: 401 | 403 | 404 | 503; reason: DenyReason | "store" };
+
+const enc = new TextEncoder();
+
+function text(status: number, body: string, headers: Record<string, string> = {}): Response {
+  return new Response(body, { status, headers: { "content-type": "text/plain; charset=utf-8", ...headers } });
+}
+
+function json(status: number, body: string, headers: Record<string, string> = {}): Response {
+  return new Response(body, { status, headers: { "content-type": "application/json", ...headers } });
+}
+
+function unavailable(): Response {
+  return text(503, "store unavailable", { "retry-after": "1" });
+}
+
+function denied(g: Extract<Gate, { ok: false }>): Response {
+  switch (g.status) {
+    case 401:
+      return text(401, "unauthorized", { "www-authenticate": 'Bearer realm="runstream"' });
+    case 403:
+      return text(403, "forbidden");
+    case 404:
+      return text(404, "unknown run");
+    case 503:
+      return unavailable();
+  }
+}
+
+/** The §2b error code of a gate refusal. */
+function denyCode(g: Extract<Gate, { ok: false }>): { code: string; message: string } {
+  switch (g.status) {
+    case 401:
+      return { code: "unauthorized", message: "unauthorized" };
+    case 403:
+      return { code: "forbidden", message: "forbidden" };
+    case 404:
+      return { code: "not_found", message: "unknown run" };
+    case 503:
+      return { code: "unavailable", message: "store unavailable" };
+  }
+}
+
+/** `[event_id, type]` of a logged envelope text (servers write `event_id`, `run_id`, `type` first). */
+function idAndType(ev: string): [number, string] {
+  const m = /^\{"event_id":(\d+),"run_id":"(?:[^"\\]|\\.)*","type":"([a-z_.]+)"/.exec(ev);
+  if (m?.[1] !== undefined && m[2] !== undefined) return [Number(m[1]), m[2]];
+  try {
+    const v = JSON.parse(ev) as { event_id?: unknown; type?: unknown };
+    return [typeof v.event_id === "number" ? v.event_id : 0, typeof v.type === "string" ? v.type : "message"];
+  } catch {
+    return [0, "message"];
+  }
+}
+
+/** Reads a request body, at most `max` bytes (`null`: too large). */
+async function readBody(request: Request, max: number): Promise<string | null> {
+  const len = request.headers.get("content-length");
+  if (len !== null && Number(len) > max) return null;
+  if (!request.body) return "";
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > max) {
+      await reader.cancel().catch(() => undefined);
+      return null;
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+function parseJson(s: string): Json | undefined {
+  try {
+    return JSON.parse(s) as Json;
+  } catch {
+    return undefined;
+  }
+}
+
+function isObject(v: Json | undefined): v is { [k: string]: Json } {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Unknown keys of `o` outside `allowed` (the gateway's bodies deny them). */
+function unknownKey(o: { [k: string]: Json }, allowed: string[]): string | undefined {
+  return Object.keys(o).find((k) => !allowed.includes(k));
+}
+
+/** The §6 state fields the cancel rules read. */
+interface StateView {
+  status: string;
+  messages: Array<{ message_id?: string | null; client_request_id?: string | null; reply_to?: string | null; status: string }>;
+}
+
+function isFinishedStatus(s: string): boolean {
+  return s === "succeeded" || s === "failed" || s === "cancelled";
+}
+
+type CancelAnswer =
+  | { kind: "accepted"; eventId: number }
+  | { kind: "finished"; status: string }
+  | { kind: "invalid"; message: string }
+  | { kind: "not_found" }
+  | { kind: "too_early" }
+  | { kind: "unavailable" };
+
+type SendAnswer =
+  | { kind: "accepted"; messageId: string; runId: string }
+  | { kind: "finished" }
+  | { kind: "invalid"; message: string }
+  | { kind: "unavailable" };
+
+/** A stream's output: the producer loop calls these, each transport writes them its way. */
+interface Sink {
+  event(text: string, id: number, type: string): Promise<void>;
+  snapshot(id: number, state: string): Promise<void>;
+  heartbeat(): Promise<void>;
+}
+
+type EndReason = "completed" | "run_gone" | "store_error" | "expired" | "client_gone" | "closed";
+
+/** Creates the kit's server (SERVER.md §2). */
+export function createRunstream(options: RunstreamOptions): Runstream {
+  const store = options.store;
+  if (options.auth === undefined) {
+    throw new Error('createRunstream: choose `auth`: jwtAuth({ secret } | { publicKey }), your own function, or "none" (local development)');
+  }
+  const auth = options.auth;
+  const key = options.publishKey ? new PublishKey(options.publishKey) : null;
+  const heartbeatMs = Math.max(1, options.heartbeatMs ?? 15_000);
+  const base = (options.basePath ?? "/api").replace(/\/+$/, "");
+  const graceMs = Math.max(0, options.cancelGraceMs ?? 30_000);
+  const maxBody = options.maxBodyBytes ?? 1 << 20;
+  const maxRunsPerSocket = options.maxRunsPerSocket ?? 256;
+  const wsBufferBytes = options.wsBufferBytes ?? 1 << 20;
+  const slowClientMs = options.slowClientMs ?? 10_000;
+  const log = (event: string, fields: Record<string, Json | undefined>): void => {
+    try {
+      options.log?.(event, fields);
+    } catch {
+      // A logger's failure never fails a request.
+    }
+  };
+  const sendHandlers = new Set<(s: SendEvent) => void | Promise<void>>();
+  /** Aborted by close(): every open stream and long poll ends. */
+  const life = new AbortController();
+  const sockets = new Set<{ close(): Promise<void> }>();
+
+  // ---- the gate (PROTOCOL §7; the gateway's Gate::check) ----
+
+  const principalOf = async (ctx: Omit<AuthContext, "runExists" | "runSessionId">, meta: RunMeta | null): Promise<Principal | AuthGrant> => {
+    if (key && key.matches(bearer(ctx.headers.get("authorization")))) return { kind: "publisher" };
+    if (auth === "none") return { kind: "open" };
+    const r = await auth({ ...ctx, runExists: meta !== null, runSessionId: meta?.sessionId });
+    const grant: AuthGrant = typeof r === "string" ? { decision: r } : r;
+    return { kind: "user", grant };
+  };
+
+  async function gate(
+    request: Request,
+    headers: Headers,
+    action: AuthAction,
+    id: string,
+  ): Promise<Gate> {
+    let meta: RunMeta | null = null;
+    try {
+      if (action !== "publish") meta = await store.meta(id);
+    } catch {
+      return { ok: false, status: 503, reason: "store" };
+    }
+    const ctx = {
+      request,
+      headers,
+      action,
+      runId: id,
+      sessionId: action === "send" ? id : meta?.sessionId,
+    };
+    let p: Principal | AuthGrant;
+    try {
+      p = await principalOf(ctx, meta);
+    } catch (e) {
+      log("auth.error", { error: e instanceof Error ? e.message : String(e) });
+      return { ok: false, status: 503, reason: "store" };
+    }
+    const deny = (status: 401 | 403 | 404, reason: DenyReason): Gate => {
+      log("auth.denied", { action, run_id: id, reason, status });
+      return { ok: false, status, reason };
+    };
+    const principal: Principal = "decision" in p ? { kind: "user", grant: p } : p;
+    if (principal.kind === "user") {
+      const g = principal.grant;
+      if (g.decision === "unauthorized") return deny(401, g.reason ?? "missing");
+      if (g.decision === "forbidden") return deny(403, g.reason ?? "not_granted");
+    }
+    const allowed = (): Gate => ({
+      ok: true,
+      principal,
+      meta,
+      expiresAtMs: principal.kind === "user" ? principal.grant.expiresAtMs : undefined,
+      subject: principal.kind === "user" ? principal.grant.subject : undefined,
+    });
+    switch (action) {
+      case "publish":
+        if (principal.kind === "publisher") return allowed();
+        if (principal.kind === "open") return deny(401, "missing");
+        return deny(403, "not_granted"); // an "allow" opens no publish route: the key alone does
+      case "send":
+        if (principal.kind === "publisher") return deny(403, "publisher_send");
+        return allowed();
+      case "read":
+      case "cancel":
+        if (meta === null) return deny(404, "unknown_run");
+        return allowed();
+    }
+  }
+
+  // ---- shared handlers ----
+
+  async function acceptSend(session: string, crid: string, content: string): Promise<SendAnswer> {
+    if (!validId(session)) {
+      return { kind: "invalid", message: "session_id must be 1 to 128 characters, without control characters or braces" };
+    }
+    if (crid.length === 0 || Buffer.byteLength(crid) > 128) {
+      return { kind: "invalid", message: "client_request_id must be 1 to 128 characters" };
+    }
+    const bytes = Buffer.byteLength(content);
+    if (bytes === 0 || bytes > 100_000) return { kind: "invalid", message: "content must be 1 to 100000 bytes" };
+    let out;
+    try {
+      out = await store.send(session, crid, content);
+    } catch (e) {
+      log("store.error", { error: String(e) });
+      return { kind: "unavailable" };
+    }
+    if (out.finished) return { kind: "finished" };
+    log("send.accepted", { run_id: out.runId, client_request_id: crid, message_id: out.messageId, fresh: out.fresh });
+    if (out.fresh) {
+      const ev: SendEvent = { sessionId: session, runId: out.runId, clientRequestId: crid, content, messageId: out.messageId };
+      for (const h of sendHandlers) {
+        Promise.resolve()
+          .then(() => h(ev))
+          .catch((e: unknown) => log("send.handler_failed", { run_id: out.runId, error: e instanceof Error ? e.message : String(e) }));
+      }
+    }
+    return { kind: "accepted", messageId: out.messageId, runId: out.runId };
+  }
+
+  async function snapshotState(runId: string): Promise<StateView | null> {
+    const snap = await store.snapshot(runId);
+    if (!snap) return null;
+    return JSON.parse(snap.state) as StateView;
+  }
+
+  async function cancel(runId: string, body: Json | undefined): Promise<CancelAnswer> {
+    if (!isObject(body) || unknownKey(body, ["client_request_id", "reason", "reply_to"]) !== undefined) {
+      return { kind: "invalid", message: "expected {client_request_id, reason?, reply_to?}" };
+    }
+    const crid = body["client_request_id"];
+    const reason = body["reason"] ?? null;
+    const replyTo = body["reply_to"] ?? null;
+    if (typeof crid !== "string" || (reason !== null && typeof reason !== "string") || (replyTo !== null && typeof replyTo !== "string")) {
+      return { kind: "invalid", message: "expected {client_request_id, reason?, reply_to?}" };
+    }
+    const okId = (s: string): boolean => s.length > 0 && [...s].length <= 128;
+    if (!okId(crid)) return { kind: "invalid", message: "client_request_id must be 1 to 128 characters" };
+    if (replyTo !== null && !okId(replyTo)) return { kind: "invalid", message: "reply_to must be 1 to 128 characters" };
+    if (reason !== null && [...reason].length > MAX_REASON_CHARS) {
+      return { kind: "invalid", message: `reason must be at most ${MAX_REASON_CHARS} characters` };
+    }
+    const target: CancelTarget = replyTo !== null ? { kind: "reply", replyTo } : { kind: "run" };
+    try {
+      const seen = await store.cancelRequested(runId, target);
+      if (seen !== null) return { kind: "accepted", eventId: seen };
+      if (target.kind === "reply") {
+        const st = await snapshotState(runId);
+        const sent = st?.messages.some((m) => m.client_request_id === target.replyTo) ?? false;
+        if (!sent) return { kind: "too_early" };
+        const replies = st?.messages.filter((m) => m.reply_to === target.replyTo) ?? [];
+        const last = replies[replies.length - 1];
+        if (last && last.status !== "streaming") return { kind: "finished", status: last.status };
+      }
+      const payload: JsonObject = { client_request_id: crid };
+      if (reason !== null) payload["reason"] = reason;
+      if (replyTo !== null) payload["reply_to"] = replyTo;
+      const out = await store.requestCancel(runId, target, payload);
+      switch (out.kind) {
+        case "requested":
+          log("cancel.requested", { run_id: runId, event_id: out.eventId, target: cancelTargetKey(target), client_request_id: crid });
+          await store.scheduleGrace(runId, target, Date.now() + graceMs).catch((e: unknown) =>
+            log("cancel.grace_unscheduled", { run_id: runId, error: String(e) }),
+          );
+          return { kind: "accepted", eventId: out.eventId };
+        case "already":
+          return { kind: "accepted", eventId: out.eventId };
+        case "finished": {
+          const st = await snapshotState(runId);
+          return { kind: "finished", status: st?.status ?? "finished" };
+        }
+        case "unknown_run":
+          return { kind: "not_found" };
+      }
+    } catch (e) {
+      log("store.error", { run_id: runId, error: String(e) });
+      return { kind: "unavailable" };
+    }
+  }
+
+  /** Ends `target` of `runId` when no producer did within the grace (the gateway's `cancel::end_target`). */
+  async function endTarget(runId: string, target: CancelTarget): Promise<void> {
+    const st = await snapshotState(runId);
+    if (!st || isFinishedStatus(st.status)) return;
+    const events: NewEvent[] = [];
+    const end = (mid: string): NewEvent => ({ type: "message.completed", payload: { message_id: mid, finish_reason: "cancelled" } });
+    if (target.kind === "reply") {
+      const replies = st.messages.filter((m) => m.reply_to === target.replyTo);
+      for (const m of replies) if (m.status === "streaming" && m.message_id) events.push(end(m.message_id));
+      if (replies.length === 0) {
+        const mid = await store.nextMessageId(runId);
+        events.push({ type: "message.created", payload: { message_id: mid, role: "assistant", reply_to: target.replyTo } });
+        events.push(end(mid));
+      }
+    } else {
+      for (const m of st.messages) if (m.status === "streaming" && m.message_id) events.push(end(m.message_id));
+      events.push({ type: "run.completed", payload: { status: "cancelled" } });
+    }
+    if (events.length === 0) return;
+    await store.appendBatch(runId, events);
+    log("cancel.ended_by_server", { run_id: runId, target: cancelTargetKey(target), events: events.length });
+  }
+
+  // Every process polls for due graces, so a cancel ends also when the process that took it died.
+  let polling = false;
+  const graceTimer = setInterval(
+    () => {
+      if (polling) return;
+      polling = true;
+      store
+        .claimDueGraces(Date.now(), GRACES_PER_POLL)
+        .then((due) =>
+          Promise.all(
+            due.map((d) =>
+              endTarget(d.runId, d.target).catch((e: unknown) => log("cancel.grace_failed", { run_id: d.runId, error: String(e) })),
+            ),
+          ),
+        )
+        .catch((e: unknown) => log("cancel.grace_poll_failed", { error: String(e) }))
+        .finally(() => {
+          polling = false;
+        });
+    },
+    Math.min(1000, Math.max(50, Math.floor(graceMs / 4))),
+  );
+  graceTimer.unref();
+
+  /**
+   * Streams run `runId` to `sink` from after `last`: (snapshot,) replay, then
+   * live, until the run completes, the credentials expire or `signal` aborts.
+   */
+  async function produce(
+    runId: string,
+    last: number,
+    sink: Sink,
+    signal: AbortSignal,
+    untilMs: number | undefined,
+    heartbeats: boolean,
+  ): Promise<EndReason> {
+    let dirty = true;
+    let wake: (() => void) | null = null;
+    const sub = await store.subscribe(runId, () => {
+      dirty = true;
+      wake?.();
+    });
+    if (!sub) return "run_gone";
+    try {
+      let cursor = last;
+      for (;;) {
+        if (signal.aborted) return life.signal.aborted ? "closed" : "client_gone";
+        if (untilMs !== undefined && Date.now() >= untilMs) return "expired";
+        dirty = false;
+        const rep = await store.read(runId, cursor);
+        if (!rep) return "run_gone";
+        const progressed = rep.snapshot !== undefined || rep.events.length > 0;
+        if (rep.snapshot) {
+          cursor = rep.snapshot.eventId;
+          await sink.snapshot(rep.snapshot.eventId, rep.snapshot.state);
+        }
+        for (const ev of rep.events) {
+          const [id, type] = idAndType(ev);
+          cursor = id > 0 ? id : cursor + 1;
+          await sink.event(ev, cursor, type);
+        }
+        if (cursor < rep.lastId && progressed) continue;
+        if (rep.done && cursor >= rep.lastId) return "completed";
+        if (dirty) continue;
+        const woke = await new Promise<"wake" | "heartbeat" | "expired" | "abort">((resolve) => {
+          const finish = (r: "wake" | "heartbeat" | "expired" | "abort"): void => {
+            clearTimeout(hb);
+            if (exp) clearTimeout(exp);
+            signal.removeEventListener("abort", onAbort);
+            wake = null;
+            resolve(r);
+          };
+          const onAbort = (): void => finish("abort");
+          const hb = setTimeout(() => finish("heartbeat"), heartbeatMs);
+          const exp = untilMs !== undefined ? setTimeout(() => finish("expired"), Math.max(0, untilMs - Date.now())) : null;
+          signal.addEventListener("abort", onAbort, { once: true });
+          wake = () => finish("wake");
+        });
+        if (woke === "abort") continue;
+        if (woke === "expired") return "expired";
+        if (woke === "heartbeat" && heartbeats) await sink.heartbeat();
+      }
+    } catch (e) {
+      if (signal.aborted) return life.signal.aborted ? "closed" : "client_gone";
+      log("store.error", { run_id: runId, error: String(e) });
+      return "store_error";
+    } finally {
+      sub.close();
+    }
+  }
+
+  // ---- HTTP routes ----
+
+  function parseLast(request: Request, url: URL): number | null {
+    const raw = request.headers.get("last-event-id") ?? url.searchParams.get("last_event_id");
+    const s = raw?.trim() ?? "";
+    if (s === "") return 0;
+    if (!/^\+?[0-9]{1,20}$/.test(s)) return null;
+    const n = Number(s);
+    return Number.isSafeInteger(n) ? n : null;
+  }
+
+  async function sse(request: Request, url: URL, runId: string): Promise<Response> {
+    const g = await gate(request, request.headers, "read", runId);
+    if (!g.ok) return denied(g);
+    const last = parseLast(request, url);
+    if (last === null) return text(400, "Last-Event-ID must be an integer");
+    const meta = g.meta;
+    if (!meta) return text(404, "unknown run");
+    if (meta.finished && last >= meta.lastId) return new Response(null, { status: 204 });
+    const stop = new AbortController();
+    const onLife = (): void => stop.abort();
+    life.signal.addEventListener("abort", onLife, { once: true });
+    request.signal?.addEventListener("abort", () => stop.abort(), { once: true });
+    let pulled: (() => void) | null = null;
+    log("stream.open", { run_id: runId, transport: "sse", last_event_id: last, replay: behind(meta, last), sub: g.subject });
+    const body = new ReadableStream<Uint8Array>(
+      {
+        start(controller) {
+          const emit = async (s: string): Promise<void> => {
+            if (stop.signal.aborted) return;
+            controller.enqueue(enc.encode(s));
+            if ((controller.desiredSize ?? 1) > 0) return;
+            // The client is not reading: wait for it, at most slowClientMs.
+            const ok = await new Promise<boolean>((resolve) => {
+              const t = setTimeout(() => resolve(false), slowClientMs);
+              pulled = () => {
+                clearTimeout(t);
+                resolve(true);
+              };
+            });
+            pulled = null;
+            if (!ok) stop.abort();
+          };
+          const sink: Sink = {
+            event: (ev, id, type) => emit(`id: ${id}\nevent: ${type}\ndata: ${ev}\n\n`),
+            snapshot: (id, state) =>
+              emit(
+                `id: ${id}\nevent: snapshot\ndata: {"event_id":${id},"run_id":${JSON.stringify(runId)},"type":"snapshot","timestamp":"${rfc3339Now()}","payload":{"state":${state}}}\n\n`,
+              ),
+            heartbeat: () => emit(": hb\n\n"),
+          };
+          // A first byte at once (PROTOCOL §2a), so clients and proxies see the stream open.
+          controller.enqueue(enc.encode(options.retryMs !== undefined ? `retry: ${options.retryMs}\n\n` : ": open\n\n"));
+          void produce(runId, last, sink, stop.signal, g.expiresAtMs, true).then((reason) => {
+            life.signal.removeEventListener("abort", onLife);
+            log("stream.close", { run_id: runId, transport: "sse", reason });
+            try {
+              controller.close();
+            } catch {
+              // Already cancelled by the client.
+            }
+          });
+        },
+        pull() {
+          pulled?.();
+        },
+        cancel() {
+          stop.abort();
+        },
+      },
+      { highWaterMark: 64 },
+    );
+    return new Response(body, {
+      status: 200,
+      headers: {
+        "content-type": "text/event-stream",
+        "cache-control": "no-store, no-transform",
+        "x-accel-buffering": "no",
+      },
+    });
+  }
+
+  async function snapshot(request: Request, runId: string): Promise<Response> {
+    const g = await gate(request, request.headers, "read", runId);
+    if (!g.ok) return denied(g);
+    try {
+      const s = await store.snapshot(runId);
+      if (!s) return text(404, "unknown run");
+      return json(200, `{"run_id":${JSON.stringify(s.runId)},"event_id":${s.eventId},"state":${s.state}}`, {
+        "cache-control": "no-store",
+      });
+    } catch {
+      return unavailable();
+    }
+  }
+
+  async function chatSend(request: Request, session: string): Promise<Response> {
+    const g = await gate(request, request.headers, "send", session);
+    if (!g.ok) return denied(g);
+    const raw = await readBody(request, maxBody);
+    if (raw === null) return text(413, "request body too large");
+    const b = parseJson(raw);
+    if (!isObject(b) || typeof b["client_request_id"] !== "string" || typeof b["content"] !== "string") {
+      return text(400, "expected {client_request_id, content}");
+    }
+    const a = await acceptSend(session, b["client_request_id"], b["content"]);
+    switch (a.kind) {
+      case "accepted":
+        return json(202, JSON.stringify({ message_id: a.messageId, run_id: a.runId }));
+      case "invalid":
+        return text(400, a.message);
+      case "finished":
+        return json(409, JSON.stringify({ run_id: session, status: "finished" }));
+      case "unavailable":
+        return unavailable();
+    }
+  }
+
+  async function cancelRoute(request: Request, runId: string): Promise<Response> {
+    const g = await gate(request, request.headers, "cancel", runId);
+    if (!g.ok) return denied(g);
+    const raw = await readBody(request, maxBody);
+    if (raw === null) return text(413, "request body too large");
+    const a = await cancel(runId, parseJson(raw));
+    switch (a.kind) {
+      case "accepted":
+        return json(202, JSON.stringify({ run_id: runId, event_id: a.eventId }));
+      case "finished":
+        return json(409, JSON.stringify({ run_id: runId, status: a.status }));
+      case "invalid":
+        return text(400, a.message);
+      case "not_found":
+        return text(404, "unknown run");
+      case "too_early":
+        return text(425, "no such send yet", { "retry-after": "1" });
+      case "unavailable":
+        return unavailable();
+    }
+  }
+
+  const bad = (msg: string): Response => json(400, JSON.stringify({ error: msg }));
+
+  async function publishCreate(request: Request): Promise<Response> {
+    const g = await gate(request, request.headers, "publish", "");
+    if (!g.ok) return denied(g);
+    const raw = await readBody(request, maxBody);
+    if (raw === null) return text(413, "request body too large");
+    // As the gateway: a body that is not {run_id?, session_id?} counts as none.
+    const parsed = parseJson(raw);
+    const b = isObject(parsed) && unknownKey(parsed, ["run_id", "session_id"]) === undefined ? parsed : {};
+    const runIdIn = b["run_id"] ?? null;
+    const sessionIn = b["session_id"] ?? null;
+    if ((runIdIn !== null && typeof runIdIn !== "string") || (sessionIn !== null && typeof sessionIn !== "string")) {
+      return bad("run_id and session_id must be strings");
+    }
+    if (sessionIn !== null && !validId(sessionIn)) {
+      return bad("session_id must be 1 to 128 characters, without control characters or braces");
+    }
+    if (runIdIn !== null && !validId(runIdIn)) {
+      return bad("run_id must be 1 to 128 characters, without control characters or braces");
+    }
+    try {
+      const id = runIdIn ?? (await store.newRunId());
+      const fresh = await store.create(id, { kind: "task", sessionId: sessionIn ?? undefined });
+      if (fresh) log("publish.run_created", { run_id: id, session_id: sessionIn ?? undefined });
+      return json(fresh ? 201 : 200, JSON.stringify({ run_id: id }));
+    } catch {
+      return unavailable();
+    }
+  }
+
+  /** Validates `body` for `runId` (the gateway's rules, via the wasm) and appends it under `key`. */
+  async function appendChecked(
+    runId: string,
+    body: string,
+    key: string | undefined,
+  ): Promise<
+    | { kind: "ok"; first: number; last: number; appended: number }
+    | { kind: "invalid"; message: string }
+    | { kind: "key_conflict" }
+    | { kind: "finished" }
+    | { kind: "unknown_run" }
+  > {
+    const c = checkBatch(runId, body);
+    if (!c.ok) return { kind: "invalid", message: c.error };
+    const digest = createHash("sha256").update(c.canonical).digest("hex");
+    const events = (JSON.parse(c.canonical) as { events: NewEvent[] }).events;
+    const out = await store.appendBatch(runId, events, key !== undefined ? { key, digest } : undefined);
+    switch (out.kind) {
+      case "appended":
+        return { kind: "ok", first: out.first, last: out.last, appended: events.length };
+      case "repeated":
+        return { kind: "ok", first: out.first, last: out.last, appended: 0 };
+      default:
+        return out;
+    }
+  }
+
+  async function publishEvents(request: Request, runId: string): Promise<Response> {
+    const g = await gate(request, request.headers, "publish", "");
+    if (!g.ok) return denied(g);
+    const k = request.headers.get("idempotency-key");
+    if (k === null) return bad("Idempotency-Key is required");
+    if (k.length === 0 || k.length > MAX_KEY_LEN || !/^[\x21-\x7e]+$/.test(k)) {
+      return bad("Idempotency-Key must be 1 to 200 visible ASCII characters");
+    }
+    const raw = await readBody(request, maxBody);
+    if (raw === null) return text(413, "request body too large");
+    try {
+      const out = await appendChecked(runId, raw, k);
+      switch (out.kind) {
+        case "ok":
+          return json(200, JSON.stringify({ first_event_id: out.first, last_event_id: out.last }));
+        case "invalid":
+          return bad(out.message);
+        case "key_conflict":
+          return json(422, JSON.stringify({ error: "this Idempotency-Key was used with another body" }));
+        case "finished":
+          return json(409, JSON.stringify({ run_id: runId, status: "finished" }));
+        case "unknown_run":
+          return text(404, "unknown run");
+      }
+    } catch {
+      return unavailable();
+    }
+  }
+
+  async function publishSends(request: Request, url: URL): Promise<Response> {
+    const g = await gate(request, request.headers, "publish", "");
+    if (!g.ok) return denied(g);
+    const after = url.searchParams.get("after") || null;
+    if (after !== null && !validCursor(after)) return bad("after: a cursor from an earlier answer's `next`");
+    const w = url.searchParams.get("wait_ms");
+    if (w !== null && !/^[0-9]{1,20}$/.test(w)) {
+      return text(400, "Failed to deserialize query string: wait_ms: invalid digit found in string");
+    }
+    const wait = Math.min(Number(w ?? "0"), MAX_WAIT_MS);
+    const stop = new AbortController();
+    const onAbort = (): void => stop.abort();
+    request.signal?.addEventListener("abort", onAbort, { once: true });
+    life.signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      const { sends, next } = await store.sendsAfter(after, SENDS_PER_POLL, wait, stop.signal);
+      const wire = sends.map((s) => ({
+        cursor: s.cursor,
+        session_id: s.sessionId,
+        run_id: s.runId,
+        client_request_id: s.clientRequestId,
+        content: s.content,
+      }));
+      return json(200, JSON.stringify({ sends: wire, next }));
+    } catch {
+      return unavailable();
+    } finally {
+      life.signal.removeEventListener("abort", onAbort);
+    }
+  }
+
+  type Handler = (request: Request, url: URL, params: string[]) => Promise<Response>;
+  interface Route {
+    pattern: RegExp;
+    methods: Record<string, Handler>;
+  }
+  const seg = "([^/]+)";
+  const routes: Route[] = [
+    { pattern: new RegExp(`^/stream/runs/${seg}$`), methods: { GET: (r, u, [id]) => sse(r, u, id ?? "") } },
+    { pattern: new RegExp(`^/runs/${seg}/snapshot$`), methods: { GET: (r, _u, [id]) => snapshot(r, id ?? "") } },
+    { pattern: new RegExp(`^/chat/${seg}/messages$`), methods: { POST: (r, _u, [id]) => chatSend(r, id ?? "") } },
+    { pattern: new RegExp(`^/runs/${seg}/cancel$`), methods: { POST: (r, _u, [id]) => cancelRoute(r, id ?? "") } },
+  ];
+  if (key) {
+    routes.push(
+      { pattern: /^\/publish\/runs$/, methods: { POST: (r) => publishCreate(r) } },
+      { pattern: new RegExp(`^/publish/runs/${seg}/events$`), methods: { POST: (r, _u, [id]) => publishEvents(r, id ?? "") } },
+      { pattern: /^\/publish\/sends$/, methods: { GET: (r, u) => publishSends(r, u) } },
+    );
+  }
+
+  /** The response for `request`, or `null` when its path is outside the kit's routes. */
+  async function route(request: Request): Promise<Response | null> {
+    let url: URL;
+    try {
+      url = new URL(request.url);
+    } catch {
+      return null;
+    }
+    const path = url.pathname;
+    if (path !== base && !path.startsWith(`${base}/`)) return null;
+    const rest = path.slice(base.length);
+    for (const r of routes) {
+      const m = r.pattern.exec(rest);
+      if (!m) continue;
+      const method = request.method === "HEAD" ? "GET" : request.method;
+      const h = r.methods[method];
+      if (!h) return text(405, "method not allowed", { allow: Object.keys(r.methods).join(", ") });
+      let params: string[];
+      try {
+        params = m.slice(1).map((p) => decodeURIComponent(p));
+      } catch {
+        return text(400, "invalid percent-encoding in the path");
+      }
+      try {
+        return await h(request, url, params);
+      } catch (e) {
+        log("handler.error", { path: rest, error: e instanceof Error ? e.message : String(e) });
+        return unavailable();
+      }
+    }
+    return null;
+  }
+
+  const fetchHandler = async (request: Request): Promise<Response> => (await route(request)) ?? text(404, "not found");
+
+  // ---- node:http adapter ----
+
+  function toRequest(req: IncomingMessage, signal: AbortSignal): Request {
+    const host = req.headers.host ?? "localhost";
+    const url = `http://${host}${req.url ?? "/"}`;
+    const headers = new Headers();
+    for (const [k, v] of Object.entries(req.headers)) {
+      if (v === undefined) continue;
+      if (Array.isArray(v)) for (const x of v) headers.append(k, x);
+      else headers.set(k, v);
+    }
+    const method = req.method ?? "GET";
+    const hasBody = method !== "GET" && method !== "HEAD";
+    const init: RequestInit & { duplex?: "half" } = { method, headers, signal };
+    if (hasBody) {
+      init.body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          req.on("data", (c: Buffer) => controller.enqueue(new Uint8Array(c.buffer, c.byteOffset, c.byteLength)));
+          req.on("end", () => controller.close());
+          req.on("error", (e) => controller.error(e));
+        },
+        cancel() {
+          req.destroy();
+        },
+      });
+      init.duplex = "half";
+    }
+    return new Request(url, init);
+  }
+
+  async function writeResponse(res: ServerResponse, response: Response, abort: AbortController): Promise<void> {
+    const headers: Record<string, string> = {};
+    response.headers.forEach((v, k) => {
+      headers[k] = v;
+    });
+    res.writeHead(response.status, headers);
+    // Node sends nothing until the first write: flush the headers at once, so
+    // a resume with nothing to replay is not mistaken for a dead server.
+    res.flushHeaders();
+    res.socket?.setNoDelay(true);
+    if (!response.body) {
+      res.end();
+      return;
+    }
+    const reader = response.body.getReader();
+    res.on("close", () => {
+      abort.abort();
+      void reader.cancel().catch(() => undefined);
+    });
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        if (!res.write(value)) {
+          await new Promise<void>((resolve) => {
+            const fin = (): void => {
+              res.off("drain", fin);
+              res.off("close", fin);
+              resolve();
+            };
+            res.on("drain", fin);
+            res.on("close", fin);
+          });
+        }
+        if (res.destroyed) break;
+      }
+    } catch {
+      // The client went away.
+    }
+    res.end();
+  }
+
+  const node = (req: IncomingMessage, res: ServerResponse, next?: (err?: unknown) => void): void => {
+    const abort = new AbortController();
+    req.on("close", () => {
+      if (!req.complete || res.writableEnded === false) {
+        // A request whose client is gone (the response is not finished).
+        if (res.writableFinished === false) abort.abort();
+      }
+    });
+    const request = toRequest(req, abort.signal);
+    route(request)
+      .then(async (response) => {
+        if (response === null) {
+          if (next) return next();
+          return writeResponse(res, text(404, "not found"), abort);
+        }
+        return writeResponse(res, response, abort);
+      })
+      .catch((e: unknown) => {
+        if (next) return next(e);
+        if (!res.headersSent) res.writeHead(500);
+        res.end();
+      });
+  };
+
+  // ---- WebSocket (PROTOCOL §2b) ----
+
+  function attachWebSocket(server: HttpServer | HttpsServer, opts: { path?: string } = {}): { close(): Promise<void> } {
+    const path = opts.path ?? `${base}/ws`;
+    const wss = new WebSocketServer({ noServer: true, maxPayload: maxBody });
+    const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+      let p: string;
+      try {
+        p = new URL(req.url ?? "/", "http://x").pathname;
+      } catch {
+        return;
+      }
+      if (p !== path) {
+        // Another listener's path; with no other listener, refuse instead of leaving the socket hanging.
+        if (server.listenerCount("upgrade") <= 1) socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        return;
+      }
+      wss.handleUpgrade(req, socket, head, (ws) => session(ws, req));
+    };
+    server.on("upgrade", onUpgrade);
+    const handle = {
+      close: async (): Promise<void> => {
+        server.off("upgrade", onUpgrade);
+        for (const c of wss.clients) c.close(1001, "going away");
+        await new Promise<void>((resolve) => wss.close(() => resolve()));
+        sockets.delete(handle);
+      },
+    };
+    sockets.add(handle);
+    return handle;
+  }
+
+  function session(ws: WebSocket, req: IncomingMessage): void {
+    const upgrade = toRequest(req, life.signal);
+    const cookies = req.headers.cookie;
+    const subs = new Map<string, AbortController>();
+    const closed = new AbortController();
+    const onLife = (): void => ws.close(1001, "going away");
+    life.signal.addEventListener("abort", onLife, { once: true });
+    log("ws.open", {});
+
+    /** Sends one frame; waits (bounded) when the socket's buffer is full; false when the socket is gone. */
+    const send = async (obj: string): Promise<boolean> => {
+      if (ws.readyState !== ws.OPEN) return false;
+      if (ws.bufferedAmount <= wsBufferBytes) {
+        ws.send(obj);
+        return true;
+      }
+      const ok = await new Promise<boolean>((resolve) => {
+        const t = setTimeout(() => resolve(false), slowClientMs);
+        ws.send(obj, (err) => {
+          clearTimeout(t);
+          resolve(!err);
+        });
+      });
+      if (!ok) {
+        log("ws.slow_client", {});
+        ws.terminate();
+      }
+      return ok;
+    };
+    const frameHeaders = (h: Json | undefined): Headers | null => {
+      const out = new Headers();
+      if (h !== undefined && h !== null) {
+        if (!isObject(h)) return null;
+        for (const [k, v] of Object.entries(h)) {
+          if (typeof v !== "string") return null;
+          if (k.toLowerCase() === "authorization") out.set("authorization", v);
+        }
+      }
+      if (cookies !== undefined) out.set("cookie", cookies);
+      return out;
+    };
+    const err = (code: string, message: string, runId?: string, crid?: string): string =>
+      JSON.stringify({ op: "error", ...(runId !== undefined ? { run_id: runId } : {}), ...(crid !== undefined ? { client_request_id: crid } : {}), code, message });
+
+    const onFrame = async (data: RawData, isBinary: boolean): Promise<void> => {
+      if (isBinary) {
+        await send(err("bad_request", "binary frames are not part of the protocol"));
+        return;
+      }
+      const op = parseJson(Buffer.isBuffer(data) ? data.toString("utf8") : Buffer.concat(Array.isArray(data) ? data : [Buffer.from(data)]).toString("utf8"));
+      if (op === undefined) {
+        await send(err("bad_request", "not JSON"));
+        return;
+      }
+      if (!isObject(op) || typeof op["op"] !== "string") {
+        await send(err("bad_request", "unknown op"));
+        return;
+      }
+      const str = (k: string): string | undefined => (typeof op[k] === "string" ? (op[k] as string) : undefined);
+      switch (op["op"]) {
+        case "ping": {
+          const t = op["t"];
+          if (typeof t !== "number") {
+            await send(err("bad_request", "invalid frame: ping needs a numeric t"));
+            return;
+          }
+          await send(JSON.stringify({ op: "pong", t }));
+          return;
+        }
+        case "unsubscribe": {
+          const runId = str("run_id");
+          if (runId === undefined) {
+            await send(err("bad_request", "invalid frame: unsubscribe needs run_id"));
+            return;
+          }
+          subs.get(runId)?.abort();
+          subs.delete(runId);
+          return;
+        }
+        case "subscribe": {
+          const runId = str("run_id");
+          const lastIn = op["last_event_id"] ?? 0;
+          const headers = frameHeaders(op["headers"]);
+          if (runId === undefined || typeof lastIn !== "number" || !Number.isSafeInteger(lastIn) || lastIn < 0 || headers === null) {
+            await send(err("bad_request", "invalid frame: subscribe needs run_id, last_event_id? (integer ≥ 0), headers? (strings)"));
+            return;
+          }
+          const g = await gate(upgrade, headers, "read", runId);
+          if (!g.ok) {
+            const d = denyCode(g);
+            await send(err(d.code, d.message, runId));
+            return;
+          }
+          const meta = g.meta;
+          if (!meta) {
+            await send(err("not_found", "unknown run", runId));
+            return;
+          }
+          if (!subs.has(runId) && subs.size >= maxRunsPerSocket) {
+            await send(err("unavailable", "too many runs on this socket", runId));
+            return;
+          }
+          subs.get(runId)?.abort();
+          const stop = new AbortController();
+          subs.set(runId, stop);
+          closed.signal.addEventListener("abort", () => stop.abort(), { once: true });
+          await send(JSON.stringify({ op: "subscribed", run_id: runId, replay_from: lastIn + 1 }));
+          log("stream.open", { run_id: runId, transport: "websocket", last_event_id: lastIn, replay: behind(meta, lastIn), sub: g.subject });
+          const gone = async (ok: boolean): Promise<void> => {
+            if (!ok) stop.abort();
+          };
+          const sink: Sink = {
+            event: async (ev) => gone(await send(`{"op":"event","event":${ev}}`)),
+            snapshot: async (id, state) =>
+              gone(await send(`{"op":"snapshot","run_id":${JSON.stringify(runId)},"event_id":${id},"state":${state}}`)),
+            heartbeat: async () => undefined,
+          };
+          void produce(runId, lastIn, sink, stop.signal, g.expiresAtMs, false).then(async (reason) => {
+            if (subs.get(runId) === stop) subs.delete(runId);
+            if (reason === "expired") await send(err("unauthorized", "credentials expired", runId));
+            if (reason === "store_error") await send(err("unavailable", "store unavailable", runId));
+            log("stream.close", { run_id: runId, transport: "websocket", reason });
+          });
+          return;
+        }
+        case "send": {
+          const session = str("session_id");
+          const crid = str("client_request_id");
+          const content = str("content");
+          const headers = frameHeaders(op["headers"]);
+          if (session === undefined || crid === undefined || content === undefined || headers === null) {
+            await send(err("bad_request", "invalid frame: send needs session_id, client_request_id, content"));
+            return;
+          }
+          const g = await gate(upgrade, headers, "send", session);
+          if (!g.ok) {
+            const d = denyCode(g);
+            await send(err(d.code, d.message, undefined, crid));
+            return;
+          }
+          const a = await acceptSend(session, crid, content);
+          switch (a.kind) {
+            case "accepted":
+              await send(JSON.stringify({ op: "ack", client_request_id: crid, message_id: a.messageId, run_id: a.runId }));
+              return;
+            case "finished":
+              await send(err("finished", "the session has ended", undefined, crid));
+              return;
+            case "invalid":
+              await send(err("bad_request", a.message, undefined, crid));
+              return;
+            case "unavailable":
+              await send(err("unavailable", "store unavailable", undefined, crid));
+              return;
+          }
+          return;
+        }
+        case "cancel": {
+          const runId = str("run_id");
+          const crid = str("client_request_id");
+          const headers = frameHeaders(op["headers"]);
+          if (runId === undefined || crid === undefined || headers === null) {
+            await send(err("bad_request", "invalid frame: cancel needs run_id, client_request_id"));
+            return;
+          }
+          const g = await gate(upgrade, headers, "cancel", runId);
+          if (!g.ok) {
+            const d = denyCode(g);
+            await send(err(d.code, d.message, runId, crid));
+            return;
+          }
+          const body: JsonObject = { client_request_id: crid };
+          if (op["reason"] !== undefined) body["reason"] = op["reason"];
+          if (op["reply_to"] !== undefined) body["reply_to"] = op["reply_to"];
+          const a = await cancel(runId, body);
+          const refuse = (code: string, message: string): string => err(code, message, runId, crid);
+          switch (a.kind) {
+            case "accepted":
+              await send(JSON.stringify({ op: "ack", client_request_id: crid, run_id: runId, event_id: a.eventId }));
+              return;
+            case "finished":
+              await send(refuse("finished", a.status));
+              return;
+            case "invalid":
+              await send(refuse("bad_request", a.message));
+              return;
+            case "not_found":
+              await send(refuse("not_found", "unknown run"));
+              return;
+            case "too_early":
+              await send(refuse("unavailable", "no such send yet"));
+              return;
+            case "unavailable":
+              await send(refuse("unavailable", "store unavailable"));
+              return;
+          }
+          return;
+        }
+        default:
+          await send(err("bad_request", "unknown op"));
+      }
+    };
+    // Frames are handled in order, one at a time (a send's ack before the next frame's answer).
+    let chain: Promise<void> = Promise.resolve();
+    ws.on("message", (data, isBinary) => {
+      chain = chain.then(() => onFrame(data, isBinary)).catch((e: unknown) => log("ws.error", { error: String(e) }));
+    });
+    ws.on("close", () => {
+      closed.abort();
+      life.signal.removeEventListener("abort", onLife);
+      log("ws.close", {});
+    });
+    ws.on("error", () => undefined);
+  }
+
+  // ---- in-process producer API ----
+
+  async function createRun(o: { runId?: string; sessionId?: string; kind?: RunKind } = {}): Promise<{ runId: string; created: boolean }> {
+    if (o.runId !== undefined && !validId(o.runId)) {
+      throw new RunstreamError("invalid", "runId must be 1 to 128 characters, without control characters or braces");
+    }
+    if (o.sessionId !== undefined && !validId(o.sessionId)) {
+      throw new RunstreamError("invalid", "sessionId must be 1 to 128 characters, without control characters or braces");
+    }
+    const runId = o.runId ?? (await store.newRunId());
+    const created = await store.create(runId, { kind: o.kind ?? "task", sessionId: o.sessionId });
+    return { runId, created };
+  }
+
+  async function append(
+    runId: string,
+    events: EventInput[],
+    o: { idempotencyKey?: string } = {},
+  ): Promise<{ firstEventId: number; lastEventId: number }> {
+    const out = await appendChecked(runId, JSON.stringify({ events }), o.idempotencyKey);
+    switch (out.kind) {
+      case "ok":
+        return { firstEventId: out.first, lastEventId: out.last };
+      case "invalid":
+        throw new RunstreamError("invalid", out.message);
+      case "key_conflict":
+        throw new RunstreamError("key_conflict", "this idempotency key was used with other events");
+      case "finished":
+        throw new RunstreamError("finished", `run ${runId} is finished`);
+      case "unknown_run":
+        throw new RunstreamError("unknown_run", `unknown run ${runId}`);
+    }
+  }
+
+  function cancelSignal(runId: string, o: { replyTo?: string } = {}): AbortSignal {
+    const ac = new AbortController();
+    const targets: CancelTarget[] = [{ kind: "run" }];
+    if (o.replyTo !== undefined) targets.push({ kind: "reply", replyTo: o.replyTo });
+    let sub: { close(): void } | null = null;
+    let checking = false;
+    let again = false;
+    const stop = (): void => {
+      sub?.close();
+      sub = null;
+      life.signal.removeEventListener("abort", stop);
+    };
+    const check = async (): Promise<void> => {
+      if (checking) {
+        again = true;
+        return;
+      }
+      checking = true;
+      try {
+        do {
+          again = false;
+          for (const t of targets) {
+            const n = await store.cancelRequested(runId, t);
+            if (n !== null) {
+              stop();
+              ac.abort(new DOMException(`run.cancel_requested (event ${n})`, "AbortError"));
+              return;
+            }
+          }
+          const meta = await store.meta(runId);
+          if (!meta || meta.finished) {
+            stop();
+            return;
+          }
+        } while (again);
+      } catch (e) {
+        log("cancel_signal.error", { run_id: runId, error: String(e) });
+      } finally {
+        checking = false;
+      }
+    };
+    life.signal.addEventListener("abort", stop, { once: true });
+    void store
+      .subscribe(runId, () => void check())
+      .then((s) => {
+        if (!s) return;
+        if (ac.signal.aborted || life.signal.aborted) s.close();
+        else sub = s;
+        return check();
+      })
+      .catch((e: unknown) => log("cancel_signal.error", { run_id: runId, error: String(e) }));
+    return ac.signal;
+  }
+
+  return {
+    fetch: fetchHandler,
+    node,
+    attachWebSocket,
+    createRun,
+    append,
+    onSend(handler) {
+      sendHandlers.add(handler);
+      return () => void sendHandlers.delete(handler);
+    },
+    cancelSignal,
+    store,
+    async close() {
+      clearInterval(graceTimer);
+      life.abort();
+      await Promise.all([...sockets].map((s) => s.close()));
+    },
+  };
+}
+
