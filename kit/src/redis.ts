@@ -50,6 +50,7 @@ import type {
   IdemKey,
   JsonObject,
   NewEvent,
+  QueuedSend,
   Replay,
   RunKind,
   RunMeta,
@@ -104,18 +105,6 @@ export interface RedisStoreOptions {
   sendTtlS?: number;
   /** Per-command timeout, ms (default 10 000; the gateway's). Blocking reads get their wait plus 5 s. */
   commandTimeoutMs?: number;
-}
-
-/** A chat send taken from the queue by {@link RedisStore.claimSends}: answer it, then {@link RedisStore.ackSend}. */
-export interface QueuedSend {
-  /** Its entry id in `runstream:sends` (for `ackSend`). */
-  queueId: string;
-  /** The chat session (its chat run has the same id). */
-  sessionId: string;
-  /** The send's idempotency key. */
-  clientRequestId: string;
-  /** What the user wrote. */
-  content: string;
 }
 
 type Client = Redis | Cluster;
@@ -823,7 +812,8 @@ export class RedisStore implements Store {
           await this.ackSend(queueId);
           continue;
         }
-        out.push({ queueId, sessionId: s, clientRequestId: c, content: x });
+        const messageId = (await this.cmd("GET", sendKey(s, c))) as string | null;
+        out.push({ queueId, sessionId: s, clientRequestId: c, content: x, messageId: messageId ?? "" });
       }
     }
     return out;

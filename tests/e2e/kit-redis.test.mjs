@@ -319,3 +319,111 @@ test("chat logs written by both servers into one session: same state from both, 
   ]);
   assert.deepEqual(state.messages.filter((m) => m.role === "user").map((m) => m.client_request_id), ["c1", "c2", "c3"]);
 });
+
+/** A kit process (tests/e2e/kit-process.mjs) on the test's Redis: `send(cmd)`, `wait(pred)`. */
+async function kitProcess(name) {
+  const p = spawn(process.execPath, [join(root, "tests/e2e/kit-process.mjs"), redis.url, name], { cwd: root, stdio: ["pipe", "pipe", "pipe"] });
+  procs.push(p);
+  p.events = [];
+  p.err = "";
+  let buf = "";
+  p.stdout.on("data", (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      p.events.push(JSON.parse(buf.slice(0, i)));
+      buf = buf.slice(i + 1);
+    }
+  });
+  p.stderr.on("data", (d) => { p.err += d; });
+  p.send = (cmd) => p.stdin.write(`${JSON.stringify(cmd)}\n`);
+  p.wait = async (pred, ms = 10000) => {
+    const end = Date.now() + ms;
+    for (;;) {
+      const e = p.events.find(pred);
+      if (e) return e;
+      if (Date.now() > end || p.exitCode !== null) throw new Error(`${name}: no such event; ${p.err}`);
+      await sleep(10);
+    }
+  };
+  p.url = (await p.wait((e) => e.event === "ready")).url;
+  return p;
+}
+
+test("two kit processes and the gateway's chat worker on one Redis: dense ids, each send answered once, cancelSignal fires in the other process", { skip }, async () => {
+  const [a, b] = await Promise.all([kitProcess("A"), kitProcess("B")]);
+  const worker = run(["produce", "--store", redis.url, "--chat-worker", "--consumer", "gateway-worker"]);
+  const ready = Date.now() + 10000;
+  while (!worker.lines.some((l) => l.includes("chat_worker.ready"))) {
+    assert.ok(Date.now() < ready && worker.exitCode === null, `chat worker: ${worker.err}`);
+    await sleep(20);
+  }
+
+  // Dense ids with concurrent appenders in three processes.
+  const id = `dense_${process.pid}`;
+  await kit.create(id, { kind: "task" });
+  a.send({ op: "append", runId: id, n: 150 });
+  b.send({ op: "append", runId: id, n: 150 });
+  const mine = await Promise.all([...Array(100)].map(() => kit.append(id, "message.delta", { message_id: "m", delta: "x" })));
+  const ids = [...(await a.wait((e) => e.event === "appended")).ids, ...(await b.wait((e) => e.event === "appended")).ids, ...mine];
+  assert.deepEqual(ids.sort((x, y) => x - y), [...Array(400)].map((_, i) => i + 1));
+
+  // cancelSignal in B fires for a cancel taken by A (over HTTP).
+  const task = `cancel_${process.pid}`;
+  await kit.create(task, { kind: "task" });
+  await kit.append(task, "run.started", {});
+  b.send({ op: "watch", runId: task });
+  await b.wait((e) => e.event === "watching");
+  const t0 = Date.now();
+  const r = await fetch(`${a.url}/api/runs/${task}/cancel`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ client_request_id: "stop1" }) });
+  assert.equal(r.status, 202);
+  await b.wait((e) => e.event === "cancelled" && e.runId === task, 5000);
+  const firedMs = Date.now() - t0;
+
+  // Sends taken by A and B (each retried through the other), answered once each by
+  // whichever consumer of the group `replies` takes it: A, B or the gateway's worker.
+  const sessions = [`sa_${process.pid}`, `sb_${process.pid}`];
+  const crids = [];
+  for (let i = 0; i < 12; i++) {
+    const session = sessions[i % 2];
+    const crid = `q${i}`;
+    crids.push([session, crid]);
+    const [first, retry] = i % 3 ? [a, b] : [b, a];
+    for (const p of [first, retry]) {
+      const s = await fetch(`${p.url}/api/chat/${session}/messages`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ client_request_id: crid, content: `question ${i}` }) });
+      assert.equal(s.status, 202);
+    }
+  }
+  // Every reply begun (message.created with reply_to), and how many of them completed.
+  const answers = async () => {
+    const out = new Map();
+    let completed = 0;
+    for (const s of sessions) {
+      const state = JSON.parse((await kit.snapshot(s)).state);
+      for (const m of state.messages) {
+        if (m.role !== "assistant") continue;
+        out.set(`${s}/${m.reply_to}`, (out.get(`${s}/${m.reply_to}`) ?? 0) + 1);
+        if (m.status === "completed") completed++;
+      }
+    }
+    out.completed = completed;
+    return out;
+  };
+  const end = Date.now() + 30000;
+  while ((await answers()).completed < crids.length) {
+    assert.ok(Date.now() < end, `not every send was answered: ${JSON.stringify([...(await answers())])}`);
+    await sleep(100);
+  }
+  await sleep(1500); // a second answer would have started by now
+  const counts = await answers();
+  for (const [s, c] of crids) assert.equal(counts.get(`${s}/${c}`), 1, `${s}/${c} answered ${counts.get(`${s}/${c}`)} times`);
+  // Sends of the earlier tests are in the group too (it starts at 0): count this test's.
+  const ours = (session) => sessions.includes(session);
+  const by = {
+    A: a.events.filter((e) => e.event === "answered" && ours(e.session)).length,
+    B: b.events.filter((e) => e.event === "answered" && ours(e.session)).length,
+    gateway: worker.lines.map((l) => JSON.parse(l)).filter((e) => e.event === "chat_worker.replied" && ours(e.run_id)).length,
+  };
+  assert.equal(by.A + by.B + by.gateway, crids.length, JSON.stringify(by));
+  console.log(`# cross-process: cancelSignal fired ${firedMs} ms after the cancel; sends answered by ${JSON.stringify(by)}`);
+});
