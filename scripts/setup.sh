@@ -90,6 +90,16 @@ if [ -f tests/e2e/package.json ] && e2e_deps_missing; then
   log "npm install (tests/e2e)"
   (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error)
 fi
+# The TypeScript kit (kit/): jose, ws and its TypeScript toolchain, from its lockfile.
+kit_deps_missing() {
+  node -e 'const fs = require("fs"); const p = require("./kit/package.json");
+    const d = Object.keys({ ...(p.dependencies || {}), ...(p.devDependencies || {}) });
+    process.exit(d.every((n) => fs.existsSync("kit/node_modules/" + n + "/package.json")) ? 1 : 0)'
+}
+if [ -f kit/package.json ] && kit_deps_missing; then
+  log "npm ci (kit)"
+  (cd kit && npm ci --no-audit --no-fund --loglevel=error)
+fi
 if [ -f benches/package.json ] && [ ! -d benches/node_modules/esbuild ]; then
   log "npm install (benches)"
   (cd benches && npm install --no-audit --no-fund --loglevel=error)

@@ -94,6 +94,10 @@ export GECKODRIVER=${GECKODRIVER:-$HOME/.cargo/bin/geckodriver}
 # set, whatever --chrome says: give each step only its own driver.
 step browser-chromium env -u GECKODRIVER wasm-pack test --headless --chrome
 step browser-firefox env -u CHROMEDRIVER wasm-pack test --headless --firefox
+# The TypeScript kit (@runstream/server, kit/): its reducer wasm + TypeScript
+# build, then its node:test suites over loopback HTTP/WebSocket. Before the
+# e2e suites: tests/e2e/kit.test.mjs runs the browser client against kit/dist.
+step kit bash -c 'cd kit && npm run build && npm test'
 if [ -f tests/e2e/package.json ]; then
   step typescript bash -c 'cd tests/e2e && npx tsc -p tsconfig.json'
   step examples ./scripts/examples.sh

@@ -157,6 +157,8 @@ export const SENDS_PER_POLL = 500;
 export const SEND_CLAIM_BLOCK_MS = 1000;
 /** Longest cancel `reason`. */
 export const MAX_REASON_CHARS = 1000;
+/** WebSocket frames of one socket waiting to be handled (past it the socket is closed with 1008). */
+export const MAX_PENDING_FRAMES = 256;
 /** Graces claimed per poll. */
 const GRACES_PER_POLL = 100;
 
@@ -1024,11 +1026,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
 
   const node = (req: IncomingMessage, res: ServerResponse, next?: (err?: unknown) => void): void => {
     const abort = new AbortController();
-    req.on("close", () => {
-      if (!req.complete || res.writableEnded === false) {
-        // A request whose client is gone (the response is not finished).
-        if (res.writableFinished === false) abort.abort();
-      }
+    // The client went away before the response was finished: a waiting long
+    // poll or an open stream ends (the request's signal aborts).
+    res.on("close", () => {
+      if (!res.writableFinished) abort.abort();
     });
     const request = toRequest(req, abort.signal);
     route(request)
@@ -1183,7 +1184,8 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           subs.get(runId)?.abort();
           const stop = new AbortController();
           subs.set(runId, stop);
-          closed.signal.addEventListener("abort", () => stop.abort(), { once: true });
+          const onClosed = (): void => stop.abort();
+          closed.signal.addEventListener("abort", onClosed, { once: true });
           await send(JSON.stringify({ op: "subscribed", run_id: runId, replay_from: lastIn + 1 }));
           log("stream.open", { run_id: runId, transport: "websocket", last_event_id: lastIn, replay: behind(meta, lastIn), sub: g.subject });
           const gone = async (ok: boolean): Promise<void> => {
@@ -1196,6 +1198,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
             heartbeat: async () => undefined,
           };
           void produce(runId, lastIn, sink, stop.signal, g.expiresAtMs, false).then(async (reason) => {
+            closed.signal.removeEventListener("abort", onClosed);
             if (subs.get(runId) === stop) subs.delete(runId);
             if (reason === "expired") await send(err("unauthorized", "credentials expired", runId));
             if (reason === "store_error") await send(err("unavailable", "store unavailable", runId));
@@ -1280,10 +1283,23 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           await send(err("bad_request", "unknown op"));
       }
     };
-    // Frames are handled in order, one at a time (a send's ack before the next frame's answer).
+    // Frames are handled in order, one at a time (a send's ack before the
+    // next frame's answer); at most MAX_PENDING_FRAMES wait, past it the
+    // socket is closed (1008) instead of queueing without bound.
     let chain: Promise<void> = Promise.resolve();
+    let pending = 0;
     ws.on("message", (data, isBinary) => {
-      chain = chain.then(() => onFrame(data, isBinary)).catch((e: unknown) => log("ws.error", { error: String(e) }));
+      if (++pending > MAX_PENDING_FRAMES) {
+        log("ws.flood", {});
+        ws.close(1008, "too many frames in flight");
+        return;
+      }
+      chain = chain
+        .then(() => onFrame(data, isBinary))
+        .catch((e: unknown) => log("ws.error", { error: String(e) }))
+        .finally(() => {
+          pending--;
+        });
     });
     ws.on("close", () => {
       closed.abort();
