@@ -98,6 +98,10 @@ step browser-firefox env -u CHROMEDRIVER wasm-pack test --headless --firefox
 # build, then its node:test suites over loopback HTTP/WebSocket. Before the
 # e2e suites: tests/e2e/kit.test.mjs runs the browser client against kit/dist.
 step kit bash -c 'cd kit && npm run build && npm test'
+# The kit's HTTP and WebSocket route suites again on redisStore (a real
+# redis-server; kit/test/redis-store.test.mjs, in the step above, covers the
+# store itself on redis-server and on a 3-master cluster), docs/REDIS.md.
+step kit-redis bash -c 'cd kit && node test/support/on-redis.mjs test/http.test.mjs test/ws.test.mjs'
 if [ -f tests/e2e/package.json ]; then
   step typescript bash -c 'cd tests/e2e && npx tsc -p tsconfig.json'
   step examples ./scripts/examples.sh
