@@ -24,6 +24,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const bin = process.env.RUNSTREAM_SERVER_BIN || join(root, "target/debug/runstream-server");
 const skip = haveRedis() ? false : "redis-server is not installed (scripts/setup.sh installs it)";
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** `STORE=cluster`: the same on a 3-master Redis Cluster (both servers on `redis-cluster://…`). */
+const STORE = process.env.STORE === "cluster" ? "cluster" : "redis";
 const TRANSPORTS = ["fetch", "sse", "websocket"];
 const TYPES = { ".js": "text/javascript", ".wasm": "application/wasm", ".html": "text/html; charset=utf-8", ".json": "application/json" };
 
@@ -84,7 +86,7 @@ async function startKit() {
 
 before(async () => {
   if (skip) return;
-  redis = await startRedis("redis");
+  redis = await startRedis(STORE);
   const port = await freePort();
   const g = run(["--auth", "none", "--dev", "--addr", `127.0.0.1:${port}`, "--store", redis.url, "--replies", "worker"]);
   await waitLine(g, /server\.listening/);

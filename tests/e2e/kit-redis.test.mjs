@@ -18,6 +18,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const bin = process.env.RUNSTREAM_SERVER_BIN || join(root, "target/debug/runstream-server");
 const skip = haveRedis() ? false : "redis-server is not installed (scripts/setup.sh installs it)";
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** `STORE=cluster`: the same on a 3-master Redis Cluster (both servers on `redis-cluster://…`). */
+const STORE = process.env.STORE === "cluster" ? "cluster" : "redis";
 
 let redis, gateway, gw, kit;
 const procs = [];
@@ -109,7 +111,7 @@ const anon = (state) => JSON.parse(JSON.stringify(state).replaceAll(JSON.stringi
 
 before(async () => {
   if (skip) return;
-  redis = await startRedis("redis");
+  redis = await startRedis(STORE);
   const port = await freePort();
   gateway = run(["--auth", "none", "--dev", "--addr", `127.0.0.1:${port}`, "--store", redis.url, "--replies", "none"]);
   const end = Date.now() + 15000;
@@ -228,8 +230,10 @@ test("task logs from the gateway's produce: the kit's snapshot equals the gatewa
 
 /** GET of a plain key (a second client: the kit's own connection is private). */
 async function redisGet(key) {
-  const { Redis } = await import("../../kit/node_modules/ioredis/built/index.js");
-  const c = new Redis(redis.url);
+  const { Redis, Cluster } = await import("../../kit/node_modules/ioredis/built/index.js");
+  const c = redis.url.startsWith("redis-cluster://")
+    ? new Cluster(redis.ports.map((port) => ({ host: "127.0.0.1", port })))
+    : new Redis(redis.url);
   try {
     return await c.get(key);
   } finally {
