@@ -34,6 +34,8 @@ export {
   type SendEvent,
   type EventInput,
   MAX_KEY_LEN,
+  MIN_PUBLISH_KEY_BYTES,
+  MAX_PENDING_FRAMES,
   MAX_WAIT_MS,
   SENDS_PER_POLL,
   MAX_REASON_CHARS,

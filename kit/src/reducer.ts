@@ -140,14 +140,15 @@ export function reduce(
 /**
  * Checks a publish body for run `runId` as the gateway does: its canonical
  * JSON text (sorted keys, compact; the idempotency digest is taken of it),
- * or the 400 message naming `events[i]`. `cancelAllowed` lets an in-process
+ * or the 400 message naming `events[i]` (`syntax`: the body is not JSON, and
+ * the message is the gateway's plain-text answer). `cancelAllowed` lets an in-process
  * producer append `run.cancel_requested` (the publish API never may).
  */
 export function checkBatch(
   runId: string,
   body: string,
   cancelAllowed = false,
-): { ok: true; canonical: string } | { ok: false; error: string } {
-  const ok = wasm.check_batch(...put(runId), ...put(body), cancelAllowed ? 1 : 0) === 1;
-  return ok ? { ok: true, canonical: out() } : { ok: false, error: out() };
+): { ok: true; canonical: string } | { ok: false; error: string; syntax: boolean } {
+  const code = wasm.check_batch(...put(runId), ...put(body), cancelAllowed ? 1 : 0);
+  return code === 1 ? { ok: true, canonical: out() } : { ok: false, error: out(), syntax: code === 2 };
 }

@@ -51,7 +51,7 @@ export interface RunstreamOptions {
    * development only). Required: there is no default.
    */
   auth: Authorize | "none";
-  /** Enables the publish API (SERVER.md §1) with this key; omitted, those routes answer 404. */
+  /** Enables the publish API (SERVER.md §1) with this key (at least 16 bytes); omitted, those routes answer 404. */
   publishKey?: string | undefined;
   /** Heartbeat comment lines on an idle SSE stream (default 15 000 ms). */
   heartbeatMs?: number | undefined;
@@ -147,6 +147,8 @@ export interface Runstream {
   close(): Promise<void>;
 }
 
+/** Shortest publish key accepted (the gateway's `--publish-key-file` rule). */
+export const MIN_PUBLISH_KEY_BYTES = 16;
 /** Longest `Idempotency-Key` (visible ASCII). */
 export const MAX_KEY_LEN = 200;
 /** Longest wait of the sends long poll. */
@@ -250,6 +252,29 @@ function parseJson(s: string): Json | undefined {
   }
 }
 
+/** A JSON `Content-Type` (`application/json` or `…+json`), as the gateway's JSON extractor requires. */
+function isJsonType(request: Request): boolean {
+  const ct = (request.headers.get("content-type") ?? "").split(";")[0]?.trim().toLowerCase() ?? "";
+  return ct === "application/json" || (ct.startsWith("application/") && ct.endsWith("+json"));
+}
+
+const NOT_JSON_TYPE = "Expected request with `Content-Type: application/json`";
+
+/**
+ * A JSON body read as the gateway's extractor reads it: no `Content-Type`
+ * → none (an optional body), another type → 415, not JSON → 400.
+ */
+type BodyJson = { kind: "none" } | { kind: "value"; value: Json } | { kind: "reject"; status: 400 | 415; text: string };
+function jsonBody(request: Request, raw: string): BodyJson {
+  if (request.headers.get("content-type") === null) return { kind: "none" };
+  if (!isJsonType(request)) return { kind: "reject", status: 415, text: NOT_JSON_TYPE };
+  const value = parseJson(raw);
+  if (value === undefined) return { kind: "reject", status: 400, text: "Failed to parse the request body as JSON" };
+  return { kind: "value", value };
+}
+
+const SHAPE = "Failed to deserialize the JSON body into the target type";
+
 function isObject(v: Json | undefined): v is { [k: string]: Json } {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
@@ -299,7 +324,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     throw new Error('createRunstream: choose `auth`: jwtAuth({ secret } | { publicKey }), your own function, or "none" (local development)');
   }
   const auth = options.auth;
-  const key = options.publishKey ? new PublishKey(options.publishKey) : null;
+  if (options.publishKey !== undefined && Buffer.byteLength(options.publishKey) < MIN_PUBLISH_KEY_BYTES) {
+    throw new Error(`createRunstream: publishKey must be at least ${MIN_PUBLISH_KEY_BYTES} bytes`);
+  }
+  const key = options.publishKey !== undefined ? new PublishKey(options.publishKey) : null;
   const heartbeatMs = Math.max(1, options.heartbeatMs ?? 15_000);
   const base = (options.basePath ?? "/api").replace(/\/+$/, "");
   const graceMs = Math.max(0, options.cancelGraceMs ?? 30_000);
@@ -740,9 +768,12 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     if (!g.ok) return denied(g);
     const raw = await readBody(request, maxBody);
     if (raw === null) return text(413, "request body too large");
-    const b = parseJson(raw);
+    const j = jsonBody(request, raw);
+    if (j.kind === "none") return text(400, "expected {client_request_id, content}");
+    if (j.kind === "reject") return text(j.status, j.text);
+    const b = j.value;
     if (!isObject(b) || typeof b["client_request_id"] !== "string" || typeof b["content"] !== "string") {
-      return text(400, "expected {client_request_id, content}");
+      return text(422, `${SHAPE}: expected {client_request_id, content}`);
     }
     const a = await acceptSend(session, b["client_request_id"], b["content"]);
     switch (a.kind) {
@@ -762,7 +793,12 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     if (!g.ok) return denied(g);
     const raw = await readBody(request, maxBody);
     if (raw === null) return text(413, "request body too large");
-    const a = await cancel(runId, parseJson(raw));
+    const j = jsonBody(request, raw);
+    if (j.kind !== "value") {
+      const why = j.kind === "none" ? NOT_JSON_TYPE : j.text;
+      return text(j.kind === "none" ? 415 : j.status, `expected {client_request_id, reason?, reply_to?}: ${why}`);
+    }
+    const a = await cancel(runId, j.value);
     switch (a.kind) {
       case "accepted":
         return json(202, JSON.stringify({ run_id: runId, event_id: a.eventId }));
@@ -786,13 +822,16 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     if (!g.ok) return denied(g);
     const raw = await readBody(request, maxBody);
     if (raw === null) return text(413, "request body too large");
-    // As the gateway: a body that is not {run_id?, session_id?} counts as none.
-    const parsed = parseJson(raw);
-    const b = isObject(parsed) && unknownKey(parsed, ["run_id", "session_id"]) === undefined ? parsed : {};
+    // The body is optional: without a Content-Type, none.
+    const j = jsonBody(request, raw);
+    if (j.kind === "reject") return text(j.status, j.text);
+    const b = j.kind === "value" ? j.value : {};
+    const shape = `${SHAPE}: expected {run_id?, session_id?}`;
+    if (!isObject(b) || unknownKey(b, ["run_id", "session_id"]) !== undefined) return text(422, shape);
     const runIdIn = b["run_id"] ?? null;
     const sessionIn = b["session_id"] ?? null;
     if ((runIdIn !== null && typeof runIdIn !== "string") || (sessionIn !== null && typeof sessionIn !== "string")) {
-      return bad("run_id and session_id must be strings");
+      return text(422, shape);
     }
     if (sessionIn !== null && !validId(sessionIn)) {
       return bad("session_id must be 1 to 128 characters, without control characters or braces");
@@ -817,13 +856,13 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     key: string | undefined,
   ): Promise<
     | { kind: "ok"; first: number; last: number; appended: number }
-    | { kind: "invalid"; message: string }
+    | { kind: "invalid"; message: string; syntax: boolean }
     | { kind: "key_conflict" }
     | { kind: "finished" }
     | { kind: "unknown_run" }
   > {
     const c = checkBatch(runId, body);
-    if (!c.ok) return { kind: "invalid", message: c.error };
+    if (!c.ok) return { kind: "invalid", message: c.error, syntax: c.syntax };
     const digest = createHash("sha256").update(c.canonical).digest("hex");
     const events = (JSON.parse(c.canonical) as { events: NewEvent[] }).events;
     const out = await store.appendBatch(runId, events, key !== undefined ? { key, digest } : undefined);
@@ -847,13 +886,16 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     }
     const raw = await readBody(request, maxBody);
     if (raw === null) return text(413, "request body too large");
+    const j = jsonBody(request, raw);
+    if (j.kind === "none") return bad('expected a JSON body {"events": [...]}');
+    if (j.kind === "reject" && j.status === 415) return text(415, j.text);
     try {
       const out = await appendChecked(runId, raw, k);
       switch (out.kind) {
         case "ok":
           return json(200, JSON.stringify({ first_event_id: out.first, last_event_id: out.last }));
         case "invalid":
-          return bad(out.message);
+          return out.syntax ? text(400, out.message) : bad(out.message);
         case "key_conflict":
           return json(422, JSON.stringify({ error: "this Idempotency-Key was used with another body" }));
         case "finished":

@@ -10,7 +10,7 @@ import { generateKeyPairSync } from "node:crypto";
 import { startKit, call, sse, wsClient, token, noneToken, ev, sleep, SECRET } from "./helpers.mjs";
 import { jwtAuth } from "../dist/index.js";
 
-const KEY = "the-publish-key";
+const KEY = "the-publish-key-of-tests";
 let kit;
 let runA; // alice's run (in her token's `runs`)
 let runB; // bob's run
@@ -203,4 +203,26 @@ test("SERVER.md §2 authorize(ctx): allow/unauthorized/forbidden (or a Promise);
 test("SERVER.md §2: createRunstream without an auth choice refuses to start", async () => {
   const { createRunstream, memoryStore } = await import("../dist/index.js");
   assert.throws(() => createRunstream({ store: memoryStore() }), /choose `auth`/);
+  assert.throws(() => createRunstream({ store: memoryStore(), auth: "none", publishKey: "short" }), /at least 16 bytes/);
+});
+
+test("jwtAuth issuer/audience: checked when configured (a token without them or with others is 401); nbf in the future beyond the leeway is 401", async () => {
+  const { SignJWT } = await import("jose");
+  const k = await startKit({ auth: jwtAuth({ secret: SECRET }, { issuer: "https://auth.example", audience: "runstream" }) });
+  const sign = (claims, f = (j) => j) =>
+    f(new SignJWT({ runs: ["r"], ...claims }).setProtectedHeader({ alg: "HS256" }).setExpirationTime("1h")).sign(new TextEncoder().encode(SECRET));
+  try {
+    await k.rs.createRun({ runId: "r" });
+    const get = async (t) => (await call(k.base, "GET", "/api/runs/r/snapshot", { headers: bearer(t) })).status;
+    assert.equal(await get(await sign({}, (j) => j.setIssuer("https://auth.example").setAudience("runstream"))), 200);
+    assert.equal(await get(await sign({})), 401, "no iss/aud");
+    assert.equal(await get(await sign({}, (j) => j.setIssuer("https://evil.example").setAudience("runstream"))), 401, "another issuer");
+    assert.equal(await get(await sign({}, (j) => j.setIssuer("https://auth.example").setAudience("other"))), 401, "another audience");
+    const later = Math.floor(Date.now() / 1000) + 120;
+    assert.equal(await get(await sign({}, (j) => j.setIssuer("https://auth.example").setAudience("runstream").setNotBefore(later))), 401, "nbf in 2 min");
+    const soon = Math.floor(Date.now() / 1000) + 10;
+    assert.equal(await get(await sign({}, (j) => j.setIssuer("https://auth.example").setAudience("runstream").setNotBefore(soon))), 200, "nbf within the leeway");
+  } finally {
+    await k.close();
+  }
 });

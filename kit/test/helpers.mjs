@@ -8,6 +8,16 @@ import { createRunstream, memoryStore, redisStore } from "../dist/index.js";
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Polls `fn` until it returns a truthy value or `ms` pass; returns the last value. */
+export async function until(fn, ms = 5000, step = 20) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v || Date.now() > end) return v;
+    await sleep(step);
+  }
+}
+
 /** A kit on 127.0.0.1:<free port>; `extra(req, res)` may answer paths outside the kit. */
 export async function startKit(options = {}, extra) {
   // KIT_REDIS_URL (set by test/support/on-redis.mjs): the same suites on redisStore, same window.

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use crate::{check_batch as check, Reduced};
+use crate::{check_batch as check, BatchError, Reduced};
 
 thread_local! {
     static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -164,7 +164,8 @@ pub extern "C" fn reducer_drop(h: u32) {
 }
 
 /// Checks a publish body for run `run`: 1 and its canonical JSON in the
-/// output, or 0 and the 400 message.
+/// output; 0 and the 400 `{"error"}` message of an invalid batch; 2 and the
+/// plain-text 400 of a body that is not JSON.
 ///
 /// # Safety
 /// See [`take`].
@@ -183,9 +184,13 @@ pub unsafe extern "C" fn check_batch(
             set_out(c);
             1
         }
-        Err(e) => {
+        Err(BatchError::Invalid(e)) => {
             set_out(e);
             0
+        }
+        Err(BatchError::Syntax(e)) => {
+            set_out(e);
+            2
         }
     }
 }

@@ -181,32 +181,46 @@ fn check_event(run_id: &str, i: usize, e: &EventIn, cancel_allowed: bool) -> Res
         .map_err(|err| format!("events[{i}] ({}): {err}", e.ty))
 }
 
+/// Why a publish body was refused (each is a `400`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    /// Not JSON: the gateway's JSON extractor answers this text (plain text).
+    Syntax(String),
+    /// JSON, but not a valid batch: the `{"error": …}` message naming `events[i]`.
+    Invalid(String),
+}
+
 /// Validates a publish body `{"events":[{type, payload}, …]}` for run
 /// `run_id` as the gateway does (same checks, same order, same messages).
 /// Ok: the body's canonical JSON text (keys sorted, compact: what the
 /// idempotency digest is taken of, so a key repeated on either server
-/// compares equal). Err: the 400 message. `cancel_allowed` lets an
-/// in-process producer append `run.cancel_requested` (the publish API never does).
-pub fn check_batch(run_id: &str, body: &str, cancel_allowed: bool) -> Result<String, String> {
-    let raw: Value = serde_json::from_str(body)
-        .map_err(|_| "expected a JSON body {\"events\": [...]}".to_owned())?;
+/// compares equal). `cancel_allowed` lets an in-process producer append
+/// `run.cancel_requested` (the publish API never does).
+pub fn check_batch(run_id: &str, body: &str, cancel_allowed: bool) -> Result<String, BatchError> {
+    let raw: Value = serde_json::from_str(body).map_err(|e| {
+        BatchError::Syntax(format!("Failed to parse the request body as JSON: {e}"))
+    })?;
     let canonical = raw.to_string();
-    let batch: BatchBody = serde_json::from_value(raw)
-        .map_err(|e| format!("expected {{\"events\": [{{type, payload}}, ...]}}: {e}"))?;
+    let invalid = BatchError::Invalid;
+    let batch: BatchBody = serde_json::from_value(raw).map_err(|e| {
+        invalid(format!(
+            "expected {{\"events\": [{{type, payload}}, ...]}}: {e}"
+        ))
+    })?;
     if batch.events.is_empty() {
-        return Err("events must not be empty".to_owned());
+        return Err(invalid("events must not be empty".to_owned()));
     }
     if batch.events.len() > MAX_BATCH {
-        return Err(format!("at most {MAX_BATCH} events per batch"));
+        return Err(invalid(format!("at most {MAX_BATCH} events per batch")));
     }
     let n = batch.events.len();
     for (i, e) in batch.events.iter().enumerate() {
-        check_event(run_id, i, e, cancel_allowed)?;
+        check_event(run_id, i, e, cancel_allowed).map_err(invalid)?;
         if e.ty == "run.completed" && i + 1 < n {
-            return Err(format!(
+            return Err(invalid(format!(
                 "events[{}]: comes after run.completed in the same batch",
                 i + 1
-            ));
+            )));
         }
     }
     Ok(canonical)
@@ -267,8 +281,14 @@ mod tests {
             false,
         )
         .unwrap_err();
-        assert!(e.starts_with("events[1] (tool.started)"), "{e}");
-        assert!(check_batch("r", "nope", false).is_err());
+        assert!(
+            matches!(&e, BatchError::Invalid(m) if m.starts_with("events[1] (tool.started)")),
+            "{e:?}"
+        );
+        assert!(matches!(
+            check_batch("r", "nope", false),
+            Err(BatchError::Syntax(_))
+        ));
         assert!(check_batch("r", r#"{"events":[]}"#, false).is_err());
         assert!(check_batch(
             "r",
