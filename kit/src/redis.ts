@@ -92,9 +92,10 @@ export interface RedisStoreOptions {
   /**
    * `redis://[user:password@]host:port[/db]` (or `rediss://`) for one Redis,
    * or `redis-cluster://host:port,host:port,…` with seed nodes of a Redis
-   * Cluster (the gateway's `--store` syntax).
+   * Cluster (the gateway's `--store` syntax). `undefined` (an unset
+   * `process.env.REDIS_URL`) throws a {@link StoreError} naming it, at once.
    */
-  url: string;
+  url: string | undefined;
   /** Events kept per run before the oldest are reduced into the base (default {@link DEFAULT_WINDOW}; use the gateway's `--window`). */
   window?: number;
   /** Newest events each live tail keeps for local streams (default {@link DEFAULT_TAIL_CACHE}; drop-oldest). */
@@ -250,7 +251,8 @@ class Source {
   private readonly seeds: { host: string; port: number }[];
   private readonly timeoutMs: number;
 
-  constructor(url: string, timeoutMs: number) {
+  constructor(url: string | undefined, timeoutMs: number) {
+    if (url === undefined || url === "") throw new StoreError("redisStore: `url` is required (is REDIS_URL set?)");
     this.url = url;
     this.timeoutMs = timeoutMs;
     this.cluster = url.startsWith("redis-cluster://");

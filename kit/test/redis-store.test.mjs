@@ -71,6 +71,12 @@ for (const kind of ["redis", "cluster"]) {
       }
     });
 
+    test("a missing or malformed url is refused at once", { skip: kind !== "redis" }, () => {
+      assert.throws(() => redisStore({ url: undefined }), { name: "StoreError", message: /REDIS_URL/ });
+      assert.throws(() => redisStore({ url: "http://127.0.0.1:6379" }), { name: "StoreError" });
+      assert.throws(() => redisStore({ url: "redis-cluster://" }), { name: "StoreError" });
+    });
+
     test("name, ready, run ids unique across processes", async () => {
       assert.equal(a.name, kind === "redis" ? "redis" : "redis-cluster");
       assert.equal(await a.ready(), true);
