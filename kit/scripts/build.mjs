@@ -2,7 +2,7 @@
 // reducer, compiled for Node) into dist/reducer.wasm, then the TypeScript to
 // ESM + .d.ts in dist/. Run from anywhere: `npm run build` in kit/.
 import { execFileSync } from "node:child_process";
-import { copyFileSync, cpSync, mkdirSync, readdirSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -17,8 +17,8 @@ run(process.execPath, [join(kit, "node_modules", "typescript", "bin", "tsc"), "-
 
 // The Redis Lua scripts: the repository's one copy (lua/, also loaded by the
 // gateway), shipped in the package as dist/lua/ for redisStore().
-const lua = join(kit, "..", "lua");
+const lua = join(root, "lua");
 mkdirSync(join(kit, "dist", "lua"), { recursive: true });
 for (const f of readdirSync(lua)) {
-  if (f.endsWith(".lua") || f === "scripts.json") cpSync(join(lua, f), join(kit, "dist", "lua", f));
+  if (f.endsWith(".lua") || f === "scripts.json") copyFileSync(join(lua, f), join(kit, "dist", "lua", f));
 }

@@ -8,6 +8,7 @@
  * ```
  */
 export * from "./store.js";
+export { redisStore, RedisStore, loadScripts, type RedisStoreOptions } from "./redis.js";
 export { memoryStore, type MemoryStoreOptions } from "./memory.js";
 export {
   jwtAuth,
@@ -39,7 +40,5 @@ export {
   SENDS_PER_POLL,
   MAX_REASON_CHARS,
 } from "./runstream.js";
-export { redisStore, RedisStore, loadScripts } from "./redis.js";
-export type { RedisStoreOptions, QueuedSend } from "./redis.js";
 export { fromAiSdk, MAX_DELTA_CHARS, MAX_APPEND_EVENTS } from "./ai.js";
 export type { AiSdkTarget, FromAiSdkOptions, FromAiSdkResult, FromAiSdkStatus } from "./ai.js";

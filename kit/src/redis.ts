@@ -50,6 +50,7 @@ import type {
   IdemKey,
   JsonObject,
   NewEvent,
+  QueuedSend,
   Replay,
   RunKind,
   RunMeta,
@@ -91,9 +92,10 @@ export interface RedisStoreOptions {
   /**
    * `redis://[user:password@]host:port[/db]` (or `rediss://`) for one Redis,
    * or `redis-cluster://host:port,host:port,…` with seed nodes of a Redis
-   * Cluster (the gateway's `--store` syntax).
+   * Cluster (the gateway's `--store` syntax). `undefined` (an unset
+   * `process.env.REDIS_URL`) throws a {@link StoreError} naming it, at once.
    */
-  url: string;
+  url: string | undefined;
   /** Events kept per run before the oldest are reduced into the base (default {@link DEFAULT_WINDOW}; use the gateway's `--window`). */
   window?: number;
   /** Newest events each live tail keeps for local streams (default {@link DEFAULT_TAIL_CACHE}; drop-oldest). */
@@ -104,18 +106,6 @@ export interface RedisStoreOptions {
   sendTtlS?: number;
   /** Per-command timeout, ms (default 10 000; the gateway's). Blocking reads get their wait plus 5 s. */
   commandTimeoutMs?: number;
-}
-
-/** A chat send taken from the queue by {@link RedisStore.claimSends}: answer it, then {@link RedisStore.ackSend}. */
-export interface QueuedSend {
-  /** Its entry id in `runstream:sends` (for `ackSend`). */
-  queueId: string;
-  /** The chat session (its chat run has the same id). */
-  sessionId: string;
-  /** The send's idempotency key. */
-  clientRequestId: string;
-  /** What the user wrote. */
-  content: string;
 }
 
 type Client = Redis | Cluster;
@@ -261,7 +251,8 @@ class Source {
   private readonly seeds: { host: string; port: number }[];
   private readonly timeoutMs: number;
 
-  constructor(url: string, timeoutMs: number) {
+  constructor(url: string | undefined, timeoutMs: number) {
+    if (url === undefined || url === "") throw new StoreError("redisStore: `url` is required (is REDIS_URL set?)");
     this.url = url;
     this.timeoutMs = timeoutMs;
     this.cluster = url.startsWith("redis-cluster://");
@@ -293,16 +284,59 @@ class Source {
     };
   }
 
-  /** A connection; `blockMs` > 0: one of its own for a blocking read of up to that long. */
-  connect(blockMs = 0): Client {
-    const timeout = blockMs > 0 ? blockMs + 5000 : this.timeoutMs;
-    const opts = this.options(timeout);
+  /** The shared connection (a cluster client on a cluster). */
+  connect(): Client {
+    const opts = this.options(this.timeoutMs);
     if (this.cluster) {
       const c: ClusterOptions = { redisOptions: opts, enableOfflineQueue: true, maxRedirections: 16 };
       return new Cluster(this.seeds, c);
     }
     return new Redis(this.url, opts);
   }
+
+  /**
+   * A connection of its own for a blocking read on `key` of up to `blockMs` (on the shared
+   * one it would stall every other command). On a cluster: a plain connection to the
+   * master of `key`'s slot, from `shared`'s slot map (one TCP connect, not a cluster
+   * client's discovery); a `MOVED` answer fails the read, and the caller reconnects after
+   * {@link Source.refresh}.
+   */
+  blocking(key: string, blockMs: number, shared: Client): Client {
+    const opts = this.options(blockMs + 5000);
+    if (!(shared instanceof Cluster)) return new Redis(this.url, opts);
+    const master = shared.slots[keySlot(key)]?.[0];
+    const i = master?.lastIndexOf(":") ?? -1;
+    if (master === undefined || i <= 0) {
+      const c: ClusterOptions = { redisOptions: opts, enableOfflineQueue: true, maxRedirections: 16 };
+      return new Cluster(this.seeds, c);
+    }
+    return new Redis({ ...opts, host: master.slice(0, i), port: Number(master.slice(i + 1)) });
+  }
+
+  /** After a failed blocking read on a cluster: the slot map may be stale (resharding, failover). */
+  refresh(shared: Client): void {
+    if (shared instanceof Cluster) shared.refreshSlotsCache();
+  }
+}
+
+/** CRC16-XMODEM (polynomial 0x1021), Redis Cluster's key hash. */
+function crc16(bytes: Uint8Array): number {
+  let crc = 0;
+  for (const b of bytes) {
+    crc ^= b << 8;
+    for (let k = 0; k < 8; k++) crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+  }
+  return crc;
+}
+
+/** The cluster slot of `key` (its hash tag `{…}` when it has a non-empty one). */
+export function keySlot(key: string): number {
+  const open = key.indexOf("{");
+  if (open >= 0) {
+    const close = key.indexOf("}", open + 1);
+    if (close > open + 1) key = key.slice(open + 1, close);
+  }
+  return crc16(Buffer.from(key, "utf8")) % 16384;
 }
 
 /** A bounded FIFO of the newest events of a run: `get(i)` is the event with id `first + i`. */
@@ -364,6 +398,7 @@ class Tail {
 
   constructor(
     private readonly source: Source,
+    private readonly shared: Client,
     readonly runId: string,
     cap: number,
     last: number,
@@ -385,7 +420,7 @@ class Tail {
   private async loop(): Promise<void> {
     const key = logKey(this.runId);
     while (!this.stopped) {
-      if (this.conn === null) this.conn = this.source.connect(BLOCK_MS);
+      if (this.conn === null) this.conn = this.source.blocking(key, BLOCK_MS, this.shared);
       const conn = this.conn;
       let reply: XreadReply;
       try {
@@ -403,6 +438,7 @@ class Tail {
         if (this.stopped) return;
         conn.disconnect();
         if (this.conn === conn) this.conn = null;
+        this.source.refresh(this.shared);
         await new Promise((r) => setTimeout(r, 250));
         continue;
       }
@@ -605,7 +641,7 @@ export class RedisStore implements Store {
     if (meta === null) return null;
     let tail = this.tails.get(id);
     if (tail === undefined) {
-      tail = new Tail(this.source, id, this.tailCap, meta.lastId, meta.finished);
+      tail = new Tail(this.source, this.conn, id, this.tailCap, meta.lastId, meta.finished);
       this.tails.set(id, tail);
       tail.start();
     }
@@ -741,7 +777,7 @@ export class RedisStore implements Store {
     let own: Client | null = null;
     if (waitMs > 0 && !signal?.aborted) {
       // A blocking read gets a connection of its own (it would stall the shared one).
-      own = this.source.connect(waitMs);
+      own = this.source.blocking(SEND_QUEUE, waitMs, this.conn);
       this.blocking.add(own);
       conn = own;
       args.push("BLOCK", String(waitMs));
@@ -752,7 +788,10 @@ export class RedisStore implements Store {
     try {
       reply = (await conn.call("XREAD", ...args, "STREAMS", SEND_QUEUE, from)) as XreadReply;
     } catch (e) {
-      if (!signal?.aborted) throw wrap(e);
+      if (!signal?.aborted) {
+        this.source.refresh(this.conn);
+        throw wrap(e);
+      }
     } finally {
       signal?.removeEventListener("abort", abort);
       if (own) {
@@ -795,7 +834,7 @@ export class RedisStore implements Store {
       this.groupReady = true;
     }
     if (signal?.aborted) return [];
-    const own = this.source.connect(blockMs);
+    const own = this.source.blocking(SEND_QUEUE, blockMs, this.conn);
     this.blocking.add(own);
     const abort = (): void => own.disconnect();
     signal?.addEventListener("abort", abort, { once: true });
@@ -805,7 +844,10 @@ export class RedisStore implements Store {
         "XREADGROUP", "GROUP", SEND_GROUP, consumer, "COUNT", "16", "BLOCK", String(blockMs), "STREAMS", SEND_QUEUE, ">",
       )) as XreadReply;
     } catch (e) {
-      if (!signal?.aborted) throw wrap(e);
+      if (!signal?.aborted) {
+        this.source.refresh(this.conn);
+        throw wrap(e);
+      }
     } finally {
       signal?.removeEventListener("abort", abort);
       this.blocking.delete(own);
@@ -823,7 +865,8 @@ export class RedisStore implements Store {
           await this.ackSend(queueId);
           continue;
         }
-        out.push({ queueId, sessionId: s, clientRequestId: c, content: x });
+        const messageId = (await this.cmd("GET", sendKey(s, c))) as string | null;
+        out.push({ queueId, sessionId: s, clientRequestId: c, content: x, messageId: messageId ?? "" });
       }
     }
     return out;

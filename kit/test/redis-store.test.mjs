@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 
 import { Cluster, Redis } from "ioredis";
 
-import { redisStore, loadScripts, SEND_QUEUE, SEND_GROUP, GRACES } from "../dist/redis.js";
+import { redisStore, loadScripts, keySlot, SEND_QUEUE, SEND_GROUP, GRACES } from "../dist/redis.js";
 import { Reducer } from "../dist/reducer.js";
 import { haveRedis, startRedis } from "./support/redis.mjs";
 
@@ -63,6 +63,18 @@ for (const kind of ["redis", "cluster"]) {
       await b?.close();
       r?.disconnect();
       await redis?.stop();
+    });
+
+    test("keySlot (a tail's blocking connection goes to its key's master) agrees with CLUSTER KEYSLOT", { skip: kind !== "cluster" }, async () => {
+      for (const k of ["runstream:{run_1}:log", "runstream:sends", "runstream:{}:x", "a{b}c{d}", "runstream:{sé𝄞}:log", "plain", "{}", "x{}y{z}"]) {
+        assert.equal(keySlot(k), await r.call("CLUSTER", "KEYSLOT", k), k);
+      }
+    });
+
+    test("a missing or malformed url is refused at once", { skip: kind !== "redis" }, () => {
+      assert.throws(() => redisStore({ url: undefined }), { name: "StoreError", message: /REDIS_URL/ });
+      assert.throws(() => redisStore({ url: "http://127.0.0.1:6379" }), { name: "StoreError" });
+      assert.throws(() => redisStore({ url: "redis-cluster://" }), { name: "StoreError" });
     });
 
     test("name, ready, run ids unique across processes", async () => {

@@ -3,7 +3,9 @@
 // servers (a differential test: task logs from the gateway's `produce`, chat
 // logs written by both, windows pruned by either server), and two kit
 // processes share runs (dense ids with concurrent appenders, each send handed
-// to one consumer of the gateway's group `replies`, cancels seen everywhere).
+// to one consumer of the gateway's group `replies`, cancels seen everywhere),
+// and a cancel a gateway took ends in a kit process after the gateway died.
+// `STORE=cluster`: the same on a 3-master Redis Cluster.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -18,6 +20,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const bin = process.env.RUNSTREAM_SERVER_BIN || join(root, "target/debug/runstream-server");
 const skip = haveRedis() ? false : "redis-server is not installed (scripts/setup.sh installs it)";
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** `STORE=cluster`: the same on a 3-master Redis Cluster (both servers on `redis-cluster://…`). */
+const STORE = process.env.STORE === "cluster" ? "cluster" : "redis";
 
 let redis, gateway, gw, kit;
 const procs = [];
@@ -109,7 +113,7 @@ const anon = (state) => JSON.parse(JSON.stringify(state).replaceAll(JSON.stringi
 
 before(async () => {
   if (skip) return;
-  redis = await startRedis("redis");
+  redis = await startRedis(STORE);
   const port = await freePort();
   gateway = run(["--auth", "none", "--dev", "--addr", `127.0.0.1:${port}`, "--store", redis.url, "--replies", "none"]);
   const end = Date.now() + 15000;
@@ -228,8 +232,10 @@ test("task logs from the gateway's produce: the kit's snapshot equals the gatewa
 
 /** GET of a plain key (a second client: the kit's own connection is private). */
 async function redisGet(key) {
-  const { Redis } = await import("../../kit/node_modules/ioredis/built/index.js");
-  const c = new Redis(redis.url);
+  const { Redis, Cluster } = await import("../../kit/node_modules/ioredis/built/index.js");
+  const c = redis.url.startsWith("redis-cluster://")
+    ? new Cluster(redis.ports.map((port) => ({ host: "127.0.0.1", port })))
+    : new Redis(redis.url);
   try {
     return await c.get(key);
   } finally {
@@ -318,4 +324,175 @@ test("chat logs written by both servers into one session: same state from both, 
     ["c1", "Hello back", "completed"], ["c2", "thinking", "completed"], ["c3", "", "failed"],
   ]);
   assert.deepEqual(state.messages.filter((m) => m.role === "user").map((m) => m.client_request_id), ["c1", "c2", "c3"]);
+});
+
+/** A kit process (tests/e2e/kit-process.mjs) on the test's Redis: `send(cmd)`, `wait(pred)`. */
+async function kitProcess(name) {
+  const p = spawn(process.execPath, [join(root, "tests/e2e/kit-process.mjs"), redis.url, name], { cwd: root, stdio: ["pipe", "pipe", "pipe"] });
+  procs.push(p);
+  p.events = [];
+  p.err = "";
+  let buf = "";
+  p.stdout.on("data", (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      p.events.push(JSON.parse(buf.slice(0, i)));
+      buf = buf.slice(i + 1);
+    }
+  });
+  p.stderr.on("data", (d) => { p.err += d; });
+  p.send = (cmd) => p.stdin.write(`${JSON.stringify(cmd)}\n`);
+  p.wait = async (pred, ms = 10000) => {
+    const end = Date.now() + ms;
+    for (;;) {
+      const e = p.events.find(pred);
+      if (e) return e;
+      if (Date.now() > end || p.exitCode !== null) throw new Error(`${name}: no such event; ${p.err}`);
+      await sleep(10);
+    }
+  };
+  p.url = (await p.wait((e) => e.event === "ready")).url;
+  return p;
+}
+
+test("two kit processes and the gateway's chat worker on one Redis: dense ids, each send answered once, cancelSignal fires in the other process", { skip }, async () => {
+  const [a, b] = await Promise.all([kitProcess("A"), kitProcess("B")]);
+  const worker = run(["produce", "--store", redis.url, "--chat-worker", "--consumer", "gateway-worker"]);
+  const ready = Date.now() + 10000;
+  while (!worker.lines.some((l) => l.includes("chat_worker.ready"))) {
+    assert.ok(Date.now() < ready && worker.exitCode === null, `chat worker: ${worker.err}`);
+    await sleep(20);
+  }
+
+  // Dense ids with concurrent appenders in three processes.
+  const id = `dense_${process.pid}`;
+  await kit.create(id, { kind: "task" });
+  a.send({ op: "append", runId: id, n: 150 });
+  b.send({ op: "append", runId: id, n: 150 });
+  const mine = await Promise.all([...Array(100)].map(() => kit.append(id, "message.delta", { message_id: "m", delta: "x" })));
+  const ids = [...(await a.wait((e) => e.event === "appended")).ids, ...(await b.wait((e) => e.event === "appended")).ids, ...mine];
+  assert.deepEqual(ids.sort((x, y) => x - y), [...Array(400)].map((_, i) => i + 1));
+
+  // cancelSignal in B fires for a cancel taken by A (over HTTP).
+  const task = `cancel_${process.pid}`;
+  await kit.create(task, { kind: "task" });
+  await kit.append(task, "run.started", {});
+  b.send({ op: "watch", runId: task });
+  await b.wait((e) => e.event === "watching");
+  const t0 = Date.now();
+  const r = await fetch(`${a.url}/api/runs/${task}/cancel`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ client_request_id: "stop1" }) });
+  assert.equal(r.status, 202);
+  await b.wait((e) => e.event === "cancelled" && e.runId === task, 5000);
+  const firedMs = Date.now() - t0;
+
+  // Sends taken by A and B (each retried through the other), answered once each by
+  // whichever consumer of the group `replies` takes it: A, B or the gateway's worker.
+  const sessions = [`sa_${process.pid}`, `sb_${process.pid}`];
+  const crids = [];
+  for (let i = 0; i < 12; i++) {
+    const session = sessions[i % 2];
+    const crid = `q${i}`;
+    crids.push([session, crid]);
+    const [first, retry] = i % 3 ? [a, b] : [b, a];
+    for (const p of [first, retry]) {
+      const s = await fetch(`${p.url}/api/chat/${session}/messages`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ client_request_id: crid, content: `question ${i}` }) });
+      assert.equal(s.status, 202);
+    }
+  }
+  // Every reply begun (message.created with reply_to), and how many of them completed.
+  const answers = async () => {
+    const out = new Map();
+    let completed = 0;
+    for (const s of sessions) {
+      const state = JSON.parse((await kit.snapshot(s)).state);
+      for (const m of state.messages) {
+        if (m.role !== "assistant") continue;
+        out.set(`${s}/${m.reply_to}`, (out.get(`${s}/${m.reply_to}`) ?? 0) + 1);
+        if (m.status === "completed") completed++;
+      }
+    }
+    out.completed = completed;
+    return out;
+  };
+  const end = Date.now() + 30000;
+  while ((await answers()).completed < crids.length) {
+    assert.ok(Date.now() < end, `not every send was answered: ${JSON.stringify([...(await answers())])}`);
+    await sleep(100);
+  }
+  await sleep(1500); // a second answer would have started by now
+  const counts = await answers();
+  for (const [s, c] of crids) assert.equal(counts.get(`${s}/${c}`), 1, `${s}/${c} answered ${counts.get(`${s}/${c}`)} times`);
+  // Sends of the earlier tests are in the group too (it starts at 0): count this test's.
+  const ours = (session) => sessions.includes(session);
+  const by = {
+    A: a.events.filter((e) => e.event === "answered" && ours(e.session)).length,
+    B: b.events.filter((e) => e.event === "answered" && ours(e.session)).length,
+    gateway: worker.lines.map((l) => JSON.parse(l)).filter((e) => e.event === "chat_worker.replied" && ours(e.run_id)).length,
+  };
+  assert.equal(by.A + by.B + by.gateway, crids.length, JSON.stringify(by));
+  console.log(`# cross-process: cancelSignal fired ${firedMs} ms after the cancel; sends answered by ${JSON.stringify(by)}`);
+});
+
+test("a cancel the gateway took ends after its grace in a kit process, once, when that gateway died", { skip }, async () => {
+  // No other process polls the graces or answers sends from here on: the shared gateway
+  // and the kit processes of the test above stop.
+  gateway.kill("SIGKILL");
+  await gateway.done;
+  for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
+  await Promise.all(procs.map((p) => (p.exitCode === null && p.signalCode === null ? new Promise((r) => p.once("exit", r)) : null)));
+  const port = await freePort();
+  const g2 = run(["--auth", "none", "--addr", `127.0.0.1:${port}`, "--store", redis.url, "--replies", "none", "--cancel-grace-ms", "300"]);
+  const up = Date.now() + 15000;
+  while (!g2.lines.some((l) => l.includes("server.listening"))) {
+    assert.ok(Date.now() < up && g2.exitCode === null, `gateway: ${g2.err}`);
+    await sleep(20);
+  }
+  const g2url = `http://127.0.0.1:${port}`;
+
+  // A chat reply streaming and a task run, both cancelled through the gateway.
+  const session = `grace_${process.pid}`;
+  const post = (path, body) => fetch(g2url + path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  assert.equal((await post(`/api/chat/${session}/messages`, { client_request_id: "g1", content: "hi" })).status, 202);
+  const mid = await kit.nextMessageId(session);
+  await kit.appendBatch(session, [
+    { type: "message.created", payload: { message_id: mid, role: "assistant", reply_to: "g1" } },
+    { type: "message.delta", payload: { message_id: mid, delta: "partial" } },
+  ]);
+  const task = `gracetask_${process.pid}`;
+  await kit.create(task, { kind: "task" });
+  await kit.appendBatch(task, [{ type: "run.started", payload: {} }, { type: "message.created", payload: { message_id: "t1", role: "assistant" } }]);
+  assert.equal((await post(`/api/runs/${session}/cancel`, { client_request_id: "x1", reply_to: "g1" })).status, 202);
+  assert.equal((await post(`/api/runs/${task}/cancel`, { client_request_id: "x2" })).status, 202);
+  g2.kill("SIGKILL");
+  await g2.done;
+  // A kit process that was not there when the cancels were taken ends them.
+  const c = await kitProcess("C");
+
+  const endings = async (id) => {
+    const out = [];
+    for (let after = 0; ;) {
+      const rep = await kit.read(id, after);
+      if (rep.events.length === 0) return out;
+      for (const e of rep.events) {
+        const env = JSON.parse(e);
+        after = env.event_id;
+        if (env.type === "message.completed" || env.type === "run.completed") out.push([env.type, env.payload]);
+      }
+    }
+  };
+  const end = Date.now() + 10000;
+  while (!(await endings(session)).some(([, p]) => p.message_id === mid) || (await endings(task)).length < 2) {
+    assert.ok(Date.now() < end, "the kit process ended the targets the dead gateway had taken");
+    await sleep(100);
+  }
+  await sleep(1500); // a second ending would have come by now
+  // (Kit process C, a consumer of the group 'replies', also answered the send: its own reply.)
+  assert.deepEqual((await endings(session)).filter(([, p]) => p.message_id === mid), [["message.completed", { message_id: mid, finish_reason: "cancelled" }]]);
+  assert.deepEqual(await endings(task), [
+    ["message.completed", { message_id: "t1", finish_reason: "cancelled" }],
+    ["run.completed", { status: "cancelled" }],
+  ]);
+  assert.equal(JSON.parse((await kit.snapshot(session)).state).status !== "cancelled", true, "a reply cancel leaves the chat run open");
+  c.kill("SIGKILL");
 });

@@ -34,6 +34,11 @@
 //!   3 queues the send twice: the queue is at least once, so chat workers claim
 //!   each `(session, client_request_id)` once (`claimed`, `SET NX`) and the
 //!   publish API's consumers deduplicate by `client_request_id` (SERVER.md §1).
+//!   The TypeScript kit's processes with an `onSend` handler are consumers of the
+//!   same group `replies`, so a send is answered once across both servers.
+//! - The Lua scripts live in `lua/` at the repository root (composed as
+//!   `lua/scripts.json` says), loaded by this file and by the kit's `redisStore()`
+//!   alike; docs/REDIS.md has this layout for both servers.
 //! - Append: a Lua script bumps `last_id` and `XADD`s with the explicit id
 //!   `0-<last_id>` in one step, so ids are dense whatever the number of writers.
 //! - Replay: `XRANGE` from `0-<after+1>` in batches; a resume older than
