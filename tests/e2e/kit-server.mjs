@@ -351,7 +351,10 @@ export async function startKitServer({ store: storeSpec = "memory", port = 0, he
       reader.cancel().catch(() => {});
     };
     res.on("close", done);
-    const write = (s) => res.write(s);
+    // A held (reordered) event's timer may fire after the response ended: nothing is written then.
+    const write = (s) => {
+      if (!finished && !res.writableEnded && !res.destroyed) res.write(s);
+    };
     const emit = (list) => {
       for (const e of list) {
         if (e.kind === "event") {
