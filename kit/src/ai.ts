@@ -160,14 +160,27 @@ export async function fromAiSdk<TOOLS extends ToolSet>(
   let usage: Usage | null = null;
 
   const it = fullStream[Symbol.asyncIterator]();
-  // Resolves when the signal aborts, so a pending read does not hold a stop.
-  let onAbort: (() => void) | null = null;
-  const aborted = new Promise<"aborted">((resolve) => {
-    if (!signal) return;
-    if (signal.aborted) return resolve("aborted");
-    onAbort = () => resolve("aborted");
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
+  // The next part, or "aborted" as soon as the signal fires (a pending read
+  // does not hold a stop). One listener per read, removed when it settles:
+  // nothing piles up on a long stream.
+  const nextPart = (): Promise<IteratorResult<TextStreamPart<TOOLS>> | "aborted"> => {
+    const read = it.next();
+    if (!signal) return read;
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => resolve("aborted");
+      signal.addEventListener("abort", onAbort, { once: true });
+      read.then(
+        (r) => {
+          signal.removeEventListener("abort", onAbort);
+          resolve(r);
+        },
+        (e: unknown) => {
+          signal.removeEventListener("abort", onAbort);
+          reject(e);
+        },
+      );
+    });
+  };
 
   try {
     for (;;) {
@@ -176,7 +189,7 @@ export async function fromAiSdk<TOOLS extends ToolSet>(
         status = "cancelled";
         break;
       }
-      const next = await Promise.race([it.next(), aborted]);
+      const next = await nextPart();
       if (next === "aborted") {
         status = "cancelled";
         break;
@@ -228,8 +241,6 @@ export async function fromAiSdk<TOOLS extends ToolSet>(
     // The stream itself threw (a model error outside an error part).
     if (!(signal?.aborted)) failure ??= errorText(e);
     else status = "cancelled";
-  } finally {
-    if (onAbort !== null && signal) signal.removeEventListener("abort", onAbort);
   }
   if (status === "cancelled") {
     // Stop the producer; its own cleanup may take a while and is not waited for.
