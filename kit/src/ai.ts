@@ -13,8 +13,18 @@
 // fewer, larger events instead of a queue that grows without bound).
 
 import { randomUUID } from "node:crypto";
-import type { TextStreamPart, ToolSet } from "ai";
 import type { JsonObject, NewEvent, Store } from "./store.js";
+
+/**
+ * One part of an AI SDK `fullStream` as fromAiSdk reads it: its `type` and
+ * fields. Declared here rather than imported from `ai`, so the kit's types
+ * need no `ai` installed (it is an optional peer); the AI SDK 7
+ * `TextStreamPart` is assignable to it, and each field is checked at run time.
+ */
+export interface AiSdkStreamPart {
+  readonly type: string;
+  readonly [field: string]: unknown;
+}
 
 /**
  * The part of the kit `fromAiSdk` uses (a `Runstream` has it): `append` to
@@ -97,10 +107,10 @@ function errorText(e: unknown): string {
  * the file's head for the mapping). Resolves when the reply's ending is
  * appended; rejects if `rs.append` fails (nothing is written after a failed append).
  */
-export async function fromAiSdk<TOOLS extends ToolSet>(
+export async function fromAiSdk(
   rs: AiSdkTarget,
   runId: string,
-  fullStream: AsyncIterable<TextStreamPart<TOOLS>>,
+  fullStream: AsyncIterable<AiSdkStreamPart>,
   options: FromAiSdkOptions = {},
 ): Promise<FromAiSdkResult> {
   const coalesceMs = Math.max(0, options.coalesceMs ?? 16);
@@ -133,17 +143,19 @@ export async function fromAiSdk<TOOLS extends ToolSet>(
 
   let workerStarted = false;
   const tools = new Map<string, number>(); // tool_call_id → start time (running tools)
+  // A tool part without an id is not written (PROTOCOL §4 keys tools by tool_call_id).
   const toolStarted = (id: string, name: string) => {
-    if (tools.has(id)) return;
+    if (!id || tools.has(id)) return;
     release();
     if (!workerStarted) {
       workerStarted = true;
       w.push({ type: "worker.started", payload: { worker_id: workerId, name: "assistant" } });
     }
     tools.set(id, Date.now());
-    w.push({ type: "tool.started", payload: { worker_id: workerId, tool_call_id: id, name } });
+    w.push({ type: "tool.started", payload: { worker_id: workerId, tool_call_id: id, name: name || "tool" } });
   };
   const toolCompleted = (id: string, name: string, error: string | null) => {
+    if (!id) return;
     toolStarted(id, name);
     const t0 = tools.get(id);
     tools.delete(id);
@@ -163,7 +175,7 @@ export async function fromAiSdk<TOOLS extends ToolSet>(
   // The next part, or "aborted" as soon as the signal fires (a pending read
   // does not hold a stop). One listener per read, removed when it settles:
   // nothing piles up on a long stream.
-  const nextPart = (): Promise<IteratorResult<TextStreamPart<TOOLS>> | "aborted"> => {
+  const nextPart = (): Promise<IteratorResult<AiSdkStreamPart> | "aborted"> => {
     const read = it.next();
     if (!signal) return read;
     return new Promise((resolve, reject) => {
@@ -196,28 +208,34 @@ export async function fromAiSdk<TOOLS extends ToolSet>(
       }
       if (next.done) break;
       const part = next.value;
+      const str = (k: string): string => {
+        const v = part[k];
+        return typeof v === "string" ? v : "";
+      };
       switch (part.type) {
-        case "text-delta":
-          if (part.text) {
-            text += part.text;
+        case "text-delta": {
+          const t = str("text");
+          if (t) {
+            text += t;
             if (coalesceMs === 0) release();
             else if (timer === null) timer = setTimeout(release, coalesceMs);
           }
           break;
+        }
         case "tool-input-start":
-          toolStarted(part.id, part.toolName);
+          toolStarted(str("id"), str("toolName"));
           break;
         case "tool-call":
-          toolStarted(part.toolCallId, part.toolName);
+          toolStarted(str("toolCallId"), str("toolName"));
           break;
         case "tool-result":
-          toolCompleted(part.toolCallId, part.toolName, null);
+          toolCompleted(str("toolCallId"), str("toolName"), null);
           break;
         case "tool-error":
-          toolCompleted(part.toolCallId, part.toolName, errorText(part.error));
+          toolCompleted(str("toolCallId"), str("toolName"), errorText(part.error));
           break;
         case "tool-output-denied":
-          toolCompleted(part.toolCallId, part.toolName, "denied");
+          toolCompleted(str("toolCallId"), str("toolName"), "denied");
           break;
         case "error":
           // The generation failed; the stream may still end with a finish part.
@@ -226,10 +244,16 @@ export async function fromAiSdk<TOOLS extends ToolSet>(
         case "abort":
           status = "cancelled";
           break;
-        case "finish":
-          finishReason = part.finishReason;
-          usage = { inputTokens: part.totalUsage.inputTokens, outputTokens: part.totalUsage.outputTokens };
+        case "finish": {
+          finishReason = str("finishReason") || null;
+          const u = part.totalUsage;
+          const n = (k: string): number | undefined => {
+            const v = typeof u === "object" && u !== null ? (u as Record<string, unknown>)[k] : undefined;
+            return typeof v === "number" && Number.isFinite(v) ? v : undefined;
+          };
+          usage = { inputTokens: n("inputTokens"), outputTokens: n("outputTokens") };
           break;
+        }
         default:
           // Reasoning, sources, files, step boundaries, raw and custom parts have
           // no PROTOCOL §4 event: the message carries the answer's text only.
