@@ -280,7 +280,7 @@ class Source {
       maxRetriesPerRequest: 3,
       commandTimeout: timeoutMs,
       connectTimeout: 2000,
-      retryStrategy: (times: number) => Math.min(50 * 2 ** times, 2000),
+      retryStrategy: (times: number) => Math.min(50 * 2 ** times, 1000),
     };
   }
 
@@ -289,9 +289,9 @@ class Source {
     const opts = this.options(this.timeoutMs);
     if (this.cluster) {
       const c: ClusterOptions = { redisOptions: opts, enableOfflineQueue: true, maxRedirections: 16 };
-      return new Cluster(this.seeds, c);
+      return quiet(new Cluster(this.seeds, c));
     }
-    return new Redis(this.url, opts);
+    return quiet(new Redis(this.url, opts));
   }
 
   /**
@@ -303,20 +303,30 @@ class Source {
    */
   blocking(key: string, blockMs: number, shared: Client): Client {
     const opts = this.options(blockMs + 5000);
-    if (!(shared instanceof Cluster)) return new Redis(this.url, opts);
+    if (!(shared instanceof Cluster)) return quiet(new Redis(this.url, opts));
     const master = shared.slots[keySlot(key)]?.[0];
     const i = master?.lastIndexOf(":") ?? -1;
     if (master === undefined || i <= 0) {
       const c: ClusterOptions = { redisOptions: opts, enableOfflineQueue: true, maxRedirections: 16 };
-      return new Cluster(this.seeds, c);
+      return quiet(new Cluster(this.seeds, c));
     }
-    return new Redis({ ...opts, host: master.slice(0, i), port: Number(master.slice(i + 1)) });
+    return quiet(new Redis({ ...opts, host: master.slice(0, i), port: Number(master.slice(i + 1)) }));
   }
 
   /** After a failed blocking read on a cluster: the slot map may be stale (resharding, failover). */
   refresh(shared: Client): void {
     if (shared instanceof Cluster) shared.refreshSlotsCache();
   }
+}
+
+/**
+ * A client whose connection errors are not printed as ioredis's "Unhandled error event":
+ * they reach the caller as the failed command (a {@link StoreError}; the router answers 503),
+ * and the client reconnects by itself.
+ */
+function quiet<C extends Client>(c: C): C {
+  c.on("error", () => {});
+  return c;
 }
 
 /** CRC16-XMODEM (polynomial 0x1021), Redis Cluster's key hash. */
