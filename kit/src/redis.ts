@@ -855,6 +855,8 @@ export class RedisStore implements Store {
       )) as XreadReply;
     } catch (e) {
       if (!signal?.aborted) {
+        // The stream or its group was deleted (a flushed Redis): create it again next time.
+        if (e instanceof Error && e.message.startsWith("NOGROUP")) this.groupReady = false;
         this.source.refresh(this.conn);
         throw wrap(e);
       }

@@ -310,6 +310,12 @@ for (const kind of ["redis", "cluster"]) {
       assert.deepEqual([...got].sort(), [...Array(10)].map((_, i) => `c${i}`).sort());
       assert.equal((await r.call("XPENDING", SEND_QUEUE, SEND_GROUP))[0], 0, "everything acknowledged");
       assert.ok(await r.get(`runstream:{${s}}:claimed:c3`));
+      // The queue deleted under a consumer (a flushed Redis): one failed claim, then the group is made again.
+      await r.del(SEND_QUEUE);
+      await assert.rejects(a.claimSends("kit-a", 50), { name: "StoreError" });
+      await a.send(s, "c10", "after the flush");
+      const again = (await a.claimSends("kit-a", 1000)).map((q) => q.clientRequestId);
+      assert.deepEqual(again, ["c10"]);
     });
 
     test("cancel: one request per target, 'already' for repeats, 'finished' after the end; graces claimed once", async () => {
