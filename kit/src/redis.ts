@@ -110,11 +110,14 @@ export interface RedisStoreOptions {
 
 type Client = Redis | Cluster;
 
-/** The scripts by their name in `lua/scripts.json`. */
-type ScriptName = "append" | "send" | "create" | "append_batch" | "cancel" | "trim" | "set_chaos";
+/** The Lua scripts both servers run, by their name in `lua/scripts.json`. */
+export type ScriptName = "append" | "send" | "create" | "append_batch" | "cancel" | "trim" | "set_chaos";
 
-interface Script {
+/** One composed script: what is sent on `EVAL`, and the SHA1 Redis knows it by (`EVALSHA`). */
+export interface LuaScript {
+  /** The script text (its files of `lua/`, concatenated in the manifest's order). */
   text: string;
+  /** Hex SHA1 of `text`. */
   sha: string;
 }
 
@@ -133,10 +136,10 @@ const SCRIPT_NAMES: readonly ScriptName[] = [
  * (`dist/lua/`, copied from the repository's `lua/` by the build), composed as
  * its `scripts.json` says.
  */
-export function loadScripts(dir: URL = new URL("./lua/", import.meta.url)): Record<ScriptName, Script> {
+export function loadScripts(dir: URL = new URL("./lua/", import.meta.url)): Record<ScriptName, LuaScript> {
   const manifest: unknown = JSON.parse(readFileSync(new URL("scripts.json", dir), "utf8"));
   const scripts = (manifest as { scripts?: Record<string, unknown> }).scripts ?? {};
-  const out: Partial<Record<ScriptName, Script>> = {};
+  const out: Partial<Record<ScriptName, LuaScript>> = {};
   for (const name of SCRIPT_NAMES) {
     const files = scripts[name];
     if (!Array.isArray(files) || files.some((f) => typeof f !== "string")) {
@@ -145,7 +148,7 @@ export function loadScripts(dir: URL = new URL("./lua/", import.meta.url)): Reco
     const text = (files as string[]).map((f) => readFileSync(new URL(f, dir), "utf8")).join("");
     out[name] = { text, sha: createHash("sha1").update(text).digest("hex") };
   }
-  return out as Record<ScriptName, Script>;
+  return out as Record<ScriptName, LuaScript>;
 }
 
 // Keys: every key of one run or session carries its id as the hash tag `{…}`.
@@ -482,7 +485,7 @@ export class RedisStore implements Store {
   readonly name: string;
   private readonly source: Source;
   private readonly conn: Client;
-  private readonly scripts: Record<ScriptName, Script>;
+  private readonly scripts: Record<ScriptName, LuaScript>;
   private readonly window: number;
   private readonly tailCap: number;
   private readonly snapshotCap: number;
