@@ -45,6 +45,12 @@ export interface MemoryStoreOptions {
   maxSends?: number;
   /** Most events one `read` returns (default 1 000; a stream reads on from its new cursor). */
   readBatch?: number;
+  /**
+   * Sends (`client_request_id`s) and cancel targets remembered per run for
+   * idempotency (default 100 000 each, drop-oldest: a retry of a send older
+   * than the newest 100 000 of its session would be taken as a new one).
+   */
+  maxSendsPerRun?: number;
 }
 
 interface Run {
@@ -80,6 +86,7 @@ class MemoryStore implements Store {
   #maxIdem: number;
   #maxSends: number;
   #readBatch: number;
+  #maxSendsPerRun: number;
   /** Accepted sends for the long poll: [seq, send], drop-oldest. */
   #sends: Array<[number, SendRecord]> = [];
   #sendSeq = 0;
@@ -94,6 +101,7 @@ class MemoryStore implements Store {
     this.#maxIdem = Math.max(1, Math.floor(o.maxIdempotencyKeys ?? 10_000));
     this.#maxSends = Math.max(1, Math.floor(o.maxSends ?? 10_000));
     this.#readBatch = Math.max(1, Math.floor(o.readBatch ?? 1000));
+    this.#maxSendsPerRun = Math.max(1, Math.floor(o.maxSendsPerRun ?? 100_000));
   }
 
   #live(): void {
@@ -284,6 +292,7 @@ class MemoryStore implements Store {
     if (seen !== undefined) return { messageId: seen, runId: session, fresh: false, finished: false };
     if (r.finished) return { messageId: "", runId: session, fresh: false, finished: true };
     const mid = this.#nextMessageId(r);
+    bounded(r.sends, this.#maxSendsPerRun);
     r.sends.set(clientRequestId, mid);
     this.#appendOne(r, "message.created", {
       message_id: mid,
@@ -375,6 +384,7 @@ class MemoryStore implements Store {
     if (seen !== undefined) return { kind: "already", eventId: seen };
     if (r.finished) return { kind: "finished" };
     const n = this.#appendOne(r, "run.cancel_requested", payload);
+    bounded(r.cancels, this.#maxSendsPerRun);
     r.cancels.set(key, n);
     this.#notify(r);
     return { kind: "requested", eventId: n };
@@ -412,6 +422,15 @@ class MemoryStore implements Store {
     this.#closed = true;
     for (const w of [...this.#sendWaiters]) w();
     for (const r of [...this.#runs.values()]) this.#forget(r);
+  }
+}
+
+/** Makes room for one more entry in `m` (drop-oldest: a Map iterates in insertion order). */
+function bounded<K, V>(m: Map<K, V>, cap: number): void {
+  while (m.size >= cap) {
+    const oldest = m.keys().next();
+    if (oldest.done) return;
+    m.delete(oldest.value);
   }
 }
 

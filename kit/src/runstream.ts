@@ -69,6 +69,13 @@ export interface RunstreamOptions {
   wsBufferBytes?: number | undefined;
   /** How long a client that stops reading may stall its stream before it is disconnected (default 10 000 ms). */
   slowClientMs?: number | undefined;
+  /**
+   * Origins (`scheme://host[:port]`) whose pages may call the routes
+   * cross-origin, with credentials (CORS; the gateway's `--cors-origin`).
+   * Default: same origin only: no CORS headers, and a WebSocket upgrade from
+   * another origin carries no cookie credentials (its frames must carry headers).
+   */
+  corsOrigins?: string[] | undefined;
   /** Structured log lines (`stream.open`, `send.accepted`, …); default: none. Tokens and header values are never passed. */
   log?: ((event: string, fields: Record<string, Json | undefined>) => void) | undefined;
 }
@@ -341,6 +348,14 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     } catch {
       // A logger's failure never fails a request.
     }
+  };
+  const corsOrigins = new Set(options.corsOrigins ?? []);
+  /** A cross-origin caller this kit lets in (`null`: same origin or no Origin header: no CORS needed). */
+  const crossOrigin = (origin: string | null | undefined, host: string | null | undefined): "allowed" | "refused" | null => {
+    if (!origin) return null;
+    const bare = origin.replace(/^https?:\/\//, "");
+    if (host && bare === host && bare !== origin) return null;
+    return corsOrigins.has(origin) ? "allowed" : "refused";
   };
   const sendHandlers = new Set<(s: SendEvent) => void | Promise<void>>();
   /** Aborted by close(): every open stream and long poll ends. */
@@ -651,8 +666,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           const onAbort = (): void => finish("abort");
           const hb = setTimeout(() => finish("heartbeat"), heartbeatMs);
           const exp = untilMs !== undefined ? setTimeout(() => finish("expired"), Math.max(0, untilMs - Date.now())) : null;
-          signal.addEventListener("abort", onAbort, { once: true });
           wake = () => finish("wake");
+          // Aborted while the frames above were written: do not wait for the next heartbeat.
+          if (signal.aborted) finish("abort");
+          else signal.addEventListener("abort", onAbort, { once: true });
         });
         if (woke === "abort") continue;
         if (woke === "expired") return "expired";
@@ -691,6 +708,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     life.signal.addEventListener("abort", onLife, { once: true });
     request.signal?.addEventListener("abort", () => stop.abort(), { once: true });
     let pulled: (() => void) | null = null;
+    let slow = false;
     log("stream.open", { run_id: runId, transport: "sse", last_event_id: last, replay: behind(meta, last), sub: g.subject });
     const body = new ReadableStream<Uint8Array>(
       {
@@ -708,7 +726,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
               };
             });
             pulled = null;
-            if (!ok) stop.abort();
+            if (!ok) {
+              slow = true;
+              stop.abort();
+            }
           };
           const sink: Sink = {
             event: (ev, id, type) => emit(`id: ${id}\nevent: ${type}\ndata: ${ev}\n\n`),
@@ -722,9 +743,12 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           controller.enqueue(enc.encode(options.retryMs !== undefined ? `retry: ${options.retryMs}\n\n` : ": open\n\n"));
           void produce(runId, last, sink, stop.signal, g.expiresAtMs, true).then((reason) => {
             life.signal.removeEventListener("abort", onLife);
-            log("stream.close", { run_id: runId, transport: "sse", reason });
+            log("stream.close", { run_id: runId, transport: "sse", reason: slow ? "slow_client" : reason });
             try {
-              controller.close();
+              // A client that stopped reading is disconnected, its queued frames dropped
+              // (an errored body aborts the response); otherwise the stream ends cleanly.
+              if (slow) controller.error(new Error("slow client"));
+              else controller.close();
             } catch {
               // Already cancelled by the client.
             }
@@ -970,9 +994,28 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     const path = url.pathname;
     if (path !== base && !path.startsWith(`${base}/`)) return null;
     const rest = path.slice(base.length);
+    const origin = request.headers.get("origin");
+    const cors = crossOrigin(origin, request.headers.get("host") ?? url.host);
+    const withCors = (resp: Response): Response => {
+      if (cors !== "allowed" || origin === null) return resp;
+      resp.headers.set("access-control-allow-origin", origin);
+      resp.headers.set("access-control-allow-credentials", "true");
+      resp.headers.set("access-control-expose-headers", "retry-after");
+      resp.headers.append("vary", "origin");
+      return resp;
+    };
     for (const r of routes) {
       const m = r.pattern.exec(rest);
       if (!m) continue;
+      if (request.method === "OPTIONS" && request.headers.has("access-control-request-method")) {
+        // A CORS preflight: answered for the listed origins only.
+        const pre = new Response(null, { status: 204 });
+        if (cors === "allowed") {
+          pre.headers.set("access-control-allow-methods", "GET, POST");
+          pre.headers.set("access-control-allow-headers", "authorization, content-type, last-event-id, idempotency-key");
+        }
+        return withCors(pre);
+      }
       const method = request.method === "HEAD" ? "GET" : request.method;
       const h = r.methods[method];
       if (!h) return text(405, "method not allowed", { allow: Object.keys(r.methods).join(", ") });
@@ -983,10 +1026,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
         return text(400, "invalid percent-encoding in the path");
       }
       try {
-        return await h(request, url, params);
+        return withCors(await h(request, url, params));
       } catch (e) {
         log("handler.error", { path: rest, error: e instanceof Error ? e.message : String(e) });
-        return unavailable();
+        return withCors(unavailable());
       }
     }
     return null;
@@ -1048,20 +1091,28 @@ export function createRunstream(options: RunstreamOptions): Runstream {
         const { done, value } = await reader.read();
         if (done) break;
         if (!res.write(value)) {
-          await new Promise<void>((resolve) => {
-            const fin = (): void => {
-              res.off("drain", fin);
-              res.off("close", fin);
-              resolve();
+          // The client is not reading: wait for it, at most slowClientMs, then drop it.
+          const drained = await new Promise<boolean>((resolve) => {
+            const fin = (ok: boolean): void => {
+              clearTimeout(t);
+              res.off("drain", onDrain);
+              res.off("close", onDrain);
+              resolve(ok);
             };
-            res.on("drain", fin);
-            res.on("close", fin);
+            const onDrain = (): void => fin(true);
+            const t = setTimeout(() => fin(false), slowClientMs);
+            res.on("drain", onDrain);
+            res.on("close", onDrain);
           });
+          if (!drained) throw new Error("slow client");
         }
         if (res.destroyed) break;
       }
     } catch {
-      // The client went away.
+      // The body failed (a slow client is dropped) or the client went away:
+      // close the connection without waiting for unsent bytes.
+      res.destroy();
+      return;
     }
     res.end();
   }
@@ -1123,7 +1174,9 @@ export function createRunstream(options: RunstreamOptions): Runstream {
 
   function session(ws: WebSocket, req: IncomingMessage): void {
     const upgrade = toRequest(req, life.signal);
-    const cookies = req.headers.cookie;
+    // Cookies authenticate frames only for a same-origin page or a listed
+    // origin (no cross-site WebSocket hijacking with a user's cookie).
+    const cookies = crossOrigin(req.headers.origin, req.headers.host) === "refused" ? undefined : req.headers.cookie;
     const subs = new Map<string, AbortController>();
     const closed = new AbortController();
     const onLife = (): void => ws.close(1001, "going away");

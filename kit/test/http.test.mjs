@@ -339,3 +339,58 @@ test("rs.append validates with the gateway's rules and rejects unknown/finished 
   await kit.rs.append(id, [ev("run.completed", { status: "failed", error: "boom" })]);
   await assert.rejects(kit.rs.append(id, [ev("run.started")]), (e) => e.code === "finished");
 });
+
+test("SERVER.md §1 bounded: an SSE client that stops reading is disconnected after slowClientMs, not buffered without bound", async () => {
+  const net = await import("node:net");
+  const logs = [];
+  const k = await startKit({ slowClientMs: 500, heartbeatMs: 60000, log: (e, f) => logs.push([e, f]) });
+  try {
+    const { runId } = await k.rs.createRun({});
+    const big = "x".repeat(16 * 1024);
+    for (let b = 0; b < 20; b++) {
+      await k.rs.append(runId, Array.from({ length: 50 }, () => ev("message.delta", { message_id: "m", delta: big })));
+    }
+    // ~16 MB of events (more than loopback socket buffers hold); a raw socket that asks and never reads
+    const port = new URL(k.base).port;
+    const sock = net.connect(Number(port), "127.0.0.1");
+    sock.pause();
+    sock.write(`GET /api/stream/runs/${runId} HTTP/1.1\r\nHost: x\r\n\r\n`);
+    // (a paused client sees nothing: count the server's connections)
+    const conns = () => new Promise((r) => k.server.getConnections((_e, n) => r(n)));
+    assert.ok(await until(async () => (await conns()) === 1, 5000), "the stream is open");
+    const t0 = Date.now();
+    assert.ok(await until(async () => (await conns()) === 0, 15000, 100), "the server dropped the connection");
+    const dt = Date.now() - t0;
+    assert.ok(dt < 10000, `dropped after ${dt} ms (slowClientMs 500)`);
+    // and its producer ended at once (not at the next heartbeat, 60 s away)
+    assert.ok(await until(() => logs.some(([e]) => e === "stream.close"), 5000), `stream.close logged: ${JSON.stringify(logs)}`);
+    sock.destroy();
+  } finally {
+    await k.close();
+  }
+});
+
+test("memoryStore bounds: sends remembered per run (maxSendsPerRun, drop-oldest), long-poll sends (maxSends), runs (maxRuns: oldest finished first, else 503)", async () => {
+  const { memoryStore } = await import("../dist/index.js");
+  const s = memoryStore({ maxSendsPerRun: 2, maxSends: 2, maxRuns: 2 });
+  const a = await s.send("s", "c1", "x");
+  await s.send("s", "c2", "x");
+  assert.equal((await s.send("s", "c2", "x")).messageId, (await s.send("s", "c2", "x")).messageId);
+  await s.send("s", "c3", "x");
+  const again = await s.send("s", "c1", "x");
+  assert.ok(again.fresh && again.messageId !== a.messageId, "c1 fell out of the bound: taken as new");
+  const { sends } = await s.sendsAfter(null, 10, 0);
+  assert.deepEqual(sends.map((x) => x.clientRequestId), ["c3", "c1"]);
+  await s.create("r2", { kind: "task" });
+  await assert.rejects(s.create("r3", { kind: "task" }), (e) => e.name === "StoreError");
+  await s.append("r2", "run.completed", { status: "succeeded" });
+  assert.equal(await s.create("r3", { kind: "task" }), true, "the finished run made room");
+  assert.equal(await s.meta("r2"), null);
+  const k = await startKit({ store: s });
+  try {
+    const r = await call(k.base, "POST", "/api/chat/s9/messages", { body: { client_request_id: "c", content: "x" } });
+    assert.deepEqual([r.status, r.headers.get("retry-after")], [503, "1"], "a full store answers 503, retried");
+  } finally {
+    await k.close();
+  }
+});

@@ -134,3 +134,26 @@ test("§2b: the WebSocket path only; another path is refused (404) when no other
   other.terminate();
   assert.equal(outcome, "error");
 });
+
+test("SERVER.md §1 bounded: runs per socket (maxRunsPerSocket) → `unavailable` for the one past the bound; resubscribing a followed run is no new run", async () => {
+  const k = await startKit({ maxRunsPerSocket: 2 });
+  const c = await wsClient(k.base);
+  try {
+    for (const id of ["a", "b", "c"]) {
+      await k.rs.createRun({ runId: id });
+      await k.rs.append(id, [ev("run.started")]);
+    }
+    c.send({ op: "subscribe", run_id: "a" });
+    c.send({ op: "subscribe", run_id: "b" });
+    c.send({ op: "subscribe", run_id: "a", last_event_id: 1 });
+    c.send({ op: "subscribe", run_id: "c" });
+    assert.deepEqual(await c.next((f) => f.op === "error"), { op: "error", run_id: "c", code: "unavailable", message: "too many runs on this socket" });
+    assert.equal(c.frames.filter((f) => f.op === "subscribed").length, 3);
+    c.send({ op: "unsubscribe", run_id: "b" });
+    c.send({ op: "subscribe", run_id: "c" });
+    assert.equal((await c.next((f) => f.op === "subscribed" && f.run_id === "c")).replay_from, 1);
+  } finally {
+    c.close();
+    await k.close();
+  }
+});
