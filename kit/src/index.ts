@@ -8,7 +8,7 @@
  * ```
  */
 export * from "./store.js";
-export { redisStore, RedisStore, loadScripts, type RedisStoreOptions } from "./redis.js";
+export { redisStore, RedisStore, loadScripts, keySlot, type RedisStoreOptions, type LuaScript, type ScriptName } from "./redis.js";
 export { memoryStore, type MemoryStoreOptions } from "./memory.js";
 export {
   jwtAuth,

@@ -110,11 +110,14 @@ export interface RedisStoreOptions {
 
 type Client = Redis | Cluster;
 
-/** The scripts by their name in `lua/scripts.json`. */
-type ScriptName = "append" | "send" | "create" | "append_batch" | "cancel" | "trim" | "set_chaos";
+/** The Lua scripts both servers run, by their name in `lua/scripts.json`. */
+export type ScriptName = "append" | "send" | "create" | "append_batch" | "cancel" | "trim" | "set_chaos";
 
-interface Script {
+/** One composed script: what is sent on `EVAL`, and the SHA1 Redis knows it by (`EVALSHA`). */
+export interface LuaScript {
+  /** The script text (its files of `lua/`, concatenated in the manifest's order). */
   text: string;
+  /** Hex SHA1 of `text`. */
   sha: string;
 }
 
@@ -133,10 +136,10 @@ const SCRIPT_NAMES: readonly ScriptName[] = [
  * (`dist/lua/`, copied from the repository's `lua/` by the build), composed as
  * its `scripts.json` says.
  */
-export function loadScripts(dir: URL = new URL("./lua/", import.meta.url)): Record<ScriptName, Script> {
+export function loadScripts(dir: URL = new URL("./lua/", import.meta.url)): Record<ScriptName, LuaScript> {
   const manifest: unknown = JSON.parse(readFileSync(new URL("scripts.json", dir), "utf8"));
   const scripts = (manifest as { scripts?: Record<string, unknown> }).scripts ?? {};
-  const out: Partial<Record<ScriptName, Script>> = {};
+  const out: Partial<Record<ScriptName, LuaScript>> = {};
   for (const name of SCRIPT_NAMES) {
     const files = scripts[name];
     if (!Array.isArray(files) || files.some((f) => typeof f !== "string")) {
@@ -145,7 +148,7 @@ export function loadScripts(dir: URL = new URL("./lua/", import.meta.url)): Reco
     const text = (files as string[]).map((f) => readFileSync(new URL(f, dir), "utf8")).join("");
     out[name] = { text, sha: createHash("sha1").update(text).digest("hex") };
   }
-  return out as Record<ScriptName, Script>;
+  return out as Record<ScriptName, LuaScript>;
 }
 
 // Keys: every key of one run or session carries its id as the hash tag `{…}`.
@@ -280,7 +283,7 @@ class Source {
       maxRetriesPerRequest: 3,
       commandTimeout: timeoutMs,
       connectTimeout: 2000,
-      retryStrategy: (times: number) => Math.min(50 * 2 ** times, 2000),
+      retryStrategy: (times: number) => Math.min(50 * 2 ** times, 1000),
     };
   }
 
@@ -289,9 +292,9 @@ class Source {
     const opts = this.options(this.timeoutMs);
     if (this.cluster) {
       const c: ClusterOptions = { redisOptions: opts, enableOfflineQueue: true, maxRedirections: 16 };
-      return new Cluster(this.seeds, c);
+      return quiet(new Cluster(this.seeds, c));
     }
-    return new Redis(this.url, opts);
+    return quiet(new Redis(this.url, opts));
   }
 
   /**
@@ -303,20 +306,30 @@ class Source {
    */
   blocking(key: string, blockMs: number, shared: Client): Client {
     const opts = this.options(blockMs + 5000);
-    if (!(shared instanceof Cluster)) return new Redis(this.url, opts);
+    if (!(shared instanceof Cluster)) return quiet(new Redis(this.url, opts));
     const master = shared.slots[keySlot(key)]?.[0];
     const i = master?.lastIndexOf(":") ?? -1;
     if (master === undefined || i <= 0) {
       const c: ClusterOptions = { redisOptions: opts, enableOfflineQueue: true, maxRedirections: 16 };
-      return new Cluster(this.seeds, c);
+      return quiet(new Cluster(this.seeds, c));
     }
-    return new Redis({ ...opts, host: master.slice(0, i), port: Number(master.slice(i + 1)) });
+    return quiet(new Redis({ ...opts, host: master.slice(0, i), port: Number(master.slice(i + 1)) }));
   }
 
   /** After a failed blocking read on a cluster: the slot map may be stale (resharding, failover). */
   refresh(shared: Client): void {
     if (shared instanceof Cluster) shared.refreshSlotsCache();
   }
+}
+
+/**
+ * A client whose connection errors are not printed as ioredis's "Unhandled error event":
+ * they reach the caller as the failed command (a {@link StoreError}; the router answers 503),
+ * and the client reconnects by itself.
+ */
+function quiet<C extends Client>(c: C): C {
+  c.on("error", () => {});
+  return c;
 }
 
 /** CRC16-XMODEM (polynomial 0x1021), Redis Cluster's key hash. */
@@ -472,7 +485,7 @@ export class RedisStore implements Store {
   readonly name: string;
   private readonly source: Source;
   private readonly conn: Client;
-  private readonly scripts: Record<ScriptName, Script>;
+  private readonly scripts: Record<ScriptName, LuaScript>;
   private readonly window: number;
   private readonly tailCap: number;
   private readonly snapshotCap: number;
@@ -845,6 +858,8 @@ export class RedisStore implements Store {
       )) as XreadReply;
     } catch (e) {
       if (!signal?.aborted) {
+        // The stream or its group was deleted (a flushed Redis): create it again next time.
+        if (e instanceof Error && e.message.startsWith("NOGROUP")) this.groupReady = false;
         this.source.refresh(this.conn);
         throw wrap(e);
       }

@@ -310,6 +310,12 @@ for (const kind of ["redis", "cluster"]) {
       assert.deepEqual([...got].sort(), [...Array(10)].map((_, i) => `c${i}`).sort());
       assert.equal((await r.call("XPENDING", SEND_QUEUE, SEND_GROUP))[0], 0, "everything acknowledged");
       assert.ok(await r.get(`runstream:{${s}}:claimed:c3`));
+      // The queue deleted under a consumer (a flushed Redis): one failed claim, then the group is made again.
+      await r.del(SEND_QUEUE);
+      await assert.rejects(a.claimSends("kit-a", 50), { name: "StoreError" });
+      await a.send(s, "c10", "after the flush");
+      const again = (await a.claimSends("kit-a", 1000)).map((q) => q.clientRequestId);
+      assert.deepEqual(again, ["c10"]);
     });
 
     test("cancel: one request per target, 'already' for repeats, 'finished' after the end; graces claimed once", async () => {
@@ -365,3 +371,45 @@ for (const kind of ["redis", "cluster"]) {
     });
   });
 }
+
+describe("redisStore when Redis restarts", { skip, concurrency: false }, () => {
+  test("commands fail fast while Redis is down (no hang), and the store and its live tail recover when it is back", async (t) => {
+    const redis = await startRedis("redis", { persist: true });
+    const s = redisStore({ url: redis.url, commandTimeoutMs: 3000 });
+    t.after(async () => {
+      await s.close();
+      await redis.stop();
+    });
+    const id = rid();
+    await s.create(id, { kind: "task" });
+    await s.append(id, "run.started", {});
+    const seen = [];
+    const sub = await s.subscribe(id, (n) => seen.push(n));
+    t.after(() => sub.close());
+
+    await redis.down();
+    const t0 = Date.now();
+    await assert.rejects(s.append(id, "worker.started", { worker_id: "w1" }), { name: "StoreError" });
+    assert.ok(Date.now() - t0 < 5000, `failed in ${Date.now() - t0} ms`);
+    assert.equal(await s.ready(), false);
+
+    await redis.up();
+    // Back: the first commands may still see the reconnect; then appends go through.
+    let n = null;
+    const end = Date.now() + 10000;
+    while (n === null) {
+      try {
+        n = await s.append(id, "worker.started", { worker_id: "w1" });
+      } catch (e) {
+        assert.equal(e.name, "StoreError");
+        assert.ok(Date.now() < end, "the store did not recover");
+        await sleep(100);
+      }
+    }
+    assert.equal(n, 2, "the failed append appended nothing; ids stay dense");
+    assert.equal(await s.ready(), true);
+    await until(() => seen.includes(2), 8000);
+    const rep = await s.read(id, 0);
+    assert.deepEqual(rep.events.map((e) => JSON.parse(e).event_id), [1, 2]);
+  });
+});

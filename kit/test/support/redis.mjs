@@ -59,7 +59,7 @@ export function redisRaw(port, ...args) {
  * Resolves with `{ url, ports, stop() }`; `url` is the form redisStore() and the
  * gateway's `--store` take.
  */
-export async function startRedis(store = "redis") {
+export async function startRedis(store = "redis", { persist = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "runstream-kit-redis-"));
   const procs = [];
   const startNode = async (extra) => {
@@ -87,8 +87,23 @@ export async function startRedis(store = "redis") {
   };
   try {
     if (store === "redis") {
-      const port = await startNode(() => []);
-      return { url: `redis://127.0.0.1:${port}`, ports: [port], stop };
+      // `persist`: an append-only file fsynced per write, so a restart keeps every run.
+      const extra = persist ? ["--appendonly", "yes", "--appendfsync", "always"] : [];
+      const port = await startNode(() => extra);
+      const me = { url: `redis://127.0.0.1:${port}`, ports: [port], stop };
+      /** SIGKILLs the server (its clients see the connection drop). */
+      me.down = async () => {
+        const p = procs.pop();
+        await new Promise((r) => { p.once("exit", r); p.kill("SIGKILL"); });
+      };
+      /** Starts it again on the same port and directory. */
+      me.up = async () => {
+        const p = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", ...(persist ? extra : ["--appendonly", "no"])],
+          { stdio: ["ignore", "ignore", "pipe"] });
+        procs.push(p);
+        await waitForPort(port);
+      };
+      return me;
     }
     const ports = [];
     for (let i = 0; i < 3; i++) {
