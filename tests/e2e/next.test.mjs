@@ -223,6 +223,10 @@ test("next: the server page arrives rendered, without errors", async () => {
   assert.match(html, /data-testid="chat-conn">loading</);
   assert.match(html, /<ol data-testid="messages"><\/ol>/);
   assert.doesNotMatch(html, /BAILOUT_TO_CLIENT_SIDE_RENDERING|__next_error__|Missing getServerSnapshot/);
+  // A session id the kit refuses (over 128 characters) falls back to the demo chat instead of an error page.
+  const long = await fetch(`${url}/?session=${"s".repeat(200)}`);
+  assert.equal(long.status, 200);
+  assert.match(await long.text(), /and chat <code>chat_demo<\/code>/);
   // The kit answers the PROTOCOL routes of the same app: an unknown run is a 404, the publish API wants its key.
   assert.equal((await call("GET", "/api/runs/nope/snapshot")).status, 404);
   assert.equal((await call("POST", "/api/publish/runs", {})).status, 401);

@@ -1,6 +1,7 @@
 import { redirect } from "next/navigation";
 import { Chat } from "./chat";
 import { TaskPanel } from "./task-panel";
+import { RunstreamError } from "@runstream/server";
 import { rs, startDemoTask } from "../lib/runstream";
 
 type Query = Record<string, string | string[] | undefined>;
@@ -20,10 +21,18 @@ async function startTask(form: FormData) {
 export default async function Page({ searchParams }: { searchParams: Promise<Query> }) {
   const q = await searchParams;
   const runId = typeof q.run === "string" ? q.run : null;
-  const session = typeof q.session === "string" ? q.session : "chat_demo";
+  const asked = typeof q.session === "string" ? q.session : "chat_demo";
   // The chat session's run exists before the browser follows it (a stream of an
-  // unknown run is a final 404); a repeat is a no-op.
-  await rs.createRun({ runId: session, kind: "chat" });
+  // unknown run is a final 404); a repeat is a no-op. An id the kit refuses
+  // (over 128 characters, control characters, braces) falls back to the demo chat.
+  const session = await rs
+    .createRun({ runId: asked, kind: "chat" })
+    .then(() => asked)
+    .catch(async (e: unknown) => {
+      if (!(e instanceof RunstreamError) || e.code !== "invalid") throw e;
+      await rs.createRun({ runId: "chat_demo", kind: "chat" });
+      return "chat_demo";
+    });
   return (
     <main>
       <h1>runstream × Next.js</h1>
