@@ -125,7 +125,7 @@ if [ -f tests/e2e/package.json ]; then
   # snapshot (docs/AI-SDK.md, "What does not run on the kit").
   step e2e-kit-reliability env RUNSTREAM_SCHEDULES=50 node tests/e2e/on-kit.mjs --store memory tests/e2e/reliability.test.mjs
   step e2e-kit-cancel node tests/e2e/on-kit.mjs --store memory tests/e2e/cancel.test.mjs
-  step e2e-kit-reliability-redis env RUNSTREAM_SCHEDULES=50 node tests/e2e/on-kit.mjs --store redis \
+  step e2e-kit-reliability-redis env RUNSTREAM_SCHEDULES=20 node tests/e2e/on-kit.mjs --store redis \
     --grep '^(chaos|offline|hostile|refresh|[0-9]+ seeded|contract)' tests/e2e/reliability.test.mjs
   step e2e-kit-cancel-redis node tests/e2e/on-kit.mjs --store redis --grep 'Stop|presses' tests/e2e/cancel.test.mjs
 fi

@@ -3,7 +3,7 @@
 // retried after a reconnect, on whichever transport, and is persisted with
 // the cursor, so a refresh re-sends it with the same client_request_id"),
 // on memoryStore and on redisStore: the first page's send never gets through
-// (its POST answered 503 on fetch; its `send` op lost before the kit on
+// (its POST answered 503 on fetch and sse; its `send` op lost before the kit on
 // websocket), the page reloads, the stored send goes out again with the same
 // client_request_id, the kit accepts it once, and its onSend answers it once
 // (the AI SDK mock model through fromAiSdk). Starts its own kit-server.mjs
@@ -77,7 +77,7 @@ async function start(page, session, transport) {
 const snap = (page) => page.evaluate(() => window.s.getSnapshot());
 
 for (const store of ["memory", "redis"]) {
-  for (const transport of ["fetch", "websocket"]) {
+  for (const transport of ["fetch", "sse", "websocket"]) {
     test(`${store}: a send lost before the kit survives a reload over ${transport}: re-sent with the same client_request_id, accepted once, answered once`, async (t) => {
       const srv = servers[store];
       if (!srv) return t.skip("redis-server is not installed");
@@ -86,7 +86,7 @@ for (const store of ["memory", "redis"]) {
       await call(base, "POST", "/api/admin/runs", { kind: "chat", run_id: session });
       const context = await browser.newContext();
       const attempts = [];
-      if (transport === "fetch") {
+      if (transport !== "websocket") {
         // The send route is down for the first page load (503 with Retry-After), up after the reload.
         await context.route("**/messages", (route) => {
           const r = route.request();
@@ -105,7 +105,7 @@ for (const store of ["memory", "redis"]) {
       await start(page, session, transport);
       assert.ok(await until(async () => (await snap(page)).status.connection === "open", 10000), "open");
       const crid = await page.evaluate(() => window.s.send("hello across a reload"));
-      if (transport === "fetch") {
+      if (transport !== "websocket") {
         assert.ok(await until(() => attempts.filter((a) => a.first).length >= 2, 10000), "retried during the outage");
       } else {
         assert.ok(await until(async () => ((await call(base, "GET", `/api/admin/runs/${session}/stats`)).sends_dropped ?? 0) >= 1, 10000), "the send op was lost");
@@ -138,7 +138,7 @@ for (const store of ["memory", "redis"]) {
         server.state.messages.map((m) => [m.role, m.content]),
         "the page shows each message once",
       );
-      if (transport === "fetch") {
+      if (transport !== "websocket") {
         assert.ok(attempts.some((a) => !a.first), "sent again after the reload");
         assert.ok(attempts.every((a) => a.crid === crid), JSON.stringify(attempts));
       }
