@@ -244,14 +244,18 @@ test("coalescing: a 1,000-token fast stream costs far fewer events; the text is 
   const { rs, read } = kit();
   const { runId } = await rs.createRun({});
   const words = Array.from({ length: 1000 }, (_, i) => `tok${i} `);
-  // 1 ms between tokens: a fast model (~1 s for the answer).
+  // 1 ms between tokens: a fast model (~1.5 s for the answer).
+  const t0 = performance.now();
   const r = await fromAiSdk(rs, runId, streamText({ model: model([[...textParts("t", words), finish("stop")]], 1), prompt: "x" }).fullStream, {
     replyTo: "crid-c",
   });
+  const elapsed = performance.now() - t0;
   const { events, snap } = await read(runId);
   const deltas = events.filter((e) => e.type === "message.delta");
   assert.equal(events.length, r.events);
-  assert.ok(deltas.length <= 150, `${deltas.length} delta events for 1,000 tokens`);
+  // About one delta per 16 ms window (the stream's pace varies with the machine's load), far fewer than the tokens.
+  assert.ok(deltas.length <= Math.ceil(elapsed / 16) + 5, `${deltas.length} delta events in ${Math.round(elapsed)} ms`);
+  assert.ok(deltas.length < 500, `${deltas.length} delta events for 1,000 tokens`);
   assert.ok(deltas.length >= 2, "coalescing still streams: more than one delta for a ~1 s answer");
   assert.equal(deltas.map((e) => e.payload.delta).join(""), words.join(""));
   assert.equal(snap.state.messages[0].content, words.join(""));
@@ -261,7 +265,7 @@ test("coalescing: a 1,000-token fast stream costs far fewer events; the text is 
     coalesceMs: 0,
   });
   assert.ok(r2.events > 50, `${r2.events} events with coalesceMs 0 for 100 tokens`);
-  console.log(`# 1,000 tokens: ${deltas.length} delta events (coalesceMs 16); 100 tokens with coalesceMs 0: ${r2.events - 2} delta events`);
+  console.log(`# 1,000 tokens in ${Math.round(elapsed)} ms: ${deltas.length} delta events (coalesceMs 16); 100 tokens with coalesceMs 0: ${r2.events - 2} delta events`);
 });
 
 test("bounds: no delta longer than MAX_DELTA_CHARS (split on a code point), also when a slow store makes text wait; the text is exact", async () => {
