@@ -38,5 +38,7 @@ export {
   MAX_PENDING_FRAMES,
   MAX_WAIT_MS,
   SENDS_PER_POLL,
+  SEND_CLAIM_BLOCK_MS,
+  MAX_SENDS_IN_FLIGHT,
   MAX_REASON_CHARS,
 } from "./runstream.js";
