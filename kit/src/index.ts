@@ -38,6 +38,8 @@ export {
   MAX_PENDING_FRAMES,
   MAX_WAIT_MS,
   SENDS_PER_POLL,
+  SEND_CLAIM_BLOCK_MS,
+  MAX_SENDS_IN_FLIGHT,
   MAX_REASON_CHARS,
 } from "./runstream.js";
 export { fromAiSdk, MAX_DELTA_CHARS, MAX_APPEND_EVENTS } from "./ai.js";

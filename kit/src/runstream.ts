@@ -164,6 +164,11 @@ export const MAX_WAIT_MS = 30_000;
 export const SENDS_PER_POLL = 500;
 /** How long one claim of the send loop waits for new sends (ms) before it looks again. */
 export const SEND_CLAIM_BLOCK_MS = 1000;
+/**
+ * Most sends one process answers at once through the store's consumer group: at the
+ * bound it claims no more until an answer ends (other processes take the rest).
+ */
+export const MAX_SENDS_IN_FLIGHT = 64;
 /** Longest cancel `reason`. */
 export const MAX_REASON_CHARS = 1000;
 /** WebSocket frames of one socket waiting to be handled (past it the socket is closed with 1008). */
@@ -386,7 +391,17 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     const claim = store.claimSends?.bind(store);
     const ack = store.ackSend?.bind(store);
     if (!claim || !ack) return;
+    let inFlight = 0;
+    let freed: (() => void) | null = null;
     while (!stop.signal.aborted && !life.signal.aborted) {
+      // A claim takes up to 16 sends: claim only with room for all of them.
+      while (inFlight > MAX_SENDS_IN_FLIGHT - 16 && !stop.signal.aborted) {
+        await new Promise<void>((r) => {
+          freed = r;
+          stop.signal.addEventListener("abort", () => r(), { once: true });
+        });
+      }
+      if (stop.signal.aborted) break;
       let batch;
       try {
         batch = await claim(consumer, SEND_CLAIM_BLOCK_MS, stop.signal);
@@ -397,14 +412,22 @@ export function createRunstream(options: RunstreamOptions): Runstream {
       }
       for (const q of batch) {
         const ev: SendEvent = { sessionId: q.sessionId, runId: q.sessionId, clientRequestId: q.clientRequestId, content: q.content, messageId: q.messageId };
-        void answer(ev).then(async (ok) => {
-          if (!ok) return;
-          try {
-            await ack(q.queueId);
-          } catch (e) {
-            log("send.ack_failed", { run_id: ev.runId, error: e instanceof Error ? e.message : String(e) });
-          }
-        });
+        inFlight++;
+        void answer(ev)
+          .then(async (ok) => {
+            if (!ok) return;
+            try {
+              await ack(q.queueId);
+            } catch (e) {
+              log("send.ack_failed", { run_id: ev.runId, error: e instanceof Error ? e.message : String(e) });
+            }
+          })
+          .finally(() => {
+            inFlight--;
+            const wake = freed;
+            freed = null;
+            wake?.();
+          });
       }
     }
   }

@@ -413,3 +413,50 @@ describe("redisStore when Redis restarts", { skip, concurrency: false }, () => {
     assert.deepEqual(rep.events.map((e) => JSON.parse(e).event_id), [1, 2]);
   });
 });
+
+describe("onSend on redisStore", { skip, concurrency: false }, () => {
+  test("sends go through the group to whichever process has room: one process holds at most MAX_SENDS_IN_FLIGHT, another takes the rest, each answered once", async (t) => {
+    const { createRunstream, MAX_SENDS_IN_FLIGHT } = await import("../dist/index.js");
+    const redis = await startRedis("redis");
+    const rs1 = createRunstream({ store: redisStore({ url: redis.url }), auth: "none" });
+    const rs2 = createRunstream({ store: redisStore({ url: redis.url }), auth: "none" });
+    t.after(async () => {
+      await rs1.close();
+      await rs2.close();
+      await rs1.store.close();
+      await rs2.store.close();
+      await redis.stop();
+    });
+    let held = 0;
+    let maxHeld = 0;
+    let release;
+    const gate = new Promise((r) => { release = r; });
+    const answered = [];
+    const off1 = rs1.onSend(async (s) => {
+      held++;
+      maxHeld = Math.max(maxHeld, held);
+      await gate;
+      held--;
+      answered.push(["rs1", s.clientRequestId]);
+    });
+    // Let rs1 fill up first, then rs2 joins.
+    const n = MAX_SENDS_IN_FLIGHT + 30;
+    for (let i = 0; i < n; i++) await rs1.store.send("sess_bound", `b${i}`, `m${i}`);
+    // rs1 claims (16 at most at a time) while it has room for a whole claim.
+    await until(() => held > MAX_SENDS_IN_FLIGHT - 16, 10000);
+    await sleep(500);
+    const holding = held;
+    assert.ok(holding > MAX_SENDS_IN_FLIGHT - 16 && holding <= MAX_SENDS_IN_FLIGHT, `in flight: ${holding}`);
+    const off2 = rs2.onSend((s) => { answered.push(["rs2", s.clientRequestId]); });
+    await until(() => answered.length === n - holding, 10000);
+    assert.ok(answered.every(([who]) => who === "rs2"));
+    release();
+    await until(() => answered.length === n, 10000);
+    await sleep(300);
+    assert.equal(answered.length, n);
+    assert.equal(new Set(answered.map(([, c]) => c)).size, n, "each send answered once");
+    assert.equal(maxHeld, holding, "rs1 took no more while full");
+    off1();
+    off2();
+  });
+});
