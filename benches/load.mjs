@@ -15,6 +15,13 @@
 //   AUTH=none node benches/load.mjs  (one mode: none or jwt)
 //   STORE=cluster node benches/load.mjs   (a 3-master Redis Cluster, `--store redis-cluster://…`)
 //   STORE=both node benches/load.mjs      (one Redis, then the cluster; figures side by side)
+//   SERVER=gateway,kit node benches/load.mjs  (default: both, side by side on the same producer)
+//   SERVER=kit KIT_NODE_ARGS="--cpu-prof --cpu-prof-dir=target/bench" node benches/load.mjs  (profile the kit)
+//
+// SERVER=kit serves the same runs with the TypeScript kit (benches/kit-serve.mjs:
+// createRunstream on redisStore, node:http through rs.node, one Node process)
+// instead of the gateway: the gateway's `produce` writes the runs into Redis
+// in the one layout both servers share, so only the serving tier differs.
 //
 // Not part of the test command: ~40 s, and its figures only mean something on
 // an otherwise idle machine. Writes target/bench/load.json.
@@ -35,6 +42,8 @@ const RATE = Number(process.env.RATE || 20); // token events per second per run
 const TOKENS = SECONDS * RATE;
 const EVENTS_PER_RUN = TOKENS + 4; // run.started, message.created, deltas, message.completed, run.completed
 const MODES = (process.env.AUTH || "none,jwt").split(",");
+const SERVERS = (process.env.SERVER || "gateway,kit").split(",");
+if (!SERVERS.every((s) => s === "gateway" || s === "kit")) throw new Error("SERVER: gateway, kit or gateway,kit");
 const STORES = { redis: ["redis"], cluster: ["cluster"], both: ["redis", "cluster"] }[process.env.STORE || "redis"];
 if (!STORES) throw new Error("STORE: redis, cluster or both");
 const SECRET = "load-benchmark-secret-0123456789";
@@ -146,8 +155,8 @@ function pct(sorted, p) {
 let exitCode = 0;
 const results = [];
 
-/** One load run on `kind` ("redis" or "cluster") with authorization `mode` ("none" or "jwt"). */
-async function oneRun(kind, mode) {
+/** One load run on `kind` ("redis" or "cluster") with authorization `mode` ("none" or "jwt"), served by `server` ("gateway" or "kit"). */
+async function oneRun(kind, mode, server) {
   const apiPort = await freePort();
   let store;
   if (kind === "cluster") {
@@ -161,8 +170,11 @@ async function oneRun(kind, mode) {
   const auth = mode === "jwt" ? ["--jwt-secret-file", join(dir, "jwt.secret")] : ["--auth", "none"];
   if (mode === "jwt") writeFileSync(join(dir, "jwt.secret"), SECRET);
   // Frame recording (for the contract tests' GET /api/admin/frames) off, as in a deployment.
-  const api = start(`replica-${mode}`, bin, [...auth, "--dev", "--addr", `127.0.0.1:${apiPort}`, "--store", store, "--www", "www", "--pkg", "pkg",
-    "--record-frames", process.env.RECORD_FRAMES || "0"]);
+  const api = server === "kit"
+    ? start(`kit-${mode}`, process.execPath, [...(process.env.KIT_NODE_ARGS ? process.env.KIT_NODE_ARGS.split(" ") : []), join(root, "benches/kit-serve.mjs"), "--store", store, "--port", String(apiPort),
+      ...(mode === "jwt" ? ["--jwt-secret-file", join(dir, "jwt.secret")] : [])])
+    : start(`replica-${mode}`, bin, [...auth, "--dev", "--addr", `127.0.0.1:${apiPort}`, "--store", store, "--www", "www", "--pkg", "pkg",
+      "--record-frames", process.env.RECORD_FRAMES || "0"]);
   await waitHttp(`http://127.0.0.1:${apiPort}/readyz`);
   const rssIdle = rssOf(api.pid);
   // The producer creates the runs now and starts appending 3 s + 1 ms per client later.
@@ -186,13 +198,14 @@ async function oneRun(kind, mode) {
   const outcome = await Promise.race([Promise.all(clients).then(() => "done"), deadline]);
   clearInterval(sampler);
   await producer.exited;
-  const storeInfo = await (await fetch(`http://127.0.0.1:${apiPort}/api/admin/store`)).json();
+  // The gateway's --dev store info; the kit has no admin routes (its Redis figures are left out).
+  const storeInfo = server === "gateway" ? await (await fetch(`http://127.0.0.1:${apiPort}/api/admin/store`)).json() : {};
   const rssAfter = rssOf(api.pid);
   const lat = stats.lat.sort((a, b) => a - b);
   const conn = stats.connectMs.sort((a, b) => a - b);
   const spanS = (stats.lastAt - stats.first) / 1000;
   const result = {
-    store: kind, auth: mode, clients: CLIENTS, runs: RUNS, seconds: SECONDS, rate_per_run: RATE, events_per_run: EVENTS_PER_RUN,
+    server, store: kind, auth: mode, clients: CLIENTS, runs: RUNS, seconds: SECONDS, rate_per_run: RATE, events_per_run: EVENTS_PER_RUN,
     outcome, connected_before_start: connectedBeforeStart, connect_errors: stats.errors,
     events_delivered: stats.events, expected: CLIENTS * EVENTS_PER_RUN, lost: stats.lost, duplicates: stats.dups,
     events_per_s_delivered: Math.round(stats.events / spanS), appends_per_s: Math.round((RUNS * EVENTS_PER_RUN) / spanS),
@@ -201,7 +214,7 @@ async function oneRun(kind, mode) {
     server_rss: { idle: rssIdle, connected: rssConnected, peak: rssPeak, after: rssAfter,
       per_connection: Math.round((Math.max(rssPeak, rssConnected ?? 0) - rssIdle) / CLIENTS) },
     redis_nodes: storeInfo.nodes ?? 1, redis_used_memory: storeInfo.used_memory, redis_keys: storeInfo.keys, live_tails_after: storeInfo.tails,
-    server_bin: bin.replace(root + "/", ""),
+    server_bin: server === "kit" ? "node benches/kit-serve.mjs" : bin.replace(root + "/", ""),
   };
   // Stop this run's processes before the next one starts.
   const mine = procs.splice(0);
@@ -213,21 +226,30 @@ async function oneRun(kind, mode) {
 }
 
 try {
-  for (const kind of STORES) for (const mode of MODES) results.push(await oneRun(kind, mode));
+  for (const kind of STORES) for (const mode of MODES) for (const server of SERVERS) results.push(await oneRun(kind, mode, server));
   const mb = (b) => (b === null || b === undefined ? "—" : `${(b / 1048576).toFixed(1)} MiB`);
   const kb = (b) => `${(b / 1024).toFixed(1)} KB`;
   console.log(`load: ${CLIENTS} SSE clients over ${RUNS} runs, one replica, ${SECONDS} s at ${RATE} events/s per run (${bin.includes("release") ? "release" : "debug"} build)`);
   for (const r of results) {
-    console.log(`[${r.store === "cluster" ? "--store redis-cluster (3 masters)" : "--store redis"}, auth ${r.auth}]`);
+    console.log(`[${r.server === "kit" ? "kit (node, redisStore)" : "gateway"}, ${r.store === "cluster" ? "--store redis-cluster (3 masters)" : "--store redis"}, auth ${r.auth}]`);
     console.log(`  connected before the first append: ${r.connected_before_start}/${CLIENTS}, errors ${r.connect_errors}, outcome ${r.outcome}`);
     console.log(`  delivered ${r.events_delivered} / ${r.expected} events: ${r.events_per_s_delivered} events/s (appends ${r.appends_per_s}/s); lost ${r.lost}, duplicates ${r.duplicates}`);
     console.log(`  append→delivery latency: p50 ${r.latency_ms.p50} ms, p90 ${r.latency_ms.p90} ms, p99 ${r.latency_ms.p99} ms, max ${r.latency_ms.max} ms`);
     console.log(`  connect (request → headers): p50 ${r.connect_ms.p50?.toFixed(2)} ms, p99 ${r.connect_ms.p99?.toFixed(2)} ms`);
-    console.log(`  server RSS: idle ${mb(r.server_rss.idle)}, all connected ${mb(r.server_rss.connected)}, peak ${mb(r.server_rss.peak)}, after ${mb(r.server_rss.after)}; per connection ${kb(r.server_rss.per_connection)}; Redis used_memory after: ${mb(r.redis_used_memory)} (${r.redis_keys} keys)`);
+    console.log(`  server RSS: idle ${mb(r.server_rss.idle)}, all connected ${mb(r.server_rss.connected)}, peak ${mb(r.server_rss.peak)}, after ${mb(r.server_rss.after)}; per connection ${kb(r.server_rss.per_connection)}; Redis used_memory after: ${mb(r.redis_used_memory)} (${r.redis_keys ?? "—"} keys)`);
+  }
+  // The kit beside the gateway: p99 append→delivery within 2× the gateway's is the goal.
+  for (const kind of STORES) for (const mode of MODES) {
+    const g = results.find((r) => r.server === "gateway" && r.store === kind && r.auth === mode);
+    const k = results.find((r) => r.server === "kit" && r.store === kind && r.auth === mode);
+    if (g && k) {
+      const ratio = k.latency_ms.p99 / Math.max(1, g.latency_ms.p99);
+      console.log(`  kit vs gateway (${kind}, auth ${mode}): p99 ${k.latency_ms.p99} vs ${g.latency_ms.p99} ms (×${ratio.toFixed(2)}, goal ≤ 2), p50 ${k.latency_ms.p50} vs ${g.latency_ms.p50} ms, events/s ${k.events_per_s_delivered} vs ${g.events_per_s_delivered}, peak RSS ${mb(k.server_rss.peak)} vs ${mb(g.server_rss.peak)}, lost ${k.lost} vs ${g.lost}`);
+    }
   }
   for (const kind of STORES) {
-    const none = results.find((r) => r.store === kind && r.auth === "none");
-    const jwtR = results.find((r) => r.store === kind && r.auth === "jwt");
+    const none = results.find((r) => r.server === "gateway" && r.store === kind && r.auth === "none");
+    const jwtR = results.find((r) => r.server === "gateway" && r.store === kind && r.auth === "jwt");
     if (none && jwtR) {
       console.log(`  ${kind}: JWT check per connect (connect p50, jwt − none): ${((jwtR.connect_ms.p50 - none.connect_ms.p50) * 1000).toFixed(0)} µs (cargo run --release -p runstream-server --example auth_check measures the check alone)`);
     }

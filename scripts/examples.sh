@@ -3,7 +3,8 @@
 # React and Vue examples (file: dependency on the tarball: a copy, as from the
 # registry), type-checks them with tsc --strict and builds them with Vite; the
 # Next.js example the same way, built with `next build` (`next start` serves it;
-# it reads the runstream server's URL from $RUNSTREAM_SERVER at run time).
+# its /api routes are the TypeScript kit, packed from kit/ like runstream: a
+# copy, as from the registry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p target/npm
@@ -41,9 +42,17 @@ for ex in react vue; do
     fi
   )
 done
+# The TypeScript kit (@runstream/server), built and packed as a user installs it.
+(
+  cd kit
+  [ -d node_modules ] || npm install --no-audit --no-fund --loglevel=error
+  npm run build --silent
+  npm pack --silent --pack-destination ../target/npm >/dev/null
+)
+mv target/npm/runstream-server-*.tgz target/npm/runstream-server.tgz
 (
   cd www/examples/next
-  rm -rf node_modules/runstream package-lock.json .next
+  rm -rf node_modules/runstream node_modules/@runstream package-lock.json .next
   npm install --no-audit --no-fund --loglevel=error
   export NEXT_TELEMETRY_DISABLED=1
   # next build type-checks too, and writes next-env.d.ts + .next/types (typed routes) that tsc then covers.

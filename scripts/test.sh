@@ -99,6 +99,11 @@ step browser-firefox env -u CHROMEDRIVER wasm-pack test --headless --firefox
 # build, then its node:test suites over loopback HTTP/WebSocket. Before the
 # e2e suites: tests/e2e/kit.test.mjs runs the browser client against kit/dist.
 step kit bash -c 'cd kit && npm run build && npm test'
+# The kit's HTTP and WebSocket route suites again on redisStore (a real
+# redis-server, then a 3-master Redis Cluster; kit/test/redis-store.test.mjs, in the step above, covers the
+# store itself on redis-server and on a 3-master cluster), docs/REDIS.md.
+step kit-redis bash -c 'cd kit && node test/support/on-redis.mjs test/http.test.mjs test/ws.test.mjs'
+step kit-redis-cluster bash -c 'cd kit && node test/support/on-redis.mjs --cluster test/http.test.mjs test/ws.test.mjs'
 if [ -f tests/e2e/package.json ]; then
   step typescript bash -c 'cd tests/e2e && npx tsc -p tsconfig.json'
   step examples ./scripts/examples.sh
@@ -110,6 +115,20 @@ if [ -f tests/e2e/package.json ]; then
   # 3-master Redis Cluster (--store redis-cluster://…), issue 26.
   step e2e-reliability-cluster node tests/e2e/on-cluster.mjs tests/e2e/reliability.test.mjs
   step e2e-infra-cluster env STORE=cluster node --test --test-concurrency=1 tests/e2e/infra.test.mjs
+  # The kit and the gateway on one Redis Cluster: the differential, cross-process and
+  # cross-server browser suites (e2e-kit-redis, e2e-cross-server) again (docs/REDIS.md).
+  step e2e-kit-redis-cluster env STORE=cluster node --test --test-concurrency=1 tests/e2e/kit-redis.test.mjs tests/e2e/cross-server.test.mjs
+  # The reliability and cancel suites against the TypeScript kit instead of the
+  # gateway (tests/e2e/kit-server.mjs: the kit + the admin routes and chaos knobs
+  # those suites drive; docs/AI-SDK.md), on memoryStore and on redisStore with a
+  # redis-server of its own. On Redis the pruned-window scenarios are left out:
+  # redisStore serves a pruned run's events from its tail cache instead of the
+  # snapshot (docs/AI-SDK.md, "What does not run on the kit").
+  step e2e-kit-reliability env RUNSTREAM_SCHEDULES=50 node tests/e2e/on-kit.mjs --store memory tests/e2e/reliability.test.mjs
+  step e2e-kit-cancel node tests/e2e/on-kit.mjs --store memory tests/e2e/cancel.test.mjs
+  step e2e-kit-reliability-redis env RUNSTREAM_SCHEDULES=20 node tests/e2e/on-kit.mjs --store redis \
+    --grep '^(chaos|offline|hostile|refresh|[0-9]+ seeded|contract)' tests/e2e/reliability.test.mjs
+  step e2e-kit-cancel-redis node tests/e2e/on-kit.mjs --store redis --grep 'Stop|presses' tests/e2e/cancel.test.mjs
 fi
 # The benchmark suite's short version (figures printed in its log; the full run: node benches/run.mjs).
 step bench-smoke node benches/run.mjs --smoke

@@ -8,6 +8,7 @@
  * ```
  */
 export * from "./store.js";
+export { redisStore, RedisStore, loadScripts, keySlot, type RedisStoreOptions, type LuaScript, type ScriptName } from "./redis.js";
 export { memoryStore, type MemoryStoreOptions } from "./memory.js";
 export {
   jwtAuth,
@@ -37,5 +38,9 @@ export {
   MAX_PENDING_FRAMES,
   MAX_WAIT_MS,
   SENDS_PER_POLL,
+  SEND_CLAIM_BLOCK_MS,
+  MAX_SENDS_IN_FLIGHT,
   MAX_REASON_CHARS,
 } from "./runstream.js";
+export { fromAiSdk, MAX_DELTA_CHARS, MAX_APPEND_EVENTS } from "./ai.js";
+export type { AiSdkStreamPart, AiSdkTarget, FromAiSdkOptions, FromAiSdkResult, FromAiSdkStatus } from "./ai.js";

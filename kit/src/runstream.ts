@@ -8,7 +8,7 @@
  * sees a run (`#gate`), mirroring the gateway's `Granted<Rule>` extractor:
  * the same checks in the same order, the same answers.
  */
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import type { IncomingMessage, ServerResponse, Server as HttpServer } from "node:http";
 import type { Server as HttpsServer } from "node:https";
 import type { Duplex } from "node:stream";
@@ -137,7 +137,14 @@ export interface Runstream {
     events: EventInput[],
     options?: { idempotencyKey?: string },
   ): Promise<{ firstEventId: number; lastEventId: number }>;
-  /** Calls `handler` once per new chat send (the session's chat run; idempotent by `client_request_id`); returns an unsubscribe. */
+  /**
+   * Calls `handler` once per new chat send (the session's chat run; idempotent by
+   * `client_request_id`); returns an unsubscribe. On a store shared by processes
+   * (`redisStore`), sends are handed out through one consumer group of every
+   * process (the gateway's chat workers' group `replies` too): each send is answered
+   * once, by whichever process with a handler takes it, also a send another
+   * process accepted. On `memoryStore`, the process that accepted the send answers it.
+   */
   onSend(handler: (send: SendEvent) => void | Promise<void>): () => void;
   /** An AbortSignal that fires when `run.cancel_requested` is appended for the run (or, with `replyTo`, for that reply). */
   cancelSignal(runId: string, options?: { replyTo?: string }): AbortSignal;
@@ -155,6 +162,13 @@ export const MAX_KEY_LEN = 200;
 export const MAX_WAIT_MS = 30_000;
 /** Most sends one poll answers. */
 export const SENDS_PER_POLL = 500;
+/** How long one claim of the send loop waits for new sends (ms) before it looks again. */
+export const SEND_CLAIM_BLOCK_MS = 1000;
+/**
+ * Most sends one process answers at once through the store's consumer group: at the
+ * bound it claims no more until an answer ends (other processes take the rest).
+ */
+export const MAX_SENDS_IN_FLIGHT = 64;
 /** Longest cancel `reason`. */
 export const MAX_REASON_CHARS = 1000;
 /** WebSocket frames of one socket waiting to be handled (past it the socket is closed with 1008). */
@@ -351,6 +365,73 @@ export function createRunstream(options: RunstreamOptions): Runstream {
   const sendHandlers = new Set<(s: SendEvent) => void | Promise<void>>();
   /** Aborted by close(): every open stream and long poll ends. */
   const life = new AbortController();
+
+  /** Calls every onSend handler with `ev`; true when all of them succeeded. */
+  async function answer(ev: SendEvent): Promise<boolean> {
+    const results = await Promise.allSettled([...sendHandlers].map((h) => Promise.resolve().then(() => h(ev))));
+    let ok = true;
+    for (const r of results) {
+      if (r.status === "rejected") {
+        ok = false;
+        const e: unknown = r.reason;
+        log("send.handler_failed", { run_id: ev.runId, error: e instanceof Error ? e.message : String(e) });
+      }
+    }
+    return ok;
+  }
+
+  // Sends through the store's consumer group (Redis: `replies` on `runstream:sends`, the
+  // gateway's chat workers' group): while this process has onSend handlers it is one
+  // consumer, so each send is answered once across every process, kit or gateway. A send
+  // is acknowledged once its handlers succeeded (as the gateway's worker does); one whose
+  // handler failed stays pending in the group.
+  const consumer = `kit-${process.pid}-${randomUUID().slice(0, 8)}`;
+  let sendLoopStop: AbortController | null = null;
+  async function sendLoop(stop: AbortController): Promise<void> {
+    const claim = store.claimSends?.bind(store);
+    const ack = store.ackSend?.bind(store);
+    if (!claim || !ack) return;
+    let inFlight = 0;
+    let freed: (() => void) | null = null;
+    while (!stop.signal.aborted && !life.signal.aborted) {
+      // A claim takes up to 16 sends: claim only with room for all of them.
+      while (inFlight > MAX_SENDS_IN_FLIGHT - 16 && !stop.signal.aborted) {
+        await new Promise<void>((r) => {
+          freed = r;
+          stop.signal.addEventListener("abort", () => r(), { once: true });
+        });
+      }
+      if (stop.signal.aborted) break;
+      let batch;
+      try {
+        batch = await claim(consumer, SEND_CLAIM_BLOCK_MS, stop.signal);
+      } catch (e) {
+        log("send.claim_failed", { error: e instanceof Error ? e.message : String(e) });
+        await new Promise((r) => setTimeout(r, 500));
+        continue;
+      }
+      for (const q of batch) {
+        const ev: SendEvent = { sessionId: q.sessionId, runId: q.sessionId, clientRequestId: q.clientRequestId, content: q.content, messageId: q.messageId };
+        inFlight++;
+        void answer(ev)
+          .then(async (ok) => {
+            if (!ok) return;
+            try {
+              await ack(q.queueId);
+            } catch (e) {
+              log("send.ack_failed", { run_id: ev.runId, error: e instanceof Error ? e.message : String(e) });
+            }
+          })
+          .finally(() => {
+            inFlight--;
+            const wake = freed;
+            freed = null;
+            wake?.();
+          });
+      }
+    }
+  }
+  life.signal.addEventListener("abort", () => sendLoopStop?.abort(), { once: true });
   const sockets = new Set<{ close(): Promise<void> }>();
 
   // ---- the gate (PROTOCOL §7; the gateway's Gate::check) ----
@@ -441,13 +522,11 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     }
     if (out.finished) return { kind: "finished" };
     log("send.accepted", { run_id: out.runId, client_request_id: crid, message_id: out.messageId, fresh: out.fresh });
-    if (out.fresh) {
+    // A store shared by processes hands the send to one consumer of its group (sendLoop);
+    // otherwise the handlers run here, in the process that accepted it.
+    if (out.fresh && !store.claimSends) {
       const ev: SendEvent = { sessionId: session, runId: out.runId, clientRequestId: crid, content, messageId: out.messageId };
-      for (const h of sendHandlers) {
-        Promise.resolve()
-          .then(() => h(ev))
-          .catch((e: unknown) => log("send.handler_failed", { run_id: out.runId, error: e instanceof Error ? e.message : String(e) }));
-      }
+      void answer(ev);
     }
     return { kind: "accepted", messageId: out.messageId, runId: out.runId };
   }
@@ -1444,7 +1523,18 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     append,
     onSend(handler) {
       sendHandlers.add(handler);
-      return () => void sendHandlers.delete(handler);
+      if (store.claimSends && sendLoopStop === null && !life.signal.aborted) {
+        const stop = new AbortController();
+        sendLoopStop = stop;
+        void sendLoop(stop);
+      }
+      return () => {
+        sendHandlers.delete(handler);
+        if (sendHandlers.size === 0 && sendLoopStop) {
+          sendLoopStop.abort();
+          sendLoopStop = null;
+        }
+      };
     },
     cancelSignal,
     store,

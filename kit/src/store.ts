@@ -217,6 +217,20 @@ export interface DueGrace {
   target: CancelTarget;
 }
 
+/** A chat send handed out by {@link Store.claimSends}: answer it, then {@link Store.ackSend} it. */
+export interface QueuedSend {
+  /** Its entry in the shared send queue (for `ackSend`). */
+  queueId: string;
+  /** The chat session (its chat run has the same id). */
+  sessionId: string;
+  /** The send's idempotency key. */
+  clientRequestId: string;
+  /** What the user wrote. */
+  content: string;
+  /** The user message's id (`""` when its send record expired before the send was taken). */
+  messageId: string;
+}
+
 /** A store failure (the backend is unreachable or answered something unexpected). */
 export class StoreError extends Error {
   override readonly name = "StoreError";
@@ -306,6 +320,20 @@ export interface Store {
 
   /** Claims at most `max` graces due at `nowMs`: each one is claimed by exactly one caller. */
   claimDueGraces(nowMs: number, max: number): Promise<DueGrace[]>;
+
+  /**
+   * Optional, for stores that several processes share (Redis): takes new chat
+   * sends for `consumer` through one consumer group of every process (the
+   * gateway's chat workers' group `replies` too), waiting up to `blockMs`
+   * (less when `signal` aborts). Each send is handed to one consumer once.
+   * When a store has it, `onSend` handlers are called through it (in
+   * whichever process takes the send) instead of in the process that
+   * accepted the send.
+   */
+  claimSends?(consumer: string, blockMs: number, signal?: AbortSignal): Promise<QueuedSend[]>;
+
+  /** Acknowledges a send taken by {@link Store.claimSends} once it is answered. */
+  ackSend?(queueId: string): Promise<void>;
 
   /** True when the backend answers (`/readyz`). */
   ready(): Promise<boolean>;

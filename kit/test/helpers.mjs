@@ -4,7 +4,7 @@
 import http from "node:http";
 import { WebSocket } from "ws";
 import { SignJWT } from "jose";
-import { createRunstream, memoryStore } from "../dist/index.js";
+import { createRunstream, memoryStore, redisStore } from "../dist/index.js";
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -20,7 +20,10 @@ export async function until(fn, ms = 5000, step = 20) {
 
 /** A kit on 127.0.0.1:<free port>; `extra(req, res)` may answer paths outside the kit. */
 export async function startKit(options = {}, extra) {
-  const store = options.store ?? memoryStore(options.memory);
+  // KIT_REDIS_URL (set by test/support/on-redis.mjs): the same suites on redisStore, same window.
+  const store = options.store ?? (process.env.KIT_REDIS_URL
+    ? redisStore({ url: process.env.KIT_REDIS_URL, window: options.memory?.window })
+    : memoryStore(options.memory));
   const rs = createRunstream({ auth: "none", ...options, store });
   const server = http.createServer((req, res) => rs.node(req, res, extra ? () => extra(req, res) : undefined));
   const ws = rs.attachWebSocket(server);

@@ -57,3 +57,12 @@ export async function produce(sessionId: string, idempotencyKey: string): Promis
   }
   await Promise.all([ws.close(), custom.close(), sync.close(), open.close()]);
 }
+
+// redisStore (docs/REDIS.md): SERVER.md §2's line as written, and every option.
+import { redisStore, RedisStore, type RedisStoreOptions } from "@runstream/server";
+const onRedis: Runstream = createRunstream({ store: redisStore({ url: process.env.REDIS_URL }), auth: "none" });
+const opts: RedisStoreOptions = { url: "redis-cluster://127.0.0.1:7000,127.0.0.1:7001", window: 200_000, tailCache: 4096, snapshotCache: 256, sendTtlS: 86_400, commandTimeoutMs: 10_000 };
+const typed: RedisStore = redisStore(opts);
+const asStore: Store = typed;
+void onRedis;
+void asStore;

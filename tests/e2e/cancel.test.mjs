@@ -207,7 +207,12 @@ test("many presses in two tabs append exactly one run.cancel_requested", async (
   const log = await logOf(run, 5000);
   assert.equal(log.filter((e) => e.type === "run.cancel_requested").length, 1);
   assert.equal(log.filter((e) => e.type === "run.completed").length, 1);
-  assert.equal(log.find((e) => e.type === "run.cancel_requested").payload.client_request_id, first);
+  // a's first press is queued as a POST; b's press goes out on its open socket and
+  // may reach the server first: the one request recorded is whichever came first.
+  assert.ok(
+    [first, ...ops.map((o) => o.client_request_id)].includes(log.find((e) => e.type === "run.cancel_requested").payload.client_request_id),
+    "the recorded cancel is one of the presses sent",
+  );
   await context.close();
 });
 

@@ -1,20 +1,24 @@
 // Server rendering: runstream/react and runstream/vue on the server (plain Node:
 // no browser global touched, snapshot null), and the Next.js example
-// (www/examples/next, built by ./scripts/examples.sh) served by `next start` in
-// next to the reference server (the browser talks to it directly, CORS; see the
-// example's next.config.ts): server HTML, hydration, one connection,
-// convergence, a refresh mid-reply, selectors.
+// (www/examples/next, built by ./scripts/examples.sh) served by `next start`
+// alone: its /api routes are the TypeScript kit (`export const GET/POST =
+// rs.fetch`), its chat answered by the AI SDK's mock model through fromAiSdk;
+// no Rust server. Server HTML, hydration, one connection per run,
+// convergence, a refresh mid-reply that doubles nothing, Stop, selectors. The
+// task runs are published through the kit's publish API (the key is given to
+// `next start` in RUNSTREAM_PUBLISH_KEY), as a team's producer would.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
-import { launch, api, server, until } from "./lib.mjs";
+import { launch, until } from "./lib.mjs";
+import { taskScript } from "./kit-server.mjs";
 
 const examples = fileURLToPath(new URL("../../www/examples/", import.meta.url));
 const nextDir = examples + "next";
-const stats = (run) => api("GET", `/api/admin/runs/${run}/stats`);
+const PUBLISH_KEY = "next-e2e-publish-key-0123456789abcdef";
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const freePort = () =>
@@ -49,7 +53,7 @@ async function startNext() {
   const port = await freePort();
   next = spawn(process.execPath, ["node_modules/next/dist/bin/next", "start", "-p", String(port), "-H", "127.0.0.1"], {
     cwd: nextDir,
-    env: { ...process.env, NEXT_TELEMETRY_DISABLED: "1" },
+    env: { ...process.env, NEXT_TELEMETRY_DISABLED: "1", RUNSTREAM_PUBLISH_KEY: PUBLISH_KEY },
     stdio: ["ignore", "pipe", "pipe"],
   });
   next.stdout.on("data", (d) => (nextLog += d));
@@ -144,54 +148,119 @@ test("server side: importing runstream/react and runstream/vue touches no browse
   assert.equal(vue.html, "<p>null|null|null|null</p>");
 });
 
-test("next: the server page arrives rendered, without errors", async () => {
-  const url = await startNext();
-  const { run_id } = await api("POST", "/api/admin/runs", { seed: 11, workers: 2, instant: true });
-  const r = await fetch(`${url}/?run=${run_id}&session=chat_ssr_${run_id}`);
-  assert.equal(r.status, 200);
-  assert.match(r.headers.get("content-type") || "", /text\/html/);
-  const html = await r.text();
-  assert.match(html, /<h1>runstream × Next\.js<\/h1>/);
-  assert.match(html, new RegExp(`data-testid="server-page">Server-rendered page for task <code>${run_id}</code>`));
-  // The client components rendered on the server too (snapshot null), not bailed out to the client.
-  assert.match(html, /data-testid="task-status">loading</);
-  assert.match(html, /data-testid="chat-conn">loading</);
-  assert.match(html, /<ol data-testid="messages"><\/ol>/);
-  assert.doesNotMatch(html, /BAILOUT_TO_CLIENT_SIDE_RENDERING|__next_error__|Missing getServerSnapshot/);
-  assert.doesNotMatch(nextLog, /error|⨯/i, `next start logged an error:\n${nextLog}`);
-});
+/** The example's own routes, from Node (same origin as the page). */
+async function call(method, path, body, headers = {}) {
+  const r = await fetch(base + path, {
+    method,
+    headers: { ...(body ? { "Content-Type": "application/json" } : {}), ...headers },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const t = await r.text();
+  return { status: r.status, body: t && /json/.test(r.headers.get("content-type") ?? "") ? JSON.parse(t) : t };
+}
+const publish = (path, body, key) =>
+  call("POST", `/api/publish${path}`, body, { Authorization: `Bearer ${PUBLISH_KEY}`, ...(key ? { "Idempotency-Key": key } : {}) });
 
-test("next: hydration without warnings, one wasm load, one connection per run, converges; a refresh mid-reply resumes", async () => {
-  const url = await startNext();
-  const { run_id } = await api("POST", "/api/admin/runs", { seed: 5, workers: 4, speed: 1.5 });
-  const session = `chat_next_${run_id}`;
-  await api("POST", "/api/admin/runs", { kind: "chat", run_id: session });
-  const page = await browser.newPage();
+/** A task run published through the kit's publish API; `play` appends the seeded script (speed × real time). */
+async function taskRun(seed, workers, speed = 1) {
+  const r = await publish("/runs", {});
+  assert.equal(r.status, 201, JSON.stringify(r));
+  const runId = r.body.run_id;
+  const script = taskScript(seed, workers);
+  const play = async () => {
+    let n = 0;
+    for (const [delay, type, payload] of script) {
+      await sleep(delay / speed);
+      const a = await publish(`/runs/${runId}/events`, { events: [{ type, payload }] }, `${runId}-${n++}`);
+      assert.equal(a.status, 200, JSON.stringify(a));
+    }
+  };
+  return { runId, play };
+}
+
+/** The envelopes of `run`'s log read for at most `ms` (a finished run's stream ends by itself). */
+async function logOf(run, ms = 1500) {
+  const ctl = new AbortController();
+  const t = setTimeout(() => ctl.abort(), ms);
+  let text = "";
+  try {
+    const r = await fetch(`${base}/api/stream/runs/${run}`, { signal: ctl.signal });
+    const reader = r.body.getReader();
+    const dec = new TextDecoder();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      text += dec.decode(value, { stream: true });
+    }
+  } catch {
+    // Aborted: what arrived so far.
+  } finally {
+    clearTimeout(t);
+  }
+  return text.split("\n").filter((l) => l.startsWith("data:")).map((l) => JSON.parse(l.slice(5)));
+}
+
+function watch(page) {
   const console_ = [];
   page.on("console", (m) => {
     if (m.type() === "error" || m.type() === "warning") console_.push(`${m.type()}: ${m.text()}`);
   });
   page.on("pageerror", (e) => console_.push(`pageerror: ${e.message}`));
+  return console_;
+}
+
+test("next: the server page arrives rendered, without errors", async () => {
+  const url = await startNext();
+  const { runId } = await taskRun(11, 2);
+  const r = await fetch(`${url}/?run=${runId}&session=chat_ssr_${runId}`);
+  assert.equal(r.status, 200);
+  assert.match(r.headers.get("content-type") || "", /text\/html/);
+  const html = await r.text();
+  assert.match(html, /<h1>runstream × Next\.js<\/h1>/);
+  assert.match(html, new RegExp(`data-testid="server-page">Server-rendered page for task <code>${runId}</code>`));
+  // The client components rendered on the server too (snapshot null), not bailed out to the client.
+  assert.match(html, /data-testid="task-status">loading</);
+  assert.match(html, /data-testid="chat-conn">loading</);
+  assert.match(html, /<ol data-testid="messages"><\/ol>/);
+  assert.doesNotMatch(html, /BAILOUT_TO_CLIENT_SIDE_RENDERING|__next_error__|Missing getServerSnapshot/);
+  // A session id the kit refuses (over 128 characters) falls back to the demo chat instead of an error page.
+  const long = await fetch(`${url}/?session=${"s".repeat(200)}`);
+  assert.equal(long.status, 200);
+  assert.match(await long.text(), /and chat <code>chat_demo<\/code>/);
+  // The kit answers the PROTOCOL routes of the same app: an unknown run is a 404, the publish API wants its key.
+  assert.equal((await call("GET", "/api/runs/nope/snapshot")).status, 404);
+  assert.equal((await call("POST", "/api/publish/runs", {})).status, 401);
+  assert.doesNotMatch(nextLog, /error|⨯/i, `next start logged an error:\n${nextLog}`);
+});
+
+test("next: hydration without warnings, one wasm load, one connection per run, converges; a refresh mid-reply resumes, nothing doubled", async () => {
+  const url = await startNext();
+  const task = await taskRun(5, 4, 1.5);
+  const playing = task.play();
+  const run_id = task.runId;
+  const session = `chat_next_${run_id}`;
+  const page = await browser.newPage();
+  const console_ = watch(page);
   const wasm = [];
   const streams = [];
   page.on("request", (req) => {
     if (req.url().endsWith(".wasm")) wasm.push(req.url());
     if (req.url().includes("/api/stream/runs/")) streams.push({ url: req.url(), lastEventId: req.headers()["last-event-id"] });
   });
+  const streamsOf = (run) => streams.filter((s) => new URL(s.url).pathname === `/api/stream/runs/${run}`);
 
   await page.goto(`${url}/?run=${run_id}&session=${session}`);
-  // The chat run is empty: its stream is silent after the headers, and must show open at once.
+  // The chat session is empty: its stream is silent after the headers, and must show open at once.
   await page.waitForFunction(() => document.querySelector('[data-testid="chat-conn"]')?.textContent === "open", null, { timeout: 5000 });
   await page.waitForSelector('[data-testid="workers"] li', { timeout: 15000 });
   await page.waitForTimeout(300);
   assert.equal(wasm.length, 1, `the wasm is fetched once for two hooks: ${wasm}`);
-  assert.equal((await stats(run_id)).connections_total, 1, "one connection for the task run");
-  assert.equal((await stats(session)).connections_total, 1, "one connection for the chat");
+  assert.equal(streamsOf(run_id).length, 1, "one connection for the task run");
+  assert.equal(streamsOf(session).length, 1, "one connection for the chat");
 
-  // Send: the optimistic message shows at once; the reply streams token by token.
+  // Send: the optimistic message shows at once; the reply (fromAiSdk, mock model) streams.
   await page.fill('[data-testid="input"]', "hello from next");
-  // Clicked as an element: the form sits below the task panel, which grows as workers report.
-  await page.$eval("form button", (b) => b.click());
+  await page.$eval("form:has(input[data-testid=input]) button", (b) => b.click());
   await page.waitForFunction(() => document.querySelectorAll('[data-testid="messages"] li.user').length === 1, null, { timeout: 1000 });
   await page.waitForFunction(() => (document.querySelector('[data-testid="messages"] li.assistant')?.textContent.length ?? 0) > 40, null, { timeout: 15000 });
 
@@ -203,13 +272,13 @@ test("next: hydration without warnings, one wasm load, one connection per run, c
     await sleep(400);
     await route.continue();
   });
-  const before = streams.length;
+  const before = streamsOf(session).length;
   await page.reload();
   await page.waitForFunction(() => document.querySelector('[data-testid="messages"] li.assistant')?.dataset.status === "completed", null, { timeout: 20000 });
-  const chatSnap = await api("GET", `/api/runs/${session}/snapshot`);
+  const chatSnap = (await call("GET", `/api/runs/${session}/snapshot`)).body;
   await until(async () => Number(await page.textContent('[data-testid="chat-cursor"]')) === chatSnap.event_id, 5000);
   assert.equal(Number(await page.textContent('[data-testid="chat-cursor"]')), chatSnap.event_id, "chat converged to the server's cursor");
-  const resumed = streams.slice(before).filter((s) => s.url.includes(session));
+  const resumed = streamsOf(session).slice(before);
   assert.equal(resumed.length, 1, "one chat connection after the refresh");
   const from = Number(resumed[0].lastEventId);
   assert.ok(from > 0 && from <= chatSnap.event_id, `resumed from the stored cursor (Last-Event-ID ${resumed[0].lastEventId})`);
@@ -218,16 +287,21 @@ test("next: hydration without warnings, one wasm load, one connection per run, c
   const texts = await page.$$eval('[data-testid="messages"] li', (l) => l.map((e) => `${e.className}:${e.textContent}`));
   assert.equal(texts.length, 2, `one user message and one reply, no duplicate: ${JSON.stringify(texts)}`);
   assert.equal(texts[0], "user:user hello from next");
-  assert.equal(texts[1], `assistant:assistant ${chatSnap.state.messages[1].content}`);
+  const reply = chatSnap.state.messages[1];
+  assert.equal(texts[1], `assistant:assistant ${reply.content}`);
+  assert.match(reply.content, /^This answer is streamed by the AI SDK's mock model.*next question\.$/, "the whole answer, once");
+  const log = await logOf(session);
+  assert.equal(log.find((e) => e.type === "message.completed")?.payload.finish_reason, "stop");
 
   // The task converges to the server snapshot.
+  await playing;
   await page.waitForFunction(() => ["succeeded", "failed", "cancelled"].includes(document.querySelector('[data-testid="task-status"]')?.textContent), null, { timeout: 30000 });
-  const snap = await api("GET", `/api/runs/${run_id}/snapshot`);
+  const snap = (await call("GET", `/api/runs/${run_id}/snapshot`)).body;
   assert.equal(await page.textContent('[data-testid="task-status"]'), snap.state.status);
   const workers = await page.$$eval('[data-testid="workers"] li', (l) => l.map((e) => [e.dataset.status, e.textContent]));
   assert.deepEqual(workers, snap.state.workers.map((w) => [w.status, `${w.name ?? w.worker_id}: ${w.status} (${w.tools.map((t) => `${t.name ?? t.tool_call_id} ${t.status}`).join(", ")})`]));
   assert.equal(await page.textContent('[data-testid="supervisor"]'), snap.state.supervisor.summary);
-  assert.equal((await stats(session)).connections_total, 2, "one chat connection per page load");
+  assert.equal(streamsOf(session).length, 2, "one chat connection per page load");
 
   // In production React reports hydration mismatches as minified errors #418/#419/#421-#425.
   const hydration = console_.filter((m) => /hydrat|did not match|server rendered|react\.dev\/errors\/(418|419|42[1-5])\b/i.test(m));
@@ -237,30 +311,72 @@ test("next: hydration without warnings, one wasm load, one connection per run, c
   await page.close();
 });
 
+test("next: Stop ends the reply cancelled (the model stops), and the next send is answered in full", async () => {
+  const url = await startNext();
+  const session = `chat_stop_${Date.now()}`;
+  const page = await browser.newPage();
+  const console_ = watch(page);
+  await page.goto(`${url}/?session=${session}`);
+  await page.waitForFunction(() => document.querySelector('[data-testid="chat-conn"]')?.textContent === "open", null, { timeout: 5000 });
+  await page.fill('[data-testid="input"]', "tell me everything");
+  await page.$eval("form:has(input[data-testid=input]) button", (b) => b.click());
+  await page.waitForFunction(() => (document.querySelector('[data-testid="messages"] li.assistant')?.textContent.length ?? 0) > 30, null, { timeout: 15000 });
+  await page.click('[data-testid="stop"]');
+  await page.waitForFunction(() => document.querySelector('[data-testid="messages"] li.assistant')?.dataset.status === "completed", null, { timeout: 10000 });
+  await page.waitForSelector('[data-testid="stop"]', { state: "detached", timeout: 5000 });
+  const stopped = (await call("GET", `/api/runs/${session}/snapshot`)).body;
+  const first = stopped.state.messages.find((m) => m.role === "assistant");
+  let log = await logOf(session);
+  const requests = log.filter((e) => e.type === "run.cancel_requested");
+  assert.equal(requests.length, 1, "one cancel request");
+  assert.equal(requests[0].payload.reply_to, stopped.state.messages[0].client_request_id, "the reply's cancel, not the run's");
+  const end = log.find((e) => e.type === "message.completed" && e.payload.message_id === first.message_id);
+  assert.equal(end?.payload.finish_reason, "cancelled");
+  // The model stopped too: nothing more is appended to the reply.
+  const at = stopped.event_id;
+  await sleep(500);
+  assert.equal((await call("GET", `/api/runs/${session}/snapshot`)).body.event_id, at, "nothing appended after the stop");
+  assert.equal(stopped.state.cancel_requested, false, "a reply cancel is not run-wide");
+  assert.equal(stopped.state.status === "cancelled", false, "the chat run stays open");
+
+  await page.fill('[data-testid="input"]', "and now?");
+  await page.$eval("form:has(input[data-testid=input]) button", (b) => b.click());
+  await page.waitForFunction(() => document.querySelectorAll('[data-testid="messages"] li.assistant[data-status="completed"]').length === 2, null, { timeout: 20000 });
+  const snap = (await call("GET", `/api/runs/${session}/snapshot`)).body;
+  const second = snap.state.messages.filter((m) => m.role === "assistant")[1];
+  assert.match(second.content, /^This answer is streamed by the AI SDK's mock model.*next question\.$/);
+  assert.ok(second.content.startsWith(first.content) && first.content.length < second.content.length,
+    `the stopped reply is a strict prefix of the whole answer: ${first.content.length} of ${second.content.length} characters`);
+  log = await logOf(session);
+  assert.equal(log.find((e) => e.type === "message.completed" && e.payload.message_id === second.message_id)?.payload.finish_reason, "stop");
+  const texts = await page.$$eval('[data-testid="messages"] li', (l) => l.map((e) => e.className));
+  assert.deepEqual(texts, ["user", "assistant", "user", "assistant"]);
+  assert.deepEqual(console_, [], "console errors or warnings");
+  await page.close();
+});
+
 test("next: a selector re-renders the task panel only when its slice changes", async () => {
   const url = await startNext();
-  // An empty run (no script): the test appends its events itself.
-  const run = `sel_${Date.now()}`;
-  await api("POST", "/api/admin/runs", { kind: "chat", run_id: run });
+  const { runId: run } = await taskRun(1, 1);
   const page = await browser.newPage();
   await page.goto(`${url}/?run=${run}&session=chat_${run}`);
   await page.waitForFunction(() => document.querySelector('[data-testid="task-conn"]')?.textContent === "open", null, { timeout: 5000 });
   await page.waitForTimeout(300);
   const renders = async () => Number(await page.getAttribute('[data-testid="task"]', "data-renders"));
   const r0 = await renders();
-  // 30 events of a type the client does not know: new snapshots (cursor, metrics), same slice.
-  for (let i = 0; i < 30; i++) await api("POST", `/api/admin/runs/${run}/append`, { type: "progress.tick", payload: { n: i } });
+  // 30 message events on the task run: new snapshots (cursor, messages, metrics), same slice.
+  await publish(`/runs/${run}/events`, { events: [{ type: "message.created", payload: { message_id: "m1", role: "assistant" } }] }, `${run}-m`);
+  for (let i = 1; i < 30; i++) await publish(`/runs/${run}/events`, { events: [{ type: "message.delta", payload: { message_id: "m1", delta: `t${i} ` } }] }, `${run}-d${i}`);
   await page.waitForTimeout(800);
   const r1 = await renders();
   assert.equal(r1, r0, "snapshots that do not change the selected slice do not re-render");
-  // A change to the slice: one more render, and it shows (so the ticks before it were applied).
-  await api("POST", `/api/admin/runs/${run}/append`, { type: "worker.started", payload: { worker_id: "w1", name: "probe" } });
+  // A change to the slice: one more render, and it shows (so the events before it were applied).
+  await publish(`/runs/${run}/events`, { events: [{ type: "worker.started", payload: { worker_id: "w1", name: "probe" } }] }, `${run}-w`);
   await page.waitForSelector('[data-testid="workers"] li[data-status="running"]', { timeout: 5000 });
   await page.waitForTimeout(300);
   assert.equal(await renders(), r1 + 1, "a change of the slice renders once");
-  // The stored resume record (throttled writes) reaches cursor 31: the ticks were applied before the worker.
   const storedCursor = () => page.evaluate((id) => JSON.parse(sessionStorage.getItem(`runstream:${id}`) ?? "{}").cursor, run);
   await until(async () => (await storedCursor()) === 31, 5000);
-  assert.equal(await storedCursor(), 31, "the client applied the 30 ticks and the worker event");
+  assert.equal(await storedCursor(), 31, "the client applied the 30 message events and the worker event");
   await page.close();
 });

@@ -34,6 +34,11 @@
 //!   3 queues the send twice: the queue is at least once, so chat workers claim
 //!   each `(session, client_request_id)` once (`claimed`, `SET NX`) and the
 //!   publish API's consumers deduplicate by `client_request_id` (SERVER.md §1).
+//!   The TypeScript kit's processes with an `onSend` handler are consumers of the
+//!   same group `replies`, so a send is answered once across both servers.
+//! - The Lua scripts live in `lua/` at the repository root (composed as
+//!   `lua/scripts.json` says), loaded by this file and by the kit's `redisStore()`
+//!   alike; docs/REDIS.md has this layout for both servers.
 //! - Append: a Lua script bumps `last_id` and `XADD`s with the explicit id
 //!   `0-<last_id>` in one step, so ids are dense whatever the number of writers.
 //! - Replay: `XRANGE` from `0-<after+1>` in batches; a resume older than
@@ -81,114 +86,48 @@ const SNAPSHOT_CACHE: usize = 256;
 /// Default lifetime of a chat send's idempotency key.
 pub const DEFAULT_SEND_TTL_S: u64 = 24 * 3600;
 
-/// The append step shared by the scripts: dense id, XADD with that id, finished flag.
-const LUA_APPEND: &str = r#"
-local function append(meta, log, body, ty)
-  local n = redis.call('HINCRBY', meta, 'last_id', 1)
-  local id = string.format('%d', n)
-  redis.call('XADD', log, '0-' .. id, 'e', '{"event_id":' .. id .. ',' .. body, 't', ty)
-  if ty == 'run.completed' then redis.call('HSET', meta, 'finished', '1') end
-  return n
-end
-"#;
+/// The Lua scripts, from `lua/` at the repository root: the one copy both servers load
+/// (the TypeScript kit ships the same files; see docs/REDIS.md). Each `*.lua` file says
+/// its KEYS, ARGV and reply. A script that appends events starts with the shared append
+/// step (`append_step.lua`: dense id, `XADD` with that id, the finished flag), prepended
+/// here by [`with_append_step`]; `lua/scripts.json` lists the same composition for the kit.
+mod lua {
+    /// The append step the appending scripts share (defines `append(meta, log, body, ty)`).
+    pub const APPEND_STEP: &str = include_str!("../../../lua/append_step.lua");
+    /// Appends one event (KEYS: meta, log).
+    pub const APPEND: &str = include_str!("../../../lua/append.lua");
+    /// Step 1 of a chat send (KEYS: meta, log, send key, unqueued).
+    pub const SEND: &str = include_str!("../../../lua/send.lua");
+    /// Creates a run's meta (KEYS: meta).
+    pub const CREATE: &str = include_str!("../../../lua/create.lua");
+    /// A cancel request, once per target (KEYS: meta, log, cancel key).
+    pub const CANCEL: &str = include_str!("../../../lua/cancel.lua");
+    /// An atomic, idempotent batch append (KEYS: meta, log, idempotency key).
+    pub const APPEND_BATCH: &str = include_str!("../../../lua/append_batch.lua");
+    /// Commits a trim of the window with its base (KEYS: meta, log, base).
+    pub const TRIM: &str = include_str!("../../../lua/trim.lua");
+    /// Sets a run's chaos (KEYS: meta).
+    pub const SET_CHAOS: &str = include_str!("../../../lua/set_chaos.lua");
+}
 
-/// KEYS: meta, log. ARGV: envelope body (without `{` and `event_id`), type.
-/// Returns {id, first_id}, or {-1, 0} for an unknown run.
-const LUA_APPEND_MAIN: &str = r#"
-if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then return {-1, 0} end
-local n = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
-return {n, tonumber(redis.call('HGET', KEYS[1], 'first_id'))}
-"#;
+/// A script that appends: the shared append step, then `main`.
+fn with_append_step(main: &str) -> Script {
+    Script::new(&format!("{}{main}", lua::APPEND_STEP))
+}
 
-/// KEYS: meta, log, send key, unqueued (all in the session's slot). ARGV: body head (up
-/// to the message id), body tail, TTL s, session, client_request_id, content.
-/// Returns {fresh, message_id, id, first_id, unqueued, content}: a fresh send is logged and
-/// recorded in `unqueued` (the caller then adds it to the global queue, in its own slot, and
-/// clears the record); a repeat whose queue step never completed answers unqueued = 1 with the
-/// content first accepted, so the caller queues it now.
-const LUA_SEND_MAIN: &str = r#"
-local prev = redis.call('GET', KEYS[3])
-if prev then
-  local pending = redis.call('HGET', KEYS[4], ARGV[5])
-  if pending then return {0, prev, 0, 0, 1, pending} end
-  return {0, prev, 0, 0, 0, ''}
-end
-if redis.call('HGET', KEYS[1], 'finished') == '1' then return {-3, '', 0, 0, 0, ''} end
-if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then
-  redis.call('HSET', KEYS[1], 'kind', 'chat', 'chaos', '{}', 'speed', '1', 'first_id', '1', 'last_id', '0', 'next_message', '0', 'session', ARGV[4])
-end
-local mid = 'msg_' .. string.format('%d', redis.call('HINCRBY', KEYS[1], 'next_message', 1))
-redis.call('SET', KEYS[3], mid, 'NX', 'EX', ARGV[3])
-local n = append(KEYS[1], KEYS[2], ARGV[1] .. mid .. ARGV[2], 'message.created')
-redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
-redis.call('EXPIRE', KEYS[4], ARGV[3])
-return {1, mid, n, tonumber(redis.call('HGET', KEYS[1], 'first_id')), 1, ''}
-"#;
-
-/// KEYS: meta. ARGV: kind, chaos JSON, speed, session ('' = none). Returns 1 if created.
-const LUA_CREATE: &str = r#"
-if redis.call('HEXISTS', KEYS[1], 'kind') == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'kind', ARGV[1], 'chaos', ARGV[2], 'speed', ARGV[3], 'first_id', '1', 'last_id', '0', 'next_message', '0')
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'session', ARGV[4]) end
-return 1
-"#;
-
-/// KEYS: meta, log, cancel key. ARGV: envelope body, type. Returns {code, id,
-/// first_id}: code 0 appended, 1 already asked (the first id), -1 unknown
-/// run, -3 finished.
-const LUA_CANCEL: &str = r#"
-if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then return {-1, 0, 0} end
-local prev = redis.call('GET', KEYS[3])
-if prev then return {1, tonumber(prev), 0} end
-if redis.call('HGET', KEYS[1], 'finished') == '1' then return {-3, 0, 0} end
-local n = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
-redis.call('SET', KEYS[3], string.format('%d', n))
-return {0, n, tonumber(redis.call('HGET', KEYS[1], 'first_id'))}
-"#;
-
-/// KEYS: meta, log, idempotency key. ARGV: digest ('' = no key), TTL s, n,
-/// then n pairs (envelope body without `{` and `event_id`, type).
-/// Returns {code, first, last, first_id}: code 0 appended, 1 repeated,
-/// -1 unknown run, -2 key conflict, -3 finished. All or nothing: the checks
-/// come before the first append, and a script runs alone.
-const LUA_APPEND_BATCH: &str = r#"
-if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then return {-1, 0, 0, 0} end
-if ARGV[1] ~= '' then
-  local prev = redis.call('GET', KEYS[3])
-  if prev then
-    local d, a, b = string.match(prev, '^(%x+):(%d+):(%d+)$')
-    if d == ARGV[1] then return {1, tonumber(a), tonumber(b), 0} end
-    return {-2, 0, 0, 0}
-  end
-end
-if redis.call('HGET', KEYS[1], 'finished') == '1' then return {-3, 0, 0, 0} end
-local first = tonumber(redis.call('HGET', KEYS[1], 'last_id')) + 1
-local last = first - 1
-for i = 0, tonumber(ARGV[3]) - 1 do
-  last = append(KEYS[1], KEYS[2], ARGV[4 + 2 * i], ARGV[5 + 2 * i])
-end
-if ARGV[1] ~= '' then
-  redis.call('SET', KEYS[3], ARGV[1] .. ':' .. string.format('%d', first) .. ':' .. string.format('%d', last), 'EX', ARGV[2])
-end
-return {0, first, last, tonumber(redis.call('HGET', KEYS[1], 'first_id'))}
-"#;
-
-/// KEYS: meta, log, base. ARGV: expected first_id, new first_id, base JSON.
-/// Commits a trim only if nobody trimmed meanwhile.
-const LUA_TRIM: &str = r#"
-if redis.call('HGET', KEYS[1], 'first_id') ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[3], ARGV[3])
-redis.call('HSET', KEYS[1], 'first_id', ARGV[2])
-redis.call('XTRIM', KEYS[2], 'MINID', '0-' .. ARGV[2])
-return 1
-"#;
-
-/// KEYS: meta. ARGV: chaos JSON. Returns 1 if the run exists.
-const LUA_SET_CHAOS: &str = r#"
-if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'chaos', ARGV[1])
-return 1
-"#;
+/// Every script the store runs, by its name in `lua/scripts.json`: append, send, create,
+/// append_batch, cancel, trim, set_chaos.
+fn scripts() -> [(&'static str, Script); 7] {
+    [
+        ("append", with_append_step(lua::APPEND)),
+        ("send", with_append_step(lua::SEND)),
+        ("create", Script::new(lua::CREATE)),
+        ("append_batch", with_append_step(lua::APPEND_BATCH)),
+        ("cancel", with_append_step(lua::CANCEL)),
+        ("trim", Script::new(lua::TRIM)),
+        ("set_chaos", Script::new(lua::SET_CHAOS)),
+    ]
+}
 
 /// The stream of accepted sends that chat workers consume (consumer group [`SEND_GROUP`]).
 const SEND_QUEUE: &str = "runstream:sends";
@@ -501,6 +440,8 @@ impl RedisStore {
         let conn = source.shared().await?;
         let mut ping = conn.clone();
         let _: redis::Value = redis::cmd("PING").query_async(&mut ping).await?;
+        let [(_, append_script), (_, send_script), (_, create_script), (_, batch_script), (_, cancel_script), (_, trim_script), (_, chaos_script)] =
+            scripts();
         Ok(Self {
             source,
             conn,
@@ -509,13 +450,13 @@ impl RedisStore {
             tails: Arc::default(),
             snapshots: Mutex::default(),
             worker_conn: tokio::sync::Mutex::new(None),
-            append_script: Script::new(&format!("{LUA_APPEND}{LUA_APPEND_MAIN}")),
-            send_script: Script::new(&format!("{LUA_APPEND}{LUA_SEND_MAIN}")),
-            create_script: Script::new(LUA_CREATE),
-            batch_script: Script::new(&format!("{LUA_APPEND}{LUA_APPEND_BATCH}")),
-            cancel_script: Script::new(&format!("{LUA_APPEND}{LUA_CANCEL}")),
-            trim_script: Script::new(LUA_TRIM),
-            chaos_script: Script::new(LUA_SET_CHAOS),
+            append_script,
+            send_script,
+            create_script,
+            batch_script,
+            cancel_script,
+            trim_script,
+            chaos_script,
         })
     }
 
@@ -1421,5 +1362,40 @@ impl Store for RedisStore {
             Ok(())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gateway composes its scripts exactly as `lua/scripts.json` (which the kit
+    /// follows) says: same files, same order, so both servers run byte-identical scripts
+    /// (and Redis knows them by the same SHA1).
+    #[test]
+    fn scripts_follow_the_shared_manifest() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../lua");
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("scripts.json")).expect("lua/scripts.json"),
+        )
+        .expect("manifest JSON");
+        let listed = manifest["scripts"].as_object().expect("scripts object");
+        let ours = scripts();
+        assert_eq!(listed.len(), ours.len(), "a script missing on one side");
+        for (name, script) in ours {
+            let files = listed[name].as_array().expect("file list");
+            let text: String = files
+                .iter()
+                .map(|f| {
+                    std::fs::read_to_string(dir.join(f.as_str().expect("file name")))
+                        .expect("script file")
+                })
+                .collect();
+            assert_eq!(
+                Script::new(&text).get_hash(),
+                script.get_hash(),
+                "{name}: composed otherwise than lua/scripts.json says"
+            );
+        }
     }
 }

@@ -1,13 +1,13 @@
 import type { NextConfig } from "next";
 
-// No /api rewrite to the runstream server: Next's rewrite proxy (next start)
-// holds a response's headers until its first body byte, and a stream server may
-// stay silent after its headers (PROTOCOL.md: a resume with nothing to replay
-// sends nothing until its first heartbeat), so a quiet stream would look dead
-// for connectTimeoutMs and reconnect; it also gzips, which buffers the events
-// unless `compress: false`. The page passes the server's URL to the client
-// components instead, and the server allows the cross-origin requests (CORS).
+// The runstream routes are this app's own route handlers (app/api/[...path]/route.ts),
+// served by the kit (@runstream/server) in the Next server process: same origin, no CORS.
 const config: NextConfig = {
   reactStrictMode: true,
+  // gzip holds a text/event-stream until its buffer fills: the kit's streams must go out uncompressed
+  // (PROTOCOL §2a: no Content-Encoding). Put compression in a proxy that skips text/event-stream instead.
+  compress: false,
+  // The kit loads its reducer (wasm) and `ws` at run time: required from node_modules, not bundled.
+  serverExternalPackages: ["@runstream/server"],
 };
 export default config;

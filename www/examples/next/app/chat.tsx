@@ -5,13 +5,13 @@ import { useRunStream } from "runstream/react";
 import type { Message } from "runstream";
 
 // The whole snapshot: the chat re-renders (at most once per animation frame) as tokens stream.
-export function Chat({ api, session }: { api: string; session: string }) {
+export function Chat({ session }: { session: string }) {
   const { snapshot, send, cancel } = useRunStream({
     runId: session,
-    url: `${api}/api/stream/runs/${session}`,
-    sendUrl: `${api}/api/chat/${session}/messages`,
-    cancelUrl: `${api}/api/runs/${session}/cancel`,
-    snapshotUrl: `${api}/api/runs/${session}/snapshot`,
+    url: `/api/stream/runs/${session}`,
+    sendUrl: `/api/chat/${session}/messages`,
+    cancelUrl: `/api/runs/${session}/cancel`,
+    snapshotUrl: `/api/runs/${session}/snapshot`,
   });
   const [text, setText] = useState("");
   const submit = (e: FormEvent) => {

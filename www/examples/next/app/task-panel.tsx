@@ -45,13 +45,13 @@ function sameTask(a: TaskView, b: TaskView): boolean {
   );
 }
 
-export function TaskPanel({ api, runId }: { api: string; runId: string }) {
+export function TaskPanel({ runId }: { runId: string }) {
   const { snapshot: task, cancel } = useRunStream(
     {
       runId,
-      url: `${api}/api/stream/runs/${runId}`,
-      snapshotUrl: `${api}/api/runs/${runId}/snapshot`,
-      cancelUrl: `${api}/api/runs/${runId}/cancel`,
+      url: `/api/stream/runs/${runId}`,
+      snapshotUrl: `/api/runs/${runId}/snapshot`,
+      cancelUrl: `/api/runs/${runId}/cancel`,
     },
     selectTask,
     sameTask,

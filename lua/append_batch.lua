@@ -1,0 +1,24 @@
+-- KEYS: meta, log, idempotency key. ARGV: digest ('' = no key), TTL s, n,
+-- then n pairs (envelope body without `{` and `event_id`, type).
+-- Returns {code, first, last, first_id}: code 0 appended, 1 repeated,
+-- -1 unknown run, -2 key conflict, -3 finished. All or nothing: the checks
+-- come before the first append, and a script runs alone.
+if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then return {-1, 0, 0, 0} end
+if ARGV[1] ~= '' then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then
+    local d, a, b = string.match(prev, '^(%x+):(%d+):(%d+)$')
+    if d == ARGV[1] then return {1, tonumber(a), tonumber(b), 0} end
+    return {-2, 0, 0, 0}
+  end
+end
+if redis.call('HGET', KEYS[1], 'finished') == '1' then return {-3, 0, 0, 0} end
+local first = tonumber(redis.call('HGET', KEYS[1], 'last_id')) + 1
+local last = first - 1
+for i = 0, tonumber(ARGV[3]) - 1 do
+  last = append(KEYS[1], KEYS[2], ARGV[4 + 2 * i], ARGV[5 + 2 * i])
+end
+if ARGV[1] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[1] .. ':' .. string.format('%d', first) .. ':' .. string.format('%d', last), 'EX', ARGV[2])
+end
+return {0, first, last, tonumber(redis.call('HGET', KEYS[1], 'first_id'))}

@@ -1,0 +1,7 @@
+-- KEYS: meta, log, base. ARGV: expected first_id, new first_id, base JSON.
+-- Commits a trim only if nobody trimmed meanwhile.
+if redis.call('HGET', KEYS[1], 'first_id') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[1], 'first_id', ARGV[2])
+redis.call('XTRIM', KEYS[2], 'MINID', '0-' .. ARGV[2])
+return 1

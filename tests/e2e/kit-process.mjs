@@ -1,0 +1,48 @@
+// One kit process for the cross-process tests (kit-redis.test.mjs):
+// createRunstream on redisStore(url) behind node:http, driven over
+// stdin/stdout JSON lines.
+//   node tests/e2e/kit-process.mjs <redis-url> <name>
+// Prints {"event":"ready","url"}; answers every chat send handed to it by
+// onSend with an assistant reply (message.created reply_to, a delta,
+// message.completed) and prints {"event":"answered","session","crid"}.
+// Commands: {"op":"append","runId","n"} appends n events concurrently and
+// prints {"event":"appended","ids"}; {"op":"watch","runId"} takes
+// rs.cancelSignal(runId) and prints {"event":"cancelled","runId"} when it fires.
+import { createServer } from "node:http";
+import { createInterface } from "node:readline";
+import { createRunstream, redisStore } from "../../kit/dist/index.js";
+
+const [url, name] = process.argv.slice(2);
+const out = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
+const rs = createRunstream({ store: redisStore({ url }), auth: "none", cancelGraceMs: 60_000 });
+rs.onSend(async ({ sessionId, runId, clientRequestId }) => {
+  const mid = `${name}_${clientRequestId}`;
+  await rs.append(runId, [
+    { type: "message.created", payload: { message_id: mid, role: "assistant", reply_to: clientRequestId } },
+    { type: "message.delta", payload: { message_id: mid, delta: `answered by ${name}` } },
+    { type: "message.completed", payload: { message_id: mid, finish_reason: "stop" } },
+  ]);
+  out({ event: "answered", session: sessionId, crid: clientRequestId });
+});
+const server = createServer(rs.node);
+await new Promise((r) => server.listen(0, "127.0.0.1", r));
+out({ event: "ready", url: `http://127.0.0.1:${server.address().port}` });
+
+createInterface({ input: process.stdin }).on("line", async (line) => {
+  const cmd = JSON.parse(line);
+  if (cmd.op === "append") {
+    const ids = await Promise.all([...Array(cmd.n)].map((_, i) =>
+      rs.append(cmd.runId, [{ type: "message.delta", payload: { message_id: "m", delta: `${name}${i} ` } }]).then((r) => r.firstEventId)));
+    out({ event: "appended", ids });
+  } else if (cmd.op === "watch") {
+    const signal = rs.cancelSignal(cmd.runId);
+    signal.addEventListener("abort", () => out({ event: "cancelled", runId: cmd.runId }), { once: true });
+    out({ event: "watching", runId: cmd.runId });
+  }
+});
+process.on("SIGTERM", async () => {
+  server.close();
+  await rs.close();
+  await rs.store.close();
+  process.exit(0);
+});
