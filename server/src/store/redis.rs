@@ -1351,6 +1351,27 @@ impl Store for RedisStore {
         .boxed()
     }
 
+    fn claim_send<'a>(
+        &'a self,
+        session: &'a str,
+        crid: &'a str,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        async move {
+            // The same key the queue's consumers claim with (`claim_sends`, the kit's `claimSends`):
+            // whoever sets it first answers; the queue entry is then acknowledged unanswered.
+            let first: Option<String> = redis::cmd("SET")
+                .arg(claimed_key(session, crid))
+                .arg("local")
+                .arg("NX")
+                .arg("EX")
+                .arg(self.send_ttl_s)
+                .query_async(&mut self.conn())
+                .await?;
+            Ok(first.is_some())
+        }
+        .boxed()
+    }
+
     fn ack_send<'a>(&'a self, queue_id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
         async move {
             let _: i64 = redis::cmd("XACK")
