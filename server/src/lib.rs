@@ -1258,16 +1258,21 @@ async fn accept_send(
     }
     if out.fresh && hub.replies == Replies::Local {
         // The demo's own bot answers (`--replies local`); `worker` and `none` leave it to a producer.
-        scenario::spawn(
-            "reply",
+        // It claims the send first, as the queue's consumers do (chat workers, the kit's onSend
+        // on the same Redis): a send one of them took is not answered twice.
+        let (store, run_id, crid, content) = (
+            hub.store.clone(),
             out.run_id.clone(),
-            scenario::reply(
-                hub.store.clone(),
-                out.run_id.clone(),
-                crid.to_owned(),
-                content.to_owned(),
-            ),
+            crid.to_owned(),
+            content.to_owned(),
         );
+        scenario::spawn("reply", out.run_id.clone(), async move {
+            if store.claim_send(&run_id, &crid).await? {
+                scenario::reply(store, run_id, crid, content).await
+            } else {
+                Ok(())
+            }
+        });
     }
     log(
         "send.accepted",

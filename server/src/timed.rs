@@ -179,4 +179,12 @@ impl Store for TimedStore {
     fn ack_send<'a>(&'a self, queue_id: &'a str) -> BoxFuture<'a, StoreResult<()>> {
         self.timed("ack_send", self.inner.ack_send(queue_id))
     }
+
+    fn claim_send<'a>(
+        &'a self,
+        session: &'a str,
+        crid: &'a str,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        self.timed("claim_send", self.inner.claim_send(session, crid))
+    }
 }

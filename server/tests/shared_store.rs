@@ -310,7 +310,8 @@ shared_stores!(
     sends_are_accepted_once_across_replicas,
     the_log_outlives_the_replicas,
     live_tails_end_with_their_clients,
-    a_chat_worker_answers_each_send_once_whichever_replica_took_it
+    a_chat_worker_answers_each_send_once_whichever_replica_took_it,
+    a_local_replier_and_a_chat_worker_answer_each_send_once
 );
 
 async fn live_tails_end_with_their_clients(b: Backend) {
@@ -392,6 +393,67 @@ async fn a_chat_worker_answers_each_send_once_whichever_replica_took_it(b: Backe
         tokio::time::timeout(Duration::from_millis(1500), lines.next_line())
             .await
             .is_err()
+    );
+}
+
+async fn a_local_replier_and_a_chat_worker_answer_each_send_once(b: Backend) {
+    let url = b.spec();
+    // The default `--replies local` replica answers in-process; a chat worker (and the
+    // TypeScript kit's onSend, docs/REDIS.md) consumes the same queue. Both claim the send.
+    let a = support::start_with(b.store().await, runstream_server::Replies::Local).await;
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_runstream-server"))
+        .args(["produce", "--store", &url, "--chat-worker"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
+    let ready = lines.next_line().await.unwrap().unwrap();
+    assert!(ready.contains("chat_worker.ready"), "{ready}");
+    for i in 0..4 {
+        let body = format!(r#"{{"client_request_id":"lw-{i}","content":"hi"}}"#);
+        let (st, _, _) = http(&a, "POST", "/api/chat/slw/messages", &[], Some(&body)).await;
+        assert_eq!(st, 202);
+    }
+    let replies = || async {
+        let (_, _, snap) = http(&a, "GET", "/api/runs/slw/snapshot", &[], None).await;
+        let snap: Value = serde_json::from_slice(&snap).unwrap();
+        snap["state"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "assistant")
+            .map(|m| {
+                (
+                    m["reply_to"].as_str().unwrap().to_owned(),
+                    m["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while replies()
+        .await
+        .iter()
+        .filter(|(_, st)| st == "completed")
+        .count()
+        < 4
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            replies().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A second answer would have begun by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut to: Vec<String> = replies().await.into_iter().map(|(r, _)| r).collect();
+    to.sort();
+    assert_eq!(
+        to,
+        ["lw-0", "lw-1", "lw-2", "lw-3"],
+        "each send answered once"
     );
 }
 

@@ -434,6 +434,36 @@ test("two kit processes and the gateway's chat worker on one Redis: dense ids, e
   console.log(`# cross-process: cancelSignal fired ${firedMs} ms after the cancel; sends answered by ${JSON.stringify(by)}`);
 });
 
+test("a gateway replica on its default --replies local beside kit onSend consumers: each send answered once", { skip }, async () => {
+  // The kit processes and the chat worker of the test above still consume the group `replies`.
+  const port = await freePort();
+  const g = run(["--auth", "none", "--addr", `127.0.0.1:${port}`, "--store", redis.url]);
+  const up = Date.now() + 15000;
+  while (!g.lines.some((l) => l.includes("server.listening"))) {
+    assert.ok(Date.now() < up && g.exitCode === null, `gateway: ${g.err}`);
+    await sleep(20);
+  }
+  const session = `local_${process.pid}`;
+  for (let i = 0; i < 8; i++) {
+    const r = await fetch(`http://127.0.0.1:${port}/api/chat/${session}/messages`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ client_request_id: `l${i}`, content: `local ${i}` }),
+    });
+    assert.equal(r.status, 202);
+  }
+  const replies = async () => JSON.parse((await kit.snapshot(session)).state).messages.filter((m) => m.role === "assistant");
+  const end = Date.now() + 30000;
+  while ((await replies()).filter((m) => m.status === "completed").length < 8) {
+    assert.ok(Date.now() < end, "every send answered");
+    await sleep(100);
+  }
+  await sleep(1500); // a second answer would have begun by now
+  const counts = {};
+  for (const m of await replies()) counts[m.reply_to] = (counts[m.reply_to] ?? 0) + 1;
+  assert.deepEqual(counts, Object.fromEntries([...Array(8)].map((_, i) => [`l${i}`, 1])));
+  g.kill("SIGKILL");
+  await g.done;
+});
+
 test("a cancel the gateway took ends after its grace in a kit process, once, when that gateway died", { skip }, async () => {
   // No other process polls the graces or answers sends from here on: the shared gateway
   // and the kit processes of the test above stop.

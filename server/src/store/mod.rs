@@ -425,6 +425,19 @@ pub trait Store: Send + Sync + 'static {
         let _ = queue_id;
         async move { Ok(()) }.boxed()
     }
+
+    /// Claims the answer to send `crid` of `session` for this process (`--replies local`):
+    /// true when nobody claimed it before. On a shared store it is the claim the queue's
+    /// consumers make (chat workers, the TypeScript kit's `onSend`), so a send is answered
+    /// once whoever takes it first; the memory store has no other consumer (always true).
+    fn claim_send<'a>(
+        &'a self,
+        session: &'a str,
+        crid: &'a str,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        let _ = (session, crid);
+        async move { Ok(true) }.boxed()
+    }
 }
 
 /// A chat send waiting for its reply (the shared store's send queue).

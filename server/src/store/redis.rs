@@ -18,7 +18,7 @@
 //! | `runstream:{<run>}:base` | string | the reduced state as of `first_id - 1` (written when the log is trimmed) |
 //! | `runstream:{<session>}:send:<client_request_id>` | string | the message id of a send; `SET NX EX` (idempotency, TTL) |
 //! | `runstream:{<session>}:unqueued` | hash | `client_request_id` → content of sends accepted but not yet on the queue (a process died between the steps); `EXPIRE` = the send TTL |
-//! | `runstream:{<session>}:claimed:<client_request_id>` | string | the queue entry a chat worker answers for this send; `SET NX EX` (a send queued twice is answered once) |
+//! | `runstream:{<session>}:claimed:<client_request_id>` | string | who answers this send: the queue entry a consumer took (a chat worker, the kit's `onSend`), or `local` (a `--replies local` replica, [`Store::claim_send`]); `SET NX EX` (a send is answered once, also when queued twice) |
 //! | `runstream:cancel_graces` | sorted set | `["<run>","<target>"]` scored by the Unix ms its grace period ends; every replica claims due ones with `ZREM` (one winner) and ends the target |
 //! | `runstream:run_ids` | counter | run ids unique across processes (`INCR`, single key) |
 //! | `runstream:sends` | stream | accepted sends (`s` session, `c` client_request_id, `x` content), for chat workers (consumer group `replies`) and the publish API's long poll; `MAXLEN ~ 100000`; single-key commands only (`XADD`, `XREAD`, `XREADGROUP`, `XACK`, `XGROUP`) |
@@ -1347,6 +1347,27 @@ impl Store for RedisStore {
                 }
             }
             Ok(out)
+        }
+        .boxed()
+    }
+
+    fn claim_send<'a>(
+        &'a self,
+        session: &'a str,
+        crid: &'a str,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        async move {
+            // The same key the queue's consumers claim with (`claim_sends`, the kit's `claimSends`):
+            // whoever sets it first answers; the queue entry is then acknowledged unanswered.
+            let first: Option<String> = redis::cmd("SET")
+                .arg(claimed_key(session, crid))
+                .arg("local")
+                .arg("NX")
+                .arg("EX")
+                .arg(self.send_ttl_s)
+                .query_async(&mut self.conn())
+                .await?;
+            Ok(first.is_some())
         }
         .boxed()
     }
