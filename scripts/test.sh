@@ -56,6 +56,36 @@ step() {
     grep -vE '^\s+[0-9]+: |^\s+at ' "$log" | tail -n 40 | sed 's/^/    | /'
   fi
   grep -E '^\[pkg\]' "$log" | sed 's/^/    /'
+  echo "${p:-0} ${f:-0} $rc" >"$logs/$name.result"
+}
+
+# step_bg NAME CMD...: the same step in the background, for suites that mostly
+# wait (idle holds, heartbeat timeouts) on servers of their own; join_bg prints
+# each one's report in the order started and counts it. Two cores: only suites
+# that wait, never two CPU-bound ones.
+bg_pids=()
+bg_names=()
+step_bg() {
+  local name=$1
+  rm -f "$logs/$name.result"
+  ( step "$@" ) >"$logs/$name.step" 2>&1 &
+  bg_pids+=($!)
+  bg_names+=("$name")
+  printf '==> %s (in the background)\n' "$name"
+}
+join_bg() {
+  local i name p f rc
+  for i in "${!bg_pids[@]}"; do
+    name=${bg_names[$i]}
+    wait "${bg_pids[$i]}"
+    cat "$logs/$name.step"
+    read -r p f rc <"$logs/$name.result" 2>/dev/null || { p=0; f=1; rc=1; }
+    passed=$((passed + p))
+    failed=$((failed + f))
+    [ "$rc" -ne 0 ] && failures+=("$name")
+  done
+  bg_pids=()
+  bg_names=()
 }
 
 step fmt cargo fmt --all --check
@@ -106,11 +136,21 @@ step kit-redis bash -c 'cd kit && node test/support/on-redis.mjs test/http.test.
 step kit-redis-cluster bash -c 'cd kit && node test/support/on-redis.mjs --cluster test/http.test.mjs test/ws.test.mjs'
 if [ -f tests/e2e/package.json ]; then
   step typescript bash -c 'cd tests/e2e && npx tsc -p tsconfig.json'
+  # Suites that mostly wait, on servers of their own (quiet: the independent
+  # spec server's idle holds; doctor: its 40 s idle-stream hold), run beside
+  # the others.
+  background="quiet doctor"
+  for name in $background; do
+    step_bg "e2e-$name" node --test --test-concurrency=1 "tests/e2e/$name.test.mjs"
+  done
   step examples ./scripts/examples.sh
   for suite in tests/e2e/*.test.mjs; do
     [ -e "$suite" ] || continue
-    step "e2e-$(basename "$suite" .test.mjs)" node --test --test-concurrency=1 "$suite"
+    name=$(basename "$suite" .test.mjs)
+    case " $background " in *" $name "*) continue ;; esac
+    step "e2e-$name" node --test --test-concurrency=1 "$suite"
   done
+  join_bg
   # The same reliability scenarios and the infrastructure suite on a real
   # 3-master Redis Cluster (--store redis-cluster://…), issue 26.
   step e2e-reliability-cluster node tests/e2e/on-cluster.mjs tests/e2e/reliability.test.mjs
