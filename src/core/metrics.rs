@@ -104,6 +104,10 @@ pub enum Termination {
     /// Another tab's connection serves this stream (`share: "tabs"`): this
     /// tab stepped down, or its own catch-up / send connection was done.
     Shared,
+    /// The page went into the back/forward cache while this attempt was
+    /// still connecting: ended, not counted as a failure, made again when
+    /// the page comes back.
+    PageHidden,
 }
 
 impl Termination {
@@ -126,6 +130,7 @@ impl Termination {
             Self::ErrorLoop => "error_loop",
             Self::HeadersError => "headers_error",
             Self::Shared => "shared",
+            Self::PageHidden => "page_hidden",
         }
     }
 }

@@ -178,6 +178,12 @@ pub fn dev_host() -> bool {
         .is_some_and(|h| matches!(h.as_str(), "localhost" | "127.0.0.1" | "[::1]" | "::1"))
 }
 
+/// A `pagehide` / `pageshow` event's `persisted`: the page goes into (or
+/// comes back from) the back/forward cache.
+pub fn persisted(ev: &Event) -> bool {
+    Reflect::get(ev, &"persisted".into()).is_ok_and(|v| v.is_truthy())
+}
+
 /// `sessionStorage` or `localStorage`.
 pub fn storage(local: bool) -> Option<web_sys::Storage> {
     let w = web_sys::window()?;

@@ -415,6 +415,47 @@ impl Engine {
         self.mark_dirty();
     }
 
+    /// The page went into the back/forward cache (`pagehide` with
+    /// `persisted`: `cached` is `true`) or came back from it (`pageshow` with
+    /// `persisted`: `false`). Call it for a stream that does not share tabs
+    /// (`share: "tabs"` has its own `pagehide`/`pageshow` handling).
+    ///
+    /// No attempt is made while the page is cached. WebKit cancels a page's
+    /// loads as it leaves, before `pagehide`: the stream sees a network error
+    /// and schedules its reconnect (at once after a healthy link), and that
+    /// attempt, made as the page goes away, would fail too and grow the
+    /// backoff. So a pending wait is remembered and an attempt still
+    /// connecting is ended (`page_hidden`, not a failure); coming back
+    /// reconnects, honouring the remembered wait (API.md: retries honour the
+    /// backoff whatever wakes the client). An open link is left alone: an
+    /// engine that keeps it streams on; one that cuts it reports the error
+    /// when the page is back, and a healthy link reconnects at once.
+    pub fn handle_page_cached(&mut self, now: Ms, cached: bool) {
+        if self.cfg.share_key.is_some() || self.link.cached == cached {
+            return;
+        }
+        if cached {
+            match self.link.conn {
+                Conn::Connecting => {
+                    self.end_link(now, Termination::PageHidden, None);
+                    self.link.go_offline(&mut self.timers);
+                }
+                Conn::Waiting { .. } => self.link.go_offline(&mut self.timers),
+                _ => return,
+            }
+            self.link.cached = true;
+        } else {
+            self.link.cached = false;
+            if let (true, Conn::Offline { resume_at }) = (self.link.online, self.link.conn) {
+                match resume_at {
+                    Some(at) if at > now => self.link.wait_until(now, at, &mut self.timers),
+                    _ => self.connect(now),
+                }
+            }
+        }
+        self.mark_dirty();
+    }
+
     /// The page became visible (`true`) or hidden (`false`). A backoff wait is
     /// never cut short by becoming visible.
     pub fn handle_visibility(&mut self, now: Ms, visible: bool) {
