@@ -4,7 +4,8 @@
 // against the reference server the test command started (RUNSTREAM_SERVER):
 // resume after drops on fetch, sse and websocket; a refresh mid-run with a
 // pending send; idle runs past the heartbeat timeout; share: "tabs" leader
-// takeover; restore from IndexedDB. One driver per engine, one session per
+// takeover; restore from IndexedDB; and leaving a streaming page and coming
+// back (the back/forward cache, where the engines differ most). One driver per engine, one session per
 // engine reused by every scenario. Pages load and run the client themselves
 // (www/engines.html, www/bench/history.html); WebDriver only reads results
 // (../../shared/TOOLCHAIN.md, "Firefox through WebDriver").
@@ -165,6 +166,49 @@ inEveryEngine("resume after drops: a run under chaos (drops, duplicates, reorder
     assert.ok(snap.metrics.duplicatesDropped > 0, `${e.name}/${transport}: duplicates ${snap.metrics.duplicatesDropped} of ${st.dups_sent} sent`);
     assert.equal(snap.metrics.protocolErrors, 0, `${e.name}/${transport}: protocol errors`);
     figures.push({ scenario: "drops", engine: e.name, text: `${transport}: ${snap.metrics.reconnects} reconnects, ${snap.metrics.duplicatesDropped} duplicates dropped, ${snap.metrics.outOfOrder} out of order, cursor ${snap.state.cursor}` });
+  }
+  await noPageErrors(e);
+});
+
+// Engines differ here (docs/BROWSERS.md): WebKit keeps the page in its
+// back/forward cache and cuts every connection; Chromium keeps the page too;
+// Firefox (under WebDriver) loads it again. In every case the streams go on
+// from their cursors to the server's state, nothing lost or shown twice.
+inEveryEngine("back/forward: leaving a streaming page and coming back resumes its streams (fetch, sse, websocket)", async (e) => {
+  const runs = [];
+  for (const transport of TRANSPORTS) {
+    const { run_id } = await api("POST", "/api/admin/runs", { tokens: 150, rate: 30 });
+    runs.push([transport, run_id]);
+  }
+  await load(e, `/engines.html?scenario=live&runs=${runs.map((r) => r.join(":")).join(",")}`);
+  const cursors = () => read(e, "window.__view().map((v) => v.snap.state.cursor)");
+  assert.ok(await until(async () => (await cursors()).every((c) => c >= 20), 10000), `${e.name}: ${await cursors()}`);
+  const loadedAt = await read(e, "window.__loadedAt");
+  const left = await cursors();
+  await e.driver.get(`${server}/pkg/package.json`);
+  await sleep(1500);
+  await e.driver.navigate().back();
+  assert.ok(await until(() => read(e, "window.__ready === true"), 20000));
+  // The same page (the back/forward cache) or a new one (loaded again)?
+  const how = await e.driver.executeScript("return { cached: window.__loadedAt === arguments[0], shows: window.__shows, navigation: window.__navigation }", loadedAt);
+  const ended = () => read(e, "window.__view().every((v) => v.snap.status.connection === 'closed')");
+  assert.ok(await until(ended, 20000), `${e.name}: ${JSON.stringify(await read(e, "window.__view().map((v) => v.snap.status)"))}`);
+  const views = await read(e, "window.__view()");
+  for (const [i, v] of views.entries()) {
+    const label = `${e.name}/${v.transport} (${how.cached ? "back/forward cache" : "loaded again"})`;
+    await assertConverged(runs[i][1], v.snap, label);
+    if (!how.cached) {
+      // Loaded again: restored from storage at least the cursor it showed when it left.
+      assert.ok(v.snap.metrics.eventsApplied <= v.snap.state.cursor - left[i], `${label}: ${v.snap.metrics.eventsApplied} applied after the reload, left at ${left[i]}`);
+    }
+    // The trip costs at most the one connection the engine cut: an attempt
+    // made as the page went away is no failure (WebKit cancels it too), so no
+    // backoff wait follows the return and nothing loops.
+    const t = v.snap.metrics.terminations;
+    const failures = Object.entries(t).filter(([k]) => !["run_completed", "page_hidden"].includes(k)).reduce((n, [, c]) => n + c, 0);
+    assert.ok(failures <= 1, `${label}: ${JSON.stringify(t)}; ${JSON.stringify(v.log)}`);
+    assert.ok(v.snap.metrics.reconnects <= 2, `${label}: ${v.snap.metrics.reconnects} reconnects ${JSON.stringify(t)}`);
+    figures.push({ scenario: "back/forward", engine: e.name, text: `${v.transport}: ${how.cached ? `kept in the back/forward cache (pageshow persisted: ${how.shows})` : `loaded again (${how.navigation})`}, terminations ${JSON.stringify(v.snap.metrics.terminations)}, ${v.snap.metrics.eventsApplied} of ${v.snap.state.cursor} events applied by this page` });
   }
   await noPageErrors(e);
 });
