@@ -1003,17 +1003,22 @@ fn coming_back_from_the_back_forward_cache_honours_a_pending_retry_after() {
     assert!(at >= 120_001.0, "{at}");
 }
 
-/// An open link is left alone (an engine that keeps it in the cache streams
-/// on), and a page that is offline when it comes back waits for `online`.
+/// An open link is closed when the page goes into the cache (not a failure)
+/// and made again, from the cursor, the moment the page is back; a page that
+/// is offline when it comes back waits for `online`.
 #[test]
-fn the_back_forward_cache_leaves_an_open_link_alone_and_offline_still_waits_for_online() {
-    let (mut e, _conn) = open(cfg(), [2, 2]);
+fn the_back_forward_cache_closes_an_open_link_and_offline_still_waits_for_online() {
+    let (mut e, conn) = open(cfg(), [2, 2]);
     e.handle_page_cached(10.0, true);
-    assert!(!drain(&mut e)
-        .iter()
-        .any(|a| matches!(a, Action::Disconnect { .. })));
-    assert_eq!(e.status(10.0).connection, Connection::Open);
-    e.handle_page_cached(20.0, false);
+    assert!(drain(&mut e).contains(&Action::Disconnect { conn }));
+    assert_eq!(e.metrics().terminations.get("page_hidden"), Some(&1));
+    assert!(connect_of(&run_until(&mut e, 100_000.0)).is_none());
+    e.handle_page_cached(100_000.0, false);
+    assert!(
+        connect_of(&drain(&mut e)).is_some(),
+        "not at once when the page is back"
+    );
+    assert_eq!(e.metrics().reconnects, 1);
 
     let (mut e, conn, now) = healthy();
     e.handle_closed(now, conn, CloseCause::Network);

@@ -104,9 +104,8 @@ pub enum Termination {
     /// Another tab's connection serves this stream (`share: "tabs"`): this
     /// tab stepped down, or its own catch-up / send connection was done.
     Shared,
-    /// The page went into the back/forward cache while this attempt was
-    /// still connecting: ended, not counted as a failure, made again when
-    /// the page comes back.
+    /// The page went into the back/forward cache: the link was ended, not
+    /// counted as a failure, and is made again when the page comes back.
     PageHidden,
 }
 

@@ -420,23 +420,24 @@ impl Engine {
     /// `persisted`: `false`). Call it for a stream that does not share tabs
     /// (`share: "tabs"` has its own `pagehide`/`pageshow` handling).
     ///
-    /// No attempt is made while the page is cached. WebKit cancels a page's
-    /// loads as it leaves, before `pagehide`: the stream sees a network error
-    /// and schedules its reconnect (at once after a healthy link), and that
-    /// attempt, made as the page goes away, would fail too and grow the
-    /// backoff. So a pending wait is remembered and an attempt still
-    /// connecting is ended (`page_hidden`, not a failure); coming back
-    /// reconnects, honouring the remembered wait (API.md: retries honour the
-    /// backoff whatever wakes the client). An open link is left alone: an
-    /// engine that keeps it streams on; one that cuts it reports the error
-    /// when the page is back, and a healthy link reconnects at once.
+    /// A cached page holds no connection and makes no attempt: a live link
+    /// is ended (`page_hidden`, not a failure) and a pending wait is
+    /// remembered; coming back reconnects at once from the cursor, or when
+    /// the remembered wait allows (API.md: retries honour the backoff
+    /// whatever wakes the client). Engines differ in what they do to a
+    /// cached page's connections (WebKit cuts them before `pagehide`, and an
+    /// attempt made then fails too; Chromium keeps a fetch stream and
+    /// buffers it; an EventSource's error may arrive only after `pageshow`,
+    /// when timers may still be throttled): ending the link here makes the
+    /// return the same everywhere, and frees the server's connection while
+    /// the user is elsewhere.
     pub fn handle_page_cached(&mut self, now: Ms, cached: bool) {
         if self.cfg.share_key.is_some() || self.link.cached == cached {
             return;
         }
         if cached {
             match self.link.conn {
-                Conn::Connecting => {
+                Conn::Connecting | Conn::Open { .. } => {
                     self.end_link(now, Termination::PageHidden, None);
                     self.link.go_offline(&mut self.timers);
                 }
