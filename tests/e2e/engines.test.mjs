@@ -13,7 +13,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { readFileSync, existsSync, openSync, mkdtempSync } from "node:fs";
+import { readFileSync, existsSync, openSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
@@ -40,6 +40,8 @@ const freePort = () =>
 // The browsers' flags live once, in webdriver.json (read by `wasm-pack test` too).
 const wdj = JSON.parse(readFileSync(join(root, "webdriver.json"), "utf8"));
 const home = process.env.HOME || "/root";
+// Chromium's profile for this run (removed at the end).
+const chromiumProfile = mkdtempSync(join(tmpdir(), "rs-engines-chromium-"));
 const DRIVERS = {
   chromium: {
     bin: process.env.CHROMEDRIVER || "/usr/bin/chromedriver",
@@ -48,7 +50,7 @@ const DRIVERS = {
       browserName: "chrome",
       "goog:chromeOptions": {
         binary: process.env.CHROMIUM || "/usr/bin/chromium",
-        args: [...wdj["goog:chromeOptions"].args, `--user-data-dir=${mkdtempSync(join(tmpdir(), "rs-engines-chromium-"))}`],
+        args: [...wdj["goog:chromeOptions"].args, `--user-data-dir=${chromiumProfile}`],
       },
     }),
   },
@@ -75,6 +77,7 @@ async function startEngine(name) {
   const log = openSync(join(artifacts, `engines-${name}-driver.log`), "w");
   // Its own process group: the driver, Xvfb and the browsers all end with it.
   const proc = spawn(d.bin, d.args(port), { detached: true, stdio: ["ignore", log, log] });
+  engines[name] = { name, proc, driver: null };
   const url = `http://127.0.0.1:${port}`;
   const up = await until(async () => {
     try {
@@ -87,7 +90,7 @@ async function startEngine(name) {
   const t0 = Date.now();
   const driver = await new Builder().usingServer(url).withCapabilities(d.caps()).build();
   await driver.manage().setTimeouts({ script: 30000, pageLoad: 30000 });
-  engines[name] = { name, driver, proc, sessionMs: Date.now() - t0 };
+  Object.assign(engines[name], { driver, sessionMs: Date.now() - t0 });
 }
 
 before(async () => {
@@ -97,13 +100,14 @@ before(async () => {
 
 after(async () => {
   for (const e of Object.values(engines)) {
-    await e.driver.quit().catch(() => {});
+    await e.driver?.quit().catch(() => {});
     try {
       process.kill(-e.proc.pid, "SIGTERM");
     } catch {
       // already gone
     }
   }
+  rmSync(chromiumProfile, { recursive: true, force: true });
   if (figures.length) {
     console.log("\nscenario | engine | figures");
     for (const f of figures) console.log(`${f.scenario} | ${f.engine} | ${f.text}`);
