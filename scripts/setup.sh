@@ -43,10 +43,17 @@ if ! wasm-opt --version 2>/dev/null | grep -qE 'version (11[6-9]|1[2-9][0-9])'; 
 fi
 
 apt_pkgs=()
+apt_webkit=()
 if [ "$need_browsers" = 1 ]; then
   command -v chromium >/dev/null || apt_pkgs+=(chromium)
   command -v chromedriver >/dev/null || apt_pkgs+=(chromium-driver)
   command -v firefox-esr >/dev/null || apt_pkgs+=(firefox-esr)
+  # WebKit (WebKitGTK's WebKitWebDriver + MiniBrowser) for the browser-webkit step and
+  # tests/e2e/engines.test.mjs; it needs an X display: Xvfb through xvfb-run (xauth).
+  # --no-install-recommends keeps it to ~70 MB (TOOLCHAIN.md "WebKit").
+  command -v WebKitWebDriver >/dev/null || apt_webkit+=(webkit2gtk-driver)
+  command -v xvfb-run >/dev/null || apt_webkit+=(xvfb)
+  command -v xauth >/dev/null || apt_webkit+=(xauth)
 fi
 # redis-server and nginx for the infrastructure tests (tests/e2e/infra.test.mjs, the
 # server's Redis tests) and `./scripts/demo.sh --redis`; started on loopback ports
@@ -64,6 +71,11 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
   log "apt-get install ${apt_pkgs[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+fi
+if [ ${#apt_webkit[@]} -gt 0 ]; then
+  log "apt-get install --no-install-recommends ${apt_webkit[*]}"
+  [ ${#apt_pkgs[@]} -gt 0 ] || apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install --no-install-recommends -y -qq "${apt_webkit[@]}" >/dev/null
 fi
 if [ "$need_browsers" = 1 ] && ! command -v geckodriver >/dev/null; then
   log "cargo install geckodriver"

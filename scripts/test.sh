@@ -2,7 +2,7 @@
 # Runs every test: formatting, clippy (no-panic lints on library code), native
 # tests (core + reference server, the server's on both stores: memory and a
 # real redis-server each test starts), the npm package build, browser tests in
-# headless Chromium and Firefox against the reference server, the TypeScript
+# headless Chromium and Firefox and in WebKit (under Xvfb) against the reference server, the TypeScript
 # check of the public API, and the end-to-end suites (infra.test.mjs starts its
 # own redis-server, replicas and nginx; the reliability and infra suites run
 # once more on a 3-master Redis Cluster). Installs what is missing first.
@@ -125,6 +125,10 @@ export GECKODRIVER=${GECKODRIVER:-$HOME/.cargo/bin/geckodriver}
 # set, whatever --chrome says: give each step only its own driver.
 step browser-chromium env -u GECKODRIVER wasm-pack test --headless --chrome
 step browser-firefox env -u CHROMEDRIVER wasm-pack test --headless --firefox
+# WebKit: the runner's Safari mode drives WebKitGTK's WebKitWebDriver (it sends
+# the capabilities Safari takes, which WebKitWebDriver accepts), under a fresh
+# Xvfb display: without one, WebKitWebDriver's POST /session hangs.
+step browser-webkit env -u CHROMEDRIVER -u GECKODRIVER xvfb-run -a wasm-pack test --headless --safari --safaridriver /usr/bin/WebKitWebDriver
 # The TypeScript kit (@runstream/server, kit/): its reducer wasm + TypeScript
 # build, then its node:test suites over loopback HTTP/WebSocket. Before the
 # e2e suites: tests/e2e/kit.test.mjs runs the browser client against kit/dist.

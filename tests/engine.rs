@@ -933,3 +933,116 @@ fn undelivered_optimistic_messages_are_resent_after_a_refresh() {
     assert_eq!(posts, vec![crid]);
     assert_eq!(e2.state().messages.len(), 1);
 }
+
+// ---- the back/forward cache (pagehide / pageshow with `persisted`) ----------------
+
+/// An engine whose link has been healthy (open for longer than `healthy_after_ms`).
+fn healthy() -> (Engine, u64, Ms) {
+    let (mut e, conn) = open(cfg(), [5, 5]);
+    run_until(&mut e, 6000.0);
+    (e, conn, 6000.0)
+}
+
+/// WebKit cancels a page's loads as it goes into the back/forward cache,
+/// before `pagehide`: the healthy link's error schedules a reconnect at once,
+/// and that attempt, made as the page leaves, is cancelled too. It must not
+/// count as a failure: back from the cache, the stream reconnects at once
+/// instead of after a backoff wait.
+#[test]
+fn an_attempt_made_as_the_page_goes_into_the_back_forward_cache_is_no_failure() {
+    let (mut e, conn, now) = healthy();
+    e.handle_closed(now, conn, CloseCause::Network);
+    let (conn2, _, t1) = next_connect(&mut e, now, 200.0).expect("a reconnect at once");
+    e.handle_page_cached(t1 + 2.0, true);
+    assert!(drain(&mut e).contains(&Action::Disconnect { conn: conn2 }));
+    assert_eq!(e.metrics().terminations.get("page_hidden"), Some(&1));
+    // The cancelled attempt's own error, delivered late, changes nothing.
+    e.handle_closed(t1 + 3.0, conn2, CloseCause::Network);
+    assert_eq!(e.metrics().terminations.get("network_error"), Some(&1));
+    // No attempt while the page is cached, however long.
+    let acts = run_until(&mut e, t1 + 600_000.0);
+    assert!(connect_of(&acts).is_none(), "{acts:?}");
+    // Back: at once, from the cursor.
+    let back = t1 + 600_000.0;
+    e.handle_page_cached(back, false);
+    let (conn3, _) = connect_of(&drain(&mut e)).expect("reconnects at once when the page is back");
+    assert!(conn3 > conn2);
+    e.handle_response(back + 5.0, conn3, 200, None, true);
+    assert_eq!(e.status(back + 5.0).connection, Connection::Open);
+    assert_eq!(e.status(back + 5.0).last_error, None);
+}
+
+/// The reconnect was still waiting when the page left (the usual order): it
+/// waits for the page to come back, then goes at once (the link was healthy).
+#[test]
+fn a_reconnect_pending_when_the_page_is_cached_goes_when_it_is_back() {
+    let (mut e, conn, now) = healthy();
+    e.handle_closed(now, conn, CloseCause::Network);
+    drain(&mut e);
+    e.handle_page_cached(now + 0.5, true);
+    assert!(connect_of(&run_until(&mut e, now + 60_000.0)).is_none());
+    e.handle_page_cached(now + 60_000.0, false);
+    assert!(connect_of(&drain(&mut e)).is_some());
+    assert_eq!(e.metrics().terminations.get("page_hidden"), None);
+}
+
+/// API.md: retries honour `Retry-After` and the backoff whatever wakes the
+/// client: coming back from the cache does not cut a pending wait short.
+#[test]
+fn coming_back_from_the_back_forward_cache_honours_a_pending_retry_after() {
+    let (mut e, conn) = connecting(cfg(), [1, 1]);
+    e.handle_response(1.0, conn, 503, Some(120_000.0), true);
+    drain(&mut e);
+    e.handle_page_cached(10.0, true);
+    e.handle_page_cached(5000.0, false);
+    assert!(
+        connect_of(&drain(&mut e)).is_none(),
+        "the page's return cut Retry-After short"
+    );
+    let (_, _, at) = next_connect(&mut e, 5000.0, 200_000.0).expect("reconnects after Retry-After");
+    assert!(at >= 120_001.0, "{at}");
+}
+
+/// An open link is closed when the page goes into the cache (not a failure)
+/// and made again, from the cursor, the moment the page is back; a page that
+/// is offline when it comes back waits for `online`.
+#[test]
+fn the_back_forward_cache_closes_an_open_link_and_offline_still_waits_for_online() {
+    let (mut e, conn) = open(cfg(), [2, 2]);
+    e.handle_page_cached(10.0, true);
+    assert!(drain(&mut e).contains(&Action::Disconnect { conn }));
+    assert_eq!(e.metrics().terminations.get("page_hidden"), Some(&1));
+    assert!(connect_of(&run_until(&mut e, 100_000.0)).is_none());
+    e.handle_page_cached(100_000.0, false);
+    assert!(
+        connect_of(&drain(&mut e)).is_some(),
+        "not at once when the page is back"
+    );
+    assert_eq!(e.metrics().reconnects, 1);
+
+    let (mut e, conn, now) = healthy();
+    e.handle_closed(now, conn, CloseCause::Network);
+    drain(&mut e);
+    e.handle_page_cached(now + 1.0, true);
+    e.handle_online(now + 2.0, false);
+    e.handle_page_cached(now + 3.0, false);
+    assert!(connect_of(&drain(&mut e)).is_none());
+    assert_eq!(e.status(now + 3.0).connection, Connection::Offline);
+    e.handle_online(now + 4.0, true);
+    assert!(next_connect(&mut e, now + 4.0, 200.0).is_some());
+}
+
+/// `share: "tabs"` has its own pagehide/pageshow handling (the lock is given
+/// up and asked for again): this input leaves such a stream alone.
+#[test]
+fn the_back_forward_cache_input_leaves_a_tab_shared_stream_to_its_own_handling() {
+    let mut c = cfg();
+    c.share_key = Some("k".into());
+    let mut e = Engine::new(c, [3, 3], None);
+    e.start(0.0);
+    drain(&mut e);
+    let before = e.status(0.0);
+    e.handle_page_cached(1.0, true);
+    assert!(drain(&mut e).is_empty());
+    assert_eq!(e.status(1.0), before);
+}

@@ -1,4 +1,4 @@
-//! Browser tests (headless Chromium and Firefox via `wasm-pack test`) of the
+//! Browser tests (headless Chromium and Firefox, and WebKit under Xvfb, via `wasm-pack test`) of the
 //! JS API against the reference server on loopback (`RUNSTREAM_SERVER`).
 #![cfg(all(target_arch = "wasm32", feature = "web"))]
 #![allow(
@@ -657,6 +657,79 @@ impl Drop for NoEval {
     }
 }
 
+/// `window.fetch` wrapped to keep the `AbortSignal` of every request whose URL
+/// contains `needle`, so a test sees what the library asked of the browser
+/// (abort this request) apart from what the browser did on the network;
+/// restored on drop.
+struct FetchSpy {
+    window: web_sys::Window,
+    original: JsValue,
+    signals: Rc<RefCell<Vec<web_sys::AbortSignal>>>,
+    /// Requests started while an earlier one was not aborted yet.
+    overlaps: Rc<Cell<u32>>,
+    _wrapper: Closure<dyn FnMut(JsValue, JsValue) -> Result<JsValue, JsValue>>,
+}
+
+impl FetchSpy {
+    fn install(needle: &str) -> Self {
+        let window = web_sys::window().unwrap();
+        let original = Reflect::get(&window, &"fetch".into()).unwrap();
+        let signals: Rc<RefCell<Vec<web_sys::AbortSignal>>> = Rc::default();
+        let overlaps = Rc::new(Cell::new(0));
+        let (f, w, sig, over, needle) = (
+            original.clone().dyn_into::<Function>().unwrap(),
+            window.clone(),
+            signals.clone(),
+            overlaps.clone(),
+            needle.to_owned(),
+        );
+        let wrapper = Closure::<dyn FnMut(JsValue, JsValue) -> Result<JsValue, JsValue>>::new(
+            move |input: JsValue, init: JsValue| {
+                if input.as_string().is_some_and(|u| u.contains(&needle)) {
+                    let mut list = sig.borrow_mut();
+                    if list.iter().any(|s| !s.aborted()) {
+                        over.set(over.get() + 1);
+                    }
+                    if let Ok(s) = Reflect::get(&init, &"signal".into()) {
+                        if let Ok(s) = s.dyn_into::<web_sys::AbortSignal>() {
+                            list.push(s);
+                        }
+                    }
+                }
+                f.call2(&w, &input, &init)
+            },
+        );
+        Reflect::set(&window, &"fetch".into(), wrapper.as_ref()).unwrap();
+        Self {
+            window,
+            original,
+            signals,
+            overlaps,
+            _wrapper: wrapper,
+        }
+    }
+
+    /// Requests seen, and how many of them the library has aborted.
+    fn aborted(&self) -> (usize, usize) {
+        let list = self.signals.borrow();
+        (list.len(), list.iter().filter(|s| s.aborted()).count())
+    }
+}
+
+impl Drop for FetchSpy {
+    fn drop(&mut self) {
+        let _ = Reflect::set(&self.window, &"fetch".into(), &self.original);
+    }
+}
+
+/// WebKit (WebKitGTK 2.50 measured: Safari's engine, not Chromium's or Gecko's).
+fn is_webkit() -> bool {
+    let ua = web_sys::window()
+        .and_then(|w| w.navigator().user_agent().ok())
+        .unwrap_or_default();
+    ua.contains("AppleWebKit") && !ua.contains("Chrome")
+}
+
 /// Calls method `name` of the JS object of a stream, catching what it throws.
 fn call_method(obj: &JsValue, name: &str, args: &[JsValue]) -> Result<JsValue, JsValue> {
     let f: Function = Reflect::get(obj, &name.into())?.dyn_into()?;
@@ -747,6 +820,7 @@ async fn unsubscribe_functions_are_idempotent_and_stop_calls() {
 #[wasm_bindgen_test]
 async fn a_send_to_a_server_that_never_answers_times_out_is_retried_and_close_aborts_it() {
     let key = fresh("hang_send");
+    let spy = FetchSpy::install(&format!("/api/chaos/hang/{key}"));
     let s = stream(
         &fresh("chat"),
         "fetch",
@@ -760,13 +834,35 @@ async fn a_send_to_a_server_that_never_answers_times_out_is_retried_and_close_ab
     // Each attempt is aborted after connectTimeoutMs and retried with backoff.
     let (hits, open) = until_knob(&key, 5000, |h, _| h >= 3).await;
     assert!(hits >= 3, "the hung send was not retried: {hits} requests");
-    assert!(open <= 1, "{open} requests open at once");
+    // WebKit (WebKitGTK 2.50.6) sometimes does not cancel an aborted fetch
+    // that has a request body on the network: about 1 in 20 such requests
+    // stays open at the server until it answers (over 150 s measured; GETs
+    // and body-less POSTs 0 in 64; docs/BROWSERS.md). What the library asks
+    // is checked in every engine: each attempt aborted before the next one
+    // starts, and every one aborted by close(); the server's count of open
+    // requests is checked where the engine carries the abort out.
+    assert_eq!(
+        spy.overlaps.get(),
+        0,
+        "a retry started before the attempt it replaced was aborted"
+    );
+    assert!(is_webkit() || open <= 1, "{open} requests open at once");
     let v = snapshot(&s);
     assert_ne!(v["state"]["messages"][0]["status"], "failed", "{v}");
     // close() aborts the request in flight.
     s.close();
+    let (seen, aborted) = spy.aborted();
+    assert!(
+        seen >= 3 && aborted == seen,
+        "close() left {} of {seen} requests unaborted",
+        seen - aborted
+    );
+    drop(spy);
     let (_, open) = until_knob(&key, 3000, |_, o| o == 0).await;
-    assert_eq!(open, 0, "a closed stream still has a send in flight");
+    assert!(
+        is_webkit() || open == 0,
+        "a closed stream still has a send in flight"
+    );
     let (h1, _) = knob_stats(&key).await;
     TimeoutFuture::new(600).await;
     assert_eq!(

@@ -104,6 +104,9 @@ pub enum Termination {
     /// Another tab's connection serves this stream (`share: "tabs"`): this
     /// tab stepped down, or its own catch-up / send connection was done.
     Shared,
+    /// The page went into the back/forward cache: the link was ended, not
+    /// counted as a failure, and is made again when the page comes back.
+    PageHidden,
 }
 
 impl Termination {
@@ -126,6 +129,7 @@ impl Termination {
             Self::ErrorLoop => "error_loop",
             Self::HeadersError => "headers_error",
             Self::Shared => "shared",
+            Self::PageHidden => "page_hidden",
         }
     }
 }

@@ -126,7 +126,7 @@ export interface MessageMetrics {
 export type TerminationReason =
   | "server_closed" | "network_error" | "connect_timeout" | "heartbeat_timeout" | "http_4xx" | "http_5xx"
   | "protocol_error" | "resync" | "client_closed" | "offline" | "run_completed" | "no_content"
-  | "retry_now" | "error_loop" | "headers_error" | "shared";
+  | "retry_now" | "error_loop" | "headers_error" | "shared" | "page_hidden";
 
 export interface RunMetrics {
   readonly reconnects: number;
@@ -276,8 +276,19 @@ impl RunStream {
                 ls.extend(env::Listener::new(t, "offline", move |_| {
                     with_engine(&b, |e| e.handle_online(env::now(), false));
                 }));
-                ls.extend(env::Listener::new(t, "pagehide", move |_| {
-                    with_engine(&c, |e| e.persist_now(env::now()));
+                let d = weak.clone();
+                ls.extend(env::Listener::new(t, "pagehide", move |ev| {
+                    with_engine(&c, |e| {
+                        e.persist_now(env::now());
+                        if env::persisted(&ev) {
+                            e.handle_page_cached(env::now(), true);
+                        }
+                    });
+                }));
+                ls.extend(env::Listener::new(t, "pageshow", move |ev| {
+                    if env::persisted(&ev) {
+                        with_engine(&d, |e| e.handle_page_cached(env::now(), false));
+                    }
                 }));
                 if let Some(d) = w.document() {
                     let t: &web_sys::EventTarget = d.as_ref();

@@ -171,6 +171,12 @@ pub fn resolve(url: &str, websocket: bool) -> String {
     }
 }
 
+/// A `pagehide` / `pageshow` event's `persisted`: the page goes into (or
+/// comes back from) the back/forward cache.
+pub fn persisted(ev: &Event) -> bool {
+    Reflect::get(ev, &"persisted".into()).is_ok_and(|v| v.is_truthy())
+}
+
 /// `sessionStorage` or `localStorage`.
 pub fn storage(local: bool) -> Option<web_sys::Storage> {
     let w = web_sys::window()?;

@@ -119,6 +119,9 @@ pub struct Link {
     pub online: bool,
     /// The page is visible.
     pub visible: bool,
+    /// The page is in the back/forward cache: no attempt is made until it
+    /// comes back (the link waits as [`Conn::Offline`] does).
+    pub cached: bool,
     /// Human-readable last error.
     pub last_error: Option<String>,
     /// The current attempt.
@@ -138,6 +141,7 @@ impl Default for Link {
             unauthorized_retried: false,
             online: true,
             visible: true,
+            cached: false,
             last_error: None,
             attempt: Attempt::default(),
         }

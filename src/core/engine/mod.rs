@@ -415,6 +415,48 @@ impl Engine {
         self.mark_dirty();
     }
 
+    /// The page went into the back/forward cache (`pagehide` with
+    /// `persisted`: `cached` is `true`) or came back from it (`pageshow` with
+    /// `persisted`: `false`). Call it for a stream that does not share tabs
+    /// (`share: "tabs"` has its own `pagehide`/`pageshow` handling).
+    ///
+    /// A cached page holds no connection and makes no attempt: a live link
+    /// is ended (`page_hidden`, not a failure) and a pending wait is
+    /// remembered; coming back reconnects at once from the cursor, or when
+    /// the remembered wait allows (API.md: retries honour the backoff
+    /// whatever wakes the client). Engines differ in what they do to a
+    /// cached page's connections (WebKit cuts them before `pagehide`, and an
+    /// attempt made then fails too; Chromium keeps a fetch stream and
+    /// buffers it; an EventSource's error may arrive only after `pageshow`,
+    /// when timers may still be throttled): ending the link here makes the
+    /// return the same everywhere, and frees the server's connection while
+    /// the user is elsewhere.
+    pub fn handle_page_cached(&mut self, now: Ms, cached: bool) {
+        if self.cfg.share_key.is_some() || self.link.cached == cached {
+            return;
+        }
+        if cached {
+            match self.link.conn {
+                Conn::Connecting | Conn::Open { .. } => {
+                    self.end_link(now, Termination::PageHidden, None);
+                    self.link.go_offline(&mut self.timers);
+                }
+                Conn::Waiting { .. } => self.link.go_offline(&mut self.timers),
+                _ => return,
+            }
+            self.link.cached = true;
+        } else {
+            self.link.cached = false;
+            if let (true, Conn::Offline { resume_at }) = (self.link.online, self.link.conn) {
+                match resume_at {
+                    Some(at) if at > now => self.link.wait_until(now, at, &mut self.timers),
+                    _ => self.connect(now),
+                }
+            }
+        }
+        self.mark_dirty();
+    }
+
     /// The page became visible (`true`) or hidden (`false`). A backoff wait is
     /// never cut short by becoming visible.
     pub fn handle_visibility(&mut self, now: Ms, visible: bool) {

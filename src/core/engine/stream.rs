@@ -179,7 +179,10 @@ impl Engine {
         if self.link.attempt.first_event_at.is_none() {
             let ok = matches!(
                 reason,
-                Termination::RunCompleted | Termination::ClientClosed | Termination::NoContent
+                Termination::RunCompleted
+                    | Termination::ClientClosed
+                    | Termination::NoContent
+                    | Termination::PageHidden
             );
             let status = if ok {
                 SpanStatus::Canceled
