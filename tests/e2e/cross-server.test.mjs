@@ -9,11 +9,11 @@
 // (`produce --chat-worker`, consumer group `replies`), once.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
 import { join, dirname, normalize, extname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { spawnTracked } from "./procs.mjs";
 
 import { createRunstream } from "../../kit/dist/index.js";
 import { redisStore } from "../../kit/dist/redis.js";
@@ -32,24 +32,7 @@ const TYPES = { ".js": "text/javascript", ".wasm": "application/wasm", ".html": 
 let redis, gw, kitUrl, rs, kitServer, wsAttach, browser;
 const procs = [];
 
-function run(args) {
-  const p = spawn(bin, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
-  procs.push(p);
-  p.lines = [];
-  p.err = "";
-  let buf = "";
-  p.stdout.on("data", (d) => {
-    buf += d;
-    let i;
-    while ((i = buf.indexOf("\n")) >= 0) {
-      p.lines.push(buf.slice(0, i));
-      buf = buf.slice(i + 1);
-    }
-  });
-  p.stderr.on("data", (d) => { p.err += d; });
-  p.done = new Promise((r) => p.once("exit", (code) => r(code)));
-  return p;
-}
+const run = (args) => spawnTracked(bin, args, procs);
 
 async function waitLine(p, re, ms = 15000) {
   const end = Date.now() + ms;

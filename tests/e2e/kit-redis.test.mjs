@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { spawnTracked } from "./procs.mjs";
 
 import { redisStore } from "../../kit/dist/redis.js";
 import { Reducer } from "../../kit/dist/reducer.js";
@@ -26,25 +27,7 @@ const STORE = process.env.STORE === "cluster" ? "cluster" : "redis";
 let redis, gateway, gw, kit;
 const procs = [];
 
-/** Spawns `bin args…`; resolves with the process and its stdout lines so far (kept updated). */
-function run(args) {
-  const p = spawn(bin, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
-  procs.push(p);
-  p.lines = [];
-  p.err = "";
-  let buf = "";
-  p.stdout.on("data", (d) => {
-    buf += d;
-    let i;
-    while ((i = buf.indexOf("\n")) >= 0) {
-      p.lines.push(buf.slice(0, i));
-      buf = buf.slice(i + 1);
-    }
-  });
-  p.stderr.on("data", (d) => { p.err += d; });
-  p.done = new Promise((r) => p.once("exit", (code) => r(code)));
-  return p;
-}
+const run = (args) => spawnTracked(bin, args, procs);
 
 /** `produce …` to its end: the run ids it created. */
 async function produce(...args) {
