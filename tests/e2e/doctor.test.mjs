@@ -1,6 +1,7 @@
 // runstream-doctor (SERVER.md §3, issue 30) against real set-ups on loopback:
 // the gateway directly (--auth none, and JWTs with --token), deploy/nginx.conf
-// and deploy/Caddyfile in front of two gateway replicas on one redis-server:
+// and deploy/Caddyfile in front of two gateway replicas on one redis-server,
+// and the TypeScript kit (kit/dist) on its memory store and on that Redis:
 // exit 0 and no `error` finding. Then broken set-ups, each reported by its
 // own finding id and nothing else as an error: nginx that really buffers
 // (gzip + proxy_buffering on, ../../shared/TOOLCHAIN.md), gzip on
@@ -25,6 +26,9 @@ import { join } from "node:path";
 import { connect } from "node:net";
 import { root, have, freePort, nginxConfig } from "./infra.mjs";
 import { startSpecServer } from "./spec-server.mjs";
+import { createServer } from "node:http";
+import { createRunstream, memoryStore } from "../../kit/dist/index.js";
+import { redisStore } from "../../kit/dist/redis.js";
 
 const SERVER = process.env.RUNSTREAM_SERVER_BIN || join(root, "target/debug/runstream-server");
 const DOCTOR = process.env.RUNSTREAM_DOCTOR_BIN || join(root, "target/debug/runstream-doctor");
@@ -37,6 +41,7 @@ const dir = mkdtempSync(join(tmpdir(), "runstream-doctor-"));
 chmodSync(dir, 0o755); // nginx workers (nobody) reach their temp dirs
 const procs = new Set();
 const specs = [];
+const kits = [];
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function track(name, cmd, args, opts = {}) {
@@ -71,6 +76,21 @@ async function gateway(name, args) {
   track(name, SERVER, ["--addr", `127.0.0.1:${port}`, "--publish-key-file", join(dir, "publish.key"), ...args]);
   await waitForPort(port);
   return port;
+}
+
+/**
+ * The TypeScript kit (`@runstream/server`, kit/dist) as a team runs it: its
+ * node:http adapter and WebSocket on a free port, the publish API on, no
+ * answering producer (the doctor's probe run and sends need none), the
+ * default 15 s heartbeat. Resolves with its base URL.
+ */
+async function kitServer(store) {
+  const rs = createRunstream({ store, auth: "none", publishKey: KEY });
+  const server = createServer(rs.node);
+  const ws = rs.attachWebSocket(server, { path: "/api/ws" });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  kits.push({ rs, server, ws, store });
+  return `http://127.0.0.1:${server.address().port}`;
 }
 
 /** A test CA and a certificate for 127.0.0.1 signed by it: `{ ca, cert, key }` (PEM paths). */
@@ -253,8 +273,15 @@ async function setUp() {
     // 2 s heartbeats, but the held headers wait for a 15 s one, as a default Node server's do.
     specs.push([f, await startSpecServer({ publishKey: KEY, faults: [f], heartbeatMs: f === "no-flush" ? 15000 : 2000 })]);
   }
+  // The kit on its memory store, and on the replicas' Redis (the gateway's layout).
+  const [kitMemory, kitRedis] = await Promise.all([
+    kitServer(memoryStore()),
+    kitServer(redisStore({ url: `redis://127.0.0.1:${redisPort}` })),
+  ]);
   const key = ["--publish-key", KEY];
   const jobs = {
+    kitMemory: doctor("kit-memory", kitMemory, [...key, ...HOLD]),
+    kitRedis: doctor("kit-redis", kitRedis, [...key, ...HOLD]),
     direct: doctor("direct", `http://127.0.0.1:${r0}`, [...key]), // the default hold (40 s): the ≤ 60 s figure
     jwt: doctor("jwt", `http://127.0.0.1:${jwtGw}`, [...key, ...HOLD, "--run", created.run_id, "--token", token, "--session", session, "--page-origin", "https://app.example"]),
     corsDenied: doctor("cors-denied", `http://127.0.0.1:${jwtGw}`, [...key, ...HOLD, "--page-origin", "https://other.example"]),
@@ -282,6 +309,13 @@ async function setUp() {
 
 after(async () => {
   await Promise.all(specs.map(([, s]) => s.close()));
+  for (const k of kits) {
+    await k.ws.close();
+    await k.rs.close();
+    k.server.closeAllConnections();
+    await new Promise((r) => k.server.close(r));
+    await k.store.close?.();
+  }
   for (const p of procs) try { p.kill("SIGTERM"); } catch {}
   await Promise.race([Promise.all([...procs].map((p) => p.exited)), sleep(3000)]);
   killAll();
@@ -377,6 +411,14 @@ test("without a publish key, --run of a finished run: its framing, replays, snap
     "status-finished", "snapshot", "websocket", "auth"]) assert.ok(r.report.checked.includes(id), `${id} checked: ${r.report.checked}`);
   const skipped = r.report.skipped.map((s) => s.id);
   for (const id of ["buffering", "idle-timeout", "heartbeat", "cancel-idempotency"]) assert.ok(skipped.includes(id), `${id} skipped: ${skipped}`);
+});
+
+test("the TypeScript kit on memoryStore (node:http adapter, WebSocket): exit 0, no error, every probe judged", { skip }, () => {
+  healthy(runs.kitMemory);
+});
+
+test("the TypeScript kit on redisStore (the gateway's Redis): exit 0, no error, every probe judged", { skip }, () => {
+  healthy(runs.kitRedis);
 });
 
 test("usage errors exit 2", { skip }, () => {
