@@ -34,7 +34,7 @@ import { readFileSync } from "node:fs";
 import { Cluster, Redis } from "ioredis";
 import type { ClusterOptions, RedisOptions } from "ioredis";
 
-import { Reducer } from "./reducer.js";
+import { Reducer, prunePoint } from "./reducer.js";
 import {
   StoreError,
   cancelTargetFromKey,
@@ -760,10 +760,10 @@ export class RedisStore implements Store {
     return `msg_${num(await this.cmd("HINCRBY", metaKey(id), "next_message", 1))}`;
   }
 
-  /** Prunes to the window when the run holds 10 % more than it (amortized O(1) per event). */
+  /** Prunes to the window when the run holds 10 % more than it (the one rule, {@link prunePoint}). */
   private async trimIfOver(id: string, last: number, first: number): Promise<void> {
-    const held = Math.max(0, last + 1 - first);
-    if (held > this.window + Math.floor(this.window / 10)) await this.prune(id, last + 1 - this.window);
+    const keepFrom = prunePoint(first, last, this.window);
+    if (keepFrom !== null) await this.prune(id, keepFrom);
   }
 
   async prune(id: string, keepFrom: number): Promise<boolean> {

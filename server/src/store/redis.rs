@@ -70,8 +70,8 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::{
-    BatchOutcome, IdemKey, NewEvent, QueuedSend, Reduced, Replay, RunKind, RunMeta, RunSpec,
-    SendOutcome, SendRecord, Store, StoreError, StoreResult, Tail,
+    prune_point, restore_base, BatchOutcome, IdemKey, NewEvent, QueuedSend, Reduced, Replay,
+    RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreError, StoreResult, Tail,
 };
 use crate::hub::{lock, rfc3339_now, Chaos};
 
@@ -509,7 +509,7 @@ impl RedisStore {
             .query_async(&mut self.conn())
             .await?;
         match text {
-            Some(t) => Reduced::from_stored(id, &t),
+            Some(t) => restore_base(id, &t),
             None => Ok(Reduced::new(id)),
         }
     }
@@ -581,7 +581,7 @@ impl RedisStore {
                 .query_async(&mut self.conn())
                 .await?;
             let Some(base) = base else { continue };
-            let base = Reduced::from_stored(id, &base)?;
+            let base = restore_base(id, &base)?;
             let evs = events(entries)?;
             if first != Some(base.cursor() + 1) || !dense_from(&evs, base.cursor() + 1) {
                 continue;
@@ -616,11 +616,11 @@ impl RedisStore {
         Ok(Some(n))
     }
 
-    /// Prunes to the window when the run holds 10 % more than it (amortized O(1) per event).
+    /// Prunes to the window when the run holds 10 % more than it (amortized O(1) per event;
+    /// the one rule, [`prune_point`]).
     async fn trim_if_over(&self, id: &str, last: u64, first: u64) -> StoreResult<()> {
-        let held = (last + 1).saturating_sub(first);
-        if held > self.window + self.window / 10 {
-            self.prune_now(id, last + 1 - self.window).await?;
+        if let Some(keep_from) = prune_point(first, last, self.window) {
+            self.prune_now(id, keep_from).await?;
         }
         Ok(())
     }
@@ -642,7 +642,7 @@ impl RedisStore {
                 return Ok(true);
             }
             for (n, e) in &evs {
-                base.apply(*n, e);
+                base.apply(*n, e.get());
                 next = n + 1;
             }
         }
@@ -726,7 +726,7 @@ impl RedisStore {
                 continue;
             }
             for (n, e) in &evs {
-                r.apply(*n, e);
+                r.apply(*n, e.get());
             }
         }
         let body = SnapshotBody::new(id, r.cursor(), &r.state);
