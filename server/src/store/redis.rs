@@ -46,9 +46,12 @@
 //! - Live tail: one task per run with local subscribers runs `XREAD BLOCK` on
 //!   its own connection (a blocking read would stall the shared multiplexed
 //!   one) and keeps the newest events in a bounded cache; every local stream
-//!   of the run reads from that cache, so N clients cost one Redis reader.
-//! - Window: when a run holds more than `window + 10 %` events, the appender
-//!   reduces the oldest ones into the base and `XTRIM MINID`s them.
+//!   of the run reads from that cache, so N clients cost one Redis reader
+//!   (and one `HGET` of `first_id` per read: events another process pruned
+//!   since are never served from the cache, the resume gets the snapshot).
+//! - Window: when a run holds more than `window + 10 %` events
+//!   ([`prune_point`]), the appender reduces the oldest ones into the base
+//!   and `XTRIM MINID`s them.
 //! - Snapshot: the base plus `XRANGE` of the window, reduced; each process
 //!   caches the reduced state and only applies what is new.
 
@@ -530,9 +533,33 @@ impl RedisStore {
         })
     }
 
+    /// True when the run's local tail cache holds the events after `after`.
+    fn cache_covers(&self, id: &str, after: u64) -> bool {
+        let Some(shared) = lock(&self.tails).get(id).cloned() else {
+            return false;
+        };
+        let covers = after + 1 >= lock(&shared.cache).first;
+        covers
+    }
+
     async fn read_now(&self, id: &str, after: u64) -> StoreResult<Option<Replay>> {
-        if let Some(rep) = self.read_cached(id, after) {
-            return Ok(Some(rep));
+        if self.cache_covers(id, after) {
+            // The cache may still hold events another process has pruned since (trims are
+            // not on the log the tail reads): it answers only from `first_id` on, read
+            // after the events were cached; an older resume gets the snapshot below.
+            let first: Option<u64> = redis::cmd("HGET")
+                .arg(meta_key(id))
+                .arg("first_id")
+                .query_async(&mut self.conn())
+                .await?;
+            let Some(first) = first else {
+                return Ok(None);
+            };
+            if after + 1 >= first {
+                if let Some(rep) = self.read_cached(id, after) {
+                    return Ok(Some(rep));
+                }
+            }
         }
         // A trim between the two reads below is detected (ids not where expected) and retried.
         for _ in 0..5 {
