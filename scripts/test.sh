@@ -165,13 +165,10 @@ if [ -f tests/e2e/package.json ]; then
   # The reliability and cancel suites against the TypeScript kit instead of the
   # gateway (tests/e2e/kit-server.mjs: the kit + the admin routes and chaos knobs
   # those suites drive; docs/AI-SDK.md), on memoryStore and on redisStore with a
-  # redis-server of its own. On Redis the pruned-window scenarios are left out:
-  # redisStore serves a pruned run's events from its tail cache instead of the
-  # snapshot (docs/AI-SDK.md, "What does not run on the kit").
+  # redis-server of its own (the whole reliability suite on both).
   step e2e-kit-reliability env RUNSTREAM_SCHEDULES=50 node tests/e2e/on-kit.mjs --store memory tests/e2e/reliability.test.mjs
   step e2e-kit-cancel node tests/e2e/on-kit.mjs --store memory tests/e2e/cancel.test.mjs
-  step e2e-kit-reliability-redis env RUNSTREAM_SCHEDULES=20 node tests/e2e/on-kit.mjs --store redis \
-    --grep '^(chaos|offline|hostile|refresh|[0-9]+ seeded|contract)' tests/e2e/reliability.test.mjs
+  step e2e-kit-reliability-redis env RUNSTREAM_SCHEDULES=20 node tests/e2e/on-kit.mjs --store redis tests/e2e/reliability.test.mjs
   step e2e-kit-cancel-redis node tests/e2e/on-kit.mjs --store redis --grep 'Stop|presses' tests/e2e/cancel.test.mjs
 fi
 # The benchmark suite's short version (figures printed in its log; the full run: node benches/run.mjs).

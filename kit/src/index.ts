@@ -25,7 +25,7 @@ export {
   MAX_TOKEN_BYTES,
   MAX_GRANTS,
 } from "./auth.js";
-export { Reducer, reduce, checkBatch } from "./reducer.js";
+export { Reducer, reduce, checkBatch, prunePoint } from "./reducer.js";
 export {
   createRunstream,
   RunstreamError,

@@ -5,7 +5,7 @@
  * turn of the event loop, so ids are dense and each batch is atomic without
  * locks. Every buffer is bounded; the bounds are {@link MemoryStoreOptions}.
  */
-import { Reducer } from "./reducer.js";
+import { Reducer, prunePoint } from "./reducer.js";
 import {
   type AppendListener,
   type BatchOutcome,
@@ -177,8 +177,9 @@ class MemoryStore implements Store {
     r.log.push(text);
     r.lastId = id;
     if (type === "run.completed") r.finished = true;
-    const len = r.log.length - r.head;
-    if (len > this.#window + Math.floor(this.#window / 10)) this.#pruneTo(r, r.firstId + (len - this.#window));
+    // Pruned in steps of 10 % over the window (the one rule, the gateway's: prunePoint).
+    const keepFrom = prunePoint(r.firstId, r.lastId, this.#window);
+    if (keepFrom !== null) this.#pruneTo(r, keepFrom);
     return id;
   }
 

@@ -13,7 +13,9 @@
  * - Live tail: one `XREAD BLOCK` loop per run with local subscribers, on a
  *   connection of its own (a blocking read would stall the shared one),
  *   keeping the newest {@link RedisStoreOptions.tailCache} events (drop-oldest;
- *   older reads go to Redis): N local streams of a run cost one Redis reader.
+ *   older reads go to Redis): N local streams of a run cost one Redis reader
+ *   (and one `HGET` of `first_id` per read: cached events another process has
+ *   pruned since are never served, the resume gets the snapshot instead).
  * - Window: when a run holds more than `window + 10 %` events, the appender
  *   reduces the oldest into the `base` (with the one reducer, the client's
  *   own, compiled to wasm) and `XTRIM MINID`s them.
@@ -32,7 +34,7 @@ import { readFileSync } from "node:fs";
 import { Cluster, Redis } from "ioredis";
 import type { ClusterOptions, RedisOptions } from "ioredis";
 
-import { Reducer } from "./reducer.js";
+import { Reducer, prunePoint } from "./reducer.js";
 import {
   StoreError,
   cancelTargetFromKey,
@@ -393,9 +395,14 @@ class TailCache {
     this.last = n;
   }
 
+  /** True when the events after `after` start inside the cache. */
+  holds(after: number): boolean {
+    return after + 1 >= this.first;
+  }
+
   /** Events after `after`, at most `max`; null when `after + 1` is older than the cache. */
   after(after: number, max: number): string[] | null {
-    if (after + 1 < this.first) return null;
+    if (!this.holds(after)) return null;
     const skip = after + 1 - this.first;
     const start = this.head + skip;
     return this.buf.slice(start, start + max);
@@ -606,9 +613,15 @@ export class RedisStore implements Store {
 
   async read(id: string, after: number): Promise<Replay | null> {
     const tail = this.tails.get(id);
-    const cached = tail?.cache.after(after, BATCH);
-    if (tail && cached) {
-      return { events: cached, lastId: tail.cache.last, done: tail.cache.finished };
+    if (tail && tail.cache.holds(after)) {
+      // The cache may still hold events another process has pruned since (trims are not
+      // on the log the tail reads): it answers only from inside the window, `first_id`
+      // being read after the events were cached. Older resumes go to Redis for the
+      // snapshot (PROTOCOL §2a).
+      const first = (await this.cmd("HGET", metaKey(id), "first_id")) as string | null;
+      if (first === null) return null;
+      const cached = after + 1 >= num(first) ? tail.cache.after(after, BATCH) : null;
+      if (cached) return { events: cached, lastId: tail.cache.last, done: tail.cache.finished };
     }
     // A trim between the reads below is detected (ids not where expected) and retried.
     for (let attempt = 0; attempt < 5; attempt++) {
@@ -747,10 +760,10 @@ export class RedisStore implements Store {
     return `msg_${num(await this.cmd("HINCRBY", metaKey(id), "next_message", 1))}`;
   }
 
-  /** Prunes to the window when the run holds 10 % more than it (amortized O(1) per event). */
+  /** Prunes to the window when the run holds 10 % more than it (the one rule, {@link prunePoint}). */
   private async trimIfOver(id: string, last: number, first: number): Promise<void> {
-    const held = Math.max(0, last + 1 - first);
-    if (held > this.window + Math.floor(this.window / 10)) await this.prune(id, last + 1 - this.window);
+    const keepFrom = prunePoint(first, last, this.window);
+    if (keepFrom !== null) await this.prune(id, keepFrom);
   }
 
   async prune(id: string, keepFrom: number): Promise<boolean> {

@@ -22,6 +22,7 @@ interface Exports {
   reducer_stored(h: number): number;
   reducer_clone(h: number): number;
   reducer_drop(h: number): void;
+  window_prune_point(firstId: number, lastId: number, window: number): number;
   check_batch(runPtr: number, runLen: number, ptr: number, len: number, cancelAllowed: number): number;
 }
 
@@ -135,6 +136,18 @@ export function reduce(
   } finally {
     r.free();
   }
+}
+
+/**
+ * The window rule, the gateway's (`runstream::core::reduced::prune_point`,
+ * from the module): where a run holding events `firstId..=lastId` is pruned
+ * to so that it keeps the newest `window` events, or `null` while it holds at
+ * most `window + window / 10` (a long run is pruned in steps of 10 %,
+ * amortized O(1) per event). Both stores call it after every append.
+ */
+export function prunePoint(firstId: number, lastId: number, window: number): number | null {
+  const keepFrom = wasm.window_prune_point(firstId, lastId, window);
+  return keepFrom > 0 ? keepFrom : null;
 }
 
 /**

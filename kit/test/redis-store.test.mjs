@@ -235,6 +235,34 @@ for (const kind of ["redis", "cluster"]) {
       assert.equal(await a.prune(rid(), 5), false);
     });
 
+    test("window: a live tail's cache never serves pruned events; a resume older than the window gets the snapshot (PROTOCOL §2a)", async (t) => {
+      // The reader follows the run (its tail caches every event), the writer trims past the window.
+      const reader = redisStore({ url: redis.url, window: 50 });
+      const writer = redisStore({ url: redis.url, window: 50 });
+      t.after(() => Promise.all([reader.close(), writer.close()]));
+      const id = rid();
+      await reader.create(id, { kind: "task" });
+      let seen = 0;
+      const sub = await reader.subscribe(id, (n) => { seen = n; });
+      t.after(() => sub.close());
+      for (let i = 0; i < 80; i++) await writer.append(id, "message.delta", { message_id: "m", delta: `${i}` });
+      await until(() => seen === 80);
+      const meta = await reader.meta(id);
+      assert.ok(meta.firstId > 1, `trimmed: first_id ${meta.firstId}`);
+      for (const after of [0, meta.firstId - 2]) {
+        const rep = await reader.read(id, after);
+        assert.ok(rep.snapshot, `read after ${after}: a snapshot (first_id ${meta.firstId})`);
+        assert.equal(rep.snapshot.eventId, meta.firstId - 1);
+        assert.equal(JSON.parse(rep.events[0]).event_id, meta.firstId);
+        assert.equal(rep.lastId, 80);
+      }
+      // Inside the window the cache still answers, without a snapshot.
+      const rep = await reader.read(id, meta.firstId - 1);
+      assert.equal(rep.snapshot, undefined);
+      assert.equal(JSON.parse(rep.events[0]).event_id, meta.firstId);
+      assert.equal(JSON.parse(rep.events.at(-1)).event_id, 80);
+    });
+
     test("send: idempotent per client_request_id, queued on runstream:sends, listed by sendsAfter", async () => {
       const s = rid("sess");
       const one = await a.send(s, "c1", "hello");

@@ -28,3 +28,16 @@ test("ids and cursors", () => {
   const e = JSON.parse(envelopeText(3, "r", "run.started", {}));
   assert.deepEqual(Object.keys(e), ["event_id", "run_id", "type", "timestamp", "payload"]);
 });
+
+test("prunePoint: the window rule comes from the reducer module (the gateway's prune_point)", async () => {
+  const { prunePoint } = await import("../dist/index.js");
+  // window 100: pruned once more than 110 are held, keeping the newest 100.
+  assert.equal(prunePoint(1, 110, 100), null);
+  assert.equal(prunePoint(1, 111, 100), 12);
+  assert.equal(prunePoint(12, 121, 100), null);
+  assert.equal(prunePoint(12, 122, 100), 23);
+  assert.equal(prunePoint(1, 6, 5), 2);
+  assert.equal(prunePoint(1, 0, 1), null);
+  // The default window (200 000): ids past 2^32 stay exact.
+  assert.equal(prunePoint(2 ** 40, 2 ** 40 + 220_000, 200_000), 2 ** 40 + 20_001);
+});

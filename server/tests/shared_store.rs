@@ -302,6 +302,62 @@ mod window_trims_to_a_snapshot {
     }
 }
 
+/// A replica's live tail cache never serves events another replica has pruned
+/// since: a resume older than the window gets the snapshot (PROTOCOL §2a).
+async fn a_live_tail_never_serves_pruned_events(b: Backend) {
+    let (reader, writer) = (b.store().await, b.store().await);
+    let spec = runstream_server::store::RunSpec {
+        kind: runstream_server::store::RunKind::Task,
+        chaos: Default::default(),
+        speed: 1.0,
+        session_id: None,
+    };
+    assert!(reader.create("lt", spec).await.unwrap());
+    let mut tail = reader.tail("lt").await.unwrap().unwrap();
+    for i in 0..40 {
+        let delta = json!({"message_id": "m", "delta": i.to_string()});
+        writer.append("lt", "message.delta", delta).await.unwrap();
+    }
+    // The reader's tail (and its cache) has every event, also the pruned ones.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while *tail.rx.borrow_and_update() < 40 {
+            tail.rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let meta = reader.meta("lt").await.unwrap().unwrap();
+    assert!(meta.first_id > 1, "pruned: {meta:?}");
+    for after in [0, meta.first_id - 2] {
+        let rep = reader.read("lt", after).await.unwrap().unwrap();
+        let snap = rep.snapshot.as_ref().map(|(id, _)| *id);
+        assert_eq!(snap, Some(meta.first_id - 1), "read after {after}");
+        let first = decode_envelope(rep.events[0].get(), "lt").unwrap().event_id;
+        assert_eq!(first, meta.first_id);
+    }
+    // Inside the window: events only.
+    let rep = reader.read("lt", meta.first_id - 1).await.unwrap().unwrap();
+    assert!(rep.snapshot.is_none());
+    assert_eq!(rep.events.len() as u64, 40 - meta.first_id + 1);
+}
+
+mod a_live_tail_never_serves_pruned_events {
+    #[tokio::test]
+    async fn redis() {
+        let Some(b) = super::Backend::with_window(super::Kind::Redis, 10).await else {
+            return;
+        };
+        super::a_live_tail_never_serves_pruned_events(b).await;
+    }
+    #[tokio::test]
+    async fn cluster() {
+        let Some(b) = super::Backend::with_window(super::Kind::Cluster, 10).await else {
+            return;
+        };
+        super::a_live_tail_never_serves_pruned_events(b).await;
+    }
+}
+
 both_stores!(long_replays_are_dense);
 
 shared_stores!(

@@ -10,11 +10,13 @@
 //! [`envelope`] decodes events with them; [`state`] reduces events into a run
 //! state; [`wire`] types the frames and bodies around both; [`engine`]
 //! coordinates everything; [`socket`] shares one WebSocket between engines;
-//! [`tabs`] is the message format tabs share one connection over (`share: "tabs"`).
+//! [`tabs`] is the message format tabs share one connection over (`share: "tabs"`);
+//! [`reduced`] is the servers' driver of the reducer (stored base, window rule).
 
 pub mod engine;
 pub mod json;
 pub mod metrics;
+pub mod reduced;
 pub mod retention;
 pub mod rng;
 pub mod socket;

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use crate::{check_batch as check, BatchError, Reduced};
+use crate::{check_batch as check, prune_point, BatchError, Reduced};
 
 thread_local! {
     static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -95,7 +95,7 @@ pub unsafe extern "C" fn reducer_from_stored(
     match Reduced::from_stored(&run, &text) {
         Ok(r) => insert(r),
         Err(e) => {
-            set_out(e);
+            set_out(e.to_string());
             0
         }
     }
@@ -155,6 +155,14 @@ pub extern "C" fn reducer_clone(h: u32) -> u32 {
         Some(r) => insert(r),
         None => 0,
     }
+}
+
+/// The window rule ([`prune_point`]): where a run holding events
+/// `first_id..=last_id` is pruned to with `window` events kept, or 0 while it
+/// is not over the window by more than 10 %.
+#[no_mangle]
+pub extern "C" fn window_prune_point(first_id: f64, last_id: f64, window: f64) -> f64 {
+    prune_point(first_id as u64, last_id as u64, window as u64).map_or(0.0, |n| n as f64)
 }
 
 /// Frees reducer `h`.

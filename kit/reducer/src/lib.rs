@@ -2,16 +2,15 @@
 //! TypeScript kit (`@runstream/server`), as a small wasm module loaded in Node.
 //!
 //! SERVER.md §2: snapshots come from the same reducer as the client's and the
-//! gateway's. This crate adds no rule of its own: it drives
-//! [`runstream::core::state::RunState::apply`] exactly as the gateway's
-//! `server/src/store::Reduced` does (job-only events parked, their raw texts
-//! kept while parked, the same stored form `{event_id, state, parked}` so a
-//! pruned base written by one server is read by the other), and validates
-//! publish batches with the gateway's `publish.rs` rules on the codec's
-//! [`decode_envelope`].
+//! gateway's. This crate adds no rule of its own: it exports the `runstream`
+//! core's [`Reduced`] (the driver of the reducer the gateway's stores use too:
+//! job-only events parked, the same stored form `{event_id, parked, state}`
+//! so a pruned base written by one server is read by the other) and its
+//! window rule [`prune_point`], and validates publish batches with the
+//! gateway's `publish.rs` rules on the codec's [`decode_envelope`].
 //!
-//! [`Reduced`] and [`check_batch`] are plain Rust (tested natively); the
-//! `abi` module (wasm32 only) exports them with raw C-ABI functions over
+//! [`check_batch`] is plain Rust (tested natively); the
+//! `abi` module (wasm32 only) exports it and [`Reduced`] with raw C-ABI functions over
 //! linear memory (no wasm-bindgen: the module is loaded by Node's own
 //! `WebAssembly` with no glue but `kit/src/reducer.ts`).
 #![deny(missing_docs)]
@@ -25,121 +24,13 @@
     )
 )]
 
-use std::collections::BTreeMap;
-
 use runstream::core::envelope::{decode_envelope, KNOWN_TYPES};
-use runstream::core::state::{Parked, RunState};
+pub use runstream::core::reduced::{prune_point, Reduced, PARK_CAP};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
-/// Most job-only events parked while reducing a run's state (the gateway's `PARK_CAP`).
-pub const PARK_CAP: usize = 4096;
 /// Most events in one publish batch (the gateway's `publish::MAX_BATCH`).
 pub const MAX_BATCH: usize = 1000;
-
-/// A run's state reduced from its log, with the raw job-only events still
-/// parked (so a pruned base can be stored and restored without losing them).
-#[derive(Debug, Clone)]
-pub struct Reduced {
-    /// The state (its `cursor` is the last applied id).
-    pub state: RunState,
-    parked: Parked,
-    /// Raw texts of job-only events, by id, while they may still be parked.
-    parked_raw: BTreeMap<u64, String>,
-    run_id: String,
-}
-
-impl Reduced {
-    /// The empty state of run `run_id`.
-    pub fn new(run_id: &str) -> Self {
-        Self {
-            state: RunState::new(run_id),
-            parked: Parked::default(),
-            parked_raw: BTreeMap::new(),
-            run_id: run_id.to_owned(),
-        }
-    }
-
-    /// The last applied id.
-    pub fn cursor(&self) -> u64 {
-        self.state.cursor
-    }
-
-    /// Applies one logged envelope (invalid ones are skipped: the log was written by a server).
-    pub fn apply(&mut self, id: u64, text: &str) {
-        if let Ok(env) = decode_envelope(text, &self.run_id) {
-            if env.kind.job_only().is_some() {
-                self.parked_raw.insert(id, text.to_owned());
-            }
-            let mut out = Vec::new();
-            let _ = self
-                .state
-                .apply(id, env.kind, &mut self.parked, PARK_CAP, &mut out);
-        }
-        self.state.cursor = self.state.cursor.max(id);
-        if self.parked_raw.len() > PARK_CAP {
-            self.compact();
-        }
-    }
-
-    /// Marks everything before `id + 1` as covered (a pruned base).
-    pub fn set_cursor(&mut self, id: u64) {
-        self.state.cursor = id;
-    }
-
-    fn compact(&mut self) {
-        let live: std::collections::HashSet<u64> = self.parked.iter().map(|(i, _)| i).collect();
-        self.parked_raw.retain(|i, _| live.contains(i));
-    }
-
-    /// The §6 state as JSON text (the snapshot body's `state`).
-    pub fn state_json(&self) -> String {
-        self.state.to_wire_json()
-    }
-
-    /// The stored form of this state: `{event_id, state, parked: [raw events]}`
-    /// (the gateway's `Reduced::to_stored`).
-    pub fn to_stored(&mut self) -> String {
-        self.compact();
-        let parked: Vec<&str> = self.parked_raw.values().map(String::as_str).collect();
-        format!(
-            "{{\"event_id\":{},\"parked\":[{}],\"state\":{}}}",
-            self.state.cursor,
-            parked.join(","),
-            self.state.to_wire_json()
-        )
-    }
-
-    /// Reads [`Reduced::to_stored`] (either server's) back.
-    pub fn from_stored(run_id: &str, text: &str) -> Result<Self, String> {
-        #[derive(Deserialize)]
-        struct Stored<'a> {
-            event_id: u64,
-            #[serde(borrow)]
-            state: &'a RawValue,
-            #[serde(default, borrow)]
-            parked: Vec<&'a RawValue>,
-        }
-        let s: Stored<'_> = serde_json::from_str(text).map_err(|e| format!("base: {e}"))?;
-        let mut state =
-            RunState::from_wire_json(s.state.get()).map_err(|e| format!("base: {e}"))?;
-        state.cursor = s.event_id;
-        let mut me = Self {
-            state,
-            parked: Parked::default(),
-            parked_raw: BTreeMap::new(),
-            run_id: run_id.to_owned(),
-        };
-        for raw in s.parked {
-            if let Ok(env) = decode_envelope(raw.get(), run_id) {
-                me.parked_raw.insert(env.event_id, raw.get().to_owned());
-                me.parked.restore(env.event_id, env.kind, PARK_CAP);
-            }
-        }
-        Ok(me)
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -232,38 +123,6 @@ mod abi;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(id: u64, ty: &str, payload: &str) -> String {
-        format!(
-            r#"{{"event_id":{id},"run_id":"r","type":"{ty}","timestamp":"2026-01-01T00:00:00Z","payload":{payload}}}"#
-        )
-    }
-
-    #[test]
-    fn parked_events_survive_a_stored_base() {
-        let mut r = Reduced::new("r");
-        r.apply(
-            1,
-            &env(
-                1,
-                "tool.started",
-                r#"{"job_id":"j1","tool_call_id":"t","name":"x"}"#,
-            ),
-        );
-        let stored = r.to_stored();
-        let mut back = Reduced::from_stored("r", &stored).unwrap();
-        assert_eq!(back.cursor(), 1);
-        back.apply(
-            2,
-            &env(
-                2,
-                "worker.job_assigned",
-                r#"{"worker_id":"w","job_id":"j1"}"#,
-            ),
-        );
-        let state: Value = serde_json::from_str(&back.state_json()).unwrap();
-        assert_eq!(state["workers"][0]["tools"][0]["tool_call_id"], "t");
-    }
 
     #[test]
     fn batches_are_checked_like_the_gateway() {

@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::{
-    BatchOutcome, CancelOutcome, CancelTarget, IdemKey, NewEvent, Reduced, Replay, RunKind,
-    RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreResult, Tail, IDEMPOTENCY_TTL_S,
-    MEMORY_IDEM_CAP, MEMORY_SENDS_CAP,
+    prune_point, BatchOutcome, CancelOutcome, CancelTarget, IdemKey, NewEvent, Reduced, Replay,
+    RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreResult, Tail,
+    IDEMPOTENCY_TTL_S, MEMORY_IDEM_CAP, MEMORY_SENDS_CAP,
 };
 use crate::hub::{lock, rfc3339_now, Chaos};
 
@@ -131,16 +131,15 @@ impl Run {
         }
         .to_raw()
         .into();
-        self.state.apply(id, &text);
+        self.state.apply(id, text.get());
         self.log.push_back(text);
         self.last_id = id;
         if ty == "run.completed" {
             self.finished = true;
         }
         // Pruned in batches (10 % over the window), so a long run costs O(1) per event.
-        let len = self.log.len() as u64;
-        if len > self.window + self.window / 10 {
-            self.prune_to(self.first_id + (len - self.window));
+        if let Some(keep_from) = prune_point(self.first_id, self.last_id, self.window) {
+            self.prune_to(keep_from);
         }
         id
     }
@@ -155,7 +154,7 @@ impl Run {
         let mut base = self.pruned.take().unwrap_or_else(|| Reduced::new(&self.id));
         while self.first_id < keep_from {
             if let Some(text) = self.log.pop_front() {
-                base.apply(self.first_id, &text);
+                base.apply(self.first_id, text.get());
             }
             self.first_id += 1;
         }

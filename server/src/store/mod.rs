@@ -15,12 +15,9 @@
 pub mod memory;
 pub mod redis;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use runstream::core::envelope::decode_envelope;
-use runstream::core::state::{Parked, RunState};
 use runstream::core::wire::SnapshotBody;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -31,8 +28,9 @@ use crate::hub::Chaos;
 
 /// Events a run keeps for replay by default; older ones are pruned (resumes get a snapshot).
 pub const DEFAULT_WINDOW: u64 = 200_000;
-/// Most job-only events parked while reducing a run's state (server side).
-pub const PARK_CAP: usize = 4096;
+// The reducer's driver (stored base, parked events, the window rule) is the
+// `runstream` core's, shared with the TypeScript kit (`kit/reducer`).
+pub use runstream::core::reduced::{prune_point, Reduced, PARK_CAP};
 
 /// A store failure (the backend is unreachable or answered something unexpected).
 /// Handlers answer it with `503` + `Retry-After`, which the client retries.
@@ -468,103 +466,8 @@ pub async fn open(spec: &str, window: u64) -> StoreResult<Arc<dyn Store>> {
     Err(StoreError::Unsupported(redact(spec)))
 }
 
-/// A run's state reduced from its log, with the raw job-only events still
-/// parked (so a pruned base can be stored and restored without losing them).
-#[derive(Debug, Clone)]
-pub struct Reduced {
-    /// The state (its `cursor` is the last applied id).
-    pub state: RunState,
-    parked: Parked,
-    /// Raw texts of job-only events, by id, while they may still be parked.
-    parked_raw: HashMap<u64, Arc<RawValue>>,
-    run_id: String,
-}
-
-impl Reduced {
-    /// The empty state of run `run_id`.
-    pub fn new(run_id: &str) -> Self {
-        Self {
-            state: RunState::new(run_id),
-            parked: Parked::default(),
-            parked_raw: HashMap::new(),
-            run_id: run_id.to_owned(),
-        }
-    }
-
-    /// The last applied id.
-    pub fn cursor(&self) -> u64 {
-        self.state.cursor
-    }
-
-    /// Applies one logged envelope (invalid ones are skipped: the log was written by us).
-    pub fn apply(&mut self, id: u64, text: &Arc<RawValue>) {
-        if let Ok(env) = decode_envelope(text.get(), &self.run_id) {
-            if env.kind.job_only().is_some() {
-                self.parked_raw.insert(id, text.clone());
-            }
-            let mut out = Vec::new();
-            let _ = self
-                .state
-                .apply(id, env.kind, &mut self.parked, PARK_CAP, &mut out);
-        }
-        self.state.cursor = self.state.cursor.max(id);
-        // Forget raw texts of events that are no longer parked (bounded by PARK_CAP).
-        if self.parked_raw.len() > PARK_CAP {
-            self.compact();
-        }
-    }
-
-    /// Marks everything before `id + 1` as covered (a pruned base).
-    pub fn set_cursor(&mut self, id: u64) {
-        self.state.cursor = id;
-    }
-
-    fn compact(&mut self) {
-        let live: std::collections::HashSet<u64> = self.parked.iter().map(|(i, _)| i).collect();
-        self.parked_raw.retain(|i, _| live.contains(i));
-    }
-
-    /// The stored form of this state: `{event_id, state, parked: [raw events]}`.
-    pub fn to_stored(&mut self) -> String {
-        self.compact();
-        let mut parked: Vec<(&u64, &Arc<RawValue>)> = self.parked_raw.iter().collect();
-        parked.sort_by_key(|(i, _)| **i);
-        let parked: Vec<&RawValue> = parked.into_iter().map(|(_, r)| &**r).collect();
-        serde_json::json!({
-            "event_id": self.state.cursor,
-            "state": self.state.to_wire(),
-            "parked": parked,
-        })
-        .to_string()
-    }
-
-    /// Reads [`Reduced::to_stored`] back.
-    pub fn from_stored(run_id: &str, text: &str) -> StoreResult<Self> {
-        #[derive(Deserialize)]
-        struct Stored {
-            event_id: u64,
-            state: Value,
-            #[serde(default)]
-            parked: Vec<Box<RawValue>>,
-        }
-        let s: Stored =
-            serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("base: {e}")))?;
-        let mut state =
-            RunState::from_wire(s.state).map_err(|e| StoreError::Corrupt(format!("base: {e}")))?;
-        state.cursor = s.event_id;
-        let mut me = Self {
-            state,
-            parked: Parked::default(),
-            parked_raw: HashMap::new(),
-            run_id: run_id.to_owned(),
-        };
-        for raw in s.parked {
-            let raw: Arc<RawValue> = raw.into();
-            if let Ok(env) = decode_envelope(raw.get(), run_id) {
-                me.parked_raw.insert(env.event_id, raw.clone());
-                me.parked.restore(env.event_id, env.kind, PARK_CAP);
-            }
-        }
-        Ok(me)
-    }
+/// A stored base read back ([`Reduced::from_stored`]); one that cannot be read is
+/// [`StoreError::Corrupt`].
+pub fn restore_base(run_id: &str, text: &str) -> StoreResult<Reduced> {
+    Reduced::from_stored(run_id, text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }

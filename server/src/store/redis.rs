@@ -46,9 +46,12 @@
 //! - Live tail: one task per run with local subscribers runs `XREAD BLOCK` on
 //!   its own connection (a blocking read would stall the shared multiplexed
 //!   one) and keeps the newest events in a bounded cache; every local stream
-//!   of the run reads from that cache, so N clients cost one Redis reader.
-//! - Window: when a run holds more than `window + 10 %` events, the appender
-//!   reduces the oldest ones into the base and `XTRIM MINID`s them.
+//!   of the run reads from that cache, so N clients cost one Redis reader
+//!   (and one `HGET` of `first_id` per read: events another process pruned
+//!   since are never served from the cache, the resume gets the snapshot).
+//! - Window: when a run holds more than `window + 10 %` events
+//!   ([`prune_point`]), the appender reduces the oldest ones into the base
+//!   and `XTRIM MINID`s them.
 //! - Snapshot: the base plus `XRANGE` of the window, reduced; each process
 //!   caches the reduced state and only applies what is new.
 
@@ -70,8 +73,8 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::{
-    BatchOutcome, IdemKey, NewEvent, QueuedSend, Reduced, Replay, RunKind, RunMeta, RunSpec,
-    SendOutcome, SendRecord, Store, StoreError, StoreResult, Tail,
+    prune_point, restore_base, BatchOutcome, IdemKey, NewEvent, QueuedSend, Reduced, Replay,
+    RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreError, StoreResult, Tail,
 };
 use crate::hub::{lock, rfc3339_now, Chaos};
 
@@ -509,7 +512,7 @@ impl RedisStore {
             .query_async(&mut self.conn())
             .await?;
         match text {
-            Some(t) => Reduced::from_stored(id, &t),
+            Some(t) => restore_base(id, &t),
             None => Ok(Reduced::new(id)),
         }
     }
@@ -530,9 +533,33 @@ impl RedisStore {
         })
     }
 
+    /// True when the run's local tail cache holds the events after `after`.
+    fn cache_covers(&self, id: &str, after: u64) -> bool {
+        let Some(shared) = lock(&self.tails).get(id).cloned() else {
+            return false;
+        };
+        let covers = after + 1 >= lock(&shared.cache).first;
+        covers
+    }
+
     async fn read_now(&self, id: &str, after: u64) -> StoreResult<Option<Replay>> {
-        if let Some(rep) = self.read_cached(id, after) {
-            return Ok(Some(rep));
+        if self.cache_covers(id, after) {
+            // The cache may still hold events another process has pruned since (trims are
+            // not on the log the tail reads): it answers only from `first_id` on, read
+            // after the events were cached; an older resume gets the snapshot below.
+            let first: Option<u64> = redis::cmd("HGET")
+                .arg(meta_key(id))
+                .arg("first_id")
+                .query_async(&mut self.conn())
+                .await?;
+            let Some(first) = first else {
+                return Ok(None);
+            };
+            if after + 1 >= first {
+                if let Some(rep) = self.read_cached(id, after) {
+                    return Ok(Some(rep));
+                }
+            }
         }
         // A trim between the two reads below is detected (ids not where expected) and retried.
         for _ in 0..5 {
@@ -581,7 +608,7 @@ impl RedisStore {
                 .query_async(&mut self.conn())
                 .await?;
             let Some(base) = base else { continue };
-            let base = Reduced::from_stored(id, &base)?;
+            let base = restore_base(id, &base)?;
             let evs = events(entries)?;
             if first != Some(base.cursor() + 1) || !dense_from(&evs, base.cursor() + 1) {
                 continue;
@@ -616,11 +643,11 @@ impl RedisStore {
         Ok(Some(n))
     }
 
-    /// Prunes to the window when the run holds 10 % more than it (amortized O(1) per event).
+    /// Prunes to the window when the run holds 10 % more than it (amortized O(1) per event;
+    /// the one rule, [`prune_point`]).
     async fn trim_if_over(&self, id: &str, last: u64, first: u64) -> StoreResult<()> {
-        let held = (last + 1).saturating_sub(first);
-        if held > self.window + self.window / 10 {
-            self.prune_now(id, last + 1 - self.window).await?;
+        if let Some(keep_from) = prune_point(first, last, self.window) {
+            self.prune_now(id, keep_from).await?;
         }
         Ok(())
     }
@@ -642,7 +669,7 @@ impl RedisStore {
                 return Ok(true);
             }
             for (n, e) in &evs {
-                base.apply(*n, e);
+                base.apply(*n, e.get());
                 next = n + 1;
             }
         }
@@ -726,7 +753,7 @@ impl RedisStore {
                 continue;
             }
             for (n, e) in &evs {
-                r.apply(*n, e);
+                r.apply(*n, e.get());
             }
         }
         let body = SnapshotBody::new(id, r.cursor(), &r.state);
