@@ -455,6 +455,31 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     return { kind: "user", grant };
   };
 
+  /**
+   * In-flight meta reads of streams being opened, by run: a burst of clients
+   * opening one run shares one store read. Only a known run is shared (a read
+   * sent before the run was created must not answer 404 to a client who saw
+   * it created: an unknown run is read again); a shared meta may be a moment
+   * old, which a stream tolerates (it reads the log itself). Entries last
+   * while their read does: at most one per run being opened.
+   */
+  const metaReads = new Map<string, Promise<RunMeta | null>>();
+  async function readMeta(id: string): Promise<RunMeta | null> {
+    const shared = metaReads.get(id);
+    if (shared) {
+      const m = await shared.catch(() => null);
+      if (m !== null) return m;
+      return store.meta(id);
+    }
+    const p = store.meta(id);
+    metaReads.set(id, p);
+    try {
+      return await p;
+    } finally {
+      if (metaReads.get(id) === p) metaReads.delete(id);
+    }
+  }
+
   async function gate(
     request: Request,
     headers: Headers,
@@ -463,7 +488,8 @@ export function createRunstream(options: RunstreamOptions): Runstream {
   ): Promise<Gate> {
     let meta: RunMeta | null = null;
     try {
-      if (action !== "publish") meta = await store.meta(id);
+      if (action === "read") meta = await readMeta(id);
+      else if (action !== "publish") meta = await store.meta(id);
     } catch {
       return { ok: false, status: 503, reason: "store" };
     }
@@ -1191,15 +1217,16 @@ export function createRunstream(options: RunstreamOptions): Runstream {
       headers[k] = v;
     });
     res.writeHead(response.status, headers);
-    // Node sends nothing until the first write: flush the headers at once, so
-    // a resume with nothing to replay is not mistaken for a dead server.
-    res.flushHeaders();
     res.socket?.setNoDelay(true);
     const run = direct.get(response);
     if (run) {
+      // Its first bytes go out at once, in one write with the headers.
       run(resOut(res));
       return;
     }
+    // Node sends nothing until the first write: flush the headers at once, so
+    // a resume with nothing to replay is not mistaken for a dead server.
+    res.flushHeaders();
     if (!response.body) {
       res.end();
       return;
