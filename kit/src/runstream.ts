@@ -190,6 +190,8 @@ const HEARTBEAT = enc.encode(": hb\n\n");
 const OPENED = enc.encode(": open\n\n");
 /** Chunks an SSE body for the fetch adapter holds for a reader that is behind before the stream waits for it. */
 const SSE_STREAM_CHUNKS = 64;
+/** The longest delay setTimeout takes (2^31 − 1 ms); longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 function text(status: number, body: string, headers: Record<string, string> = {}): Response {
   return new Response(body, { status, headers: { "content-type": "text/plain; charset=utf-8", ...headers } });
@@ -701,7 +703,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     });
     if (!follow) return "run_gone";
     const hb = heartbeats ? setTimeout(() => waiter?.("heartbeat"), heartbeatMs) : null;
-    const exp = untilMs !== undefined ? setTimeout(() => waiter?.("expired"), Math.max(0, untilMs - Date.now())) : null;
+    // setTimeout's longest delay is 2^31 − 1 ms (~24.8 days): a later expiry is re-armed when it fires early.
+    const armExpiry = (at: number): NodeJS.Timeout =>
+      setTimeout(() => waiter?.("expired"), Math.min(MAX_TIMER_MS, Math.max(0, at - Date.now())));
+    let exp = untilMs !== undefined ? armExpiry(untilMs) : null;
     const onAbort = (): void => waiter?.("abort");
     signal.addEventListener("abort", onAbort, { once: true });
     try {
@@ -732,7 +737,10 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           hb?.refresh();
         });
         waiter = null;
-        if (woke === "expired") return "expired";
+        if (woke === "expired") {
+          if (untilMs === undefined || Date.now() >= untilMs) return "expired";
+          exp = armExpiry(untilMs);
+        }
         if (woke === "heartbeat") {
           const p = sink.heartbeat();
           if (p) await p;
