@@ -23,7 +23,10 @@ const rs = kit.createRunstream({
   auth: secretFile ? kit.jwtAuth({ secret: readFileSync(secretFile, "utf8").trim() }) : "none",
 });
 const server = createServer(rs.node);
-server.listen(Number(arg("--port", 0)), "127.0.0.1", () => console.log(`kit.listening http://127.0.0.1:${server.address().port}`));
+// The gateway's accept backlog (tokio's TcpListener::bind: 1024), not node's
+// default 511: past the backlog a burst of connects (1,000 clients at once)
+// has its SYNs dropped and retried by the client's kernel a second later.
+server.listen({ port: Number(arg("--port", 0)), host: "127.0.0.1", backlog: 1024 }, () => console.log(`kit.listening http://127.0.0.1:${server.address().port}`));
 const stop = () => server.close(() => process.exit(0));
 process.on("SIGTERM", stop);
 process.on("SIGINT", stop);

@@ -23,6 +23,7 @@ import {
   PublishKey,
   bearer,
 } from "./auth.js";
+import { Feeds, type FeedEvent } from "./feed.js";
 import { checkBatch } from "./reducer.js";
 import {
   type CancelTarget,
@@ -183,6 +184,14 @@ type Gate =
   | { ok: false; status: 401 | 403 | 404 | 503; reason: DenyReason | "store" };
 
 const enc = new TextEncoder();
+/** An SSE heartbeat comment, encoded once. */
+const HEARTBEAT = enc.encode(": hb\n\n");
+/** The first bytes of an SSE stream without `retryMs`. */
+const OPENED = enc.encode(": open\n\n");
+/** Chunks an SSE body for the fetch adapter holds for a reader that is behind before the stream waits for it. */
+const SSE_STREAM_CHUNKS = 64;
+/** The longest delay setTimeout takes (2^31 − 1 ms); longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 function text(status: number, body: string, headers: Record<string, string> = {}): Response {
   return new Response(body, { status, headers: { "content-type": "text/plain; charset=utf-8", ...headers } });
@@ -220,18 +229,6 @@ function denyCode(g: Extract<Gate, { ok: false }>): { code: string; message: str
       return { code: "not_found", message: "unknown run" };
     case 503:
       return { code: "unavailable", message: "store unavailable" };
-  }
-}
-
-/** `[event_id, type]` of a logged envelope text (servers write `event_id`, `run_id`, `type` first). */
-function idAndType(ev: string): [number, string] {
-  const m = /^\{"event_id":(\d+),"run_id":"(?:[^"\\]|\\.)*","type":"([a-z_.]+)"/.exec(ev);
-  if (m?.[1] !== undefined && m[2] !== undefined) return [Number(m[1]), m[2]];
-  try {
-    const v = JSON.parse(ev) as { event_id?: unknown; type?: unknown };
-    return [typeof v.event_id === "number" ? v.event_id : 0, typeof v.type === "string" ? v.type : "message"];
-  } catch {
-    return [0, "message"];
   }
 }
 
@@ -320,11 +317,27 @@ type SendAnswer =
   | { kind: "invalid"; message: string }
   | { kind: "unavailable" };
 
-/** A stream's output: the producer loop calls these, each transport writes them its way. */
+/**
+ * A stream's output: the producer loop calls these, each transport writes them
+ * its way. `event`, `snapshot` and `heartbeat` queue a frame; `flush` ends a
+ * batch (one socket write for all of them) and waits, bounded, for a reader
+ * that is behind.
+ */
 interface Sink {
-  event(text: string, id: number, type: string): Promise<void>;
-  snapshot(id: number, state: string): Promise<void>;
-  heartbeat(): Promise<void>;
+  event(ev: FeedEvent): void | Promise<void>;
+  snapshot(id: number, state: string): void | Promise<void>;
+  heartbeat(): void | Promise<void>;
+  flush(): Promise<void>;
+}
+
+/** Where an SSE stream's bytes go: a node `ServerResponse` (direct) or a web `ReadableStream`. */
+interface SseOut {
+  /** Queues bytes; they go out on the next {@link SseOut.flush}. */
+  write(b: Uint8Array): void;
+  /** Sends what was queued; false when the client did not read for `slowClientMs`. */
+  flush(): Promise<boolean>;
+  /** Ends the response; `drop`: at once, queued bytes unsent. */
+  end(drop: boolean): void;
 }
 
 type EndReason = "completed" | "run_gone" | "store_error" | "expired" | "client_gone" | "closed";
@@ -444,6 +457,31 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     return { kind: "user", grant };
   };
 
+  /**
+   * In-flight meta reads of streams being opened, by run: a burst of clients
+   * opening one run shares one store read. Only a known run is shared (a read
+   * sent before the run was created must not answer 404 to a client who saw
+   * it created: an unknown run is read again); a shared meta may be a moment
+   * old, which a stream tolerates (it reads the log itself). Entries last
+   * while their read does: at most one per run being opened.
+   */
+  const metaReads = new Map<string, Promise<RunMeta | null>>();
+  async function readMeta(id: string): Promise<RunMeta | null> {
+    const shared = metaReads.get(id);
+    if (shared) {
+      const m = await shared.catch(() => null);
+      if (m !== null) return m;
+      return store.meta(id);
+    }
+    const p = store.meta(id);
+    metaReads.set(id, p);
+    try {
+      return await p;
+    } finally {
+      if (metaReads.get(id) === p) metaReads.delete(id);
+    }
+  }
+
   async function gate(
     request: Request,
     headers: Headers,
@@ -452,7 +490,8 @@ export function createRunstream(options: RunstreamOptions): Runstream {
   ): Promise<Gate> {
     let meta: RunMeta | null = null;
     try {
-      if (action !== "publish") meta = await store.meta(id);
+      if (action === "read") meta = await readMeta(id);
+      else if (action !== "publish") meta = await store.meta(id);
     } catch {
       return { ok: false, status: 503, reason: "store" };
     }
@@ -638,9 +677,14 @@ export function createRunstream(options: RunstreamOptions): Runstream {
   );
   graceTimer.unref();
 
+  /** The live fan-out: one store subscription and one read per append per run, frames encoded once. */
+  const feeds = new Feeds(store);
+
   /**
    * Streams run `runId` to `sink` from after `last`: (snapshot,) replay, then
    * live, until the run completes, the credentials expire or `signal` aborts.
+   * Per stream: one heartbeat timer (re-armed, not re-made, per wait), one
+   * expiry timer and one abort listener for its whole life.
    */
   async function produce(
     runId: string,
@@ -650,60 +694,68 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     untilMs: number | undefined,
     heartbeats: boolean,
   ): Promise<EndReason> {
+    type Wake = "wake" | "heartbeat" | "expired" | "abort";
     let dirty = true;
-    let wake: (() => void) | null = null;
-    const sub = await store.subscribe(runId, () => {
+    let waiter: ((w: Wake) => void) | null = null;
+    const follow = await feeds.follow(runId, () => {
       dirty = true;
-      wake?.();
+      waiter?.("wake");
     });
-    if (!sub) return "run_gone";
+    if (!follow) return "run_gone";
+    const hb = heartbeats ? setTimeout(() => waiter?.("heartbeat"), heartbeatMs) : null;
+    // setTimeout's longest delay is 2^31 − 1 ms (~24.8 days): a later expiry is re-armed when it fires early.
+    const armExpiry = (at: number): NodeJS.Timeout =>
+      setTimeout(() => waiter?.("expired"), Math.min(MAX_TIMER_MS, Math.max(0, at - Date.now())));
+    let exp = untilMs !== undefined ? armExpiry(untilMs) : null;
+    const onAbort = (): void => waiter?.("abort");
+    signal.addEventListener("abort", onAbort, { once: true });
     try {
       let cursor = last;
       for (;;) {
         if (signal.aborted) return life.signal.aborted ? "closed" : "client_gone";
         if (untilMs !== undefined && Date.now() >= untilMs) return "expired";
         dirty = false;
-        const rep = await store.read(runId, cursor);
+        const rep = await follow.read(cursor);
         if (!rep) return "run_gone";
         const progressed = rep.snapshot !== undefined || rep.events.length > 0;
         if (rep.snapshot) {
           cursor = rep.snapshot.eventId;
-          await sink.snapshot(rep.snapshot.eventId, rep.snapshot.state);
+          const p = sink.snapshot(rep.snapshot.eventId, rep.snapshot.state);
+          if (p) await p;
         }
         for (const ev of rep.events) {
-          const [id, type] = idAndType(ev);
-          cursor = id > 0 ? id : cursor + 1;
-          await sink.event(ev, cursor, type);
+          cursor = ev.id;
+          const p = sink.event(ev);
+          if (p) await p;
         }
+        if (progressed) await sink.flush();
         if (cursor < rep.lastId && progressed) continue;
         if (rep.done && cursor >= rep.lastId) return "completed";
-        if (dirty) continue;
-        const woke = await new Promise<"wake" | "heartbeat" | "expired" | "abort">((resolve) => {
-          const finish = (r: "wake" | "heartbeat" | "expired" | "abort"): void => {
-            clearTimeout(hb);
-            if (exp) clearTimeout(exp);
-            signal.removeEventListener("abort", onAbort);
-            wake = null;
-            resolve(r);
-          };
-          const onAbort = (): void => finish("abort");
-          const hb = setTimeout(() => finish("heartbeat"), heartbeatMs);
-          const exp = untilMs !== undefined ? setTimeout(() => finish("expired"), Math.max(0, untilMs - Date.now())) : null;
-          wake = () => finish("wake");
-          // Aborted while the frames above were written: do not wait for the next heartbeat.
-          if (signal.aborted) finish("abort");
-          else signal.addEventListener("abort", onAbort, { once: true });
+        if (dirty || signal.aborted) continue;
+        const woke = await new Promise<Wake>((resolve) => {
+          waiter = resolve;
+          hb?.refresh();
         });
-        if (woke === "abort") continue;
-        if (woke === "expired") return "expired";
-        if (woke === "heartbeat" && heartbeats) await sink.heartbeat();
+        waiter = null;
+        if (woke === "expired") {
+          if (untilMs === undefined || Date.now() >= untilMs) return "expired";
+          exp = armExpiry(untilMs);
+        }
+        if (woke === "heartbeat") {
+          const p = sink.heartbeat();
+          if (p) await p;
+          await sink.flush();
+        }
       }
     } catch (e) {
       if (signal.aborted) return life.signal.aborted ? "closed" : "client_gone";
       log("store.error", { run_id: runId, error: String(e) });
       return "store_error";
     } finally {
-      sub.close();
+      if (hb) clearTimeout(hb);
+      if (exp) clearTimeout(exp);
+      signal.removeEventListener("abort", onAbort);
+      follow.close();
     }
   }
 
@@ -718,6 +770,11 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     return Number.isSafeInteger(n) ? n : null;
   }
 
+  /** Requests from the node adapter, whose SSE responses it writes itself (no web stream per client). */
+  const fromNode = new WeakSet<Request>();
+  /** SSE responses the node adapter writes: their producer, started on the `ServerResponse`. */
+  const direct = new WeakMap<Response, (out: SseOut) => void>();
+
   async function sse(request: Request, url: URL, runId: string): Promise<Response> {
     const g = await gate(request, request.headers, "read", runId);
     if (!g.ok) return denied(g);
@@ -730,52 +787,53 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     const onLife = (): void => stop.abort();
     life.signal.addEventListener("abort", onLife, { once: true });
     request.signal?.addEventListener("abort", () => stop.abort(), { once: true });
-    let pulled: (() => void) | null = null;
-    let slow = false;
     log("stream.open", { run_id: runId, transport: "sse", last_event_id: last, replay: behind(meta, last), sub: g.subject });
+    const run = (out: SseOut): void => {
+      let slow = false;
+      const sink: Sink = {
+        event: (ev) => out.write(ev.sse),
+        snapshot: (id, state) =>
+          out.write(
+            enc.encode(
+              `id: ${id}\nevent: snapshot\ndata: {"event_id":${id},"run_id":${JSON.stringify(runId)},"type":"snapshot","timestamp":"${rfc3339Now()}","payload":{"state":${state}}}\n\n`,
+            ),
+          ),
+        heartbeat: () => out.write(HEARTBEAT),
+        flush: async () => {
+          if (stop.signal.aborted) return;
+          if (!(await out.flush())) {
+            // The client is not reading: it is disconnected, its queued frames dropped.
+            slow = true;
+            stop.abort();
+          }
+        },
+      };
+      // A first byte at once (PROTOCOL §2a), so clients and proxies see the stream open.
+      out.write(options.retryMs !== undefined ? enc.encode(`retry: ${options.retryMs}\n\n`) : OPENED);
+      void sink.flush();
+      void produce(runId, last, sink, stop.signal, g.expiresAtMs, true).then((reason) => {
+        life.signal.removeEventListener("abort", onLife);
+        log("stream.close", { run_id: runId, transport: "sse", reason: slow ? "slow_client" : reason });
+        out.end(slow);
+      });
+    };
+    const headers = {
+      "content-type": "text/event-stream",
+      "cache-control": "no-store, no-transform",
+      "x-accel-buffering": "no",
+    };
+    if (fromNode.has(request)) {
+      const response = new Response(null, { status: 200, headers });
+      direct.set(response, run);
+      return response;
+    }
+    // A web stream: at most SSE_STREAM_CHUNKS chunks (plus one batch) queued for a reader that is behind.
+    let pulled: (() => void) | null = null;
+    let ctl: ReadableStreamDefaultController<Uint8Array> | null = null;
     const body = new ReadableStream<Uint8Array>(
       {
         start(controller) {
-          const emit = async (s: string): Promise<void> => {
-            if (stop.signal.aborted) return;
-            controller.enqueue(enc.encode(s));
-            if ((controller.desiredSize ?? 1) > 0) return;
-            // The client is not reading: wait for it, at most slowClientMs.
-            const ok = await new Promise<boolean>((resolve) => {
-              const t = setTimeout(() => resolve(false), slowClientMs);
-              pulled = () => {
-                clearTimeout(t);
-                resolve(true);
-              };
-            });
-            pulled = null;
-            if (!ok) {
-              slow = true;
-              stop.abort();
-            }
-          };
-          const sink: Sink = {
-            event: (ev, id, type) => emit(`id: ${id}\nevent: ${type}\ndata: ${ev}\n\n`),
-            snapshot: (id, state) =>
-              emit(
-                `id: ${id}\nevent: snapshot\ndata: {"event_id":${id},"run_id":${JSON.stringify(runId)},"type":"snapshot","timestamp":"${rfc3339Now()}","payload":{"state":${state}}}\n\n`,
-              ),
-            heartbeat: () => emit(": hb\n\n"),
-          };
-          // A first byte at once (PROTOCOL §2a), so clients and proxies see the stream open.
-          controller.enqueue(enc.encode(options.retryMs !== undefined ? `retry: ${options.retryMs}\n\n` : ": open\n\n"));
-          void produce(runId, last, sink, stop.signal, g.expiresAtMs, true).then((reason) => {
-            life.signal.removeEventListener("abort", onLife);
-            log("stream.close", { run_id: runId, transport: "sse", reason: slow ? "slow_client" : reason });
-            try {
-              // A client that stopped reading is disconnected, its queued frames dropped
-              // (an errored body aborts the response); otherwise the stream ends cleanly.
-              if (slow) controller.error(new Error("slow client"));
-              else controller.close();
-            } catch {
-              // Already cancelled by the client.
-            }
-          });
+          ctl = controller;
         },
         pull() {
           pulled?.();
@@ -784,16 +842,36 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           stop.abort();
         },
       },
-      { highWaterMark: 64 },
+      { highWaterMark: SSE_STREAM_CHUNKS },
     );
-    return new Response(body, {
-      status: 200,
-      headers: {
-        "content-type": "text/event-stream",
-        "cache-control": "no-store, no-transform",
-        "x-accel-buffering": "no",
+    const out: SseOut = {
+      write: (b) => {
+        if (!stop.signal.aborted) ctl?.enqueue(b);
       },
-    });
+      flush: async () => {
+        if ((ctl?.desiredSize ?? 1) > 0 || stop.signal.aborted) return true;
+        const ok = await new Promise<boolean>((resolve) => {
+          const t = setTimeout(() => resolve(false), slowClientMs);
+          pulled = () => {
+            clearTimeout(t);
+            resolve(true);
+          };
+        });
+        pulled = null;
+        return ok;
+      },
+      end: (drop) => {
+        try {
+          // A dropped client's body errors (the response is aborted); otherwise it ends cleanly.
+          if (drop) ctl?.error(new Error("slow client"));
+          else ctl?.close();
+        } catch {
+          // Already cancelled by the client.
+        }
+      },
+    };
+    run(out);
+    return new Response(body, { status: 200, headers });
   }
 
   async function snapshot(request: Request, runId: string): Promise<Response> {
@@ -1087,7 +1165,58 @@ export function createRunstream(options: RunstreamOptions): Runstream {
       });
       init.duplex = "half";
     }
-    return new Request(url, init);
+    const request = new Request(url, init);
+    if (method === "GET") fromNode.add(request);
+    return request;
+  }
+
+  /**
+   * An SSE stream written straight to `res`: a batch's frames (each a Buffer
+   * shared by every stream of the run) go out in one corked write; when the
+   * socket's buffer is past its high-water mark (16 KiB) the stream waits for
+   * `drain`, at most `slowClientMs`, then the client is dropped. So a stream
+   * holds at most the high-water mark plus one batch unsent.
+   */
+  function resOut(res: ServerResponse): SseOut {
+    let corked = false;
+    return {
+      write: (b) => {
+        if (res.destroyed || res.writableEnded) return;
+        if (!corked) {
+          res.cork();
+          corked = true;
+        }
+        res.write(b);
+      },
+      flush: async () => {
+        if (corked) {
+          corked = false;
+          res.uncork();
+        }
+        if (!res.writableNeedDrain || res.destroyed) return true;
+        return new Promise<boolean>((resolve) => {
+          const fin = (ok: boolean): void => {
+            clearTimeout(t);
+            res.off("drain", onDrain);
+            res.off("close", onDrain);
+            resolve(ok);
+          };
+          const onDrain = (): void => fin(true);
+          const t = setTimeout(() => fin(false), slowClientMs);
+          res.on("drain", onDrain);
+          res.on("close", onDrain);
+        });
+      },
+      end: (drop) => {
+        if (corked) {
+          corked = false;
+          res.uncork();
+        }
+        // A dropped client's connection closes without waiting for unsent bytes.
+        if (drop) res.destroy();
+        else res.end();
+      },
+    };
   }
 
   async function writeResponse(res: ServerResponse, response: Response, abort: AbortController): Promise<void> {
@@ -1096,10 +1225,16 @@ export function createRunstream(options: RunstreamOptions): Runstream {
       headers[k] = v;
     });
     res.writeHead(response.status, headers);
+    res.socket?.setNoDelay(true);
+    const run = direct.get(response);
+    if (run) {
+      // Its first bytes go out at once, in one write with the headers.
+      run(resOut(res));
+      return;
+    }
     // Node sends nothing until the first write: flush the headers at once, so
     // a resume with nothing to replay is not mistaken for a dead server.
     res.flushHeaders();
-    res.socket?.setNoDelay(true);
     if (!response.body) {
       res.end();
       return;
@@ -1310,10 +1445,11 @@ export function createRunstream(options: RunstreamOptions): Runstream {
             if (!ok) stop.abort();
           };
           const sink: Sink = {
-            event: async (ev) => gone(await send(`{"op":"event","event":${ev}}`)),
+            event: async (ev) => gone(await send(ev.ws)),
             snapshot: async (id, state) =>
               gone(await send(`{"op":"snapshot","run_id":${JSON.stringify(runId)},"event_id":${id},"state":${state}}`)),
-            heartbeat: async () => undefined,
+            heartbeat: () => undefined,
+            flush: async () => undefined,
           };
           void produce(runId, lastIn, sink, stop.signal, g.expiresAtMs, false).then(async (reason) => {
             closed.signal.removeEventListener("abort", onClosed);

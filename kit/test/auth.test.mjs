@@ -159,6 +159,23 @@ test("§7 expiry: an SSE stream ends and a WebSocket subscription gets `unauthor
   }
 });
 
+test("§7 expiry: a token valid for longer than a timer can wait (40 days > 2^31 ms) keeps its SSE stream open; it is not ended as expired at once", async () => {
+  const long = await startKit({ auth: jwtAuth({ secret: SECRET }), heartbeatMs: 5000 });
+  try {
+    await long.rs.createRun({ runId: "r" });
+    await long.rs.append("r", [ev("run.started")]);
+    const t = await token({ runs: ["r"] }, { exp: Math.floor(Date.now() / 1000) + 40 * 24 * 3600 });
+    const s = sse(`${long.base}/api/stream/runs/r`, { headers: bearer(t), stop: (f) => f.some((x) => x.id === 2), timeoutMs: 5000 });
+    await sleep(300);
+    await long.rs.append("r", [ev("worker.started", { worker_id: "w1" })]);
+    const out = await s;
+    assert.deepEqual(out.frames.filter((f) => f.id).map((f) => f.id), [1, 2], "the stream stayed open for the event after 300 ms");
+    assert.equal(out.ended, false);
+  } finally {
+    await long.close();
+  }
+});
+
 test("jwtAuth publicKey: RS256 for an RSA key, ES256 for a P-256 key; the other algorithm is refused", async () => {
   for (const [type, opts, alg] of [["rsa", { modulusLength: 2048 }, "RS256"], ["ec", { namedCurve: "P-256" }, "ES256"]]) {
     const { publicKey, privateKey } = generateKeyPairSync(type, opts);
