@@ -23,8 +23,7 @@ import { mkdtempSync, writeFileSync, readFileSync, rmSync, chmodSync, existsSync
 import { createHmac } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connect } from "node:net";
-import { root, have, freePort, nginxConfig } from "./infra.mjs";
+import { root, have, freePort, nginxConfig, waitForPort as waitForPortWithin } from "./infra.mjs";
 import { startSpecServer } from "./spec-server.mjs";
 import { createServer } from "node:http";
 import { createRunstream, memoryStore } from "../../kit/dist/index.js";
@@ -56,19 +55,8 @@ function track(name, cmd, args, opts = {}) {
 const killAll = () => { for (const p of procs) try { p.kill("SIGKILL"); } catch {} };
 process.on("exit", killAll);
 
-async function waitForPort(port, ms = 15000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    const ok = await new Promise((resolve) => {
-      const c = connect(port, "127.0.0.1");
-      c.on("connect", () => { c.destroy(); resolve(true); });
-      c.on("error", () => resolve(false));
-    });
-    if (ok) return;
-    await sleep(50);
-  }
-  throw new Error(`nothing listening on 127.0.0.1:${port} after ${ms} ms`);
-}
+// Replicas, nginx, Caddy and redis get 15 s to listen (several start at once).
+const waitForPort = (port) => waitForPortWithin(port, 15000);
 
 /** A gateway replica; resolves with its port once it accepts connections. */
 async function gateway(name, args) {

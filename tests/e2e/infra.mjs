@@ -36,7 +36,7 @@ export function freePort() {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Resolves when something accepts TCP connections on `port` (bounded). */
-async function waitForPort(port, ms = 10000) {
+export async function waitForPort(port, ms = 10000) {
   const end = Date.now() + ms;
   while (Date.now() < end) {
     const ok = await new Promise((resolve) => {
