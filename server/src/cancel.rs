@@ -145,6 +145,7 @@ async fn decide(app: &App, run_id: &str, body: &CancelBody) -> StoreResult<Cance
             }
             CancelOutcome::Already(n) => CancelAnswer::Accepted(n),
             CancelOutcome::Finished => CancelAnswer::Finished(run_status(&**store, run_id).await?),
+            CancelOutcome::ReplyFinished(end) => CancelAnswer::Finished(end.as_str().to_owned()),
             CancelOutcome::UnknownRun => CancelAnswer::NotFound,
         },
     )
@@ -303,7 +304,10 @@ pub async fn end_target(
         return Ok(());
     }
     let n = events.len();
-    store.append_batch(run_id, events, None).await?;
+    if store.append_batch(run_id, events, None).await? == crate::store::BatchOutcome::ReplyTaken {
+        // The reply started meanwhile: its producer sees the request and ends it.
+        return Ok(());
+    }
     crate::log(
         "cancel.ended_by_gateway",
         json!({"run_id": run_id, "target": target.key(), "events": n}),

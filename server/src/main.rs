@@ -11,6 +11,7 @@
 //!                  [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant]
 //!                  [--chaos JSON] [--window N] [--runs N] [--start-at-ms UNIX_MS]
 //! runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME]
+//!                  [--send-claim-idle-ms 30000]
 //! ```
 //!
 //! Secure by default: without an auth choice the gateway refuses to start.
@@ -22,6 +23,10 @@
 //! (`produce --chat-worker`, any number of them) answers each send once, so a
 //! reply does not die with the replica that accepted its send. `--replies
 //! none` leaves the answers to the team's backend (the publish API's sends).
+//! A send a worker took and did not answer (it died) is taken over by a live
+//! worker once pending for `--send-claim-idle-ms` (default 30 000, `XAUTOCLAIM`);
+//! one reply per send is enforced where replies are appended, so a slow worker
+//! and the one that took its send over never both answer (docs/GATEWAY.md).
 //!
 //! SIGTERM drains: `/readyz` answers 503, new streams are refused, open SSE
 //! streams end with `retry: 250` and WebSockets close with 1012, and the
@@ -40,12 +45,12 @@ use std::sync::Arc;
 
 use runstream_server::auth::{AuthMode, JwtConfig, JwtOptions};
 use runstream_server::hub::Chaos;
-use runstream_server::store::{self, Store, DEFAULT_WINDOW};
+use runstream_server::store::{self, Store, DEFAULT_SEND_CLAIM_IDLE_MS, DEFAULT_WINDOW};
 use runstream_server::{
     create_and_produce, router, scenario, CreateRun, Limits, Replies, Settings,
 };
 
-const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]… [--malloc-mmap-threshold BYTES]\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME]";
+const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]… [--malloc-mmap-threshold BYTES]\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME] [--send-claim-idle-ms N]";
 
 const NO_AUTH_CHOICE: &str = "runstream-server: no auth choice. PROTOCOL §7 needs one of:\n  --jwt-secret-file FILE      HS256 tokens signed with the secret in FILE\n  --jwt-public-key-file FILE  RS256/ES256 tokens verified with the PEM public key in FILE\n  --auth none                 no authorization at all (local development only)";
 
@@ -298,6 +303,7 @@ async fn produce(args: Vec<String>) -> ExitCode {
     let mut runs: u64 = 1;
     let mut start_at_ms: Option<u64> = None;
     let mut consumer = format!("worker-{}", std::process::id());
+    let mut claim_idle_ms = DEFAULT_SEND_CLAIM_IDLE_MS;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         if a == "--chat-worker" {
@@ -319,6 +325,10 @@ async fn produce(args: Vec<String>) -> ExitCode {
             "--window" => window = v.parse().unwrap_or(DEFAULT_WINDOW),
             "--run-id" => c.run_id = Some(v),
             "--consumer" => consumer = v,
+            "--send-claim-idle-ms" => match v.parse() {
+                Ok(x) => claim_idle_ms = x,
+                Err(_) => return bad(),
+            },
             "--runs" => match v.parse() {
                 Ok(x) => runs = x,
                 Err(_) => return bad(),
@@ -366,7 +376,7 @@ async fn produce(args: Vec<String>) -> ExitCode {
         Err(e) => return fail(&format!("--store {}: {e}", store::redact(&spec))),
     };
     if chat_worker {
-        return chat_worker_loop(store, &consumer).await;
+        return chat_worker_loop(store, &consumer, claim_idle_ms).await;
     }
     // Several runs at once (`--runs N`, the load benchmark): ids from the store unless one is given.
     let mut ids = Vec::new();
@@ -420,7 +430,7 @@ async fn produce(args: Vec<String>) -> ExitCode {
 
 /// The chat worker: answers every send accepted by any replica (`--replies
 /// worker`), one reply per send, until SIGTERM.
-async fn chat_worker_loop(store: Arc<dyn Store>, consumer: &str) -> ExitCode {
+async fn chat_worker_loop(store: Arc<dyn Store>, consumer: &str, claim_idle_ms: u64) -> ExitCode {
     println!(
         "{{\"event\":\"chat_worker.ready\",\"consumer\":{},\"pid\":{}}}",
         serde_json::Value::from(consumer),
@@ -429,7 +439,7 @@ async fn chat_worker_loop(store: Arc<dyn Store>, consumer: &str) -> ExitCode {
     let mut stop = std::pin::pin!(wait_for_signal());
     loop {
         let claimed = tokio::select! {
-            r = store.claim_sends(consumer, 1000) => r,
+            r = store.claim_sends(consumer, 1000, claim_idle_ms) => r,
             _ = &mut stop => return ExitCode::SUCCESS,
         };
         let sends = match claimed {
@@ -444,6 +454,11 @@ async fn chat_worker_loop(store: Arc<dyn Store>, consumer: &str) -> ExitCode {
             }
         };
         for s in sends {
+            println!(
+                "{{\"event\":\"chat_worker.claimed\",\"run_id\":{},\"client_request_id\":{}}}",
+                serde_json::Value::from(s.session.as_str()),
+                serde_json::Value::from(s.crid.as_str())
+            );
             let store = store.clone();
             tokio::spawn(async move {
                 let r =
@@ -458,6 +473,16 @@ async fn chat_worker_loop(store: Arc<dyn Store>, consumer: &str) -> ExitCode {
                             serde_json::Value::from(s.crid)
                         );
                     }
+                    Err(store::StoreError::ReplyTaken(_)) => {
+                        // Another consumer answered it (this one was slow, or took it over).
+                        let _ = store.ack_send(&s.queue_id).await;
+                        println!(
+                            "{{\"event\":\"chat_worker.reply_taken\",\"run_id\":{},\"client_request_id\":{}}}",
+                            serde_json::Value::from(s.session),
+                            serde_json::Value::from(s.crid)
+                        );
+                    }
+                    // Left pending: a live consumer takes it over after the claim idle time.
                     Err(e) => eprintln!("chat worker: reply to {}: {e}", s.crid),
                 }
             });

@@ -234,6 +234,11 @@ async fn append_events(
             Json(json!({"run_id": run_id, "status": "finished"})),
         )
             .into_response(),
+        Ok(BatchOutcome::ReplyTaken) => (
+            StatusCode::CONFLICT,
+            Json(json!({"run_id": run_id, "status": "reply_taken"})),
+        )
+            .into_response(),
         Ok(BatchOutcome::UnknownRun) => (StatusCode::NOT_FOUND, "unknown run").into_response(),
         Err(e) => unavailable(&run_id, &e),
     }

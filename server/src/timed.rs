@@ -172,8 +172,9 @@ impl Store for TimedStore {
         &'a self,
         consumer: &'a str,
         block_ms: u64,
+        reclaim_idle_ms: u64,
     ) -> BoxFuture<'a, StoreResult<Vec<QueuedSend>>> {
-        self.inner.claim_sends(consumer, block_ms)
+        self.inner.claim_sends(consumer, block_ms, reclaim_idle_ms)
     }
 
     fn ack_send<'a>(&'a self, queue_id: &'a str) -> BoxFuture<'a, StoreResult<()>> {

@@ -517,3 +517,81 @@ both_stores!(
     the_websocket_op_answers_like_the_route,
     a_cancel_on_one_replica_stops_the_producer_of_the_other,
 );
+
+/// PROTOCOL §8's 409 for a finished reply is decided in the same atomic step as the
+/// append (lua/cancel.lua), so replicas racing cannot both pass it: replica A's store
+/// appends a reply's `message.completed` while replica B takes a cancel of that reply,
+/// 200 times on one Redis; nothing is ever appended after the reply's end, and a 409
+/// appends nothing at all.
+#[tokio::test]
+async fn a_reply_cancel_racing_the_reply_end_never_appends_after_it() {
+    let Some(b) = Backend::new(support::Kind::Redis).await else {
+        return;
+    };
+    let a = b.store().await;
+    let b_addr = start_settings(Settings {
+        cancel_grace_ms: 30_000,
+        ..Settings::dev(b.store().await, Replies::None, 200)
+    })
+    .await;
+    let (mut accepted, mut refused) = (0, 0);
+    for i in 0..200u64 {
+        let run = format!("race_{i}");
+        let (st, _, _) = http(
+            &b_addr,
+            "POST",
+            &format!("/api/chat/{run}/messages"),
+            &[],
+            Some(&json!({"client_request_id": "s", "content": "hi"}).to_string()),
+        )
+        .await;
+        assert_eq!(st, 202);
+        a.append(
+            &run,
+            "message.created",
+            json!({"message_id": "r", "role": "assistant", "reply_to": "s"}),
+        )
+        .await
+        .unwrap();
+        // The end lands somewhere inside the cancel's handling (0 to 4 ms in).
+        let end = async {
+            tokio::time::sleep(Duration::from_micros((i % 5) * 1000)).await;
+            a.append(
+                &run,
+                "message.completed",
+                json!({"message_id": "r", "finish_reason": "stop"}),
+            )
+            .await
+            .unwrap();
+        };
+        let (_, (st, body)) = tokio::join!(
+            end,
+            cancel(&b_addr, &run, json!({"client_request_id": "c", "reply_to": "s"}))
+        );
+        let events: Vec<Value> = a
+            .read(&run, 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| serde_json::from_str(e.get()).unwrap())
+            .collect();
+        let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+        let ended = types.iter().position(|t| *t == "message.completed").unwrap();
+        let asked = types.iter().position(|t| *t == "run.cancel_requested");
+        match st {
+            202 => {
+                accepted += 1;
+                assert!(asked.is_some_and(|n| n < ended), "round {i}: {types:?}");
+            }
+            409 => {
+                refused += 1;
+                assert_eq!(body["status"], "completed", "round {i}");
+                assert_eq!(asked, None, "round {i}: a 409 appended {types:?}");
+            }
+            _ => panic!("round {i}: {st} {body}"),
+        }
+    }
+    println!("# 200 races: {accepted} cancels accepted before the end, {refused} answered 409");
+}

@@ -42,6 +42,10 @@ pub enum StoreError {
     /// The store holds something this server cannot read.
     #[error("corrupt store data: {0}")]
     Corrupt(String),
+    /// The append would start a second reply to one send (`message.created` with a
+    /// `reply_to` that already has a reply): refused, nothing appended.
+    #[error("send {0:?} already has a reply")]
+    ReplyTaken(String),
     /// A store URL this server does not know.
     #[error("unsupported store {0:?} (expected `memory`, `redis://host:port` or `redis-cluster://host:port,…`)")]
     Unsupported(String),
@@ -155,6 +159,9 @@ pub enum BatchOutcome {
     KeyConflict,
     /// The run is finished: nothing appended.
     Finished,
+    /// A `message.created` of the batch names a `reply_to` whose send already has a
+    /// reply (one reply per send, checked in the append step): nothing appended.
+    ReplyTaken,
     /// No such run.
     UnknownRun,
 }
@@ -195,8 +202,30 @@ pub enum CancelOutcome {
     Already(u64),
     /// The run is finished: nothing appended.
     Finished,
+    /// The reply named by the target already ended (`completed` or `failed`): nothing
+    /// appended. Checked in the same atomic step as the append (the Redis store).
+    ReplyFinished(ReplyEnd),
     /// No such run.
     UnknownRun,
+}
+
+/// How a reply ended ([`CancelOutcome::ReplyFinished`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyEnd {
+    /// `message.completed`.
+    Completed,
+    /// `message.failed`.
+    Failed,
+}
+
+impl ReplyEnd {
+    /// The status word of PROTOCOL §8's 409.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// A chat send as the publish API's long poll lists it.
@@ -350,12 +379,15 @@ pub trait Store: Send + Sync + 'static {
     /// Sends accepted in any process and not yet answered, for a chat worker
     /// (`produce --chat-worker`); waits up to `block_ms` for one. Only a shared
     /// store has a queue: the memory store answers [`StoreError::Unsupported`].
+    /// Sends another consumer took and left unacknowledged for `reclaim_idle_ms`
+    /// (it died before answering, or its answer failed) are taken over first.
     fn claim_sends<'a>(
         &'a self,
         consumer: &'a str,
         block_ms: u64,
+        reclaim_idle_ms: u64,
     ) -> BoxFuture<'a, StoreResult<Vec<QueuedSend>>> {
-        let _ = (consumer, block_ms);
+        let _ = (consumer, block_ms, reclaim_idle_ms);
         let name = self.name();
         async move { Err(StoreError::Unsupported(format!("{name}: no send queue"))) }.boxed()
     }
@@ -437,6 +469,10 @@ pub trait Store: Send + Sync + 'static {
         async move { Ok(true) }.boxed()
     }
 }
+
+/// How long a send stays with a consumer that read it without answering before a live
+/// one takes it over (`--send-claim-idle-ms`, the kit's `sendClaimIdleMs`), in ms.
+pub const DEFAULT_SEND_CLAIM_IDLE_MS: u64 = 30_000;
 
 /// A chat send waiting for its reply (the shared store's send queue).
 #[derive(Debug, Clone, PartialEq)]

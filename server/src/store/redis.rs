@@ -138,6 +138,11 @@ const SEND_QUEUE: &str = "runstream:sends";
 const SEND_QUEUE_MAXLEN: u64 = 100_000;
 /// The consumer group of chat workers.
 const SEND_GROUP: &str = "replies";
+/// Most sends one claim takes (`COUNT` of `XREADGROUP` and `XAUTOCLAIM`).
+const SEND_BATCH: usize = 16;
+/// A send handed out more often than this (its answer failed every time) is acknowledged
+/// unanswered instead of reclaimed again.
+pub const MAX_SEND_DELIVERIES: u64 = 5;
 
 fn meta_key(id: &str) -> String {
     format!("runstream:{{{id}}}:meta")
@@ -422,6 +427,8 @@ pub struct RedisStore {
     snapshots: Mutex<HashMap<String, Reduced>>,
     /// The blocking connection of a chat worker's `XREADGROUP`.
     worker_conn: tokio::sync::Mutex<Option<Conn>>,
+    /// Where the next `XAUTOCLAIM` of the sends queue goes on (`0-0`: from the start).
+    reclaim_cursor: Mutex<String>,
     append_script: Script,
     send_script: Script,
     create_script: Script,
@@ -453,6 +460,7 @@ impl RedisStore {
             tails: Arc::default(),
             snapshots: Mutex::default(),
             worker_conn: tokio::sync::Mutex::new(None),
+            reclaim_cursor: Mutex::new("0-0".into()),
             append_script,
             send_script,
             create_script,
@@ -461,6 +469,111 @@ impl RedisStore {
             trim_script,
             chaos_script,
         })
+    }
+
+    /// Up to [`SEND_BATCH`] sends of the queue pending (read, not acknowledged) for at
+    /// least `idle_ms`, taken over by `consumer` (`XAUTOCLAIM`, which moves each to one
+    /// caller only). The scan goes on from where the last call stopped. A send handed
+    /// out [`MAX_SEND_DELIVERIES`] times is acknowledged unanswered (logged
+    /// `send.abandoned`): an answer that always fails is not retried forever.
+    async fn reclaim(&self, consumer: &str, idle_ms: u64) -> StoreResult<Vec<Entry>> {
+        let cursor = self
+            .reclaim_cursor
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|_| "0-0".into());
+        let reply: Vec<redis::Value> = redis::cmd("XAUTOCLAIM")
+            .arg(SEND_QUEUE)
+            .arg(SEND_GROUP)
+            .arg(consumer)
+            .arg(idle_ms)
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(SEND_BATCH)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut it = reply.into_iter();
+        let next: String = match it.next() {
+            Some(v) => redis::from_redis_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            None => "0-0".into(),
+        };
+        // Redis 6.2 lists a deleted entry with nil fields; 7 lists it apart (third element).
+        let raw: Vec<(String, Option<Vec<String>>)> = match it.next() {
+            Some(v) => redis::from_redis_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            None => Vec::new(),
+        };
+        if let Ok(mut c) = self.reclaim_cursor.lock() {
+            *c = next;
+        }
+        let mut out = Vec::new();
+        for (queue_id, fields) in raw {
+            let Some(fields) = fields else {
+                self.ack_send(&queue_id).await?;
+                continue;
+            };
+            // [[id, consumer, idle ms, deliveries]]
+            let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+                .arg(SEND_QUEUE)
+                .arg(SEND_GROUP)
+                .arg(&queue_id)
+                .arg(&queue_id)
+                .arg(1)
+                .query_async(&mut self.conn())
+                .await?;
+            let deliveries = pending.first().map_or(0, |p| p.3);
+            if deliveries > MAX_SEND_DELIVERIES {
+                crate::log(
+                    "send.abandoned",
+                    serde_json::json!({"queue_id": queue_id, "deliveries": deliveries}),
+                );
+                self.ack_send(&queue_id).await?;
+                continue;
+            }
+            crate::log(
+                "send.reclaimed",
+                serde_json::json!({"queue_id": queue_id, "consumer": consumer, "deliveries": deliveries}),
+            );
+            out.push((queue_id, fields));
+        }
+        Ok(out)
+    }
+
+    /// New sends for `consumer` (`XREADGROUP >`), waiting up to `block_ms`.
+    async fn read_new_sends(&self, consumer: &str, block_ms: u64) -> StoreResult<Vec<Entry>> {
+        // A blocking read: on a connection of its own, not the shared multiplexed one.
+        let mut slot = self.worker_conn.lock().await;
+        let c = match slot.as_mut() {
+            Some(c) => c,
+            None => slot.insert(
+                self.source
+                    .blocking(Duration::from_millis(block_ms))
+                    .await?,
+            ),
+        };
+        let reply: redis::RedisResult<XreadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(SEND_GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(SEND_BATCH)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(SEND_QUEUE)
+            .arg(">")
+            .query_async(c)
+            .await;
+        match reply {
+            Ok(r) => Ok(r
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|(_, entries)| entries)
+                .collect()),
+            Err(e) => {
+                *slot = None;
+                Err(e.into())
+            }
+        }
     }
 
     /// True on a Redis Cluster.
@@ -636,6 +749,10 @@ impl RedisStore {
             .arg(ty)
             .invoke_async(&mut self.conn())
             .await?;
+        if n == -4 {
+            let crid = payload.get("reply_to").and_then(Value::as_str).unwrap_or("");
+            return Err(StoreError::ReplyTaken(crid.to_owned()));
+        }
         let Ok(n) = u64::try_from(n) else {
             return Ok(None);
         };
@@ -889,6 +1006,7 @@ impl RedisStore {
             1 => BatchOutcome::Repeated { first, last },
             -2 => BatchOutcome::KeyConflict,
             -3 => BatchOutcome::Finished,
+            -4 => BatchOutcome::ReplyTaken,
             _ => BatchOutcome::UnknownRun,
         })
     }
@@ -1163,13 +1281,18 @@ impl Store for RedisStore {
         async move {
             let rest = serde_json::to_string(&payload).unwrap_or_else(|_| "{}".into());
             let ty = "run.cancel_requested";
-            let (code, n, first): (i64, u64, u64) = self
+            let reply = match target {
+                super::CancelTarget::Reply(crid) => crid.as_str(),
+                super::CancelTarget::Run => "",
+            };
+            let (code, n, first, status): (i64, u64, u64, String) = self
                 .cancel_script
                 .key(meta_key(id))
                 .key(log_key(id))
                 .key(cancel_key(id, target))
                 .arg(body_rest(id, ty, &rest))
                 .arg(ty)
+                .arg(reply)
                 .invoke_async(&mut self.conn())
                 .await?;
             Ok(match code {
@@ -1178,7 +1301,11 @@ impl Store for RedisStore {
                     super::CancelOutcome::Requested(n)
                 }
                 1 => super::CancelOutcome::Already(n),
-                -3 => super::CancelOutcome::Finished,
+                -3 => match status.as_str() {
+                    "completed" => super::CancelOutcome::ReplyFinished(super::ReplyEnd::Completed),
+                    "failed" => super::CancelOutcome::ReplyFinished(super::ReplyEnd::Failed),
+                    _ => super::CancelOutcome::Finished,
+                },
                 _ => super::CancelOutcome::UnknownRun,
             })
         }
@@ -1296,6 +1423,7 @@ impl Store for RedisStore {
         &'a self,
         consumer: &'a str,
         block_ms: u64,
+        reclaim_idle_ms: u64,
     ) -> BoxFuture<'a, StoreResult<Vec<QueuedSend>>> {
         async move {
             // The group starts at 0: sends accepted before any worker ran are answered too.
@@ -1312,65 +1440,48 @@ impl Store for RedisStore {
                     return Err(e.into());
                 }
             }
-            // A blocking read: on a connection of its own, not the shared multiplexed one.
-            let mut slot = self.worker_conn.lock().await;
-            let c = match slot.as_mut() {
-                Some(c) => c,
-                None => slot.insert(
-                    self.source
-                        .blocking(Duration::from_millis(block_ms))
-                        .await?,
-                ),
+            // First the sends another consumer read and left unanswered for `reclaim_idle_ms`
+            // (it died, or its answer failed): taken over, at most SEND_BATCH per call.
+            let reclaimed = self.reclaim(consumer, reclaim_idle_ms).await?;
+            let entries = if reclaimed.is_empty() {
+                self.read_new_sends(consumer, block_ms).await?
+            } else {
+                reclaimed
             };
-            let reply: redis::RedisResult<XreadReply> = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(SEND_GROUP)
-                .arg(consumer)
-                .arg("COUNT")
-                .arg(16)
-                .arg("BLOCK")
-                .arg(block_ms)
-                .arg("STREAMS")
-                .arg(SEND_QUEUE)
-                .arg(">")
-                .query_async(c)
-                .await;
-            let reply = match reply {
-                Ok(r) => r,
-                Err(e) => {
-                    *slot = None;
-                    return Err(e.into());
-                }
-            };
-            drop(slot);
             let mut out = Vec::new();
-            for (_, entries) in reply.unwrap_or_default() {
-                for (queue_id, f) in entries {
-                    if let (Some(s), Some(c), Some(x)) =
-                        (field(&f, "s"), field(&f, "c"), field(&f, "x"))
-                    {
-                        // The queue is at least once (a send whose queue step was retried may be
-                        // on it twice): the first claim of (session, client_request_id) wins,
-                        // a later entry for it is acknowledged unanswered.
-                        let first: Option<String> = redis::cmd("SET")
+            for (queue_id, f) in entries {
+                if let (Some(s), Some(c), Some(x)) =
+                    (field(&f, "s"), field(&f, "c"), field(&f, "x"))
+                {
+                    // The queue is at least once (a send whose queue step was retried may be
+                    // on it twice): the first claim of (session, client_request_id) wins,
+                    // a later entry for it is acknowledged unanswered. A reclaimed entry
+                    // finds its own claim and is answered (one reply per send is then
+                    // enforced by the append step: `reply_taken`, lua/append_step.lua).
+                    let first: Option<String> = redis::cmd("SET")
+                        .arg(claimed_key(s, c))
+                        .arg(&queue_id)
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(self.send_ttl_s)
+                        .query_async(&mut self.conn())
+                        .await?;
+                    if first.is_none() {
+                        let owner: Option<String> = redis::cmd("GET")
                             .arg(claimed_key(s, c))
-                            .arg(&queue_id)
-                            .arg("NX")
-                            .arg("EX")
-                            .arg(self.send_ttl_s)
                             .query_async(&mut self.conn())
                             .await?;
-                        if first.is_none() {
+                        if owner.as_deref() != Some(queue_id.as_str()) {
                             self.ack_send(&queue_id).await?;
                             continue;
                         }
-                        out.push(QueuedSend {
-                            queue_id,
-                            session: s.to_owned(),
-                            crid: c.to_owned(),
-                            content: x.to_owned(),
-                        });
                     }
+                    out.push(QueuedSend {
+                        queue_id,
+                        session: s.to_owned(),
+                        crid: c.to_owned(),
+                        content: x.to_owned(),
+                    });
                 }
             }
             Ok(out)
