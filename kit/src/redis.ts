@@ -36,6 +36,7 @@ import type { ClusterOptions, RedisOptions } from "ioredis";
 
 import { Reducer, prunePoint } from "./reducer.js";
 import {
+  ReplyTakenError,
   StoreError,
   cancelTargetFromKey,
   cancelTargetKey,
@@ -82,6 +83,8 @@ export const SEND_QUEUE = "runstream:sends";
 export const SEND_QUEUE_MAXLEN = 100_000;
 /** The consumer group of chat workers (the gateway's too). */
 export const SEND_GROUP = "replies";
+/** A send handed out more often than this (its answer failed every time) is acknowledged unanswered, not reclaimed again (the gateway's `MAX_SEND_DELIVERIES`). */
+export const MAX_SEND_DELIVERIES = 5;
 /** Cancel grace deadlines of every run (one sorted set). */
 export const GRACES = "runstream:cancel_graces";
 /** The run id counter. */
@@ -501,6 +504,8 @@ export class RedisStore implements Store {
   private readonly snapshots = new Map<string, Reducer>();
   private readonly blocking = new Set<Client>();
   private groupReady = false;
+  /** Where the next `XAUTOCLAIM` of the sends queue goes on. */
+  private reclaimCursor = "0-0";
   private closed = false;
 
   constructor(opts: RedisStoreOptions) {
@@ -559,6 +564,7 @@ export class RedisStore implements Store {
   async append(id: string, type: EventType, payload: JsonObject): Promise<number | null> {
     const r = (await this.script("append", [metaKey(id), logKey(id)], [bodyRest(id, type, JSON.stringify(payload)), type])) as unknown[];
     const n = num(r[0]);
+    if (n === -4) throw new ReplyTakenError(typeof payload["reply_to"] === "string" ? payload["reply_to"] : "");
     if (n < 0) return null;
     await this.trimIfOver(id, n, num(r[1]));
     return n;
@@ -579,6 +585,8 @@ export class RedisStore implements Store {
         return { kind: "key_conflict" };
       case -3:
         return { kind: "finished" };
+      case -4:
+        return { kind: "reply_taken" };
       default:
         return { kind: "unknown_run" };
     }
@@ -849,7 +857,13 @@ export class RedisStore implements Store {
    * handed out once (`claimed`, `SET NX`); the other entry is acknowledged
    * unanswered. Acknowledge each with {@link ackSend} once answered.
    */
-  async claimSends(consumer: string, blockMs: number, signal?: AbortSignal): Promise<QueuedSend[]> {
+  async claimSends(
+    consumer: string,
+    blockMs: number,
+    signal?: AbortSignal,
+    reclaimIdleMs = 30_000,
+    answering: readonly string[] = [],
+  ): Promise<QueuedSend[]> {
     if (!this.groupReady) {
       try {
         // The group starts at 0: sends accepted before any worker ran are answered too.
@@ -860,6 +874,12 @@ export class RedisStore implements Store {
       this.groupReady = true;
     }
     if (signal?.aborted) return [];
+    // First the sends another consumer read and left unanswered for `reclaimIdleMs`.
+    // The heartbeat of the sends being answered here (`JUSTID` counts no delivery).
+    if (answering.length > 0) await this.cmd("XCLAIM", SEND_QUEUE, SEND_GROUP, consumer, 0, ...answering, "JUSTID");
+    // One of ours the heartbeat missed (this process stalled) is still being answered here.
+    const reclaimed = (await this.reclaim(consumer, reclaimIdleMs)).filter(([id]) => !answering.includes(id));
+    if (reclaimed.length > 0) return this.handOut(reclaimed);
     const own = this.source.blocking(SEND_QUEUE, blockMs, this.conn);
     this.blocking.add(own);
     const abort = (): void => own.disconnect();
@@ -881,21 +901,57 @@ export class RedisStore implements Store {
       this.blocking.delete(own);
       own.disconnect();
     }
-    const out: QueuedSend[] = [];
-    for (const [, entries] of reply ?? []) {
-      for (const [queueId, f] of entries) {
-        const s = field(f, "s");
-        const c = field(f, "c");
-        const x = field(f, "x");
-        if (s === undefined || c === undefined || x === undefined) continue;
-        const first = await this.cmd("SET", claimedKey(s, c), queueId, "NX", "EX", this.sendTtlS);
-        if (first === null) {
-          await this.ackSend(queueId);
-          continue;
-        }
-        const messageId = (await this.cmd("GET", sendKey(s, c))) as string | null;
-        out.push({ queueId, sessionId: s, clientRequestId: c, content: x, messageId: messageId ?? "" });
+    return this.handOut((reply ?? []).flatMap(([, entries]) => entries));
+  }
+
+  /**
+   * Up to 16 sends of the queue pending for at least `idleMs`, taken over by `consumer`
+   * (`XAUTOCLAIM` moves each to one caller only), the scan going on where the last call
+   * stopped. A send handed out more than {@link MAX_SEND_DELIVERIES} times (its answer
+   * always failed) is acknowledged unanswered instead.
+   */
+  private async reclaim(consumer: string, idleMs: number): Promise<Entry[]> {
+    const r = (await this.cmd("XAUTOCLAIM", SEND_QUEUE, SEND_GROUP, consumer, Math.floor(idleMs), this.reclaimCursor, "COUNT", 16)) as unknown[];
+    this.reclaimCursor = typeof r[0] === "string" ? r[0] : "0-0";
+    // Redis 6.2 lists a deleted entry with nil fields; 7 lists it apart (third element).
+    const raw = (Array.isArray(r[1]) ? r[1] : []) as [string, string[] | null][];
+    const out: Entry[] = [];
+    for (const [queueId, fields] of raw) {
+      if (fields === null) {
+        await this.ackSend(queueId);
+        continue;
       }
+      const p = (await this.cmd("XPENDING", SEND_QUEUE, SEND_GROUP, queueId, queueId, 1)) as [string, string, number, number][];
+      const deliveries = p[0]?.[3] ?? 0;
+      if (deliveries > MAX_SEND_DELIVERIES) {
+        await this.ackSend(queueId);
+        continue;
+      }
+      out.push([queueId, fields]);
+    }
+    return out;
+  }
+
+  /**
+   * The sends of `entries` this consumer answers: the first claim of (session,
+   * client_request_id) wins (`claimed`, `SET NX`); a later entry for it is acknowledged
+   * unanswered, and a reclaimed entry finds its own claim and is answered again (one
+   * reply per send is then enforced by the append step, `reply_taken`).
+   */
+  private async handOut(entries: Entry[]): Promise<QueuedSend[]> {
+    const out: QueuedSend[] = [];
+    for (const [queueId, f] of entries) {
+      const s = field(f, "s");
+      const c = field(f, "c");
+      const x = field(f, "x");
+      if (s === undefined || c === undefined || x === undefined) continue;
+      const first = await this.cmd("SET", claimedKey(s, c), queueId, "NX", "EX", this.sendTtlS);
+      if (first === null && (await this.cmd("GET", claimedKey(s, c))) !== queueId) {
+        await this.ackSend(queueId);
+        continue;
+      }
+      const messageId = (await this.cmd("GET", sendKey(s, c))) as string | null;
+      out.push({ queueId, sessionId: s, clientRequestId: c, content: x, messageId: messageId ?? "" });
     }
     return out;
   }
@@ -910,9 +966,10 @@ export class RedisStore implements Store {
     const r = (await this.script(
       "cancel",
       [metaKey(id), logKey(id), cancelKey(id, target)],
-      [bodyRest(id, type, JSON.stringify(payload)), type],
+      [bodyRest(id, type, JSON.stringify(payload)), type, target.kind === "reply" ? target.replyTo : ""],
     )) as unknown[];
-    const [code, n, first] = r.map(num) as [number, number, number];
+    const [code, n, first] = r.slice(0, 3).map(num) as [number, number, number];
+    const status = r[3] instanceof Buffer ? r[3].toString() : String(r[3] ?? "");
     switch (code) {
       case 0:
         await this.trimIfOver(id, n, first);
@@ -920,7 +977,7 @@ export class RedisStore implements Store {
       case 1:
         return { kind: "already", eventId: n };
       case -3:
-        return { kind: "finished" };
+        return status === "completed" || status === "failed" ? { kind: "reply_finished", status } : { kind: "finished" };
       default:
         return { kind: "unknown_run" };
     }

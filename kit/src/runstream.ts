@@ -60,6 +60,12 @@ export interface RunstreamOptions {
   basePath?: string | undefined;
   /** PROTOCOL §8's grace period: a cancelled target no producer ended is ended by the kit after it (default 30 000 ms). */
   cancelGraceMs?: number | undefined;
+  /**
+   * A chat send another process took for its `onSend` and left unanswered this long (it died) is
+   * taken over by this one (Redis `XAUTOCLAIM`; default {@link DEFAULT_SEND_CLAIM_IDLE_MS}, the
+   * gateway's `--send-claim-idle-ms`).
+   */
+  sendClaimIdleMs?: number | undefined;
   /** A `retry: <ms>` line sent when an SSE stream opens (default: none; the client's own backoff applies). */
   retryMs?: number | undefined;
   /** Largest request body (default 1 MiB; `413` past it). */
@@ -98,8 +104,12 @@ export interface SendEvent {
 /** What {@link Runstream.append} and {@link Runstream.createRun} reject with. */
 export class RunstreamError extends Error {
   override readonly name = "RunstreamError";
-  /** Why: the batch is invalid (`message` names `events[i]`), the run is unknown or finished, or the key was used with another batch. */
-  readonly code: "invalid" | "unknown_run" | "finished" | "key_conflict";
+  /**
+   * Why: the batch is invalid (`message` names `events[i]`), the run is unknown or finished, the key was
+   * used with another batch, or (`reply_taken`) its `message.created` answers a send that already has a
+   * reply: another consumer answered it (an `onSend` handler may stop; the kit acknowledges the send).
+   */
+  readonly code: "invalid" | "unknown_run" | "finished" | "key_conflict" | "reply_taken";
   constructor(code: RunstreamError["code"], message: string) {
     super(message);
     this.code = code;
@@ -165,6 +175,8 @@ export const MAX_WAIT_MS = 30_000;
 export const SENDS_PER_POLL = 500;
 /** How long one claim of the send loop waits for new sends (ms) before it looks again. */
 export const SEND_CLAIM_BLOCK_MS = 1000;
+/** Default of `sendClaimIdleMs` (ms), as the gateway's `--send-claim-idle-ms`. */
+export const DEFAULT_SEND_CLAIM_IDLE_MS = 30_000;
 /**
  * Most sends one process answers at once through the store's consumer group: at the
  * bound it claims no more until an answer ends (other processes take the rest).
@@ -356,6 +368,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
   const heartbeatMs = Math.max(1, options.heartbeatMs ?? 15_000);
   const base = (options.basePath ?? "/api").replace(/\/+$/, "");
   const graceMs = Math.max(0, options.cancelGraceMs ?? 30_000);
+  const sendClaimIdleMs = Math.max(0, options.sendClaimIdleMs ?? DEFAULT_SEND_CLAIM_IDLE_MS);
   const maxBody = options.maxBodyBytes ?? 1 << 20;
   const maxRunsPerSocket = options.maxRunsPerSocket ?? 256;
   const wsBufferBytes = options.wsBufferBytes ?? 1 << 20;
@@ -379,14 +392,22 @@ export function createRunstream(options: RunstreamOptions): Runstream {
   /** Aborted by close(): every open stream and long poll ends. */
   const life = new AbortController();
 
-  /** Calls every onSend handler with `ev`; true when all of them succeeded. */
+  /**
+   * Calls every onSend handler with `ev`; true when all of them succeeded. A handler whose reply
+   * was refused as a second reply to the send (`reply_taken`: another consumer answered it, this
+   * one was slow or the send was taken over from it) counts as done.
+   */
   async function answer(ev: SendEvent): Promise<boolean> {
     const results = await Promise.allSettled([...sendHandlers].map((h) => Promise.resolve().then(() => h(ev))));
     let ok = true;
     for (const r of results) {
       if (r.status === "rejected") {
-        ok = false;
         const e: unknown = r.reason;
+        if (e instanceof RunstreamError && e.code === "reply_taken") {
+          log("send.reply_taken", { run_id: ev.runId, client_request_id: ev.clientRequestId });
+          continue;
+        }
+        ok = false;
         log("send.handler_failed", { run_id: ev.runId, error: e instanceof Error ? e.message : String(e) });
       }
     }
@@ -405,6 +426,8 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     const ack = store.ackSend?.bind(store);
     if (!claim || !ack) return;
     let inFlight = 0;
+    /** The queue ids being answered here: kept by each claim's heartbeat, never taken twice. */
+    const answering = new Set<string>();
     let freed: (() => void) | null = null;
     while (!stop.signal.aborted && !life.signal.aborted) {
       // A claim takes up to 16 sends: claim only with room for all of them.
@@ -417,7 +440,9 @@ export function createRunstream(options: RunstreamOptions): Runstream {
       if (stop.signal.aborted) break;
       let batch;
       try {
-        batch = await claim(consumer, SEND_CLAIM_BLOCK_MS, stop.signal);
+        // Claims (and so heartbeats the sends being answered) at least 3 times per idle time.
+        const blockMs = Math.min(SEND_CLAIM_BLOCK_MS, Math.max(50, Math.floor(sendClaimIdleMs / 3)));
+        batch = await claim(consumer, blockMs, stop.signal, sendClaimIdleMs, [...answering]);
       } catch (e) {
         log("send.claim_failed", { error: e instanceof Error ? e.message : String(e) });
         await new Promise((r) => setTimeout(r, 500));
@@ -426,6 +451,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
       for (const q of batch) {
         const ev: SendEvent = { sessionId: q.sessionId, runId: q.sessionId, clientRequestId: q.clientRequestId, content: q.content, messageId: q.messageId };
         inFlight++;
+        answering.add(q.queueId);
         void answer(ev)
           .then(async (ok) => {
             if (!ok) return;
@@ -436,6 +462,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
             }
           })
           .finally(() => {
+            answering.delete(q.queueId);
             inFlight--;
             const wake = freed;
             freed = null;
@@ -621,6 +648,8 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           const st = await snapshotState(runId);
           return { kind: "finished", status: st?.status ?? "finished" };
         }
+        case "reply_finished":
+          return { kind: "finished", status: out.status };
         case "unknown_run":
           return { kind: "not_found" };
       }
@@ -649,7 +678,8 @@ export function createRunstream(options: RunstreamOptions): Runstream {
       events.push({ type: "run.completed", payload: { status: "cancelled" } });
     }
     if (events.length === 0) return;
-    await store.appendBatch(runId, events);
+    // A reply that started meanwhile is not started twice: its producer sees the request.
+    if ((await store.appendBatch(runId, events)).kind === "reply_taken") return;
     log("cancel.ended_by_server", { run_id: runId, target: cancelTargetKey(target), events: events.length });
   }
 
@@ -984,6 +1014,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     | { kind: "invalid"; message: string; syntax: boolean }
     | { kind: "key_conflict" }
     | { kind: "finished" }
+    | { kind: "reply_taken" }
     | { kind: "unknown_run" }
   > {
     const c = checkBatch(runId, body);
@@ -1025,6 +1056,8 @@ export function createRunstream(options: RunstreamOptions): Runstream {
           return json(422, JSON.stringify({ error: "this Idempotency-Key was used with another body" }));
         case "finished":
           return json(409, JSON.stringify({ run_id: runId, status: "finished" }));
+        case "reply_taken":
+          return json(409, JSON.stringify({ run_id: runId, status: "reply_taken" }));
         case "unknown_run":
           return text(404, "unknown run");
       }
@@ -1592,6 +1625,8 @@ export function createRunstream(options: RunstreamOptions): Runstream {
         throw new RunstreamError("key_conflict", "this idempotency key was used with other events");
       case "finished":
         throw new RunstreamError("finished", `run ${runId} is finished`);
+      case "reply_taken":
+        throw new RunstreamError("reply_taken", "this send already has a reply (another consumer answered it)");
       case "unknown_run":
         throw new RunstreamError("unknown_run", `unknown run ${runId}`);
     }

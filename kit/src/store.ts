@@ -113,6 +113,11 @@ export type BatchOutcome =
   | { kind: "key_conflict" }
   /** The run is finished: nothing appended. */
   | { kind: "finished" }
+  /**
+   * A `message.created` of the batch names a `reply_to` whose send already has a reply
+   * (one reply per send, checked in the atomic append step): nothing appended.
+   */
+  | { kind: "reply_taken" }
   /** No such run. */
   | { kind: "unknown_run" };
 
@@ -142,6 +147,8 @@ export type CancelOutcome =
   | { kind: "already"; eventId: number }
   /** The run is finished: nothing appended. */
   | { kind: "finished" }
+  /** The reply named by the target already ended (checked in the same atomic step as the append). */
+  | { kind: "reply_finished"; status: "completed" | "failed" }
   /** No such run. */
   | { kind: "unknown_run" };
 
@@ -236,6 +243,14 @@ export class StoreError extends Error {
   override readonly name = "StoreError";
 }
 
+/** {@link Store.append} of a second reply to one send (its `reply_to` already has one): nothing appended. */
+export class ReplyTakenError extends Error {
+  override readonly name = "ReplyTakenError";
+  constructor(readonly replyTo: string) {
+    super(`send ${JSON.stringify(replyTo)} already has a reply`);
+  }
+}
+
 /** A run log backend (see the module docs for the contract). */
 export interface Store {
   /** `"memory"`, `"redis"`, … (logs and `/readyz`). */
@@ -328,9 +343,12 @@ export interface Store {
    * (less when `signal` aborts). Each send is handed to one consumer once.
    * When a store has it, `onSend` handlers are called through it (in
    * whichever process takes the send) instead of in the process that
-   * accepted the send.
+   * accepted the send. Sends another consumer took and left unacknowledged for
+   * `reclaimIdleMs` (it died before answering, or its handler failed) are taken
+   * over first. `answering` are the queue ids this consumer is still answering:
+   * kept (their idle time starts again, a heartbeat), never handed out again.
    */
-  claimSends?(consumer: string, blockMs: number, signal?: AbortSignal): Promise<QueuedSend[]>;
+  claimSends?(consumer: string, blockMs: number, signal?: AbortSignal, reclaimIdleMs?: number, answering?: readonly string[]): Promise<QueuedSend[]>;
 
   /** Acknowledges a send taken by {@link Store.claimSends} once it is answered. */
   ackSend?(queueId: string): Promise<void>;

@@ -437,9 +437,17 @@ async fn chat_worker_loop(store: Arc<dyn Store>, consumer: &str, claim_idle_ms: 
         std::process::id()
     );
     let mut stop = std::pin::pin!(wait_for_signal());
+    // The sends being answered here: kept by each claim's heartbeat, never taken twice.
+    let answering: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+    // Claims (and so heartbeats) at least three times per claim idle time.
+    let block_ms = (claim_idle_ms / 3).clamp(50, 1000);
     loop {
+        let ids: Vec<String> = answering
+            .lock()
+            .map(|a| a.iter().cloned().collect())
+            .unwrap_or_default();
         let claimed = tokio::select! {
-            r = store.claim_sends(consumer, 1000, claim_idle_ms) => r,
+            r = store.claim_sends(consumer, block_ms, claim_idle_ms, &ids) => r,
             _ = &mut stop => return ExitCode::SUCCESS,
         };
         let sends = match claimed {
@@ -460,10 +468,17 @@ async fn chat_worker_loop(store: Arc<dyn Store>, consumer: &str, claim_idle_ms: 
                 serde_json::Value::from(s.crid.as_str())
             );
             let store = store.clone();
+            if let Ok(mut a) = answering.lock() {
+                a.insert(s.queue_id.clone());
+            }
+            let answering = answering.clone();
             tokio::spawn(async move {
                 let r =
                     scenario::reply(store.clone(), s.session.clone(), s.crid.clone(), s.content)
                         .await;
+                if let Ok(mut a) = answering.lock() {
+                    a.remove(&s.queue_id);
+                }
                 match r {
                     Ok(()) => {
                         let _ = store.ack_send(&s.queue_id).await;

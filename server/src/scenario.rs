@@ -198,9 +198,9 @@ pub async fn reply(
     let mid = store.next_message_id(&id).await?;
     let (speed, seed) = (meta.speed, meta.chaos.seed);
     let mut rng = Rng::new([seed ^ crid.len() as u64, content.len() as u64]);
-    // "think" in the question: a pause of 3 s before the reply starts (the send stays
+    // "think" in the question: a pause of 1.5 s before the reply starts (the send stays
     // unanswered meanwhile; the tests of taking a dead worker's send over use it).
-    let before = if content.contains("think") { 3000 } else { 150 };
+    let before = if content.contains("think") { 1500 } else { 150 };
     tokio::time::sleep(scaled(before, speed)).await;
     store
         .append(

@@ -173,8 +173,10 @@ impl Store for TimedStore {
         consumer: &'a str,
         block_ms: u64,
         reclaim_idle_ms: u64,
+        answering: &'a [String],
     ) -> BoxFuture<'a, StoreResult<Vec<QueuedSend>>> {
-        self.inner.claim_sends(consumer, block_ms, reclaim_idle_ms)
+        self.inner
+            .claim_sends(consumer, block_ms, reclaim_idle_ms, answering)
     }
 
     fn ack_send<'a>(&'a self, queue_id: &'a str) -> BoxFuture<'a, StoreResult<()>> {

@@ -1,10 +1,14 @@
 // One kit process for the cross-process tests (kit-redis.test.mjs):
 // createRunstream on redisStore(url) behind node:http, driven over
 // stdin/stdout JSON lines.
-//   node tests/e2e/kit-process.mjs <redis-url> <name>
+//   node tests/e2e/kit-process.mjs <redis-url> <name> [options JSON]
 // Prints {"event":"ready","url"}; answers every chat send handed to it by
 // onSend with an assistant reply (message.created reply_to, a delta,
 // message.completed) and prints {"event":"answered","session","crid"}.
+// Options: {"sendClaimIdleMs"} (createRunstream's), {"thinkMs"}: a send whose
+// content has "think" is answered that much later (prints {"event":"taken"}
+// first), {"stall": true}: that wait blocks the whole process (a busy loop);
+// a reply refused as a second one prints {"event":"reply_taken"}.
 // Commands: {"op":"append","runId","n"} appends n events concurrently and
 // prints {"event":"appended","ids"}; {"op":"watch","runId"} takes
 // rs.cancelSignal(runId) and prints {"event":"cancelled","runId"} when it fires.
@@ -12,16 +16,26 @@ import { createServer } from "node:http";
 import { createInterface } from "node:readline";
 import { createRunstream, redisStore } from "../../kit/dist/index.js";
 
-const [url, name] = process.argv.slice(2);
+const [url, name, opts] = process.argv.slice(2);
+const { sendClaimIdleMs, thinkMs = 0, stall = false } = JSON.parse(opts ?? "{}");
 const out = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
-const rs = createRunstream({ store: redisStore({ url }), auth: "none", cancelGraceMs: 60_000 });
-rs.onSend(async ({ sessionId, runId, clientRequestId }) => {
+const rs = createRunstream({ store: redisStore({ url }), auth: "none", cancelGraceMs: 60_000, sendClaimIdleMs });
+rs.onSend(async ({ sessionId, runId, clientRequestId, content }) => {
   const mid = `${name}_${clientRequestId}`;
+  if (content.includes("think")) {
+    out({ event: "taken", session: sessionId, crid: clientRequestId });
+    await new Promise((r) => setTimeout(r, 50)); // the line above goes out first
+    if (stall) for (const end = Date.now() + thinkMs; Date.now() < end;);
+    else await new Promise((r) => setTimeout(r, thinkMs));
+  }
   await rs.append(runId, [
     { type: "message.created", payload: { message_id: mid, role: "assistant", reply_to: clientRequestId } },
     { type: "message.delta", payload: { message_id: mid, delta: `answered by ${name}` } },
     { type: "message.completed", payload: { message_id: mid, finish_reason: "stop" } },
-  ]);
+  ]).catch((e) => {
+    if (e.code === "reply_taken") out({ event: "reply_taken", session: sessionId, crid: clientRequestId });
+    throw e;
+  });
   out({ event: "answered", session: sessionId, crid: clientRequestId });
 });
 const server = createServer(rs.node);

@@ -381,13 +381,16 @@ pub trait Store: Send + Sync + 'static {
     /// store has a queue: the memory store answers [`StoreError::Unsupported`].
     /// Sends another consumer took and left unacknowledged for `reclaim_idle_ms`
     /// (it died before answering, or its answer failed) are taken over first.
+    /// `answering` are the queue ids this consumer is still answering: kept (their
+    /// idle time starts again, a heartbeat), never handed out again.
     fn claim_sends<'a>(
         &'a self,
         consumer: &'a str,
         block_ms: u64,
         reclaim_idle_ms: u64,
+        answering: &'a [String],
     ) -> BoxFuture<'a, StoreResult<Vec<QueuedSend>>> {
-        let _ = (consumer, block_ms, reclaim_idle_ms);
+        let _ = (consumer, block_ms, reclaim_idle_ms, answering);
         let name = self.name();
         async move { Err(StoreError::Unsupported(format!("{name}: no send queue"))) }.boxed()
     }

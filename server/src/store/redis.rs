@@ -471,6 +471,22 @@ impl RedisStore {
         })
     }
 
+    /// The heartbeat of the sends `consumer` is answering: their idle time starts again
+    /// (`XCLAIM … JUSTID`, which counts no delivery), so no other consumer takes them over
+    /// while this one lives, however long its answers take.
+    async fn keep_answering(&self, consumer: &str, answering: &[String]) -> StoreResult<()> {
+        if answering.is_empty() {
+            return Ok(());
+        }
+        let mut c = redis::cmd("XCLAIM");
+        c.arg(SEND_QUEUE).arg(SEND_GROUP).arg(consumer).arg(0);
+        for id in answering {
+            c.arg(id);
+        }
+        let _: Vec<String> = c.arg("JUSTID").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
     /// Up to [`SEND_BATCH`] sends of the queue pending (read, not acknowledged) for at
     /// least `idle_ms`, taken over by `consumer` (`XAUTOCLAIM`, which moves each to one
     /// caller only). The scan goes on from where the last call stopped. A send handed
@@ -1424,6 +1440,7 @@ impl Store for RedisStore {
         consumer: &'a str,
         block_ms: u64,
         reclaim_idle_ms: u64,
+        answering: &'a [String],
     ) -> BoxFuture<'a, StoreResult<Vec<QueuedSend>>> {
         async move {
             // The group starts at 0: sends accepted before any worker ran are answered too.
@@ -1442,7 +1459,10 @@ impl Store for RedisStore {
             }
             // First the sends another consumer read and left unanswered for `reclaim_idle_ms`
             // (it died, or its answer failed): taken over, at most SEND_BATCH per call.
-            let reclaimed = self.reclaim(consumer, reclaim_idle_ms).await?;
+            self.keep_answering(consumer, answering).await?;
+            let mut reclaimed = self.reclaim(consumer, reclaim_idle_ms).await?;
+            // One of ours the heartbeat missed (this process stalled): still being answered here.
+            reclaimed.retain(|(id, _)| !answering.contains(id));
             let entries = if reclaimed.is_empty() {
                 self.read_new_sends(consumer, block_ms).await?
             } else {
