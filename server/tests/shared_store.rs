@@ -425,11 +425,18 @@ async fn a_chat_worker_answers_each_send_once_whichever_replica_took_it(b: Backe
     let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
     let ready = lines.next_line().await.unwrap().unwrap();
     assert!(ready.contains("chat_worker.ready"), "{ready}");
+    let claimed = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(claimed.contains("chat_worker.claimed"), "{claimed}");
     let replied = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
+    assert!(replied.contains("chat_worker.replied"), "{replied}");
     assert!(replied.contains("\"w-1\""), "{replied}");
     let (_, _, snap) = http(&other, "GET", "/api/runs/sw/snapshot", &[], None).await;
     let snap: Value = serde_json::from_slice(&snap).unwrap();
@@ -517,5 +524,5 @@ async fn a_local_replier_and_a_chat_worker_answer_each_send_once(b: Backend) {
 async fn the_memory_store_has_no_send_queue() {
     let b = Backend::new(Kind::Memory).await.unwrap();
     let s = b.store().await;
-    assert!(s.claim_sends("x", 10).await.is_err());
+    assert!(s.claim_sends("x", 10, 30_000, &[]).await.is_err());
 }
