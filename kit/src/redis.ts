@@ -911,7 +911,14 @@ export class RedisStore implements Store {
    * always failed) is acknowledged unanswered instead.
    */
   private async reclaim(consumer: string, idleMs: number): Promise<Entry[]> {
-    const r = (await this.cmd("XAUTOCLAIM", SEND_QUEUE, SEND_GROUP, consumer, Math.floor(idleMs), this.reclaimCursor, "COUNT", 16)) as unknown[];
+    let r: unknown[];
+    try {
+      r = (await this.cmd("XAUTOCLAIM", SEND_QUEUE, SEND_GROUP, consumer, Math.floor(idleMs), this.reclaimCursor, "COUNT", 16)) as unknown[];
+    } catch (e) {
+      // The stream or its group was deleted (a flushed Redis): create it again next time.
+      if (e instanceof Error && e.message.includes("NOGROUP")) this.groupReady = false;
+      throw e;
+    }
     this.reclaimCursor = typeof r[0] === "string" ? r[0] : "0-0";
     // Redis 6.2 lists a deleted entry with nil fields; 7 lists it apart (third element).
     const raw = (Array.isArray(r[1]) ? r[1] : []) as [string, string[] | null][];

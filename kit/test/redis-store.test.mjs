@@ -346,6 +346,40 @@ for (const kind of ["redis", "cluster"]) {
       assert.deepEqual(again, ["c10"]);
     });
 
+    test("a send left pending by a dead consumer is taken over (XAUTOCLAIM); one reply per send; a finished reply's cancel refused in the script", async () => {
+      const s = rid("sess");
+      await a.send(s, "c1", "m1");
+      // Consumer "kit-dead" takes it and never acknowledges it (the group may hold other tests' sends).
+      let taken;
+      while (!taken) {
+        for (const q of await a.claimSends("kit-dead", 100)) {
+          if (q.sessionId === s) taken = q;
+          else await a.ackSend(q.queueId);
+        }
+      }
+      // Not idle long enough for another consumer; the heartbeat of its own consumer keeps it.
+      assert.deepEqual((await b.claimSends("kit-live", 50, undefined, 60_000)).filter((q) => q.sessionId === s), []);
+      assert.deepEqual((await a.claimSends("kit-dead", 50, undefined, 0, [taken.queueId])).filter((q) => q.sessionId === s), []);
+      await new Promise((r) => setTimeout(r, 150));
+      const again = (await b.claimSends("kit-live", 50, undefined, 100)).filter((q) => q.sessionId === s);
+      assert.deepEqual(again.map((q) => [q.queueId, q.clientRequestId, q.content]), [[taken.queueId, "c1", "m1"]]);
+      const pending = await r.call("XPENDING", SEND_QUEUE, SEND_GROUP, "-", "+", 100, "kit-live");
+      assert.ok(pending.some(([id]) => id === taken.queueId), "now pending for kit-live");
+      // The reply: the first message.created answering c1 wins, any later one is refused whole.
+      const created = (mid) => ({ type: "message.created", payload: { message_id: mid, role: "assistant", reply_to: "c1" } });
+      assert.equal((await b.appendBatch(s, [created("live"), { type: "message.delta", payload: { message_id: "live", delta: "hi" } }])).kind, "appended");
+      assert.deepEqual(await a.appendBatch(s, [{ type: "message.delta", payload: { message_id: "x", delta: "x" } }, created("dead")]), { kind: "reply_taken" });
+      await assert.rejects(a.append(s, "message.created", created("dead").payload), { name: "ReplyTakenError" });
+      assert.equal(await r.hget(`runstream:{${s}}:meta`, "reply:c1"), "s:live");
+      const reply = { kind: "reply", replyTo: "c1" };
+      await b.append(s, "message.completed", { message_id: "live", finish_reason: "stop" });
+      assert.equal(await r.hget(`runstream:{${s}}:meta`, "reply:c1"), "d:completed");
+      assert.equal(await r.hget(`runstream:{${s}}:meta`, "replyof:live"), null);
+      assert.deepEqual(await a.requestCancel(s, reply, { client_request_id: "x1", reply_to: "c1" }), { kind: "reply_finished", status: "completed" });
+      assert.equal(await r.get(`runstream:{${s}}:cancel:reply:c1`), null);
+      await b.ackSend(taken.queueId);
+    });
+
     test("cancel: one request per target, 'already' for repeats, 'finished' after the end; graces claimed once", async () => {
       const id = rid();
       await a.create(id, { kind: "chat" });
