@@ -566,7 +566,11 @@ async fn a_reply_cancel_racing_the_reply_end_never_appends_after_it() {
         };
         let (_, (st, body)) = tokio::join!(
             end,
-            cancel(&b_addr, &run, json!({"client_request_id": "c", "reply_to": "s"}))
+            cancel(
+                &b_addr,
+                &run,
+                json!({"client_request_id": "c", "reply_to": "s"})
+            )
         );
         let events: Vec<Value> = a
             .read(&run, 0)
@@ -578,7 +582,10 @@ async fn a_reply_cancel_racing_the_reply_end_never_appends_after_it() {
             .map(|e| serde_json::from_str(e.get()).unwrap())
             .collect();
         let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
-        let ended = types.iter().position(|t| *t == "message.completed").unwrap();
+        let ended = types
+            .iter()
+            .position(|t| *t == "message.completed")
+            .unwrap();
         let asked = types.iter().position(|t| *t == "run.cancel_requested");
         match st {
             202 => {

@@ -118,7 +118,7 @@ async function killWhenTaken(p, pred) {
 test("gateway: worker A dies holding a send; worker B answers it once", { skip }, async () => {
   const a = await gatewayWorker("gw-a");
   const t0 = Date.now();
-  await send("gg", "s1", "think about it");
+  await send("gg", "s1", "think about this");
   await killWhenTaken(a, (e) => e.event === "chat_worker.claimed" && e.client_request_id === "s1");
   assert.equal((await log("gg")).filter((e) => e.payload.reply_to === "s1").length, 0, "A started its reply before it died");
   const b = await gatewayWorker("gw-b");
@@ -147,7 +147,7 @@ test("cross: a kit process dies holding a send; a gateway worker answers it once
   // Taken by A: answered at once (a warm-up: A is the only consumer).
   await until(() => a.events.some((e) => e.event === "answered" && e.session === "xk"), 10000, () => a.err);
   const t0 = Date.now();
-  await send("xk", "s2", "think twice");
+  await send("xk", "s2", "think twice now");
   await killWhenTaken(a, (e) => e.event === "taken" && e.crid === "s2");
   const b = await gatewayWorker("gw-x");
   const { ms } = await answeredOnce("xk", "s2", t0);

@@ -510,12 +510,16 @@ impl RedisStore {
             .await?;
         let mut it = reply.into_iter();
         let next: String = match it.next() {
-            Some(v) => redis::from_redis_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            Some(v) => {
+                redis::from_redis_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
             None => "0-0".into(),
         };
         // Redis 6.2 lists a deleted entry with nil fields; 7 lists it apart (third element).
         let raw: Vec<(String, Option<Vec<String>>)> = match it.next() {
-            Some(v) => redis::from_redis_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            Some(v) => {
+                redis::from_redis_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
             None => Vec::new(),
         };
         if let Ok(mut c) = self.reclaim_cursor.lock() {
@@ -766,7 +770,10 @@ impl RedisStore {
             .invoke_async(&mut self.conn())
             .await?;
         if n == -4 {
-            let crid = payload.get("reply_to").and_then(Value::as_str).unwrap_or("");
+            let crid = payload
+                .get("reply_to")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             return Err(StoreError::ReplyTaken(crid.to_owned()));
         }
         let Ok(n) = u64::try_from(n) else {
