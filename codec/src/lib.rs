@@ -18,6 +18,7 @@
     )
 )]
 
+pub mod batch;
 pub mod envelope;
 pub mod error;
 pub mod json;

@@ -17,22 +17,24 @@
 //! Every route passes the [`Granted<Publish>`](crate::auth::Granted) extractor:
 //! the key, compared in constant time, or `401`/`403`.
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use runstream::core::envelope::{decode_envelope, KNOWN_TYPES};
+use runstream::core::batch::{check_batch, BatchError};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::auth::{Granted, Publish};
 use crate::store::{valid_cursor, valid_id, BatchOutcome, IdemKey, NewEvent, RunKind, RunSpec};
 use crate::{log, unavailable, App};
 
-/// Most events in one batch.
-pub const MAX_BATCH: usize = 1000;
+/// Most events in one batch (the shared check's bound).
+pub use runstream::core::batch::MAX_BATCH;
 /// Longest `Idempotency-Key` (visible ASCII).
 pub const MAX_KEY_LEN: usize = 200;
 /// Longest wait of the sends long poll.
@@ -115,43 +117,19 @@ fn rand_seed() -> u64 {
         .unwrap_or(0)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventIn {
-    #[serde(rename = "type")]
-    ty: String,
-    payload: Value,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    events: Vec<EventIn>,
-}
-
-/// Checks event `i` of a batch with the codec the client validates with:
-/// a §4 type (not `snapshot`), a payload object of its schema.
-fn check_event(run_id: &str, i: usize, e: &EventIn) -> Result<(), String> {
-    if e.ty == "run.cancel_requested" {
-        // One request per target (PROTOCOL §8) is kept by the cancel route alone.
-        return Err(format!(
-            "events[{i}]: run.cancel_requested is appended by POST /api/runs/{{run_id}}/cancel"
-        ));
-    }
-    if e.ty == "snapshot" || !KNOWN_TYPES.contains(&e.ty.as_str()) {
-        return Err(format!(
-            "events[{i}]: type {:?} is not an event type of PROTOCOL §4",
-            e.ty
-        ));
-    }
-    if !e.payload.is_object() {
-        return Err(format!("events[{i}]: payload must be an object"));
-    }
-    let env = json!({"event_id": 1, "run_id": run_id, "type": e.ty,
-        "timestamp": "2026-01-01T00:00:00Z", "payload": e.payload});
-    decode_envelope(&env.to_string(), run_id)
-        .map(|_| ())
-        .map_err(|err| format!("events[{i}] ({}): {err}", e.ty))
+/// Whether `headers` name a JSON body (`application/json`, `application/*+json`), as
+/// axum's `Json` extractor (and the kit) decide.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let ct = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    ct == "application/json" || (ct.starts_with("application/") && ct.ends_with("+json"))
 }
 
 async fn append_events(
@@ -159,7 +137,7 @@ async fn append_events(
     State(app): State<App>,
     Path(run_id): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<Value>>,
+    body: Bytes,
 ) -> Response {
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => return bad("Idempotency-Key is required"),
@@ -172,45 +150,36 @@ async fn append_events(
         }
         Some(_) => return bad("Idempotency-Key must be 1 to 200 visible ASCII characters"),
     };
-    let Some(Json(raw)) = body else {
+    // The body as axum's optional `Json` reads one: no Content-Type → none, another type → 415.
+    if !headers.contains_key(CONTENT_TYPE) {
         return bad("expected a JSON body {\"events\": [...]}");
-    };
-    // The digest of the canonical body: serde_json's maps are sorted, so key order does not matter.
-    let digest = hex(&Sha256::digest(raw.to_string().as_bytes()));
-    let batch: BatchBody = match serde_json::from_value(raw) {
+    }
+    if !json_content_type(&headers) {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Expected request with `Content-Type: application/json`",
+        )
+            .into_response();
+    }
+    // The one batch check of both servers (the kit calls it in its wasm).
+    let text = String::from_utf8_lossy(&body);
+    let batch = match check_batch(&run_id, &text, false) {
         Ok(b) => b,
-        Err(e) => {
-            return bad(format!(
-                "expected {{\"events\": [{{type, payload}}, ...]}}: {e}"
-            ))
-        }
+        Err(BatchError::Syntax(m)) => return (StatusCode::BAD_REQUEST, m).into_response(),
+        Err(BatchError::Invalid(m)) => return bad(m),
     };
-    if batch.events.is_empty() {
-        return bad("events must not be empty");
-    }
-    if batch.events.len() > MAX_BATCH {
-        return bad(format!("at most {MAX_BATCH} events per batch"));
-    }
-    for (i, e) in batch.events.iter().enumerate() {
-        if let Err(msg) = check_event(&run_id, i, e) {
-            return bad(msg);
-        }
-        if e.ty == "run.completed" && i + 1 < batch.events.len() {
-            return bad(format!(
-                "events[{}]: comes after run.completed in the same batch",
-                i + 1
-            ));
-        }
-    }
+    // The digest of the canonical body: keys sorted, so key order does not matter.
+    let digest = hex(&Sha256::digest(batch.canonical.as_bytes()));
     let n = batch.events.len() as u64;
-    let events = batch
-        .events
-        .into_iter()
-        .map(|e| NewEvent {
-            ty: e.ty,
-            payload: e.payload,
-        })
-        .collect();
+    let mut events = Vec::with_capacity(batch.events.len());
+    for e in batch.events {
+        // Checked JSON (the codec's canonical text): serde reads it back for the store.
+        let payload = match serde_json::from_str(&e.payload) {
+            Ok(p) => p,
+            Err(err) => return bad(format!("payload of {}: {err}", e.ty)),
+        };
+        events.push(NewEvent { ty: e.ty, payload });
+    }
     let out = app
         .hub
         .store

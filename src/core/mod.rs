@@ -27,4 +27,4 @@ pub mod vecmap;
 pub mod wire;
 
 // The byte-level codecs live in `runstream-codec` (optimized for speed).
-pub use runstream_codec::{envelope, error, sse, vocab};
+pub use runstream_codec::{batch, envelope, error, sse, vocab};
