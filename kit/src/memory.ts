@@ -25,6 +25,7 @@ import {
   type Store,
   type Subscription,
   IDEMPOTENCY_TTL_MS,
+  ReplyTakenError,
   StoreError,
   cancelTargetKey,
   envelopeText,
@@ -69,6 +70,13 @@ interface Run {
   pruned: Reducer | null;
   /** client_request_id → message id (one per send, bounded by the log's sends). */
   sends: Map<string, string>;
+  /**
+   * client_request_id → how its reply stands (one reply per send, as the Redis append step
+   * keeps it); bounded like `sends`.
+   */
+  replies: Map<string, "streaming" | "completed" | "failed">;
+  /** Message id of a streaming reply → the send it answers. */
+  replyOf: Map<string, string>;
   nextMessage: number;
   /** Idempotency key → [digest, first, last, at ms]. */
   idem: Map<string, [string, number, number, number]>;
@@ -139,6 +147,8 @@ class MemoryStore implements Store {
       state: Reducer.empty(id),
       pruned: null,
       sends: new Map(),
+      replies: new Map(),
+      replyOf: new Map(),
       nextMessage: 1,
       idem: new Map(),
       cancels: new Map(),
@@ -177,6 +187,22 @@ class MemoryStore implements Store {
     r.log.push(text);
     r.lastId = id;
     if (type === "run.completed") r.finished = true;
+    const mid = payload["message_id"];
+    if (typeof mid === "string") {
+      const replyTo = payload["reply_to"];
+      if (type === "message.created" && typeof replyTo === "string") {
+        bounded(r.replies, this.#maxSendsPerRun);
+        r.replies.set(replyTo, "streaming");
+        bounded(r.replyOf, this.#maxSendsPerRun);
+        r.replyOf.set(mid, replyTo);
+      } else if (type === "message.completed" || type === "message.failed") {
+        const crid = r.replyOf.get(mid);
+        if (crid !== undefined) {
+          r.replies.set(crid, type === "message.completed" ? "completed" : "failed");
+          r.replyOf.delete(mid);
+        }
+      }
+    }
     // Pruned in steps of 10 % over the window (the one rule, the gateway's: prunePoint).
     const keepFrom = prunePoint(r.firstId, r.lastId, this.#window);
     if (keepFrom !== null) this.#pruneTo(r, keepFrom);
@@ -213,6 +239,7 @@ class MemoryStore implements Store {
     this.#live();
     const r = this.#runs.get(id);
     if (!r) return null;
+    if (replyTaken(r, type, payload)) throw new ReplyTakenError(String(payload["reply_to"]));
     const n = this.#appendOne(r, type, payload);
     this.#notify(r);
     return n;
@@ -230,6 +257,7 @@ class MemoryStore implements Store {
       }
     }
     if (r.finished) return { kind: "finished" };
+    if (events.some((e) => replyTaken(r, e.type, e.payload))) return { kind: "reply_taken" };
     const first = r.lastId + 1;
     for (const e of events) this.#appendOne(r, e.type, e.payload);
     const last = r.lastId;
@@ -384,6 +412,8 @@ class MemoryStore implements Store {
     const seen = r.cancels.get(key);
     if (seen !== undefined) return { kind: "already", eventId: seen };
     if (r.finished) return { kind: "finished" };
+    const reply = target.kind === "reply" ? r.replies.get(target.replyTo) : undefined;
+    if (reply === "completed" || reply === "failed") return { kind: "reply_finished", status: reply };
     const n = this.#appendOne(r, "run.cancel_requested", payload);
     bounded(r.cancels, this.#maxSendsPerRun);
     r.cancels.set(key, n);
@@ -427,6 +457,12 @@ class MemoryStore implements Store {
 }
 
 /** Makes room for one more entry in `m` (drop-oldest: a Map iterates in insertion order). */
+/** Whether appending (`type`, `payload`) to `r` would start a second reply to one send. */
+function replyTaken(r: Run, type: EventType, payload: JsonObject): boolean {
+  const replyTo = payload["reply_to"];
+  return type === "message.created" && typeof replyTo === "string" && r.replies.has(replyTo);
+}
+
 function bounded<K, V>(m: Map<K, V>, cap: number): void {
   while (m.size >= cap) {
     const oldest = m.keys().next();

@@ -153,3 +153,15 @@ test("sends and cancels: the gateway's answers (ids, 409s, 425, repeats)", async
   await same("GET", "/api/stream/runs/nope");
   await same("GET", "/api/runs/nope/snapshot");
 });
+
+test("one reply per send: a second message.created answering a send is 409 reply_taken on both stores' servers", async () => {
+  await same("POST", "/api/publish/runs", { body: { run_id: "d9" }, headers: pub });
+  const created = (mid) => ev("message.created", { message_id: mid, role: "assistant", reply_to: "q1" });
+  assert.equal((await publish("d9", [created("a1")], "r1")).status, 200);
+  const second = await publish("d9", [ev("message.delta", { message_id: "a1", delta: "x" }), created("a2")], "r2");
+  assert.deepEqual([second.status, second.json], [409, { run_id: "d9", status: "reply_taken" }]);
+  assert.equal((await publish("d9", [created("a1")], "r1")).status, 200, "a repeat of the key answers its ids");
+  assert.equal((await publish("d9", [ev("message.completed", { message_id: "a1", finish_reason: "stop" })], "r3")).status, 200);
+  const third = await publish("d9", [created("a3")], "r4");
+  assert.equal(third.status, 409, "also once the reply ended");
+});

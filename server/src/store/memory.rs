@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::{BoxFuture, FutureExt};
+use runstream::core::vocab::MessageStatus;
 use runstream::core::wire::{SnapshotBody, WireEnvelope};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -15,8 +16,8 @@ use tokio::sync::watch;
 
 use super::{
     prune_point, BatchOutcome, CancelOutcome, CancelTarget, IdemKey, NewEvent, Reduced, Replay,
-    RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreResult, Tail,
-    IDEMPOTENCY_TTL_S, MEMORY_IDEM_CAP, MEMORY_SENDS_CAP,
+    ReplyEnd, RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreError, StoreResult,
+    Tail, IDEMPOTENCY_TTL_S, MEMORY_IDEM_CAP, MEMORY_SENDS_CAP,
 };
 use crate::hub::{lock, rfc3339_now, Chaos};
 
@@ -95,6 +96,12 @@ impl Run {
         if self.finished {
             return BatchOutcome::Finished;
         }
+        if events
+            .iter()
+            .any(|e| self.reply_taken(&e.ty, &e.payload).is_some())
+        {
+            return BatchOutcome::ReplyTaken;
+        }
         let first = self.last_id + 1;
         for e in events {
             self.append(&e.ty, e.payload);
@@ -117,6 +124,24 @@ impl Run {
             self.idem.insert(k.key, (k.digest, first, last, now));
         }
         BatchOutcome::Appended { first, last }
+    }
+
+    /// How the reply to send `crid` stands, if it started (the last message answering it).
+    fn reply(&self, crid: &str) -> Option<MessageStatus> {
+        self.state
+            .state
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.reply_to.as_deref() == Some(crid))
+            .map(|m| m.status)
+    }
+
+    /// The send an append of (`ty`, `payload`) would start a second reply to, if so (one
+    /// reply per send, as the Redis store's append step).
+    fn reply_taken(&self, ty: &str, payload: &Value) -> Option<String> {
+        let crid = payload.get("reply_to").and_then(Value::as_str)?;
+        (ty == "message.created" && self.reply(crid).is_some()).then(|| crid.to_owned())
     }
 
     /// Appends one event (dense id), updates the reduced state; returns the id.
@@ -322,8 +347,11 @@ impl Store for MemoryStore {
         ty: &'a str,
         payload: Value,
     ) -> BoxFuture<'a, StoreResult<Option<u64>>> {
-        let n = self.change(id, |r| r.append(ty, payload));
-        async move { Ok(n) }.boxed()
+        let n = self.change(id, |r| match r.reply_taken(ty, &payload) {
+            Some(crid) => Err(StoreError::ReplyTaken(crid)),
+            None => Ok(r.append(ty, payload)),
+        });
+        async move { n.transpose() }.boxed()
     }
 
     fn read<'a>(&'a self, id: &'a str, after: u64) -> BoxFuture<'a, StoreResult<Option<Replay>>> {
@@ -454,6 +482,17 @@ impl Store for MemoryStore {
                 }
                 if r.finished {
                     return CancelOutcome::Finished;
+                }
+                if let CancelTarget::Reply(crid) = target {
+                    match r.reply(crid) {
+                        Some(MessageStatus::Completed) => {
+                            return CancelOutcome::ReplyFinished(ReplyEnd::Completed)
+                        }
+                        Some(MessageStatus::Failed) => {
+                            return CancelOutcome::ReplyFinished(ReplyEnd::Failed)
+                        }
+                        _ => {}
+                    }
                 }
                 let n = r.append("run.cancel_requested", payload);
                 r.cancels.insert(key, n);
