@@ -9,8 +9,8 @@
 use std::borrow::Cow;
 
 use crate::envelope::{decode_envelope, KNOWN_TYPES};
-use crate::json::write::{push_f64, push_i64, push_str, push_u64};
-use crate::json::{JsonError, Number, Scanner, Token};
+use crate::json::write::push_str;
+use crate::json::{JsonError, Scanner, Token};
 
 /// Most events in one publish batch.
 pub const MAX_BATCH: usize = 1000;
@@ -88,7 +88,7 @@ fn syntax(e: JsonError) -> BatchError {
 
 /// Writes the next value canonically: objects with their keys sorted (byte
 /// order) and each key once (the last occurrence, as a JSON map keeps it),
-/// no whitespace. Nesting is bounded by the scanner ([`crate::json::MAX_DEPTH`]).
+/// no whitespace, strings escaped as serde_json does, numbers as written. Nesting is bounded by the scanner ([`crate::json::MAX_DEPTH`]).
 fn canon(s: &mut Scanner<'_>, out: &mut String) -> Result<(), JsonError> {
     match s.peek()? {
         Token::Null => {
@@ -96,11 +96,8 @@ fn canon(s: &mut Scanner<'_>, out: &mut String) -> Result<(), JsonError> {
             out.push_str("null");
         }
         Token::Bool => out.push_str(if s.bool()? { "true" } else { "false" }),
-        Token::Number => match s.number()? {
-            Number::U64(n) => push_u64(out, n),
-            Number::I64(n) => push_i64(out, n),
-            Number::F64(x) => push_f64(out, x),
-        },
+        // As written (validated): a number is stored exactly as the producer sent it.
+        Token::Number => out.push_str(s.raw()?),
         Token::String => push_str(out, &s.string()?),
         Token::Array => {
             s.array()?;
@@ -337,5 +334,40 @@ mod tests {
             invalid(&many),
             format!("at most {MAX_BATCH} events per batch")
         );
+    }
+
+    /// The canonical text is serde_json's (sorted keys, compact, its string escapes), so a
+    /// digest taken before this check was shared matches; numbers are kept as written,
+    /// where serde_json normalized them (`1e300` → `1e+300`, `1.50` → `1.5`).
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn the_canonical_text_is_serde_jsons_but_numbers_are_as_written() {
+        let payloads = [
+            r#"{"title":"a\"b\\c\n\u0001\u00e9\u2028 é 😀","z":null,"a":true}"#,
+            r#"{"worker_id":"w","job_id":"j","n":[0,-1,18446744073709551615,-9223372036854775808,1.5,1.0,-2.25e-7]}"#,
+            r#"{"b":{"y":[{"q":1,"p":[]}],"x":{}},"a":"\/"}"#,
+            r#"{"k":1,"k":2}"#,
+        ];
+        for p in payloads {
+            let body = format!(r#"{{"events":[{{"type":"run.started","payload":{p}}}]}}"#);
+            let ours = check_batch("r", &body, false).unwrap().canonical;
+            let theirs = serde_json::from_str::<serde_json::Value>(&body)
+                .unwrap()
+                .to_string();
+            assert_eq!(ours, theirs, "{p}");
+        }
+        let exact = r#"{"events":[{"type":"run.started","payload":{"x":1e300,"y":1.50}}]}"#;
+        assert_eq!(
+            check_batch("r", exact, false).unwrap().canonical,
+            r#"{"events":[{"payload":{"x":1e300,"y":1.50},"type":"run.started"}]}"#
+        );
+        assert!(matches!(
+            check_batch(
+                "r",
+                r#"{"events":[{"type":"run.started","payload":{"x":1e400}}]}"#,
+                false
+            ),
+            Err(BatchError::Syntax(_))
+        ));
     }
 }
