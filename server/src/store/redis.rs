@@ -47,8 +47,9 @@
 //!   its own connection (a blocking read would stall the shared multiplexed
 //!   one) and keeps the newest events in a bounded cache; every local stream
 //!   of the run reads from that cache, so N clients cost one Redis reader
-//!   (and one `HGET` of `first_id` per read: events another process pruned
-//!   since are never served from the cache, the resume gets the snapshot).
+//!   (and a check of `first_id` per read, from an `HGET` started after the read
+//!   began and shared by the run's streams that asked meanwhile: events another
+//!   process pruned are never served from the cache, the resume gets the snapshot).
 //! - Window: when a run holds more than `window + 10 %` events
 //!   ([`prune_point`]), the appender reduces the oldest ones into the base
 //!   and `XTRIM MINID`s them.
@@ -274,6 +275,43 @@ struct TailShared {
     /// Highest id the tail has read; every local stream of the run waits on it.
     tx: watch::Sender<u64>,
     cache: Mutex<TailCache>,
+    /// The run's `first_id` as Redis has it, read for the streams served from `cache`.
+    first_ids: FirstIdReads,
+}
+
+/// Reads of a run's `first_id` shared by the run's local streams.
+///
+/// A stream served from the tail cache must not get events another process pruned
+/// before its read began, so it needs `first_id` from a read *started after it asked*.
+/// One read (`HGET`) is in flight at a time per run: a stream that asks while one is in
+/// flight waits for the next, which every stream that asked meanwhile shares. N streams
+/// woken by one append cost at most two reads, not N (each read cost the gateway an
+/// in-flight command and its buffers per stream: ~3.5 KB per connection at the peak of
+/// `benches/load.mjs` at 5,000 clients).
+struct FirstIdReads {
+    state: Mutex<FirstIdFlights>,
+    /// The latest finished read: its generation and what it answered (`None`: it failed,
+    /// and its waiters read `first_id` themselves, to report the store's own error).
+    done: watch::Sender<(u64, Option<Option<u64>>)>,
+}
+
+#[derive(Default)]
+struct FirstIdFlights {
+    /// Generation of the latest read started (reads are numbered from 1).
+    started: u64,
+    /// Whether the read of generation `started` is in flight.
+    in_flight: bool,
+    /// The newest generation a stream waits for.
+    wanted: u64,
+}
+
+impl FirstIdReads {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(FirstIdFlights::default()),
+            done: watch::channel((0, None)).0,
+        }
+    }
 }
 
 /// The newest events of a run, contiguous: `events[0]` has id `first`.
@@ -542,17 +580,51 @@ impl RedisStore {
         covers
     }
 
+    /// The run's `first_id` from a read started after this call began, shared with the
+    /// run's other local streams ([`FirstIdReads`]); read alone when the run has no live
+    /// tail here or the shared read failed.
+    async fn first_id_shared(&self, id: &str) -> StoreResult<Option<u64>> {
+        let shared = lock(&self.tails).get(id).cloned();
+        if let Some(shared) = shared {
+            let reads = &shared.first_ids;
+            let mut rx = reads.done.subscribe();
+            let need = {
+                let mut f = lock(&reads.state);
+                let need = f.started + 1;
+                f.wanted = f.wanted.max(need);
+                if !f.in_flight {
+                    f.started = need;
+                    f.in_flight = true;
+                    tokio::spawn(first_id_flights(self.conn(), meta_key(id), shared.clone()));
+                }
+                need
+            };
+            loop {
+                let (generation, answer) = *rx.borrow_and_update();
+                if generation >= need {
+                    if let Some(first) = answer {
+                        return Ok(first);
+                    }
+                    break;
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(redis::cmd("HGET")
+            .arg(meta_key(id))
+            .arg("first_id")
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
     async fn read_now(&self, id: &str, after: u64) -> StoreResult<Option<Replay>> {
         if self.cache_covers(id, after) {
             // The cache may still hold events another process has pruned since (trims are
             // not on the log the tail reads): it answers only from `first_id` on, read
             // after the events were cached; an older resume gets the snapshot below.
-            let first: Option<u64> = redis::cmd("HGET")
-                .arg(meta_key(id))
-                .arg("first_id")
-                .query_async(&mut self.conn())
-                .await?;
-            let Some(first) = first else {
+            let Some(first) = self.first_id_shared(id).await? else {
                 return Ok(None);
             };
             if after + 1 >= first {
@@ -703,6 +775,7 @@ impl RedisStore {
                         last: meta.last_id,
                         finished: meta.finished,
                     }),
+                    first_ids: FirstIdReads::new(),
                 });
                 tails.insert(id.to_owned(), s.clone());
                 tokio::spawn(run_tail(
@@ -971,6 +1044,29 @@ impl RedisStore {
 
 /// The live tail of run `id`: `XREAD BLOCK` on a connection of its own, into the
 /// shared cache, waking local streams; ends when no local stream listens.
+/// Runs the shared `first_id` reads of one run ([`FirstIdReads`]) while streams want them:
+/// one `HGET` at a time, the next one started at once if a stream asked during this one.
+async fn first_id_flights(mut conn: Conn, key: String, shared: Arc<TailShared>) {
+    let reads = &shared.first_ids;
+    loop {
+        let generation = lock(&reads.state).started;
+        let answer: Option<Option<u64>> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("first_id")
+            .query_async(&mut conn)
+            .await
+            .ok();
+        reads.done.send_replace((generation, answer));
+        let mut f = lock(&reads.state);
+        if f.wanted > generation {
+            f.started = generation + 1;
+        } else {
+            f.in_flight = false;
+            return;
+        }
+    }
+}
+
 async fn run_tail(source: Source, tails: Tails, id: String, shared: Arc<TailShared>) {
     let key = log_key(&id);
     let mut conn: Option<Conn> = None;
