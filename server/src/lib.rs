@@ -13,6 +13,7 @@ pub mod auth;
 pub mod cancel;
 pub mod hub;
 pub mod metrics;
+mod outbox;
 pub mod publish;
 pub mod scenario;
 pub mod stall;
@@ -61,6 +62,9 @@ pub struct Limits {
     pub max_runs_per_socket: usize,
     /// Frames queued per client, per SSE stream or WebSocket (`--client-buffer`).
     pub client_buffer: usize,
+    /// Bytes of frames queued per WebSocket (`--client-buffer-bytes`): its frames
+    /// are its own copies (an SSE stream's queue holds the shared events).
+    pub client_buffer_bytes: usize,
     /// How long a full client buffer may stay full before the client is
     /// disconnected (`--slow-client-ms`): a client that stops reading is
     /// dropped, never buffered without bound.
@@ -78,6 +82,7 @@ impl Default for Limits {
             max_connections: 20_000,
             max_runs_per_socket: 256,
             client_buffer: 256,
+            client_buffer_bytes: 1 << 20,
             slow_client_ms: 10_000,
             drain_ms: 10_000,
             max_frame_bytes: 1 << 20,
@@ -831,13 +836,17 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
     let (mut sink, mut stream) = socket.split();
     let buffer = app.limits.client_buffer.max(1);
     let slow = Duration::from_millis(app.limits.slow_client_ms);
-    let (tx, mut rx) = mpsc::channel::<Message>(buffer);
+    let (tx, mut rx) = outbox::outbox(buffer, app.limits.client_buffer_bytes, app.metrics.clone());
     // A client that stops reading: its write stalls, and past the limit the
     // writer gives up (the socket is dropped, never buffered without bound).
     let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
+        while let Some(mut q) = rx.recv().await {
+            let Some(m) = q.take() else { continue };
             let closing = matches!(m, Message::Close(_));
-            match tokio::time::timeout(slow, sink.send(m)).await {
+            let written = tokio::time::timeout(slow, sink.send(m)).await;
+            // Its bytes return to the socket's budget once written.
+            drop(q);
+            match written {
                 Ok(Ok(())) if !closing => {}
                 _ => break,
             }
@@ -995,11 +1004,11 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
                         };
                         match tx2.send_timeout(m, slow).await {
                             Ok(()) => {}
-                            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                            Err(outbox::Refused::Full) => {
                                 stalled = true;
                                 break;
                             }
-                            Err(mpsc::error::SendTimeoutError::Closed(_)) => break,
+                            Err(outbox::Refused::Closed) => break,
                         }
                     }
                     drop(frx);

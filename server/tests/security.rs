@@ -801,6 +801,76 @@ async fn a_client_that_stops_reading_is_dropped(b: Backend) {
     drop((sse, ws));
 }
 
+/// A WebSocket's queue is bounded in bytes (`--client-buffer-bytes`), not only in
+/// frames: a subscriber that stops reading a run of 64 KB events holds at most the
+/// budget (or one frame) in the server, not `--client-buffer` frames of them.
+#[tokio::test]
+async fn a_websocket_queues_at_most_its_byte_budget() {
+    let b = Backend::new(support::Kind::Memory).await.unwrap();
+    let store = b.store().await;
+    let mut settings = settings(&b, store);
+    settings.auth = Arc::new(AuthMode::None);
+    settings.limits.slow_client_ms = 4000;
+    settings.limits.client_buffer_bytes = 256 * 1024;
+    let addr = start_settings(settings).await;
+    let (st, _) = publish(&addr, "/api/publish/runs", "c", json!({"run_id": "wide"})).await;
+    assert_eq!(st, 201);
+    // 12 MB of log: beyond what the loopback socket buffers take.
+    let blob = "x".repeat(64 * 1024);
+    for i in 0..24 {
+        let events: Vec<Value> = (0..8)
+            .map(|j| json!({"type": "worker.started", "payload": {"worker_id": format!("w{i}-{j}"), "name": blob}}))
+            .collect();
+        let (st, v) = publish(
+            &addr,
+            "/api/publish/runs/wide/events",
+            &format!("b{i}"),
+            json!({"events": events}),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let gauge = |name: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let (_, body) = get(&addr, "/metrics", &None).await;
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<i64>().ok())
+                .unwrap_or(-1)
+        }
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        json!({"op": "subscribe", "run_id": "wide"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    // Nothing is read. The queue fills while the socket buffers are full; sampled
+    // until the client is dropped (--slow-client-ms).
+    let mut peak = 0;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_millis(3000) {
+        peak = peak.max(gauge("runstream_websocket_queued_bytes ").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let frame = 64 * 1024 + 512;
+    assert!(
+        peak > 0 && peak <= 256 * 1024 + frame,
+        "queued bytes peaked at {peak}, budget 262144 (+ one frame)"
+    );
+    drop(ws);
+    let t0 = std::time::Instant::now();
+    while gauge("runstream_websocket_queued_bytes ").await != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the dropped socket's bytes return"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 both_stores!(
     only_listed_origins_get_cors_and_cookie_websockets,
     a_client_that_stops_reading_is_dropped,
