@@ -726,6 +726,26 @@ async fn only_listed_origins_get_cors_and_cookie_websockets(b: Backend) {
     );
 }
 
+/// Publishes run `run` with `batches` batches of `per_batch` events of 64 KB each.
+async fn publish_blobs(addr: &str, run: &str, batches: usize, per_batch: usize) {
+    let (st, _) = publish(addr, "/api/publish/runs", "c", json!({"run_id": run})).await;
+    assert_eq!(st, 201);
+    let blob = "x".repeat(64 * 1024);
+    for i in 0..batches {
+        let events: Vec<Value> = (0..per_batch)
+            .map(|j| json!({"type": "worker.started", "payload": {"worker_id": format!("w{i}-{j}"), "name": blob}}))
+            .collect();
+        let (st, v) = publish(
+            addr,
+            &format!("/api/publish/runs/{run}/events"),
+            &format!("b{i}"),
+            json!({"events": events}),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+    }
+}
+
 /// A client that stops reading is disconnected after `--slow-client-ms`,
 /// never buffered without bound (SSE and WebSocket).
 async fn a_client_that_stops_reading_is_dropped(b: Backend) {
@@ -736,20 +756,7 @@ async fn a_client_that_stops_reading_is_dropped(b: Backend) {
     settings.limits.client_buffer = 8;
     let addr = start_settings(settings).await;
     // A run of big events: 4 MB of log, far beyond the socket buffers.
-    let (st, _) = publish(&addr, "/api/publish/runs", "c", json!({"run_id": "big"})).await;
-    assert_eq!(st, 201);
-    let blob = "x".repeat(64 * 1024);
-    for i in 0..64 {
-        let events: Vec<Value> = (0..1).map(|_| json!({"type": "worker.started", "payload": {"worker_id": format!("w{i}"), "name": blob}})).collect();
-        let (st, v) = publish(
-            &addr,
-            "/api/publish/runs/big/events",
-            &format!("b{i}"),
-            json!({"events": events}),
-        )
-        .await;
-        assert_eq!(st, 200, "{v}");
-    }
+    publish_blobs(&addr, "big", 64, 1).await;
     let metrics = || async {
         let (_, body) = get(&addr, "/metrics", &None).await;
         body.lines()
@@ -813,23 +820,8 @@ async fn a_websocket_queues_at_most_its_byte_budget() {
     settings.limits.slow_client_ms = 4000;
     settings.limits.client_buffer_bytes = 256 * 1024;
     let addr = start_settings(settings).await;
-    let (st, _) = publish(&addr, "/api/publish/runs", "c", json!({"run_id": "wide"})).await;
-    assert_eq!(st, 201);
     // 12 MB of log: beyond what the loopback socket buffers take.
-    let blob = "x".repeat(64 * 1024);
-    for i in 0..24 {
-        let events: Vec<Value> = (0..8)
-            .map(|j| json!({"type": "worker.started", "payload": {"worker_id": format!("w{i}-{j}"), "name": blob}}))
-            .collect();
-        let (st, v) = publish(
-            &addr,
-            "/api/publish/runs/wide/events",
-            &format!("b{i}"),
-            json!({"events": events}),
-        )
-        .await;
-        assert_eq!(st, 200, "{v}");
-    }
+    publish_blobs(&addr, "wide", 24, 8).await;
     let gauge = |name: &'static str| {
         let addr = addr.clone();
         async move {

@@ -302,17 +302,21 @@ mod window_trims_to_a_snapshot {
     }
 }
 
-/// A replica's live tail cache never serves events another replica has pruned
-/// since: a resume older than the window gets the snapshot (PROTOCOL §2a).
-async fn a_live_tail_never_serves_pruned_events(b: Backend) {
-    let (reader, writer) = (b.store().await, b.store().await);
-    let spec = runstream_server::store::RunSpec {
+/// A task run's spec, without chaos.
+fn task_spec() -> runstream_server::store::RunSpec {
+    runstream_server::store::RunSpec {
         kind: runstream_server::store::RunKind::Task,
         chaos: Default::default(),
         speed: 1.0,
         session_id: None,
-    };
-    assert!(reader.create("lt", spec).await.unwrap());
+    }
+}
+
+/// A replica's live tail cache never serves events another replica has pruned
+/// since: a resume older than the window gets the snapshot (PROTOCOL §2a).
+async fn a_live_tail_never_serves_pruned_events(b: Backend) {
+    let (reader, writer) = (b.store().await, b.store().await);
+    assert!(reader.create("lt", task_spec()).await.unwrap());
     let mut tail = reader.tail("lt").await.unwrap().unwrap();
     for i in 0..40 {
         let delta = json!({"message_id": "m", "delta": i.to_string()});
@@ -348,13 +352,7 @@ async fn a_live_tail_never_serves_pruned_events(b: Backend) {
 /// cost a handful of `HGET`s (each read still gets the pruned answer right, see above).
 async fn the_streams_of_a_run_share_their_first_id_checks(b: Backend) {
     let (reader, writer) = (b.store().await, b.store().await);
-    let spec = runstream_server::store::RunSpec {
-        kind: runstream_server::store::RunKind::Task,
-        chaos: Default::default(),
-        speed: 1.0,
-        session_id: None,
-    };
-    assert!(reader.create("fi", spec).await.unwrap());
+    assert!(reader.create("fi", task_spec()).await.unwrap());
     let mut tail = reader.tail("fi").await.unwrap().unwrap();
     writer
         .append(
