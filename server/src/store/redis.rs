@@ -74,7 +74,8 @@ use tokio::sync::watch;
 
 use super::{
     prune_point, restore_base, BatchOutcome, IdemKey, NewEvent, QueuedSend, Reduced, Replay,
-    RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreError, StoreResult, Tail,
+    Retention, RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreError, StoreResult,
+    Tail,
 };
 use crate::hub::{lock, rfc3339_now, Chaos};
 
@@ -95,6 +96,8 @@ pub const DEFAULT_SEND_TTL_S: u64 = 24 * 3600;
 /// step (`append_step.lua`: dense id, `XADD` with that id, the finished flag), prepended
 /// here by [`with_append_step`]; `lua/scripts.json` lists the same composition for the kit.
 mod lua {
+    /// The retention helpers every writing script starts with (TTLs as its last two ARGV).
+    pub const RETENTION: &str = include_str!("../../../lua/retention.lua");
     /// The append step the appending scripts share (defines `append(meta, log, body, ty)`).
     pub const APPEND_STEP: &str = include_str!("../../../lua/append_step.lua");
     /// Appends one event (KEYS: meta, log).
@@ -115,7 +118,12 @@ mod lua {
 
 /// A script that appends: the shared append step, then `main`.
 fn with_append_step(main: &str) -> Script {
-    Script::new(&format!("{}{main}", lua::APPEND_STEP))
+    Script::new(&format!("{}{}{main}", lua::RETENTION, lua::APPEND_STEP))
+}
+
+/// A script that writes without appending: the retention helpers, then `main`.
+fn with_retention(main: &str) -> Script {
+    Script::new(&format!("{}{main}", lua::RETENTION))
 }
 
 /// Every script the store runs, by its name in `lua/scripts.json`: append, send, create,
@@ -124,7 +132,7 @@ fn scripts() -> [(&'static str, Script); 7] {
     [
         ("append", with_append_step(lua::APPEND)),
         ("send", with_append_step(lua::SEND)),
-        ("create", Script::new(lua::CREATE)),
+        ("create", with_retention(lua::CREATE)),
         ("append_batch", with_append_step(lua::APPEND_BATCH)),
         ("cancel", with_append_step(lua::CANCEL)),
         ("trim", Script::new(lua::TRIM)),
@@ -418,6 +426,8 @@ pub struct RedisStore {
     conn: Conn,
     window: u64,
     send_ttl_s: u64,
+    /// Passed to every writing script as its last two ARGV (ms): `lua/retention.lua`.
+    retention: Retention,
     tails: Tails,
     snapshots: Mutex<HashMap<String, Reduced>>,
     /// The blocking connection of a chat worker's `XREADGROUP`.
@@ -450,6 +460,7 @@ impl RedisStore {
             conn,
             window: window.max(1),
             send_ttl_s: DEFAULT_SEND_TTL_S,
+            retention: Retention::default(),
             tails: Arc::default(),
             snapshots: Mutex::default(),
             worker_conn: tokio::sync::Mutex::new(None),
@@ -472,6 +483,20 @@ impl RedisStore {
     pub fn with_send_ttl(mut self, seconds: u64) -> Self {
         self.send_ttl_s = seconds.max(1);
         self
+    }
+
+    /// Sets how long runs are kept (docs/REDIS.md "Retention").
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The last two ARGV of every script that writes a run: retention and idle retention, ms.
+    fn retention_args(&self) -> [u64; 2] {
+        [
+            self.retention.finished_s.saturating_mul(1000),
+            self.retention.idle_s.saturating_mul(1000),
+        ]
     }
 
     fn conn(&self) -> Conn {
@@ -634,6 +659,7 @@ impl RedisStore {
             .key(log_key(id))
             .arg(body)
             .arg(ty)
+            .arg(&self.retention_args()[..])
             .invoke_async(&mut self.conn())
             .await?;
         let Ok(n) = u64::try_from(n) else {
@@ -786,6 +812,7 @@ impl RedisStore {
                 .arg(session)
                 .arg(crid)
                 .arg(content)
+                .arg(&self.retention_args()[..])
                 .invoke_async(&mut self.conn())
                 .await?;
         let finished = fresh == -3;
@@ -879,6 +906,7 @@ impl RedisStore {
             let rest = serde_json::to_string(&e.payload).unwrap_or_else(|_| "{}".into());
             inv.arg(body_rest(id, &e.ty, &rest)).arg(&e.ty);
         }
+        inv.arg(&self.retention_args()[..]);
         let (code, first, last, first_id): (i64, u64, u64, u64) =
             inv.invoke_async(&mut self.conn()).await?;
         Ok(match code {
@@ -1095,6 +1123,7 @@ impl Store for RedisStore {
                 .arg(chaos)
                 .arg(spec.speed.to_string())
                 .arg(spec.session_id.as_deref().unwrap_or(""))
+                .arg(&self.retention_args()[..])
                 .invoke_async(&mut self.conn())
                 .await?;
             Ok(created == 1)
@@ -1170,6 +1199,7 @@ impl Store for RedisStore {
                 .key(cancel_key(id, target))
                 .arg(body_rest(id, ty, &rest))
                 .arg(ty)
+                .arg(&self.retention_args()[..])
                 .invoke_async(&mut self.conn())
                 .await?;
             Ok(match code {
