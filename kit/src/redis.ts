@@ -19,6 +19,9 @@
  * - Window: when a run holds more than `window + 10 %` events, the appender
  *   reduces the oldest into the `base` (with the one reducer, the client's
  *   own, compiled to wasm) and `XTRIM MINID`s them.
+ * - Retention: every writing script takes {@link RedisStoreOptions.retentionS}
+ *   and {@link RedisStoreOptions.idleRetentionS} (as ms) as its last two ARGV;
+ *   the run's keys expire with them (`lua/retention.lua`, docs/REDIS.md).
  * - Sends: `runstream:sends` with the consumer group `replies` (the gateway's
  *   chat workers' group): {@link RedisStore.claimSends} answers each send once
  *   across every process.
@@ -40,6 +43,9 @@ import {
   cancelTargetFromKey,
   cancelTargetKey,
   rfc3339Now,
+  retentionSeconds,
+  DEFAULT_IDLE_RETENTION_S,
+  DEFAULT_RETENTION_S,
   IDEMPOTENCY_TTL_MS,
 } from "./store.js";
 import type {
@@ -108,6 +114,18 @@ export interface RedisStoreOptions {
   sendTtlS?: number;
   /** Per-command timeout, ms (default 10 000; the gateway's). Blocking reads get their wait plus 5 s. */
   commandTimeoutMs?: number;
+  /**
+   * Seconds every key of a finished run (its `run.completed` logged) is kept
+   * after its last write (default {@link DEFAULT_RETENTION_S}, 7 days; 0 =
+   * forever). Use the gateway's `--retention-secs`.
+   */
+  retentionS?: number;
+  /**
+   * Seconds every key of an unfinished run is kept after its last append, send
+   * or cancel (default {@link DEFAULT_IDLE_RETENTION_S}, 30 days; 0 =
+   * forever). Use the gateway's `--idle-retention-secs`.
+   */
+  idleRetentionS?: number;
 }
 
 type Client = Redis | Cluster;
@@ -497,6 +515,8 @@ export class RedisStore implements Store {
   private readonly tailCap: number;
   private readonly snapshotCap: number;
   private readonly sendTtlS: number;
+  /** The last two ARGV of every script that writes a run: retention and idle retention, ms (`lua/retention.lua`). */
+  private readonly retentionArgs: [number, number];
   private readonly tails = new Map<string, Tail>();
   private readonly snapshots = new Map<string, Reducer>();
   private readonly blocking = new Set<Client>();
@@ -512,6 +532,10 @@ export class RedisStore implements Store {
     this.tailCap = Math.max(1, Math.floor(opts.tailCache ?? DEFAULT_TAIL_CACHE));
     this.snapshotCap = Math.max(1, Math.floor(opts.snapshotCache ?? DEFAULT_SNAPSHOT_CACHE));
     this.sendTtlS = Math.max(1, Math.floor(opts.sendTtlS ?? DEFAULT_SEND_TTL_S));
+    this.retentionArgs = [
+      retentionSeconds(opts.retentionS, DEFAULT_RETENTION_S) * 1000,
+      retentionSeconds(opts.idleRetentionS, DEFAULT_IDLE_RETENTION_S) * 1000,
+    ];
   }
 
   /** Runs a script by SHA1, loading it on `NOSCRIPT` (not run then: safe to send again). */
@@ -547,7 +571,7 @@ export class RedisStore implements Store {
   }
 
   async create(id: string, spec: RunSpec): Promise<boolean> {
-    const created = await this.script("create", [metaKey(id)], [spec.kind, "{}", "1", spec.sessionId ?? ""]);
+    const created = await this.script("create", [metaKey(id)], [spec.kind, "{}", "1", spec.sessionId ?? "", ...this.retentionArgs]);
     return num(created) === 1;
   }
 
@@ -557,7 +581,7 @@ export class RedisStore implements Store {
   }
 
   async append(id: string, type: EventType, payload: JsonObject): Promise<number | null> {
-    const r = (await this.script("append", [metaKey(id), logKey(id)], [bodyRest(id, type, JSON.stringify(payload)), type])) as unknown[];
+    const r = (await this.script("append", [metaKey(id), logKey(id)], [bodyRest(id, type, JSON.stringify(payload)), type, ...this.retentionArgs])) as unknown[];
     const n = num(r[0]);
     if (n < 0) return null;
     await this.trimIfOver(id, n, num(r[1]));
@@ -567,6 +591,7 @@ export class RedisStore implements Store {
   async appendBatch(id: string, evs: NewEvent[], key?: IdemKey): Promise<BatchOutcome> {
     const args: (string | number)[] = [key?.digest ?? "", IDEMPOTENCY_TTL_MS / 1000, evs.length];
     for (const e of evs) args.push(bodyRest(id, e.type, JSON.stringify(e.payload)), e.type);
+    args.push(...this.retentionArgs);
     const r = (await this.script("append_batch", [metaKey(id), logKey(id), idemKey(id, key?.key ?? "")], args)) as unknown[];
     const [code, first, last, firstId] = r.map(num) as [number, number, number, number];
     switch (code) {
@@ -735,7 +760,7 @@ export class RedisStore implements Store {
     const r = (await this.script(
       "send",
       [metaKey(session), logKey(session), sendKey(session, clientRequestId), unqueuedKey(session)],
-      [head, `",${rest}}`, this.sendTtlS, session, clientRequestId, content],
+      [head, `",${rest}}`, this.sendTtlS, session, clientRequestId, content, ...this.retentionArgs],
     )) as unknown[];
     const code = num(r[0]);
     const messageId = str(r[1]);
@@ -910,7 +935,7 @@ export class RedisStore implements Store {
     const r = (await this.script(
       "cancel",
       [metaKey(id), logKey(id), cancelKey(id, target)],
-      [bodyRest(id, type, JSON.stringify(payload)), type],
+      [bodyRest(id, type, JSON.stringify(payload)), type, ...this.retentionArgs],
     )) as unknown[];
     const [code, n, first] = r.map(num) as [number, number, number];
     switch (code) {
