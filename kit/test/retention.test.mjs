@@ -10,7 +10,7 @@ import { Cluster, Redis } from "ioredis";
 
 import { memoryStore, redisStore } from "../dist/index.js";
 import { haveRedis, startRedis } from "./support/redis.mjs";
-import { sleep, startKit } from "./helpers.mjs";
+import { sleep, startKit, wsClient } from "./helpers.mjs";
 
 const skip = haveRedis() ? false : "redis-server is not installed (scripts/setup.sh installs it)";
 let uniq = 0;
@@ -33,14 +33,21 @@ async function keysWithPttl(r, id) {
   return Promise.all(keys.map(async (k) => [k, await r.pttl(k)]));
 }
 
-/** The snapshot's and the SSE stream's statuses for run `id`. */
+/** The snapshot's and the SSE stream's statuses for run `id`, and a WebSocket subscribe's answer. */
 async function statuses(base, id) {
   const snap = await fetch(`${base}/api/runs/${id}/snapshot`);
   await snap.body?.cancel();
   const ac = new AbortController();
   const sse = await fetch(`${base}/api/stream/runs/${id}`, { signal: ac.signal });
   ac.abort();
-  return [snap.status, sse.status];
+  const c = await wsClient(base);
+  try {
+    c.send({ op: "subscribe", run_id: id });
+    const f = await c.next((x) => x.run_id === id && (x.op === "subscribed" || x.op === "error"));
+    return [snap.status, sse.status, f.op === "error" ? f.code : f.op];
+  } finally {
+    c.close();
+  }
 }
 
 const batch = [{ type: "worker.started", payload: { worker_id: "w1" } }];
@@ -65,10 +72,10 @@ async function finishedRunExpires(store, base, look) {
     for (const part of ["meta", "log", "keys", "cancel:run", "idem:k1"]) assert.ok(names.includes(`runstream:{${id}}:${part}`), `${part}: ${names}`);
     for (const [k, t] of keys) assert.ok(t > 500 && t <= 1000, `${k}: ${t} ms once finished`);
   }
-  assert.deepEqual(await statuses(base, id), [200, 200]);
+  assert.deepEqual(await statuses(base, id), [200, 200, "subscribed"]);
   await sleep(1200);
   assert.equal(await store.meta(id), null);
-  assert.deepEqual(await statuses(base, id), [404, 404]);
+  assert.deepEqual(await statuses(base, id), [404, 404, "not_found"]);
   if (look) assert.deepEqual(await look(id), []);
   assert.equal(await store.create(id, { kind: "task" }), true, "the id is free again");
   assert.deepEqual(await store.appendBatch(id, batch, key), { kind: "appended", first: 1, last: 1 }, "its idempotency key too");
@@ -91,10 +98,10 @@ async function idleRunExpires(store, base, look) {
   }
   await sleep(600);
   assert.notEqual(await store.meta(id), null, "1.2 s after the first write, 0.6 s after the last: kept");
-  assert.deepEqual(await statuses(base, id), [200, 200]);
+  assert.deepEqual(await statuses(base, id), [200, 200, "subscribed"]);
   await sleep(600);
   assert.equal(await store.meta(id), null);
-  assert.deepEqual(await statuses(base, id), [404, 404]);
+  assert.deepEqual(await statuses(base, id), [404, 404, "not_found"]);
   if (look) assert.deepEqual(await look(id), []);
 }
 

@@ -7,10 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use runstream_server::store::{
     self, CancelTarget, IdemKey, NewEvent, Retention, RunKind, RunSpec, Store,
 };
-use serde_json::json;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 mod support;
 use support::{http, Backend, Kind};
@@ -42,8 +44,9 @@ fn keys_with_pttl(b: &Backend, id: &str) -> Vec<(String, i64)> {
         .collect()
 }
 
-/// `/api/runs/{id}/snapshot` and the SSE stream's statuses.
-async fn statuses(addr: &str, id: &str) -> (u16, u16) {
+/// `/api/runs/{id}/snapshot` and the SSE stream's statuses, and a WebSocket subscribe's
+/// answer (`subscribed` or the error code).
+async fn statuses(addr: &str, id: &str) -> (u16, u16, String) {
     let (snap, _, _) = http(addr, "GET", &format!("/api/runs/{id}/snapshot"), &[], None).await;
     let (sse, _, _) = support::http_for(
         addr,
@@ -54,7 +57,30 @@ async fn statuses(addr: &str, id: &str) -> (u16, u16) {
         Duration::from_millis(300),
     )
     .await;
-    (snap, sse)
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        json!({"op": "subscribe", "run_id": id}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = ws.next().await {
+            let Ok(v) = serde_json::from_str::<Value>(m.to_text().unwrap_or("")) else {
+                continue;
+            };
+            match v["op"].as_str() {
+                Some("subscribed") => return "subscribed".to_owned(),
+                Some("error") => return v["code"].as_str().unwrap_or("?").to_owned(),
+                _ => {}
+            }
+        }
+        "closed".to_owned()
+    })
+    .await
+    .unwrap();
+    (snap, sse, answer)
 }
 
 async fn finished_runs_expire_after_the_retention(b: Backend) {
@@ -116,11 +142,17 @@ async fn finished_runs_expire_after_the_retention(b: Backend) {
             assert!(*t > 1_000 && *t <= 2_000, "{k}: {t} ms");
         }
     }
-    assert_eq!(statuses(&addr, id).await, (200, 200));
+    assert_eq!(
+        statuses(&addr, id).await,
+        (200, 200, "subscribed".to_owned())
+    );
     tokio::time::sleep(Duration::from_millis(2_300)).await;
     // Gone: unknown to every route, no key left; the chat session is still there.
     assert!(s.meta(id).await.unwrap().is_none());
-    assert_eq!(statuses(&addr, id).await, (404, 404));
+    assert_eq!(
+        statuses(&addr, id).await,
+        (404, 404, "not_found".to_owned())
+    );
     if b.kind != Kind::Memory {
         assert_eq!(keys_with_pttl(&b, id), vec![]);
     }
@@ -159,10 +191,16 @@ async fn idle_runs_expire_and_writes_refresh_them(b: Backend) {
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     // 2.4 s after the first write, 1.2 s after the last: still there.
     assert!(s.meta(id).await.unwrap().is_some());
-    assert_eq!(statuses(&addr, id).await, (200, 200));
+    assert_eq!(
+        statuses(&addr, id).await,
+        (200, 200, "subscribed".to_owned())
+    );
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert!(s.meta(id).await.unwrap().is_none());
-    assert_eq!(statuses(&addr, id).await, (404, 404));
+    assert_eq!(
+        statuses(&addr, id).await,
+        (404, 404, "not_found".to_owned())
+    );
     if b.kind != Kind::Memory {
         assert_eq!(keys_with_pttl(&b, id), vec![]);
     }

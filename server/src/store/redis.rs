@@ -14,7 +14,8 @@
 //! | `runstream:{<run>}:log` | stream | entry id `0-<event_id>`, fields `e` (the envelope JSON) and `t` (its type) |
 //! | `runstream:{<run>}:meta` | hash | `kind`, `chaos` (JSON), `speed`, `first_id`, `last_id`, `finished`, `next_message`, `session` (the chat session a published run belongs to) |
 //! | `runstream:{<run>}:cancel:<target>` | string | the id of the `run.cancel_requested` for target `run` or `reply:<crid>` (PROTOCOL §8: one request per target) |
-//! | `runstream:{<run>}:idem:<key>` | string | a publish batch's `<sha256 hex>:<first>:<last>`; `SET EX` 24 h (idempotency across replicas) |
+//! | `runstream:{<run>}:idem:<key>` | string | a publish batch's `<sha256 hex>:<first>:<last>`; `SET PX` 24 h, capped by the run's retention (idempotency across replicas) |
+//! | `runstream:{<run>}:keys` | sorted set | the run's per-item keys (`cancel:…`, `idem:…`, `send:…`, `claimed:…`, `unqueued`) scored by the Unix ms each expires by itself (`+inf`: with the run), so the step that finishes the run caps them all |
 //! | `runstream:{<run>}:base` | string | the reduced state as of `first_id - 1` (written when the log is trimmed) |
 //! | `runstream:{<session>}:send:<client_request_id>` | string | the message id of a send; `SET NX EX` (idempotency, TTL) |
 //! | `runstream:{<session>}:unqueued` | hash | `client_request_id` → content of sends accepted but not yet on the queue (a process died between the steps); `EXPIRE` = the send TTL |
@@ -39,6 +40,11 @@
 //! - The Lua scripts live in `lua/` at the repository root (composed as
 //!   `lua/scripts.json` says), loaded by this file and by the kit's `redisStore()`
 //!   alike; docs/REDIS.md has this layout for both servers.
+//! - Retention ([`Retention`], docs/REDIS.md "Retention"): every script that writes a run
+//!   takes the retention and the idle retention (ms) as its last two ARGV
+//!   (`lua/retention.lua`). Each write sets the run's keys to the idle retention;
+//!   the step that logs `run.completed` gives every key of the run's slot at most
+//!   the retention, in the same script.
 //! - Append: a Lua script bumps `last_id` and `XADD`s with the explicit id
 //!   `0-<last_id>` in one step, so ids are dense whatever the number of writers.
 //! - Replay: `XRANGE` from `0-<after+1>` in batches; a resume older than
