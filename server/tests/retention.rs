@@ -262,3 +262,33 @@ mod zero_keeps_forever {
         super::zero_keeps_forever(b).await;
     }
 }
+
+/// The memory store forgets expired runs a bounded batch per create or write
+/// (`SWEEP_BATCH`), without a lookup of each and without a scan of every run.
+#[tokio::test]
+async fn the_memory_store_sweeps_expired_runs_in_bounded_batches() {
+    use runstream_server::store::memory::{MemoryStore, SWEEP_BATCH};
+    let s = MemoryStore::new(100).with_retention(Retention {
+        finished_s: 600,
+        idle_s: 1,
+    });
+    let n = 2 * SWEEP_BATCH + 10;
+    for i in 0..n {
+        assert!(s.create(&format!("sweep_{i}"), task()).await.unwrap());
+    }
+    let runs = |v: serde_json::Value| v["runs"].as_u64().unwrap() as usize;
+    assert_eq!(runs(s.info().await.unwrap()), n);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(s.create("fresh", task()).await.unwrap());
+    assert_eq!(runs(s.info().await.unwrap()), n + 1 - SWEEP_BATCH);
+    s.append("fresh", "run.started", json!({})).await.unwrap();
+    assert_eq!(runs(s.info().await.unwrap()), n + 1 - 2 * SWEEP_BATCH);
+    s.append("fresh", "run.completed", json!({"status": "succeeded"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        runs(s.info().await.unwrap()),
+        1,
+        "only the live run is left"
+    );
+}
