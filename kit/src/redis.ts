@@ -518,7 +518,8 @@ export class RedisStore implements Store {
   /** The last two ARGV of every script that writes a run: retention and idle retention, ms (`lua/retention.lua`). */
   private readonly retentionArgs: [number, number];
   private readonly tails = new Map<string, Tail>();
-  private readonly snapshots = new Map<string, Reducer>();
+  /** Reduced states by run, each with the envelope at its cursor (null: not known). */
+  private readonly snapshots = new Map<string, { r: Reducer; at: string | null }>();
   private readonly blocking = new Set<Client>();
   private groupReady = false;
   private closed = false;
@@ -716,11 +717,30 @@ export class RedisStore implements Store {
     const lastText = (await this.cmd("HGET", metaKey(id), "last_id")) as string | null;
     if (lastText === null) return null;
     const last = num(lastText);
-    let r = this.snapshots.get(id);
+    const cached = this.snapshots.get(id);
     this.snapshots.delete(id);
-    if (r !== undefined && r.cursor > last) {
-      r.free();
-      r = undefined;
+    // A cached state is reused only while the event at its cursor is still the one it ended
+    // with: a run that expired and was created again under its id (retention) is another
+    // run, and starts from its own base.
+    let r: Reducer | undefined;
+    let at: string | null = null;
+    if (cached !== undefined) {
+      let ok = cached.r.cursor === 0;
+      if (!ok && cached.at !== null && cached.r.cursor <= last) {
+        try {
+          const evs = await this.xrange(id, cached.r.cursor, cached.r.cursor);
+          ok = evs[0]?.[0] === cached.r.cursor && evs[0]?.[1] === cached.at;
+        } catch (e) {
+          cached.r.free();
+          throw e;
+        }
+      }
+      if (ok) {
+        r = cached.r;
+        at = cached.at;
+      } else {
+        cached.r.free();
+      }
     }
     r ??= await this.base(id);
     try {
@@ -734,16 +754,18 @@ export class RedisStore implements Store {
           rebuilt = true;
           r.free();
           r = await this.base(id);
+          at = null;
           continue;
         }
         for (const [n, e] of evs) r.apply(n, e);
+        at = evs[evs.length - 1]?.[1] ?? at;
       }
       const body: SnapshotBody = { runId: id, eventId: r.cursor, state: r.stateJson() };
       if (this.snapshots.size >= this.snapshotCap) {
-        for (const old of this.snapshots.values()) old.free();
+        for (const old of this.snapshots.values()) old.r.free();
         this.snapshots.clear();
       }
-      this.snapshots.set(id, r);
+      this.snapshots.set(id, { r, at });
       return body;
     } catch (e) {
       r.free();
@@ -993,7 +1015,7 @@ export class RedisStore implements Store {
     this.tails.clear();
     for (const c of this.blocking) c.disconnect();
     this.blocking.clear();
-    for (const r of this.snapshots.values()) r.free();
+    for (const c of this.snapshots.values()) c.r.free();
     this.snapshots.clear();
     try {
       await this.conn.quit();

@@ -79,6 +79,12 @@ async function finishedRunExpires(store, base, look) {
   if (look) assert.deepEqual(await look(id), []);
   assert.equal(await store.create(id, { kind: "task" }), true, "the id is free again");
   assert.deepEqual(await store.appendBatch(id, batch, key), { kind: "appended", first: 1, last: 1 }, "its idempotency key too");
+  // A new run: no state of the old one (this process cached its snapshot at id 4) leaks in.
+  for (let i = 0; i < 3; i++) await store.append(id, "run.started", {});
+  const snap = await (await fetch(`${base}/api/runs/${id}/snapshot`)).json();
+  assert.equal(snap.event_id, 4);
+  assert.equal(snap.state.cancel_requested, false, JSON.stringify(snap));
+  assert.equal(snap.state.status, "running", JSON.stringify(snap));
 }
 
 /** An unfinished run lives `idle` (1 s) after its last write. */

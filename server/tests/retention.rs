@@ -163,6 +163,16 @@ async fn finished_runs_expire_after_the_retention(b: Backend) {
         s.append_batch(id, batch, Some(key)).await.unwrap(),
         store::BatchOutcome::Appended { first: 1, last: 1 }
     );
+    // A new run: no state of the old one (this process cached its snapshot at id 4) leaks in.
+    for _ in 0..3 {
+        s.append(id, "run.started", json!({})).await.unwrap();
+    }
+    let (st, _, body) = http(&addr, "GET", &format!("/api/runs/{id}/snapshot"), &[], None).await;
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["event_id"], 4);
+    assert_eq!(v["state"]["cancel_requested"], false, "{v}");
+    assert_eq!(v["state"]["status"], "running", "{v}");
 }
 
 async fn idle_runs_expire_and_writes_refresh_them(b: Backend) {

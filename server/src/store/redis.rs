@@ -300,6 +300,10 @@ struct TailCache {
 
 type Tails = Arc<Mutex<HashMap<String, Arc<TailShared>>>>;
 
+/// A run's reduced state cached for snapshots, with the envelope at its cursor (`None`:
+/// not known): reused only while the log still has that envelope there.
+type CachedState = (Reduced, Option<Arc<RawValue>>);
+
 /// One connection to a single Redis or to a cluster: every command of the store goes
 /// through it unchanged (on a cluster each is routed to the master of its key's slot; a
 /// script or `MULTI` pipeline must name keys of one slot, which the key layout guarantees).
@@ -435,7 +439,7 @@ pub struct RedisStore {
     /// Passed to every writing script as its last two ARGV (ms): `lua/retention.lua`.
     retention: Retention,
     tails: Tails,
-    snapshots: Mutex<HashMap<String, Reduced>>,
+    snapshots: Mutex<HashMap<String, CachedState>>,
     /// The blocking connection of a chat worker's `XREADGROUP`.
     worker_conn: tokio::sync::Mutex<Option<Conn>>,
     append_script: Script,
@@ -765,9 +769,26 @@ impl RedisStore {
             return Ok(None);
         };
         let cached = lock(&self.snapshots).remove(id);
-        let mut r = match cached {
-            Some(r) if r.cursor() <= last => r,
-            _ => self.base(id).await?,
+        // A cached state is reused only while the event at its cursor is still the one it
+        // ended with: a run that expired and was created again under its id (retention)
+        // is another run, and starts from its own base.
+        let mut reused = None;
+        if let Some((r, at)) = cached {
+            if r.cursor() == 0 {
+                reused = Some((r, None));
+            } else if let Some(at) = at.filter(|_| r.cursor() <= last) {
+                let evs = self.xrange(id, r.cursor(), Some(r.cursor())).await?;
+                if evs
+                    .first()
+                    .is_some_and(|(n, e)| *n == r.cursor() && e.get() == at.get())
+                {
+                    reused = Some((r, Some(at)));
+                }
+            }
+        }
+        let (mut r, mut at) = match reused {
+            Some(x) => x,
+            None => (self.base(id).await?, None),
         };
         let mut rebuilt = false;
         while r.cursor() < last {
@@ -782,18 +803,20 @@ impl RedisStore {
                 }
                 rebuilt = true;
                 r = self.base(id).await?;
+                at = None;
                 continue;
             }
             for (n, e) in &evs {
                 r.apply(*n, e.get());
             }
+            at = evs.last().map(|(_, e)| e.clone());
         }
         let body = SnapshotBody::new(id, r.cursor(), &r.state);
         let mut cache = lock(&self.snapshots);
         if cache.len() >= SNAPSHOT_CACHE {
             cache.clear();
         }
-        cache.insert(id.to_owned(), r);
+        cache.insert(id.to_owned(), (r, at));
         Ok(Some(body))
     }
 
