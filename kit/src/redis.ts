@@ -131,7 +131,7 @@ export interface RedisStoreOptions {
 type Client = Redis | Cluster;
 
 /** The Lua scripts both servers run, by their name in `lua/scripts.json`. */
-export type ScriptName = "append" | "send" | "create" | "append_batch" | "cancel" | "trim" | "set_chaos";
+export type ScriptName = "append" | "send" | "create" | "append_batch" | "cancel" | "trim" | "set_chaos" | "next_message";
 
 /** One composed script: what is sent on `EVAL`, and the SHA1 Redis knows it by (`EVALSHA`). */
 export interface LuaScript {
@@ -149,6 +149,7 @@ const SCRIPT_NAMES: readonly ScriptName[] = [
   "cancel",
   "trim",
   "set_chaos",
+  "next_message",
 ];
 
 /**
@@ -804,7 +805,10 @@ export class RedisStore implements Store {
   }
 
   async nextMessageId(id: string): Promise<string> {
-    return `msg_${num(await this.cmd("HINCRBY", metaKey(id), "next_message", 1))}`;
+    // A script, not a bare HINCRBY: an expired run's meta is not re-created without a TTL.
+    const n = num(await this.script("next_message", [metaKey(id)], []));
+    if (n < 0) throw new StoreError(`unknown run ${JSON.stringify(id)}`);
+    return `msg_${n}`;
   }
 
   /** Prunes to the window when the run holds 10 % more than it (the one rule, {@link prunePoint}). */

@@ -76,6 +76,8 @@ async function finishedRunExpires(store, base, look) {
   await sleep(1200);
   assert.equal(await store.meta(id), null);
   assert.deepEqual(await statuses(base, id), [404, 404, "not_found"]);
+  // A reply's message counter (a producer that was still at it) is refused and writes nothing.
+  await assert.rejects(store.nextMessageId(id), { name: "StoreError" });
   if (look) assert.deepEqual(await look(id), []);
   assert.equal(await store.create(id, { kind: "task" }), true, "the id is free again");
   assert.deepEqual(await store.appendBatch(id, batch, key), { kind: "appended", first: 1, last: 1 }, "its idempotency key too");

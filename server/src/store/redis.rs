@@ -120,6 +120,8 @@ mod lua {
     pub const TRIM: &str = include_str!("../../../lua/trim.lua");
     /// Sets a run's chaos (KEYS: meta).
     pub const SET_CHAOS: &str = include_str!("../../../lua/set_chaos.lua");
+    /// Bumps a run's message counter unless the run is unknown (KEYS: meta).
+    pub const NEXT_MESSAGE: &str = include_str!("../../../lua/next_message.lua");
 }
 
 /// A script that appends: the shared append step, then `main`.
@@ -133,8 +135,8 @@ fn with_retention(main: &str) -> Script {
 }
 
 /// Every script the store runs, by its name in `lua/scripts.json`: append, send, create,
-/// append_batch, cancel, trim, set_chaos.
-fn scripts() -> [(&'static str, Script); 7] {
+/// append_batch, cancel, trim, set_chaos, next_message.
+fn scripts() -> [(&'static str, Script); 8] {
     [
         ("append", with_append_step(lua::APPEND)),
         ("send", with_append_step(lua::SEND)),
@@ -143,6 +145,7 @@ fn scripts() -> [(&'static str, Script); 7] {
         ("cancel", with_append_step(lua::CANCEL)),
         ("trim", Script::new(lua::TRIM)),
         ("set_chaos", Script::new(lua::SET_CHAOS)),
+        ("next_message", Script::new(lua::NEXT_MESSAGE)),
     ]
 }
 
@@ -449,6 +452,7 @@ pub struct RedisStore {
     cancel_script: Script,
     trim_script: Script,
     chaos_script: Script,
+    next_message_script: Script,
 }
 
 impl RedisStore {
@@ -463,7 +467,7 @@ impl RedisStore {
         let conn = source.shared().await?;
         let mut ping = conn.clone();
         let _: redis::Value = redis::cmd("PING").query_async(&mut ping).await?;
-        let [(_, append_script), (_, send_script), (_, create_script), (_, batch_script), (_, cancel_script), (_, trim_script), (_, chaos_script)] =
+        let [(_, append_script), (_, send_script), (_, create_script), (_, batch_script), (_, cancel_script), (_, trim_script), (_, chaos_script), (_, next_message_script)] =
             scripts();
         Ok(Self {
             source,
@@ -481,6 +485,7 @@ impl RedisStore {
             cancel_script,
             trim_script,
             chaos_script,
+            next_message_script,
         })
     }
 
@@ -1318,13 +1323,13 @@ impl Store for RedisStore {
 
     fn next_message_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<String>> {
         async move {
-            let n: u64 = redis::cmd("HINCRBY")
-                .arg(meta_key(id))
-                .arg("next_message")
-                .arg(1)
-                .query_async(&mut self.conn())
+            let n: i64 = self
+                .next_message_script
+                .key(meta_key(id))
+                .invoke_async(&mut self.conn())
                 .await?;
-            Ok(format!("msg_{n}"))
+            // An unknown run (expired meanwhile): the memory store's answer; nothing written.
+            Ok(format!("msg_{}", n.max(0)))
         }
         .boxed()
     }
