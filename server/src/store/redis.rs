@@ -14,7 +14,8 @@
 //! | `runstream:{<run>}:log` | stream | entry id `0-<event_id>`, fields `e` (the envelope JSON) and `t` (its type) |
 //! | `runstream:{<run>}:meta` | hash | `kind`, `chaos` (JSON), `speed`, `first_id`, `last_id`, `finished`, `next_message`, `session` (the chat session a published run belongs to) |
 //! | `runstream:{<run>}:cancel:<target>` | string | the id of the `run.cancel_requested` for target `run` or `reply:<crid>` (PROTOCOL §8: one request per target) |
-//! | `runstream:{<run>}:idem:<key>` | string | a publish batch's `<sha256 hex>:<first>:<last>`; `SET EX` 24 h (idempotency across replicas) |
+//! | `runstream:{<run>}:idem:<key>` | string | a publish batch's `<sha256 hex>:<first>:<last>`; `SET PX` 24 h, capped by the run's retention (idempotency across replicas) |
+//! | `runstream:{<run>}:keys` | sorted set | the run's per-item keys (`cancel:…`, `idem:…`, `send:…`, `claimed:…`, `unqueued`) scored by the Unix ms each expires by itself (`+inf`: with the run), so the step that finishes the run caps them all |
 //! | `runstream:{<run>}:base` | string | the reduced state as of `first_id - 1` (written when the log is trimmed) |
 //! | `runstream:{<session>}:send:<client_request_id>` | string | the message id of a send; `SET NX EX` (idempotency, TTL) |
 //! | `runstream:{<session>}:unqueued` | hash | `client_request_id` → content of sends accepted but not yet on the queue (a process died between the steps); `EXPIRE` = the send TTL |
@@ -39,6 +40,11 @@
 //! - The Lua scripts live in `lua/` at the repository root (composed as
 //!   `lua/scripts.json` says), loaded by this file and by the kit's `redisStore()`
 //!   alike; docs/REDIS.md has this layout for both servers.
+//! - Retention ([`Retention`], docs/REDIS.md "Retention"): every script that writes a run
+//!   takes the retention and the idle retention (ms) as its last two ARGV
+//!   (`lua/retention.lua`). Each write sets the run's keys to the idle retention;
+//!   the step that logs `run.completed` gives every key of the run's slot at most
+//!   the retention, in the same script.
 //! - Append: a Lua script bumps `last_id` and `XADD`s with the explicit id
 //!   `0-<last_id>` in one step, so ids are dense whatever the number of writers.
 //! - Replay: `XRANGE` from `0-<after+1>` in batches; a resume older than
@@ -75,7 +81,8 @@ use tokio::sync::watch;
 
 use super::{
     prune_point, restore_base, BatchOutcome, IdemKey, NewEvent, QueuedSend, Reduced, Replay,
-    RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreError, StoreResult, Tail,
+    Retention, RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreError, StoreResult,
+    Tail,
 };
 use crate::hub::{lock, rfc3339_now, Chaos};
 
@@ -96,6 +103,8 @@ pub const DEFAULT_SEND_TTL_S: u64 = 24 * 3600;
 /// step (`append_step.lua`: dense id, `XADD` with that id, the finished flag), prepended
 /// here by [`with_append_step`]; `lua/scripts.json` lists the same composition for the kit.
 mod lua {
+    /// The retention helpers every writing script starts with (TTLs as its last two ARGV).
+    pub const RETENTION: &str = include_str!("../../../lua/retention.lua");
     /// The append step the appending scripts share (defines `append(meta, log, body, ty)`).
     pub const APPEND_STEP: &str = include_str!("../../../lua/append_step.lua");
     /// Appends one event (KEYS: meta, log).
@@ -112,24 +121,32 @@ mod lua {
     pub const TRIM: &str = include_str!("../../../lua/trim.lua");
     /// Sets a run's chaos (KEYS: meta).
     pub const SET_CHAOS: &str = include_str!("../../../lua/set_chaos.lua");
+    /// Bumps a run's message counter unless the run is unknown (KEYS: meta).
+    pub const NEXT_MESSAGE: &str = include_str!("../../../lua/next_message.lua");
 }
 
 /// A script that appends: the shared append step, then `main`.
 fn with_append_step(main: &str) -> Script {
-    Script::new(&format!("{}{main}", lua::APPEND_STEP))
+    Script::new(&format!("{}{}{main}", lua::RETENTION, lua::APPEND_STEP))
+}
+
+/// A script that writes without appending: the retention helpers, then `main`.
+fn with_retention(main: &str) -> Script {
+    Script::new(&format!("{}{main}", lua::RETENTION))
 }
 
 /// Every script the store runs, by its name in `lua/scripts.json`: append, send, create,
-/// append_batch, cancel, trim, set_chaos.
-fn scripts() -> [(&'static str, Script); 7] {
+/// append_batch, cancel, trim, set_chaos, next_message.
+fn scripts() -> [(&'static str, Script); 8] {
     [
         ("append", with_append_step(lua::APPEND)),
         ("send", with_append_step(lua::SEND)),
-        ("create", Script::new(lua::CREATE)),
+        ("create", with_retention(lua::CREATE)),
         ("append_batch", with_append_step(lua::APPEND_BATCH)),
         ("cancel", with_append_step(lua::CANCEL)),
         ("trim", Script::new(lua::TRIM)),
         ("set_chaos", Script::new(lua::SET_CHAOS)),
+        ("next_message", Script::new(lua::NEXT_MESSAGE)),
     ]
 }
 
@@ -324,6 +341,10 @@ struct TailCache {
 
 type Tails = Arc<Mutex<HashMap<String, Arc<TailShared>>>>;
 
+/// A run's reduced state cached for snapshots, with the envelope at its cursor (`None`:
+/// not known): reused only while the log still has that envelope there.
+type CachedState = (Reduced, Option<Arc<RawValue>>);
+
 /// One connection to a single Redis or to a cluster: every command of the store goes
 /// through it unchanged (on a cluster each is routed to the master of its key's slot; a
 /// script or `MULTI` pipeline must name keys of one slot, which the key layout guarantees).
@@ -456,8 +477,10 @@ pub struct RedisStore {
     conn: Conn,
     window: u64,
     send_ttl_s: u64,
+    /// Passed to every writing script as its last two ARGV (ms): `lua/retention.lua`.
+    retention: Retention,
     tails: Tails,
-    snapshots: Mutex<HashMap<String, Reduced>>,
+    snapshots: Mutex<HashMap<String, CachedState>>,
     /// The blocking connection of a chat worker's `XREADGROUP`.
     worker_conn: tokio::sync::Mutex<Option<Conn>>,
     append_script: Script,
@@ -467,6 +490,7 @@ pub struct RedisStore {
     cancel_script: Script,
     trim_script: Script,
     chaos_script: Script,
+    next_message_script: Script,
 }
 
 impl RedisStore {
@@ -481,13 +505,14 @@ impl RedisStore {
         let conn = source.shared().await?;
         let mut ping = conn.clone();
         let _: redis::Value = redis::cmd("PING").query_async(&mut ping).await?;
-        let [(_, append_script), (_, send_script), (_, create_script), (_, batch_script), (_, cancel_script), (_, trim_script), (_, chaos_script)] =
+        let [(_, append_script), (_, send_script), (_, create_script), (_, batch_script), (_, cancel_script), (_, trim_script), (_, chaos_script), (_, next_message_script)] =
             scripts();
         Ok(Self {
             source,
             conn,
             window: window.max(1),
             send_ttl_s: DEFAULT_SEND_TTL_S,
+            retention: Retention::default(),
             tails: Arc::default(),
             snapshots: Mutex::default(),
             worker_conn: tokio::sync::Mutex::new(None),
@@ -498,6 +523,7 @@ impl RedisStore {
             cancel_script,
             trim_script,
             chaos_script,
+            next_message_script,
         })
     }
 
@@ -510,6 +536,20 @@ impl RedisStore {
     pub fn with_send_ttl(mut self, seconds: u64) -> Self {
         self.send_ttl_s = seconds.max(1);
         self
+    }
+
+    /// Sets how long runs are kept (docs/REDIS.md "Retention").
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The last two ARGV of every script that writes a run: retention and idle retention, ms.
+    fn retention_args(&self) -> [u64; 2] {
+        [
+            self.retention.finished_s.saturating_mul(1000),
+            self.retention.idle_s.saturating_mul(1000),
+        ]
     }
 
     fn conn(&self) -> Conn {
@@ -706,6 +746,7 @@ impl RedisStore {
             .key(log_key(id))
             .arg(body)
             .arg(ty)
+            .arg(&self.retention_args()[..])
             .invoke_async(&mut self.conn())
             .await?;
         let Ok(n) = u64::try_from(n) else {
@@ -806,9 +847,26 @@ impl RedisStore {
             return Ok(None);
         };
         let cached = lock(&self.snapshots).remove(id);
-        let mut r = match cached {
-            Some(r) if r.cursor() <= last => r,
-            _ => self.base(id).await?,
+        // A cached state is reused only while the event at its cursor is still the one it
+        // ended with: a run that expired and was created again under its id (retention)
+        // is another run, and starts from its own base.
+        let mut reused = None;
+        if let Some((r, at)) = cached {
+            if r.cursor() == 0 {
+                reused = Some((r, None));
+            } else if let Some(at) = at.filter(|_| r.cursor() <= last) {
+                let evs = self.xrange(id, r.cursor(), Some(r.cursor())).await?;
+                if evs
+                    .first()
+                    .is_some_and(|(n, e)| *n == r.cursor() && e.get() == at.get())
+                {
+                    reused = Some((r, Some(at)));
+                }
+            }
+        }
+        let (mut r, mut at) = match reused {
+            Some(x) => x,
+            None => (self.base(id).await?, None),
         };
         let mut rebuilt = false;
         while r.cursor() < last {
@@ -823,18 +881,20 @@ impl RedisStore {
                 }
                 rebuilt = true;
                 r = self.base(id).await?;
+                at = None;
                 continue;
             }
             for (n, e) in &evs {
                 r.apply(*n, e.get());
             }
+            at = evs.last().map(|(_, e)| e.clone());
         }
         let body = SnapshotBody::new(id, r.cursor(), &r.state);
         let mut cache = lock(&self.snapshots);
         if cache.len() >= SNAPSHOT_CACHE {
             cache.clear();
         }
-        cache.insert(id.to_owned(), r);
+        cache.insert(id.to_owned(), (r, at));
         Ok(Some(body))
     }
 
@@ -859,6 +919,7 @@ impl RedisStore {
                 .arg(session)
                 .arg(crid)
                 .arg(content)
+                .arg(&self.retention_args()[..])
                 .invoke_async(&mut self.conn())
                 .await?;
         let finished = fresh == -3;
@@ -952,6 +1013,7 @@ impl RedisStore {
             let rest = serde_json::to_string(&e.payload).unwrap_or_else(|_| "{}".into());
             inv.arg(body_rest(id, &e.ty, &rest)).arg(&e.ty);
         }
+        inv.arg(&self.retention_args()[..]);
         let (code, first, last, first_id): (i64, u64, u64, u64) =
             inv.invoke_async(&mut self.conn()).await?;
         Ok(match code {
@@ -1191,6 +1253,7 @@ impl Store for RedisStore {
                 .arg(chaos)
                 .arg(spec.speed.to_string())
                 .arg(spec.session_id.as_deref().unwrap_or(""))
+                .arg(&self.retention_args()[..])
                 .invoke_async(&mut self.conn())
                 .await?;
             Ok(created == 1)
@@ -1266,6 +1329,7 @@ impl Store for RedisStore {
                 .key(cancel_key(id, target))
                 .arg(body_rest(id, ty, &rest))
                 .arg(ty)
+                .arg(&self.retention_args()[..])
                 .invoke_async(&mut self.conn())
                 .await?;
             Ok(match code {
@@ -1355,13 +1419,13 @@ impl Store for RedisStore {
 
     fn next_message_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<String>> {
         async move {
-            let n: u64 = redis::cmd("HINCRBY")
-                .arg(meta_key(id))
-                .arg("next_message")
-                .arg(1)
-                .query_async(&mut self.conn())
+            let n: i64 = self
+                .next_message_script
+                .key(meta_key(id))
+                .invoke_async(&mut self.conn())
                 .await?;
-            Ok(format!("msg_{n}"))
+            // An unknown run (expired meanwhile): the memory store's answer; nothing written.
+            Ok(format!("msg_{}", n.max(0)))
         }
         .boxed()
     }
