@@ -1,5 +1,5 @@
--- KEYS: meta, log, idempotency key. ARGV: digest ('' = no key), TTL s, n,
--- then n pairs (envelope body without `{` and `event_id`, type).
+-- KEYS: meta, log, idempotency key. ARGV: digest ('' = no key), TTL s, n, then n pairs
+-- (envelope body without `{` and `event_id`, type), then retention ms, idle retention ms.
 -- Returns {code, first, last, first_id}: code 0 appended, 1 repeated,
 -- -1 unknown run, -2 key conflict, -3 finished, -4 a second reply to a send (its
 -- `message.created` names a `reply_to` that already has one). All or nothing: the checks
@@ -23,6 +23,9 @@ for i = 0, tonumber(ARGV[3]) - 1 do
   last = append(KEYS[1], KEYS[2], ARGV[4 + 2 * i], ARGV[5 + 2 * i])
 end
 if ARGV[1] ~= '' then
-  redis.call('SET', KEYS[3], ARGV[1] .. ':' .. string.format('%d', first) .. ':' .. string.format('%d', last), 'EX', ARGV[2])
+  local ttl = item_ttl(KEYS[1], tonumber(ARGV[2]) * 1000)
+  redis.call('SET', KEYS[3], ARGV[1] .. ':' .. string.format('%d', first) .. ':' .. string.format('%d', last), 'PX', ttl)
+  register(KEYS[1], KEYS[3], ttl)
 end
+touch(KEYS[1])
 return {0, first, last, tonumber(redis.call('HGET', KEYS[1], 'first_id'))}

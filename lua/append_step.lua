@@ -1,4 +1,5 @@
--- The append step shared by the scripts: dense id, XADD with that id, finished flag,
+-- The append step shared by the scripts: dense id, XADD with that id, finished flag (and,
+-- on `run.completed`, the run's per-item keys capped at the retention: retention.lua),
 -- and each reply's state in meta (PROTOCOL §5, §8), so scripts check it atomically:
 -- `reply:<crid>` = `s:<message_id>` while the reply to send <crid> streams, then `d:completed`
 -- or `d:failed`; `replyof:<message_id>` = <crid> while it streams. One field per reply.
@@ -19,7 +20,10 @@ local function append(meta, log, body, ty)
   local n = redis.call('HINCRBY', meta, 'last_id', 1)
   local id = string.format('%d', n)
   redis.call('XADD', log, '0-' .. id, 'e', '{"event_id":' .. id .. ',' .. body, 't', ty)
-  if ty == 'run.completed' then redis.call('HSET', meta, 'finished', '1') end
+  if ty == 'run.completed' then
+    redis.call('HSET', meta, 'finished', '1')
+    cap_items(meta)
+  end
   local p = reply_of(body, ty)
   if p ~= nil and type(p.message_id) == 'string' then
     if ty == 'message.created' then

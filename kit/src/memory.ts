@@ -24,11 +24,14 @@ import {
   type SnapshotBody,
   type Store,
   type Subscription,
+  DEFAULT_IDLE_RETENTION_S,
+  DEFAULT_RETENTION_S,
   IDEMPOTENCY_TTL_MS,
   ReplyTakenError,
   StoreError,
   cancelTargetKey,
   envelopeText,
+  retentionSeconds,
 } from "./store.js";
 
 /** Bounds of a {@link memoryStore} (each with its default). */
@@ -52,7 +55,21 @@ export interface MemoryStoreOptions {
    * than the newest 100 000 of its session would be taken as a new one).
    */
   maxSendsPerRun?: number;
+  /**
+   * Seconds a finished run (its `run.completed` logged) is kept after its last
+   * write (default 7 days, the gateway's `--retention-secs`; 0 = forever).
+   */
+  retentionS?: number;
+  /**
+   * Seconds an unfinished run is kept after its last append, send or cancel
+   * (default 30 days, the gateway's `--idle-retention-secs`; 0 = forever): a
+   * run whose producer died does not stay forever.
+   */
+  idleRetentionS?: number;
 }
+
+/** Most expired runs one create or write forgets (the rest go with the next ones). */
+const SWEEP_BATCH = 64;
 
 interface Run {
   id: string;
@@ -83,6 +100,8 @@ interface Run {
   /** Cancel target key → its `run.cancel_requested` id. */
   cancels: Map<string, number>;
   listeners: Set<AppendListener>;
+  /** When it expires (`performance.now()` ms; null = never). */
+  deadline: number | null;
 }
 
 class MemoryStore implements Store {
@@ -102,6 +121,16 @@ class MemoryStore implements Store {
   /** Cancel grace deadlines: [due ms, run, target], one per cancelled target. */
   #graces: Array<[number, string, CancelTarget]> = [];
   #closed = false;
+  #retentionMs: number;
+  #idleMs: number;
+  /**
+   * Expiry queues, one per retention: run id → deadline. Every deadline in a
+   * queue is "the last write + that queue's retention", and a write moves its
+   * run to the end, so each queue is in deadline order: the due runs are at
+   * its front (O(1) per write, bounded work per sweep, no scan of every run).
+   */
+  #finishedQ = new Map<string, number>();
+  #idleQ = new Map<string, number>();
 
   constructor(o: MemoryStoreOptions) {
     this.#window = Math.max(1, Math.floor(o.window ?? 200_000));
@@ -110,6 +139,43 @@ class MemoryStore implements Store {
     this.#maxSends = Math.max(1, Math.floor(o.maxSends ?? 10_000));
     this.#readBatch = Math.max(1, Math.floor(o.readBatch ?? 1000));
     this.#maxSendsPerRun = Math.max(1, Math.floor(o.maxSendsPerRun ?? 100_000));
+    this.#retentionMs = retentionSeconds(o.retentionS, DEFAULT_RETENTION_S) * 1000;
+    this.#idleMs = retentionSeconds(o.idleRetentionS, DEFAULT_IDLE_RETENTION_S) * 1000;
+  }
+
+  /** Run `id` unless unknown or past its deadline (then it is forgotten now). */
+  #get(id: string): Run | undefined {
+    const r = this.#runs.get(id);
+    if (r && r.deadline !== null && r.deadline <= performance.now()) {
+      this.#forget(r);
+      return undefined;
+    }
+    return r;
+  }
+
+  /** Moves `r`'s deadline to now plus the retention of its state (after a write). */
+  #touch(r: Run): void {
+    this.#finishedQ.delete(r.id);
+    this.#idleQ.delete(r.id);
+    const ms = r.finished ? this.#retentionMs : this.#idleMs;
+    r.deadline = ms > 0 ? performance.now() + ms : null;
+    if (r.deadline !== null) (r.finished ? this.#finishedQ : this.#idleQ).set(r.id, r.deadline);
+    this.#sweep();
+  }
+
+  /** Forgets at most {@link SWEEP_BATCH} runs past their deadline. */
+  #sweep(): void {
+    const now = performance.now();
+    let budget = SWEEP_BATCH;
+    for (const q of [this.#finishedQ, this.#idleQ]) {
+      for (const [id, at] of q) {
+        if (at > now || budget <= 0) break;
+        budget--;
+        const r = this.#get(id);
+        if (r) this.#forget(r);
+        else q.delete(id);
+      }
+    }
   }
 
   #live(): void {
@@ -124,7 +190,8 @@ class MemoryStore implements Store {
   }
 
   #createNow(id: string, spec: RunSpec): boolean {
-    if (this.#runs.has(id)) return false;
+    this.#sweep();
+    if (this.#get(id)) return false;
     if (this.#runs.size >= this.#maxRuns) {
       let victim: Run | undefined;
       for (const r of this.#runs.values()) {
@@ -153,12 +220,17 @@ class MemoryStore implements Store {
       idem: new Map(),
       cancels: new Map(),
       listeners: new Set(),
+      deadline: null,
     });
+    const created = this.#runs.get(id);
+    if (created) this.#touch(created);
     return true;
   }
 
   #forget(r: Run): void {
     this.#runs.delete(r.id);
+    this.#finishedQ.delete(r.id);
+    this.#idleQ.delete(r.id);
     r.state.free();
     r.pruned?.free();
     r.listeners.clear();
@@ -175,7 +247,7 @@ class MemoryStore implements Store {
 
   async meta(id: string): Promise<RunMeta | null> {
     this.#live();
-    const r = this.#runs.get(id);
+    const r = this.#get(id);
     return r ? this.#meta(r) : null;
   }
 
@@ -203,6 +275,7 @@ class MemoryStore implements Store {
         }
       }
     }
+    this.#touch(r);
     // Pruned in steps of 10 % over the window (the one rule, the gateway's: prunePoint).
     const keepFrom = prunePoint(r.firstId, r.lastId, this.#window);
     if (keepFrom !== null) this.#pruneTo(r, keepFrom);
@@ -237,7 +310,7 @@ class MemoryStore implements Store {
 
   async append(id: string, type: EventType, payload: JsonObject): Promise<number | null> {
     this.#live();
-    const r = this.#runs.get(id);
+    const r = this.#get(id);
     if (!r) return null;
     if (replyTaken(r, type, payload)) throw new ReplyTakenError(String(payload["reply_to"]));
     const n = this.#appendOne(r, type, payload);
@@ -247,7 +320,7 @@ class MemoryStore implements Store {
 
   async appendBatch(id: string, events: NewEvent[], key?: IdemKey): Promise<BatchOutcome> {
     this.#live();
-    const r = this.#runs.get(id);
+    const r = this.#get(id);
     if (!r) return { kind: "unknown_run" };
     const now = Date.now();
     if (key) {
@@ -279,7 +352,7 @@ class MemoryStore implements Store {
 
   async read(id: string, after: number): Promise<Replay | null> {
     this.#live();
-    const r = this.#runs.get(id);
+    const r = this.#get(id);
     if (!r) return null;
     let next = after + 1;
     let snapshot: Replay["snapshot"];
@@ -299,7 +372,7 @@ class MemoryStore implements Store {
 
   async subscribe(id: string, listener: AppendListener): Promise<Subscription | null> {
     this.#live();
-    const r = this.#runs.get(id);
+    const r = this.#get(id);
     if (!r) return null;
     const l: AppendListener = (n) => listener(n);
     r.listeners.add(l);
@@ -308,14 +381,14 @@ class MemoryStore implements Store {
 
   async snapshot(id: string): Promise<SnapshotBody | null> {
     this.#live();
-    const r = this.#runs.get(id);
+    const r = this.#get(id);
     return r ? { runId: r.id, eventId: r.lastId, state: r.state.stateJson() } : null;
   }
 
   async send(session: string, clientRequestId: string, content: string): Promise<SendOutcome> {
     this.#live();
     this.#createNow(session, { kind: "chat", sessionId: session });
-    const r = this.#runs.get(session);
+    const r = this.#get(session);
     if (!r) throw new StoreError("session vanished");
     const seen = r.sends.get(clientRequestId);
     if (seen !== undefined) return { messageId: seen, runId: session, fresh: false, finished: false };
@@ -350,14 +423,14 @@ class MemoryStore implements Store {
 
   async nextMessageId(id: string): Promise<string> {
     this.#live();
-    const r = this.#runs.get(id);
+    const r = this.#get(id);
     if (!r) throw new StoreError(`unknown run ${JSON.stringify(id)}`);
     return this.#nextMessageId(r);
   }
 
   async prune(id: string, keepFrom: number): Promise<boolean> {
     this.#live();
-    const r = this.#runs.get(id);
+    const r = this.#get(id);
     if (!r) return false;
     this.#pruneTo(r, keepFrom);
     return true;
@@ -406,7 +479,7 @@ class MemoryStore implements Store {
 
   async requestCancel(id: string, target: CancelTarget, payload: JsonObject): Promise<CancelOutcome> {
     this.#live();
-    const r = this.#runs.get(id);
+    const r = this.#get(id);
     if (!r) return { kind: "unknown_run" };
     const key = cancelTargetKey(target);
     const seen = r.cancels.get(key);
@@ -423,7 +496,7 @@ class MemoryStore implements Store {
 
   async cancelRequested(id: string, target: CancelTarget): Promise<number | null> {
     this.#live();
-    return this.#runs.get(id)?.cancels.get(cancelTargetKey(target)) ?? null;
+    return this.#get(id)?.cancels.get(cancelTargetKey(target)) ?? null;
   }
 
   async scheduleGrace(id: string, target: CancelTarget, dueMs: number): Promise<void> {

@@ -19,6 +19,9 @@
  * - Window: when a run holds more than `window + 10 %` events, the appender
  *   reduces the oldest into the `base` (with the one reducer, the client's
  *   own, compiled to wasm) and `XTRIM MINID`s them.
+ * - Retention: every writing script takes {@link RedisStoreOptions.retentionS}
+ *   and {@link RedisStoreOptions.idleRetentionS} (as ms) as its last two ARGV;
+ *   the run's keys expire with them (`lua/retention.lua`, docs/REDIS.md).
  * - Sends: `runstream:sends` with the consumer group `replies` (the gateway's
  *   chat workers' group): {@link RedisStore.claimSends} answers each send once
  *   across every process.
@@ -41,6 +44,9 @@ import {
   cancelTargetFromKey,
   cancelTargetKey,
   rfc3339Now,
+  retentionSeconds,
+  DEFAULT_IDLE_RETENTION_S,
+  DEFAULT_RETENTION_S,
   IDEMPOTENCY_TTL_MS,
 } from "./store.js";
 import type {
@@ -111,12 +117,24 @@ export interface RedisStoreOptions {
   sendTtlS?: number;
   /** Per-command timeout, ms (default 10 000; the gateway's). Blocking reads get their wait plus 5 s. */
   commandTimeoutMs?: number;
+  /**
+   * Seconds every key of a finished run (its `run.completed` logged) is kept
+   * after its last write (default {@link DEFAULT_RETENTION_S}, 7 days; 0 =
+   * forever). Use the gateway's `--retention-secs`.
+   */
+  retentionS?: number;
+  /**
+   * Seconds every key of an unfinished run is kept after its last append, send
+   * or cancel (default {@link DEFAULT_IDLE_RETENTION_S}, 30 days; 0 =
+   * forever). Use the gateway's `--idle-retention-secs`.
+   */
+  idleRetentionS?: number;
 }
 
 type Client = Redis | Cluster;
 
 /** The Lua scripts both servers run, by their name in `lua/scripts.json`. */
-export type ScriptName = "append" | "send" | "create" | "append_batch" | "cancel" | "trim" | "set_chaos";
+export type ScriptName = "append" | "send" | "create" | "append_batch" | "cancel" | "trim" | "set_chaos" | "next_message";
 
 /** One composed script: what is sent on `EVAL`, and the SHA1 Redis knows it by (`EVALSHA`). */
 export interface LuaScript {
@@ -134,6 +152,7 @@ const SCRIPT_NAMES: readonly ScriptName[] = [
   "cancel",
   "trim",
   "set_chaos",
+  "next_message",
 ];
 
 /**
@@ -500,8 +519,11 @@ export class RedisStore implements Store {
   private readonly tailCap: number;
   private readonly snapshotCap: number;
   private readonly sendTtlS: number;
+  /** The last two ARGV of every script that writes a run: retention and idle retention, ms (`lua/retention.lua`). */
+  private readonly retentionArgs: [number, number];
   private readonly tails = new Map<string, Tail>();
-  private readonly snapshots = new Map<string, Reducer>();
+  /** Reduced states by run, each with the envelope at its cursor (null: not known). */
+  private readonly snapshots = new Map<string, { r: Reducer; at: string | null }>();
   private readonly blocking = new Set<Client>();
   private groupReady = false;
   /** Where the next `XAUTOCLAIM` of the sends queue goes on. */
@@ -517,6 +539,10 @@ export class RedisStore implements Store {
     this.tailCap = Math.max(1, Math.floor(opts.tailCache ?? DEFAULT_TAIL_CACHE));
     this.snapshotCap = Math.max(1, Math.floor(opts.snapshotCache ?? DEFAULT_SNAPSHOT_CACHE));
     this.sendTtlS = Math.max(1, Math.floor(opts.sendTtlS ?? DEFAULT_SEND_TTL_S));
+    this.retentionArgs = [
+      retentionSeconds(opts.retentionS, DEFAULT_RETENTION_S) * 1000,
+      retentionSeconds(opts.idleRetentionS, DEFAULT_IDLE_RETENTION_S) * 1000,
+    ];
   }
 
   /** Runs a script by SHA1, loading it on `NOSCRIPT` (not run then: safe to send again). */
@@ -552,7 +578,7 @@ export class RedisStore implements Store {
   }
 
   async create(id: string, spec: RunSpec): Promise<boolean> {
-    const created = await this.script("create", [metaKey(id)], [spec.kind, "{}", "1", spec.sessionId ?? ""]);
+    const created = await this.script("create", [metaKey(id)], [spec.kind, "{}", "1", spec.sessionId ?? "", ...this.retentionArgs]);
     return num(created) === 1;
   }
 
@@ -562,7 +588,7 @@ export class RedisStore implements Store {
   }
 
   async append(id: string, type: EventType, payload: JsonObject): Promise<number | null> {
-    const r = (await this.script("append", [metaKey(id), logKey(id)], [bodyRest(id, type, JSON.stringify(payload)), type])) as unknown[];
+    const r = (await this.script("append", [metaKey(id), logKey(id)], [bodyRest(id, type, JSON.stringify(payload)), type, ...this.retentionArgs])) as unknown[];
     const n = num(r[0]);
     if (n === -4) throw new ReplyTakenError(typeof payload["reply_to"] === "string" ? payload["reply_to"] : "");
     if (n < 0) return null;
@@ -573,6 +599,7 @@ export class RedisStore implements Store {
   async appendBatch(id: string, evs: NewEvent[], key?: IdemKey): Promise<BatchOutcome> {
     const args: (string | number)[] = [key?.digest ?? "", IDEMPOTENCY_TTL_MS / 1000, evs.length];
     for (const e of evs) args.push(bodyRest(id, e.type, JSON.stringify(e.payload)), e.type);
+    args.push(...this.retentionArgs);
     const r = (await this.script("append_batch", [metaKey(id), logKey(id), idemKey(id, key?.key ?? "")], args)) as unknown[];
     const [code, first, last, firstId] = r.map(num) as [number, number, number, number];
     switch (code) {
@@ -699,11 +726,30 @@ export class RedisStore implements Store {
     const lastText = (await this.cmd("HGET", metaKey(id), "last_id")) as string | null;
     if (lastText === null) return null;
     const last = num(lastText);
-    let r = this.snapshots.get(id);
+    const cached = this.snapshots.get(id);
     this.snapshots.delete(id);
-    if (r !== undefined && r.cursor > last) {
-      r.free();
-      r = undefined;
+    // A cached state is reused only while the event at its cursor is still the one it ended
+    // with: a run that expired and was created again under its id (retention) is another
+    // run, and starts from its own base.
+    let r: Reducer | undefined;
+    let at: string | null = null;
+    if (cached !== undefined) {
+      let ok = cached.r.cursor === 0;
+      if (!ok && cached.at !== null && cached.r.cursor <= last) {
+        try {
+          const evs = await this.xrange(id, cached.r.cursor, cached.r.cursor);
+          ok = evs[0]?.[0] === cached.r.cursor && evs[0]?.[1] === cached.at;
+        } catch (e) {
+          cached.r.free();
+          throw e;
+        }
+      }
+      if (ok) {
+        r = cached.r;
+        at = cached.at;
+      } else {
+        cached.r.free();
+      }
     }
     r ??= await this.base(id);
     try {
@@ -717,16 +763,18 @@ export class RedisStore implements Store {
           rebuilt = true;
           r.free();
           r = await this.base(id);
+          at = null;
           continue;
         }
         for (const [n, e] of evs) r.apply(n, e);
+        at = evs[evs.length - 1]?.[1] ?? at;
       }
       const body: SnapshotBody = { runId: id, eventId: r.cursor, state: r.stateJson() };
       if (this.snapshots.size >= this.snapshotCap) {
-        for (const old of this.snapshots.values()) old.free();
+        for (const old of this.snapshots.values()) old.r.free();
         this.snapshots.clear();
       }
-      this.snapshots.set(id, r);
+      this.snapshots.set(id, { r, at });
       return body;
     } catch (e) {
       r.free();
@@ -743,7 +791,7 @@ export class RedisStore implements Store {
     const r = (await this.script(
       "send",
       [metaKey(session), logKey(session), sendKey(session, clientRequestId), unqueuedKey(session)],
-      [head, `",${rest}}`, this.sendTtlS, session, clientRequestId, content],
+      [head, `",${rest}}`, this.sendTtlS, session, clientRequestId, content, ...this.retentionArgs],
     )) as unknown[];
     const code = num(r[0]);
     const messageId = str(r[1]);
@@ -765,7 +813,10 @@ export class RedisStore implements Store {
   }
 
   async nextMessageId(id: string): Promise<string> {
-    return `msg_${num(await this.cmd("HINCRBY", metaKey(id), "next_message", 1))}`;
+    // A script, not a bare HINCRBY: an expired run's meta is not re-created without a TTL.
+    const n = num(await this.script("next_message", [metaKey(id)], []));
+    if (n < 0) throw new StoreError(`unknown run ${JSON.stringify(id)}`);
+    return `msg_${n}`;
   }
 
   /** Prunes to the window when the run holds 10 % more than it (the one rule, {@link prunePoint}). */
@@ -973,7 +1024,7 @@ export class RedisStore implements Store {
     const r = (await this.script(
       "cancel",
       [metaKey(id), logKey(id), cancelKey(id, target)],
-      [bodyRest(id, type, JSON.stringify(payload)), type, target.kind === "reply" ? target.replyTo : ""],
+      [bodyRest(id, type, JSON.stringify(payload)), type, target.kind === "reply" ? target.replyTo : "", ...this.retentionArgs],
     )) as unknown[];
     const [code, n, first] = r.slice(0, 3).map(num) as [number, number, number];
     const status = r[3] instanceof Buffer ? r[3].toString() : String(r[3] ?? "");
@@ -1032,7 +1083,7 @@ export class RedisStore implements Store {
     this.tails.clear();
     for (const c of this.blocking) c.disconnect();
     this.blocking.clear();
-    for (const r of this.snapshots.values()) r.free();
+    for (const c of this.snapshots.values()) c.r.free();
     this.snapshots.clear();
     try {
       await this.conn.quit();

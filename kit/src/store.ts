@@ -102,6 +102,20 @@ export interface IdemKey {
 
 /** Idempotency keys are kept this long (SERVER.md §1: "within 24 h"). */
 export const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
+/**
+ * Default retention of a finished run, seconds: 7 days after its last write
+ * (the gateway's `--retention-secs`; docs/REDIS.md "Retention").
+ */
+export const DEFAULT_RETENTION_S = 7 * 24 * 3600;
+/**
+ * Default idle retention of an unfinished run, seconds: 30 days after its last
+ * append, send or cancel (the gateway's `--idle-retention-secs`).
+ */
+export const DEFAULT_IDLE_RETENTION_S = 30 * 24 * 3600;
+/** A retention option in whole seconds (0 = keep forever; negative or not finite: the default). */
+export function retentionSeconds(v: number | undefined, dflt: number): number {
+  return v === undefined || !Number.isFinite(v) || v < 0 ? dflt : Math.floor(v);
+}
 
 /** What an atomic batch append did. */
 export type BatchOutcome =

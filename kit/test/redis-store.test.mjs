@@ -308,7 +308,8 @@ for (const kind of ["redis", "cluster"]) {
       const body = `"run_id":${JSON.stringify(s)},"type":"message.created","timestamp":"2026-01-01T00:00:00Z","payload":{"message_id":"`;
       const rest = `",${JSON.stringify({ role: "user", client_request_id: "c9", content: "first" }).slice(1)}`;
       const keys = [`runstream:{${s}}:meta`, `runstream:{${s}}:log`, `runstream:{${s}}:send:c9`, `runstream:{${s}}:unqueued`];
-      await r.eval(script.text, 4, ...keys, body, rest, 60, s, "c9", "first");
+      // The last two ARGV: retention and idle retention, ms (lua/retention.lua).
+      await r.eval(script.text, 4, ...keys, body, rest, 60, s, "c9", "first", 604_800_000, 2_592_000_000);
       assert.equal(await r.hget(`runstream:{${s}}:unqueued`, "c9"), "first");
       const retried = await b.send(s, "c9", "second try");
       assert.equal(retried.fresh, false);

@@ -4,15 +4,22 @@
 //!                  [--publish-key-file F] [--dev] [--record-frames N]
 //!                  [--addr 127.0.0.1:8787] [--www www] [--pkg pkg] [--heartbeat-ms 15000]
 //!                  [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none]
+//!                  [--retention-secs 604800] [--idle-retention-secs 2592000]
 //!                  [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N]
-//!                  [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]…
+//!                  [--client-buffer N] [--client-buffer-bytes N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]…
 //!                  [--malloc-mmap-threshold BYTES]
 //! runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N]
 //!                  [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant]
 //!                  [--chaos JSON] [--window N] [--runs N] [--start-at-ms UNIX_MS]
+//!                  [--retention-secs N] [--idle-retention-secs N]
 //! runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME]
 //!                  [--send-claim-idle-ms 30000]
 //! ```
+//!
+//! Retention (docs/REDIS.md "Retention"): a finished run is forgotten
+//! `--retention-secs` after its last write (default 7 days), an unfinished one
+//! `--idle-retention-secs` after its last append, send or cancel (default 30
+//! days); 0 keeps it forever. Give every process sharing a store the same values.
 //!
 //! Secure by default: without an auth choice the gateway refuses to start.
 //! `--auth none` is the explicit choice for local development. The admin,
@@ -50,7 +57,7 @@ use runstream_server::{
     create_and_produce, router, scenario, CreateRun, Limits, Replies, Settings,
 };
 
-const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]… [--malloc-mmap-threshold BYTES]\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME] [--send-claim-idle-ms N]";
+const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--retention-secs N] [--idle-retention-secs N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--client-buffer-bytes N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]… [--malloc-mmap-threshold BYTES]\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS] [--retention-secs N] [--idle-retention-secs N]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME] [--send-claim-idle-ms N]";
 
 const NO_AUTH_CHOICE: &str = "runstream-server: no auth choice. PROTOCOL §7 needs one of:\n  --jwt-secret-file FILE      HS256 tokens signed with the secret in FILE\n  --jwt-public-key-file FILE  RS256/ES256 tokens verified with the PEM public key in FILE\n  --auth none                 no authorization at all (local development only)";
 
@@ -109,6 +116,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
     let mut heartbeat_ms = 15_000;
     let mut store_spec = "memory".to_owned();
     let mut window = DEFAULT_WINDOW;
+    let mut retention = store::Retention::default();
     let mut replies = Replies::Local;
     let mut record_frames = 0;
     let mut dev = false;
@@ -140,6 +148,8 @@ async fn serve(args: Vec<String>) -> ExitCode {
                 "--heartbeat-ms" => heartbeat_ms = num(&a, &v)?,
                 "--store" => store_spec = v.clone(),
                 "--window" => window = num(&a, &v)?,
+                "--retention-secs" => retention.finished_s = num(&a, &v)?,
+                "--idle-retention-secs" => retention.idle_s = num(&a, &v)?,
                 "--record-frames" => record_frames = num(&a, &v)?,
                 "--auth" if v == "none" => auth_none = true,
                 "--auth" => return Err(fail("--auth: the only value is `none` (JWTs: --jwt-secret-file or --jwt-public-key-file)")),
@@ -153,6 +163,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
                 "--max-connections" => limits.max_connections = num(&a, &v)?,
                 "--max-runs-per-socket" => limits.max_runs_per_socket = num(&a, &v)?,
                 "--client-buffer" => limits.client_buffer = num(&a, &v)?,
+                "--client-buffer-bytes" => limits.client_buffer_bytes = num(&a, &v)?,
                 "--slow-client-ms" => limits.slow_client_ms = num(&a, &v)?,
                 "--drain-ms" => limits.drain_ms = num(&a, &v)?,
                 "--cancel-grace-ms" => cancel_grace_ms = num(&a, &v)?,
@@ -207,7 +218,7 @@ async fn serve(args: Vec<String>) -> ExitCode {
         AuthMode::None => "none".to_owned(),
         AuthMode::Jwt(j) => format!("jwt-{:?}", j.algorithm()),
     };
-    let store = match store::open(&store_spec, window).await {
+    let store = match store::open_with(&store_spec, window, retention).await {
         Ok(s) => s,
         Err(e) => return fail(&format!("--store {}: {e}", store::redact(&store_spec))),
     };
@@ -298,6 +309,7 @@ async fn wait_for_signal() {
 async fn produce(args: Vec<String>) -> ExitCode {
     let mut store_spec = None;
     let mut window = DEFAULT_WINDOW;
+    let mut retention = store::Retention::default();
     let mut c = CreateRun::default();
     let mut chat_worker = false;
     let mut runs: u64 = 1;
@@ -323,6 +335,14 @@ async fn produce(args: Vec<String>) -> ExitCode {
         match a.as_str() {
             "--store" => store_spec = Some(v),
             "--window" => window = v.parse().unwrap_or(DEFAULT_WINDOW),
+            "--retention-secs" => match v.parse() {
+                Ok(x) => retention.finished_s = x,
+                Err(_) => return bad(),
+            },
+            "--idle-retention-secs" => match v.parse() {
+                Ok(x) => retention.idle_s = x,
+                Err(_) => return bad(),
+            },
             "--run-id" => c.run_id = Some(v),
             "--consumer" => consumer = v,
             "--send-claim-idle-ms" => match v.parse() {
@@ -371,7 +391,7 @@ async fn produce(args: Vec<String>) -> ExitCode {
     let Some(spec) = store_spec else {
         return fail("produce: --store is required (a store the API replicas share)");
     };
-    let store = match store::open(&spec, window).await {
+    let store = match store::open_with(&spec, window, retention).await {
         Ok(s) => s,
         Err(e) => return fail(&format!("--store {}: {e}", store::redact(&spec))),
     };

@@ -80,6 +80,7 @@ pub struct Metrics {
     store_errors: Family<Op, Counter>,
     dropped: Family<Reason, Counter>,
     published: Counter,
+    ws_queued: Gauge,
 }
 
 impl Default for Metrics {
@@ -102,6 +103,7 @@ impl Metrics {
         let store_errors = Family::<Op, Counter>::default();
         let dropped = Family::<Reason, Counter>::default();
         let published = Counter::default();
+        let ws_queued = Gauge::default();
         registry.register(
             "runstream_open_connections",
             "Open streaming connections by transport (WebSocket subscriptions ride their socket)",
@@ -142,6 +144,11 @@ impl Metrics {
             "Events appended through the publish API",
             published.clone(),
         );
+        registry.register(
+            "runstream_websocket_queued_bytes",
+            "Bytes of frames queued for WebSocket clients and not yet written (each socket bounded by --client-buffer-bytes)",
+            ws_queued.clone(),
+        );
         for r in DenyReason::ALL {
             let _ = denials.get_or_create(&Reason { reason: r.as_str() });
         }
@@ -167,6 +174,7 @@ impl Metrics {
             store_errors,
             dropped,
             published,
+            ws_queued,
         }
     }
 
@@ -214,6 +222,16 @@ impl Metrics {
     /// Counts events appended through the publish API.
     pub fn published(&self, n: u64) {
         self.published.inc_by(n);
+    }
+
+    /// Adds `delta` to the bytes queued for WebSocket clients.
+    pub fn ws_queued(&self, delta: i64) {
+        self.ws_queued.inc_by(delta);
+    }
+
+    /// The bytes queued for WebSocket clients now.
+    pub fn ws_queued_now(&self) -> i64 {
+        self.ws_queued.get()
     }
 
     /// The text exposition, with the open-connection gauges set from `open`

@@ -726,6 +726,26 @@ async fn only_listed_origins_get_cors_and_cookie_websockets(b: Backend) {
     );
 }
 
+/// Publishes run `run` with `batches` batches of `per_batch` events of 64 KB each.
+async fn publish_blobs(addr: &str, run: &str, batches: usize, per_batch: usize) {
+    let (st, _) = publish(addr, "/api/publish/runs", "c", json!({"run_id": run})).await;
+    assert_eq!(st, 201);
+    let blob = "x".repeat(64 * 1024);
+    for i in 0..batches {
+        let events: Vec<Value> = (0..per_batch)
+            .map(|j| json!({"type": "worker.started", "payload": {"worker_id": format!("w{i}-{j}"), "name": blob}}))
+            .collect();
+        let (st, v) = publish(
+            addr,
+            &format!("/api/publish/runs/{run}/events"),
+            &format!("b{i}"),
+            json!({"events": events}),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+    }
+}
+
 /// A client that stops reading is disconnected after `--slow-client-ms`,
 /// never buffered without bound (SSE and WebSocket).
 async fn a_client_that_stops_reading_is_dropped(b: Backend) {
@@ -736,20 +756,7 @@ async fn a_client_that_stops_reading_is_dropped(b: Backend) {
     settings.limits.client_buffer = 8;
     let addr = start_settings(settings).await;
     // A run of big events: 4 MB of log, far beyond the socket buffers.
-    let (st, _) = publish(&addr, "/api/publish/runs", "c", json!({"run_id": "big"})).await;
-    assert_eq!(st, 201);
-    let blob = "x".repeat(64 * 1024);
-    for i in 0..64 {
-        let events: Vec<Value> = (0..1).map(|_| json!({"type": "worker.started", "payload": {"worker_id": format!("w{i}"), "name": blob}})).collect();
-        let (st, v) = publish(
-            &addr,
-            "/api/publish/runs/big/events",
-            &format!("b{i}"),
-            json!({"events": events}),
-        )
-        .await;
-        assert_eq!(st, 200, "{v}");
-    }
+    publish_blobs(&addr, "big", 64, 1).await;
     let metrics = || async {
         let (_, body) = get(&addr, "/metrics", &None).await;
         body.lines()
@@ -799,6 +806,61 @@ async fn a_client_that_stops_reading_is_dropped(b: Backend) {
     let (st, _) = get(&addr, "/healthz", &None).await;
     assert_eq!(st, 200);
     drop((sse, ws));
+}
+
+/// A WebSocket's queue is bounded in bytes (`--client-buffer-bytes`), not only in
+/// frames: a subscriber that stops reading a run of 64 KB events holds at most the
+/// budget (or one frame) in the server, not `--client-buffer` frames of them.
+#[tokio::test]
+async fn a_websocket_queues_at_most_its_byte_budget() {
+    let b = Backend::new(support::Kind::Memory).await.unwrap();
+    let store = b.store().await;
+    let mut settings = settings(&b, store);
+    settings.auth = Arc::new(AuthMode::None);
+    settings.limits.slow_client_ms = 4000;
+    settings.limits.client_buffer_bytes = 256 * 1024;
+    let addr = start_settings(settings).await;
+    // 12 MB of log: beyond what the loopback socket buffers take.
+    publish_blobs(&addr, "wide", 24, 8).await;
+    let gauge = |name: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let (_, body) = get(&addr, "/metrics", &None).await;
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<i64>().ok())
+                .unwrap_or(-1)
+        }
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        json!({"op": "subscribe", "run_id": "wide"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    // Nothing is read. The queue fills while the socket buffers are full; sampled
+    // until the client is dropped (--slow-client-ms).
+    let mut peak = 0;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_millis(3000) {
+        peak = peak.max(gauge("runstream_websocket_queued_bytes ").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let frame = 64 * 1024 + 512;
+    assert!(
+        peak > 0 && peak <= 256 * 1024 + frame,
+        "queued bytes peaked at {peak}, budget 262144 (+ one frame)"
+    );
+    drop(ws);
+    let t0 = std::time::Instant::now();
+    while gauge("runstream_websocket_queued_bytes ").await != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the dropped socket's bytes return"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 both_stores!(

@@ -302,17 +302,21 @@ mod window_trims_to_a_snapshot {
     }
 }
 
-/// A replica's live tail cache never serves events another replica has pruned
-/// since: a resume older than the window gets the snapshot (PROTOCOL §2a).
-async fn a_live_tail_never_serves_pruned_events(b: Backend) {
-    let (reader, writer) = (b.store().await, b.store().await);
-    let spec = runstream_server::store::RunSpec {
+/// A task run's spec, without chaos.
+fn task_spec() -> runstream_server::store::RunSpec {
+    runstream_server::store::RunSpec {
         kind: runstream_server::store::RunKind::Task,
         chaos: Default::default(),
         speed: 1.0,
         session_id: None,
-    };
-    assert!(reader.create("lt", spec).await.unwrap());
+    }
+}
+
+/// A replica's live tail cache never serves events another replica has pruned
+/// since: a resume older than the window gets the snapshot (PROTOCOL §2a).
+async fn a_live_tail_never_serves_pruned_events(b: Backend) {
+    let (reader, writer) = (b.store().await, b.store().await);
+    assert!(reader.create("lt", task_spec()).await.unwrap());
     let mut tail = reader.tail("lt").await.unwrap().unwrap();
     for i in 0..40 {
         let delta = json!({"message_id": "m", "delta": i.to_string()});
@@ -339,6 +343,74 @@ async fn a_live_tail_never_serves_pruned_events(b: Backend) {
     let rep = reader.read("lt", meta.first_id - 1).await.unwrap().unwrap();
     assert!(rep.snapshot.is_none());
     assert_eq!(rep.events.len() as u64, 40 - meta.first_id + 1);
+}
+
+/// The streams of one run read from the live tail's cache, and each read must see
+/// `first_id` as Redis has it after the read began (a prune by another process is never
+/// served from the cache). That check is one `HGET` shared by every stream of the run that
+/// asks while one is in flight, not one per stream: 200 streams woken by the same append
+/// cost a handful of `HGET`s (each read still gets the pruned answer right, see above).
+async fn the_streams_of_a_run_share_their_first_id_checks(b: Backend) {
+    let (reader, writer) = (b.store().await, b.store().await);
+    assert!(reader.create("fi", task_spec()).await.unwrap());
+    let mut tail = reader.tail("fi").await.unwrap().unwrap();
+    writer
+        .append(
+            "fi",
+            "message.delta",
+            json!({"message_id": "m", "delta": "a"}),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while *tail.rx.borrow_and_update() < 1 {
+            tail.rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let hgets = || {
+        let info = b.cli_for_key("runstream:{fi}:meta", &["INFO", "commandstats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_hget:calls="))
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = hgets();
+    let reads: Vec<_> = (0..200)
+        .map(|_| {
+            let reader = reader.clone();
+            tokio::spawn(async move { reader.read("fi", 0).await })
+        })
+        .collect();
+    for r in reads {
+        let rep = r.await.unwrap().unwrap().unwrap();
+        assert!(rep.snapshot.is_none());
+        assert_eq!(rep.events.len(), 1);
+    }
+    let used = hgets() - before;
+    assert!(
+        (1..=20).contains(&used),
+        "200 cached reads of one run made {used} HGETs"
+    );
+}
+
+mod the_streams_of_a_run_share_their_first_id_checks {
+    #[tokio::test]
+    async fn redis() {
+        let Some(b) = super::Backend::new(super::Kind::Redis).await else {
+            return;
+        };
+        super::the_streams_of_a_run_share_their_first_id_checks(b).await;
+    }
+    #[tokio::test]
+    async fn cluster() {
+        let Some(b) = super::Backend::new(super::Kind::Cluster).await else {
+            return;
+        };
+        super::the_streams_of_a_run_share_their_first_id_checks(b).await;
+    }
 }
 
 mod a_live_tail_never_serves_pruned_events {

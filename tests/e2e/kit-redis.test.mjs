@@ -226,6 +226,64 @@ async function redisGet(key) {
   }
 }
 
+/** `[key suffix, PTTL ms]` of every key of run `id`, sorted (KEYS on every master of a cluster). */
+async function runKeys(id) {
+  const { Redis, Cluster } = await import("../../kit/node_modules/ioredis/built/index.js");
+  const c = redis.url.startsWith("redis-cluster://")
+    ? new Cluster(redis.ports.map((port) => ({ host: "127.0.0.1", port })))
+    : new Redis(redis.url);
+  try {
+    const nodes = c instanceof Cluster ? (await c.ping(), c.nodes("master")) : [c];
+    const keys = (await Promise.all(nodes.map((n) => n.keys(`runstream:{${id}}:*`)))).flat();
+    const prefix = `runstream:{${id}}:`;
+    return (await Promise.all(keys.map(async (k) => [k.slice(prefix.length), await c.pttl(k)]))).sort();
+  } finally {
+    c.disconnect();
+  }
+}
+
+test("retention: a run finished by the kit gets the same keys and TTLs as its twin finished by the gateway's produce (defaults, and the flags = the options)", { skip }, async () => {
+  const tolerance = 5000; // the two runs are written a moment apart
+  for (const [flags, opts, expectMs] of [
+    [[], {}, 7 * 24 * 3600 * 1000],
+    [["--retention-secs", "40", "--idle-retention-secs", "400"], { retentionS: 40, idleRetentionS: 400 }, 40_000],
+  ]) {
+    const [gwRun] = await produce("--instant", "--runs", "1", "--seed", "21", "--workers", "2", ...flags);
+    const store = redisStore({ url: redis.url, ...opts });
+    try {
+      const events = [];
+      for (let after = 0; ;) {
+        const rep = await store.read(gwRun, after);
+        if (rep.events.length === 0) break;
+        for (const e of rep.events) {
+          const { type, payload } = JSON.parse(e);
+          events.push({ type, payload });
+          after++;
+        }
+      }
+      assert.equal(events.at(-1).type, "run.completed");
+      const twin = `${gwRun}_kit`;
+      assert.equal(await store.create(twin, { kind: "task" }), true);
+      assert.equal((await store.appendBatch(twin, events.slice(0, -1))).kind, "appended");
+      // The kit finishes it: the step that logs run.completed sets the retention.
+      assert.notEqual(await store.append(twin, "run.completed", events.at(-1).payload), null);
+      const g = await runKeys(gwRun);
+      const k = await runKeys(twin);
+      assert.deepEqual(k.map(([n]) => n), g.map(([n]) => n), "the same keys");
+      for (const n of ["log", "meta"]) assert.ok(g.some(([x]) => x === n), `${n} in ${JSON.stringify(g)}`);
+      for (let i = 0; i < g.length; i++) {
+        const [name, gt] = g[i];
+        const kt = k[i][1];
+        assert.ok(gt > expectMs - tolerance && gt <= expectMs, `gateway ${name}: ${gt} ms`);
+        assert.ok(kt > expectMs - tolerance && kt <= expectMs, `kit ${name}: ${kt} ms`);
+        assert.ok(Math.abs(gt - kt) < tolerance, `${name}: gateway ${gt} ms, kit ${kt} ms`);
+      }
+    } finally {
+      await store.close();
+    }
+  }
+});
+
 test("chat logs written by both servers into one session: same state from both, whole and pruned", { skip }, async () => {
   // A gateway chat run with history and a token reply (its admin route, appended at once).
   const { body: made } = await gwFetch("POST", "/api/admin/runs", { kind: "chat", tokens: 40, rate: 0, instant: true, history: 3, seed: 5 });

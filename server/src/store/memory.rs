@@ -2,10 +2,18 @@
 //! reduced state and sends in this process's memory, as the reference server
 //! always kept them. Nothing survives a restart of the process; nothing is
 //! shared with another process.
+//!
+//! Retention ([`Retention`]): every run has a deadline, its last write plus the
+//! retention of its state (finished or not), kept in one sorted map. Each
+//! create and each write drops at most [`SWEEP_BATCH`] runs whose deadline has
+//! passed (bounded work, no scan of every run), and a run found past its
+//! deadline is dropped when it is looked up, so an expired run is unknown at
+//! once whether or not a sweep reached it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures_util::future::{BoxFuture, FutureExt};
 use runstream::core::vocab::MessageStatus;
@@ -16,8 +24,8 @@ use tokio::sync::watch;
 
 use super::{
     prune_point, BatchOutcome, CancelOutcome, CancelTarget, IdemKey, NewEvent, Reduced, Replay,
-    ReplyEnd, RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreError, StoreResult,
-    Tail, IDEMPOTENCY_TTL_S, MEMORY_IDEM_CAP, MEMORY_SENDS_CAP,
+    ReplyEnd, Retention, RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreError,
+    StoreResult, Tail, IDEMPOTENCY_TTL_S, MEMORY_IDEM_CAP, MEMORY_SENDS_CAP,
 };
 use crate::hub::{lock, rfc3339_now, Chaos};
 
@@ -42,7 +50,15 @@ struct Run {
     idem: HashMap<String, (String, u64, u64, std::time::Instant)>,
     /// Cancel targets ([`CancelTarget::key`]) → their `run.cancel_requested` id.
     cancels: HashMap<String, u64>,
+    /// When it expires: its key in [`Runs::deadlines`] (`None`: kept forever).
+    deadline: Option<Deadline>,
 }
+
+/// Most expired runs one create or write drops (the rest go with the next ones).
+pub const SWEEP_BATCH: usize = 64;
+
+/// A deadline: the instant, then a sequence number that makes it unique.
+type Deadline = (Instant, u64);
 
 impl Run {
     fn new(id: &str, spec: RunSpec, window: u64) -> Self {
@@ -60,6 +76,7 @@ impl Run {
             window: window.max(1),
             idem: HashMap::new(),
             cancels: HashMap::new(),
+            deadline: None,
         }
     }
 
@@ -235,9 +252,62 @@ impl Run {
 /// A run and the notifier its streams wait on.
 type RunEntry = (Arc<Mutex<Run>>, watch::Sender<u64>);
 
+/// Every run and when each expires.
+#[derive(Default)]
+struct Runs {
+    map: HashMap<String, RunEntry>,
+    /// Deadline → run id, soonest first (each run's current deadline, once).
+    deadlines: BTreeMap<Deadline, String>,
+    seq: u64,
+}
+
+impl Runs {
+    /// The live run `id`; one past its deadline is dropped (and is unknown).
+    fn live(&mut self, id: &str, now: Instant) -> Option<&RunEntry> {
+        let due = self
+            .map
+            .get(id)
+            .and_then(|(r, _)| lock(r).deadline)
+            .filter(|d| d.0 <= now);
+        if let Some(d) = due {
+            self.deadlines.remove(&d);
+            self.map.remove(id);
+        }
+        self.map.get(id)
+    }
+
+    /// Drops at most [`SWEEP_BATCH`] runs whose deadline has passed.
+    fn sweep(&mut self, now: Instant) {
+        for _ in 0..SWEEP_BATCH {
+            let Some(entry) = self.deadlines.first_entry() else {
+                return;
+            };
+            if entry.key().0 > now {
+                return;
+            }
+            let id = entry.remove();
+            self.map.remove(&id);
+        }
+    }
+
+    /// Moves run `r`'s deadline to `now` plus what `retention` gives its state.
+    fn reschedule(&mut self, id: &str, r: &mut Run, retention: Retention, now: Instant) {
+        if let Some(old) = r.deadline.take() {
+            self.deadlines.remove(&old);
+        }
+        if let Some(keep) = retention.keep_for(r.finished) {
+            self.seq += 1;
+            let d = (now + keep, self.seq);
+            self.deadlines.insert(d, id.to_owned());
+            r.deadline = Some(d);
+        }
+    }
+}
+
 /// Every run in this process.
 pub struct MemoryStore {
-    runs: Mutex<HashMap<String, RunEntry>>,
+    runs: Mutex<Runs>,
+    retention: Retention,
     run_ids: AtomicU64,
     window: u64,
     /// Accepted sends for the publish API's long poll: `(seq, send)`, drop-oldest.
@@ -252,7 +322,8 @@ impl MemoryStore {
     /// An empty store keeping `window` events per run for replay.
     pub fn new(window: u64) -> Self {
         Self {
-            runs: Mutex::new(HashMap::new()),
+            runs: Mutex::default(),
+            retention: Retention::default(),
             run_ids: AtomicU64::new(1),
             window,
             sends: Mutex::new(VecDeque::new()),
@@ -261,17 +332,29 @@ impl MemoryStore {
         }
     }
 
+    /// Sets how long runs are kept (module docs).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
     fn run(&self, id: &str) -> Option<Arc<Mutex<Run>>> {
-        lock(&self.runs).get(id).map(|(r, _)| r.clone())
+        lock(&self.runs)
+            .live(id, Instant::now())
+            .map(|(r, _)| r.clone())
     }
 
     fn create_now(&self, id: &str, spec: RunSpec) -> bool {
+        let now = Instant::now();
         let mut runs = lock(&self.runs);
-        if runs.contains_key(id) {
+        runs.sweep(now);
+        if runs.live(id, now).is_some() {
             return false;
         }
-        let run = Arc::new(Mutex::new(Run::new(id, spec, self.window)));
-        runs.insert(id.to_owned(), (run, watch::channel(0).0));
+        let mut fresh = Run::new(id, spec, self.window);
+        runs.reschedule(id, &mut fresh, self.retention, now);
+        let run = Arc::new(Mutex::new(fresh));
+        runs.map.insert(id.to_owned(), (run, watch::channel(0).0));
         true
     }
 
@@ -305,12 +388,20 @@ impl MemoryStore {
             .collect()
     }
 
-    /// Runs `f` on run `id` under its lock, then wakes its streams.
+    /// Runs `f` on run `id` under its lock, then wakes its streams. A write (the log
+    /// grew) moves the run's deadline.
     fn change<T>(&self, id: &str, f: impl FnOnce(&mut Run) -> T) -> Option<T> {
-        let runs = lock(&self.runs);
-        let (run, tx) = runs.get(id)?;
-        let mut r = lock(run);
+        let now = Instant::now();
+        let mut runs = lock(&self.runs);
+        runs.sweep(now);
+        let (run, tx) = runs.live(id, now)?;
+        let (run, tx) = (run.clone(), tx.clone());
+        let mut r = lock(&run);
+        let before = r.last_id;
         let out = f(&mut r);
+        if r.last_id != before {
+            runs.reschedule(id, &mut r, self.retention, now);
+        }
         tx.send_replace(r.last_id);
         Some(out)
     }
@@ -360,10 +451,12 @@ impl Store for MemoryStore {
     }
 
     fn tail<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<Tail>>> {
-        let t = lock(&self.runs).get(id).map(|(_, tx)| Tail {
-            rx: tx.subscribe(),
-            _keep: None,
-        });
+        let t = lock(&self.runs)
+            .live(id, Instant::now())
+            .map(|(_, tx)| Tail {
+                rx: tx.subscribe(),
+                _keep: None,
+            });
         async move { Ok(t) }.boxed()
     }
 
@@ -543,7 +636,7 @@ impl Store for MemoryStore {
     }
 
     fn info(&self) -> BoxFuture<'_, StoreResult<Value>> {
-        let n = lock(&self.runs).len();
+        let n = lock(&self.runs).map.len();
         async move { Ok(json!({"store": "memory", "runs": n})) }.boxed()
     }
 }

@@ -140,6 +140,51 @@ pub struct IdemKey {
     pub digest: String,
 }
 
+/// How long a run's data is kept after its last write (docs/REDIS.md "Retention"):
+/// `finished_s` once `run.completed` is logged, `idle_s` while it is not (a run whose
+/// producer died). 0 = keep forever. The gateway's `--retention-secs` and
+/// `--idle-retention-secs`; the kit's `retentionS` and `idleRetentionS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Seconds a finished run is kept after its last write (0 = forever).
+    pub finished_s: u64,
+    /// Seconds an unfinished run is kept after its last append, send or cancel (0 = forever).
+    pub idle_s: u64,
+}
+
+/// Default retention of a finished run: 7 days.
+pub const DEFAULT_RETENTION_S: u64 = 7 * 24 * 3600;
+/// Default idle retention of an unfinished run: 30 days (a producer that stops for
+/// longer than that has died; a live run refreshes it with every write).
+pub const DEFAULT_IDLE_RETENTION_S: u64 = 30 * 24 * 3600;
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            finished_s: DEFAULT_RETENTION_S,
+            idle_s: DEFAULT_IDLE_RETENTION_S,
+        }
+    }
+}
+
+impl Retention {
+    /// Keeps everything forever (the stores' behaviour before retention existed).
+    pub const FOREVER: Self = Self {
+        finished_s: 0,
+        idle_s: 0,
+    };
+
+    /// How long a run in this state is kept after a write (`None` = forever): the one rule.
+    pub fn keep_for(&self, finished: bool) -> Option<std::time::Duration> {
+        let s = if finished {
+            self.finished_s
+        } else {
+            self.idle_s
+        };
+        (s > 0).then(|| std::time::Duration::from_secs(s))
+    }
+}
+
 /// Idempotency keys are kept this long (SERVER.md §1: "within 24 h").
 pub const IDEMPOTENCY_TTL_S: u64 = 24 * 3600;
 /// Most idempotency keys the memory store keeps per run (beyond it, expired
@@ -493,14 +538,29 @@ pub struct QueuedSend {
 /// Opens the store named by `--store`: `memory`, `redis://host:port[/db]`, or
 /// `redis-cluster://host:port,host:port,…` (seed nodes of a Redis Cluster).
 pub async fn open(spec: &str, window: u64) -> StoreResult<Arc<dyn Store>> {
+    open_with(spec, window, Retention::default()).await
+}
+
+/// [`open`] with a [`Retention`] other than the default.
+pub async fn open_with(
+    spec: &str,
+    window: u64,
+    retention: Retention,
+) -> StoreResult<Arc<dyn Store>> {
     if spec == "memory" {
-        return Ok(Arc::new(memory::MemoryStore::new(window)));
+        return Ok(Arc::new(
+            memory::MemoryStore::new(window).with_retention(retention),
+        ));
     }
     if spec.starts_with("redis://")
         || spec.starts_with("redis+unix://")
         || spec.starts_with("redis-cluster://")
     {
-        return Ok(Arc::new(redis::RedisStore::connect(spec, window).await?));
+        return Ok(Arc::new(
+            redis::RedisStore::connect(spec, window)
+                .await?
+                .with_retention(retention),
+        ));
     }
     Err(StoreError::Unsupported(redact(spec)))
 }

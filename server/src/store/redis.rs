@@ -14,7 +14,8 @@
 //! | `runstream:{<run>}:log` | stream | entry id `0-<event_id>`, fields `e` (the envelope JSON) and `t` (its type) |
 //! | `runstream:{<run>}:meta` | hash | `kind`, `chaos` (JSON), `speed`, `first_id`, `last_id`, `finished`, `next_message`, `session` (the chat session a published run belongs to) |
 //! | `runstream:{<run>}:cancel:<target>` | string | the id of the `run.cancel_requested` for target `run` or `reply:<crid>` (PROTOCOL §8: one request per target) |
-//! | `runstream:{<run>}:idem:<key>` | string | a publish batch's `<sha256 hex>:<first>:<last>`; `SET EX` 24 h (idempotency across replicas) |
+//! | `runstream:{<run>}:idem:<key>` | string | a publish batch's `<sha256 hex>:<first>:<last>`; `SET PX` 24 h, capped by the run's retention (idempotency across replicas) |
+//! | `runstream:{<run>}:keys` | sorted set | the run's per-item keys (`cancel:…`, `idem:…`, `send:…`, `claimed:…`, `unqueued`) scored by the Unix ms each expires by itself (`+inf`: with the run), so the step that finishes the run caps them all |
 //! | `runstream:{<run>}:base` | string | the reduced state as of `first_id - 1` (written when the log is trimmed) |
 //! | `runstream:{<session>}:send:<client_request_id>` | string | the message id of a send; `SET NX EX` (idempotency, TTL) |
 //! | `runstream:{<session>}:unqueued` | hash | `client_request_id` → content of sends accepted but not yet on the queue (a process died between the steps); `EXPIRE` = the send TTL |
@@ -39,6 +40,11 @@
 //! - The Lua scripts live in `lua/` at the repository root (composed as
 //!   `lua/scripts.json` says), loaded by this file and by the kit's `redisStore()`
 //!   alike; docs/REDIS.md has this layout for both servers.
+//! - Retention ([`Retention`], docs/REDIS.md "Retention"): every script that writes a run
+//!   takes the retention and the idle retention (ms) as its last two ARGV
+//!   (`lua/retention.lua`). Each write sets the run's keys to the idle retention;
+//!   the step that logs `run.completed` gives every key of the run's slot at most
+//!   the retention, in the same script.
 //! - Append: a Lua script bumps `last_id` and `XADD`s with the explicit id
 //!   `0-<last_id>` in one step, so ids are dense whatever the number of writers.
 //! - Replay: `XRANGE` from `0-<after+1>` in batches; a resume older than
@@ -47,8 +53,9 @@
 //!   its own connection (a blocking read would stall the shared multiplexed
 //!   one) and keeps the newest events in a bounded cache; every local stream
 //!   of the run reads from that cache, so N clients cost one Redis reader
-//!   (and one `HGET` of `first_id` per read: events another process pruned
-//!   since are never served from the cache, the resume gets the snapshot).
+//!   (and a check of `first_id` per read, from an `HGET` started after the read
+//!   began and shared by the run's streams that asked meanwhile: events another
+//!   process pruned are never served from the cache, the resume gets the snapshot).
 //! - Window: when a run holds more than `window + 10 %` events
 //!   ([`prune_point`]), the appender reduces the oldest ones into the base
 //!   and `XTRIM MINID`s them.
@@ -74,7 +81,8 @@ use tokio::sync::watch;
 
 use super::{
     prune_point, restore_base, BatchOutcome, IdemKey, NewEvent, QueuedSend, Reduced, Replay,
-    RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreError, StoreResult, Tail,
+    Retention, RunKind, RunMeta, RunSpec, SendOutcome, SendRecord, Store, StoreError, StoreResult,
+    Tail,
 };
 use crate::hub::{lock, rfc3339_now, Chaos};
 
@@ -95,6 +103,8 @@ pub const DEFAULT_SEND_TTL_S: u64 = 24 * 3600;
 /// step (`append_step.lua`: dense id, `XADD` with that id, the finished flag), prepended
 /// here by [`with_append_step`]; `lua/scripts.json` lists the same composition for the kit.
 mod lua {
+    /// The retention helpers every writing script starts with (TTLs as its last two ARGV).
+    pub const RETENTION: &str = include_str!("../../../lua/retention.lua");
     /// The append step the appending scripts share (defines `append(meta, log, body, ty)`).
     pub const APPEND_STEP: &str = include_str!("../../../lua/append_step.lua");
     /// Appends one event (KEYS: meta, log).
@@ -111,24 +121,32 @@ mod lua {
     pub const TRIM: &str = include_str!("../../../lua/trim.lua");
     /// Sets a run's chaos (KEYS: meta).
     pub const SET_CHAOS: &str = include_str!("../../../lua/set_chaos.lua");
+    /// Bumps a run's message counter unless the run is unknown (KEYS: meta).
+    pub const NEXT_MESSAGE: &str = include_str!("../../../lua/next_message.lua");
 }
 
 /// A script that appends: the shared append step, then `main`.
 fn with_append_step(main: &str) -> Script {
-    Script::new(&format!("{}{main}", lua::APPEND_STEP))
+    Script::new(&format!("{}{}{main}", lua::RETENTION, lua::APPEND_STEP))
+}
+
+/// A script that writes without appending: the retention helpers, then `main`.
+fn with_retention(main: &str) -> Script {
+    Script::new(&format!("{}{main}", lua::RETENTION))
 }
 
 /// Every script the store runs, by its name in `lua/scripts.json`: append, send, create,
-/// append_batch, cancel, trim, set_chaos.
-fn scripts() -> [(&'static str, Script); 7] {
+/// append_batch, cancel, trim, set_chaos, next_message.
+fn scripts() -> [(&'static str, Script); 8] {
     [
         ("append", with_append_step(lua::APPEND)),
         ("send", with_append_step(lua::SEND)),
-        ("create", Script::new(lua::CREATE)),
+        ("create", with_retention(lua::CREATE)),
         ("append_batch", with_append_step(lua::APPEND_BATCH)),
         ("cancel", with_append_step(lua::CANCEL)),
         ("trim", Script::new(lua::TRIM)),
         ("set_chaos", Script::new(lua::SET_CHAOS)),
+        ("next_message", Script::new(lua::NEXT_MESSAGE)),
     ]
 }
 
@@ -279,6 +297,43 @@ struct TailShared {
     /// Highest id the tail has read; every local stream of the run waits on it.
     tx: watch::Sender<u64>,
     cache: Mutex<TailCache>,
+    /// The run's `first_id` as Redis has it, read for the streams served from `cache`.
+    first_ids: FirstIdReads,
+}
+
+/// Reads of a run's `first_id` shared by the run's local streams.
+///
+/// A stream served from the tail cache must not get events another process pruned
+/// before its read began, so it needs `first_id` from a read *started after it asked*.
+/// One read (`HGET`) is in flight at a time per run: a stream that asks while one is in
+/// flight waits for the next, which every stream that asked meanwhile shares. N streams
+/// woken by one append cost at most two reads, not N (each read cost the gateway an
+/// in-flight command and its buffers per stream: ~3.5 KB per connection at the peak of
+/// `benches/load.mjs` at 5,000 clients).
+struct FirstIdReads {
+    state: Mutex<FirstIdFlights>,
+    /// The latest finished read: its generation and what it answered (`None`: it failed,
+    /// and its waiters read `first_id` themselves, to report the store's own error).
+    done: watch::Sender<(u64, Option<Option<u64>>)>,
+}
+
+#[derive(Default)]
+struct FirstIdFlights {
+    /// Generation of the latest read started (reads are numbered from 1).
+    started: u64,
+    /// Whether the read of generation `started` is in flight.
+    in_flight: bool,
+    /// The newest generation a stream waits for.
+    wanted: u64,
+}
+
+impl FirstIdReads {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(FirstIdFlights::default()),
+            done: watch::channel((0, None)).0,
+        }
+    }
 }
 
 /// The newest events of a run, contiguous: `events[0]` has id `first`.
@@ -290,6 +345,10 @@ struct TailCache {
 }
 
 type Tails = Arc<Mutex<HashMap<String, Arc<TailShared>>>>;
+
+/// A run's reduced state cached for snapshots, with the envelope at its cursor (`None`:
+/// not known): reused only while the log still has that envelope there.
+type CachedState = (Reduced, Option<Arc<RawValue>>);
 
 /// One connection to a single Redis or to a cluster: every command of the store goes
 /// through it unchanged (on a cluster each is routed to the master of its key's slot; a
@@ -423,8 +482,10 @@ pub struct RedisStore {
     conn: Conn,
     window: u64,
     send_ttl_s: u64,
+    /// Passed to every writing script as its last two ARGV (ms): `lua/retention.lua`.
+    retention: Retention,
     tails: Tails,
-    snapshots: Mutex<HashMap<String, Reduced>>,
+    snapshots: Mutex<HashMap<String, CachedState>>,
     /// The blocking connection of a chat worker's `XREADGROUP`.
     worker_conn: tokio::sync::Mutex<Option<Conn>>,
     /// Where the next `XAUTOCLAIM` of the sends queue goes on (`0-0`: from the start).
@@ -436,6 +497,7 @@ pub struct RedisStore {
     cancel_script: Script,
     trim_script: Script,
     chaos_script: Script,
+    next_message_script: Script,
 }
 
 impl RedisStore {
@@ -450,13 +512,14 @@ impl RedisStore {
         let conn = source.shared().await?;
         let mut ping = conn.clone();
         let _: redis::Value = redis::cmd("PING").query_async(&mut ping).await?;
-        let [(_, append_script), (_, send_script), (_, create_script), (_, batch_script), (_, cancel_script), (_, trim_script), (_, chaos_script)] =
+        let [(_, append_script), (_, send_script), (_, create_script), (_, batch_script), (_, cancel_script), (_, trim_script), (_, chaos_script), (_, next_message_script)] =
             scripts();
         Ok(Self {
             source,
             conn,
             window: window.max(1),
             send_ttl_s: DEFAULT_SEND_TTL_S,
+            retention: Retention::default(),
             tails: Arc::default(),
             snapshots: Mutex::default(),
             worker_conn: tokio::sync::Mutex::new(None),
@@ -468,6 +531,7 @@ impl RedisStore {
             cancel_script,
             trim_script,
             chaos_script,
+            next_message_script,
         })
     }
 
@@ -607,6 +671,20 @@ impl RedisStore {
         self
     }
 
+    /// Sets how long runs are kept (docs/REDIS.md "Retention").
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The last two ARGV of every script that writes a run: retention and idle retention, ms.
+    fn retention_args(&self) -> [u64; 2] {
+        [
+            self.retention.finished_s.saturating_mul(1000),
+            self.retention.idle_s.saturating_mul(1000),
+        ]
+    }
+
     fn conn(&self) -> Conn {
         self.conn.clone()
     }
@@ -675,17 +753,51 @@ impl RedisStore {
         covers
     }
 
+    /// The run's `first_id` from a read started after this call began, shared with the
+    /// run's other local streams ([`FirstIdReads`]); read alone when the run has no live
+    /// tail here or the shared read failed.
+    async fn first_id_shared(&self, id: &str) -> StoreResult<Option<u64>> {
+        let shared = lock(&self.tails).get(id).cloned();
+        if let Some(shared) = shared {
+            let reads = &shared.first_ids;
+            let mut rx = reads.done.subscribe();
+            let need = {
+                let mut f = lock(&reads.state);
+                let need = f.started + 1;
+                f.wanted = f.wanted.max(need);
+                if !f.in_flight {
+                    f.started = need;
+                    f.in_flight = true;
+                    tokio::spawn(first_id_flights(self.conn(), meta_key(id), shared.clone()));
+                }
+                need
+            };
+            loop {
+                let (generation, answer) = *rx.borrow_and_update();
+                if generation >= need {
+                    if let Some(first) = answer {
+                        return Ok(first);
+                    }
+                    break;
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(redis::cmd("HGET")
+            .arg(meta_key(id))
+            .arg("first_id")
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
     async fn read_now(&self, id: &str, after: u64) -> StoreResult<Option<Replay>> {
         if self.cache_covers(id, after) {
             // The cache may still hold events another process has pruned since (trims are
             // not on the log the tail reads): it answers only from `first_id` on, read
             // after the events were cached; an older resume gets the snapshot below.
-            let first: Option<u64> = redis::cmd("HGET")
-                .arg(meta_key(id))
-                .arg("first_id")
-                .query_async(&mut self.conn())
-                .await?;
-            let Some(first) = first else {
+            let Some(first) = self.first_id_shared(id).await? else {
                 return Ok(None);
             };
             if after + 1 >= first {
@@ -767,6 +879,7 @@ impl RedisStore {
             .key(log_key(id))
             .arg(body)
             .arg(ty)
+            .arg(&self.retention_args()[..])
             .invoke_async(&mut self.conn())
             .await?;
         if n == -4 {
@@ -843,6 +956,7 @@ impl RedisStore {
                         last: meta.last_id,
                         finished: meta.finished,
                     }),
+                    first_ids: FirstIdReads::new(),
                 });
                 tails.insert(id.to_owned(), s.clone());
                 tokio::spawn(run_tail(
@@ -873,9 +987,26 @@ impl RedisStore {
             return Ok(None);
         };
         let cached = lock(&self.snapshots).remove(id);
-        let mut r = match cached {
-            Some(r) if r.cursor() <= last => r,
-            _ => self.base(id).await?,
+        // A cached state is reused only while the event at its cursor is still the one it
+        // ended with: a run that expired and was created again under its id (retention)
+        // is another run, and starts from its own base.
+        let mut reused = None;
+        if let Some((r, at)) = cached {
+            if r.cursor() == 0 {
+                reused = Some((r, None));
+            } else if let Some(at) = at.filter(|_| r.cursor() <= last) {
+                let evs = self.xrange(id, r.cursor(), Some(r.cursor())).await?;
+                if evs
+                    .first()
+                    .is_some_and(|(n, e)| *n == r.cursor() && e.get() == at.get())
+                {
+                    reused = Some((r, Some(at)));
+                }
+            }
+        }
+        let (mut r, mut at) = match reused {
+            Some(x) => x,
+            None => (self.base(id).await?, None),
         };
         let mut rebuilt = false;
         while r.cursor() < last {
@@ -890,18 +1021,20 @@ impl RedisStore {
                 }
                 rebuilt = true;
                 r = self.base(id).await?;
+                at = None;
                 continue;
             }
             for (n, e) in &evs {
                 r.apply(*n, e.get());
             }
+            at = evs.last().map(|(_, e)| e.clone());
         }
         let body = SnapshotBody::new(id, r.cursor(), &r.state);
         let mut cache = lock(&self.snapshots);
         if cache.len() >= SNAPSHOT_CACHE {
             cache.clear();
         }
-        cache.insert(id.to_owned(), r);
+        cache.insert(id.to_owned(), (r, at));
         Ok(Some(body))
     }
 
@@ -926,6 +1059,7 @@ impl RedisStore {
                 .arg(session)
                 .arg(crid)
                 .arg(content)
+                .arg(&self.retention_args()[..])
                 .invoke_async(&mut self.conn())
                 .await?;
         let finished = fresh == -3;
@@ -1019,6 +1153,7 @@ impl RedisStore {
             let rest = serde_json::to_string(&e.payload).unwrap_or_else(|_| "{}".into());
             inv.arg(body_rest(id, &e.ty, &rest)).arg(&e.ty);
         }
+        inv.arg(&self.retention_args()[..]);
         let (code, first, last, first_id): (i64, u64, u64, u64) =
             inv.invoke_async(&mut self.conn()).await?;
         Ok(match code {
@@ -1112,6 +1247,29 @@ impl RedisStore {
 
 /// The live tail of run `id`: `XREAD BLOCK` on a connection of its own, into the
 /// shared cache, waking local streams; ends when no local stream listens.
+/// Runs the shared `first_id` reads of one run ([`FirstIdReads`]) while streams want them:
+/// one `HGET` at a time, the next one started at once if a stream asked during this one.
+async fn first_id_flights(mut conn: Conn, key: String, shared: Arc<TailShared>) {
+    let reads = &shared.first_ids;
+    loop {
+        let generation = lock(&reads.state).started;
+        let answer: Option<Option<u64>> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("first_id")
+            .query_async(&mut conn)
+            .await
+            .ok();
+        reads.done.send_replace((generation, answer));
+        let mut f = lock(&reads.state);
+        if f.wanted > generation {
+            f.started = generation + 1;
+        } else {
+            f.in_flight = false;
+            return;
+        }
+    }
+}
+
 async fn run_tail(source: Source, tails: Tails, id: String, shared: Arc<TailShared>) {
     let key = log_key(&id);
     let mut conn: Option<Conn> = None;
@@ -1236,6 +1394,7 @@ impl Store for RedisStore {
                 .arg(chaos)
                 .arg(spec.speed.to_string())
                 .arg(spec.session_id.as_deref().unwrap_or(""))
+                .arg(&self.retention_args()[..])
                 .invoke_async(&mut self.conn())
                 .await?;
             Ok(created == 1)
@@ -1316,6 +1475,7 @@ impl Store for RedisStore {
                 .arg(body_rest(id, ty, &rest))
                 .arg(ty)
                 .arg(reply)
+                .arg(&self.retention_args()[..])
                 .invoke_async(&mut self.conn())
                 .await?;
             Ok(match code {
@@ -1409,13 +1569,13 @@ impl Store for RedisStore {
 
     fn next_message_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<String>> {
         async move {
-            let n: u64 = redis::cmd("HINCRBY")
-                .arg(meta_key(id))
-                .arg("next_message")
-                .arg(1)
-                .query_async(&mut self.conn())
+            let n: i64 = self
+                .next_message_script
+                .key(meta_key(id))
+                .invoke_async(&mut self.conn())
                 .await?;
-            Ok(format!("msg_{n}"))
+            // An unknown run (expired meanwhile): the memory store's answer; nothing written.
+            Ok(format!("msg_{}", n.max(0)))
         }
         .boxed()
     }
