@@ -88,7 +88,9 @@ fn syntax(e: JsonError) -> BatchError {
 
 /// Writes the next value canonically: objects with their keys sorted (byte
 /// order) and each key once (the last occurrence, as a JSON map keeps it),
-/// no whitespace, strings escaped as serde_json does, numbers as written. Nesting is bounded by the scanner ([`crate::json::MAX_DEPTH`]).
+/// no whitespace, strings escaped as serde_json does, numbers as written (in
+/// this canonical text, the idempotency digest's input: the stored payloads are
+/// re-parsed by each server, which may normalise numbers). Nesting is bounded by the scanner ([`crate::json::MAX_DEPTH`]).
 fn canon(s: &mut Scanner<'_>, out: &mut String) -> Result<(), JsonError> {
     match s.peek()? {
         Token::Null => {
@@ -96,7 +98,7 @@ fn canon(s: &mut Scanner<'_>, out: &mut String) -> Result<(), JsonError> {
             out.push_str("null");
         }
         Token::Bool => out.push_str(if s.bool()? { "true" } else { "false" }),
-        // As written (validated): a number is stored exactly as the producer sent it.
+        // As written (validated), in the canonical text.
         Token::Number => out.push_str(s.raw()?),
         Token::String => push_str(out, &s.string()?),
         Token::Array => {
@@ -118,17 +120,21 @@ fn canon(s: &mut Scanner<'_>, out: &mut String) -> Result<(), JsonError> {
             while let Some(k) = s.key()? {
                 let mut v = String::new();
                 canon(s, &mut v)?;
-                match members.iter_mut().find(|(m, _)| *m == k) {
-                    Some(m) => m.1 = v,
-                    None => members.push((k, v)),
-                }
+                members.push((k, v));
             }
+            // O(n log n) in the members: sorted by key, stable, so of each run of
+            // equal keys the last one written is the last of its run and is kept.
             members.sort_by(|a, b| a.0.cmp(&b.0));
             out.push('{');
+            let mut first = true;
             for (i, (k, v)) in members.iter().enumerate() {
-                if i > 0 {
+                if members.get(i + 1).is_some_and(|next| next.0 == *k) {
+                    continue;
+                }
+                if !first {
                     out.push(',');
                 }
+                first = false;
                 push_str(out, k);
                 out.push(':');
                 out.push_str(v);
@@ -265,6 +271,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(again.canonical, b.canonical);
+    }
+
+    #[test]
+    fn of_many_duplicate_keys_the_last_of_each_is_kept() {
+        // 3 × 20,000 members, each key written three times, interleaved: the last value of
+        // each key stays, once, in key order (was a linear search per member).
+        let mut payload = String::from("{");
+        for round in 0..3 {
+            for k in 0..20_000 {
+                if payload.len() > 1 {
+                    payload.push(',');
+                }
+                payload.push_str(&format!("\"k{k:05}\":{round}"));
+            }
+        }
+        payload.push('}');
+        let body = format!(r#"{{"events":[{{"type":"run.started","payload":{payload}}}]}}"#);
+        let b = check_batch("r", &body, false).unwrap();
+        let expected: Vec<String> = (0..20_000).map(|k| format!("\"k{k:05}\":2")).collect();
+        assert_eq!(b.events[0].payload, format!("{{{}}}", expected.join(",")));
     }
 
     #[test]
