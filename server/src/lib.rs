@@ -1022,8 +1022,14 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
                             kill2.notify_one();
                         }
                         // PROTOCOL §7: the run's token expired; the client resubscribes with fresh headers.
+                        // It waits for room like an event (a full queue must not swallow it); a client
+                        // that does not read it within --slow-client-ms loses its socket.
                         "expired" => {
-                            let _ = tx2.try_send(run_error(&rid, ErrorCode::Unauthorized, "credentials expired"));
+                            if tx2.send_timeout(run_error(&rid, ErrorCode::Unauthorized, "credentials expired"), slow).await == Err(outbox::Refused::Full) {
+                                metrics.dropped(DropReason::SlowClient);
+                                slow2.store(true, std::sync::atomic::Ordering::Relaxed);
+                                kill2.notify_one();
+                            }
                         }
                         _ => {}
                     }
