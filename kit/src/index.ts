@@ -41,6 +41,8 @@ export {
   SEND_CLAIM_BLOCK_MS,
   MAX_SENDS_IN_FLIGHT,
   MAX_REASON_CHARS,
+  DEFAULT_SEND_CLAIM_IDLE_MS,
+  MIN_SEND_CLAIM_IDLE_MS,
 } from "./runstream.js";
 export { fromAiSdk, MAX_DELTA_CHARS, MAX_APPEND_EVENTS } from "./ai.js";
 export type { AiSdkStreamPart, AiSdkTarget, FromAiSdkOptions, FromAiSdkResult, FromAiSdkStatus } from "./ai.js";

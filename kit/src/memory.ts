@@ -139,8 +139,8 @@ class MemoryStore implements Store {
     this.#maxSends = Math.max(1, Math.floor(o.maxSends ?? 10_000));
     this.#readBatch = Math.max(1, Math.floor(o.readBatch ?? 1000));
     this.#maxSendsPerRun = Math.max(1, Math.floor(o.maxSendsPerRun ?? 100_000));
-    this.#retentionMs = retentionSeconds(o.retentionS, DEFAULT_RETENTION_S) * 1000;
-    this.#idleMs = retentionSeconds(o.idleRetentionS, DEFAULT_IDLE_RETENTION_S) * 1000;
+    this.#retentionMs = retentionSeconds(o.retentionS, DEFAULT_RETENTION_S, "retentionS") * 1000;
+    this.#idleMs = retentionSeconds(o.idleRetentionS, DEFAULT_IDLE_RETENTION_S, "idleRetentionS") * 1000;
   }
 
   /** Run `id` unless unknown or past its deadline (then it is forgotten now). */

@@ -540,8 +540,8 @@ export class RedisStore implements Store {
     this.snapshotCap = Math.max(1, Math.floor(opts.snapshotCache ?? DEFAULT_SNAPSHOT_CACHE));
     this.sendTtlS = Math.max(1, Math.floor(opts.sendTtlS ?? DEFAULT_SEND_TTL_S));
     this.retentionArgs = [
-      retentionSeconds(opts.retentionS, DEFAULT_RETENTION_S) * 1000,
-      retentionSeconds(opts.idleRetentionS, DEFAULT_IDLE_RETENTION_S) * 1000,
+      retentionSeconds(opts.retentionS, DEFAULT_RETENTION_S, "retentionS") * 1000,
+      retentionSeconds(opts.idleRetentionS, DEFAULT_IDLE_RETENTION_S, "idleRetentionS") * 1000,
     ];
   }
 

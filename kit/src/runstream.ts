@@ -177,6 +177,8 @@ export const SENDS_PER_POLL = 500;
 export const SEND_CLAIM_BLOCK_MS = 1000;
 /** Default of `sendClaimIdleMs` (ms), as the gateway's `--send-claim-idle-ms`. */
 export const DEFAULT_SEND_CLAIM_IDLE_MS = 30_000;
+/** The shortest `sendClaimIdleMs` accepted (ms), as the gateway's bound. */
+export const MIN_SEND_CLAIM_IDLE_MS = 1000;
 /**
  * Most sends one process answers at once through the store's consumer group: at the
  * bound it claims no more until an answer ends (other processes take the rest).
@@ -244,8 +246,23 @@ function denyCode(g: Extract<Gate, { ok: false }>): { code: string; message: str
   }
 }
 
-/** Reads a request body, at most `max` bytes (`null`: too large). */
-async function readBody(request: Request, max: number): Promise<string | null> {
+/** A request body that is not UTF-8: answered 400, never stored with U+FFFD in its place (as the gateway). */
+class InvalidUtf8 {
+  readonly message = "Failed to parse the request body as JSON: invalid UTF-8";
+}
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+/** The text of `bytes`, or {@link InvalidUtf8}. */
+function utf8(bytes: Buffer): string | InvalidUtf8 {
+  try {
+    return UTF8.decode(bytes);
+  } catch {
+    return new InvalidUtf8();
+  }
+}
+
+/** Reads a request body, at most `max` bytes (`null`: too large; {@link InvalidUtf8}: not UTF-8). */
+async function readBody(request: Request, max: number): Promise<string | null | InvalidUtf8> {
   const len = request.headers.get("content-length");
   if (len !== null && Number(len) > max) return null;
   if (!request.body) return "";
@@ -262,7 +279,7 @@ async function readBody(request: Request, max: number): Promise<string | null> {
     }
     chunks.push(value);
   }
-  return Buffer.concat(chunks).toString("utf8");
+  return utf8(Buffer.concat(chunks));
 }
 
 function parseJson(s: string): Json | undefined {
@@ -368,7 +385,12 @@ export function createRunstream(options: RunstreamOptions): Runstream {
   const heartbeatMs = Math.max(1, options.heartbeatMs ?? 15_000);
   const base = (options.basePath ?? "/api").replace(/\/+$/, "");
   const graceMs = Math.max(0, options.cancelGraceMs ?? 30_000);
-  const sendClaimIdleMs = Math.max(0, options.sendClaimIdleMs ?? DEFAULT_SEND_CLAIM_IDLE_MS);
+  const sendClaimIdleMs = options.sendClaimIdleMs ?? DEFAULT_SEND_CLAIM_IDLE_MS;
+  // A live consumer heartbeats its sends every third of it: shorter than 1 s would take
+  // live consumers' sends (the gateway's --send-claim-idle-ms has the same bound).
+  if (!Number.isFinite(sendClaimIdleMs) || sendClaimIdleMs < MIN_SEND_CLAIM_IDLE_MS) {
+    throw new RangeError(`sendClaimIdleMs: at least ${MIN_SEND_CLAIM_IDLE_MS}, not ${String(options.sendClaimIdleMs)}`);
+  }
   const maxBody = options.maxBodyBytes ?? 1 << 20;
   const maxRunsPerSocket = options.maxRunsPerSocket ?? 256;
   const wsBufferBytes = options.wsBufferBytes ?? 1 << 20;
@@ -923,6 +945,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     if (!g.ok) return denied(g);
     const raw = await readBody(request, maxBody);
     if (raw === null) return text(413, "request body too large");
+    if (raw instanceof InvalidUtf8) return text(400, raw.message);
     const j = jsonBody(request, raw);
     if (j.kind === "none") return text(400, "expected {client_request_id, content}");
     if (j.kind === "reject") return text(j.status, j.text);
@@ -948,6 +971,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     if (!g.ok) return denied(g);
     const raw = await readBody(request, maxBody);
     if (raw === null) return text(413, "request body too large");
+    if (raw instanceof InvalidUtf8) return text(400, raw.message);
     const j = jsonBody(request, raw);
     if (j.kind !== "value") {
       const why = j.kind === "none" ? NOT_JSON_TYPE : j.text;
@@ -977,6 +1001,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     if (!g.ok) return denied(g);
     const raw = await readBody(request, maxBody);
     if (raw === null) return text(413, "request body too large");
+    if (raw instanceof InvalidUtf8) return text(400, raw.message);
     // The body is optional: without a Content-Type, none.
     const j = jsonBody(request, raw);
     if (j.kind === "reject") return text(j.status, j.text);
@@ -1042,6 +1067,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     }
     const raw = await readBody(request, maxBody);
     if (raw === null) return text(413, "request body too large");
+    if (raw instanceof InvalidUtf8) return text(400, raw.message);
     const j = jsonBody(request, raw);
     if (j.kind === "none") return bad('expected a JSON body {"events": [...]}');
     if (j.kind === "reject" && j.status === 415) return text(415, j.text);

@@ -112,9 +112,19 @@ export const DEFAULT_RETENTION_S = 7 * 24 * 3600;
  * append, send or cancel (the gateway's `--idle-retention-secs`).
  */
 export const DEFAULT_IDLE_RETENTION_S = 30 * 24 * 3600;
-/** A retention option in whole seconds (0 = keep forever; negative or not finite: the default). */
-export function retentionSeconds(v: number | undefined, dflt: number): number {
-  return v === undefined || !Number.isFinite(v) || v < 0 ? dflt : Math.floor(v);
+/** The longest retention an option may ask for, seconds: 100 years (the gateway's bound). */
+export const MAX_RETENTION_S = 100 * 365 * 24 * 3600;
+/**
+ * A retention option in whole seconds: `undefined` is the default, 0 keeps forever, a
+ * fraction rounds up (0.5 is 1 s, not forever). Negative, not finite or past
+ * {@link MAX_RETENTION_S}: a `RangeError` (a deployment's typo must not keep or drop data silently).
+ */
+export function retentionSeconds(v: number | undefined, dflt: number, name = "retention"): number {
+  if (v === undefined) return dflt;
+  if (!Number.isFinite(v) || v < 0 || v > MAX_RETENTION_S) {
+    throw new RangeError(`${name}: 0 (keep forever) to ${MAX_RETENTION_S} seconds, not ${String(v)}`);
+  }
+  return Math.ceil(v);
 }
 
 /** What an atomic batch append did. */

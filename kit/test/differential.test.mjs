@@ -94,6 +94,10 @@ test("publish API: create, append, repeat, conflict, every kind of invalid batch
   ];
   for (const [i, batch] of invalid.entries()) await publish("d1", batch, `bad${i}`);
   await same("POST", "/api/publish/runs/d1/events", { raw: "{not json", headers: { ...pub, "idempotency-key": "raw", "content-type": "application/json" } });
+  // Not UTF-8 (a 0xff inside a string): 400 from both, nothing stored with U+FFFD in its place.
+  const notUtf8 = Buffer.concat([Buffer.from('{"events":[{"type":"run.started","payload":{"title":"'), Buffer.from([0xff]), Buffer.from('"}}]}')]);
+  const g8 = await same("POST", "/api/publish/runs/d1/events", { raw: notUtf8, headers: { ...pub, "idempotency-key": "utf8", "content-type": "application/json" } });
+  assert.equal(g8.status, 400);
   await same("POST", "/api/publish/runs/d1/events", { raw: JSON.stringify({ events: [ev("run.started")] }), headers: { ...pub, "idempotency-key": "ct", "content-type": "text/plain" } });
   await same("POST", "/api/publish/runs/d1/events", { raw: JSON.stringify({ events: [ev("run.started")] }), headers: { ...pub, "idempotency-key": "ct" } });
   await same("POST", "/api/publish/runs/d1/events", { body: { events: [] }, headers: pub });

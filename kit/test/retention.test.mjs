@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 
 import { Cluster, Redis } from "ioredis";
 
-import { memoryStore, redisStore } from "../dist/index.js";
+import { createRunstream, memoryStore, redisStore, MAX_RETENTION_S, MIN_SEND_CLAIM_IDLE_MS } from "../dist/index.js";
 import { haveRedis, startRedis } from "./support/redis.mjs";
 import { sleep, startKit, wsClient } from "./helpers.mjs";
 
@@ -178,3 +178,16 @@ for (const kind of ["redis"]) {
     });
   });
 }
+
+describe("retention and claim-idle options out of range", () => {
+  test("are refused with a RangeError naming the option", () => {
+    for (const bad of [-1, Number.NaN, Infinity, MAX_RETENTION_S + 1]) {
+      assert.throws(() => memoryStore({ retentionS: bad }), (e) => e instanceof RangeError && /retentionS/.test(e.message), String(bad));
+      assert.throws(() => memoryStore({ idleRetentionS: bad }), (e) => e instanceof RangeError && /idleRetentionS/.test(e.message), String(bad));
+    }
+    assert.doesNotThrow(() => memoryStore({ retentionS: 0, idleRetentionS: MAX_RETENTION_S }));
+    for (const bad of [0, MIN_SEND_CLAIM_IDLE_MS - 1, Number.NaN]) {
+      assert.throws(() => createRunstream({ store: memoryStore(), auth: "none", sendClaimIdleMs: bad }), RangeError, String(bad));
+    }
+  });
+});

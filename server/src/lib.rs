@@ -1013,25 +1013,22 @@ async fn ws_session(app: App, socket: WebSocket, cookies: Option<String>) {
                     }
                     drop(frx);
                     let reason = if stalled { "slow_client" } else { producer.await.unwrap_or("aborted") };
-                    match reason {
-                        // The client resumes on a fresh socket (a store error: maybe on another replica).
-                        "chaos_drop" | "store_error" => kill2.notify_one(),
-                        "slow_client" => {
-                            metrics.dropped(DropReason::SlowClient);
-                            slow2.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let slow_now = match reason {
+                        "chaos_drop" | "store_error" => {
                             kill2.notify_one();
+                            false
                         }
+                        "slow_client" => true,
                         // PROTOCOL §7: the run's token expired; the client resubscribes with fresh headers.
                         // It waits for room like an event (a full queue must not swallow it); a client
                         // that does not read it within --slow-client-ms loses its socket.
-                        "expired" => {
-                            if tx2.send_timeout(run_error(&rid, ErrorCode::Unauthorized, "credentials expired"), slow).await == Err(outbox::Refused::Full) {
-                                metrics.dropped(DropReason::SlowClient);
-                                slow2.store(true, std::sync::atomic::Ordering::Relaxed);
-                                kill2.notify_one();
-                            }
-                        }
-                        _ => {}
+                        "expired" => tx2.send_timeout(run_error(&rid, ErrorCode::Unauthorized, "credentials expired"), slow).await == Err(outbox::Refused::Full),
+                        _ => false,
+                    };
+                    if slow_now {
+                        metrics.dropped(DropReason::SlowClient);
+                        slow2.store(true, std::sync::atomic::Ordering::Relaxed);
+                        kill2.notify_one();
                     }
                     log("stream.close", json!({"conn": conn, "run_id": rid, "transport": "websocket", "reason": reason}));
                 }));

@@ -52,12 +52,14 @@ use std::sync::Arc;
 
 use runstream_server::auth::{AuthMode, JwtConfig, JwtOptions};
 use runstream_server::hub::Chaos;
-use runstream_server::store::{self, Store, DEFAULT_SEND_CLAIM_IDLE_MS, DEFAULT_WINDOW};
+use runstream_server::store::{
+    self, Store, DEFAULT_SEND_CLAIM_IDLE_MS, DEFAULT_WINDOW, MIN_SEND_CLAIM_IDLE_MS,
+};
 use runstream_server::{
     create_and_produce, router, scenario, CreateRun, Limits, Replies, Settings,
 };
 
-const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--retention-secs N] [--idle-retention-secs N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--client-buffer-bytes N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]… [--malloc-mmap-threshold BYTES]\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS] [--retention-secs N] [--idle-retention-secs N]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME] [--send-claim-idle-ms N]";
+const USAGE: &str = "usage: runstream-server (--auth none | --jwt-secret-file F | --jwt-public-key-file F) [--jwt-cookie NAME] [--jwt-issuer ISS] [--jwt-audience AUD] [--publish-key-file F] [--dev] [--record-frames N] [--addr A] [--www DIR] [--pkg DIR] [--heartbeat-ms N] [--store memory|redis://HOST:PORT|redis-cluster://HOST:PORT,…] [--window N] [--retention-secs N] [--idle-retention-secs N] [--replies local|worker|none] [--max-body-bytes N] [--max-connections N] [--max-runs-per-socket N] [--client-buffer N] [--client-buffer-bytes N] [--slow-client-ms N] [--drain-ms N] [--cancel-grace-ms N] [--max-frame-bytes N] [--cors-origin ORIGIN]… [--malloc-mmap-threshold BYTES]\n       runstream-server produce --store redis[-cluster]://HOST:PORT [--run-id ID] [--seed N] [--workers N] [--speed X] [--kind task|chat] [--tokens N] [--rate R] [--ticks] [--instant] [--chaos JSON] [--runs N] [--start-at-ms UNIX_MS] [--retention-secs N] [--idle-retention-secs N]\n       runstream-server produce --store redis[-cluster]://HOST:PORT --chat-worker [--consumer NAME] [--send-claim-idle-ms N] [--retention-secs N] [--idle-retention-secs N]";
 
 const NO_AUTH_CHOICE: &str = "runstream-server: no auth choice. PROTOCOL §7 needs one of:\n  --jwt-secret-file FILE      HS256 tokens signed with the secret in FILE\n  --jwt-public-key-file FILE  RS256/ES256 tokens verified with the PEM public key in FILE\n  --auth none                 no authorization at all (local development only)";
 
@@ -218,6 +220,12 @@ async fn serve(args: Vec<String>) -> ExitCode {
         AuthMode::None => "none".to_owned(),
         AuthMode::Jwt(j) => format!("jwt-{:?}", j.algorithm()),
     };
+    if let Err(e) = retention.check() {
+        return fail(&e);
+    }
+    if let Some(w) = retention.warning() {
+        eprintln!("runstream-server: warning: {w}");
+    }
     let store = match store::open_with(&store_spec, window, retention).await {
         Ok(s) => s,
         Err(e) => return fail(&format!("--store {}: {e}", store::redact(&store_spec))),
@@ -391,6 +399,15 @@ async fn produce(args: Vec<String>) -> ExitCode {
     let Some(spec) = store_spec else {
         return fail("produce: --store is required (a store the API replicas share)");
     };
+    if let Err(e) = retention.check() {
+        return fail(&e);
+    }
+    if claim_idle_ms < MIN_SEND_CLAIM_IDLE_MS {
+        // Shorter than a heartbeat period can protect: live consumers' sends would be taken.
+        return fail(&format!(
+            "--send-claim-idle-ms: at least {MIN_SEND_CLAIM_IDLE_MS}"
+        ));
+    }
     let store = match store::open_with(&spec, window, retention).await {
         Ok(s) => s,
         Err(e) => return fail(&format!("--store {}: {e}", store::redact(&spec))),

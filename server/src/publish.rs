@@ -162,8 +162,18 @@ async fn append_events(
             .into_response();
     }
     // The one batch check of both servers (the kit calls it in its wasm).
-    let text = String::from_utf8_lossy(&body);
-    let batch = match check_batch(&run_id, &text, false) {
+    // Not UTF-8: refused, never stored with U+FFFD in its place (the kit answers the same).
+    let text = match std::str::from_utf8(&body) {
+        Ok(t) => t,
+        Err(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "Failed to parse the request body as JSON: invalid UTF-8",
+            )
+                .into_response()
+        }
+    };
+    let batch = match check_batch(&run_id, text, false) {
         Ok(b) => b,
         Err(BatchError::Syntax(m)) => return (StatusCode::BAD_REQUEST, m).into_response(),
         Err(BatchError::Invalid(m)) => return bad(m),

@@ -14,7 +14,7 @@ use crate::hub::Chaos;
 use crate::metrics::Metrics;
 use crate::store::{
     BatchOutcome, CancelOutcome, CancelTarget, IdemKey, NewEvent, QueuedSend, Replay, RunMeta,
-    RunSpec, SendOutcome, SendRecord, Store, StoreResult, Tail,
+    RunSpec, SendOutcome, SendRecord, Store, StoreError, StoreResult, Tail,
 };
 
 /// The store the handlers use: `inner`, timed.
@@ -37,8 +37,9 @@ impl TimedStore {
         async move {
             let t0 = Instant::now();
             let r = f.await;
-            self.metrics
-                .store_op(op, t0.elapsed().as_secs_f64(), r.is_ok());
+            // A refused second reply is the store answering, not failing.
+            let ok = matches!(r, Ok(_) | Err(StoreError::ReplyTaken(_)));
+            self.metrics.store_op(op, t0.elapsed().as_secs_f64(), ok);
             r
         }
         .boxed()

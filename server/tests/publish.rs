@@ -436,6 +436,48 @@ fn refuses_to_start_without_an_auth_choice_and_names_the_flags() {
     assert!(!out.status.success(), "the frame log needs --dev");
 }
 
+/// Retention and claim-idle flags out of range refuse to start (a typo must not keep or
+/// drop data silently); a short idle retention starts with a warning.
+#[test]
+fn out_of_range_retention_and_claim_idle_refuse_to_start() {
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    for flag in ["--retention-secs", "--idle-retention-secs"] {
+        let out = run(&[
+            "--auth",
+            "none",
+            flag,
+            "99999999999",
+            "--addr",
+            "127.0.0.1:0",
+        ]);
+        assert!(!out.status.success(), "{flag} past 100 years");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "names {flag}: {err}");
+        let out = run(&["produce", "--store", "memory", flag, "99999999999"]);
+        assert!(!out.status.success(), "produce {flag} past 100 years");
+    }
+    let out = run(&[
+        "produce",
+        "--store",
+        "redis://127.0.0.1:1",
+        "--chat-worker",
+        "--send-claim-idle-ms",
+        "0",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--send-claim-idle-ms: at least 1000"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// SIGTERM drains: an SSE stream ends with `retry: 250`, a WebSocket closes
 /// with 1012, /readyz is 503 meanwhile, and the process exits.
 #[tokio::test]

@@ -167,7 +167,40 @@ impl Default for Retention {
     }
 }
 
+/// The longest retention a flag may ask for: 100 years (past it, deadlines overflow
+/// clocks and `PEXPIRE` arguments; `0` is the way to say forever).
+pub const MAX_RETENTION_S: u64 = 100 * 365 * 24 * 3600;
+
+/// Below this idle retention, a send's and a publish batch's idempotency (24 h,
+/// PROTOCOL §5, SERVER.md §1) is cut short with the run: worth a warning at start.
+pub const IDEMPOTENCY_S: u64 = 24 * 3600;
+
 impl Retention {
+    /// `Err` naming the flag when a value is past [`MAX_RETENTION_S`].
+    pub fn check(&self) -> Result<(), String> {
+        for (flag, v) in [
+            ("--retention-secs", self.finished_s),
+            ("--idle-retention-secs", self.idle_s),
+        ] {
+            if v > MAX_RETENTION_S {
+                return Err(format!(
+                    "{flag}: at most {MAX_RETENTION_S} (100 years); 0 keeps forever"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A warning when an idle retention shorter than 24 h cuts idempotency short.
+    pub fn warning(&self) -> Option<String> {
+        (self.idle_s > 0 && self.idle_s < IDEMPOTENCY_S).then(|| {
+            format!(
+                "--idle-retention-secs {}: an idle run and its idempotency keys go before the 24 h a producer's or a client's retry may take",
+                self.idle_s
+            )
+        })
+    }
+
     /// Keeps everything forever (the stores' behaviour before retention existed).
     pub const FOREVER: Self = Self {
         finished_s: 0,
@@ -521,6 +554,9 @@ pub trait Store: Send + Sync + 'static {
 /// How long a send stays with a consumer that read it without answering before a live
 /// one takes it over (`--send-claim-idle-ms`, the kit's `sendClaimIdleMs`), in ms.
 pub const DEFAULT_SEND_CLAIM_IDLE_MS: u64 = 30_000;
+/// The shortest claim idle a consumer accepts: a live consumer heartbeats its sends every
+/// third of it, which needs some room (0 would take live consumers' sends at every claim).
+pub const MIN_SEND_CLAIM_IDLE_MS: u64 = 1_000;
 
 /// A chat send waiting for its reply (the shared store's send queue).
 #[derive(Debug, Clone, PartialEq)]
