@@ -246,27 +246,44 @@ pub fn poll_interval(grace_ms: u64) -> Duration {
     Duration::from_millis((grace_ms / 4).clamp(50, 1000))
 }
 
-/// Ends whatever of `target` no producer ended (its grace period is over).
+/// Ends whatever of `target` no producer ended (its grace period is over). A reply that
+/// a consumer starts while this decides (the empty ended reply is refused, `reply_taken`)
+/// is read again and ended: a stop always ends (PROTOCOL §8).
 pub async fn end_target(
     store: Arc<dyn Store>,
     run_id: &str,
     target: CancelTarget,
 ) -> StoreResult<()> {
+    // One reply per send: a second refusal cannot follow the reply's own start.
+    for _ in 0..3 {
+        if end_once(&store, run_id, &target).await? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// One attempt of [`end_target`]: `false` when the reply started meanwhile (read again).
+async fn end_once(
+    store: &Arc<dyn Store>,
+    run_id: &str,
+    target: &CancelTarget,
+) -> StoreResult<bool> {
     let Some(snap) = store.snapshot(run_id).await? else {
-        return Ok(());
+        return Ok(true);
     };
     let Ok(state) = snap.into_state() else {
-        return Ok(());
+        return Ok(true);
     };
     if state.is_finished() {
-        return Ok(());
+        return Ok(true);
     }
     let mut events = Vec::new();
     let end = |mid: &str| NewEvent {
         ty: "message.completed".into(),
         payload: json!({"message_id": mid, "finish_reason": "cancelled"}),
     };
-    match &target {
+    match target {
         CancelTarget::Reply(crid) => {
             let replies: Vec<_> = state
                 .messages
@@ -301,16 +318,16 @@ pub async fn end_target(
         }
     }
     if events.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let n = events.len();
     if store.append_batch(run_id, events, None).await? == crate::store::BatchOutcome::ReplyTaken {
-        // The reply started meanwhile: its producer sees the request and ends it.
-        return Ok(());
+        // The reply started meanwhile: read again, and end it.
+        return Ok(false);
     }
     crate::log(
         "cancel.ended_by_gateway",
         json!({"run_id": run_id, "target": target.key(), "events": n}),
     );
-    Ok(())
+    Ok(true)
 }

@@ -602,3 +602,76 @@ async fn a_reply_cancel_racing_the_reply_end_never_appends_after_it() {
     }
     println!("# 200 races: {accepted} cancels accepted before the end, {refused} answered 409");
 }
+
+/// A reply cancel's grace ends a reply whatever it races: when the grace finds no reply
+/// and an empty ended one is refused because a consumer started the reply meanwhile
+/// (`reply_taken`), the reply now streaming is ended (PROTOCOL §8: "a stop always ends
+/// and no spinner stays"). 100 rounds of the grace's ending against the reply's start,
+/// each landing 0 to 4 ms apart: afterwards no reply to the send is streaming.
+#[tokio::test]
+async fn a_grace_ending_racing_the_reply_start_still_ends_the_reply() {
+    for kind in [support::Kind::Memory, support::Kind::Redis] {
+        let Some(b) = Backend::new(kind).await else {
+            continue;
+        };
+        let store = b.store().await;
+        let addr = start_settings(Settings {
+            cancel_grace_ms: 30_000,
+            ..Settings::dev(store.clone(), Replies::None, 200)
+        })
+        .await;
+        for i in 0..100u64 {
+            let run = format!("grace_race_{i}");
+            let (st, _, _) = http(
+                &addr,
+                "POST",
+                &format!("/api/chat/{run}/messages"),
+                &[],
+                Some(&json!({"client_request_id": "s", "content": "hi"}).to_string()),
+            )
+            .await;
+            assert_eq!(st, 202);
+            let start = async {
+                tokio::time::sleep(Duration::from_micros((i % 5) * 1000)).await;
+                // A consumer's start: refused (reply_taken) if the grace's ending came first.
+                let _ = store
+                    .append(
+                        &run,
+                        "message.created",
+                        json!({"message_id": "r", "role": "assistant", "reply_to": "s"}),
+                    )
+                    .await;
+            };
+            let grace = runstream_server::cancel::end_target(
+                store.clone(),
+                &run,
+                runstream_server::store::CancelTarget::Reply("s".into()),
+            );
+            let ((), ended) = tokio::join!(start, grace);
+            ended.unwrap();
+            let snap: Value = serde_json::from_slice(
+                &http(
+                    &addr,
+                    "GET",
+                    &format!("/api/runs/{run}/snapshot"),
+                    &[],
+                    None,
+                )
+                .await
+                .2,
+            )
+            .unwrap();
+            let replies: Vec<&Value> = snap["state"]["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["reply_to"] == "s")
+                .collect();
+            assert!(!replies.is_empty(), "{kind:?} round {i}: {snap}");
+            assert!(
+                replies.iter().all(|m| m["status"] != "streaming"),
+                "{kind:?} round {i}: a reply left streaming: {snap}"
+            );
+        }
+    }
+}
