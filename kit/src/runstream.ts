@@ -681,10 +681,19 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     }
   }
 
-  /** Ends `target` of `runId` when no producer did within the grace (the gateway's `cancel::end_target`). */
+  /**
+   * Ends `target` of `runId` when no producer did within the grace (the gateway's
+   * `cancel::end_target`). A reply a consumer starts while this decides (the empty ended
+   * reply is refused, `reply_taken`) is read again and ended: a stop always ends (PROTOCOL §8).
+   */
   async function endTarget(runId: string, target: CancelTarget): Promise<void> {
+    for (let i = 0; i < 3; i++) if (await endOnce(runId, target)) return;
+  }
+
+  /** One attempt of {@link endTarget}: false when the reply started meanwhile (read again). */
+  async function endOnce(runId: string, target: CancelTarget): Promise<boolean> {
     const st = await snapshotState(runId);
-    if (!st || isFinishedStatus(st.status)) return;
+    if (!st || isFinishedStatus(st.status)) return true;
     const events: NewEvent[] = [];
     const end = (mid: string): NewEvent => ({ type: "message.completed", payload: { message_id: mid, finish_reason: "cancelled" } });
     if (target.kind === "reply") {
@@ -699,10 +708,11 @@ export function createRunstream(options: RunstreamOptions): Runstream {
       for (const m of st.messages) if (m.status === "streaming" && m.message_id) events.push(end(m.message_id));
       events.push({ type: "run.completed", payload: { status: "cancelled" } });
     }
-    if (events.length === 0) return;
-    // A reply that started meanwhile is not started twice: its producer sees the request.
-    if ((await store.appendBatch(runId, events)).kind === "reply_taken") return;
+    if (events.length === 0) return true;
+    // The reply started meanwhile: read again, and end it.
+    if ((await store.appendBatch(runId, events)).kind === "reply_taken") return false;
     log("cancel.ended_by_server", { run_id: runId, target: cancelTargetKey(target), events: events.length });
+    return true;
   }
 
   // Every process polls for due graces, so a cancel ends also when the process that took it died.
