@@ -1,8 +1,9 @@
 -- KEYS: meta, log, idempotency key. ARGV: digest ('' = no key), TTL s, n, then n pairs
 -- (envelope body without `{` and `event_id`, type), then retention ms, idle retention ms.
 -- Returns {code, first, last, first_id}: code 0 appended, 1 repeated,
--- -1 unknown run, -2 key conflict, -3 finished, -4 a second reply to a send (its
--- `message.created` names a `reply_to` that already has one). All or nothing: the checks
+-- -1 unknown run, -2 key conflict, -3 finished, -4 a reply refused (a
+-- `message.created` names a `reply_to` that already has one, or an event of a reply that
+-- ended: append_step.lua). All or nothing: the checks
 -- come before the first append, and a script runs alone.
 if redis.call('HEXISTS', KEYS[1], 'kind') == 0 then return {-1, 0, 0, 0} end
 if ARGV[1] ~= '' then
@@ -15,7 +16,7 @@ if ARGV[1] ~= '' then
 end
 if redis.call('HGET', KEYS[1], 'finished') == '1' then return {-3, 0, 0, 0} end
 for i = 0, tonumber(ARGV[3]) - 1 do
-  if reply_taken(KEYS[1], ARGV[4 + 2 * i], ARGV[5 + 2 * i]) then return {-4, 0, 0, 0} end
+  if reply_refused(KEYS[1], ARGV[4 + 2 * i], ARGV[5 + 2 * i]) then return {-4, 0, 0, 0} end
 end
 local first = tonumber(redis.call('HGET', KEYS[1], 'last_id')) + 1
 local last = first - 1

@@ -92,7 +92,7 @@ interface Run {
    * keeps it); bounded like `sends`.
    */
   replies: Map<string, "streaming" | "completed" | "failed">;
-  /** Message id of a streaming reply → the send it answers. */
+  /** Message id of a reply → the send it answers (kept once it ended; bounded like `sends`). */
   replyOf: Map<string, string>;
   nextMessage: number;
   /** Idempotency key → [digest, first, last, at ms]. */
@@ -271,7 +271,6 @@ class MemoryStore implements Store {
         const crid = r.replyOf.get(mid);
         if (crid !== undefined) {
           r.replies.set(crid, type === "message.completed" ? "completed" : "failed");
-          r.replyOf.delete(mid);
         }
       }
     }
@@ -530,10 +529,18 @@ class MemoryStore implements Store {
 }
 
 /** Makes room for one more entry in `m` (drop-oldest: a Map iterates in insertion order). */
-/** Whether appending (`type`, `payload`) to `r` would start a second reply to one send. */
+/**
+ * Whether appending (`type`, `payload`) to `r` is refused as the Redis append step refuses it:
+ * a second reply to one send, or a delta or an ending of a reply that already ended.
+ */
 function replyTaken(r: Run, type: EventType, payload: JsonObject): boolean {
   const replyTo = payload["reply_to"];
-  return type === "message.created" && typeof replyTo === "string" && r.replies.has(replyTo);
+  if (type === "message.created") return typeof replyTo === "string" && r.replies.has(replyTo);
+  const mid = payload["message_id"];
+  if ((type !== "message.delta" && type !== "message.completed" && type !== "message.failed") || typeof mid !== "string") return false;
+  const crid = r.replyOf.get(mid);
+  const st = crid === undefined ? undefined : r.replies.get(crid);
+  return st === "completed" || st === "failed";
 }
 
 function bounded<K, V>(m: Map<K, V>, cap: number): void {

@@ -134,7 +134,7 @@ export interface RedisStoreOptions {
 type Client = Redis | Cluster;
 
 /** The Lua scripts both servers run, by their name in `lua/scripts.json`. */
-export type ScriptName = "append" | "send" | "create" | "append_batch" | "cancel" | "trim" | "set_chaos" | "next_message";
+export type ScriptName = "append" | "send" | "create" | "append_batch" | "cancel" | "trim" | "set_chaos" | "next_message" | "orphan";
 
 /** One composed script: what is sent on `EVAL`, and the SHA1 Redis knows it by (`EVALSHA`). */
 export interface LuaScript {
@@ -153,6 +153,7 @@ const SCRIPT_NAMES: readonly ScriptName[] = [
   "trim",
   "set_chaos",
   "next_message",
+  "orphan",
 ];
 
 /**
@@ -930,7 +931,7 @@ export class RedisStore implements Store {
     if (answering.length > 0) await this.cmd("XCLAIM", SEND_QUEUE, SEND_GROUP, consumer, 0, ...answering, "JUSTID");
     // One of ours the heartbeat missed (this process stalled) is still being answered here.
     const reclaimed = (await this.reclaim(consumer, reclaimIdleMs)).filter(([id]) => !answering.includes(id));
-    if (reclaimed.length > 0) return this.handOut(reclaimed);
+    if (reclaimed.length > 0) return this.handOut(reclaimed, true);
     const own = this.source.blocking(SEND_QUEUE, blockMs, this.conn);
     this.blocking.add(own);
     const abort = (): void => own.disconnect();
@@ -994,9 +995,11 @@ export class RedisStore implements Store {
    * The sends of `entries` this consumer answers: the first claim of (session,
    * client_request_id) wins (`claimed`, `SET NX`); a later entry for it is acknowledged
    * unanswered, and a reclaimed entry finds its own claim and is answered again (one
-   * reply per send is then enforced by the append step, `reply_taken`).
+   * reply per send is then enforced by the append step, `reply_taken`). A send `takenOver`
+   * from a consumer that stopped whose reply had started is not handed out: that reply
+   * ends `message.failed` ({@link endOrphan}) and the send is acknowledged.
    */
-  private async handOut(entries: Entry[]): Promise<QueuedSend[]> {
+  private async handOut(entries: Entry[], takenOver = false): Promise<QueuedSend[]> {
     const out: QueuedSend[] = [];
     for (const [queueId, f] of entries) {
       const s = field(f, "s");
@@ -1008,10 +1011,31 @@ export class RedisStore implements Store {
         await this.ackSend(queueId);
         continue;
       }
+      if (takenOver && (await this.endOrphan(s, c)) !== "unstarted") {
+        await this.ackSend(queueId);
+        continue;
+      }
       const messageId = (await this.cmd("GET", sendKey(s, c))) as string | null;
       out.push({ queueId, sessionId: s, clientRequestId: c, content: x, messageId: messageId ?? "" });
     }
     return out;
+  }
+
+  /**
+   * The reply to send `clientRequestId` of session `sessionId`, taken over from a consumer that
+   * stopped: if it was streaming it ends here with `message.failed` (`"ended"`), checked and
+   * appended in one step (`lua/orphan.lua`, the gateway's too), so takers racing append one
+   * ending and never one after the reply's own; `"done"`: it had ended (or the run is gone or
+   * finished); `"unstarted"`: no reply began, the taker answers the send.
+   */
+  async endOrphan(sessionId: string, clientRequestId: string): Promise<"unstarted" | "ended" | "done"> {
+    const body = bodyRest(sessionId, "message.failed", "");
+    const r = (await this.script("orphan", [metaKey(sessionId), logKey(sessionId)], [clientRequestId, body.slice(0, -1), ...this.retentionArgs])) as unknown[];
+    const [code, , n, first] = r.map((v, i) => (i === 1 ? 0 : num(v))) as [number, number, number, number];
+    if (code === 0) return "unstarted";
+    if (code !== 1) return "done";
+    await this.trimIfOver(sessionId, n, first);
+    return "ended";
   }
 
   /** Acknowledges a send taken by {@link claimSends} (it is answered). */

@@ -107,7 +107,9 @@ export class RunstreamError extends Error {
   /**
    * Why: the batch is invalid (`message` names `events[i]`), the run is unknown or finished, the key was
    * used with another batch, or (`reply_taken`) its `message.created` answers a send that already has a
-   * reply: another consumer answered it (an `onSend` handler may stop; the kit acknowledges the send).
+   * reply: another consumer answered it, or it continues a reply that already ended (on redisStore: the
+   * send was taken over from this process after it stopped heartbeating for `sendClaimIdleMs`, and its
+   * reply ended `message.failed`); an `onSend` handler may stop; the kit acknowledges the send.
    */
   readonly code: "invalid" | "unknown_run" | "finished" | "key_conflict" | "reply_taken";
   constructor(code: RunstreamError["code"], message: string) {
@@ -1662,7 +1664,7 @@ export function createRunstream(options: RunstreamOptions): Runstream {
       case "finished":
         throw new RunstreamError("finished", `run ${runId} is finished`);
       case "reply_taken":
-        throw new RunstreamError("reply_taken", "this send already has a reply (another consumer answered it)");
+        throw new RunstreamError("reply_taken", "this send already has a reply, or this reply already ended (another consumer answered or ended it)");
       case "unknown_run":
         throw new RunstreamError("unknown_run", `unknown run ${runId}`);
     }

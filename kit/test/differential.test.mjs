@@ -168,4 +168,13 @@ test("one reply per send: a second message.created answering a send is 409 reply
   assert.equal((await publish("d9", [ev("message.completed", { message_id: "a1", finish_reason: "stop" })], "r3")).status, 200);
   const third = await publish("d9", [created("a3")], "r4");
   assert.equal(third.status, 409, "also once the reply ended");
+  // A reply that ended takes no more of it (a producer that stalled while its send was taken
+  // over and its reply failed: docs/GATEWAY.md "Sends after a crash"), on both memory stores.
+  const late = await publish("d9", [ev("message.delta", { message_id: "a1", delta: "late" })], "r5");
+  assert.deepEqual([late.status, late.json], [409, { run_id: "d9", status: "reply_taken" }], "a delta of a reply that ended");
+  assert.equal((await publish("d9", [ev("message.failed", { message_id: "a1", error: "x" })], "r6")).status, 409);
+  // A message that answers no send is not a reply: its events are taken as before.
+  assert.equal((await publish("d9", [ev("message.completed", { message_id: "free", finish_reason: "stop" }),
+    ev("message.delta", { message_id: "free", delta: "x" })], "r7")).status, 200);
+  await same("GET", "/api/runs/d9/snapshot");
 });

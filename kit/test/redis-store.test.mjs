@@ -375,10 +375,52 @@ for (const kind of ["redis", "cluster"]) {
       const reply = { kind: "reply", replyTo: "c1" };
       await b.append(s, "message.completed", { message_id: "live", finish_reason: "stop" });
       assert.equal(await r.hget(`runstream:{${s}}:meta`, "reply:c1"), "d:completed");
-      assert.equal(await r.hget(`runstream:{${s}}:meta`, "replyof:live"), null);
+      // Kept once the reply ended: more of it is refused (lua/append_step.lua `reply_ended`).
+      assert.equal(await r.hget(`runstream:{${s}}:meta`, "replyof:live"), "c1");
+      await assert.rejects(b.append(s, "message.delta", { message_id: "live", delta: "late" }), { name: "ReplyTakenError" });
       assert.deepEqual(await a.requestCancel(s, reply, { client_request_id: "x1", reply_to: "c1" }), { kind: "reply_finished", status: "completed" });
       assert.equal(await r.get(`runstream:{${s}}:cancel:reply:c1`), null);
       await b.ackSend(taken.queueId);
+    });
+
+    test("an orphaned reply (its consumer stopped mid-reply) ends message.failed once, whoever races to end it; nothing of it after", async () => {
+      const id = rid("sess");
+      await a.create(id, { kind: "chat" });
+      await a.appendBatch(id, [
+        { type: "message.created", payload: { message_id: "m1", role: "assistant", reply_to: "c1" } },
+        { type: "message.delta", payload: { message_id: "m1", delta: "half " } },
+      ]);
+      // Takers on two connections racing on the same reply: one step each, one ending in all.
+      const results = await Promise.all([...Array(8)].map((_, i) => (i % 2 ? a : b).endOrphan(id, "c1")));
+      assert.deepEqual(results.filter((x) => x === "ended").length, 1, JSON.stringify(results));
+      assert.ok(results.every((x) => x === "ended" || x === "done"));
+      const log = async () => (await a.read(id, 0)).events.map((e) => JSON.parse(e));
+      const failed = (await log()).filter((e) => e.type === "message.failed");
+      assert.equal(failed.length, 1);
+      assert.deepEqual(failed[0].payload, { message_id: "m1", error: "the process answering this message stopped before finishing it" });
+      assert.equal(failed[0].run_id, id);
+      assert.equal(await r.hget(`runstream:{${id}}:meta`, "reply:c1"), "d:failed");
+      // The stalled consumer comes back: its deltas and its ending are refused, whole batches too.
+      await assert.rejects(a.append(id, "message.delta", { message_id: "m1", delta: "late" }), { name: "ReplyTakenError" });
+      await assert.rejects(b.append(id, "message.completed", { message_id: "m1", finish_reason: "stop" }), { name: "ReplyTakenError" });
+      assert.deepEqual(await a.appendBatch(id, [
+        { type: "message.delta", payload: { message_id: "m1", delta: "late" } },
+        { type: "message.completed", payload: { message_id: "m1", finish_reason: "stop" } },
+      ]), { kind: "reply_taken" });
+      assert.equal((await log()).length, 3);
+      const st = reduceAll(id, (await log()).map((e) => [e.event_id, JSON.stringify(e)]));
+      assert.deepEqual(st.messages.map((m) => [m.message_id, m.status, m.content]), [["m1", "failed", "half "]]);
+      // A reply that ended by itself is never ended again; a send never answered is the taker's.
+      await a.appendBatch(id, [
+        { type: "message.created", payload: { message_id: "m2", role: "assistant", reply_to: "c2" } },
+        { type: "message.completed", payload: { message_id: "m2", finish_reason: "stop" } },
+      ]);
+      assert.equal(await b.endOrphan(id, "c2"), "done");
+      assert.equal(await b.endOrphan(id, "c3"), "unstarted");
+      assert.equal(await b.endOrphan(rid(), "c1"), "done");
+      assert.equal((await log()).length, 5);
+      // Messages that answer no send are not affected.
+      await a.append(id, "message.delta", { message_id: "other", delta: "x" });
     });
 
     test("cancel: one request per target, 'already' for repeats, 'finished' after the end; graces claimed once", async () => {

@@ -8,7 +8,11 @@
 // Options: {"sendClaimIdleMs"} (createRunstream's), {"thinkMs"}: a send whose
 // content has "think" is answered that much later (prints {"event":"taken"}
 // first), {"stall": true}: that wait blocks the whole process (a busy loop);
-// a reply refused as a second one prints {"event":"reply_taken"}.
+// a reply refused as a second one prints {"event":"reply_taken"}. A send whose
+// content has "halfway" is answered in two steps: message.created and a delta
+// (then {"event":"streaming","mid"}), a wait of thinkMs (blocking if stall), then
+// another delta and message.completed: a process killed or stalled mid-reply.
+
 // Commands: {"op":"append","runId","n"} appends n events concurrently and
 // prints {"event":"appended","ids"}; {"op":"watch","runId"} takes
 // rs.cancelSignal(runId) and prints {"event":"cancelled","runId"} when it fires.
@@ -28,14 +32,31 @@ rs.onSend(async ({ sessionId, runId, clientRequestId, content }) => {
     if (stall) for (const end = Date.now() + thinkMs; Date.now() < end;);
     else await new Promise((r) => setTimeout(r, thinkMs));
   }
+  const refused = (e) => {
+    if (e.code === "reply_taken") out({ event: "reply_taken", session: sessionId, crid: clientRequestId });
+    throw e;
+  };
+  if (content.includes("halfway")) {
+    await rs.append(runId, [
+      { type: "message.created", payload: { message_id: mid, role: "assistant", reply_to: clientRequestId } },
+      { type: "message.delta", payload: { message_id: mid, delta: "half of " } },
+    ]).catch(refused);
+    out({ event: "streaming", session: sessionId, crid: clientRequestId, mid });
+    await new Promise((r) => setTimeout(r, 50)); // the line above goes out first
+    if (stall) for (const end = Date.now() + thinkMs; Date.now() < end;);
+    else await new Promise((r) => setTimeout(r, thinkMs));
+    await rs.append(runId, [
+      { type: "message.delta", payload: { message_id: mid, delta: `the answer by ${name}` } },
+      { type: "message.completed", payload: { message_id: mid, finish_reason: "stop" } },
+    ]).catch(refused);
+    out({ event: "answered", session: sessionId, crid: clientRequestId });
+    return;
+  }
   await rs.append(runId, [
     { type: "message.created", payload: { message_id: mid, role: "assistant", reply_to: clientRequestId } },
     { type: "message.delta", payload: { message_id: mid, delta: `answered by ${name}` } },
     { type: "message.completed", payload: { message_id: mid, finish_reason: "stop" } },
-  ]).catch((e) => {
-    if (e.code === "reply_taken") out({ event: "reply_taken", session: sessionId, crid: clientRequestId });
-    throw e;
-  });
+  ]).catch(refused);
   out({ event: "answered", session: sessionId, crid: clientRequestId });
 });
 const server = createServer(rs.node);

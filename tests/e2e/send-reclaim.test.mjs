@@ -5,13 +5,16 @@
 // reply per send is enforced in the Lua append step, so a slow-but-alive
 // consumer and the one that took its send over never both append a reply.
 // Real processes on a real redis-server: consumer A reads the send (its reply
-// waits: "think" in the content) and is SIGKILLed; B answers it, once.
+// waits: "think" in the content) and is SIGKILLed; B answers it, once. A consumer
+// killed (or stopped) mid-reply: B ends that reply `message.failed`, once, and the
+// stopped one, when it comes back, is refused (lua/orphan.lua, lua/append_step.lua).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { spawnTracked } from "./procs.mjs";
 import { root } from "./infra.mjs";
+import { launch, watchErrors } from "./lib.mjs";
 
 import { redisStore } from "../../kit/dist/redis.js";
 import { haveRedis, startRedis, freePort, redisRaw } from "../../kit/test/support/redis.mjs";
@@ -197,5 +200,135 @@ test("a stalled-but-alive consumer and the one that takes its send over: one rep
     () => "sends left pending");
   b.kill("SIGTERM");
   a.kill("SIGTERM");
+  await b.done;
+});
+
+// A consumer that dies (or stalls) mid-reply: the reply already streams, so the taker
+// cannot answer the send again (one reply per send); it ends that reply `message.failed`
+// instead (lua/orphan.lua), once, and acknowledges the send: no client is left with a
+// message streaming for ever (docs/GATEWAY.md, docs/KIT.md "Sends after a crash").
+
+/** `id`'s reply to `crid` (its message.created), once it exists. */
+async function replyTo(id, crid, deltas) {
+  let mid = null;
+  await until(async () => {
+    const l = await log(id);
+    mid = l.find((e) => e.type === "message.created" && e.payload.reply_to === crid)?.payload.message_id ?? null;
+    return mid !== null && l.filter((e) => e.type === "message.delta" && e.payload.message_id === mid).length >= deltas;
+  }, 10000, () => `no reply to ${crid} streaming`);
+  return mid;
+}
+
+/**
+ * Waits until `mid` of `id` failed, then a while longer (a second ending, a completion or a
+ * second reply would have come by then: `settleMs`), and checks: one reply to `crid`, ended by exactly one
+ * `message.failed` naming the stopped process, nothing of it after that, and the run's
+ * snapshot (PROTOCOL §6, over HTTP) shows it failed. The time it took from `t0`.
+ */
+async function failedOnce(id, crid, mid, t0, settleMs = 1000) {
+  let ms = 0;
+  await until(async () => {
+    const done = (await log(id)).some((e) => e.type === "message.failed" && e.payload.message_id === mid);
+    if (done && !ms) ms = Date.now() - t0;
+    return done;
+  }, 10000, () => `${mid} was not ended`);
+  await sleep(settleMs);
+  const l = await log(id);
+  const ends = l.filter((e) => (e.type === "message.failed" || e.type === "message.completed") && e.payload.message_id === mid);
+  assert.equal(ends.length, 1, `endings of ${mid}: ${JSON.stringify(ends)}`);
+  assert.equal(ends[0].type, "message.failed");
+  assert.match(ends[0].payload.error, /the process answering this message stopped/);
+  assert.ok(!l.some((e) => e.event_id > ends[0].event_id && e.payload.message_id === mid), "events of the reply after its ending");
+  assert.equal(l.filter((e) => e.type === "message.created" && e.payload.reply_to === crid).length, 1, "a second reply");
+  const snap = await (await fetch(`${gw}/api/runs/${id}/snapshot`)).json();
+  const m = snap.state.messages.find((x) => x.message_id === mid);
+  assert.equal(m?.status, "failed", JSON.stringify(snap.state.messages));
+  // Nothing is left pending in the group: the send counts as answered.
+  await until(() => redisRaw(redis.ports[0], "XPENDING", "runstream:sends", "replies").split("\n")[0] === "0", 5000,
+    () => "sends left pending");
+  return ms;
+}
+
+const exited = (p) => new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r() : p.once("exit", r)));
+
+test("gateway: worker A dies mid-reply; worker B ends that reply failed, once (and a browser's message leaves streaming)", { skip }, async () => {
+  // A real client (Chromium, the wasm RunStream over SSE) watching the session.
+  const [a, browser] = await Promise.all([gatewayWorker("gw-oa"), launch()]);
+  const page = await browser.newPage();
+  const errors = watchErrors(page);
+  await page.goto(`${gw}/harness.html`);
+  await page.evaluate(() => window.ready);
+  // "stall": a 2.5 s pause after 12 tokens, so A is surely killed mid-reply.
+  await send("go", "s1", "stall here");
+  const mid = await replyTo("go", "s1", 3);
+  await page.evaluate(([origin, session]) => {
+    window.s = new window.RunStream({ runId: session, url: `${origin}/api/stream/runs/${session}`, resume: "none" });
+    window.s.start();
+  }, [gw, "go"]);
+  const status = (m) => page.evaluate((m) => window.s.getSnapshot().state.messages.find((x) => x.messageId === m)?.status ?? null, m);
+  await until(async () => (await status(mid)) === "streaming", 5000, () => "the browser never saw the reply streaming");
+  a.kill("SIGKILL");
+  await exited(a);
+  const t0 = Date.now();
+  const b = await gatewayWorker("gw-ob");
+  const ms = await failedOnce("go", "s1", mid, t0);
+  assert.equal(b.events.filter((e) => e.event === "send.orphan_failed" && e.message_id === mid).length, 1, JSON.stringify(b.events));
+  assert.equal(b.events.filter((e) => e.event === "chat_worker.claimed" && e.client_request_id === "s1").length, 0, "B answered the send again");
+  await until(async () => (await status(mid)) !== "streaming", 5000, () => "the browser still shows the reply streaming");
+  assert.equal(await status(mid), "failed");
+  await page.evaluate(() => window.s.close());
+  await browser.close();
+  assert.deepEqual(errors, []);
+  b.kill("SIGTERM");
+  await b.done;
+  console.log(`# gateway: the dead worker's reply ended failed ${ms} ms after the second worker started (claim idle ${IDLE_MS} ms)`);
+});
+
+test("kit: process A dies mid-reply; process B ends that reply failed, once", { skip }, async () => {
+  const a = await kitConsumer("OA", 60_000);
+  await send("ko", "s1", "answer halfway");
+  await until(() => a.events.some((e) => e.event === "streaming" && e.crid === "s1"), 10000, () => a.err);
+  a.kill("SIGKILL");
+  await exited(a);
+  const t0 = Date.now();
+  const b = await kitConsumer("OB", 0);
+  const ms = await failedOnce("ko", "s1", "OA_s1", t0);
+  assert.equal(b.events.filter((e) => e.crid === "s1").length, 0, `B answered the send again: ${JSON.stringify(b.events)}`);
+  b.kill("SIGTERM");
+  console.log(`# kit: the dead process's reply ended failed ${ms} ms after the second process started`);
+});
+
+test("a gateway worker stopped mid-reply comes back after a kit process ended its reply: refused, the reply stays failed", { skip }, async () => {
+  const a = await gatewayWorker("gw-pa");
+  await send("gp", "s1", "stall there");
+  const mid = await replyTo("gp", "s1", 3);
+  a.kill("SIGSTOP"); // stalled: no heartbeat, no deltas
+  const b = await kitConsumer("PB", 0);
+  await failedOnce("gp", "s1", mid, Date.now());
+  a.kill("SIGCONT");
+  // A goes on with its reply: its next append is refused, it acknowledges the send.
+  await until(() => a.events.some((e) => e.event === "chat_worker.reply_taken" && e.client_request_id === "s1"), 10000,
+    () => `A was not refused: ${JSON.stringify(a.events)}`);
+  await failedOnce("gp", "s1", mid, Date.now(), 0);
+  assert.equal(b.events.filter((e) => e.crid === "s1").length, 0);
+  a.kill("SIGTERM");
+  b.kill("SIGTERM");
+  await a.done;
+});
+
+test("a kit process stopped mid-reply comes back after a gateway worker ended its reply: refused, the reply stays failed", { skip }, async () => {
+  const a = await kitConsumer("QA", 1500);
+  await send("kq", "s1", "answer halfway");
+  await until(() => a.events.some((e) => e.event === "streaming" && e.crid === "s1"), 10000, () => a.err);
+  a.kill("SIGSTOP");
+  const b = await gatewayWorker("gw-qb");
+  await failedOnce("kq", "s1", "QA_s1", Date.now());
+  a.kill("SIGCONT");
+  await until(() => a.events.some((e) => e.event === "reply_taken" && e.crid === "s1"), 10000,
+    () => `A was not refused: ${JSON.stringify(a.events)}`);
+  await failedOnce("kq", "s1", "QA_s1", Date.now(), 0);
+  assert.equal(b.events.filter((e) => e.event === "send.orphan_failed" && e.message_id === "QA_s1").length, 1);
+  a.kill("SIGTERM");
+  b.kill("SIGTERM");
   await b.done;
 });

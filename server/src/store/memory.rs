@@ -154,11 +154,27 @@ impl Run {
             .map(|m| m.status)
     }
 
-    /// The send an append of (`ty`, `payload`) would start a second reply to, if so (one
-    /// reply per send, as the Redis store's append step).
+    /// The send whose reply an append of (`ty`, `payload`) is refused for, as the Redis
+    /// store's append step refuses it: a second reply to one send, or a delta or an ending
+    /// of a reply that already ended.
     fn reply_taken(&self, ty: &str, payload: &Value) -> Option<String> {
-        let crid = payload.get("reply_to").and_then(Value::as_str)?;
-        (ty == "message.created" && self.reply(crid).is_some()).then(|| crid.to_owned())
+        if ty == "message.created" {
+            let crid = payload.get("reply_to").and_then(Value::as_str)?;
+            return self.reply(crid).is_some().then(|| crid.to_owned());
+        }
+        if !matches!(ty, "message.delta" | "message.completed" | "message.failed") {
+            return None;
+        }
+        let mid = payload.get("message_id").and_then(Value::as_str)?;
+        let m = self
+            .state
+            .state
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.message_id.as_deref() == Some(mid))?;
+        let ended = matches!(m.status, MessageStatus::Completed | MessageStatus::Failed);
+        m.reply_to.clone().filter(|_| ended)
     }
 
     /// Appends one event (dense id), updates the reduced state; returns the id.

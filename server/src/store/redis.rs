@@ -123,6 +123,8 @@ mod lua {
     pub const SET_CHAOS: &str = include_str!("../../../lua/set_chaos.lua");
     /// Bumps a run's message counter unless the run is unknown (KEYS: meta).
     pub const NEXT_MESSAGE: &str = include_str!("../../../lua/next_message.lua");
+    /// Ends the reply of a send taken over from a stopped consumer (KEYS: meta, log).
+    pub const ORPHAN: &str = include_str!("../../../lua/orphan.lua");
 }
 
 /// A script that appends: the shared append step, then `main`.
@@ -136,8 +138,8 @@ fn with_retention(main: &str) -> Script {
 }
 
 /// Every script the store runs, by its name in `lua/scripts.json`: append, send, create,
-/// append_batch, cancel, trim, set_chaos, next_message.
-fn scripts() -> [(&'static str, Script); 8] {
+/// append_batch, cancel, trim, set_chaos, next_message, orphan.
+fn scripts() -> [(&'static str, Script); 9] {
     [
         ("append", with_append_step(lua::APPEND)),
         ("send", with_append_step(lua::SEND)),
@@ -147,6 +149,7 @@ fn scripts() -> [(&'static str, Script); 8] {
         ("trim", Script::new(lua::TRIM)),
         ("set_chaos", Script::new(lua::SET_CHAOS)),
         ("next_message", Script::new(lua::NEXT_MESSAGE)),
+        ("orphan", with_append_step(lua::ORPHAN)),
     ]
 }
 
@@ -277,6 +280,15 @@ fn body_rest(run_id: &str, ty: &str, payload_rest: &str) -> String {
         .and_then(|h| h.strip_suffix('}'))
         .unwrap_or_default();
     format!("{inner},\"payload\":{payload_rest}}}")
+}
+
+/// What taking a send over found of its reply (`lua/orphan.lua`).
+#[derive(Debug, PartialEq, Eq)]
+enum Orphan {
+    /// No reply was started: the taker answers the send.
+    Unstarted,
+    /// The reply ended (here, `message.failed`, or before), or the run is gone or finished.
+    Ended,
 }
 
 /// What step 1 of a send answered.
@@ -498,6 +510,7 @@ pub struct RedisStore {
     trim_script: Script,
     chaos_script: Script,
     next_message_script: Script,
+    orphan_script: Script,
 }
 
 impl RedisStore {
@@ -512,7 +525,7 @@ impl RedisStore {
         let conn = source.shared().await?;
         let mut ping = conn.clone();
         let _: redis::Value = redis::cmd("PING").query_async(&mut ping).await?;
-        let [(_, append_script), (_, send_script), (_, create_script), (_, batch_script), (_, cancel_script), (_, trim_script), (_, chaos_script), (_, next_message_script)] =
+        let [(_, append_script), (_, send_script), (_, create_script), (_, batch_script), (_, cancel_script), (_, trim_script), (_, chaos_script), (_, next_message_script), (_, orphan_script)] =
             scripts();
         Ok(Self {
             source,
@@ -532,6 +545,7 @@ impl RedisStore {
             trim_script,
             chaos_script,
             next_message_script,
+            orphan_script,
         })
     }
 
@@ -620,6 +634,35 @@ impl RedisStore {
             out.push((queue_id, fields));
         }
         Ok(out)
+    }
+
+    /// A send taken over from a consumer that stopped (`XAUTOCLAIM`): its reply, if one
+    /// was streaming, ends `message.failed` here (`lua/orphan.lua`: checked and appended in
+    /// one step, so racing takers append one ending, never after the reply's own).
+    async fn end_orphan(&self, session: &str, crid: &str) -> StoreResult<Orphan> {
+        let body = body_rest(session, "message.failed", "");
+        let head = body.strip_suffix('}').unwrap_or(&body);
+        let (code, mid, n, first): (i64, String, u64, u64) = self
+            .orphan_script
+            .key(meta_key(session))
+            .key(log_key(session))
+            .arg(crid)
+            .arg(head)
+            .arg(&self.retention_args()[..])
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(match code {
+            0 => Orphan::Unstarted,
+            1 => {
+                self.trim_if_over(session, n, first).await?;
+                crate::log(
+                    "send.orphan_failed",
+                    serde_json::json!({"run_id": session, "client_request_id": crid, "message_id": mid, "event_id": n}),
+                );
+                Orphan::Ended
+            }
+            _ => Orphan::Ended,
+        })
     }
 
     /// New sends for `consumer` (`XREADGROUP >`), waiting up to `block_ms`.
@@ -1630,10 +1673,11 @@ impl Store for RedisStore {
             let mut reclaimed = self.reclaim(consumer, reclaim_idle_ms).await?;
             // One of ours the heartbeat missed (this process stalled): still being answered here.
             reclaimed.retain(|(id, _)| !answering.contains(id));
-            let entries = if reclaimed.is_empty() {
-                self.read_new_sends(consumer, block_ms).await?
-            } else {
+            let taken_over = !reclaimed.is_empty();
+            let entries = if taken_over {
                 reclaimed
+            } else {
+                self.read_new_sends(consumer, block_ms).await?
             };
             let mut out = Vec::new();
             for (queue_id, f) in entries {
@@ -1662,6 +1706,12 @@ impl Store for RedisStore {
                             self.ack_send(&queue_id).await?;
                             continue;
                         }
+                    }
+                    // Taken over: a reply its consumer had started ends `message.failed`
+                    // (or had ended): the send is answered, not answered again.
+                    if taken_over && self.end_orphan(s, c).await? == Orphan::Ended {
+                        self.ack_send(&queue_id).await?;
+                        continue;
                     }
                     out.push(QueuedSend {
                         queue_id,
