@@ -927,8 +927,7 @@ export class RedisStore implements Store {
     }
     if (signal?.aborted) return [];
     // First the sends another consumer read and left unanswered for `reclaimIdleMs`.
-    // The heartbeat of the sends being answered here (`JUSTID` counts no delivery).
-    if (answering.length > 0) await this.cmd("XCLAIM", SEND_QUEUE, SEND_GROUP, consumer, 0, ...answering, "JUSTID");
+    await this.heartbeatSends(consumer, answering);
     // One of ours the heartbeat missed (this process stalled) is still being answered here.
     const reclaimed = (await this.reclaim(consumer, reclaimIdleMs)).filter(([id]) => !answering.includes(id));
     if (reclaimed.length > 0) return this.handOut(reclaimed, true);
@@ -954,6 +953,11 @@ export class RedisStore implements Store {
       own.disconnect();
     }
     return this.handOut((reply ?? []).flatMap(([, entries]) => entries));
+  }
+
+  /** The heartbeat of the sends being answered here (`JUSTID` counts no delivery). */
+  async heartbeatSends(consumer: string, answering: readonly string[]): Promise<void> {
+    if (answering.length > 0) await this.cmd("XCLAIM", SEND_QUEUE, SEND_GROUP, consumer, 0, ...answering, "JUSTID");
   }
 
   /**

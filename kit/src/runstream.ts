@@ -453,19 +453,35 @@ export function createRunstream(options: RunstreamOptions): Runstream {
     /** The queue ids being answered here: kept by each claim's heartbeat, never taken twice. */
     const answering = new Set<string>();
     let freed: (() => void) | null = null;
+    // Claims (and so heartbeats the sends being answered) at least 3 times per idle time.
+    const blockMs = Math.min(SEND_CLAIM_BLOCK_MS, Math.max(50, Math.floor(sendClaimIdleMs / 3)));
+    const heartbeat = store.heartbeatSends?.bind(store);
     while (!stop.signal.aborted && !life.signal.aborted) {
-      // A claim takes up to 16 sends: claim only with room for all of them.
+      // A claim takes up to 16 sends: claim only with room for all of them. While full, the
+      // sends being answered are still heartbeaten every blockMs, or a long reply (past the
+      // claim idle) would be taken over by another process and answered twice.
       while (inFlight > MAX_SENDS_IN_FLIGHT - 16 && !stop.signal.aborted) {
-        await new Promise<void>((r) => {
-          freed = r;
-          stop.signal.addEventListener("abort", () => r(), { once: true });
+        const woke = await new Promise<boolean>((r) => {
+          const done = (v: boolean): void => {
+            clearTimeout(t);
+            freed = null;
+            stop.signal.removeEventListener("abort", onAbort);
+            r(v);
+          };
+          const onAbort = (): void => done(true);
+          const t = setTimeout(() => done(false), blockMs);
+          freed = () => done(true);
+          stop.signal.addEventListener("abort", onAbort, { once: true });
         });
+        if (!woke && heartbeat && answering.size > 0) {
+          await heartbeat(consumer, [...answering]).catch((e: unknown) =>
+            log("send.heartbeat_failed", { error: e instanceof Error ? e.message : String(e) }),
+          );
+        }
       }
       if (stop.signal.aborted) break;
       let batch;
       try {
-        // Claims (and so heartbeats the sends being answered) at least 3 times per idle time.
-        const blockMs = Math.min(SEND_CLAIM_BLOCK_MS, Math.max(50, Math.floor(sendClaimIdleMs / 3)));
         batch = await claim(consumer, blockMs, stop.signal, sendClaimIdleMs, [...answering]);
       } catch (e) {
         log("send.claim_failed", { error: e instanceof Error ? e.message : String(e) });

@@ -374,6 +374,12 @@ export interface Store {
    */
   claimSends?(consumer: string, blockMs: number, signal?: AbortSignal, reclaimIdleMs?: number, answering?: readonly string[]): Promise<QueuedSend[]>;
 
+  /**
+   * Marks the sends `answering` (queue ids) as still being answered by `consumer`, so no
+   * other consumer takes them over (Redis: `XCLAIM … JUSTID`; {@link Store.claimSends} does
+   * it too, this is for a consumer too busy to claim).
+   */
+  heartbeatSends?(consumer: string, answering: readonly string[]): Promise<void>;
   /** Acknowledges a send taken by {@link Store.claimSends} once it is answered. */
   ackSend?(queueId: string): Promise<void>;
 

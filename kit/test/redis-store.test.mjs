@@ -564,4 +564,41 @@ describe("onSend on redisStore", { skip, concurrency: false }, () => {
     off1();
     off2();
   });
+  test("a process at MAX_SENDS_IN_FLIGHT still heartbeats its sends: replies longer than the claim idle are not taken over and answered twice", async (t) => {
+    const { createRunstream, MAX_SENDS_IN_FLIGHT } = await import("../dist/index.js");
+    const redis = await startRedis("redis");
+    const rs1 = createRunstream({ store: redisStore({ url: redis.url }), auth: "none", sendClaimIdleMs: 1000 });
+    const rs2 = createRunstream({ store: redisStore({ url: redis.url }), auth: "none", sendClaimIdleMs: 1000 });
+    t.after(async () => {
+      await rs1.close();
+      await rs2.close();
+      await rs1.store.close();
+      await rs2.store.close();
+      await redis.stop();
+    });
+    let held = 0;
+    let release;
+    const gate = new Promise((r) => { release = r; });
+    const answered = [];
+    const off1 = rs1.onSend(async (s) => {
+      held++;
+      await gate;
+      answered.push(["rs1", s.clientRequestId]);
+    });
+    const n = MAX_SENDS_IN_FLIGHT;
+    for (let i = 0; i < n; i++) await rs1.store.send("sess_busy", `h${i}`, `m${i}`);
+    await until(() => held > MAX_SENDS_IN_FLIGHT - 16, 10000);
+    const holding = held;
+    const off2 = rs2.onSend((s) => { answered.push(["rs2", s.clientRequestId]); });
+    // rs1 is full and its handlers run 3.5 claim idles: rs2 answers only what rs1 never took.
+    await sleep(3500);
+    release();
+    await until(() => answered.length >= n, 10000);
+    await sleep(1500);
+    assert.equal(answered.length, n, `each send answered once: ${JSON.stringify(answered.filter(([w]) => w === "rs2").length)} by rs2`);
+    assert.equal(new Set(answered.map(([, c]) => c)).size, n);
+    assert.equal(answered.filter(([w]) => w === "rs1").length, holding, "rs1 answered what it held");
+    off1();
+    off2();
+  });
 });
