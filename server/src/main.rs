@@ -478,11 +478,29 @@ async fn chat_worker_loop(store: Arc<dyn Store>, consumer: &str, claim_idle_ms: 
     let answering: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
     // Claims (and so heartbeats) at least three times per claim idle time.
     let block_ms = (claim_idle_ms / 3).clamp(50, 1000);
-    loop {
-        let ids: Vec<String> = answering
-            .lock()
+    // At most MAX_SENDS_IN_FLIGHT replies at once: a claim takes up to 16, so it claims
+    // only with room for 16; while full it heartbeats what it holds every block_ms.
+    let room = Arc::new(tokio::sync::Semaphore::new(store::MAX_SENDS_IN_FLIGHT));
+    let held = |a: &std::sync::Mutex<std::collections::HashSet<String>>| -> Vec<String> {
+        a.lock()
             .map(|a| a.iter().cloned().collect())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    };
+    loop {
+        while room.available_permits() < 16 {
+            let freed = tokio::select! {
+                p = room.acquire_many(16) => p.is_ok(),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(block_ms)) => false,
+                _ = &mut stop => return ExitCode::SUCCESS,
+            };
+            if !freed {
+                let ids = held(&answering);
+                if let Err(e) = store.heartbeat_sends(consumer, &ids).await {
+                    eprintln!("chat worker: heartbeat: {e}");
+                }
+            }
+        }
+        let ids = held(&answering);
         let claimed = tokio::select! {
             r = store.claim_sends(consumer, block_ms, claim_idle_ms, &ids) => r,
             _ = &mut stop => return ExitCode::SUCCESS,
@@ -509,7 +527,10 @@ async fn chat_worker_loop(store: Arc<dyn Store>, consumer: &str, claim_idle_ms: 
                 a.insert(s.queue_id.clone());
             }
             let answering = answering.clone();
+            // A permit per reply in flight (the loop above leaves room for a whole claim).
+            let permit = room.clone().try_acquire_owned().ok();
             tokio::spawn(async move {
+                let _permit = permit;
                 let r =
                     scenario::reply(store.clone(), s.session.clone(), s.crid.clone(), s.content)
                         .await;

@@ -168,6 +168,15 @@ impl Store for TimedStore {
         self.inner.sends_after(after, max, wait_ms)
     }
 
+    /// Not timed: a chat worker's heartbeat.
+    fn heartbeat_sends<'a>(
+        &'a self,
+        consumer: &'a str,
+        answering: &'a [String],
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        self.inner.heartbeat_sends(consumer, answering)
+    }
+
     /// Not timed: a chat worker's blocking read.
     fn claim_sends<'a>(
         &'a self,

@@ -598,3 +598,58 @@ async fn the_memory_store_has_no_send_queue() {
     let s = b.store().await;
     assert!(s.claim_sends("x", 10, 30_000, &[]).await.is_err());
 }
+
+/// A chat worker answers at most `MAX_SENDS_IN_FLIGHT` sends at once (it claims only with
+/// room for a whole claim of 16): 90 sends queued, 64 claimed before the first reply ends,
+/// and every one answered in the end.
+#[tokio::test]
+async fn a_busy_chat_worker_holds_at_most_max_sends_in_flight() {
+    let Some(b) = Backend::new(Kind::Redis).await else {
+        return;
+    };
+    let url = b.spec();
+    let addr = support::start_with(b.store().await, runstream_server::Replies::Worker).await;
+    let n = 90;
+    for i in 0..n {
+        let body = format!(r#"{{"client_request_id":"c{i}","content":"hi"}}"#);
+        let (st, _, _) = http(
+            &addr,
+            "POST",
+            &format!("/api/chat/bw{i}/messages"),
+            &[],
+            Some(&body),
+        )
+        .await;
+        assert_eq!(st, 202);
+    }
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_runstream-server"))
+        .args(["produce", "--store", &url, "--chat-worker"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
+    let (mut claimed, mut replied) = (0usize, 0usize);
+    let mut claimed_before_a_reply = None;
+    let t0 = std::time::Instant::now();
+    while replied < n {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("stalled: {claimed} claimed, {replied} replied"))
+            .unwrap()
+            .unwrap();
+        if line.contains("chat_worker.claimed") {
+            claimed += 1;
+        } else if line.contains("chat_worker.replied") {
+            claimed_before_a_reply.get_or_insert(claimed);
+            replied += 1;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(90));
+    }
+    let first = claimed_before_a_reply.unwrap();
+    assert!(
+        (48..=runstream_server::store::MAX_SENDS_IN_FLIGHT).contains(&first),
+        "claimed before the first reply ended: {first}"
+    );
+    assert_eq!(claimed, n);
+}

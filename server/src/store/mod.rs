@@ -473,6 +473,17 @@ pub trait Store: Send + Sync + 'static {
         async move { Err(StoreError::Unsupported(format!("{name}: no send queue"))) }.boxed()
     }
 
+    /// The heartbeat alone of [`Store::claim_sends`]: the sends `consumer` is still
+    /// answering are kept from being taken over, for a consumer too busy to claim more.
+    fn heartbeat_sends<'a>(
+        &'a self,
+        consumer: &'a str,
+        answering: &'a [String],
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        let _ = (consumer, answering);
+        async move { Ok(()) }.boxed()
+    }
+
     /// Appends `events` atomically with dense ids (all or nothing). With
     /// `key`, a repeat of the same key and body appends nothing and answers
     /// the first ids; the same key with another body is a conflict. A
@@ -557,6 +568,9 @@ pub const DEFAULT_SEND_CLAIM_IDLE_MS: u64 = 30_000;
 /// The shortest claim idle a consumer accepts: a live consumer heartbeats its sends every
 /// third of it, which needs some room (0 would take live consumers' sends at every claim).
 pub const MIN_SEND_CLAIM_IDLE_MS: u64 = 1_000;
+/// Most sends a chat worker answers at once (the kit's `MAX_SENDS_IN_FLIGHT`): it claims
+/// again only with room for a whole claim, and heartbeats what it holds meanwhile.
+pub const MAX_SENDS_IN_FLIGHT: usize = 64;
 
 /// A chat send waiting for its reply (the shared store's send queue).
 #[derive(Debug, Clone, PartialEq)]

@@ -1645,6 +1645,14 @@ impl Store for RedisStore {
         self.info_now().boxed()
     }
 
+    fn heartbeat_sends<'a>(
+        &'a self,
+        consumer: &'a str,
+        answering: &'a [String],
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        self.keep_answering(consumer, answering).boxed()
+    }
+
     fn claim_sends<'a>(
         &'a self,
         consumer: &'a str,
