@@ -311,9 +311,13 @@ impl Runs {
         if let Some(old) = r.deadline.take() {
             self.deadlines.remove(&old);
         }
-        if let Some(keep) = retention.keep_for(r.finished) {
+        // A deadline past what the clock can hold is no deadline (kept forever).
+        if let Some(at) = retention
+            .keep_for(r.finished)
+            .and_then(|keep| now.checked_add(keep))
+        {
             self.seq += 1;
-            let d = (now + keep, self.seq);
+            let d = (at, self.seq);
             self.deadlines.insert(d, id.to_owned());
             r.deadline = Some(d);
         }
