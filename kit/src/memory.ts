@@ -259,19 +259,15 @@ class MemoryStore implements Store {
     r.log.push(text);
     r.lastId = id;
     if (type === "run.completed") r.finished = true;
-    const mid = payload["message_id"];
-    if (typeof mid === "string") {
-      const replyTo = payload["reply_to"];
-      if (type === "message.created" && typeof replyTo === "string") {
+    const w = replyWrite(r, type, payload);
+    if (w) {
+      if (w.mid !== undefined) {
         bounded(r.replies, this.#maxSendsPerRun);
-        r.replies.set(replyTo, "streaming");
+        r.replies.set(w.crid, w.status);
         bounded(r.replyOf, this.#maxSendsPerRun);
-        r.replyOf.set(mid, replyTo);
-      } else if (type === "message.completed" || type === "message.failed") {
-        const crid = r.replyOf.get(mid);
-        if (crid !== undefined) {
-          r.replies.set(crid, type === "message.completed" ? "completed" : "failed");
-        }
+        r.replyOf.set(w.mid, w.crid);
+      } else {
+        r.replies.set(w.crid, w.status);
       }
     }
     this.#touch(r);
@@ -329,7 +325,12 @@ class MemoryStore implements Store {
       }
     }
     if (r.finished) return { kind: "finished" };
-    if (events.some((e) => replyTaken(r, e.type, e.payload))) return { kind: "reply_taken" };
+    // Each event is checked as the batch's earlier events leave the replies (all or nothing).
+    const pending: PendingReplies = { replies: new Map(), replyOf: new Map() };
+    for (const e of events) {
+      if (replyTaken(r, e.type, e.payload, pending)) return { kind: "reply_taken" };
+      noteReply(r, e.type, e.payload, pending);
+    }
     const first = r.lastId + 1;
     for (const e of events) this.#appendOne(r, e.type, e.payload);
     const last = r.lastId;
@@ -528,21 +529,63 @@ class MemoryStore implements Store {
   }
 }
 
-/** Makes room for one more entry in `m` (drop-oldest: a Map iterates in insertion order). */
+/**
+ * What a batch's earlier events change of the replies {@link replyTaken} reads (`r.replies`,
+ * `r.replyOf`), so each event of a batch is checked as if they were appended (they are not
+ * yet: all or nothing). Bounded by the batch: at most one entry per event in each.
+ */
+interface PendingReplies {
+  replies: Map<string, "streaming" | "completed" | "failed">;
+  replyOf: Map<string, string>;
+}
+
 /**
  * Whether appending (`type`, `payload`) to `r` is refused as the Redis append step refuses it:
- * a second reply to one send, or a delta or an ending of a reply that already ended.
+ * a second reply to one send, or a delta or an ending of a reply that already ended; after
+ * `pending`, a batch's earlier events.
  */
-function replyTaken(r: Run, type: EventType, payload: JsonObject): boolean {
+function replyTaken(r: Run, type: EventType, payload: JsonObject, pending?: PendingReplies): boolean {
   const replyTo = payload["reply_to"];
-  if (type === "message.created") return typeof replyTo === "string" && r.replies.has(replyTo);
+  if (type === "message.created") {
+    return typeof replyTo === "string" && (pending?.replies.has(replyTo) === true || r.replies.has(replyTo));
+  }
   const mid = payload["message_id"];
   if ((type !== "message.delta" && type !== "message.completed" && type !== "message.failed") || typeof mid !== "string") return false;
-  const crid = r.replyOf.get(mid);
-  const st = crid === undefined ? undefined : r.replies.get(crid);
+  const crid = pending?.replyOf.get(mid) ?? r.replyOf.get(mid);
+  const st = crid === undefined ? undefined : (pending?.replies.get(crid) ?? r.replies.get(crid));
   return st === "completed" || st === "failed";
 }
 
+/**
+ * What appending (`type`, `payload`) writes of the replies, after `pending` (a batch's earlier
+ * events): the send `crid` its reply's new status, and on `message.created` the message `mid`
+ * answering it. The one formula `#appendOne` writes and a batch's checks note (the Redis
+ * append step's `reply_writes`).
+ */
+function replyWrite(
+  r: Run,
+  type: EventType,
+  payload: JsonObject,
+  pending?: PendingReplies,
+): { crid: string; status: "streaming" | "completed" | "failed"; mid?: string } | null {
+  const mid = payload["message_id"];
+  if (typeof mid !== "string") return null;
+  const replyTo = payload["reply_to"];
+  if (type === "message.created") return typeof replyTo === "string" ? { crid: replyTo, status: "streaming", mid } : null;
+  if (type !== "message.completed" && type !== "message.failed") return null;
+  const crid = pending?.replyOf.get(mid) ?? r.replyOf.get(mid);
+  return crid === undefined ? null : { crid, status: type === "message.completed" ? "completed" : "failed" };
+}
+
+/** Notes in `pending` what appending (`type`, `payload`) writes of the replies ({@link replyWrite}). */
+function noteReply(r: Run, type: EventType, payload: JsonObject, pending: PendingReplies): void {
+  const w = replyWrite(r, type, payload, pending);
+  if (!w) return;
+  pending.replies.set(w.crid, w.status);
+  if (w.mid !== undefined) pending.replyOf.set(w.mid, w.crid);
+}
+
+/** Makes room for one more entry in `m` (drop-oldest: a Map iterates in insertion order). */
 function bounded<K, V>(m: Map<K, V>, cap: number): void {
   while (m.size >= cap) {
     const oldest = m.keys().next();

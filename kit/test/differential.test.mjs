@@ -178,3 +178,21 @@ test("one reply per send: a second message.created answering a send is 409 reply
     ev("message.delta", { message_id: "free", delta: "x" })], "r7")).status, 200);
   await same("GET", "/api/runs/d9/snapshot");
 });
+
+test("one reply per send inside one batch: the refusals see the batch's earlier events (all or nothing)", async () => {
+  await same("POST", "/api/publish/runs", { body: { run_id: "d10" }, headers: pub });
+  const created = (mid, to) => ev("message.created", { message_id: mid, role: "assistant", reply_to: to });
+  const refused = [409, { run_id: "d10", status: "reply_taken" }];
+  const before = await same("GET", "/api/runs/d10/snapshot");
+  const two = await publish("d10", [created("x1", "qx"), created("x2", "qx")], "b1");
+  assert.deepEqual([two.status, two.json], refused, "two replies to one send in one batch");
+  const ended = await publish("d10", [created("y1", "qy"), ev("message.completed", { message_id: "y1", finish_reason: "stop" }),
+    ev("message.delta", { message_id: "y1", delta: "late" })], "b2");
+  assert.deepEqual([ended.status, ended.json], refused, "a delta after its reply's ending in one batch");
+  const afterRefusals = await same("GET", "/api/runs/d10/snapshot");
+  assert.deepEqual(afterRefusals.json, before.json, "a refused batch appends nothing");
+  const whole = await publish("d10", [created("z1", "qz"), ev("message.delta", { message_id: "z1", delta: "hi" }),
+    ev("message.completed", { message_id: "z1", finish_reason: "stop" })], "b3");
+  assert.equal(whole.status, 200, "a whole reply in one batch is taken");
+  assert.equal((await same("GET", "/api/runs/d10/snapshot")).json.state.messages.length, 1);
+});

@@ -150,6 +150,22 @@ for (const kind of ["redis", "cluster"]) {
       assert.deepEqual(await a.appendBatch(rid(), evs), { kind: "unknown_run" });
     });
 
+    test("appendBatch: the one-reply refusals see the batch's earlier events (all or nothing)", async () => {
+      const id = rid("sess");
+      await a.create(id, { kind: "chat" });
+      const created = (mid, to) => ({ type: "message.created", payload: { message_id: mid, role: "assistant", reply_to: to } });
+      const meta = `runstream:{${id}}:meta`;
+      const before = await r.hgetall(meta);
+      assert.deepEqual(await a.appendBatch(id, [created("x1", "qx"), created("x2", "qx")]), { kind: "reply_taken" });
+      assert.deepEqual(await b.appendBatch(id, [created("y1", "qy"), { type: "message.completed", payload: { message_id: "y1", finish_reason: "stop" } },
+        { type: "message.delta", payload: { message_id: "y1", delta: "late" } }]), { kind: "reply_taken" });
+      assert.deepEqual(await r.hgetall(meta), before, "a refused batch writes nothing");
+      assert.equal(await r.xlen(`runstream:{${id}}:log`), 0, "a refused batch appends nothing");
+      assert.deepEqual(await a.appendBatch(id, [created("z1", "qz"), { type: "message.delta", payload: { message_id: "z1", delta: "hi" } },
+        { type: "message.completed", payload: { message_id: "z1", finish_reason: "stop" } }]), { kind: "appended", first: 1, last: 3 });
+      assert.equal(await r.hget(meta, "reply:qz"), "d:completed");
+    });
+
     test("subscribe: an append in another process wakes the tail; reads come from its bounded cache", async () => {
       const id = rid();
       await a.create(id, { kind: "task" });

@@ -203,6 +203,71 @@ async fn batches_are_atomic_dense_and_idempotent(b: Backend) {
     assert_eq!(snap["state"]["workers"].as_array().unwrap().len(), 2);
 }
 
+/// One reply per send also inside one batch (the refusals see the batch's earlier events):
+/// two `message.created` answering one send, or a delta after its reply's ending, refuse the
+/// whole batch (409 `reply_taken`, nothing appended); a whole reply in one batch is taken.
+async fn one_reply_per_send_inside_one_batch(b: Backend) {
+    let addr = start_settings(settings(b.store().await)).await;
+    let (st, _) = call(
+        &addr,
+        "POST",
+        "/api/publish/runs",
+        None,
+        Some(json!({"run_id": "rb1"})),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let created = |mid: &str, to: &str| {
+        json!({"type": "message.created",
+            "payload": {"message_id": mid, "role": "assistant", "reply_to": to}})
+    };
+    let delta =
+        |mid: &str| json!({"type": "message.delta", "payload": {"message_id": mid, "delta": "x"}});
+    let completed = |mid: &str| json!({"type": "message.completed", "payload": {"message_id": mid, "finish_reason": "stop"}});
+    let path = "/api/publish/runs/rb1/events";
+    let refused = (409, json!({"run_id": "rb1", "status": "reply_taken"}));
+    let batches = [
+        (
+            "two replies to one send",
+            vec![created("x1", "qx"), created("x2", "qx")],
+        ),
+        (
+            "a delta after its reply's ending",
+            vec![created("y1", "qy"), completed("y1"), delta("y1")],
+        ),
+    ];
+    for (i, (what, events)) in batches.into_iter().enumerate() {
+        let key = format!("rb-k{i}");
+        let got = call(
+            &addr,
+            "POST",
+            path,
+            Some(&key),
+            Some(json!({ "events": events })),
+        )
+        .await;
+        assert_eq!(got, refused, "{what}");
+    }
+    let (st, _, body) = http(&addr, "GET", "/api/runs/rb1/snapshot", &[], None).await;
+    assert_eq!(st, 200);
+    let snap: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(snap["event_id"], 0, "nothing appended: {snap}");
+    let whole = vec![created("z1", "qz"), delta("z1"), completed("z1")];
+    let got = call(
+        &addr,
+        "POST",
+        path,
+        Some("rb-k2"),
+        Some(json!({ "events": whole })),
+    )
+    .await;
+    assert_eq!(
+        got,
+        (200, json!({"first_event_id": 1, "last_event_id": 3})),
+        "a whole reply in one batch"
+    );
+}
+
 /// On Redis the key lives in the store: the same key sent to two replicas at once appends once.
 async fn one_key_appends_once_across_replicas(b: Backend) {
     if b.kind == support::Kind::Memory {
@@ -404,6 +469,7 @@ async fn snapshots_carry_every_job_of_a_worker(b: Backend) {
 both_stores!(
     snapshots_carry_every_job_of_a_worker,
     batches_are_atomic_dense_and_idempotent,
+    one_reply_per_send_inside_one_batch,
     one_key_appends_once_across_replicas,
     sends_long_poll_hears_every_send_at_least_once,
 );

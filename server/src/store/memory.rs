@@ -10,7 +10,7 @@
 //! deadline is dropped when it is looked up, so an expired run is unknown at
 //! once whether or not a sweep reached it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -52,6 +52,17 @@ struct Run {
     cancels: HashMap<String, u64>,
     /// When it expires: its key in [`Runs::deadlines`] (`None`: kept forever).
     deadline: Option<Deadline>,
+}
+
+/// What a batch's earlier events change of the replies [`Run::reply_taken`] reads, so each
+/// event of a batch is checked as if they were appended (they are not yet: all or nothing).
+/// Bounded by the batch: at most one entry per event in each.
+#[derive(Default)]
+struct Pending {
+    /// Sends the batch's earlier events start a reply to.
+    replies: HashSet<String>,
+    /// Message id → (the send it answers, whether it ended), as those events leave it.
+    messages: HashMap<String, (Option<String>, bool)>,
 }
 
 /// Most expired runs one create or write drops (the rest go with the next ones).
@@ -113,11 +124,13 @@ impl Run {
         if self.finished {
             return BatchOutcome::Finished;
         }
-        if events
-            .iter()
-            .any(|e| self.reply_taken(&e.ty, &e.payload).is_some())
-        {
-            return BatchOutcome::ReplyTaken;
+        // Each event is checked as the batch's earlier events leave the replies (all or nothing).
+        let mut pending = Pending::default();
+        for e in &events {
+            if self.reply_taken(&pending, &e.ty, &e.payload).is_some() {
+                return BatchOutcome::ReplyTaken;
+            }
+            self.note(&mut pending, &e.ty, &e.payload);
         }
         let first = self.last_id + 1;
         for e in events {
@@ -154,18 +167,12 @@ impl Run {
             .map(|m| m.status)
     }
 
-    /// The send whose reply an append of (`ty`, `payload`) is refused for, as the Redis
-    /// store's append step refuses it: a second reply to one send, or a delta or an ending
-    /// of a reply that already ended.
-    fn reply_taken(&self, ty: &str, payload: &Value) -> Option<String> {
-        if ty == "message.created" {
-            let crid = payload.get("reply_to").and_then(Value::as_str)?;
-            return self.reply(crid).is_some().then(|| crid.to_owned());
+    /// The send a message answers and whether it ended, as `pending` (a batch's earlier
+    /// events) and then the reduced state have it.
+    fn message_reply(&self, pending: &Pending, mid: &str) -> Option<(Option<String>, bool)> {
+        if let Some(m) = pending.messages.get(mid) {
+            return Some(m.clone());
         }
-        if !matches!(ty, "message.delta" | "message.completed" | "message.failed") {
-            return None;
-        }
-        let mid = payload.get("message_id").and_then(Value::as_str)?;
         let m = self
             .state
             .state
@@ -174,7 +181,51 @@ impl Run {
             .rev()
             .find(|m| m.message_id.as_deref() == Some(mid))?;
         let ended = matches!(m.status, MessageStatus::Completed | MessageStatus::Failed);
-        m.reply_to.clone().filter(|_| ended)
+        Some((m.reply_to.clone(), ended))
+    }
+
+    /// The send whose reply an append of (`ty`, `payload`) is refused for, as the Redis
+    /// store's append step refuses it: a second reply to one send, or a delta or an ending
+    /// of a reply that already ended; after `pending`, a batch's earlier events.
+    fn reply_taken(&self, pending: &Pending, ty: &str, payload: &Value) -> Option<String> {
+        if ty == "message.created" {
+            let crid = payload.get("reply_to").and_then(Value::as_str)?;
+            let taken = pending.replies.contains(crid) || self.reply(crid).is_some();
+            return taken.then(|| crid.to_owned());
+        }
+        if !matches!(ty, "message.delta" | "message.completed" | "message.failed") {
+            return None;
+        }
+        let mid = payload.get("message_id").and_then(Value::as_str)?;
+        let (crid, ended) = self.message_reply(pending, mid)?;
+        crid.filter(|_| ended)
+    }
+
+    /// Notes in `pending` what appending (`ty`, `payload`) changes of the replies
+    /// [`Run::reply_taken`] reads, as the reducer applies it (a message created again
+    /// keeps the send it answered and its ending; an unknown message's ending changes nothing).
+    fn note(&self, pending: &mut Pending, ty: &str, payload: &Value) {
+        let Some(mid) = payload.get("message_id").and_then(Value::as_str) else {
+            return;
+        };
+        let prior = self.message_reply(pending, mid);
+        let now = match (ty, prior) {
+            ("message.created", Some((crid, ended))) => {
+                let to = payload.get("reply_to").and_then(Value::as_str);
+                (crid.or_else(|| to.map(str::to_owned)), ended)
+            }
+            ("message.created", None) => {
+                let to = payload.get("reply_to").and_then(Value::as_str);
+                let role = payload.get("role").and_then(Value::as_str);
+                (to.map(str::to_owned), role != Some("assistant"))
+            }
+            ("message.completed" | "message.failed", Some((crid, _))) => (crid, true),
+            _ => return,
+        };
+        if let Some(crid) = &now.0 {
+            pending.replies.insert(crid.clone());
+        }
+        pending.messages.insert(mid.to_owned(), now);
     }
 
     /// Appends one event (dense id), updates the reduced state; returns the id.
@@ -458,9 +509,11 @@ impl Store for MemoryStore {
         ty: &'a str,
         payload: Value,
     ) -> BoxFuture<'a, StoreResult<Option<u64>>> {
-        let n = self.change(id, |r| match r.reply_taken(ty, &payload) {
-            Some(crid) => Err(StoreError::ReplyTaken(crid)),
-            None => Ok(r.append(ty, payload)),
+        let n = self.change(id, |r| {
+            match r.reply_taken(&Pending::default(), ty, &payload) {
+                Some(crid) => Err(StoreError::ReplyTaken(crid)),
+                None => Ok(r.append(ty, payload)),
+            }
         });
         async move { n.transpose() }.boxed()
     }
