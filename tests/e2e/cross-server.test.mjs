@@ -222,8 +222,12 @@ test("pruned windows across servers: a run the kit trimmed is served by the gate
     await small.append(runId, [{ type: "message.created", payload: { message_id: "m1", role: "assistant" } }]);
     for (let i = 0; i < 40; i++) await small.append(runId, [{ type: "message.delta", payload: { message_id: "m1", delta: `${i} ` } }]);
     await small.append(runId, [{ type: "worker.job_assigned", payload: { worker_id: "w1", job_id: "j1" } }]);
+    // Every worker ends before run.completed (PROTOCOL §4): a worker left running would make
+    // the client reconcile after the end and mark it `unknown`, while both servers keep
+    // `running` — a state the comparison below would read before or after that, by timing.
     await small.append(runId, [
       { type: "tool.completed", payload: { job_id: "j1", tool_call_id: "t0", status: "ok" } },
+      { type: "worker.completed", payload: { worker_id: "w1", status: "succeeded" } },
       { type: "message.completed", payload: { message_id: "m1", finish_reason: "stop" } },
       { type: "run.completed", payload: { status: "succeeded" } },
     ]);
