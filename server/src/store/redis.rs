@@ -772,8 +772,7 @@ impl RedisStore {
     }
 
     /// Reads from the run's local tail cache if it covers `after + 1`.
-    fn read_cached(&self, id: &str, after: u64) -> Option<Replay> {
-        let shared = lock(&self.tails).get(id).cloned()?;
+    fn read_cached(shared: &TailShared, after: u64) -> Option<Replay> {
         let c = lock(&shared.cache);
         if after + 1 < c.first {
             return None;
@@ -787,45 +786,36 @@ impl RedisStore {
         })
     }
 
-    /// True when the run's local tail cache holds the events after `after`.
-    fn cache_covers(&self, id: &str, after: u64) -> bool {
-        let Some(shared) = lock(&self.tails).get(id).cloned() else {
-            return false;
-        };
-        let covers = after + 1 >= lock(&shared.cache).first;
-        covers
-    }
-
     /// The run's `first_id` from a read started after this call began, shared with the
-    /// run's other local streams ([`FirstIdReads`]); read alone when the run has no live
-    /// tail here or the shared read failed.
-    async fn first_id_shared(&self, id: &str) -> StoreResult<Option<u64>> {
-        let shared = lock(&self.tails).get(id).cloned();
-        if let Some(shared) = shared {
-            let reads = &shared.first_ids;
-            let mut rx = reads.done.subscribe();
-            let need = {
-                let mut f = lock(&reads.state);
-                let need = f.started + 1;
-                f.wanted = f.wanted.max(need);
-                if !f.in_flight {
-                    f.started = need;
-                    f.in_flight = true;
-                    tokio::spawn(first_id_flights(self.conn(), meta_key(id), shared.clone()));
+    /// run's other local streams ([`FirstIdReads`]); read alone when the shared read failed.
+    async fn first_id_shared(
+        &self,
+        id: &str,
+        shared: &Arc<TailShared>,
+    ) -> StoreResult<Option<u64>> {
+        let reads = &shared.first_ids;
+        let mut rx = reads.done.subscribe();
+        let need = {
+            let mut f = lock(&reads.state);
+            let need = f.started + 1;
+            f.wanted = f.wanted.max(need);
+            if !f.in_flight {
+                f.started = need;
+                f.in_flight = true;
+                tokio::spawn(first_id_flights(self.conn(), meta_key(id), shared.clone()));
+            }
+            need
+        };
+        loop {
+            let (generation, answer) = *rx.borrow_and_update();
+            if generation >= need {
+                if let Some(first) = answer {
+                    return Ok(first);
                 }
-                need
-            };
-            loop {
-                let (generation, answer) = *rx.borrow_and_update();
-                if generation >= need {
-                    if let Some(first) = answer {
-                        return Ok(first);
-                    }
-                    break;
-                }
-                if rx.changed().await.is_err() {
-                    break;
-                }
+                break;
+            }
+            if rx.changed().await.is_err() {
+                break;
             }
         }
         Ok(redis::cmd("HGET")
@@ -836,15 +826,17 @@ impl RedisStore {
     }
 
     async fn read_now(&self, id: &str, after: u64) -> StoreResult<Option<Replay>> {
-        if self.cache_covers(id, after) {
+        // The run's live tail here, looked up once for this read.
+        let shared = lock(&self.tails).get(id).cloned();
+        if let Some(shared) = shared.filter(|t| after + 1 >= lock(&t.cache).first) {
             // The cache may still hold events another process has pruned since (trims are
             // not on the log the tail reads): it answers only from `first_id` on, read
             // after the events were cached; an older resume gets the snapshot below.
-            let Some(first) = self.first_id_shared(id).await? else {
+            let Some(first) = self.first_id_shared(id, &shared).await? else {
                 return Ok(None);
             };
             if after + 1 >= first {
-                if let Some(rep) = self.read_cached(id, after) {
+                if let Some(rep) = Self::read_cached(&shared, after) {
                     return Ok(Some(rep));
                 }
             }
